@@ -1,0 +1,358 @@
+"""The model-bundle contract, written once.
+
+A cropmap bundle is a single ONNX file. Its ``metadata_props`` hold one JSON
+document under :data:`METADATA_KEY` that says everything inference needs; nothing
+is guessed. Normalisation is inside the graph, so the graph takes *raw* values in
+the units described by :attr:`BundleMetadata.reflectance_scale`.
+
+Graph interface (schema version 1):
+
+* input ``input_name``: float32 ``(B, T, C)``, ``T = len(time_grid.day_of_season)``,
+  ``C = len(bands)`` in the order of ``bands``; values are raw digital numbers,
+  ``reflectance = value / reflectance_scale``. Inputs are gap-free: cropmap fills
+  gaps along time before calling the graph.
+* output ``output_name``: float32 ``(B, K)`` logits, ``K = len(classes)``, column
+  ``k`` is ``classes[k]``.
+* optional output ``embedding.output_name``: float32 ``(B, D)``.
+
+The exporter writes the document with ``BundleMetadata.to_json``; cropmap reads it
+through onnxruntime alone (no ``onnx`` dependency) with :func:`load_bundle`.
+Any change to the fields means bumping :data:`SCHEMA_VERSION`; cropmap rejects
+versions it does not know.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cropmap.bands import S2_BANDS
+from cropmap.errors import BundleError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "cropmap.bundle"
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+GAP_FILL_METHODS = ("linear",)
+
+_COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+_MMDD_RE = re.compile(r"^(\d{2})-(\d{2})$")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class."""
+
+    code: int
+    """Value written to the class raster (1..254; 0 is the raster's nodata)."""
+    name: str
+    """Human-readable name shown as the legend entry."""
+    color: str
+    """Legend colour as ``#RRGGBB``."""
+
+    def rgb(self) -> tuple[int, int, int]:
+        """The colour as an ``(r, g, b)`` tuple of 0..255 ints."""
+        return (int(self.color[1:3], 16), int(self.color[3:5], 16), int(self.color[5:7], 16))
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """The time axis the model expects, as positions within a growing season.
+
+    Dates of any year are placed on the grid by day of year: a date's position is the
+    number of days since the most recent ``season_start`` (month-day). Stacks from
+    another year therefore map onto the same grid.
+    """
+
+    season_start: str
+    """Start of the season as ``MM-DD`` (e.g. ``"11-01"`` for a Nov-Oct season)."""
+    day_of_season: tuple[int, ...]
+    """Grid positions, days since ``season_start``, strictly increasing, each in [0, 366)."""
+    reference_dates: tuple[str, ...]
+    """The ISO dates of the training data at these positions (provenance only)."""
+
+    def season_start_month_day(self) -> tuple[int, int]:
+        """``season_start`` as ``(month, day)``."""
+        m = _MMDD_RE.match(self.season_start)
+        if m is None:
+            raise BundleError(f"time_grid.season_start is {self.season_start!r}; expected 'MM-DD'")
+        return int(m.group(1)), int(m.group(2))
+
+    def position_of(self, date: dt.date) -> int:
+        """Days from the most recent season start up to ``date`` (0..365)."""
+        month, day = self.season_start_month_day()
+        start = dt.date(date.year, month, day)
+        if start > date:
+            start = dt.date(date.year - 1, month, day)
+        return (date - start).days
+
+    def season_of(self, date: dt.date) -> int:
+        """The calendar year in which the season holding ``date`` starts."""
+        month, day = self.season_start_month_day()
+        return date.year if dt.date(date.year, month, day) <= date else date.year - 1
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """An optional per-pixel embedding output."""
+
+    output_name: str
+    dim: int
+    description: str
+    """What the vector is (e.g. "base-model features before the classifier")."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced the bundle."""
+
+    encoder: str
+    """Per-stamp encoder, e.g. ``"resmlp-8x256"`` or ``"none"`` (raw bands)."""
+    base_model: str
+    """Base model over time, e.g. ``"lstm"``."""
+    pretraining: str
+    """Pre-training mode, e.g. ``"unimodal-scarf-0.2"``, ``"bimodal-0.2"``, ``"none"``."""
+    training_data: str
+    """Where the labels and pixels came from."""
+    revision: str
+    """Source revision (git sha) of the code that trained and exported the model."""
+    created: str
+    """ISO timestamp of the export."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Validation metrics measured at export time (e.g. ``val_accuracy``)."""
+
+
+@dataclass(frozen=True)
+class BundleMetadata:
+    """Everything inference needs to know about a bundle (schema version 1)."""
+
+    schema_version: int
+    model_name: str
+    """Name of the architecture, e.g. ``"resmlp_lstm"``."""
+    input_name: str
+    output_name: str
+    bands: tuple[str, ...]
+    """Order of the C axis; canonical names from :data:`cropmap.bands.S2_BANDS`."""
+    reflectance_scale: float
+    """Raw input value = reflectance x ``reflectance_scale`` (10000 for L2A digital numbers)."""
+    nodata: float | None
+    """Value that marked missing observations in the training data (informative)."""
+    time_grid: TimeGrid
+    min_valid_steps: int
+    """Fewest valid (cloud-free, non-nodata) observations a pixel needs to be classified."""
+    gap_fill: str
+    """How gaps along time are filled before the graph runs; one of :data:`GAP_FILL_METHODS`."""
+    classes: tuple[ClassInfo, ...]
+    embedding: EmbeddingInfo | None
+    provenance: Provenance
+
+    @property
+    def n_timesteps(self) -> int:
+        """Length of the time grid, T."""
+        return len(self.time_grid.day_of_season)
+
+    @property
+    def n_bands(self) -> int:
+        """Number of bands, C."""
+        return len(self.bands)
+
+    def to_json(self) -> str:
+        """Serialise to the JSON document stored in the ONNX metadata."""
+        self.validate()
+        return json.dumps(asdict(self), indent=None, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BundleMetadata:
+        """Parse and validate the JSON document.
+
+        Raises:
+            BundleError: If the document is not JSON, has an unknown schema version,
+                misses keys or has keys this version does not define.
+        """
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise BundleError(f"bundle metadata is not valid JSON ({err})") from err
+        if not isinstance(doc, dict):
+            raise BundleError(f"bundle metadata is a JSON {type(doc).__name__}; expected an object")
+        version = doc.get("schema_version")
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise BundleError(
+                f"bundle schema version is {version!r}; this cropmap reads versions "
+                f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))} (upgrade cropmap or re-export the model)"
+            )
+        try:
+            meta = cls(
+                schema_version=int(doc["schema_version"]),
+                model_name=str(doc["model_name"]),
+                input_name=str(doc["input_name"]),
+                output_name=str(doc["output_name"]),
+                bands=tuple(doc["bands"]),
+                reflectance_scale=float(doc["reflectance_scale"]),
+                nodata=None if doc["nodata"] is None else float(doc["nodata"]),
+                time_grid=_build(TimeGrid, doc["time_grid"], "time_grid"),
+                min_valid_steps=int(doc["min_valid_steps"]),
+                gap_fill=str(doc["gap_fill"]),
+                classes=tuple(_build(ClassInfo, c, "classes[]") for c in doc["classes"]),
+                embedding=None if doc["embedding"] is None else _build(EmbeddingInfo, doc["embedding"], "embedding"),
+                provenance=_build(Provenance, doc["provenance"], "provenance"),
+            )
+        except KeyError as err:
+            raise BundleError(f"bundle metadata misses the key {err.args[0]!r} (schema version {version})") from err
+        except (TypeError, ValueError) as err:
+            raise BundleError(f"bundle metadata is malformed: {err}") from err
+        unknown = set(doc) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise BundleError(f"bundle metadata has unknown keys {sorted(unknown)} for schema version {version}")
+        meta.validate()
+        return meta
+
+    def validate(self) -> None:
+        """Check internal consistency.
+
+        Raises:
+            BundleError: Describing the first inconsistency found.
+        """
+        bad = [b for b in self.bands if b not in S2_BANDS]
+        if bad:
+            raise BundleError(f"bundle bands {bad} are not Sentinel-2 band names {S2_BANDS}")
+        if len(set(self.bands)) != len(self.bands):
+            raise BundleError(f"bundle bands {self.bands} contain duplicates")
+        if self.reflectance_scale <= 0:
+            raise BundleError(f"reflectance_scale is {self.reflectance_scale}; expected > 0")
+        pos = self.time_grid.day_of_season
+        if not pos or any(b <= a for a, b in zip(pos, pos[1:])) or pos[0] < 0 or pos[-1] >= 366:
+            raise BundleError(f"time_grid.day_of_season {pos} must be strictly increasing within [0, 366)")
+        self.time_grid.season_start_month_day()
+        if not 1 <= self.min_valid_steps <= len(pos):
+            raise BundleError(f"min_valid_steps is {self.min_valid_steps}; expected 1..{len(pos)}")
+        if self.gap_fill not in GAP_FILL_METHODS:
+            raise BundleError(f"gap_fill is {self.gap_fill!r}; expected one of {GAP_FILL_METHODS}")
+        if not self.classes:
+            raise BundleError("bundle defines no classes")
+        codes = [c.code for c in self.classes]
+        if len(set(codes)) != len(codes) or not all(1 <= c <= 254 for c in codes):
+            raise BundleError(f"class codes {codes} must be unique and within 1..254 (0 is nodata)")
+        for c in self.classes:
+            if not _COLOR_RE.match(c.color):
+                raise BundleError(f"class {c.name!r} colour is {c.color!r}; expected '#RRGGBB'")
+
+
+def _build(kind: type, value: Any, where: str) -> Any:  # noqa: ANN401 - returns an instance of `kind`
+    if not isinstance(value, dict):
+        raise BundleError(f"bundle metadata {where} is {type(value).__name__}; expected an object")
+    names = set(kind.__dataclass_fields__)
+    unknown = set(value) - names
+    if unknown:
+        raise BundleError(f"bundle metadata {where} has unknown keys {sorted(unknown)}")
+    kwargs = {}
+    for k, v in value.items():
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    try:
+        return kind(**kwargs)
+    except TypeError as err:
+        raise BundleError(f"bundle metadata {where} is malformed: {err}") from err
+
+
+@dataclass
+class Bundle:
+    """An opened bundle: its path, validated metadata and an ONNX Runtime session."""
+
+    path: Path
+    metadata: BundleMetadata
+    session: Any  # onnxruntime.InferenceSession; typed loosely to keep import cheap
+    providers: tuple[str, ...]
+
+    def run(self, x: Any, *, embedding: bool = False) -> Any:  # noqa: ANN401
+        """Run the graph on a float32 ``(B, T, C)`` array.
+
+        Returns:
+            Logits ``(B, K)``, or ``(logits, embedding (B, D))`` when ``embedding``.
+        """
+        meta = self.metadata
+        names = [meta.output_name]
+        if embedding:
+            if meta.embedding is None:
+                raise BundleError(f"bundle {self.path} has no embedding output")
+            names.append(meta.embedding.output_name)
+        out = self.session.run(names, {meta.input_name: x})
+        return (out[0], out[1]) if embedding else out[0]
+
+
+def read_metadata(path: str | Path) -> BundleMetadata:
+    """Read and validate only the metadata of a bundle (opens a session)."""
+    return load_bundle(path).metadata
+
+
+def load_bundle(
+    path: str | Path,
+    *,
+    providers: list[str] | tuple[str, ...] | None = None,
+    intra_op_threads: int | None = None,
+) -> Bundle:
+    """Open a cropmap bundle with ONNX Runtime and validate its contract.
+
+    Args:
+        path: The ``.onnx`` file.
+        providers: ONNX Runtime execution providers, best first; default
+            ``("CPUExecutionProvider",)``.
+        intra_op_threads: Threads ONNX Runtime may use inside one session (default: its own).
+
+    Raises:
+        BundleError: If the file is missing, is not an ONNX model, has no cropmap
+            metadata, has an unknown schema version, or its graph does not match the
+            metadata.
+    """
+    import onnxruntime as ort  # deferred: keeps `import cropmap` light
+
+    from cropmap.runtime import check_onnxruntime_install
+
+    check_onnxruntime_install()
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"model bundle {path} does not exist")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads is not None:
+        opts.intra_op_num_threads = intra_op_threads
+    providers = tuple(providers or ("CPUExecutionProvider",))
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    except Exception as err:  # noqa: BLE001 - ORT raises several private types for unreadable models
+        raise BundleError(f"{path} is not a readable ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise BundleError(
+            f"{path} is an ONNX model but not a cropmap bundle: metadata key {METADATA_KEY!r} not found "
+            f"(found keys: {sorted(props) or 'none'}); export it with `python -m exporters`"
+        )
+    meta = BundleMetadata.from_json(props[METADATA_KEY])
+    _check_graph(session, meta, path)
+    logger.info("loaded bundle %s (%s, %d classes) on %s", path, meta.model_name, len(meta.classes), providers)
+    return Bundle(path=path, metadata=meta, session=session, providers=providers)
+
+
+def _check_graph(session: Any, meta: BundleMetadata, path: Path) -> None:  # noqa: ANN401
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if meta.input_name not in inputs:
+        raise BundleError(f"{path}: metadata names input {meta.input_name!r}; graph inputs are {sorted(inputs)}")
+    shape = inputs[meta.input_name].shape
+    if len(shape) != 3:
+        raise BundleError(f"{path}: input {meta.input_name!r} has rank {len(shape)}; expected 3 (B, T, C)")
+    for axis, want, label in ((1, meta.n_timesteps, "T"), (2, meta.n_bands, "C")):
+        if isinstance(shape[axis], int) and shape[axis] != want:
+            raise BundleError(f"{path}: input {label} dimension is {shape[axis]}; metadata says {want}")
+    wanted = [meta.output_name] + ([meta.embedding.output_name] if meta.embedding else [])
+    for name in wanted:
+        if name not in outputs:
+            raise BundleError(f"{path}: metadata names output {name!r}; graph outputs are {sorted(outputs)}")
+    k = outputs[meta.output_name].shape[-1]
+    if isinstance(k, int) and k != len(meta.classes):
+        raise BundleError(f"{path}: output has {k} classes; metadata lists {len(meta.classes)}")

@@ -1,0 +1,33 @@
+"""Exceptions raised by cropmap.
+
+Every user mistake (bad input file, wrong option, incompatible bundle) raises a
+:class:`CropmapError` subclass whose message says what was found and what was
+expected. The CLI turns these into a one-line error and a non-zero exit; anything
+else is a bug and surfaces with a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CropmapError(Exception):
+    """Base class of all errors cropmap raises for bad input or configuration."""
+
+
+class InputRasterError(CropmapError, ValueError):
+    """The Sentinel-2 stack is missing, unreadable, or does not match the bundle."""
+
+
+class MaskError(CropmapError, ValueError):
+    """The cropland polygons are missing, empty, not polygons or do not overlap the stack."""
+
+
+class BundleError(CropmapError, ValueError):
+    """The model file is not a valid cropmap bundle (or has an unknown schema version)."""
+
+
+class OutputExistsError(CropmapError, FileExistsError):
+    """The output exists and ``overwrite`` was not requested."""
+
+
+class RuntimeSetupError(CropmapError, RuntimeError):
+    """The runtime environment is broken (e.g. onnxruntime and onnxruntime-gpu both installed)."""

@@ -1,0 +1,1 @@
+"""torch -> ONNX export of cropmap bundles, with a numeric parity check against torch."""
