@@ -1,0 +1,128 @@
+"""Tests for training.losses against direct loops over the paper's formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.losses import bimodal_loss, nt_xent
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
+def _eq1_loop(zs: torch.Tensor, zp: torch.Tensor, tau: float, include_positive: bool = False) -> float:
+    """Journal Eq. 1 written term by term in double precision."""
+    zs, zp = zs.double(), zp.double()
+    n = zs.shape[0]
+    total = 0.0
+    for i in range(n):
+        pos = math.exp(_cos(zs[i], zp[i]) / tau)
+        den = sum(math.exp(_cos(zs[i], zs[k]) / tau) for k in range(n) if k != i)
+        den += sum(math.exp(_cos(zs[i], zp[m]) / tau) for m in range(n) if m != i)
+        if include_positive:
+            den += pos
+        total += -math.log(pos / den)
+    return total / n
+
+
+def _nt_xent_loop(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:
+    z = torch.cat([z1, z2]).double()
+    n2 = z.shape[0]
+    n = n2 // 2
+    total = 0.0
+    for i in range(n2):
+        j = (i + n) % n2
+        pos = math.exp(_cos(z[i], z[j]) / tau)
+        den = sum(math.exp(_cos(z[i], z[k]) / tau) for k in range(n2) if k != i)
+        total += -math.log(pos / den)
+    return total / n2
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bimodal_loss_matches_eq1_loop(tau: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    zs, zp = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)
+    # float32 implementation vs float64 loop
+    assert float(bimodal_loss(zs, zp, tau)) == pytest.approx(_eq1_loop(zs, zp, tau), rel=1e-5, abs=1e-5)
+    got = float(bimodal_loss(zs, zp, tau, include_positive=True))
+    assert got == pytest.approx(_eq1_loop(zs, zp, tau, include_positive=True), rel=1e-5, abs=1e-5)
+
+
+def test_bimodal_loss_symmetric_is_mean_of_both_anchors() -> None:
+    g = torch.Generator().manual_seed(3)
+    zs, zp = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    expected = 0.5 * (_eq1_loop(zs, zp, 0.1) + _eq1_loop(zp, zs, 0.1))
+    assert float(bimodal_loss(zs, zp, 0.1, symmetric=True)) == pytest.approx(expected, rel=1e-5)
+    assert float(bimodal_loss(zs, zp, 0.1)) != pytest.approx(expected, rel=1e-3)
+
+
+def test_bimodal_loss_excludes_positive_so_aligned_pairs_go_negative() -> None:
+    # Identical, well separated pairs: the positive dwarfs every negative, and without the
+    # positive in the denominator (Eq. 1 as written) the loss is far below zero.
+    z = torch.eye(4) * 3
+    assert float(bimodal_loss(z, z, 0.07)) < -10
+    assert 0 < float(bimodal_loss(z, z, 0.07, include_positive=True)) < 1e-3
+
+
+def test_bimodal_loss_is_scale_invariant_and_stable() -> None:
+    g = torch.Generator().manual_seed(0)
+    zs, zp = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    a = bimodal_loss(zs, zp, 0.01)
+    b = bimodal_loss(zs * 1e3, zp * 1e-3, 0.01)
+    assert torch.isfinite(a)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_nt_xent_matches_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+    assert float(nt_xent(z1, z2, 0.2)) == pytest.approx(_nt_xent_loop(z1, z2, 0.2), rel=1e-5)
+
+
+def test_gradients_flow_to_both_modalities() -> None:
+    g = torch.Generator().manual_seed(0)
+    zs = torch.randn(8, 4, generator=g, requires_grad=True)
+    zp = torch.randn(8, 4, generator=g, requires_grad=True)
+    bimodal_loss(zs, zp, 0.07).backward()
+    assert zs.grad is not None and zp.grad is not None
+    assert zs.grad.abs().sum() > 0 and zp.grad.abs().sum() > 0
+    z1 = torch.randn(8, 4, generator=g, requires_grad=True)
+    nt_xent(z1, z1.detach() + 0.1 * torch.randn(8, 4, generator=g), 0.5).backward()
+    assert z1.grad is not None and z1.grad.abs().sum() > 0
+
+
+def test_gradient_step_lowers_loss() -> None:
+    g = torch.Generator().manual_seed(0)
+    zs = torch.randn(8, 4, generator=g, requires_grad=True)
+    zp = torch.randn(8, 4, generator=g, requires_grad=True)
+    opt = torch.optim.SGD([zs, zp], lr=0.05)
+    before = bimodal_loss(zs, zp, 0.5).item()
+    for _ in range(20):
+        opt.zero_grad()
+        bimodal_loss(zs, zp, 0.5).backward()
+        opt.step()
+    assert bimodal_loss(zs, zp, 0.5).item() < before - 0.1
+
+
+def test_losses_reject_bad_input() -> None:
+    with pytest.raises(ValueError, match="equal shape"):
+        bimodal_loss(torch.randn(4, 3), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        nt_xent(torch.randn(1, 3), torch.randn(1, 3))
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        bimodal_loss(torch.randn(4, 3), torch.randn(4, 3), 0.0)
+
+
+def test_bimodal_loss_in_float32_under_autocast() -> None:
+    g = torch.Generator().manual_seed(0)
+    zs, zp = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
+    ref = bimodal_loss(zs, zp, 0.07)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bimodal_loss(zs, zp, 0.07)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)
