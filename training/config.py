@@ -26,8 +26,9 @@ import logging
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 try:  # Python >= 3.11
     import tomllib
@@ -304,3 +305,124 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a table, found {value!r}")
         return dict(value)
     raise ConfigError(f"{key}: unsupported annotation {hint!r} in configuration class")
+
+
+@dataclass(frozen=True)
+class ResMLPConfig:
+    """Point-wise encoder size (journal: 8 residual blocks, width and output 256)."""
+
+    hidden: int = 256
+    """Width ``h`` of the residual blocks."""
+    n_layers: int = 8
+    """Number of residual blocks."""
+    out_dim: int = 256
+    """Embedding size ``D``."""
+    dropout: float = 0.0
+    """Dropout inside the residual blocks."""
+
+
+@dataclass(frozen=True)
+class TimeWiseConfig:
+    """Time-wise encoder size (short paper: 1-D conv with 256 kernels, 4 layers, output 128)."""
+
+    d_model: int = 256
+    """Convolution kernels / transformer width."""
+    n_layers: int = 4
+    """Transformer encoder layers."""
+    n_heads: int = 8
+    """Attention heads."""
+    out_dim: int = 128
+    """Per-stamp embedding size."""
+    kernel_size: int = 3
+    """Temporal kernel of the embedding convolution."""
+    max_len: int = 366
+    """Longest series covered by the position embedding."""
+    ff_mult: int = 2
+    """Feed-forward width as a multiple of ``d_model``."""
+    dropout: float = 0.0
+    """Dropout in the transformer layers."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """Series vector for the loss: mean of per-stamp outputs, or the CLS token."""
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """Projection head (2-layer MLP, 256 -> 256 -> 256 in the paper)."""
+
+    hidden: int = 256
+    """Hidden width."""
+    out: int = 256
+    """Output size (the space of the contrastive loss)."""
+
+
+@dataclass(frozen=True)
+class PretrainDataConfig:
+    """How pre-training pairs are drawn from a DENETHOR-layout scene (ignored for ``.npz`` input)."""
+
+    pixels_per_stamp: int = 100_000
+    """Point-wise: random pool pixels per time stamp (paper: 100,000 x 144 stamps = 14.4 M pairs)."""
+    n_series: int = 150_000
+    """Time-wise: random pool pixels whose series are paired (paper: 150,000)."""
+    seed: int = 0
+    """Seed of the pixel draw and of the field split."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Contrastive pre-training run (defaults: the journal's bi-modal point-wise setting)."""
+
+    mode: Literal["unimodal", "bimodal"] = "bimodal"
+    """``unimodal``: SCARF + NT-Xent on S2 alone; ``bimodal``: S2 vs PlanetScope, journal Eq. 1."""
+    alignment: Literal["point", "time"] = "point"
+    """``point``: ResMLP on single stamps; ``time``: TimeWiseEncoder on whole series."""
+    corruption: float = 0.2
+    """SCARF corruption rate (paper: 0.2 and 0.6)."""
+    corruption_per_batch: bool = False
+    """The authors' variant: same columns for the whole batch, applied with ``corruption_p_apply``."""
+    corruption_p_apply: float = 0.5
+    """Probability of corrupting a batch when ``corruption_per_batch`` is true."""
+    epochs: int = 100
+    """Passes over the pre-training set."""
+    batch_size: int = 1024
+    """Pairs per step (paper: 2048 uni-modal, 1024 bi-modal ResMLP, 256 time-wise)."""
+    steps_per_epoch: int | None = None
+    """Cap on steps per epoch (``None``: the whole set, last incomplete batch dropped)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 1e-5
+    """Adam weight decay."""
+    tau: float = 0.07
+    """Temperature of the contrastive loss."""
+    symmetric: bool = False
+    """Bi-modal: average Eq. 1 with its PlanetScope-anchored version."""
+    include_positive: bool = False
+    """Bi-modal: add the positive to the denominator (InfoNCE form; Eq. 1 leaves it out)."""
+    norm_divisor: Literal["std", "var"] = "std"
+    """Normalisation scale: standard deviation, or the authors' variance (see ``compute_norm_stats``)."""
+    seed: int = 0
+    """Seed for weights, batch order and corruption."""
+    checkpoint_every: int = 1
+    """Write the resumable state every this many epochs (and always after the last)."""
+    log_every: int = 50
+    """Write a step line to the loss log every this many steps."""
+    encoder: ResMLPConfig = field(default_factory=ResMLPConfig)
+    """Point-wise encoder (both modalities)."""
+    timewise: TimeWiseConfig = field(default_factory=TimeWiseConfig)
+    """Time-wise encoder (both modalities)."""
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    """Projection heads."""
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    """Drawing pairs from a scene."""
+
+    def __post_init__(self) -> None:
+        """Validate ranges."""
+        if not 0.0 <= self.corruption <= 1.0:
+            raise ValueError(f"corruption must be in [0, 1], got {self.corruption}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
+        if self.tau <= 0 or self.lr <= 0:
+            raise ValueError(f"tau and lr must be > 0, got tau={self.tau}, lr={self.lr}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("checkpoint_every and log_every must be >= 1")

@@ -1,0 +1,374 @@
+"""Contrastive pre-training entry point: ``python -m training.pretrain``.
+
+Uni-modal (SCARF + NT-Xent on Sentinel-2) or bi-modal (Sentinel-2 vs PlanetScope, journal Eq. 1),
+point-wise (ResMLP per stamp) or time-wise (transformer per series). Reads either a plain ``.npz``
+with arrays ``s2`` (and ``ps`` for bi-modal) or a DENETHOR-layout scene through
+:mod:`training.data.datasets`. Writes into ``--out``:
+
+* ``encoder.pt``: the final S2 encoder (``"encoder"`` checkpoint, read by
+  :func:`training.models.encoder.load_frozen_encoder`);
+* ``checkpoints/last.pt``: the resumable state (``"pretrain_state"``), every ``checkpoint_every`` epochs;
+* ``loss_log.jsonl``: one JSON line per ``log_every`` steps and per epoch;
+* ``config.json``: the resolved configuration.
+
+See docs/pretraining.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.checkpoint import git_revision, load_checkpoint, save_checkpoint
+from training.config import ConfigError, PretrainConfig, config_from_dict, config_to_dict, load_config
+from training.loop import ContrastiveModel, batch_indices, contrastive_step, encoder_spec
+from training.models.encoder import compute_norm_stats, save_encoder
+
+logger = logging.getLogger(__name__)
+
+LOG_NAME = "loss_log.jsonl"
+STATE_NAME = "checkpoints/last.pt"
+ENCODER_NAME = "encoder.pt"
+# Keys that may differ between the original run and a resumed one (they do not change the result).
+_RESUMABLE_KEYS = {"epochs", "checkpoint_every", "log_every"}
+
+
+@dataclass(frozen=True)
+class PretrainArrays:
+    """Pre-training pairs as raw digital numbers."""
+
+    s2: np.ndarray
+    """``(N, C)`` point-wise or ``(N, T, C)`` time-wise Sentinel-2 values."""
+    ps: np.ndarray | None
+    """The aligned PlanetScope values (``(N, 36)`` / ``(N, T, 36)``), ``None`` for uni-modal runs."""
+    source: str
+    """Where the pairs came from (for provenance)."""
+    bands: tuple[str, ...] | None = None
+    """S2 band names in the order of the C axis, when the source says."""
+
+
+def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig) -> PretrainArrays:
+    """Read pre-training pairs from an ``.npz`` file or a DENETHOR-layout scene folder.
+
+    Args:
+        data: ``.npz`` with ``s2`` (and ``ps``; optional ``bands``), or a scene folder.
+        cfg: The run configuration (mode, alignment, sampling sizes).
+
+    Returns:
+        The validated arrays (float32).
+
+    Raises:
+        FileNotFoundError: If ``data`` does not exist.
+        ValueError: For missing arrays, wrong ranks, mismatched lengths or non-finite values.
+    """
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"pre-training data {str(path)!r} does not exist")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ValueError(f"pre-training data must be an .npz file or a scene folder, got {str(path)!r}")
+        with np.load(path, allow_pickle=False) as npz:
+            if "s2" not in npz.files:
+                raise ValueError(f"{str(path)!r} has arrays {npz.files}; expected 's2' (and 'ps' for bi-modal)")
+            s2 = np.asarray(npz["s2"], dtype=np.float32)
+            ps = None
+            if cfg.mode == "bimodal":
+                if "ps" not in npz.files:
+                    raise ValueError(f"bi-modal pre-training needs an array 'ps' in {str(path)!r} (found {npz.files})")
+                ps = np.asarray(npz["ps"], dtype=np.float32)
+            bands = tuple(str(b) for b in npz["bands"]) if "bands" in npz.files else None
+        arrays = PretrainArrays(s2=s2, ps=ps, source=str(path), bands=bands)
+    else:
+        arrays = _scene_arrays(path, cfg)
+    _validate(arrays, cfg)
+    return arrays
+
+
+def _scene_arrays(path: Path, cfg: PretrainConfig) -> PretrainArrays:
+    try:
+        from training.data import datasets
+    except ImportError as err:
+        raise ValueError(
+            f"{str(path)!r} is a folder; reading a DENETHOR-layout scene needs training.data.datasets, "
+            f"which failed to import ({err}). Pass an .npz with arrays 's2'/'ps' instead."
+        ) from err
+    if cfg.alignment == "point":
+        s2, ps = datasets.pointwise_pairs(path, pixels_per_stamp=cfg.data.pixels_per_stamp, seed=cfg.data.seed)
+    else:
+        s2, ps = datasets.timewise_pairs(path, n_series=cfg.data.n_series, seed=cfg.data.seed)
+    return PretrainArrays(
+        s2=np.asarray(s2, dtype=np.float32),
+        ps=np.asarray(ps, dtype=np.float32) if cfg.mode == "bimodal" else None,
+        source=str(path),
+    )
+
+
+def _validate(arrays: PretrainArrays, cfg: PretrainConfig) -> None:
+    rank = 2 if cfg.alignment == "point" else 3
+    layout = "(N, C)" if rank == 2 else "(N, T, C)"
+    if arrays.s2.ndim != rank:
+        raise ValueError(f"{cfg.alignment}-wise pre-training expects s2 {layout}, got shape {arrays.s2.shape}")
+    if arrays.s2.shape[0] < 2:
+        raise ValueError(f"need at least 2 pre-training samples, got {arrays.s2.shape[0]}")
+    if arrays.bands is not None and len(arrays.bands) != arrays.s2.shape[-1]:
+        raise ValueError(f"{len(arrays.bands)} band names for {arrays.s2.shape[-1]} S2 features")
+    named = {"s2": arrays.s2}
+    if arrays.ps is not None:
+        if arrays.ps.ndim != rank or arrays.ps.shape[:-1] != arrays.s2.shape[:-1]:
+            raise ValueError(
+                f"ps must align with s2 on every axis but the last: s2 {arrays.s2.shape}, ps {arrays.ps.shape}"
+            )
+        named["ps"] = arrays.ps
+    for name, arr in named.items():
+        bad = int((~np.isfinite(arr)).sum())
+        if bad:
+            raise ValueError(f"{name} holds {bad} non-finite values; pre-training pairs must be gap-free")
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but torch sees no CUDA device")
+    return device
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        full = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{full}.")
+        elif va != vb and full not in _RESUMABLE_KEYS:
+            out.append(f"{full}: checkpoint {va!r} vs now {vb!r}")
+    return out
+
+
+class _LossLog:
+    """Append-only JSON-lines loss log; on resume, lines after the resumed epoch are dropped."""
+
+    def __init__(self, path: Path, resume_epoch: int | None) -> None:
+        self.path = path
+        if resume_epoch is None:
+            path.write_text("")
+        elif path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= resume_epoch]
+            path.write_text("".join(f"{ln}\n" for ln in kept))
+
+    def write(self, **record: Any) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    arrays: PretrainArrays,
+    out: Path,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    resume: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run pre-training and write the outputs listed in the module docstring.
+
+    Returns:
+        The path of the final S2 encoder checkpoint.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume, kind="pretrain_state", map_location="cpu")
+        diff = _config_diff(state["config"], config_to_dict(cfg))
+        if diff:
+            raise ConfigError(f"--resume {str(resume)!r} was written with another configuration: {'; '.join(diff)}")
+        s2_stats, ps_stats = state["norm_stats"], state.get("ps_norm_stats")
+    else:
+        s2_stats = compute_norm_stats(arrays.s2, divisor=cfg.norm_divisor)
+        ps_stats = compute_norm_stats(arrays.ps, divisor=cfg.norm_divisor) if arrays.ps is not None else None
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = ContrastiveModel(cfg, s2_stats, ps_stats).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["rng"]["generator"].cpu())
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+        start_epoch = int(state["epoch"]) + 1
+        logger.info("resuming from %s after epoch %d", resume, start_epoch - 1)
+
+    # Data stays resident on the device: one copy, batches are index gathers.
+    s2 = torch.from_numpy(arrays.s2).to(device)
+    ps = torch.from_numpy(arrays.ps).to(device) if arrays.ps is not None else None
+    n = s2.shape[0]
+    steps_per_epoch = n // min(cfg.batch_size, n)
+    if cfg.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+    name, enc_kwargs = encoder_spec(cfg, s2.shape[-1])
+    cfg_dict = config_to_dict(cfg)
+    git_sha = git_revision()
+    log = _LossLog(out / LOG_NAME, start_epoch - 1 if state is not None else None)
+    (out / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
+    logger.info(
+        "%s %s-wise pre-training on %d samples (%s), %d steps/epoch, device %s, %s",
+        cfg.mode, cfg.alignment, n, arrays.source, steps_per_epoch, device, precision,
+    )
+
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        losses = []
+        bar = tqdm(
+            batch_indices(n, cfg.batch_size, generator, device, cfg.steps_per_epoch),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for step, idx in enumerate(bar, start=1):
+            loss = contrastive_step(
+                model, optimizer, s2[idx], ps[idx] if ps is not None else None, cfg,
+                generator=generator, precision=precision,
+            )
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower lr or use fp32")
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if step % cfg.log_every == 0:
+                log.write(epoch=epoch, step=step, loss=loss)
+        seconds = time.perf_counter() - t0
+        pairs = len(losses) * min(cfg.batch_size, n)
+        record = {
+            "epoch": epoch,
+            "step": None,
+            "loss": float(np.mean(losses)),
+            "pairs_per_s": pairs / seconds if seconds > 0 else None,
+            "elapsed_s": time.perf_counter() - t_start,
+        }
+        log.write(**record)
+        logger.info("epoch %d: mean loss %.4f, %.0f pairs/s", epoch, record["loss"], record["pairs_per_s"] or 0)
+        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+            save_checkpoint(
+                out / STATE_NAME,
+                {
+                    "kind": "pretrain_state",
+                    "model_name": name,
+                    "model_config": enc_kwargs,
+                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "norm_stats": s2_stats,
+                    "ps_norm_stats": ps_stats,
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "config": cfg_dict,
+                    "rng": {
+                        "generator": generator.get_state(),
+                        "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    },
+                    "data": arrays.source,
+                    "git_sha": git_sha,
+                },
+            )
+
+    encoder = model.s2_encoder.encoder
+    provenance: dict[str, Any] = {
+        "config": cfg_dict,
+        "pretrain_mode": cfg.mode,
+        "alignment": cfg.alignment,
+        "corruption": cfg.corruption,
+        "data": arrays.source,
+        "n_pairs": n,
+        "epochs": cfg.epochs,
+        "git_sha": git_sha,
+    }
+    if arrays.bands is not None:
+        provenance["bands"] = list(arrays.bands)
+    return save_encoder(out / ENCODER_NAME, encoder, s2_stats, **provenance)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training.pretrain",
+        description="Contrastive pre-training of the Sentinel-2 encoder (uni-modal SCARF or bi-modal S2 + PlanetScope).",
+    )
+    parser.add_argument("--data", type=Path, required=True, help=".npz with s2 (and ps) arrays, or a scene folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--config", type=Path, help="TOML config (training/configs/pretrain_*.toml)")
+    parser.add_argument("--mode", choices=["unimodal", "bimodal"], help="overrides config 'mode'")
+    parser.add_argument("--alignment", choices=["point", "time"], help="overrides config 'alignment'")
+    parser.add_argument("--corruption", type=float, help="SCARF corruption rate; overrides config 'corruption'")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="config override, repeatable (e.g. --set epochs=5 --set encoder.n_layers=4)",
+    )
+    parser.add_argument("--resume", type=Path, help="pretrain_state checkpoint to continue from")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into a folder with earlier outputs")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    for key in ("mode", "alignment", "corruption"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        cfg = load_config(PretrainConfig, args.config, overrides)
+        device = _pick_device(args.device)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    existing = [p for p in (ENCODER_NAME, LOG_NAME, STATE_NAME) if (args.out / p).exists()]
+    if existing and args.resume is None and not args.overwrite:
+        parser.error(f"{str(args.out)!r} already holds {existing}; pass --overwrite or --resume")
+    try:
+        arrays = load_pretrain_arrays(args.data, cfg)
+        encoder_path = pretrain(
+            cfg, arrays, args.out, device=device, precision=args.precision, resume=args.resume,
+            progress=not args.no_progress,
+        )
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    last = json.loads((args.out / LOG_NAME).read_text().splitlines()[-1])
+    print(f"pre-training done: {cfg.mode} {cfg.alignment}-wise, final epoch loss {last['loss']:.4f}; encoder -> {encoder_path}")
+    return 0
+
+
+def config_from_checkpoint(path: str | Path) -> PretrainConfig:
+    """The configuration stored in a ``pretrain_state`` or ``encoder`` checkpoint."""
+    return config_from_dict(PretrainConfig, load_checkpoint(path)["config"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
