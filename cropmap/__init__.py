@@ -1,0 +1,52 @@
+"""cropmap: crop-type maps from Sentinel-2 time series with ONNX model bundles.
+
+The public API::
+
+    import cropmap
+    summary = cropmap.classify("s2_stack.tif", "cropland.gpkg", out="map.tif", confidence=True)
+    da = cropmap.classify_array("s2_stack.tif", "cropland.gpkg")
+
+``import cropmap`` stays light: heavy dependencies load when first used, and torch
+is never imported.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+from typing import TYPE_CHECKING, Any
+
+from cropmap.bundle import BundleMetadata, load_bundle
+from cropmap.errors import CropmapError
+from cropmap.options import ClassifyOptions
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+try:
+    __version__ = _metadata.version("cropmap")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BundleMetadata",
+    "ClassifyOptions",
+    "CropmapError",
+    "__version__",
+    "classify",
+    "classify_array",
+    "load_bundle",
+]
+
+
+def classify(stack: str | Path, mask: str | Path, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
+    """Classify a stack's cropland and write the outputs; see :func:`cropmap.pipeline.classify`."""
+    from cropmap.pipeline import classify as _classify
+
+    return _classify(stack, mask, **kwargs)
+
+
+def classify_array(stack: str | Path, mask: str | Path, **kwargs: Any) -> Any:  # noqa: ANN401
+    """Classify in memory to an ``xarray.DataArray``; see :func:`cropmap.pipeline.classify_array`."""
+    from cropmap.pipeline import classify_array as _classify_array
+
+    return _classify_array(stack, mask, **kwargs)

@@ -1,0 +1,120 @@
+"""The ``cropmap`` command line: a thin layer over :mod:`cropmap.pipeline`.
+
+Options map 1:1 to :class:`cropmap.options.ClassifyOptions`. Errors cropmap
+raises for bad input (:class:`~cropmap.errors.CropmapError`) end the command with
+one ``Error: ...`` line and exit status 1; bad option values exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cropmap.errors import CropmapError
+from cropmap.options import DEFAULT_BATCH_SIZE, ClassifyOptions
+
+
+def _version() -> str:
+    from cropmap import __version__
+
+    return __version__
+
+
+def _configure_logging(verbose: int, quiet: int) -> None:
+    level = max(logging.DEBUG, min(logging.ERROR, logging.WARNING - 10 * verbose + 10 * quiet))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("cropmap")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group()
+@click.version_option(version=_version(), prog_name="cropmap")
+def main() -> None:
+    """Crop-type maps from Sentinel-2 time series with ONNX model bundles."""
+
+
+@main.command()
+@click.argument("stack", type=click.Path(path_type=Path))
+@click.option("--mask", "mask", required=True, type=click.Path(path_type=Path),
+              help="Cropland polygons (GeoPackage or any OGR vector format); only pixels inside are classified.")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="Model bundle (.onnx); default: the sample bundle shipped with cropmap.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Class-map GeoTIFF to write; default: <stack name>_classified.tif in the current directory.")
+@click.option("--confidence", is_flag=True, help="Also write <out stem>_confidence.tif (max probability x 100).")
+@click.option("--embedding", is_flag=True, help="Also write <out stem>_embedding.tif (the bundle's embedding output).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--block-size", type=int, default=None, metavar="N",
+              help="Block edge in pixels, rounded up to a multiple of the file's tile (default: about 512).")
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True, metavar="N",
+              help="Pixels per ONNX Runtime call.")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Blocks processed in parallel on this machine (default: number of cores).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786.")
+@click.option("--season", type=int, default=None, metavar="YEAR",
+              help="Year in which the season to classify starts (needed when the stack spans several).")
+@click.option("--reflectance-scale", type=float, default=None, metavar="X",
+              help="Raw value = reflectance x X, for stacks that do not declare it (10000 for L2A DNs).")
+@click.option("--min-valid-steps", type=int, default=None, metavar="N",
+              help="Fewest valid observations a pixel needs (default: the bundle's value).")
+@click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-look.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def classify(
+    stack: Path, mask: Path, model: Path | None, out: Path | None, no_quicklook: bool, verbose: int, quiet: int,
+    **option_values: Any,  # noqa: ANN401
+) -> None:
+    """Classify the cropland pixels of a Sentinel-2 time STACK.
+
+    STACK is a time-major multi-band GeoTIFF (dates and bands in band descriptions
+    or tags) or a folder of per-date GeoTIFFs.
+    """
+    _configure_logging(verbose, quiet)
+    try:
+        options = ClassifyOptions(quicklook=not no_quicklook, **option_values)
+    except ValueError as err:
+        field = str(err).split(" ", 1)[0]
+        raise click.BadParameter(str(err), param_hint=f"--{field.replace('_', '-')}") from err
+
+    from cropmap.pipeline import classify as run_classify
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="block", desc="classify", file=sys.stderr)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        summary = run_classify(stack, mask, model=model, out=out, options=options, progress=progress)
+    except CropmapError as err:
+        raise click.ClickException(str(err)) from err
+    finally:
+        if bar is not None:
+            bar.close()
+    px, outputs = summary["pixels"], summary["outputs"]
+    click.echo(
+        f"classified {px['classified']:,} of {px['in_mask']:,} cropland pixels "
+        f"({px['insufficient_data']:,} with too little data) in {summary['timings_s']['total']:.1f} s "
+        f"({summary['throughput_cropland_px_per_s']:,.0f} px/s), season {summary['season']['year']}"
+    )
+    for c in sorted(summary["classes"], key=lambda c: -c["area_ha"]):
+        if c["pixels"]:
+            click.echo(f"  {c['name']:<30} {c['area_ha']:>10.2f} ha")
+    click.echo(f"map:        {outputs['map']}  (legend: {Path(outputs['qml']).name}, {Path(outputs['aux']).name})")
+    for key, label in (("confidence", "confidence"), ("embedding", "embedding"), ("quicklook", "quick-look")):
+        if outputs[key]:
+            click.echo(f"{label + ':':<12}{outputs[key]}")
+    click.echo(f"summary:    {outputs['summary']}")

@@ -1,0 +1,161 @@
+"""Cropland polygons: reading, reprojecting to the raster grid, rasterising per block.
+
+Any vector format GDAL/OGR reads is accepted (GeoPackage first). The polygons are
+reprojected to the stack's CRS (logged at INFO) and burnt block by block with the
+block's own window transform, so no full-raster mask ever exists in memory. A
+pixel is cropland when its centre lies inside a polygon.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+
+from cropmap.errors import MaskError
+
+logger = logging.getLogger(__name__)
+
+_POLYGON_TYPES = ("Polygon", "MultiPolygon")
+
+
+@dataclass(frozen=True)
+class Polygons:
+    """Cropland polygons in the raster's CRS."""
+
+    path: Path
+    geometries: tuple[shapely.Geometry, ...]
+    crs: CRS
+    source_crs: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tree", shapely.STRtree(list(self.geometries)))
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"path": self.path, "geometries": self.geometries, "crs": self.crs, "source_crs": self.source_crs}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        self.__post_init__()
+
+    def select(self, bounds: tuple[float, float, float, float]) -> tuple[shapely.Geometry, ...]:
+        """Polygons whose geometry intersects the box ``(left, bottom, right, top)``."""
+        box = shapely.box(*bounds)
+        idx = self._tree.query(box, predicate="intersects")  # type: ignore[attr-defined]
+        return tuple(self.geometries[i] for i in sorted(idx.tolist()))
+
+
+def load_polygons(path: str | Path, raster_crs: CRS, raster_bounds: tuple[float, float, float, float]) -> Polygons:
+    """Read cropland polygons and reproject them to the raster CRS.
+
+    Args:
+        path: Any OGR-readable vector file (GeoPackage, Shapefile, GeoJSON, ...) with one layer.
+        raster_crs: CRS of the stack.
+        raster_bounds: ``(left, bottom, right, top)`` of the stack in ``raster_crs``.
+
+    Raises:
+        MaskError: If the file is missing or unreadable, has several layers, no
+            features, no polygons, no CRS, or no polygon overlaps the stack.
+    """
+    import pyogrio  # deferred: keeps `import cropmap` light
+    from pyogrio.errors import DataSourceError
+
+    path = Path(path)
+    if not path.exists():
+        raise MaskError(f"mask {path} does not exist; expected a polygon file such as a GeoPackage")
+    try:
+        layers = pyogrio.list_layers(path)
+    except DataSourceError as err:
+        raise MaskError(f"mask {path} is not a readable vector file ({_first_line(err)}); expected e.g. a GeoPackage") from err
+    if len(layers) == 0:
+        raise MaskError(f"mask {path} holds no layers; expected one polygon layer")
+    if len(layers) > 1:
+        raise MaskError(
+            f"mask {path} holds {len(layers)} layers ({', '.join(str(n) for n, _ in layers)}); "
+            "expected a single polygon layer (export the one you mean to its own file)"
+        )
+    try:
+        info = pyogrio.read_info(path)
+        _meta, _fids, wkb, _fields = pyogrio.raw.read(path, read_geometry=True, columns=[])
+    except DataSourceError as err:
+        raise MaskError(f"mask {path} could not be read ({_first_line(err)}); expected a readable polygon layer") from err
+    geoms = shapely.from_wkb(wkb) if len(wkb) else np.array([], dtype=object)
+    geoms = [g for g in geoms if g is not None and not g.is_empty]
+    if not geoms:
+        raise MaskError(f"mask {path} has no features (layer {layers[0][0]!r} is empty); expected cropland polygons")
+    polys: list[shapely.Geometry] = []
+    other: dict[str, int] = {}
+    for g in geoms:
+        parts = shapely.get_parts(g) if g.geom_type == "GeometryCollection" else [g]
+        for p in parts:
+            if p.geom_type in _POLYGON_TYPES:
+                polys.append(p)
+            else:
+                other[p.geom_type] = other.get(p.geom_type, 0) + 1
+    if not polys:
+        raise MaskError(
+            f"mask {path} holds no polygons (found {', '.join(f'{n} {t}' for t, n in sorted(other.items()))}); "
+            "expected Polygon or MultiPolygon features marking cropland"
+        )
+    if other:
+        logger.warning("mask %s: ignored %s (only polygons mark cropland)", path, other)
+    if not info.get("crs"):
+        raise MaskError(f"mask {path} has no CRS; expected a declared CRS (e.g. EPSG:4326); set it with ogr2ogr -a_srs")
+    src_crs = CRS.from_user_input(info["crs"])
+    if src_crs != raster_crs:
+        logger.info("reprojecting mask %s from %s to the stack's %s", path, src_crs.to_string(), raster_crs.to_string())
+        polys = _reproject(polys, src_crs, raster_crs)
+    polys = [shapely.make_valid(p) if not p.is_valid else p for p in polys]
+    stack_box = shapely.box(*raster_bounds)
+    kept = [p for p in polys if p.intersects(stack_box)]
+    if not kept:
+        mb = shapely.total_bounds(polys).round(2).tolist()
+        raise MaskError(
+            f"no polygon of mask {path} overlaps the stack: polygons span {mb}, the stack "
+            f"{[round(v, 2) for v in raster_bounds]} (in {raster_crs.to_string()}); expected overlapping areas"
+        )
+    logger.info("mask %s: %d polygons, %d overlap the stack", path, len(polys), len(kept))
+    return Polygons(path=path, geometries=tuple(kept), crs=raster_crs, source_crs=src_crs.to_string())
+
+
+def _reproject(geoms: Sequence[shapely.Geometry], src: CRS, dst: CRS) -> list[shapely.Geometry]:
+    from pyproj import Transformer
+
+    tf = Transformer.from_crs(src, dst, always_xy=True)
+
+    def _tx(coords: np.ndarray) -> np.ndarray:
+        x, y = tf.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+    return [shapely.transform(g, _tx) for g in geoms]
+
+
+def rasterize_block(
+    geometries: Sequence[shapely.Geometry], shape: tuple[int, int], transform: Affine
+) -> np.ndarray:
+    """Burn polygons into a boolean block.
+
+    Args:
+        geometries: Polygons in the raster CRS (typically those selected for the block).
+        shape: Block shape (rows, cols).
+        transform: The block's window transform.
+
+    Returns:
+        bool ``(rows, cols)``: True where a pixel centre lies in a polygon.
+    """
+    if not geometries:
+        return np.zeros(shape, dtype=bool)
+    burnt = rasterize(((g, 1) for g in geometries), out_shape=shape, transform=transform, fill=0, dtype="uint8")
+    return burnt.astype(bool)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

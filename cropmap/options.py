@@ -1,0 +1,96 @@
+"""Runtime knobs of a classification run.
+
+:class:`ClassifyOptions` holds every setting that is not a fact about the model
+(those live in the bundle) and not an input or output path. CLI flags map 1:1 to
+its fields (``--block-size`` -> ``block_size``, ``--no-quicklook`` -> ``quicklook``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+_SCHEDULER_RE = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
+
+DEFAULT_BATCH_SIZE = 4096
+DEFAULT_BLOCK_SIZE_PX = 512
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """Settings of one ``classify`` run; validated on construction.
+
+    Raises:
+        ValueError: From ``__post_init__`` when a value is out of range; the message
+            names the field, the value found and what is expected.
+    """
+
+    confidence: bool = False
+    """Also write ``<out stem>_confidence.tif`` (max class probability x 100)."""
+    embedding: bool = False
+    """Also write ``<out stem>_embedding.tif`` from the bundle's embedding output."""
+    overwrite: bool = False
+    """Replace existing outputs instead of refusing to run."""
+    block_size: int | None = None
+    """Block edge in pixels (rounded up to a multiple of the file's internal tile);
+    ``None`` picks the multiple of the tile closest to 512 px."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Pixels per ONNX Runtime call."""
+    workers: int | None = None
+    """Blocks processed in parallel on the local threaded scheduler; ``None`` uses every core."""
+    scheduler: str | None = None
+    """Address of an existing dask.distributed scheduler (``tcp://host:port``); ``None`` runs locally."""
+    season: int | None = None
+    """Calendar year in which the season to classify starts; ``None`` requires the stack to hold one season."""
+    reflectance_scale: float | None = None
+    """Raw value = reflectance x this, for stacks that do not declare it."""
+    min_valid_steps: int | None = None
+    """Fewest valid observations a pixel needs; ``None`` uses the bundle's value."""
+    quicklook: bool = True
+    """Write the PNG quick-look."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{f.name} is {value!r}; expected True or False")
+        _positive_int("block_size", self.block_size, allow_none=True)
+        _positive_int("batch_size", self.batch_size, allow_none=False)
+        _positive_int("workers", self.workers, allow_none=True)
+        _positive_int("min_valid_steps", self.min_valid_steps, allow_none=True)
+        if self.block_size is not None and self.block_size < 16:
+            raise ValueError(f"block_size is {self.block_size} px; expected at least 16")
+        if self.season is not None and (
+            isinstance(self.season, bool) or not isinstance(self.season, int) or not 1900 <= self.season <= 2200
+        ):
+            raise ValueError(f"season is {self.season!r}; expected a year such as 2021")
+        if self.reflectance_scale is not None:
+            rs = self.reflectance_scale
+            if isinstance(rs, bool) or not isinstance(rs, (int, float)) or not math.isfinite(rs) or rs <= 0:
+                raise ValueError(f"reflectance_scale is {rs!r}; expected a positive number such as 10000")
+        if self.scheduler is not None and not _SCHEDULER_RE.match(str(self.scheduler)):
+            raise ValueError(f"scheduler is {self.scheduler!r}; expected an address such as tcp://10.0.0.5:8786")
+        if self.scheduler is not None and self.workers is not None:
+            raise ValueError("workers applies to the local scheduler only; with a scheduler address, size the cluster")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ClassifyOptions:  # noqa: ANN401
+        """Build options from keyword arguments, rejecting unknown names.
+
+        Raises:
+            TypeError: If a keyword is not a field of :class:`ClassifyOptions`.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**kwargs)
+
+
+def _positive_int(name: str, value: object, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} is {value!r}; expected a positive integer")

@@ -1,0 +1,434 @@
+"""The classification pipeline: stack -> mask -> blocks -> kernel -> outputs.
+
+:func:`classify` writes the outputs and returns the run summary;
+:func:`classify_array` returns the class map in memory as an xarray DataArray.
+Both share the same preparation and per-block work, so their results are identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cropmap.bundle import BundleMetadata, load_bundle
+from cropmap.errors import BundleError, InputRasterError
+from cropmap.mask import Polygons, load_polygons
+from cropmap.options import ClassifyOptions
+from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult
+from cropmap.stack import Stack, open_stack
+from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
+from cropmap.timegrid import select_season
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each processed block."""
+
+
+@dataclass
+class _Plan:
+    stack: Stack
+    polygons: Polygons
+    meta: BundleMetadata
+    bundle_path: Path
+    season: int
+    obs: tuple[int, ...]
+    positions: tuple[int, ...]
+    min_valid: int
+    blocks: list[Block]
+    items: list[BlockItem]
+    shape: tuple[int, int]
+    executor: Executor
+    job: BlockJob
+
+
+def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, options: ClassifyOptions) -> _Plan:
+    from cropmap.models import DEFAULT_BUNDLE
+
+    bundle_path = Path(model) if model is not None else DEFAULT_BUNDLE
+    if model is None and not bundle_path.is_file():
+        raise BundleError(
+            f"the sample model shipped with cropmap ({bundle_path}) is missing from this installation; "
+            "expected it there, or pass --model BUNDLE"
+        )
+    bundle = load_bundle(bundle_path, intra_op_threads=1)
+    meta = bundle.metadata
+    if options.embedding and meta.embedding is None:
+        raise BundleError(f"--embedding was requested but bundle {bundle_path} has no embedding output")
+    st = open_stack(_absolute(stack), reflectance_scale=options.reflectance_scale)
+    st.check_bands(meta.bands)
+    idx, season = select_season(st.dates, meta.time_grid, options.season)
+    obs = tuple(int(i) for i in idx)
+    positions = tuple(meta.time_grid.position_of(st.dates[i]) for i in obs)
+    min_valid = options.min_valid_steps or meta.min_valid_steps
+    if min_valid > len(obs):
+        raise InputRasterError(
+            f"season {season} of stack {st.path} holds {len(obs)} dates but a pixel needs {min_valid} valid "
+            f"observations; expected at least {min_valid} dates (lower --min-valid-steps or use a fuller stack)"
+        )
+    ignored = [str(st.dates[i]) for i in range(len(st.dates)) if i not in set(obs)]
+    if ignored:
+        logger.info("dates outside season %d are not used: %s", season, ignored)
+    left, top = st.transform * (0, 0)
+    right, bottom = st.transform * (st.width, st.height)
+    bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    polygons = load_polygons(_absolute(mask), st.crs, bounds)
+    shape = block_shape(st.tile_shape, st.shape, options.block_size)
+    blocks = plan_blocks(st.shape, shape)
+    items = []
+    for b in blocks:
+        geoms = polygons.select(b.bounds(st.transform))
+        if geoms:
+            items.append(BlockItem(block=b, geometries=geoms))
+    executor = make_executor(len(items), options.workers, options.scheduler)
+    logger.info(
+        "%d blocks of %s px, %d touch cropland; running on %s", len(blocks), shape, len(items), executor.description
+    )
+    job = BlockJob(
+        stack=st, bundle_path=bundle_path.resolve(), metadata=meta, obs=obs, positions=positions,
+        min_valid=min_valid, batch_size=options.batch_size, intra_op_threads=executor.intra_op_threads,
+        confidence=options.confidence, embedding=options.embedding,
+    )  # fmt: skip
+    return _Plan(
+        stack=st, polygons=polygons, meta=meta, bundle_path=bundle_path, season=season, obs=obs,
+        positions=positions, min_valid=min_valid, blocks=blocks, items=items, shape=shape,
+        executor=executor, job=job,
+    )  # fmt: skip
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _results(plan: _Plan, progress: ProgressCallback | None) -> Iterator[BlockResult]:
+    total = len(plan.items)
+    for done, result in enumerate(run_blocks(plan.job, plan.items, plan.executor), start=1):
+        if progress is not None:
+            progress(done, total)
+        yield result
+
+
+def _options(options: ClassifyOptions | None, kwargs: dict[str, Any]) -> ClassifyOptions:
+    if options is not None and kwargs:
+        raise TypeError(f"pass either options= or keyword options, not both (got {sorted(kwargs)})")
+    return options if options is not None else ClassifyOptions.from_kwargs(**kwargs)
+
+
+def pixel_area_m2(stack: Stack) -> np.ndarray:
+    """Area of one pixel in m2 for each raster row, float64 ``(rows,)``.
+
+    Projected grids have one area for every pixel (from the transform and the CRS's
+    linear unit); geographic grids get the ellipsoidal area of each row's pixels.
+    """
+    tf = stack.transform
+    if stack.crs.is_projected:
+        factor = stack.crs.linear_units_factor[1]
+        area = abs(tf.a * tf.e - tf.b * tf.d) * factor * factor
+        return np.full(stack.height, area, dtype=np.float64)
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    out = np.empty(stack.height, dtype=np.float64)
+    for r in range(stack.height):
+        xs, ys = zip(*(tf * (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))))
+        out[r] = abs(geod.polygon_area_perimeter(xs, ys)[0])
+    return out
+
+
+class _Tally:
+    """Running per-class pixel counts and areas, and stage timings."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.codes = np.array([c.code for c in plan.meta.classes])
+        self.row_area = pixel_area_m2(plan.stack)
+        self.pixels = np.zeros(len(self.codes), dtype=np.int64)
+        self.area_m2 = np.zeros(len(self.codes), dtype=np.float64)
+        self.n_mask = self.n_classified = self.n_insufficient = 0
+        self.timings = {"read": 0.0, "fill": 0.0, "model": 0.0}
+
+    def add(self, result: BlockResult) -> None:
+        p, b = result.prediction, result.block
+        self.n_mask += p.n_mask
+        self.n_classified += p.n_classified
+        self.n_insufficient += p.n_insufficient
+        for k, v in p.timings.items():
+            self.timings[k] += v
+        if p.n_classified:
+            area = self.row_area[b.row_off : b.row_off + b.height]
+            for i, code in enumerate(self.codes):
+                hit = p.classes == code
+                self.pixels[i] += int(hit.sum())
+                self.area_m2[i] += float(hit.sum(axis=1) @ area)
+
+
+def classify(
+    stack: str | Path,
+    mask: str | Path,
+    *,
+    model: str | Path | None = None,
+    out: str | Path | None = None,
+    options: ClassifyOptions | None = None,
+    progress: ProgressCallback | None = None,
+    **kwargs: Any,  # noqa: ANN401
+) -> dict[str, Any]:
+    """Classify the cropland of a Sentinel-2 stack and write the outputs.
+
+    Args:
+        stack: A time-major GeoTIFF stack or a folder of per-date GeoTIFFs.
+        mask: Cropland polygons (any OGR format).
+        model: A cropmap bundle; default the sample bundle shipped with cropmap.
+        out: The class-map GeoTIFF to write; default ``<stack stem>_classified.tif``
+            in the current directory. Other outputs are named after it.
+        options: Runtime options; or pass them as keywords (``confidence=True``, ...).
+        progress: Called as ``progress(done, total)`` after each block.
+        **kwargs: Fields of :class:`~cropmap.options.ClassifyOptions`.
+
+    Returns:
+        The run summary (also written to ``<out stem>_summary.json``).
+
+    Raises:
+        CropmapError: For bad inputs, an incompatible bundle or existing outputs.
+    """
+    from cropmap import __version__
+    from cropmap.quicklook import write_quicklook
+    from cropmap.writer import (
+        MAP_NODATA, BlockRaster, Staging, check_outputs, colormap, output_paths, write_aux_xml, write_qml,
+    )  # fmt: skip
+
+    t_start = time.perf_counter()
+    opts = _options(options, kwargs)
+    stack_path = Path(stack)
+    out_path = Path(out) if out is not None else Path.cwd() / f"{stack_path.with_suffix('').name}_classified.tif"
+    if out_path.suffix.lower() not in (".tif", ".tiff"):
+        raise InputRasterError(f"output {out_path} must end in .tif or .tiff (it is a GeoTIFF)")
+    paths = output_paths(out_path, confidence=opts.confidence, embedding=opts.embedding, quicklook=opts.quicklook)
+    check_outputs(paths, overwrite=opts.overwrite)
+    plan = _prepare(stack, mask, model, opts)
+    meta, st = plan.meta, plan.stack
+    tally = _Tally(plan)
+    write_s = 0.0
+    grid = dict(crs=st.crs, transform=st.transform, shape=st.shape)
+    with Staging() as staging:
+        rasters: dict[str, BlockRaster] = {}
+        try:
+            rasters["map"] = BlockRaster(
+                staging.scratch(paths.map, ".tif"), count=1, dtype="uint8", nodata=MAP_NODATA,
+                colormap=colormap(meta.classes), tags={"cropmap_model": meta.model_name, "cropmap_season": str(plan.season)},
+                **grid,
+            )  # fmt: skip
+            if paths.confidence is not None:
+                rasters["confidence"] = BlockRaster(
+                    staging.scratch(paths.confidence, ".tif"), count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
+                    descriptions=["confidence"], tags={"confidence": "max class probability x 100 (0..100)"}, **grid,
+                )  # fmt: skip
+            if paths.embedding is not None:
+                assert meta.embedding is not None
+                rasters["embedding"] = BlockRaster(
+                    staging.scratch(paths.embedding, ".tif"), count=meta.embedding.dim, dtype="float32",
+                    nodata=float("nan"), descriptions=[f"embedding_{i:03d}" for i in range(meta.embedding.dim)],
+                    tags={"embedding": meta.embedding.description, "embedding_output": meta.embedding.output_name},
+                    **grid,
+                )  # fmt: skip
+            processed = {item.block for item in plan.items}
+            t0 = time.perf_counter()
+            for b in plan.blocks:
+                if b not in processed:
+                    for r in rasters.values():
+                        r.fill(b.window)
+            write_s += time.perf_counter() - t0
+            for result in _results(plan, progress):
+                tally.add(result)
+                t0 = time.perf_counter()
+                w, p = result.block.window, result.prediction
+                rasters["map"].write(w, p.classes)
+                if "confidence" in rasters:
+                    rasters["confidence"].write(w, p.confidence)
+                if "embedding" in rasters:
+                    rasters["embedding"].write(w, p.embedding)
+                write_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            finals = {"map": paths.map, "confidence": paths.confidence, "embedding": paths.embedding}
+            for name, r in rasters.items():
+                target = finals[name]
+                assert target is not None
+                r.to_cog(staging.temp_for(target))
+            write_aux_xml(staging.temp_for(paths.aux), meta.classes)
+            write_qml(staging.temp_for(paths.qml), meta.classes)
+        finally:
+            for r in rasters.values():
+                r.close()
+        area_ha = {int(c): float(a) / 1e4 for c, a in zip(tally.codes, tally.area_m2)}
+        if paths.quicklook is not None:
+            cog_tmp = staging.staged(paths.map)
+            write_quicklook(
+                cog_tmp, staging.temp_for(paths.quicklook), meta.classes, area_ha,
+                title=f"{meta.model_name} - {st.path.name} - season {plan.season}",
+            )  # fmt: skip
+        write_s += time.perf_counter() - t0
+        total_s = time.perf_counter() - t_start
+        summary = _summary(plan, tally, paths, opts, write_s, total_s, __version__)
+        summary_tmp = staging.temp_for(paths.summary)
+        summary_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        staging.commit()
+    logger.info(
+        "classified %d of %d cropland pixels in %.2f s -> %s", tally.n_classified, tally.n_mask, total_s, paths.map
+    )
+    return summary
+
+
+def _summary(
+    plan: _Plan,
+    tally: _Tally,
+    paths: Any,  # noqa: ANN401 - writer.OutputPaths
+    opts: ClassifyOptions,
+    write_s: float,
+    total_s: float,
+    version: str,
+) -> dict[str, Any]:
+    st, meta = plan.stack, plan.meta
+    total = st.height * st.width
+    classes = [
+        {"code": c.code, "name": c.name, "color": c.color, "pixels": int(n), "area_ha": round(float(a) / 1e4, 4)}
+        for c, n, a in zip(meta.classes, tally.pixels, tally.area_m2)
+    ]
+    assert st.scale is not None
+    nodata_note = (
+        "declared nodata values are treated as missing observations"
+        if st.has_nodata
+        else "the stack declares no nodata value: every value was taken as valid (NaN excepted)"
+    )
+    return {
+        "cropmap_version": version,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {
+            "stack": str(_absolute(st.path)),
+            "stack_layout": st.layout,
+            "mask": str(_absolute(plan.polygons.path)),
+            "mask_crs": plan.polygons.source_crs,
+            "model": str(_absolute(plan.bundle_path)),
+        },
+        "outputs": {k: (str(v) if v is not None else None) for k, v in dataclasses.asdict(paths).items()},
+        "bundle": {
+            "model_name": meta.model_name,
+            "schema_version": meta.schema_version,
+            "bands": list(meta.bands),
+            "classes": len(meta.classes),
+            "provenance": dataclasses.asdict(meta.provenance),
+        },
+        "grid": {
+            "crs": st.crs.to_string(),
+            "transform": list(st.transform)[:6],
+            "height": st.height,
+            "width": st.width,
+            "pixel_area_m2": float(tally.row_area.mean()),
+        },
+        "stack": {
+            "dtype": st.dtype,
+            "nodata": [v if v is None or v == v else "mixed" for v in st.nodata],
+            "nodata_note": nodata_note,
+            "reflectance_scale": st.scale.reflectance_scale,
+            "reflectance_offset": st.scale.offset,
+            "reflectance_scale_source": st.scale.source,
+            "model_reflectance_scale": meta.reflectance_scale,
+        },
+        "season": {
+            "year": plan.season,
+            "season_start": meta.time_grid.season_start,
+            "dates_used": [str(st.dates[i]) for i in plan.obs],
+            "positions_days": list(plan.positions),
+            "dates_ignored": [str(d) for i, d in enumerate(st.dates) if i not in set(plan.obs)],
+            "grid_days": list(meta.time_grid.day_of_season),
+            "gap_fill": meta.gap_fill,
+            "min_valid_steps": plan.min_valid,
+        },
+        "pixels": {
+            "total": total,
+            "in_mask": tally.n_mask,
+            "classified": tally.n_classified,
+            "skipped_outside_mask": total - tally.n_mask,
+            "insufficient_data": tally.n_insufficient,
+        },
+        "blocks": {
+            "block_shape": list(plan.shape),
+            "total": len(plan.blocks),
+            "processed": len(plan.items),
+            "skipped": len(plan.blocks) - len(plan.items),
+        },
+        "classes": classes,
+        "timings_s": {
+            "read": round(tally.timings["read"], 4),
+            "fill": round(tally.timings["fill"], 4),
+            "model": round(tally.timings["model"], 4),
+            "write": round(write_s, 4),
+            "total": round(total_s, 4),
+            "note": "read, fill and model are summed over blocks (parallel workers overlap); total is wall time",
+        },
+        "throughput_cropland_px_per_s": round(tally.n_mask / total_s, 1) if total_s > 0 else None,
+        "executor": plan.executor.description,
+        "options": dataclasses.asdict(opts),
+    }
+
+
+def classify_array(
+    stack: str | Path,
+    mask: str | Path,
+    *,
+    model: str | Path | None = None,
+    options: ClassifyOptions | None = None,
+    progress: ProgressCallback | None = None,
+    **kwargs: Any,  # noqa: ANN401
+) -> Any:  # noqa: ANN401 - xarray.DataArray (xarray is imported lazily)
+    """Classify in memory and return the class map as an ``xarray.DataArray``.
+
+    The result has dims ``("y", "x")`` with pixel-centre coordinates, uint8 class
+    codes (0 = not classified), and attrs ``crs`` (WKT), ``transform``, ``nodata``,
+    ``class_codes``, ``class_names``, ``class_colors`` and ``season``. With
+    ``confidence=True`` a ``confidence`` coordinate (uint8, 255 = none) is attached.
+    The whole map is held in memory; use :func:`classify` for large rasters.
+
+    Args:
+        stack: A time-major GeoTIFF stack or a folder of per-date GeoTIFFs.
+        mask: Cropland polygons (any OGR format).
+        model: A cropmap bundle; default the sample bundle shipped with cropmap.
+        options: Runtime options; or pass them as keywords. ``embedding``, ``overwrite``
+            and ``quicklook`` have no effect here.
+        progress: Called as ``progress(done, total)`` after each block.
+        **kwargs: Fields of :class:`~cropmap.options.ClassifyOptions`.
+    """
+    import xarray as xr
+
+    opts = _options(options, kwargs)
+    opts = dataclasses.replace(opts, embedding=False)
+    plan = _prepare(stack, mask, model, opts)
+    st, meta = plan.stack, plan.meta
+    classes = np.zeros(st.shape, dtype=np.uint8)
+    conf = np.full(st.shape, CONFIDENCE_NODATA, dtype=np.uint8) if opts.confidence else None
+    for result in _results(plan, progress):
+        b = result.block
+        sl = (slice(b.row_off, b.row_off + b.height), slice(b.col_off, b.col_off + b.width))
+        classes[sl] = result.prediction.classes
+        if conf is not None:
+            conf[sl] = result.prediction.confidence
+    tf = st.transform
+    xs = np.array([(tf * (c + 0.5, 0.5))[0] for c in range(st.width)])
+    ys = np.array([(tf * (0.5, r + 0.5))[1] for r in range(st.height)])
+    coords: dict[str, Any] = {"y": ys, "x": xs}
+    if conf is not None:
+        coords["confidence"] = (("y", "x"), conf)
+    return xr.DataArray(
+        classes, dims=("y", "x"), coords=coords, name="crop_class",
+        attrs={
+            "crs": st.crs.to_wkt(), "transform": list(tf)[:6], "nodata": 0, "season": plan.season,
+            "class_codes": [c.code for c in meta.classes], "class_names": [c.name for c in meta.classes],
+            "class_colors": [c.color for c in meta.classes], "model": meta.model_name,
+        },
+    )  # fmt: skip

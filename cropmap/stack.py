@@ -1,0 +1,448 @@
+"""Reading Sentinel-2 time stacks lazily, window by window.
+
+Two layouts are accepted (docs/input-formats.md):
+
+* one multi-band GeoTIFF whose bands are ``(date, band)`` pairs, described either
+  by band descriptions ``YYYY-MM-DD_B02`` or by the dataset tags ``dates`` and
+  ``bands`` (comma-separated; time-major, band ``i`` (0-based) = ``t * n_bands + b``);
+* a folder of per-date GeoTIFFs, the date in the file name (``YYYY-MM-DD`` or
+  ``YYYYMMDD``), band names in the band descriptions or a ``bands`` tag, all on one grid.
+
+Opening a stack reads headers only. :meth:`Stack.read` reads one window of the
+chosen observations and bands as float32 with NaN where data is missing; each call
+opens its own rasterio handles, so calls are safe from any thread or process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.windows import Window
+
+from cropmap.bands import canonical_band
+from cropmap.errors import InputRasterError
+
+logger = logging.getLogger(__name__)
+
+_DESC_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8})[_\s:-]+(\S+)$")
+_NAME_DATE_RE = re.compile(r"(?<!\d)(\d{4}-\d{2}-\d{2}|\d{8})(?!\d)")
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ReflectanceScale:
+    """How raw stack values relate to reflectance: ``reflectance = value * gain + offset``."""
+
+    gain: float
+    offset: float
+    source: str
+    """Where it was declared (``"tag reflectance_scale"``, ``"GDAL band scale/offset"``, ``"--reflectance-scale"``)."""
+
+    @property
+    def reflectance_scale(self) -> float:
+        """The equivalent ``reflectance_scale`` (raw value = reflectance x this) when offset is 0."""
+        return 1.0 / self.gain
+
+
+@dataclass(frozen=True)
+class Stack:
+    """An opened (header-only) Sentinel-2 time stack.
+
+    ``sources[s]`` is the file holding observation ``s``; ``band_index[s][name]`` the
+    1-based band of that file holding band ``name`` (canonical S2 name) at ``dates[s]``.
+    """
+
+    path: Path
+    layout: str
+    """``"single-file"`` or ``"folder"``."""
+    dates: tuple[dt.date, ...]
+    sources: tuple[Path, ...]
+    band_index: tuple[dict[str, int], ...]
+    bands: tuple[str, ...]
+    """Band names present at every date (canonical where they are S2 bands), in file order."""
+    crs: CRS
+    transform: Affine
+    height: int
+    width: int
+    dtype: str
+    nodata: tuple[float | None, ...]
+    """Declared nodata of each source (``None`` when a source declares none)."""
+    tile_shape: tuple[int, int]
+    """Internal block shape (rows, cols) of the first source."""
+    scale: ReflectanceScale | None
+    """Declared reflectance scale; ``None`` when the stack declares none."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Raster shape (rows, cols)."""
+        return (self.height, self.width)
+
+    @property
+    def has_nodata(self) -> bool:
+        """Whether every source declares a nodata value."""
+        return all(v is not None for v in self.nodata)
+
+    def check_bands(self, wanted: Sequence[str]) -> None:
+        """Check that every band the bundle needs is present.
+
+        Raises:
+            InputRasterError: Naming the bands found and the bands expected.
+        """
+        missing = [b for b in wanted if b not in self.bands]
+        if missing:
+            raise InputRasterError(
+                f"stack {self.path} has bands {list(self.bands)}; the model needs {list(wanted)} "
+                f"(missing {missing})"
+            )
+        extra = [b for b in self.bands if b not in wanted]
+        if extra:
+            logger.info("stack bands %s are not used by the model (it reads %s)", extra, list(wanted))
+
+    def read(self, window: Window, obs: Sequence[int], bands: Sequence[str]) -> np.ndarray:
+        """Read one window as float32 ``(S, C, rows, cols)``, NaN where data is missing.
+
+        Args:
+            window: Pixel window on the stack grid.
+            obs: Indices into :attr:`dates` of the observations to read, in output order.
+            bands: Canonical band names, in output order.
+
+        Raises:
+            InputRasterError: If a file cannot be read (e.g. truncated or corrupt).
+        """
+        rows, cols = int(window.height), int(window.width)
+        out = np.empty((len(obs), len(bands), rows, cols), dtype=np.float32)
+        by_source: dict[Path, list[int]] = {}
+        for i, s in enumerate(obs):
+            by_source.setdefault(self.sources[s], []).append(i)
+        for src_path, out_rows in by_source.items():
+            indexes = [self.band_index[obs[i]][b] for i in out_rows for b in bands]
+            try:
+                with rasterio.open(src_path) as src:
+                    raw = src.read(indexes, window=window)
+                    nodatavals = [src.nodatavals[k - 1] for k in indexes]
+            except RasterioError as err:
+                raise InputRasterError(
+                    f"stack file {src_path} could not be read at window {_fmt_window(window)} "
+                    f"({err}); the file looks truncated or corrupt, expected a complete GeoTIFF"
+                ) from err
+            values = raw.astype(np.float32, copy=False)
+            if raw is values:
+                values = values.copy()
+            for k, nd in enumerate(nodatavals):
+                if nd is not None and not math.isnan(nd):
+                    values[k][raw[k] == nd] = np.nan
+            values = values.reshape(len(out_rows), len(bands), rows, cols)
+            out[out_rows] = values
+        return out
+
+    def to_model_units(self, values: np.ndarray, target_scale: float) -> np.ndarray:
+        """Convert raw values in place to ``reflectance x target_scale``.
+
+        Raises:
+            InputRasterError: If the stack has no declared reflectance scale.
+        """
+        if self.scale is None:
+            raise InputRasterError(_no_scale_message(self.path))
+        gain = self.scale.gain * target_scale
+        offset = self.scale.offset * target_scale
+        if gain != 1.0:
+            values *= np.float32(gain)
+        if offset != 0.0:
+            values += np.float32(offset)
+        return values
+
+
+def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> Stack:
+    """Open a stack (single GeoTIFF or folder of per-date GeoTIFFs), reading headers only.
+
+    Args:
+        path: The GeoTIFF or the folder.
+        reflectance_scale: Raw value = reflectance x this, for stacks that declare none.
+
+    Raises:
+        InputRasterError: If the stack is missing, not a GeoTIFF, truncated, has no
+            discoverable dates or band names, no CRS, or files on different grids.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputRasterError(f"stack {path} does not exist; expected a GeoTIFF or a folder of per-date GeoTIFFs")
+    if path.is_dir():
+        stack = _open_folder(path)
+    else:
+        stack = _open_single(path)
+    scale = _resolve_scale(stack, reflectance_scale)
+    stack = dataclasses.replace(stack, scale=scale)
+    if not stack.has_nodata:
+        logger.warning(
+            "stack %s declares no nodata value: every value is taken as a valid observation (NaN excepted)", path
+        )
+    logger.info(
+        "stack %s: %s, %d dates (%s .. %s), bands %s, %d x %d px, %s, reflectance scale %s (%s)",
+        path, stack.layout, len(stack.dates), stack.dates[0], stack.dates[-1], list(stack.bands),
+        stack.height, stack.width, stack.crs.to_string(), round(scale.reflectance_scale, 6), scale.source,
+    )  # fmt: skip
+    return stack
+
+
+def _open_dataset(path: Path) -> rasterio.io.DatasetReader:
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as err:
+        raise InputRasterError(f"{path} is not a readable GeoTIFF ({err}); expected a GeoTIFF stack") from err
+    if src.driver not in ("GTiff", "COG"):
+        src.close()
+        raise InputRasterError(f"{path} is a {src.driver} raster; expected a GeoTIFF")
+    return src
+
+
+def _check_complete(src: rasterio.io.DatasetReader, path: Path) -> None:
+    """Refuse files whose last tiles lie beyond the end of the file (cut copies)."""
+    size = path.stat().st_size
+    rows_b, cols_b = src.block_shapes[0]
+    last = ((src.height - 1) // rows_b, (src.width - 1) // cols_b)
+    for bidx in sorted({1, src.count}):
+        for j, i in ((0, 0), last):
+            off = src.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=bidx)
+            nbytes = src.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=bidx)
+            if off is None or nbytes is None:
+                continue
+            if int(off) + int(nbytes) > size:
+                raise InputRasterError(
+                    f"{path} is truncated: band {bidx} needs {int(off) + int(nbytes)} bytes, the file has {size}; "
+                    "expected a complete GeoTIFF (re-download or re-export it)"
+                )
+
+
+def _grid(src: rasterio.io.DatasetReader, path: Path) -> tuple[CRS, Affine]:
+    if src.crs is None:
+        raise InputRasterError(f"{path} has no CRS; expected a georeferenced GeoTIFF (e.g. EPSG:32631)")
+    if src.transform == Affine.identity():
+        raise InputRasterError(f"{path} has no geotransform; expected a georeferenced GeoTIFF")
+    return src.crs, src.transform
+
+
+def _parse_date(text: str, where: str) -> dt.date:
+    try:
+        if "-" in text:
+            return dt.date.fromisoformat(text)
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError as err:
+        raise InputRasterError(f"{where}: {text!r} is not a valid date; expected YYYY-MM-DD or YYYYMMDD") from err
+
+
+def _band_name(name: str) -> str:
+    """Canonical S2 name where the name is an S2 band, else the name unchanged (an extra band)."""
+    try:
+        return canonical_band(name)
+    except ValueError:
+        return name.strip()
+
+
+def _nodata(src: rasterio.io.DatasetReader) -> float | None:
+    vals = {v for v in src.nodatavals if v is not None}
+    if not vals:
+        return None
+    return float(next(iter(vals))) if len(vals) == 1 else float("nan")
+
+
+def _open_single(path: Path) -> Stack:
+    with _open_dataset(path) as src:
+        _check_complete(src, path)
+        crs, transform = _grid(src, path)
+        descs = list(src.descriptions)
+        tags = src.tags()
+        pairs: list[tuple[dt.date, str]] | None = None
+        parsed = [_DESC_RE.match(d) if d else None for d in descs]
+        if all(parsed):
+            pairs = [(_parse_date(m.group(1), f"{path} band {i + 1} description"), _band_name(m.group(2)))
+                     for i, m in enumerate(parsed)]  # fmt: skip
+            source = "band descriptions"
+        elif "dates" in tags and "bands" in tags:
+            dates = [_parse_date(d.strip(), f"{path} tag 'dates'") for d in tags["dates"].split(",") if d.strip()]
+            names = [_band_name(b) for b in tags["bands"].split(",") if b.strip()]
+            if len(dates) * len(names) != src.count:
+                raise InputRasterError(
+                    f"{path} has {src.count} bands; its tags list {len(dates)} dates x {len(names)} bands = "
+                    f"{len(dates) * len(names)} (time-major); expected them to match"
+                )
+            pairs = [(d, b) for d in dates for b in names]
+            source = "tags 'dates'/'bands' (time-major)"
+        else:
+            found = [d for d in descs if d][:3]
+            raise InputRasterError(
+                f"{path}: no dates found; expected band descriptions like '2021-03-01_B02' on every band "
+                f"(found {found or 'none'}{'...' if len(found) == 3 else ''}) or dataset tags 'dates' and 'bands' "
+                f"(found tags {sorted(tags) or 'none'}), or a folder of per-date GeoTIFFs"
+            )
+        if all(parsed) and "dates" in tags and "bands" in tags:
+            _check_tags_agree(path, pairs, tags)
+        index: dict[dt.date, dict[str, int]] = {}
+        for bidx, (d, b) in enumerate(pairs, start=1):
+            slot = index.setdefault(d, {})
+            if b in slot:
+                raise InputRasterError(f"{path}: band {b} appears twice for date {d} (bands {slot[b]} and {bidx})")
+            slot[b] = bidx
+        dates = tuple(sorted(index))
+        bands = _common_bands(path, [list(index[d]) for d in dates], [str(d) for d in dates])
+        logger.debug("%s: dates and bands from %s", path, source)
+        return Stack(
+            path=path, layout="single-file", dates=dates, sources=tuple(path for _ in dates),
+            band_index=tuple(index[d] for d in dates), bands=bands, crs=crs, transform=transform,
+            height=src.height, width=src.width, dtype=src.dtypes[0], nodata=(_nodata(src),),
+            tile_shape=tuple(src.block_shapes[0]), scale=_declared_scale(src, path),
+        )  # fmt: skip
+
+
+def _check_tags_agree(path: Path, pairs: list[tuple[dt.date, str]], tags: dict[str, str]) -> None:
+    dates = sorted({d for d, _ in pairs})
+    tag_dates = sorted({_parse_date(d.strip(), f"{path} tag 'dates'") for d in tags["dates"].split(",") if d.strip()})
+    if dates != tag_dates:
+        raise InputRasterError(
+            f"{path}: band descriptions name dates {[str(d) for d in dates]} but tag 'dates' says "
+            f"{[str(d) for d in tag_dates]}; expected them to agree"
+        )
+
+
+def _common_bands(path: Path, per_date: list[list[str]], labels: list[str]) -> tuple[str, ...]:
+    common = [b for b in per_date[0] if all(b in names for names in per_date)]
+    for names, label in zip(per_date, labels):
+        partial = [b for b in names if b not in common]
+        if partial:
+            logger.info("%s: band(s) %s at %s are not present at every date and are ignored", path, partial, label)
+    return tuple(common)
+
+
+def _open_folder(path: Path) -> Stack:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _TIFF_SUFFIXES)
+    if not files:
+        raise InputRasterError(f"folder {path} holds no .tif/.tiff files; expected one GeoTIFF per date")
+    dated: dict[dt.date, Path] = {}
+    for f in files:
+        m = _NAME_DATE_RE.search(f.stem)
+        if m is None:
+            raise InputRasterError(
+                f"{f.name} in {path} has no date in its name; expected YYYY-MM-DD or YYYYMMDD (e.g. S2_2021-03-01.tif)"
+            )
+        d = _parse_date(m.group(1), f"file name {f.name}")
+        if d in dated:
+            raise InputRasterError(f"{dated[d].name} and {f.name} in {path} are both dated {d}; expected one file per date")
+        dated[d] = f
+    dates = tuple(sorted(dated))
+    ref: dict[str, object] | None = None
+    index: list[dict[str, int]] = []
+    nodata: list[float | None] = []
+    scales: list[ReflectanceScale | None] = []
+    for d in dates:
+        f = dated[d]
+        with _open_dataset(f) as src:
+            _check_complete(src, f)
+            crs, transform = _grid(src, f)
+            grid = {"crs": crs, "transform": transform, "shape": (src.height, src.width)}
+            if ref is None:
+                ref = {**grid, "dtype": src.dtypes[0], "tile": tuple(src.block_shapes[0]), "file": f}
+            elif any(grid[k] != ref[k] for k in grid):
+                raise InputRasterError(
+                    f"{f.name} is on another grid than {ref['file'].name} (CRS {crs.to_string()} vs "
+                    f"{ref['crs'].to_string()}, shape {grid['shape']} vs {ref['shape']}, transform "
+                    f"{tuple(transform)[:6]} vs {tuple(ref['transform'])[:6]}); expected every date on one grid"
+                )
+            names = _folder_band_names(src, f)
+            slot: dict[str, int] = {}
+            for bidx, b in enumerate(names, start=1):
+                if b in slot:
+                    raise InputRasterError(f"{f}: band {b} appears twice (bands {slot[b]} and {bidx})")
+                slot[b] = bidx
+            index.append(slot)
+            nodata.append(_nodata(src))
+            scales.append(_declared_scale(src, f))
+    declared = {(s.gain, s.offset) for s in scales if s is not None}
+    if len(declared) > 1 or (declared and any(s is None for s in scales)):
+        raise InputRasterError(
+            f"files in {path} declare different reflectance scales ({sorted(declared)}, some none); "
+            "expected one scale for the whole stack"
+        )
+    scale = next((s for s in scales if s is not None), None)
+    bands = _common_bands(path, [list(s) for s in index], [str(d) for d in dates])
+    assert ref is not None
+    return Stack(
+        path=path, layout="folder", dates=dates, sources=tuple(dated[d] for d in dates), band_index=tuple(index),
+        bands=bands, crs=ref["crs"], transform=ref["transform"], height=ref["shape"][0], width=ref["shape"][1],
+        dtype=str(ref["dtype"]), nodata=tuple(nodata), tile_shape=ref["tile"], scale=scale,
+    )  # fmt: skip
+
+
+def _folder_band_names(src: rasterio.io.DatasetReader, f: Path) -> list[str]:
+    descs = list(src.descriptions)
+    tags = src.tags()
+    if all(descs):
+        return [_band_name(_DESC_RE.match(d).group(2) if _DESC_RE.match(d) else d) for d in descs]
+    if "bands" in tags:
+        names = [_band_name(b) for b in tags["bands"].split(",") if b.strip()]
+        if len(names) != src.count:
+            raise InputRasterError(f"{f} has {src.count} bands; its 'bands' tag lists {len(names)}: expected equal")
+        return names
+    raise InputRasterError(
+        f"{f}: no band names found; expected a description on every band (e.g. 'B02') or a dataset tag "
+        f"'bands' (found descriptions {descs}, tags {sorted(tags) or 'none'})"
+    )
+
+
+def _declared_scale(src: rasterio.io.DatasetReader, path: Path) -> ReflectanceScale | None:
+    tags = src.tags()
+    if "reflectance_scale" in tags:
+        try:
+            value = float(tags["reflectance_scale"])
+        except ValueError as err:
+            raise InputRasterError(
+                f"{path}: tag reflectance_scale is {tags['reflectance_scale']!r}; expected a number such as 10000"
+            ) from err
+        if not math.isfinite(value) or value <= 0:
+            raise InputRasterError(f"{path}: tag reflectance_scale is {value}; expected a positive number")
+        return ReflectanceScale(gain=1.0 / value, offset=0.0, source="tag reflectance_scale")
+    scales, offsets = set(src.scales), set(src.offsets)
+    if scales == {1.0} and offsets == {0.0}:
+        return None  # GDAL's defaults: nothing declared
+    if len(scales) > 1 or len(offsets) > 1:
+        raise InputRasterError(
+            f"{path}: bands declare different GDAL scales {sorted(scales)} / offsets {sorted(offsets)}; "
+            "expected one scale and offset for all bands"
+        )
+    return ReflectanceScale(gain=float(next(iter(scales))), offset=float(next(iter(offsets))),
+                            source="GDAL band scale/offset")  # fmt: skip
+
+
+def _no_scale_message(path: Path) -> str:
+    return (
+        f"stack {path} does not declare its reflectance scale (no tag 'reflectance_scale', no GDAL band "
+        "scale); expected one of them, or pass --reflectance-scale (10000 for Sentinel-2 L2A digital numbers)"
+    )
+
+
+def _resolve_scale(stack: Stack, option: float | None) -> ReflectanceScale:
+    declared = stack.scale
+    if option is None:
+        if declared is None:
+            raise InputRasterError(_no_scale_message(stack.path))
+        return declared
+    if declared is not None and not math.isclose(declared.reflectance_scale, option, rel_tol=1e-9):
+        raise InputRasterError(
+            f"stack {stack.path} declares reflectance scale {declared.reflectance_scale:g} ({declared.source}) "
+            f"but --reflectance-scale is {option:g}; expected them to agree (drop the option or fix the file)"
+        )
+    return declared or ReflectanceScale(gain=1.0 / option, offset=0.0, source="--reflectance-scale")
+
+
+def _fmt_window(window: Window) -> str:
+    return f"rows {window.row_off}..{window.row_off + window.height}, cols {window.col_off}..{window.col_off + window.width}"

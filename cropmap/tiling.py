@@ -1,0 +1,187 @@
+"""Block plan over (y, x) and running the per-block work on dask.
+
+Blocks are aligned with the stack's internal tiling (their edge is a multiple of
+the file's tile), and every block carries all dates and bands. Blocks whose bounds
+touch no polygon are skipped without being read. Work runs on the local threaded
+scheduler or, given an address, on an existing dask.distributed cluster; results
+come back a bounded number at a time, so memory is bounded by the block size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from affine import Affine
+from rasterio.windows import Window
+from rasterio.windows import bounds as window_bounds
+from rasterio.windows import transform as window_transform
+
+from cropmap.options import DEFAULT_BLOCK_SIZE_PX
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the plan: a window of the stack grid."""
+
+    row: int
+    """Block row in the plan."""
+    col: int
+    """Block column in the plan."""
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    @property
+    def window(self) -> Window:
+        """The block's rasterio window."""
+        return Window(self.col_off, self.row_off, self.width, self.height)
+
+    def transform(self, grid: Affine) -> Affine:
+        """The block's window transform on a grid with transform ``grid``."""
+        return window_transform(self.window, grid)
+
+    def bounds(self, grid: Affine) -> tuple[float, float, float, float]:
+        """``(left, bottom, right, top)`` of the block in map units."""
+        return window_bounds(self.window, grid)
+
+
+def block_shape(tile_shape: tuple[int, int], raster_shape: tuple[int, int], requested: int | None) -> tuple[int, int]:
+    """Block shape (rows, cols) aligned with the file's tiles.
+
+    Each side is the smallest multiple of the tile side that is at least
+    ``requested`` (default :data:`~cropmap.options.DEFAULT_BLOCK_SIZE_PX`), capped at
+    the raster's side. Striped files (tiles spanning the full width) get full-width blocks.
+
+    Args:
+        tile_shape: Internal tile (rows, cols) of the file.
+        raster_shape: Raster (rows, cols).
+        requested: Wanted block edge in pixels, or ``None``.
+    """
+    want = requested or DEFAULT_BLOCK_SIZE_PX
+    sides = []
+    for tile, size in zip(tile_shape, raster_shape):
+        tile = max(1, min(tile, size))
+        side = min(size, math.ceil(want / tile) * tile)
+        sides.append(side)
+    if requested is not None and tuple(sides) != (min(requested, raster_shape[0]), min(requested, raster_shape[1])):
+        logger.info(
+            "block size %d px aligned to the file's %s px tiles: blocks of %s px", requested, tile_shape, tuple(sides)
+        )
+    return sides[0], sides[1]
+
+
+def plan_blocks(raster_shape: tuple[int, int], shape: tuple[int, int]) -> list[Block]:
+    """All blocks of ``shape`` covering the raster, row-major; edge blocks are cropped."""
+    rows, cols = raster_shape
+    bh, bw = shape
+    out = []
+    for i, r in enumerate(range(0, rows, bh)):
+        for j, c in enumerate(range(0, cols, bw)):
+            out.append(Block(row=i, col=j, row_off=r, col_off=c, height=min(bh, rows - r), width=min(bw, cols - c)))
+    return out
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where blocks run: the local threaded scheduler or a dask.distributed cluster."""
+
+    workers: int
+    """Blocks processed at once."""
+    intra_op_threads: int
+    """ONNX Runtime threads per session, so that workers x threads stays within the cores."""
+    scheduler: str | None
+
+    @property
+    def description(self) -> str:
+        """Human-readable description for logs and the summary."""
+        if self.scheduler:
+            return f"dask.distributed at {self.scheduler} ({self.workers} worker threads)"
+        return f"local threads ({self.workers} workers x {self.intra_op_threads} ONNX Runtime threads)"
+
+
+def make_executor(n_blocks: int, workers: int | None, scheduler: str | None) -> Executor:
+    """Choose parallelism for ``n_blocks`` blocks.
+
+    Locally, ``workers`` defaults to the number of cores (but never more than there
+    are blocks), and each ONNX Runtime session gets ``cores // workers`` threads.
+    On a cluster each worker thread runs one single-threaded session.
+    """
+    cores = os.cpu_count() or 1
+    if scheduler:
+        from cropmap.errors import CropmapError
+
+        try:
+            client = _client(scheduler)
+        except OSError as err:
+            raise CropmapError(f"could not connect to the dask scheduler at {scheduler} ({err}); expected a running "
+                               "dask.distributed scheduler") from err  # fmt: skip
+        try:
+            threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
+        finally:
+            client.close()
+        if threads == 0:
+            raise CropmapError(f"the dask scheduler at {scheduler} has no workers; expected at least one")
+        return Executor(workers=threads, intra_op_threads=1, scheduler=scheduler)
+    n = max(1, min(workers or cores, max(n_blocks, 1)))
+    return Executor(workers=n, intra_op_threads=max(1, cores // n), scheduler=None)
+
+
+def _client(address: str) -> Any:  # noqa: ANN401 - distributed.Client
+    from distributed import Client
+
+    return Client(address, timeout="10s", set_as_default=False)
+
+
+def run_blocks(
+    func: Callable[..., Any], blocks: Sequence[Any], executor: Executor, *, in_flight: int | None = None
+) -> Iterator[Any]:
+    """Run ``func(block)`` for every block and yield the results as they finish.
+
+    At most ``in_flight`` (default ``2 x workers``) results are pending at once, so
+    memory stays bounded by the block size whatever the raster size.
+
+    Args:
+        func: A picklable function of one block (it must open its own file handles
+            and ONNX Runtime session).
+        blocks: The blocks to process.
+        executor: From :func:`make_executor`.
+        in_flight: Most results pending at once.
+    """
+    limit = in_flight or 2 * executor.workers
+    if executor.scheduler:
+        yield from _run_distributed(func, blocks, executor.scheduler, limit)
+        return
+    import dask
+
+    pending = list(blocks)
+    while pending:
+        wave, pending = pending[:limit], pending[limit:]
+        tasks = [dask.delayed(func, pure=False)(b) for b in wave]
+        yield from dask.compute(*tasks, scheduler="threads", num_workers=executor.workers)
+
+
+def _run_distributed(func: Callable[..., Any], blocks: Sequence[Any], address: str, limit: int) -> Iterator[Any]:
+    from distributed import as_completed
+
+    client = _client(address)
+    try:
+        queue = list(blocks)
+        futures = [client.submit(func, b, pure=False) for b in queue[:limit]]
+        queue = queue[limit:]
+        done = as_completed(futures)
+        for fut in done:
+            result = fut.result()
+            fut.release()
+            if queue:
+                done.add(client.submit(func, queue.pop(0), pure=False))
+            yield result
+    finally:
+        client.close()

@@ -1,0 +1,280 @@
+"""Writing outputs: Cloud-Optimised GeoTIFFs with a legend, written atomically.
+
+Every output is first written under a temporary name in its final directory and
+moved into place (``os.replace``) only when all outputs of the run are complete;
+on any failure the temporaries are removed, so a final path never holds a
+half-written file.
+
+The class map is a uint8 COG (nodata 0) with an embedded colour table. Its class
+names are stored twice for GIS software: as GDAL category names plus a raster
+attribute table in the PAM sidecar ``<map>.tif.aux.xml`` (read by GDAL and QGIS),
+and as a QGIS style ``<map stem>.qml`` (paletted renderer with labels) that QGIS
+applies when the layer is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from cropmap.bundle import ClassInfo
+from cropmap.errors import OutputExistsError
+
+logger = logging.getLogger(__name__)
+
+MAP_NODATA = 0
+COG_BLOCK_SIZE_PX = 512
+_TMP_TILE_PX = 256
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Final paths of a run's outputs (``None`` for outputs not requested)."""
+
+    map: Path
+    aux: Path
+    qml: Path
+    summary: Path
+    confidence: Path | None
+    embedding: Path | None
+    quicklook: Path | None
+
+    def all(self) -> list[Path]:
+        """Every output path of the run."""
+        paths = [self.map, self.aux, self.qml, self.confidence, self.embedding, self.quicklook, self.summary]
+        return [p for p in paths if p is not None]
+
+
+def output_paths(out: Path, *, confidence: bool, embedding: bool, quicklook: bool) -> OutputPaths:
+    """Name the outputs of a run writing the class map to ``out``."""
+    stem = out.with_suffix("")
+    return OutputPaths(
+        map=out,
+        aux=out.with_name(out.name + ".aux.xml"),
+        qml=out.with_suffix(".qml"),
+        summary=stem.with_name(stem.name + "_summary.json"),
+        confidence=stem.with_name(stem.name + "_confidence.tif") if confidence else None,
+        embedding=stem.with_name(stem.name + "_embedding.tif") if embedding else None,
+        quicklook=stem.with_name(stem.name + "_quicklook.png") if quicklook else None,
+    )
+
+
+def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
+    """Refuse to run when an output exists and ``overwrite`` is False.
+
+    Raises:
+        OutputExistsError: Naming the existing files.
+    """
+    if not paths.map.parent.is_dir():
+        raise OutputExistsError(f"output folder {paths.map.parent} does not exist; expected an existing folder")
+    if overwrite:
+        return
+    existing = [str(p) for p in paths.all() if p.exists()]
+    if existing:
+        raise OutputExistsError(f"output {', '.join(existing)} already exists; pass --overwrite to replace it")
+
+
+class Staging:
+    """Temporary files that become the final outputs together, or not at all."""
+
+    def __init__(self) -> None:
+        self._moves: list[tuple[Path, Path]] = []
+        self._scratch: list[Path] = []
+
+    def temp_for(self, final: Path) -> Path:
+        """A temporary path in ``final``'s folder that :meth:`commit` moves to ``final``."""
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
+        self._moves.append((tmp, final))
+        return tmp
+
+    def staged(self, final: Path) -> Path:
+        """The temporary path staged for ``final``."""
+        return next(t for t, f in self._moves if f == final)
+
+    def scratch(self, near: Path, suffix: str) -> Path:
+        """A temporary path removed when staging ends."""
+        tmp = near.with_name(f".{near.name}.{uuid.uuid4().hex[:8]}.scratch{suffix}")
+        self._scratch.append(tmp)
+        return tmp
+
+    def commit(self) -> None:
+        """Move every staged file to its final path."""
+        for tmp, final in self._moves:
+            os.replace(tmp, final)
+        self._moves.clear()
+
+    def cleanup(self) -> None:
+        """Remove whatever temporary file is left (and GDAL sidecars of it)."""
+        for tmp in [t for t, _ in self._moves] + self._scratch:
+            for p in (tmp, tmp.with_name(tmp.name + ".aux.xml"), tmp.with_name(tmp.name + ".ovr")):
+                p.unlink(missing_ok=True)
+        self._moves.clear()
+        self._scratch.clear()
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class BlockRaster:
+    """A raster written window by window to a scratch GTiff, then copied to a COG."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        crs: CRS,
+        transform: Affine,
+        shape: tuple[int, int],
+        count: int,
+        dtype: str,
+        nodata: float,
+        colormap: dict[int, tuple[int, int, int, int]] | None = None,
+        descriptions: Sequence[str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.path = path
+        self.nodata = nodata
+        self.count = count
+        self.dtype = dtype
+        tile = _TMP_TILE_PX
+        profile: dict[str, Any] = dict(
+            driver="GTiff", width=shape[1], height=shape[0], count=count, dtype=dtype, crs=crs,
+            transform=transform, nodata=nodata, tiled=True, blockxsize=tile, blockysize=tile, compress="deflate",
+            interleave="band" if count > 1 else "pixel", BIGTIFF="IF_SAFER",
+        )  # fmt: skip
+        if colormap is not None:
+            profile["photometric"] = "palette"
+        self._ds = rasterio.open(path, "w", **profile)
+        if colormap is not None:
+            self._ds.write_colormap(1, colormap)
+        if descriptions:
+            for i, d in enumerate(descriptions, start=1):
+                self._ds.set_band_description(i, d)
+        if tags:
+            self._ds.update_tags(**tags)
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        """Write ``data`` (``(rows, cols)`` or ``(bands, rows, cols)``) at ``window``."""
+        arr = data if data.ndim == 3 else data[None]
+        self._ds.write(arr.astype(self.dtype, copy=False), window=window)
+
+    def fill(self, window: Window) -> None:
+        """Write nodata over ``window``."""
+        self._ds.write(
+            np.full((self.count, int(window.height), int(window.width)), self.nodata, dtype=self.dtype), window=window
+        )
+
+    def to_cog(self, dest: Path) -> None:
+        """Close the scratch file and copy it to a Cloud-Optimised GeoTIFF at ``dest``.
+
+        Overviews are built with nearest-neighbour resampling (class codes must not be averaged).
+        """
+        self._ds.close()
+        rasterio.shutil.copy(
+            self.path, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
+            OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", OVERVIEWS="IGNORE_EXISTING",
+            BIGTIFF="IF_SAFER", NUM_THREADS="1",
+        )  # fmt: skip
+        dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
+        check_cog(dest)
+
+    def close(self) -> None:
+        """Close the scratch file without copying it."""
+        if not self._ds.closed:
+            self._ds.close()
+
+
+def check_cog(path: Path) -> None:
+    """Verify with GDAL that ``path`` is a tiled GeoTIFF with the COG layout.
+
+    Raises:
+        RuntimeError: If GDAL does not report ``LAYOUT=COG`` or the file is not tiled
+            (a bug in cropmap, not a user error).
+    """
+    with rasterio.open(path) as ds:
+        layout = ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
+        if layout != "COG" or not ds.profile.get("tiled", False):
+            raise RuntimeError(f"{path} is not a Cloud-Optimised GeoTIFF (LAYOUT={layout}, tiled={ds.profile.get('tiled')})")
+
+
+def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int]]:
+    """The embedded colour table: class colours, transparent nodata, black elsewhere."""
+    cmap = {i: (0, 0, 0, 255) for i in range(256)}
+    cmap[MAP_NODATA] = (0, 0, 0, 0)
+    for c in classes:
+        cmap[c.code] = (*c.rgb(), 255)
+    return cmap
+
+
+def write_aux_xml(path: Path, classes: Sequence[ClassInfo]) -> None:
+    """Write GDAL category names and a thematic raster attribute table (PAM ``.aux.xml``).
+
+    Category ``i`` is the name of pixel value ``i``; values without a class (0, the
+    nodata, included) get an empty name.
+    """
+    by_code = {c.code: c for c in classes}
+    cats = "\n".join(
+        f"      <Category>{escape(by_code[i].name) if i in by_code else ''}</Category>"
+        for i in range(max(by_code) + 1)
+    )
+    fields = [("Value", 0, 5), ("Class_Name", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8), ("Alpha", 0, 9)]
+    defs = "\n".join(
+        f'      <FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+        for i, (n, t, u) in enumerate(fields)
+    )
+    rows = []
+    for i, c in enumerate(sorted(classes, key=lambda c: c.code)):
+        r, g, b = c.rgb()
+        rows.append(f'      <Row index="{i}"><F>{c.code}</F><F>{escape(c.name)}</F><F>{r}</F><F>{g}</F><F>{b}</F><F>255</F></Row>')
+    text = (
+        "<PAMDataset>\n"
+        '  <PAMRasterBand band="1">\n'
+        "    <CategoryNames>\n"
+        f"{cats}\n"
+        "    </CategoryNames>\n"
+        '    <GDALRasterAttributeTable tableType="thematic">\n'
+        f"{defs}\n"
+        + "\n".join(rows)
+        + "\n    </GDALRasterAttributeTable>\n"
+        "  </PAMRasterBand>\n"
+        "</PAMDataset>\n"
+    )
+    path.write_text(text, encoding="utf-8")
+
+
+def write_qml(path: Path, classes: Sequence[ClassInfo]) -> None:
+    """Write a QGIS style: paletted renderer with one labelled entry per class."""
+    entries = "\n".join(
+        f'        <paletteEntry value="{c.code}" color="{c.color.lower()}" alpha="255" label={quoteattr(c.name)}/>'
+        for c in sorted(classes, key=lambda c: c.code)
+    )
+    text = (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.28.0" styleCategories="AllStyleCategories">\n'
+        "  <pipe>\n"
+        '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
+        "      <rasterTransparency/>\n"
+        "      <colorPalette>\n"
+        f"{entries}\n"
+        "      </colorPalette>\n"
+        "    </rasterrenderer>\n"
+        "  </pipe>\n"
+        "</qgis>\n"
+    )
+    path.write_text(text, encoding="utf-8")
