@@ -6,8 +6,9 @@ method (supervised, uni-modal, bi-modal) using the same hyper-parameters. The
 variants are therefore sampled once per family and stored in an Optuna study
 (SQLite), so an interrupted run reloads exactly the same variants.
 
-Variant ``k`` is drawn by a :class:`optuna.samplers.RandomSampler` seeded with
-``seed * 1000 + k``, so the set does not depend on whether sampling was interrupted.
+Variant ``k`` of a family is drawn by a :class:`optuna.samplers.RandomSampler` seeded
+from ``(seed, family, k)``, so the set does not depend on whether sampling was
+interrupted, and families do not share their learning-rate draws.
 Each variant is stored as a completed trial whose value is ``0.0``: the study is a
 record of samples, not an optimisation.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +69,18 @@ def split_lr(variant: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     return float(hp.pop("lr")), hp
 
 
+def variant_seed(seed: int, family: str, k: int) -> int:
+    """The sampler seed of variant ``k`` of ``family`` (stable across runs and platforms)."""
+    return zlib.crc32(f"{seed}/{family}/{k}".encode()) & 0x7FFFFFFF
+
+
 def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | Path | None = None) -> list[dict[str, Any]]:
     """Sample (or reload) ``n`` variants of a family.
 
     Args:
         family: Registry key of the base model.
         n: Number of variants.
-        seed: Base seed; variant ``k`` uses ``seed * 1000 + k``.
+        seed: Base seed; variant ``k`` uses a seed derived from ``(seed, family, k)``.
         storage: SQLite file that keeps the study (created when missing); ``None``
             samples in memory.
 
@@ -110,7 +117,7 @@ def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | P
         raise ValueError(f"study {name!r} in {storage} has non-contiguous trial numbers {sorted(done)}")
     for k in range(len(done), n):
         # A fresh sampler per variant, seeded by its index, keeps variant k independent of interruptions.
-        sampler = optuna.samplers.RandomSampler(seed=seed * 1000 + k)
+        sampler = optuna.samplers.RandomSampler(seed=variant_seed(seed, family, k))
         study_k = optuna.load_study(study_name=name, storage=backend, sampler=sampler)
         trial = study_k.ask()
         if trial.number != k:

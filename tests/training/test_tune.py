@@ -83,3 +83,9 @@ def test_cli_prints_variants(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--family", "lstm", "--variants", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and '"variant": 1' in lines[1]
+
+
+def test_families_do_not_share_learning_rates() -> None:
+    lrs = {f: [v["lr"] for v in sample_variants(f, 5, seed=0)] for f in SPACES}
+    assert not set(lrs["lstm"]) & set(lrs["transformer"])
+    assert not set(lrs["inception_time"]) & set(lrs["transformer"])

@@ -1,0 +1,241 @@
+"""Tests for the downstream comparison: training, the frozen encoder, results and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.downstream import (
+    DownstreamConfig,
+    EncoderSpec,
+    TaskData,
+    load_real_task,
+    main,
+    run_comparison,
+    stratified_split,
+    train_run,
+)
+from training.models import build_model
+from training.models.encoder import ResMLP, compute_norm_stats, save_encoder
+
+REPO = Path(__file__).resolve().parents[2]
+FLANDERS = REPO / "sample_data" / "worldcereal" / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+def _toy_task(n_per_class: int = 40, t: int = 8, seed: int = 0) -> TaskData:
+    """Three classes of raw-DN series that differ in the timing of a greenness peak."""
+    rng = np.random.default_rng(seed)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for k in range(3):
+            peak = 1 + 3 * k
+            time = np.arange(t)[None, :, None]
+            base = 1500 + 2500 * np.exp(-((time - peak) ** 2) / 2.0)
+            x = base + rng.normal(0, 150, size=(n, t, len(BANDS)))
+            xs.append(x.astype(np.float32))
+            ys.append(np.full(n, k))
+        return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+    x_tr, y_tr = make(n_per_class)
+    x_va, y_va = make(n_per_class // 2)
+    return TaskData(x_tr, y_tr, x_va, y_va, class_names=("a", "b", "c"), bands=BANDS)
+
+
+def _encoder_file(path: Path, data: TaskData, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    enc = ResMLP(len(BANDS), hidden=16, n_layers=2, out_dim=8)
+    stats = compute_norm_stats(data.x_train)
+    # Move BatchNorm statistics away from their initial values so drift would be visible.
+    enc.train()
+    with torch.no_grad():
+        enc((torch.from_numpy(data.x_train) - torch.tensor(stats["mean"])) / torch.tensor(stats["std"]))
+    return save_encoder(path, enc, stats)
+
+
+def test_encoder_spec_parse() -> None:
+    spec = EncoderSpec.parse("bimodal_0.6=runs/b/encoder.pt")
+    assert (spec.method, spec.corruption, spec.path) == ("bimodal", 0.6, Path("runs/b/encoder.pt"))
+    for bad in ("bimodal=enc.pt", "trimodal_0.2=x.pt", "unimodal_0.2", "unimodal_1.5=x.pt", "unimodal_abc=x.pt"):
+        with pytest.raises(ValueError, match="<method>_<corruption>=PATH"):
+            EncoderSpec.parse(bad)
+
+
+def test_task_data_validates_shapes_and_labels() -> None:
+    x = np.zeros((4, 3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"must be \(N, T, 3\)"):
+        TaskData(x, np.zeros(4, np.int64), x, np.zeros(4, np.int64), ("a", "b"), ("B02", "B03", "B04"))
+    with pytest.raises(ValueError, match="outside"):
+        TaskData(x, np.full(4, 2), x, np.zeros(4, np.int64), ("a", "b"), ("B02", "B03"))
+    x_nan = x.copy()
+    x_nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        TaskData(x_nan, np.zeros(4, np.int64), x, np.zeros(4, np.int64), ("a", "b"), ("B02", "B03"))
+
+
+@pytest.mark.parametrize("family", ["lstm", "inception_time", "transformer"])
+def test_train_run_learns_a_separable_task(family: str) -> None:
+    data = _toy_task()
+    stats = compute_norm_stats(data.x_train)
+    norm = lambda a: torch.from_numpy((a - np.array(stats["mean"])) / np.array(stats["std"])).float()  # noqa: E731
+    hp = {"lstm": {"hidden": 16, "layers": 2}, "inception_time": {"layers": 2, "hidden": 16, "kernel": 8},
+          "transformer": {"d_model": 16, "heads": 2, "layers": 2}}[family]  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(family, len(BANDS), 3, **hp)
+    res = train_run(
+        model, norm(data.x_train), torch.from_numpy(data.y_train), norm(data.x_val), torch.from_numpy(data.y_val),
+        lr=1e-2, epochs=8, batch_size=24, seed=0,
+    )  # fmt: skip
+    assert res["val_accuracy"] > 0.8, res["curve"]
+    assert len(res["curve"]) == 8 and res["curve"][-1][0] == 8
+    assert np.asarray(res["confusion"]).sum() == len(data.y_val)
+
+
+def test_learning_rate_decays_linearly_to_zero() -> None:
+    data = _toy_task(n_per_class=10)
+    model = build_model("lstm", len(BANDS), 3, hidden=4, layers=2)
+    seen: list[float] = []
+    original = torch.optim.Adam.step
+
+    def spy(self: torch.optim.Adam, *a: object, **k: object) -> object:
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    torch.optim.Adam.step = spy  # type: ignore[method-assign]
+    try:
+        x = torch.from_numpy(data.x_train / 1000)
+        train_run(model, x, torch.from_numpy(data.y_train), x, torch.from_numpy(data.y_train),
+                  lr=1e-3, epochs=3, batch_size=10, seed=0)  # fmt: skip
+    finally:
+        torch.optim.Adam.step = original  # type: ignore[method-assign]
+    steps = 3 * 3  # 30 samples / batch 10 x 3 epochs
+    np.testing.assert_allclose(seen, [1e-3 * (1 - s / steps) for s in range(steps)], rtol=1e-6)
+
+
+def test_frozen_encoder_keeps_batchnorm_statistics_and_gets_no_grads(tmp_path: Path) -> None:
+    data = _toy_task(n_per_class=20)
+    # A plain ResMLP left in TRAIN mode with requires_grad=True: train_run itself must keep it frozen.
+    torch.manual_seed(0)
+    enc = ResMLP(len(BANDS), hidden=16, n_layers=2, out_dim=8).train()
+    with torch.no_grad():
+        enc(torch.randn(64, len(BANDS)) * 3 + 1)  # non-default running statistics
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    model = build_model("lstm", 8, 3, hidden=8, layers=2)
+    x = torch.from_numpy(data.x_train / 3000).float()
+    train_run(model, x, torch.from_numpy(data.y_train), x, torch.from_numpy(data.y_train),
+              lr=1e-3, epochs=2, batch_size=8, seed=0, front=enc)  # fmt: skip
+    assert not enc.training
+    for name, value in enc.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=f"{name} changed")
+    assert all(p.grad is None for p in enc.parameters())
+    assert any(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("cache_gb", [0.0, 4.0], ids=["per_batch", "precomputed"])
+def test_run_comparison_writes_results_and_resumes(tmp_path: Path, cache_gb: float) -> None:
+    data = _toy_task(n_per_class=12, t=6)
+    enc_a = _encoder_file(tmp_path / "u.pt", data, seed=1)
+    enc_b = _encoder_file(tmp_path / "b.pt", data, seed=2)
+    state_before = torch.load(enc_a, weights_only=True)["state_dict"]
+    encoders = [EncoderSpec("unimodal", 0.2, enc_a), EncoderSpec("bimodal", 0.2, enc_b)]
+    cfg = DownstreamConfig(task="1", families=("lstm", "transformer"), variants=2, epochs=1, batch_size=16,
+                           embed_cache_gb=cache_gb)  # fmt: skip
+    out = tmp_path / "run"
+    results = run_comparison(cfg, data, encoders, out, show_progress=False)
+    recs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(recs) == 2 * 2 * 3
+    keys = {(r["family"], r["variant"], r["method"], r["corruption"]) for r in recs}
+    assert ("lstm", 1, "supervised", None) in keys and ("transformer", 0, "bimodal", 0.2) in keys
+    mode = "per_batch" if cache_gb == 0 else "precomputed"
+    assert {r["embedding_mode"] for r in recs if r["method"] != "supervised"} == {mode}
+    for r in recs:
+        assert set(r) >= {"task", "family", "variant", "method", "corruption", "val_accuracy", "macro_f1", "kappa",
+                          "confusion", "epochs", "seconds", "hp", "lr"}  # fmt: skip
+        assert r["in_dim"] == (len(BANDS) if r["method"] == "supervised" else 8)
+    # The same variant carries the same hyper-parameters for every method.
+    for fam in ("lstm", "transformer"):
+        for v in range(2):
+            hps = {json.dumps([r["hp"], r["lr"]]) for r in recs if r["family"] == fam and r["variant"] == v}
+            assert len(hps) == 1
+    # The encoder file is untouched.
+    for k, v in torch.load(enc_a, weights_only=True)["state_dict"].items():
+        assert torch.equal(v, state_before[k])
+    # Resume: nothing left to do, nothing appended.
+    text = results.read_text()
+    run_comparison(cfg, data, encoders, out, show_progress=False)
+    assert results.read_text() == text
+    # Remove the last run: exactly that run is redone.
+    lines = text.splitlines(keepends=True)
+    results.write_text("".join(lines[:-1]))
+    run_comparison(cfg, data, encoders, out, show_progress=False)
+    redone = results.read_text().splitlines()
+    assert len(redone) == len(lines)
+    assert json.loads(redone[-1])["val_accuracy"] == json.loads(lines[-1])["val_accuracy"]  # seeded
+    # Another set-up in the same file is refused.
+    with pytest.raises(ValueError, match="another set-up.*epochs: stored 1, now 2"):
+        run_comparison(dataclass_replace(cfg, epochs=2), data, encoders, out, show_progress=False)
+
+
+def dataclass_replace(cfg: DownstreamConfig, **kw: object) -> DownstreamConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)  # type: ignore[arg-type]
+
+
+def test_run_comparison_rejects_bad_encoders(tmp_path: Path) -> None:
+    data = _toy_task(n_per_class=4, t=4)
+    enc = _encoder_file(tmp_path / "e.pt", data)
+    cfg = DownstreamConfig(task="real", families=("lstm",), variants=1, epochs=1)
+    with pytest.raises(ValueError, match="no PlanetScope"):
+        run_comparison(cfg, data, [EncoderSpec("bimodal", 0.2, enc)], tmp_path / "o", show_progress=False)
+    cfg1 = dataclass_replace(cfg, task="1")
+    with pytest.raises(ValueError, match="repeat"):
+        run_comparison(cfg1, data, [EncoderSpec("unimodal", 0.2, enc)] * 2, tmp_path / "o", show_progress=False)
+    wide = TaskData(np.zeros((4, 4, 2), np.float32), np.array([0, 1, 0, 1]), np.zeros((2, 4, 2), np.float32),
+                    np.array([0, 1]), ("a", "b"), ("B02", "B03"))  # fmt: skip
+    with pytest.raises(ValueError, match="expects 4 input bands but task data has 2"):
+        run_comparison(cfg1, wide, [EncoderSpec("unimodal", 0.2, enc)], tmp_path / "o2", show_progress=False)
+
+
+def test_stratified_split_is_seeded_disjoint_and_keeps_every_class() -> None:
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 1)
+    tr, va = stratified_split(labels, 0.3, seed=0)
+    assert not set(tr) & set(va) and len(tr) + len(va) == len(labels)
+    assert sorted(np.bincount(labels[va], minlength=3).tolist()) == [0, 2, 3]
+    assert set(labels[tr]) == {0, 1, 2}
+    np.testing.assert_array_equal(stratified_split(labels, 0.3, seed=0)[1], va)
+
+
+def test_real_task_reads_flanders_parcels() -> None:
+    data = load_real_task(FLANDERS, season=2020, val_fraction=0.3, seed=0)
+    assert data.x_train.shape[1:] == (12, 9) and data.bands[0] == "B02"
+    assert len(data.y_train) + len(data.y_val) == 99  # one parcel lacks 6 valid months
+    assert set(data.y_val) == set(range(4))
+    assert data.class_names[:2] == ("grassland", "maize")
+
+
+def test_cli_real_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "real"
+    rc = main(["--task", "real", "--data", str(FLANDERS), "--families", "transformer", "--variants", "1",
+               "--epochs", "1", "--out", str(out), "--no-progress", "--set", "batch_size=32"])  # fmt: skip
+    assert rc == 0
+    (rec,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rec["task"] == "real" and rec["method"] == "supervised" and rec["batch_size"] == 32
+    assert "results:" in capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as err:
+        main(["--task", "1", "--encoders", "bimodal=x.pt", "--out", str(tmp_path)])
+    assert err.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["--task", "1", "--encoders", "unimodal_0.2=missing.pt", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--task", "1", "--set", "epochz=3", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="needs data"):
+        main(["--task", "1", "--out", str(tmp_path), "--no-progress"])
