@@ -78,8 +78,8 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     ignored = [str(st.dates[i]) for i in range(len(st.dates)) if i not in set(obs)]
     if ignored:
         logger.info("dates outside season %d are not used: %s", season, ignored)
-    left, top = st.transform * (0, 0)
-    right, bottom = st.transform * (st.width, st.height)
+    left, top = st.transform @ (0, 0)
+    right, bottom = st.transform @ (st.width, st.height)
     bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
     polygons = load_polygons(_absolute(mask), st.crs, bounds)
     shape = block_shape(st.tile_shape, st.shape, options.block_size)
@@ -139,7 +139,7 @@ def pixel_area_m2(stack: Stack) -> np.ndarray:
     geod = Geod(ellps="WGS84")
     out = np.empty(stack.height, dtype=np.float64)
     for r in range(stack.height):
-        xs, ys = zip(*(tf * (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))))
+        xs, ys = zip(*(tf @ (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))))
         out[r] = abs(geod.polygon_area_perimeter(xs, ys)[0])
     return out
 
@@ -419,8 +419,8 @@ def classify_array(
         if conf is not None:
             conf[sl] = result.prediction.confidence
     tf = st.transform
-    xs = np.array([(tf * (c + 0.5, 0.5))[0] for c in range(st.width)])
-    ys = np.array([(tf * (0.5, r + 0.5))[1] for r in range(st.height)])
+    xs = np.array([(tf @ (c + 0.5, 0.5))[0] for c in range(st.width)])
+    ys = np.array([(tf @ (0.5, r + 0.5))[1] for r in range(st.height)])
     coords: dict[str, Any] = {"y": ys, "x": xs}
     if conf is not None:
         coords["confidence"] = (("y", "x"), conf)

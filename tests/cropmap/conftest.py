@@ -164,7 +164,7 @@ def bundle_weights(meta: BundleMetadata, seed: int = 1) -> tuple[np.ndarray, np.
     w = (rng.standard_normal((tc, len(meta.classes))) * 1e-3).astype(np.float32)
     # Centre the logits on the typical DN (~3100) so that every class occurs.
     b = (-3100.0 * w.sum(axis=0) + 0.1 * rng.standard_normal(len(meta.classes))).astype(np.float32)
-    w2 = (rng.standard_normal((tc, EMB_DIM)) * 1e-3).astype(np.float32)
+    w2 = (rng.standard_normal((tc, EMB_DIM)) * 1e-4).astype(np.float32)
     return w, b, w2
 
 
