@@ -41,7 +41,6 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio.features import rasterize
-from rasterio.transform import from_origin
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ CROPS: dict[str, CropModel] = {
     "Corn": CropModel(152, 256, 8, 8, 276, 0.0, 0.95, 5, 0.48, 1.1, 0.09, 0.06, 4, 0.3, 3),
     "Oil Seeds": CropModel(72, 176, 10, 7, 200, 0.35, 0.92, -5, 0.5, 0.9, 0.12, 0.15, 5, 0.0, 1, flower=0.55),
     "Root Crops": CropModel(142, 280, 9, 12, 292, 0.0, 0.95, 8, 0.55, 1.3, 0.1, 0.05, 2, 0.25, 2),
-    "Meadows": CropModel(95, 400, 12, 10, 400, 0.4, 0.9, -2, 0.4, 1.0, 0.09, 0.2, 1.5, 0.0, 1, cuts=(152, 205, 258)),
+    "Meadows": CropModel(95, 400, 12, 10, 400, 0.4, 0.9, -2, 0.4, 1.0, 0.09, 0.3, 1, 0.0, 1, cuts=(152, 205, 258)),
     "Forage Crops": CropModel(
         90, 400, 10, 10, 400, 0.35, 0.9, -2, 0.41, 1.02, 0.09, 0.04, 4, 0.2, 5, cuts=(138, 178, 220, 262)
     ),
@@ -219,9 +218,11 @@ def _band_matrix(centres_fwhm: Sequence[tuple[float, float]]) -> np.ndarray:
 
 
 def _water_absorption(depth: float) -> np.ndarray:
+    """Transmission factor of leaf water: narrow bands at 1200 / 1450 / 1940 nm and the SWIR continuum."""
     lam = _WAVELENGTHS
-    bands = 0.12 * np.exp(-0.5 * ((lam - 1200) / 60) ** 2) + 0.5 * np.exp(-0.5 * ((lam - 1450) / 80) ** 2)
-    bands += 0.75 * np.exp(-0.5 * ((lam - 1940) / 110) ** 2) + 0.25 * (lam > 1400) * ((lam - 1400) / 1100)
+    bands = 0.12 * np.exp(-0.5 * ((lam - 1200) / 60) ** 2) + 0.3 * np.exp(-0.5 * ((lam - 1450) / 60) ** 2)
+    bands += 0.4 * np.exp(-0.5 * ((lam - 1940) / 90) ** 2)
+    bands += 0.45 * _sigmoid((lam - 1350) / 60) + 0.2 * _sigmoid((lam - 1850) / 60)
     return np.clip(1.0 - depth * bands, 0.05, 1.0)
 
 
@@ -229,7 +230,7 @@ def _green_spectrum(crop: CropModel) -> np.ndarray:
     lam = _WAVELENGTHS
     vis = 0.03 + (crop.green - 0.03) * np.exp(-0.5 * ((lam - 555) / 28) ** 2)
     vis -= 0.012 * np.exp(-0.5 * ((lam - 670) / 20) ** 2)
-    edge = _sigmoid((lam - (715 + crop.red_edge_nm)) / 11.0)
+    edge = _sigmoid((lam - (715 + crop.red_edge_nm)) / 9.0)
     spec = vis * (1 - edge) + crop.nir * edge
     return np.clip(spec * _water_absorption(crop.water), 0.005, 1.0)
 
@@ -378,7 +379,7 @@ class _Surface:
         self.fields, background = _layout(rng, cfg, spec)
         self.n_ps = int(np.ceil(cfg.size_px * S2_RES_M / PS_RES_M))
         n = self.n_ps
-        self.ps_transform = from_origin(spec.origin_x, spec.origin_y + cfg.size_px * S2_RES_M, PS_RES_M, PS_RES_M)
+        self.ps_transform = rasterio.Affine(PS_RES_M, 0.0, spec.origin_x, 0.0, -PS_RES_M, spec.origin_y + cfg.size_px * S2_RES_M)
         shape = (n, n)
         self.field_of_cell = rasterize(
             zip(self.fields.geometry, self.fields.field_id, strict=True),
@@ -433,10 +434,15 @@ class _Surface:
         for k, name in enumerate(CROP_NAMES):
             self.green_cell[self.crop_of_cell == k] = bands[name]
         self.green_cell[self.cover == _BACKGROUND_MARGIN] = bands["grass"]
-        self.dry = bands["dry"]
-        self.flower = bands["flower"]
-        self.forest = bands["forest"]
-        self.urban = bands["urban"]
+        self.green_cell = self.green_cell.astype(np.float32)
+        self.soil_cell = self.soil_cell.astype(np.float32)
+        self.dry = bands["dry"].astype(np.float32)
+        self.flower = bands["flower"].astype(np.float32)
+        self.forest = bands["forest"].astype(np.float32)
+        self.urban = bands["urban"].astype(np.float32)
+        self.is_margin = self.cover == _BACKGROUND_MARGIN
+        self.is_forest = self.cover == _BACKGROUND_FOREST
+        self.is_urban = self.cover == _BACKGROUND_URBAN
         # Soil moisture: rain events darken bare soil for a few days.
         rain_days = np.sort(rng.uniform(0, 366, 28))
         self.rain_days = rain_days
@@ -494,18 +500,19 @@ class _Surface:
         scale = np.where(total > 1, 1 / np.maximum(total, 1e-9), 1.0)
         return np.clip(green * scale, 0, 1), np.clip(dry * scale, 0, 1), np.clip(flower * scale, 0, 1)
 
-    def reflectance(self, doy: float) -> np.ndarray:
-        """Surface reflectance (H_ps, W_ps, 16): 12 S2 bands then 4 PS bands."""
+    def reflectance(self, doy: float, bands: slice = slice(None)) -> np.ndarray:
+        """Surface reflectance (H_ps, W_ps, B) float32 of bands ``bands`` of the 16 (12 S2, then 4 PS)."""
         green, dry, flower = self.fractions(doy)
-        margin = self.cover == _BACKGROUND_MARGIN
         season = 0.35 + 0.45 * np.exp(-0.5 * ((doy - 175) / 70) ** 2)
-        green = np.where(margin, season, green)
-        soil = np.clip(1 - green - dry - flower, 0, 1)
-        wet = 1.0 - 0.3 * self._moisture(doy)
-        refl = green[..., None] * self.green_cell + dry[..., None] * self.dry + flower[..., None] * self.flower
-        refl += soil[..., None] * self.soil_cell * wet
-        refl[self.cover == _BACKGROUND_FOREST] = self.forest
-        refl[self.cover == _BACKGROUND_URBAN] = self.urban
+        green = np.where(self.is_margin, season, green).astype(np.float32)
+        dry = dry.astype(np.float32)
+        flower = flower.astype(np.float32)
+        soil = np.clip(1 - green - dry - flower, 0, 1) * np.float32(1.0 - 0.3 * self._moisture(doy))
+        refl = green[..., None] * self.green_cell[..., bands]
+        refl += dry[..., None] * self.dry[bands] + flower[..., None] * self.flower[bands]
+        refl += soil[..., None] * self.soil_cell[..., bands]
+        refl[self.is_forest] = self.forest[bands]
+        refl[self.is_urban] = self.urban[bands]
         return refl
 
 
@@ -532,7 +539,7 @@ def _observe_s2(
     rng: np.random.Generator, surface: np.ndarray, agg: np.ndarray, clear_fraction: float, gap_probability: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """One S2 acquisition from the 3 m surface: (H, W, 12) uint16 reflectance x 10000 and (H, W) uint8 clp."""
-    s2 = np.einsum("ij,jkb,lk->ilb", agg, surface[..., :12], agg, optimize=True)
+    s2 = np.einsum("ij,jkb,lk->ilb", agg, surface, agg, optimize=True).astype(np.float64)
     h, w = s2.shape[:2]
     for b, block in enumerate(_S2_NATIVE_BLOCK):
         s2[..., b] = _block_mean(s2[..., b], block)
@@ -571,8 +578,9 @@ def _observe_ps(rng: np.random.Generator, surface_ps: np.ndarray, gain: np.ndarr
     """One PlanetScope acquisition: (4, H_ps, W_ps) uint16 reflectance x 10000 with its own calibration and noise."""
     illum = rng.normal(1.0, 0.03)  # acquisition-time illumination / BRDF difference, per scene
     band_drift = rng.normal(1.0, 0.015, 4)  # cross-sensor calibration drift of the constellation
-    ps = surface_ps * (gain * band_drift * illum)[None, None, :] + offset[None, None, :]
-    ps = ps + rng.normal(0, 0.006, ps.shape) + ps * rng.normal(0, 0.02, ps.shape)
+    ps = surface_ps * (gain * band_drift * illum).astype(np.float32) + offset.astype(np.float32)
+    # Shot-like noise (2 % of the signal) and read noise (0.006) combined into one Gaussian draw.
+    ps = ps + np.sqrt((0.02 * ps) ** 2 + 0.006**2) * rng.standard_normal(ps.shape, dtype=np.float32)
     dn = np.clip(np.round(ps * 10000), 1, 65535).astype(np.uint16)
     return np.moveaxis(dn, -1, 0)
 
@@ -607,7 +615,7 @@ def _simulate_scene(out: Path, cfg: SimulationConfig, spec: SceneSpec, rng: np.r
         s2_dir / "clp.npy", mode="w+", dtype=np.uint8, shape=(len(s2_doys), cfg.size_px, cfg.size_px, 1)
     )
     for i, doy in enumerate(s2_doys):
-        refl = surface.reflectance(float(doy))
+        refl = surface.reflectance(float(doy), slice(0, 12))
         bands[i], clp[i, ..., 0] = _observe_s2(rng, refl, agg, spec.cloud_clear_fraction, cfg.gap_probability)
     bands.flush()
     clp.flush()
@@ -629,7 +637,7 @@ def _simulate_scene(out: Path, cfg: SimulationConfig, spec: SceneSpec, rng: np.r
     offset = np.array([0.012, 0.006, -0.004, 0.01])
     for doy in ps_doys:
         acq = float(doy) + rng.uniform(-1.0, 1.0)
-        refl = surface.reflectance(acq)[..., 12:]
+        refl = surface.reflectance(acq, slice(12, 16))
         date = start + dt.timedelta(days=int(doy) - 1)
         _write_ps(out / "planet" / date.isoformat() / "sr.tif", _observe_ps(rng, refl, gain, offset),
                   surface.ps_transform)  # fmt: skip

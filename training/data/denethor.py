@@ -31,7 +31,6 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 from rasterio.features import rasterize
-from rasterio.transform import from_bounds
 from rasterio.windows import Window
 
 logger = logging.getLogger(__name__)
@@ -238,7 +237,7 @@ def read_scene(root: str | Path) -> Scene:
     bbox_path = _find(s2_dir, ["bbox.pkl"])
     bounds, crs = _parse_bbox(_load_pickle(bbox_path), bbox_path)
     h, w = s2.shape[1:3]
-    transform = from_bounds(*bounds, width=w, height=h)
+    transform = rasterio.Affine((bounds[2] - bounds[0]) / w, 0.0, bounds[0], 0.0, -(bounds[3] - bounds[1]) / h, bounds[3])
 
     labels_path = _find(root, ["labels.geojson"])
     labels = gpd.read_file(labels_path)

@@ -1,0 +1,175 @@
+"""Tests for the bi-modal scene simulator (layout, determinism, physics the method relies on)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pickle
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+
+from training import simulate as sim
+from training.simulate import CROP_NAMES, PRESETS, SimulationConfig, main, simulate
+
+MICRO = SimulationConfig(size_px=16, n_fields=9, n_stamps=4, ps_interval_days=120, seed=3)
+
+
+def test_simulate_writes_denethor_layout(sim_scene_dir: Path) -> None:
+    cfg = PRESETS["tiny"]
+    for name, year in (("scene_a", 2018), ("scene_b", 2019)):
+        root = sim_scene_dir / name
+        bands = np.load(root / "s2" / "bands.npy", mmap_mode="r")
+        clp = np.load(root / "s2" / "clp.npy", mmap_mode="r")
+        assert bands.shape == (cfg.n_stamps, cfg.size_px, cfg.size_px, 12)
+        assert bands.dtype == np.uint16
+        assert clp.shape == (cfg.n_stamps, cfg.size_px, cfg.size_px, 1)
+        assert clp.dtype == np.uint8
+        stamps = pickle.loads((root / "s2" / "timestamp.pkl").read_bytes())
+        assert len(stamps) == cfg.n_stamps
+        assert all(isinstance(s, dt.datetime) and s.year == year for s in stamps)
+        assert stamps == sorted(stamps)
+        bbox = pickle.loads((root / "s2" / "bbox.pkl").read_bytes())
+        assert bbox["crs"] == "EPSG:25833"
+        assert bbox["max_x"] - bbox["min_x"] == pytest.approx(cfg.size_px * 10)
+        ps_dirs = sorted((root / "planet").iterdir())
+        ps_dates = {dt.date.fromisoformat(p.name) for p in ps_dirs}
+        assert {s.date() for s in stamps} <= ps_dates  # every S2 day has a same-day PS image
+        with rasterio.open(ps_dirs[0] / "sr.tif") as src:
+            assert src.crs.to_epsg() == 25833
+            assert src.count == 4
+            assert src.res == (3.0, 3.0)
+            assert (src.bounds.left, src.bounds.top) == (bbox["min_x"], bbox["max_y"])
+            assert src.width == int(np.ceil(cfg.size_px * 10 / 3))
+            assert src.descriptions == ("blue", "green", "red", "nir")
+        labels = gpd.read_file(root / "labels.geojson")
+        assert labels.crs.to_epsg() == 25833
+        assert len(labels) == cfg.n_fields
+        assert set(labels.crop_name) == set(CROP_NAMES)
+        assert (labels.crop_id == [CROP_NAMES.index(n) + 1 for n in labels.crop_name]).all()
+        assert labels.field_id.is_unique
+
+
+def test_simulate_is_deterministic_per_seed(tmp_path: Path) -> None:
+    a = simulate(tmp_path / "a", MICRO)
+    b = simulate(tmp_path / "b", MICRO)
+    c = simulate(tmp_path / "c", SimulationConfig(**{**MICRO.__dict__, "seed": 4}))
+    load = lambda p: np.load(p / "s2" / "bands.npy")  # noqa: E731
+    np.testing.assert_array_equal(load(a["scene_a"]), load(b["scene_a"]))
+    assert not np.array_equal(load(a["scene_a"]), load(c["scene_a"]))
+    assert not np.array_equal(load(a["scene_a"]), load(a["scene_b"]))
+    assert json.loads((tmp_path / "a" / "simulation.json").read_text())["seed"] == 3
+
+
+def test_simulate_refuses_existing_scene(tmp_path: Path) -> None:
+    (tmp_path / "scene_a").mkdir()
+    with pytest.raises(FileExistsError, match="scene_a exists already"):
+        simulate(tmp_path, MICRO)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size_px": 8}, "size_px must be >= 12"),
+        ({"n_fields": 5}, "n_fields must be >= 9"),
+        ({"size_px": 16, "n_fields": 40}, "too many"),
+        ({"n_stamps": 1}, "n_stamps must be in 2..365"),
+        ({"ps_interval_days": 0}, "ps_interval_days"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SimulationConfig(**kwargs)
+
+
+def test_cli_writes_scenes_and_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--out", str(tmp_path), "--size-px", "16", "--n-fields", "9", "--n-stamps", "3", "--preset", "tiny"]
+    assert main(argv) == 0
+    assert "simulated" in capsys.readouterr().out
+    assert np.load(tmp_path / "scene_b" / "s2" / "bands.npy", mmap_mode="r").shape == (3, 16, 16, 12)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_s2_is_the_10m_aggregate_of_the_surface_ps_sees(sim_scene_dir: Path) -> None:
+    """Over clear pixels, S2 NIR (B08) tracks the mean of the 3 x 3 PS NIR pixels under it."""
+    root = sim_scene_dir / "scene_a"
+    bands = np.load(root / "s2" / "bands.npy")
+    clp = np.load(root / "s2" / "clp.npy")[..., 0]
+    stamps = pickle.loads((root / "s2" / "timestamp.pkl").read_bytes())
+    h = bands.shape[1]
+    r = (np.arange(h) * 10) // 3
+    correlations = []
+    for t, stamp in enumerate(stamps):
+        with rasterio.open(root / "planet" / stamp.date().isoformat() / "sr.tif") as src:
+            nir = src.read(4).astype(np.float64)
+        ps_mean = np.mean([nir[np.ix_(r + i, r + j)] for i in range(3) for j in range(3)], axis=0)
+        clear = (clp[t] < 20) & (bands[t, ..., 7] > 0)
+        if clear.sum() > 100:
+            correlations.append(np.corrcoef(bands[t, ..., 7][clear], ps_mean[clear])[0, 1])
+    assert len(correlations) >= 3
+    assert np.median(correlations) > 0.85
+
+
+def test_clouds_raise_clp_and_brighten_blue(sim_scene_dir: Path) -> None:
+    bands = np.load(sim_scene_dir / "scene_a" / "s2" / "bands.npy")
+    clp = np.load(sim_scene_dir / "scene_a" / "s2" / "clp.npy")[..., 0]
+    valid = bands[..., 1] > 0
+    cloudy, clear = valid & (clp > 200), valid & (clp < 20)
+    assert cloudy.sum() > 50 and clear.sum() > 50
+    assert bands[..., 1][cloudy].mean() > 3 * bands[..., 1][clear].mean()
+
+
+def test_gaps_are_zero_in_every_band(tmp_path: Path) -> None:
+    cfg = SimulationConfig(**{**MICRO.__dict__, "gap_probability": 1.0})
+    bands = np.load(simulate(tmp_path, cfg)["scene_a"] / "s2" / "bands.npy")
+    zero = bands == 0
+    assert zero.any(axis=(1, 2, 3)).all()  # every stamp lost a swath
+    np.testing.assert_array_equal(zero.all(axis=-1), zero.any(axis=-1))  # never a partial band vector
+
+
+def test_spectra_make_oats_and_barley_differ_in_s2_only() -> None:
+    """Oats vs Barley: close in the four PS bands, apart in S2 red edge and SWIR (what S2 adds to PS)."""
+    bands = sim._endmember_bands()
+    oats, barley = bands["Oats"], bands["Barley"]
+    diff = np.abs(oats - barley)
+    assert diff[12:].max() < 0.004  # below the PS noise (0.006 reflectance)
+    b05, b11, b12 = 4, 10, 11
+    assert min(diff[b05], diff[b11], diff[b12]) > 0.015
+
+
+def test_textures_differ_between_winter_cereals_at_3m(sim_scene_dir: Path) -> None:
+    """Wheat's tramlines spread its 3 x 3 PS pixels more than patchy Rye does, while 10 m S2 NIR means are close."""
+    from training.data.denethor import ps_patches, read_scene
+
+    scene = read_scene(sim_scene_dir / "scene_a")
+    clear = scene.cloud_probability() < 0.1
+    season = [t for t, d in enumerate(scene.dates) if 120 <= d.timetuple().tm_yday <= 175]
+    t = max(season, key=lambda i: int(clear[i].sum()))
+    spread, s2_nir = {}, {}
+    for name in ("Wheat", "Rye"):
+        rows, cols = np.nonzero((scene.crop_raster == CROP_NAMES.index(name) + 1) & clear[t])
+        assert rows.size > 10
+        nir = ps_patches(scene, rows, cols, np.full(rows.size, t)).reshape(-1, 9, 4)[..., 3]
+        spread[name] = float(np.median(nir.std(axis=1) / nir.mean(axis=1)))
+        s2_nir[name] = float(scene.s2[t][rows, cols, 7].mean())
+    assert spread["Wheat"] > 1.5 * spread["Rye"]
+    assert abs(s2_nir["Wheat"] - s2_nir["Rye"]) < 0.1 * s2_nir["Wheat"]
+
+
+def test_scene_b_greens_up_later() -> None:
+    """Scene B's phenology is shifted: its winter wheat reaches half cover several days later than scene A's."""
+    rng = np.random.default_rng(0)
+    half_cover_day = []
+    for spec in (sim.SCENE_A, sim.SCENE_B):
+        surface = sim._Surface(rng, SimulationConfig(size_px=32, n_fields=27), spec)
+        wheat = surface.crop_of_cell == CROP_NAMES.index("Wheat")
+        days = np.arange(60, 160)
+        cover = np.array([surface.fractions(float(d))[0][wheat].mean() for d in days])
+        half_cover_day.append(days[np.argmax(cover > 0.5)])
+    assert half_cover_day[1] >= half_cover_day[0] + 4
