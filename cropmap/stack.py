@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from cropmap.bands import canonical_band
@@ -198,9 +199,14 @@ def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> S
 
 def _open_dataset(path: Path) -> rasterio.io.DatasetReader:
     try:
-        src = rasterio.open(path)
+        with warnings.catch_warnings():
+            # A missing georeference is reported below as an error of its own.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
     except RasterioIOError as err:
-        raise InputRasterError(f"{path} is not a readable GeoTIFF ({err}); expected a GeoTIFF stack") from err
+        raise InputRasterError(
+            f"{path} is not a readable GeoTIFF, or is truncated or corrupt ({err}); expected a complete GeoTIFF stack"
+        ) from err
     if src.driver not in ("GTiff", "COG"):
         src.close()
         raise InputRasterError(f"{path} is a {src.driver} raster; expected a GeoTIFF")

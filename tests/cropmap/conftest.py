@@ -262,3 +262,15 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+
+
+@pytest.fixture(autouse=True)
+def _reset_cropmap_logging() -> Any:  # noqa: ANN401
+    """The CLI configures the `cropmap` logger for its process; undo it between tests."""
+    import logging
+
+    yield
+    log = logging.getLogger("cropmap")
+    log.handlers[:] = []
+    log.propagate = True
+    log.setLevel(logging.NOTSET)
