@@ -1,0 +1,81 @@
+"""The shipped sample bundle and the script that makes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cropmap.bundle import load_bundle
+from cropmap.timegrid import fill_gaps
+from training.sample_model import main, make_time_grid, read_stack_pixels, split_by_parcel
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "cropmap" / "models" / "flanders_sample.onnx"
+STACK = ROOT / "sample_data" / "belgium_2021" / "s2_stack.tif"
+
+
+def _stack_series(min_valid: int) -> tuple[np.ndarray, object]:
+    values, dates, bands = read_stack_pixels(STACK)
+    grid = make_time_grid(dates, "11-01")
+    filled, _, ok = fill_gaps(values.transpose(2, 0, 1), np.array(grid.day_of_season), grid.day_of_season,
+                              min_valid=min_valid)
+    return filled[ok], (grid, bands)
+
+
+def test_read_stack_pixels_layout() -> None:
+    values, dates, bands = read_stack_pixels(STACK)
+    assert values.shape == (12, 9, 10000)
+    assert bands == ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
+    assert [d.isoformat() for d in dates[:2]] == ["2020-11-01", "2020-12-01"]
+    assert np.isnan(values[1]).all() and np.isnan(values[2]).all()  # Dec and Jan are nodata in the source
+    assert np.isfinite(values[5]).mean() > 0.9
+
+
+def test_split_by_parcel_is_disjoint_stratified_and_seeded() -> None:
+    labels = np.array([1] * 28 + [2] * 12 + [3] * 20 + [4] * 40)
+    tr, va = split_by_parcel(labels, 0.3, seed=0)
+    assert not set(tr) & set(va) and len(tr) + len(va) == 100
+    assert {int(c): int((labels[va] == c).sum()) for c in (1, 2, 3, 4)} == {1: 8, 2: 4, 3: 6, 4: 12}
+    tr2, va2 = split_by_parcel(labels, 0.3, seed=0)
+    assert np.array_equal(va, va2)
+    assert not np.array_equal(va, split_by_parcel(labels, 0.3, seed=1)[1])
+
+
+def test_shipped_bundle_classifies_real_stack_pixels() -> None:
+    bundle = load_bundle(BUNDLE)
+    meta = bundle.metadata
+    assert BUNDLE.stat().st_size < 8e6
+    assert meta.bands == ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
+    assert meta.reflectance_scale == 10000 and meta.nodata == 65535
+    assert meta.time_grid.season_start == "11-01" and len(meta.time_grid.day_of_season) == 12
+    assert meta.time_grid.reference_dates[0] == "2020-11-01"
+    assert meta.provenance.encoder == "resmlp-8x256" and meta.provenance.base_model == "lstm"
+    assert meta.provenance.pretraining.startswith("unimodal-scarf-")
+    assert 0.0 <= meta.provenance.metrics["val_accuracy"] <= 1.0
+    x, (grid, bands) = _stack_series(meta.min_valid_steps)
+    assert grid.day_of_season == meta.time_grid.day_of_season and bands == meta.bands
+    logits, emb = bundle.run(x[:257], embedding=True)
+    codes = np.array([c.code for c in meta.classes])[logits.argmax(axis=1)]
+    assert set(codes.tolist()) <= {c.code for c in meta.classes}
+    assert np.isfinite(logits).all() and emb.shape == (257, meta.embedding.dim)
+
+
+@pytest.mark.slow
+def test_sample_model_script_reduced(tmp_path: Path) -> None:
+    out = tmp_path / "sample.onnx"
+    rc = main(["--out", str(out), "--work", str(tmp_path / "work"), "--no-progress",
+               "--set", "pretrain_pixels=2048", "--set", "pretrain_epochs=1", "--set", "pretrain_batch_size=256",
+               "--set", "epochs=5", "--set", "parity_pixels=300"])
+    assert rc == 0
+    bundle = load_bundle(out)
+    summary = json.loads((tmp_path / "work" / "summary.json").read_text())
+    for key in ("parity_val", "parity_stack_pixels"):
+        assert summary[key]["argmax_agreement"] == 1.0
+        assert summary[key]["max_abs_logit_diff"] <= 1e-4
+    assert summary["metrics"]["n_val_parcels"] + summary["metrics"]["n_train_parcels"] == 99
+    assert bundle.metadata.provenance.metrics == summary["metrics"]
+    x, _ = _stack_series(bundle.metadata.min_valid_steps)
+    assert bundle.run(x[:5]).shape == (5, 4)
