@@ -173,15 +173,16 @@ def _run_distributed(func: Callable[..., Any], blocks: Sequence[Any], address: s
 
     client = _client(address)
     try:
-        queue = list(blocks)
-        futures = [client.submit(func, b, pure=False) for b in queue[:limit]]
-        queue = queue[limit:]
-        done = as_completed(futures)
-        for fut in done:
-            result = fut.result()
-            fut.release()
-            if queue:
-                done.add(client.submit(func, queue.pop(0), pure=False))
-            yield result
+        with client.as_current():
+            queue = list(blocks)
+            futures = [client.submit(func, b, pure=False) for b in queue[:limit]]
+            queue = queue[limit:]
+            done = as_completed(futures)
+            for fut in done:
+                result = fut.result()
+                fut.release()
+                if queue:
+                    done.add(client.submit(func, queue.pop(0), pure=False))
+                yield result
     finally:
         client.close()
