@@ -173,3 +173,45 @@ def test_scene_b_greens_up_later() -> None:
         cover = np.array([surface.fractions(float(d))[0][wheat].mean() for d in days])
         half_cover_day.append(days[np.argmax(cover > 0.5)])
     assert half_cover_day[1] >= half_cover_day[0] + 4
+
+
+@pytest.mark.slow
+def test_ps_adds_information_early_in_the_season(tmp_path: Path) -> None:
+    """On the default scene, a probe on one April date classifies better from S2 + PS than from S2 alone."""
+    torch = pytest.importorskip("torch")
+    from training.data.datasets import scene_a_splits
+    from training.data.denethor import ps_patches, read_scene
+
+    scene = read_scene(simulate(tmp_path, PRESETS["default"])["scene_a"])
+    splits = scene_a_splits(scene)
+    clear = scene.cloud_probability() < 0.1
+    doys = np.array([d.timetuple().tm_yday for d in scene.dates])
+    t = int(np.argmin(np.abs(doys - 110) + 100 * (clear.mean(axis=(1, 2)) < 0.8)))
+
+    def features(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        r, c = np.nonzero(np.isin(scene.field_raster, fields))
+        s2 = scene.s2[t][r, c].astype(np.float32)
+        return s2, ps_patches(scene, r, c, np.full(r.size, t)), (scene.crop_raster[r, c] - 1).astype(np.int64)
+
+    def accuracy(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray) -> float:
+        torch.manual_seed(0)
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        xt, xvt = torch.tensor((x - mu) / sd), torch.tensor((xv - mu) / sd)
+        yt = torch.tensor(y)
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, 9))
+        opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-4)
+        for _ in range(100):
+            perm = torch.randperm(len(xt))
+            for i in range(0, len(xt), 256):
+                b = perm[i : i + 256]
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
+                opt.step()
+        with torch.no_grad():
+            return float((net(xvt).argmax(1).numpy() == yv).mean())
+
+    s2, ps, y = features(np.concatenate([splits["pretrain"], splits["train"]]))
+    s2v, psv, yv = features(splits["val"])
+    acc_s2 = accuracy(s2, y, s2v, yv)
+    acc_both = accuracy(np.hstack([s2, ps]), y, np.hstack([s2v, psv]), yv)
+    assert acc_both > acc_s2 + 0.1, (acc_s2, acc_both)
