@@ -109,6 +109,9 @@ def test_fill_linear_interpolates_between_clear_observations() -> None:
     filled, empty = fill_linear(x, invalid)
     np.testing.assert_allclose(filled[0, :, 0], [10, 10, 20, 30, 40, 40])
     assert not empty.any()
+    days = np.array([0.0, 1, 2, 3, 4, 5]) ** 2  # irregular stamps: interpolation runs in days, not steps
+    by_day, _ = fill_linear(x, invalid, days)
+    np.testing.assert_allclose(by_day[0, :, 0], [10, 10, 10 + 30 * 3 / 15, 10 + 30 * 8 / 15, 40, 40], rtol=1e-6)
     none, empty = fill_linear(x, np.ones((1, 6), dtype=bool))
     assert empty.all()
     np.testing.assert_array_equal(none, x)

@@ -9,8 +9,9 @@ All values are raw digital numbers (reflectance x 10000) as float32; normalisati
 - :func:`task_sets`: downstream task 1 (training tile) and task 2 (second tile) train / val sets.
 
 Cloudy and gap observations inside series are kept as they are in the data by default (``fill="none"``), as the
-paper's base models saw them; ``fill="linear"`` replaces them by linear interpolation in time between the nearest
-clear observations of the same pixel (constant beyond the first / last clear one), the method inference uses.
+paper's base models saw them; ``fill="linear"`` replaces them by linear interpolation in days between the nearest
+clear observations of the same pixel (constant beyond the first / last clear one) with the function inference
+uses, :func:`cropmap.timegrid.fill_gaps`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from cropmap.timegrid import fill_gaps
 from training.data.denethor import Scene, ps_patches, read_scene
 from training.data.splits import SCENE_A_FRACTIONS, SCENE_B_FRACTIONS, split_fields
 
@@ -56,35 +58,31 @@ def _invalid(s2: np.ndarray, cloud: np.ndarray, max_cloud_probability: float) ->
     return (cloud > max_cloud_probability) | np.all(s2 == 0, axis=-1)
 
 
-def fill_linear(x: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fill invalid observations of pixel series by linear interpolation along time.
+def fill_linear(
+    x: np.ndarray, invalid: np.ndarray, positions: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill invalid observations of pixel series the way inference does (:func:`cropmap.timegrid.fill_gaps`).
+
+    Each invalid observation takes the linear interpolation, in days, between the nearest valid observations
+    before and after it; before the first / after the last valid one the nearest valid value is repeated.
 
     Args:
         x: (N, T, C) series.
         invalid: (N, T) True where the observation must be replaced.
+        positions: (T,) non-decreasing observation days (e.g. day of year); the step index when omitted.
 
     Returns:
         The filled (N, T, C) float32 array and an (N,) bool array that is True for series without any valid
         observation (left unchanged).
     """
-    x = np.array(x, dtype=np.float32, copy=True)
-    n, t = invalid.shape
-    empty = invalid.all(axis=1)
-    steps = np.arange(t)
-    valid = ~invalid
-    # Index of the previous / next valid observation for every (pixel, step).
-    prev = np.where(valid, steps[None, :], -1)
-    prev = np.maximum.accumulate(prev, axis=1)
-    nxt = np.where(valid, steps[None, :], t)
-    nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
-    prev_c = np.where(prev < 0, nxt, prev).clip(0, t - 1)
-    next_c = np.where(nxt >= t, prev, nxt).clip(0, t - 1)
-    span = (next_c - prev_c).astype(np.float32)
-    weight = np.where(span > 0, (steps[None, :] - prev_c) / np.maximum(span, 1), 0.0).astype(np.float32)
-    rows = np.arange(n)[:, None]
-    filled = x[rows, prev_c] * (1 - weight[..., None]) + x[rows, next_c] * weight[..., None]
-    out = np.where((invalid & ~empty[:, None])[..., None], filled, x)
-    return out.astype(np.float32), empty
+    x = np.asarray(x, dtype=np.float32)
+    if invalid.shape != x.shape[:2]:
+        raise ValueError(f"invalid has shape {invalid.shape}; expected {x.shape[:2]} to match x")
+    pos = np.arange(x.shape[1], dtype=np.float64) if positions is None else np.asarray(positions, dtype=np.float64)
+    masked = np.where(invalid[..., None], np.float32(np.nan), x)
+    filled, _, ok = fill_gaps(masked, pos, pos, min_valid=1)
+    out = np.where(ok[:, None, None], filled, x).astype(np.float32)
+    return out, ~ok
 
 
 def pointwise_pairs(
@@ -247,7 +245,8 @@ def balanced_pixels(
     x = np.moveaxis(np.asarray(scene.s2[:, r, c, :], dtype=np.float32), 0, 1)  # (N, T, 12)
     if fill == "linear":
         cloud = np.moveaxis(scene.cloud_probability()[:, r, c], 0, 1)  # (N, T)
-        x, empty = fill_linear(x, _invalid(x, cloud, max_cloud_probability))
+        doy = np.array([d.timetuple().tm_yday for d in scene.dates], dtype=np.float64)
+        x, empty = fill_linear(x, _invalid(x, cloud, max_cloud_probability), doy)
         if empty.any():
             logger.warning("%d series have no clear observation; left unfilled", int(empty.sum()))
     return x, y
