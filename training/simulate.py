@@ -1,12 +1,13 @@
 """Simulate a miniature DENETHOR-layout scene pair: Sentinel-2 at 10 m and PlanetScope at 3 m.
 
 Both sensors observe ONE simulated 3 m surface. Each 3 m cell is a linear mixture of endmember spectra
-(soil, crop-specific green canopy, senescent canopy, rapeseed flowers, background cover) whose abundances follow
-per-field phenology curves with per-field timing jitter and per-cell texture. Sentinel-2's 12 bands are the
-area-weighted 10 m aggregate of that surface integrated over the S2 band responses (20 m and 60 m bands
-are block-averaged as a 10 m resampling of them would be), with clouds, cloud shadows, a cloud probability layer,
-swath gaps and noise. PlanetScope's 4 bands sample the same surface at 3 m through their own band responses,
-their own calibration (gain / offset per band and per acquisition), noise and acquisition-time offsets.
+(soil, crop-specific green canopy, senescent canopy, rapeseed flowers, background cover) whose abundances
+follow per-field phenology curves with per-field timing jitter and per-cell texture. Sentinel-2's 12 bands are
+the area-weighted 10 m aggregate of that surface integrated over the S2 band responses (20 m and 60 m bands
+are block-averaged as a 10 m resampling of them would be), with clouds, cloud shadows, a cloud probability
+layer, swath gaps and noise. PlanetScope's 4 bands sample the same surface at 3 m through their own band
+responses, their own calibration (gain / offset per band and per acquisition), noise and acquisition-time
+offsets.
 
 The output follows the DENETHOR / DLR fusion layout read by :mod:`training.data.denethor`::
 
@@ -111,9 +112,9 @@ class CropModel:
     """Peak cover of yellow flowers (rapeseed)."""
 
 
-# Winter cereals overlap in time and spectrum and differ mainly by 3 m texture (PS) and by small timing shifts;
-# Oats and Barley look alike in visible/NIR but differ in red edge and SWIR (S2 only); Meadows and Forage Crops
-# share a spectrum and differ by mowing calendar and texture.
+# Winter cereals overlap in time and spectrum and differ mainly by 3 m texture (PS) and small timing shifts;
+# Oats and Barley look alike in visible/NIR but differ in red edge and SWIR (S2 only); Meadows and Forage
+# Crops share a spectrum and differ by mowing calendar and texture.
 CROPS: dict[str, CropModel] = {
     "Wheat": CropModel(92, 186, 9, 6, 214, 0.22, 0.92, 0, 0.42, 1.0, 0.10, 0.04, 6, 0.35, 6),
     "Rye": CropModel(86, 179, 10, 6, 204, 0.24, 0.88, -3, 0.41, 0.95, 0.10, 0.22, 3, 0.0, 1),
@@ -122,7 +123,9 @@ CROPS: dict[str, CropModel] = {
     "Corn": CropModel(152, 256, 8, 8, 276, 0.0, 0.95, 5, 0.48, 1.1, 0.09, 0.06, 4, 0.3, 3),
     "Oil Seeds": CropModel(72, 176, 10, 7, 200, 0.35, 0.92, -5, 0.5, 0.9, 0.12, 0.15, 5, 0.0, 1, flower=0.55),
     "Root Crops": CropModel(142, 280, 9, 12, 292, 0.0, 0.95, 8, 0.55, 1.3, 0.1, 0.05, 2, 0.25, 2),
-    "Meadows": CropModel(95, 400, 12, 10, 400, 0.4, 0.9, -2, 0.4, 1.0, 0.09, 0.3, 1, 0.0, 1, cuts=(152, 205, 258)),
+    "Meadows": CropModel(
+        95, 400, 12, 10, 400, 0.4, 0.9, -2, 0.4, 1.0, 0.09, 0.3, 1, 0.0, 1, cuts=(152, 205, 258)
+    ),
     "Forage Crops": CropModel(
         90, 400, 10, 10, 400, 0.35, 0.9, -2, 0.41, 1.02, 0.09, 0.04, 4, 0.2, 5, cuts=(138, 178, 220, 262)
     ),
@@ -176,7 +179,9 @@ class SimulationConfig:
         if self.size_px < 12:
             raise ValueError(f"size_px must be >= 12 (S2 pixels per side), got {self.size_px}")
         if self.n_fields < len(CROP_NAMES):
-            raise ValueError(f"n_fields must be >= {len(CROP_NAMES)} so that every class appears, got {self.n_fields}")
+            raise ValueError(
+                f"n_fields must be >= {len(CROP_NAMES)} so that every class appears, got {self.n_fields}"
+            )
         if self.n_fields > self.size_px**2 // 16:
             raise ValueError(
                 f"n_fields={self.n_fields} is too many for a {self.size_px} x {self.size_px} px scene; "
@@ -197,12 +202,12 @@ PRESETS: dict[str, SimulationConfig] = {
     "default": SimulationConfig(),
     "large": SimulationConfig(size_px=240, n_fields=500, n_stamps=72, ps_interval_days=3),
 }
-"""Named configurations: ``tiny`` for unit tests (about a second), ``default`` for demos, ``large`` for runs."""
+"""Named configurations: ``tiny`` for unit tests (seconds), ``default`` for demos, ``large`` for runs."""
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Spectra
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _sigmoid(x: np.ndarray | float) -> np.ndarray:
@@ -280,9 +285,9 @@ def _soil_bands(spec: SceneSpec) -> np.ndarray:
     return resp @ _soil_spectrum(spec.soil_brightness, spec.soil_redness)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Geometry
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -301,7 +306,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float
 def _layout(
     rng: np.random.Generator, cfg: SimulationConfig, spec: SceneSpec
 ) -> tuple[gpd.GeoDataFrame, list[tuple[shapely.Geometry, int]]]:
-    """Field polygons (labelled) and background polygons (forest / settlement) from a relaxed Voronoi tessellation."""
+    """Field polygons (labelled) and background (forest / settlement) from a relaxed Voronoi tessellation."""
     extent = cfg.size_px * S2_RES_M
     n_cells = round(cfg.n_fields / (1.0 - cfg.background_fraction))
     pts = rng.uniform(0, extent, size=(n_cells, 2))
@@ -366,9 +371,9 @@ def _block_mean(img: np.ndarray, block: int) -> np.ndarray:
     return np.repeat(np.repeat(means, block, axis=0), block, axis=1)[:h, :w]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Surface
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 class _Surface:
@@ -379,7 +384,8 @@ class _Surface:
         self.fields, background = _layout(rng, cfg, spec)
         self.n_ps = int(np.ceil(cfg.size_px * S2_RES_M / PS_RES_M))
         n = self.n_ps
-        self.ps_transform = rasterio.Affine(PS_RES_M, 0.0, spec.origin_x, 0.0, -PS_RES_M, spec.origin_y + cfg.size_px * S2_RES_M)
+        top = spec.origin_y + cfg.size_px * S2_RES_M
+        self.ps_transform = rasterio.Affine(PS_RES_M, 0.0, spec.origin_x, 0.0, -PS_RES_M, top)
         shape = (n, n)
         self.field_of_cell = rasterize(
             zip(self.fields.geometry, self.fields.field_id, strict=True),
@@ -479,7 +485,8 @@ class _Surface:
                 g = env * regrow
                 d = np.minimum(hay, 1 - g)
             else:
-                canopy = crop.winter_cover + (peak - crop.winter_cover) * _sigmoid((t - crop.sos) / (crop.rate_up * rate))
+                rise = _sigmoid((t - crop.sos) / (crop.rate_up * rate))
+                canopy = crop.winter_cover + (peak - crop.winter_cover) * rise
                 g = canopy * (1 - _sigmoid((t - crop.eos) / (crop.rate_down * rate)))
                 d = canopy - g
                 harvested = t >= crop.harvest
@@ -516,9 +523,9 @@ class _Surface:
         return refl
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Sensors
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _s2_dates(rng: np.random.Generator, cfg: SimulationConfig, year: int) -> np.ndarray:
@@ -536,7 +543,11 @@ def _s2_dates(rng: np.random.Generator, cfg: SimulationConfig, year: int) -> np.
 
 
 def _observe_s2(
-    rng: np.random.Generator, surface: np.ndarray, agg: np.ndarray, clear_fraction: float, gap_probability: float
+    rng: np.random.Generator,
+    surface: np.ndarray,
+    agg: np.ndarray,
+    clear_fraction: float,
+    gap_probability: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One S2 acquisition from the 3 m surface: (H, W, 12) uint16 reflectance x 10000 and (H, W) uint8 clp."""
     s2 = np.einsum("ij,jkb,lk->ilb", agg, surface, agg, optimize=True).astype(np.float64)
@@ -574,8 +585,10 @@ def _observe_s2(
     return dn, clp
 
 
-def _observe_ps(rng: np.random.Generator, surface_ps: np.ndarray, gain: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """One PlanetScope acquisition: (4, H_ps, W_ps) uint16 reflectance x 10000 with its own calibration and noise."""
+def _observe_ps(
+    rng: np.random.Generator, surface_ps: np.ndarray, gain: np.ndarray, offset: np.ndarray
+) -> np.ndarray:
+    """One PlanetScope acquisition: (4, H_ps, W_ps) uint16 reflectance x 10000, own calibration and noise."""
     illum = rng.normal(1.0, 0.03)  # acquisition-time illumination / BRDF difference, per scene
     band_drift = rng.normal(1.0, 0.015, 4)  # cross-sensor calibration drift of the constellation
     ps = surface_ps * (gain * band_drift * illum).astype(np.float32) + offset.astype(np.float32)
@@ -643,7 +656,9 @@ def _simulate_scene(out: Path, cfg: SimulationConfig, spec: SceneSpec, rng: np.r
                   surface.ps_transform)  # fmt: skip
 
     surface.fields.to_file(out / "labels.geojson", driver="GeoJSON")
-    logger.info("%s: %d S2 stamps, %d PS days, %d fields", spec.name, len(s2_doys), len(ps_doys), len(surface.fields))
+    logger.info(
+        "%s: %d S2 stamps, %d PS days, %d fields", spec.name, len(s2_doys), len(ps_doys), len(surface.fields)
+    )
 
 
 def simulate(out_dir: str | Path, config: SimulationConfig | None = None) -> dict[str, Path]:
@@ -685,7 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     overrides = {
         key: value
         for key, value in {

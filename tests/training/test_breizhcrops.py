@@ -25,14 +25,15 @@ def test_read_parcels_returns_every_parcel_with_labels_and_splits() -> None:
     parcels = read_parcels(DATA)
     assert [p.parcel_id for p in parcels] == [71456800, 71456939, 71459051, 71459107, 71459175, 71459190]
     by_id = {p.parcel_id: p for p in parcels}
-    assert by_id[71456800].split == "eval" and by_id[71459051].split == "train" and by_id[71459175].split == "valid"
+    assert [by_id[i].split for i in (71456800, 71459051, 71459175)] == ["eval", "train", "valid"]
     assert by_id[71456939].code == 422 and by_id[71456939].label == 2
     assert by_id[71456939].class_name == "clover alfalfa protein plants"
     assert by_id[71459175].class_name == "cattle meadow" and by_id[71459175].label == 16
     assert by_id[71456800].x.shape == (90, 13)
     for p in parcels:
         assert p.x.dtype == np.float32 and p.x.shape[1] == len(S2_BANDS)
-        assert p.dates.dtype == np.dtype("datetime64[D]") and (np.diff(p.dates) >= np.timedelta64(0, "D")).all()
+        assert p.dates.dtype == np.dtype("datetime64[D]")
+        assert (np.diff(p.dates) >= np.timedelta64(0, "D")).all()
         assert p.dates[0] >= np.datetime64("2018-01-01") and p.dates[-1] <= np.datetime64("2018-12-31")
         assert p.cloudy.shape == p.dates.shape
 

@@ -42,7 +42,9 @@ def test_pointwise_pairs_are_clear_pixels_of_the_given_fields(scene: Scene) -> N
     assert len({(a, b, d) for a, b, d in index.tolist()}) == len(index)  # no duplicate within a stamp
 
 
-def test_pointwise_pairs_take_all_clear_pixels_when_fewer_exist(scene: Scene, caplog: pytest.LogCaptureFixture) -> None:
+def test_pointwise_pairs_take_all_clear_pixels_when_fewer_exist(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
     pool = scene_a_splits(scene)["val"]
     n_pixels = int(np.isin(scene.field_raster, pool).sum())
     with caplog.at_level(logging.INFO, logger="training.data.datasets"):
@@ -72,7 +74,8 @@ def test_timewise_pairs_align_ps_series_with_s2_stamps(scene: Scene) -> None:
         assert match.size == 1
         r, c = divmod(int(match[0]), scene.shape[1])
         assert scene.field_raster[r, c] in pool
-        np.testing.assert_array_equal(ps[n], ps_patches(scene, np.full(t_count, r), np.full(t_count, c), np.arange(t_count)))
+        expected = ps_patches(scene, np.full(t_count, r), np.full(t_count, c), np.arange(t_count))
+        np.testing.assert_array_equal(ps[n], expected)
 
 
 def test_balanced_pixels_have_n_per_class(scene: Scene, caplog: pytest.LogCaptureFixture) -> None:
@@ -111,7 +114,8 @@ def test_fill_linear_interpolates_between_clear_observations() -> None:
     assert not empty.any()
     days = np.array([0.0, 1, 2, 3, 4, 5]) ** 2  # irregular stamps: interpolation runs in days, not steps
     by_day, _ = fill_linear(x, invalid, days)
-    np.testing.assert_allclose(by_day[0, :, 0], [10, 10, 10 + 30 * 3 / 15, 10 + 30 * 8 / 15, 40, 40], rtol=1e-6)
+    expected = [10, 10, 10 + 30 * 3 / 15, 10 + 30 * 8 / 15, 40, 40]
+    np.testing.assert_allclose(by_day[0, :, 0], expected, rtol=1e-6)
     none, empty = fill_linear(x, np.ones((1, 6), dtype=bool))
     assert empty.all()
     np.testing.assert_array_equal(none, x)
@@ -130,10 +134,11 @@ def test_balanced_pixels_linear_fill_leaves_no_cloud(scene: Scene) -> None:
 
 def test_task_sets_use_disjoint_fields(sim_scene_dir: Path) -> None:
     one = task_sets(sim_scene_dir, 1, n_train=12, n_val=4, seed=0)
-    assert one.x_train.shape == (12 * 9, len(one.dates), 12) and one.x_val.shape == (4 * 9, len(one.dates), 12)
+    assert one.x_train.shape == (12 * 9, len(one.dates), 12)
+    assert one.x_val.shape == (4 * 9, len(one.dates), 12)
     assert one.class_names[0] == "Wheat" and len(one.class_names) == 9
     assert set(one.splits) == {"pretrain", "train", "val"}
-    groups = [set(one.pretrain_field_ids.tolist()), set(one.splits["train"].tolist()), set(one.splits["val"].tolist())]
+    groups = [set(one.pretrain_field_ids.tolist())] + [set(one.splits[k].tolist()) for k in ("train", "val")]
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
     two = task_sets(sim_scene_dir, 2, n_train=12, n_val=4, seed=0)
     assert all(d.year == 2019 for d in two.dates)

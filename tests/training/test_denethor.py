@@ -109,7 +109,9 @@ def test_labels_without_field_id_are_numbered_by_row(scene_copy: Path) -> None:
         ("no_planet", FileNotFoundError, "planet not found"),
     ],
 )
-def test_read_scene_rejects_broken_layouts(scene_copy: Path, breakage: str, error: type, message: str) -> None:
+def test_read_scene_rejects_broken_layouts(
+    scene_copy: Path, breakage: str, error: type[Exception], message: str
+) -> None:
     s2 = scene_copy / "s2"
     if breakage == "no_s2":
         shutil.rmtree(s2)

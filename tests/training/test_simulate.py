@@ -86,7 +86,8 @@ def test_config_rejects_bad_values(kwargs: dict[str, int], message: str) -> None
 
 
 def test_cli_writes_scenes_and_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--out", str(tmp_path), "--size-px", "16", "--n-fields", "9", "--n-stamps", "3", "--preset", "tiny"]
+    argv = ["--out", str(tmp_path), "--preset", "tiny", "--size-px", "16", "--n-fields", "9"]
+    argv += ["--n-stamps", "3"]
     assert main(argv) == 0
     assert "simulated" in capsys.readouterr().out
     assert np.load(tmp_path / "scene_b" / "s2" / "bands.npy", mmap_mode="r").shape == (3, 16, 16, 12)
@@ -144,7 +145,7 @@ def test_spectra_make_oats_and_barley_differ_in_s2_only() -> None:
 
 
 def test_textures_differ_between_winter_cereals_at_3m(sim_scene_dir: Path) -> None:
-    """Wheat's tramlines spread its 3 x 3 PS pixels more than patchy Rye does, while 10 m S2 NIR means are close."""
+    """Wheat's tramlines spread its 3 x 3 PS pixels more than patchy Rye does; 10 m S2 NIR means are close."""
     from training.data.denethor import ps_patches, read_scene
 
     scene = read_scene(sim_scene_dir / "scene_a")
@@ -163,7 +164,7 @@ def test_textures_differ_between_winter_cereals_at_3m(sim_scene_dir: Path) -> No
 
 
 def test_scene_b_greens_up_later() -> None:
-    """Scene B's phenology is shifted: its winter wheat reaches half cover several days later than scene A's."""
+    """Scene B's phenology is shifted: its winter wheat reaches half cover days later than scene A's."""
     rng = np.random.default_rng(0)
     half_cover_day = []
     for spec in (sim.SCENE_A, sim.SCENE_B):

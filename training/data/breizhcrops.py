@@ -3,9 +3,11 @@
 Layout of a dataset root (BreizhCrops' raw export; the Bavarian crop-type-mapping data use the same)::
 
     ROOT/classmapping.csv                 crop code -> class id and class name
-    ROOT/csv/<region>/<parcel id>.csv     rows = acquisitions: band columns (B1 .. B12, B8A), QA10 / QA20 / QA60,
-                                          doa (date of acquisition), label (crop code), id (parcel id)
-    ROOT/ids/<region>_<split>.txt         parcel ids of each split, one per line (region matched case-insensitively)
+    ROOT/csv/<region>/<parcel id>.csv     rows = acquisitions: band columns (B1 .. B12, B8A),
+                                          QA10 / QA20 / QA60, doa (date of acquisition),
+                                          label (crop code), id (parcel id)
+    ROOT/ids/<region>_<split>.txt         parcel ids of each split, one per line
+                                          (region matched case-insensitively)
 
 Band columns are mapped to canonical names through :func:`cropmap.bands.canonical_band` and returned in
 :data:`cropmap.bands.S2_BANDS` order (13 bands, B10 included). Band values stay raw digital numbers
@@ -73,8 +75,8 @@ def read_classmapping(path: str | Path) -> pd.DataFrame:
     missing = {"id", "classname"} - set(frame.columns)
     if code_col is None or missing:
         raise ValueError(
-            f"{path} has columns {list(frame.columns)}; expected a code column ({' or '.join(_CODE_COLUMNS)}), "
-            "'id' and 'classname'"
+            f"{path} has columns {list(frame.columns)}; "
+            f"expected a code column ({' or '.join(_CODE_COLUMNS)}), 'id' and 'classname'"
         )
     frame = frame[[code_col, "id", "classname"]].rename(columns={code_col: "code"})
     if frame["code"].duplicated().any():
@@ -112,7 +114,9 @@ def _band_columns(columns: list[str], path: Path) -> dict[str, str]:
         try:
             band = canonical_band(col)
         except ValueError as err:
-            raise ValueError(f"{path}: column {col!r} is neither a band nor one of {sorted(_NON_BAND_COLUMNS)}") from err
+            raise ValueError(
+                f"{path}: column {col!r} is neither a band nor one of {sorted(_NON_BAND_COLUMNS)}"
+            ) from err
         if band in mapping.values():
             raise ValueError(f"{path}: two columns name band {band}")
         mapping[col] = band
@@ -147,7 +151,9 @@ def read_parcel_csv(path: str | Path, classes: pd.DataFrame, *, region: str, spl
     codes = frame["label"].unique()
     ids = frame["id"].unique()
     if codes.size != 1 or ids.size != 1:
-        raise ValueError(f"{path}: expected one label and one id, found labels {codes.tolist()} and ids {ids.tolist()}")
+        raise ValueError(
+            f"{path}: expected one label and one id, found labels {codes.tolist()} and ids {ids.tolist()}"
+        )
     parcel_id, code = int(ids[0]), int(codes[0])
     if path.stem.isdigit() and int(path.stem) != parcel_id:
         raise ValueError(f"{path}: file name says parcel {path.stem}, its id column says {parcel_id}")
@@ -182,8 +188,8 @@ def read_parcels(
         region: Only this region folder (case-insensitive); all regions when None.
         split: Only parcels listed in this split's ids file.
         drop_empty: Drop acquisitions without any band value (all NaN).
-        on_unknown_code: ``"skip"`` leaves out parcels whose crop code classmapping lacks (logged); ``"error"``
-            raises.
+        on_unknown_code: ``"skip"`` leaves out parcels whose crop code classmapping lacks (logged);
+            ``"error"`` raises.
 
     Returns:
         Parcels sorted by region and id.
@@ -196,7 +202,9 @@ def read_parcels(
     mapping_path = root / "classmapping.csv"
     csv_dir = root / "csv"
     if not mapping_path.exists() or not csv_dir.is_dir():
-        raise FileNotFoundError(f"{root} lacks classmapping.csv or csv/; expected the BreizhCrops raw CSV layout")
+        raise FileNotFoundError(
+            f"{root} lacks classmapping.csv or csv/; expected the BreizhCrops raw CSV layout"
+        )
     classes = read_classmapping(mapping_path)
     split_ids = read_split_ids(root)
     regions = sorted(p for p in csv_dir.iterdir() if p.is_dir())

@@ -8,10 +8,10 @@ All values are raw digital numbers (reflectance x 10000) as float32; normalisati
 - :func:`balanced_pixels`: class-balanced S2 series (T, 12) for the downstream base models.
 - :func:`task_sets`: downstream task 1 (training tile) and task 2 (second tile) train / val sets.
 
-Cloudy and gap observations inside series are kept as they are in the data by default (``fill="none"``), as the
-paper's base models saw them; ``fill="linear"`` replaces them by linear interpolation in days between the nearest
-clear observations of the same pixel (constant beyond the first / last clear one) with the function inference
-uses, :func:`cropmap.timegrid.fill_gaps`.
+Cloudy and gap observations inside series are kept as they are in the data by default (``fill="none"``), as
+the paper's base models saw them; ``fill="linear"`` replaces them by linear interpolation in days between the
+nearest clear observations of the same pixel (constant beyond the first / last clear one) with the function
+inference uses, :func:`cropmap.timegrid.fill_gaps`.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def fill_linear(
     x = np.asarray(x, dtype=np.float32)
     if invalid.shape != x.shape[:2]:
         raise ValueError(f"invalid has shape {invalid.shape}; expected {x.shape[:2]} to match x")
-    pos = np.arange(x.shape[1], dtype=np.float64) if positions is None else np.asarray(positions, dtype=np.float64)
+    steps = np.arange(x.shape[1], dtype=np.float64)
+    pos = steps if positions is None else np.asarray(positions, dtype=np.float64)
     masked = np.where(invalid[..., None], np.float32(np.nan), x)
     filled, _, ok = fill_gaps(masked, pos, pos, min_valid=1)
     out = np.where(ok[:, None, None], filled, x).astype(np.float32)
@@ -128,7 +129,10 @@ def pointwise_pairs(
             chosen = rng.choice(clear, n_per_stamp, replace=False)
         picks.append(np.stack([np.full(chosen.size, t), rows[chosen], cols[chosen]], axis=1))
     if short:
-        logger.info("%d of %d stamps had fewer than %d clear pixels; took all of theirs", short, len(scene.dates), n_per_stamp)
+        logger.info(
+            "%d of %d stamps had fewer than %d clear pixels; took all of theirs",
+            short, len(scene.dates), n_per_stamp,
+        )  # fmt: skip
     index = np.concatenate(picks).astype(np.int64) if picks else np.empty((0, 3), dtype=np.int64)
     s2 = np.asarray(scene.s2[index[:, 0], index[:, 1], index[:, 2]], dtype=np.float32)
     ps = ps_patches(scene, index[:, 1], index[:, 2], index[:, 0])
@@ -138,13 +142,13 @@ def pointwise_pairs(
     return s2, ps
 
 
-def _sample_pixels(rows: np.ndarray, cols: np.ndarray, n: int, rng: np.random.Generator, what: str) -> np.ndarray:
-    if rows.size == 0:
+def _sample_pixels(n_available: int, n: int, rng: np.random.Generator, what: str) -> np.ndarray:
+    if n_available == 0:
         raise ValueError(f"no pixels to sample for {what}")
-    if rows.size < n:
-        logger.info("%s: %d pixels available, %d requested; taking all", what, rows.size, n)
-        return rng.permutation(rows.size)
-    return rng.choice(rows.size, n, replace=False)
+    if n_available < n:
+        logger.info("%s: %d pixels available, %d requested; taking all", what, n_available, n)
+        return rng.permutation(n_available)
+    return rng.choice(n_available, n, replace=False)
 
 
 def timewise_pairs(
@@ -170,7 +174,7 @@ def timewise_pairs(
     """
     rows, cols = _field_pixels(scene, field_ids)
     rng = np.random.default_rng(seed)
-    pick = _sample_pixels(rows, cols, n_pixels, rng, "time-wise pairs")
+    pick = _sample_pixels(rows.size, n_pixels, rng, "time-wise pairs")
     r, c = rows[pick], cols[pick]
     t_count = len(scene.dates)
     s2 = np.moveaxis(np.asarray(scene.s2[:, r, c, :], dtype=np.float32), 0, 1)  # (N, T, 12)
@@ -228,8 +232,9 @@ def balanced_pixels(
             continue
         if members.size < n_per_class:
             logger.warning(
-                "class %r has %d pixels, fewer than %d: sampling with replacement", name, members.size, n_per_class
-            )
+                "class %r has %d pixels, fewer than %d: sampling with replacement",
+                name, members.size, n_per_class,
+            )  # fmt: skip
             chosen = rng.choice(members, n_per_class, replace=True)
         else:
             chosen = rng.choice(members, n_per_class, replace=False)

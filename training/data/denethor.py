@@ -6,7 +6,7 @@ published DENETHOR files may differ)::
     SCENE/s2/bands.npy        (T, H, W, 12) reflectance x 10000 (uint16 or float), 0 in every band = no data
     SCENE/s2/clp.npy          (T, H, W) or (T, H, W, 1) cloud probability: uint8 0..255 or float 0..1
     SCENE/s2/timestamp.pkl    list of T datetimes (or dates)
-    SCENE/s2/bbox.pkl         the S2 grid's bounds and CRS (dict, sentinelhub BBox, or (min_x, min_y, max_x, max_y))
+    SCENE/s2/bbox.pkl         bounds and CRS of the S2 grid (dict, sentinelhub BBox, or a 4-tuple)
     SCENE/s2/band_names.json  optional; checked against :data:`S2_BAND_NAMES` when present
     SCENE/planet/YYYY-MM-DD/sr.tif   or  SCENE/planet/YYYY-MM-DD.tif   4-band PS surface reflectance x 10000
     SCENE/labels.geojson      field polygons with crop_id, crop_name and field_id
@@ -117,7 +117,8 @@ class Scene:
             if gap[j] > max_day_offset:
                 raise ValueError(
                     f"S2 stamp {d.isoformat()} (day {d.timetuple().tm_yday}) has no PlanetScope image within "
-                    f"{max_day_offset} day(s) in {self.root / 'planet'}; nearest is {self.ps_dates[j].isoformat()}"
+                    f"{max_day_offset} day(s) in {self.root / 'planet'}; "
+                    f"nearest is {self.ps_dates[j].isoformat()}"
                 )
             out[i] = j
         return out
@@ -127,7 +128,9 @@ def _find(root: Path, names: Sequence[str]) -> Path:
     for name in names:
         if (root / name).exists():
             return root / name
-    raise FileNotFoundError(f"none of {', '.join(names)} found in {root}; expected the DENETHOR layout (docs/data.md)")
+    raise FileNotFoundError(
+        f"none of {', '.join(names)} found in {root}; expected the DENETHOR layout (docs/data.md)"
+    )
 
 
 def _load_pickle(path: Path) -> Any:
@@ -136,8 +139,9 @@ def _load_pickle(path: Path) -> Any:
             return pickle.load(fh)  # noqa: S301 - the user's own dataset files
     except ModuleNotFoundError as err:
         raise ValueError(
-            f"{path} was pickled with objects of the {err.name!r} package, which is not installed; install it "
-            "(eo-learn / sentinelhub for DENETHOR's original patches) or re-save the file as plain Python values"
+            f"{path} was pickled with objects of the {err.name!r} package, which is not installed; "
+            "install it (eo-learn / sentinelhub for DENETHOR's original patches) "
+            "or re-save the file as plain Python values"
         ) from err
 
 
@@ -146,7 +150,9 @@ def _parse_bbox(obj: Any, path: Path) -> tuple[tuple[float, float, float, float]
         try:
             bounds = (float(obj["min_x"]), float(obj["min_y"]), float(obj["max_x"]), float(obj["max_y"]))
         except KeyError as err:
-            raise ValueError(f"{path}: bbox dict lacks {err}; expected min_x, min_y, max_x, max_y, crs") from err
+            raise ValueError(
+                f"{path}: bbox dict lacks {err}; expected min_x, min_y, max_x, max_y, crs"
+            ) from err
         crs = obj.get("crs")
         return bounds, None if crs is None else str(crs)
     if all(hasattr(obj, a) for a in ("min_x", "min_y", "max_x", "max_y")):  # sentinelhub.BBox
@@ -237,7 +243,8 @@ def read_scene(root: str | Path) -> Scene:
     bbox_path = _find(s2_dir, ["bbox.pkl"])
     bounds, crs = _parse_bbox(_load_pickle(bbox_path), bbox_path)
     h, w = s2.shape[1:3]
-    transform = rasterio.Affine((bounds[2] - bounds[0]) / w, 0.0, bounds[0], 0.0, -(bounds[3] - bounds[1]) / h, bounds[3])
+    res_x, res_y = (bounds[2] - bounds[0]) / w, (bounds[3] - bounds[1]) / h
+    transform = rasterio.Affine(res_x, 0.0, bounds[0], 0.0, -res_y, bounds[3])
 
     labels_path = _find(root, ["labels.geojson"])
     labels = gpd.read_file(labels_path)
@@ -245,6 +252,8 @@ def read_scene(root: str | Path) -> Scene:
         raise ValueError(f"{labels_path} has no CRS; expected EPSG:25833 (DENETHOR) or any declared CRS")
     if crs is None:
         raise ValueError(f"{bbox_path} carries no CRS; expected one in the bbox (e.g. 'crs': 'EPSG:25833')")
+    if labels.empty:
+        raise ValueError(f"{labels_path} holds no field polygons")
     missing = {"crop_id", "crop_name"} - set(labels.columns)
     if missing:
         raise ValueError(f"{labels_path} lacks column(s) {sorted(missing)}; found {sorted(labels.columns)}")
@@ -265,19 +274,20 @@ def read_scene(root: str | Path) -> Scene:
     shapes = list(zip(labels.geometry, fids, strict=True))
     field_raster = rasterize(shapes, out_shape=(h, w), transform=transform, fill=0, dtype="int32")
     crop_of = dict(zip(fids.tolist(), cids.tolist(), strict=True))
-    lut_ids = np.array([0, *crop_of], dtype=np.int64)
-    lut_crops = np.array([0, *crop_of.values()], dtype=np.int64)
-    order = np.argsort(lut_ids)
-    crop_raster = lut_crops[order][np.searchsorted(lut_ids[order], field_raster)].astype(np.int32)
+    keys = np.array(sorted(crop_of), dtype=np.int64)
+    values = np.array([crop_of[k] for k in keys.tolist()], dtype=np.int64)
+    at = np.clip(np.searchsorted(keys, field_raster), 0, keys.size - 1)
+    crop_raster = np.where(field_raster > 0, values[at], 0).astype(np.int32)
 
     ps_dates, ps_paths = _ps_archive(root)
     scene = Scene(
-        root=root, s2=s2, clp=clp, clp_scale=clp_scale, dates=dates, bbox=bounds, crs=crs, transform=transform,
-        field_raster=field_raster, crop_raster=crop_raster, crop_names=crop_names, field_crops=crop_of,
-        ps_dates=ps_dates, ps_paths=ps_paths,
+        root=root, s2=s2, clp=clp, clp_scale=clp_scale, dates=dates, bbox=bounds, crs=crs,
+        transform=transform, field_raster=field_raster, crop_raster=crop_raster, crop_names=crop_names,
+        field_crops=crop_of, ps_dates=ps_dates, ps_paths=ps_paths,
     )  # fmt: skip
     logger.info(
-        "%s: %d S2 stamps of %d x %d px, %d fields, %d PS days", root, len(dates), h, w, len(fids), len(ps_dates)
+        "%s: %d S2 stamps of %d x %d px, %d fields, %d PS days",
+        root, len(dates), h, w, len(fids), len(ps_dates),
     )
     return scene
 
@@ -296,10 +306,12 @@ def _ps_grid(scene: Scene) -> dict[str, Any]:
         t = src.transform
         if t.b != 0 or t.d != 0 or t.e >= 0:
             raise ValueError(f"{scene.ps_paths[0]} is rotated or flipped ({t}); expected a north-up grid")
-        geom = {"left": t.c, "top": t.f, "res": t.a, "height": src.height, "width": src.width, "count": src.count}
+        geom = {"left": t.c, "top": t.f, "res": t.a, "height": src.height, "width": src.width}
     s2_res = scene.transform.a
     if s2_res / geom["res"] < PS_PATCH - 1e-6:
-        raise ValueError(f"PS pixel size {geom['res']} m is too coarse for 3 x 3 PS pixels per {s2_res} m S2 pixel")
+        raise ValueError(
+            f"PS pixel size {geom['res']} m is too coarse for 3 x 3 PS pixels per {s2_res} m S2 pixel"
+        )
     scene._ps_geometry.update(geom)
     return scene._ps_geometry
 
@@ -314,9 +326,9 @@ def ps_patches(
 ) -> np.ndarray:
     """The 3 x 3 x 4 PlanetScope pixels under S2 pixels, on the PS day matching each S2 stamp.
 
-    S2 row ``r`` starts at PS row ``int(r * s2_res / ps_res)`` (``int(r * 10 / 3)`` for DENETHOR) plus the offset
-    between the two grids' top edges; the same holds for columns. Each PS file is opened once and only the window
-    spanning the requested pixels is read.
+    S2 row ``r`` starts at PS row ``int(r * s2_res / ps_res)`` (``int(r * 10 / 3)`` for DENETHOR) plus the
+    offset between the two grids' top edges; the same holds for columns. Each PS file is opened once and only
+    the window spanning the requested pixels is read.
 
     Args:
         rows: (N,) S2 row indices.
@@ -333,7 +345,9 @@ def ps_patches(
     """
     rows, cols, date_indices = (np.asarray(a, dtype=np.int64).ravel() for a in (rows, cols, date_indices))
     if not rows.size == cols.size == date_indices.size:
-        raise ValueError(f"rows, cols and date_indices differ in length: {rows.size}, {cols.size}, {date_indices.size}")
+        raise ValueError(
+            f"rows, cols and date_indices differ in length: {rows.size}, {cols.size}, {date_indices.size}"
+        )
     h, w = scene.shape
     t_count = len(scene.dates)
     if rows.size and (rows.min() < 0 or rows.max() >= h or cols.min() < 0 or cols.max() >= w):
@@ -365,7 +379,10 @@ def ps_patches(
         path = scene.ps_paths[ps_of_stamp[t]]
         with rasterio.open(path) as src:
             if (src.height, src.width) != (geom["height"], geom["width"]):
-                raise ValueError(f"{path} is {src.height} x {src.width}; other PS files are {geom['height']} x {geom['width']}")
+                raise ValueError(
+                    f"{path} is {src.height} x {src.width}; "
+                    f"other PS files are {geom['height']} x {geom['width']}"
+                )
             block = src.read((1, 2, 3, 4), window=Window(c0, r0, c1 - c0, r1 - r0))  # (4, h, w)
         rr = (ps_r[sel] - r0)[:, None, None] + offsets[None, :, None]
         cc = (ps_c[sel] - c0)[:, None, None] + offsets[None, None, :]

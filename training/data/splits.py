@@ -1,8 +1,8 @@
 """Field-level splits: every pixel of a field lands in exactly one split.
 
 Splitting by pixel would put neighbouring, near-identical pixels of one field on both sides of a split and
-inflate validation scores; the method splits by field (PAPER.md section 1): 70 / 21 / 9 % of the training
-tile's fields for pre-training / task-1 train / task-1 val, 70 / 30 % of the second tile's for task-2 train / val.
+inflate validation scores; the method splits by field: 70 / 21 / 9 % of the training tile's fields for
+pre-training / task-1 train / task-1 val, 70 / 30 % of the second tile's for task-2 train / val.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SCENE_B_FRACTIONS: dict[str, float] = {"train": 0.70, "val": 0.30}
 
 
 def _allocate(n: int, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Integer counts summing to ``n`` closest to ``n * fractions`` (largest remainder, ties broken at random)."""
+    """Integer counts summing to ``n`` closest to ``n * fractions`` (largest remainder, random ties)."""
     quota = n * fractions
     counts = np.floor(quota).astype(np.int64)
     rest = n - int(counts.sum())
@@ -45,7 +45,7 @@ def split_fields(
         field_ids: (F,) field ids; duplicates are an error.
         fractions: Split name -> share of the fields, e.g. ``{"pretrain": 0.7, "train": 0.21, "val": 0.09}``.
             Shares must be positive and sum to 1.
-        seed: Seed of the shuffle; the same ids, fractions and seed give the same split whatever the input order.
+        seed: Seed of the shuffle; the same ids, fractions and seed give the same split in any input order.
         strata: Optional (F,) label per field (e.g. its crop id). Each stratum is split on its own with the
             fractions, and a stratum with at least as many fields as splits puts at least one field in every
             split, so that small validation splits still see every class.
