@@ -87,6 +87,8 @@ class DownstreamConfig:
     """Record validation accuracy every this many epochs (the final epoch is always evaluated)."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    fill: Literal["none", "linear"] = "none"
+    """Tasks 1/2: keep cloudy observations (``none``, as in the papers) or interpolate them (``linear``)."""
 
     def __post_init__(self) -> None:
         for name in ("variants", "epochs", "batch_size", "n_train_per_class", "n_val_per_class", "eval_every"):
@@ -283,7 +285,7 @@ def predict(
 # ----------------------------------------------------------------------------------------------
 # the comparison
 # ----------------------------------------------------------------------------------------------
-SETUP_KEYS = ("task", "epochs", "batch_size", "n_train", "n_val", "seed", "lr_schedule")
+SETUP_KEYS = ("task", "epochs", "batch_size", "n_train", "n_val", "seed", "lr_schedule", "fill")
 """Record fields that must agree between runs stored in one results file."""
 
 
@@ -390,6 +392,7 @@ def run_comparison(
         "n_val": len(data.y_val),
         "seed": cfg.seed,
         "lr_schedule": "linear-to-zero",
+        "fill": cfg.fill,
     }
     done = load_finished(results)
     _check_setup(done, setup, results)
@@ -543,7 +546,9 @@ def load_real_task(path: str | Path, *, season: int, val_fraction: float, seed: 
     )  # fmt: skip
 
 
-def load_sim_task(root: str | Path, task: str, *, n_train: int, n_val: int, seed: int) -> TaskData:
+def load_sim_task(
+    root: str | Path, task: str, *, n_train: int, n_val: int, seed: int, fill: Literal["none", "linear"] = "none"
+) -> TaskData:
     """Balanced pixel sets of a simulated scene pair (task 1: ``scene_a``, task 2: ``scene_b``).
 
     Args:
@@ -551,22 +556,21 @@ def load_sim_task(root: str | Path, task: str, *, n_train: int, n_val: int, seed
         task: ``"1"`` or ``"2"``.
         n_train: Training pixels per class.
         n_val: Validation pixels per class.
-        seed: Sampling seed.
+        seed: Sampling seed (the field splits use the data layer's fixed split seed).
+        fill: ``"none"`` keeps cloudy / no-data observations as the papers' base models saw them;
+            ``"linear"`` interpolates them in time as inference does.
     """
     from training.data.datasets import task_sets
+    from training.data.denethor import S2_BAND_NAMES
 
-    sets = task_sets(root, int(task), n_train, n_val, seed)
-    return _task_data_from_sets(sets)
-
-
-def _task_data_from_sets(sets: Any) -> TaskData:
+    sets = task_sets(root, int(task), n_train, n_val, seed, fill=fill)
     return TaskData(
         x_train=np.asarray(sets.x_train, dtype=np.float32),
         y_train=np.asarray(sets.y_train, dtype=np.int64),
         x_val=np.asarray(sets.x_val, dtype=np.float32),
         y_val=np.asarray(sets.y_val, dtype=np.int64),
         class_names=tuple(sets.class_names),
-        bands=tuple(sets.bands),
+        bands=tuple(S2_BAND_NAMES),
     )
 
 
@@ -581,7 +585,9 @@ def load_task(cfg: DownstreamConfig, *, real_season: int = 2020) -> TaskData:
         raise FileNotFoundError(f"data path {str(cfg.data)!r} does not exist")
     if cfg.task == "real":
         return load_real_task(cfg.data, season=real_season, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    return load_sim_task(cfg.data, cfg.task, n_train=cfg.n_train_per_class, n_val=cfg.n_val_per_class, seed=cfg.seed)
+    return load_sim_task(
+        cfg.data, cfg.task, n_train=cfg.n_train_per_class, n_val=cfg.n_val_per_class, seed=cfg.seed, fill=cfg.fill
+    )
 
 
 # ----------------------------------------------------------------------------------------------

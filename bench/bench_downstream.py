@@ -1,0 +1,129 @@
+"""Downstream epoch time per base model on this machine, raw bands vs per-stamp embeddings.
+
+Times full training steps (forward, backward, Adam) at the papers' series shape (T = 144 stamps) and
+batch size, on 12 raw bands and on 256-d embeddings, for one representative configuration per family
+(the model's ``<Name>Config`` defaults unless ``--hp`` says otherwise), and extrapolates to an epoch of
+the papers' 45,000 training series. Also times the frozen ResMLP-8 x 256 encoder that produces the
+embeddings (computed once per encoder). Measured steps follow warm-up steps; the median is reported.
+
+    python bench/bench_downstream.py --steps 5 --out docs/benchmarks/downstream_table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Runs from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.models import build_model  # noqa: E402
+from training.models.encoder import ResMLP  # noqa: E402
+
+PAPER_TRAIN_SERIES = 45_000
+"""Training series per epoch in the papers (5,000 per class x 9 classes)."""
+
+DEFAULT_HP = {
+    "lstm": {"hidden": 128, "layers": 2},
+    "inception_time": {"layers": 4, "hidden": 128, "kernel": 40},
+    "transformer": {"d_model": 64, "heads": 4, "layers": 3},
+}
+
+
+def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, warmup: int) -> float:
+    """Median seconds of one training step (forward, backward, Adam)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def time_encoder(batch: int, t: int, *, steps: int) -> float:
+    """Median seconds to embed ``batch`` series of ``t`` stamps with ResMLP-8 x 256."""
+    enc = ResMLP(12, hidden=256, n_layers=8, out_dim=256).eval()
+    x = torch.randn(batch, t, 12)
+    enc(x)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        enc(x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print (and optionally write) a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", default="lstm,inception_time,transformer")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--t", type=int, default=144, help="stamps per series")
+    parser.add_argument("--steps", type=int, default=5, help="measured steps per case")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", type=Path, help="write the markdown table here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    steps_per_epoch = -(-PAPER_TRAIN_SERIES // args.batch)
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; batch {args.batch}, T = {args.t}, {args.steps} measured steps "
+        f"(median) after {args.warmup} warm-up; epoch = {steps_per_epoch} steps ({PAPER_TRAIN_SERIES:,} series).",
+        "",
+        "| base model | config | params (12 / 256 in) | step, 12 bands (s) | step, 256-d (s) | "
+        "epoch, 12 bands (min) | epoch, 256-d (min) | 20 epochs, 256-d (h) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    y = torch.randint(0, 9, (args.batch,))
+    for family in args.families.split(","):
+        hp = DEFAULT_HP[family]
+        cells = []
+        params = []
+        for c in (12, 256):
+            model = build_model(family, c, 9, **hp)
+            params.append(sum(p.numel() for p in model.parameters()))
+            x = torch.randn(args.batch, args.t, c)
+            cells.append(time_steps(model, x, y, steps=args.steps, warmup=args.warmup))
+            print(f"{family} in={c}: {cells[-1]:.3f} s/step", flush=True)
+        hp_text = ", ".join(f"{k}={v}" for k, v in hp.items())
+        lines.append(
+            f"| {family} | {hp_text} | {params[0]:,} / {params[1]:,} | {cells[0]:.3f} | {cells[1]:.3f} | "
+            f"{cells[0] * steps_per_epoch / 60:.1f} | {cells[1] * steps_per_epoch / 60:.1f} | "
+            f"{cells[1] * steps_per_epoch * 20 / 3600:.1f} |"
+        )
+    enc_s = time_encoder(args.batch, args.t, steps=args.steps)
+    n_val = PAPER_TRAIN_SERIES // 5
+    lines += [
+        "",
+        f"Frozen ResMLP-8 x 256 encoder: {enc_s:.3f} s per {args.batch} series of {args.t} stamps "
+        f"({args.batch * args.t / enc_s:,.0f} stamps/s); embedding the {PAPER_TRAIN_SERIES + n_val:,} train + val "
+        f"series once takes {enc_s * (PAPER_TRAIN_SERIES + n_val) / args.batch / 60:.1f} min.",
+    ]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
