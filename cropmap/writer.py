@@ -78,8 +78,12 @@ def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
     Raises:
         OutputExistsError: Naming the existing files.
     """
-    if not paths.map.parent.is_dir():
-        raise OutputExistsError(f"output folder {paths.map.parent} does not exist; expected an existing folder")
+    folder = paths.map.parent
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"output folder {folder} is a file; expected a folder")
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        logger.info("created output folder %s", folder)
     if overwrite:
         return
     existing = [str(p) for p in paths.all() if p.exists()]

@@ -23,15 +23,29 @@ def _require(path: Path, what: str) -> None:
                     "(python -m training.sample_model) and sample_data/make_sample_data.py")  # fmt: skip
 
 
+def _readme_classify_args() -> list[str]:
+    """The arguments of the ``cropmap classify`` call in README.md's first set-up command."""
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    command = next(line for line in first_block.splitlines() if "cropmap classify" in line)
+    words = shlex.split(command.split("&&")[-1])
+    assert words[:2] == ["cropmap", "classify"], command
+    return words[1:]
+
+
 def test_readme_first_command(runner: CliRunner, outdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for path, what in ((STACK, "sample stack"), (MASK, "sample cropland polygons"), (DEFAULT_BUNDLE, "sample bundle")):
         _require(path, what)
     monkeypatch.chdir(REPO)
+    args = _readme_classify_args()
     out = outdir / "belgium_2021.tif"
-    res = runner.invoke(main, ["classify", "sample_data/belgium_2021/s2_stack.tif",
-                               "--mask", "sample_data/belgium_2021/cropland.gpkg", "-o", str(out)])  # fmt: skip
+    args[args.index("-o") + 1] = str(out)
+    res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert f"map:        {out}" in res.output
+    assert f"quick-look: {outdir / 'belgium_2021_quicklook.png'}" in res.output
     import json
 
     summary = json.loads((outdir / "belgium_2021_summary.json").read_text())
