@@ -449,6 +449,9 @@ class _Surface:
         self.is_margin = self.cover == _BACKGROUND_MARGIN
         self.is_forest = self.cover == _BACKGROUND_FOREST
         self.is_urban = self.cover == _BACKGROUND_URBAN
+        self.green_flat = self.green_cell.reshape(-1, self.green_cell.shape[-1])
+        self.soil_flat = self.soil_cell.reshape(-1, self.soil_cell.shape[-1])
+        self._prepare_cells()
         # Soil moisture: rain events darken bare soil for a few days.
         rain_days = np.sort(rng.uniform(0, 366, 28))
         self.rain_days = rain_days
@@ -458,69 +461,90 @@ class _Surface:
         dt_ = doy - self.rain_days
         return float(np.clip(np.sum(np.where(dt_ >= 0, self.rain_amount * np.exp(-dt_ / 3.0), 0.0)), 0, 1))
 
+    def _prepare_cells(self) -> None:
+        """Gather per-cell parameters of each crop once (flat indices), so each day costs only arithmetic."""
+        flat_field = self.field_of_cell.ravel()
+        flat_crop = self.crop_of_cell.ravel()
+        self.crop_cells: list[dict[str, np.ndarray]] = []
+        for k in range(len(CROP_NAMES)):
+            idx = np.flatnonzero(flat_crop == k)
+            fid = flat_field[idx]
+            self.crop_cells.append({
+                "idx": idx,
+                "shift": self.f_shift[fid] + self.cell_shift.ravel()[idx],
+                "rate": self.f_rate[fid],
+                "peak": self.f_peak[fid],
+                "plough": self.f_plough[fid],
+                "cut_jitter": self.f_cut_jitter[fid],
+                "texture": self.texture.ravel()[idx],
+            })  # fmt: skip
+        self.margin_idx = np.flatnonzero(self.is_margin.ravel())
+        self.forest_idx = np.flatnonzero(self.is_forest.ravel())
+        self.urban_idx = np.flatnonzero(self.is_urban.ravel())
+
     def fractions(self, doy: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Green, dry and flower cover (H_ps, W_ps) of every 3 m cell on one day of year."""
-        shape = self.field_of_cell.shape
-        green = np.zeros(shape)
-        dry = np.zeros(shape)
-        flower = np.zeros(shape)
-        for k, crop in enumerate(CROPS.values()):
-            cells = self.crop_of_cell == k
-            if not cells.any():
+        n = self.field_of_cell.size
+        green = np.zeros(n)
+        dry = np.zeros(n)
+        flower = np.zeros(n)
+        for crop, cells in zip(CROPS.values(), self.crop_cells, strict=True):
+            idx = cells["idx"]
+            if idx.size == 0:
                 continue
-            fid = self.field_of_cell[cells]
-            t = doy - self.f_shift[fid] - self.cell_shift[cells]
-            rate = self.f_rate[fid]
-            peak = crop.peak * self.f_peak[fid]
+            t = doy - cells["shift"]
+            peak = crop.peak * cells["peak"]
             if crop.cuts:
                 env = crop.winter_cover + (peak - crop.winter_cover) * _sigmoid((t - crop.sos) / crop.rate_up)
                 env *= 1.0 - 0.5 * _sigmoid((t - 300) / 10)  # autumn decline
-                regrow = np.ones_like(t)
-                hay = np.zeros_like(t)
+                # Time since the most recent cut (inf before the first): regrowth and hay follow it.
+                since_cut = np.full_like(t, np.inf)
                 for j, cut in enumerate(crop.cuts):
-                    since = t - (cut + self.f_cut_jitter[fid, j])
-                    after = since >= 0
-                    regrow = np.where(after, 0.25 + 0.75 * (1 - np.exp(-np.maximum(since, 0) / 11.0)), regrow)
-                    hay = np.where(after, 0.45 * np.exp(-np.maximum(since, 0) / 3.0), hay)
+                    since = t - (cut + cells["cut_jitter"][:, j])
+                    since_cut = np.where(since >= 0, np.minimum(since_cut, since), since_cut)
+                after = np.isfinite(since_cut)
+                since = np.where(after, since_cut, 0.0)
+                regrow = np.where(after, 0.25 + 0.75 * (1 - np.exp(-since / 11.0)), 1.0)
+                hay = np.where(after, 0.45 * np.exp(-since / 3.0), 0.0)
                 g = env * regrow
                 d = np.minimum(hay, 1 - g)
             else:
+                rate = cells["rate"]
                 rise = _sigmoid((t - crop.sos) / (crop.rate_up * rate))
                 canopy = crop.winter_cover + (peak - crop.winter_cover) * rise
                 g = canopy * (1 - _sigmoid((t - crop.eos) / (crop.rate_down * rate)))
                 d = canopy - g
                 harvested = t >= crop.harvest
-                since = np.maximum(t - crop.harvest, 0)
-                stubble = 0.35 * np.exp(-since / self.f_plough[fid])
-                # Autumn-sown successor emerges in October.
-                autumn = 0.25 * _sigmoid((t - 290) / 8)
+                stubble = 0.35 * np.exp(-np.maximum(t - crop.harvest, 0) / cells["plough"])
+                autumn = 0.25 * _sigmoid((t - 290) / 8)  # autumn-sown successor emerges in October
                 g = np.where(harvested, autumn, g)
                 d = np.where(harvested, stubble * (1 - autumn), d)
                 if crop.flower > 0:
                     fl = crop.flower * np.exp(-0.5 * ((t - (crop.sos + 50)) / 9.0) ** 2)
-                    flower[cells] = fl * g
+                    flower[idx] = fl * g
                     g = g * (1 - fl)
-            tex = self.texture[cells]
-            green[cells] = g * tex
-            dry[cells] = d * tex
+            green[idx] = g * cells["texture"]
+            dry[idx] = d * cells["texture"]
         total = green + dry + flower
         scale = np.where(total > 1, 1 / np.maximum(total, 1e-9), 1.0)
-        return np.clip(green * scale, 0, 1), np.clip(dry * scale, 0, 1), np.clip(flower * scale, 0, 1)
+        shape = self.field_of_cell.shape
+        return (
+            np.clip(green * scale, 0, 1).reshape(shape),
+            np.clip(dry * scale, 0, 1).reshape(shape),
+            np.clip(flower * scale, 0, 1).reshape(shape),
+        )
 
     def reflectance(self, doy: float, bands: slice = slice(None)) -> np.ndarray:
         """Surface reflectance (H_ps, W_ps, B) float32 of bands ``bands`` of the 16 (12 S2, then 4 PS)."""
-        green, dry, flower = self.fractions(doy)
-        season = 0.35 + 0.45 * np.exp(-0.5 * ((doy - 175) / 70) ** 2)
-        green = np.where(self.is_margin, season, green).astype(np.float32)
-        dry = dry.astype(np.float32)
-        flower = flower.astype(np.float32)
+        green, dry, flower = (a.ravel().astype(np.float32) for a in self.fractions(doy))
+        green[self.margin_idx] = 0.35 + 0.45 * np.exp(-0.5 * ((doy - 175) / 70) ** 2)
         soil = np.clip(1 - green - dry - flower, 0, 1) * np.float32(1.0 - 0.3 * self._moisture(doy))
-        refl = green[..., None] * self.green_cell[..., bands]
-        refl += dry[..., None] * self.dry[bands] + flower[..., None] * self.flower[bands]
-        refl += soil[..., None] * self.soil_cell[..., bands]
-        refl[self.is_forest] = self.forest[bands]
-        refl[self.is_urban] = self.urban[bands]
-        return refl
+        n_bands = self.dry[bands].size
+        refl = green[:, None] * self.green_flat[:, bands] + soil[:, None] * self.soil_flat[:, bands]
+        refl += np.stack([dry, flower], axis=1) @ np.stack([self.dry[bands], self.flower[bands]])
+        refl[self.forest_idx] = self.forest[bands]
+        refl[self.urban_idx] = self.urban[bands]
+        return refl.reshape(*self.field_of_cell.shape, n_bands)
 
 
 # ----------------------------------------------------------------------------------------------------------
