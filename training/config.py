@@ -364,7 +364,9 @@ class PretrainDataConfig:
     n_series: int = 150_000
     """Time-wise: random pool pixels whose series are paired (paper: 150,000)."""
     seed: int = 0
-    """Seed of the pixel draw and of the field split."""
+    """Seed of the pixel draw."""
+    split_seed: int = 0
+    """Seed of the field split (keep it equal to the downstream runs' split seed)."""
 
 
 @dataclass(frozen=True)

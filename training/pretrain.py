@@ -97,21 +97,27 @@ def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig) -> PretrainArray
 
 
 def _scene_arrays(path: Path, cfg: PretrainConfig) -> PretrainArrays:
-    try:
-        from training.data import datasets
-    except ImportError as err:
-        raise ValueError(
-            f"{str(path)!r} is a folder; reading a DENETHOR-layout scene needs training.data.datasets, "
-            f"which failed to import ({err}). Pass an .npz with arrays 's2'/'ps' instead."
-        ) from err
+    """Pairs from the pre-training pool (70 % of the fields) of a DENETHOR-layout scene.
+
+    ``path`` is a scene folder (``s2/bands.npy`` inside) or the output of ``python -m training.simulate``
+    (``scene_a/`` inside, the training tile).
+    """
+    from training.data.datasets import pointwise_pairs, scene_a_splits, timewise_pairs
+    from training.data.denethor import read_scene
+
+    scene_dir = path / "scene_a" if (path / "scene_a").is_dir() and not (path / "s2").is_dir() else path
+    scene = read_scene(scene_dir)
+    pool = scene_a_splits(scene, seed=cfg.data.split_seed)["pretrain"]
     if cfg.alignment == "point":
-        s2, ps = datasets.pointwise_pairs(path, pixels_per_stamp=cfg.data.pixels_per_stamp, seed=cfg.data.seed)
+        s2, ps = pointwise_pairs(scene, pool, n_per_stamp=cfg.data.pixels_per_stamp, seed=cfg.data.seed)
     else:
-        s2, ps = datasets.timewise_pairs(path, n_series=cfg.data.n_series, seed=cfg.data.seed)
+        s2, ps = timewise_pairs(scene, pool, n_pixels=cfg.data.n_series, seed=cfg.data.seed)
+    logger.info("%d pre-training samples from %d pool fields of %s", len(s2), len(pool), scene_dir)
     return PretrainArrays(
         s2=np.asarray(s2, dtype=np.float32),
         ps=np.asarray(ps, dtype=np.float32) if cfg.mode == "bimodal" else None,
-        source=str(path),
+        source=str(scene_dir),
+        bands=tuple(scene.band_names),
     )
 
 
