@@ -200,7 +200,7 @@ class SimulationConfig:
 PRESETS: dict[str, SimulationConfig] = {
     "tiny": SimulationConfig(size_px=32, n_fields=27, n_stamps=12, ps_interval_days=30),
     "default": SimulationConfig(),
-    "large": SimulationConfig(size_px=240, n_fields=500, n_stamps=72, ps_interval_days=3),
+    "large": SimulationConfig(size_px=200, n_fields=400, n_stamps=72, ps_interval_days=15),
 }
 """Named configurations: ``tiny`` for unit tests (seconds), ``default`` for demos, ``large`` for runs."""
 
@@ -713,10 +713,12 @@ def simulate(out_dir: str | Path, config: SimulationConfig | None = None) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.simulate --out DIR [--preset tiny] [--size-px N] ...``."""
+    """Command line: ``python -m training.simulate --out DIR [--preset P | --config FILE] [--seed S] ...``."""
     parser = argparse.ArgumentParser(prog="python -m training.simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder (scene_a/, scene_b/ inside)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="base configuration")
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument("--preset", choices=sorted(PRESETS), help="base configuration (default: 'default')")
+    base.add_argument("--config", type=Path, help="TOML file of SimulationConfig keys (training/configs/)")
     parser.add_argument("--size-px", type=int, help="S2 pixels per side")
     parser.add_argument("--n-fields", type=int, help="labelled fields per scene")
     parser.add_argument("--n-stamps", type=int, help="S2 acquisitions per year")
@@ -726,19 +728,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
-    overrides = {
-        key: value
-        for key, value in {
-            "size_px": args.size_px, "n_fields": args.n_fields, "n_stamps": args.n_stamps,
-            "ps_interval_days": args.ps_interval_days, "seed": args.seed,
-        }.items()  # fmt: skip
-        if value is not None
-    }
+    flags = {
+        "size_px": args.size_px, "n_fields": args.n_fields, "n_stamps": args.n_stamps,
+        "ps_interval_days": args.ps_interval_days, "seed": args.seed,
+    }  # fmt: skip
+    overrides = {key: value for key, value in flags.items() if value is not None}
     try:
-        cfg = dataclasses.replace(PRESETS[args.preset], **overrides)
+        if args.config is not None:
+            from training.config import load_config
+
+            cfg = dataclasses.replace(load_config(SimulationConfig, args.config), **overrides)
+        else:
+            cfg = dataclasses.replace(PRESETS[args.preset or "default"], **overrides)
         t0 = time.perf_counter()
         paths = simulate(args.out, cfg)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
         parser.error(str(err))
     elapsed = time.perf_counter() - t0
     print(f"simulated {', '.join(str(p) for p in paths.values())} in {elapsed:.1f} s")

@@ -216,3 +216,22 @@ def test_ps_adds_information_early_in_the_season(tmp_path: Path) -> None:
     acc_s2 = accuracy(s2, y, s2v, yv)
     acc_both = accuracy(np.hstack([s2, ps]), y, np.hstack([s2v, psv]), yv)
     assert acc_both > acc_s2 + 0.1, (acc_s2, acc_both)
+
+
+def test_cli_reads_a_toml_config_and_applies_flags_on_top(tmp_path: Path) -> None:
+    config = tmp_path / "sim.toml"
+    config.write_text("size_px = 16\nn_fields = 9\nn_stamps = 5\nps_interval_days = 200\nseed = 2\n")
+    assert main(["--out", str(tmp_path / "out"), "--config", str(config), "--n-stamps", "3"]) == 0
+    written = json.loads((tmp_path / "out" / "simulation.json").read_text())
+    assert (written["size_px"], written["n_stamps"], written["seed"]) == (16, 3, 2)
+    config.write_text("size_px = 16\ncolour = 'red'\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "other"), "--config", str(config)])
+    assert exc.value.code == 2
+
+
+def test_shipped_simulate_config_is_valid() -> None:
+    from training.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "training" / "configs" / "simulate.toml"
+    assert load_config(SimulationConfig, path) == PRESETS["large"]
