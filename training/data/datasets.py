@@ -117,8 +117,9 @@ def pointwise_pairs(
     rows, cols = _field_pixels(scene, field_ids)
     rng = np.random.default_rng(seed)
     picks: list[np.ndarray] = []
+    values: list[np.ndarray] = []
     short = 0
-    for t in range(len(scene.dates)):
+    for t in range(len(scene.dates)):  # one stamp at a time: memory stays at one S2 image
         s2_t = np.asarray(scene.s2[t])[rows, cols]
         bad = _invalid(s2_t, scene.cloud_probability(t)[rows, cols], max_cloud_probability)
         clear = np.flatnonzero(~bad)
@@ -128,13 +129,14 @@ def pointwise_pairs(
         else:
             chosen = rng.choice(clear, n_per_stamp, replace=False)
         picks.append(np.stack([np.full(chosen.size, t), rows[chosen], cols[chosen]], axis=1))
+        values.append(s2_t[chosen].astype(np.float32))
     if short:
         logger.info(
             "%d of %d stamps had fewer than %d clear pixels; took all of theirs",
             short, len(scene.dates), n_per_stamp,
         )  # fmt: skip
-    index = np.concatenate(picks).astype(np.int64) if picks else np.empty((0, 3), dtype=np.int64)
-    s2 = np.asarray(scene.s2[index[:, 0], index[:, 1], index[:, 2]], dtype=np.float32)
+    index = np.concatenate(picks).astype(np.int64)
+    s2 = np.concatenate(values)
     ps = ps_patches(scene, index[:, 1], index[:, 2], index[:, 0])
     logger.info("point-wise pairs: %d from %d fields", len(index), len(np.atleast_1d(field_ids)))
     if return_index:
