@@ -251,9 +251,10 @@ def balanced_pixels(
     r, c = rows[pick], cols[pick]
     x = np.moveaxis(np.asarray(scene.s2[:, r, c, :], dtype=np.float32), 0, 1)  # (N, T, 12)
     if fill == "linear":
-        cloud = np.moveaxis(scene.cloud_probability()[:, r, c], 0, 1)  # (N, T)
-        doy = np.array([d.timetuple().tm_yday for d in scene.dates], dtype=np.float64)
-        x, empty = fill_linear(x, _invalid(x, cloud, max_cloud_probability), doy)
+        clp = np.asarray(scene.clp[:, r, c], dtype=np.float32)  # (T, N): never the whole cube
+        cloud = np.moveaxis(clp, 0, 1) / np.float32(scene.clp_scale)
+        days = np.array([(d - scene.dates[0]).days for d in scene.dates], dtype=np.float64)
+        x, empty = fill_linear(x, _invalid(x, cloud, max_cloud_probability), days)
         if empty.any():
             logger.warning("%d series have no clear observation; left unfilled", int(empty.sum()))
     return x, y
