@@ -51,7 +51,7 @@ def _meta(*, embedding: bool = True, n_classes: int = K) -> BundleMetadata:
 @pytest.fixture
 def tiny() -> tuple[ResMLP, torch.nn.Module, dict[str, list[float]], np.ndarray]:
     torch.manual_seed(0)
-    encoder = ResMLP(C, hidden=16, n_layers=1, out_dim=E, dropout=0.1)
+    encoder = ResMLP(C, hidden=16, n_layers=2, out_dim=E, dropout=0.1)
     base = build_model("lstm", E, K, hidden=6, layers=2, dropout=0.3)
     # Train mode briefly so BatchNorm running stats are not the defaults.
     encoder.train()

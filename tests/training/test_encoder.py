@@ -24,15 +24,22 @@ from training.models.encoder import (
 
 def test_resmlp_parameter_count_paper_setting() -> None:
     model = ResMLP(12, hidden=256, n_layers=8, out_dim=256)
-    # stem 13*256 + 8 blocks * (2*256*256 + 4*256) + head BN 2*256 + 257*256
-    assert count_parameters(model) == 1_126_400
-    assert resmlp_parameter_count(12) == 1_126_400
-    assert count_parameters(ResMLP(36)) == resmlp_parameter_count(36) == 1_132_544
-    assert count_parameters(ResMLP(12, hidden=64, n_layers=3, out_dim=32)) == resmlp_parameter_count(12, 64, 3, 32)
+    # stem 13*256 + 4 blocks (8 Linear layers) * (2*256*256 + 4*256) + head BN 2*256 + 257*256
+    assert count_parameters(model) == 598_016
+    assert 540_000 <= count_parameters(model) <= 600_000  # the journal paper's "approximately 550K"
+    assert resmlp_parameter_count(12) == 598_016
+    assert len(model.blocks) == 4
+    assert count_parameters(ResMLP(36)) == resmlp_parameter_count(36) == 604_160
+    assert count_parameters(ResMLP(12, hidden=64, n_layers=6, out_dim=32)) == resmlp_parameter_count(12, 64, 6, 32)
+
+
+def test_resmlp_rejects_odd_layer_count() -> None:
+    with pytest.raises(ValueError, match="even"):
+        ResMLP(12, n_layers=3)
 
 
 def test_resmlp_structure_matches_spec() -> None:
-    model = ResMLP(12, hidden=16, n_layers=2, out_dim=8, dropout=0.1)
+    model = ResMLP(12, hidden=16, n_layers=4, out_dim=8, dropout=0.1)
     block = model.blocks[0].f
     assert [type(m).__name__ for m in block] == ["BatchNorm1d", "Linear", "ReLU", "Dropout", "Linear", "Dropout"]
     assert [type(m).__name__ for m in model.head] == ["BatchNorm1d", "ReLU", "Linear"]
@@ -134,7 +141,7 @@ def test_load_frozen_encoder_errors(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "other.pt", kind="pretrain_state_x", state_dict={})
     with pytest.raises(CheckpointError, match="expected kind 'encoder'"):
         load_frozen_encoder(path)
-    enc = ResMLP(4, hidden=8, n_layers=1, out_dim=8)
+    enc = ResMLP(4, hidden=8, n_layers=2, out_dim=8)
     with pytest.raises(CheckpointError, match="the model expects 4"):
         save_encoder(tmp_path / "e.pt", enc, {"mean": [0.0] * 3, "std": [1.0] * 3})
     path = save_encoder(tmp_path / "e.pt", enc, {"mean": [0.0] * 4, "std": [1.0] * 4})

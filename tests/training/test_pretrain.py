@@ -46,7 +46,7 @@ def _eq1(zs: torch.Tensor, zp: torch.Tensor, tau: float) -> float:
 
 
 def test_model_loss_matches_manual_loop() -> None:
-    cfg = load_config(PretrainConfig, None, ["encoder.hidden=16", "encoder.n_layers=1", "encoder.out_dim=8",
+    cfg = load_config(PretrainConfig, None, ["encoder.hidden=16", "encoder.n_layers=2", "encoder.out_dim=8",
                                              "projector.hidden=8", "projector.out=4", "corruption=0.4"])
     rng = np.random.default_rng(1)
     s2 = torch.from_numpy((rng.random((10, 12)) * 1000).astype(np.float32))

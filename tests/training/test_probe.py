@@ -36,7 +36,7 @@ def test_series_features_shapes() -> None:
     x = np.random.default_rng(0).random((6, 4, 12)).astype(np.float32) * 1000
     assert series_features(x).shape == (6, 48)
     assert series_features(x, pooling="mean").shape == (6, 12)
-    enc = random_encoder(x, hidden=16, n_layers=1, out_dim=8)
+    enc = random_encoder(x, hidden=16, n_layers=2, out_dim=8)
     assert series_features(x, enc).shape == (6, 32)
     with pytest.raises(ValueError, match=r"expects \(N, T, C\)"):
         series_features(x[0])

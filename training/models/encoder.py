@@ -122,26 +122,29 @@ class _ResidualBlock(nn.Module):
 class ResMLP(nn.Module):
     """Residual MLP point-wise encoder (PAPER.md section 2).
 
-    ``Linear(in -> h)``, then ``n_layers`` residual blocks ``x + f(x)`` with
+    ``Linear(in -> h)``, then ``n_layers / 2`` residual blocks ``x + f(x)`` with
     ``f = BN -> Linear -> ReLU -> Dropout -> Linear -> Dropout``, then ``BN -> ReLU -> Linear(h -> out)``.
 
-    Parameter count: ``(in + 1) h + n_layers (2 h^2 + 4 h) + 2 h + (h + 1) out``; for the paper's
-    setting (in 12, h = out = 256, 8 blocks) that is 1,126,400 (see docs/pretraining.md on the
-    paper's "about 550 K").
+    ``n_layers`` counts the Linear layers of the residual trunk (two per block). The
+    journal paper's "8-layer network with approximately 550K parameters" fits this
+    reading: 8 layers = 4 blocks = 598,016 parameters on 12 inputs, whereas 8 *blocks*
+    would be 1,126,400 (``n_layers=16`` here; see docs/pretraining.md).
+
+    Parameter count: ``(in + 1) h + (n_layers / 2) (2 h^2 + 4 h) + 2 h + (h + 1) out``.
 
     Args:
         in_dim: Input features ``C`` (12 for S2, 36 for the 3 x 3 x 4 PlanetScope neighbourhood).
         hidden: Width ``h``.
-        n_layers: Number of residual blocks.
+        n_layers: Linear layers in the residual trunk (even; two per residual block).
         out_dim: Embedding size ``D``.
         dropout: Dropout probability inside the blocks.
     """
 
     def __init__(self, in_dim: int, hidden: int = 256, n_layers: int = 8, out_dim: int = 256, dropout: float = 0.0) -> None:
         super().__init__()
-        if min(in_dim, hidden, out_dim) < 1 or n_layers < 0 or not 0.0 <= dropout < 1.0:
+        if min(in_dim, hidden, out_dim) < 1 or n_layers < 0 or n_layers % 2 or not 0.0 <= dropout < 1.0:
             raise ValueError(
-                f"invalid ResMLP sizes: in_dim={in_dim}, hidden={hidden}, n_layers={n_layers}, "
+                f"invalid ResMLP sizes: in_dim={in_dim}, hidden={hidden}, n_layers={n_layers} (even), "
                 f"out_dim={out_dim}, dropout={dropout}"
             )
         self.config: dict[str, Any] = {
@@ -154,7 +157,7 @@ class ResMLP(nn.Module):
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.stem = nn.Linear(in_dim, hidden)
-        self.blocks = nn.Sequential(*(_ResidualBlock(hidden, dropout) for _ in range(n_layers)))
+        self.blocks = nn.Sequential(*(_ResidualBlock(hidden, dropout) for _ in range(n_layers // 2)))
         self.head = nn.Sequential(nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -416,5 +419,6 @@ def count_parameters(module: nn.Module) -> int:
 
 def resmlp_parameter_count(in_dim: int, hidden: int = 256, n_layers: int = 8, out_dim: int = 256) -> int:
     """Closed-form :class:`ResMLP` parameter count (see the class docstring)."""
-    return (in_dim + 1) * hidden + n_layers * (2 * hidden * hidden + 4 * hidden) + 2 * hidden + (hidden + 1) * out_dim
+    blocks = n_layers // 2
+    return (in_dim + 1) * hidden + blocks * (2 * hidden * hidden + 4 * hidden) + 2 * hidden + (hidden + 1) * out_dim
 
