@@ -5,6 +5,7 @@ The public API::
     import cropmap
     summary = cropmap.classify("s2_stack.tif", "cropland.gpkg", out="map.tif", confidence=True)
     da = cropmap.classify_array("s2_stack.tif", "cropland.gpkg")
+    batch = cropmap.classify_many("regions.csv", out_dir="maps", confidence=True)
 
 ``import cropmap`` stays light: heavy dependencies load when first used, and torch
 is never imported.
@@ -34,6 +35,7 @@ __all__ = [
     "__version__",
     "classify",
     "classify_array",
+    "classify_many",
     "load_bundle",
 ]
 
@@ -50,3 +52,10 @@ def classify_array(stack: str | Path, mask: str | Path, **kwargs: Any) -> Any:  
     from cropmap.pipeline import classify_array as _classify_array
 
     return _classify_array(stack, mask, **kwargs)
+
+
+def classify_many(regions: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
+    """Classify many regions in parallel on dask.distributed, resumably; see :func:`cropmap.batch.classify_many`."""
+    from cropmap.batch import classify_many as _classify_many
+
+    return _classify_many(regions, **kwargs)

@@ -7,6 +7,7 @@ one ``Error: ...`` line and exit status 1; bad option values exit with status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -118,3 +119,96 @@ def classify(
         if outputs[key]:
             click.echo(f"{label + ':':<12}{outputs[key]}")
     click.echo(f"summary:    {outputs['summary']}")
+
+
+BATCH_FAILED_EXIT = 3
+"""Exit status of ``cropmap batch`` when some regions failed (the others are done and recorded)."""
+
+
+@main.command()
+@click.argument("regions", required=False, type=click.Path(path_type=Path))
+@click.option("--stack", "stacks", multiple=True, type=click.Path(path_type=Path), metavar="STACK",
+              help="A stack to classify (repeatable, with one --mask each); instead of a REGIONS manifest.")
+@click.option("--mask", "masks", multiple=True, type=click.Path(path_type=Path), metavar="POLYGONS",
+              help="Cropland polygons of the --stack at the same position.")
+@click.option("--out-dir", required=True, type=click.Path(path_type=Path),
+              help="Batch folder: one subfolder per region, batch_state.json and batch_summary.json.")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="Model bundle (.onnx); default: the sample bundle shipped with cropmap.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the regions on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786.")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Regions classified at once on the local cluster (default: number of cores).")
+@click.option("--confidence", is_flag=True, help="Also write <name>_confidence.tif per region.")
+@click.option("--embedding", is_flag=True, help="Also write <name>_embedding.tif per region.")
+@click.option("--overwrite", is_flag=True, help="Recompute every region, replacing outputs and the recorded state.")
+@click.option("--season", type=int, default=None, metavar="YEAR",
+              help="Season year for regions whose manifest entry names none.")
+@click.option("--block-size", type=int, default=None, metavar="N", help="Block edge in pixels (as for classify).")
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True, metavar="N",
+              help="Pixels per ONNX Runtime call.")
+@click.option("--reflectance-scale", type=float, default=None, metavar="X",
+              help="Raw value = reflectance x X, for stacks that do not declare it.")
+@click.option("--min-valid-steps", type=int, default=None, metavar="N",
+              help="Fewest valid observations a pixel needs (default: the bundle's value).")
+@click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-looks.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def batch(
+    regions: Path | None, stacks: tuple[Path, ...], masks: tuple[Path, ...], out_dir: Path, model: Path | None,
+    scheduler: str | None, workers: int | None, no_quicklook: bool, verbose: int, quiet: int,
+    **option_values: Any,  # noqa: ANN401
+) -> None:
+    """Classify many regions in parallel, resumably.
+
+    REGIONS is a .csv, .toml or .json manifest listing each region's name, stack,
+    mask and optionally season (relative paths are resolved against the manifest's
+    folder); or give --stack S --mask M pairs instead. A rerun skips the regions
+    already done. Exit status 3 when some regions failed.
+    """
+    _configure_logging(verbose, quiet)
+    if regions is not None and (stacks or masks):
+        raise click.UsageError("give either a REGIONS manifest or --stack/--mask pairs, not both")
+    if regions is None and not stacks and not masks:
+        raise click.UsageError("give a REGIONS manifest or --stack S --mask M pairs")
+    if scheduler is not None and workers is not None:
+        raise click.BadParameter("--workers sizes the local cluster; with --scheduler, size that cluster instead",
+                                 param_hint="--workers")  # fmt: skip
+    try:
+        options = ClassifyOptions(quicklook=not no_quicklook, scheduler=scheduler, workers=workers, **option_values)
+    except ValueError as err:
+        field = str(err).split(" ", 1)[0]
+        raise click.BadParameter(str(err), param_hint=f"--{field.replace('_', '-')}") from err
+    options = dataclasses.replace(options, scheduler=None, workers=None)
+
+    from cropmap.batch import classify_many, format_report
+    from cropmap.regions import read_manifest, regions_from_pairs
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="region", desc="batch", file=sys.stderr)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        region_list = read_manifest(regions) if regions is not None else regions_from_pairs(stacks, masks)
+        summary = classify_many(region_list, out_dir=out_dir, model=model, scheduler=scheduler, workers=workers,
+                                options=options, progress=progress)  # fmt: skip
+    except CropmapError as err:
+        raise click.ClickException(str(err)) from err
+    finally:
+        if bar is not None:
+            bar.close()
+    for line in format_report(summary):
+        click.echo(line)
+    click.echo(f"summary:    {Path(summary['out_dir']) / 'batch_summary.json'}")
+    failed = summary["totals"]["failed"]
+    if failed:
+        click.echo(f"Error: {failed} of {summary['totals']['regions']} regions failed; rerun the same command to "
+                   "retry them (done regions are skipped)", err=True)  # fmt: skip
+        sys.exit(BATCH_FAILED_EXIT)

@@ -42,6 +42,9 @@ class ClassifyOptions:
     """Blocks processed in parallel on the local threaded scheduler; ``None`` uses every core."""
     scheduler: str | None = None
     """Address of an existing dask.distributed scheduler (``tcp://host:port``); ``None`` runs locally."""
+    threads: int | None = None
+    """CPU threads the local run may use in all (block workers x ONNX Runtime threads per session);
+    ``None`` uses every core. ``cropmap batch`` sets it so that regions running side by side share the cores."""
     season: int | None = None
     """Calendar year in which the season to classify starts; ``None`` requires the stack to hold one season."""
     reflectance_scale: float | None = None
@@ -59,6 +62,7 @@ class ClassifyOptions:
         _positive_int("block_size", self.block_size, allow_none=True)
         _positive_int("batch_size", self.batch_size, allow_none=False)
         _positive_int("workers", self.workers, allow_none=True)
+        _positive_int("threads", self.threads, allow_none=True)
         _positive_int("min_valid_steps", self.min_valid_steps, allow_none=True)
         if self.block_size is not None and self.block_size < 16:
             raise ValueError(f"block_size is {self.block_size} px; expected at least 16")
@@ -74,6 +78,8 @@ class ClassifyOptions:
             raise ValueError(f"scheduler is {self.scheduler!r}; expected an address such as tcp://10.0.0.5:8786")
         if self.scheduler is not None and self.workers is not None:
             raise ValueError("workers applies to the local scheduler only; with a scheduler address, size the cluster")
+        if self.scheduler is not None and self.threads is not None:
+            raise ValueError("threads applies to the local scheduler only; with a scheduler address, size the cluster")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ClassifyOptions:  # noqa: ANN401

@@ -89,7 +89,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
         geoms = polygons.select(b.bounds(st.transform))
         if geoms:
             items.append(BlockItem(block=b, geometries=geoms))
-    executor = make_executor(len(items), options.workers, options.scheduler)
+    executor = make_executor(len(items), options.workers, options.scheduler, threads=options.threads)
     logger.info(
         "%d blocks of %s px, %d touch cropland; running on %s", len(blocks), shape, len(items), executor.description
     )

@@ -107,14 +107,17 @@ class Executor:
         return f"local threads ({self.workers} workers x {self.intra_op_threads} ONNX Runtime threads)"
 
 
-def make_executor(n_blocks: int, workers: int | None, scheduler: str | None) -> Executor:
+def make_executor(
+    n_blocks: int, workers: int | None, scheduler: str | None, *, threads: int | None = None
+) -> Executor:
     """Choose parallelism for ``n_blocks`` blocks.
 
     Locally, ``workers`` defaults to the number of cores (but never more than there
     are blocks), and each ONNX Runtime session gets ``cores // workers`` threads.
+    ``threads``, when given, replaces the number of cores as the run's thread budget.
     On a cluster each worker thread runs one single-threaded session.
     """
-    cores = os.cpu_count() or 1
+    cores = threads or os.cpu_count() or 1
     if scheduler:
         from cropmap.errors import CropmapError
 

@@ -1,0 +1,409 @@
+"""Classifying many regions in parallel on dask.distributed, resumably.
+
+Each region is one task: a worker runs :func:`cropmap.pipeline.classify` for it
+(opening its own ONNX Runtime session and file handles) into ``<out_dir>/<name>/``.
+By default the tasks run on a :class:`distributed.LocalCluster` of worker processes
+on 127.0.0.1 sized to this machine; given an address they run on an existing
+cluster (for instance one started by dask-jobqueue).
+
+Progress is recorded in ``<out_dir>/batch_state.json`` (rewritten atomically after
+every region) with each region's status, settings and the SHA-256 of each output.
+A rerun skips the regions recorded as done whose outputs still match their
+checksums and recomputes the others; outputs are deterministic, so a resumed
+batch holds the same bytes as an uninterrupted one (the per-region summary JSON
+excepted: it records creation time and timings). A region that fails is recorded
+with its one-line error and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cropmap import _batch_state as state_io
+from cropmap.errors import BundleError, CropmapError, OutputExistsError
+from cropmap.options import ClassifyOptions
+from cropmap.regions import Region, as_regions, read_manifest
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = state_io.STATE_NAME
+SUMMARY_NAME = "batch_summary.json"
+SETTING_FIELDS = ("confidence", "embedding", "quicklook", "reflectance_scale", "min_valid_steps")
+"""Options that change a region's output bytes; a resumed batch must use the same values."""
+_STALE_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.(tmp|scratch)(\.[A-Za-z0-9]+)*$")
+
+BatchProgress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each region that ran (skipped ones are not counted)."""
+
+
+@dataclass(frozen=True)
+class RegionJob:
+    """Everything a worker needs to classify one region (picklable)."""
+
+    region: Region
+    out_dir: Path
+    model: Path
+    options: ClassifyOptions
+
+
+def run_region(job: RegionJob) -> dict[str, Any]:
+    """Classify one region on whatever process runs this (a dask worker).
+
+    Stale temporaries left in the region's folder by an interrupted run are removed
+    first. Errors in the region's inputs (:class:`~cropmap.errors.CropmapError`) and
+    I/O errors are returned as a failed result with a one-line message; any other
+    exception is returned the same way with its traceback, so that one region
+    cannot stop the batch and the problem is still reported in full.
+
+    Returns:
+        ``{"status": "done", "seconds", "summary", "outputs", "pixels", "area_ha", "season"}``
+        or ``{"status": "failed", "seconds", "error", "error_type"[, "traceback"]}``.
+    """
+    from cropmap.pipeline import classify
+
+    t0 = time.perf_counter()
+    folder = job.out_dir / job.region.name
+    try:
+        folder.mkdir(exist_ok=True)
+        for p in folder.iterdir():
+            if p.is_file() and _STALE_TEMP_RE.match(p.name):
+                logger.info("removing %s left by an interrupted run", p)
+                p.unlink()
+        summary = classify(job.region.stack, job.region.mask, model=job.model, out=folder / f"{job.region.name}.tif",
+                           options=job.options)  # fmt: skip
+    except (CropmapError, OSError) as err:
+        _remove_if_empty(folder)
+        return _failed(err, time.perf_counter() - t0)
+    except Exception as err:  # noqa: BLE001 - isolate the region; the traceback travels with the result
+        _remove_if_empty(folder)
+        return _failed(err, time.perf_counter() - t0) | {"traceback": traceback.format_exc()}
+    outputs = {Path(p).name: state_io.sha256(Path(p)) for p in summary["outputs"].values() if p is not None}
+    return {
+        "status": "done",
+        "seconds": round(time.perf_counter() - t0, 3),
+        "summary": f"{job.region.name}/{Path(summary['outputs']['summary']).name}",
+        "outputs": outputs,
+        "pixels": summary["pixels"],
+        "area_ha": {c["name"]: c["area_ha"] for c in summary["classes"]},
+        "season": summary["season"]["year"],
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _failed(err: BaseException, seconds: float) -> dict[str, Any]:
+    message = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, CropmapError):
+        message = f"{type(err).__name__}: {message}"
+    return {"status": "failed", "seconds": round(seconds, 3), "error": message, "error_type": type(err).__name__}
+
+
+def classify_many(
+    regions: str | Path | Iterable[Region | Mapping[str, Any]],
+    *,
+    out_dir: str | Path,
+    model: str | Path | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    options: ClassifyOptions | None = None,
+    progress: BatchProgress | None = None,
+    **kwargs: Any,  # noqa: ANN401
+) -> dict[str, Any]:
+    """Classify many regions with one bundle and one set of options, in parallel and resumably.
+
+    Each region's outputs go to ``<out_dir>/<name>/<name>.tif`` and the files
+    :func:`cropmap.classify` writes beside it. Regions recorded as done in
+    ``<out_dir>/batch_state.json`` whose outputs still match their checksums are
+    skipped; the rest (new, failed, interrupted, or with changed/missing outputs)
+    are computed. With ``overwrite=True`` every region is recomputed.
+
+    A :class:`distributed.LocalCluster` is started on 127.0.0.1 when no scheduler is
+    given; call this under ``if __name__ == "__main__":`` in scripts, as for any
+    process-based dask cluster.
+
+    Args:
+        regions: A manifest (``.csv``, ``.toml``, ``.json``; see :mod:`cropmap.regions`)
+            or :class:`~cropmap.regions.Region` objects / dicts with ``name``, ``stack``,
+            ``mask`` and optionally ``season``.
+        out_dir: The batch folder (created if missing).
+        model: A cropmap bundle; default the sample bundle shipped with cropmap.
+        scheduler: Address of an existing dask.distributed scheduler
+            (``tcp://host:8786``); each region then runs single-threaded in one worker thread.
+        workers: Regions classified at once on the local cluster (worker processes);
+            default the number of cores, never more than there are regions to run.
+            The cores are shared out between them.
+        options: Per-region options; or pass them as keywords. ``workers``,
+            ``scheduler`` and ``threads`` are set by the batch and must be left unset;
+            ``season`` is the default for regions that do not name one.
+        progress: Called as ``progress(done, total)`` after each region that ran.
+        **kwargs: Fields of :class:`~cropmap.options.ClassifyOptions`.
+
+    Returns:
+        The batch summary (also written to ``<out_dir>/batch_summary.json``); regions
+        that failed have ``status == "failed"`` and an ``error``.
+
+    Raises:
+        CropmapError: For a bad manifest or bundle, unreachable scheduler, or an
+            output folder whose outputs were made with other settings (no region runs).
+    """
+    from cropmap import __version__
+
+    t_start = time.perf_counter()
+    opts = _batch_options(options, kwargs)
+    if scheduler is not None:
+        ClassifyOptions(scheduler=scheduler)  # validates the address
+        if workers is not None:
+            raise ValueError("workers applies to the local cluster only; with a scheduler address, size the cluster")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers is {workers!r}; expected a positive integer")
+    region_list = read_manifest(regions) if isinstance(regions, (str, Path)) else as_regions(regions)
+    model_path = _check_bundle(model, opts)
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out-dir {out} is a file; expected a folder (it is created if missing)")
+
+    settings = {"model_sha256": state_io.sha256(model_path)} | {f: getattr(opts, f) for f in SETTING_FIELDS}
+    state = state_io.load(out, settings, overwrite=opts.overwrite)
+    todo, skipped = _plan(region_list, state, out, opts)
+    if skipped:
+        logger.info("%d of %d regions already done in %s; skipping them", len(skipped), len(region_list), out)
+
+    executor = "none (every region was already done)"
+    if not todo:
+        state_io.save(out, state)
+    else:
+        with _cluster(scheduler, workers, len(todo)) as (client, executor, threads):
+            out.mkdir(parents=True, exist_ok=True)
+            state_io.save(out, state)  # the regions to run are recorded as pending before any starts
+            logger.info("classifying %d regions on %s", len(todo), executor)
+            jobs = {
+                r.name: RegionJob(region=r, out_dir=out, model=model_path, options=dataclasses.replace(
+                    opts, season=_season(r, opts), threads=threads, overwrite=True))
+                for r in todo
+            }  # fmt: skip
+            for done, (name, result) in enumerate(_run(client, jobs), start=1):
+                state["regions"][name].update(result)
+                state_io.save(out, state)
+                if result["status"] == "done":
+                    logger.info("region %s done in %.1f s", name, result["seconds"])
+                else:
+                    logger.warning("region %s failed: %s", name, result["error"])
+                    if "traceback" in result:
+                        logger.error("region %s: unexpected error\n%s", name, result["traceback"])
+                if progress is not None:
+                    progress(done, len(todo))
+
+    summary = _summary(region_list, state, {r.name for r in skipped}, out, model_path, opts, executor,
+                       time.perf_counter() - t_start, __version__)  # fmt: skip
+    state_io.write_json(out / SUMMARY_NAME, summary)
+    return summary
+
+
+def _batch_options(options: ClassifyOptions | None, kwargs: dict[str, Any]) -> ClassifyOptions:
+    if options is not None and kwargs:
+        raise TypeError(f"pass either options= or keyword options, not both (got {sorted(kwargs)})")
+    opts = options if options is not None else ClassifyOptions.from_kwargs(**kwargs)
+    for name in ("workers", "scheduler", "threads"):
+        if getattr(opts, name) is not None:
+            raise ValueError(
+                f"{name} is set in the region options; the batch sets it (pass workers= or scheduler= to classify_many)"
+            )
+    return opts
+
+
+def _check_bundle(model: str | Path | None, opts: ClassifyOptions) -> Path:
+    """Open the bundle once here so that a bad bundle stops the batch before any region runs."""
+    from cropmap.bundle import load_bundle
+    from cropmap.models import DEFAULT_BUNDLE
+
+    path = Path(model).expanduser().resolve() if model is not None else DEFAULT_BUNDLE
+    if model is None and not path.is_file():
+        raise BundleError(
+            f"the sample model shipped with cropmap ({path}) is missing from this installation; "
+            "expected it there, or pass --model BUNDLE"
+        )
+    meta = load_bundle(path, intra_op_threads=1).metadata
+    if opts.embedding and meta.embedding is None:
+        raise BundleError(f"--embedding was requested but bundle {path} has no embedding output")
+    return path
+
+
+def _season(region: Region, opts: ClassifyOptions) -> int | None:
+    return region.season if region.season is not None else opts.season
+
+
+def _region_settings(region: Region, opts: ClassifyOptions) -> dict[str, Any]:
+    return {"stack": str(region.stack), "mask": str(region.mask), "season": _season(region, opts)}
+
+
+def _plan(regions: list[Region], state: dict[str, Any], out: Path,
+          opts: ClassifyOptions) -> tuple[list[Region], list[Region]]:  # fmt: skip
+    """Split the regions into those to run and those already done; register the former as pending.
+
+    Raises:
+        OutputExistsError: If a region's folder holds outputs this batch did not
+            record, or a done region was made from other inputs, and overwrite is off.
+    """
+    todo, skipped = [], []
+    entries = state["regions"]
+    for r in regions:
+        settings = _region_settings(r, opts)
+        entry = entries.get(r.name)
+        if entry is None and not opts.overwrite:
+            folder = out / r.name
+            if folder.is_dir() and any(folder.iterdir()):
+                raise OutputExistsError(
+                    f"{folder} already holds files that {out / STATE_NAME} does not record; expected an empty or "
+                    "new folder for region " + repr(r.name) + " (pass --overwrite to replace them)"
+                )
+        if entry is not None and not opts.overwrite and entry.get("settings") != settings:
+            changed = {k: (entry.get("settings", {}).get(k), v) for k, v in settings.items()
+                       if entry.get("settings", {}).get(k) != v}  # fmt: skip
+            raise OutputExistsError(
+                f"region {r.name!r} in {out} was made with other inputs {changed} (recorded, now); expected the same "
+                "inputs to resume (pass --overwrite to recompute, or use another --out-dir)"
+            )
+        if entry is not None and not opts.overwrite and entry.get("status") == "done":
+            problem = state_io.verify_outputs(out / r.name, entry.get("outputs", {}))
+            if problem is None:
+                skipped.append(r)
+                continue
+            logger.warning("region %s was done but %s; recomputing it", r.name, problem)
+        entries[r.name] = {"status": "pending", "settings": settings}
+        todo.append(r)
+    return todo, skipped
+
+
+@contextmanager
+def _cluster(scheduler: str | None, workers: int | None, n_tasks: int) -> Iterator[tuple[Any, str, int]]:
+    """Yield ``(client, description, threads per region)`` for a local or existing cluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="10s", set_as_default=False)
+        except OSError as err:
+            raise CropmapError(f"could not connect to the dask scheduler at {scheduler} ({err}); expected a running "
+                               "dask.distributed scheduler") from err  # fmt: skip
+        try:
+            threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
+            if threads == 0:
+                logger.warning("the dask scheduler at %s has no workers yet; regions wait until workers join", scheduler)
+            yield client, f"dask.distributed at {scheduler} ({threads} worker threads, 1 thread per region)", 1
+        finally:
+            client.close()
+        return
+    cores = os.cpu_count() or 1
+    n_proc = max(1, min(workers or cores, n_tasks))
+    threads = max(1, cores // n_proc)
+    with LocalCluster(n_workers=n_proc, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:  # fmt: skip
+        yield client, (f"dask LocalCluster at {cluster.scheduler_address} ({n_proc} worker processes, "
+                       f"{threads} threads per region)"), threads  # fmt: skip
+
+
+def _run(client: Any, jobs: dict[str, RegionJob]) -> Iterator[tuple[str, dict[str, Any]]]:  # noqa: ANN401
+    """Submit every job and yield ``(name, result)`` as regions finish."""
+    from distributed import KilledWorker, as_completed
+
+    with client.as_current():
+        futures = {client.submit(run_region, job, key=f"cropmap-region-{name}-{os.urandom(4).hex()}", pure=False): name
+                   for name, job in jobs.items()}  # fmt: skip
+        for fut in as_completed(futures):
+            name = futures[fut]
+            try:
+                result = fut.result()
+            except KilledWorker as err:
+                result = {"status": "failed", "seconds": None, "error_type": "KilledWorker",
+                          "error": f"the dask worker died while classifying this region ({err}); out of memory?"}  # fmt: skip
+            fut.release()
+            yield name, result
+
+
+def _summary(regions: list[Region], state: dict[str, Any], skipped: set[str], out: Path, model: Path,
+             opts: ClassifyOptions, executor: str, wall_s: float, version: str) -> dict[str, Any]:  # fmt: skip
+    rows = []
+    area: dict[str, float] = {}
+    ran_in_mask = 0
+    for r in regions:
+        e = state["regions"][r.name]
+        status = "skipped" if r.name in skipped else e["status"]
+        px = e.get("pixels", {})
+        row = {
+            "name": r.name, "status": status, "stack": str(r.stack), "mask": str(r.mask),
+            "season": e.get("season", _season(r, opts)), "summary": str(out / e["summary"]) if "summary" in e else None,
+            "pixels_in_mask": px.get("in_mask"), "pixels_classified": px.get("classified"),
+            "pixels_insufficient_data": px.get("insufficient_data"), "area_ha": e.get("area_ha"),
+            "seconds": e.get("seconds"), "error": e.get("error"),
+        }  # fmt: skip
+        rows.append(row)
+        if status in ("done", "skipped"):
+            for name, ha in e["area_ha"].items():
+                area[name] = round(area.get(name, 0.0) + ha, 4)
+        if status == "done":
+            ran_in_mask += px["in_mask"]
+    ran = [r for r in rows if r["status"] != "skipped"]
+    n_done = sum(r["status"] == "done" for r in rows)
+    return {
+        "cropmap_version": version,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "out_dir": str(out),
+        "state": str(out / STATE_NAME),
+        "model": str(model),
+        "executor": executor,
+        "options": dataclasses.asdict(opts),
+        "regions": rows,
+        "totals": {
+            "regions": len(rows),
+            "done": n_done,
+            "skipped": len(skipped),
+            "failed": sum(r["status"] == "failed" for r in rows),
+            "pixels_classified": sum(r["pixels_classified"] or 0 for r in rows if r["status"] != "failed"),
+            "area_ha": area,
+            "wall_s": round(wall_s, 3),
+            "region_s": round(sum(r["seconds"] or 0.0 for r in ran), 3),
+        },
+        "throughput": {
+            "regions_per_hour": round(len(ran) / wall_s * 3600, 1) if ran and wall_s > 0 else None,
+            "cropland_px_per_s": round(ran_in_mask / wall_s, 1) if n_done and wall_s > 0 else None,
+            "note": "over the regions run in this call (skipped ones excluded), wall time including cluster start-up",
+        },
+    }
+
+
+def format_report(summary: Mapping[str, Any]) -> list[str]:
+    """Console lines for a batch summary: one row per region, totals, then failures."""
+    rows = summary["regions"]
+    width = max([len("region"), *(len(r["name"]) for r in rows)])
+    lines = [f"{'region':<{width}}  {'status':<8} {'classified px':>14} {'cropland ha':>12} {'seconds':>8}"]
+    for r in rows:
+        px = f"{r['pixels_classified']:,}" if r["pixels_classified"] is not None else "-"
+        ha = f"{sum(r['area_ha'].values()):.2f}" if r["area_ha"] else "-"
+        sec = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
+        lines.append(f"{r['name']:<{width}}  {r['status']:<8} {px:>14} {ha:>12} {sec:>8}")
+    t, tp = summary["totals"], summary["throughput"]
+    rate = f", {tp['cropland_px_per_s']:,.0f} cropland px/s" if tp["cropland_px_per_s"] else ""
+    lines.append(
+        f"{t['regions']} regions: {t['done']} done, {t['skipped']} skipped (done before), {t['failed']} failed; "
+        f"{t['pixels_classified']:,} px classified in all; {t['wall_s']:.1f} s{rate}"
+    )
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        lines.append("failed regions:")
+        lines += [f"  {r['name']:<{width}}  {r['error']}" for r in failed]
+    return lines
