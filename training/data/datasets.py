@@ -16,6 +16,7 @@ inference uses, :func:`cropmap.timegrid.fill_gaps`.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +273,8 @@ class TaskSets:
     x_val: np.ndarray
     y_val: np.ndarray
     class_names: tuple[str, ...]
-    dates: tuple
-    """The S2 stamps of the task's scene (datetime.date)."""
+    dates: tuple[dt.date, ...]
+    """The S2 stamps of the task's scene."""
     pretrain_field_ids: np.ndarray
     """Field ids of scene A's pre-training pool (never in any downstream set of task 1)."""
     splits: dict[str, np.ndarray]

@@ -331,10 +331,10 @@ def ps_patches(
     the window spanning the requested pixels is read.
 
     Args:
+        scene: The scene.
         rows: (N,) S2 row indices.
         cols: (N,) S2 column indices.
         date_indices: (N,) S2 stamp indices; the PS day is matched by day of year (:meth:`Scene.ps_index`).
-        scene: The scene.
         max_day_offset: Passed to :meth:`Scene.ps_index`.
 
     Returns:
