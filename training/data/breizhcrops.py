@@ -17,6 +17,7 @@ otherwise). ``QA60`` bits 10 and 11 (opaque cloud, cirrus) give the per-row ``cl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -234,8 +235,9 @@ def read_parcels(
                 continue
             if drop_empty:
                 keep = ~np.isnan(parcel.x).all(axis=1)
-                parcel = Parcel(**{**parcel.__dict__, "x": parcel.x[keep], "dates": parcel.dates[keep],
-                                   "cloudy": parcel.cloudy[keep]})  # fmt: skip
+                parcel = dataclasses.replace(
+                    parcel, x=parcel.x[keep], dates=parcel.dates[keep], cloudy=parcel.cloudy[keep]
+                )
             out.append(parcel)
     if skipped:
         logger.info("skipped %d parcels whose crop code is not in %s", skipped, mapping_path)
