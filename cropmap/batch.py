@@ -44,7 +44,8 @@ SETTING_FIELDS = ("confidence", "embedding", "quicklook", "reflectance_scale", "
 _STALE_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.(tmp|scratch)(\.[A-Za-z0-9]+)*$")
 
 BatchProgress = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` after each region that ran (skipped ones are not counted)."""
+"""Called as ``progress(0, total)`` before the first region starts, then ``progress(done, total)``
+after each region that ran (skipped regions are not counted)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def classify_many(
         options: Per-region options; or pass them as keywords. ``workers``,
             ``scheduler`` and ``threads`` are set by the batch and must be left unset;
             ``season`` is the default for regions that do not name one.
-        progress: Called as ``progress(done, total)`` after each region that ran.
+        progress: Called as ``progress(0, total)`` before the first region starts, then
+            ``progress(done, total)`` after each region that ran.
         **kwargs: Fields of :class:`~cropmap.options.ClassifyOptions`.
 
     Returns:
@@ -191,6 +193,8 @@ def classify_many(
             out.mkdir(parents=True, exist_ok=True)
             state_io.save(out, state)  # the regions to run are recorded as pending before any starts
             logger.info("classifying %d regions on %s", len(todo), executor)
+            if progress is not None:
+                progress(0, len(todo))
             jobs = {
                 r.name: RegionJob(region=r, out_dir=out, model=model_path, options=dataclasses.replace(
                     opts, season=_season(r, opts), threads=threads, overwrite=True))

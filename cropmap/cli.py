@@ -193,7 +193,7 @@ def batch(
 
             bar = tqdm(total=total, unit="region", desc="batch", file=sys.stderr)
         if bar is not None:
-            bar.update(1)
+            bar.update(done - bar.n)
 
     try:
         region_list = read_manifest(regions) if regions is not None else regions_from_pairs(stacks, masks)

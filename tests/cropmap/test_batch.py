@@ -128,7 +128,7 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path, c
     summary = cropmap.classify_many(inputs / "regions.csv", out_dir=clean, model=inputs / "tiny.onnx",
                                     scheduler=cluster.scheduler_address, embedding=True,
                                     progress=lambda d, t: calls.append((d, t)))  # fmt: skip
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
     assert [r["status"] for r in summary["regions"]] == ["done"] * 3
     reference = {n: _outputs(clean / n) for n in NAMES}
     assert reference["alpha"] != reference["beta"]
@@ -141,7 +141,8 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path, c
         sys.path.insert(0, {str(REPO)!r})
         import cropmap
         def die(done, total):
-            os._exit(17)
+            if done:
+                os._exit(17)
         cropmap.classify_many({str(inputs / "regions.csv")!r}, out_dir={str(out)!r}, model={str(inputs / "tiny.onnx")!r},
                               scheduler={cluster.scheduler_address!r}, embedding=True, progress=die)
         """
