@@ -269,3 +269,29 @@ def test_pipeline_simulate_pretrain_downstream_evaluate(sim_scene_dir: Path, tmp
     assert evaluate.main(["--results", str(ds / "results.jsonl"), "--out", str(tmp_path / "report")]) == 0
     for name in ("report.md", "table1.md", "win_1_transformer.png", "gain_1.png"):
         assert (tmp_path / "report" / name).is_file()
+
+
+@pytest.mark.slow
+def test_comparison_all_families_two_rates(sim_scene_dir: Path, tmp_path: Path) -> None:
+    """Every family, 2 variants, 2 corruption rates per method: each win-matrix cell holds 4 comparisons."""
+    from training import evaluate, pretrain
+
+    config = REPO / "training" / "configs" / "pretrain_pointwise.toml"
+    encoders = []
+    for mode in ("unimodal", "bimodal"):
+        for rate in ("0.2", "0.6"):
+            out = tmp_path / f"{mode}_{rate}"
+            assert pretrain.main(["--mode", mode, "--alignment", "point", "--corruption", rate, "--data",
+                                  str(sim_scene_dir), "--out", str(out), "--config", str(config),
+                                  *TINY_PRETRAIN]) == 0  # fmt: skip
+            encoders.append(f"{mode}_{rate}={out / 'encoder.pt'}")
+    ds = tmp_path / "downstream"
+    assert main(["--task", "2", "--data", str(sim_scene_dir), "--config", str(REPO / "training/configs/downstream_ci.toml"),
+                 "--variants", "2", "--epochs", "2", "--encoders", *encoders, "--out", str(ds), "--no-progress"]) == 0  # fmt: skip
+    summary = evaluate.write_report(ds / "results.jsonl", tmp_path / "report")
+    for family in ("lstm", "inception_time", "transformer"):
+        entry = summary[f"2/{family}"]
+        assert entry["methods"] == ["supervised", "unimodal", "bimodal"]
+        off_diagonal = [n for i, row in enumerate(entry["win_counts"]) for j, n in enumerate(row) if i != j]
+        assert off_diagonal == [4] * 6
+        assert len(entry["gains"]["bimodal"]["values"]) == 4
