@@ -84,7 +84,8 @@ def load(out: Path, settings: dict[str, Any], *, overwrite: bool) -> dict[str, A
         return fresh
     if doc.get("settings") != settings:
         old = doc.get("settings") or {}
-        changed = {k: (old.get(k), settings.get(k)) for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)}
+        keys = sorted(set(old) | set(settings))
+        changed = {k: (old.get(k), settings.get(k)) for k in keys if old.get(k) != settings.get(k)}
         raise OutputExistsError(
             f"the batch in {out} was run with other settings {changed} (recorded, now); expected the same model "
             "and output options to resume (pass --overwrite to recompute every region, or use another --out-dir)"

@@ -302,13 +302,16 @@ def _cluster(scheduler: str | None, workers: int | None, n_tasks: int) -> Iterat
         try:
             client = Client(scheduler, timeout="10s", set_as_default=False)
         except OSError as err:
-            raise CropmapError(f"could not connect to the dask scheduler at {scheduler} ({err}); expected a running "
-                               "dask.distributed scheduler") from err  # fmt: skip
+            raise CropmapError(
+                f"could not connect to the dask scheduler at {scheduler} ({err}); expected a running "
+                "dask.distributed scheduler"
+            ) from err
         try:
             threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
             if threads == 0:
-                logger.warning("the dask scheduler at %s has no workers yet; regions wait until workers join", scheduler)
-            yield client, f"dask.distributed at {scheduler} ({threads} worker threads, 1 thread per region)", 1
+                logger.warning("the dask scheduler at %s has no workers yet; regions wait for workers", scheduler)
+            description = f"dask.distributed at {scheduler} ({threads} worker threads, 1 thread per region)"
+            yield client, description, 1
         finally:
             client.close()
         return
@@ -326,15 +329,19 @@ def _run(client: Any, jobs: dict[str, RegionJob]) -> Iterator[tuple[str, dict[st
     from distributed import KilledWorker, as_completed
 
     with client.as_current():
-        futures = {client.submit(run_region, job, key=f"cropmap-region-{name}-{os.urandom(4).hex()}", pure=False): name
-                   for name, job in jobs.items()}  # fmt: skip
+        futures = {
+            client.submit(run_region, job, key=f"cropmap-region-{name}-{os.urandom(4).hex()}", pure=False): name
+            for name, job in jobs.items()
+        }
         for fut in as_completed(futures):
             name = futures[fut]
             try:
                 result = fut.result()
             except KilledWorker as err:
-                result = {"status": "failed", "seconds": None, "error_type": "KilledWorker",
-                          "error": f"the dask worker died while classifying this region ({err}); out of memory?"}  # fmt: skip
+                result = {
+                    "status": "failed", "seconds": None, "error_type": "KilledWorker",
+                    "error": f"the dask worker died while classifying this region ({err}); out of memory?",
+                }  # fmt: skip
             fut.release()
             yield name, result
 
@@ -350,7 +357,8 @@ def _summary(regions: list[Region], state: dict[str, Any], skipped: set[str], ou
         px = e.get("pixels", {})
         row = {
             "name": r.name, "status": status, "stack": str(r.stack), "mask": str(r.mask),
-            "season": e.get("season", _season(r, opts)), "summary": str(out / e["summary"]) if "summary" in e else None,
+            "season": e.get("season", _season(r, opts)),
+            "summary": str(out / e["summary"]) if "summary" in e else None,
             "pixels_in_mask": px.get("in_mask"), "pixels_classified": px.get("classified"),
             "pixels_insufficient_data": px.get("insufficient_data"), "area_ha": e.get("area_ha"),
             "seconds": e.get("seconds"), "error": e.get("error"),

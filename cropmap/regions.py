@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +87,7 @@ def read_manifest(path: str | Path) -> list[Region]:
     if kind == "csv":
         rows = _csv_rows(path, text)
     elif kind == "toml":
+        tomllib = _toml_module(path)
         try:
             doc: Any = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
@@ -98,7 +98,8 @@ def read_manifest(path: str | Path) -> list[Region]:
             doc = json.loads(text)
         except json.JSONDecodeError as err:
             raise ManifestError(f"manifest {path} is not valid JSON ({err})") from err
-        rows = _table_rows(path, doc if not isinstance(doc, list) else {"regions": doc}, top='a list or {"regions": [...]}')
+        doc = {"regions": doc} if isinstance(doc, list) else doc
+        rows = _table_rows(path, doc, top='a list or {"regions": [...]}')
     regions = [_region(f"manifest {path}, {where}", row, base, from_text=kind == "csv") for where, row in rows]
     check_regions(regions, source=f"manifest {path}")
     return regions
@@ -169,10 +170,26 @@ def as_regions(items: Iterable[Region | Mapping[str, Any]]) -> list[Region]:
     return out
 
 
+def _toml_module(path: Path) -> Any:  # noqa: ANN401 - tomllib or its backport tomli
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError as err:
+            raise ManifestError(
+                f"manifest {path}: reading TOML on Python 3.10 needs the 'tomli' package; expected it installed "
+                "(pip install tomli), or use a .csv or .json manifest"
+            ) from err
+    return tomllib
+
+
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames:
-        raise ManifestError(f"manifest {path} is empty; expected a header row 'name,stack,mask[,season]' and one row per region")
+        raise ManifestError(
+            f"manifest {path} is empty; expected a header row 'name,stack,mask[,season]' and one row per region"
+        )
     header = [h.strip() for h in reader.fieldnames]
     _check_keys(f"manifest {path}, header", header, what="column")
     rows = []
@@ -211,7 +228,9 @@ def _check_keys(where: str, keys: Iterable[str], *, what: str = "key") -> None:
         )
     missing = [k for k in REQUIRED_KEYS if k not in keys]
     if missing and what == "column":
-        raise ManifestError(f"{where}: no {what}(s) {missing}; expected {', '.join(REQUIRED_KEYS)} and optionally season")
+        raise ManifestError(
+            f"{where}: no {what}(s) {missing}; expected {', '.join(REQUIRED_KEYS)} and optionally season"
+        )
 
 
 def _region(where: str, row: Mapping[str, Any], base: Path, *, from_text: bool) -> Region:
@@ -238,7 +257,8 @@ def _region(where: str, row: Mapping[str, Any], base: Path, *, from_text: bool) 
             season = int(season)
         if isinstance(season, bool) or not isinstance(season, int) or not 1900 <= season <= 2200:
             raise ManifestError(f"{label}: season is {row.get('season')!r}; expected a year such as 2021")
-    return Region(name=name, stack=_resolve(values["stack"], base), mask=_resolve(values["mask"], base), season=season)
+    stack, mask = _resolve(values["stack"], base), _resolve(values["mask"], base)
+    return Region(name=name, stack=stack, mask=mask, season=season)
 
 
 def _resolve(value: str, base: Path) -> Path:

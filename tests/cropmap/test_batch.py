@@ -14,7 +14,9 @@ import pytest
 import rasterio
 import shapely
 from click.testing import CliRunner
-from conftest import CRS, make_values, polygon_a, polygon_b, read_json, write_bundle, write_polygons, write_stack_descriptions
+from conftest import (
+    CRS, make_values, polygon_a, polygon_b, read_json, write_bundle, write_polygons, write_stack_descriptions,
+)  # fmt: skip
 
 import cropmap
 from cropmap._batch_state import sha256
@@ -104,7 +106,8 @@ def test_batch_cli_local_cluster(runner: CliRunner, inputs: Path, tmp_path: Path
     assert "2 regions: 2 done, 0 skipped (done before), 0 failed" in res.output
 
 
-def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path: Path, cluster: Any) -> None:  # noqa: ANN401
+def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path: Path,
+                                      cluster: Any) -> None:  # noqa: ANN401  # fmt: skip
     out = tmp_path / "batch"
     res = _batch(runner, "--stack", inputs / "stacks" / "alpha.tif", "--mask", inputs / "cropland.gpkg",
                  "--stack", inputs / "stacks" / "beta.tif", "--mask", inputs / "cropland.gpkg",
@@ -112,16 +115,19 @@ def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path:
                  cluster.scheduler_address)  # fmt: skip
     assert res.exit_code == 0, res.output
     summary = read_json(out / "batch_summary.json")
-    assert summary["executor"] == f"dask.distributed at {cluster.scheduler_address} (2 worker threads, 1 thread per region)"
+    address = cluster.scheduler_address
+    assert summary["executor"] == f"dask.distributed at {address} (2 worker threads, 1 thread per region)"
     assert [(r["name"], r["status"]) for r in summary["regions"]] == [("alpha", "done"), ("beta", "done")]
     assert not (out / "alpha" / "alpha_quicklook.png").exists()
     with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
         loaded = client.run(lambda: sorted(m for m in ("torch", "onnx", "cropmap.pipeline") if m in sys.modules))
     # The workers classified (cropmap.pipeline is loaded) without importing torch or onnx.
-    assert ["cropmap.pipeline"] in loaded.values() and set(map(tuple, loaded.values())) <= {(), ("cropmap.pipeline",)}
+    assert ["cropmap.pipeline"] in loaded.values()
+    assert set(map(tuple, loaded.values())) <= {(), ("cropmap.pipeline",)}
 
 
-def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path, cluster: Any) -> None:  # noqa: ANN401
+def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
+                                                 cluster: Any) -> None:  # noqa: ANN401  # fmt: skip
     """Kill the driver mid-batch, corrupt a finished region: the rerun recomputes exactly those, same bytes."""
     clean = tmp_path / "clean"
     calls: list[tuple[int, int]] = []
@@ -143,8 +149,9 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path, c
         def die(done, total):
             if done:
                 os._exit(17)
-        cropmap.classify_many({str(inputs / "regions.csv")!r}, out_dir={str(out)!r}, model={str(inputs / "tiny.onnx")!r},
-                              scheduler={cluster.scheduler_address!r}, embedding=True, progress=die)
+        cropmap.classify_many({str(inputs / "regions.csv")!r}, out_dir={str(out)!r},
+                              model={str(inputs / "tiny.onnx")!r}, scheduler={cluster.scheduler_address!r},
+                              embedding=True, progress=die)
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
@@ -241,7 +248,8 @@ def test_batch_refuses_other_settings_and_foreign_outputs(runner: CliRunner, inp
     before = sha256(out / "batch_state.json")
     res = _batch(runner, *base, "--confidence")
     assert res.exit_code == 1 and res.output.startswith("Error: the batch in")
-    assert "was run with other settings {'confidence': (False, True)}" in res.output and len(res.output.splitlines()) == 1
+    assert "was run with other settings {'confidence': (False, True)}" in res.output
+    assert len(res.output.splitlines()) == 1
     assert sha256(out / "batch_state.json") == before
     res = _batch(runner, *base, "--confidence", "--overwrite")
     assert res.exit_code == 0, res.output
@@ -388,7 +396,8 @@ def test_classify_many_rejects_block_level_parallelism(inputs: Path, tmp_path: P
     assert not (tmp_path / "o").exists()
 
 
-def test_batch_region_season_overrides_default(inputs: Path, tmp_path: Path, cluster: Any) -> None:  # noqa: ANN401
+def test_batch_region_season_overrides_default(inputs: Path, tmp_path: Path,
+                                               cluster: Any) -> None:  # noqa: ANN401  # fmt: skip
     manifest = _write(tmp_path / "r.json", json.dumps(
         [{"name": "alpha", "stack": str(inputs / "stacks" / "alpha.tif"), "mask": str(inputs / "cropland.gpkg"),
           "season": 2021}]))  # fmt: skip
