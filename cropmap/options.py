@@ -16,6 +16,8 @@ _SCHEDULER_RE = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
 
 DEFAULT_BATCH_SIZE = 4096
 DEFAULT_BLOCK_SIZE_PX = 512
+BLOCK_MEMORY_BUDGET_BYTES = 256 * 2**20
+"""Default blocks are shrunk (down to one file tile) until one block's working arrays fit this budget."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,8 @@ class ClassifyOptions:
     """Replace existing outputs instead of refusing to run."""
     block_size: int | None = None
     """Block edge in pixels (rounded up to a multiple of the file's internal tile);
-    ``None`` picks the multiple of the tile closest to 512 px."""
+    ``None`` picks the multiple of the tile closest to 512 px, shrunk for long stacks so that one
+    block's working arrays stay within :data:`BLOCK_MEMORY_BUDGET_BYTES`."""
     batch_size: int = DEFAULT_BATCH_SIZE
     """Pixels per ONNX Runtime call."""
     workers: int | None = None

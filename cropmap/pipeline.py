@@ -82,7 +82,9 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     right, bottom = st.transform @ (st.width, st.height)
     bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
     polygons = load_polygons(_absolute(mask), st.crs, bounds)
-    shape = block_shape(st.tile_shape, st.shape, options.block_size)
+    # float32 read (S x C) + filled series (T x C) + the model's input copy, per pixel.
+    bytes_per_pixel = 4 * meta.n_bands * (len(obs) + 2 * meta.n_timesteps)
+    shape = block_shape(st.tile_shape, st.shape, options.block_size, bytes_per_pixel=bytes_per_pixel)
     blocks = plan_blocks(st.shape, shape)
     items = []
     for b in blocks:

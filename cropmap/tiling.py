@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 
-from cropmap.options import DEFAULT_BLOCK_SIZE_PX
+from cropmap.options import BLOCK_MEMORY_BUDGET_BYTES, DEFAULT_BLOCK_SIZE_PX
 
 logger = logging.getLogger(__name__)
 
@@ -53,24 +53,43 @@ class Block:
         return window_bounds(self.window, grid)
 
 
-def block_shape(tile_shape: tuple[int, int], raster_shape: tuple[int, int], requested: int | None) -> tuple[int, int]:
+def block_shape(
+    tile_shape: tuple[int, int],
+    raster_shape: tuple[int, int],
+    requested: int | None,
+    *,
+    bytes_per_pixel: int | None = None,
+) -> tuple[int, int]:
     """Block shape (rows, cols) aligned with the file's tiles.
 
     Each side is the smallest multiple of the tile side that is at least
     ``requested`` (default :data:`~cropmap.options.DEFAULT_BLOCK_SIZE_PX`), capped at
     the raster's side. Striped files (tiles spanning the full width) get full-width blocks.
+    Without ``requested``, the default edge shrinks (never below one tile) until a block
+    of ``bytes_per_pixel`` fits :data:`~cropmap.options.BLOCK_MEMORY_BUDGET_BYTES`, so a
+    long 144-date stack gets smaller blocks than a 12-date one.
 
     Args:
         tile_shape: Internal tile (rows, cols) of the file.
         raster_shape: Raster (rows, cols).
         requested: Wanted block edge in pixels, or ``None``.
+        bytes_per_pixel: Working memory one pixel of a block needs (read + filled series).
     """
     want = requested or DEFAULT_BLOCK_SIZE_PX
+    shrink = False
+    if requested is None and bytes_per_pixel:
+        fits = int(math.sqrt(BLOCK_MEMORY_BUDGET_BYTES / bytes_per_pixel))
+        if fits < want:
+            want, shrink = max(1, fits), True
     sides = []
     for tile, size in zip(tile_shape, raster_shape):
         tile = max(1, min(tile, size))
-        side = min(size, math.ceil(want / tile) * tile)
-        sides.append(side)
+        # Round up to whole tiles, or down when shrinking to fit the memory budget.
+        tiles = max(1, want // tile) if shrink else math.ceil(want / tile)
+        sides.append(min(size, tiles * tile))
+    if shrink:
+        logger.info("blocks of %s px keep one block within %d MiB (%d bytes per pixel)",
+                    tuple(sides), BLOCK_MEMORY_BUDGET_BYTES // 2**20, bytes_per_pixel)  # fmt: skip
     if requested is not None and tuple(sides) != (min(requested, raster_shape[0]), min(requested, raster_shape[1])):
         logger.info(
             "block size %d px aligned to the file's %s px tiles: blocks of %s px", requested, tile_shape, tuple(sides)
