@@ -92,3 +92,79 @@ def test_bimodal_pretraining_learns_cross_modal_alignment(tmp_path: Path) -> Non
     loss_untrained, date_untrained = _alignment(untrained.eval(), *args)
     assert loss_trained < 0.6 * loss_untrained
     assert date_trained > 0.1 and date_trained > 3 * date_untrained
+
+
+def test_score_balanced_weights_classes_equally() -> None:
+    from training.probe import score
+
+    y = torch.tensor([0, 0, 0, 0, 1])
+    pred = torch.tensor([0, 0, 0, 0, 0])
+    assert score(pred, y) == pytest.approx(0.8)
+    assert score(pred, y, "balanced") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="metric"):
+        score(pred, y, "f1")  # type: ignore[arg-type]
+
+
+def test_per_date_probe_equals_separate_fits() -> None:
+    """The batched per-stamp fit reaches the optimum of separate logistic regressions, stamp by stamp."""
+    from training.probe import PixelDates, per_date_probe
+
+    rng = np.random.default_rng(0)
+    n = 2400
+    x = rng.normal(size=(n, 12)).astype(np.float32)
+    y = rng.integers(0, 9, n)
+    stamp = rng.integers(0, 3, n)
+    x[np.arange(n), y] += 1.5 + stamp  # separability differs per stamp
+    fit = PixelDates(x[:1600], y[:1600], stamp[:1600], stamp[:1600])
+    val = PixelDates(x[1600:], y[1600:], stamp[1600:], stamp[1600:])
+    joint = per_date_probe(fit, val, None)
+    separate = [
+        linear_probe(
+            torch.from_numpy(fit.x[fit.stamp == t]), fit.y[fit.stamp == t],
+            torch.from_numpy(val.x[val.stamp == t]), val.y[val.stamp == t], metric="balanced",
+        )
+        for t in range(3)
+    ]  # fmt: skip
+    assert joint["stamps"] == 3
+    assert joint["linear"] == pytest.approx(np.mean(separate), abs=0.005)
+    assert 0.3 < joint["linear"] < 1.0
+
+
+def test_pixel_dates_are_clear_capped_and_from_the_given_fields(sim_scene_dir: Path) -> None:
+    from training.data.datasets import MAX_CLOUD_PROBABILITY, scene_a_splits
+    from training.data.denethor import read_scene
+    from training.probe import pixel_dates
+
+    scene = read_scene(sim_scene_dir / "scene_a")
+    pool = scene_a_splits(scene)["pretrain"]
+    obs = pixel_dates(scene, pool, classes=scene.class_names, max_per_class=20)
+    assert set(np.unique(obs.field)) <= set(pool.tolist())
+    assert obs.x.shape == (len(obs.y), 12) and obs.x.dtype == np.float32
+    for t in np.unique(obs.stamp):
+        assert np.bincount(obs.y[obs.stamp == t]).max() <= 20
+    # every kept observation is clear and the values are the scene's own
+    rows, cols = np.nonzero(np.isin(scene.field_raster, pool))
+    assert not np.all(obs.x == 0, axis=1).any()
+    t0 = int(obs.stamp[0])
+    clp = scene.cloud_probability(t0)[rows, cols]
+    s2 = np.asarray(scene.s2[t0])[rows, cols]
+    match = (s2[:, None, :] == obs.x[obs.stamp == t0][None]).all(axis=2).any(axis=1)
+    assert (clp[match] <= MAX_CLOUD_PROBABILITY).all()
+    with pytest.raises(ValueError, match="not among the classes"):
+        pixel_dates(scene, pool, classes=("Wheat",))
+
+
+def test_scene_probe_separates_crops_on_unseen_fields(sim_scene_dir: Path) -> None:
+    """The protocol itself: raw bands and a random encoder, scored on fields outside the pool.
+
+    Measured on the tiny preset (seed 0): raw bands 0.354 single-date linear, 0.317 10-NN (chance 0.111).
+    """
+    from training.probe import scene_probe
+
+    x = np.random.default_rng(0).random((64, 12)).astype(np.float32) * 3000
+    report = scene_probe(
+        sim_scene_dir, {"raw": None, "random": random_encoder(x, hidden=32, n_layers=2, out_dim=32)}, poolings=()
+    )
+    assert set(report["raw"]) == {"date_linear", "date_knn"}
+    assert report["raw"]["date_linear"] > 0.25  # > 2 x chance on fields never used for fitting
+    assert all(0.0 <= v <= 1.0 for row in report.values() for v in row.values())
