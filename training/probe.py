@@ -7,8 +7,9 @@ stamps are concatenated (``"flatten"``, the information a downstream model sees)
 (``"mean"``).
 
 ``python -m training.probe --data SIM_DIR --encoder bimodal=run/encoder.pt [...]`` prints the
-accuracies of raw bands, a random encoder and each given encoder on downstream task 1 of a
-simulated (or DENETHOR-layout) scene pair.
+balanced accuracies of raw bands, a random encoder (the first given encoder's architecture and
+normalisation, untrained) and each given encoder under :func:`scene_probe`: probes fitted on labelled
+pixels of the pre-training pool and scored on the fields pre-training never saw.
 """
 
 from __future__ import annotations
@@ -406,29 +407,40 @@ def probe_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: probe raw bands, a random encoder and pre-trained encoders on task 1."""
+    """Command line: the :func:`scene_probe` protocol for raw bands, a random encoder and given encoders."""
     parser = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="folder with scene_a/ and scene_b/")
+    parser.add_argument("--data", type=Path, required=True, help="scene folder, or a folder with scene_a/")
     parser.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH", help="encoder checkpoint")
-    parser.add_argument("--n-train", type=int, default=300, help="training pixels per class")
-    parser.add_argument("--n-val", type=int, default=100, help="validation pixels per class")
-    parser.add_argument("--pooling", choices=["flatten", "mean"], default="flatten")
+    parser.add_argument("--max-per-class", type=int, default=200, help="single-date pixels per class and stamp")
+    parser.add_argument("--n-series", type=int, default=100, help="series per class for the series probes")
+    parser.add_argument("--pooling", choices=["mean", "flatten"], action="append", help="series probes (default mean)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    from training.data.datasets import task_sets
-
-    sets = task_sets(args.data, 1, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
-    encoders: dict[str, nn.Module | None] = {"raw bands": None, "random encoder": random_encoder(sets.x_train)}
+    encoders: dict[str, nn.Module | None] = {"raw bands": None}
+    loaded = {}
     for item in args.encoder:
         name, sep, path = item.partition("=")
         if not sep:
             parser.error(f"--encoder expects NAME=PATH, got {item!r}")
-        encoders[name] = load_frozen_encoder(path)
-    report = probe_report(sets.x_train, sets.y_train, sets.x_val, sets.y_val, encoders, pooling=args.pooling)
-    print(f"{'features':<20} {'linear':>8} {'k-NN':>8}")
-    for name, acc in report.items():
-        print(f"{name:<20} {acc['linear']:8.3f} {acc['knn']:8.3f}")
+        loaded[name] = load_frozen_encoder(path)
+    if loaded:
+        # Same architecture and normalisation as the first given encoder, untrained.
+        first = next(iter(loaded.values()))
+        torch.manual_seed(args.seed)
+        stats = first.normalize.norm_stats()
+        untrained = ResMLP(**first.encoder.config) if isinstance(first.encoder, ResMLP) else None
+        if untrained is not None:
+            encoders["random encoder"] = NormalizedEncoder(Normalize(stats["mean"], stats["std"]), untrained, frozen=True)
+    encoders.update(loaded)
+    report = scene_probe(
+        args.data, encoders, max_per_class=args.max_per_class, n_series=args.n_series,
+        poolings=tuple(args.pooling or ["mean"]), seed=args.seed,
+    )  # fmt: skip
+    cols = list(next(iter(report.values())))
+    print(f"{'features':<20}" + "".join(f"{c:>22}" for c in cols))
+    for name, row in report.items():
+        print(f"{name:<20}" + "".join(f"{row[c]:22.3f}" for c in row))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
