@@ -43,7 +43,9 @@ COLUMNS = {
 }
 
 
-def run_seed(sim: Path, work: Path, seed: int, overrides: list[str]) -> tuple[dict[str, dict[str, float]], dict]:
+def run_seed(
+    sim: Path, work: Path, seed: int, overrides: list[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Pre-train both modes with one seed, then probe all four feature sets."""
     encoders: dict[str, torch.nn.Module | None] = {FEATURES[0]: None}
     info: dict[str, float] = {}
@@ -59,7 +61,8 @@ def run_seed(sim: Path, work: Path, seed: int, overrides: list[str]) -> tuple[di
             torch.manual_seed(seed)
             stats = encoders[name].normalize.norm_stats()  # the pool's statistics
             random = ResMLP(arrays.s2.shape[-1], **{k: v for k, v in vars(cfg.encoder).items()})
-            encoders[FEATURES[1]] = NormalizedEncoder(Normalize(stats["mean"], stats["std"]), random, frozen=True)
+            norm = Normalize(stats["mean"], stats["std"])
+            encoders[FEATURES[1]] = NormalizedEncoder(norm, random, frozen=True)
     encoders = {name: encoders[name] for name in FEATURES}
     t0 = time.perf_counter()
     report = scene_probe(sim, encoders, seed=seed, poolings=POOLINGS)
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="simulated scene preset")
     parser.add_argument("--scene-seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="pre-training and probe seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="pre-training, probe seeds")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=64, help="ResMLP width (paper 256)")
@@ -111,16 +114,22 @@ def main(argv: list[str] | None = None) -> int:
             ), flush=True)  # fmt: skip
     wall = time.perf_counter() - t_start
     cols = [c for c in COLUMNS if c in reports[0][FEATURES[0]]]
+
+    def mean_of(key: str) -> float:
+        return float(np.mean([i[key] for i in infos]))
+
     lines = [
         f"Scene: `training.simulate` preset `{args.preset}` (scene seed {args.scene_seed}), "
         f"{int(infos[0]['pairs']):,} point-wise pool pairs. Encoders: ResMLP {args.layers} x {h} (out {h}), "
-        f"projectors {h} -> {h} -> {h}, batch {args.batch}, {args.epochs} epochs, corruption {args.corruption}, "
+        f"projectors {h} -> {h} -> {h}, batch {args.batch}, {args.epochs} epochs, "
+        f"corruption {args.corruption}, "
         f"other settings as `PretrainConfig` defaults. Seeds (pre-training, random init, probe pixels): "
         f"{', '.join(map(str, args.seeds))}.",
         "",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads. Wall time "
-        f"{wall / 60:.1f} min in all; per seed: uni-modal pre-training {np.mean([i['unimodal_s'] for i in infos]):.0f} s, "
-        f"bi-modal {np.mean([i['bimodal_s'] for i in infos]):.0f} s, probes {np.mean([i['probe_s'] for i in infos]):.0f} s.",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads "
+        f"(shared with other jobs). Wall time {wall / 60:.1f} min in all; per seed: uni-modal pre-training "
+        f"{mean_of('unimodal_s'):.0f} s, bi-modal {mean_of('bimodal_s'):.0f} s, "
+        f"probes {mean_of('probe_s'):.0f} s.",
         "",
         "Balanced accuracy (9 classes, chance 0.111), mean +- std over seeds:",
         "",

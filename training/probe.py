@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.data.datasets import MAX_CLOUD_PROBABILITY
+from training.data.denethor import Scene, read_scene
 from training.models.encoder import (
     Normalize,
     NormalizedEncoder,
@@ -34,8 +36,6 @@ from training.models.encoder import (
     compute_norm_stats,
     load_frozen_encoder,
 )
-from training.data.datasets import MAX_CLOUD_PROBABILITY
-from training.data.denethor import Scene, read_scene
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,9 @@ def pixel_dates(
             parts = []
             for k in np.unique(y_pix[keep]):
                 members = keep[y_pix[keep] == k]
-                parts.append(members if members.size <= max_per_class else rng.choice(members, max_per_class, replace=False))
+                if members.size > max_per_class:
+                    members = rng.choice(members, max_per_class, replace=False)
+                parts.append(members)
             keep = np.sort(np.concatenate(parts)) if parts else keep
         xs.append(x_t[keep])
         ys.append(y_pix[keep])
@@ -258,8 +260,8 @@ def per_date_probe(
 
     Each stamp gets its own logistic regression on features standardised with that stamp's fitting
     statistics; the independent problems are solved together by one L-BFGS run on the sum of their
-    objectives (the same optimum as separate fits, one batched optimiser loop). A stamp counts when every class has
-    at least ``min_per_class`` fitting observations and the validation set has some observation there.
+    objectives (the same optimum as separate fits, one batched optimiser loop). A stamp counts when every
+    class has at least ``min_per_class`` fitting observations and the validation set has some there.
 
     Returns:
         ``{"linear": mean over stamps, "knn": ..., "stamps": number of stamps used}``.
@@ -288,7 +290,9 @@ def per_date_probe(
         xs_val.append(b)
     w = torch.zeros(n_stamps, dim, n_classes, requires_grad=True)
     bias = torch.zeros(n_stamps, 1, n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -303,7 +307,8 @@ def per_date_probe(
     with torch.no_grad():
         for s, (i_fit, i_val) in enumerate(zip(g_fit, g_val)):
             lin.append(score((xs_val[s] @ w[s] + bias[s]).argmax(dim=1), y_val[i_val], metric))
-            knn.append(knn_accuracy(f_fit[i_fit], y_fit[i_fit], f_val[i_val], y_val[i_val], k=k, metric=metric))
+            args = (f_fit[i_fit], y_fit[i_fit], f_val[i_val], y_val[i_val])
+            knn.append(knn_accuracy(*args, k=k, metric=metric))
     return {"linear": float(np.mean(lin)), "knn": float(np.mean(knn)), "stamps": float(n_stamps)}
 
 
@@ -347,14 +352,16 @@ def scene_probe(
     from training.data.datasets import balanced_pixels, scene_a_splits
 
     root = Path(scene_root)
-    scene = read_scene(root / "scene_a" if (root / "scene_a").is_dir() and not (root / "s2").is_dir() else root)
+    nested = (root / "scene_a").is_dir() and not (root / "s2").is_dir()
+    scene = read_scene(root / "scene_a" if nested else root)
     splits = scene_a_splits(scene, seed=split_seed)
     held_out = np.concatenate([splits["train"], splits["val"]])
     classes = scene.class_names
     fit = pixel_dates(scene, splits["pretrain"], classes=classes, max_per_class=max_per_class, seed=seed)
     val = pixel_dates(scene, held_out, classes=classes, max_per_class=max_per_class, seed=seed + 1)
     if poolings:
-        xs_fit, ys_fit = balanced_pixels(scene, splits["pretrain"], n_series, seed, classes=classes, fill="linear")
+        pool = splits["pretrain"]
+        xs_fit, ys_fit = balanced_pixels(scene, pool, n_series, seed, classes=classes, fill="linear")
         xs_val, ys_val = balanced_pixels(scene, held_out, n_series, seed + 1, classes=classes, fill="linear")
     report: dict[str, dict[str, float]] = {}
     for name, enc in encoders.items():
@@ -410,10 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: the :func:`scene_probe` protocol for raw bands, a random encoder and given encoders."""
     parser = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="scene folder, or a folder with scene_a/")
-    parser.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH", help="encoder checkpoint")
-    parser.add_argument("--max-per-class", type=int, default=200, help="single-date pixels per class and stamp")
+    parser.add_argument(
+        "--encoder", action="append", default=[], metavar="NAME=PATH", help="encoder checkpoint (repeatable)"
+    )
+    parser.add_argument("--max-per-class", type=int, default=200, help="single-date pixels per class, stamp")
     parser.add_argument("--n-series", type=int, default=100, help="series per class for the series probes")
-    parser.add_argument("--pooling", choices=["mean", "flatten"], action="append", help="series probes (default mean)")
+    parser.add_argument(
+        "--pooling", choices=["mean", "flatten"], action="append", help="series probes (default: mean)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
@@ -431,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats = first.normalize.norm_stats()
         untrained = ResMLP(**first.encoder.config) if isinstance(first.encoder, ResMLP) else None
         if untrained is not None:
-            encoders["random encoder"] = NormalizedEncoder(Normalize(stats["mean"], stats["std"]), untrained, frozen=True)
+            norm = Normalize(stats["mean"], stats["std"])
+            encoders["random encoder"] = NormalizedEncoder(norm, untrained, frozen=True)
     encoders.update(loaded)
     report = scene_probe(
         args.data, encoders, max_per_class=args.max_per_class, n_series=args.n_series,
