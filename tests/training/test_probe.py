@@ -171,8 +171,9 @@ def test_scene_probe_separates_crops_on_unseen_fields(sim_scene_dir: Path) -> No
     assert all(0.0 <= v <= 1.0 for row in report.values() for v in row.values())
 
 
-KNN_MARGIN = 0.03
-"""Margin of the slow test (measured lead of bi-modal over random: 0.05-0.06, seeds 0-2)."""
+KNN_MARGIN = 0.02
+"""Series-mean 10-NN lead the slow test demands; measured leads over the random encoder 0.025-0.061 and
+over raw bands 0.073-0.085 (bench/bench_probe.py, seeds 0-2; the test runs seed 0: 0.058 / 0.077)."""
 
 
 @pytest.mark.slow
@@ -180,8 +181,10 @@ def test_bimodal_embeddings_beat_random_and_raw_for_knn_on_default_scene(tmp_pat
     """The longer run: default preset, ResMLP 2 x 64, 20 epochs (a few minutes on 2 cores).
 
     Asserts what bench/bench_probe.py measured over seeds 0-2 (docs/benchmarks/probe.md): bi-modal
-    embeddings lead under k-NN on time-averaged series, and are at least on par per date. It does not
-    assert a linear-probe win, which was not measured (docs/pretraining.md).
+    embeddings lead the random encoder and raw bands under 10-NN on time-averaged series, lead the random
+    encoder under single-date 10-NN (by 0.011-0.028) and raw bands under the single-date linear probe
+    (by 0.018-0.024). The single-date linear lead over the random encoder (0.006-0.010) is too thin to
+    assert (docs/pretraining.md).
     """
     from training.config import PretrainConfig, load_config
     from training.models.encoder import Normalize, NormalizedEncoder, ResMLP, load_frozen_encoder
