@@ -14,7 +14,7 @@ import pytest
 import rasterio
 import shapely
 from click.testing import CliRunner
-from conftest import (
+from stackkit import (
     CRS, make_values, polygon_a, polygon_b, read_json, write_bundle, write_polygons, write_stack_descriptions,
 )  # fmt: skip
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import CRS, HEIGHT, TRANSFORM, WIDTH, polygon_a, write_bundle, write_polygons, write_stack_descriptions
+from stackkit import CRS, HEIGHT, TRANSFORM, WIDTH, polygon_a, write_bundle, write_polygons, write_stack_descriptions
 
 from cropmap.cli import main
 
@@ -103,14 +103,7 @@ def _corrupt(tmp_path: Path, kind: str, values: np.ndarray) -> Path:
     if kind == "noscale":
         return write_stack_descriptions(tmp_path / "noscale.tif", values, tags={})
     if kind == "bands":
-        import conftest
-
-        orig = conftest.STACK_BANDS
-        try:
-            conftest.STACK_BANDS = ("B02", "B03", "B08")
-            return write_stack_descriptions(tmp_path / "bands.tif", values)
-        finally:
-            conftest.STACK_BANDS = orig
+        return write_stack_descriptions(tmp_path / "bands.tif", values, bands=("B02", "B03", "B08"))
     raise AssertionError(kind)
 
 

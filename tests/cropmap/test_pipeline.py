@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import (
+from stackkit import (
     CLASSES, HEIGHT, NODATA, STACK_BANDS, TRANSFORM, WIDTH, base_metadata, expected_classes, inside_mask, read_json,
     write_bundle, write_stack_descriptions,
 )  # fmt: skip
@@ -46,7 +46,7 @@ def test_classify_tiled_equals_untiled(stack_desc: Path, polygons: Path, bundle:
 
 def test_classify_outside_mask_is_nodata_and_skipped_blocks(stack_desc: Path, tmp_path: Path, bundle: Path,
                                                             outdir: Path) -> None:  # fmt: skip
-    from conftest import polygon_b, write_polygons
+    from stackkit import polygon_b, write_polygons
 
     only_b = write_polygons(tmp_path / "b.gpkg", [polygon_b()], "EPSG:32631")
     out = outdir / "map.tif"
@@ -163,16 +163,8 @@ def test_classify_season_choice(tmp_path: Path, polygons: Path, bundle: Path, va
 def test_classify_extra_bands_ignored(tmp_path: Path, polygons: Path, bundle: Path, values: np.ndarray,
                                       caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     """A stack with an extra band (B08) gives the same map; the extra band is logged."""
-    import conftest
-
     extra = np.concatenate([values, values[:, :1]], axis=1)
-    bands = (*STACK_BANDS, "B08")
-    orig = conftest.STACK_BANDS
-    try:
-        conftest.STACK_BANDS = bands
-        path = write_stack_descriptions(tmp_path / "extra.tif", extra)
-    finally:
-        conftest.STACK_BANDS = orig
+    path = write_stack_descriptions(tmp_path / "extra.tif", extra, bands=(*STACK_BANDS, "B08"))
     ref = cropmap.classify_array(write_stack_descriptions(tmp_path / "ref.tif", values), polygons, model=bundle)
     with caplog.at_level("INFO", logger="cropmap"):
         got = cropmap.classify_array(path, polygons, model=bundle)
@@ -192,7 +184,7 @@ def test_classify_embedding_matches_bundle(stack_desc: Path, polygons: Path, bun
     # Reference: tanh(filled series @ W2), the tiny bundle's embedding branch, in numpy.
     import datetime as dt
 
-    from conftest import DATES, GRID_DAYS, bundle_weights
+    from stackkit import DATES, GRID_DAYS, bundle_weights
 
     from cropmap.timegrid import fill_gaps
 

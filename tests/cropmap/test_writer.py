@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import CLASSES
+from stackkit import CLASSES
 
 import cropmap
 from cropmap.writer import Staging, check_cog
@@ -113,7 +113,7 @@ def test_writer_staging_is_all_or_nothing(tmp_path: Path) -> None:
 def test_writer_large_map_has_nearest_overviews(tmp_path: Path, bundle: Path) -> None:
     """A map larger than one COG block gets overviews, built without mixing class codes."""
     import shapely
-    from conftest import CRS, write_polygons
+    from stackkit import CRS, write_polygons
 
     from cropmap.writer import BlockRaster, colormap
 
