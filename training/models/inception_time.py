@@ -23,13 +23,14 @@ original implementation, so that symmetric "same" padding keeps the series lengt
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from training.models.base import SeriesClassifier, config_from_hp
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class InceptionBlock(nn.Module):
         return self.act(self.modules_seq(x) + self.shortcut(x))
 
 
-class InceptionTimeClassifier(nn.Module):
+class InceptionTimeClassifier(SeriesClassifier):
     """InceptionTime classifier: ``(B, T, C)`` features -> ``(B, K)`` logits.
 
     Args:
@@ -140,11 +141,8 @@ class InceptionTimeClassifier(nn.Module):
     """
 
     def __init__(self, in_dim: int, n_classes: int, config: InceptionTimeConfig) -> None:
-        super().__init__()
-        _check_dims(in_dim, n_classes)
+        super().__init__(in_dim, n_classes)
         self.config = config
-        self.in_dim = in_dim
-        self.n_classes = n_classes
         blocks = []
         channels = in_dim
         remaining = config.layers
@@ -154,8 +152,7 @@ class InceptionTimeClassifier(nn.Module):
             channels = config.hidden
             remaining -= n
         self.blocks = nn.Sequential(*blocks)
-        self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden, n_classes)
+        self.add_head(config.hidden, config.dropout)
 
     @property
     def feature_dim(self) -> int:
@@ -174,17 +171,6 @@ class InceptionTimeClassifier(nn.Module):
         z = self.blocks(x.transpose(1, 2))  # (B, hidden, T)
         return z.mean(dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Classify a batch of series.
-
-        Args:
-            x: Float tensor ``(B, T, C)``.
-
-        Returns:
-            Logits ``(B, K)``.
-        """
-        return self.head(self.dropout(self.features(x)))
-
 
 def inception_time(in_dim: int, n_classes: int, **hp: Any) -> InceptionTimeClassifier:
     """Build an InceptionTime classifier.
@@ -200,15 +186,4 @@ def inception_time(in_dim: int, n_classes: int, **hp: Any) -> InceptionTimeClass
     Raises:
         ValueError: On an unknown hyper-parameter name or an invalid value.
     """
-    known = {f.name for f in dataclasses.fields(InceptionTimeConfig)}
-    unknown = sorted(set(hp) - known)
-    if unknown:
-        raise ValueError(f"unknown InceptionTimeConfig hyper-parameter(s) {unknown}; expected a subset of {sorted(known)}")
-    return InceptionTimeClassifier(in_dim, n_classes, InceptionTimeConfig(**hp))
-
-
-def _check_dims(in_dim: int, n_classes: int) -> None:
-    if in_dim < 1:
-        raise ValueError(f"in_dim must be >= 1, got {in_dim}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    return InceptionTimeClassifier(in_dim, n_classes, config_from_hp(InceptionTimeConfig, hp))

@@ -10,13 +10,14 @@ dynamic batch axis.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from training.models.base import SeriesClassifier, config_from_hp
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class LSTMConfig:
             raise ValueError(f"LSTM dropout must be in [0, 1), got {self.dropout}")
 
 
-class LSTMClassifier(nn.Module):
+class LSTMClassifier(SeriesClassifier):
     """Bi-directional LSTM classifier: ``(B, T, C)`` features -> ``(B, K)`` logits.
 
     Args:
@@ -51,11 +52,8 @@ class LSTMClassifier(nn.Module):
     """
 
     def __init__(self, in_dim: int, n_classes: int, config: LSTMConfig) -> None:
-        super().__init__()
-        _check_dims(in_dim, n_classes)
+        super().__init__(in_dim, n_classes)
         self.config = config
-        self.in_dim = in_dim
-        self.n_classes = n_classes
         self.lstm = nn.LSTM(
             input_size=in_dim,
             hidden_size=config.hidden,
@@ -65,8 +63,7 @@ class LSTMClassifier(nn.Module):
             # nn.LSTM applies dropout only between layers; with one layer it would warn.
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
-        self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(2 * config.hidden, n_classes)
+        self.add_head(2 * config.hidden, config.dropout)
 
     @property
     def feature_dim(self) -> int:
@@ -86,17 +83,6 @@ class LSTMClassifier(nn.Module):
         _, (h_n, _) = self.lstm(x)  # h_n: (layers * 2, B, hidden), last layer's pair at the end
         return torch.cat([h_n[-2], h_n[-1]], dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Classify a batch of series.
-
-        Args:
-            x: Float tensor ``(B, T, C)``.
-
-        Returns:
-            Logits ``(B, K)``.
-        """
-        return self.head(self.dropout(self.features(x)))
-
 
 def lstm(in_dim: int, n_classes: int, **hp: Any) -> LSTMClassifier:
     """Build a bi-directional LSTM classifier.
@@ -112,19 +98,4 @@ def lstm(in_dim: int, n_classes: int, **hp: Any) -> LSTMClassifier:
     Raises:
         ValueError: On an unknown hyper-parameter name or an invalid value.
     """
-    return LSTMClassifier(in_dim, n_classes, _config_from_hp(LSTMConfig, hp))
-
-
-def _check_dims(in_dim: int, n_classes: int) -> None:
-    if in_dim < 1:
-        raise ValueError(f"in_dim must be >= 1, got {in_dim}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-
-
-def _config_from_hp(cls: type[LSTMConfig], hp: dict[str, Any]) -> LSTMConfig:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(hp) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} hyper-parameter(s) {unknown}; expected a subset of {sorted(known)}")
-    return cls(**hp)
+    return LSTMClassifier(in_dim, n_classes, config_from_hp(LSTMConfig, hp))

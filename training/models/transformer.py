@@ -10,7 +10,6 @@ initialisers, which breaks dynamic quantisation of a freshly built model).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from training.models.base import SeriesClassifier, config_from_hp
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def sinusoidal_encoding(length: int, d_model: int) -> torch.Tensor:
     return pe
 
 
-class TransformerClassifier(nn.Module):
+class TransformerClassifier(SeriesClassifier):
     """Transformer-encoder classifier: ``(B, T, C)`` features -> ``(B, K)`` logits.
 
     Args:
@@ -86,14 +87,8 @@ class TransformerClassifier(nn.Module):
     """
 
     def __init__(self, in_dim: int, n_classes: int, config: TransformerConfig) -> None:
-        super().__init__()
-        if in_dim < 1:
-            raise ValueError(f"in_dim must be >= 1, got {in_dim}")
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+        super().__init__(in_dim, n_classes)
         self.config = config
-        self.in_dim = in_dim
-        self.n_classes = n_classes
         self.input_proj = nn.Linear(in_dim, config.d_model)
         self.register_buffer("position", sinusoidal_encoding(config.max_len, config.d_model), persistent=False)
         self.encoder_layers = nn.ModuleList(
@@ -108,8 +103,7 @@ class TransformerClassifier(nn.Module):
             for _ in range(config.layers)
         )
         self.norm = nn.LayerNorm(config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.d_model, n_classes)
+        self.add_head(config.d_model, config.dropout)
 
     @property
     def feature_dim(self) -> int:
@@ -130,17 +124,6 @@ class TransformerClassifier(nn.Module):
             z = layer(z)
         return self.norm(z).mean(dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Classify a batch of series.
-
-        Args:
-            x: Float tensor ``(B, T, C)``.
-
-        Returns:
-            Logits ``(B, K)``.
-        """
-        return self.head(self.dropout(self.features(x)))
-
 
 def transformer(in_dim: int, n_classes: int, **hp: Any) -> TransformerClassifier:
     """Build a Transformer-encoder classifier.
@@ -156,8 +139,4 @@ def transformer(in_dim: int, n_classes: int, **hp: Any) -> TransformerClassifier
     Raises:
         ValueError: On an unknown hyper-parameter name or an invalid value.
     """
-    known = {f.name for f in dataclasses.fields(TransformerConfig)}
-    unknown = sorted(set(hp) - known)
-    if unknown:
-        raise ValueError(f"unknown TransformerConfig hyper-parameter(s) {unknown}; expected a subset of {sorted(known)}")
-    return TransformerClassifier(in_dim, n_classes, TransformerConfig(**hp))
+    return TransformerClassifier(in_dim, n_classes, config_from_hp(TransformerConfig, hp))
