@@ -38,8 +38,12 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-"""Version of the payload layout; bumped when keys change meaning."""
+CHECKPOINT_FORMAT = 2
+"""Version of the payload layout; bumped when keys change meaning.
+
+Format 2: ResMLP ``n_layers`` counts Linear layers (the papers' 8-layer encoder is 4 residual
+blocks); format 1 counted residual blocks, so its ``model_config`` would rebuild a different network.
+"""
 
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "encoder": ("model_name", "model_config", "state_dict", "norm_stats"),
@@ -189,7 +193,7 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None, map_location: 
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        CheckpointError: If the file is not a cropmap checkpoint or has the wrong kind.
+        CheckpointError: If the file is not a cropmap checkpoint, has another format version or the wrong kind.
     """
     path = Path(path)
     if not path.is_file():
@@ -203,6 +207,12 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None, map_location: 
     if not isinstance(data, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(data).__name__}, expected a checkpoint dict")
     _check_payload(data, source=repr(str(path)))
+    found = data.get("format")
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format {found!r}; this version reads format {CHECKPOINT_FORMAT} "
+            "(format 1 counted ResMLP residual blocks as n_layers): retrain it with this version"
+        )
     if kind is not None and data["kind"] != kind:
         raise CheckpointError(f"{str(path)!r} is a {data['kind']!r} checkpoint, expected kind {kind!r}")
     return data

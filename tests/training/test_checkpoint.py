@@ -72,3 +72,11 @@ def test_load_rejects_non_checkpoint(tmp_path: Path) -> None:
     path.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(path)
+
+
+def test_load_rejects_other_format_version(tmp_path: Path) -> None:
+    """A format-1 checkpoint (ResMLP n_layers counted blocks) must not silently rebuild another network."""
+    path = save_checkpoint(tmp_path / "old.pt", kind="other", state_dict={}, format=1)
+    with pytest.raises(CheckpointError, match="has checkpoint format 1; this version reads format 2"):
+        load_checkpoint(path)
+    assert load_checkpoint(save_checkpoint(tmp_path / "new.pt", kind="other", state_dict={}))["format"] == 2
