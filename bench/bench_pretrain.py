@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import PretrainConfig, load_config  # noqa: E402
 from training.loop import ContrastiveModel, contrastive_step  # noqa: E402
+from _report import write_measured  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 PAPER_PAIRS = 14_400_000
 PAPER_EPOCHS = 100
@@ -167,8 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = "\n".join(lines)
     print(report)
     if args.write:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(report + "\n")
+        write_measured(args.write, report)
     return 0
 
 
