@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.models import build_model  # noqa: E402
 from training.models.encoder import ResMLP  # noqa: E402
+from _report import write_measured  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 PAPER_TRAIN_SERIES = 45_000
 """Training series per epoch in the papers (5,000 per class x 9 classes)."""
@@ -124,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
+        write_measured(args.out, table)
     return 0
 
 
