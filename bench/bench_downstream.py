@@ -38,38 +38,47 @@ DEFAULT_HP = {
 }
 
 
-def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, warmup: int) -> float:
-    """Median CPU seconds of this process for one training step (forward, backward, Adam).
+def clock(device: torch.device) -> float:
+    """Seconds for timing on ``device``.
 
-    CPU time rather than wall time, so that other processes sharing the cores do not inflate it; with
-    ``--threads 1`` it equals the wall time of an unloaded core.
+    CPU: this process's CPU time, so that other processes sharing the cores do not inflate it; with
+    ``--threads 1`` it equals the wall time of an unloaded core. CUDA: wall time after a synchronise.
     """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return time.process_time()
+
+
+def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, warmup: int) -> float:
+    """Median seconds (see :func:`clock`) for one training step (forward, backward, Adam)."""
+    device = x.device
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     times = []
     for i in range(warmup + steps):
-        t0 = time.process_time()
+        t0 = clock(device)
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if i >= warmup:
-            times.append(time.process_time() - t0)
+            times.append(clock(device) - t0)
     return statistics.median(times)
 
 
 @torch.no_grad()
-def time_encoder(batch: int, t: int, *, steps: int) -> tuple[float, int]:
-    """Median CPU seconds to embed ``batch`` series of ``t`` stamps with the paper's ResMLP, and its size."""
-    enc = ResMLP(12, hidden=256, n_layers=8, out_dim=256).eval()
-    x = torch.randn(batch, t, 12)
+def time_encoder(batch: int, t: int, *, steps: int, device: torch.device) -> tuple[float, int]:
+    """Median seconds to embed ``batch`` series of ``t`` stamps with the paper's ResMLP, and its size."""
+    enc = ResMLP(12, hidden=256, n_layers=8, out_dim=256).eval().to(device)
+    x = torch.randn(batch, t, 12, device=device)
     enc(x)
     times = []
     for _ in range(steps):
-        t0 = time.process_time()
+        t0 = clock(device)
         enc(x)
-        times.append(time.process_time() - t0)
+        times.append(clock(device) - t0)
     return statistics.median(times), sum(p.numel() for p in enc.parameters())
 
 
@@ -82,30 +91,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="measured steps per case")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--out", type=Path, help="write the markdown table here")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    unit = "GPU s" if device.type == "cuda" else "CPU s"
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")  # fmt: skip
     torch.manual_seed(0)
     steps_per_epoch = -(-PAPER_TRAIN_SERIES // args.batch)
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; process CPU time; batch {args.batch}, T = {args.t}, "
+        f"Machine: {machine}, torch {torch.__version__}; "
+        f"{'wall time after CUDA synchronise' if device.type == 'cuda' else 'process CPU time'}; batch {args.batch}, T = {args.t}, "
         f"{args.steps} measured steps (median) after {args.warmup} warm-up; epoch = {steps_per_epoch} steps ({PAPER_TRAIN_SERIES:,} series).",
         "",
-        "| base model | config | params (12 / 256 in) | step, 12 bands (CPU s) | step, 256-d (CPU s) | "
-        "epoch, 12 bands (CPU min) | epoch, 256-d (CPU min) | 20 epochs, 256-d (CPU h) |",
+        f"| base model | config | params (12 / 256 in) | step, 12 bands ({unit}) | step, 256-d ({unit}) | "
+        f"epoch, 12 bands ({unit[:3]} min) | epoch, 256-d ({unit[:3]} min) | 20 epochs, 256-d ({unit[:3]} h) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    y = torch.randint(0, 9, (args.batch,))
+    y = torch.randint(0, 9, (args.batch,), device=device)
     for family in args.families.split(","):
         hp = DEFAULT_HP[family]
         cells = []
         params = []
         for c in (12, 256):
-            model = build_model(family, c, 9, **hp)
+            model = build_model(family, c, 9, **hp).to(device)
             params.append(sum(p.numel() for p in model.parameters()))
-            x = torch.randn(args.batch, args.t, c)
+            x = torch.randn(args.batch, args.t, c, device=device)
             cells.append(time_steps(model, x, y, steps=args.steps, warmup=args.warmup))
             print(f"{family} in={c}: {cells[-1]:.3f} s/step", flush=True)
         hp_text = ", ".join(f"{k}={v}" for k, v in hp.items())
@@ -114,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{cells[0] * steps_per_epoch / 60:.1f} | {cells[1] * steps_per_epoch / 60:.1f} | "
             f"{cells[1] * steps_per_epoch * 20 / 3600:.1f} |"
         )
-    enc_s, enc_params = time_encoder(args.batch, args.t, steps=args.steps)
+    enc_s, enc_params = time_encoder(args.batch, args.t, steps=args.steps, device=device)
     n_val = PAPER_TRAIN_SERIES // 5
     lines += [
         "",
-        f"Frozen ResMLP encoder (n_layers=8, hidden 256, {enc_params:,} parameters): {enc_s:.3f} CPU s per {args.batch} series of {args.t} stamps "
+        f"Frozen ResMLP encoder (n_layers=8, hidden 256, {enc_params:,} parameters): {enc_s:.3f} {unit} per {args.batch} series of {args.t} stamps "
         f"({args.batch * args.t / enc_s:,.0f} stamps/s); embedding the {PAPER_TRAIN_SERIES + n_val:,} train + val "
         f"series once takes {enc_s * (PAPER_TRAIN_SERIES + n_val) / args.batch / 60:.1f} min.",
     ]
