@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import logging
 import os
 import re
@@ -62,7 +63,10 @@ def run_region(job: RegionJob) -> dict[str, Any]:
     """Classify one region on whatever process runs this (a dask worker).
 
     Stale temporaries left in the region's folder by an interrupted run are removed
-    first. Errors in the region's inputs (:class:`~cropmap.errors.CropmapError`) and
+    first. The folder itself is never removed here: after a driver dies, its running
+    tasks may go on on the cluster's workers, and a task of the new run may be writing
+    into the same folder; only the driver tidies up a failed region's empty folder
+    (:func:`_remove_if_empty`). Errors in the region's inputs (:class:`~cropmap.errors.CropmapError`) and
     I/O errors are returned as a failed result with a one-line message; any other
     exception is returned the same way with its traceback, so that one region
     cannot stop the batch and the problem is still reported in full.
@@ -84,10 +88,8 @@ def run_region(job: RegionJob) -> dict[str, Any]:
         summary = classify(job.region.stack, job.region.mask, model=job.model, out=folder / f"{job.region.name}.tif",
                            options=job.options)  # fmt: skip
     except (CropmapError, OSError) as err:
-        _remove_if_empty(folder)
         return _failed(err, time.perf_counter() - t0)
     except Exception as err:  # noqa: BLE001 - isolate the region; the traceback travels with the result
-        _remove_if_empty(folder)
         return _failed(err, time.perf_counter() - t0) | {"traceback": traceback.format_exc()}
     outputs = {Path(p).name: state_io.sha256(Path(p)) for p in summary["outputs"].values() if p is not None}
     return {
@@ -103,8 +105,15 @@ def run_region(job: RegionJob) -> dict[str, Any]:
 
 
 def _remove_if_empty(folder: Path) -> None:
+    """Remove a failed region's folder if nothing is in it (run by the driver only)."""
     if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+        try:
+            folder.rmdir()
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                raise
+            # Another run's task wrote there meanwhile, or removed it: leave the folder to it.
+            logger.info("left %s in place: %s", folder, err)
 
 
 def _failed(err: BaseException, seconds: float) -> dict[str, Any]:
@@ -123,7 +132,7 @@ def classify_many(
     workers: int | None = None,
     options: ClassifyOptions | None = None,
     progress: BatchProgress | None = None,
-    **kwargs: Any,  # noqa: ANN401
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Classify many regions with one bundle and one set of options, in parallel and resumably.
 
@@ -206,6 +215,7 @@ def classify_many(
                 if result["status"] == "done":
                     logger.info("region %s done in %.1f s", name, result["seconds"])
                 else:
+                    _remove_if_empty(out / name)
                     logger.warning("region %s failed: %s", name, result["error"])
                     if "traceback" in result:
                         logger.error("region %s: unexpected error\n%s", name, result["traceback"])
@@ -324,7 +334,7 @@ def _cluster(scheduler: str | None, workers: int | None, n_tasks: int) -> Iterat
                        f"{threads} threads per region)"), threads  # fmt: skip
 
 
-def _run(client: Any, jobs: dict[str, RegionJob]) -> Iterator[tuple[str, dict[str, Any]]]:  # noqa: ANN401
+def _run(client: Any, jobs: dict[str, RegionJob]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Submit every job and yield ``(name, result)`` as regions finish."""
     from distributed import KilledWorker, as_completed
 

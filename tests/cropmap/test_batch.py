@@ -15,14 +15,21 @@ import rasterio
 import shapely
 from click.testing import CliRunner
 from stackkit import (
-    CRS, make_values, polygon_a, polygon_b, read_json, write_bundle, write_polygons, write_stack_descriptions,
+    CRS,
+    make_values,
+    polygon_a,
+    polygon_b,
+    read_json,
+    write_bundle,
+    write_polygons,
+    write_stack_descriptions,
 )  # fmt: skip
+from test_imports import _BLOCKER
 
 import cropmap
 from cropmap._batch_state import sha256
 from cropmap.cli import main
 from cropmap.regions import ManifestError, Region, read_manifest, regions_from_pairs
-from test_imports import _BLOCKER
 
 distributed = pytest.importorskip("distributed")
 
@@ -48,7 +55,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:  # noqa: ANN401 - distributed.LocalCluster
+def cluster() -> Iterator[Any]:
     """An existing scheduler with two single-threaded worker processes, shared by the tests of this module."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as c:  # fmt: skip
@@ -60,7 +67,7 @@ def _outputs(folder: Path) -> dict[str, str]:
     return {p.name: sha256(p) for p in sorted(folder.iterdir()) if not p.name.endswith("_summary.json")}
 
 
-def _batch(runner: CliRunner, *args: object) -> Any:  # noqa: ANN401 - click.testing.Result
+def _batch(runner: CliRunner, *args: object) -> Any:
     return runner.invoke(main, ["batch", *map(str, args)])
 
 
@@ -107,7 +114,7 @@ def test_batch_cli_local_cluster(runner: CliRunner, inputs: Path, tmp_path: Path
 
 
 def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path: Path,
-                                      cluster: Any) -> None:  # noqa: ANN401  # fmt: skip
+                                      cluster: Any) -> None:  # fmt: skip
     out = tmp_path / "batch"
     res = _batch(runner, "--stack", inputs / "stacks" / "alpha.tif", "--mask", inputs / "cropland.gpkg",
                  "--stack", inputs / "stacks" / "beta.tif", "--mask", inputs / "cropland.gpkg",
@@ -127,7 +134,7 @@ def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path:
 
 
 def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
-                                                 cluster: Any) -> None:  # noqa: ANN401  # fmt: skip
+                                                 cluster: Any) -> None:  # fmt: skip
     """Kill the driver mid-batch, corrupt a finished region: the rerun recomputes exactly those, same bytes."""
     clean = tmp_path / "clean"
     calls: list[tuple[int, int]] = []
@@ -191,7 +198,7 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
 
 
 def test_batch_failing_regions_do_not_stop_others(runner: CliRunner, inputs: Path, tmp_path: Path,
-                                                  cluster: Any) -> None:  # noqa: ANN401  # fmt: skip
+                                                  cluster: Any) -> None:  # fmt: skip
     manifest = tmp_path / "regions.toml"
     manifest.write_text(textwrap.dedent(f"""
         [[regions]]
@@ -240,7 +247,7 @@ def test_batch_failing_regions_do_not_stop_others(runner: CliRunner, inputs: Pat
 
 
 def test_batch_refuses_other_settings_and_foreign_outputs(runner: CliRunner, inputs: Path, tmp_path: Path,
-                                                          cluster: Any) -> None:  # noqa: ANN401  # fmt: skip
+                                                          cluster: Any) -> None:  # fmt: skip
     out = tmp_path / "batch"
     base = ("--stack", inputs / "stacks" / "alpha.tif", "--mask", inputs / "cropland.gpkg", "--out-dir", out,
             "--model", inputs / "tiny.onnx", "--no-quicklook", "--scheduler", cluster.scheduler_address)  # fmt: skip
@@ -397,7 +404,7 @@ def test_classify_many_rejects_block_level_parallelism(inputs: Path, tmp_path: P
 
 
 def test_batch_region_season_overrides_default(inputs: Path, tmp_path: Path,
-                                               cluster: Any) -> None:  # noqa: ANN401  # fmt: skip
+                                               cluster: Any) -> None:  # fmt: skip
     manifest = _write(tmp_path / "r.json", json.dumps(
         [{"name": "alpha", "stack": str(inputs / "stacks" / "alpha.tif"), "mask": str(inputs / "cropland.gpkg"),
           "season": 2021}]))  # fmt: skip
@@ -406,3 +413,29 @@ def test_batch_region_season_overrides_default(inputs: Path, tmp_path: Path,
     assert summary["regions"][0]["season"] == 2021
     with rasterio.open(tmp_path / "o" / "alpha" / "alpha.tif") as ds:
         assert ds.tags()["cropmap_season"] == "2021"
+
+
+def test_region_task_never_removes_its_folder(inputs: Path, tmp_path: Path) -> None:
+    """A failing region task leaves its folder alone; only the driver tidies an empty one.
+
+    After a driver dies its running tasks may go on on the cluster, while the rerun's task for the same
+    region writes into the same folder: a task that removed "its" empty folder could pull the folder from
+    under the live writer (seen as a scratch file that could not be created).
+    """
+    from cropmap.batch import RegionJob, _remove_if_empty, run_region
+    from cropmap.options import ClassifyOptions
+
+    region = Region(name="alpha", stack=inputs / "garbage.tif", mask=inputs / "cropland.gpkg", season=None)
+    job = RegionJob(region=region, out_dir=tmp_path, model=inputs / "tiny.onnx", options=ClassifyOptions())
+    result = run_region(job)
+    assert result["status"] == "failed" and "GeoTIFF" in result["error"]
+    assert (tmp_path / "alpha").is_dir()
+
+    # The driver's tidy-up leaves a folder another task is writing into.
+    live = tmp_path / "alpha" / ".alpha.tif.0123abcd.scratch.tif"
+    live.write_bytes(b"in progress")
+    _remove_if_empty(tmp_path / "alpha")
+    assert live.exists()
+    live.unlink()
+    _remove_if_empty(tmp_path / "alpha")
+    assert not (tmp_path / "alpha").exists()
