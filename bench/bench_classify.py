@@ -30,14 +30,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import cropmap  # noqa: E402
-from cropmap.bundle import load_bundle  # noqa: E402
-from cropmap.mask import load_polygons, rasterize_block  # noqa: E402
-from cropmap.models import DEFAULT_BUNDLE  # noqa: E402
-from cropmap.options import DEFAULT_BATCH_SIZE  # noqa: E402
-from cropmap.stack import open_stack  # noqa: E402
-from cropmap.timegrid import fill_gaps, select_season  # noqa: E402
-from cropmap.tiling import block_shape, plan_blocks  # noqa: E402
+import cropmap
+from cropmap.bundle import load_bundle
+from cropmap.mask import load_polygons, rasterize_block
+from cropmap.models import DEFAULT_BUNDLE
+from cropmap.options import DEFAULT_BATCH_SIZE
+from cropmap.stack import open_stack
+from cropmap.tiling import block_shape, plan_blocks
+from cropmap.timegrid import fill_gaps, select_season
 
 
 def prefilled_pixels(stack: Path, mask: Path, model: Path) -> np.ndarray:

@@ -24,9 +24,10 @@ from torch import nn
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.models import build_model  # noqa: E402
-from training.models.encoder import ResMLP  # noqa: E402
-from _report import write_measured  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _report import write_measured
+
+from training.models import build_model
+from training.models.encoder import ResMLP
 
 PAPER_TRAIN_SERIES = 45_000
 """Training series per epoch in the papers (5,000 per class x 9 classes)."""

@@ -30,9 +30,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import PretrainConfig, load_config  # noqa: E402
-from training.loop import ContrastiveModel, contrastive_step  # noqa: E402
-from _report import write_measured  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _report import write_measured
+
+from training.config import PretrainConfig, load_config
+from training.loop import ContrastiveModel, contrastive_step
 
 PAPER_PAIRS = 14_400_000
 PAPER_EPOCHS = 100
@@ -93,7 +94,7 @@ def bench_step(
     n = batch * 4
     s2 = torch.from_numpy((rng.random((n, 12)) * 4000).astype(np.float32)).to(device)
     ps = torch.from_numpy((rng.random((n, 36)) * 4000).astype(np.float32)).to(device)
-    stats = lambda x: {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()}  # noqa: E731
+    stats = lambda x: {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()}
     model = ContrastiveModel(cfg, stats(s2), stats(ps)).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -26,11 +26,11 @@ import torch
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import PretrainConfig, load_config  # noqa: E402
-from training.models.encoder import Normalize, NormalizedEncoder, ResMLP, load_frozen_encoder  # noqa: E402
-from training.pretrain import load_pretrain_arrays, pretrain  # noqa: E402
-from training.probe import scene_probe  # noqa: E402
-from training.simulate import PRESETS, simulate  # noqa: E402
+from training.config import PretrainConfig, load_config
+from training.models.encoder import Normalize, NormalizedEncoder, ResMLP, load_frozen_encoder
+from training.pretrain import load_pretrain_arrays, pretrain
+from training.probe import scene_probe
+from training.simulate import PRESETS, simulate
 
 FEATURES = ("raw bands", "random ResMLP", "uni-modal (SCARF)", "bi-modal (Eq. 1)")
 COLUMNS = {

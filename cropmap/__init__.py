@@ -40,21 +40,21 @@ __all__ = [
 ]
 
 
-def classify(stack: str | Path, mask: str | Path, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
+def classify(stack: str | Path, mask: str | Path, **kwargs: Any) -> dict[str, Any]:
     """Classify a stack's cropland and write the outputs; see :func:`cropmap.pipeline.classify`."""
     from cropmap.pipeline import classify as _classify
 
     return _classify(stack, mask, **kwargs)
 
 
-def classify_array(stack: str | Path, mask: str | Path, **kwargs: Any) -> Any:  # noqa: ANN401
+def classify_array(stack: str | Path, mask: str | Path, **kwargs: Any) -> Any:
     """Classify in memory to an ``xarray.DataArray``; see :func:`cropmap.pipeline.classify_array`."""
     from cropmap.pipeline import classify_array as _classify_array
 
     return _classify_array(stack, mask, **kwargs)
 
 
-def classify_many(regions: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
+def classify_many(regions: Any, **kwargs: Any) -> dict[str, Any]:
     """Classify many regions in parallel on dask.distributed, resumably; see :func:`cropmap.batch.classify_many`."""
     from cropmap.batch import classify_many as _classify_many
 

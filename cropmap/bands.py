@@ -30,8 +30,7 @@ def canonical_band(name: str) -> str:
     """
     key = name.strip().upper()
     for prefix in ("S2-L2A-", "S2-L1C-", "S2_", "S2-"):
-        if key.startswith(prefix):
-            key = key[len(prefix) :]
+        key = key.removeprefix(prefix)
     if key in S2_BANDS:
         return key
     if key in _ALIASES:

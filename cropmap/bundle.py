@@ -24,6 +24,7 @@ versions it does not know.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import re
@@ -227,7 +228,7 @@ class BundleMetadata:
         if self.reflectance_scale <= 0:
             raise BundleError(f"reflectance_scale is {self.reflectance_scale}; expected > 0")
         pos = self.time_grid.day_of_season
-        if not pos or any(b <= a for a, b in zip(pos, pos[1:])) or pos[0] < 0 or pos[-1] >= 366:
+        if not pos or any(b <= a for a, b in itertools.pairwise(pos)) or pos[0] < 0 or pos[-1] >= 366:
             raise BundleError(f"time_grid.day_of_season {pos} must be strictly increasing within [0, 366)")
         self.time_grid.season_start_month_day()
         if not 1 <= self.min_valid_steps <= len(pos):
@@ -244,7 +245,7 @@ class BundleMetadata:
                 raise BundleError(f"class {c.name!r} colour is {c.color!r}; expected '#RRGGBB'")
 
 
-def _build(kind: type, value: Any, where: str) -> Any:  # noqa: ANN401 - returns an instance of `kind`
+def _build(kind: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise BundleError(f"bundle metadata {where} is {type(value).__name__}; expected an object")
     names = set(kind.__dataclass_fields__)
@@ -269,7 +270,7 @@ class Bundle:
     session: Any  # onnxruntime.InferenceSession; typed loosely to keep import cheap
     providers: tuple[str, ...]
 
-    def run(self, x: Any, *, embedding: bool = False) -> Any:  # noqa: ANN401
+    def run(self, x: Any, *, embedding: bool = False) -> Any:
         """Run the graph on a float32 ``(B, T, C)`` array.
 
         Returns:
@@ -324,7 +325,7 @@ def load_bundle(
     providers = tuple(providers or ("CPUExecutionProvider",))
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
-    except Exception as err:  # noqa: BLE001 - ORT raises several private types for unreadable models
+    except Exception as err:
         raise BundleError(f"{path} is not a readable ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") from err
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
@@ -338,7 +339,7 @@ def load_bundle(
     return Bundle(path=path, metadata=meta, session=session, providers=providers)
 
 
-def _check_graph(session: Any, meta: BundleMetadata, path: Path) -> None:  # noqa: ANN401
+def _check_graph(session: Any, meta: BundleMetadata, path: Path) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if meta.input_name not in inputs:

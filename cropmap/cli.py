@@ -71,7 +71,7 @@ def main() -> None:
 @click.option("-q", "--quiet", count=True, help="Less log output.")
 def classify(
     stack: Path, mask: Path, model: Path | None, out: Path | None, no_quicklook: bool, verbose: int, quiet: int,
-    **option_values: Any,  # noqa: ANN401
+    **option_values: Any,
 ) -> None:
     """Classify the cropland pixels of a Sentinel-2 time STACK.
 
@@ -157,7 +157,7 @@ BATCH_FAILED_EXIT = 3
 def batch(
     regions: Path | None, stacks: tuple[Path, ...], masks: tuple[Path, ...], out_dir: Path, model: Path | None,
     scheduler: str | None, workers: int | None, no_quicklook: bool, verbose: int, quiet: int,
-    **option_values: Any,  # noqa: ANN401
+    **option_values: Any,
 ) -> None:
     """Classify many regions in parallel, resumably.
 

@@ -85,7 +85,7 @@ class ClassifyOptions:
             raise ValueError("threads applies to the local scheduler only; with a scheduler address, size the cluster")
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> ClassifyOptions:  # noqa: ANN401
+    def from_kwargs(cls, **kwargs: Any) -> ClassifyOptions:
         """Build options from keyword arguments, rejecting unknown names.
 
         Raises:

@@ -141,7 +141,7 @@ def pixel_area_m2(stack: Stack) -> np.ndarray:
     geod = Geod(ellps="WGS84")
     out = np.empty(stack.height, dtype=np.float64)
     for r in range(stack.height):
-        xs, ys = zip(*(tf @ (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))))
+        xs, ys = zip(*(tf @ (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))), strict=True)
         out[r] = abs(geod.polygon_area_perimeter(xs, ys)[0])
     return out
 
@@ -180,7 +180,7 @@ def classify(
     out: str | Path | None = None,
     options: ClassifyOptions | None = None,
     progress: ProgressCallback | None = None,
-    **kwargs: Any,  # noqa: ANN401
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Classify the cropland of a Sentinel-2 stack and write the outputs.
 
@@ -203,7 +203,14 @@ def classify(
     from cropmap import __version__
     from cropmap.quicklook import write_quicklook
     from cropmap.writer import (
-        MAP_NODATA, BlockRaster, Staging, check_outputs, colormap, output_paths, write_aux_xml, write_qml,
+        MAP_NODATA,
+        BlockRaster,
+        Staging,
+        check_outputs,
+        colormap,
+        output_paths,
+        write_aux_xml,
+        write_qml,
     )  # fmt: skip
 
     t_start = time.perf_counter()
@@ -268,7 +275,7 @@ def classify(
         finally:
             for r in rasters.values():
                 r.close()
-        area_ha = {int(c): float(a) / 1e4 for c, a in zip(tally.codes, tally.area_m2)}
+        area_ha = {int(c): float(a) / 1e4 for c, a in zip(tally.codes, tally.area_m2, strict=True)}
         if paths.quicklook is not None:
             cog_tmp = staging.staged(paths.map)
             write_quicklook(
@@ -290,7 +297,7 @@ def classify(
 def _summary(
     plan: _Plan,
     tally: _Tally,
-    paths: Any,  # noqa: ANN401 - writer.OutputPaths
+    paths: Any,
     opts: ClassifyOptions,
     write_s: float,
     total_s: float,
@@ -300,7 +307,7 @@ def _summary(
     total = st.height * st.width
     classes = [
         {"code": c.code, "name": c.name, "color": c.color, "pixels": int(n), "area_ha": round(float(a) / 1e4, 4)}
-        for c, n, a in zip(meta.classes, tally.pixels, tally.area_m2)
+        for c, n, a in zip(meta.classes, tally.pixels, tally.area_m2, strict=True)
     ]
     assert st.scale is not None
     nodata_note = (
@@ -387,8 +394,8 @@ def classify_array(
     model: str | Path | None = None,
     options: ClassifyOptions | None = None,
     progress: ProgressCallback | None = None,
-    **kwargs: Any,  # noqa: ANN401
-) -> Any:  # noqa: ANN401 - xarray.DataArray (xarray is imported lazily)
+    **kwargs: Any,
+) -> Any:
     """Classify in memory and return the class map as an ``xarray.DataArray``.
 
     The result has dims ``("y", "x")`` with pixel-centre coordinates, uint8 class

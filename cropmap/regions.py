@@ -118,7 +118,7 @@ def regions_from_pairs(stacks: Sequence[str | Path], masks: Sequence[str | Path]
             f"got {len(stacks)} --stack and {len(masks)} --mask; expected one --mask for each --stack, in order"
         )
     regions = []
-    for i, (stack, mask) in enumerate(zip(stacks, masks), start=1):
+    for i, (stack, mask) in enumerate(zip(stacks, masks, strict=True), start=1):
         s = Path(stack).expanduser()
         name = s.name if s.suffix.lower() not in (".tif", ".tiff") else s.stem
         row = {"name": name, "stack": str(stack), "mask": str(mask)}
@@ -170,7 +170,7 @@ def as_regions(items: Iterable[Region | Mapping[str, Any]]) -> list[Region]:
     return out
 
 
-def _toml_module(path: Path) -> Any:  # noqa: ANN401 - tomllib or its backport tomli
+def _toml_module(path: Path) -> Any:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -197,14 +197,14 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
         i = reader.line_num
         if None in raw:
             raise ManifestError(f"manifest {path}, line {i}: more cells than the {len(header)} header columns")
-        cells = {h: (v or "").strip() for h, v in zip(header, raw.values())}
+        cells = {h: (v or "").strip() for h, v in zip(header, raw.values(), strict=True)}
         if not any(cells.values()):
             continue
         rows.append((f"line {i}", {k: v for k, v in cells.items() if v != ""}))
     return rows
 
 
-def _table_rows(path: Path, doc: Any, *, top: str) -> list[tuple[str, dict[str, Any]]]:  # noqa: ANN401
+def _table_rows(path: Path, doc: Any, *, top: str) -> list[tuple[str, dict[str, Any]]]:
     if not isinstance(doc, dict) or set(doc) != {"regions"}:
         found = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
         raise ManifestError(f"manifest {path} holds {found}; expected {top} with keys {', '.join(REQUIRED_KEYS)}")

@@ -323,7 +323,7 @@ def _check_tags_agree(path: Path, pairs: list[tuple[dt.date, str]], tags: dict[s
 
 def _common_bands(path: Path, per_date: list[list[str]], labels: list[str]) -> tuple[str, ...]:
     common = [b for b in per_date[0] if all(b in names for names in per_date)]
-    for names, label in zip(per_date, labels):
+    for names, label in zip(per_date, labels, strict=True):
         partial = [b for b in names if b not in common]
         if partial:
             logger.info("%s: band(s) %s at %s are not present at every date and are ignored", path, partial, label)

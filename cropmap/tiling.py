@@ -82,7 +82,7 @@ def block_shape(
         if fits < want:
             want, shrink = max(1, fits), True
     sides = []
-    for tile, size in zip(tile_shape, raster_shape):
+    for tile, size in zip(tile_shape, raster_shape, strict=True):
         tile = max(1, min(tile, size))
         # Round up to whole tiles, or down when shrinking to fit the memory budget.
         tiles = max(1, want // tile) if shrink else math.ceil(want / tile)
@@ -156,7 +156,7 @@ def make_executor(
     return Executor(workers=n, intra_op_threads=max(1, cores // n), scheduler=None)
 
 
-def _client(address: str) -> Any:  # noqa: ANN401 - distributed.Client
+def _client(address: str) -> Any:
     from distributed import Client
 
     return Client(address, timeout="10s", set_as_default=False)

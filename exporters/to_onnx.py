@@ -288,7 +288,7 @@ def save_classifier(
     if isinstance(encoder, NormalizedEncoder):
         raise ValueError("save the bare encoder (NormalizedEncoder.encoder) and its norm_stats")
     metadata.validate()
-    in_dim = int(getattr(encoder, "out_dim")) if encoder is not None else metadata.n_bands
+    in_dim = int(encoder.out_dim) if encoder is not None else metadata.n_bands
     payload: dict[str, Any] = {
         "kind": CLASSIFIER_KIND,
         "model_name": base_model_name,
@@ -301,7 +301,7 @@ def save_classifier(
         if encoder is None
         else {
             "model_name": encoder_name,
-            "model_config": dict(getattr(encoder, "config")),
+            "model_config": dict(encoder.config),
             "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
         },
         "bundle_metadata": metadata.to_json(),

@@ -21,7 +21,7 @@ def n_corrupted(n_features: int, rate: float) -> int:
     """Number of features replaced per sample: ``round(rate * n_features)`` (e.g. 2 of 12 at 20 %)."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"corruption rate must be in [0, 1], got {rate}")
-    return int(round(rate * n_features))
+    return round(rate * n_features)
 
 
 def scarf_corrupt(

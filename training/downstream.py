@@ -218,7 +218,7 @@ def train_run(
     model.to(device)
     if front is not None:
         front.to(device).eval()
-    n_classes = int(getattr(model, "n_classes"))
+    n_classes = int(model.n_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     total = max(1, steps_per_epoch * epochs)

@@ -275,7 +275,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             }
         if "bimodal" in methods and "supervised" in methods:
             i, j = methods.index("bimodal"), methods.index("supervised")
-            entry["bimodal_vs_supervised_wins"] = [int(round(wins[i, j] * counts[i, j])), int(counts[i, j])]
+            entry["bimodal_vs_supervised_wins"] = [round(wins[i, j] * counts[i, j]), int(counts[i, j])]
         out[f"{task}/{family}"] = entry
     return out
 
@@ -374,7 +374,7 @@ def plot_gains(task: str, entries: list[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(data) + 1.0), 4.0))
     if data:
         box = ax.boxplot(data, patch_artist=True)
-        for patch, colour in zip(box["boxes"], colours):
+        for patch, colour in zip(box["boxes"], colours, strict=True):
             patch.set_facecolor(colour)
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
     else:

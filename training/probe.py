@@ -284,7 +284,7 @@ def per_date_probe(
     yb = torch.zeros(n_stamps, size, dtype=torch.long)
     wb = torch.zeros(n_stamps, size)
     xs_val = []
-    for s, (i_fit, i_val) in enumerate(zip(g_fit, g_val)):
+    for s, (i_fit, i_val) in enumerate(zip(g_fit, g_val, strict=True)):
         a, b = _standardize(f_fit[i_fit].float(), f_val[i_val].float())
         xb[s, : len(i_fit)], yb[s, : len(i_fit)], wb[s, : len(i_fit)] = a, y_fit[i_fit], 1.0 / len(i_fit)
         xs_val.append(b)
@@ -305,7 +305,7 @@ def per_date_probe(
     opt.step(closure)
     lin, knn = [], []
     with torch.no_grad():
-        for s, (i_fit, i_val) in enumerate(zip(g_fit, g_val)):
+        for s, (i_fit, i_val) in enumerate(zip(g_fit, g_val, strict=True)):
             lin.append(score((xs_val[s] @ w[s] + bias[s]).argmax(dim=1), y_val[i_val], metric))
             args = (f_fit[i_fit], y_fit[i_fit], f_val[i_val], y_val[i_val])
             knn.append(knn_accuracy(*args, k=k, metric=metric))

@@ -168,7 +168,7 @@ def split_by_parcel(labels: np.ndarray, val_fraction: float, seed: int) -> tuple
     train, val = [], []
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_val = min(int(round(val_fraction * len(idx))), len(idx) - 1)
+        n_val = min(round(val_fraction * len(idx)), len(idx) - 1)
         val.extend(idx[:n_val].tolist())
         train.extend(idx[n_val:].tolist())
     return np.sort(train), np.sort(val)

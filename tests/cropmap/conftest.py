@@ -10,7 +10,17 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 from stackkit import (
-    CRS, DATES, HEIGHT, STACK_BANDS, WIDTH, make_values, polygon_a, polygon_b, profile, write_bundle, write_polygons,
+    CRS,
+    DATES,
+    HEIGHT,
+    STACK_BANDS,
+    WIDTH,
+    make_values,
+    polygon_a,
+    polygon_b,
+    profile,
+    write_bundle,
+    write_polygons,
     write_stack_descriptions,
 )  # fmt: skip
 
@@ -90,7 +100,7 @@ def outdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _reset_cropmap_logging() -> Any:  # noqa: ANN401
+def _reset_cropmap_logging() -> Any:
     """The CLI configures the `cropmap` logger for its process; undo it between tests."""
     import logging
 

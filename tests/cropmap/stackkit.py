@@ -61,7 +61,7 @@ def profile(count: int) -> dict[str, Any]:
 
 
 def write_stack_descriptions(path: Path, values: np.ndarray, *, tags: dict[str, str] | None = None,
-                             bands: tuple[str, ...] = STACK_BANDS, **kw: Any) -> Path:  # noqa: ANN401
+                             bands: tuple[str, ...] = STACK_BANDS, **kw: Any) -> Path:
     """Time-major stack with ``YYYY-MM-DD_Bxx`` band descriptions (``bands`` names the bands of ``values``)."""
     s, c = values.shape[:2]
     prof = profile(s * c) | kw
@@ -94,7 +94,7 @@ def write_polygons(path: Path, geoms: list[shapely.Geometry], crs: str | None, l
     return path
 
 
-def base_metadata(**overrides: Any) -> BundleMetadata:  # noqa: ANN401
+def base_metadata(**overrides: Any) -> BundleMetadata:
     meta = BundleMetadata(
         schema_version=1, model_name="tiny_linear", input_name="x", output_name="logits", bands=MODEL_BANDS,
         reflectance_scale=10000.0, nodata=65535.0,

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from stackkit import CRS, HEIGHT, TRANSFORM, WIDTH, polygon_a, write_bundle, write_polygons, write_stack_descriptions
+from stackkit import (
+    CRS,
+    HEIGHT,
+    TRANSFORM,
+    WIDTH,
+    polygon_a,
+    write_bundle,
+    write_polygons,
+    write_stack_descriptions,
+)
 
 from cropmap.cli import main
 

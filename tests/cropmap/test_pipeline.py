@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 import rasterio
 from stackkit import (
-    CLASSES, HEIGHT, NODATA, STACK_BANDS, TRANSFORM, WIDTH, base_metadata, expected_classes, inside_mask, read_json,
-    write_bundle, write_stack_descriptions,
+    CLASSES,
+    HEIGHT,
+    NODATA,
+    STACK_BANDS,
+    TRANSFORM,
+    WIDTH,
+    base_metadata,
+    expected_classes,
+    inside_mask,
+    read_json,
+    write_bundle,
+    write_stack_descriptions,
 )  # fmt: skip
 
 import cropmap

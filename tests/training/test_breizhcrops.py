@@ -87,7 +87,7 @@ def test_classmapping_and_split_ids() -> None:
 def test_unknown_crop_codes_raise_or_are_skipped(data_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
     classes = pd.read_csv(data_copy / "classmapping.csv")
     classes[classes.nutzcode != 422].to_csv(data_copy / "classmapping.csv", index=False)
-    with pytest.raises(UnknownCropCodeError, match="crop code 422 is not in classmapping.csv"):
+    with pytest.raises(UnknownCropCodeError, match=r"crop code 422 is not in classmapping\.csv"):
         read_parcels(data_copy)
     with caplog.at_level(logging.INFO, logger="training.data.breizhcrops"):
         parcels = read_parcels(data_copy, on_unknown_code="skip")

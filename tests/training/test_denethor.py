@@ -32,7 +32,7 @@ def test_read_scene_exposes_grid_dates_and_labels(sim_scene_dir: Path) -> None:
     assert scene.transform.a == pytest.approx(10.0) and scene.transform.e == pytest.approx(-10.0)
     assert (scene.transform.c, scene.transform.f) == (scene.bbox[0], scene.bbox[3])
     prob = scene.cloud_probability()
-    assert prob.dtype == np.float32 and 0.0 <= prob.min() and prob.max() <= 1.0
+    assert prob.dtype == np.float32 and prob.min() >= 0.0 and prob.max() <= 1.0
     assert len(scene.class_names) == 9 and scene.class_names[0] == "Wheat"
     labels = gpd.read_file(sim_scene_dir / "scene_a" / "labels.geojson")
     assert set(scene.field_ids) <= set(labels.field_id)

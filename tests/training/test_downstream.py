@@ -82,7 +82,7 @@ def test_task_data_validates_shapes_and_labels() -> None:
 def test_train_run_learns_a_separable_task(family: str) -> None:
     data = _toy_task()
     stats = compute_norm_stats(data.x_train)
-    norm = lambda a: torch.from_numpy((a - np.array(stats["mean"])) / np.array(stats["std"])).float()  # noqa: E731
+    norm = lambda a: torch.from_numpy((a - np.array(stats["mean"])) / np.array(stats["std"])).float()
     hp = {"lstm": {"hidden": 16, "layers": 2}, "inception_time": {"layers": 2, "hidden": 16, "kernel": 8},
           "transformer": {"d_model": 16, "heads": 2, "layers": 2}}[family]  # fmt: skip
     torch.manual_seed(0)
@@ -177,7 +177,7 @@ def test_run_comparison_writes_results_and_resumes(tmp_path: Path, cache_gb: flo
     assert len(redone) == len(lines)
     assert json.loads(redone[-1])["val_accuracy"] == json.loads(lines[-1])["val_accuracy"]  # seeded
     # Another set-up in the same file is refused.
-    with pytest.raises(ValueError, match="another set-up.*epochs: stored 1, now 2"):
+    with pytest.raises(ValueError, match=r"another set-up.*epochs: stored 1, now 2"):
         run_comparison(dataclass_replace(cfg, epochs=2), data, encoders, out, show_progress=False)
 
 

@@ -71,7 +71,7 @@ def test_win_matrix_counts_strict_wins_per_variant_and_rate() -> None:
     # Variant 1: sup 0.80; uni 0.90 / 0.70; bi 0.85 / 0.75.
     for v, sup, uni, bi in [(0, 0.5, (0.4, 0.6), (0.7, 0.5)), (1, 0.8, (0.9, 0.7), (0.85, 0.75))]:
         recs.append(_rec("1", "lstm", v, "supervised", None, sup))
-        for c, u, b in zip((0.2, 0.6), uni, bi):
+        for c, u, b in zip((0.2, 0.6), uni, bi, strict=True):
             recs.append(_rec("1", "lstm", v, "unimodal", c, u))
             recs.append(_rec("1", "lstm", v, "bimodal", c, b))
     scores = experiment_scores(recs)

@@ -28,7 +28,7 @@ def test_build_model_unknown_name_lists_choices() -> None:
 
 @pytest.mark.parametrize("name", sorted(SMALL_HP))
 def test_build_model_unknown_hyperparameter_raises(name: str) -> None:
-    with pytest.raises(ValueError, match="unknown .*Config hyper-parameter.*'lr'"):
+    with pytest.raises(ValueError, match=r"unknown .*Config hyper-parameter.*'lr'"):
         build_model(name, 12, 9, lr=1e-3)
 
 

@@ -57,7 +57,7 @@ def test_simulate_is_deterministic_per_seed(tmp_path: Path) -> None:
     a = simulate(tmp_path / "a", MICRO)
     b = simulate(tmp_path / "b", MICRO)
     c = simulate(tmp_path / "c", SimulationConfig(**{**MICRO.__dict__, "seed": 4}))
-    load = lambda p: np.load(p / "s2" / "bands.npy")  # noqa: E731
+    load = lambda p: np.load(p / "s2" / "bands.npy")
     np.testing.assert_array_equal(load(a["scene_a"]), load(b["scene_a"]))
     assert not np.array_equal(load(a["scene_a"]), load(c["scene_a"]))
     assert not np.array_equal(load(a["scene_a"]), load(a["scene_b"]))

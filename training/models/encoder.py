@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ENCODERS",
-    "NormalizedEncoder",
     "Normalize",
+    "NormalizedEncoder",
     "Projector",
     "ResMLP",
     "TimeWiseEncoder",
@@ -325,13 +325,13 @@ class NormalizedEncoder(nn.Module):
 
     def __init__(self, normalize: Normalize, encoder: nn.Module, *, frozen: bool = False) -> None:
         super().__init__()
-        in_dim = int(getattr(encoder, "in_dim"))
+        in_dim = int(encoder.in_dim)
         if normalize.n_features != in_dim:
             raise ValueError(f"Normalize has {normalize.n_features} features but the encoder expects {in_dim}")
         self.normalize = normalize
         self.encoder = encoder
         self.in_dim = in_dim
-        self.out_dim = int(getattr(encoder, "out_dim"))
+        self.out_dim = int(encoder.out_dim)
         self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
@@ -364,16 +364,16 @@ def save_encoder(
     if isinstance(encoder, NormalizedEncoder):
         encoder = encoder.encoder
     name = _encoder_name(encoder)
-    stats = validate_norm_stats(norm_stats, n_features=int(getattr(encoder, "in_dim")))
+    stats = validate_norm_stats(norm_stats, n_features=int(encoder.in_dim))
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     payload = {
         "kind": "encoder",
         "model_name": name,
-        "model_config": dict(getattr(encoder, "config")),
+        "model_config": dict(encoder.config),
         "state_dict": state,
         "norm_stats": stats,
-        "in_dim": int(getattr(encoder, "in_dim")),
-        "out_dim": int(getattr(encoder, "out_dim")),
+        "in_dim": int(encoder.in_dim),
+        "out_dim": int(encoder.out_dim),
     }
     clash = sorted(set(payload) & set(provenance))
     if clash:
@@ -405,7 +405,7 @@ def load_frozen_encoder(path: str | Path, *, map_location: str | torch.device = 
         encoder.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(f"weights in {str(path)!r} do not match {ckpt['model_name']!r}: {err}") from err
-    stats = validate_norm_stats(ckpt["norm_stats"], n_features=int(getattr(encoder, "in_dim")))
+    stats = validate_norm_stats(ckpt["norm_stats"], n_features=int(encoder.in_dim))
     model = NormalizedEncoder(Normalize(stats["mean"], stats["std"]), encoder, frozen=True)
     model.to(map_location)
     logger.info("loaded frozen %s encoder (%d -> %d) from %s", ckpt["model_name"], model.in_dim, model.out_dim, path)
