@@ -245,7 +245,7 @@ class BundleMetadata:
                 raise BundleError(f"class {c.name!r} colour is {c.color!r}; expected '#RRGGBB'")
 
 
-def _build(kind: type, value: Any, where: str) -> Any:
+def _build(kind: type, value: Any, where: str) -> Any:  # returns an instance of `kind`
     if not isinstance(value, dict):
         raise BundleError(f"bundle metadata {where} is {type(value).__name__}; expected an object")
     names = set(kind.__dataclass_fields__)
@@ -325,7 +325,7 @@ def load_bundle(
     providers = tuple(providers or ("CPUExecutionProvider",))
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
-    except Exception as err:
+    except Exception as err:  # ORT raises several private types for unreadable models
         raise BundleError(f"{path} is not a readable ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") from err
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:

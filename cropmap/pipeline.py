@@ -297,7 +297,7 @@ def classify(
 def _summary(
     plan: _Plan,
     tally: _Tally,
-    paths: Any,
+    paths: Any,  # writer.OutputPaths
     opts: ClassifyOptions,
     write_s: float,
     total_s: float,
@@ -395,7 +395,7 @@ def classify_array(
     options: ClassifyOptions | None = None,
     progress: ProgressCallback | None = None,
     **kwargs: Any,
-) -> Any:
+) -> Any:  # xarray.DataArray (xarray is imported lazily)
     """Classify in memory and return the class map as an ``xarray.DataArray``.
 
     The result has dims ``("y", "x")`` with pixel-centre coordinates, uint8 class

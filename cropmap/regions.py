@@ -170,7 +170,7 @@ def as_regions(items: Iterable[Region | Mapping[str, Any]]) -> list[Region]:
     return out
 
 
-def _toml_module(path: Path) -> Any:
+def _toml_module(path: Path) -> Any:  # tomllib or its backport tomli
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10

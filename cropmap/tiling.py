@@ -156,7 +156,7 @@ def make_executor(
     return Executor(workers=n, intra_op_threads=max(1, cores // n), scheduler=None)
 
 
-def _client(address: str) -> Any:
+def _client(address: str) -> Any:  # distributed.Client
     from distributed import Client
 
     return Client(address, timeout="10s", set_as_default=False)

@@ -130,7 +130,7 @@ CROPS: dict[str, CropModel] = {
         90, 400, 10, 10, 400, 0.35, 0.9, -2, 0.41, 1.02, 0.09, 0.04, 4, 0.2, 5, cuts=(138, 178, 220, 262)
     ),
 }
-assert tuple(CROPS) == CROP_NAMES
+assert tuple(CROPS) == CROP_NAMES  # internal invariant
 
 _BACKGROUND_FOREST, _BACKGROUND_URBAN, _BACKGROUND_MARGIN = 1, 2, 3
 

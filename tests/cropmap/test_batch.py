@@ -55,7 +55,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
+def cluster() -> Iterator[Any]:  # distributed.LocalCluster
     """An existing scheduler with two single-threaded worker processes, shared by the tests of this module."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as c:  # fmt: skip
@@ -67,7 +67,7 @@ def _outputs(folder: Path) -> dict[str, str]:
     return {p.name: sha256(p) for p in sorted(folder.iterdir()) if not p.name.endswith("_summary.json")}
 
 
-def _batch(runner: CliRunner, *args: object) -> Any:
+def _batch(runner: CliRunner, *args: object) -> Any:  # click.testing.Result
     return runner.invoke(main, ["batch", *map(str, args)])
 
 

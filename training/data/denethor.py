@@ -136,7 +136,7 @@ def _find(root: Path, names: Sequence[str]) -> Path:
 def _load_pickle(path: Path) -> Any:
     try:
         with open(path, "rb") as fh:
-            return pickle.load(fh)
+            return pickle.load(fh)  # the user's own dataset files
     except ModuleNotFoundError as err:
         raise ValueError(
             f"{path} was pickled with objects of the {err.name!r} package, which is not installed; "
