@@ -23,6 +23,7 @@ fi
 
 SMALL=(--config training/configs/pretrain_pointwise.toml --set epochs=5 --set batch_size=512
        --set encoder.hidden=128 --set encoder.out_dim=128 --set projector.hidden=128 --set projector.out=128)
+ENC=()
 for mode in unimodal bimodal; do for c in 0.2 0.6; do
   out="$S/enc_${mode}_$c"
   if [ ! -f "$out/encoder.pt" ]; then
@@ -30,16 +31,18 @@ for mode in unimodal bimodal; do for c in 0.2 0.6; do
     python -m training.pretrain --mode "$mode" --alignment point --corruption "$c" --data "$S/sim" --out "$out" \
       "${SMALL[@]}" --set encoder.n_layers=8 --set data.pixels_per_stamp=500 --no-progress
   fi
+  ENC+=("${mode}_$c=$out/encoder.pt")
 done; done
-
-ENC=()
-for mode in unimodal bimodal; do for c in 0.2 0.6; do ENC+=("${mode}_$c=$S/enc_${mode}_$c/encoder.pt"); done; done
 log "downstream tasks 1 and 2 ($VARIANTS variants per family)"
+PIDS=()
 for task in 1 2; do
   python -m training.downstream --task "$task" --data "$S/sim" --config training/configs/downstream_cpu.toml \
     --variants "$VARIANTS" --encoders "${ENC[@]}" --out "$S/ds_$task" --no-progress > "$S/ds_$task.log" 2>&1 &
+  PIDS+=($!)
 done
-wait
+for i in 0 1; do  # a bare `wait` would return 0 even if a task failed
+  wait "${PIDS[$i]}" || { log "task $((i + 1)) failed: see $S/ds_$((i + 1)).log"; exit 1; }
+done
 
 if [ ! -f "$S/real_pixels.npz" ]; then
   log "real pixels"
