@@ -35,6 +35,31 @@ def _configure_logging(verbose: int, quiet: int) -> None:
     root.propagate = False
 
 
+def _parse_classes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        classes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        classes = ()
+    if not classes:
+        raise click.BadParameter(f"{value!r}; expected comma-separated SCL class numbers such as 3,8,9,10")
+    return classes
+
+
+def _cloud_options(f: Any) -> Any:
+    """``--cloud-band``, ``--cloud-threshold`` and ``--cloud-classes`` (fields of ClassifyOptions)."""
+    f = click.option("--cloud-classes", callback=_parse_classes, default=None, metavar="C,C,...",
+                     help="SCL classes masked as invalid (default 0,1,3,8,9,10,11: no data, saturated, cloud "
+                          "shadow, cloud medium/high probability, thin cirrus, snow).")(f)  # fmt: skip
+    f = click.option("--cloud-threshold", type=float, default=None, metavar="P",
+                     help="Cloud probability (0..1) above which an observation is masked (default 0.4).")(f)
+    f = click.option("--cloud-band", default=None, metavar="NAME",
+                     help="Band that masks clouds and shadows: SCL or a cloud probability (CLP, CLD, "
+                          "MSK_CLDPRB); default: found by name; 'none': the stack is cloud-free.")(f)  # fmt: skip
+    return f
+
+
 @click.group()
 @click.version_option(version=_version(), prog_name="cropmap")
 def main() -> None:
@@ -66,6 +91,7 @@ def main() -> None:
               help="Raw value = reflectance x X, for stacks that do not declare it (10000 for L2A DNs).")
 @click.option("--min-valid-steps", type=int, default=None, metavar="N",
               help="Fewest valid observations a pixel needs (default: the bundle's value).")
+@_cloud_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-look.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
@@ -111,6 +137,12 @@ def classify(
         f"({px['insufficient_data']:,} with too little data) in {summary['timings_s']['total']:.1f} s "
         f"({summary['throughput_cropland_px_per_s']:,.0f} px/s), season {summary['season']['year']}"
     )
+    clouds = summary["clouds"]
+    if clouds["masking"] == "on":
+        click.echo(f"clouds: {clouds['masked_observations']:,} of {clouds['observations_in_mask']:,} cropland "
+                   f"observations masked ({clouds['rule']})")  # fmt: skip
+    elif clouds["masking"] == "no cloud information":
+        click.echo("clouds: not masked - the stack has no cloud band (see the warning above)")
     for c in sorted(summary["classes"], key=lambda c: -c["area_ha"]):
         if c["pixels"]:
             click.echo(f"  {c['name']:<30} {c['area_ha']:>10.2f} ha")
@@ -151,6 +183,7 @@ BATCH_FAILED_EXIT = 3
               help="Raw value = reflectance x X, for stacks that do not declare it.")
 @click.option("--min-valid-steps", type=int, default=None, metavar="N",
               help="Fewest valid observations a pixel needs (default: the bundle's value).")
+@_cloud_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-looks.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")

@@ -56,6 +56,13 @@ class ClassifyOptions:
     """Fewest valid observations a pixel needs; ``None`` uses the bundle's value."""
     quicklook: bool = True
     """Write the PNG quick-look."""
+    cloud_band: str | None = None
+    """Band whose values mask clouds and shadows (``SCL`` or a cloud probability such as ``CLP``); ``None`` finds
+    one by name, ``"none"`` turns masking off for a stack known to be cloud-free (see :mod:`cropmap.clouds`)."""
+    cloud_threshold: float | None = None
+    """Cloud probability (0..1) above which an observation is masked; ``None``: 0.4. Probability bands only."""
+    cloud_classes: tuple[int, ...] | None = None
+    """Sen2Cor SCL classes that are masked; ``None``: 0, 1, 3, 8, 9, 10, 11. SCL bands only."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,6 +84,17 @@ class ClassifyOptions:
             rs = self.reflectance_scale
             if isinstance(rs, bool) or not isinstance(rs, (int, float)) or not math.isfinite(rs) or rs <= 0:
                 raise ValueError(f"reflectance_scale is {rs!r}; expected a positive number such as 10000")
+        if self.cloud_band is not None and (not isinstance(self.cloud_band, str) or not self.cloud_band.strip()):
+            raise ValueError(f"cloud_band is {self.cloud_band!r}; expected a band name such as SCL or CLP, or 'none'")
+        if self.cloud_threshold is not None:
+            ct = self.cloud_threshold
+            if isinstance(ct, bool) or not isinstance(ct, (int, float)) or not 0.0 <= ct < 1.0:
+                raise ValueError(f"cloud_threshold is {ct!r}; expected a probability in [0, 1) such as 0.4")
+        if self.cloud_classes is not None:
+            cc = self.cloud_classes
+            if (not isinstance(cc, tuple) or not cc
+                    or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in cc)):
+                raise ValueError(f"cloud_classes is {cc!r}; expected SCL class numbers such as (3, 8, 9, 10)")
         if self.scheduler is not None and not _SCHEDULER_RE.match(str(self.scheduler)):
             raise ValueError(f"scheduler is {self.scheduler!r}; expected an address such as tcp://10.0.0.5:8786")
         if self.scheduler is not None and self.workers is not None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cropmap.bundle import BundleMetadata, load_bundle
+from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
 from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
 from cropmap.options import ClassifyOptions
@@ -49,6 +50,7 @@ class _Plan:
     shape: tuple[int, int]
     executor: Executor
     job: BlockJob
+    cloud: CloudMask | None = None
 
 
 def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, options: ClassifyOptions) -> _Plan:
@@ -66,6 +68,10 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
         raise BundleError(f"--embedding was requested but bundle {bundle_path} has no embedding output")
     st = open_stack(_absolute(stack), reflectance_scale=options.reflectance_scale)
     st.check_bands(meta.bands)
+    cloud = resolve_cloud_mask(
+        st.bands, st.dtype, cloud_band=options.cloud_band, threshold=options.cloud_threshold,
+        classes=options.cloud_classes, where=f"stack {st.path}",
+    )  # fmt: skip
     idx, season = select_season(st.dates, meta.time_grid, options.season)
     obs = tuple(int(i) for i in idx)
     positions = tuple(meta.time_grid.position_of(st.dates[i]) for i in obs)
@@ -82,8 +88,15 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     right, bottom = st.transform @ (st.width, st.height)
     bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
     polygons = load_polygons(_absolute(mask), st.crs, bounds)
+    # Inputs are valid: now say how clouds are handled (after any error, so errors stay one line).
+    if cloud is not None:
+        logger.info("cloud masking: %s (%s)", cloud.describe(), cloud.source)
+    elif options.cloud_band is None:
+        logger.warning(no_cloud_message(f"stack {st.path}", st.bands))
+    else:
+        logger.info("cloud masking is off (--cloud-band none)")
     # float32 read (S x C) + filled series (T x C) + the model's input copy, per pixel.
-    bytes_per_pixel = 4 * meta.n_bands * (len(obs) + 2 * meta.n_timesteps)
+    bytes_per_pixel = 4 * (meta.n_bands + (cloud is not None)) * len(obs) + 8 * meta.n_bands * meta.n_timesteps
     shape = block_shape(st.tile_shape, st.shape, options.block_size, bytes_per_pixel=bytes_per_pixel)
     blocks = plan_blocks(st.shape, shape)
     items = []
@@ -98,12 +111,12 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     job = BlockJob(
         stack=st, bundle_path=bundle_path.resolve(), metadata=meta, obs=obs, positions=positions,
         min_valid=min_valid, batch_size=options.batch_size, intra_op_threads=executor.intra_op_threads,
-        confidence=options.confidence, embedding=options.embedding,
+        confidence=options.confidence, embedding=options.embedding, cloud=cloud,
     )  # fmt: skip
     return _Plan(
         stack=st, polygons=polygons, meta=meta, bundle_path=bundle_path, season=season, obs=obs,
         positions=positions, min_valid=min_valid, blocks=blocks, items=items, shape=shape,
-        executor=executor, job=job,
+        executor=executor, job=job, cloud=cloud,
     )  # fmt: skip
 
 
@@ -155,6 +168,7 @@ class _Tally:
         self.pixels = np.zeros(len(self.codes), dtype=np.int64)
         self.area_m2 = np.zeros(len(self.codes), dtype=np.float64)
         self.n_mask = self.n_classified = self.n_insufficient = 0
+        self.n_observations = self.n_cloud_masked = 0
         self.timings = {"read": 0.0, "fill": 0.0, "model": 0.0}
 
     def add(self, result: BlockResult) -> None:
@@ -162,6 +176,8 @@ class _Tally:
         self.n_mask += p.n_mask
         self.n_classified += p.n_classified
         self.n_insufficient += p.n_insufficient
+        self.n_observations += p.n_observations
+        self.n_cloud_masked += p.n_cloud_masked
         for k, v in p.timings.items():
             self.timings[k] += v
         if p.n_classified:
@@ -359,6 +375,7 @@ def _summary(
             "gap_fill": meta.gap_fill,
             "min_valid_steps": plan.min_valid,
         },
+        "clouds": _cloud_summary(plan, tally, opts),
         "pixels": {
             "total": total,
             "in_mask": tally.n_mask,
@@ -384,6 +401,30 @@ def _summary(
         "throughput_cropland_px_per_s": round(tally.n_mask / total_s, 1) if total_s > 0 else None,
         "executor": plan.executor.description,
         "options": dataclasses.asdict(opts),
+    }
+
+
+def _cloud_summary(plan: _Plan, tally: _Tally, opts: ClassifyOptions) -> dict[str, Any]:
+    """The ``clouds`` section of the summary: the masking rule and how many observations it masked."""
+    if plan.cloud is None:
+        off = opts.cloud_band is not None
+        return {
+            "masking": "off" if off else "no cloud information",
+            "band": None,
+            "masked_observations": 0,
+            "note": "--cloud-band none: the stack was declared cloud-free" if off
+            else no_cloud_message(f"stack {_absolute(plan.stack.path)}", plan.stack.bands),
+        }  # fmt: skip
+    n_obs, n_masked = tally.n_observations, tally.n_cloud_masked
+    return {
+        "masking": "on",
+        **plan.cloud.as_dict(),
+        "rule": plan.cloud.describe(),
+        "observations_in_mask": n_obs,
+        "masked_observations": n_masked,
+        "masked_share": round(n_masked / n_obs, 4) if n_obs else 0.0,
+        "note": "observations of cropland pixels with valid reflectance that the cloud band marked invalid; "
+        "they were filled along time like nodata",
     }
 
 

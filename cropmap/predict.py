@@ -18,6 +18,7 @@ import numpy as np
 import shapely
 
 from cropmap.bundle import Bundle, BundleMetadata, load_bundle
+from cropmap.clouds import CloudMask
 from cropmap.mask import rasterize_block
 from cropmap.stack import Stack
 from cropmap.tiling import Block
@@ -44,6 +45,10 @@ class BlockPrediction:
     """Pixels inside the mask with fewer valid observations than needed."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent per stage (``read``, ``fill``, ``model``)."""
+    n_observations: int = 0
+    """Observations of mask pixels with valid reflectance before cloud masking (0 when the stack has no cloud band)."""
+    n_cloud_masked: int = 0
+    """Of those, the observations masked as cloud, shadow etc. (:mod:`cropmap.clouds`)."""
 
 
 def predict_block(
@@ -161,15 +166,21 @@ class BlockJob:
     intra_op_threads: int
     confidence: bool
     embedding: bool
+    cloud: CloudMask | None = None
+    """The stack's cloud band and masking rule; ``None``: no cloud masking."""
 
     def __call__(self, item: BlockItem) -> BlockResult:
         """Read, mask and classify one block."""
         block = item.block
         t0 = time.perf_counter()
         mask = rasterize_block(item.geometries, (block.height, block.width), block.transform(self.stack.transform))
+        n_obs = n_cloud = 0
         if mask.any():
-            values = self.stack.read(block.window, self.obs, self.metadata.bands)
-            values = self.stack.to_model_units(values, self.metadata.reflectance_scale)
+            bands = [*self.metadata.bands, *([self.cloud.band] if self.cloud is not None else [])]
+            raw = self.stack.read(block.window, self.obs, bands)
+            values = self.stack.to_model_units(raw[:, : self.metadata.n_bands], self.metadata.reflectance_scale)
+            if self.cloud is not None:
+                n_obs, n_cloud = self.cloud.apply(values, raw[:, -1], mask)
         else:
             values = np.empty((len(self.obs), self.metadata.n_bands, block.height, block.width), dtype=np.float32)
         read_s = time.perf_counter() - t0
@@ -179,5 +190,6 @@ class BlockJob:
             batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,
         )  # fmt: skip
         pred.timings["read"] = read_s
+        pred.n_observations, pred.n_cloud_masked = n_obs, n_cloud
         return BlockResult(block=block, prediction=pred)
 

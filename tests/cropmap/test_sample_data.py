@@ -80,8 +80,8 @@ def _seasonal_ndvi_amplitude() -> tuple[np.ndarray, np.ndarray]:
     from cropmap.stack import open_stack
 
     st = open_stack(STACK)
-    left, top = st.transform * (0, 0)
-    right, bottom = st.transform * (st.width, st.height)
+    left, top = st.transform @ (0, 0)
+    right, bottom = st.transform @ (st.width, st.height)
     polys = load_polygons(MASK, st.crs, (left, bottom, right, top))
     inside = rasterize_block(polys.geometries, st.shape, st.transform)
     from rasterio.windows import Window
