@@ -21,18 +21,26 @@ The file is written atomically (temporary name, then rename) after
 the final path.
 
 Checkpoints (``kind="classifier"``) hold everything needed to rebuild and export a
-trained classifier: see :func:`save_classifier` / :func:`load_classifier`.
+trained classifier; :mod:`training.classifier` writes and reads them (training never
+imports this package). :mod:`exporters.best` picks the best run of a downstream run
+directory.
+
+Multi-head attention: in eval mode without gradients, ``nn.TransformerEncoderLayer`` takes
+torch's fused "fast path" (``aten::_transformer_encoder_layer_fwd``), which has no ONNX
+form; the export traces with that path switched off, so the graph holds the same
+computation spelt out in standard operators (the parity check compares it against the
+fast path).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +50,23 @@ from torch import nn
 
 from cropmap.bundle import METADATA_KEY, BundleMetadata, load_bundle
 from exporters.parity import ParityReport, check_parity
-from training.checkpoint import load_checkpoint, save_checkpoint, validate_norm_stats
-from training.models import build_model
-from training.models.encoder import Normalize, NormalizedEncoder, build_encoder
+from training.checkpoint import validate_norm_stats
+from training.classifier import CLASSIFIER_KIND, Classifier, load_classifier, save_classifier
+from training.models.encoder import Normalize, NormalizedEncoder
 
 logger = logging.getLogger(__name__)
 
-CLASSIFIER_KIND = "classifier"
-"""``kind`` of checkpoints :func:`load_classifier` reads."""
+__all__ = [
+    "CLASSIFIER_KIND",
+    "BundleGraph",
+    "Classifier",
+    "ExportError",
+    "build_graph",
+    "export_bundle",
+    "export_checkpoint",
+    "load_classifier",
+    "save_classifier",
+]
 
 DEFAULT_OPSET = 17
 
@@ -86,6 +103,29 @@ class BundleGraph(nn.Module):
             z = self.encoder(z)  # (B, T, E)
         features = self.base_model.features(z)
         return self.base_model.head(features), features
+
+
+@contextlib.contextmanager
+def _no_mha_fast_path() -> Iterator[None]:
+    """Trace multi-head attention through standard operators (see the module docstring)."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 class _LogitsOnly(nn.Module):
@@ -158,6 +198,8 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     atol: float = 1e-4,
     overwrite: bool = True,
+    calibration_data: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration_note: str = "",
 ) -> ParityReport:
     """Export a classifier as a single-file cropmap bundle and check it.
 
@@ -172,9 +214,19 @@ def export_bundle(
         opset: ONNX opset.
         atol: Parity tolerance on the logits.
         overwrite: If false, an existing ``out`` is an error.
+        calibration_data: ``(x_val, y_val)``: validation inputs, float32 ``(N, T, C)`` raw
+            gap-free series as for ``example``, and their labels as **column indices**
+            ``0..K-1`` of the logits (the position in ``metadata.classes``, not the class
+            code). A temperature is fitted on the torch logits
+            (:func:`exporters.calibration.calibrate`) and stored as ``metadata.calibration``;
+            a reliability diagram is written to ``<out stem>.reliability.png`` beside the
+            bundle. Without it, ``metadata.calibration`` is exported as given (``None``:
+            uncalibrated). Use held-out data the model was not trained on.
+        calibration_note: What the validation data are (stored in the calibration record).
 
     Returns:
-        The parity report on ``example``.
+        The parity report on ``example``; its ``calibration`` holds the fitted
+        calibration (ECE before/after) when ``calibration_data`` was given.
 
     Raises:
         ExportError: If the model does not match the metadata or the checker rejects the graph.
@@ -185,12 +237,18 @@ def export_bundle(
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+        raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    if out.exists() and not out.is_file():
+        raise ExportError(f"{out} exists and is not a file; expected an .onnx file path")
     x = torch.as_tensor(np.asarray(example, dtype=np.float32))
     if not torch.isfinite(x).all():
         raise ExportError("example input contains NaN/inf; pass gap-filled series as inference does")
     graph = build_graph(encoder=encoder, base_model=base_model, norm_stats=norm_stats)
     _check_against_metadata(graph, metadata, x)
+    calibration, cal_logits, cal_labels = None, None, None
+    if calibration_data is not None:
+        calibration, cal_logits, cal_labels = _fit_calibration(graph, metadata, calibration_data, calibration_note)
+        metadata = dataclasses.replace(metadata, calibration=calibration)
 
     module: nn.Module = graph if metadata.embedding is not None else _LogitsOnly(graph)
     outputs = [metadata.output_name] + ([metadata.embedding.output_name] if metadata.embedding else [])
@@ -200,7 +258,10 @@ def export_bundle(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # mkstemp creates the file readable by its owner only; a bundle must be readable by the Dask
+        # workers that load it, which may run as another user: give it the mode open() would.
+        os.chmod(tmp, _file_mode())
+        with torch.no_grad(), warnings.catch_warnings(), _no_mha_fast_path():
             # Tracing turns the modules' input-shape checks into constants; T and C are fixed by
             # the metadata, so that is intended. The LSTM warning concerns variable-length batches
             # without initial states; the batch axis is verified by the parity check and tests.
@@ -208,17 +269,25 @@ def export_bundle(
             warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
             # The TorchScript exporter is chosen on purpose (module docstring); torch flags it as legacy.
             warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
-            torch.onnx.export(
-                module,
-                (x[: min(len(x), 8)],),
-                str(tmp),
-                input_names=[metadata.input_name],
-                output_names=outputs,
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+            try:
+                torch.onnx.export(
+                    module,
+                    (x[: min(len(x), 8)],),
+                    str(tmp),
+                    input_names=[metadata.input_name],
+                    output_names=outputs,
+                    dynamic_axes=dynamic,
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+            except OSError:
+                raise
+            except Exception as err:  # the exporter raises many types; all mean "this graph does not export"
+                raise ExportError(
+                    f"torch.onnx cannot export the {metadata.provenance.base_model} base model with encoder "
+                    f"{metadata.provenance.encoder} at opset {opset}: {_first_line(err)}"
+                ) from err
         model = onnx.load(str(tmp))
         onnx.helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
         model.producer_name = "cropmap.exporters"
@@ -241,113 +310,50 @@ def export_bundle(
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("wrote bundle %s (%.2f MB): %s", out, out.stat().st_size / 1e6, report.summary())
+    if calibration is not None:
+        from exporters.calibration import reliability_diagram
+
+        png = out.with_suffix(".reliability.png")
+        fd, png_tmp = tempfile.mkstemp(prefix=f".{png.name}.", suffix=".png", dir=out.parent)
+        os.close(fd)
+        try:
+            reliability_diagram(cal_logits, cal_labels, calibration, png_tmp,
+                                title=f"{out.name}: reliability on {calibration.n} validation samples")  # fmt: skip
+            os.chmod(png_tmp, _file_mode())
+            os.replace(png_tmp, png)
+        finally:
+            Path(png_tmp).unlink(missing_ok=True)
+        logger.info("calibration: T = %.4g, ECE %.4f -> %.4f on %d samples; reliability diagram %s",
+                    calibration.temperature, calibration.ece_before, calibration.ece_after, calibration.n, png)  # fmt: skip
+        report = dataclasses.replace(report, calibration=calibration)
     return report
 
 
-@dataclass(frozen=True)
-class Classifier:
-    """A trained classifier rebuilt from a ``classifier`` checkpoint."""
+def _fit_calibration(
+    graph: BundleGraph, meta: BundleMetadata, data: tuple[np.ndarray, np.ndarray], note: str
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Fit temperature scaling on the torch logits of ``data = (x_val, y_val)``."""
+    from exporters.calibration import CalibrationError, calibrate
 
-    encoder: nn.Module | None
-    """Bare per-stamp encoder in eval mode (``None``: raw bands)."""
-    base_model: nn.Module
-    norm_stats: dict[str, list[float]]
-    metadata: BundleMetadata
-    parity_inputs: np.ndarray
-    """float32 ``(N, T, C)`` real inputs stored for the parity check."""
-
-
-def save_classifier(
-    path: str | Path,
-    *,
-    encoder: nn.Module | None,
-    encoder_name: str | None,
-    base_model: nn.Module,
-    base_model_name: str,
-    base_model_config: Mapping[str, Any],
-    norm_stats: Mapping[str, Sequence[float]],
-    metadata: BundleMetadata,
-    parity_inputs: np.ndarray,
-    **extra: Any,
-) -> Path:
-    """Write a ``classifier`` checkpoint that ``python -m exporters`` turns into a bundle.
-
-    Args:
-        path: Destination file.
-        encoder: The bare encoder (not a NormalizedEncoder) or ``None``.
-        encoder_name: Its builder name in :data:`training.models.encoder.ENCODERS` (``"resmlp"``).
-        base_model: The trained base model.
-        base_model_name: Its registry name (``"lstm"``); rebuilt with
-            ``build_model(name, in_dim, n_classes, **base_model_config)``.
-        base_model_config: The base model's hyper-parameters.
-        norm_stats: Raw-band statistics.
-        metadata: The bundle metadata to export with.
-        parity_inputs: float32 ``(N, T, C)`` real gap-free inputs for the parity check.
-        **extra: More payload keys (``config``, metrics, ...).
-    """
-    if isinstance(encoder, NormalizedEncoder):
-        raise ValueError("save the bare encoder (NormalizedEncoder.encoder) and its norm_stats")
-    metadata.validate()
-    in_dim = int(encoder.out_dim) if encoder is not None else metadata.n_bands
-    payload: dict[str, Any] = {
-        "kind": CLASSIFIER_KIND,
-        "model_name": base_model_name,
-        "model_config": dict(base_model_config),
-        "state_dict": {k: v.detach().cpu() for k, v in base_model.state_dict().items()},
-        "in_dim": in_dim,
-        "n_classes": len(metadata.classes),
-        "norm_stats": validate_norm_stats(norm_stats, n_features=metadata.n_bands),
-        "encoder": None
-        if encoder is None
-        else {
-            "model_name": encoder_name,
-            "model_config": dict(encoder.config),
-            "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-        },
-        "bundle_metadata": metadata.to_json(),
-        "parity_inputs": torch.as_tensor(np.asarray(parity_inputs, dtype=np.float32)),
-    }
-    payload.update(extra)
-    return save_checkpoint(path, payload)
-
-
-def load_classifier(path: str | Path) -> Classifier:
-    """Rebuild a classifier from a ``classifier`` checkpoint (eval mode).
-
-    Raises:
-        training.checkpoint.CheckpointError: If the file is not a classifier checkpoint.
-        ExportError: If the stored weights do not fit the stored architecture.
-    """
-    ckpt = load_checkpoint(path, kind=CLASSIFIER_KIND)
-    missing = [
-        k for k in ("model_config", "in_dim", "n_classes", "norm_stats", "encoder", "bundle_metadata", "parity_inputs")
-        if k not in ckpt
-    ]
-    if missing:
-        raise ExportError(f"{path}: classifier checkpoint lacks {missing}")
-    encoder = None
-    if ckpt["encoder"] is not None:
-        enc = ckpt["encoder"]
-        encoder = build_encoder(enc["model_name"], **enc["model_config"])
-        try:
-            encoder.load_state_dict(enc["state_dict"])
-        except RuntimeError as err:
-            raise ExportError(f"{path}: encoder weights do not fit {enc['model_name']!r}: {err}") from err
-        encoder.eval()
-    base = build_model(ckpt["model_name"], int(ckpt["in_dim"]), int(ckpt["n_classes"]), **ckpt["model_config"])
     try:
-        base.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ExportError(f"{path}: base-model weights do not fit {ckpt['model_name']!r}: {err}") from err
-    base.eval()
-    meta = BundleMetadata.from_json(ckpt["bundle_metadata"])
-    return Classifier(
-        encoder=encoder,
-        base_model=base,
-        norm_stats=validate_norm_stats(ckpt["norm_stats"], n_features=meta.n_bands),
-        metadata=meta,
-        parity_inputs=ckpt["parity_inputs"].numpy(),
-    )
+        x_val, y_val = data
+    except (TypeError, ValueError) as err:
+        raise ExportError("calibration_data must be a pair (x_val, y_val)") from err
+    xv = np.asarray(x_val, dtype=np.float32)
+    yv = np.asarray(y_val)
+    if xv.ndim != 3 or tuple(xv.shape[1:]) != (meta.n_timesteps, meta.n_bands):
+        raise ExportError(f"calibration x_val has shape {xv.shape}; expected (N, {meta.n_timesteps}, {meta.n_bands})")
+    if not np.isfinite(xv).all():
+        raise ExportError("calibration x_val contains NaN/inf; pass gap-filled series as inference does")
+    with torch.no_grad():
+        logits = np.concatenate(
+            [graph(torch.from_numpy(xv[i : i + 4096]))[0].double().numpy() for i in range(0, len(xv), 4096)]
+        ) if len(xv) else np.zeros((0, len(meta.classes)))  # fmt: skip
+    try:
+        cal = calibrate(logits, yv, data=note)
+    except CalibrationError as err:
+        raise ExportError(f"cannot calibrate: {err}") from err
+    return cal, logits, yv.astype(np.int64)
 
 
 def export_checkpoint(

@@ -47,7 +47,9 @@ PARCEL_COPIES = {
     "worldcereal_parcels/2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet": (
         "worldcereal/2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
     ),
-    "worldcereal_parcels/crop_type_class_mappings.csv": "worldcereal/crop_type_class_mappings.csv",
+    "worldcereal_parcels/2022_FRA_LPIS_POLY_110_monthly.geoparquet": (
+        "worldcereal/2022_FRA_LPIS_POLY_110_monthly.geoparquet"
+    ),
     "worldcereal_parcels/LICENSE_worldcereal-classification_MIT.txt": (
         "worldcereal/LICENSE_worldcereal-classification_MIT.txt"
     ),

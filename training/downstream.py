@@ -18,20 +18,27 @@ Protocol (PAPER.md section 4):
   never change). Its embeddings are computed once per encoder and kept in memory when the train and
   validation embeddings fit in ``embed_cache_gb`` (the papers' 54,000 x 144 x 256 float32 set needs
   8.0 GB); otherwise the encoder runs on every batch, still frozen.
-* Each finished run is appended to ``OUT/results.jsonl`` at once; a rerun skips finished runs, and
-  refuses to mix results produced with another set-up in the same file.
+* Each finished run writes its trained model to ``OUT/models/<run>.pt`` (a ``classifier`` checkpoint,
+  :mod:`training.classifier`: base model, frozen encoder weights and path, normalisation, classes,
+  time grid, bands, parity inputs) and then its line to ``OUT/results.jsonl`` (``"model"`` names the
+  file); ``OUT/validation_task<T>.npz`` keeps the validation series for exports. A rerun skips
+  finished runs, and refuses to mix results produced with another set-up in the same file.
+  ``python -m exporters --best OUT -o model.onnx`` exports the best run as a bundle.
 
-Task ``1`` / ``2`` read the simulated (DENETHOR-layout) scenes, task ``real`` the real WorldCereal
-parcels (supervised vs uni-modal only: there is no PlanetScope for them).
+Task ``1`` / ``2`` read the simulated (DENETHOR-layout) scenes, task ``real`` a user's labelled
+parcels (a WorldCereal extraction; supervised vs uni-modal only: there is no PlanetScope for them),
+with the legend, time grid and split of :mod:`training.data.parcels`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
 import logging
 import math
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -43,7 +50,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.config import config_to_dict, load_config
+from cropmap.bundle import ClassInfo, TimeGrid
+from training.checkpoint import CheckpointError
+from training.classifier import classifier_metadata, describe_encoder, save_classifier
+from training.config import ConfigError, config_to_dict, load_config
 from training.evaluate import confusion_matrix, metrics_from_confusion
 from training.models import MODELS, build_model
 from training.models.encoder import compute_norm_stats, load_frozen_encoder
@@ -88,7 +98,30 @@ class DownstreamConfig:
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     fill: Literal["none", "linear"] = "none"
-    """Tasks 1/2: keep cloudy observations (``none``, as in the papers) or interpolate them (``linear``)."""
+    """Tasks 1/2: keep cloudy observations (``none``, as in the papers) or interpolate them (``linear``,
+    as inference does: use it for models you will deploy)."""
+    split_seed: int = 0
+    """Seeds the train / validation split (task real; tasks 1/2 keep the data layer's field split)."""
+    split_file: Path | None = None
+    """Task real: CSV ``sample_id,split`` (``train`` / ``val``) instead of a seeded split."""
+    label_column: str = "ewoc_code"
+    """Task real: integer label column."""
+    top_classes: int = 6
+    """Task real: keep the N most frequent label codes as classes (unless ``class_map`` is given)."""
+    class_map: Path | None = None
+    """Task real: CSV ``match,name[,color]`` mapping label codes (or leading parts) to classes."""
+    grid: str = "monthly"
+    """Task real: ``monthly``, ``dekadal`` or comma-separated ``MM-DD`` stamps."""
+    season: int | None = None
+    """Task real: year the season starts in (default: the season holding most observations)."""
+    season_start: str = "11-01"
+    """Task real: season start ``MM-DD`` (tasks 1/2: the simulated calendar year, ``01-01``)."""
+    min_valid: int = 3
+    """Fewest valid observations a series needs; also the exported bundle's ``min_valid_steps``."""
+    default_variant: bool = False
+    """Also train each family with its default hyper-parameters (variant ``-1``, lr ``DEFAULT_LR``)."""
+    save_models: bool = True
+    """Write every finished run's model to ``OUT/models/`` (what ``python -m exporters --best`` reads)."""
 
     def __post_init__(self) -> None:
         for name in ("variants", "epochs", "batch_size", "n_train_per_class", "n_val_per_class", "eval_every"):
@@ -119,8 +152,18 @@ class TaskData:
     """int64 ``(M,)``."""
     class_names: tuple[str, ...]
     bands: tuple[str, ...]
+    classes: tuple[ClassInfo, ...] | None = None
+    """Codes and colours of the classes (``None``: codes 1..K, a generated palette)."""
+    time_grid: TimeGrid | None = None
+    """The grid the series lie on (needed to save deployable models)."""
+    nodata: float | None = None
+    """Nodata value of the source (informative, recorded in bundles)."""
+    description: str = ""
+    """Where the data came from, one line (recorded in bundles)."""
 
     def __post_init__(self) -> None:
+        if self.classes is not None and tuple(c.name for c in self.classes) != tuple(self.class_names):
+            raise ValueError("classes and class_names disagree")
         for name in ("x_train", "x_val"):
             arr = getattr(self, name)
             if arr.ndim != 3 or arr.shape[-1] != len(self.bands):
@@ -343,6 +386,86 @@ def _fronts(
     return fronts
 
 
+DEFAULT_LR = 1e-3
+"""Learning rate of the default-hyper-parameter variant (``default_variant``)."""
+
+VAL_INPUTS = "validation_task{task}.npz"
+"""Validation series of a task inside a run directory (exports check parity and accuracy on them)."""
+
+PARITY_ROWS = 512
+"""Validation series stored inside each model checkpoint for a stand-alone parity check."""
+
+
+def run_name(task: str, family: str, variant: int, method: str, corruption: float | None) -> str:
+    """File stem of a run's model: ``1-lstm-v3-bimodal-0.2``, ``real-transformer-default-supervised``."""
+    v = "default" if variant < 0 else f"v{variant}"
+    return f"{task}-{family}-{v}-{method}" + ("" if corruption is None else f"-{corruption:g}")
+
+
+def _palette(n: int) -> list[str]:
+    from training.data.parcels import _palette as palette
+
+    return palette(n)
+
+
+def _classes(data: TaskData) -> tuple[ClassInfo, ...]:
+    if data.classes is not None:
+        return data.classes
+    colors = _palette(len(data.class_names))
+    return tuple(ClassInfo(k + 1, n, colors[k]) for k, n in enumerate(data.class_names))
+
+
+def _save_run_model(
+    path: Path,
+    *,
+    cfg: DownstreamConfig,
+    data: TaskData,
+    family: str,
+    hp: dict[str, Any],
+    model: nn.Module,
+    method: str,
+    corruption: float | None,
+    front: nn.Module,
+    extra: dict[str, Any],
+    res: dict[str, Any],
+) -> Path:
+    """Write one run's trained model as a ``classifier`` checkpoint."""
+    assert data.time_grid is not None
+    encoder = None if method == "supervised" else front.encoder  # NormalizedEncoder -> bare encoder
+    norm_stats = front.norm_stats() if method == "supervised" else front.normalize.norm_stats()
+    pretraining = "none" if method == "supervised" else f"{method}-{corruption:g}"
+    metrics = {"val_accuracy": res["val_accuracy"], "val_macro_f1": res["macro_f1"], "val_kappa": res["kappa"],
+               "n_train": float(len(data.y_train)), "n_val": float(len(data.y_val))}  # fmt: skip
+    meta = classifier_metadata(
+        encoder=encoder, base_model=model, family=family, pretraining=pretraining, bands=data.bands,
+        time_grid=data.time_grid, classes=_classes(data), min_valid_steps=cfg.min_valid,
+        training_data=data.description or f"task {cfg.task}", metrics=metrics, nodata=data.nodata,
+    )  # fmt: skip
+    n = min(PARITY_ROWS, len(data.y_val))
+    return save_classifier(
+        path, encoder=encoder, encoder_name=describe_encoder(encoder)[0] if encoder is not None else None,
+        base_model=model.cpu(), base_model_name=family, base_model_config=hp, norm_stats=norm_stats,
+        metadata=meta, parity_inputs=data.x_val[:n], parity_labels=data.y_val[:n],
+        encoder_path=extra.get("encoder"), fill=cfg.fill if cfg.task != "real" else "linear",
+        config=config_to_dict(cfg),
+    )  # fmt: skip
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def run_comparison(
     cfg: DownstreamConfig,
     data: TaskData,
@@ -396,25 +519,29 @@ def run_comparison(
     }
     done = load_finished(results)
     _check_setup(done, setup, results)
+    save = cfg.save_models and data.time_grid is not None
+    if cfg.save_models and not save:
+        logger.warning("task data has no time grid: trained models are not saved (nothing to export)")
+    if save:
+        (out / "models").mkdir(exist_ok=True)
+        val_file = out / VAL_INPUTS.format(task=cfg.task)
+        if not val_file.is_file():
+            _write_npz(val_file, x=np.asarray(data.x_val, np.float32), y=np.asarray(data.y_val, np.int64))
     variants = {f: sample_variants(f, cfg.variants, seed=cfg.seed, storage=out / "variants.db") for f in cfg.families}
+    indices = ([-1] if cfg.default_variant else []) + list(range(cfg.variants))
     x_train = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
     x_val = torch.from_numpy(np.ascontiguousarray(data.x_val, dtype=np.float32))
     y_train = torch.from_numpy(data.y_train.astype(np.int64))
     y_val = torch.from_numpy(data.y_val.astype(np.int64))
-    n_total = (1 + len(encoders)) * len(cfg.families) * cfg.variants
+    n_total = (1 + len(encoders)) * len(cfg.families) * len(indices)
     logger.info(
         "task %s: %d train / %d val series of %d stamps x %d bands, %d classes; %d runs",
         cfg.task, len(y_train), len(y_val), x_train.shape[1], x_train.shape[2], len(data.class_names), n_total,
     )  # fmt: skip
     bar = tqdm(total=n_total, desc=f"task {cfg.task}", unit="run", disable=not show_progress)
     for method, corruption, front, extra in _fronts(data, encoders, cfg.device):
-        todo = [
-            (f, v)
-            for f in cfg.families
-            for v in range(cfg.variants)
-            if (cfg.task, f, v, method, corruption) not in done
-        ]
-        bar.update(len(cfg.families) * cfg.variants - len(todo))
+        todo = [(f, v) for f in cfg.families for v in indices if (cfg.task, f, v, method, corruption) not in done]
+        bar.update(len(cfg.families) * len(indices) - len(todo))
         if not todo:
             continue
         d = int(getattr(front, "out_dim", x_train.shape[2]))
@@ -430,7 +557,7 @@ def run_comparison(
             logger.info("%s %s: features need %.2f GB > embed_cache_gb=%.2f, encoding per batch", method, corruption, cache_gb, cfg.embed_cache_gb)
         encode_s = time.perf_counter() - t0
         for family, v in todo:
-            lr, hp = split_lr(variants[family][v])
+            lr, hp = (DEFAULT_LR, {}) if v < 0 else split_lr(variants[family][v])
             seed = run_seed(cfg.seed, cfg.task, family, v, method, corruption)
             torch.manual_seed(seed)
             model = build_model(family, d, len(data.class_names), **hp)
@@ -443,6 +570,14 @@ def run_comparison(
                 front=run_front, eval_every=cfg.eval_every, progress=epoch_bar,
             )  # fmt: skip
             epoch_bar.close()
+            seconds = time.perf_counter() - t_run
+            model_file = None
+            if save:
+                model_file = Path("models") / f"{run_name(cfg.task, family, v, method, corruption)}.pt"
+                _save_run_model(
+                    out / model_file, cfg=cfg, data=data, family=family, hp=hp, model=model, method=method,
+                    corruption=corruption, front=front, extra=extra, res=res,
+                )  # fmt: skip
             rec = {
                 **setup,
                 "family": family,
@@ -450,14 +585,16 @@ def run_comparison(
                 "method": method,
                 "corruption": corruption,
                 "hp": hp,
+                "hp_source": "defaults" if v < 0 else "sampled",
                 "lr": lr,
                 **res,
-                "seconds": time.perf_counter() - t_run,
+                "seconds": seconds,
                 "encode_seconds": encode_s,
                 "embedding_mode": mode,
                 "in_dim": d,
                 "class_names": list(data.class_names),
                 "device": cfg.device,
+                "model": None if model_file is None else model_file.as_posix(),
                 **extra,
             }
             with results.open("a") as fh:
@@ -479,70 +616,23 @@ def _check_front_frozen(front: nn.Module, method: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # task data
 # ----------------------------------------------------------------------------------------------
-REAL_SEASON_START = "11-01"
-"""Task real: season start (Nov-Oct), the calendar of the shipped Flanders stack."""
+def load_real_task(path: str | Path, cfg: DownstreamConfig) -> TaskData:
+    """A user's labelled parcels (WorldCereal extraction) as configured (:func:`training.data.parcels.load_parcels`).
 
-
-def monthly_grid(season: int, *, season_start: str = REAL_SEASON_START, months: int = 12) -> Any:
-    """A time grid of ``months`` first-of-month stamps starting at ``season_start`` of ``season``."""
-    import datetime as dt
-
-    from cropmap.bundle import TimeGrid
-
-    month, day = (int(p) for p in season_start.split("-"))
-    start = dt.date(season, month, day)
-    dates = [dt.date(season + (month - 1 + i) // 12, (month - 1 + i) % 12 + 1, day) for i in range(months)]
-    return TimeGrid(
-        season_start=season_start,
-        day_of_season=tuple((d - start).days for d in dates),
-        reference_dates=tuple(d.isoformat() for d in dates),
-    )
-
-
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class split of sample indices into (train, val).
-
-    Every class with at least two samples puts ``round(val_fraction * n)`` (at least one) samples
-    into validation; a class with one sample stays in training.
+    Parcels, not pixels: each parcel is one sample, so the split is by field.
     """
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for k in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == k))
-        n_val = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, round(val_fraction * len(idx))))
-        val.extend(idx[:n_val].tolist())
-        train.extend(idx[n_val:].tolist())
-    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+    from training.data.parcels import load_parcels
+    from training.data.worldcereal import NODATA
 
-
-def load_real_task(path: str | Path, *, season: int, val_fraction: float, seed: int, min_valid: int = 6) -> TaskData:
-    """Real WorldCereal parcels on the monthly Nov-Oct grid, coarse Flanders legend, stratified split.
-
-    Args:
-        path: A WorldCereal extraction (parquet, long or wide layout).
-        season: Calendar year in which the Nov-Oct season starts.
-        val_fraction: Share of parcels per class held out for validation.
-        seed: Split seed.
-        min_valid: Parcels with fewer valid monthly observations in the season are dropped.
-
-    Returns:
-        The split series (parcels, not pixels: each parcel is one sample, so the split is by field).
-    """
-    from training.data.worldcereal import FLANDERS_CLASSES, coarse_labels, on_time_grid, read_extraction
-
-    series = read_extraction(path)
-    gridded = on_time_grid(series, monthly_grid(season), season=season, min_valid=min_valid)
-    if not gridded.ok.any():
-        raise ValueError(f"{path}: no parcel has {min_valid} valid observations in season {season}")
-    codes = coarse_labels(gridded.labels[gridded.ok])
-    order = [c.code for c in FLANDERS_CLASSES]
-    y = np.array([order.index(int(c)) for c in codes], dtype=np.int64)
-    x = gridded.x[gridded.ok]
-    logger.info("%s: %d of %d parcels usable in season %d", path, len(y), len(gridded.ok), season)
-    tr, va = stratified_split(y, val_fraction, seed)
+    task = load_parcels(
+        path, label_column=cfg.label_column, top_classes=cfg.top_classes, class_map=cfg.class_map, grid=cfg.grid,
+        season_start=cfg.season_start, season=cfg.season, min_valid=cfg.min_valid, val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed, split_file=cfg.split_file,
+    )  # fmt: skip
     return TaskData(
-        x_train=x[tr], y_train=y[tr], x_val=x[va], y_val=y[va],
-        class_names=tuple(c.name for c in FLANDERS_CLASSES), bands=tuple(gridded.bands),
+        x_train=task.x_train, y_train=task.y_train, x_val=task.x_val, y_val=task.y_val,
+        class_names=tuple(c.name for c in task.classes), bands=task.bands, classes=task.classes,
+        time_grid=task.time_grid, nodata=float(NODATA), description=task.description,
     )  # fmt: skip
 
 
@@ -562,8 +652,16 @@ def load_sim_task(
     """
     from training.data.datasets import task_sets
     from training.data.denethor import S2_BAND_NAMES
+    from training.simulate import CROP_NAMES
 
     sets = task_sets(root, int(task), n_train, n_val, seed, fill=fill)
+    probe = TimeGrid("01-01", (0,), ())
+    dates = [d if isinstance(d, dt.date) and not isinstance(d, dt.datetime) else d.date() for d in sets.dates]
+    grid = TimeGrid("01-01", tuple(probe.position_of(d) for d in dates), tuple(d.isoformat() for d in dates))
+    colors = _palette(len(CROP_NAMES))
+    # Map values are the simulator's crop ids (position in CROP_NAMES + 1), as in its label polygons.
+    classes = tuple(ClassInfo(CROP_NAMES.index(n) + 1, n, colors[CROP_NAMES.index(n)]) for n in sets.class_names)
+    scene = "scene_a" if task == "1" else "scene_b"
     return TaskData(
         x_train=np.asarray(sets.x_train, dtype=np.float32),
         y_train=np.asarray(sets.y_train, dtype=np.int64),
@@ -571,10 +669,17 @@ def load_sim_task(
         y_val=np.asarray(sets.y_val, dtype=np.int64),
         class_names=tuple(sets.class_names),
         bands=tuple(S2_BAND_NAMES),
+        classes=classes,
+        time_grid=grid,
+        nodata=0.0,
+        description=(
+            f"simulated {scene} of {Path(root).name}: {n_train} train / {n_val} val pixels per class from "
+            f"disjoint fields, fill {fill}"
+        ),
     )
 
 
-def load_task(cfg: DownstreamConfig, *, real_season: int = 2020) -> TaskData:
+def load_task(cfg: DownstreamConfig) -> TaskData:
     """The task's data as configured (``cfg.data`` must be set)."""
     if cfg.data is None:
         raise ValueError(
@@ -584,7 +689,7 @@ def load_task(cfg: DownstreamConfig, *, real_season: int = 2020) -> TaskData:
     if not cfg.data.exists():
         raise FileNotFoundError(f"data path {str(cfg.data)!r} does not exist")
     if cfg.task == "real":
-        return load_real_task(cfg.data, season=real_season, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        return load_real_task(cfg.data, cfg)
     return load_sim_task(
         cfg.data, cfg.task, n_train=cfg.n_train_per_class, n_val=cfg.n_val_per_class, seed=cfg.seed, fill=cfg.fill
     )
@@ -604,8 +709,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", type=int, help="variants per family")
     parser.add_argument("--epochs", type=int, help="epochs per run")
     parser.add_argument("--device", choices=("cpu", "cuda"))
-    parser.add_argument("--season", type=int, default=2020, help="task real: year the Nov-Oct season starts")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (results.jsonl, variants.db)")
+    parser.add_argument("--seed", type=int, help="seed of the variants, weights and batches")
+    parser.add_argument("--default-variant", action="store_true",
+                        help="also train each family with its default hyper-parameters")  # fmt: skip
+    real = parser.add_argument_group("task real (your labelled parcels)")
+    real.add_argument("--classes", metavar="N|CSV",
+                      help="the N most frequent labels (default 6), or a class map CSV match,name[,color]")  # fmt: skip
+    real.add_argument("--label-column", help="integer label column (default ewoc_code)")
+    real.add_argument("--grid", help="time grid: monthly (default), dekadal, or comma-separated MM-DD stamps")
+    real.add_argument("--season", type=int, help="year the season starts in (default: the one with most data)")
+    real.add_argument("--season-start", help="season start MM-DD (default 11-01)")
+    real.add_argument("--split-seed", type=int, help="seed of the train/validation split (default 0)")
+    real.add_argument("--split-file", type=Path, help="CSV sample_id,split (train/val) instead of a seeded split")
+    parser.add_argument("--out", type=Path, required=True, help="run directory (results.jsonl, models/, variants.db)")
     parser.add_argument("--config", type=Path, help="TOML file with DownstreamConfig fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -614,23 +730,53 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = []
     for flag, key in (("task", "task"), ("data", "data"), ("families", "families"), ("variants", "variants"),
-                      ("epochs", "epochs"), ("device", "device")):  # fmt: skip
+                      ("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("label_column", "label_column"),
+                      ("grid", "grid"), ("season", "season"), ("season_start", "season_start"),
+                      ("split_seed", "split_seed"), ("split_file", "split_file")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.classes is not None:
+        overrides.append(f"top_classes={args.classes}" if args.classes.isdigit() else f"class_map={args.classes}")
+    if args.default_variant:
+        overrides.append("default_variant=true")
     try:
         cfg = load_config(DownstreamConfig, args.config, [*overrides, *args.set])
         encoders = [EncoderSpec.parse(e) for e in args.encoders]
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     for spec in encoders:
         if not spec.path.is_file():
             parser.error(f"encoder file {str(spec.path)!r} does not exist")
-    data = load_task(cfg, real_season=args.season)
-    results = run_comparison(cfg, data, encoders, args.out, show_progress=not args.no_progress)
-    print(f"results: {results} ({len(results.read_text().splitlines())} runs); report: python -m training.evaluate "
-          f"--results {results} --out {args.out / 'report'}")  # fmt: skip
+    for name in ("class_map", "split_file"):
+        path = getattr(cfg, name)
+        if path is not None and not path.is_file():
+            parser.error(f"{name.replace('_', ' ')} {str(path)!r} does not exist")
+    try:
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        data = load_task(cfg)
+        results = run_comparison(cfg, data, encoders, args.out, show_progress=not args.no_progress)
+    except (ValueError, CheckpointError, ConfigError, OSError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept in results.jsonl; rerun the same command to resume", file=sys.stderr)
+        return 130
+    n_runs = len(results.read_text().splitlines())
+    print(f"results: {results} ({n_runs} runs); report: python -m training.evaluate --results {results} "
+          f"--out {args.out / 'report'}; best model as a bundle: python -m exporters --best {args.out} "
+          f"-o {args.out / 'model.onnx'}")  # fmt: skip
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line; an OSError names its path and cause."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f" {err.filename!s}" if err.filename else ""
+        return f"cannot access{where}: {err.strerror}"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from training.downstream import (
     load_real_task,
     main,
     run_comparison,
-    stratified_split,
     train_run,
 )
+from training.data.parcels import stratified_split
 from training.models import build_model
 from training.models.encoder import ResMLP, compute_norm_stats, save_encoder
 
@@ -212,11 +212,18 @@ def test_stratified_split_is_seeded_disjoint_and_keeps_every_class() -> None:
 
 
 def test_real_task_reads_flanders_parcels() -> None:
-    data = load_real_task(FLANDERS, season=2020, val_fraction=0.3, seed=0)
+    cfg = DownstreamConfig(task="real", season=2020, min_valid=6, top_classes=4)
+    data = load_real_task(FLANDERS, cfg)
     assert data.x_train.shape[1:] == (12, 9) and data.bands[0] == "B02"
-    assert len(data.y_train) + len(data.y_val) == 99  # one parcel lacks 6 valid months
+    assert data.time_grid is not None and data.time_grid.reference_dates[0] == "2020-11-01"
+    # The 4 most frequent ewoc codes, named from WorldCereal's legend.
+    assert data.class_names[:2] == ("non_cropland_incl_perennial", "managed_grasslands")
+    assert len(data.y_train) + len(data.y_val) == 81  # 30 + 28 + 12 + 12 parcels, one lacks 6 valid months
     assert set(data.y_val) == set(range(4))
-    assert data.class_names[:2] == ("grassland", "maize")
+    flanders_map = REPO / "training" / "configs" / "classes_flanders.csv"
+    coarse = load_real_task(FLANDERS, DownstreamConfig(task="real", season=2020, min_valid=6, class_map=flanders_map))
+    assert coarse.class_names == ("grassland", "maize", "other arable crops", "non-cropland and perennial")
+    assert len(coarse.y_train) + len(coarse.y_val) == 99
 
 
 def test_cli_real_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,8 +244,7 @@ def test_cli_errors(tmp_path: Path) -> None:
         main(["--task", "1", "--encoders", "unimodal_0.2=missing.pt", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["--task", "1", "--set", "epochz=3", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="needs data"):
-        main(["--task", "1", "--out", str(tmp_path), "--no-progress"])
+    assert main(["--task", "1", "--out", str(tmp_path), "--no-progress"]) == 1  # no --data: one-line error
 
 
 TINY_PRETRAIN = ["--set", "epochs=1", "--set", "encoder.hidden=32", "--set", "encoder.n_layers=2",

@@ -28,7 +28,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "worldcereal"
 FLANDERS = DATA / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
 AFRICA = DATA / "test_public_extractions_africa_wide.parquet"
 PROMETHEO = DATA / "prometheo_worldcereal_dataset_wide.parquet"
-MAPPINGS = Path(__file__).resolve().parents[2] / "sample_data" / "worldcereal" / "crop_type_class_mappings.csv"
+MAPPINGS = Path(__file__).resolve().parents[2] / "training" / "data" / "crop_type_class_mappings.csv"
 
 NINE = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
 
@@ -72,13 +72,18 @@ def test_read_long_band_selection_and_errors() -> None:
         read_long(FLANDERS, label_column="crop")
 
 
-def test_read_long_rejects_ragged_series(tmp_path: Path) -> None:
+def test_read_long_puts_ragged_series_on_the_union_of_timestamps(tmp_path: Path) -> None:
     df = pd.read_parquet(FLANDERS)
-    df = df.drop(index=df.index[0])
+    first = df.sort_values(["sample_id", "timestamp"]).iloc[0]
+    df = df.drop(index=df.index[(df["sample_id"] == first["sample_id"]) & (df["timestamp"] == first["timestamp"])])
     path = tmp_path / "ragged.parquet"
     df.to_parquet(path)
-    with pytest.raises(ValueError, match="different numbers of observations"):
-        read_long(path)
+    full, ragged = read_long(FLANDERS), read_long(path)
+    assert ragged.values.shape == full.values.shape
+    row = list(ragged.sample_ids).index(str(first["sample_id"]))
+    assert np.isnan(ragged.values[row, 0]).all()  # the missing row is a gap
+    np.testing.assert_array_equal(ragged.values[row, 1:], full.values[row, 1:])
+    np.testing.assert_array_equal(ragged.dates, full.dates)
 
 
 def test_read_wide_africa_dates_and_values() -> None:

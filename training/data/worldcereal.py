@@ -152,9 +152,9 @@ def read_long(
         The series, samples sorted by ``sample_id``, observations by date.
 
     Raises:
-        ValueError: If columns are missing, samples have different numbers of
-            observations or repeated timestamps, a label varies within a sample, or
-            a requested band is missing or all nodata.
+        ValueError: If columns are missing, a sample repeats a timestamp, a label varies
+            within a sample, or a requested band is missing or all nodata. Samples that miss
+            some of the file's timestamps get gaps (NaN) there.
     """
     path = Path(path)
     df = pd.read_parquet(path)
@@ -170,16 +170,22 @@ def read_long(
     df = df.sort_values(["sample_id", "timestamp"], kind="stable")
     if df.duplicated(["sample_id", "timestamp"]).any():
         raise ValueError(f"{path}: some samples have the same timestamp twice")
-    counts = df.groupby("sample_id", sort=True).size()
-    if counts.nunique() != 1:
-        raise ValueError(
-            f"{path}: samples have different numbers of observations ({counts.value_counts().to_dict()}); "
-            "expected one regular series per sample"
-        )
-    n, s = len(counts), int(counts.iloc[0])
-    labels_per_row = _labels(df, label_column, path).reshape(n, s)
-    if (labels_per_row != labels_per_row[:, :1]).any():
+    labels = _labels(df, label_column, path)
+    per_sample = pd.Series(labels, index=df["sample_id"].to_numpy()).groupby(level=0, sort=True)
+    if (per_sample.nunique() > 1).any():
         raise ValueError(f"{path}: {label_column!r} changes within a sample")
+    counts = df.groupby("sample_id", sort=True).size()
+    stamps = np.sort(df["timestamp"].unique())
+    if counts.nunique() != 1 or int(counts.iloc[0]) != len(stamps):
+        # Real extractions miss some time steps for some parcels: put every sample on the union of the
+        # file's timestamps, a missing row being a gap (nodata) like any other.
+        logger.info("%s: %d of %d samples miss some of the %d timestamps; missing steps are gaps",
+                    path.name, int((counts < len(stamps)).sum()), len(counts), len(stamps))  # fmt: skip
+        full = pd.MultiIndex.from_product([counts.index, stamps], names=["sample_id", "timestamp"])
+        df = df.set_index(["sample_id", "timestamp"]).reindex(full).reset_index()
+        for b in chosen:
+            df[band_cols[b]] = df[band_cols[b]].fillna(NODATA)
+    n, s = len(counts), len(stamps)
     raw = np.stack([df[band_cols[b]].to_numpy() for b in chosen], axis=-1).reshape(n, s, len(chosen))
     dates = df["timestamp"].to_numpy().astype("datetime64[D]").reshape(n, s)
     logger.info("%s: %d samples x %d dates x %d bands (%s)", path.name, n, s, len(chosen), " ".join(chosen))
@@ -187,7 +193,7 @@ def read_long(
         values=_to_float(raw),
         dates=dates,
         bands=chosen,
-        labels=labels_per_row[:, 0].copy(),
+        labels=per_sample.first().to_numpy(dtype=np.int64),
         label_column=label_column,
         sample_ids=counts.index.to_numpy().astype(str),
     )
