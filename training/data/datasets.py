@@ -24,14 +24,16 @@ from typing import Literal
 
 import numpy as np
 
+from cropmap.clouds import DEFAULT_CLOUD_THRESHOLD, probability_invalid
 from cropmap.timegrid import fill_gaps
 from training.data.denethor import Scene, ps_patches, read_scene
 from training.data.splits import SCENE_A_FRACTIONS, SCENE_B_FRACTIONS, split_fields
 
 logger = logging.getLogger(__name__)
 
-MAX_CLOUD_PROBABILITY = 0.4
-"""Observations with a higher cloud probability count as cloudy (s2cloudless' default threshold)."""
+MAX_CLOUD_PROBABILITY = DEFAULT_CLOUD_THRESHOLD
+"""Observations with a higher cloud probability count as cloudy: inference's default
+(:data:`cropmap.clouds.DEFAULT_CLOUD_THRESHOLD`, s2cloudless' 0.4), so models train on series masked as maps are."""
 
 Fill = Literal["none", "linear"]
 
@@ -56,7 +58,7 @@ def _field_pixels(scene: Scene, field_ids: np.ndarray | list[int]) -> tuple[np.n
 
 def _invalid(s2: np.ndarray, cloud: np.ndarray, max_cloud_probability: float) -> np.ndarray:
     """True where an observation is cloudy or holds no data (every band 0). s2 (..., 12), cloud (...)."""
-    return (cloud > max_cloud_probability) | np.all(s2 == 0, axis=-1)
+    return probability_invalid(cloud, max_cloud_probability) | np.all(s2 == 0, axis=-1)
 
 
 def fill_linear(
