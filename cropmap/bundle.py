@@ -15,6 +15,12 @@ Graph interface (schema version 1):
   ``k`` is ``classes[k]``.
 * optional output ``embedding.output_name``: float32 ``(B, D)``.
 
+Optional field ``calibration`` (absent in older bundles, which load unchanged): a
+temperature ``T`` fitted on validation data at export; cropmap divides the logits by
+``T`` before the softmax that gives confidence and probabilities (the argmax, hence the
+class map, does not change). Bundles exported without calibration omit the key, so
+they stay readable by cropmap versions that predate it.
+
 The exporter writes the document with ``BundleMetadata.to_json``; cropmap reads it
 through onnxruntime alone (no ``onnx`` dependency) with :func:`load_bundle`.
 Any change to the fields means bumping :data:`SCHEMA_VERSION`; cropmap rejects
@@ -41,6 +47,7 @@ SCHEMA_VERSION = 1
 METADATA_KEY = "cropmap.bundle"
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 GAP_FILL_METHODS = ("linear",)
+CALIBRATION_METHODS = ("temperature",)
 
 _COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 _MMDD_RE = re.compile(r"^(\d{2})-(\d{2})$")
@@ -130,6 +137,46 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """How the bundle's probabilities were calibrated (temperature scaling)."""
+
+    method: str
+    """One of :data:`CALIBRATION_METHODS`."""
+    temperature: float
+    """``T > 0``: probabilities are ``softmax(logits / T)``."""
+    ece_before: float
+    """Expected calibration error (max-probability, equal-width bins) on the fitting data, before."""
+    ece_after: float
+    """The same after dividing the logits by ``temperature``."""
+    n: int
+    """Number of validation samples the temperature was fitted on."""
+    n_bins: int = 15
+    """Bins of the ECE."""
+    data: str = ""
+    """What the validation samples were (free text)."""
+
+    def validate(self) -> None:
+        """Check the values.
+
+        Raises:
+            BundleError: Describing the first problem found.
+        """
+        if self.method not in CALIBRATION_METHODS:
+            raise BundleError(f"calibration.method is {self.method!r}; expected one of {CALIBRATION_METHODS}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and t < float("inf")):
+            raise BundleError(f"calibration.temperature is {t!r}; expected a finite number > 0")
+        for name in ("ece_before", "ece_after"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise BundleError(f"calibration.{name} is {v!r}; expected a number in [0, 1]")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise BundleError(f"calibration.n is {self.n!r}; expected a positive integer")
+        if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int) or self.n_bins < 1:
+            raise BundleError(f"calibration.n_bins is {self.n_bins!r}; expected a positive integer")
+
+
+@dataclass(frozen=True)
 class BundleMetadata:
     """Everything inference needs to know about a bundle (schema version 1)."""
 
@@ -152,6 +199,13 @@ class BundleMetadata:
     classes: tuple[ClassInfo, ...]
     embedding: EmbeddingInfo | None
     provenance: Provenance
+    calibration: Calibration | None = None
+    """Temperature scaling fitted at export; ``None``: the probabilities are the raw softmax (uncalibrated)."""
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the logits are divided by before the softmax (1.0 when uncalibrated)."""
+        return float(self.calibration.temperature) if self.calibration is not None else 1.0
 
     @property
     def n_timesteps(self) -> int:
@@ -166,7 +220,10 @@ class BundleMetadata:
     def to_json(self) -> str:
         """Serialise to the JSON document stored in the ONNX metadata."""
         self.validate()
-        return json.dumps(asdict(self), indent=None, sort_keys=True)
+        doc = asdict(self)
+        if doc["calibration"] is None:
+            del doc["calibration"]  # bundles without calibration stay readable by cropmap versions before it
+        return json.dumps(doc, indent=None, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> BundleMetadata:
@@ -203,6 +260,9 @@ class BundleMetadata:
                 classes=tuple(_build(ClassInfo, c, "classes[]") for c in doc["classes"]),
                 embedding=None if doc["embedding"] is None else _build(EmbeddingInfo, doc["embedding"], "embedding"),
                 provenance=_build(Provenance, doc["provenance"], "provenance"),
+                calibration=None
+                if doc.get("calibration") is None
+                else _build(Calibration, doc["calibration"], "calibration"),
             )
         except KeyError as err:
             raise BundleError(f"bundle metadata misses the key {err.args[0]!r} (schema version {version})") from err
@@ -243,6 +303,8 @@ class BundleMetadata:
         for c in self.classes:
             if not _COLOR_RE.match(c.color):
                 raise BundleError(f"class {c.name!r} colour is {c.color!r}; expected '#RRGGBB'")
+        if self.calibration is not None:
+            self.calibration.validate()
 
 
 def _build(kind: type, value: Any, where: str) -> Any:  # returns an instance of `kind`

@@ -60,6 +60,22 @@ def _cloud_options(f: Any) -> Any:
     return f
 
 
+def _map_options(f: Any) -> Any:
+    """Probability outputs, spatial post-processing and the mask layer (fields of ClassifyOptions)."""
+    f = click.option("--mask-layer", default=None, metavar="NAME",
+                     help="Layer of a multi-layer mask file (e.g. a GeoPackage) holding the cropland polygons.")(f)  # fmt: skip
+    f = click.option("--smooth-probabilities", type=float, default=None, metavar="SIGMA",
+                     help="Gaussian smoothing (sigma in pixels, <= 10) of the class probabilities within the mask, "
+                          "before the argmax.")(f)  # fmt: skip
+    f = click.option("--majority-filter", type=int, default=None, metavar="N",
+                     help="Majority filter over an N x N window (odd N, 3..51) within the mask.")(f)  # fmt: skip
+    f = click.option("--uncertainty", type=click.Choice(["entropy", "margin"]), default=None,
+                     help="Also write <out stem>_uncertainty.tif: normalised entropy or 1 - (p1 - p2), x 100.")(f)  # fmt: skip
+    f = click.option("--probabilities", is_flag=True,
+                     help="Also write <out stem>_probabilities.tif: one band per class, probability x 100.")(f)  # fmt: skip
+    return f
+
+
 @click.group()
 @click.version_option(version=_version(), prog_name="cropmap")
 def main() -> None:
@@ -92,6 +108,7 @@ def main() -> None:
 @click.option("--min-valid-steps", type=int, default=None, metavar="N",
               help="Fewest valid observations a pixel needs (default: the bundle's value).")
 @_cloud_options
+@_map_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-look.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
@@ -143,12 +160,15 @@ def classify(
                    f"observations masked ({clouds['rule']})")  # fmt: skip
     elif clouds["masking"] == "no cloud information":
         click.echo("clouds: not masked - the stack has no cloud band (see the warning above)")
+    if any(outputs.get(k) for k in ("confidence", "probabilities", "uncertainty")):
+        click.echo(f"probabilities: {summary['bundle']['probabilities']}")
     for c in sorted(summary["classes"], key=lambda c: -c["area_ha"]):
         if c["pixels"]:
             click.echo(f"  {c['name']:<30} {c['area_ha']:>10.2f} ha")
     click.echo(f"map:        {outputs['map']}  (legend: {Path(outputs['qml']).name}, {Path(outputs['aux']).name})")
-    for key, label in (("confidence", "confidence"), ("embedding", "embedding"), ("quicklook", "quick-look")):
-        if outputs[key]:
+    for key, label in (("confidence", "confidence"), ("probabilities", "probabilities"), ("uncertainty", "uncertainty"),
+                       ("embedding", "embedding"), ("quicklook", "quick-look"), ("stac", "STAC item")):  # fmt: skip
+        if outputs.get(key):
             click.echo(f"{label + ':':<12}{outputs[key]}")
     click.echo(f"summary:    {outputs['summary']}")
 
@@ -184,6 +204,7 @@ BATCH_FAILED_EXIT = 3
 @click.option("--min-valid-steps", type=int, default=None, metavar="N",
               help="Fewest valid observations a pixel needs (default: the bundle's value).")
 @_cloud_options
+@_map_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-looks.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")

@@ -34,12 +34,15 @@ class Polygons:
     geometries: tuple[shapely.Geometry, ...]
     crs: CRS
     source_crs: str
+    layer: str | None = None
+    """The layer the polygons were read from."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tree", shapely.STRtree(list(self.geometries)))
 
     def __getstate__(self) -> dict[str, object]:
-        return {"path": self.path, "geometries": self.geometries, "crs": self.crs, "source_crs": self.source_crs}
+        return {"path": self.path, "geometries": self.geometries, "crs": self.crs, "source_crs": self.source_crs,
+                "layer": self.layer}  # fmt: skip
 
     def __setstate__(self, state: dict[str, object]) -> None:
         for k, v in state.items():
@@ -53,17 +56,25 @@ class Polygons:
         return tuple(self.geometries[i] for i in sorted(idx.tolist()))
 
 
-def load_polygons(path: str | Path, raster_crs: CRS, raster_bounds: tuple[float, float, float, float]) -> Polygons:
+def load_polygons(
+    path: str | Path,
+    raster_crs: CRS,
+    raster_bounds: tuple[float, float, float, float],
+    *,
+    layer: str | None = None,
+) -> Polygons:
     """Read cropland polygons and reproject them to the raster CRS.
 
     Args:
-        path: Any OGR-readable vector file (GeoPackage, Shapefile, GeoJSON, ...) with one layer.
+        path: Any OGR-readable vector file (GeoPackage, Shapefile, GeoJSON, ...).
         raster_crs: CRS of the stack.
         raster_bounds: ``(left, bottom, right, top)`` of the stack in ``raster_crs``.
+        layer: The layer to read; required when the file holds several layers.
 
     Raises:
-        MaskError: If the file is missing or unreadable, has several layers, no
-            features, no polygons, no CRS, or no polygon overlaps the stack.
+        MaskError: If the file is missing or unreadable, has several layers and no
+            ``layer`` was named, has no layer ``layer``, no features, no polygons, no
+            CRS, or no polygon overlaps the stack.
     """
     import pyogrio  # deferred: keeps `import cropmap` light
     from pyogrio.errors import DataSourceError
@@ -77,20 +88,23 @@ def load_polygons(path: str | Path, raster_crs: CRS, raster_bounds: tuple[float,
         raise MaskError(f"mask {path} is not a readable vector file ({_first_line(err)}); expected e.g. a GeoPackage") from err
     if len(layers) == 0:
         raise MaskError(f"mask {path} holds no layers; expected one polygon layer")
-    if len(layers) > 1:
+    names = [str(n) for n, _ in layers]
+    if layer is not None and layer not in names:
+        raise MaskError(f"mask {path} has no layer {layer!r}; its layers are {', '.join(names)}")
+    if layer is None and len(layers) > 1:
         raise MaskError(
-            f"mask {path} holds {len(layers)} layers ({', '.join(str(n) for n, _ in layers)}); "
-            "expected a single polygon layer (export the one you mean to its own file)"
+            f"mask {path} holds {len(layers)} layers ({', '.join(names)}); name the cropland one with --mask-layer NAME"
         )
+    chosen = layer if layer is not None else names[0]
     try:
-        info = pyogrio.read_info(path)
-        _meta, _fids, wkb, _fields = pyogrio.raw.read(path, read_geometry=True, columns=[])
+        info = pyogrio.read_info(path, layer=chosen)
+        _meta, _fids, wkb, _fields = pyogrio.raw.read(path, layer=chosen, read_geometry=True, columns=[])
     except DataSourceError as err:
         raise MaskError(f"mask {path} could not be read ({_first_line(err)}); expected a readable polygon layer") from err
     geoms = shapely.from_wkb(wkb) if len(wkb) else np.array([], dtype=object)
     geoms = [g for g in geoms if g is not None and not g.is_empty]
     if not geoms:
-        raise MaskError(f"mask {path} has no features (layer {layers[0][0]!r} is empty); expected cropland polygons")
+        raise MaskError(f"mask {path} has no features (layer {chosen!r} is empty); expected cropland polygons")
     polys: list[shapely.Geometry] = []
     other: dict[str, int] = {}
     for g in geoms:
@@ -122,8 +136,8 @@ def load_polygons(path: str | Path, raster_crs: CRS, raster_bounds: tuple[float,
             f"no polygon of mask {path} overlaps the stack: polygons span {mb}, the stack "
             f"{[round(v, 2) for v in raster_bounds]} (in {raster_crs.to_string()}); expected overlapping areas"
         )
-    logger.info("mask %s: %d polygons, %d overlap the stack", path, len(polys), len(kept))
-    return Polygons(path=path, geometries=tuple(kept), crs=raster_crs, source_crs=src_crs.to_string())
+    logger.info("mask %s (layer %s): %d polygons, %d overlap the stack", path, chosen, len(polys), len(kept))
+    return Polygons(path=path, geometries=tuple(kept), crs=raster_crs, source_crs=src_crs.to_string(), layer=chosen)
 
 
 def _reproject(geoms: Sequence[shapely.Geometry], src: CRS, dst: CRS) -> list[shapely.Geometry]:

@@ -63,6 +63,18 @@ class ClassifyOptions:
     """Cloud probability (0..1) above which an observation is masked; ``None``: 0.4. Probability bands only."""
     cloud_classes: tuple[int, ...] | None = None
     """Sen2Cor SCL classes that are masked; ``None``: 0, 1, 3, 8, 9, 10, 11. SCL bands only."""
+    probabilities: bool = False
+    """Also write ``<out stem>_probabilities.tif``: one uint8 band per class, probability x 100."""
+    uncertainty: str | None = None
+    """Also write ``<out stem>_uncertainty.tif`` with this measure: ``"entropy"`` or ``"margin"``."""
+    majority_filter: int | None = None
+    """Odd window edge N (3..51): each classified pixel takes the majority class of the classified pixels
+    in the N x N window around it (pixels outside the mask or with too little data do not vote)."""
+    smooth_probabilities: float | None = None
+    """Standard deviation in pixels (0 < sigma <= 10) of a Gaussian smoothing of the class probabilities
+    over the classified pixels, before the argmax."""
+    mask_layer: str | None = None
+    """Layer of a multi-layer mask file (e.g. a GeoPackage) holding the cropland polygons."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -84,6 +96,18 @@ class ClassifyOptions:
             rs = self.reflectance_scale
             if isinstance(rs, bool) or not isinstance(rs, (int, float)) or not math.isfinite(rs) or rs <= 0:
                 raise ValueError(f"reflectance_scale is {rs!r}; expected a positive number such as 10000")
+        if self.uncertainty is not None and self.uncertainty not in ("entropy", "margin"):
+            raise ValueError(f"uncertainty is {self.uncertainty!r}; expected 'entropy' or 'margin'")
+        mf = self.majority_filter
+        if mf is not None and (isinstance(mf, bool) or not isinstance(mf, int) or mf < 3 or mf > 51 or mf % 2 == 0):
+            raise ValueError(f"majority_filter is {mf!r}; expected an odd window edge in pixels from 3 to 51")
+        sp = self.smooth_probabilities
+        if sp is not None and (
+            isinstance(sp, bool) or not isinstance(sp, (int, float)) or not math.isfinite(sp) or not 0 < sp <= 10
+        ):
+            raise ValueError(f"smooth_probabilities is {sp!r}; expected a Gaussian sigma in pixels, > 0 and <= 10")
+        if self.mask_layer is not None and (not isinstance(self.mask_layer, str) or not self.mask_layer):
+            raise ValueError(f"mask_layer is {self.mask_layer!r}; expected a layer name")
         if self.cloud_band is not None and (not isinstance(self.cloud_band, str) or not self.cloud_band.strip()):
             raise ValueError(f"cloud_band is {self.cloud_band!r}; expected a band name such as SCL or CLP, or 'none'")
         if self.cloud_threshold is not None:

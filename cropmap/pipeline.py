@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.windows import bounds as window_bounds
 
 from cropmap.bundle import BundleMetadata, load_bundle
 from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
 from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
 from cropmap.options import ClassifyOptions
-from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult
+from cropmap.postprocess import PostProcess
+from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, halo_window
 from cropmap.stack import Stack, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
 from cropmap.timegrid import select_season
@@ -87,7 +89,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     left, top = st.transform @ (0, 0)
     right, bottom = st.transform @ (st.width, st.height)
     bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-    polygons = load_polygons(_absolute(mask), st.crs, bounds)
+    polygons = load_polygons(_absolute(mask), st.crs, bounds, layer=options.mask_layer)
     # Inputs are valid: now say how clouds are handled (after any error, so errors stay one line).
     if cloud is not None:
         logger.info("cloud masking: %s (%s)", cloud.describe(), cloud.source)
@@ -99,11 +101,13 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     bytes_per_pixel = 4 * (meta.n_bands + (cloud is not None)) * len(obs) + 8 * meta.n_bands * meta.n_timesteps
     shape = block_shape(st.tile_shape, st.shape, options.block_size, bytes_per_pixel=bytes_per_pixel)
     blocks = plan_blocks(st.shape, shape)
+    post = PostProcess(majority_filter=options.majority_filter, smooth_sigma=options.smooth_probabilities)
     items = []
     for b in blocks:
-        geoms = polygons.select(b.bounds(st.transform))
-        if geoms:
-            items.append(BlockItem(block=b, geometries=geoms))
+        if polygons.select(b.bounds(st.transform)):
+            # With post-processing, the polygons of the halo around the block count too.
+            window, _ = halo_window(b, post.halo, st.shape)
+            items.append(BlockItem(block=b, geometries=polygons.select(window_bounds(window, st.transform))))
     executor = make_executor(len(items), options.workers, options.scheduler, threads=options.threads)
     logger.info(
         "%d blocks of %s px, %d touch cropland; running on %s", len(blocks), shape, len(items), executor.description
@@ -112,6 +116,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
         stack=st, bundle_path=bundle_path.resolve(), metadata=meta, obs=obs, positions=positions,
         min_valid=min_valid, batch_size=options.batch_size, intra_op_threads=executor.intra_op_threads,
         confidence=options.confidence, embedding=options.embedding, cloud=cloud,
+        probabilities=options.probabilities, uncertainty=options.uncertainty, post=post if post.active else None,
     )  # fmt: skip
     return _Plan(
         stack=st, polygons=polygons, meta=meta, bundle_path=bundle_path, season=season, obs=obs,
@@ -217,12 +222,14 @@ def classify(
         CropmapError: For bad inputs, an incompatible bundle or existing outputs.
     """
     from cropmap import __version__
-    from cropmap.quicklook import write_quicklook
+    from cropmap.quicklook import STATUS_CLASSIFIED, STATUS_INSUFFICIENT, STATUS_OUTSIDE, write_quicklook
+    from cropmap.stac import build_item
     from cropmap.writer import (
         MAP_NODATA,
         BlockRaster,
         Staging,
         check_outputs,
+        class_tags,
         colormap,
         output_paths,
         write_aux_xml,
@@ -235,25 +242,46 @@ def classify(
     out_path = Path(out) if out is not None else Path.cwd() / f"{stack_path.with_suffix('').name}_classified.tif"
     if out_path.suffix.lower() not in (".tif", ".tiff"):
         raise InputRasterError(f"output {out_path} must end in .tif or .tiff (it is a GeoTIFF)")
-    paths = output_paths(out_path, confidence=opts.confidence, embedding=opts.embedding, quicklook=opts.quicklook)
+    paths = output_paths(out_path, confidence=opts.confidence, embedding=opts.embedding, quicklook=opts.quicklook,
+                         probabilities=opts.probabilities, uncertainty=opts.uncertainty is not None)  # fmt: skip
     check_outputs(paths, overwrite=opts.overwrite)
     plan = _prepare(stack, mask, model, opts)
     meta, st = plan.meta, plan.stack
     tally = _Tally(plan)
     write_s = 0.0
+    insufficient_m2 = 0.0
+    status: BlockRaster | None = None
     grid = dict(crs=st.crs, transform=st.transform, shape=st.shape)
     with Staging() as staging:
         rasters: dict[str, BlockRaster] = {}
         try:
+            legend_tags, band_legend = class_tags(meta.classes)
             rasters["map"] = BlockRaster(
                 staging.scratch(paths.map, ".tif"), count=1, dtype="uint8", nodata=MAP_NODATA,
-                colormap=colormap(meta.classes), tags={"cropmap_model": meta.model_name, "cropmap_season": str(plan.season)},
-                **grid,
+                colormap=colormap(meta.classes), descriptions=["crop_class"], band_tags={1: band_legend},
+                tags={"cropmap_model": meta.model_name, "cropmap_season": str(plan.season), **legend_tags}, **grid,
             )  # fmt: skip
+            prob_note = _probability_note(meta, opts)
             if paths.confidence is not None:
                 rasters["confidence"] = BlockRaster(
                     staging.scratch(paths.confidence, ".tif"), count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
-                    descriptions=["confidence"], tags={"confidence": "max class probability x 100 (0..100)"}, **grid,
+                    descriptions=["confidence"], tags={"confidence": f"max class probability x 100 (0..100); {prob_note}"},
+                    **grid,
+                )  # fmt: skip
+            if paths.probabilities is not None:
+                rasters["probabilities"] = BlockRaster(
+                    staging.scratch(paths.probabilities, ".tif"), count=len(meta.classes), dtype="uint8",
+                    nodata=CONFIDENCE_NODATA, descriptions=[c.name for c in meta.classes],
+                    tags={"probabilities": f"class probability x 100 (0..100), one band per class; {prob_note}",
+                          "class_codes": ",".join(str(c.code) for c in meta.classes)}, **grid,
+                )  # fmt: skip
+            if paths.uncertainty is not None:
+                how = {"entropy": "Shannon entropy of the class probabilities / ln(number of classes)",
+                       "margin": "1 - (highest - second highest class probability)"}[str(opts.uncertainty)]  # fmt: skip
+                rasters["uncertainty"] = BlockRaster(
+                    staging.scratch(paths.uncertainty, ".tif"), count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
+                    descriptions=[f"uncertainty_{opts.uncertainty}"],
+                    tags={"uncertainty": f"{how}, x 100 (0 certain .. 100 uncertain); {prob_note}"}, **grid,
                 )  # fmt: skip
             if paths.embedding is not None:
                 assert meta.embedding is not None
@@ -263,11 +291,14 @@ def classify(
                     tags={"embedding": meta.embedding.description, "embedding_output": meta.embedding.output_name},
                     **grid,
                 )  # fmt: skip
+            if paths.quicklook is not None:  # which unclassified pixels are outside the mask, for the quick-look
+                status = BlockRaster(staging.scratch(paths.map, ".status.tif"), count=1, dtype="uint8",
+                                     nodata=STATUS_OUTSIDE, **grid)  # fmt: skip
             processed = {item.block for item in plan.items}
             t0 = time.perf_counter()
             for b in plan.blocks:
                 if b not in processed:
-                    for r in rasters.values():
+                    for r in [*rasters.values(), *([status] if status is not None else [])]:
                         r.fill(b.window)
             write_s += time.perf_counter() - t0
             for result in _results(plan, progress):
@@ -277,11 +308,24 @@ def classify(
                 rasters["map"].write(w, p.classes)
                 if "confidence" in rasters:
                     rasters["confidence"].write(w, p.confidence)
+                if "probabilities" in rasters:
+                    rasters["probabilities"].write(w, p.probabilities)
+                if "uncertainty" in rasters:
+                    rasters["uncertainty"].write(w, p.uncertainty)
                 if "embedding" in rasters:
                     rasters["embedding"].write(w, p.embedding)
+                if p.insufficient is not None:
+                    b = result.block
+                    insufficient_m2 += float(p.insufficient.sum(axis=1) @ tally.row_area[b.row_off : b.row_off + b.height])
+                if status is not None:
+                    st_block = np.where(p.classes != MAP_NODATA, STATUS_CLASSIFIED, STATUS_OUTSIDE).astype(np.uint8)
+                    if p.insufficient is not None:
+                        st_block[p.insufficient] = STATUS_INSUFFICIENT
+                    status.write(w, st_block)
                 write_s += time.perf_counter() - t0
             t0 = time.perf_counter()
-            finals = {"map": paths.map, "confidence": paths.confidence, "embedding": paths.embedding}
+            finals = {"map": paths.map, "confidence": paths.confidence, "embedding": paths.embedding,
+                      "probabilities": paths.probabilities, "uncertainty": paths.uncertainty}  # fmt: skip
             for name, r in rasters.items():
                 target = finals[name]
                 assert target is not None
@@ -289,7 +333,7 @@ def classify(
             write_aux_xml(staging.temp_for(paths.aux), meta.classes)
             write_qml(staging.temp_for(paths.qml), meta.classes)
         finally:
-            for r in rasters.values():
+            for r in [*rasters.values(), *([status] if status is not None else [])]:
                 r.close()
         area_ha = {int(c): float(a) / 1e4 for c, a in zip(tally.codes, tally.area_m2, strict=True)}
         if paths.quicklook is not None:
@@ -297,17 +341,41 @@ def classify(
             write_quicklook(
                 cog_tmp, staging.temp_for(paths.quicklook), meta.classes, area_ha,
                 title=f"{meta.model_name} - {st.path.name} - season {plan.season}",
+                status_path=status.path if status is not None else None, insufficient_ha=insufficient_m2 / 1e4,
             )  # fmt: skip
         write_s += time.perf_counter() - t0
         total_s = time.perf_counter() - t_start
         summary = _summary(plan, tally, paths, opts, write_s, total_s, __version__)
         summary_tmp = staging.temp_for(paths.summary)
         summary_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        assert paths.stac is not None
+        item = build_item(
+            item_id=paths.map.stem, paths=paths, crs=st.crs, transform=st.transform, shape=st.shape,
+            classes=meta.classes, dates=[st.dates[i] for i in plan.obs], season=plan.season,
+            model_name=meta.model_name, calibrated=meta.calibration is not None, created=summary["created"],
+            version=__version__, pixel_area_m2=float(tally.row_area.mean()), area_ha=area_ha,
+            embedding_dim=meta.embedding.dim if meta.embedding is not None else None,
+        )  # fmt: skip
+        staging.temp_for(paths.stac).write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
         staging.commit()
     logger.info(
         "classified %d of %d cropland pixels in %.2f s -> %s", tally.n_classified, tally.n_mask, total_s, paths.map
     )
     return summary
+
+
+def _probability_note(meta: BundleMetadata, opts: ClassifyOptions) -> str:
+    """What the probabilities of this run are, for raster tags and the summary."""
+    cal = meta.calibration
+    note = (
+        f"calibrated by temperature scaling (T = {cal.temperature:.4g}, fitted on {cal.n} validation samples; "
+        f"ECE {cal.ece_before:.3f} -> {cal.ece_after:.3f})"
+        if cal is not None
+        else "UNCALIBRATED softmax of the model's logits (the bundle carries no calibration)"
+    )
+    if opts.smooth_probabilities is not None:
+        note += f"; spatially smoothed (Gaussian sigma {opts.smooth_probabilities:g} px within the mask)"
+    return note
 
 
 def _summary(
@@ -339,6 +407,7 @@ def _summary(
             "stack_layout": st.layout,
             "mask": str(_absolute(plan.polygons.path)),
             "mask_crs": plan.polygons.source_crs,
+            "mask_layer": plan.polygons.layer,
             "model": str(_absolute(plan.bundle_path)),
         },
         "outputs": {k: (str(v) if v is not None else None) for k, v in dataclasses.asdict(paths).items()},
@@ -348,6 +417,15 @@ def _summary(
             "bands": list(meta.bands),
             "classes": len(meta.classes),
             "provenance": dataclasses.asdict(meta.provenance),
+            "calibration": dataclasses.asdict(meta.calibration) if meta.calibration is not None else None,
+            "probabilities": _probability_note(meta, opts),
+        },
+        "postprocessing": {
+            "majority_filter": opts.majority_filter,
+            "smooth_probabilities_sigma_px": opts.smooth_probabilities,
+            "halo_px": plan.job.post.halo if plan.job.post is not None else 0,
+            "note": "filters act within the mask: pixels outside it or with too little data neither vote nor get a "
+            "class; blocks overlap by halo_px so the result does not depend on the block size",
         },
         "grid": {
             "crs": st.crs.to_string(),

@@ -16,16 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from cropmap.bundle import Bundle, BundleMetadata, load_bundle
 from cropmap.clouds import CloudMask
 from cropmap.mask import rasterize_block
+from cropmap.postprocess import UNCERTAINTY_METHODS, PostProcess, majority_filter, smooth_probabilities, softmax
+from cropmap.postprocess import uncertainty as _uncertainty
 from cropmap.stack import Stack
 from cropmap.tiling import Block
 from cropmap.timegrid import fill_gaps
 
 CONFIDENCE_NODATA = 255
-"""Nodata of the confidence raster (valid values are 0..100)."""
+"""Nodata of the confidence, probability and uncertainty rasters (valid values are 0..100)."""
 
 
 @dataclass
@@ -45,10 +49,22 @@ class BlockPrediction:
     """Pixels inside the mask with fewer valid observations than needed."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent per stage (``read``, ``fill``, ``model``)."""
+    probabilities: np.ndarray | None = None
+    """uint8 ``(K, rows, cols)`` class probabilities x 100 in the bundle's class order, :data:`CONFIDENCE_NODATA`
+    where not classified."""
+    uncertainty: np.ndarray | None = None
+    """uint8 ``(rows, cols)`` uncertainty x 100 (:mod:`cropmap.postprocess`), :data:`CONFIDENCE_NODATA` where not
+    classified."""
+    insufficient: np.ndarray | None = None
+    """bool ``(rows, cols)``: inside the mask but too few valid observations."""
     n_observations: int = 0
     """Observations of mask pixels with valid reflectance before cloud masking (0 when the stack has no cloud band)."""
     n_cloud_masked: int = 0
     """Of those, the observations masked as cloud, shadow etc. (:mod:`cropmap.clouds`)."""
+
+
+def _percent(p: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(p, 0.0, 1.0) * 100.0).astype(np.uint8)
 
 
 def predict_block(
@@ -61,6 +77,10 @@ def predict_block(
     batch_size: int,
     confidence: bool = False,
     embedding: bool = False,
+    probabilities: bool = False,
+    uncertainty: str | None = None,
+    post: PostProcess | None = None,
+    inner: tuple[slice, slice] | None = None,
 ) -> BlockPrediction:
     """Classify the masked pixels of one block.
 
@@ -74,52 +94,80 @@ def predict_block(
         batch_size: Pixels per ONNX Runtime call.
         confidence: Also return the confidence block.
         embedding: Also return the embedding block.
+        probabilities: Also return the per-class probability block.
+        uncertainty: Also return the uncertainty block (a method of
+            :data:`cropmap.postprocess.UNCERTAINTY_METHODS`).
+        post: Spatial post-processing; its filters see the whole of ``values``.
+        inner: The part of the arrays to return (rows, cols slices); the rest is the
+            halo that only feeds the post-processing. Default: everything.
     """
     meta = bundle.metadata
     s, c, rows, cols = values.shape
     if c != meta.n_bands:
         raise ValueError(f"values hold {c} bands; the bundle expects {meta.n_bands}")
-    classes = np.zeros((rows, cols), dtype=np.uint8)
-    conf = np.full((rows, cols), CONFIDENCE_NODATA, dtype=np.uint8) if confidence else None
-    emb = None
-    if embedding:
-        if meta.embedding is None:
-            raise ValueError("the bundle has no embedding output")
-        emb = np.full((meta.embedding.dim, rows, cols), np.nan, dtype=np.float32)
+    if uncertainty is not None and uncertainty not in UNCERTAINTY_METHODS:
+        raise ValueError(f"uncertainty is {uncertainty!r}; expected one of {UNCERTAINTY_METHODS}")
+    if embedding and meta.embedding is None:
+        raise ValueError("the bundle has no embedding output")
+    inner = inner or (slice(0, rows), slice(0, cols))
+    post = post if post is not None and post.active else None
+    k = len(meta.classes)
+    need_probs = confidence or probabilities or uncertainty is not None or post is not None
+    index = np.zeros((rows, cols), dtype=np.int64)
+    ok_grid = np.zeros((rows, cols), dtype=bool)
+    probs = np.zeros((k, rows, cols), dtype=np.float64) if need_probs else None
+    emb = np.full((meta.embedding.dim, rows, cols), np.nan, dtype=np.float32) if embedding else None  # type: ignore[union-attr]
     rr, cc = np.nonzero(mask)
-    n_mask = int(rr.size)
     timings = {"fill": 0.0, "model": 0.0}
-    if n_mask == 0:
-        return BlockPrediction(classes, conf, emb, 0, 0, 0, timings)
+    if rr.size:
+        t0 = time.perf_counter()
+        series = np.ascontiguousarray(values[:, :, rr, cc].transpose(2, 0, 1))  # (N, S, C)
+        filled, _n_valid, ok = fill_gaps(series, positions, meta.time_grid.day_of_season, min_valid=min_valid)
+        timings["fill"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    series = np.ascontiguousarray(values[:, :, rr, cc].transpose(2, 0, 1))  # (N, S, C)
-    filled, _n_valid, ok = fill_gaps(series, positions, meta.time_grid.day_of_season, min_valid=min_valid)
-    timings["fill"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        good = np.flatnonzero(ok)
+        ok_grid[rr[good], cc[good]] = True
+        x = filled[good]
+        for start in range(0, good.size, batch_size):
+            batch = x[start : start + batch_size]
+            sel = good[start : start + batch_size]
+            if embedding:
+                logits, vec = bundle.run(batch, embedding=True)
+                emb[:, rr[sel], cc[sel]] = np.asarray(vec, dtype=np.float32).T  # type: ignore[index]
+            else:
+                logits = bundle.run(batch)
+            logits = np.asarray(logits, dtype=np.float64)
+            index[rr[sel], cc[sel]] = np.argmax(logits, axis=1)
+            if probs is not None:
+                probs[:, rr[sel], cc[sel]] = softmax(logits, meta.temperature).T
+        if post is not None and post.smooth_sigma is not None:
+            probs = smooth_probabilities(probs, ok_grid, post.smooth_sigma)  # type: ignore[arg-type]
+            index = np.where(ok_grid, np.argmax(probs, axis=0), index)
+        if post is not None and post.majority_filter is not None:
+            index = majority_filter(index, ok_grid, post.majority_filter, k)
+        timings["model"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    codes = np.array([k.code for k in meta.classes], dtype=np.uint8)
-    good = np.flatnonzero(ok)
-    x = filled[good]
-    for start in range(0, good.size, batch_size):
-        batch = x[start : start + batch_size]
-        sel = good[start : start + batch_size]
-        if embedding:
-            logits, vec = bundle.run(batch, embedding=True)
-            emb[:, rr[sel], cc[sel]] = np.asarray(vec, dtype=np.float32).T
-        else:
-            logits = bundle.run(batch)
-        logits = np.asarray(logits, dtype=np.float64)
-        classes[rr[sel], cc[sel]] = codes[np.argmax(logits, axis=1)]
-        if conf is not None:
-            z = logits - logits.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            pmax = 1.0 / p.sum(axis=1)  # the max class has exp(0) = 1
-            conf[rr[sel], cc[sel]] = np.rint(pmax * 100.0).astype(np.uint8)
-    timings["model"] = time.perf_counter() - t0
+    ok_in = ok_grid[inner]
+    mask_in = mask[inner]
+    codes = np.array([kk.code for kk in meta.classes], dtype=np.uint8)
+    classes = np.where(ok_in, codes[index[inner]], 0).astype(np.uint8)
+    conf = prob_out = unc = None
+    if probs is not None:
+        p_in = probs[(slice(None), *inner)]
+        if confidence:
+            conf = np.where(ok_in, _percent(p_in.max(axis=0)), CONFIDENCE_NODATA).astype(np.uint8)
+        if probabilities:
+            prob_out = np.where(ok_in[None], _percent(p_in), CONFIDENCE_NODATA).astype(np.uint8)
+        if uncertainty is not None:
+            unc = np.where(ok_in, _percent(_uncertainty(p_in, uncertainty, axis=0)), CONFIDENCE_NODATA).astype(np.uint8)
+    if emb is not None:
+        emb = np.ascontiguousarray(emb[(slice(None), *inner)])
+    n_mask, n_classified = int(mask_in.sum()), int(ok_in.sum())
     return BlockPrediction(
-        classes=classes, confidence=conf, embedding=emb, n_mask=n_mask, n_classified=int(good.size),
-        n_insufficient=n_mask - int(good.size), timings=timings,
+        classes=classes, confidence=conf, embedding=emb, n_mask=n_mask, n_classified=n_classified,
+        n_insufficient=n_mask - n_classified, timings=timings, probabilities=prob_out, uncertainty=unc,
+        insufficient=mask_in & ~ok_in,
     )  # fmt: skip
 
 
@@ -151,6 +199,17 @@ class BlockResult:
     prediction: BlockPrediction
 
 
+def halo_window(block: Block, halo: int, raster_shape: tuple[int, int]) -> tuple[Window, tuple[slice, slice]]:
+    """The window read for ``block``: the block grown by ``halo`` pixels each side, clipped to
+    the raster; and the (rows, cols) slices of the block inside that window."""
+    r0, c0 = max(0, block.row_off - halo), max(0, block.col_off - halo)
+    r1 = min(raster_shape[0], block.row_off + block.height + halo)
+    c1 = min(raster_shape[1], block.col_off + block.width + halo)
+    inner = (slice(block.row_off - r0, block.row_off - r0 + block.height),
+             slice(block.col_off - c0, block.col_off - c0 + block.width))  # fmt: skip
+    return Window(c0, r0, c1 - c0, r1 - r0), inner
+
+
 @dataclass(frozen=True)
 class BlockJob:
     """Everything a worker needs to process blocks; picklable (paths, not handles)."""
@@ -166,30 +225,43 @@ class BlockJob:
     intra_op_threads: int
     confidence: bool
     embedding: bool
+    probabilities: bool = False
+    uncertainty: str | None = None
+    post: PostProcess | None = None
+    """Spatial post-processing; blocks are then read with :attr:`PostProcess.halo` pixels of context."""
     cloud: CloudMask | None = None
     """The stack's cloud band and masking rule; ``None``: no cloud masking."""
 
+    def halo_window(self, block: Block) -> tuple[Window, tuple[slice, slice]]:
+        """See :func:`halo_window`, with this job's post-processing halo."""
+        h = self.post.halo if self.post is not None and self.post.active else 0
+        return halo_window(block, h, self.stack.shape)
+
     def __call__(self, item: BlockItem) -> BlockResult:
-        """Read, mask and classify one block."""
+        """Read, mask and classify one block (with its halo, when post-processing)."""
         block = item.block
         t0 = time.perf_counter()
-        mask = rasterize_block(item.geometries, (block.height, block.width), block.transform(self.stack.transform))
+        window, inner = self.halo_window(block)
+        height, width = int(window.height), int(window.width)
+        mask = rasterize_block(item.geometries, (height, width), window_transform(window, self.stack.transform))
         n_obs = n_cloud = 0
         if mask.any():
             bands = [*self.metadata.bands, *([self.cloud.band] if self.cloud is not None else [])]
-            raw = self.stack.read(block.window, self.obs, bands)
+            raw = self.stack.read(window, self.obs, bands)
             values = self.stack.to_model_units(raw[:, : self.metadata.n_bands], self.metadata.reflectance_scale)
             if self.cloud is not None:
-                n_obs, n_cloud = self.cloud.apply(values, raw[:, -1], mask)
+                counted = np.zeros_like(mask)
+                counted[inner] = mask[inner]
+                n_obs, n_cloud = self.cloud.apply(values, raw[:, -1], counted)
         else:
-            values = np.empty((len(self.obs), self.metadata.n_bands, block.height, block.width), dtype=np.float32)
+            values = np.empty((len(self.obs), self.metadata.n_bands, height, width), dtype=np.float32)
         read_s = time.perf_counter() - t0
         bundle = worker_bundle(self.bundle_path, self.intra_op_threads)
         pred = predict_block(
             values, mask, np.asarray(self.positions), bundle, min_valid=self.min_valid,
             batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,
+            probabilities=self.probabilities, uncertainty=self.uncertainty, post=self.post, inner=inner,
         )  # fmt: skip
         pred.timings["read"] = read_s
         pred.n_observations, pred.n_cloud_masked = n_obs, n_cloud
         return BlockResult(block=block, prediction=pred)
-

@@ -6,17 +6,19 @@ on any failure the temporaries are removed, so a final path never holds a
 half-written file.
 
 The class map is a uint8 COG (nodata 0) with an embedded colour table. Its class
-names are stored twice for GIS software: as GDAL category names plus a raster
-attribute table in the PAM sidecar ``<map>.tif.aux.xml`` (read by GDAL and QGIS),
-and as a QGIS style ``<map stem>.qml`` (paletted renderer with labels) that QGIS
-applies when the layer is opened.
+names travel inside the file itself as band metadata (``CLASS_<code>=<name>`` items
+and a ``cropmap_classes`` JSON legend, in the GeoTIFF's GDAL_METADATA tag, so copying
+the ``.tif`` alone keeps them). GDAL's GeoTIFF driver has no in-file place for
+category names or a raster attribute table (it keeps them in the PAM sidecar), so
+they are written as well to ``<map>.tif.aux.xml`` (category names and a thematic
+RAT, read by GDAL and QGIS) and as a QGIS style ``<map stem>.qml`` (paletted
+renderer with labels) that QGIS applies when the layer is opened.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from rasterio.windows import Window
 
 from cropmap.bundle import ClassInfo
 from cropmap.errors import OutputExistsError
+from cropmap.safeio import io_step, owned_path, replace_all
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +54,21 @@ class OutputPaths:
     confidence: Path | None
     embedding: Path | None
     quicklook: Path | None
+    stac: Path | None = None
+    probabilities: Path | None = None
+    uncertainty: Path | None = None
 
     def all(self) -> list[Path]:
         """Every output path of the run."""
-        paths = [self.map, self.aux, self.qml, self.confidence, self.embedding, self.quicklook, self.summary]
+        paths = [self.map, self.aux, self.qml, self.confidence, self.probabilities, self.uncertainty, self.embedding,
+                 self.quicklook, self.stac, self.summary]  # fmt: skip
         return [p for p in paths if p is not None]
 
 
-def output_paths(out: Path, *, confidence: bool, embedding: bool, quicklook: bool) -> OutputPaths:
+def output_paths(
+    out: Path, *, confidence: bool, embedding: bool, quicklook: bool, probabilities: bool = False,
+    uncertainty: bool = False,
+) -> OutputPaths:  # fmt: skip
     """Name the outputs of a run writing the class map to ``out``."""
     stem = out.with_suffix("")
     return OutputPaths(
@@ -69,21 +79,33 @@ def output_paths(out: Path, *, confidence: bool, embedding: bool, quicklook: boo
         confidence=stem.with_name(stem.name + "_confidence.tif") if confidence else None,
         embedding=stem.with_name(stem.name + "_embedding.tif") if embedding else None,
         quicklook=stem.with_name(stem.name + "_quicklook.png") if quicklook else None,
+        stac=stem.with_name(stem.name + "_stac.json"),
+        probabilities=stem.with_name(stem.name + "_probabilities.tif") if probabilities else None,
+        uncertainty=stem.with_name(stem.name + "_uncertainty.tif") if uncertainty else None,
     )
 
 
 def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
-    """Refuse to run when an output exists and ``overwrite`` is False.
+    """Refuse to run when an output exists and ``overwrite`` is False, or is not a file.
+
+    Creates nothing: the output folder is made once the inputs are valid.
 
     Raises:
-        OutputExistsError: Naming the existing files.
+        OutputExistsError: Naming the existing files, a folder path that is a file, or
+            an output path that is a folder (never replaced, even with ``overwrite``).
     """
     folder = paths.map.parent
-    if folder.exists() and not folder.is_dir():
-        raise OutputExistsError(f"output folder {folder} is a file; expected a folder")
-    if not folder.exists():
-        folder.mkdir(parents=True)
-        logger.info("created output folder %s", folder)
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise OutputExistsError(f"output folder {folder}: {p} is a file; expected a folder (or nothing) there")
+    not_files = [str(p) for p in paths.all() if p.exists() and not p.is_file()]
+    if not_files:
+        raise OutputExistsError(
+            f"output {', '.join(not_files)} exists and is not a file (a folder?); expected a file or nothing there "
+            "(it is never replaced, not even with --overwrite)"
+        )
     if overwrite:
         return
     existing = [str(p) for p in paths.all() if p.exists()]
@@ -100,7 +122,7 @@ class Staging:
 
     def temp_for(self, final: Path) -> Path:
         """A temporary path in ``final``'s folder that :meth:`commit` moves to ``final``."""
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
+        tmp = owned_path(final, "tmp", final.suffix)
         self._moves.append((tmp, final))
         return tmp
 
@@ -110,14 +132,13 @@ class Staging:
 
     def scratch(self, near: Path, suffix: str) -> Path:
         """A temporary path removed when staging ends."""
-        tmp = near.with_name(f".{near.name}.{uuid.uuid4().hex[:8]}.scratch{suffix}")
+        tmp = owned_path(near, "scratch", suffix)
         self._scratch.append(tmp)
         return tmp
 
     def commit(self) -> None:
-        """Move every staged file to its final path."""
-        for tmp, final in self._moves:
-            os.replace(tmp, final)
+        """Move every staged file to its final path, all or none (see :func:`cropmap.safeio.replace_all`)."""
+        replace_all(self._moves)
         self._moves.clear()
 
     def cleanup(self) -> None:
@@ -151,6 +172,7 @@ class BlockRaster:
         colormap: dict[int, tuple[int, int, int, int]] | None = None,
         descriptions: Sequence[str] | None = None,
         tags: dict[str, str] | None = None,
+        band_tags: dict[int, dict[str, str]] | None = None,
     ) -> None:
         self.path = path
         self.nodata = nodata
@@ -164,44 +186,53 @@ class BlockRaster:
         )  # fmt: skip
         if colormap is not None:
             profile["photometric"] = "palette"
-        self._ds = rasterio.open(path, "w", **profile)
-        if colormap is not None:
-            self._ds.write_colormap(1, colormap)
-        if descriptions:
-            for i, d in enumerate(descriptions, start=1):
-                self._ds.set_band_description(i, d)
-        if tags:
-            self._ds.update_tags(**tags)
+        with io_step("create the temporary raster", path):
+            self._ds = rasterio.open(path, "w", **profile)
+            if colormap is not None:
+                self._ds.write_colormap(1, colormap)
+            if descriptions:
+                for i, d in enumerate(descriptions, start=1):
+                    self._ds.set_band_description(i, d)
+            if tags:
+                self._ds.update_tags(**tags)
+            for band, items in (band_tags or {}).items():
+                self._ds.update_tags(band, **items)
 
     def write(self, window: Window, data: np.ndarray) -> None:
         """Write ``data`` (``(rows, cols)`` or ``(bands, rows, cols)``) at ``window``."""
         arr = data if data.ndim == 3 else data[None]
-        self._ds.write(arr.astype(self.dtype, copy=False), window=window)
+        with io_step("write the temporary raster", self.path):
+            self._ds.write(arr.astype(self.dtype, copy=False), window=window)
 
     def fill(self, window: Window) -> None:
         """Write nodata over ``window``."""
-        self._ds.write(
-            np.full((self.count, int(window.height), int(window.width)), self.nodata, dtype=self.dtype), window=window
-        )
+        with io_step("write the temporary raster", self.path):
+            self._ds.write(
+                np.full((self.count, int(window.height), int(window.width)), self.nodata, dtype=self.dtype),
+                window=window,
+            )
 
     def to_cog(self, dest: Path) -> None:
         """Close the scratch file and copy it to a Cloud-Optimised GeoTIFF at ``dest``.
 
         Overviews are built with nearest-neighbour resampling (class codes must not be averaged).
         """
-        self._ds.close()
-        rasterio.shutil.copy(
-            self.path, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
-            OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", OVERVIEWS="IGNORE_EXISTING",
-            BIGTIFF="IF_SAFER", NUM_THREADS="1",
-        )  # fmt: skip
-        dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
-        check_cog(dest)
+        with io_step("finish the temporary raster", self.path):
+            self._ds.close()
+        with io_step("write the Cloud-Optimised GeoTIFF", dest):
+            rasterio.shutil.copy(
+                self.path, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
+                OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", OVERVIEWS="IGNORE_EXISTING",
+                BIGTIFF="IF_SAFER", NUM_THREADS="1",
+            )  # fmt: skip
+            dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
+            check_cog(dest)
 
     def close(self) -> None:
         """Close the scratch file without copying it."""
         if not self._ds.closed:
-            self._ds.close()
+            with io_step("close the temporary raster", self.path):
+                self._ds.close()
 
 
 def check_cog(path: Path) -> None:
@@ -224,6 +255,26 @@ def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int
     for c in classes:
         cmap[c.code] = (*c.rgb(), 255)
     return cmap
+
+
+def class_tags(classes: Sequence[ClassInfo]) -> tuple[dict[str, str], dict[str, str]]:
+    """In-file legend of the class map: ``(dataset tags, band-1 tags)``.
+
+    GDAL stores both in the GeoTIFF's GDAL_METADATA tag, inside the file, so they
+    survive copying the ``.tif`` alone (``gdalinfo`` lists them under Metadata;
+    ``rasterio`` reads them with ``tags()`` / ``tags(1)``).
+    """
+    legend = [{"value": c.code, "name": c.name, "color": c.color} for c in sorted(classes, key=lambda c: c.code)]
+    dataset = {"cropmap_classes": json.dumps(legend, ensure_ascii=False), "cropmap_nodata": f"{MAP_NODATA} = not classified"}
+    band = {f"CLASS_{c.code}": c.name for c in classes}
+    return dataset, band
+
+
+def read_class_names(path: Path) -> dict[int, str]:
+    """Class names stored inside a class-map GeoTIFF written by cropmap (no sidecar needed)."""
+    with rasterio.open(path) as ds:
+        band = ds.tags(1)
+    return {int(k.split("_", 1)[1]): v for k, v in band.items() if k.startswith("CLASS_") and k[6:].isdigit()}
 
 
 def write_aux_xml(path: Path, classes: Sequence[ClassInfo]) -> None:

@@ -64,7 +64,8 @@ def cluster() -> Iterator[Any]:  # distributed.LocalCluster
 
 def _outputs(folder: Path) -> dict[str, str]:
     """Checksums of a region's deterministic outputs (the summary JSON holds timings and a creation time)."""
-    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if not p.name.endswith("_summary.json")}
+    timed = ("_summary.json", "_stac.json")  # both record the run time
+    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if not p.name.endswith(timed)}
 
 
 def _batch(runner: CliRunner, *args: object) -> Any:  # click.testing.Result
@@ -92,7 +93,7 @@ def test_batch_cli_local_cluster(runner: CliRunner, inputs: Path, tmp_path: Path
         folder = out / name
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             [f"{name}.tif", f"{name}.tif.aux.xml", f"{name}.qml", f"{name}_confidence.tif", f"{name}_quicklook.png",
-             f"{name}_summary.json"])  # fmt: skip
+             f"{name}_stac.json", f"{name}_summary.json"])  # fmt: skip
         entry = state["regions"][name]
         assert entry["status"] == "done" and entry["summary"] == f"{name}/{name}_summary.json"
         assert entry["outputs"] == {p.name: sha256(p) for p in folder.iterdir()}

@@ -38,7 +38,7 @@ def test_cli_classify_writes_outputs(runner: CliRunner, stack_desc: Path, polygo
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in outdir.iterdir())
     assert names == ["map.qml", "map.tif", "map.tif.aux.xml", "map_confidence.tif", "map_embedding.tif",
-                     "map_quicklook.png", "map_summary.json"]  # fmt: skip
+                     "map_quicklook.png", "map_stac.json", "map_summary.json"]  # fmt: skip
     assert f"map:        {out}" in res.output and "summary:" in res.output and "quick-look:" in res.output
     with rasterio.open(out) as ds:
         assert ds.crs.to_string() == CRS and ds.transform == TRANSFORM
