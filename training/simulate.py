@@ -17,7 +17,13 @@ The output follows the DENETHOR / DLR fusion layout read by :mod:`training.data.
     OUT/scene_a/s2/bbox.pkl          dict(min_x, min_y, max_x, max_y, crs="EPSG:25833")
     OUT/scene_a/planet/YYYY-MM-DD/sr.tif   4-band uint16 GeoTIFF (blue, green, red, nir), 3 m, EPSG:25833
     OUT/scene_a/labels.geojson       field polygons with field_id, crop_id, crop_name (EPSG:25833)
+    OUT/scene_a/s2_stack.tif         the S2 series as a cropmap time stack: 13 bands per date (B01 .. B12,
+                                     CLP), descriptions YYYY-MM-DD_Bxx, uint16, nodata 0, scale 10000
+    OUT/scene_a/fields.gpkg          layer fields: field_id, class_code (= crop_id), class_name; also the
+                                     cropland mask for ``cropmap classify --mask``
     OUT/scene_b/...                  another region and year (shifted phenology, other soils)
+
+The last two are written by :func:`training.scene_export.write_cropmap_inputs`.
 
 Run ``python -m training.simulate --out DIR`` (see ``--help``). What the model includes and leaves out is
 documented in docs/simulator.md.
@@ -42,6 +48,8 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio.features import rasterize
+
+from training.scene_export import write_cropmap_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -680,6 +688,7 @@ def _simulate_scene(out: Path, cfg: SimulationConfig, spec: SceneSpec, rng: np.r
                   surface.ps_transform)  # fmt: skip
 
     surface.fields.to_file(out / "labels.geojson", driver="GeoJSON")
+    write_cropmap_inputs(out)  # s2_stack.tif and fields.gpkg, read back from the files just written
     logger.info(
         "%s: %d S2 stamps, %d PS days, %d fields", spec.name, len(s2_doys), len(ps_doys), len(surface.fields)
     )

@@ -235,3 +235,130 @@ def test_shipped_simulate_config_is_valid() -> None:
 
     path = Path(__file__).resolve().parents[2] / "training" / "configs" / "simulate.toml"
     assert load_config(SimulationConfig, path) == PRESETS["large"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cropmap inputs: s2_stack.tif and fields.gpkg (training.scene_export)
+# ----------------------------------------------------------------------------------------------------------
+
+STACK_BANDS = (*sim.S2_BAND_NAMES, "CLP")
+
+
+def _stack_grid(root: Path) -> tuple[np.ndarray, np.ndarray, list[dt.datetime], dict[str, object]]:
+    s2 = root / "s2"
+    bands = np.load(s2 / "bands.npy")
+    clp = np.load(s2 / "clp.npy")[..., 0]
+    stamps = pickle.loads((s2 / "timestamp.pkl").read_bytes())
+    return bands, clp, stamps, pickle.loads((s2 / "bbox.pkl").read_bytes())
+
+
+def test_stack_is_the_s2_series_time_major_with_tags_and_nodata(sim_scene_dir: Path) -> None:
+    cfg = PRESETS["tiny"]
+    for name in ("scene_a", "scene_b"):
+        root = sim_scene_dir / name
+        bands, clp, stamps, bbox = _stack_grid(root)
+        n_t, h, w, _ = bands.shape
+        with rasterio.open(root / "s2_stack.tif") as src:
+            assert src.count == cfg.n_stamps * len(STACK_BANDS)
+            assert set(src.dtypes) == {"uint16"}
+            assert src.nodatavals == (0.0,) * src.count
+            assert src.crs.to_epsg() == 25833
+            assert src.transform == rasterio.Affine(10.0, 0.0, bbox["min_x"], 0.0, -10.0, bbox["max_y"])
+            assert src.descriptions == tuple(f"{s.date()}_{b}" for s in stamps for b in STACK_BANDS)
+            tags = src.tags()
+            assert tags["reflectance_scale"] == "10000"
+            assert tags["dates"] == ",".join(s.date().isoformat() for s in stamps)
+            assert tags["bands"] == ",".join(STACK_BANDS)
+            assert src.compression is not None and src.block_shapes[0] == (32, 32)
+            raw = src.read().reshape(n_t, len(STACK_BANDS), h, w)
+        np.testing.assert_array_equal(raw[:, :12], bands.transpose(0, 3, 1, 2))
+        np.testing.assert_array_equal(raw[:, 12], clp)
+        assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_cropmap_reads_the_stack_dates_bands_and_values(sim_scene_dir: Path) -> None:
+    from rasterio.windows import Window
+
+    from cropmap.stack import open_stack
+
+    root = sim_scene_dir / "scene_b"
+    bands, _, stamps, _ = _stack_grid(root)
+    stack = open_stack(root / "s2_stack.tif")
+    assert stack.dates == tuple(s.date() for s in stamps)
+    assert stack.bands == STACK_BANDS
+    assert stack.has_nodata and stack.dtype == "uint16"
+    assert stack.scale is not None and stack.scale.reflectance_scale == pytest.approx(10000)
+    got = stack.read(Window(0, 0, stack.width, stack.height), range(len(stack.dates)), ["B02", "B8A", "B12"])
+    want = bands[..., [1, 8, 11]].transpose(0, 3, 1, 2).astype(np.float32)
+    want[want == 0] = np.nan  # 0 = no data in bands.npy, NaN once read
+    np.testing.assert_array_equal(got, want)
+
+
+def test_stack_gaps_read_as_missing(tmp_path: Path) -> None:
+    from rasterio.windows import Window
+
+    from cropmap.stack import open_stack
+
+    cfg = SimulationConfig(**{**MICRO.__dict__, "gap_probability": 1.0})
+    root = simulate(tmp_path, cfg)["scene_a"]
+    stack = open_stack(root / "s2_stack.tif")
+    window = Window(0, 0, stack.width, stack.height)
+    got = stack.read(window, range(len(stack.dates)), list(sim.S2_BAND_NAMES))
+    gaps = np.load(root / "s2" / "bands.npy").transpose(0, 3, 1, 2) == 0
+    assert gaps.any()
+    np.testing.assert_array_equal(np.isnan(got), gaps)
+
+
+def test_stack_cloud_band_is_found_by_cropmaps_cloud_masking(sim_scene_dir: Path) -> None:
+    clouds = pytest.importorskip("cropmap.clouds")
+    from cropmap.stack import open_stack
+
+    stack = open_stack(sim_scene_dir / "scene_a" / "s2_stack.tif")
+    rule = clouds.resolve_cloud_mask(stack.bands, stack.dtype)
+    assert (rule.band, rule.kind, rule.scale) == ("CLP", "probability", 255.0)
+
+
+def test_fields_gpkg_holds_the_labels_and_is_a_cropmap_mask(sim_scene_dir: Path) -> None:
+    import pyogrio
+
+    from cropmap.mask import load_polygons
+    from cropmap.stack import open_stack
+
+    root = sim_scene_dir / "scene_a"
+    assert [layer for layer, _ in pyogrio.list_layers(root / "fields.gpkg")] == ["fields"]
+    fields = gpd.read_file(root / "fields.gpkg", layer="fields")
+    labels = gpd.read_file(root / "labels.geojson")
+    assert list(fields.columns) == ["field_id", "class_code", "class_name", "geometry"]
+    assert fields.crs.to_epsg() == 25833
+    assert fields.field_id.tolist() == labels.field_id.tolist()
+    assert fields.class_code.tolist() == labels.crop_id.tolist()
+    assert fields.class_name.tolist() == labels.crop_name.tolist()
+    assert fields.geom_equals(labels.geometry).all()
+    stack = open_stack(root / "s2_stack.tif")
+    left, top = stack.transform.c, stack.transform.f
+    bounds = (left, top - 10.0 * stack.height, left + 10.0 * stack.width, top)
+    assert len(load_polygons(root / "fields.gpkg", stack.crs, bounds).geometries) == len(labels)
+
+
+def test_cropmap_classify_runs_on_the_simulated_stack(sim_scene_dir: Path, tmp_path: Path) -> None:
+    """The shipped sample bundle (Flanders legend) maps the simulated stack with the fields as mask, as is."""
+    from click.testing import CliRunner
+
+    from cropmap.cli import main as cropmap_main
+
+    root = sim_scene_dir / "scene_a"
+    out = tmp_path / "map.tif"
+    args = ["classify", str(root / "s2_stack.tif"), "--mask", str(root / "fields.gpkg"), "-o", str(out)]
+    res = CliRunner().invoke(cropmap_main, [*args, "--season", "2017", "--no-quicklook"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as src, rasterio.open(root / "s2_stack.tif") as stack:
+        assert (src.crs, src.transform, src.shape) == (stack.crs, stack.transform, stack.shape)
+        assert (src.read(1) > 0).sum() > 0.9 * PRESETS["tiny"].n_fields * 16
+
+
+def test_scene_export_cli_reports_a_missing_scene(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.scene_export import main as export_main
+
+    assert export_main([str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "nowhere" in err and len(err.splitlines()) == 1
