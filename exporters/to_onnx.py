@@ -375,10 +375,14 @@ def export_checkpoint(
         created: Timestamp recorded in the provenance (default: kept from the checkpoint).
         overwrite: Replace an existing ``out``.
     """
+    from exporters.best import warn_unfilled
+
     clf = load_classifier(checkpoint)
     meta = clf.metadata
     if created is not None:
         meta = dataclasses.replace(meta, provenance=dataclasses.replace(meta.provenance, created=created))
+    warn_unfilled(clf.payload)
+    labelled = clf.parity_labels is not None
     return export_bundle(
         encoder=clf.encoder,
         base_model=clf.base_model,
@@ -389,4 +393,7 @@ def export_checkpoint(
         opset=opset,
         atol=atol,
         overwrite=overwrite,
+        # Checkpoints of downstream runs store labelled validation series: calibrate on them.
+        calibration_data=(clf.parity_inputs, clf.parity_labels) if labelled else None,
+        calibration_note=f"{len(clf.parity_inputs)} validation series stored in {Path(checkpoint).name}" if labelled else "",
     )

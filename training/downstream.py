@@ -21,7 +21,7 @@ Protocol (PAPER.md section 4):
 * Each finished run writes its trained model to ``OUT/models/<run>.pt`` (a ``classifier`` checkpoint,
   :mod:`training.classifier`: base model, frozen encoder weights and path, normalisation, classes,
   time grid, bands, parity inputs) and then its line to ``OUT/results.jsonl`` (``"model"`` names the
-  file); ``OUT/validation_task<T>.npz`` keeps the validation series for exports. A rerun skips
+  file); ``OUT/validation-task<T>.npz`` keeps the validation series for exports. A rerun skips
   finished runs, and refuses to mix results produced with another set-up in the same file.
   ``python -m exporters --best OUT -o model.onnx`` exports the best run as a bundle.
 
@@ -389,7 +389,7 @@ def _fronts(
 DEFAULT_LR = 1e-3
 """Learning rate of the default-hyper-parameter variant (``default_variant``)."""
 
-VAL_INPUTS = "validation_task{task}.npz"
+VAL_INPUTS = "validation-task{task}.npz"
 """Validation series of a task inside a run directory (exports check parity and accuracy on them)."""
 
 PARITY_ROWS = 512

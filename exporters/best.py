@@ -1,0 +1,159 @@
+"""Pick the best run of a downstream run directory and export it as a bundle.
+
+``python -m training.downstream ... --out RUN_DIR`` writes ``RUN_DIR/results.jsonl`` (one line per
+finished run, with its validation metrics and the path of its model under ``RUN_DIR/models/``) and
+``RUN_DIR/validation-task<T>.npz`` (the validation series). :func:`select_best` ranks the runs that
+kept a model by a validation metric; :func:`export_best` exports the winner with the parity check on
+the validation series and names the choice (metric, value, family, method, encoder) in the bundle's
+provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.parity import ParityReport
+from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_bundle
+from training.classifier import load_classifier
+from training.downstream import VAL_INPUTS
+
+logger = logging.getLogger(__name__)
+
+METRICS = {"macro_f1": "macro_f1", "accuracy": "val_accuracy"}
+"""Selection metric name -> its key in ``results.jsonl``."""
+
+PARITY_LIMIT = 4096
+"""Validation series compared between torch and ONNX Runtime in a ``--best`` export."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The run chosen from a run directory."""
+
+    record: dict[str, Any]
+    """Its line of ``results.jsonl``."""
+    model: Path
+    """Its classifier checkpoint."""
+    metric: str
+    value: float
+    n_candidates: int
+
+    def describe(self) -> str:
+        """One line: what was chosen and why."""
+        r = self.record
+        method = r["method"] + ("" if r.get("corruption") is None else f" (corruption {r['corruption']:g})")
+        variant = "default hyper-parameters" if int(r["variant"]) < 0 else f"variant {r['variant']}"
+        encoder = r.get("encoder") or "none (raw bands)"
+        return (
+            f"best of {self.n_candidates} runs by validation {self.metric} = {self.value:.4f}: task {r['task']}, "
+            f"{r['family']} {variant}, method {method}, encoder {encoder}"
+        )
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ExportError(f"{path}:{lineno} is not valid JSON ({err.msg})") from err
+    return records
+
+
+def select_best(run_dir: str | Path, *, metric: str = "macro_f1", task: str | None = None) -> Choice:
+    """The finished run with the highest validation ``metric`` (ties: the other metric, then file order).
+
+    Raises:
+        ExportError: If the folder holds no results, no run kept its model, the metric is unknown, or
+            the results mix tasks and ``task`` is not given.
+    """
+    if metric not in METRICS:
+        raise ExportError(f"unknown metric {metric!r}; choose from {sorted(METRICS)}")
+    run_dir = Path(run_dir)
+    results = run_dir / "results.jsonl"
+    if not results.is_file():
+        raise ExportError(f"{run_dir} holds no results.jsonl; expected the --out folder of python -m training.downstream")
+    records = _read_records(results)
+    tasks = sorted({str(r["task"]) for r in records})
+    if task is None and len(tasks) > 1:
+        raise ExportError(f"{results} holds tasks {tasks}; choose one with --task")
+    if task is not None:
+        records = [r for r in records if str(r["task"]) == str(task)]
+        if not records:
+            raise ExportError(f"{results} holds no run of task {task}; tasks there: {tasks}")
+    with_model = [r for r in records if r.get("model") and (run_dir / r["model"]).is_file()]
+    if not with_model:
+        raise ExportError(
+            f"none of the {len(records)} runs in {results} kept a model file; rerun python -m training.downstream "
+            "with this version (it writes models/ for every run)"
+        )
+    other = "val_accuracy" if metric == "macro_f1" else "macro_f1"
+    key = METRICS[metric]
+    best = max(enumerate(with_model), key=lambda ir: (float(ir[1][key]), float(ir[1][other]), -ir[0]))[1]
+    return Choice(best, run_dir / best["model"], metric, float(best[key]), len(with_model))
+
+
+def export_best(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    metric: str = "macro_f1",
+    task: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    atol: float = 1e-4,
+    created: str | None = None,
+    overwrite: bool = False,
+) -> tuple[Choice, ParityReport]:
+    """Export the best run of ``run_dir`` (see :func:`select_best`) as one bundle.
+
+    The parity check runs on up to :data:`PARITY_LIMIT` validation series of the run directory.
+
+    Returns:
+        The choice and the parity report.
+    """
+    choice = select_best(run_dir, metric=metric, task=task)
+    clf = load_classifier(choice.model)
+    val = Path(run_dir) / VAL_INPUTS.format(task=choice.record["task"])
+    if val.is_file():
+        with np.load(val) as data:
+            x_val, y_val = data["x"][:PARITY_LIMIT], data["y"][:PARITY_LIMIT]
+    else:
+        logger.warning("%s is missing; parity is checked on the %d series stored in the model", val, len(clf.parity_inputs))
+        x_val, y_val = clf.parity_inputs, clf.parity_labels
+    meta = clf.metadata
+    prov = meta.provenance
+    metrics = dict(prov.metrics)
+    metrics[f"selected_by_val_{choice.metric}"] = choice.value
+    prov = dataclasses.replace(
+        prov,
+        training_data=f"{prov.training_data}; {choice.describe()} (run directory {Path(run_dir).name})",
+        metrics=metrics,
+        created=created or prov.created,
+    )
+    meta = dataclasses.replace(meta, provenance=prov)
+    warn_unfilled(clf.payload)
+    report = export_bundle(
+        encoder=clf.encoder, base_model=clf.base_model, norm_stats=clf.norm_stats, metadata=meta, out=out,
+        example=x_val, opset=opset, atol=atol, overwrite=overwrite,
+        calibration_data=None if y_val is None else (x_val, y_val),
+        calibration_note=f"validation series of {Path(run_dir).name} (task {choice.record['task']})",
+    )  # fmt: skip
+    return choice, report
+
+
+def warn_unfilled(payload: dict[str, Any]) -> None:
+    """Say so when a model was trained on series whose cloudy observations were not filled."""
+    if payload.get("fill") == "none":
+        logger.warning(
+            "this model was trained on series with cloudy observations left in (fill 'none', the papers' protocol); "
+            "cropmap masks and fills gaps before the model at inference: retrain with --set fill=linear to deploy"
+        )
