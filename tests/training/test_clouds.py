@@ -46,7 +46,7 @@ def test_simulated_stack_carries_the_cloud_band(sim_scene_dir: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_masking_recovers_cloud_free_map_accuracy(tmp_path: Path) -> None:
-    """About 20 s on 2 cores: simulation, training, export and three maps."""
+    """15-70 s on 2 cores (more when shared): simulation, training, export and three maps."""
     res = _bench().run(tmp_path, preset="tiny", seed=0, epochs=40, n_per_class=100)
     runs = res["runs"]
     raw = runs["clouds left in (--cloud-band none)"]["accuracy"]
