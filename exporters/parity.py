@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ class ParityReport:
     """Tolerance the check was run with."""
     max_abs_embedding_diff: float | None = None
     """Largest difference of the embedding output, when both sides have one."""
+    calibration: Any = None
+    """The :class:`cropmap.bundle.Calibration` fitted by ``export_bundle(calibration_data=...)``, else ``None``."""
 
     @property
     def passed(self) -> bool:
