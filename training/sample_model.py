@@ -1,4 +1,4 @@
-"""``python -m training.sample_model``: train and export the shipped Flanders sample model.
+"""``python -m training.sample_model``: train the shipped Flanders sample model into a run directory.
 
 Everything comes from the real data in ``sample_data/``:
 
@@ -16,8 +16,9 @@ Everything comes from the real data in ``sample_data/``:
 4. **Base model**: a BiLSTM (``training.models`` ``lstm``) on the frozen encoder's
    per-stamp embeddings of the training parcels, for a fixed number of epochs (no
    selection on the validation parcels).
-5. **Evaluation** on the validation parcels (accuracy, macro F1, per-class counts) and
-   **export** of encoder + BiLSTM as one bundle with :func:`exporters.to_onnx.export_bundle`,
+5. **Evaluation** on the validation parcels (accuracy, macro F1, per-class counts) and a
+   ``classifier`` checkpoint in the run directory (default ``runs/sample_model``, never the
+   installed package) that ``python -m exporters RUN/classifier.pt -o model.onnx`` exports,
    parity-checked on the validation parcels and on real pixels of the sample stack.
 
 Nothing runs at import; :func:`main` is the entry point.
@@ -52,9 +53,8 @@ from cropmap.bundle import (
     TimeGrid,
 )
 from cropmap.timegrid import fill_gaps
-from exporters.parity import ParityReport, check_parity
-from exporters.to_onnx import build_graph, export_bundle, save_classifier
 from training.checkpoint import git_revision
+from training.classifier import save_classifier
 from training.config import PretrainConfig, ResMLPConfig, load_config
 from training.data.worldcereal import FLANDERS_CLASSES, coarse_labels, on_time_grid, read_long
 from training.models import build_model
@@ -230,8 +230,12 @@ def train_base_model(
     return model, losses
 
 
-def run(cfg: SampleModelConfig, out: Path, work: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Train, evaluate and export the sample model; returns the run summary."""
+def run(cfg: SampleModelConfig, work: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate the sample model into the run directory ``work``; returns the run summary.
+
+    The run directory holds ``classifier.pt``; ``python -m exporters work/classifier.pt -o model.onnx``
+    turns it into the bundle (training never imports the exporters).
+    """
     t0 = time.perf_counter()
     stack, dates, bands = read_stack_pixels(_resolve(cfg.stack))
     grid = make_time_grid(dates, cfg.season_start)
@@ -336,6 +340,7 @@ def run(cfg: SampleModelConfig, out: Path, work: Path, *, progress: bool = True)
             metrics=metrics,
         ),
     )
+    # Parity inputs: the validation parcels and real pixels of the sample stack, as inference sees them.
     parity_inputs = np.concatenate([x_all[va], px[:500]])
     ckpt = save_classifier(
         work / "classifier.pt", encoder=frozen.encoder, encoder_name="resmlp", base_model=base,
@@ -344,16 +349,7 @@ def run(cfg: SampleModelConfig, out: Path, work: Path, *, progress: bool = True)
         norm_stats=norm_stats, metadata=meta, parity_inputs=parity_inputs,
         config=dataclasses.asdict(cfg) | {"stack": str(cfg.stack), "parcels": str(cfg.parcels)},
     )  # fmt: skip
-    parity_val = export_bundle(
-        encoder=frozen.encoder, base_model=base, norm_stats=norm_stats, metadata=meta, out=out,
-        example=x_all[va], atol=cfg.atol,
-    )  # fmt: skip
-    graph = build_graph(encoder=frozen.encoder, base_model=base, norm_stats=norm_stats)
-    parity_px = check_parity(graph, out, px, atol=cfg.atol, input_name="s2", output_name="logits",
-                             embedding_name="embedding")  # fmt: skip
     summary = {
-        "bundle": str(out),
-        "bundle_mb": round(out.stat().st_size / 1e6, 2),
         "checkpoint": str(ckpt),
         "metrics": metrics,
         "validation": val,
@@ -361,8 +357,6 @@ def run(cfg: SampleModelConfig, out: Path, work: Path, *, progress: bool = True)
         "class_counts": {c.name: {"train": int((y_all[tr] == c.code).sum()), "val": int((y_all[va] == c.code).sum())}
                          for c in classes},  # fmt: skip
         "final_train_loss": round(losses[-1], 4),
-        "parity_val": _report(parity_val),
-        "parity_stack_pixels": _report(parity_px),
         "seconds": {"pretrain": round(t_pre, 1), "base_model": round(t_base, 1),
                     "total": round(time.perf_counter() - t0, 1)},  # fmt: skip
     }
@@ -370,19 +364,13 @@ def run(cfg: SampleModelConfig, out: Path, work: Path, *, progress: bool = True)
     return summary
 
 
-def _report(r: ParityReport) -> dict[str, float]:
-    return {"n": r.n, "max_abs_logit_diff": r.max_abs_logit_diff, "argmax_agreement": r.argmax_agreement,
-            "max_abs_embedding_diff": r.max_abs_embedding_diff or 0.0}  # fmt: skip
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface."""
     p = argparse.ArgumentParser(prog="python -m training.sample_model", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=ROOT / "cropmap" / "models" / "flanders_sample.onnx",
-                   help="bundle to write (default: %(default)s)")  # fmt: skip
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "sample_model",
-                   help="folder for the encoder, checkpoints and summary (default: %(default)s)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("runs") / "sample_model",
+                   help="run directory: encoder, classifier.pt (what python -m exporters exports), summary "
+                        "(default: %(default)s; never the installed package)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set epochs=20 (repeatable)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -395,15 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = load_config(SampleModelConfig, args.config, args.overrides)
-    summary = run(cfg, args.out, args.work, progress=not args.no_progress)
-    m, pv, pp = summary["metrics"], summary["parity_val"], summary["parity_stack_pixels"]
-    print(f"bundle {summary['bundle']} ({summary['bundle_mb']} MB) in {summary['seconds']['total']} s")
+    summary = run(cfg, args.out, progress=not args.no_progress)
+    m = summary["metrics"]
+    print(f"classifier {summary['checkpoint']} in {summary['seconds']['total']} s")
     print(f"parcels: {int(m['n_train_parcels'])} training, {int(m['n_val_parcels'])} validation; "
           f"validation accuracy {m['val_accuracy']:.3f}, macro F1 {m['val_macro_f1']:.3f} "
           f"(majority baseline {m['val_majority_baseline']:.3f}); training accuracy {m['train_accuracy']:.3f}")  # fmt: skip
-    for name, p in (("validation parcels", pv), ("stack pixels", pp)):
-        print(f"parity on {p['n']} {name}: max |logit diff| {p['max_abs_logit_diff']:.3g}, "
-              f"argmax agreement {100 * p['argmax_agreement']:.2f} %")  # fmt: skip
+    print(f"bundle: python -m exporters {summary['checkpoint']} -o {args.out / 'flanders_sample.onnx'}  "
+          "(to refresh the shipped bundle: -o cropmap/models/flanders_sample.onnx --overwrite)")
     return 0
 
 
