@@ -17,11 +17,11 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from cropmap.errors import CropmapError, OutputExistsError
+from cropmap.safeio import io_step, owned_path
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +40,23 @@ def sha256(path: Path) -> str:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` to ``path`` atomically: a temporary file in the same folder, flushed, then renamed."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    """Write ``doc`` to ``path`` atomically: a temporary file in the same folder, flushed, then renamed.
+
+    Raises:
+        FileSystemError: One line naming ``path`` and the cause; ``path`` is unchanged.
+    """
+    tmp = owned_path(path, "tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with io_step("write", path):
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.path.lexists(tmp):  # (unlink of a missing file fails on a read-only file system)
+            tmp.unlink()
 
 
 def load(out: Path, settings: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:

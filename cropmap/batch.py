@@ -22,7 +22,6 @@ import datetime as dt
 import errno
 import logging
 import os
-import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +32,17 @@ from typing import Any
 
 from cropmap import _batch_state as state_io
 from cropmap.errors import BundleError, CropmapError, OutputExistsError
+from cropmap.safeio import (
+    RunLock,
+    file_system_error,
+    io_step,
+    is_debris,
+    lock_path,
+    mask_files,
+    output_folder,
+    refuse_overlap,
+    remove_stale,
+)
 from cropmap.options import ClassifyOptions
 from cropmap.regions import Region, as_regions, read_manifest
 
@@ -42,7 +52,9 @@ STATE_NAME = state_io.STATE_NAME
 SUMMARY_NAME = "batch_summary.json"
 SETTING_FIELDS = ("confidence", "embedding", "quicklook", "reflectance_scale", "min_valid_steps")
 """Options that change a region's output bytes; a resumed batch must use the same values."""
-_STALE_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.(tmp|scratch)(\.[A-Za-z0-9]+)*$")
+
+REGION_LOCK_WAIT_S = 3600.0
+"""How long a region task waits for a live task of an earlier (dead) driver that still writes the same region."""
 
 BatchProgress = Callable[[int, int], None]
 """Called as ``progress(0, total)`` before the first region starts, then ``progress(done, total)``
@@ -62,8 +74,9 @@ class RegionJob:
 def run_region(job: RegionJob) -> dict[str, Any]:
     """Classify one region on whatever process runs this (a dask worker).
 
-    Stale temporaries left in the region's folder by an interrupted run are removed
-    first. The folder itself is never removed here: after a driver dies, its running
+    Temporaries left in the region's folder by an interrupted run are removed by
+    :func:`cropmap.pipeline.classify` once it holds the output's lock. The folder
+    itself is never removed here: after a driver dies, its running
     tasks may go on on the cluster's workers, and a task of the new run may be writing
     into the same folder; only the driver tidies up a failed region's empty folder
     (:func:`_remove_if_empty`). Errors in the region's inputs (:class:`~cropmap.errors.CropmapError`) and
@@ -79,16 +92,17 @@ def run_region(job: RegionJob) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     folder = job.out_dir / job.region.name
+    out = folder / f"{job.region.name}.tif"
     try:
-        folder.mkdir(exist_ok=True)
-        for p in folder.iterdir():
-            if p.is_file() and _STALE_TEMP_RE.match(p.name):
-                logger.info("removing %s left by an interrupted run", p)
-                p.unlink()
-        summary = classify(job.region.stack, job.region.mask, model=job.model, out=folder / f"{job.region.name}.tif",
-                           options=job.options)  # fmt: skip
-    except (CropmapError, OSError) as err:
+        with io_step("create the region folder", folder):
+            folder.mkdir(exist_ok=True)
+        # A task of a driver that died may still be writing this region: wait for it, then recompute.
+        with RunLock(out, "region output", wait_s=REGION_LOCK_WAIT_S):
+            summary = classify(job.region.stack, job.region.mask, model=job.model, out=out, options=job.options)
+    except CropmapError as err:
         return _failed(err, time.perf_counter() - t0)
+    except OSError as err:
+        return _failed(file_system_error(err, "write the region's outputs in", folder), time.perf_counter() - t0)
     except Exception as err:  # noqa: BLE001 - isolate the region; the traceback travels with the result
         return _failed(err, time.perf_counter() - t0) | {"traceback": traceback.format_exc()}
     outputs = {Path(p).name: state_io.sha256(Path(p)) for p in summary["outputs"].values() if p is not None}
@@ -111,7 +125,7 @@ def _remove_if_empty(folder: Path) -> None:
             folder.rmdir()
         except OSError as err:
             if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-                raise
+                raise file_system_error(err, "remove the empty folder of a failed region", folder) from err
             # Another run's task wrote there meanwhile, or removed it: leave the folder to it.
             logger.info("left %s in place: %s", folder, err)
 
@@ -172,8 +186,6 @@ def classify_many(
         CropmapError: For a bad manifest or bundle, unreachable scheduler, or an
             output folder whose outputs were made with other settings (no region runs).
     """
-    from cropmap import __version__
-
     t_start = time.perf_counter()
     opts = _batch_options(options, kwargs)
     if scheduler is not None:
@@ -188,7 +200,31 @@ def classify_many(
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out-dir {out} is a file; expected a folder (it is created if missing)")
 
+    _refuse_batch_overlap(out, regions, region_list, model_path)
     settings = {"model_sha256": state_io.sha256(model_path)} | {f: getattr(opts, f) for f in SETTING_FIELDS}
+    with output_folder(out), RunLock(out / STATE_NAME, "batch folder"):
+        remove_stale(out, {STATE_NAME, SUMMARY_NAME})
+        return _classify_many_locked(region_list, out, model_path, settings, scheduler, workers, opts, progress,
+                                     t_start)  # fmt: skip
+
+
+def _refuse_batch_overlap(out: Path, regions: Any, region_list: list[Region], model: Path) -> None:
+    """Refuse a batch whose state, summary or lock file would replace one of its inputs."""
+    inputs: dict[Path, str] = {model: "model bundle"}
+    if isinstance(regions, (str, Path)):
+        inputs[Path(regions)] = "regions manifest"
+    for r in region_list:
+        inputs.setdefault(Path(r.stack), f"stack of region {r.name!r}")
+        inputs.update({m: f"mask of region {r.name!r}" for m in mask_files(Path(r.mask))})
+    refuse_overlap([out / STATE_NAME, out / SUMMARY_NAME, lock_path(out / STATE_NAME)], inputs)
+
+
+def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path, settings: dict[str, Any],
+                          scheduler: str | None, workers: int | None, opts: ClassifyOptions,
+                          progress: BatchProgress | None, t_start: float) -> dict[str, Any]:  # fmt: skip
+    """The batch, run while this process holds the batch folder's lock."""
+    from cropmap import __version__
+
     state = state_io.load(out, settings, overwrite=opts.overwrite)
     todo, skipped = _plan(region_list, state, out, opts)
     if skipped:
@@ -199,7 +235,6 @@ def classify_many(
         state_io.save(out, state)
     else:
         with _cluster(scheduler, workers, len(todo)) as (client, executor, threads):
-            out.mkdir(parents=True, exist_ok=True)
             state_io.save(out, state)  # the regions to run are recorded as pending before any starts
             logger.info("classifying %d regions on %s", len(todo), executor)
             if progress is not None:
@@ -280,7 +315,7 @@ def _plan(regions: list[Region], state: dict[str, Any], out: Path,
         entry = entries.get(r.name)
         if entry is None and not opts.overwrite:
             folder = out / r.name
-            if folder.is_dir() and any(folder.iterdir()):
+            if folder.is_dir() and any(not is_debris(p.name) for p in folder.iterdir()):
                 raise OutputExistsError(
                     f"{folder} already holds files that {out / STATE_NAME} does not record; expected an empty or "
                     "new folder for region " + repr(r.name) + " (pass --overwrite to replace them)"

@@ -11,12 +11,25 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from cropmap.errors import CropmapError
 from cropmap.options import DEFAULT_BATCH_SIZE, ClassifyOptions
+from cropmap.safeio import file_system_error, interrupt_exit_code, signals_as_interrupts
+
+
+def _fail(err: BaseException, after_interrupt: str) -> NoReturn:
+    """End the command on ``err`` with one ``Error:`` line: status 1, or 128 + the signal number."""
+    if isinstance(err, KeyboardInterrupt):
+        code, name = interrupt_exit_code(err)
+        click.echo(f"Error: interrupted by {name}; {after_interrupt}", err=True)
+        sys.exit(code)
+    if not isinstance(err, CropmapError):  # an OSError outside the steps that name their operation
+        filename = getattr(err, "filename", None)
+        err = file_system_error(err, "access", filename if filename is not None else "a file")
+    raise click.ClickException(" ".join(str(err).split())) from err
 
 
 def _version() -> str:
@@ -142,9 +155,10 @@ def classify(
             bar.update(1)
 
     try:
-        summary = run_classify(stack, mask, model=model, out=out, options=options, progress=progress)
-    except CropmapError as err:
-        raise click.ClickException(str(err)) from err
+        with signals_as_interrupts():
+            summary = run_classify(stack, mask, model=model, out=out, options=options, progress=progress)
+    except (CropmapError, OSError, KeyboardInterrupt) as err:
+        _fail(err, "temporary files removed, no output written")
     finally:
         if bar is not None:
             bar.close()
@@ -250,11 +264,12 @@ def batch(
             bar.update(done - bar.n)
 
     try:
-        region_list = read_manifest(regions) if regions is not None else regions_from_pairs(stacks, masks)
-        summary = classify_many(region_list, out_dir=out_dir, model=model, scheduler=scheduler, workers=workers,
-                                options=options, progress=progress)  # fmt: skip
-    except CropmapError as err:
-        raise click.ClickException(str(err)) from err
+        with signals_as_interrupts():
+            region_list = read_manifest(regions) if regions is not None else regions_from_pairs(stacks, masks)
+            summary = classify_many(region_list, out_dir=out_dir, model=model, scheduler=scheduler,
+                                    workers=workers, options=options, progress=progress)  # fmt: skip
+    except (CropmapError, OSError, KeyboardInterrupt) as err:
+        _fail(err, "the regions finished so far are recorded; rerun the same command to resume")
     finally:
         if bar is not None:
             bar.close()

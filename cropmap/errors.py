@@ -31,3 +31,26 @@ class OutputExistsError(CropmapError, FileExistsError):
 
 class RuntimeSetupError(CropmapError, RuntimeError):
     """The runtime environment is broken (e.g. onnxruntime and onnxruntime-gpu both installed)."""
+
+
+class FileSystemError(CropmapError, OSError):
+    """Reading or writing a file failed (permission denied, read-only file system, disk full, ...).
+
+    The message names the operation, the path and the cause; ``errno``, ``filename``
+    and ``operation`` carry them for callers.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
+
+
+class InputOverwriteError(CropmapError, ValueError):
+    """A file the run would write is one of its inputs (or lies inside a folder stack)."""
+
+
+class RunLockedError(CropmapError, RuntimeError):
+    """Another cropmap run holds the lock of the same output (or batch folder)."""
+
+
+class NothingClassifiedError(CropmapError, RuntimeError):
+    """The run finished without classifying a single pixel; no output is written."""

@@ -124,6 +124,7 @@ def load_polygons(
     if not info.get("crs"):
         raise MaskError(f"mask {path} has no CRS; expected a declared CRS (e.g. EPSG:4326); set it with ogr2ogr -a_srs")
     src_crs = CRS.from_user_input(info["crs"])
+    _check_geographic_extent(path, polys, src_crs)
     if src_crs != raster_crs:
         logger.info("reprojecting mask %s from %s to the stack's %s", path, src_crs.to_string(), raster_crs.to_string())
         polys = _reproject(polys, src_crs, raster_crs)
@@ -173,3 +174,30 @@ def rasterize_block(
 
 def _first_line(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _check_geographic_extent(path: Path, polys: Sequence[shapely.Geometry], crs: CRS) -> None:
+    """Refuse coordinates that cannot be longitude/latitude in a geographic CRS.
+
+    GDAL reads a GeoJSON without a ``crs`` member as longitude/latitude (RFC 7946), so
+    a GeoJSON of projected coordinates (metres) arrives here as "EPSG:4326" with
+    coordinates in the hundreds of thousands, which reproject to infinity.
+    """
+    if not crs.is_geographic:
+        return
+    left, bottom, right, top = shapely.total_bounds(list(polys)).tolist()
+    if -360.0 <= left and right <= 360.0 and -90.0 <= bottom and top <= 90.0:
+        return
+    span = [round(v, 2) for v in (left, bottom, right, top)]
+    geojson = path.suffix.lower() in (".geojson", ".json", ".geojsonl", ".geojsons")
+    why = (
+        "a GeoJSON without a `crs` member is read as longitude/latitude (RFC 7946), but these coordinates are "
+        "not degrees (projected metres?)"
+        if geojson
+        else "these coordinates are not degrees (projected metres?)"
+    )
+    raise MaskError(
+        f"mask {path} has CRS {crs.to_string()} (longitude/latitude) but its polygons span {span}; {why}; expected "
+        "longitude/latitude coordinates, or the file's real CRS declared (e.g. ogr2ogr -a_srs EPSG:32631 "
+        "cropland.gpkg mask.geojson)"
+    )

@@ -7,6 +7,7 @@ Both share the same preparation and per-block work, so their results are identic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -26,6 +27,7 @@ from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
 from cropmap.options import ClassifyOptions
 from cropmap.postprocess import PostProcess
+from cropmap.sanity import check_reflectance
 from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, halo_window
 from cropmap.stack import Stack, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
@@ -108,6 +110,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
             # With post-processing, the polygons of the halo around the block count too.
             window, _ = halo_window(b, post.halo, st.shape)
             items.append(BlockItem(block=b, geometries=polygons.select(window_bounds(window, st.transform))))
+    check_reflectance(st, obs, meta.bands, [item.block for item in items])
     executor = make_executor(len(items), options.workers, options.scheduler, threads=options.threads)
     logger.info(
         "%d blocks of %s px, %d touch cropland; running on %s", len(blocks), shape, len(items), executor.description
@@ -227,7 +230,6 @@ def classify(
     from cropmap.writer import (
         MAP_NODATA,
         BlockRaster,
-        Staging,
         check_outputs,
         class_tags,
         colormap,
@@ -244,15 +246,17 @@ def classify(
         raise InputRasterError(f"output {out_path} must end in .tif or .tiff (it is a GeoTIFF)")
     paths = output_paths(out_path, confidence=opts.confidence, embedding=opts.embedding, quicklook=opts.quicklook,
                          probabilities=opts.probabilities, uncertainty=opts.uncertainty is not None)  # fmt: skip
+    _refuse_inputs_as_outputs(paths, stack, mask, model)
     check_outputs(paths, overwrite=opts.overwrite)
     plan = _prepare(stack, mask, model, opts)
+    _refuse_inputs_as_outputs(paths, stack, mask, model, plan.stack.sources)
     meta, st = plan.meta, plan.stack
     tally = _Tally(plan)
     write_s = 0.0
     insufficient_m2 = 0.0
     status: BlockRaster | None = None
     grid = dict(crs=st.crs, transform=st.transform, shape=st.shape)
-    with Staging() as staging:
+    with _claim_outputs(paths, opts, plan) as staging:
         rasters: dict[str, BlockRaster] = {}
         try:
             legend_tags, band_legend = class_tags(meta.classes)
@@ -357,6 +361,7 @@ def classify(
             embedding_dim=meta.embedding.dim if meta.embedding is not None else None,
         )  # fmt: skip
         staging.temp_for(paths.stac).write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
+        _refuse_empty_result(plan, tally.n_mask, tally.n_insufficient, tally.n_classified)
         staging.commit()
     logger.info(
         "classified %d of %d cropland pixels in %.2f s -> %s", tally.n_classified, tally.n_mask, total_s, paths.map
@@ -546,6 +551,8 @@ def classify_array(
         classes[sl] = result.prediction.classes
         if conf is not None:
             conf[sl] = result.prediction.confidence
+    if not classes.any():
+        _refuse_empty_result(plan, None, None, 0)
     tf = st.transform
     xs = np.array([(tf @ (c + 0.5, 0.5))[0] for c in range(st.width)])
     ys = np.array([(tf @ (0.5, r + 0.5))[1] for r in range(st.height)])
@@ -560,3 +567,84 @@ def classify_array(
             "class_colors": [c.color for c in meta.classes], "model": meta.model_name,
         },
     )  # fmt: skip
+
+
+def _refuse_inputs_as_outputs(
+    paths: Any,  # writer.OutputPaths
+    stack: str | Path,
+    mask: str | Path,
+    model: str | Path | None,
+    sources: tuple[Path, ...] = (),
+) -> None:
+    """Refuse a run that would write over one of its inputs (with or without ``overwrite``)."""
+    from cropmap.models import DEFAULT_BUNDLE
+    from cropmap.safeio import lock_path, mask_files, refuse_overlap
+
+    inputs: dict[Path, str] = {Path(stack): "stack"}
+    inputs.update({s: "stack file" for s in sources})
+    inputs.update({m: "mask" for m in mask_files(Path(mask))})
+    inputs[Path(model) if model is not None else DEFAULT_BUNDLE] = "model bundle"
+    refuse_overlap([*paths.all(), lock_path(paths.map)], inputs)
+
+
+@contextlib.contextmanager
+def _claim_outputs(paths: Any, opts: ClassifyOptions, plan: _Plan) -> Iterator[Any]:  # writer.Staging
+    """Make the output folder, lock the output, re-check it, tidy up after killed runs, check the space; stage.
+
+    On failure the temporaries, the lock file and any folder made here (if empty)
+    are removed again; an ``OSError`` from writing becomes one line naming the path,
+    the operation and the cause.
+    """
+    from cropmap.errors import CropmapError
+    from cropmap.safeio import RunLock, check_free_space, file_system_error, output_folder, remove_stale
+    from cropmap.writer import Staging, check_outputs
+
+    folder = paths.map.parent
+    with output_folder(folder), RunLock(paths.map, "output"):
+        check_outputs(paths, overwrite=opts.overwrite)  # again: no other run can write them now
+        remove_stale(folder, {p.name for p in paths.all()})
+        check_free_space(folder, _least_output_bytes(paths, plan), f"the outputs of {paths.map.name}")
+        with Staging() as staging:
+            try:
+                yield staging
+            except OSError as err:
+                if isinstance(err, CropmapError):
+                    raise
+                # A write outside the steps that name themselves (PNG, JSON): the file being written is the newest.
+                newest = staging.newest()
+                where = err.filename if err.filename else (newest if newest is not None else folder)
+                raise file_system_error(err, "write", where) from err
+
+
+def _least_output_bytes(paths: Any, plan: _Plan) -> int:
+    """A low estimate of the bytes the output rasters take, for the free-space check.
+
+    Only blocks that touch cropland hold data (the rest is nodata and compresses to
+    almost nothing). Deflate was measured at about 2.5:1 on float32 embeddings and 3:1
+    on uint8 rasters of the sample data; the estimate assumes 3:1 and 20:1, so that a
+    run is refused only when its outputs clearly cannot fit.
+    """
+    px = sum(item.block.height * item.block.width for item in plan.items)
+    uint8_bands = 1 + (paths.confidence is not None) + (getattr(paths, "uncertainty", None) is not None)
+    if getattr(paths, "probabilities", None) is not None:
+        uint8_bands += len(plan.meta.classes)
+    float_bands = plan.meta.embedding.dim if paths.embedding is not None and plan.meta.embedding is not None else 0
+    return int(px * (uint8_bands / 20 + 4 * float_bands / 3))
+
+
+def _refuse_empty_result(plan: _Plan, n_mask: int | None, n_insufficient: int | None, n_classified: int) -> None:
+    """Raise :class:`~cropmap.errors.NothingClassifiedError` when no pixel was classified (nothing is written)."""
+    from cropmap.errors import NothingClassifiedError
+
+    if n_classified:
+        return
+    if n_mask == 0:
+        why = f"no pixel centre of stack {plan.stack.path} lies inside the polygons of mask {plan.polygons.path}"
+    elif n_mask is not None:
+        why = (f"all {n_mask:,} cropland pixels have fewer than {plan.min_valid} valid observations in season "
+               f"{plan.season} ({n_insufficient:,} insufficient; is the stack nodata or clouded there?)")  # fmt: skip
+    else:
+        why = f"no cropland pixel has {plan.min_valid} valid observations in season {plan.season}"
+    raise NothingClassifiedError(
+        f"no pixel was classified: {why}; expected at least one classified pixel (nothing was written)"
+    )

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from rasterio.windows import Window
 
 from cropmap.bundle import ClassInfo
 from cropmap.errors import OutputExistsError
+from cropmap.safeio import io_step, owned_path, replace_all
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +86,26 @@ def output_paths(
 
 
 def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
-    """Refuse to run when an output exists and ``overwrite`` is False.
+    """Refuse to run when an output exists and ``overwrite`` is False, or is not a file.
+
+    Creates nothing: the output folder is made once the inputs are valid.
 
     Raises:
-        OutputExistsError: Naming the existing files.
+        OutputExistsError: Naming the existing files, a folder path that is a file, or
+            an output path that is a folder (never replaced, even with ``overwrite``).
     """
     folder = paths.map.parent
-    if folder.exists() and not folder.is_dir():
-        raise OutputExistsError(f"output folder {folder} is a file; expected a folder")
-    if not folder.exists():
-        folder.mkdir(parents=True)
-        logger.info("created output folder %s", folder)
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise OutputExistsError(f"output folder {folder}: {p} is a file; expected a folder (or nothing) there")
+    not_files = [str(p) for p in paths.all() if p.exists() and not p.is_file()]
+    if not_files:
+        raise OutputExistsError(
+            f"output {', '.join(not_files)} exists and is not a file (a folder?); expected a file or nothing there "
+            "(it is never replaced, not even with --overwrite)"
+        )
     if overwrite:
         return
     existing = [str(p) for p in paths.all() if p.exists()]
@@ -114,9 +122,13 @@ class Staging:
 
     def temp_for(self, final: Path) -> Path:
         """A temporary path in ``final``'s folder that :meth:`commit` moves to ``final``."""
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
+        tmp = owned_path(final, "tmp", final.suffix)
         self._moves.append((tmp, final))
         return tmp
+
+    def newest(self) -> Path | None:
+        """The temporary path handed out last by :meth:`temp_for` (the one being written, if a write fails)."""
+        return self._moves[-1][0] if self._moves else None
 
     def staged(self, final: Path) -> Path:
         """The temporary path staged for ``final``."""
@@ -124,21 +136,21 @@ class Staging:
 
     def scratch(self, near: Path, suffix: str) -> Path:
         """A temporary path removed when staging ends."""
-        tmp = near.with_name(f".{near.name}.{uuid.uuid4().hex[:8]}.scratch{suffix}")
+        tmp = owned_path(near, "scratch", suffix)
         self._scratch.append(tmp)
         return tmp
 
     def commit(self) -> None:
-        """Move every staged file to its final path."""
-        for tmp, final in self._moves:
-            os.replace(tmp, final)
+        """Move every staged file to its final path, all or none (see :func:`cropmap.safeio.replace_all`)."""
+        replace_all(self._moves)
         self._moves.clear()
 
     def cleanup(self) -> None:
         """Remove whatever temporary file is left (and GDAL sidecars of it)."""
         for tmp in [t for t, _ in self._moves] + self._scratch:
             for p in (tmp, tmp.with_name(tmp.name + ".aux.xml"), tmp.with_name(tmp.name + ".ovr")):
-                p.unlink(missing_ok=True)
+                if p.exists() or p.is_symlink():  # (unlink of a missing file fails on a read-only file system)
+                    p.unlink()
         self._moves.clear()
         self._scratch.clear()
 
@@ -179,46 +191,53 @@ class BlockRaster:
         )  # fmt: skip
         if colormap is not None:
             profile["photometric"] = "palette"
-        self._ds = rasterio.open(path, "w", **profile)
-        if colormap is not None:
-            self._ds.write_colormap(1, colormap)
-        if descriptions:
-            for i, d in enumerate(descriptions, start=1):
-                self._ds.set_band_description(i, d)
-        if tags:
-            self._ds.update_tags(**tags)
-        for band, items in (band_tags or {}).items():
-            self._ds.update_tags(band, **items)
+        with io_step("create the temporary raster", path):
+            self._ds = rasterio.open(path, "w", **profile)
+            if colormap is not None:
+                self._ds.write_colormap(1, colormap)
+            if descriptions:
+                for i, d in enumerate(descriptions, start=1):
+                    self._ds.set_band_description(i, d)
+            if tags:
+                self._ds.update_tags(**tags)
+            for band, items in (band_tags or {}).items():
+                self._ds.update_tags(band, **items)
 
     def write(self, window: Window, data: np.ndarray) -> None:
         """Write ``data`` (``(rows, cols)`` or ``(bands, rows, cols)``) at ``window``."""
         arr = data if data.ndim == 3 else data[None]
-        self._ds.write(arr.astype(self.dtype, copy=False), window=window)
+        with io_step("write the temporary raster", self.path):
+            self._ds.write(arr.astype(self.dtype, copy=False), window=window)
 
     def fill(self, window: Window) -> None:
         """Write nodata over ``window``."""
-        self._ds.write(
-            np.full((self.count, int(window.height), int(window.width)), self.nodata, dtype=self.dtype), window=window
-        )
+        with io_step("write the temporary raster", self.path):
+            self._ds.write(
+                np.full((self.count, int(window.height), int(window.width)), self.nodata, dtype=self.dtype),
+                window=window,
+            )
 
     def to_cog(self, dest: Path) -> None:
         """Close the scratch file and copy it to a Cloud-Optimised GeoTIFF at ``dest``.
 
         Overviews are built with nearest-neighbour resampling (class codes must not be averaged).
         """
-        self._ds.close()
-        rasterio.shutil.copy(
-            self.path, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
-            OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", OVERVIEWS="IGNORE_EXISTING",
-            BIGTIFF="IF_SAFER", NUM_THREADS="1",
-        )  # fmt: skip
-        dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
-        check_cog(dest)
+        with io_step("finish the temporary raster", self.path):
+            self._ds.close()
+        with io_step("write the Cloud-Optimised GeoTIFF", dest):
+            rasterio.shutil.copy(
+                self.path, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
+                OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", OVERVIEWS="IGNORE_EXISTING",
+                BIGTIFF="IF_SAFER", NUM_THREADS="1",
+            )  # fmt: skip
+            dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
+            check_cog(dest)
 
     def close(self) -> None:
         """Close the scratch file without copying it."""
         if not self._ds.closed:
-            self._ds.close()
+            with io_step("close the temporary raster", self.path):
+                self._ds.close()
 
 
 def check_cog(path: Path) -> None:
