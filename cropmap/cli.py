@@ -250,7 +250,7 @@ def batch(
     options = dataclasses.replace(options, scheduler=None, workers=None)
 
     from cropmap.batch import classify_many, format_report
-    from cropmap.regions import read_manifest, regions_from_pairs
+    from cropmap.regions import regions_from_pairs
 
     bar: Any = None
 
@@ -265,7 +265,8 @@ def batch(
 
     try:
         with signals_as_interrupts():
-            region_list = read_manifest(regions) if regions is not None else regions_from_pairs(stacks, masks)
+            # A manifest goes in by path, so that the batch can refuse to write its files over it.
+            region_list = regions if regions is not None else regions_from_pairs(stacks, masks)
             summary = classify_many(region_list, out_dir=out_dir, model=model, scheduler=scheduler,
                                     workers=workers, options=options, progress=progress)  # fmt: skip
     except (CropmapError, OSError, KeyboardInterrupt) as err:
