@@ -1,8 +1,10 @@
 """The ``cropmap`` command line: a thin layer over :mod:`cropmap.pipeline`.
 
 Options map 1:1 to :class:`cropmap.options.ClassifyOptions`. Errors cropmap
-raises for bad input (:class:`~cropmap.errors.CropmapError`) end the command with
-one ``Error: ...`` line and exit status 1; bad option values exit with status 2.
+raises for bad input (:class:`~cropmap.errors.CropmapError`) and I/O faults
+(``OSError``) end the command with one ``Error: ...`` line and exit status 1; bad
+option values exit with status 2; Ctrl-C and SIGTERM clean up and exit with
+128 + the signal number (docs/faults.md).
 """
 
 from __future__ import annotations

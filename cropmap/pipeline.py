@@ -222,7 +222,12 @@ def classify(
         The run summary (also written to ``<out stem>_summary.json``).
 
     Raises:
-        CropmapError: For bad inputs, an incompatible bundle or existing outputs.
+        CropmapError: For bad inputs, an incompatible bundle or existing outputs; an
+            output that is an input (:class:`~cropmap.errors.InputOverwriteError`), an
+            output another run is writing (:class:`~cropmap.errors.RunLockedError`), an
+            I/O fault (:class:`~cropmap.errors.FileSystemError`), or a run that
+            classified no pixel (:class:`~cropmap.errors.NothingClassifiedError`).
+            Nothing is then left at the final paths (docs/faults.md).
     """
     from cropmap import __version__
     from cropmap.quicklook import STATUS_CLASSIFIED, STATUS_INSUFFICIENT, STATUS_OUTSIDE, write_quicklook
