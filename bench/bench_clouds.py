@@ -20,7 +20,7 @@ What it does (everything on scene A of ``python -m training.simulate``):
    (clouds left in), the cloudy stack with its CLP band found by name (clouds masked), the cloud-free twin.
    Accuracy = share of classified validation pixels whose class is the field's crop.
 
-``tests/training/test_clouds.py`` runs the same steps on the ``tiny`` preset.
+``tests/training/test_training_clouds.py`` runs the same steps on the ``tiny`` preset.
 """
 
 from __future__ import annotations

@@ -16,16 +16,7 @@ from cropmap.errors import BundleError
 from exporters.best import METRICS, export_best
 from exporters.parity import ParityError
 from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_checkpoint
-from training.checkpoint import CheckpointError
-
-
-def _one_line(err: BaseException) -> str:
-    """An error as one line; an OSError names the path and the cause."""
-    if isinstance(err, OSError) and err.strerror:
-        where = f"{err.filename}: " if err.filename else ""
-        return f"{where}{err.strerror}"
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+from training.checkpoint import CheckpointError, describe_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.filename or args.out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
     except (ExportError, ParityError, CheckpointError, BundleError, ValueError, OSError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {describe_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from cropmap.bundle import ClassInfo, TimeGrid
-from training.checkpoint import CheckpointError
+from training.checkpoint import CheckpointError, describe_error
 from training.classifier import classifier_metadata, describe_encoder, save_classifier
 from training.config import ConfigError, config_to_dict, load_config
 from training.evaluate import confusion_matrix, metrics_from_confusion
@@ -758,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = load_task(cfg)
         results = run_comparison(cfg, data, encoders, args.out, show_progress=not args.no_progress)
     except (ValueError, CheckpointError, ConfigError, OSError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {describe_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept in results.jsonl; rerun the same command to resume", file=sys.stderr)
@@ -768,15 +768,6 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"--out {args.out / 'report'}; best model as a bundle: python -m exporters --best {args.out} "
           f"-o {args.out / 'model.onnx'}")  # fmt: skip
     return 0
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception as one line; an OSError names its path and cause."""
-    if isinstance(err, OSError) and err.strerror:
-        where = f" {err.filename!s}" if err.filename else ""
-        return f"cannot access{where}: {err.strerror}"
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":
