@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -140,8 +139,8 @@ def _read_only(folder: Path) -> tuple[list[str], str, Any]:
     if probe.returncode != 0:
         pytest.skip(f"a read-only bind mount is refused here: {probe.stderr.strip()}")
     ns = " ".join(_unshare() or [])
-    prefix = [*ns.split(), "sh", "-c", f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" '
-              '&& exec "$@"', "sh"]  # fmt: skip
+    mount = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" && exec "$@"'
+    prefix = [*ns.split(), "sh", "-c", mount, "sh"]
     return prefix, "read-only file system", lambda: None
 
 
@@ -306,17 +305,19 @@ def test_disk_full_while_writing(small: dict[str, Path], tmp_path: Path, size: s
     assert _hashes(small.values()) == before
 
 
+def _with_file_size_limit(cmd: list[str]) -> list[str]:
+    """``cmd`` under a 6 KiB file-size limit (ulimit -f, in 1 KiB blocks) with SIGXFSZ ignored, so writes fail with
+    EFBIG. Set by a shell rather than a ``preexec_fn``, which can deadlock when forked from a threaded pytest."""
+    return ["bash", "-c", 'trap "" XFSZ; ulimit -f 6 && exec "$@"', "bash", *cmd]
+
+
 def test_file_size_limit(small: dict[str, Path], tmp_path: Path) -> None:
     """RLIMIT_FSIZE (ulimit -f) stops writes with EFBIG: works without root or mounts."""
 
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
-
     out = tmp_path / "o" / "map.tif"
     before = _hashes(small.values())
-    proc = subprocess.run([*CLI, *_classify_args(small["stack"], small["mask"], small["bundle"], out, "--embedding")],
-                          capture_output=True, text=True, check=False, preexec_fn=limit, timeout=180)  # fmt: skip
+    cmd = [*CLI, *_classify_args(small["stack"], small["mask"], small["bundle"], out, "--embedding")]
+    proc = subprocess.run(_with_file_size_limit(cmd), capture_output=True, text=True, check=False, timeout=180)
     assert proc.returncode == 1, proc.stderr
     _one_error_line(proc.stderr, "could not", "file too large", "ulimit -f")
     assert not (tmp_path / "o").exists()  # the folder it made is removed again
@@ -559,3 +560,27 @@ def test_batch_state_faults(small: dict[str, Path], tmp_path: Path, case: str) -
     assert res.exit_code == 1
     _one_error_line(res.output, *words)
     assert _hashes([tmp_path]) == before
+
+
+def test_batch_region_on_a_file_size_limit_fails_with_the_cause(small: dict[str, Path], tmp_path: Path) -> None:
+    """A region task hitting a real write fault records the cause in one line (not "Write failed"), leaves no debris."""
+    code = f"""
+import json
+from pathlib import Path
+from cropmap.batch import RegionJob, run_region
+from cropmap.options import ClassifyOptions
+from cropmap.regions import Region
+region = Region(name="alpha", stack=Path({str(small["stack"])!r}), mask=Path({str(small["mask"])!r}), season=None)
+job = RegionJob(region=region, out_dir=Path({str(tmp_path)!r}), model=Path({str(small["bundle"])!r}),
+                options=ClassifyOptions(embedding=True, cloud_band="none"))
+print(json.dumps(run_region(job)))
+"""
+
+    proc = subprocess.run(_with_file_size_limit([sys.executable, "-c", code]), capture_output=True, text=True,
+                          check=False, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["status"] == "failed" and "traceback" not in result
+    assert "file too large" in result["error"] and "Write failed" not in result["error"], result["error"]
+    assert "\n" not in result["error"]
+    assert _files(tmp_path / "alpha") == []  # the driver removes this empty folder
