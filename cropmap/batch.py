@@ -32,6 +32,8 @@ from typing import Any
 
 from cropmap import _batch_state as state_io
 from cropmap.errors import BundleError, CropmapError, OutputExistsError
+from cropmap.options import ClassifyOptions
+from cropmap.regions import Region, as_regions, read_manifest
 from cropmap.safeio import (
     RunLock,
     file_system_error,
@@ -43,8 +45,6 @@ from cropmap.safeio import (
     refuse_overlap,
     remove_stale,
 )
-from cropmap.options import ClassifyOptions
-from cropmap.regions import Region, as_regions, read_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -186,7 +186,7 @@ def _check_geographic_extent(path: Path, polys: Sequence[shapely.Geometry], crs:
     if not crs.is_geographic:
         return
     left, bottom, right, top = shapely.total_bounds(list(polys)).tolist()
-    if -360.0 <= left and right <= 360.0 and -90.0 <= bottom and top <= 90.0:
+    if left >= -360.0 and right <= 360.0 and bottom >= -90.0 and top <= 90.0:
         return
     span = [round(v, 2) for v in (left, bottom, right, top)]
     geojson = path.suffix.lower() in (".geojson", ".json", ".geojsonl", ".geojsons")

@@ -27,8 +27,8 @@ from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
 from cropmap.options import ClassifyOptions
 from cropmap.postprocess import PostProcess
-from cropmap.sanity import check_reflectance
 from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, halo_window
+from cropmap.sanity import check_reflectance
 from cropmap.stack import Stack, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
 from cropmap.timegrid import select_season

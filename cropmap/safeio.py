@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cropmap.errors import FileSystemError, InputOverwriteError, RunLockedError
 
@@ -400,8 +401,8 @@ class RunLock:
         wait_s: Seconds to wait for a live holder to finish before giving up (0: do not wait).
     """
 
-    _held: dict[str, int] = {}
-    _held_lock = threading.Lock()
+    _held: ClassVar[dict[str, int]] = {}
+    _held_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, target: Path, what: str, *, wait_s: float = 0.0) -> None:
         self.target = target
