@@ -57,6 +57,7 @@ from training.config import ConfigError, config_to_dict, load_config
 from training.evaluate import confusion_matrix, metrics_from_confusion
 from training.models import MODELS, build_model
 from training.models.encoder import compute_norm_stats, load_frozen_encoder
+from training.recipe import RECIPES, Recipe, augment_batch, class_weights, get_recipe, lr_lambda, selection_split
 from training.tune import sample_variants, split_lr
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,12 @@ class DownstreamConfig:
     """Also train each family with its default hyper-parameters (variant ``-1``, lr ``DEFAULT_LR``)."""
     save_models: bool = True
     """Write every finished run's model to ``OUT/models/`` (what ``python -m exporters --best`` reads)."""
+    recipe: str = "robust"
+    """How base models train (:mod:`training.recipe`): ``robust`` (default for users) or ``papers`` (Table 1)."""
+    baselines: bool = True
+    """Also score a RandomForest (per method, on the same inputs) and the majority class (:mod:`training.baselines`)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16`` trains the base models under bf16 autocast (the loss stays fp32)."""
 
     def __post_init__(self) -> None:
         for name in ("variants", "epochs", "batch_size", "n_train_per_class", "n_val_per_class", "eval_every"):
@@ -136,6 +143,7 @@ class DownstreamConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.embed_cache_gb < 0 or self.threads < 0:
             raise ValueError("embed_cache_gb and threads must be >= 0")
+        get_recipe(self.recipe)  # raises on an unknown name
 
 
 @dataclass(frozen=True)
@@ -236,67 +244,112 @@ def train_run(
     front: nn.Module | None = None,
     eval_every: int = 1,
     progress: Any | None = None,
+    recipe: Recipe | None = None,
+    x_sel: torch.Tensor | None = None,
+    y_sel: torch.Tensor | None = None,
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> dict[str, Any]:
-    """Train a base model with Adam and a linear learning-rate decay to 0, then score it.
+    """Train a base model with a :class:`~training.recipe.Recipe`, then score it on the validation set.
 
     Args:
         model: Base model ``(B, T, D) -> (B, K)``.
         x_train: ``(N, T, C)`` inputs: features already (``front`` None) or raw values for ``front``.
         y_train: ``(N,)`` int64 labels.
-        x_val: ``(M, T, C)`` validation inputs, like ``x_train``.
+        x_val: ``(M, T, C)`` validation inputs, like ``x_train``; never used for any training decision.
         y_val: ``(M,)`` labels.
-        lr: Initial learning rate.
-        epochs: Number of epochs.
-        batch_size: Mini-batch size.
-        seed: Seeds the batch order.
+        lr: Peak learning rate.
+        epochs: Number of epochs asked for (the recipe may raise it to reach its ``min_steps``).
+        batch_size: Mini-batch size asked for (the recipe may cap it for small training sets).
+        seed: Seeds the batch order and the augmentation.
         device: ``cpu`` or ``cuda``.
         front: Optional frozen module applied per batch under ``no_grad`` (kept in eval mode).
         eval_every: Validation accuracy is recorded every this many epochs and after the last one.
         progress: Optional tqdm bar updated once per epoch.
+        recipe: How to train (default: the papers' protocol, ``RECIPES["papers"]``).
+        x_sel: Selection inputs carved out of the training set: the model of the epoch with the best
+            selection macro F1 (ties: lower selection loss) is kept, and ``recipe.patience`` stops early.
+        y_sel: Selection labels.
+        precision: ``bf16`` trains under bf16 autocast (the loss stays fp32); ``fp32`` does not.
 
     Returns:
         ``val_accuracy``, ``macro_f1``, ``kappa``, ``confusion`` (list of lists), ``per_class_recall``,
-        ``curve`` (``[epoch, val accuracy]`` pairs) and ``final_loss``.
+        ``curve`` (``[epoch, val accuracy]`` pairs), ``final_loss``, ``epochs_run``, ``best_epoch``,
+        ``steps``, ``effective_batch_size`` and ``selection_f1`` (None without a selection split).
     """
+    import copy
+
+    from training.loop import autocast_context
+
+    recipe = recipe or RECIPES["papers"]
+    if (x_sel is None) != (y_sel is None):
+        raise ValueError("give both x_sel and y_sel, or neither")
     model.to(device)
     if front is not None:
         front.to(device).eval()
     n_classes = int(model.n_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    total = max(1, steps_per_epoch * epochs)
-    # Linear decay from lr (step 0) to 0 (after the last step).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
+    bs = recipe.batch_size(batch_size, len(x_train))
+    n_epochs = recipe.epochs(epochs, len(x_train), bs)
+    if recipe.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(x_train) / bs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, steps_per_epoch * n_epochs))
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = nn.CrossEntropyLoss()
+    weight = class_weights(y_train, n_classes).to(device) if recipe.balanced else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
+    # Augmentation acts on what x_train holds: model inputs, or raw values before a per-batch front.
+    scale = x_train.reshape(-1, x_train.shape[-1]).float().std(dim=0).clamp(min=1e-6) if recipe.augments else None
     curve: list[list[float]] = []
     loss_sum, loss_n = 0.0, 0
-    for epoch in range(1, epochs + 1):
+    best: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch, since_best, steps, epoch = n_epochs, 0, 0, 0
+    for epoch in range(1, n_epochs + 1):
         model.train()
         if front is not None:
             front.eval()
         order = torch.randperm(len(x_train), generator=gen)
-        loss_sum, loss_n = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        loss_acc = torch.zeros((), device=device)
+        loss_n = 0
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
             xb, yb = x_train[idx].to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
+            if scale is not None:
+                xb = augment_batch(xb, recipe, scale, gen)
             if front is not None:
                 with torch.no_grad():
                     xb = front(xb)
-            loss = loss_fn(model(xb), yb)
+            with autocast_context(torch.device(device), precision):
+                logits = model(xb)
+            loss = loss_fn(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_acc += loss.detach() * len(idx)
             loss_n += len(idx)
-        if epoch % eval_every == 0 or epoch == epochs:
-            pred = predict(model, x_val, batch_size=max(batch_size, 512), device=device, front=front)
+            steps += 1
+        loss_sum = float(loss_acc)
+        if epoch % eval_every == 0 or epoch == n_epochs:
+            pred = predict(model, x_val, batch_size=max(bs, 512), device=device, front=front)
             curve.append([epoch, float((pred == y_val).float().mean())])
+        if x_sel is not None and y_sel is not None:
+            score = _selection_score(model, x_sel, y_sel, n_classes, device=device, front=front)
+            if best is None or score > best:
+                best, best_epoch, since_best = score, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
         if progress is not None:
             progress.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.3f}", acc=f"{curve[-1][1]:.3f}" if curve else "-")
             progress.update(1)
-    pred = predict(model, x_val, batch_size=max(batch_size, 512), device=device, front=front)
+        if recipe.patience and since_best >= recipe.patience:
+            break
+    epochs_run = epoch
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    pred = predict(model, x_val, batch_size=max(bs, 512), device=device, front=front)
     cm = confusion_matrix(y_val.numpy(), pred.numpy(), n_classes)
     m = metrics_from_confusion(cm)
     return {
@@ -307,28 +360,52 @@ def train_run(
         "per_class_recall": [None if math.isnan(r) else r for r in m.recall],
         "curve": curve,
         "final_loss": loss_sum / max(loss_n, 1),
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch if best_state is not None else epochs_run,
+        "steps": steps,
+        "effective_batch_size": bs,
+        "selection_f1": None if best is None else best[0],
     }
 
 
 @torch.no_grad()
-def predict(
+def _selection_score(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, *, device: str, front: nn.Module | None
+) -> tuple[float, float]:
+    """(macro F1, -mean cross-entropy) on the selection split: larger is better."""
+    model.eval()
+    logits = predict_logits(model, x, batch_size=512, device=device, front=front)
+    nll = float(nn.functional.cross_entropy(logits, y))
+    cm = confusion_matrix(y.numpy(), logits.argmax(-1).numpy(), n_classes)
+    return metrics_from_confusion(cm).macro_f1, -nll
+
+
+@torch.no_grad()
+def predict_logits(
     model: nn.Module, x: torch.Tensor, *, batch_size: int, device: str = "cpu", front: nn.Module | None = None
 ) -> torch.Tensor:
-    """Class predictions ``(M,)`` for ``(M, T, C)`` inputs, in eval mode."""
+    """Logits ``(M, K)`` (float32, on CPU) for ``(M, T, C)`` inputs, in eval mode."""
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device)
         if front is not None:
             xb = front(xb)
-        out.append(model(xb).argmax(dim=-1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+        out.append(model(xb).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, int(model.n_classes))
+
+
+def predict(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int, device: str = "cpu", front: nn.Module | None = None
+) -> torch.Tensor:
+    """Class predictions ``(M,)`` for ``(M, T, C)`` inputs, in eval mode."""
+    return predict_logits(model, x, batch_size=batch_size, device=device, front=front).argmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------
 # the comparison
 # ----------------------------------------------------------------------------------------------
-SETUP_KEYS = ("task", "epochs", "batch_size", "n_train", "n_val", "seed", "lr_schedule", "fill")
+SETUP_KEYS = ("task", "epochs", "batch_size", "n_train", "n_val", "seed", "lr_schedule", "fill", "recipe")
 """Record fields that must agree between runs stored in one results file."""
 
 
@@ -359,6 +436,7 @@ def _check_setup(done: dict[Any, dict[str, Any]], setup: dict[str, Any], path: P
     for rec in done.values():
         if str(rec["task"]) != setup["task"]:
             continue
+        rec = {"recipe": "papers", **rec}  # files written before recipes existed used the papers' protocol
         diff = {k: (rec.get(k), setup[k]) for k in SETUP_KEYS if rec.get(k) != setup[k]}
         if diff:
             pretty = ", ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
@@ -501,6 +579,7 @@ def run_comparison(
     keys = [(e.method, e.corruption) for e in encoders]
     if len(set(keys)) != len(keys):
         raise ValueError(f"encoders repeat a (method, corruption) pair: {keys}")
+    recipe = get_recipe(cfg.recipe)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
@@ -514,8 +593,9 @@ def run_comparison(
         "n_train": len(data.y_train),
         "n_val": len(data.y_val),
         "seed": cfg.seed,
-        "lr_schedule": "linear-to-zero",
+        "lr_schedule": "linear-to-zero" if recipe.schedule == "linear" else "warmup-cosine",
         "fill": cfg.fill,
+        "recipe": recipe.name,
     }
     done = load_finished(results)
     _check_setup(done, setup, results)
@@ -542,7 +622,8 @@ def run_comparison(
     for method, corruption, front, extra in _fronts(data, encoders, cfg.device):
         todo = [(f, v) for f in cfg.families for v in indices if (cfg.task, f, v, method, corruption) not in done]
         bar.update(len(cfg.families) * len(indices) - len(todo))
-        if not todo:
+        baselines_todo = cfg.baselines and (cfg.task, "random_forest", 0, method, corruption) not in done
+        if not todo and not baselines_todo:
             continue
         d = int(getattr(front, "out_dim", x_train.shape[2]))
         cache_gb = (len(x_train) + len(x_val)) * x_train.shape[1] * d * 4 / 1e9
@@ -556,18 +637,29 @@ def run_comparison(
             feats_train, feats_val, run_front, mode = x_train, x_val, front, "per_batch"
             logger.info("%s %s: features need %.2f GB > embed_cache_gb=%.2f, encoding per batch", method, corruption, cache_gb, cfg.embed_cache_gb)
         encode_s = time.perf_counter() - t0
+        if cfg.baselines:
+            _run_baselines(cfg, data, method, corruption, extra, feats_train, feats_val, mode, encode_s, setup,
+                           results, done)  # fmt: skip
+        # The selection split (best epoch) is carved out of the training samples, never the validation ones.
+        if recipe.selection_fraction > 0:
+            fit_idx, sel_idx = (torch.from_numpy(i) for i in selection_split(data.y_train, recipe.selection_fraction, cfg.seed))
+            fit_x, fit_y, sel_x, sel_y = feats_train[fit_idx], y_train[fit_idx], feats_train[sel_idx], y_train[sel_idx]
+        else:
+            fit_x, fit_y, sel_x, sel_y = feats_train, y_train, None, None
         for family, v in todo:
             lr, hp = (DEFAULT_LR, {}) if v < 0 else split_lr(variants[family][v])
             seed = run_seed(cfg.seed, cfg.task, family, v, method, corruption)
             torch.manual_seed(seed)
             model = build_model(family, d, len(data.class_names), **hp)
             bar.set_description(f"task {cfg.task} {family} v{v} {method} {corruption if corruption is not None else ''}")
-            epoch_bar = tqdm(total=cfg.epochs, desc="epochs", unit="ep", leave=False, disable=not show_progress)
+            n_epochs = recipe.epochs(cfg.epochs, len(fit_y), recipe.batch_size(cfg.batch_size, len(fit_y)))
+            epoch_bar = tqdm(total=n_epochs, desc="epochs", unit="ep", leave=False, disable=not show_progress)
             t_run = time.perf_counter()
             res = train_run(
-                model, feats_train, y_train, feats_val, y_val,
+                model, fit_x, fit_y, feats_val, y_val,
                 lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, device=cfg.device,
-                front=run_front, eval_every=cfg.eval_every, progress=epoch_bar,
+                front=run_front, eval_every=cfg.eval_every, progress=epoch_bar, recipe=recipe,
+                x_sel=sel_x, y_sel=sel_y, precision=cfg.precision,
             )  # fmt: skip
             epoch_bar.close()
             seconds = time.perf_counter() - t_run
@@ -605,6 +697,54 @@ def run_comparison(
         _check_front_frozen(front, method)
     bar.close()
     return results
+
+
+def _run_baselines(
+    cfg: DownstreamConfig,
+    data: TaskData,
+    method: str,
+    corruption: float | None,
+    extra: dict[str, Any],
+    feats_train: torch.Tensor,
+    feats_val: torch.Tensor,
+    mode: str,
+    encode_s: float,
+    setup: dict[str, Any],
+    results: Path,
+    done: dict[Any, dict[str, Any]],
+) -> None:
+    """Score the RandomForest on this method's inputs (and, once, the majority class); append their records."""
+    from training.baselines import majority, random_forest
+
+    k = len(data.class_names)
+    todo = [("random_forest", method, corruption)]
+    if method == "supervised":
+        todo.append(("majority", method, corruption))
+    for family, m, c in todo:
+        if (cfg.task, family, 0, m, c) in done:
+            continue
+        if family == "random_forest" and mode != "precomputed":
+            logger.warning(
+                "%s %s: features are encoded per batch (larger than embed_cache_gb); the RandomForest baseline "
+                "needs them in memory and is not run for this method", method, corruption,
+            )  # fmt: skip
+            continue
+        if family == "random_forest":
+            res = random_forest(feats_train.numpy(), data.y_train, feats_val.numpy(), data.y_val, k, seed=cfg.seed,
+                                n_jobs=cfg.threads or -1)  # fmt: skip
+        else:
+            res = majority(data.y_train, data.y_val, k)
+        rec = {
+            **setup, "family": family, "variant": 0, "method": m, "corruption": c,
+            "hp": {"n_estimators": 500} if family == "random_forest" else {}, "hp_source": "baseline", "lr": None,
+            **res, "encode_seconds": encode_s, "embedding_mode": mode, "in_dim": int(feats_train.shape[-1]),
+            "class_names": list(data.class_names), "device": "cpu", "model": None, **extra,
+        }  # fmt: skip
+        with results.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        done[_run_key(rec)] = rec
+        logger.info("task %s baseline %s on %s %s: val acc %.4f, macro F1 %.4f (%.1f s)", cfg.task, family, m, c,
+                    res["val_accuracy"], res["macro_f1"], res["seconds"])  # fmt: skip
 
 
 def _check_front_frozen(front: nn.Module, method: str) -> None:
@@ -710,6 +850,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs per run")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--seed", type=int, help="seed of the variants, weights and batches")
+    parser.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="how base models train: robust (default) or papers (the papers' protocol, Table 1)")  # fmt: skip
+    parser.add_argument("--no-baselines", action="store_true", help="skip the RandomForest and majority-class baselines")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: train under bf16 autocast (GPUs)")
     parser.add_argument("--default-variant", action="store_true",
                         help="also train each family with its default hyper-parameters")  # fmt: skip
     real = parser.add_argument_group("task real (your labelled parcels)")
@@ -732,7 +876,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, key in (("task", "task"), ("data", "data"), ("families", "families"), ("variants", "variants"),
                       ("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("label_column", "label_column"),
                       ("grid", "grid"), ("season", "season"), ("season_start", "season_start"),
-                      ("split_seed", "split_seed"), ("split_file", "split_file")):  # fmt: skip
+                      ("split_seed", "split_seed"), ("split_file", "split_file"), ("recipe", "recipe"),
+                      ("precision", "precision")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -740,6 +885,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"top_classes={args.classes}" if args.classes.isdigit() else f"class_map={args.classes}")
     if args.default_variant:
         overrides.append("default_variant=true")
+    if args.no_baselines:
+        overrides.append("baselines=false")
     try:
         cfg = load_config(DownstreamConfig, args.config, [*overrides, *args.set])
         encoders = [EncoderSpec.parse(e) for e in args.encoders]

@@ -14,7 +14,9 @@ JSON lines written by :mod:`training.downstream` and writes, per task and base m
   ``gain_<task>.png``.
 * ``table1.md``: supervised accuracy mean +- std over variants, mean uni-modal and
   bi-modal gains, and the bi-modal vs supervised wins, in the layout of the journal's
-  Table 1; ``per_class.md``: accuracy, macro F1, Cohen's kappa per method and the
+  Table 1, with the baselines (:mod:`training.baselines`: a RandomForest on the same inputs and the
+  majority class) as rows of their own; the win matrices of the base models carry the baselines
+  (RandomForest and majority on the supervised inputs) as extra rows and columns; ``per_class.md``: accuracy, macro F1, Cohen's kappa per method and the
   per-class recall / F1 from the summed confusion matrices; ``summary.json`` with all
   numbers; ``report.md`` tying them together.
 """
@@ -37,7 +39,15 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("supervised", "unimodal", "bimodal")
 """Method names in report order."""
-METHOD_LABELS = {"supervised": "supervised", "unimodal": "uni-modal", "bimodal": "bi-modal"}
+METHOD_LABELS = {
+    "supervised": "supervised",
+    "unimodal": "uni-modal",
+    "bimodal": "bi-modal",
+    "random_forest": "RandomForest",
+    "majority": "majority",
+}
+BASELINE_FAMILIES = ("random_forest", "majority")
+"""Baseline records (:mod:`training.baselines`): their own Table-1 rows, and rows / columns of every win matrix."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +240,11 @@ def _group(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str
     return dict(sorted(groups.items()))
 
 
+def _mean(values: Sequence[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def _fmt_pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.2f} %"
 
@@ -237,19 +252,31 @@ def _fmt_pct(x: float) -> str:
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """All report numbers per ``task/family``: win matrix, gains, accuracy stats, per-class metrics."""
     out: dict[str, Any] = {}
-    for (task, family), recs in _group(records).items():
+    groups = _group(records)
+    for (task, family), recs in groups.items():
         scores = experiment_scores(recs)
         methods = [m for m in METHODS if m in scores]
-        wins, counts = win_matrix(scores, methods)
+        matrix_methods = list(methods)
+        if family not in BASELINE_FAMILIES:
+            # Each baseline's supervised score stands against every experiment of the base model.
+            experiments = sorted({e for m in methods for e in scores[m]}, key=str)
+            for base in BASELINE_FAMILIES:
+                acc = [r["val_accuracy"] for r in groups.get((task, base), []) if r["method"] == "supervised"]
+                if acc and experiments:
+                    scores[base] = {e: float(acc[0]) for e in experiments}
+                    matrix_methods.append(base)
+        wins, counts = win_matrix(scores, matrix_methods)
         sup_accs = [float(r["val_accuracy"]) for r in recs if r["method"] == "supervised"]
         entry: dict[str, Any] = {
             "task": task,
             "family": family,
-            "methods": methods,
+            "methods": matrix_methods,
             "win_matrix": [[None if math.isnan(v) else v for v in row] for row in wins.tolist()],
             "win_counts": counts.tolist(),
             "supervised_accuracy_mean": float(np.mean(sup_accs)) if sup_accs else None,
             "supervised_accuracy_std": float(np.std(sup_accs, ddof=1)) if len(sup_accs) > 1 else None,
+            "supervised_macro_f1_mean": _mean([r.get("macro_f1") for r in recs if r["method"] == "supervised"]),
+            "baseline": family in BASELINE_FAMILIES,
             "n_variants": len({int(r["variant"]) for r in recs}),
             "corruption_rates": sorted({float(r["corruption"]) for r in recs if r["corruption"] is not None}),
             "gains": {},
@@ -274,7 +301,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "class_names": list(mrecs[0].get("class_names") or [str(k) for k in range(cm.shape[0])]),
             }
         if "bimodal" in methods and "supervised" in methods:
-            i, j = methods.index("bimodal"), methods.index("supervised")
+            i, j = matrix_methods.index("bimodal"), matrix_methods.index("supervised")
             entry["bimodal_vs_supervised_wins"] = [round(wins[i, j] * counts[i, j]), int(counts[i, j])]
         out[f"{task}/{family}"] = entry
     return out
@@ -283,17 +310,23 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 def table1_markdown(summary: dict[str, Any]) -> str:
     """The journal's Table 1 layout for the measured numbers."""
     lines = [
-        "| task | base model | variants | supervised acc. | uni-modal gain | bi-modal gain | bi vs sup wins |",
-        "|---|---|---|---|---|---|---|",
+        "| task | base model | variants | supervised acc. | supervised macro F1 | uni-modal gain | bi-modal gain | "
+        "bi vs sup wins |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for entry in summary.values():
+    # Base models first, then the baselines of each task.
+    order = {f: k for k, f in enumerate(BASELINE_FAMILIES)}
+    entries = sorted(summary.values(), key=lambda e: (e["task"], order.get(e["family"], -1), e["family"]))
+    for entry in entries:
         mean, std = entry["supervised_accuracy_mean"], entry["supervised_accuracy_std"]
         sup = "n/a" if mean is None else f"{100 * mean:.2f} +- {100 * (std or 0.0):.2f} %"
+        f1 = entry.get("supervised_macro_f1_mean")
+        family = f"baseline: {METHOD_LABELS[entry['family']]}" if entry.get("baseline") else entry["family"]
         uni = entry["gains"].get("unimodal", {}).get("mean")
         bi = entry["gains"].get("bimodal", {}).get("mean")
         wins = entry.get("bimodal_vs_supervised_wins")
         lines.append(
-            f"| {entry['task']} | {entry['family']} | {entry['n_variants']} | {sup} | "
+            f"| {entry['task']} | {family} | {entry['n_variants']} | {sup} | {'n/a' if f1 is None else f'{f1:.3f}'} | "
             f"{_fmt_pct(uni) if uni is not None else 'n/a'} | {_fmt_pct(bi) if bi is not None else 'n/a'} | "
             f"{f'{wins[0]}/{wins[1]}' if wins else 'n/a'} |"
         )
@@ -415,6 +448,8 @@ def write_report(results: str | Path, out_dir: str | Path) -> dict[str, Any]:
         gain_png = plot_gains(task, entries, out / f"gain_{task}.png")
         report.append(f"![relative gains, task {task}]({gain_png.name})\n")
         for entry in entries:
+            if len(entry["methods"]) < 2:
+                continue
             png = plot_win_matrix(entry, out / f"win_{task}_{entry['family']}.png")
             report.append(f"![win matrix, task {task}, {entry['family']}]({png.name})\n")
     report.append("Per-class metrics: [per_class.md](per_class.md).\n")

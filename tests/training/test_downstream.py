@@ -144,7 +144,7 @@ def test_run_comparison_writes_results_and_resumes(tmp_path: Path, cache_gb: flo
     state_before = torch.load(enc_a, weights_only=True)["state_dict"]
     encoders = [EncoderSpec("unimodal", 0.2, enc_a), EncoderSpec("bimodal", 0.2, enc_b)]
     cfg = DownstreamConfig(task="1", families=("lstm", "transformer"), variants=2, epochs=1, batch_size=16,
-                           embed_cache_gb=cache_gb)  # fmt: skip
+                           embed_cache_gb=cache_gb, recipe="papers", baselines=False)  # fmt: skip
     out = tmp_path / "run"
     results = run_comparison(cfg, data, encoders, out, show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
@@ -229,10 +229,13 @@ def test_real_task_reads_flanders_parcels() -> None:
 def test_cli_real_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "real"
     rc = main(["--task", "real", "--data", str(FLANDERS), "--families", "transformer", "--variants", "1",
-               "--epochs", "1", "--out", str(out), "--no-progress", "--set", "batch_size=32"])  # fmt: skip
+               "--epochs", "1", "--out", str(out), "--no-progress", "--set", "batch_size=32", "--recipe", "papers"])  # fmt: skip
     assert rc == 0
-    (rec,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    (rec,) = [r for r in recs if r["family"] == "transformer"]
     assert rec["task"] == "real" and rec["method"] == "supervised" and rec["batch_size"] == 32
+    assert rec["recipe"] == "papers"
+    assert sorted(r["family"] for r in recs if r["hp_source"] == "baseline") == ["majority", "random_forest"]
     assert "results:" in capsys.readouterr().out
 
 
@@ -267,14 +270,21 @@ def test_pipeline_simulate_pretrain_downstream_evaluate(sim_scene_dir: Path, tmp
     rc = main(["--task", "1", "--data", str(sim_scene_dir), "--config", str(REPO / "training/configs/downstream_ci.toml"),
                "--families", "transformer", "--encoders", *encoders, "--out", str(ds), "--no-progress"])  # fmt: skip
     assert rc == 0
-    recs = [json.loads(line) for line in (ds / "results.jsonl").read_text().splitlines()]
+    all_recs = [json.loads(line) for line in (ds / "results.jsonl").read_text().splitlines()]
+    recs = [r for r in all_recs if r["family"] == "transformer"]
     assert len(recs) == 3
     assert {r["method"] for r in recs} == {"supervised", "unimodal", "bimodal"}
+    # The RandomForest on each method's inputs, and the majority class once.
+    base = sorted((r["family"], r["method"]) for r in all_recs if r["hp_source"] == "baseline")
+    assert base == [("majority", "supervised"), ("random_forest", "bimodal"), ("random_forest", "supervised"),
+                    ("random_forest", "unimodal")]  # fmt: skip
     assert all(r["in_dim"] == (12 if r["method"] == "supervised" else 16) for r in recs)
     assert all(len(r["class_names"]) == 9 and r["n_train"] == 9 * 8 for r in recs)
     assert evaluate.main(["--results", str(ds / "results.jsonl"), "--out", str(tmp_path / "report")]) == 0
     for name in ("report.md", "table1.md", "win_1_transformer.png", "gain_1.png"):
         assert (tmp_path / "report" / name).is_file()
+    table = (tmp_path / "report" / "table1.md").read_text()
+    assert "baseline: RandomForest" in table and "baseline: majority" in table
 
 
 @pytest.mark.slow
@@ -297,7 +307,8 @@ def test_comparison_all_families_two_rates(sim_scene_dir: Path, tmp_path: Path) 
     summary = evaluate.write_report(ds / "results.jsonl", tmp_path / "report")
     for family in ("lstm", "inception_time", "transformer"):
         entry = summary[f"2/{family}"]
-        assert entry["methods"] == ["supervised", "unimodal", "bimodal"]
-        off_diagonal = [n for i, row in enumerate(entry["win_counts"]) for j, n in enumerate(row) if i != j]
+        assert entry["methods"] == ["supervised", "unimodal", "bimodal", "random_forest", "majority"]
+        counts = np.asarray(entry["win_counts"])[:3, :3]
+        off_diagonal = [n for i, row in enumerate(counts) for j, n in enumerate(row) if i != j]
         assert off_diagonal == [4] * 6
         assert len(entry["gains"]["bimodal"]["values"]) == 4

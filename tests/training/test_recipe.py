@@ -1,0 +1,164 @@
+"""Tests for the downstream training recipes and the baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import recipe as recipe_mod
+from training.baselines import majority, random_forest
+from training.downstream import DownstreamConfig, TaskData, run_comparison, train_run
+from training.evaluate import summarise, table1_markdown
+from training.models import build_model
+from training.recipe import Recipe, augment_batch, class_weights, get_recipe, lr_lambda, selection_split
+
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+def _toy(n_per_class: int = 30, t: int = 8, seed: int = 0, counts: tuple[int, ...] | None = None) -> TaskData:
+    rng = np.random.default_rng(seed)
+
+    def make(ns: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for k, n in enumerate(ns):
+            base = 1500 + 2500 * np.exp(-((np.arange(t)[None, :, None] - (1 + 3 * k)) ** 2) / 2.0)
+            xs.append((base + rng.normal(0, 150, size=(n, t, len(BANDS)))).astype(np.float32))
+            ys.append(np.full(n, k))
+        return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+    x_tr, y_tr = make(counts or (n_per_class,) * 3)
+    x_va, y_va = make((n_per_class // 2,) * 3)
+    return TaskData(x_tr, y_tr, x_va, y_va, class_names=("a", "b", "c"), bands=BANDS)
+
+
+def test_named_recipes_and_overrides() -> None:
+    assert get_recipe("papers") == Recipe("papers")
+    robust = get_recipe("robust")
+    assert robust.optimizer == "adamw" and robust.schedule == "warmup_cosine" and robust.balanced and robust.augments
+    assert get_recipe("robust", noise=0.0).noise == 0.0
+    with pytest.raises(ValueError, match="unknown recipe 'fast'"):
+        get_recipe("fast")
+    with pytest.raises(ValueError, match="selection_fraction"):
+        Recipe("x", selection_fraction=0.6)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        DownstreamConfig(recipe="fast")
+
+
+def test_batch_and_epochs_follow_the_data_size() -> None:
+    r = Recipe("r", min_steps=100, max_batch_fraction=1 / 16)
+    assert r.batch_size(256, 320) == 20  # a sixteenth of the training set
+    assert r.batch_size(256, 40) == 8  # never below 8
+    assert r.batch_size(16, 100_000) == 16  # the requested size when the set is large
+    assert r.epochs(20, 320, 20) == 20  # 16 steps per epoch x 20 epochs >= 100 steps
+    assert r.epochs(2, 320, 20) == 7  # ceil(100 / 16)
+    papers = get_recipe("papers")
+    assert papers.batch_size(256, 50) == 50 and papers.epochs(3, 50, 50) == 3
+
+
+def test_warmup_cosine_schedule() -> None:
+    f = lr_lambda(Recipe("r", schedule="warmup_cosine", warmup=0.1), 100)
+    values = [f(s) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)  # linear warm-up over 10 steps
+    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))  # then only decays
+    assert values[-1] < 0.01
+    linear = lr_lambda(get_recipe("papers"), 10)
+    assert [linear(s) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+
+
+def test_class_weights_are_inverse_frequency() -> None:
+    w = class_weights(np.array([0] * 6 + [1] * 2 + [2] * 4), 4)
+    assert w[3] == 0  # absent class
+    np.testing.assert_allclose((w[:3] * torch.tensor([6.0, 2.0, 4.0])).numpy(), [w[0] * 6] * 3, rtol=1e-6)
+    assert float(w[:3].mean()) == pytest.approx(1.0)
+
+
+def test_selection_split_is_stratified_disjoint_and_seeded() -> None:
+    y = np.array([0] * 20 + [1] * 10 + [2] * 1)
+    fit, sel = selection_split(y, 0.2, seed=3)
+    assert not set(fit) & set(sel) and len(fit) + len(sel) == len(y)
+    assert np.bincount(y[sel], minlength=3).tolist() == [4, 2, 0]  # the lone class-2 sample stays in fit
+    np.testing.assert_array_equal(sel, selection_split(y, 0.2, seed=3)[1])
+    assert not np.array_equal(sel, selection_split(y, 0.2, seed=4)[1])
+
+
+def test_augmentation_shifts_drops_and_adds_noise() -> None:
+    x = torch.arange(2 * 6 * 1, dtype=torch.float32).reshape(2, 6, 1)
+    gen = torch.Generator().manual_seed(0)
+    shifted = augment_batch(x, Recipe("s", shift=2), torch.ones(1), gen)
+    for b in range(2):
+        row = shifted[b, :, 0].tolist()
+        assert set(row) <= set(x[b, :, 0].tolist())  # values come from the same series
+        assert row == sorted(row)  # order kept, edges repeated
+    dropped = augment_batch(x, Recipe("d", drop=0.5), torch.ones(1), torch.Generator().manual_seed(1))
+    assert torch.equal(dropped[:, 0], x[:, 0])  # the first stamp is never dropped
+    assert (dropped[:, 1:] - dropped[:, :-1] >= 0).all() and (dropped != x).any()  # forward fill
+    noisy = augment_batch(torch.zeros(64, 10, 3), Recipe("n", noise=0.5), torch.tensor([1.0, 2.0, 4.0]),
+                          torch.Generator().manual_seed(2))  # fmt: skip
+    np.testing.assert_allclose(noisy.std(dim=(0, 1)).numpy(), [0.5, 1.0, 2.0], rtol=0.15)
+
+
+def test_best_epoch_is_chosen_on_the_selection_split_never_on_validation() -> None:
+    data = _toy()
+    x, y = torch.from_numpy(data.x_train / 3000).float(), torch.from_numpy(data.y_train)
+    fit, sel = (torch.from_numpy(i) for i in selection_split(data.y_train, 0.2, 0))
+    xv, yv = torch.from_numpy(data.x_val / 3000).float(), torch.from_numpy(data.y_val)
+    r = get_recipe("robust", min_steps=60)
+    runs = []
+    for labels in (yv, yv[torch.randperm(len(yv), generator=torch.Generator().manual_seed(0))]):
+        torch.manual_seed(0)
+        model = build_model("lstm", len(BANDS), 3, hidden=8, layers=1)
+        runs.append(train_run(model, x[fit], y[fit], xv, labels, lr=1e-2, epochs=2, batch_size=64, seed=0, recipe=r,
+                              x_sel=x[sel], y_sel=y[sel]))  # fmt: skip
+    a, b = runs
+    assert a["best_epoch"] == b["best_epoch"] and a["selection_f1"] == b["selection_f1"]
+    assert 1 <= a["best_epoch"] <= a["epochs_run"] and a["steps"] >= 60
+    assert a["effective_batch_size"] == 8  # a sixteenth of 72 samples, floored at 8
+    assert a["val_accuracy"] > 0.8
+
+
+def test_patience_stops_early() -> None:
+    data = _toy(n_per_class=10)
+    x, y = torch.from_numpy(data.x_train / 3000).float(), torch.from_numpy(data.y_train)
+    model = build_model("lstm", len(BANDS), 3, hidden=4, layers=1)
+    r = Recipe("p", patience=2)
+    res = train_run(model, x, y, x, y, lr=0.0, epochs=50, batch_size=8, seed=0, recipe=r, x_sel=x, y_sel=y)
+    assert res["epochs_run"] == 3 and res["best_epoch"] == 1  # lr 0: nothing improves after epoch 1
+
+
+def test_baselines_score_like_base_models() -> None:
+    data = _toy()
+    rf = random_forest(data.x_train, data.y_train, data.x_val, data.y_val, 3, seed=0, n_estimators=50)
+    assert rf["val_accuracy"] > 0.9 and rf["n_features"] == 8 * len(BANDS)
+    assert np.asarray(rf["confusion"]).sum() == len(data.y_val)
+    skewed = _toy(counts=(30, 5, 5))
+    maj = majority(skewed.y_train, skewed.y_val, 3)
+    assert maj["val_accuracy"] == pytest.approx(1 / 3) and maj["per_class_recall"] == [1.0, 0.0, 0.0]
+
+
+def test_run_comparison_default_recipe_with_baselines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default (robust) recipe end to end, shortened so that it runs in a moment.
+    monkeypatch.setitem(recipe_mod.RECIPES, "robust", dataclasses.replace(recipe_mod.RECIPES["robust"], min_steps=40))
+    data = _toy(n_per_class=12, t=6)
+    cfg = DownstreamConfig(task="1", families=("lstm",), variants=1, epochs=1, batch_size=16)
+    assert cfg.recipe == "robust" and cfg.baselines
+    results = run_comparison(cfg, data, [], tmp_path / "run", show_progress=False)
+    recs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["family"] for r in recs) == ["lstm", "majority", "random_forest"]
+    (run,) = [r for r in recs if r["family"] == "lstm"]
+    assert run["recipe"] == "robust" and run["lr_schedule"] == "warmup-cosine"
+    assert run["selection_f1"] is not None and run["steps"] >= 40
+    text = results.read_text()
+    run_comparison(cfg, data, [], tmp_path / "run", show_progress=False)  # resume: nothing to redo
+    assert results.read_text() == text
+    summary = summarise(recs)
+    entry = summary["1/lstm"]
+    assert entry["methods"] == ["supervised", "random_forest", "majority"]
+    assert math.isfinite(entry["win_matrix"][0][1])
+    table = table1_markdown(summary)
+    assert table.index("| 1 | lstm |") < table.index("baseline: RandomForest") < table.index("baseline: majority")
