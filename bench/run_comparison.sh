@@ -46,20 +46,7 @@ done
 
 if [ ! -f "$S/real_pixels.npz" ]; then
   log "real pixels"
-  python - "$S/real_pixels.npz" <<'PY'
-import sys
-
-import numpy as np
-
-from training.sample_model import read_stack_pixels
-
-values, _, bands = read_stack_pixels("sample_data/belgium_2021/s2_stack.tif")  # (T, C, N), NaN = nodata
-obs = values.transpose(0, 2, 1).reshape(-1, values.shape[1])  # every (date, pixel)
-obs = obs[np.isfinite(obs).all(axis=1)]
-pick = np.random.default_rng(0).choice(len(obs), size=min(100_000, len(obs)), replace=False)
-np.savez(sys.argv[1], s2=obs[np.sort(pick)].astype(np.float32), bands=np.array(bands))
-print(f"{len(pick):,} of {len(obs):,} valid (date, pixel) observations, bands {bands}")
-PY
+  python -m training.data.stack_pixels sample_data/belgium_2021/s2_stack.tif "$S/real_pixels.npz"
 fi
 for c in 0.2 0.6; do
   out="$S/real_u_$c"

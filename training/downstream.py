@@ -120,6 +120,8 @@ class DownstreamConfig:
     min_valid: int = 3
     """Fewest valid observations a series needs; also the exported bundle's ``min_valid_steps``."""
     default_variant: bool = False
+    repeats: int = 1
+    """Train the default-hyper-parameter variant with this many seeds (variants ``-1 .. -repeats``)."""
     """Also train each family with its default hyper-parameters (variant ``-1``, lr ``DEFAULT_LR``)."""
     save_models: bool = True
     """Write every finished run's model to ``OUT/models/`` (what ``python -m exporters --best`` reads)."""
@@ -131,9 +133,11 @@ class DownstreamConfig:
     """``bf16`` trains the base models under bf16 autocast (the loss stays fp32)."""
 
     def __post_init__(self) -> None:
-        for name in ("variants", "epochs", "batch_size", "n_train_per_class", "n_val_per_class", "eval_every"):
+        for name in ("epochs", "batch_size", "n_train_per_class", "n_val_per_class", "eval_every", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.variants < 0 or (self.variants == 0 and not self.default_variant):
+            raise ValueError(f"variants must be >= 1 (or 0 with default_variant), got {self.variants}")
         if not self.families:
             raise ValueError("families must name at least one base model")
         unknown = sorted(set(self.families) - set(MODELS))
@@ -476,7 +480,7 @@ PARITY_ROWS = 512
 
 def run_name(task: str, family: str, variant: int, method: str, corruption: float | None) -> str:
     """File stem of a run's model: ``1-lstm-v3-bimodal-0.2``, ``real-transformer-default-supervised``."""
-    v = "default" if variant < 0 else f"v{variant}"
+    v = "default" if variant == -1 else f"default{-variant}" if variant < 0 else f"v{variant}"
     return f"{task}-{family}-{v}-{method}" + ("" if corruption is None else f"-{corruption:g}")
 
 
@@ -607,8 +611,11 @@ def run_comparison(
         val_file = out / VAL_INPUTS.format(task=cfg.task)
         if not val_file.is_file():
             _write_npz(val_file, x=np.asarray(data.x_val, np.float32), y=np.asarray(data.y_val, np.int64))
-    variants = {f: sample_variants(f, cfg.variants, seed=cfg.seed, storage=out / "variants.db") for f in cfg.families}
-    indices = ([-1] if cfg.default_variant else []) + list(range(cfg.variants))
+    variants = {
+        f: sample_variants(f, cfg.variants, seed=cfg.seed, storage=out / "variants.db") if cfg.variants else []
+        for f in cfg.families
+    }
+    indices = (list(range(-1, -cfg.repeats - 1, -1)) if cfg.default_variant else []) + list(range(cfg.variants))
     x_train = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
     x_val = torch.from_numpy(np.ascontiguousarray(data.x_val, dtype=np.float32))
     y_train = torch.from_numpy(data.y_train.astype(np.int64))
@@ -623,7 +630,10 @@ def run_comparison(
         todo = [(f, v) for f in cfg.families for v in indices if (cfg.task, f, v, method, corruption) not in done]
         bar.update(len(cfg.families) * len(indices) - len(todo))
         baselines_todo = cfg.baselines and (cfg.task, "random_forest", 0, method, corruption) not in done
-        if not todo and not baselines_todo:
+        ensemble_todo = recipe.ensemble and any(
+            (cfg.task, f"{f}_ensemble", 0, method, corruption) not in done for f in cfg.families
+        )
+        if not todo and not baselines_todo and not ensemble_todo:
             continue
         d = int(getattr(front, "out_dim", x_train.shape[2]))
         cache_gb = (len(x_train) + len(x_val)) * x_train.shape[1] * d * 4 / 1e9
@@ -646,8 +656,10 @@ def run_comparison(
             fit_x, fit_y, sel_x, sel_y = feats_train[fit_idx], y_train[fit_idx], feats_train[sel_idx], y_train[sel_idx]
         else:
             fit_x, fit_y, sel_x, sel_y = feats_train, y_train, None, None
+        trained: dict[tuple[str, int], nn.Module] = {}
         for family, v in todo:
             lr, hp = (DEFAULT_LR, {}) if v < 0 else split_lr(variants[family][v])
+            hp = recipe.adapt_hp(family, hp, int(x_train.shape[1]))
             seed = run_seed(cfg.seed, cfg.task, family, v, method, corruption)
             torch.manual_seed(seed)
             model = build_model(family, d, len(data.class_names), **hp)
@@ -692,11 +704,88 @@ def run_comparison(
             with results.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             done[_run_key(rec)] = rec
+            trained[(family, v)] = model
             bar.update(1)
             logger.info("task %s %s v%d %s %s: val acc %.4f (%.1f s)", cfg.task, family, v, method, corruption, res["val_accuracy"], rec["seconds"])
+        if recipe.ensemble:
+            for family in cfg.families:
+                _run_ensemble(cfg, data, family, indices, method, corruption, front, run_front, extra, feats_val, y_val,
+                              trained, setup, results, done, out, save)  # fmt: skip
         _check_front_frozen(front, method)
     bar.close()
     return results
+
+
+def _run_ensemble(
+    cfg: DownstreamConfig,
+    data: TaskData,
+    family: str,
+    indices: Sequence[int],
+    method: str,
+    corruption: float | None,
+    front: nn.Module,
+    run_front: nn.Module | None,
+    extra: dict[str, Any],
+    feats_val: torch.Tensor,
+    y_val: torch.Tensor,
+    trained: dict[tuple[str, int], nn.Module],
+    setup: dict[str, Any],
+    results: Path,
+    done: dict[Any, dict[str, Any]],
+    out: Path,
+    save: bool,
+) -> None:
+    """Average the probabilities of every run of ``family`` with this method; score and save the ensemble."""
+    from training.classifier import load_classifier
+    from training.models.ensemble import EnsembleClassifier
+
+    name = f"{family}_ensemble"
+    if (cfg.task, name, 0, method, corruption) in done:
+        return
+    members, spec, recs = [], [], []
+    for v in indices:
+        rec = done.get((cfg.task, family, v, method, corruption))
+        if rec is None:
+            continue
+        model = trained.get((family, v))
+        if model is None and rec.get("model") and (out / rec["model"]).is_file():
+            model = load_classifier(out / rec["model"]).base_model
+        if model is None:
+            continue
+        members.append(model.cpu().eval())
+        spec.append({"family": family, "hp": rec["hp"], "variant": v})
+        recs.append(rec)
+    if len(members) < 2:
+        logger.info("%s %s %s: fewer than 2 trained runs, no ensemble", family, method, corruption)
+        return
+    t0 = time.perf_counter()
+    ens = EnsembleClassifier(members, spec).to(cfg.device)
+    logits = predict_logits(ens, feats_val, batch_size=512, device=cfg.device, front=run_front)
+    cm = confusion_matrix(y_val.numpy(), logits.argmax(-1).numpy(), len(data.class_names))
+    m = metrics_from_confusion(cm)
+    res = {"val_accuracy": m.accuracy, "macro_f1": m.macro_f1, "kappa": m.kappa, "confusion": cm.tolist(),
+           "per_class_recall": [None if math.isnan(r) else r for r in m.recall]}  # fmt: skip
+    sel = [r.get("selection_f1") for r in recs]
+    res["selection_f1"] = float(np.mean(sel)) if all(v is not None for v in sel) else None
+    hp = {"members": spec}
+    model_file = None
+    if save:
+        model_file = Path("models") / f"{run_name(cfg.task, family, 0, method, corruption).replace('-v0-', '-ensemble-')}.pt"
+        _save_run_model(out / model_file, cfg=cfg, data=data, family="ensemble", hp=hp, model=ens, method=method,
+                        corruption=corruption, front=front, extra=extra, res=res)  # fmt: skip
+    rec = {
+        **setup, "family": name, "variant": 0, "method": method, "corruption": corruption, "hp": hp,
+        "hp_source": "ensemble", "lr": None, **res,
+        "seconds": float(sum(r["seconds"] for r in recs)) + time.perf_counter() - t0,
+        "encode_seconds": recs[0].get("encode_seconds"), "embedding_mode": recs[0].get("embedding_mode"),
+        "in_dim": recs[0].get("in_dim"), "class_names": list(data.class_names), "device": cfg.device,
+        "model": None if model_file is None else model_file.as_posix(), **extra,
+    }  # fmt: skip
+    with results.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    done[_run_key(rec)] = rec
+    logger.info("task %s %s of %d runs, %s %s: val acc %.4f, macro F1 %.4f", cfg.task, name, len(members), method,
+                corruption, m.accuracy, m.macro_f1)  # fmt: skip
 
 
 def _run_baselines(

@@ -94,7 +94,7 @@ def test_downstream_keeps_models_and_exporters_best_picks_by_metric(tmp_path: Pa
     enc = ResMLP(C, hidden=16, n_layers=2, out_dim=8)
     enc_path = save_encoder(tmp_path / "enc.pt", enc.eval(), compute_norm_stats(data.x_train))
     cfg = DownstreamConfig(task="real", families=("lstm", "transformer"), variants=1, epochs=3, batch_size=16,
-                           default_variant=True)  # fmt: skip
+                           default_variant=True, recipe="papers", baselines=False)  # fmt: skip
     run = tmp_path / "run"
     results = run_comparison(cfg, data, [EncoderSpec("unimodal", 0.2, enc_path)], run, show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
@@ -126,6 +126,35 @@ def test_downstream_keeps_models_and_exporters_best_picks_by_metric(tmp_path: Pa
     # The single-checkpoint path keeps working.
     single = tmp_path / "single.onnx"
     assert exporters_main([str(run / recs[0]["model"]), "-o", str(single)]) == 0
+
+
+def test_family_ensembles_are_saved_and_export_as_one_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from training import recipe
+
+    monkeypatch.setitem(recipe.RECIPES, "robust", dataclasses.replace(recipe.RECIPES["robust"], min_steps=30))
+    data = _toy_task()
+    torch.manual_seed(0)
+    enc_path = save_encoder(tmp_path / "enc.pt", ResMLP(C, hidden=16, n_layers=2, out_dim=8).eval(),
+                            compute_norm_stats(data.x_train))  # fmt: skip
+    cfg = DownstreamConfig(task="real", families=("lstm",), variants=0, default_variant=True,
+                           repeats=2, epochs=1, batch_size=16)  # fmt: skip
+    run = tmp_path / "run"
+    results = run_comparison(cfg, data, [EncoderSpec("unimodal", 0.2, enc_path)], run, show_progress=False)
+    recs = [json.loads(line) for line in results.read_text().splitlines()]
+    ens = [r for r in recs if r["hp_source"] == "ensemble"]
+    assert sorted((r["family"], r["method"]) for r in ens) == [("lstm_ensemble", "supervised"), ("lstm_ensemble", "unimodal")]
+    for r in ens:
+        clf = load_classifier(run / r["model"])
+        assert clf.metadata.provenance.base_model == "ensemble" and len(clf.base_model.members) == 2
+        assert np.asarray(r["confusion"]).sum() == len(data.y_val)
+    out = tmp_path / "ens.onnx"
+    (best,) = [r for r in ens if r["model"] == "models/real-lstm-ensemble-unimodal-0.2.pt"]
+    assert exporters_main([str(run / best["model"]), "-o", str(out)]) == 0
+    bundle = load_bundle(out)
+    assert bundle.metadata.embedding is not None and bundle.metadata.embedding.dim == 2 * 2 * 128  # 2 bi-LSTMs
+    assert bundle.run(data.x_val[:4]).shape == (4, K)
 
 
 def test_export_errors_are_one_line(tmp_path: Path, capsys) -> None:

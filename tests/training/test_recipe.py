@@ -131,6 +131,39 @@ def test_patience_stops_early() -> None:
     assert res["epochs_run"] == 3 and res["best_epoch"] == 1  # lr 0: nothing improves after epoch 1
 
 
+def test_ensemble_averages_member_logits() -> None:
+    from training.models.ensemble import EnsembleClassifier
+
+    torch.manual_seed(0)
+    spec = [{"family": "lstm", "hp": {"hidden": 4, "layers": 1}}, {"family": "transformer", "hp": {"d_model": 8, "heads": 2, "layers": 1}}]
+    ens = build_model("ensemble", 3, 4, members=spec).eval()
+    assert isinstance(ens, EnsembleClassifier)
+    x = torch.randn(5, 6, 3)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in ens.members]).mean(0)
+        torch.testing.assert_close(ens(x), expected)
+        torch.testing.assert_close(ens.head(ens.features(x)), expected)  # the bundles' contract
+    assert ens.features(x).shape == (5, ens.feature_dim) and ens.feature_dim == sum(m.feature_dim for m in ens.members)
+    assert not any(k.startswith("head") for k in ens.state_dict())
+    rebuilt = build_model("ensemble", 3, 4, members=spec)
+    rebuilt.load_state_dict(ens.state_dict())  # checkpoints rebuild it from the spec
+    with pytest.raises(ValueError, match="at least 2 members"):
+        build_model("ensemble", 3, 4, members=spec[:1])
+    with pytest.raises(ValueError, match="must name a base-model family"):
+        build_model("ensemble", 3, 4, members=[{"hp": {}}, {"family": "ensemble"}])
+    with pytest.raises(ValueError, match="variants must be >= 1"):
+        DownstreamConfig(variants=0)
+
+
+def test_inception_kernel_fits_the_series_length() -> None:
+    r = get_recipe("robust")
+    assert r.adapt_hp("inception_time", {}, 12) == {"kernel": 12}
+    assert r.adapt_hp("inception_time", {"kernel": 8}, 12) == {"kernel": 8}
+    assert r.adapt_hp("inception_time", {}, 144) == {}
+    assert r.adapt_hp("lstm", {"hidden": 4}, 3) == {"hidden": 4}
+    assert get_recipe("papers").adapt_hp("inception_time", {}, 12) == {}
+
+
 def test_baselines_score_like_base_models() -> None:
     data = _toy()
     rf = random_forest(data.x_train, data.y_train, data.x_val, data.y_val, 3, seed=0, n_estimators=50)
@@ -145,20 +178,26 @@ def test_run_comparison_default_recipe_with_baselines(tmp_path: Path, monkeypatc
     # The default (robust) recipe end to end, shortened so that it runs in a moment.
     monkeypatch.setitem(recipe_mod.RECIPES, "robust", dataclasses.replace(recipe_mod.RECIPES["robust"], min_steps=40))
     data = _toy(n_per_class=12, t=6)
-    cfg = DownstreamConfig(task="1", families=("lstm",), variants=1, epochs=1, batch_size=16)
+    cfg = DownstreamConfig(task="1", families=("lstm",), variants=0, default_variant=True, repeats=2, epochs=1,
+                           batch_size=16)  # fmt: skip
     assert cfg.recipe == "robust" and cfg.baselines
     results = run_comparison(cfg, data, [], tmp_path / "run", show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
-    assert sorted(r["family"] for r in recs) == ["lstm", "majority", "random_forest"]
-    (run,) = [r for r in recs if r["family"] == "lstm"]
-    assert run["recipe"] == "robust" and run["lr_schedule"] == "warmup-cosine"
-    assert run["selection_f1"] is not None and run["steps"] >= 40
+    assert sorted((r["family"], r["variant"]) for r in recs) == [
+        ("lstm", -2), ("lstm", -1), ("lstm_ensemble", 0), ("majority", 0), ("random_forest", 0)]
+    runs = [r for r in recs if r["family"] == "lstm"]
+    assert runs[0]["val_accuracy"] != runs[1]["val_accuracy"] or runs[0]["final_loss"] != runs[1]["final_loss"]
+    for run in runs:
+        assert run["recipe"] == "robust" and run["lr_schedule"] == "warmup-cosine" and run["steps"] >= 40
+    (ens,) = [r for r in recs if r["family"] == "lstm_ensemble"]
+    assert [m["variant"] for m in ens["hp"]["members"]] == [-1, -2] and ens["hp_source"] == "ensemble"
+    assert np.asarray(ens["confusion"]).sum() == len(data.y_val)
     text = results.read_text()
     run_comparison(cfg, data, [], tmp_path / "run", show_progress=False)  # resume: nothing to redo
     assert results.read_text() == text
     summary = summarise(recs)
     entry = summary["1/lstm"]
-    assert entry["methods"] == ["supervised", "random_forest", "majority"]
+    assert entry["methods"] == ["supervised", "random_forest", "majority"] and entry["n_variants"] == 2
     assert math.isfinite(entry["win_matrix"][0][1])
     table = table1_markdown(summary)
     assert table.index("| 1 | lstm |") < table.index("baseline: RandomForest") < table.index("baseline: majority")

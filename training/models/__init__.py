@@ -33,7 +33,8 @@ def build_model(name: str, in_dim: int, n_classes: int, **hp: Any) -> nn.Module:
     """Build a registered base model.
 
     Args:
-        name: Registry key (see :func:`list_models`).
+        name: Registry key (see :func:`list_models`), or ``"ensemble"`` with ``members=[{"family", "hp"}]``
+            (:mod:`training.models.ensemble`).
         in_dim: Input features per stamp ``C``.
         n_classes: Number of classes ``K``.
         **hp: The model's ``<Name>Config`` fields.
@@ -44,6 +45,10 @@ def build_model(name: str, in_dim: int, n_classes: int, **hp: Any) -> nn.Module:
     Raises:
         ValueError: On an unknown name or unknown / invalid hyper-parameters.
     """
+    if name == "ensemble":
+        from training.models.ensemble import ensemble
+
+        return ensemble(in_dim, n_classes, **hp)
     try:
         builder = MODELS[name]
     except KeyError:

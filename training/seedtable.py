@@ -1,0 +1,105 @@
+"""Mean +- std over split seeds of every model and baseline, from several downstream run directories.
+
+``python -m training.seedtable RUN_S0 RUN_S1 RUN_S2 --title "France 2022, top 6" [--out table.md]``
+
+Each run directory is one ``python -m training.downstream`` run on its own train / test split (``--split-seed``);
+the table has one row per (model, method): overall accuracy and macro F1 on the held-out parcels as mean +- std
+over the directories (population std, ``ddof=0``), and the mean training time per run. Rows are sorted by mean
+macro F1; the RandomForest row is marked, and every model's gap to it is given in points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["collect", "seed_table"]
+
+
+def _label(rec: dict[str, Any]) -> str:
+    v = int(rec["variant"])
+    family = str(rec["family"])
+    if rec.get("hp_source") in ("baseline", "ensemble"):
+        return family
+    return f"{family} (defaults, seed {-v})" if v < 0 else f"{family} v{v}"
+
+
+def collect(run_dirs: Sequence[Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Records per (model label, method label) across run directories (one record per directory)."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for d in run_dirs:
+        path = Path(d) / "results.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; run python -m training.downstream --out {d} first")
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                method = rec["method"] if rec["corruption"] is None else f"{rec['method']} {rec['corruption']:g}"
+                rows[(_label(rec), method)].append(rec)
+    return rows
+
+
+def seed_table(run_dirs: Sequence[Path], title: str) -> tuple[str, dict[str, Any]]:
+    """The markdown table and its numbers."""
+    rows = collect(run_dirs)
+    n = len(run_dirs)
+    stats = {}
+    for key, recs in rows.items():
+        oa = np.array([r["val_accuracy"] for r in recs])
+        f1 = np.array([r["macro_f1"] for r in recs])
+        stats[key] = {
+            "runs": len(recs),
+            "oa_mean": float(oa.mean()), "oa_std": float(oa.std()),
+            "f1_mean": float(f1.mean()), "f1_std": float(f1.std()),
+            "seconds": float(np.mean([r.get("seconds", math.nan) for r in recs])),
+        }  # fmt: skip
+    rf = stats.get(("random_forest", "supervised"))
+    lines = [
+        f"**{title}** ({n} split seeds; mean +- std over seeds; test parcels never used for training or selection)\n",
+        "| model | method | OA | macro F1 | OA vs RF | F1 vs RF | train time / run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (label, method), s in sorted(stats.items(), key=lambda kv: -kv[1]["f1_mean"]):
+        partial = "" if s["runs"] == n else f" ({s['runs']} of {n} seeds)"
+        gap_oa = gap_f1 = "-"
+        if rf is not None and label != "random_forest":
+            gap_oa = f"{100 * (s['oa_mean'] - rf['oa_mean']):+.1f}"
+            gap_f1 = f"{100 * (s['f1_mean'] - rf['f1_mean']):+.1f}"
+        name = "**RandomForest (500 trees)**" if label == "random_forest" else label
+        lines.append(
+            f"| {name}{partial} | {method} | {100 * s['oa_mean']:.1f} +- {100 * s['oa_std']:.1f} | "
+            f"{100 * s['f1_mean']:.1f} +- {100 * s['f1_std']:.1f} | {gap_oa} | {gap_f1} | {s['seconds']:.1f} s |"
+        )
+    return "\n".join(lines) + "\n", {f"{k[0]}|{k[1]}": v for k, v in stats.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m training.seedtable``."""
+    parser = argparse.ArgumentParser(prog="python -m training.seedtable", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="downstream run directories, one per split seed")
+    parser.add_argument("--title", default="downstream runs", help="table title")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) and its numbers (.json) here")
+    args = parser.parse_args(argv)
+    try:
+        table, stats = seed_table(args.runs, args.title)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        args.out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
