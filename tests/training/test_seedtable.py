@@ -1,0 +1,32 @@
+"""Tests for the across-seeds table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training.seedtable import main, seed_table
+
+
+def _run(path: Path, rf: float, it: list[float]) -> Path:
+    path.mkdir()
+    recs = [{"family": "random_forest", "variant": 0, "method": "supervised", "corruption": None,
+             "hp_source": "baseline", "val_accuracy": rf, "macro_f1": rf - 0.1, "seconds": 1.0}]  # fmt: skip
+    recs += [{"family": "inception_time", "variant": -k - 1, "method": "supervised", "corruption": None,
+              "hp_source": "defaults", "val_accuracy": a, "macro_f1": a - 0.1, "seconds": 10.0}
+             for k, a in enumerate(it)]  # fmt: skip
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_seed_table_pairs_models_with_the_forest_of_the_same_split(tmp_path: Path) -> None:
+    a = _run(tmp_path / "s0", 0.60, [0.62, 0.66])  # seeds of the defaults average to 0.64
+    b = _run(tmp_path / "s1", 0.70, [0.71, 0.73])  # 0.72
+    table, stats = seed_table([a, b], "toy")
+    it = stats["inception_time (one run: mean over its seeds)|supervised"]
+    assert it["oa_mean"] == pytest.approx(0.68) and it["oa_std"] == pytest.approx(0.04)
+    assert it["oa_gap"] == pytest.approx(0.03) and it["oa_gap_std"] == pytest.approx(0.01)  # +4 and +2 points
+    assert "+3.0 +- 1.0" in table and "**RandomForest (500 trees)**" in table
+    assert main([str(tmp_path / "missing")]) == 1
