@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = state_io.STATE_NAME
 SUMMARY_NAME = "batch_summary.json"
-SETTING_FIELDS = ("confidence", "embedding", "quicklook", "reflectance_scale", "min_valid_steps")
+SETTING_FIELDS = ("confidence", "embedding", "embedding_dtype", "quicklook", "reflectance_scale", "min_valid_steps")
 """Options that change a region's output bytes; a resumed batch must use the same values."""
 
 REGION_LOCK_WAIT_S = 3600.0
@@ -114,6 +114,7 @@ def run_region(job: RegionJob) -> dict[str, Any]:
         "pixels": summary["pixels"],
         "area_ha": {c["name"]: c["area_ha"] for c in summary["classes"]},
         "season": summary["season"]["year"],
+        "providers_used": summary["runtime"]["providers_used"],
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -195,7 +196,7 @@ def classify_many(
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers is {workers!r}; expected a positive integer")
     region_list = read_manifest(regions) if isinstance(regions, (str, Path)) else as_regions(regions)
-    model_path = _check_bundle(model, opts)
+    model_path = _check_bundle(model, opts, provider=opts.provider if scheduler is None else "cpu")
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out-dir {out} is a file; expected a folder (it is created if missing)")
@@ -275,8 +276,9 @@ def _batch_options(options: ClassifyOptions | None, kwargs: dict[str, Any]) -> C
     return opts
 
 
-def _check_bundle(model: str | Path | None, opts: ClassifyOptions) -> Path:
-    """Open the bundle once here so that a bad bundle stops the batch before any region runs."""
+def _check_bundle(model: str | Path | None, opts: ClassifyOptions, provider: str = "cpu") -> Path:
+    """Open the bundle once here (on ``provider``) so that a bad bundle or a provider that cannot start stops
+    the batch before any region runs."""
     from cropmap.bundle import load_bundle
     from cropmap.models import DEFAULT_BUNDLE
 
@@ -286,7 +288,7 @@ def _check_bundle(model: str | Path | None, opts: ClassifyOptions) -> Path:
             f"the sample model shipped with cropmap ({path}) is missing from this installation; "
             "expected it there, or pass --model BUNDLE"
         )
-    meta = load_bundle(path, intra_op_threads=1).metadata
+    meta = load_bundle(path, intra_op_threads=1, provider=provider).metadata
     if opts.embedding and meta.embedding is None:
         raise BundleError(f"--embedding was requested but bundle {path} has no embedding output")
     return path
@@ -406,7 +408,7 @@ def _summary(regions: list[Region], state: dict[str, Any], skipped: set[str], ou
             "summary": str(out / e["summary"]) if "summary" in e else None,
             "pixels_in_mask": px.get("in_mask"), "pixels_classified": px.get("classified"),
             "pixels_insufficient_data": px.get("insufficient_data"), "area_ha": e.get("area_ha"),
-            "seconds": e.get("seconds"), "error": e.get("error"),
+            "seconds": e.get("seconds"), "error": e.get("error"), "providers_used": e.get("providers_used"),
         }  # fmt: skip
         rows.append(row)
         if status in ("done", "skipped"):

@@ -15,6 +15,15 @@ Graph interface (schema version 1):
   ``k`` is ``classes[k]``.
 * optional output ``embedding.output_name``: float32 ``(B, D)``.
 
+Optional field ``precision`` (absent in fp32 bundles): the bundle's weights and arithmetic
+were reduced to fp16 or int8 after export, and the record says how and how well the reduced
+graph agreed with the fp32 graph on held-out series (:class:`Precision`). Inputs and outputs
+stay float32 at every precision, so inference code does not change.
+
+Execution providers: :func:`load_bundle` takes ``provider="auto"|"cpu"|"cuda"|"tensorrt"``
+(:data:`PROVIDERS`). A provider that was asked for and that this ONNX Runtime cannot start is
+an error (:class:`~cropmap.errors.RuntimeSetupError`), never a silent run on the CPU.
+
 Optional field ``calibration`` (absent in older bundles, which load unchanged): a
 temperature ``T`` fitted on validation data at export; cropmap divides the logits by
 ``T`` before the softmax that gives confidence and probabilities (the argmax, hence the
@@ -39,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from cropmap.bands import S2_BANDS
-from cropmap.errors import BundleError
+from cropmap.errors import BundleError, RuntimeSetupError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +57,18 @@ METADATA_KEY = "cropmap.bundle"
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 GAP_FILL_METHODS = ("linear",)
 CALIBRATION_METHODS = ("temperature",)
+PRECISIONS = ("fp32", "fp16", "int8")
+"""Bundle precisions: fp32 as exported, fp16 (for GPUs) and int8 (for CPUs) reduced after export."""
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+"""``--provider`` names and the ONNX Runtime execution providers they ask for."""
+AUTO_PROVIDERS = ("cuda", "cpu")
+"""What ``provider="auto"`` tries, best first. TensorRT is only used when asked for by name: it builds an
+engine for every new input shape (the last, shorter batch of each block is one), which takes minutes."""
 
 _COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 _MMDD_RE = re.compile(r"^(\d{2})-(\d{2})$")
@@ -177,6 +198,50 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Precision:
+    """How a bundle's precision was reduced after export, and how well it agrees with the fp32 graph."""
+
+    dtype: str
+    """``"fp16"`` or ``"int8"`` (fp32 bundles carry no precision record)."""
+    method: str
+    """How, e.g. ``"int8 static QDQ, per-channel weights, MinMax calibration on 2048 series"``."""
+    n: int
+    """Held-out series the agreement was measured on."""
+    argmax_agreement: float
+    """Share (0..1) of those series whose predicted class equals the fp32 graph's."""
+    max_abs_logit_diff: float
+    """Largest ``|logit - fp32 logit|`` on them."""
+    min_agreement: float
+    """The threshold the export was checked against (it refuses below)."""
+    accuracy_fp32: float | None = None
+    """Accuracy of the fp32 graph on those series, when they are labelled."""
+    accuracy: float | None = None
+    """Accuracy of this graph on them."""
+    data: str = ""
+    """What the calibration and agreement series were (free text)."""
+
+    def validate(self) -> None:
+        """Check the values.
+
+        Raises:
+            BundleError: Describing the first problem found.
+        """
+        if self.dtype not in PRECISIONS[1:]:
+            raise BundleError(f"precision.dtype is {self.dtype!r}; expected one of {PRECISIONS[1:]}")
+        for name in ("argmax_agreement", "min_agreement", "accuracy_fp32", "accuracy"):
+            v = getattr(self, name)
+            if v is None and name.startswith("accuracy"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise BundleError(f"precision.{name} is {v!r}; expected a number in [0, 1]")
+        d = self.max_abs_logit_diff
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not (d >= 0 and d < float("inf")):
+            raise BundleError(f"precision.max_abs_logit_diff is {d!r}; expected a finite number >= 0")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise BundleError(f"precision.n is {self.n!r}; expected a positive integer")
+
+
+@dataclass(frozen=True)
 class BundleMetadata:
     """Everything inference needs to know about a bundle (schema version 1)."""
 
@@ -201,6 +266,13 @@ class BundleMetadata:
     provenance: Provenance
     calibration: Calibration | None = None
     """Temperature scaling fitted at export; ``None``: the probabilities are the raw softmax (uncalibrated)."""
+    precision: Precision | None = None
+    """The reduced precision and its measured agreement with fp32; ``None``: an fp32 bundle."""
+
+    @property
+    def dtype(self) -> str:
+        """``"fp32"``, ``"fp16"`` or ``"int8"``."""
+        return self.precision.dtype if self.precision is not None else "fp32"
 
     @property
     def temperature(self) -> float:
@@ -223,6 +295,8 @@ class BundleMetadata:
         doc = asdict(self)
         if doc["calibration"] is None:
             del doc["calibration"]  # bundles without calibration stay readable by cropmap versions before it
+        if doc["precision"] is None:
+            del doc["precision"]  # fp32 bundles stay readable by cropmap versions before reduced precisions
         return json.dumps(doc, indent=None, sort_keys=True)
 
     @classmethod
@@ -263,6 +337,7 @@ class BundleMetadata:
                 calibration=None
                 if doc.get("calibration") is None
                 else _build(Calibration, doc["calibration"], "calibration"),
+                precision=None if doc.get("precision") is None else _build(Precision, doc["precision"], "precision"),
             )
         except KeyError as err:
             raise BundleError(f"bundle metadata misses the key {err.args[0]!r} (schema version {version})") from err
@@ -305,6 +380,8 @@ class BundleMetadata:
                 raise BundleError(f"class {c.name!r} colour is {c.color!r}; expected '#RRGGBB'")
         if self.calibration is not None:
             self.calibration.validate()
+        if self.precision is not None:
+            self.precision.validate()
 
 
 def _build(kind: type, value: Any, where: str) -> Any:  # returns an instance of `kind`
@@ -331,6 +408,14 @@ class Bundle:
     metadata: BundleMetadata
     session: Any  # onnxruntime.InferenceSession; typed loosely to keep import cheap
     providers: tuple[str, ...]
+    """The execution providers the session actually runs on, first = the one that takes the graph."""
+    requested: str = "cpu"
+    """The provider that was asked for (a :data:`PROVIDERS` name, ``"auto"``, or the explicit list given)."""
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the graph (``session.get_providers()[0]``)."""
+        return self.providers[0]
 
     def run(self, x: Any, *, embedding: bool = False) -> Any:
         """Run the graph on a float32 ``(B, T, C)`` array.
@@ -353,9 +438,40 @@ def read_metadata(path: str | Path) -> BundleMetadata:
     return load_bundle(path).metadata
 
 
+def provider_chain(provider: str, available: list[str] | tuple[str, ...]) -> list[str]:
+    """The ONNX Runtime provider list for one :data:`PROVIDERS` name (not ``auto``), checked against ``available``.
+
+    ``cuda`` runs on CUDA with the CPU for the operators CUDA lacks; ``tensorrt`` adds CUDA in between.
+
+    Raises:
+        RuntimeSetupError: If the provider is unknown or not in ``available`` (one line naming what this
+            ONNX Runtime offers and how to get the GPU runtime).
+    """
+    if provider not in PROVIDERS:
+        raise RuntimeSetupError(f"provider is {provider!r}; expected one of auto, {', '.join(PROVIDERS)}")
+    want = PROVIDERS[provider]
+    if want not in available:
+        import onnxruntime as ort
+
+        offered = ", ".join(p for p in available if p != "AzureExecutionProvider") or "none"
+        hint = (
+            "install the GPU runtime instead of the CPU one (onnxruntime-gpu, see docs/install.md) on a machine "
+            "with an NVIDIA GPU, or use --provider cpu"
+            if provider != "cpu"
+            else "reinstall onnxruntime"
+        )
+        raise RuntimeSetupError(
+            f"provider {provider!r} ({want}) was requested but onnxruntime {ort.__version__} here offers only "
+            f"{offered}; {hint}"
+        )
+    chain = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[provider]
+    return [PROVIDERS[p] for p in chain if PROVIDERS[p] in available]
+
+
 def load_bundle(
     path: str | Path,
     *,
+    provider: str | None = None,
     providers: list[str] | tuple[str, ...] | None = None,
     intra_op_threads: int | None = None,
 ) -> Bundle:
@@ -363,20 +479,26 @@ def load_bundle(
 
     Args:
         path: The ``.onnx`` file.
-        providers: ONNX Runtime execution providers, best first; default
-            ``("CPUExecutionProvider",)``.
+        provider: ``"auto"`` (the best of :data:`AUTO_PROVIDERS` that starts; the log says which),
+            ``"cpu"``, ``"cuda"`` or ``"tensorrt"``; default ``"cpu"``.
+        providers: Instead of ``provider``: explicit ONNX Runtime execution provider names, best first.
+            Each one must be offered by this ONNX Runtime and the first must actually take the graph.
         intra_op_threads: Threads ONNX Runtime may use inside one session (default: its own).
 
     Raises:
         BundleError: If the file is missing, is not an ONNX model, has no cropmap
             metadata, has an unknown schema version, or its graph does not match the
             metadata.
+        RuntimeSetupError: If the provider asked for is not available or does not start (a
+            bundle never runs on another provider than the one asked for).
     """
     import onnxruntime as ort  # deferred: keeps `import cropmap` light
 
     from cropmap.runtime import check_onnxruntime_install
 
     check_onnxruntime_install()
+    if provider is not None and providers is not None:
+        raise ValueError("pass provider= or providers=, not both")
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"model bundle {path} does not exist")
@@ -384,11 +506,50 @@ def load_bundle(
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads is not None:
         opts.intra_op_num_threads = intra_op_threads
-    providers = tuple(providers or ("CPUExecutionProvider",))
-    try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
-    except Exception as err:  # ORT raises several private types for unreadable models
-        raise BundleError(f"{path} is not a readable ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    available = list(ort.get_available_providers())
+    if providers is not None:
+        requested = ",".join(providers)
+        missing = [p for p in providers if p not in available]
+        if missing or not providers:
+            offered = ", ".join(p for p in available if p != "AzureExecutionProvider")
+            raise RuntimeSetupError(
+                f"execution provider(s) {missing or 'none'} requested but onnxruntime {ort.__version__} here offers "
+                f"only {offered}; install onnxruntime-gpu for CUDA/TensorRT (docs/install.md)"
+            )
+        candidates = [list(providers)]
+    elif (provider or "cpu") == "auto":
+        requested = "auto"
+        candidates = [provider_chain(p, available) for p in AUTO_PROVIDERS if PROVIDERS[p] in available]
+    else:
+        requested = provider or "cpu"
+        candidates = [provider_chain(requested, available)]
+    session = None
+    skipped = []
+    for chain in candidates:
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=chain)
+        except Exception as err:  # ORT raises several private types for unreadable models
+            if requested == "auto" and chain[0] != PROVIDERS["cpu"]:
+                skipped.append(f"{chain[0]}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+                continue
+            raise BundleError(
+                f"{path} is not a readable ONNX model on {chain[0]} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''})"
+            ) from err
+        got = session.get_providers()
+        if got and got[0] == chain[0]:
+            break
+        # ORT could not start the provider (missing CUDA/cuDNN/TensorRT libraries) and fell back on its own.
+        if requested == "auto":
+            skipped.append(f"{chain[0]}: ONNX Runtime could not start it (session fell back to {got[0]})")
+            session = None
+            continue
+        raise RuntimeSetupError(
+            f"provider {requested!r} was requested and onnxruntime offers {chain[0]}, but it could not start it "
+            f"(the session fell back to {', '.join(got)}; are the CUDA/cuDNN/TensorRT libraries installed and a "
+            "GPU visible?); not running on another provider than the one asked for"
+        )
+    assert session is not None  # the CPU is always a candidate of auto, and other paths raise
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
         raise BundleError(
@@ -397,8 +558,12 @@ def load_bundle(
         )
     meta = BundleMetadata.from_json(props[METADATA_KEY])
     _check_graph(session, meta, path)
-    logger.info("loaded bundle %s (%s, %d classes) on %s", path, meta.model_name, len(meta.classes), providers)
-    return Bundle(path=path, metadata=meta, session=session, providers=providers)
+    used = tuple(session.get_providers())
+    if requested == "auto":
+        logger.info("provider auto: took %s%s", used[0], f" (skipped {'; '.join(skipped)})" if skipped else "")
+    logger.info("loaded bundle %s (%s, %s, %d classes) on %s", path, meta.model_name, meta.dtype, len(meta.classes),
+                used[0])  # fmt: skip
+    return Bundle(path=path, metadata=meta, session=session, providers=used, requested=requested)
 
 
 def _check_graph(session: Any, meta: BundleMetadata, path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from cropmap.errors import CropmapError
-from cropmap.options import DEFAULT_BATCH_SIZE, ClassifyOptions
+from cropmap.options import DEFAULT_BATCH_SIZE, EMBEDDING_DTYPE_CHOICES, PROVIDER_CHOICES, ClassifyOptions
 from cropmap.safeio import file_system_error, interrupt_exit_code, signals_as_interrupts
 
 
@@ -75,6 +75,19 @@ def _cloud_options(f: Any) -> Any:
     return f
 
 
+def _runtime_options(f: Any) -> Any:
+    """``--provider`` and ``--embedding-dtype`` (fields of ClassifyOptions)."""
+    f = click.option("--embedding-dtype", type=click.Choice(EMBEDDING_DTYPE_CHOICES), default=EMBEDDING_DTYPE_CHOICES[0],
+                     show_default=True,
+                     help="Storage of the embedding raster: int8 with a per-band scale and offset that GIS "
+                          "software applies (1 byte per value), float16 or float32.")(f)  # fmt: skip
+    f = click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", show_default=True,
+                     help="ONNX Runtime execution provider. auto takes CUDA when it starts, else the CPU, and "
+                          "says which; cuda/tensorrt need onnxruntime-gpu (docs/install.md) and are an error "
+                          "when they cannot start, never a silent CPU run.")(f)  # fmt: skip
+    return f
+
+
 def _map_options(f: Any) -> Any:
     """Probability outputs, spatial post-processing and the mask layer (fields of ClassifyOptions)."""
     f = click.option("--mask-layer", default=None, metavar="NAME",
@@ -124,6 +137,7 @@ def main() -> None:
               help="Fewest valid observations a pixel needs (default: the bundle's value).")
 @_cloud_options
 @_map_options
+@_runtime_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-look.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
@@ -170,6 +184,9 @@ def classify(
         f"({px['insufficient_data']:,} with too little data) in {summary['timings_s']['total']:.1f} s "
         f"({summary['throughput_cropland_px_per_s']:,.0f} px/s), season {summary['season']['year']}"
     )
+    rt = summary["runtime"]
+    click.echo(f"runtime:    {', '.join(rt['providers_used'])} (--provider {rt['provider_requested']}), "
+               f"{rt['bundle_precision']} bundle")  # fmt: skip
     clouds = summary["clouds"]
     if clouds["masking"] == "on":
         click.echo(f"clouds: {clouds['masked_observations']:,} of {clouds['observations_in_mask']:,} cropland "
@@ -221,6 +238,7 @@ BATCH_FAILED_EXIT = 3
               help="Fewest valid observations a pixel needs (default: the bundle's value).")
 @_cloud_options
 @_map_options
+@_runtime_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-looks.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")

@@ -18,6 +18,10 @@ DEFAULT_BATCH_SIZE = 4096
 DEFAULT_BLOCK_SIZE_PX = 512
 BLOCK_MEMORY_BUDGET_BYTES = 256 * 2**20
 """Default blocks are shrunk (down to one file tile) until one block's working arrays fit this budget."""
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+"""``--provider`` values (:data:`cropmap.bundle.PROVIDERS` plus ``auto``)."""
+EMBEDDING_DTYPE_CHOICES = ("int8", "float16", "float32")
+"""``--embedding-dtype`` values (:data:`cropmap.embedding.EMBEDDING_DTYPES`); the first is the default."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,13 @@ class ClassifyOptions:
     over the classified pixels, before the argmax."""
     mask_layer: str | None = None
     """Layer of a multi-layer mask file (e.g. a GeoPackage) holding the cropland polygons."""
+    provider: str = "auto"
+    """ONNX Runtime execution provider: ``"auto"`` (the best that starts: CUDA, else the CPU; the summary
+    records which), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``. One that was asked for and cannot start is an
+    error, never a run on another (:func:`cropmap.bundle.load_bundle`)."""
+    embedding_dtype: str = "int8"
+    """Storage of ``<out stem>_embedding.tif``: ``"int8"`` (per-band GDAL scale/offset, 1 byte per value),
+    ``"float16"`` or ``"float32"`` (see :mod:`cropmap.embedding`)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,6 +117,12 @@ class ClassifyOptions:
             isinstance(sp, bool) or not isinstance(sp, (int, float)) or not math.isfinite(sp) or not 0 < sp <= 10
         ):
             raise ValueError(f"smooth_probabilities is {sp!r}; expected a Gaussian sigma in pixels, > 0 and <= 10")
+        if self.provider not in PROVIDER_CHOICES:
+            raise ValueError(f"provider is {self.provider!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
+        if self.embedding_dtype not in EMBEDDING_DTYPE_CHOICES:
+            raise ValueError(
+                f"embedding_dtype is {self.embedding_dtype!r}; expected one of {', '.join(EMBEDDING_DTYPE_CHOICES)}"
+            )
         if self.mask_layer is not None and (not isinstance(self.mask_layer, str) or not self.mask_layer):
             raise ValueError(f"mask_layer is {self.mask_layer!r}; expected a layer name")
         if self.cloud_band is not None and (not isinstance(self.cloud_band, str) or not self.cloud_band.strip()):

@@ -66,7 +66,9 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
             f"the sample model shipped with cropmap ({bundle_path}) is missing from this installation; "
             "expected it there, or pass --model BUNDLE"
         )
-    bundle = load_bundle(bundle_path, intra_op_threads=1)
+    # The driver opens the bundle on the provider the local workers will use (a provider that cannot start
+    # stops the run here, in one line); the workers of a remote cluster check their own.
+    bundle = load_bundle(bundle_path, intra_op_threads=1, provider=options.provider if options.scheduler is None else "cpu")
     meta = bundle.metadata
     if options.embedding and meta.embedding is None:
         raise BundleError(f"--embedding was requested but bundle {bundle_path} has no embedding output")
@@ -120,6 +122,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
         min_valid=min_valid, batch_size=options.batch_size, intra_op_threads=executor.intra_op_threads,
         confidence=options.confidence, embedding=options.embedding, cloud=cloud,
         probabilities=options.probabilities, uncertainty=options.uncertainty, post=post if post.active else None,
+        provider=options.provider,
     )  # fmt: skip
     return _Plan(
         stack=st, polygons=polygons, meta=meta, bundle_path=bundle_path, season=season, obs=obs,
@@ -178,6 +181,7 @@ class _Tally:
         self.n_mask = self.n_classified = self.n_insufficient = 0
         self.n_observations = self.n_cloud_masked = 0
         self.timings = {"read": 0.0, "fill": 0.0, "model": 0.0}
+        self.providers: set[str] = set()
 
     def add(self, result: BlockResult) -> None:
         p, b = result.prediction, result.block
@@ -188,6 +192,8 @@ class _Tally:
         self.n_cloud_masked += p.n_cloud_masked
         for k, v in p.timings.items():
             self.timings[k] += v
+        if p.provider is not None:
+            self.providers.add(p.provider)
         if p.n_classified:
             area = self.row_area[b.row_off : b.row_off + b.height]
             for i, code in enumerate(self.codes):
@@ -232,6 +238,7 @@ def classify(
     from cropmap import __version__
     from cropmap.quicklook import STATUS_CLASSIFIED, STATUS_INSUFFICIENT, STATUS_OUTSIDE, write_quicklook
     from cropmap.stac import build_item
+    from cropmap.embedding import EmbeddingRaster
     from cropmap.writer import (
         MAP_NODATA,
         BlockRaster,
@@ -294,9 +301,9 @@ def classify(
                 )  # fmt: skip
             if paths.embedding is not None:
                 assert meta.embedding is not None
-                rasters["embedding"] = BlockRaster(
-                    staging.scratch(paths.embedding, ".tif"), count=meta.embedding.dim, dtype="float32",
-                    nodata=float("nan"), descriptions=[f"embedding_{i:03d}" for i in range(meta.embedding.dim)],
+                rasters["embedding"] = EmbeddingRaster(
+                    staging.scratch(paths.embedding, ".tif"), count=meta.embedding.dim, dtype=opts.embedding_dtype,
+                    descriptions=[f"embedding_{i:03d}" for i in range(meta.embedding.dim)],
                     tags={"embedding": meta.embedding.description, "embedding_output": meta.embedding.output_name},
                     **grid,
                 )  # fmt: skip
@@ -355,6 +362,8 @@ def classify(
         write_s += time.perf_counter() - t0
         total_s = time.perf_counter() - t_start
         summary = _summary(plan, tally, paths, opts, write_s, total_s, __version__)
+        if "embedding" in rasters:
+            summary["embedding"] = rasters["embedding"].describe()  # type: ignore[attr-defined]
         summary_tmp = staging.temp_for(paths.summary)
         summary_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         assert paths.stac is not None
@@ -429,6 +438,7 @@ def _summary(
             "provenance": dataclasses.asdict(meta.provenance),
             "calibration": dataclasses.asdict(meta.calibration) if meta.calibration is not None else None,
             "probabilities": _probability_note(meta, opts),
+            "precision": dataclasses.asdict(meta.precision) if meta.precision is not None else {"dtype": "fp32"},
         },
         "postprocessing": {
             "majority_filter": opts.majority_filter,
@@ -488,6 +498,13 @@ def _summary(
         },
         "throughput_cropland_px_per_s": round(tally.n_mask / total_s, 1) if total_s > 0 else None,
         "executor": plan.executor.description,
+        "runtime": {
+            "provider_requested": opts.provider,
+            "providers_used": sorted(tally.providers),
+            "bundle_precision": meta.dtype,
+            "note": "providers_used: the ONNX Runtime execution provider(s) that ran the model, as reported by "
+            "the workers' sessions",
+        },
         "options": dataclasses.asdict(opts),
     }
 
@@ -608,7 +625,7 @@ def _claim_outputs(paths: Any, opts: ClassifyOptions, plan: _Plan) -> Iterator[A
     with output_folder(folder), RunLock(paths.map, "output"):
         check_outputs(paths, overwrite=opts.overwrite)  # again: no other run can write them now
         remove_stale(folder, {p.name for p in paths.all()})
-        check_free_space(folder, _least_output_bytes(paths, plan), f"the outputs of {paths.map.name}")
+        check_free_space(folder, _least_output_bytes(paths, plan, opts.embedding_dtype), f"the outputs of {paths.map.name}")
         with Staging() as staging:
             try:
                 yield staging
@@ -621,7 +638,7 @@ def _claim_outputs(paths: Any, opts: ClassifyOptions, plan: _Plan) -> Iterator[A
                 raise file_system_error(err, "write", where) from err
 
 
-def _least_output_bytes(paths: Any, plan: _Plan) -> int:
+def _least_output_bytes(paths: Any, plan: _Plan, embedding_dtype: str = "float32") -> int:
     """A low estimate of the bytes the output rasters take, for the free-space check.
 
     Only blocks that touch cropland hold data (the rest is nodata and compresses to
@@ -633,8 +650,10 @@ def _least_output_bytes(paths: Any, plan: _Plan) -> int:
     uint8_bands = 1 + (paths.confidence is not None) + (getattr(paths, "uncertainty", None) is not None)
     if getattr(paths, "probabilities", None) is not None:
         uint8_bands += len(plan.meta.classes)
+    from cropmap.embedding import BYTES_PER_VALUE
+
     float_bands = plan.meta.embedding.dim if paths.embedding is not None and plan.meta.embedding is not None else 0
-    return int(px * (uint8_bands / 20 + 4 * float_bands / 3))
+    return int(px * (uint8_bands / 20 + BYTES_PER_VALUE[embedding_dtype] * float_bands / 3))
 
 
 def _refuse_empty_result(plan: _Plan, n_mask: int | None, n_insufficient: int | None, n_classified: int) -> None:

@@ -61,6 +61,8 @@ class BlockPrediction:
     """Observations of mask pixels with valid reflectance before cloud masking (0 when the stack has no cloud band)."""
     n_cloud_masked: int = 0
     """Of those, the observations masked as cloud, shadow etc. (:mod:`cropmap.clouds`)."""
+    provider: str | None = None
+    """The ONNX Runtime execution provider that ran the model on this block (``None``: nothing to classify)."""
 
 
 def _percent(p: np.ndarray) -> np.ndarray:
@@ -119,6 +121,7 @@ def predict_block(
     emb = np.full((meta.embedding.dim, rows, cols), np.nan, dtype=np.float32) if embedding else None  # type: ignore[union-attr]
     rr, cc = np.nonzero(mask)
     timings = {"fill": 0.0, "model": 0.0}
+    good_any = False
     if rr.size:
         t0 = time.perf_counter()
         series = np.ascontiguousarray(values[:, :, rr, cc].transpose(2, 0, 1))  # (N, S, C)
@@ -127,6 +130,7 @@ def predict_block(
 
         t0 = time.perf_counter()
         good = np.flatnonzero(ok)
+        good_any = bool(good.size)
         ok_grid[rr[good], cc[good]] = True
         x = filled[good]
         for start in range(0, good.size, batch_size):
@@ -167,19 +171,19 @@ def predict_block(
     return BlockPrediction(
         classes=classes, confidence=conf, embedding=emb, n_mask=n_mask, n_classified=n_classified,
         n_insufficient=n_mask - n_classified, timings=timings, probabilities=prob_out, uncertainty=unc,
-        insufficient=mask_in & ~ok_in,
+        insufficient=mask_in & ~ok_in, provider=getattr(bundle, "provider", None) if good_any else None,
     )  # fmt: skip
 
 
 _local = threading.local()
 
 
-def worker_bundle(path: str | Path, intra_op_threads: int) -> Bundle:
-    """The bundle session of the calling thread, opened on first use."""
-    cache: dict[tuple[str, int], Bundle] = _local.__dict__.setdefault("bundles", {})
-    key = (str(path), intra_op_threads)
+def worker_bundle(path: str | Path, intra_op_threads: int, provider: str = "cpu") -> Bundle:
+    """The bundle session of the calling thread on ``provider``, opened on first use."""
+    cache: dict[tuple[str, int, str], Bundle] = _local.__dict__.setdefault("bundles", {})
+    key = (str(path), intra_op_threads, provider)
     if key not in cache:
-        cache[key] = load_bundle(path, intra_op_threads=intra_op_threads)
+        cache[key] = load_bundle(path, intra_op_threads=intra_op_threads, provider=provider)
     return cache[key]
 
 
@@ -231,6 +235,8 @@ class BlockJob:
     """Spatial post-processing; blocks are then read with :attr:`PostProcess.halo` pixels of context."""
     cloud: CloudMask | None = None
     """The stack's cloud band and masking rule; ``None``: no cloud masking."""
+    provider: str = "cpu"
+    """ONNX Runtime execution provider of the workers' sessions (see :func:`cropmap.bundle.load_bundle`)."""
 
     def halo_window(self, block: Block) -> tuple[Window, tuple[slice, slice]]:
         """See :func:`halo_window`, with this job's post-processing halo."""
@@ -256,7 +262,7 @@ class BlockJob:
         else:
             values = np.empty((len(self.obs), self.metadata.n_bands, height, width), dtype=np.float32)
         read_s = time.perf_counter() - t0
-        bundle = worker_bundle(self.bundle_path, self.intra_op_threads)
+        bundle = worker_bundle(self.bundle_path, self.intra_op_threads, self.provider)
         pred = predict_block(
             values, mask, np.asarray(self.positions), bundle, min_valid=self.min_valid,
             batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,

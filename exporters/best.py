@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from exporters.parity import ParityReport
-from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_bundle
+from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_bundle, split_precision_data
 from training.classifier import load_classifier
 from training.downstream import VAL_INPUTS
 
@@ -112,10 +112,16 @@ def export_best(
     atol: float = 1e-4,
     created: str | None = None,
     overwrite: bool = False,
+    precision: str = "fp32",
+    train_x: np.ndarray | None = None,
+    min_agreement: float | None = None,
+    int8_method: str = "auto",
 ) -> tuple[Choice, ParityReport]:
     """Export the best run of ``run_dir`` (see :func:`select_best`) as one bundle.
 
-    The parity check runs on up to :data:`PARITY_LIMIT` validation series of the run directory.
+    The parity check runs on up to :data:`PARITY_LIMIT` validation series of the run directory. An fp16/int8
+    ``precision`` is calibrated on ``train_x`` (training series), else on half of those validation series, and
+    its agreement with fp32 measured on the (other) validation series (see :func:`exporters.to_onnx.export_bundle`).
 
     Returns:
         The choice and the parity report.
@@ -146,6 +152,9 @@ def export_best(
         example=x_val, opset=opset, atol=atol, overwrite=overwrite,
         calibration_data=None if y_val is None else (x_val, y_val),
         calibration_note=f"validation series of {Path(run_dir).name} (task {choice.record['task']})",
+        precision=precision, min_agreement=min_agreement, int8_method=int8_method,
+        precision_data=None if precision == "fp32" else split_precision_data(
+            x_val, y_val, train_x=train_x, what=f"validation series of {Path(run_dir).name}"),
     )  # fmt: skip
     return choice, report
 

@@ -40,6 +40,8 @@ class ParityReport:
     """Largest difference of the embedding output, when both sides have one."""
     calibration: Any = None
     """The :class:`cropmap.bundle.Calibration` fitted by ``export_bundle(calibration_data=...)``, else ``None``."""
+    precision: Any = None
+    """The :class:`cropmap.bundle.Precision` of an fp16/int8 export (agreement with fp32), else ``None``."""
 
     @property
     def passed(self) -> bool:
@@ -49,10 +51,15 @@ class ParityReport:
     def summary(self) -> str:
         """One line with the measured numbers."""
         emb = "" if self.max_abs_embedding_diff is None else f", max |embedding diff| {self.max_abs_embedding_diff:.3g}"
-        return (
+        text = (
             f"{self.n} inputs: max |logit diff| {self.max_abs_logit_diff:.3g} (atol {self.atol:g}), "
             f"argmax agreement {100 * self.argmax_agreement:.2f} %{emb}"
         )
+        if self.precision is not None:
+            from exporters.quantize import summary
+
+            text += f"; then {summary(self.precision)}"
+        return text
 
 
 def _torch_outputs(model: nn.Module, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:

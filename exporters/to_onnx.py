@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cropmap.bundle import METADATA_KEY, BundleMetadata, load_bundle
+from cropmap.bundle import METADATA_KEY, PRECISIONS, BundleMetadata, load_bundle
 from exporters.parity import ParityReport, check_parity
 from training.checkpoint import validate_norm_stats
 from training.classifier import CLASSIFIER_KIND, Classifier, load_classifier, save_classifier
@@ -73,6 +73,42 @@ DEFAULT_OPSET = 17
 
 class ExportError(RuntimeError):
     """The model cannot be exported as a bundle matching its metadata."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionData:
+    """The series a reduced-precision export is calibrated on and checked against fp32 with."""
+
+    calib_x: np.ndarray
+    """float32 ``(N, T, C)``: the static int8 activation ranges are measured on these."""
+    eval_x: np.ndarray
+    """float32 ``(M, T, C)``, disjoint from ``calib_x``: the agreement with fp32 is measured on these."""
+    eval_y: np.ndarray | None
+    """Labels of ``eval_x`` (column indices), for the accuracy change; or ``None``."""
+    note: str
+    """What the series are (stored in the bundle's precision record)."""
+
+
+def split_precision_data(
+    x: np.ndarray, y: np.ndarray | None, *, train_x: np.ndarray | None = None, what: str = "validation series",
+    seed: int = 0,
+) -> PrecisionData:  # fmt: skip
+    """Calibration and held-out series for a reduced-precision export.
+
+    With ``train_x`` (training series): calibrate on them and measure on all of ``x``. Without:
+    split ``x`` at random (``seed``) into two disjoint halves, calibrate on one and measure on the other.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if train_x is not None:
+        return PrecisionData(np.asarray(train_x, dtype=np.float32), x, y,
+                             f"calibrated on {len(train_x)} training series; agreement on {len(x)} {what}")  # fmt: skip
+    if len(x) < 2:
+        raise ExportError(f"{len(x)} {what} are too few to calibrate and check a reduced precision; give training series")
+    idx = np.random.default_rng(seed).permutation(len(x))
+    cal, ev = idx[: len(x) // 2], idx[len(x) // 2 :]
+    return PrecisionData(x[cal], x[ev], None if y is None else np.asarray(y)[ev],
+                         f"{what} split at random (seed {seed}): calibrated on {len(cal)}, agreement on the other "
+                         f"{len(ev)}")  # fmt: skip
 
 
 class BundleGraph(nn.Module):
@@ -200,6 +236,10 @@ def export_bundle(
     overwrite: bool = True,
     calibration_data: tuple[np.ndarray, np.ndarray] | None = None,
     calibration_note: str = "",
+    precision: str = "fp32",
+    precision_data: PrecisionData | None = None,
+    min_agreement: float | None = None,
+    int8_method: str = "auto",
 ) -> ParityReport:
     """Export a classifier as a single-file cropmap bundle and check it.
 
@@ -223,10 +263,19 @@ def export_bundle(
             bundle. Without it, ``metadata.calibration`` is exported as given (``None``:
             uncalibrated). Use held-out data the model was not trained on.
         calibration_note: What the validation data are (stored in the calibration record).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``. A reduced precision is made from the
+            parity-checked fp32 graph by :func:`exporters.quantize.reduce_precision`, which measures
+            its agreement with fp32 and refuses below ``min_agreement``.
+        precision_data: Required unless fp32: the calibration series, the held-out series the
+            agreement is measured on, and their labels (or ``None``); see :func:`split_precision_data`.
+        min_agreement: Refuse a reduced graph whose argmax agrees with fp32 on fewer of the held-out
+            series (default :data:`exporters.quantize.DEFAULT_MIN_AGREEMENT`).
+        int8_method: ``"auto"``, ``"static"`` or ``"dynamic"`` (see :mod:`exporters.quantize`).
 
     Returns:
         The parity report on ``example``; its ``calibration`` holds the fitted
-        calibration (ECE before/after) when ``calibration_data`` was given.
+        calibration (ECE before/after) when ``calibration_data`` was given, its
+        ``precision`` the reduced precision's record (``None`` for fp32).
 
     Raises:
         ExportError: If the model does not match the metadata or the checker rejects the graph.
@@ -235,7 +284,13 @@ def export_bundle(
     """
     import onnx
 
+    from exporters.quantize import DEFAULT_MIN_AGREEMENT, PrecisionError, reduce_precision
+
     out = Path(out)
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision is {precision!r}; expected one of {PRECISIONS}")
+    if precision != "fp32" and precision_data is None:
+        raise ExportError(f"a {precision} export needs precision_data (calibration and held-out series)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
     if out.exists() and not out.is_file():
@@ -306,7 +361,19 @@ def export_bundle(
             output_name=metadata.output_name,
             embedding_name=metadata.embedding.output_name if metadata.embedding else None,
         )
-        os.replace(tmp, out)
+        if precision == "fp32":
+            os.replace(tmp, out)
+        else:
+            assert precision_data is not None
+            try:
+                record = reduce_precision(
+                    tmp, out, precision, calib_x=precision_data.calib_x, eval_x=precision_data.eval_x,
+                    eval_y=precision_data.eval_y, data=precision_data.note, int8_method=int8_method,
+                    min_agreement=DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
+                )  # fmt: skip
+            except PrecisionError as err:
+                raise ExportError(str(err)) from err
+            report = dataclasses.replace(report, precision=record)
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("wrote bundle %s (%.2f MB): %s", out, out.stat().st_size / 1e6, report.summary())
@@ -364,6 +431,10 @@ def export_checkpoint(
     atol: float = 1e-4,
     created: str | None = None,
     overwrite: bool = False,
+    precision: str = "fp32",
+    train_x: np.ndarray | None = None,
+    min_agreement: float | None = None,
+    int8_method: str = "auto",
 ) -> ParityReport:
     """Export a ``classifier`` checkpoint as a bundle (``python -m exporters``).
 
@@ -374,6 +445,11 @@ def export_checkpoint(
         atol: Parity tolerance.
         created: Timestamp recorded in the provenance (default: kept from the checkpoint).
         overwrite: Replace an existing ``out``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see :func:`export_bundle`).
+        train_x: Training series to calibrate a reduced precision on; default: half of the
+            checkpoint's stored validation series (the agreement is measured on the other half).
+        min_agreement: See :func:`export_bundle`.
+        int8_method: See :func:`export_bundle`.
     """
     from exporters.best import warn_unfilled
 
@@ -396,4 +472,11 @@ def export_checkpoint(
         # Checkpoints of downstream runs store labelled validation series: calibrate on them.
         calibration_data=(clf.parity_inputs, clf.parity_labels) if labelled else None,
         calibration_note=f"{len(clf.parity_inputs)} validation series stored in {Path(checkpoint).name}" if labelled else "",
-    )
+        precision=precision,
+        precision_data=None if precision == "fp32" else split_precision_data(
+            clf.parity_inputs, clf.parity_labels, train_x=train_x,
+            what=f"validation series stored in {Path(checkpoint).name}",
+        ),
+        min_agreement=min_agreement,
+        int8_method=int8_method,
+    )  # fmt: skip

@@ -1,0 +1,198 @@
+"""fp16 and int8 bundles: every base family x encoder kind reduces, the agreement with fp32 is measured and recorded,
+and an export below the threshold is refused in one line with nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cropmap.bundle import ClassInfo, TimeGrid, load_bundle
+from exporters.__main__ import main as exporters_main
+from exporters.quantize import PrecisionError, reduce_precision, unshare_initializers
+from exporters.to_onnx import ExportError, export_bundle, split_precision_data
+from training.classifier import classifier_metadata, save_classifier
+from training.models import MODELS, build_model
+from training.models.encoder import ENCODERS, ResMLP, TimeWiseEncoder, compute_norm_stats
+
+BANDS = ("B02", "B03", "B04", "B08")
+T, C, K = 6, len(BANDS), 3
+GRID = TimeGrid("01-01", tuple(range(0, 60 * T, 60)), tuple(f"2020-{m:02d}-01" for m in range(1, 2 * T, 2)))
+CLASSES = tuple(ClassInfo(k + 1, f"crop {k + 1}", "#336699") for k in range(K))
+ENCODER_KINDS = ("none", *sorted(ENCODERS))
+SMALL = {"lstm": {"hidden": 16}, "inception_time": {"layers": 2, "hidden": 16, "kernel": 5, "bottleneck": 8},
+         "transformer": {"d_model": 16, "heads": 2, "layers": 2}}  # fmt: skip
+
+
+def _series(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes of raw series that differ by the date of a reflectance peak (as crops do)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, K, n)
+    t = np.arange(T)[None, :, None]
+    x = 1500 + 3000 * np.exp(-((t - 1 - 1.5 * y[:, None, None]) ** 2) / 1.5) + rng.normal(0, 200, (n, T, C))
+    return x.astype(np.float32), y
+
+
+def _model(family: str, encoder_kind: str) -> tuple[torch.nn.Module | None, torch.nn.Module]:
+    """A freshly initialised encoder and base model, trained briefly so that their classes separate."""
+    torch.manual_seed(0)
+    if encoder_kind == "none":
+        encoder = None
+    elif encoder_kind == "resmlp":
+        encoder = ResMLP(C, hidden=16, n_layers=2, out_dim=8)
+    else:
+        encoder = TimeWiseEncoder(C, d_model=16, n_layers=2, n_heads=2, out_dim=8, max_len=T)
+    base = build_model(family, C if encoder is None else 8, K, **SMALL[family])
+    x, y = _series(256, 0)
+    stats = compute_norm_stats(x)
+    mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    params = [*base.parameters(), *(encoder.parameters() if encoder is not None else [])]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    xt, yt = (torch.from_numpy(x) - mean) / std, torch.from_numpy(y)
+    for _ in range(10):
+        opt.zero_grad()
+        z = encoder(xt) if encoder is not None else xt
+        torch.nn.functional.cross_entropy(base(z), yt).backward()
+        opt.step()
+    if encoder is not None:
+        encoder.eval()
+    return encoder, base.eval()
+
+
+def _export(tmp_path: Path, family: str, encoder_kind: str, precision: str, **kw) -> tuple[Path, Path, np.ndarray]:
+    encoder, base = _model(family, encoder_kind)
+    x, y = _series(600, 1)
+    meta = classifier_metadata(
+        encoder=encoder, base_model=base, family=family, pretraining="none", bands=BANDS, time_grid=GRID,
+        classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={}, nodata=0.0,
+    )  # fmt: skip
+    stats = compute_norm_stats(_series(256, 0)[0])
+    fp32 = tmp_path / "fp32.onnx"
+    export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=meta, out=fp32, example=x[:200])
+    out = tmp_path / f"{precision}.onnx"
+    report = export_bundle(
+        encoder=encoder, base_model=base, norm_stats=stats, metadata=meta, out=out, example=x[:200],
+        precision=precision, precision_data=split_precision_data(x[200:], y[200:], train_x=_series(256, 0)[0]), **kw,
+    )  # fmt: skip
+    assert report.precision is not None and report.precision.dtype == precision
+    return fp32, out, x
+
+
+def _check_recorded_agreement(fp32: Path, out: Path, x: np.ndarray, precision: str) -> None:
+    a, b = load_bundle(fp32), load_bundle(out)
+    rec = b.metadata.precision
+    assert rec is not None and b.metadata.dtype == precision and a.metadata.precision is None
+    held_out = x[200:]  # the evaluation series given to the export
+    want, got = a.run(held_out), b.run(held_out)
+    assert got.dtype == np.float32 and got.shape == want.shape  # the contract's float32 I/O at every precision
+    assert rec.n == len(held_out)
+    assert rec.argmax_agreement == pytest.approx(float((want.argmax(1) == got.argmax(1)).mean()))
+    assert rec.max_abs_logit_diff == pytest.approx(float(np.abs(want - got).max()), rel=1e-5, abs=1e-6)
+    assert rec.argmax_agreement >= rec.min_agreement
+    assert rec.accuracy is not None and rec.accuracy_fp32 is not None
+    logits, emb = b.run(held_out[:5], embedding=True)
+    assert emb.dtype == np.float32 and emb.shape[0] == 5
+    model = onnx.load(str(out), load_external_data=False)
+    assert not any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+    assert sorted(p.name for p in out.parent.iterdir() if p.suffix == ".onnx") == sorted({fp32.name, out.name})
+
+
+@pytest.mark.parametrize(("family", "encoder_kind", "precision"), [
+    ("transformer", "none", "int8"),  # fresh Transformers share identical initialisers
+    ("lstm", "resmlp", "fp16"),
+])  # fmt: skip
+def test_reduced_precision_bundle_records_measured_agreement(family, encoder_kind, precision, tmp_path: Path) -> None:
+    fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=0.95)
+    _check_recorded_agreement(fp32, out, x, precision)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("encoder_kind", ENCODER_KINDS)
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_every_family_and_encoder_reduces(family: str, encoder_kind: str, precision: str, tmp_path: Path) -> None:
+    fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=0.95)
+    _check_recorded_agreement(fp32, out, x, precision)
+
+
+def test_fresh_transformer_shares_initialisers_and_unsharing_keeps_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = build_model("transformer", C, K, **SMALL["transformer"]).eval()
+    x = _series(64, 2)[0]
+    meta = classifier_metadata(encoder=None, base_model=base, family="transformer", pretraining="none", bands=BANDS,
+                               time_grid=GRID, classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={},
+                               nodata=0.0)  # fmt: skip
+    out = tmp_path / "t.onnx"
+    export_bundle(encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta, out=out, example=x)
+    model = onnx.load(str(out))
+    n = unshare_initializers(model)
+    assert n > 0  # the pitfall is real in this graph
+    inits = {i.name for i in model.graph.initializer}
+    used = [name for node in model.graph.node for name in node.input if name in inits]
+    assert len(used) == len(set(used))
+    onnx.save(model, str(tmp_path / "u.onnx"))
+    import onnxruntime as ort
+
+    a = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(tmp_path / "u.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(a.run(None, {meta.input_name: x})[0], b.run(None, {meta.input_name: x})[0])
+
+
+def test_below_threshold_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = build_model("lstm", C, K, **SMALL["lstm"]).eval()
+    with torch.no_grad():  # classes 1 and 2 differ by far less than an int8 step: int8 cannot tell them apart
+        base.head.weight[1] = base.head.weight[0] + 1e-4 * torch.randn_like(base.head.weight[0])
+        base.head.bias[1] = base.head.bias[0]
+        base.head.bias[2] = -100.0
+    x = _series(400, 3)[0]
+    meta = classifier_metadata(encoder=None, base_model=base, family="lstm", pretraining="none", bands=BANDS,
+                               time_grid=GRID, classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={},
+                               nodata=0.0)  # fmt: skip
+    fp32 = tmp_path / "fp32.onnx"
+    export_bundle(encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta, out=fp32, example=x)
+    with pytest.raises(PrecisionError, match=r"agrees with fp32 on fewer than 99 % of 200 held-out series"):
+        reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:], int8_method="dynamic")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx"]
+    # auto measures both and keeps one that passes (static's calibrated activation ranges resolve the two rows).
+    rec = reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:])
+    assert rec.method.startswith("int8 static") and rec.argmax_agreement >= 0.99
+    (tmp_path / "int8.onnx").unlink()
+    with pytest.raises(PrecisionError, match="already a int8|expected one of"):
+        reduce_precision(fp32, tmp_path / "x.onnx", "fp32", calib_x=x, eval_x=x)
+    with pytest.raises(ExportError, match="needs precision_data"):
+        export_bundle(encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta,
+                      out=tmp_path / "y.onnx", example=x, precision="int8")  # fmt: skip
+
+
+def test_cli_precision_flag_and_one_line_refusal(tmp_path: Path, capsys) -> None:
+    encoder, base = _model("lstm", "resmlp")
+    x, y = _series(300, 4)
+    meta = classifier_metadata(
+        encoder=encoder, base_model=base, family="lstm", pretraining="none", bands=BANDS, time_grid=GRID,
+        classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={}, nodata=0.0,
+    )  # fmt: skip
+    ckpt = save_classifier(tmp_path / "c.pt", encoder=encoder, encoder_name="resmlp", base_model=base,
+                           base_model_name="lstm", base_model_config=SMALL["lstm"], norm_stats=compute_norm_stats(x),
+                           metadata=meta, parity_inputs=x, parity_labels=y)  # fmt: skip
+    out = tmp_path / "m.onnx"
+    assert exporters_main([str(ckpt), "-o", str(out), "--precision", "int8", "--min-agreement", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert "then int8" in printed and "held-out series" in printed
+    rec = load_bundle(out).metadata.precision
+    assert rec is not None and rec.dtype == "int8" and rec.n == 150 and "split at random" in rec.data
+    np.savez(tmp_path / "train.npz", x=_series(200, 5)[0])
+    out2 = tmp_path / "m16.onnx"
+    assert exporters_main([str(ckpt), "-o", str(out2), "--precision", "fp16", "--calibration-data",
+                           str(tmp_path / "train.npz"), "--min-agreement", "0.9"]) == 0  # fmt: skip
+    rec = load_bundle(out2).metadata.precision
+    assert rec is not None and rec.n == 300 and "200 training series" in rec.data
+    capsys.readouterr()
+    assert exporters_main([str(ckpt), "-o", str(tmp_path / "bad.onnx"), "--precision", "int8",
+                           "--calibration-data", str(tmp_path / "missing.npz")]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "missing.npz" in err
+    assert not (tmp_path / "bad.onnx").exists()
