@@ -25,6 +25,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
+from cropmap.errors import BundleError
 from cropmap.safeio import io_step
 from cropmap.writer import COG_BLOCK_SIZE_PX, BlockRaster, check_cog
 
@@ -35,6 +36,7 @@ INT8_NODATA = -128
 INT8_STEPS = 254
 """Quantisation steps between a band's minimum (raw -127) and maximum (raw 127)."""
 BYTES_PER_VALUE = {"int8": 1, "float16": 2, "float32": 4}
+FLOAT16_MAX = 65504.0
 
 
 def int8_scale_offset(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +98,15 @@ class EmbeddingRaster(BlockRaster):
             with np.errstate(all="ignore"):
                 self.lo = np.fmin(self.lo, np.nanmin(data.reshape(self.count, -1), axis=1))
                 self.hi = np.fmax(self.hi, np.nanmax(data.reshape(self.count, -1), axis=1))
+        if self.storage == "float16":
+            big = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 0.0
+            if big > FLOAT16_MAX:
+                raise BundleError(
+                    f"the embedding holds {big:.6g}, beyond the float16 range (+-{FLOAT16_MAX:g}); "
+                    "expected --embedding-dtype int8 or float32 for this bundle"
+                )
+            # Round to nearest half float here: GDAL's own float32 -> NBITS=16 conversion truncates.
+            data = data.astype(np.float16).astype(np.float32)
         super().write(window, data)
 
     def to_cog(self, dest: Path) -> None:

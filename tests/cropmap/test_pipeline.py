@@ -184,7 +184,8 @@ def test_classify_extra_bands_ignored(tmp_path: Path, polygons: Path, bundle: Pa
 
 def test_classify_embedding_matches_bundle(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path,
                                            values: np.ndarray) -> None:  # fmt: skip
-    cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m.tif", embedding=True, quicklook=False)
+    cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m.tif", embedding=True, quicklook=False,
+                     embedding_dtype="float32")  # fmt: skip
     with rasterio.open(outdir / "m_embedding.tif") as ds:
         emb = ds.read()
         assert ds.count == 4 and ds.dtypes[0] == "float32"
