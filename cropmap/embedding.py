@@ -156,6 +156,14 @@ class EmbeddingRaster(BlockRaster):
             for p in (q_path, q_path.with_name(q_path.name + ".aux.xml")):
                 p.unlink(missing_ok=True)
 
+    def stac_bands(self) -> list[dict[str, Any]]:
+        """STAC raster-extension band objects of the written raster (scale/offset for int8)."""
+        if self.storage == "int8" and self.scale is not None and self.offset is not None:
+            return [{"data_type": "int8", "nodata": INT8_NODATA, "scale": float(s), "offset": float(o)}
+                    for s, o in zip(self.scale, self.offset, strict=True)]  # fmt: skip
+        return [{"data_type": "float32", "nodata": "nan"} | ({"bits_per_sample": 16} if self.storage == "float16" else {})
+                for _ in range(self.count)]  # fmt: skip
+
     def describe(self) -> dict[str, Any]:
         """The storage of the written raster, for the run summary."""
         out: dict[str, Any] = {"dtype": self.storage, "bytes_per_value": BYTES_PER_VALUE[self.storage]}

@@ -373,6 +373,7 @@ def classify(
             model_name=meta.model_name, calibrated=meta.calibration is not None, created=summary["created"],
             version=__version__, pixel_area_m2=float(tally.row_area.mean()), area_ha=area_ha,
             embedding_dim=meta.embedding.dim if meta.embedding is not None else None,
+            embedding_bands=rasters["embedding"].stac_bands() if "embedding" in rasters else None,  # type: ignore[attr-defined]
         )  # fmt: skip
         staging.temp_for(paths.stac).write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
         _refuse_empty_result(plan, tally.n_mask, tally.n_insufficient, tally.n_classified)

@@ -71,6 +71,7 @@ def build_item(
     pixel_area_m2: float,
     area_ha: Mapping[int, float],
     embedding_dim: int | None = None,
+    embedding_bands: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The STAC Item of a run (a JSON-serialisable dict)."""
     bbox, geometry, native = _footprint(crs, transform, shape)
@@ -120,9 +121,11 @@ def build_item(
         }  # fmt: skip
     if paths.embedding is not None:
         band = {"data_type": "float32", "nodata": "nan", "spatial_resolution": res}
+        bands = ([b | {"spatial_resolution": res} for b in embedding_bands] if embedding_bands is not None
+                 else [band] * int(embedding_dim or 0))  # fmt: skip
         assets["embedding"] = {
             "href": href(paths.embedding), "type": COG_TYPE, "roles": ["data"], "title": "per-pixel embedding",
-            "raster:bands": [band] * int(embedding_dim or 0),
+            "raster:bands": bands,
         }  # fmt: skip
     if paths.quicklook is not None:
         assets["quicklook"] = {"href": href(paths.quicklook), "type": "image/png", "title": "quick-look with legend",

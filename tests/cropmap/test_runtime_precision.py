@@ -101,6 +101,7 @@ def test_embedding_raster_reads_back_physical_values(dtype: str, stack_desc: Pat
         want = ds.read()
     s = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m.tif", embedding=True, quicklook=False,
                          embedding_dtype=dtype)  # fmt: skip
+    assert s["options"]["embedding_dtype"] == dtype
     assert s["embedding"]["dtype"] == dtype
     with rasterio.open(outdir / "m_embedding.tif") as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -112,6 +113,10 @@ def test_embedding_raster_reads_back_physical_values(dtype: str, stack_desc: Pat
             got = got.filled(np.nan)
             bound = scales / 2
             assert s["embedding"]["max_abs_roundtrip_error"] == pytest.approx(bound.tolist(), rel=1e-5)
+            stac = json.loads((outdir / "m_stac.json").read_text())["assets"]["embedding"]["raster:bands"]
+            assert [b["scale"] for b in stac] == pytest.approx(scales.tolist())
+            assert [b["offset"] for b in stac] == pytest.approx(offsets.tolist())
+            assert {b["data_type"] for b in stac} == {"int8"} and {b["nodata"] for b in stac} == {INT8_NODATA}
         else:
             got = masked.filled(np.nan).astype(np.float64)
             bound = np.abs(np.nan_to_num(want)).max(axis=(1, 2)) * (2.0**-11 if dtype == "float16" else 0.0)

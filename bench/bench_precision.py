@@ -1,0 +1,570 @@
+"""Benchmark: precisions, providers and the runtime against its alternatives, each ratio measured side by side in one run.
+
+Usage (each part is one process that measures both sides of its ratios; results go to ``--out`` as JSON,
+``--report`` turns them into the markdown page)::
+
+    python bench/bench_precision.py --part e2e-sample     # classify vs raw ORT, sample stack (3,912 px)
+    python bench/bench_precision.py --part e2e-large      # the same on the sample tiled 16 x 16 (1,001,472 px)
+    python bench/bench_precision.py --part families       # precision x base family: agreement, accuracy, px/s
+    python bench/bench_precision.py --part torch          # ONNX Runtime vs torch eager / compile / int8
+    python bench/bench_precision.py --part paper          # the papers' model size: px/s, km2/h/core, FLOP share
+    python bench/bench_precision.py --part gpu            # fp16 bundle on CUDA and TensorRT (needs a GPU)
+    python bench/bench_precision.py --report --markdown docs/benchmarks/precision.md
+
+Models: the shipped sample bundle (ResMLP-8 x 256 + BiLSTM, 12 monthly stamps, 9 bands) and the best run of each
+family in ``--runs`` (``python -m training.downstream --task real`` on the France 2022 parcels, one run directory
+per family: ``RUNS/fra-lstm`` ...). Every throughput is best-of-``--repeat`` on the same pixels with the same total
+threads (the cores of this machine), batch 4096 (cropmap's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+STACK = REPO / "sample_data/belgium_2021/s2_stack.tif"
+MASK = REPO / "sample_data/belgium_2021/cropland.gpkg"
+PIXEL_M2 = 100.0  # 10 m Sentinel-2 pixels
+BATCH = 4096
+FAMILIES = ("lstm", "inception_time", "transformer")
+
+
+def cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def km2_per_h_per_core(px_per_s: float) -> float:
+    """Cropland km2 per hour per core at ``px_per_s`` on all cores."""
+    return px_per_s * PIXEL_M2 * 3600 / 1e6 / cores()
+
+
+def ort_px_per_s(path: Path, x: np.ndarray, repeat: int, provider: str = "cpu", threads: int | None = None) -> float:
+    """Best-of-``repeat`` pixels/s of a bundle's session alone on ``x`` in batches of :data:`BATCH`."""
+    from cropmap.bundle import load_bundle
+
+    b = load_bundle(path, provider=provider, intra_op_threads=threads or cores())
+    b.run(x[:BATCH])
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for s in range(0, len(x), BATCH):
+            b.run(x[s : s + BATCH])
+        best = max(best, len(x) / (time.perf_counter() - t0))
+    return best
+
+
+def logits_of(path: Path, x: np.ndarray) -> np.ndarray:
+    from cropmap.bundle import load_bundle
+
+    b = load_bundle(path, intra_op_threads=cores())
+    return np.concatenate([b.run(x[s : s + BATCH]) for s in range(0, len(x), BATCH)])
+
+
+def gemm_ceiling(repeat: int = 5, n: int = 2048) -> float:
+    """fp32 GEMM FLOP/s of this machine, all cores (numpy's BLAS, n x n x n), best of ``repeat``."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def graph_flops_per_px(path: Path) -> float:
+    """Multiply-add FLOPs (x2) of one pixel through the graph: Gemm, MatMul, LSTM and Conv nodes, from the shapes
+    ONNX shape inference gives at batch 1 (element-wise operators are not counted)."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(path))
+    inp = model.graph.input[0]
+    inp.type.tensor_type.shape.dim[0].dim_value = 1
+    model = shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(numpy_helper.to_array(init).shape)
+    total = 0.0
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        ins = [shapes.get(n) for n in node.input]
+        outs = [shapes.get(n) for n in node.output]
+        if node.op_type == "Gemm" and ins[0] and ins[1]:
+            m, k = ins[0][::-1] if attrs.get("transA") else ins[0]
+            n = ins[1][0] if attrs.get("transB") else ins[1][1]
+            total += 2 * m * n * k
+        elif node.op_type == "MatMul" and ins[0] and outs[0]:
+            total += 2 * float(np.prod(outs[0])) * ins[0][-1]
+        elif node.op_type == "LSTM" and ins[0] and ins[1] and ins[2]:
+            t, batch, i = ins[0]
+            dirs, four_h, _ = ins[1]
+            h = four_h // 4
+            total += 2 * t * batch * dirs * four_h * (i + h)
+        elif node.op_type == "Conv" and ins[1] and outs[0]:
+            w = ins[1]
+            total += 2 * float(np.prod(outs[0])) * w[1] * float(np.prod(w[2:]))
+    return total
+
+
+def sample_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """(cropland pixels as classify feeds them, other stack pixels with enough data) of the sample stack."""
+    from bench_classify import prefilled_pixels
+
+    from cropmap.bundle import load_bundle
+    from cropmap.models import DEFAULT_BUNDLE
+    from cropmap.stack import open_stack
+    from cropmap.timegrid import fill_gaps, select_season
+
+    crop = prefilled_pixels(STACK, MASK, DEFAULT_BUNDLE)
+    meta = load_bundle(DEFAULT_BUNDLE).metadata
+    st = open_stack(STACK)
+    idx, _ = select_season(st.dates, meta.time_grid)
+    positions = np.array([meta.time_grid.position_of(st.dates[i]) for i in idx])
+    from rasterio.windows import Window
+
+    v = st.to_model_units(st.read(Window(0, 0, st.width, st.height), [int(i) for i in idx], meta.bands),
+                          meta.reflectance_scale)  # fmt: skip
+    from cropmap.mask import load_polygons, rasterize_block
+
+    left, top = st.transform @ (0, 0)
+    right, bottom = st.transform @ (st.width, st.height)
+    bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    polys = load_polygons(MASK, st.crs, bounds)
+    m = rasterize_block(polys.select(bounds), (st.height, st.width), st.transform)
+    rr, cc = np.nonzero(~m)
+    filled, _, ok = fill_gaps(v[:, :, rr, cc].transpose(2, 0, 1), positions, meta.time_grid.day_of_season,
+                              min_valid=meta.min_valid_steps)  # fmt: skip
+    return crop, filled[ok]
+
+
+def machine() -> str:
+    import onnxruntime as ort
+
+    return (f"{dt.date.today().isoformat()}, {platform.machine()} with {cores()} cores, Python "
+            f"{platform.python_version()}, onnxruntime {ort.__version__}")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------- parts
+
+
+def part_e2e(large: bool, repeat: int, work: Path) -> dict[str, Any]:
+    """classify end to end vs the raw session on the same pixels (fp32 shipped bundle)."""
+    import cropmap
+    from cropmap.models import DEFAULT_BUNDLE
+
+    crop, _ = sample_pixels()
+    if large:
+        stack, mask = tiled_sample(work, 16)
+        x = np.tile(crop, (256, 1, 1))  # the tiles are copies: the same pixels classify reads
+    else:
+        stack, mask, x = STACK, MASK, crop
+    runs = []
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        for i in range(1 if large else repeat):
+            runs.append(cropmap.classify(stack, mask, out=Path(tmp) / f"m{i}.tif", provider="cpu"))
+    best = max(runs, key=lambda s: s["throughput_cropland_px_per_s"])
+    raw = ort_px_per_s(DEFAULT_BUNDLE, x, 1 if large else repeat)
+    e2e = best["throughput_cropland_px_per_s"]
+    assert best["pixels"]["in_mask"] == len(x), (best["pixels"], len(x))
+    return {"stack": stack.name, "pixels": len(x), "e2e_px_per_s": e2e, "raw_px_per_s": raw, "ratio": e2e / raw,
+            "timings_s": best["timings_s"], "executor": best["executor"],
+            "km2_h_core_e2e": km2_per_h_per_core(e2e), "machine": machine()}  # fmt: skip
+
+
+def tiled_sample(work: Path, n: int) -> tuple[Path, Path]:
+    """The sample stack and mask repeated ``n x n`` times side by side (cached in ``work``)."""
+    import geopandas as gpd
+    import rasterio
+    import shapely.affinity
+
+    stack, mask = work / f"tiled{n}_s2_stack.tif", work / f"tiled{n}_cropland.gpkg"
+    if stack.exists() and mask.exists():
+        return stack, mask
+    with rasterio.open(STACK) as src:
+        data = src.read()
+        prof = src.profile | {"width": src.width * n, "height": src.height * n, "BIGTIFF": "IF_SAFER"}
+        desc, tags = src.descriptions, src.tags()
+        w_m, h_m = src.width * src.transform.a, src.height * -src.transform.e
+    tmp = stack.with_name(".tmp_" + stack.name)
+    with rasterio.open(tmp, "w", **prof) as dst:
+        for r in range(n):
+            for c in range(n):
+                dst.write(data, window=rasterio.windows.Window(c * data.shape[2], r * data.shape[1], data.shape[2],
+                                                               data.shape[1]))  # fmt: skip
+        for i, d in enumerate(desc, start=1):
+            dst.set_band_description(i, d)
+        dst.update_tags(**tags)
+    tmp.replace(stack)
+    g = gpd.read_file(MASK)
+    parts = [g.geometry.apply(lambda p, r=r, c=c: shapely.affinity.translate(p, c * w_m, -r * h_m))
+             for r in range(n) for c in range(n)]  # fmt: skip
+    gpd.GeoDataFrame(geometry=np.concatenate([p.values for p in parts]), crs=g.crs).to_file(mask, layer="cropland")
+    return stack, mask
+
+
+def _fra_data(run: Path) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """(best choice, training series, validation series, validation labels) of a downstream run directory."""
+    from exporters.best import select_best
+    from training.downstream import DownstreamConfig, load_real_task
+
+    choice = select_best(run)
+    cfg_doc = json.loads((run / "config_taskreal.json").read_text())["config"]
+    cfg = DownstreamConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg_doc.items()})
+    task = load_real_task(cfg.data, cfg)
+    xt = task.x_train[np.isfinite(task.x_train).all(axis=(1, 2))]
+    with np.load(run / "validation-taskreal.npz") as d:
+        xv, yv = d["x"], d["y"]
+    return choice, xt.astype(np.float32), xv.astype(np.float32), yv
+
+
+def part_families(repeat: int, work: Path, runs: Path) -> dict[str, Any]:
+    """precision x model: agreement with fp32 (validation series and stack pixels), accuracy change, px/s."""
+    from cropmap.models import DEFAULT_BUNDLE
+    from exporters.quantize import reduce_precision
+    from exporters.to_onnx import export_checkpoint, split_precision_data
+
+    crop, other = sample_pixels()
+    bench_x = np.tile(crop, (4, 1, 1))  # 15,648 px
+    rows = []
+    ceiling = gemm_ceiling()
+    # The shipped sample model: calibrated on stack pixels outside the cropland mask, checked on the cropland ones.
+    fp32 = DEFAULT_BUNDLE
+    row: dict[str, Any] = {"model": "sample (resmlp-8x256 + lstm)", "flops_per_px": graph_flops_per_px(fp32)}
+    want = logits_of(fp32, crop)
+    row["fp32"] = {"px_per_s": ort_px_per_s(fp32, bench_x, repeat)}
+    for p in ("fp16", "int8"):
+        out = work / f"sample_{p}.onnx"
+        rec = reduce_precision(fp32, out, p, calib_x=other, eval_x=crop, data="sample stack: calibrated on pixels "
+                               "outside the cropland mask, agreement on the 3,912 cropland pixels")  # fmt: skip
+        row[p] = {"agreement_val": None, "agreement_px": rec.argmax_agreement, "max_abs_logit_diff": rec.max_abs_logit_diff,
+                  "method": rec.method, "px_per_s": ort_px_per_s(out, bench_x, repeat)}  # fmt: skip
+        got = logits_of(out, crop)
+        assert abs(float((got.argmax(1) == want.argmax(1)).mean()) - rec.argmax_agreement) < 1e-9
+    # Side by side in one run: int8 vs fp32 of the same model on the same pixels.
+    row["int8_speedup"] = row["int8"]["px_per_s"] / row["fp32"]["px_per_s"]
+    row["fp32_gemm_share"] = row["flops_per_px"] * row["fp32"]["px_per_s"] / ceiling
+    rows.append(row)
+    for fam in FAMILIES:
+        run = runs / f"fra-{fam}"
+        if not run.is_dir():
+            continue
+        choice, xt, xv, yv = _fra_data(run)
+        fp32 = work / f"fra_{fam}_fp32.onnx"
+        export_checkpoint(choice.model, fp32, overwrite=True)
+        row = {"model": f"{fam} ({choice.record['variant']} hp, France 2022 parcels)", "flops_per_px": graph_flops_per_px(fp32)}
+        w_val, w_px = logits_of(fp32, xv), logits_of(fp32, crop)
+        row["fp32"] = {"px_per_s": ort_px_per_s(fp32, bench_x, repeat), "val_accuracy": float((w_val.argmax(1) == yv).mean())}
+        for p in ("fp16", "int8"):
+            out = work / f"fra_{fam}_{p}.onnx"
+            rep = export_checkpoint(choice.model, out, overwrite=True, precision=p, train_x=xt)
+            rec = rep.precision
+            g_px = logits_of(out, crop)
+            row[p] = {"agreement_val": rec.argmax_agreement, "n_val": rec.n, "accuracy_fp32": rec.accuracy_fp32,
+                      "accuracy": rec.accuracy, "max_abs_logit_diff": rec.max_abs_logit_diff, "method": rec.method,
+                      "agreement_px": float((g_px.argmax(1) == w_px.argmax(1)).mean()),
+                      "px_per_s": ort_px_per_s(out, bench_x, repeat)}  # fmt: skip
+        row["int8_speedup"] = row["int8"]["px_per_s"] / row["fp32"]["px_per_s"]
+        row["fp32_gemm_share"] = row["flops_per_px"] * row["fp32"]["px_per_s"] / ceiling
+        rows.append(row)
+    return {"rows": rows, "gemm_ceiling_flops": ceiling, "pixels": len(bench_x), "machine": machine()}
+
+
+def _torch_px_per_s(fn: Any, x: Any, repeat: int) -> float:
+    import torch
+
+    with torch.inference_mode():
+        fn(x[:BATCH])
+        best = 0.0
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for s in range(0, len(x), BATCH):
+                fn(x[s : s + BATCH])
+            best = max(best, len(x) / (time.perf_counter() - t0))
+    return best
+
+
+def _vs_torch(name: str, graph: Any, fp32: Path, int8: Path, x: np.ndarray, repeat: int) -> dict[str, Any]:
+    """ONNX Runtime fp32/int8 vs torch eager, torch.compile and torch dynamic int8 on the same pixels and threads."""
+    import torch
+
+    torch.set_num_threads(cores())
+    xt = torch.from_numpy(x)
+    from exporters.to_onnx import _LogitsOnly, _no_mha_fast_path
+
+    module = _LogitsOnly(graph).eval()
+    res: dict[str, Any] = {"model": name, "pixels": len(x), "threads": cores()}
+    res["ort_fp32"] = ort_px_per_s(fp32, x, repeat)
+    res["ort_int8"] = ort_px_per_s(int8, x, repeat)
+    res["torch_eager"] = _torch_px_per_s(module, xt, repeat)
+    qmod = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+    res["torch_int8_dynamic"] = _torch_px_per_s(qmod, xt, repeat)
+    try:
+        with _no_mha_fast_path():
+            compiled = torch.compile(module, dynamic=True)
+            res["torch_compile"] = _torch_px_per_s(compiled, xt, repeat)
+    except Exception as err:  # inductor needs a C++ compiler; record why it is missing
+        res["torch_compile"] = None
+        res["torch_compile_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    torch_best = max(v for k, v in res.items() if k.startswith("torch_") and isinstance(v, float))
+    res["torch_best"] = torch_best
+    res["ort_fp32_vs_eager"] = res["ort_fp32"] / res["torch_eager"]
+    res["ort_best_vs_torch_best"] = max(res["ort_fp32"], res["ort_int8"]) / torch_best
+    return res
+
+
+def paper_model(seed: int = 0) -> tuple[Any, np.ndarray, Any]:
+    """The papers' size (untrained): ResMLP-8 x 256 per stamp over 144 stamps of 12 bands, BiLSTM 128 x 2; with
+    bundle metadata and raw inputs."""
+    import torch
+
+    from cropmap.bundle import ClassInfo, TimeGrid
+    from exporters.to_onnx import build_graph
+    from training.classifier import classifier_metadata
+    from training.models import build_model
+    from training.models.encoder import ResMLP
+
+    torch.manual_seed(seed)
+    bands = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "B01", "B09")
+    t, k = 144, 10
+    enc = ResMLP(len(bands), hidden=256, n_layers=8, out_dim=256).eval()
+    base = build_model("lstm", 256, k).eval()
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(100, 6000, (8192, t, len(bands))).astype(np.float32)
+    stats = {"mean": x.reshape(-1, len(bands)).mean(0).tolist(), "std": x.reshape(-1, len(bands)).std(0).tolist()}
+    grid = TimeGrid("01-01", tuple(range(0, 2 * t, 2)), tuple((dt.date(2020, 1, 1) + dt.timedelta(2 * i)).isoformat()
+                                                            for i in range(t)))  # fmt: skip
+    classes = tuple(ClassInfo(i + 1, f"class {i + 1}", "#808080") for i in range(k))
+    meta = classifier_metadata(encoder=enc, base_model=base, family="lstm", pretraining="none", bands=bands,
+                               time_grid=grid, classes=classes, min_valid_steps=10, training_data="random (benchmark)",
+                               metrics={}, nodata=0.0)  # fmt: skip
+    graph = build_graph(encoder=enc, base_model=base, norm_stats=stats)
+    return (enc, base, stats, meta), x, graph
+
+
+def part_paper(repeat: int, work: Path) -> dict[str, Any]:
+    """The papers' model size: raw px/s fp32/int8, km2/h/core, FLOP share, and torch alongside."""
+    from exporters.quantize import reduce_precision
+    from exporters.to_onnx import export_bundle
+
+    (enc, base, stats, meta), x, graph = paper_model()
+    fp32 = work / "paper_fp32.onnx"
+    export_bundle(encoder=enc, base_model=base, norm_stats=stats, metadata=meta, out=fp32, example=x[:256])
+    int8 = work / "paper_int8.onnx"
+    # Untrained weights: the agreement is not a quality figure here, only the throughput is.
+    rec = reduce_precision(fp32, int8, "int8", calib_x=x[:1024], eval_x=x[1024:2048], min_agreement=0.01)
+    ceiling = gemm_ceiling()
+    flops = graph_flops_per_px(fp32)
+    xb = x[:BATCH]
+    res = _vs_torch("papers' size: resmlp-8x256 + lstm 128x2, 144 stamps x 12 bands (untrained)", graph, fp32, int8,
+                    xb, repeat)  # fmt: skip
+    res.update({"flops_per_px": flops, "gemm_ceiling_flops": ceiling, "fp32_gemm_share": flops * res["ort_fp32"] / ceiling,
+                "int8_method": rec.method, "int8_speedup": res["ort_int8"] / res["ort_fp32"],
+                "km2_h_core_fp32": km2_per_h_per_core(res["ort_fp32"]), "km2_h_core_int8": km2_per_h_per_core(res["ort_int8"]),
+                "machine": machine()})  # fmt: skip
+    return res
+
+
+def part_torch(repeat: int, work: Path, runs: Path) -> dict[str, Any]:
+    """ONNX Runtime vs torch on the trained France BiLSTM and InceptionTime (real validation series, tiled)."""
+    from exporters.to_onnx import build_graph, export_checkpoint
+    from training.classifier import load_classifier
+
+    out = []
+    for fam in ("lstm", "inception_time"):
+        run = runs / f"fra-{fam}"
+        if not run.is_dir():
+            continue
+        choice, xt, xv, _ = _fra_data(run)
+        fp32, int8 = work / f"torch_{fam}_fp32.onnx", work / f"torch_{fam}_int8.onnx"
+        export_checkpoint(choice.model, fp32, overwrite=True)
+        export_checkpoint(choice.model, int8, overwrite=True, precision="int8", train_x=xt)
+        clf = load_classifier(choice.model)
+        graph = build_graph(encoder=clf.encoder, base_model=clf.base_model, norm_stats=clf.norm_stats)
+        x = np.tile(xv, (int(np.ceil(4 * BATCH / len(xv))), 1, 1))[: 4 * BATCH]
+        out.append(_vs_torch(f"{fam} (France 2022, trained)", graph, fp32, int8, x, repeat))
+    return {"rows": out, "machine": machine()}
+
+
+def part_gpu(repeat: int, work: Path) -> dict[str, Any]:
+    """fp16 sample bundle on CUDA and TensorRT vs fp32 on CUDA, with the agreement of their logits with the CPU."""
+    from cropmap.models import DEFAULT_BUNDLE
+    from exporters.quantize import reduce_precision
+
+    crop, other = sample_pixels()
+    fp16 = work / "sample_fp16.onnx"
+    reduce_precision(DEFAULT_BUNDLE, fp16, "fp16", calib_x=other, eval_x=crop)
+    x = np.tile(crop, (16, 1, 1))
+    cpu = logits_of(DEFAULT_BUNDLE, crop)
+    res: dict[str, Any] = {"machine": machine()}
+    from cropmap.bundle import load_bundle
+
+    for name, path, provider in (("fp32 cuda", DEFAULT_BUNDLE, "cuda"), ("fp16 cuda", fp16, "cuda"),
+                                 ("fp16 tensorrt", fp16, "tensorrt")):  # fmt: skip
+        b = load_bundle(path, provider=provider)
+        got = np.concatenate([b.run(crop[s : s + BATCH]) for s in range(0, len(crop), BATCH)])
+        res[name] = {"provider": b.provider, "px_per_s": ort_px_per_s(path, x, repeat, provider=provider),
+                     "agreement_with_cpu_fp32": float((got.argmax(1) == cpu.argmax(1)).mean()),
+                     "max_abs_logit_diff": float(np.abs(got - cpu).max())}  # fmt: skip
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _f(v: float | None, fmt: str = ",.0f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def report(out: Path) -> str:
+    """The markdown of every part measured so far."""
+    get = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    lines = []
+    if "families" in get:
+        f = get["families"]
+        lines += [
+            "### Precision x model (`--part families`)",
+            "",
+            f"Raw ONNX Runtime on {f['pixels']:,} real sample-stack pixels (the 3,912 cropland pixels x 4), batch "
+            f"{BATCH}, CPU provider, all cores. Agreement: share of series whose class equals the fp32 graph's; "
+            "'val' on the run's held-out validation parcels (calibrated on its training parcels), 'px' on the 3,912 "
+            "cropland pixels of the sample stack. fp16 is meant for GPUs: its CPU px/s is shown only to be complete.",
+            "",
+            "| model | precision | agreement (val) | agreement (px) | val. accuracy fp32 -> reduced | max abs logit diff | px/s | int8 method |",
+            "|---|---|---:|---:|---|---:|---:|---|",
+        ]
+        for r in f["rows"]:
+            lines.append(f"| {r['model']} | fp32 | - | - | {_f(r['fp32'].get('val_accuracy'), '.4f')} | - | "
+                         f"{_f(r['fp32']['px_per_s'])} | |")  # fmt: skip
+            for p in ("fp16", "int8"):
+                d = r[p]
+                agv = "n/a" if d.get("agreement_val") is None else f"{100 * d['agreement_val']:.2f} % of {d['n_val']}"
+                acc = ("n/a (unlabelled)" if d.get("accuracy") is None
+                       else f"{d['accuracy_fp32']:.4f} -> {d['accuracy']:.4f} ({100 * (d['accuracy'] - d['accuracy_fp32']):+.1f} pt)")  # fmt: skip
+                meth = d["method"].split(" (")[0] if p == "int8" else ""
+                lines.append(f"| | {p} | {agv} | {100 * d['agreement_px']:.2f} % | {acc} | {d['max_abs_logit_diff']:.3g} | "
+                             f"{_f(d['px_per_s'])} | {meth} |")  # fmt: skip
+        lines += ["", "| model | int8 / fp32 px/s | fp32 GFLOP per px | fp32 share of the GEMM ceiling |", "|---|---:|---:|---:|"]
+        for r in f["rows"]:
+            lines.append(f"| {r['model']} | **{r['int8_speedup']:.2f}x** | {r['flops_per_px'] / 1e9:.4f} | "
+                         f"{100 * r['fp32_gemm_share']:.1f} % |")  # fmt: skip
+        lines += ["", f"fp32 GEMM ceiling measured in the same run: {f['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s "
+                  f"(numpy BLAS, 2048^3, all cores). {f['machine']}.", ""]  # fmt: skip
+    for key, title in (("e2e-sample", "sample stack"), ("e2e-large", "sample stack tiled 16 x 16")):
+        if key in get:
+            e = get[key]
+            t = e["timings_s"]
+            lines += [
+                f"### Classify end to end vs raw ONNX Runtime: {title} (`--part {key}`)",
+                "",
+                "| path | cropland px | px/s | cropland km2 / h / core |",
+                "|---|---:|---:|---:|",
+                f"| `cropmap.classify` end to end (fp32 sample bundle) | {e['pixels']:,} | {_f(e['e2e_px_per_s'])} | "
+                f"{e['km2_h_core_e2e']:.2f} |",
+                f"| raw ONNX Runtime session, same pixels pre-filled | {e['pixels']:,} | {_f(e['raw_px_per_s'])} | "
+                f"{km2_per_h_per_core(e['raw_px_per_s']):.2f} |",
+                "",
+                f"End to end / raw: **{e['ratio']:.3f}**. Stage times (s, summed over blocks): read {t['read']:.2f}, "
+                f"fill {t['fill']:.2f}, model {t['model']:.2f}, write {t['write']:.2f}; wall {t['total']:.2f}. "
+                f"{e['executor']}. {e['machine']}.",
+                "",
+            ]
+    tables = [get["paper"]] if "paper" in get else []
+    tables += get["torch"]["rows"] if "torch" in get else []
+    if tables:
+        lines += [
+            "### ONNX Runtime vs torch on the same model, pixels and threads (`--part torch`, `--part paper`)",
+            "",
+            "| model | ORT fp32 | ORT int8 | torch eager fp32 | torch.compile fp32 | torch dynamic int8 | ORT fp32 / eager | best ORT / best torch |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in tables:
+            lines.append(f"| {r['model']} | {_f(r['ort_fp32'])} | {_f(r['ort_int8'])} | {_f(r['torch_eager'])} | "
+                         f"{_f(r['torch_compile'])} | {_f(r['torch_int8_dynamic'])} | **{r['ort_fp32_vs_eager']:.2f}x** | "
+                         f"**{r['ort_best_vs_torch_best']:.2f}x** |")  # fmt: skip
+        lines += ["", "Pixels per second, batch 4096, best of the repeats."]
+        for r in tables:
+            if r.get("torch_compile_error"):
+                lines.append(f"torch.compile failed for {r['model']}: {r['torch_compile_error']}.")
+        lines.append("")
+    if "paper" in get:
+        p = get["paper"]
+        lines += [
+            "### The papers' model size (`--part paper`)",
+            "",
+            f"{p['model']}: {p['flops_per_px'] / 1e9:.3f} GFLOP per pixel; ONNX Runtime fp32 {_f(p['ort_fp32'])} px/s = "
+            f"**{100 * p['fp32_gemm_share']:.1f} %** of the fp32 GEMM ceiling measured in the same run "
+            f"({p['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s); int8 ({p['int8_method'].split(' (')[0]}) {_f(p['ort_int8'])} px/s "
+            f"= {p['int8_speedup']:.2f}x. Model-only throughput: **{p['km2_h_core_fp32']:.2f} km2/h/core fp32, "
+            f"{p['km2_h_core_int8']:.2f} km2/h/core int8** (10 m pixels). {p['machine']}.",
+            "",
+        ]
+    if "gpu" in get:
+        g = get["gpu"]
+        lines += ["### GPU (`--part gpu`)", "", "| bundle, provider | px/s | agreement with CPU fp32 | max abs logit diff |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        for k, v in g.items():
+            if isinstance(v, dict):
+                lines.append(f"| {k} ({v['provider']}) | {_f(v['px_per_s'])} | {100 * v['agreement_with_cpu_fp32']:.2f} % "
+                             f"| {v['max_abs_logit_diff']:.3g} |")  # fmt: skip
+        lines += ["", g["machine"], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one part, or write the report."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("e2e-sample", "e2e-large", "families", "torch", "paper", "gpu"))
+    p.add_argument("--report", action="store_true", help="print (and with --markdown write) the measured tables")
+    p.add_argument("--markdown", type=Path, help="page whose measured section the report replaces")
+    p.add_argument("--out", type=Path, default=REPO / "runs/bench_precision", help="results and work folder")
+    p.add_argument("--runs", type=Path, default=REPO / "runs", help="folder holding the fra-<family> run directories")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.part:
+        t0 = time.perf_counter()
+        fn = {
+            "e2e-sample": lambda: part_e2e(False, args.repeat, args.out),
+            "e2e-large": lambda: part_e2e(True, args.repeat, args.out),
+            "families": lambda: part_families(args.repeat, args.out, args.runs),
+            "torch": lambda: part_torch(args.repeat, args.out, args.runs),
+            "paper": lambda: part_paper(args.repeat, args.out),
+            "gpu": lambda: part_gpu(args.repeat, args.out),
+        }[args.part]
+        res = fn()
+        res["wall_s"] = time.perf_counter() - t0
+        (args.out / f"{args.part}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+        print(json.dumps(res, indent=1, default=float)[:3000])
+    if args.report:
+        text = report(args.out)
+        print(text)
+        if args.markdown:
+            from _report import write_measured
+
+            write_measured(args.markdown, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
