@@ -147,3 +147,19 @@ def test_precision_metadata_roundtrip_and_validation(bundle: Path, tmp_path: Pat
         dataclasses.replace(meta, precision=dataclasses.replace(rec, argmax_agreement=1.5)).to_json()
     with pytest.raises(BundleError, match="precision.dtype is 'fp32'"):
         dataclasses.replace(meta, precision=dataclasses.replace(rec, dtype="fp32")).to_json()
+
+
+def test_batch_records_provider_per_region_and_int8_embedding_setting(stack_desc: Path, polygons: Path, bundle: Path,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    from cropmap.regions import Region
+
+    out = tmp_path / "batch"
+    s = cropmap.classify_many([Region("a", stack_desc, polygons)], out_dir=out, model=bundle, workers=1,
+                              embedding=True, provider="cpu", quicklook=False)  # fmt: skip
+    row = s["regions"][0]
+    assert row["status"] == "done" and row["providers_used"] == ["CPUExecutionProvider"]
+    assert s["options"]["provider"] == "cpu" and s["options"]["embedding_dtype"] == "int8"
+    with rasterio.open(out / "a" / "a_embedding.tif") as ds:
+        assert ds.dtypes[0] == "int8"
+    state = json.loads((out / "batch_state.json").read_text())
+    assert state["settings"]["embedding_dtype"] == "int8"  # a resumed batch must keep the same storage
