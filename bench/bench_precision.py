@@ -5,7 +5,8 @@ Usage (each part is one process that measures both sides of its ratios; results 
 
     python bench/bench_precision.py --part e2e-sample     # classify vs raw ORT, sample stack (3,912 px)
     python bench/bench_precision.py --part e2e-large      # the same on the sample tiled 16 x 16 (1,001,472 px)
-    python bench/bench_precision.py --part families       # precision x base family: agreement, accuracy, px/s
+    python bench/bench_precision.py --part families --model sample|lstm|inception_time|transformer
+                                                          # precision x model: agreement, accuracy, px/s
     python bench/bench_precision.py --part torch          # ONNX Runtime vs torch eager / compile / int8
     python bench/bench_precision.py --part paper          # the papers' model size: px/s, km2/h/core, FLOP share
     python bench/bench_precision.py --part gpu            # fp16 bundle on CUDA and TensorRT (needs a GPU)
@@ -249,18 +250,11 @@ def _fra_data(run: Path) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     return choice, xt.astype(np.float32), xv.astype(np.float32), yv
 
 
-def part_families(repeat: int, work: Path, runs: Path) -> dict[str, Any]:
-    """precision x model: agreement with fp32 (validation series and stack pixels), accuracy change, px/s."""
-    from cropmap.models import DEFAULT_BUNDLE
+def _sample_row(fp32: Path, crop: np.ndarray, other: np.ndarray, bench_x: np.ndarray, repeat: int, work: Path,
+                ceiling: float) -> dict[str, Any]:  # fmt: skip
+    """The shipped sample model: calibrated on stack pixels outside the cropland mask, checked on the cropland ones."""
     from exporters.quantize import reduce_precision
-    from exporters.to_onnx import ExportError, export_checkpoint
 
-    crop, other = sample_pixels()
-    bench_x = np.tile(crop, (4, 1, 1))  # 15,648 px
-    rows = []
-    ceiling = gemm_ceiling()
-    # The shipped sample model: calibrated on stack pixels outside the cropland mask, checked on the cropland ones.
-    fp32 = DEFAULT_BUNDLE
     row: dict[str, Any] = {"model": "sample (resmlp-8x256 + lstm)", "flops_per_px": graph_flops_per_px(fp32)}
     want = logits_of(fp32, crop)
     row["fp32"] = {"px_per_s": ort_px_per_s(fp32, bench_x, repeat)}
@@ -276,8 +270,25 @@ def part_families(repeat: int, work: Path, runs: Path) -> dict[str, Any]:
     # Side by side in one run: int8 vs fp32 of the same model on the same pixels.
     row["int8_speedup"] = row["int8"]["px_per_s"] / row["fp32"]["px_per_s"]
     row["fp32_gemm_share"] = row["flops_per_px"] * row["fp32"]["px_per_s"] / ceiling
-    rows.append(row)
-    for fam in FAMILIES:
+    return row
+
+
+def part_families(repeat: int, work: Path, runs: Path, model: str) -> dict[str, Any]:
+    """precision x model (``sample`` or a family): agreement with fp32 (validation series and stack pixels),
+    accuracy change, px/s."""
+    from cropmap.models import DEFAULT_BUNDLE
+    from exporters.to_onnx import ExportError, export_checkpoint
+
+    crop, other = sample_pixels()
+    bench_x = np.tile(crop, (4, 1, 1))  # 15,648 px
+    rows = []
+    ceiling = gemm_ceiling()
+    families = () if model == "sample" else (model,)
+    # The shipped sample model: calibrated on stack pixels outside the cropland mask, checked on the cropland ones.
+    fp32 = DEFAULT_BUNDLE
+    if not families:
+        rows.append(_sample_row(fp32, crop, other, bench_x, repeat, work, ceiling))
+    for fam in families:
         run = runs / f"fra-{fam}"
         if not run.is_dir():
             continue
@@ -342,7 +353,7 @@ def _vs_torch(name: str, graph: Any, fp32: Path, int8: Path, x: np.ndarray, repe
         with _no_mha_fast_path():
             compiled = torch.compile(module, dynamic=True)
             res["torch_compile"] = _torch_px_per_s(compiled, xt, repeat)
-    except Exception as err:  # inductor needs a C++ compiler; record why it is missing
+    except Exception as err:  # noqa: BLE001 - inductor needs a C++ compiler; record why it failed
         res["torch_compile"] = None
         res["torch_compile_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     torch_best = max(v for k, v in res.items() if k.startswith("torch_") and isinstance(v, float))
@@ -458,6 +469,10 @@ def _f(v: float | None, fmt: str = ",.0f") -> str:
 def report(out: Path) -> str:
     """The markdown of every part measured so far."""
     get = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    fam_parts = [get[k] for k in (f"families-{m}" for m in ("sample", *FAMILIES)) if k in get]
+    if fam_parts:
+        get["families"] = {**fam_parts[0], "rows": [r for f in fam_parts for r in f["rows"]],
+                           "gemm_ceiling_flops": [f["gemm_ceiling_flops"] for f in fam_parts]}  # fmt: skip
     lines = []
     if "families" in get:
         f = get["families"]
@@ -489,8 +504,9 @@ def report(out: Path) -> str:
         for r in f["rows"]:
             lines.append(f"| {r['model']} | **{r['int8_speedup']:.2f}x** | {r['flops_per_px'] / 1e9:.4f} | "
                          f"{100 * r['fp32_gemm_share']:.1f} % |")  # fmt: skip
-        lines += ["", f"fp32 GEMM ceiling measured in the same run: {f['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s "
-                  f"(numpy BLAS, 2048^3, all cores). {f['machine']}.", ""]  # fmt: skip
+        ceil = ", ".join(f"{c / 1e9:.1f}" for c in f["gemm_ceiling_flops"])
+        lines += ["", f"fp32 GEMM ceiling measured in the same run as each model's row (one run per model, in the "
+                  f"order above): {ceil} GFLOP/s (numpy BLAS, 2048^3, all cores). {f['machine']}.", ""]  # fmt: skip
     for key, title in (("e2e-sample", "sample stack"), ("e2e-large", "sample stack tiled 16 x 16")):
         if key in get:
             e = get[key]
@@ -561,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "runs/bench_precision", help="results and work folder")
     p.add_argument("--runs", type=Path, default=REPO / "runs", help="folder holding the fra-<family> run directories")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--model", choices=("sample", *FAMILIES), default="sample", help="with --part families")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part:
@@ -568,14 +585,15 @@ def main(argv: list[str] | None = None) -> int:
         fn = {
             "e2e-sample": lambda: part_e2e(False, args.repeat, args.out),
             "e2e-large": lambda: part_e2e(True, args.repeat, args.out),
-            "families": lambda: part_families(args.repeat, args.out, args.runs),
+            "families": lambda: part_families(args.repeat, args.out, args.runs, args.model),
             "torch": lambda: part_torch(args.repeat, args.out, args.runs),
             "paper": lambda: part_paper(args.repeat, args.out),
             "gpu": lambda: part_gpu(args.repeat, args.out),
         }[args.part]
         res = fn()
         res["wall_s"] = time.perf_counter() - t0
-        (args.out / f"{args.part}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+        name = f"families-{args.model}" if args.part == "families" else args.part
+        (args.out / f"{name}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
         print(json.dumps(res, indent=1, default=float)[:3000])
     if args.report:
         text = report(args.out)

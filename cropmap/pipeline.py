@@ -236,9 +236,9 @@ def classify(
             Nothing is then left at the final paths (docs/faults.md).
     """
     from cropmap import __version__
+    from cropmap.embedding import EmbeddingRaster
     from cropmap.quicklook import STATUS_CLASSIFIED, STATUS_INSUFFICIENT, STATUS_OUTSIDE, write_quicklook
     from cropmap.stac import build_item
-    from cropmap.embedding import EmbeddingRaster
     from cropmap.writer import (
         MAP_NODATA,
         BlockRaster,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cropmap.bundle import PRECISIONS
 from cropmap.errors import BundleError
 from exporters.best import METRICS, export_best
 from exporters.parity import ParityError
-from cropmap.bundle import PRECISIONS
 from exporters.quantize import DEFAULT_MIN_AGREEMENT, INT8_METHODS
 from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_checkpoint
 from training.checkpoint import CheckpointError, describe_error
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either a CHECKPOINT or --best RUN_DIR")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    reduce = dict(precision=args.precision, min_agreement=args.min_agreement, int8_method=args.int8_method)
+    reduce: dict[str, object] = {"precision": args.precision, "min_agreement": args.min_agreement,
+                                 "int8_method": args.int8_method}  # fmt: skip
     try:
         if args.calibration_data is not None:
             reduce["train_x"] = _training_series(args.calibration_data)

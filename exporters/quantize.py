@@ -154,7 +154,13 @@ class _Reader:
 
 def _int8(pre: Path, out: Path, method: str, meta: BundleMetadata, calib_x: np.ndarray) -> str:
     """Quantise the pre-processed model ``pre`` to ``out``; returns the method description."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     if method == "static":
         x = calib_x[:CALIBRATION_LIMIT]
@@ -176,7 +182,7 @@ def _pre_process(src: Path, out: Path) -> str:
     try:
         quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
         return "symbolic shape inference"
-    except Exception as err:  # the symbolic inference raises bare AssertionErrors
+    except Exception as err:  # noqa: BLE001 - the symbolic inference raises bare AssertionErrors
         logger.info("symbolic shape inference fails (%s); pre-processing with ONNX shape inference", _first_line(err))
         quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
         return "ONNX shape inference"
@@ -276,8 +282,8 @@ def reduce_precision(
                     method = method[:-1] + f"; pre-processed with {shapes})"
                 session = _session(path)
                 got = _run(session, meta, eval_x)
-                speed = _throughput(session, meta, eval_x[: 4 * _BATCH])
-            except Exception as err:  # ORT / onnx raise many types; all mean "this graph does not reduce"
+                speed = _throughput(session, meta, eval_x[:_BATCH], repeat=2)
+            except Exception as err:  # noqa: BLE001 - ORT / onnx raise many types: "this graph does not reduce"
                 failures.append(f"{plan}: {_first_line(err)}")
                 continue
             candidates.append(Candidate(method, path, got, speed))
@@ -299,7 +305,7 @@ def reduce_precision(
                 f"held-out series ({measured}); not written (keep fp32, or lower --min-agreement knowingly)"
             )
         best = max(passing, key=lambda c: c.px_per_s)
-        fp32_speed = _throughput(fp32.session, meta, eval_x[: 4 * _BATCH]) if len(candidates) > 1 else None
+        fp32_speed = _throughput(fp32.session, meta, eval_x[:_BATCH], repeat=2) if len(candidates) > 1 else None
         if len(candidates) > 1:
             logger.info("int8 candidates (%s); fp32 %.0f series/s; kept %s", measured, fp32_speed, best.method)
         acc32 = acc = None

@@ -143,9 +143,9 @@ def test_precision_metadata_roundtrip_and_validation(bundle: Path, tmp_path: Pat
     onnx.helper.set_model_props(model, {METADATA_KEY: m8.to_json()})
     onnx.save(model, str(tmp_path / "m8.onnx"))
     assert load_bundle(tmp_path / "m8.onnx").metadata.precision == rec
-    with pytest.raises(BundleError, match="precision.argmax_agreement is 1.5"):
+    with pytest.raises(BundleError, match=r"precision\.argmax_agreement is 1\.5"):
         dataclasses.replace(meta, precision=dataclasses.replace(rec, argmax_agreement=1.5)).to_json()
-    with pytest.raises(BundleError, match="precision.dtype is 'fp32'"):
+    with pytest.raises(BundleError, match=r"precision\.dtype is 'fp32'"):
         dataclasses.replace(meta, precision=dataclasses.replace(rec, dtype="fp32")).to_json()
 
 
