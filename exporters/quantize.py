@@ -5,7 +5,7 @@
 * ``fp16`` (for GPUs): weights and arithmetic in float16, inputs and outputs kept float32
   (``onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)``); the
   normalisation of the raw digital numbers (values up to ~10,000, where float16 steps are 8)
-  stays in float32;
+  and the Transposes (:data:`FP16_KEEP_OPS`) stay in float32;
 * ``int8`` (for CPUs): ``quant_pre_process`` (shape inference and graph optimisation), then
   either **static** QDQ quantisation (int8 per-channel weights, uint8 activations whose ranges
   are calibrated by running the graph on training series) or **dynamic** quantisation
@@ -27,7 +27,9 @@ Known pitfalls handled here: the quantiser needs ``quant_pre_process`` first (sh
 information for every tensor); freshly initialised models have identical weight tensors
 (e.g. every LayerNorm's ones and zeros) that the torch exporter stores once and shares
 between nodes, which the quantiser cannot give separate scales, so shared initialisers are
-duplicated per consumer before quantising (:func:`unshare_initializers`).
+duplicated per consumer before quantising (:func:`unshare_initializers`). Every reduced graph is
+first opened in a child process (:func:`_opens_in_a_child`), so that a crash of ONNX Runtime's
+graph optimiser becomes a one-line error instead of ending the export.
 """
 
 from __future__ import annotations
@@ -129,12 +131,38 @@ def _throughput(session: Any, meta: BundleMetadata, x: np.ndarray, repeat: int =
     return best
 
 
+FP16_KEEP_OPS = ("Transpose",)
+"""Operators left in float32 by the fp16 conversion (besides ONNX Runtime's default list): ONNX Runtime 1.32's CPU
+graph optimiser crashes (segfault) on the float16 Transposes of the Transformer's attention; a Transpose only moves
+values, so keeping it in float32 costs two casts and no precision."""
+
+
 def _to_fp16(model: Any) -> Any:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     # The normalisation reads raw digital numbers (up to ~10,000; float16 steps of 8 there): keep it in float32.
     keep = [n.name for n in model.graph.node if n.name.startswith("/normalize/")]
-    return convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False)
+    return convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False,
+                                    op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_OPS])  # fmt: skip
+
+
+def _opens_in_a_child(path: Path) -> str | None:
+    """Open ``path`` as cropmap does (CPU, graph optimisation ALL) in a child process; ``None`` if it opens, else why
+    not. A crash of ONNX Runtime's optimiser then ends the child, not this process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, onnxruntime as ort\n"
+        "o = ort.SessionOptions(); o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL\n"
+        "ort.InferenceSession(sys.argv[1], sess_options=o, providers=['CPUExecutionProvider'])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False)
+    if res.returncode == 0:
+        return None
+    last = (res.stderr.strip().splitlines() or [""])[-1]
+    how = f"signal {-res.returncode}" if res.returncode < 0 else f"exit status {res.returncode}"
+    return f"ONNX Runtime cannot open it on the CPU ({how}{': ' + last if last else ''})"
 
 
 class _Reader:
@@ -276,10 +304,14 @@ def reduce_precision(
             try:
                 if plan == "fp16":
                     onnx.save(_to_fp16(onnx.load(str(src))), str(path))
-                    method = "fp16 (float16 weights and arithmetic; float32 inputs, outputs and normalisation)"
+                    method = "fp16 (float16 weights and arithmetic; float32 inputs, outputs, normalisation, transposes)"
                 else:
                     method = _int8(pre, path, plan, meta, calib_x)
                     method = method[:-1] + f"; pre-processed with {shapes})"
+                why = _opens_in_a_child(path)
+                if why is not None:
+                    failures.append(f"{plan}: {why}")
+                    continue
                 session = _session(path)
                 got = _run(session, meta, eval_x)
                 speed = _throughput(session, meta, eval_x[:_BATCH], repeat=2)

@@ -103,6 +103,7 @@ def _check_recorded_agreement(fp32: Path, out: Path, x: np.ndarray, precision: s
 @pytest.mark.parametrize(("family", "encoder_kind", "precision"), [
     ("transformer", "none", "int8"),  # fresh Transformers share identical initialisers
     ("lstm", "resmlp", "fp16"),
+    ("transformer", "timewise", "fp16"),  # float16 attention Transposes crashed ONNX Runtime's CPU optimiser
 ])  # fmt: skip
 def test_reduced_precision_bundle_records_measured_agreement(family, encoder_kind, precision, tmp_path: Path) -> None:
     fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=0.95)
