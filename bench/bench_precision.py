@@ -577,7 +577,7 @@ def report(out: Path) -> str:
                   "is `torch.ao.quantization.quantize_dynamic` on Linear and LSTM."]  # fmt: skip
         for r in tables:
             if r.get("torch_compile_error"):
-                lines.append(f"torch.compile failed for {r['model']}: {r['torch_compile_error']}.")
+                lines.append(f"torch.compile for {r['model']}: {r['torch_compile_error']}.")
         lines.append("")
     if "paper" in get:
         p = get["paper"]
