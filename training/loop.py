@@ -23,7 +23,15 @@ from training.models.encoder import Normalize, NormalizedEncoder, Projector, Tim
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContrastiveModel", "autocast_context", "contrastive_step", "encoder_spec"]
+__all__ = [
+    "PRECISIONS",
+    "ContrastiveModel",
+    "autocast_context",
+    "batch_indices",
+    "contrastive_step",
+    "encoder_spec",
+    "precision_context",
+]
 
 
 def encoder_spec(cfg: PretrainConfig, in_dim: int) -> tuple[str, dict[str, Any]]:
@@ -112,13 +120,40 @@ class ContrastiveModel(nn.Module):
         return bimodal_loss(z_s, z_p, cfg.tau, symmetric=cfg.symmetric, include_positive=cfg.include_positive)
 
 
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on ``device`` for ``precision="bf16"``, nothing for ``"fp32"``."""
+PRECISIONS = ("fp32", "tf32", "bf16")
+"""``fp32``: plain float32. ``tf32``: float32 storage, TF32 matrix multiplies (CUDA). ``bf16``: autocast."""
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The numeric mode of a step: nothing (``fp32``), TF32 matrix multiplies (``tf32``, CUDA only) or
+    bf16 autocast (``bf16``; the contrastive losses still compute in float32).
+
+    Raises:
+        ValueError: For an unknown precision, or ``tf32`` off CUDA.
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "tf32":
+        if device.type != "cuda":
+            raise ValueError(f"precision tf32 is a CUDA setting; the run is on {device} (use fp32 or bf16)")
+        return _tf32()
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+
+
+autocast_context = precision_context
+"""The former name of :func:`precision_context`."""
+
+
+@contextlib.contextmanager
+def _tf32() -> Iterator[None]:
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def contrastive_step(
@@ -133,7 +168,7 @@ def contrastive_step(
 ) -> float:
     """One optimisation step (forward, backward, optimizer step); returns the loss value."""
     optimizer.zero_grad(set_to_none=True)
-    with autocast_context(s2.device, precision):
+    with precision_context(s2.device, precision):
         loss = model.loss(s2, ps, cfg, generator)
     loss.backward()
     optimizer.step()

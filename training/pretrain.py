@@ -11,7 +11,9 @@ with arrays ``s2`` (and ``ps`` for bi-modal) or a DENETHOR-layout scene through
 * ``loss_log.jsonl``: one JSON line per ``log_every`` steps and per epoch;
 * ``config.json``: the resolved configuration.
 
-See docs/pretraining.md.
+``--fast`` runs :class:`training.fastpath.FastStep` (same losses, no host synchronisation inside an epoch,
+fused Adam, optional ``--compile`` / ``--cuda-graphs``); ``--pair-cache DIR`` keeps the pairs drawn from a
+scene on disk for reruns (:mod:`training.paircache`). See docs/pretraining.md.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from tqdm import tqdm
 
 from training.checkpoint import git_revision, load_checkpoint, save_checkpoint
 from training.config import ConfigError, PretrainConfig, config_from_dict, config_to_dict, load_config
-from training.loop import ContrastiveModel, batch_indices, contrastive_step, encoder_spec
+from training.device import DEVICE_HELP, resolve_device
+from training.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
+from training.loop import PRECISIONS, ContrastiveModel, batch_indices, contrastive_step, encoder_spec, precision_context
 from training.models.encoder import compute_norm_stats, save_encoder
 
 logger = logging.getLogger(__name__)
@@ -59,12 +63,14 @@ class PretrainArrays:
     """S2 band names in the order of the C axis, when the source says."""
 
 
-def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig) -> PretrainArrays:
+def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig, *, pair_cache: Path | None = None) -> PretrainArrays:
     """Read pre-training pairs from an ``.npz`` file or a DENETHOR-layout scene folder.
 
     Args:
         data: ``.npz`` with ``s2`` (and ``ps``; optional ``bands``), or a scene folder.
         cfg: The run configuration (mode, alignment, sampling sizes).
+        pair_cache: For a scene folder: keep the drawn pairs in this folder and memory-map them on
+            reruns with the same scene and drawing settings (:mod:`training.paircache`).
 
     Returns:
         The validated arrays (float32).
@@ -91,33 +97,43 @@ def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig) -> PretrainArray
             bands = tuple(str(b) for b in npz["bands"]) if "bands" in npz.files else None
         arrays = PretrainArrays(s2=s2, ps=ps, source=str(path), bands=bands)
     else:
-        arrays = _scene_arrays(path, cfg)
+        arrays = _scene_arrays(path, cfg, pair_cache)
     _validate(arrays, cfg)
     return arrays
 
 
-def _scene_arrays(path: Path, cfg: PretrainConfig) -> PretrainArrays:
+def _scene_arrays(path: Path, cfg: PretrainConfig, pair_cache: Path | None = None) -> PretrainArrays:
     """Pairs from the pre-training pool (70 % of the fields) of a DENETHOR-layout scene.
 
     ``path`` is a scene folder (``s2/bands.npy`` inside) or the output of ``python -m training.simulate``
     (``scene_a/`` inside, the training tile).
     """
-    from training.data.datasets import pointwise_pairs, scene_a_splits, timewise_pairs
-    from training.data.denethor import read_scene
-
     scene_dir = path / "scene_a" if (path / "scene_a").is_dir() and not (path / "s2").is_dir() else path
-    scene = read_scene(scene_dir)
-    pool = scene_a_splits(scene, seed=cfg.data.split_seed)["pretrain"]
-    if cfg.alignment == "point":
-        s2, ps = pointwise_pairs(scene, pool, n_per_stamp=cfg.data.pixels_per_stamp, seed=cfg.data.seed)
+
+    def build() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        from training.data.datasets import pointwise_pairs, scene_a_splits, timewise_pairs
+        from training.data.denethor import read_scene
+
+        scene = read_scene(scene_dir)
+        pool = scene_a_splits(scene, seed=cfg.data.split_seed)["pretrain"]
+        if cfg.alignment == "point":
+            s2, ps = pointwise_pairs(scene, pool, n_per_stamp=cfg.data.pixels_per_stamp, seed=cfg.data.seed)
+        else:
+            s2, ps = timewise_pairs(scene, pool, n_pixels=cfg.data.n_series, seed=cfg.data.seed)
+        logger.info("%d pre-training samples from %d pool fields of %s", len(s2), len(pool), scene_dir)
+        return s2, ps, {"bands": list(scene.band_names)}
+
+    if pair_cache is None:
+        s2, ps, info = build()
     else:
-        s2, ps = timewise_pairs(scene, pool, n_pixels=cfg.data.n_series, seed=cfg.data.seed)
-    logger.info("%d pre-training samples from %d pool fields of %s", len(s2), len(pool), scene_dir)
+        from training.paircache import cached_scene_pairs
+
+        s2, ps, info, _ = cached_scene_pairs(scene_dir, cfg, pair_cache, build)
     return PretrainArrays(
         s2=np.asarray(s2, dtype=np.float32),
         ps=np.asarray(ps, dtype=np.float32) if cfg.mode == "bimodal" else None,
         source=str(scene_dir),
-        bands=tuple(scene.band_names),
+        bands=tuple(info["bands"]),
     )
 
 
@@ -141,15 +157,6 @@ def _validate(arrays: PretrainArrays, cfg: PretrainConfig) -> None:
         bad = int((~np.isfinite(arr)).sum())
         if bad:
             raise ValueError(f"{name} holds {bad} non-finite values; pre-training pairs must be gap-free")
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but torch sees no CUDA device")
-    return device
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -189,12 +196,27 @@ def pretrain(
     precision: str = "fp32",
     resume: Path | None = None,
     progress: bool = True,
+    fast: FastOptions | None = None,
 ) -> Path:
     """Run pre-training and write the outputs listed in the module docstring.
+
+    Args:
+        cfg: The run configuration.
+        arrays: The pairs.
+        out: Output folder.
+        device: Where the pairs and the model live.
+        precision: ``fp32``, ``tf32`` (CUDA) or ``bf16`` (autocast; the loss stays float32).
+        resume: A ``pretrain_state`` checkpoint to continue from.
+        progress: Show a progress bar.
+        fast: Run the fast step (:mod:`training.fastpath`) with these options; ``None`` = the reference
+            step (:func:`training.loop.contrastive_step`, one host read of the loss per step).
 
     Returns:
         The path of the final S2 encoder checkpoint.
     """
+    precision_context(device, precision)  # an unknown precision or tf32 off CUDA fails before any work
+    if fast is not None:
+        fast.check(device)
     out.mkdir(parents=True, exist_ok=True)
     state = None
     if resume is not None:
@@ -210,7 +232,10 @@ def pretrain(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = ContrastiveModel(cfg, s2_stats, ps_stats).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if fast is None:
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = make_optimizer(model, cfg, device, fused=fast.fused)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     start_epoch = 1
@@ -237,33 +262,41 @@ def pretrain(
     log = _LossLog(out / LOG_NAME, start_epoch - 1 if state is not None else None)
     (out / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
     logger.info(
-        "%s %s-wise pre-training on %d samples (%s), %d steps/epoch, device %s, %s",
+        "%s %s-wise pre-training on %d samples (%s), %d steps/epoch, device %s, %s, %s step",
         cfg.mode, cfg.alignment, n, arrays.source, steps_per_epoch, device, precision,
+        "reference" if fast is None else "fast",
     )
+    step_fn = FastStep(model, optimizer, cfg, precision=precision, options=fast) if fast is not None else None
 
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        losses = []
-        bar = tqdm(
-            batch_indices(n, cfg.batch_size, generator, device, cfg.steps_per_epoch),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for step, idx in enumerate(bar, start=1):
-            loss = contrastive_step(
-                model, optimizer, s2[idx], ps[idx] if ps is not None else None, cfg,
-                generator=generator, precision=precision,
+        if step_fn is not None:
+            losses = _fast_epoch(step_fn, s2, ps, cfg, generator, epoch, progress)
+            for step, loss in enumerate(losses, start=1):
+                if step % cfg.log_every == 0:
+                    log.write(epoch=epoch, step=step, loss=loss)
+        else:
+            losses = []
+            bar = tqdm(
+                batch_indices(n, cfg.batch_size, generator, device, cfg.steps_per_epoch),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{cfg.epochs}",
+                disable=not progress,
+                leave=False,
             )
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower lr or use fp32")
-            losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if step % cfg.log_every == 0:
-                log.write(epoch=epoch, step=step, loss=loss)
+            for step, idx in enumerate(bar, start=1):
+                loss = contrastive_step(
+                    model, optimizer, s2[idx], ps[idx] if ps is not None else None, cfg,
+                    generator=generator, precision=precision,
+                )
+                if not math.isfinite(loss):
+                    raise FloatingPointError(_nonfinite(loss, epoch, step))
+                losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if step % cfg.log_every == 0:
+                    log.write(epoch=epoch, step=step, loss=loss)
         seconds = time.perf_counter() - t0
         pairs = len(losses) * min(cfg.batch_size, n)
         record = {
@@ -314,6 +347,35 @@ def pretrain(
     return save_encoder(out / ENCODER_NAME, encoder, s2_stats, **provenance)
 
 
+def _nonfinite(loss: float, epoch: int, step: int) -> str:
+    return f"loss became {loss} at epoch {epoch} step {step}; lower lr or use fp32"
+
+
+def _fast_epoch(
+    step_fn: FastStep,
+    s2: torch.Tensor,
+    ps: torch.Tensor | None,
+    cfg: PretrainConfig,
+    generator: torch.Generator,
+    epoch: int,
+    progress: bool,
+) -> list[float]:
+    """One epoch of the fast step; the losses are read from the device once, at the end."""
+    n = s2.shape[0]
+    steps = n // min(cfg.batch_size, n)
+    if cfg.steps_per_epoch is not None:
+        steps = min(steps, cfg.steps_per_epoch)
+    with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False) as bar:
+        losses = run_epoch(
+            step_fn, s2, ps, batch_size=cfg.batch_size, generator=generator, max_steps=cfg.steps_per_epoch,
+            progress=bar,
+        ).tolist()  # the epoch's one host synchronisation
+    for step, loss in enumerate(losses, start=1):
+        if not math.isfinite(loss):
+            raise FloatingPointError(_nonfinite(loss, epoch, step))
+    return losses
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -331,8 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="config override, repeatable (e.g. --set epochs=5 --set encoder.n_layers=4)",
     )
     parser.add_argument("--resume", type=Path, help="pretrain_state checkpoint to continue from")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="bf16 = autocast (loss in float32); tf32 = TF32 matrix multiplies (CUDA)",
+    )  # fmt: skip
+    fastg = parser.add_argument_group("fast path (training.fastpath; same losses as the reference step)")
+    fastg.add_argument("--fast", action="store_true",
+                       help="device-resident step without host synchronisation inside an epoch, fused Adam")  # fmt: skip
+    fastg.add_argument("--compile", action="store_true", help="torch.compile the projections and loss (implies --fast)")
+    fastg.add_argument("--cuda-graphs", action="store_true",
+                       help="compile with CUDA graphs (mode reduce-overhead; CUDA only; implies --fast)")  # fmt: skip
+    fastg.add_argument("--pair-cache", type=Path, metavar="DIR",
+                       help="keep pairs drawn from a scene in DIR and memory-map them on reruns")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a folder with earlier outputs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
@@ -351,17 +424,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides.append(f"{key}={value}")
     try:
         cfg = load_config(PretrainConfig, args.config, overrides)
-        device = _pick_device(args.device)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         parser.error(str(err))
+    fast = None
+    if args.fast or args.compile or args.cuda_graphs:
+        fast = FastOptions(compile=args.compile, cuda_graphs=args.cuda_graphs)
+    try:
+        device = resolve_device(args.device)
+        precision_context(device, args.precision)
+        if fast is not None:
+            fast.check(device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     existing = [p for p in (ENCODER_NAME, LOG_NAME, STATE_NAME) if (args.out / p).exists()]
     if existing and args.resume is None and not args.overwrite:
         parser.error(f"{str(args.out)!r} already holds {existing}; pass --overwrite or --resume")
     try:
-        arrays = load_pretrain_arrays(args.data, cfg)
+        arrays = load_pretrain_arrays(args.data, cfg, pair_cache=args.pair_cache)
         encoder_path = pretrain(
             cfg, arrays, args.out, device=device, precision=args.precision, resume=args.resume,
-            progress=not args.no_progress,
+            progress=not args.no_progress, fast=fast,
         )
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

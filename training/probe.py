@@ -9,7 +9,8 @@ stamps are concatenated (``"flatten"``, the information a downstream model sees)
 ``python -m training.probe --data SIM_DIR --encoder bimodal=run/encoder.pt [...]`` prints the
 balanced accuracies of raw bands, a random encoder (the first given encoder's architecture and
 normalisation, untrained) and each given encoder under :func:`scene_probe`: probes fitted on labelled
-pixels of the pre-training pool and scored on the fields pre-training never saw.
+pixels of the pre-training pool and scored on the fields pre-training never saw. ``--device cuda`` runs
+the encoders on the GPU (the probes themselves fit on the CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from torch import nn
 
 from training.data.datasets import MAX_CLOUD_PROBABILITY
 from training.data.denethor import Scene, read_scene
+from training.device import DEVICE_HELP, resolve_device
 from training.models.encoder import (
     Normalize,
     NormalizedEncoder,
@@ -413,6 +416,19 @@ def probe_report(
     return report
 
 
+class OnDevice(nn.Module):
+    """A frozen encoder run on ``device``: CPU inputs in, CPU embeddings out."""
+
+    def __init__(self, module: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.module = module.to(device)
+        self.device = device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed ``x`` on the device and return the result on the CPU."""
+        return self.module(x.to(self.device)).cpu()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: the :func:`scene_probe` protocol for raw bands, a random encoder and given encoders."""
     parser = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__.splitlines()[0])
@@ -426,8 +442,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pooling", choices=["mean", "flatten"], action="append", help="series probes (default: mean)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help=f"where the encoders run: {DEVICE_HELP}")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     encoders: dict[str, nn.Module | None] = {"raw bands": None}
     loaded = {}
     for item in args.encoder:
@@ -445,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             norm = Normalize(stats["mean"], stats["std"])
             encoders["random encoder"] = NormalizedEncoder(norm, untrained, frozen=True)
     encoders.update(loaded)
+    if device.type != "cpu":
+        encoders = {name: None if enc is None else OnDevice(enc, device) for name, enc in encoders.items()}
     report = scene_probe(
         args.data, encoders, max_per_class=args.max_per_class, n_series=args.n_series,
         poolings=tuple(args.pooling or ["mean"]), seed=args.seed,

@@ -57,6 +57,7 @@ from training.checkpoint import git_revision
 from training.classifier import save_classifier
 from training.config import PretrainConfig, ResMLPConfig, load_config
 from training.data.worldcereal import FLANDERS_CLASSES, coarse_labels, on_time_grid, read_long
+from training.device import DEVICE_HELP, resolve_device
 from training.models import build_model
 from training.models.encoder import load_frozen_encoder
 from training.pretrain import PretrainArrays, pretrain
@@ -230,8 +231,12 @@ def train_base_model(
     return model, losses
 
 
-def run(cfg: SampleModelConfig, work: Path, *, progress: bool = True) -> dict[str, Any]:
+def run(
+    cfg: SampleModelConfig, work: Path, *, progress: bool = True, device: torch.device | None = None
+) -> dict[str, Any]:
     """Train and evaluate the sample model into the run directory ``work``; returns the run summary.
+
+    ``device`` is where pre-training runs (default CPU); the base model trains on the CPU.
 
     The run directory holds ``classifier.pt``; ``python -m exporters work/classifier.pt -o model.onnx``
     turns it into the bundle (training never imports the exporters).
@@ -273,7 +278,7 @@ def run(cfg: SampleModelConfig, work: Path, *, progress: bool = True) -> dict[st
         pcfg,
         PretrainArrays(s2=pixels, ps=None, source=f"{cfg.stack} + {cfg.parcels} (training parcels)", bands=bands),
         work / "pretrain",
-        device=torch.device("cpu"),
+        device=device if device is not None else torch.device("cpu"),
         progress=progress,
     )
     t_pre = time.perf_counter() - t_pre
@@ -373,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s; never the installed package)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set epochs=20 (repeatable)")  # fmt: skip
+    p.add_argument("--device", default="cpu", help=f"where pre-training runs: {DEVICE_HELP}")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -380,10 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = load_config(SampleModelConfig, args.config, args.overrides)
-    summary = run(cfg, args.out, progress=not args.no_progress)
+    summary = run(cfg, args.out, progress=not args.no_progress, device=device)
     m = summary["metrics"]
     print(f"classifier {summary['checkpoint']} in {summary['seconds']['total']} s")
     print(f"parcels: {int(m['n_train_parcels'])} training, {int(m['n_val_parcels'])} validation; "
