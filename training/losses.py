@@ -59,7 +59,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.07) -> torch.Tens
         logits = z @ z.T / tau
         eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(eye, float("-inf"))
-        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        target = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
         return F.cross_entropy(logits, target)
 
 

@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg, arrays, args.out, device=device, precision=args.precision, resume=args.resume,
             progress=not args.no_progress, fast=fast,
         )
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     last = json.loads((args.out / LOG_NAME).read_text().splitlines()[-1])
