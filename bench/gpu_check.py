@@ -299,6 +299,7 @@ def downstream_epochs(
     t: int,
     d: int,
     batches: Sequence[int],
+    precisions: Sequence[str],
     min_left: float,
 ) -> None:
     """Seconds per epoch of each family via ``training.downstream.train_run`` on synthetic embeddings."""
@@ -306,10 +307,11 @@ def downstream_epochs(
     report.section(
         key,
         "Downstream: one epoch per base-model family (training.downstream.train_run)",
-        ["family", "params", "batch", "series timed", "s (epoch + validation)", f"s per epoch of {PAPER_SERIES:,}"],
+        ["family", "params", "precision", "batch", "series timed", "s (epoch + validation)",
+         f"s per epoch of {PAPER_SERIES:,}"],
         note=(f"Synthetic per-stamp embeddings ({t} stamps x {d}, 9 classes) created on the device once, as "
-              "the comparison keeps an encoder's embeddings; each family with its default hyper-parameters, "
-              "Adam, fp32 (train_run has no precision option yet). The time covers one epoch over the timed series "
+              "the comparison keeps an encoder's embeddings; each family with its default hyper-parameters and the "
+              "papers' recipe (Adam, linear decay); bf16 = train_run's autocast (loss in fp32). The time covers one epoch over the timed series "
               f"plus the validation pass on {min(1024, n):,} series, after a warm-up call; the last column scales it by "
               f"{PAPER_SERIES:,} / series timed."),
     )  # fmt: skip
@@ -317,7 +319,7 @@ def downstream_epochs(
         from training.downstream import train_run
         from training.models import MODELS, build_model
     except ModuleNotFoundError as err:
-        report.row(key, "all", "", "", "", f"not run: importing training.downstream failed: {err}", "")
+        report.row(key, "all", "", "", "", "", f"not run: importing training.downstream failed: {err}", "")
         return
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(n, t, d, device=device, generator=gen)
@@ -325,26 +327,29 @@ def downstream_epochs(
     n_val = min(1024, n)
     xv, yv = x[:n_val], y[:n_val].cpu()
     for family in sorted(MODELS):
-        for batch in batches:
-            if budget.left < min_left:
-                report.row(key, family, "", batch, "", "not run: time budget spent", "")
-                continue
-            try:
-                torch.manual_seed(0)
-                model = build_model(family, d, 9)
-                params = sum(p.numel() for p in model.parameters())
-                train_run(model, x[: batch * 2], y[: batch * 2].cpu(), xv[:64], yv[:64], lr=1e-3, epochs=1,
-                          batch_size=batch, seed=0, device=device.type)  # fmt: skip
-                _sync(device)
-                t0 = time.perf_counter()
-                train_run(model, x, y.cpu(), xv, yv, lr=1e-3, epochs=1, batch_size=batch, seed=0, device=device.type)
-                _sync(device)
-                sec = time.perf_counter() - t0
-                report.row(key, family, f"{params:,}", batch, f"{n:,}", f"{sec:.2f}", f"{sec * PAPER_SERIES / n:.1f}",
-                           data={"seconds": sec, "n": n})  # fmt: skip
-            except Exception as err:  # noqa: BLE001 - a failed row is reported and the check goes on
-                report.row(key, family, "", batch, f"{n:,}", f"failed: {_one_line(err)}", "")
-                traceback.print_exc()
+        for precision in precisions:
+            for batch in batches:
+                if budget.left < min_left:
+                    report.row(key, family, "", precision, batch, "", "not run: time budget spent", "")
+                    continue
+                try:
+                    torch.manual_seed(0)
+                    model = build_model(family, d, 9)
+                    params = sum(p.numel() for p in model.parameters())
+                    common = {"lr": 1e-3, "epochs": 1, "batch_size": batch, "seed": 0, "device": device.type}
+                    if precision != "fp32":
+                        common["precision"] = precision
+                    train_run(model, x[: batch * 2], y[: batch * 2].cpu(), xv[:64], yv[:64], **common)
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    train_run(model, x, y.cpu(), xv, yv, **common)
+                    _sync(device)
+                    sec = time.perf_counter() - t0
+                    report.row(key, family, f"{params:,}", precision, batch, f"{n:,}", f"{sec:.2f}",
+                               f"{sec * PAPER_SERIES / n:.1f}", data={"seconds": sec, "n": n})  # fmt: skip
+                except Exception as err:  # noqa: BLE001 - a failed row is reported and the check goes on
+                    report.row(key, family, "", precision, batch, f"{n:,}", f"failed: {_one_line(err)}", "")
+                    traceback.print_exc()
 
 
 def _one_line(err: BaseException) -> str:
@@ -512,9 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 4. Downstream epoch time per family.
     if tiny:
-        downstream_epochs(report, budget, device, n=128, t=12, d=16, batches=[64], min_left=5)
+        downstream_epochs(report, budget, device, n=128, t=12, d=16, batches=[64], precisions=["fp32", "bf16"], min_left=5)
     else:
-        downstream_epochs(report, budget, device, n=16_384, t=144, d=256, batches=[256, 1024], min_left=25)
+        downstream_epochs(report, budget, device, n=16_384, t=144, d=256, batches=[256, 1024],
+                          precisions=["fp32", "bf16"], min_left=25)  # fmt: skip
 
     # 5. Compiled rows, most informative first, while the budget lasts.
     if not args.no_compile:

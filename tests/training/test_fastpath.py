@@ -344,7 +344,7 @@ def test_gpu_check_script_runs_at_toy_size_on_the_cpu(tmp_path: Path) -> None:
                          cwd=REPO, capture_output=True, text=True, check=False)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads((tmp_path / "g.json").read_text())["sections"]
-    assert [len(data[k]["rows"]) for k in ("pretrain", "sync", "agree", "downstream")] == [4, 1, 1, 3]
+    assert [len(data[k]["rows"]) for k in ("pretrain", "sync", "agree", "downstream")] == [4, 1, 1, 6]
     assert all(r["data"]["pairs_per_s"] > 0 for r in data["pretrain"]["rows"])
     assert {r["cells"][0] for r in data["downstream"]["rows"]} == {"lstm", "inception_time", "transformer"}
     assert "| fast | bf16 | eager |" in out.read_text()
