@@ -41,6 +41,16 @@ _DESC_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8})[_\s:-]+(\S+)$")
 _NAME_DATE_RE = re.compile(r"(?<!\d)(\d{4}-\d{2}-\d{2}|\d{8})(?!\d)")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
+GDAL_CACHE_BYTES = 64 * 2**20
+"""GDAL's raster block cache while cropmap reads stacks and writes outputs. GDAL's default (5 % of the
+machine's RAM) fills up with the tiles a run has read or written, so a process's memory would grow with
+the raster's size up to that; bounded, it depends on the block size only."""
+
+
+def bounded_gdal_cache() -> rasterio.Env:
+    """A rasterio environment that bounds GDAL's block cache to :data:`GDAL_CACHE_BYTES`."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+
 
 @dataclass(frozen=True)
 class ReflectanceScale:
@@ -130,7 +140,7 @@ class Stack:
         for src_path, out_rows in by_source.items():
             indexes = [self.band_index[obs[i]][b] for i in out_rows for b in bands]
             try:
-                with rasterio.open(src_path) as src:
+                with bounded_gdal_cache(), rasterio.open(src_path) as src:
                     raw = src.read(indexes, window=window)
                     nodatavals = [src.nodatavals[k - 1] for k in indexes]
             except RasterioError as err:
