@@ -254,7 +254,7 @@ def classify(
     _refuse_inputs_as_outputs(paths, stack, mask, model)
     check_outputs(paths, overwrite=opts.overwrite)
     plan = _prepare(stack, mask, model, opts)
-    _refuse_inputs_as_outputs(paths, stack, mask, model, plan.stack.sources)
+    _refuse_inputs_as_outputs(paths, stack, mask, model, plan.stack.files)
     meta, st = plan.meta, plan.stack
     tally = _Tally(plan)
     write_s = 0.0
