@@ -19,7 +19,6 @@ from typing import Any
 
 from affine import Affine
 from rasterio.windows import Window
-from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 
 from cropmap.options import BLOCK_MEMORY_BUDGET_BYTES, DEFAULT_BLOCK_SIZE_PX
@@ -50,8 +49,10 @@ class Block:
         return window_transform(self.window, grid)
 
     def bounds(self, grid: Affine) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` of the block in map units."""
-        return window_bounds(self.window, grid)
+        """``(left, bottom, right, top)`` of the block in map units (the box around its four corners)."""
+        r0, c0, r1, c1 = self.row_off, self.col_off, self.row_off + self.height, self.col_off + self.width
+        xs, ys = zip(*(grid @ (c, r) for c, r in ((c0, r0), (c1, r0), (c0, r1), (c1, r1))), strict=True)
+        return min(xs), min(ys), max(xs), max(ys)
 
 
 def block_shape(
