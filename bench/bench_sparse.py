@@ -76,7 +76,7 @@ def main() -> None:
             for name, stack in (("huge", big), ("block", small)):
                 out = folder / f"{name}_map.tif"
                 r = measure([sys.executable, "-m", "cropmap", "classify", str(stack), "--mask", str(mask), "-o",
-                             str(out), "--overwrite", "-q"])  # fmt: skip
+                             str(out), "--overwrite", "-q", "--cloud-band", "none"])  # fmt: skip
                 if r.returncode != 0:
                     sys.exit(f"cropmap classify failed on {name}: {r.stderr.strip()}")
                 runs[name].append(r)

@@ -51,9 +51,19 @@ machine's RAM) fills up with the tiles a run has read or written, so a process's
 the raster's size up to that; bounded, it depends on the block size only."""
 
 
-def bounded_gdal_cache() -> rasterio.Env:
-    """A rasterio environment that bounds GDAL's block cache to :data:`GDAL_CACHE_BYTES`."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+def bounded_gdal_cache(at_least: int = 0) -> rasterio.Env:
+    """A rasterio environment that bounds GDAL's block cache to :data:`GDAL_CACHE_BYTES`, or ``at_least``
+    bytes when more (one window's tiles must fit, or GDAL would decode a tile again for every band)."""
+    return rasterio.Env(GDAL_CACHEMAX=max(GDAL_CACHE_BYTES, int(at_least)))
+
+
+def _tile_bytes(src: rasterio.io.DatasetReader, window: Window) -> int:
+    """Bytes of the decoded tiles (all bands) that ``window`` touches in ``src``: bounded by the block size."""
+    th, tw = src.block_shapes[0]
+    r0, c0 = int(window.row_off), int(window.col_off)
+    rows = (-(-(r0 + int(window.height)) // th) - r0 // th) * th
+    cols = (-(-(c0 + int(window.width)) // tw) - c0 // tw) * tw
+    return rows * cols * src.count * np.dtype(src.dtypes[0]).itemsize
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,8 @@ class Stack:
         for src_path, out_rows in by_source.items():
             indexes = [self.band_index[obs[k // len(bands)]][bands[k % len(bands)]] for k in out_rows]
             try:
-                with bounded_gdal_cache(), rasterio.open(src_path) as src:
+                with bounded_gdal_cache(), rasterio.open(src_path) as src, \
+                        bounded_gdal_cache(2 * _tile_bytes(src, window)):
                     raw = src.read(indexes, window=window)
                     nodatavals = [src.nodatavals[k - 1] for k in indexes]
             except RasterioError as err:
