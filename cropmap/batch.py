@@ -504,10 +504,14 @@ def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any,
             f"{config}.cores and {config}.memory in the dask-jobqueue configuration (~/.config/dask/jobqueue.yaml)"
         ) from err
     try:
-        cluster.scale(jobs=spec.jobs)
+        # Submit the jobs now, in this call, so that a failing submit command is an error here (cluster.scale
+        # would submit them in the background and only log the failure while the batch waits for workers).
+        while len(cluster.worker_spec) < spec.jobs:
+            cluster.worker_spec.update(cluster.new_worker_spec())
         try:
-            cluster.sync(cluster._correct_state)  # submits the jobs now: a failing submit command is an error here
+            cluster.sync(cluster._correct_state)
         except RuntimeError as err:
+            _forget_unsubmitted(cluster)
             raise CropmapError(
                 f"--cluster {spec.kind}: submitting the worker jobs failed ({' '.join(str(err).split())}); "
                 "expected the job scheduler to accept them (check --queue, --account and the job settings)"
@@ -520,6 +524,19 @@ def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any,
             yield client, description
     finally:
         cluster.close()
+
+
+def _forget_unsubmitted(cluster: Any) -> None:
+    """Drop the jobs whose submission failed, so that closing the cluster cancels only the submitted ones."""
+    from distributed.core import Status
+
+    for name, job in list(cluster.workers.items()):
+        if job.status == Status.created:
+            del cluster.workers[name]
+    for name in [n for n in cluster.worker_spec if n not in cluster.workers]:
+        del cluster.worker_spec[name]
+    for job in [j for j in getattr(cluster, "_created", ()) if j.status == Status.created]:
+        cluster._created.discard(job)
 
 
 def _run(client: Any, jobs: dict[str, RegionJob]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -178,3 +178,19 @@ def test_missing_dask_jobqueue_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == ("Error: --cluster pbs needs dask-jobqueue, which is not installed here; expected "
                                    "it installed (pip install 'cropmap[hpc]')")  # fmt: skip
+
+
+def test_failing_submit_command_is_one_line(tmp_path: Path) -> None:
+    """sbatch refuses the job (e.g. an unknown partition): one line with its message, exit 1, nothing left."""
+    manifest = _inputs(tmp_path)
+    env = {**os.environ, **_stand_in_slurm(tmp_path)}
+    (tmp_path / "bin" / "sbatch").write_text('#!/bin/bash\necho "sbatch: error: invalid partition specified: nope" >&2\n'
+                                             "exit 1\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "cropmap", "batch", str(manifest), "--out-dir", str(tmp_path / "o"),
+                           "--model", str(tmp_path / "tiny.onnx"), "--cluster", "slurm", "--cores", "1", "--queue",
+                           "nope"], env=env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and "submitting the worker jobs failed" in lines[0], proc.stderr
+    assert "invalid partition specified: nope" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
