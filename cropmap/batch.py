@@ -71,6 +71,70 @@ class RegionJob:
     options: ClassifyOptions
 
 
+CLUSTER_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster",
+                 "htcondor": "HTCondorCluster"}  # fmt: skip
+"""``--cluster`` values and the dask-jobqueue cluster class each starts."""
+
+
+@dataclass(frozen=True)
+class HPCCluster:
+    """Dask workers started as batch jobs of an HPC scheduler through dask-jobqueue, for one batch.
+
+    Settings left ``None`` come from the dask-jobqueue configuration (``jobqueue.<kind>.*`` in
+    ``~/.config/dask/jobqueue.yaml`` or ``$DASK_CONFIG``); ``cores`` and ``memory`` must be set in
+    one place or the other. Each job runs ``cores`` single-threaded workers (one region each) when
+    ``cores`` is given here, else the configuration's ``processes``.
+
+    Raises:
+        ValueError: From ``__post_init__`` for an unknown kind or an out-of-range value.
+    """
+
+    kind: str
+    """``slurm``, ``pbs``, ``sge``, ``lsf`` or ``htcondor``."""
+    queue: str | None = None
+    """Queue (SLURM partition) the jobs go to."""
+    account: str | None = None
+    """Account (SLURM, PBS) or project (SGE, LSF) the jobs are charged to."""
+    cores: int | None = None
+    """Cores per job."""
+    memory: str | None = None
+    """Memory per job, e.g. ``"64GB"``."""
+    walltime: str | None = None
+    """Time limit per job, e.g. ``"04:00:00"``."""
+    jobs: int = 1
+    """Jobs to submit."""
+    job_extra: tuple[str, ...] = ()
+    """Extra scheduler directives, e.g. ``("--gres=gpu:1",)`` for SLURM (``#SBATCH --gres=gpu:1``)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CLUSTER_KINDS:
+            raise ValueError(f"cluster is {self.kind!r}; expected one of {', '.join(CLUSTER_KINDS)}")
+        for name in ("cores", "jobs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} is {value!r}; expected a positive integer")
+        if self.kind == "htcondor" and (self.queue is not None or self.account is not None):
+            raise ValueError("queue / account do not apply to HTCondor; expected them unset with --cluster htcondor")
+
+    def keywords(self) -> dict[str, Any]:
+        """Keyword arguments of the dask-jobqueue cluster class (only the settings given)."""
+        kw: dict[str, Any] = {}
+        if self.queue is not None:
+            kw["queue"] = self.queue
+        if self.account is not None:
+            kw["account" if self.kind in ("slurm", "pbs") else "project"] = self.account
+        if self.cores is not None:
+            kw["cores"] = self.cores
+            kw["processes"] = self.cores  # single-threaded workers: each region runs in one thread
+        if self.memory is not None:
+            kw["memory"] = self.memory
+        if self.walltime is not None:
+            kw["walltime"] = self.walltime
+        if self.job_extra:
+            kw["job_extra_directives"] = list(self.job_extra)
+        return kw
+
+
 def run_region(job: RegionJob) -> dict[str, Any]:
     """Classify one region on whatever process runs this (a dask worker).
 
@@ -147,6 +211,8 @@ def classify_many(
     workers: int | None = None,
     options: ClassifyOptions | None = None,
     progress: BatchProgress | None = None,
+    cluster: HPCCluster | None = None,
+    dashboard: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Classify many regions with one bundle and one set of options, in parallel and resumably.
@@ -177,6 +243,10 @@ def classify_many(
             ``season`` is the default for regions that do not name one.
         progress: Called as ``progress(0, total)`` before the first region starts, then
             ``progress(done, total)`` after each region that ran.
+        cluster: Start the workers as HPC batch jobs (dask-jobqueue, the ``hpc`` extra) for this
+            batch and stop them at the end; not with ``scheduler`` or ``workers``.
+        dashboard: Address of the Dask dashboard of the cluster this batch starts (``":8787"``);
+            default none (its scheduler's HTTP endpoint then listens on a free loopback port).
         **kwargs: Fields of :class:`~cropmap.options.ClassifyOptions`.
 
     Returns:
@@ -195,6 +265,10 @@ def classify_many(
             raise ValueError("workers applies to the local cluster only; with a scheduler address, size the cluster")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers is {workers!r}; expected a positive integer")
+    if cluster is not None and (scheduler is not None or workers is not None):
+        raise ValueError("cluster starts its own workers; expected neither scheduler nor workers with it")
+    if dashboard is not None and scheduler is not None:
+        raise ValueError("dashboard applies to a cluster the batch starts; the cluster at scheduler has its own")
     region_list = read_manifest(regions) if isinstance(regions, (str, Path)) else as_regions(regions)
     model_path = _check_bundle(model, opts, provider=opts.provider if scheduler is None else "cpu")
     out = Path(out_dir).expanduser().resolve()
@@ -205,8 +279,8 @@ def classify_many(
     settings = {"model_sha256": state_io.sha256(model_path)} | {f: getattr(opts, f) for f in SETTING_FIELDS}
     with output_folder(out), RunLock(out / STATE_NAME, "batch folder"):
         remove_stale(out, {STATE_NAME, SUMMARY_NAME})
-        return _classify_many_locked(region_list, out, model_path, settings, scheduler, workers, opts, progress,
-                                     t_start)  # fmt: skip
+        where = _Where(scheduler=scheduler, workers=workers, cluster=cluster, dashboard=dashboard)
+        return _classify_many_locked(region_list, out, model_path, settings, where, opts, progress, t_start)
 
 
 def _refuse_batch_overlap(out: Path, regions: Any, region_list: list[Region], model: Path) -> None:
@@ -220,9 +294,19 @@ def _refuse_batch_overlap(out: Path, regions: Any, region_list: list[Region], mo
     refuse_overlap([out / STATE_NAME, out / SUMMARY_NAME, lock_path(out / STATE_NAME)], inputs)
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Where the regions run: a local cluster (``workers``), an existing one (``scheduler``) or an HPC one."""
+
+    scheduler: str | None = None
+    workers: int | None = None
+    cluster: HPCCluster | None = None
+    dashboard: str | None = None
+
+
 def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path, settings: dict[str, Any],
-                          scheduler: str | None, workers: int | None, opts: ClassifyOptions,
-                          progress: BatchProgress | None, t_start: float) -> dict[str, Any]:  # fmt: skip
+                          where: _Where, opts: ClassifyOptions, progress: BatchProgress | None,
+                          t_start: float) -> dict[str, Any]:  # fmt: skip
     """The batch, run while this process holds the batch folder's lock."""
     from cropmap import __version__
 
@@ -235,7 +319,7 @@ def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path
     if not todo:
         state_io.save(out, state)
     else:
-        with _cluster(scheduler, workers, len(todo)) as (client, executor, threads):
+        with _cluster(where, len(todo)) as (client, executor, threads):
             state_io.save(out, state)  # the regions to run are recorded as pending before any starts
             logger.info("classifying %d regions on %s", len(todo), executor)
             if progress is not None:
@@ -341,10 +425,15 @@ def _plan(regions: list[Region], state: dict[str, Any], out: Path,
 
 
 @contextmanager
-def _cluster(scheduler: str | None, workers: int | None, n_tasks: int) -> Iterator[tuple[Any, str, int]]:
-    """Yield ``(client, description, threads per region)`` for a local or existing cluster."""
+def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int]]:
+    """Yield ``(client, description, threads per region)`` for a local, existing or HPC cluster."""
     from distributed import Client, LocalCluster
 
+    if where.cluster is not None:
+        with _hpc_cluster(where.cluster, where.dashboard) as (client, description):
+            yield client, description, 1
+        return
+    scheduler = where.scheduler
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout="10s", set_as_default=False)
@@ -363,12 +452,93 @@ def _cluster(scheduler: str | None, workers: int | None, n_tasks: int) -> Iterat
             client.close()
         return
     cores = os.cpu_count() or 1
-    n_proc = max(1, min(workers or cores, n_tasks))
+    n_proc = max(1, min(where.workers or cores, n_tasks))
     threads = max(1, cores // n_proc)
     with LocalCluster(n_workers=n_proc, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:  # fmt: skip
+                      **_dashboard_options(where.dashboard)) as cluster, \
+            Client(cluster, set_as_default=False) as client:  # fmt: skip
+        board = f", dashboard {cluster.dashboard_link}" if where.dashboard is not None else ""
         yield client, (f"dask LocalCluster at {cluster.scheduler_address} ({n_proc} worker processes, "
-                       f"{threads} threads per region)"), threads  # fmt: skip
+                       f"{threads} threads per region{board})"), threads  # fmt: skip
+
+
+def _dashboard_options(dashboard: str | None) -> dict[str, Any]:
+    """Scheduler keywords for a dashboard at ``dashboard``, or none.
+
+    A dask scheduler always serves HTTP (health checks, metrics); without a dashboard it gets a
+    free port on the loopback interface, so it never tries a port another program holds (8787).
+    """
+    if dashboard is not None:
+        return {"dashboard_address": dashboard}
+    return {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
+
+
+@contextmanager
+def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any, str]]:
+    """Start a dask-jobqueue cluster of ``spec.jobs`` jobs, yield ``(client, description)``, then stop it.
+
+    Raises:
+        CropmapError: If dask-jobqueue is not installed, its settings are incomplete, or the
+            scheduler's submit command fails (its message is kept).
+    """
+    import dask
+    from distributed import Client
+
+    try:
+        import dask_jobqueue
+    except ImportError as err:
+        raise CropmapError(
+            f"--cluster {spec.kind} needs dask-jobqueue, which is not installed here; expected it installed "
+            "(pip install 'cropmap[hpc]')"
+        ) from err
+    cls = getattr(dask_jobqueue, CLUSTER_KINDS[spec.kind])
+    config = f"jobqueue.{spec.kind}"
+    sched_opts = dict(dask.config.get(f"{config}.scheduler-options", default=None) or {})
+    if dashboard is not None:
+        sched_opts["dashboard_address"] = dashboard
+    elif "dashboard_address" not in sched_opts:
+        sched_opts.update(dashboard=False, dashboard_address="127.0.0.1:0")
+    try:
+        cluster = cls(scheduler_options=sched_opts, **spec.keywords())
+    except ValueError as err:  # e.g. cores / memory set neither by flag nor in the configuration
+        raise CropmapError(
+            f"--cluster {spec.kind}: {' '.join(str(err).split())}; expected --cores and --memory, or "
+            f"{config}.cores and {config}.memory in the dask-jobqueue configuration (~/.config/dask/jobqueue.yaml)"
+        ) from err
+    try:
+        # Submit the jobs now, in this call, so that a failing submit command is an error here (cluster.scale
+        # would submit them in the background and only log the failure while the batch waits for workers).
+        while len(cluster.worker_spec) < spec.jobs:
+            cluster.worker_spec.update(cluster.new_worker_spec())
+        try:
+            cluster.sync(cluster._correct_state)
+        except RuntimeError as err:
+            _forget_unsubmitted(cluster)
+            raise CropmapError(
+                f"--cluster {spec.kind}: submitting the worker jobs failed ({' '.join(str(err).split())}); "
+                "expected the job scheduler to accept them (check --queue, --account and the job settings)"
+            ) from err
+        with Client(cluster, set_as_default=False) as client:
+            description = (f"dask-jobqueue {cls.__name__} ({spec.jobs} jobs; scheduler at "
+                           f"{cluster.scheduler_address}; 1 thread per region)")  # fmt: skip
+            logger.info("submitted %d %s jobs; regions start as their workers join", spec.jobs, spec.kind)
+            logger.debug("job script:\n%s", cluster.job_script())
+            yield client, description
+    finally:
+        cluster.close()
+
+
+def _forget_unsubmitted(cluster: Any) -> None:
+    """Drop the jobs whose submission failed, so that closing the cluster cancels only the submitted ones."""
+    from distributed.core import Status
+
+    for name, job in list(cluster.workers.items()):
+        if job.status == Status.created:
+            del cluster.workers[name]
+    for name in [n for n in cluster.worker_spec if n not in cluster.workers]:
+        del cluster.worker_spec[name]
+    for job in [j for j in getattr(cluster, "_created", ()) if j.status == Status.created]:
+        cluster._created.discard(job)
 
 
 def _run(client: Any, jobs: dict[str, RegionJob]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -104,6 +104,30 @@ def _map_options(f: Any) -> Any:
     return f
 
 
+def _hpc_options(f: Any) -> Any:
+    """``--cluster`` and the job settings of an HPC cluster (dask-jobqueue), and ``--dashboard``."""
+    from cropmap.batch import CLUSTER_KINDS
+
+    f = click.option("--dashboard", default=None, metavar="ADDRESS",
+                     help="Serve the Dask dashboard of the cluster the batch starts at ADDRESS, e.g. :8787 "
+                          "(default: no dashboard).")(f)  # fmt: skip
+    f = click.option("--job-extra", "job_extra", multiple=True, metavar="DIRECTIVE",
+                     help="Extra job-scheduler directive, repeatable (SLURM: --job-extra=--gres=gpu:1).")(f)
+    f = click.option("--jobs", type=int, default=1, show_default=True, metavar="N",
+                     help="With --cluster: batch jobs to submit.")(f)
+    f = click.option("--walltime", default=None, metavar="HH:MM:SS", help="With --cluster: time limit per job.")(f)
+    f = click.option("--memory", default=None, metavar="SIZE", help="With --cluster: memory per job, e.g. 64GB.")(f)
+    f = click.option("--cores", type=int, default=None, metavar="N",
+                     help="With --cluster: cores per job (one single-threaded worker, one region, per core).")(f)
+    f = click.option("--account", default=None, metavar="NAME",
+                     help="With --cluster: account (SLURM, PBS) or project (SGE, LSF) charged.")(f)
+    f = click.option("--queue", default=None, metavar="NAME", help="With --cluster: queue (SLURM partition).")(f)
+    f = click.option("--cluster", type=click.Choice(sorted(CLUSTER_KINDS)), default=None,
+                     help="Start the workers as batch jobs of this HPC scheduler (dask-jobqueue, "
+                          "pip install 'cropmap[hpc]'); unset settings come from its configuration file.")(f)  # fmt: skip
+    return f
+
+
 @click.group()
 @click.version_option(version=_version(), prog_name="cropmap")
 def main() -> None:
@@ -224,6 +248,7 @@ BATCH_FAILED_EXIT = 3
               help="Run the regions on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786.")
 @click.option("--workers", type=int, default=None, metavar="N",
               help="Regions classified at once on the local cluster (default: number of cores).")
+@_hpc_options
 @click.option("--confidence", is_flag=True, help="Also write <name>_confidence.tif per region.")
 @click.option("--embedding", is_flag=True, help="Also write <name>_embedding.tif per region.")
 @click.option("--overwrite", is_flag=True, help="Recompute every region, replacing outputs and the recorded state.")
@@ -244,8 +269,9 @@ BATCH_FAILED_EXIT = 3
 @click.option("-q", "--quiet", count=True, help="Less log output.")
 def batch(
     regions: Path | None, stacks: tuple[Path, ...], masks: tuple[Path, ...], out_dir: Path, model: Path | None,
-    scheduler: str | None, workers: int | None, no_quicklook: bool, verbose: int, quiet: int,
-    **option_values: Any,
+    scheduler: str | None, workers: int | None, cluster: str | None, queue: str | None, account: str | None,
+    cores: int | None, memory: str | None, walltime: str | None, jobs: int, job_extra: tuple[str, ...],
+    dashboard: str | None, no_quicklook: bool, verbose: int, quiet: int, **option_values: Any,
 ) -> None:
     """Classify many regions in parallel, resumably.
 
@@ -262,6 +288,11 @@ def batch(
     if scheduler is not None and workers is not None:
         raise click.BadParameter("--workers sizes the local cluster; with --scheduler, size that cluster instead",
                                  param_hint="--workers")  # fmt: skip
+    if scheduler is not None and dashboard is not None:
+        raise click.BadParameter("applies to a cluster the batch starts; the cluster at --scheduler has its own",
+                                 param_hint="--dashboard")  # fmt: skip
+    hpc = _hpc_cluster(cluster, scheduler, workers, dashboard, queue=queue, account=account, cores=cores,
+                       memory=memory, walltime=walltime, jobs=jobs, job_extra=job_extra)  # fmt: skip
     try:
         options = ClassifyOptions(quicklook=not no_quicklook, scheduler=scheduler, workers=workers, **option_values)
     except ValueError as err:
@@ -288,7 +319,8 @@ def batch(
             # A manifest goes in by path, so that the batch can refuse to write its files over it.
             region_list = regions if regions is not None else regions_from_pairs(stacks, masks)
             summary = classify_many(region_list, out_dir=out_dir, model=model, scheduler=scheduler,
-                                    workers=workers, options=options, progress=progress)  # fmt: skip
+                                    workers=workers, options=options, progress=progress, cluster=hpc,
+                                    dashboard=dashboard)  # fmt: skip
     except (CropmapError, OSError, KeyboardInterrupt) as err:
         _fail(err, "the regions finished so far are recorded; rerun the same command to resume")
     finally:
@@ -302,3 +334,24 @@ def batch(
         click.echo(f"Error: {failed} of {summary['totals']['regions']} regions failed; rerun the same command to "
                    "retry them (done regions are skipped)", err=True)  # fmt: skip
         sys.exit(BATCH_FAILED_EXIT)
+
+
+def _hpc_cluster(kind: str | None, scheduler: str | None, workers: int | None, dashboard: str | None,
+                 **settings: Any) -> Any:  # cropmap.batch.HPCCluster | None
+    """The ``--cluster`` settings, checked; ``None`` without ``--cluster`` (then no job setting may be given)."""
+    from cropmap.batch import HPCCluster
+
+    given = [k for k, v in settings.items() if (v != 1 if k == "jobs" else v not in (None, ()))]
+    if kind is None:
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise click.BadParameter("applies to an HPC cluster only; expected --cluster with it", param_hint=flag)
+        return None
+    if scheduler is not None or workers is not None:
+        raise click.BadParameter("starts its own workers; expected neither --scheduler nor --workers with it",
+                                 param_hint="--cluster")  # fmt: skip
+    try:
+        return HPCCluster(kind=kind, **settings)
+    except ValueError as err:
+        field = str(err).split(" ", 1)[0]
+        raise click.BadParameter(str(err), param_hint=f"--{field.replace('_', '-')}") from err

@@ -14,7 +14,7 @@ from typing import Any
 
 _SCHEDULER_RE = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
 
-DEFAULT_BATCH_SIZE = 4096
+DEFAULT_BATCH_SIZE = 256
 DEFAULT_BLOCK_SIZE_PX = 512
 BLOCK_MEMORY_BUDGET_BYTES = 256 * 2**20
 """Default blocks are shrunk (down to one file tile) until one block's working arrays fit this budget."""

@@ -29,7 +29,7 @@ from cropmap.options import ClassifyOptions
 from cropmap.postprocess import PostProcess
 from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, halo_window
 from cropmap.sanity import check_reflectance
-from cropmap.stack import Stack, open_stack
+from cropmap.stack import Stack, bounded_gdal_cache, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
 from cropmap.timegrid import select_season
 
@@ -237,7 +237,7 @@ def classify(
     """
     from cropmap import __version__
     from cropmap.embedding import EmbeddingRaster
-    from cropmap.quicklook import STATUS_CLASSIFIED, STATUS_INSUFFICIENT, STATUS_OUTSIDE, write_quicklook
+    from cropmap.quicklook import MAX_SIDE_PX, STATUS_CLASSIFIED, STATUS_INSUFFICIENT, STATUS_OUTSIDE, write_quicklook
     from cropmap.stac import build_item
     from cropmap.writer import (
         MAP_NODATA,
@@ -261,7 +261,7 @@ def classify(
     _refuse_inputs_as_outputs(paths, stack, mask, model)
     check_outputs(paths, overwrite=opts.overwrite)
     plan = _prepare(stack, mask, model, opts)
-    _refuse_inputs_as_outputs(paths, stack, mask, model, plan.stack.sources)
+    _refuse_inputs_as_outputs(paths, stack, mask, model, plan.stack.files)
     meta, st = plan.meta, plan.stack
     tally = _Tally(plan)
     write_s = 0.0
@@ -272,21 +272,18 @@ def classify(
         rasters: dict[str, BlockRaster] = {}
         try:
             legend_tags, band_legend = class_tags(meta.classes)
-            rasters["map"] = BlockRaster(
-                staging.scratch(paths.map, ".tif"), count=1, dtype="uint8", nodata=MAP_NODATA,
+            rasters["map"] = _raster(staging, paths.map, count=1, dtype="uint8", nodata=MAP_NODATA,
                 colormap=colormap(meta.classes), descriptions=["crop_class"], band_tags={1: band_legend},
                 tags={"cropmap_model": meta.model_name, "cropmap_season": str(plan.season), **legend_tags}, **grid,
             )  # fmt: skip
             prob_note = _probability_note(meta, opts)
             if paths.confidence is not None:
-                rasters["confidence"] = BlockRaster(
-                    staging.scratch(paths.confidence, ".tif"), count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
+                rasters["confidence"] = _raster(staging, paths.confidence, count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
                     descriptions=["confidence"], tags={"confidence": f"max class probability x 100 (0..100); {prob_note}"},
                     **grid,
                 )  # fmt: skip
             if paths.probabilities is not None:
-                rasters["probabilities"] = BlockRaster(
-                    staging.scratch(paths.probabilities, ".tif"), count=len(meta.classes), dtype="uint8",
+                rasters["probabilities"] = _raster(staging, paths.probabilities, count=len(meta.classes), dtype="uint8",
                     nodata=CONFIDENCE_NODATA, descriptions=[c.name for c in meta.classes],
                     tags={"probabilities": f"class probability x 100 (0..100), one band per class; {prob_note}",
                           "class_codes": ",".join(str(c.code) for c in meta.classes)}, **grid,
@@ -294,8 +291,7 @@ def classify(
             if paths.uncertainty is not None:
                 how = {"entropy": "Shannon entropy of the class probabilities / ln(number of classes)",
                        "margin": "1 - (highest - second highest class probability)"}[str(opts.uncertainty)]  # fmt: skip
-                rasters["uncertainty"] = BlockRaster(
-                    staging.scratch(paths.uncertainty, ".tif"), count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
+                rasters["uncertainty"] = _raster(staging, paths.uncertainty, count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
                     descriptions=[f"uncertainty_{opts.uncertainty}"],
                     tags={"uncertainty": f"{how}, x 100 (0 certain .. 100 uncertain); {prob_note}"}, **grid,
                 )  # fmt: skip
@@ -303,20 +299,15 @@ def classify(
                 assert meta.embedding is not None
                 rasters["embedding"] = EmbeddingRaster(
                     staging.scratch(paths.embedding, ".tif"), count=meta.embedding.dim, dtype=opts.embedding_dtype,
+                    scratch=lambda extra: staging.scratch(paths.embedding, ".tif" + extra),
                     descriptions=[f"embedding_{i:03d}" for i in range(meta.embedding.dim)],
                     tags={"embedding": meta.embedding.description, "embedding_output": meta.embedding.output_name},
                     **grid,
                 )  # fmt: skip
             if paths.quicklook is not None:  # which unclassified pixels are outside the mask, for the quick-look
-                status = BlockRaster(staging.scratch(paths.map, ".status.tif"), count=1, dtype="uint8",
+                status = _raster(staging, paths.map, count=1, suffix=".status.tif", dtype="uint8",
                                      nodata=STATUS_OUTSIDE, **grid)  # fmt: skip
-            processed = {item.block for item in plan.items}
-            t0 = time.perf_counter()
-            for b in plan.blocks:
-                if b not in processed:
-                    for r in [*rasters.values(), *([status] if status is not None else [])]:
-                        r.fill(b.window)
-            write_s += time.perf_counter() - t0
+            # Blocks without cropland are never written: their tiles stay empty (nodata) in the sparse outputs.
             for result in _results(plan, progress):
                 tally.add(result)
                 t0 = time.perf_counter()
@@ -348,17 +339,27 @@ def classify(
                 r.to_cog(staging.temp_for(target))
             write_aux_xml(staging.temp_for(paths.aux), meta.classes)
             write_qml(staging.temp_for(paths.qml), meta.classes)
+        except BaseException:
+            if status is not None:
+                status.close()
+            raise
         finally:
-            for r in [*rasters.values(), *([status] if status is not None else [])]:
+            for r in rasters.values():
                 r.close()
         area_ha = {int(c): float(a) / 1e4 for c, a in zip(tally.codes, tally.area_m2, strict=True)}
         if paths.quicklook is not None:
             cog_tmp = staging.staged(paths.map)
-            write_quicklook(
-                cog_tmp, staging.temp_for(paths.quicklook), meta.classes, area_ha,
-                title=f"{meta.model_name} - {st.path.name} - season {plan.season}",
-                status_path=status.path if status is not None else None, insufficient_ha=insufficient_m2 / 1e4,
-            )  # fmt: skip
+            try:
+                with bounded_gdal_cache():
+                    write_quicklook(
+                        cog_tmp, staging.temp_for(paths.quicklook), meta.classes, area_ha,
+                        title=f"{meta.model_name} - {st.path.name} - season {plan.season}",
+                        status_path=status.preview(MAX_SIDE_PX) if status is not None else None,
+                        insufficient_ha=insufficient_m2 / 1e4,
+                    )  # fmt: skip
+            finally:
+                if status is not None:
+                    status.close()
         write_s += time.perf_counter() - t0
         total_s = time.perf_counter() - t_start
         summary = _summary(plan, tally, paths, opts, write_s, total_s, __version__)
@@ -382,6 +383,14 @@ def classify(
         "classified %d of %d cropland pixels in %.2f s -> %s", tally.n_classified, tally.n_mask, total_s, paths.map
     )
     return summary
+
+
+def _raster(staging: Any, final: Path, *, suffix: str = ".tif", **kwargs: Any) -> Any:  # writer.BlockRaster
+    """A :class:`~cropmap.writer.BlockRaster` whose scratch files (and their overview levels) staging removes."""
+    from cropmap.writer import BlockRaster
+
+    return BlockRaster(staging.scratch(final, suffix), scratch=lambda extra: staging.scratch(final, suffix + extra),
+                       **kwargs)  # fmt: skip
 
 
 def _probability_note(meta: BundleMetadata, opts: ClassifyOptions) -> str:

@@ -1,12 +1,14 @@
 """Reading Sentinel-2 time stacks lazily, window by window.
 
-Two layouts are accepted (docs/input-formats.md):
+Three layouts are accepted (docs/input-formats.md):
 
 * one multi-band GeoTIFF whose bands are ``(date, band)`` pairs, described either
   by band descriptions ``YYYY-MM-DD_B02`` or by the dataset tags ``dates`` and
   ``bands`` (comma-separated; time-major, band ``i`` (0-based) = ``t * n_bands + b``);
 * a folder of per-date GeoTIFFs, the date in the file name (``YYYY-MM-DD`` or
-  ``YYYYMMDD``), band names in the band descriptions or a ``bands`` tag, all on one grid.
+  ``YYYYMMDD``), band names in the band descriptions or a ``bands`` tag, all on one grid;
+* a STAC item collection (``.json``): one item per date, one Cloud-Optimised GeoTIFF asset per band
+  (:mod:`cropmap.stac_input`).
 
 Opening a stack reads headers only. :meth:`Stack.read` reads one window of the
 chosen observations and bands as float32 with NaN where data is missing; each call
@@ -40,6 +42,28 @@ logger = logging.getLogger(__name__)
 _DESC_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8})[_\s:-]+(\S+)$")
 _NAME_DATE_RE = re.compile(r"(?<!\d)(\d{4}-\d{2}-\d{2}|\d{8})(?!\d)")
 _TIFF_SUFFIXES = (".tif", ".tiff")
+STAC_SUFFIXES = (".json", ".geojson")
+"""A stack file with one of these suffixes is a STAC item collection (:mod:`cropmap.stac_input`)."""
+
+GDAL_CACHE_BYTES = 64 * 2**20
+"""GDAL's raster block cache while cropmap reads stacks and writes outputs. GDAL's default (5 % of the
+machine's RAM) fills up with the tiles a run has read or written, so a process's memory would grow with
+the raster's size up to that; bounded, it depends on the block size only."""
+
+
+def bounded_gdal_cache(at_least: int = 0) -> rasterio.Env:
+    """A rasterio environment that bounds GDAL's block cache to :data:`GDAL_CACHE_BYTES`, or ``at_least``
+    bytes when more (one window's tiles must fit, or GDAL would decode a tile again for every band)."""
+    return rasterio.Env(GDAL_CACHEMAX=max(GDAL_CACHE_BYTES, int(at_least)))
+
+
+def _tile_bytes(src: rasterio.io.DatasetReader, window: Window) -> int:
+    """Bytes of the decoded tiles (all bands) that ``window`` touches in ``src``: bounded by the block size."""
+    th, tw = src.block_shapes[0]
+    r0, c0 = int(window.row_off), int(window.col_off)
+    rows = (-(-(r0 + int(window.height)) // th) - r0 // th) * th
+    cols = (-(-(c0 + int(window.width)) // tw) - c0 // tw) * tw
+    return rows * cols * src.count * np.dtype(src.dtypes[0]).itemsize
 
 
 @dataclass(frozen=True)
@@ -84,6 +108,19 @@ class Stack:
     """Internal block shape (rows, cols) of the first source."""
     scale: ReflectanceScale | None
     """Declared reflectance scale; ``None`` when the stack declares none."""
+    band_files: tuple[dict[str, Path], ...] | None = None
+    """For stacks with one file per band and date (STAC items): ``band_files[s][name]`` is the file holding
+    band ``name`` at ``dates[s]`` (band ``band_index[s][name]`` of it); ``None``: :attr:`sources` holds every band."""
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file the stack reads."""
+        if self.band_files is None:
+            return tuple(dict.fromkeys(self.sources))
+        return tuple(dict.fromkeys(f for per_date in self.band_files for f in per_date.values()))
+
+    def _file(self, s: int, band: str) -> Path:
+        return self.sources[s] if self.band_files is None else self.band_files[s][band]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -124,13 +161,16 @@ class Stack:
         """
         rows, cols = int(window.height), int(window.width)
         out = np.empty((len(obs), len(bands), rows, cols), dtype=np.float32)
-        by_source: dict[Path, list[int]] = {}
+        out = out.reshape(len(obs) * len(bands), rows, cols)
+        by_source: dict[Path, list[int]] = {}  # file -> rows of ``out`` (observation x band) it holds
         for i, s in enumerate(obs):
-            by_source.setdefault(self.sources[s], []).append(i)
+            for j, b in enumerate(bands):
+                by_source.setdefault(self._file(s, b), []).append(i * len(bands) + j)
         for src_path, out_rows in by_source.items():
-            indexes = [self.band_index[obs[i]][b] for i in out_rows for b in bands]
+            indexes = [self.band_index[obs[k // len(bands)]][bands[k % len(bands)]] for k in out_rows]
             try:
-                with rasterio.open(src_path) as src:
+                with bounded_gdal_cache(), rasterio.open(src_path) as src, \
+                        bounded_gdal_cache(2 * _tile_bytes(src, window)):
                     raw = src.read(indexes, window=window)
                     nodatavals = [src.nodatavals[k - 1] for k in indexes]
             except RasterioError as err:
@@ -144,9 +184,8 @@ class Stack:
             for k, nd in enumerate(nodatavals):
                 if nd is not None and not math.isnan(nd):
                     values[k][raw[k] == nd] = np.nan
-            values = values.reshape(len(out_rows), len(bands), rows, cols)
             out[out_rows] = values
-        return out
+        return out.reshape(len(obs), len(bands), rows, cols)
 
     def to_model_units(self, values: np.ndarray, target_scale: float) -> np.ndarray:
         """Convert raw values in place to ``reflectance x target_scale``.
@@ -181,6 +220,10 @@ def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> S
         raise InputRasterError(f"stack {path} does not exist; expected a GeoTIFF or a folder of per-date GeoTIFFs")
     if path.is_dir():
         stack = _open_folder(path)
+    elif path.suffix.lower() in STAC_SUFFIXES:
+        from cropmap.stac_input import open_stac_items
+
+        stack = open_stac_items(path)
     else:
         stack = _open_single(path)
     scale = _resolve_scale(stack, reflectance_scale)

@@ -2,9 +2,10 @@
 
 Blocks are aligned with the stack's internal tiling (their edge is a multiple of
 the file's tile), and every block carries all dates and bands. Blocks whose bounds
-touch no polygon are skipped without being read. Work runs on the local threaded
-scheduler or, given an address, on an existing dask.distributed cluster; results
-come back a bounded number at a time, so memory is bounded by the block size.
+touch no polygon are skipped without being read. Work runs on local worker threads
+or, given an address, on an existing dask.distributed cluster; at most twice as many
+blocks as workers are in flight at once and a new one starts as soon as one finishes,
+so memory is bounded by the block size and every worker stays busy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 from affine import Affine
 from rasterio.windows import Window
-from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 
 from cropmap.options import BLOCK_MEMORY_BUDGET_BYTES, DEFAULT_BLOCK_SIZE_PX
@@ -49,8 +49,10 @@ class Block:
         return window_transform(self.window, grid)
 
     def bounds(self, grid: Affine) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` of the block in map units."""
-        return window_bounds(self.window, grid)
+        """``(left, bottom, right, top)`` of the block in map units (the box around its four corners)."""
+        r0, c0, r1, c1 = self.row_off, self.col_off, self.row_off + self.height, self.col_off + self.width
+        xs, ys = zip(*(grid @ (c, r) for c, r in ((c0, r0), (c1, r0), (c0, r1), (c1, r1))), strict=True)
+        return min(xs), min(ys), max(xs), max(ys)
 
 
 def block_shape(
@@ -181,13 +183,37 @@ def run_blocks(
     if executor.scheduler:
         yield from _run_distributed(func, blocks, executor.scheduler, limit)
         return
-    import dask
+    yield from _run_threads(func, blocks, executor.workers, limit)
 
-    pending = list(blocks)
-    while pending:
-        wave, pending = pending[:limit], pending[limit:]
-        tasks = [dask.delayed(func, pure=False)(b) for b in wave]
-        yield from dask.compute(*tasks, scheduler="threads", num_workers=executor.workers)
+
+def _run_threads(func: Callable[..., Any], blocks: Sequence[Any], workers: int, limit: int) -> Iterator[Any]:
+    """Run on ``workers`` threads with at most ``limit`` blocks submitted at a time, yielding as they finish.
+
+    A new block is submitted as soon as one finishes (no wave waits for its slowest block), so
+    every worker stays busy until the last blocks. On an error or when the caller stops early, the
+    blocks not started are cancelled and the running ones finish before this returns.
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    queue = iter(blocks)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cropmap-block") as pool:
+        pending: set[Future[Any]] = set()
+        try:
+            for b in queue:
+                pending.add(pool.submit(func, b))
+                if len(pending) >= limit:
+                    break
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    result = fut.result()
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        pending.add(pool.submit(func, nxt))
+                    yield result
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def _run_distributed(func: Callable[..., Any], blocks: Sequence[Any], address: str, limit: int) -> Iterator[Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,13 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from cropmap.bundle import ClassInfo
 from cropmap.errors import OutputExistsError
 from cropmap.safeio import io_step, owned_path, replace_all
+from cropmap.stack import bounded_gdal_cache
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +164,16 @@ class Staging:
 
 
 class BlockRaster:
-    """A raster written window by window to a scratch GTiff, then copied to a COG."""
+    """A raster written window by window to a sparse scratch GTiff, then copied to a COG.
+
+    Only the windows written cost anything: the scratch file is sparse (tiles never
+    written take no space and read as nodata), each write also puts its
+    nearest-neighbour samples into the overview levels (sparse scratch files of their
+    own), and the COG is copied from a VRT that names those levels as the overviews
+    (``OVERVIEWS=FORCE_USE_EXISTING``, ``SPARSE_OK``), so neither the copy nor the
+    overviews read the empty tiles' pixels through a block cache. GDAL's block
+    cache is bounded by :data:`GDAL_CACHE_BYTES` while writing.
+    """
 
     def __init__(
         self,
@@ -178,21 +189,19 @@ class BlockRaster:
         descriptions: Sequence[str] | None = None,
         tags: dict[str, str] | None = None,
         band_tags: dict[int, dict[str, str]] | None = None,
+        scratch: Callable[[str], Path] | None = None,
     ) -> None:
         self.path = path
         self.nodata = nodata
         self.count = count
         self.dtype = dtype
-        tile = _TMP_TILE_PX
-        profile: dict[str, Any] = dict(
-            driver="GTiff", width=shape[1], height=shape[0], count=count, dtype=dtype, crs=crs,
-            transform=transform, nodata=nodata, tiled=True, blockxsize=tile, blockysize=tile, compress="deflate",
-            interleave="band" if count > 1 else "pixel", BIGTIFF="IF_SAFER",
-        )  # fmt: skip
-        if colormap is not None:
-            profile["photometric"] = "palette"
+        self.shape = shape
+        self._scratch = scratch or (lambda suffix: path.with_name(path.name + suffix))
+        self.factors = overview_factors(shape)
+        self._levels: dict[int, Any] = {}
+        self._level_paths = {f: self._scratch(f".ov{f}.tif") for f in self.factors}
         with io_step("create the temporary raster", path):
-            self._ds = rasterio.open(path, "w", **profile)
+            self._ds = rasterio.open(path, "w", **self._profile(shape, transform, crs, colormap is not None))
             if colormap is not None:
                 self._ds.write_colormap(1, colormap)
             if descriptions:
@@ -202,42 +211,142 @@ class BlockRaster:
                 self._ds.update_tags(**tags)
             for band, items in (band_tags or {}).items():
                 self._ds.update_tags(band, **items)
+            for f, level_path in self._level_paths.items():
+                level_shape = (-(-shape[0] // f), -(-shape[1] // f))
+                self._levels[f] = rasterio.open(
+                    level_path, "w", **self._profile(level_shape, transform @ Affine.scale(f), crs, False)
+                )
+
+    def _profile(self, shape: tuple[int, int], transform: Affine, crs: CRS, palette: bool) -> dict[str, Any]:
+        tile = _TMP_TILE_PX
+        profile: dict[str, Any] = dict(
+            driver="GTiff", width=shape[1], height=shape[0], count=self.count, dtype=self.dtype, crs=crs,
+            transform=transform, nodata=self.nodata, tiled=True, blockxsize=tile, blockysize=tile,
+            compress="deflate", interleave="band" if self.count > 1 else "pixel", BIGTIFF="IF_SAFER",
+            SPARSE_OK="TRUE",
+        )  # fmt: skip
+        if palette:
+            profile["photometric"] = "palette"
+        return profile
 
     def write(self, window: Window, data: np.ndarray) -> None:
-        """Write ``data`` (``(rows, cols)`` or ``(bands, rows, cols)``) at ``window``."""
-        arr = data if data.ndim == 3 else data[None]
-        with io_step("write the temporary raster", self.path):
-            self._ds.write(arr.astype(self.dtype, copy=False), window=window)
+        """Write ``data`` (``(rows, cols)`` or ``(bands, rows, cols)``) at ``window``, and its overview samples.
 
-    def fill(self, window: Window) -> None:
-        """Write nodata over ``window``."""
-        with io_step("write the temporary raster", self.path):
-            self._ds.write(
-                np.full((self.count, int(window.height), int(window.width)), self.nodata, dtype=self.dtype),
-                window=window,
-            )
+        Windows never written stay empty (nodata) in the file and cost nothing.
+        """
+        arr = (data if data.ndim == 3 else data[None]).astype(self.dtype, copy=False)
+        with bounded_gdal_cache(), io_step("write the temporary raster", self.path):
+            self._ds.write(arr, window=window)
+            r0, c0 = int(window.row_off), int(window.col_off)
+            for f, level in self._levels.items():
+                rows = _samples(r0, r0 + arr.shape[1], f, self.shape[0])
+                cols = _samples(c0, c0 + arr.shape[2], f, self.shape[1])
+                if rows.start < rows.stop and cols.start < cols.stop:
+                    src_r = _sources(rows, f, self.shape[0]) - r0
+                    src_c = _sources(cols, f, self.shape[1]) - c0
+                    part = np.ascontiguousarray(arr[:, src_r][:, :, src_c])
+                    level.write(part, window=Window(cols.start, rows.start, cols.stop - cols.start,
+                                                    rows.stop - rows.start))  # fmt: skip
 
     def to_cog(self, dest: Path) -> None:
-        """Close the scratch file and copy it to a Cloud-Optimised GeoTIFF at ``dest``.
+        """Close the scratch files and copy them to a Cloud-Optimised GeoTIFF at ``dest``.
 
-        Overviews are built with nearest-neighbour resampling (class codes must not be averaged).
+        The overviews are the nearest-neighbour samples written with each window
+        (class codes must not be averaged): overview level ``f`` holds, at ``(i, j)``,
+        the full-resolution pixel ``(i f + f // 2, j f + f // 2)`` (clipped to the raster).
         """
         with io_step("finish the temporary raster", self.path):
-            self._ds.close()
-        with io_step("write the Cloud-Optimised GeoTIFF", dest):
-            rasterio.shutil.copy(
-                self.path, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
-                OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", OVERVIEWS="IGNORE_EXISTING",
-                BIGTIFF="IF_SAFER", NUM_THREADS="1",
-            )  # fmt: skip
-            dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
-            check_cog(dest)
+            self._close_files()
+        try:
+            with bounded_gdal_cache(), io_step("write the Cloud-Optimised GeoTIFF", dest):
+                # The VRT lives in memory (GDAL's /vsimem/): only the COG itself is written to disk.
+                with MemoryFile(ext=".vrt") as plain:
+                    rasterio.shutil.copy(self.path, plain.name, driver="VRT")
+                    xml = plain.read().decode("utf-8")
+                levels = [str(self._level_paths[f]) for f in self.factors]
+                with MemoryFile(_with_overviews(xml, levels).encode("utf-8"), ext=".vrt") as vrt:
+                    rasterio.shutil.copy(
+                        vrt.name, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
+                        OVERVIEWS="FORCE_USE_EXISTING", SPARSE_OK="TRUE", BIGTIFF="IF_SAFER", NUM_THREADS="1",
+                    )  # fmt: skip
+                dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
+                check_cog(dest)
+        finally:
+            self._remove_extras()
+
+    def preview(self, max_side: int) -> Path:
+        """Close the scratch files and return the coarsest of them (full resolution or an overview level)
+        whose longer side still has at least ``max_side`` pixels, for a quick-look read at about that size
+        without visiting every tile of a large raster. Valid until :meth:`close`."""
+        with io_step("finish the temporary raster", self.path):
+            self._close_files()
+        best = self.path
+        for f in self.factors:
+            if max(-(-self.shape[0] // f), -(-self.shape[1] // f)) >= max_side:
+                best = self._level_paths[f]
+        return best
+
+    def _close_files(self) -> None:
+        for ds in [self._ds, *self._levels.values()]:
+            if not ds.closed:
+                with io_step("close the temporary raster", Path(ds.name)):
+                    ds.close()
+
+    def _remove_extras(self) -> None:
+        """Remove the overview levels (the scratch file itself is the caller's)."""
+        for p in self._level_paths.values():
+            if p.exists() or p.is_symlink():
+                p.unlink()
 
     def close(self) -> None:
-        """Close the scratch file without copying it."""
-        if not self._ds.closed:
-            with io_step("close the temporary raster", self.path):
-                self._ds.close()
+        """Close the scratch files without copying them; the overview levels are removed."""
+        try:
+            self._close_files()
+        finally:
+            self._remove_extras()
+
+
+def overview_factors(shape: tuple[int, int]) -> list[int]:
+    """Overview decimation factors of a COG of ``shape``: 2, 4, ... while the level above is wider than a tile.
+
+    This is the rule of GDAL's COG driver: the smallest overview is the first that fits one
+    :data:`COG_BLOCK_SIZE_PX` tile.
+    """
+    factors: list[int] = []
+    f = 2
+    while max(-(-shape[0] // (f // 2)), -(-shape[1] // (f // 2))) > COG_BLOCK_SIZE_PX:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+def _sources(index: range | np.ndarray, factor: int, size: int) -> np.ndarray:
+    """Full-resolution row (or column) sampled by overview row ``index`` at ``factor``."""
+    return np.minimum(np.asarray(index, dtype=np.int64) * factor + factor // 2, size - 1)
+
+
+def _samples(start: int, stop: int, factor: int, size: int) -> range:
+    """Overview rows (or columns) whose sample lies in full-resolution rows ``[start, stop)``."""
+    n = -(-size // factor)
+    src = _sources(np.arange(n), factor, size)
+    return range(int(np.searchsorted(src, start, "left")), int(np.searchsorted(src, stop, "left")))
+
+
+def _with_overviews(vrt_xml: str, levels: Sequence[str]) -> str:
+    """``vrt_xml`` with ``<Overview>`` elements naming ``levels`` (one file per level) in every band."""
+    import re
+
+    def add(match: re.Match[str]) -> str:
+        band = re.search(r'band="(\d+)"', match.group(0))
+        assert band is not None
+        items = "".join(
+            f'<Overview><SourceFilename relativeToVRT="0">{escape(p)}</SourceFilename>'
+            f"<SourceBand>{band.group(1)}</SourceBand></Overview>"
+            for p in levels
+        )
+        return match.group(0).replace("</VRTRasterBand>", items + "</VRTRasterBand>")
+
+    return re.sub(r"<VRTRasterBand\b.*?</VRTRasterBand>", add, vrt_xml, flags=re.S)
 
 
 def check_cog(path: Path) -> None:
@@ -249,8 +358,10 @@ def check_cog(path: Path) -> None:
     """
     with rasterio.open(path) as ds:
         layout = ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
-        if layout != "COG" or not ds.profile.get("tiled", False):
-            raise RuntimeError(f"{path} is not a Cloud-Optimised GeoTIFF (LAYOUT={layout}, tiled={ds.profile.get('tiled')})")
+        # (rasterio's profile calls a one-tile raster 512 px wide "not tiled": compare the tile shape instead)
+        tiles = ds.block_shapes[0]
+        if layout != "COG" or tiles != (COG_BLOCK_SIZE_PX, COG_BLOCK_SIZE_PX):
+            raise RuntimeError(f"{path} is not a Cloud-Optimised GeoTIFF (LAYOUT={layout}, blocks {tiles})")
 
 
 def colormap(classes: Sequence[ClassInfo]) -> dict[int, tuple[int, int, int, int]]:

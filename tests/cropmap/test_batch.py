@@ -440,3 +440,26 @@ def test_region_task_never_removes_its_folder(inputs: Path, tmp_path: Path) -> N
     live.unlink()
     _remove_if_empty(tmp_path / "alpha")
     assert not (tmp_path / "alpha").exists()
+
+
+def test_local_cluster_binds_no_dashboard_port(inputs: Path, tmp_path: Path) -> None:
+    """With port 8787 taken, the batch's local cluster neither warns about it nor needs it; a dashboard on request."""
+    import socket
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))
+        holder.listen()
+    except OSError:
+        pass  # something else already holds it: the check below holds all the same
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cropmap", "batch", str(inputs / "two.csv"), "--out-dir",
+                               str(tmp_path / "b"), "--model", str(inputs / "tiny.onnx"), "--workers", "1"],
+                              capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    finally:
+        holder.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "8787" not in proc.stderr and "already in use" not in proc.stderr, proc.stderr
+    summary = cropmap.classify_many(inputs / "two.csv", out_dir=tmp_path / "d", model=inputs / "tiny.onnx",
+                                    workers=1, dashboard="127.0.0.1:0")  # fmt: skip
+    assert "dashboard http://127.0.0.1:" in summary["executor"]

@@ -1,0 +1,156 @@
+"""Benchmark: memory that does not grow with the stack, and two workers against one.
+
+Usage::
+
+    python bench/bench_scale.py [--repeat 3] [--markdown docs/benchmarks/scale.md]
+
+Stacks (built in a temporary folder from the shipped sample, 100 x 100 px, 12 dates x 9 bands, 64 px
+tiles): the sample itself, and the sample tiled 4 x 4 (400 x 400 px, 16 times the pixels and the
+cropland), with the cropland polygons copied onto each tile; for the regions, four copies of the
+sample tiled 2 x 2. The shipped bundle throughout.
+
+* **Memory**: peak RSS of ``cropmap classify`` (a fresh process each run, ``--block-size 64``) on the
+  16x stack and on the sample, with ``--workers 1`` and ``--workers 2``; runs alternate (16x, sample,
+  16x, sample, ...) and the medians are compared.
+* **Scaling, blocks**: :func:`cropmap.classify` on the 16x stack (49 blocks of 64 px) in this process,
+  one worker thread with a single-threaded ONNX Runtime session (``workers=1, threads=1``) against two
+  (``workers=2, threads=2``), alternating; wall time of the call.
+* **Scaling, regions**: :func:`cropmap.classify_many` of the four regions on a dask LocalCluster of one
+  single-threaded worker process against one of two (each cluster started before the clock starts),
+  alternating; wall time of the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from _proc import measure, median  # noqa: E402
+
+SAMPLE = REPO / "sample_data" / "belgium_2021"
+
+
+def tiled(folder: Path, n: int, name: str) -> tuple[Path, Path]:
+    """The sample stack tiled ``n x n`` and its cropland polygons copied onto every tile."""
+    import geopandas as gpd
+    from shapely import affinity
+
+    with rasterio.open(SAMPLE / "s2_stack.tif") as src:
+        data, prof, tags, desc = src.read(), src.profile, src.tags(), src.descriptions
+    prof.update(width=100 * n, height=100 * n)
+    stack = folder / f"{name}.tif"
+    with rasterio.open(stack, "w", **prof) as ds:
+        ds.write(np.tile(data, (1, n, n)))
+        ds.update_tags(**tags)
+        ds.descriptions = desc
+    g = gpd.read_file(SAMPLE / "cropland.gpkg")
+    res = prof["transform"].a * 100  # one sample tile in map units
+    geoms = [affinity.translate(p, res * i, -res * j) for i in range(n) for j in range(n) for p in g.geometry]
+    mask = folder / f"{name}.gpkg"
+    gpd.GeoDataFrame(geometry=geoms, crs=g.crs).to_file(mask, engine="pyogrio")
+    return stack, mask
+
+
+def memory(folder: Path, repeat: int) -> list[str]:
+    small = (SAMPLE / "s2_stack.tif", SAMPLE / "cropland.gpkg")
+    big = tiled(folder, 4, "x16")
+    lines = ["| workers | sample peak RSS MB | 16x stack peak RSS MB | ratio 16x / sample |", "|---:|---:|---:|---:|"]
+    for workers in (1, 2):
+        peaks: dict[str, list[float]] = {"big": [], "small": []}
+        for _ in range(repeat):
+            for key, (stack, mask) in (("big", big), ("small", small)):
+                r = measure([sys.executable, "-m", "cropmap", "classify", str(stack), "--mask", str(mask), "-o",
+                             str(folder / f"m_{key}.tif"), "--overwrite", "-q", "--block-size", "64",
+                             "--workers", str(workers), "--cloud-band", "none"])  # fmt: skip
+                if r.returncode != 0:
+                    sys.exit(f"cropmap classify failed: {r.stderr.strip()}")
+                peaks[key].append(r.peak_mb)
+        s, b = median(peaks["small"]), median(peaks["big"])
+        lines.append(f"| {workers} | {s:.0f} | {b:.0f} | {b / s:.3f} |")
+    return lines
+
+
+def scaling_blocks(folder: Path, repeat: int) -> list[str]:
+    import cropmap
+
+    stack, mask = folder / "x16.tif", folder / "x16.gpkg"
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(repeat):
+        for w in (1, 2):
+            t0 = time.perf_counter()
+            s = cropmap.classify(stack, mask, out=folder / f"b{w}.tif", overwrite=True, block_size=64, workers=w,
+                                 threads=w, quicklook=False, cloud_band="none")  # fmt: skip
+            times[w].append(time.perf_counter() - t0)
+    one, two = median(times[1]), median(times[2])
+    return [f"| blocks: `classify` of the 16x stack ({s['blocks']['processed']} blocks, "
+            f"{s['pixels']['in_mask']:,} cropland px) | {one:.2f} | {two:.2f} | {one / two:.2f}x |"]  # fmt: skip
+
+
+def scaling_regions(folder: Path, repeat: int) -> list[str]:
+    from distributed import LocalCluster
+
+    import cropmap
+
+    regions = []
+    for i in range(4):
+        stack, mask = tiled(folder, 2, f"r{i}")
+        regions.append({"name": f"r{i}", "stack": str(stack), "mask": str(mask)})
+    times: dict[int, list[float]] = {1: [], 2: []}
+    clusters = {w: LocalCluster(n_workers=w, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) for w in (1, 2)}  # fmt: skip
+    try:
+        for k in range(repeat):
+            for w in (1, 2):
+                t0 = time.perf_counter()
+                s = cropmap.classify_many(regions, out_dir=folder / f"batch{w}_{k}", scheduler=clusters[w].scheduler_address,
+                                          quicklook=False, cloud_band="none")  # fmt: skip
+                times[w].append(time.perf_counter() - t0)
+                assert s["totals"]["done"] == 4, s["regions"]
+    finally:
+        for c in clusters.values():
+            c.close()
+    one, two = median(times[1]), median(times[2])
+    return [f"| regions: `classify_many` of 4 regions (2x2-tiled sample each) | {one:.2f} | {two:.2f} | "
+            f"{one / two:.2f}x |"]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--markdown", type=Path, default=None, help="write the measured section into this page")
+    ap.add_argument("--only", choices=("memory", "scaling"), default=None)
+    args = ap.parse_args()
+    cmd = f"python bench/bench_scale.py --repeat {args.repeat}" + (f" --only {args.only}" if args.only else "")
+    lines = [f"`{cmd}` on {os.cpu_count()} cores; medians of {args.repeat} alternating runs.", ""]
+    with tempfile.TemporaryDirectory(prefix="cropmap-scale-") as tmp:
+        folder = Path(tmp)
+        if args.only != "scaling":
+            lines += ["Peak RSS of `cropmap classify --block-size 64` (fresh process):", "", *memory(folder, args.repeat), ""]
+        else:
+            tiled(folder, 4, "x16")
+        if args.only != "memory":
+            lines += ["Two workers against one (each worker single-threaded):", "",
+                      "| work | 1 worker s | 2 workers s | speed-up |", "|---|---:|---:|---:|",
+                      *scaling_blocks(folder, args.repeat), *scaling_regions(folder, args.repeat)]  # fmt: skip
+    report = "\n".join(lines)
+    print(report)
+    if args.markdown is not None:
+        from _report import write_measured
+
+        write_measured(args.markdown, report)
+
+
+if __name__ == "__main__":
+    main()
