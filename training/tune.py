@@ -25,9 +25,12 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import optuna
+from typing import TYPE_CHECKING
 
 from training.models import MODELS
+
+if TYPE_CHECKING:  # optuna is imported where variants are sampled, so training imports without it
+    import optuna
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,8 @@ def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | P
         raise ValueError(f"unknown model family {family!r}; choose from {sorted(SPACES)}")
     if n < 1:
         raise ValueError(f"number of variants must be >= 1, got {n}")
+    import optuna
+
     backend: optuna.storages.BaseStorage
     if storage is None:
         backend = optuna.storages.InMemoryStorage()
