@@ -57,6 +57,7 @@ from training.config import ConfigError, config_to_dict, load_config
 from training.evaluate import confusion_matrix, metrics_from_confusion
 from training.models import MODELS, build_model
 from training.models.encoder import compute_norm_stats, load_frozen_encoder
+from training.baselines import score
 from training.recipe import RECIPES, Recipe, augment_batch, class_weights, get_recipe, lr_lambda, selection_split
 from training.tune import sample_variants, split_lr
 
@@ -339,9 +340,9 @@ def train_run(
             pred = predict(model, x_val, batch_size=max(bs, 512), device=device, front=front)
             curve.append([epoch, float((pred == y_val).float().mean())])
         if x_sel is not None and y_sel is not None:
-            score = _selection_score(model, x_sel, y_sel, n_classes, device=device, front=front)
-            if best is None or score > best:
-                best, best_epoch, since_best = score, epoch, 0
+            sel_score = _selection_score(model, x_sel, y_sel, n_classes, device=device, front=front)
+            if best is None or sel_score > best:
+                best, best_epoch, since_best = sel_score, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 since_best += 1
@@ -354,14 +355,8 @@ def train_run(
     if best_state is not None:
         model.load_state_dict(best_state)
     pred = predict(model, x_val, batch_size=max(bs, 512), device=device, front=front)
-    cm = confusion_matrix(y_val.numpy(), pred.numpy(), n_classes)
-    m = metrics_from_confusion(cm)
     return {
-        "val_accuracy": m.accuracy,
-        "macro_f1": m.macro_f1,
-        "kappa": m.kappa,
-        "confusion": cm.tolist(),
-        "per_class_recall": [None if math.isnan(r) else r for r in m.recall],
+        **score(y_val.numpy(), pred.numpy(), n_classes),
         "curve": curve,
         "final_loss": loss_sum / max(loss_n, 1),
         "epochs_run": epochs_run,
@@ -761,10 +756,7 @@ def _run_ensemble(
     t0 = time.perf_counter()
     ens = EnsembleClassifier(members, spec).to(cfg.device)
     logits = predict_logits(ens, feats_val, batch_size=512, device=cfg.device, front=run_front)
-    cm = confusion_matrix(y_val.numpy(), logits.argmax(-1).numpy(), len(data.class_names))
-    m = metrics_from_confusion(cm)
-    res = {"val_accuracy": m.accuracy, "macro_f1": m.macro_f1, "kappa": m.kappa, "confusion": cm.tolist(),
-           "per_class_recall": [None if math.isnan(r) else r for r in m.recall]}  # fmt: skip
+    res = score(y_val.numpy(), logits.argmax(-1).numpy(), len(data.class_names))
     sel = [r.get("selection_f1") for r in recs]
     res["selection_f1"] = float(np.mean(sel)) if all(v is not None for v in sel) else None
     hp = {"members": spec}
@@ -785,7 +777,7 @@ def _run_ensemble(
         fh.write(json.dumps(rec) + "\n")
     done[_run_key(rec)] = rec
     logger.info("task %s %s of %d runs, %s %s: val acc %.4f, macro F1 %.4f", cfg.task, name, len(members), method,
-                corruption, m.accuracy, m.macro_f1)  # fmt: skip
+                corruption, res["val_accuracy"], res["macro_f1"])  # fmt: skip
 
 
 def _run_baselines(
