@@ -55,7 +55,15 @@ def open_stac_items(path: Path) -> Any:  # cropmap.stack.Stack
     """
     import pystac
 
-    from cropmap.stack import ReflectanceScale, Stack, _check_complete, _common_bands, _declared_scale, _grid, _open_dataset
+    from cropmap.stack import (
+        ReflectanceScale,
+        Stack,
+        _check_complete,
+        _common_bands,
+        _declared_scale,
+        _open_dataset,
+        _same_grid,
+    )
 
     try:
         collection = pystac.ItemCollection.from_file(str(path))
@@ -98,17 +106,8 @@ def open_stac_items(path: Path) -> Any:  # cropmap.stack.Stack
             f = _local_file(asset.href, path, item.id, key)
             with _open_dataset(f) as src:
                 _check_complete(src, f)
-                crs, transform = _grid(src, f)
-                grid = {"crs": crs, "transform": transform, "shape": (src.height, src.width)}
-                if ref is None:
-                    ref = {**grid, "dtype": src.dtypes[0], "tile": tuple(src.block_shapes[0]), "file": f}
-                elif any(grid[k] != ref[k] for k in grid):
-                    raise InputRasterError(
-                        f"asset {key!r} of STAC item {item.id!r} ({f.name}) is on another grid than {ref['file'].name} "
-                        f"(CRS {crs.to_string()} vs {ref['crs'].to_string()}, shape {grid['shape']} vs {ref['shape']}, "
-                        f"transform {tuple(transform)[:6]} vs {tuple(ref['transform'])[:6]}); expected every asset on "
-                        "one grid (resample bands of other resolutions first)"
-                    )
+                ref = _same_grid(src, f, ref, label=f"asset {key!r} of STAC item {item.id!r} ({f.name})",
+                                 expected="every asset on one grid (resample bands of other resolutions first)")
                 declared = _raster_bands(asset.extra_fields)
                 nodata.append(_file_nodata(src))
                 if band.startswith("B"):  # reflectance bands carry the scale; cloud bands have none

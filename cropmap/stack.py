@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -282,6 +283,27 @@ def _grid(src: rasterio.io.DatasetReader, path: Path) -> tuple[CRS, Affine]:
     return src.crs, src.transform
 
 
+
+def _same_grid(
+    src: rasterio.io.DatasetReader, f: Path, ref: dict[str, Any] | None, *, label: str, expected: str
+) -> dict[str, Any]:
+    """The first file's grid (``ref`` None: this file's), after checking ``src`` lies on it.
+
+    Raises:
+        InputRasterError: ``label`` is on another CRS, shape or transform than the reference file.
+    """
+    crs, transform = _grid(src, f)
+    grid = {"crs": crs, "transform": transform, "shape": (src.height, src.width)}
+    if ref is None:
+        return {**grid, "dtype": src.dtypes[0], "tile": tuple(src.block_shapes[0]), "file": f}
+    if any(grid[k] != ref[k] for k in grid):
+        raise InputRasterError(
+            f"{label} is on another grid than {ref['file'].name} (CRS {crs.to_string()} vs "
+            f"{ref['crs'].to_string()}, shape {grid['shape']} vs {ref['shape']}, transform "
+            f"{tuple(transform)[:6]} vs {tuple(ref['transform'])[:6]}); expected {expected}"
+        )
+    return ref
+
 def _parse_date(text: str, where: str) -> dt.date:
     try:
         if "-" in text:
@@ -389,7 +411,7 @@ def _open_folder(path: Path) -> Stack:
             raise InputRasterError(f"{dated[d].name} and {f.name} in {path} are both dated {d}; expected one file per date")
         dated[d] = f
     dates = tuple(sorted(dated))
-    ref: dict[str, object] | None = None
+    ref: dict[str, Any] | None = None
     index: list[dict[str, int]] = []
     nodata: list[float | None] = []
     scales: list[ReflectanceScale | None] = []
@@ -397,16 +419,7 @@ def _open_folder(path: Path) -> Stack:
         f = dated[d]
         with _open_dataset(f) as src:
             _check_complete(src, f)
-            crs, transform = _grid(src, f)
-            grid = {"crs": crs, "transform": transform, "shape": (src.height, src.width)}
-            if ref is None:
-                ref = {**grid, "dtype": src.dtypes[0], "tile": tuple(src.block_shapes[0]), "file": f}
-            elif any(grid[k] != ref[k] for k in grid):
-                raise InputRasterError(
-                    f"{f.name} is on another grid than {ref['file'].name} (CRS {crs.to_string()} vs "
-                    f"{ref['crs'].to_string()}, shape {grid['shape']} vs {ref['shape']}, transform "
-                    f"{tuple(transform)[:6]} vs {tuple(ref['transform'])[:6]}); expected every date on one grid"
-                )
+            ref = _same_grid(src, f, ref, label=f.name, expected="every date on one grid")
             names = _folder_band_names(src, f)
             slot: dict[str, int] = {}
             for bidx, b in enumerate(names, start=1):

@@ -107,12 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         table = season_transfer(args.data, family=args.family, repeats=args.repeats, n_train=args.n_train,
                                 n_val=args.n_val)  # fmt: skip
+        if args.out:
+            args.out.write_text(table)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(table)
-    if args.out:
-        args.out.write_text(table)
     return 0
 
 
