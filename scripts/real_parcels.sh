@@ -6,6 +6,7 @@
 # pixels), with the default (robust) recipe, plus the RandomForest and majority baselines.
 #
 #   bash scripts/real_parcels.sh [RUN_DIR] [REPEATS] [IT_REPEATS]   # defaults: runs/real_parcels 3 5 (published)
+#   JOBS=2 bash scripts/real_parcels.sh ...                            # split seeds in parallel (one core each)
 #
 # REPEATS seeds of each family's defaults (IT_REPEATS for InceptionTime, the strongest family and the cheapest
 # per run) form each family's ensemble.
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 S=${1:-runs/real_parcels}
 REPEATS=${2:-3}
 IT_REPEATS=${3:-5}
+JOBS=${JOBS:-1}
 SEEDS=(0 1 2)
 mkdir -p "$S"
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
@@ -33,17 +35,29 @@ if [ ! -f "$S/enc_u02/encoder.pt" ]; then
     --set projector.out=128 --no-progress
 fi
 
-run() {  # dataset-name data-file classes extra-args...
-  local name=$1 data=$2 classes=$3; shift 3
-  for seed in "${SEEDS[@]}"; do
-    for fam in inception_time:$IT_REPEATS transformer,lstm:$REPEATS; do
-      log "$name, split seed $seed, ${fam%%:*}"
-      python -m training.downstream --task real --data "$data" --classes "$classes" --split-seed "$seed" \
-        --seed "$seed" --families "${fam%%:*}" --default-variant --set repeats="${fam##*:}" --variants 0 \
-        --encoders "unimodal_0.2=$S/enc_u02/encoder.pt" --out "$S/$name-s$seed" --set threads=1 --no-progress "$@" \
-        >> "$S/$name-s$seed.log" 2>&1 || { log "failed: see $S/$name-s$seed.log"; exit 1; }
-    done
+one_seed() {  # dataset-name data-file classes seed extra-args...
+  local name=$1 data=$2 classes=$3 seed=$4; shift 4
+  for fam in inception_time:$IT_REPEATS transformer,lstm:$REPEATS; do
+    log "$name, split seed $seed, ${fam%%:*}"
+    python -m training.downstream --task real --data "$data" --classes "$classes" --split-seed "$seed" \
+      --seed "$seed" --families "${fam%%:*}" --default-variant --set repeats="${fam##*:}" --variants 0 \
+      --encoders "unimodal_0.2=$S/enc_u02/encoder.pt" --out "$S/$name-s$seed" --set threads=1 --no-progress "$@" \
+      >> "$S/$name-s$seed.log" 2>&1 || { log "failed: see $S/$name-s$seed.log"; return 1; }
   done
+}
+
+run() {  # dataset-name data-file classes extra-args...: the split seeds, JOBS at a time
+  local name=$1 data=$2 classes=$3 pids=() failed=0; shift 3
+  for seed in "${SEEDS[@]}"; do
+    one_seed "$name" "$data" "$classes" "$seed" "$@" &
+    pids+=($!)
+    if [ "${#pids[@]}" -ge "$JOBS" ]; then
+      wait "${pids[0]}" || failed=1
+      pids=("${pids[@]:1}")
+    fi
+  done
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  [ "$failed" = 0 ] || exit 1
 }
 run france2022 sample_data/worldcereal/2022_FRA_LPIS_POLY_110_monthly.geoparquet 6
 run flanders2021 sample_data/worldcereal/2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet \

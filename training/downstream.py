@@ -58,7 +58,16 @@ from training.evaluate import confusion_matrix, metrics_from_confusion
 from training.models import MODELS, build_model
 from training.models.encoder import compute_norm_stats, load_frozen_encoder
 from training.baselines import score
-from training.recipe import RECIPES, Recipe, augment_batch, class_weights, get_recipe, lr_lambda, selection_split
+from training.recipe import (
+    RECIPES,
+    Recipe,
+    augment_batch,
+    class_weights,
+    correct_prior,
+    get_recipe,
+    lr_lambda,
+    selection_split,
+)
 from training.tune import sample_variants, split_lr
 
 logger = logging.getLogger(__name__)
@@ -121,13 +130,15 @@ class DownstreamConfig:
     min_valid: int = 3
     """Fewest valid observations a series needs; also the exported bundle's ``min_valid_steps``."""
     default_variant: bool = False
+    """Also train each family with its default hyper-parameters (variant ``-1``, lr ``DEFAULT_LR``)."""
     repeats: int = 1
     """Train the default-hyper-parameter variant with this many seeds (variants ``-1 .. -repeats``)."""
-    """Also train each family with its default hyper-parameters (variant ``-1``, lr ``DEFAULT_LR``)."""
     save_models: bool = True
     """Write every finished run's model to ``OUT/models/`` (what ``python -m exporters --best`` reads)."""
     recipe: str = "robust"
     """How base models train (:mod:`training.recipe`): ``robust`` (default for users) or ``papers`` (Table 1)."""
+    prior_correction: float | None = None
+    """Replace the recipe's prior correction (0: decisions as trained; 1: for the training class mix)."""
     baselines: bool = True
     """Also score a RandomForest (per method, on the same inputs) and the majority class (:mod:`training.baselines`)."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -148,7 +159,13 @@ class DownstreamConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.embed_cache_gb < 0 or self.threads < 0:
             raise ValueError("embed_cache_gb and threads must be >= 0")
-        get_recipe(self.recipe)  # raises on an unknown name
+        self.training_recipe()  # raises on an unknown name or a bad prior_correction
+
+    def training_recipe(self) -> Recipe:
+        """The named recipe with this configuration's overrides."""
+        if self.prior_correction is None:
+            return get_recipe(self.recipe)
+        return get_recipe(self.recipe, prior_correction=float(self.prior_correction))
 
 
 @dataclass(frozen=True)
@@ -354,6 +371,8 @@ def train_run(
     epochs_run = epoch
     if best_state is not None:
         model.load_state_dict(best_state)
+    if recipe.prior_correction:
+        correct_prior(model, y_train, recipe.prior_correction)
     pred = predict(model, x_val, batch_size=max(bs, 512), device=device, front=front)
     return {
         **score(y_val.numpy(), pred.numpy(), n_classes),
@@ -404,7 +423,8 @@ def predict(
 # ----------------------------------------------------------------------------------------------
 # the comparison
 # ----------------------------------------------------------------------------------------------
-SETUP_KEYS = ("task", "epochs", "batch_size", "n_train", "n_val", "seed", "lr_schedule", "fill", "recipe")
+SETUP_KEYS = ("task", "epochs", "batch_size", "n_train", "n_val", "seed", "lr_schedule", "fill", "recipe",
+              "prior_correction")
 """Record fields that must agree between runs stored in one results file."""
 
 
@@ -435,7 +455,8 @@ def _check_setup(done: dict[Any, dict[str, Any]], setup: dict[str, Any], path: P
     for rec in done.values():
         if str(rec["task"]) != setup["task"]:
             continue
-        rec = {"recipe": "papers", **rec}  # files written before recipes existed used the papers' protocol
+        # Files written before recipes existed used the papers' protocol; before the prior correction, none.
+        rec = {"recipe": "papers", "prior_correction": 0.0, **rec}
         diff = {k: (rec.get(k), setup[k]) for k in SETUP_KEYS if rec.get(k) != setup[k]}
         if diff:
             pretty = ", ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
@@ -578,7 +599,7 @@ def run_comparison(
     keys = [(e.method, e.corruption) for e in encoders]
     if len(set(keys)) != len(keys):
         raise ValueError(f"encoders repeat a (method, corruption) pair: {keys}")
-    recipe = get_recipe(cfg.recipe)
+    recipe = cfg.training_recipe()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
@@ -595,6 +616,7 @@ def run_comparison(
         "lr_schedule": "linear-to-zero" if recipe.schedule == "linear" else "warmup-cosine",
         "fill": cfg.fill,
         "recipe": recipe.name,
+        "prior_correction": recipe.prior_correction,
     }
     done = load_finished(results)
     _check_setup(done, setup, results)

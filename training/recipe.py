@@ -10,7 +10,13 @@ Two named recipes (``--recipe``):
   - at least ``min_steps`` optimiser steps (small data sets otherwise see a handful of steps) with a
     batch no larger than a sixteenth of the training set;
   - AdamW with weight decay, **linear warm-up then cosine decay** of the learning rate;
-  - **class-balanced** cross-entropy (inverse-frequency weights) with label smoothing;
+  - **class-balanced** cross-entropy (inverse-frequency weights) with label smoothing, then a
+    **prior correction** after training: ``prior_correction x log(training class frequency)`` is added
+    to the head's bias (logit adjustment). Balanced training scores the classes as if they were equally
+    frequent, which favours the small ones; the correction makes the decisions for the training class
+    mix again (1 is the exact correction for inverse-frequency weights) while the features keep what
+    balancing taught them about the small classes. ``--set prior_correction=0`` keeps the balanced
+    decisions: higher recall on the small classes, lower overall accuracy;
   - **augmentation along time**: a random shift of the series by up to ``shift`` stamps, dropped
     observations (replaced by the previous stamp, as gap filling would), and Gaussian band noise in
     units of each feature's standard deviation;
@@ -37,7 +43,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["RECIPES", "Recipe", "augment_batch", "class_weights", "get_recipe", "lr_lambda", "selection_split"]
+__all__ = ["RECIPES", "Recipe", "augment_batch", "class_weights", "correct_prior", "get_recipe", "log_prior", "lr_lambda", "selection_split"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class Recipe:
     balanced: bool = False
     """Weight the cross-entropy by inverse class frequency of the training set."""
     label_smoothing: float = 0.0
+    prior_correction: float = 0.0
+    """After training, add this x log(training class frequency) to the head's bias (0: none)."""
     shift: int = 0
     """Largest random shift of a series along time, in stamps (edges repeat the first / last stamp)."""
     drop: float = 0.0
@@ -78,6 +86,11 @@ class Recipe:
             raise ValueError(f"selection_fraction must be in [0, 0.5), got {self.selection_fraction}")
         if not 0.0 <= self.drop < 1.0 or self.noise < 0 or self.shift < 0 or not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"recipe {self.name!r}: drop and warmup must be in [0, 1), noise and shift >= 0")
+        if not 0.0 <= self.prior_correction <= 1.0:
+            raise ValueError(f"prior_correction must be in [0, 1], got {self.prior_correction}")
+        if self.prior_correction and not self.balanced:
+            raise ValueError(f"recipe {self.name!r} trains without class balancing: there is no prior to correct "
+                             "(prior_correction must be 0)")
         if not 0.0 < self.max_batch_fraction <= 1.0:
             raise ValueError(f"max_batch_fraction must be in (0, 1], got {self.max_batch_fraction}")
 
@@ -117,6 +130,7 @@ RECIPES: dict[str, Recipe] = {
         max_batch_fraction=1 / 16,
         balanced=True,
         label_smoothing=0.1,
+        prior_correction=1.0,
         shift=1,
         drop=0.1,
         noise=0.1,
@@ -156,6 +170,25 @@ def class_weights(y: np.ndarray | torch.Tensor, n_classes: int) -> torch.Tensor:
     w = torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts))
     present = counts > 0
     return w / w[present].mean()
+
+
+def log_prior(y: np.ndarray | torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Log of each class's frequency in ``y``; a class absent from ``y`` gets the log of half a sample."""
+    counts = torch.bincount(torch.as_tensor(y, dtype=torch.long), minlength=n_classes).double()
+    return torch.log(counts.clamp(min=0.5) / counts.sum()).float()
+
+
+def correct_prior(model: torch.nn.Module, y_train: np.ndarray | torch.Tensor, strength: float) -> None:
+    """Add ``strength x log(training class frequency)`` to the bias of ``model.head`` (a linear layer).
+
+    The model keeps the base-model contract (``forward == head(features)``), so a bundle exported from it
+    makes the corrected decisions; an ensemble of corrected members is corrected by the same amount.
+    """
+    head = getattr(model, "head", None)
+    if not isinstance(head, torch.nn.Linear) or head.bias is None:
+        raise TypeError(f"{type(model).__name__} has no linear head with a bias to correct")
+    with torch.no_grad():
+        head.bias += strength * log_prior(y_train, head.out_features).to(head.bias.device)
 
 
 def selection_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -201,3 +201,57 @@ def test_run_comparison_default_recipe_with_baselines(tmp_path: Path, monkeypatc
     assert math.isfinite(entry["win_matrix"][0][1])
     table = table1_markdown(summary)
     assert table.index("| 1 | lstm |") < table.index("baseline: RandomForest") < table.index("baseline: majority")
+
+
+def test_prior_correction_shifts_the_head_bias_by_the_log_class_frequency() -> None:
+    from training.recipe import correct_prior, log_prior
+
+    y = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    lp = log_prior(y, 4)
+    np.testing.assert_allclose(lp[:3].numpy(), np.log([6 / 12, 2 / 12, 4 / 12]), rtol=1e-6)
+    assert float(lp[3]) == pytest.approx(math.log(0.5 / 12))  # an absent class: half a sample
+    torch.manual_seed(0)
+    model = build_model("lstm", 4, 4, hidden=8, layers=1)
+    model.eval()
+    x = torch.randn(5, 6, 4)
+    before = model(x).detach()
+    correct_prior(model, y, 0.5)
+    after = model(x).detach()
+    torch.testing.assert_close(after - before, (0.5 * lp).expand(5, 4))
+    assert torch.equal(model.head(model.features(x)), model(x))  # still forward == head(features)
+    with pytest.raises(TypeError, match="no linear head"):
+        correct_prior(torch.nn.Sequential(torch.nn.Linear(2, 2)), y, 1.0)
+
+
+def test_prior_correction_needs_balanced_training_and_is_settable() -> None:
+    assert get_recipe("robust").prior_correction == 1.0 and get_recipe("papers").prior_correction == 0.0
+    with pytest.raises(ValueError, match="without class balancing"):
+        get_recipe("papers", prior_correction=1.0)
+    with pytest.raises(ValueError, match=r"prior_correction must be in \[0, 1\]"):
+        get_recipe("robust", prior_correction=2.0)
+    assert DownstreamConfig(prior_correction=0.0).training_recipe().prior_correction == 0.0
+    with pytest.raises(ValueError, match="without class balancing"):
+        DownstreamConfig(recipe="papers", prior_correction=0.5)
+
+
+def test_train_run_applies_the_prior_correction_after_training() -> None:
+    # Same seed, same training: the corrected model differs from the uncorrected one by exactly
+    # log(training class frequency) on the head's bias, and its scores are made with it.
+    data = _toy(counts=(40, 8, 8), seed=3)
+    xt, yt = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    xv, yv = torch.from_numpy(data.x_val), torch.from_numpy(data.y_val)
+    xt, xv = (xt - 2500) / 1000, (xv - 2500) / 1000
+    models, results = {}, {}
+    for tau in (0.0, 1.0):
+        torch.manual_seed(0)
+        models[tau] = build_model("lstm", 4, 3, hidden=8, layers=1)
+        r = get_recipe("robust", prior_correction=tau, min_steps=20)
+        results[tau] = train_run(models[tau], xt, yt, xv, yv, lr=1e-2, epochs=2, batch_size=16, seed=0, recipe=r)
+    from training.recipe import log_prior
+
+    torch.testing.assert_close(models[1.0].head.bias - models[0.0].head.bias, log_prior(yt, 3))
+    torch.testing.assert_close(models[1.0].head.weight, models[0.0].head.weight)
+    models[1.0].eval()
+    with torch.no_grad():
+        acc = float((models[1.0](xv).argmax(-1) == yv).float().mean())
+    assert results[1.0]["val_accuracy"] == pytest.approx(acc)
