@@ -4,9 +4,10 @@
 
 Each run directory is one ``python -m training.downstream`` run on its own train / test split (``--split-seed``);
 the table has one row per (model, method): overall accuracy and macro F1 on the held-out parcels as mean +- std
-over the directories (population std, ``ddof=0``), and the mean training time per run. Rows are sorted by mean
-macro F1; the RandomForest row is marked, and every model's gap to it is given in points, paired by split (the
-model minus the RandomForest on the same split, mean +- std over splits).
+over the directories (sample std, ``ddof=1``: the conservative estimate for a few seeds), and the mean training
+time per run. Rows are sorted by mean macro F1; the RandomForest row is marked, and every model's gap to it is
+given in points, paired by split (the model minus the RandomForest on the same split, mean +- std over splits);
+a gap in bold is larger than its standard deviation.
 """
 
 from __future__ import annotations
@@ -55,6 +56,17 @@ def collect(run_dirs: Sequence[Path]) -> dict[tuple[str, str], list[dict[str, An
     return rows
 
 
+def _std(a: np.ndarray) -> float:
+    """Sample standard deviation (``ddof=1``); 0 for a single value."""
+    return float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _gap(d: np.ndarray) -> str:
+    """``+m +- s`` in points, in bold when the mean gap is positive and larger than its std."""
+    text = f"{100 * d.mean():+.1f} +- {100 * _std(d):.1f}"
+    return f"**{text}**" if d.mean() > 0 and d.mean() > _std(d) else text
+
+
 def seed_table(run_dirs: Sequence[Path], title: str) -> tuple[str, dict[str, Any]]:
     """The markdown table and its numbers."""
     rows = collect(run_dirs)
@@ -65,8 +77,8 @@ def seed_table(run_dirs: Sequence[Path], title: str) -> tuple[str, dict[str, Any
         f1 = np.array([r["macro_f1"] for r in recs])
         stats[key] = {
             "runs": len(recs),
-            "oa_mean": float(oa.mean()), "oa_std": float(oa.std()),
-            "f1_mean": float(f1.mean()), "f1_std": float(f1.std()),
+            "oa_mean": float(oa.mean()), "oa_std": _std(oa),
+            "f1_mean": float(f1.mean()), "f1_std": _std(f1),
             "seconds": float(np.mean([r.get("seconds", math.nan) for r in recs])),
         }  # fmt: skip
     rf = stats.get(("random_forest", "supervised"))
@@ -84,10 +96,9 @@ def seed_table(run_dirs: Sequence[Path], title: str) -> tuple[str, dict[str, Any
             pairs = list(zip(rows[(label, method)], rf_recs, strict=True))
             d_oa = np.array([a["val_accuracy"] - b["val_accuracy"] for a, b in pairs])
             d_f1 = np.array([a["macro_f1"] - b["macro_f1"] for a, b in pairs])
-            gap_oa = f"{100 * d_oa.mean():+.1f} +- {100 * d_oa.std():.1f}"
-            gap_f1 = f"{100 * d_f1.mean():+.1f} +- {100 * d_f1.std():.1f}"
-            s["oa_gap"], s["oa_gap_std"] = float(d_oa.mean()), float(d_oa.std())
-            s["f1_gap"], s["f1_gap_std"] = float(d_f1.mean()), float(d_f1.std())
+            gap_oa, gap_f1 = _gap(d_oa), _gap(d_f1)
+            s["oa_gap"], s["oa_gap_std"] = float(d_oa.mean()), _std(d_oa)
+            s["f1_gap"], s["f1_gap_std"] = float(d_f1.mean()), _std(d_f1)
         name = "**RandomForest (500 trees)**" if label == "random_forest" else label
         lines.append(
             f"| {name}{partial} | {method} | {100 * s['oa_mean']:.1f} +- {100 * s['oa_std']:.1f} | "

@@ -26,7 +26,12 @@ def test_seed_table_pairs_models_with_the_forest_of_the_same_split(tmp_path: Pat
     b = _run(tmp_path / "s1", 0.70, [0.71, 0.73])  # 0.72
     table, stats = seed_table([a, b], "toy")
     it = stats["inception_time (one run: mean over its seeds)|supervised"]
-    assert it["oa_mean"] == pytest.approx(0.68) and it["oa_std"] == pytest.approx(0.04)
-    assert it["oa_gap"] == pytest.approx(0.03) and it["oa_gap_std"] == pytest.approx(0.01)  # +4 and +2 points
-    assert "+3.0 +- 1.0" in table and "**RandomForest (500 trees)**" in table
+    # Sample standard deviations (ddof=1) over the two seeds.
+    assert it["oa_mean"] == pytest.approx(0.68) and it["oa_std"] == pytest.approx(0.08 / 2**0.5)
+    assert it["oa_gap"] == pytest.approx(0.03) and it["oa_gap_std"] == pytest.approx(0.02 / 2**0.5)  # +4 and +2 points
+    assert "**+3.0 +- 1.4**" in table and "**RandomForest (500 trees)**" in table  # bold: the gap exceeds its std
+    c = _run(tmp_path / "s2", 0.60, [0.58, 0.66])  # +2 points
+    d = _run(tmp_path / "s3", 0.70, [0.64, 0.70])  # -3 points
+    table, stats = seed_table([c, d], "toy")
+    assert "| -0.5 +- 3.5 |" in table  # not bold
     assert main([str(tmp_path / "missing")]) == 1
