@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 from rasterio.windows import bounds as window_bounds
 
-from cropmap.bundle import BundleMetadata, load_bundle
+from cropmap.bundle import BundleMetadata
 from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
 from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
 from cropmap.options import ClassifyOptions
 from cropmap.postprocess import PostProcess
-from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, halo_window
+from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, halo_window, worker_bundle
 from cropmap.sanity import check_reflectance
 from cropmap.stack import Stack, bounded_gdal_cache, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
@@ -68,7 +68,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
         )
     # The driver opens the bundle on the provider the local workers will use (a provider that cannot start
     # stops the run here, in one line); the workers of a remote cluster check their own.
-    bundle = load_bundle(bundle_path, intra_op_threads=1, provider=options.provider if options.scheduler is None else "cpu")
+    bundle = worker_bundle(bundle_path, 1, options.provider if options.scheduler is None else "cpu")
     meta = bundle.metadata
     if options.embedding and meta.embedding is None:
         raise BundleError(f"--embedding was requested but bundle {bundle_path} has no embedding output")

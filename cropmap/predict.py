@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
@@ -175,16 +177,37 @@ def predict_block(
     )  # fmt: skip
 
 
-_local = threading.local()
+_SESSIONS: OrderedDict[tuple[Any, ...], Bundle] = OrderedDict()
+_SESSIONS_LOCK = threading.Lock()
+MAX_CACHED_SESSIONS = 4
+"""Sessions kept open per process (least recently used first out)."""
 
 
 def worker_bundle(path: str | Path, intra_op_threads: int, provider: str = "cpu") -> Bundle:
-    """The bundle session of the calling thread on ``provider``, opened on first use."""
-    cache: dict[tuple[str, int, str], Bundle] = _local.__dict__.setdefault("bundles", {})
-    key = (str(path), intra_op_threads, provider)
-    if key not in cache:
-        cache[key] = load_bundle(path, intra_op_threads=intra_op_threads, provider=provider)
-    return cache[key]
+    """An open session of the bundle at ``path`` on ``provider``, shared by the threads of this process.
+
+    ONNX Runtime sessions are safe to run from several threads at once, so the block threads of a run,
+    the runs of one process (API calls, a batch's regions on a Dask worker) and the driver's check of
+    the bundle share one session per (file, threads, provider) instead of each opening its own. The
+    key holds the file's size and modification time, so a bundle rewritten in place is opened again.
+    """
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return load_bundle(p, intra_op_threads=intra_op_threads, provider=provider)  # it says what is wrong
+    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino, intra_op_threads, provider)
+    with _SESSIONS_LOCK:
+        if key in _SESSIONS:
+            _SESSIONS.move_to_end(key)
+            return _SESSIONS[key]
+    bundle = load_bundle(p, intra_op_threads=intra_op_threads, provider=provider)
+    with _SESSIONS_LOCK:
+        bundle = _SESSIONS.setdefault(key, bundle)  # another thread may have opened it meanwhile
+        _SESSIONS.move_to_end(key)
+        while len(_SESSIONS) > MAX_CACHED_SESSIONS:
+            _SESSIONS.popitem(last=False)
+    return bundle
 
 
 @dataclass(frozen=True)
