@@ -427,7 +427,7 @@ def _plan(regions: list[Region], state: dict[str, Any], out: Path,
 @contextmanager
 def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int]]:
     """Yield ``(client, description, threads per region)`` for a local, existing or HPC cluster."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if where.cluster is not None:
         with _hpc_cluster(where.cluster, where.dashboard) as (client, description):
@@ -454,12 +454,37 @@ def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int]]:
     cores = os.cpu_count() or 1
     n_proc = max(1, min(where.workers or cores, n_tasks))
     threads = max(1, cores // n_proc)
-    with LocalCluster(n_workers=n_proc, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      **_dashboard_options(where.dashboard)) as cluster, \
-            Client(cluster, set_as_default=False) as client:  # fmt: skip
+    with local_cluster(n_proc, where.dashboard) as cluster, Client(cluster, set_as_default=False) as client:
         board = f", dashboard {cluster.dashboard_link}" if where.dashboard is not None else ""
         yield client, (f"dask LocalCluster at {cluster.scheduler_address} ({n_proc} worker processes, "
                        f"{threads} threads per region{board})"), threads  # fmt: skip
+
+
+LEAN_LOCAL_CLUSTER = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.scheduler.work-stealing": False,
+}
+"""Dask settings of the local cluster a batch starts. Its tasks are whole regions, each running for
+seconds to hours: the statistical profiler (which samples every worker thread's stack every 10 ms, for
+the dashboard) and work stealing (the scheduler queues the regions and hands each to the next free
+worker) only take CPU from the regions. Measured in docs/benchmarks.md (``bench/bench_scale.py``)."""
+
+
+@contextmanager
+def local_cluster(
+    n_workers: int, dashboard: str | None = None, settings: Mapping[str, Any] = LEAN_LOCAL_CLUSTER
+) -> Iterator[Any]:
+    """The :class:`distributed.LocalCluster` a batch runs its regions on: ``n_workers`` single-threaded
+    worker processes on 127.0.0.1 with the dask ``settings`` (:data:`LEAN_LOCAL_CLUSTER`), no dashboard
+    unless asked."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set(dict(settings)):  # read by the scheduler and passed to the workers at start
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               **_dashboard_options(dashboard))  # fmt: skip
+    with cluster:
+        yield cluster
 
 
 def _dashboard_options(dashboard: str | None) -> dict[str, Any]:

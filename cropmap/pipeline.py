@@ -27,7 +27,7 @@ from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
 from cropmap.options import ClassifyOptions
 from cropmap.postprocess import PostProcess
-from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, halo_window, worker_bundle
+from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, bundle_session, halo_window
 from cropmap.sanity import check_reflectance
 from cropmap.stack import Stack, bounded_gdal_cache, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
@@ -68,8 +68,8 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
         )
     # The driver opens the bundle on the provider the local workers will use (a provider that cannot start
     # stops the run here, in one line); the workers of a remote cluster check their own.
-    bundle = worker_bundle(bundle_path, 1, options.provider if options.scheduler is None else "cpu")
-    meta = bundle.metadata
+    with bundle_session(bundle_path, 1, options.provider if options.scheduler is None else "cpu") as bundle:
+        meta = bundle.metadata
     if options.embedding and meta.embedding is None:
         raise BundleError(f"--embedding was requested but bundle {bundle_path} has no embedding output")
     st = open_stack(_absolute(stack), reflectance_scale=options.reflectance_scale)

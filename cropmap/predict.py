@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,37 +179,46 @@ def predict_block(
     )  # fmt: skip
 
 
-_SESSIONS: OrderedDict[tuple[Any, ...], Bundle] = OrderedDict()
-_SESSIONS_LOCK = threading.Lock()
-MAX_CACHED_SESSIONS = 4
-"""Sessions kept open per process (least recently used first out)."""
+_IDLE: OrderedDict[tuple[Any, ...], list[Bundle]] = OrderedDict()
+_IDLE_LOCK = threading.Lock()
+MAX_CACHED_BUNDLES = 4
+"""Bundle files (with their thread count and provider) whose idle sessions a process keeps."""
+MAX_IDLE_SESSIONS = 8
+"""Idle sessions kept per bundle file, threads and provider."""
 
 
-def worker_bundle(path: str | Path, intra_op_threads: int, provider: str = "cpu") -> Bundle:
-    """An open session of the bundle at ``path`` on ``provider``, shared by the threads of this process.
+@contextmanager
+def bundle_session(path: str | Path, intra_op_threads: int, provider: str = "cpu") -> Iterator[Bundle]:
+    """An open session of the bundle at ``path`` on ``provider``, for the calling thread's use until exit.
 
-    ONNX Runtime sessions are safe to run from several threads at once, so the block threads of a run,
-    the runs of one process (API calls, a batch's regions on a Dask worker) and the driver's check of
-    the bundle share one session per (file, threads, provider) instead of each opening its own. The
-    key holds the file's size and modification time, so a bundle rewritten in place is opened again.
+    Sessions are reused: the block threads of a run, successive runs in one process (API calls, a
+    batch's regions on a Dask worker) and the driver's check of the bundle take an idle session of the
+    same (file, threads, provider) instead of opening a new one. Each thread has its own while it runs
+    (two threads on one session run measurably slower than on two). The key holds the file's size,
+    modification time and inode, so a bundle rewritten in place is opened again.
     """
     p = Path(path).resolve()
     try:
         st = p.stat()
     except OSError:
-        return load_bundle(p, intra_op_threads=intra_op_threads, provider=provider)  # it says what is wrong
+        load_bundle(p, intra_op_threads=intra_op_threads, provider=provider)  # raises, saying what is wrong
+        raise
     key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino, intra_op_threads, provider)
-    with _SESSIONS_LOCK:
-        if key in _SESSIONS:
-            _SESSIONS.move_to_end(key)
-            return _SESSIONS[key]
-    bundle = load_bundle(p, intra_op_threads=intra_op_threads, provider=provider)
-    with _SESSIONS_LOCK:
-        bundle = _SESSIONS.setdefault(key, bundle)  # another thread may have opened it meanwhile
-        _SESSIONS.move_to_end(key)
-        while len(_SESSIONS) > MAX_CACHED_SESSIONS:
-            _SESSIONS.popitem(last=False)
-    return bundle
+    with _IDLE_LOCK:
+        idle = _IDLE.get(key)
+        bundle = idle.pop() if idle else None
+    if bundle is None:
+        bundle = load_bundle(p, intra_op_threads=intra_op_threads, provider=provider)
+    try:
+        yield bundle
+    finally:
+        with _IDLE_LOCK:
+            idle = _IDLE.setdefault(key, [])
+            _IDLE.move_to_end(key)
+            if len(idle) < MAX_IDLE_SESSIONS:
+                idle.append(bundle)
+            while len(_IDLE) > MAX_CACHED_BUNDLES:
+                _IDLE.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -285,12 +296,12 @@ class BlockJob:
         else:
             values = np.empty((len(self.obs), self.metadata.n_bands, height, width), dtype=np.float32)
         read_s = time.perf_counter() - t0
-        bundle = worker_bundle(self.bundle_path, self.intra_op_threads, self.provider)
-        pred = predict_block(
-            values, mask, np.asarray(self.positions), bundle, min_valid=self.min_valid,
-            batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,
-            probabilities=self.probabilities, uncertainty=self.uncertainty, post=self.post, inner=inner,
-        )  # fmt: skip
+        with bundle_session(self.bundle_path, self.intra_op_threads, self.provider) as bundle:
+            pred = predict_block(
+                values, mask, np.asarray(self.positions), bundle, min_valid=self.min_valid,
+                batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,
+                probabilities=self.probabilities, uncertainty=self.uncertainty, post=self.post, inner=inner,
+            )  # fmt: skip
         pred.timings["read"] = read_s
         pred.n_observations, pred.n_cloud_masked = n_obs, n_cloud
         return BlockResult(block=block, prediction=pred)

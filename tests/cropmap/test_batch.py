@@ -463,3 +463,17 @@ def test_local_cluster_binds_no_dashboard_port(inputs: Path, tmp_path: Path) -> 
     summary = cropmap.classify_many(inputs / "two.csv", out_dir=tmp_path / "d", model=inputs / "tiny.onnx",
                                     workers=1, dashboard="127.0.0.1:0")  # fmt: skip
     assert "dashboard http://127.0.0.1:" in summary["executor"]
+
+
+def test_local_cluster_runs_without_profiler_or_work_stealing() -> None:
+    """The batch's local cluster leaves the CPU to the regions: no statistical profiler, no work stealing."""
+    import dask
+    from distributed import Client
+
+    from cropmap.batch import LEAN_LOCAL_CLUSTER, local_cluster
+
+    with local_cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
+        seen = client.run(lambda: {k: dask.config.get(k) for k in LEAN_LOCAL_CLUSTER})
+        assert list(seen.values()) == [{k: False for k in LEAN_LOCAL_CLUSTER}]
+        assert "stealing" not in client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.extensions))
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # this process's settings are untouched

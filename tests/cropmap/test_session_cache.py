@@ -1,40 +1,57 @@
-"""One ONNX Runtime session per (bundle file, threads, provider) and process, shared by threads."""
+"""Sessions are reused across runs of one process, one thread per session at a time."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cropmap import predict
-from cropmap.predict import MAX_CACHED_SESSIONS, worker_bundle
+from cropmap.errors import BundleError
+from cropmap.predict import MAX_CACHED_BUNDLES, bundle_session
 
 
-def test_threads_share_one_session_and_a_rewritten_bundle_is_reopened(bundle: Path, tmp_path: Path) -> None:
-    with ThreadPoolExecutor(4) as pool:
-        sessions = list(pool.map(lambda _: worker_bundle(bundle, 1), range(8)))
-    assert len({id(s) for s in sessions}) == 1
-    assert worker_bundle(bundle, 2) is not sessions[0]  # other thread count: its own session
-    # Concurrent runs on the shared session give the same logits as one after the other.
-    b = sessions[0]
-    x = np.random.default_rng(0).uniform(0, 3000, (64, b.metadata.n_timesteps, b.metadata.n_bands)).astype(np.float32)
-    one = [b.run(x[i : i + 8]) for i in range(0, 64, 8)]
-    with ThreadPoolExecutor(4) as pool:
-        many = list(pool.map(lambda i: b.run(x[i : i + 8]), range(0, 64, 8)))
-    for a, c in zip(one, many, strict=True):
-        np.testing.assert_array_equal(a, c)
-    # Rewriting the file (new modification time) opens it again.
+def test_idle_sessions_are_reused_and_busy_ones_are_not_shared(bundle: Path, tmp_path: Path) -> None:
+    with bundle_session(bundle, 1) as first:
+        with bundle_session(bundle, 1) as second:  # the first is in use: another session
+            assert second is not first
+    with bundle_session(bundle, 1) as again:
+        assert again in (first, second)  # an idle one is reused
+    with bundle_session(bundle, 2) as other:
+        assert other not in (first, second)  # another thread count: its own sessions
+    # Threads running at once each hold their own session.
+    held: list[object] = []
+    barrier = threading.Barrier(3)
+
+    def hold() -> None:
+        with bundle_session(bundle, 1) as b:
+            held.append(b)
+            barrier.wait(timeout=30)
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(b) for b in held}) == 3
+    # A rewritten bundle (new modification time) is opened again.
     st = bundle.stat()
-    copy = shutil.copy(bundle, tmp_path / "copy.onnx")
-    os.replace(copy, bundle)
+    os.replace(shutil.copy(bundle, tmp_path / "copy.onnx"), bundle)
     os.utime(bundle, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert worker_bundle(bundle, 1) is not sessions[0]
+    with bundle_session(bundle, 1) as fresh:
+        assert fresh not in held and fresh not in (first, second)
+        x = np.zeros((2, fresh.metadata.n_timesteps, fresh.metadata.n_bands), dtype=np.float32)
+        assert fresh.run(x).shape == (2, len(fresh.metadata.classes))
 
 
-def test_the_cache_is_bounded(bundle: Path) -> None:
-    for threads in range(1, MAX_CACHED_SESSIONS + 3):
-        worker_bundle(bundle, threads)
-    assert len(predict._SESSIONS) <= MAX_CACHED_SESSIONS
+def test_the_cache_is_bounded_and_a_missing_bundle_is_a_clear_error(bundle: Path, tmp_path: Path) -> None:
+    for threads in range(1, MAX_CACHED_BUNDLES + 3):
+        with bundle_session(bundle, threads):
+            pass
+    assert len(predict._IDLE) <= MAX_CACHED_BUNDLES
+    with pytest.raises(BundleError, match="does not exist"), bundle_session(tmp_path / "none.onnx", 1):
+        pass
