@@ -126,5 +126,5 @@ def write_quicklook(
     else:
         handles.append(Patch(facecolor=OUTSIDE_RGBA, edgecolor="0.5", label="not classified"))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.65, 0.5), fontsize=8, frameon=False)
-    fig.savefig(dest, format="png")
+    fig.savefig(dest, format="png", pil_kwargs={"compress_level": 1})
     logger.debug("quick-look written to %s", dest)
