@@ -284,6 +284,7 @@ def export_bundle(
     """
     import onnx
 
+    from exporters.graph_opt import conv1d_as_conv2d
     from exporters.quantize import DEFAULT_MIN_AGREEMENT, PrecisionError, reduce_precision
 
     out = Path(out)
@@ -344,6 +345,9 @@ def export_bundle(
                     f"{metadata.provenance.encoder} at opset {opset}: {_first_line(err)}"
                 ) from err
         model = onnx.load(str(tmp))
+        n_conv = conv1d_as_conv2d(model)  # the faster form for ONNX Runtime; parity below checks the result
+        if n_conv:
+            logger.info("rewrote %d 1-D convolutions as 2-D ones over a height-1 image", n_conv)
         onnx.helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
         model.producer_name = "cropmap.exporters"
         try:
