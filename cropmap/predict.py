@@ -3,8 +3,8 @@
 :func:`predict_block` is pure: numpy in, numpy out. Only pixels inside the mask
 with enough valid observations go through ONNX Runtime, in batches.
 :class:`BlockJob` reads one block, burns the mask, and calls the kernel with an
-ONNX Runtime session opened once per worker thread (sessions cannot be pickled,
-so each worker opens its own from the bundle path).
+ONNX Runtime session from the process's pool (:func:`bundle_session`; sessions cannot
+be pickled, so each worker process opens its own from the bundle path and reuses them).
 """
 
 from __future__ import annotations

@@ -43,7 +43,17 @@ from typing import Literal
 import numpy as np
 import torch
 
-__all__ = ["RECIPES", "Recipe", "augment_batch", "class_weights", "correct_prior", "get_recipe", "log_prior", "lr_lambda", "selection_split"]
+__all__ = [
+    "RECIPES",
+    "Recipe",
+    "augment_batch",
+    "class_weights",
+    "correct_prior",
+    "get_recipe",
+    "log_prior",
+    "lr_lambda",
+    "selection_split",
+]
 
 
 @dataclass(frozen=True)
