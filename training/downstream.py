@@ -273,6 +273,9 @@ def train_run(
 ) -> dict[str, Any]:
     """Train a base model with a :class:`~training.recipe.Recipe`, then score it on the validation set.
 
+    With ``recipe.prior_correction`` the head's bias is corrected after training (see
+    :func:`~training.recipe.correct_prior`); the final scores include it, the per-epoch ``curve`` does not.
+
     Args:
         model: Base model ``(B, T, D) -> (B, K)``.
         x_train: ``(N, T, C)`` inputs: features already (``front`` None) or raw values for ``front``.
