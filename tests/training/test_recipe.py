@@ -255,3 +255,15 @@ def test_train_run_applies_the_prior_correction_after_training() -> None:
     with torch.no_grad():
         acc = float((models[1.0](xv).argmax(-1) == yv).float().mean())
     assert results[1.0]["val_accuracy"] == pytest.approx(acc)
+
+
+def test_a_run_directory_keeps_its_prior_correction(tmp_path: Path) -> None:
+    # Records written before the correction existed (no key) count as 0; resuming with another value is refused.
+    from training.downstream import _check_setup
+
+    setup = {"task": "real", "epochs": 20, "batch_size": 256, "n_train": 10, "n_val": 5, "seed": 0,
+             "lr_schedule": "warmup-cosine", "fill": "linear", "recipe": "robust"}  # fmt: skip
+    old = {("real", "lstm", -1, "supervised", None): {**setup}}  # no prior_correction key
+    _check_setup(old, {**setup, "prior_correction": 0.0}, tmp_path / "results.jsonl")
+    with pytest.raises(ValueError, match=r"prior_correction: stored 0\.0, now 1\.0; use another --out"):
+        _check_setup(old, {**setup, "prior_correction": 1.0}, tmp_path / "results.jsonl")
