@@ -265,5 +265,5 @@ def test_a_run_directory_keeps_its_prior_correction(tmp_path: Path) -> None:
              "lr_schedule": "warmup-cosine", "fill": "linear", "recipe": "robust"}  # fmt: skip
     old = {("real", "lstm", -1, "supervised", None): {**setup}}  # no prior_correction key
     _check_setup(old, {**setup, "prior_correction": 0.0}, tmp_path / "results.jsonl")
-    with pytest.raises(ValueError, match=r"prior_correction: stored 0\.0, now 1\.0; use another --out"):
+    with pytest.raises(ValueError, match=r"prior_correction: stored 0\.0, now 1\.0\); use another --out"):
         _check_setup(old, {**setup, "prior_correction": 1.0}, tmp_path / "results.jsonl")
