@@ -41,6 +41,8 @@ from cropmap.stack import open_stack
 from cropmap.tiling import block_shape, plan_blocks
 from cropmap.timegrid import fill_gaps, select_season
 
+from bench_precision import ort_px_per_s  # noqa: E402 - the raw-session timing both benchmarks use
+
 
 def prefilled_pixels(stack: Path, mask: Path, model: Path) -> np.ndarray:
     """The cropland pixels of ``stack`` as gap-filled float32 ``(N, T, C)``, exactly as classify feeds them."""
@@ -63,19 +65,6 @@ def prefilled_pixels(stack: Path, mask: Path, model: Path) -> np.ndarray:
                                   min_valid=meta.min_valid_steps)  # fmt: skip
         out.append(filled[ok])
     return np.concatenate(out)
-
-
-def raw_ort(model: Path, x: np.ndarray, batch_size: int, threads: int, repeat: int) -> float:
-    """Best-of-``repeat`` pixels/s of the bundle's session alone."""
-    bundle = load_bundle(model, intra_op_threads=threads)
-    bundle.run(x[:batch_size])  # warm-up
-    best = 0.0
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for s in range(0, len(x), batch_size):
-            bundle.run(x[s : s + batch_size])
-        best = max(best, len(x) / (time.perf_counter() - t0))
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max(runs, key=lambda s: s["throughput_cropland_px_per_s"])
     x = prefilled_pixels(args.stack, args.mask, args.model)
     threads = cores  # classify uses workers x ORT threads = cores; the raw session gets the same total
-    raw = raw_ort(args.model, x, args.batch_size, threads, args.repeat)
+    raw = ort_px_per_s(args.model, x, args.repeat, threads=threads, batch=args.batch_size)
     e2e = best["throughput_cropland_px_per_s"]
     t = best["timings_s"]
     rows = [
