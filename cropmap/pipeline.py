@@ -119,7 +119,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     )
     job = BlockJob(
         stack=st, bundle_path=bundle_path.resolve(), metadata=meta, obs=obs, positions=positions,
-        min_valid=min_valid, batch_size=options.batch_size, intra_op_threads=executor.intra_op_threads,
+        min_valid=min_valid, batch_size=options.batch_size, threads=executor.threads_per_worker,
         confidence=options.confidence, embedding=options.embedding, cloud=cloud,
         probabilities=options.probabilities, uncertainty=options.uncertainty, post=post if post.active else None,
         provider=options.provider,

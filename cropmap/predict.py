@@ -12,8 +12,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,50 @@ def _percent(p: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(p, 0.0, 1.0) * 100.0).astype(np.uint8)
 
 
+def run_batches(
+    bundles: Sequence[Bundle], x: np.ndarray, batch_size: int, *, embedding: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run ``x`` (float32 ``(N, T, C)``) through the bundle in batches of ``batch_size``.
+
+    With several sessions of the same bundle, batch ``i`` runs on session ``i % len(bundles)``,
+    each session on its own thread (ONNX Runtime releases the GIL), so that the sessions work at
+    once. On a CPU, single-threaded sessions side by side classify faster than one session using
+    the same number of intra-op threads (docs/benchmarks/precision.md).
+
+    Returns:
+        float32 logits ``(N, K)`` and, when ``embedding``, float32 embeddings ``(N, D)`` (else ``None``).
+    """
+    meta = bundles[0].metadata
+    n = len(x)
+    logits = np.empty((n, len(meta.classes)), dtype=np.float32)
+    vecs = np.empty((n, meta.embedding.dim), dtype=np.float32) if embedding and meta.embedding is not None else None
+    starts = list(range(0, n, batch_size))
+
+    def work(k: int, b: Bundle, stride: int) -> None:
+        for start in starts[k::stride]:
+            sl = slice(start, start + batch_size)
+            if embedding:
+                out, vec = b.run(x[sl], embedding=True)
+                vecs[sl] = vec  # type: ignore[index]
+            else:
+                out = b.run(x[sl])
+            logits[sl] = out
+
+    used = bundles[: max(1, min(len(bundles), len(starts)))]
+    if len(used) == 1:
+        work(0, used[0], 1)
+        return logits, vecs
+    with ThreadPoolExecutor(max_workers=len(used), thread_name_prefix="cropmap-session") as pool:
+        for fut in [pool.submit(work, k, b, len(used)) for k, b in enumerate(used)]:
+            fut.result()
+    return logits, vecs
+
+
 def predict_block(
     values: np.ndarray,
     mask: np.ndarray,
     positions: np.ndarray,
-    bundle: Bundle,
+    bundle: Bundle | Sequence[Bundle],
     *,
     min_valid: int,
     batch_size: int,
@@ -95,7 +135,8 @@ def predict_block(
             observations ordered by season position, bands in the bundle's order.
         mask: bool ``(rows, cols)``, True for cropland.
         positions: ``(S,)`` season positions of the observations.
-        bundle: An opened bundle.
+        bundle: An opened bundle, or several sessions of the same bundle: the batches are then
+            shared among them, run at once on as many threads (see :func:`run_batches`).
         min_valid: Fewest valid observations a pixel needs.
         batch_size: Pixels per ONNX Runtime call.
         confidence: Also return the confidence block.
@@ -107,7 +148,8 @@ def predict_block(
         inner: The part of the arrays to return (rows, cols slices); the rest is the
             halo that only feeds the post-processing. Default: everything.
     """
-    meta = bundle.metadata
+    bundles = [bundle] if isinstance(bundle, Bundle) else list(bundle)
+    meta = bundles[0].metadata
     s, c, rows, cols = values.shape
     if c != meta.n_bands:
         raise ValueError(f"values hold {c} bands; the bundle expects {meta.n_bands}")
@@ -136,19 +178,12 @@ def predict_block(
         good = np.flatnonzero(ok)
         good_any = bool(good.size)
         ok_grid[rr[good], cc[good]] = True
-        x = filled[good]
-        for start in range(0, good.size, batch_size):
-            batch = x[start : start + batch_size]
-            sel = good[start : start + batch_size]
-            if embedding:
-                logits, vec = bundle.run(batch, embedding=True)
-                emb[:, rr[sel], cc[sel]] = np.asarray(vec, dtype=np.float32).T  # type: ignore[index]
-            else:
-                logits = bundle.run(batch)
-            logits = np.asarray(logits, dtype=np.float64)
-            index[rr[sel], cc[sel]] = np.argmax(logits, axis=1)
-            if probs is not None:
-                probs[:, rr[sel], cc[sel]] = softmax(logits, meta.temperature).T
+        logits, vec = run_batches(bundles, filled[good], batch_size, embedding=embedding)
+        if emb is not None:
+            emb[:, rr[good], cc[good]] = vec.T  # type: ignore[union-attr]
+        index[rr[good], cc[good]] = np.argmax(logits, axis=1)
+        if probs is not None:
+            probs[:, rr[good], cc[good]] = softmax(logits.astype(np.float64), meta.temperature).T
         if post is not None and post.smooth_sigma is not None:
             probs = smooth_probabilities(probs, ok_grid, post.smooth_sigma)  # type: ignore[arg-type]
             index = np.where(ok_grid, np.argmax(probs, axis=0), index)
@@ -175,7 +210,7 @@ def predict_block(
     return BlockPrediction(
         classes=classes, confidence=conf, embedding=emb, n_mask=n_mask, n_classified=n_classified,
         n_insufficient=n_mask - n_classified, timings=timings, probabilities=prob_out, uncertainty=unc,
-        insufficient=mask_in & ~ok_in, provider=getattr(bundle, "provider", None) if good_any else None,
+        insufficient=mask_in & ~ok_in, provider=getattr(bundles[0], "provider", None) if good_any else None,
     )  # fmt: skip
 
 
@@ -260,7 +295,8 @@ class BlockJob:
     positions: tuple[int, ...]
     min_valid: int
     batch_size: int
-    intra_op_threads: int
+    threads: int
+    """CPU threads per block: that many single-threaded ONNX Runtime sessions share its batches."""
     confidence: bool
     embedding: bool
     probabilities: bool = False
@@ -276,6 +312,18 @@ class BlockJob:
         """See :func:`halo_window`, with this job's post-processing halo."""
         h = self.post.halo if self.post is not None and self.post.active else 0
         return halo_window(block, h, self.stack.shape)
+
+    def _sessions(self, stack: ExitStack, n_pixels: int) -> list[Bundle]:
+        """The sessions one block runs on, held until ``stack`` closes.
+
+        On the CPU a block gets :attr:`threads` single-threaded sessions that share its batches
+        (never more than it has batches); on a GPU one session takes the whole block.
+        """
+        first = stack.enter_context(bundle_session(self.bundle_path, 1, self.provider))
+        if first.provider != "CPUExecutionProvider":
+            return [first]
+        n = max(1, min(self.threads, -(-n_pixels // self.batch_size)))
+        return [first, *(stack.enter_context(bundle_session(self.bundle_path, 1, self.provider)) for _ in range(n - 1))]
 
     def __call__(self, item: BlockItem) -> BlockResult:
         """Read, mask and classify one block (with its halo, when post-processing)."""
@@ -296,9 +344,10 @@ class BlockJob:
         else:
             values = np.empty((len(self.obs), self.metadata.n_bands, height, width), dtype=np.float32)
         read_s = time.perf_counter() - t0
-        with bundle_session(self.bundle_path, self.intra_op_threads, self.provider) as bundle:
+        with ExitStack() as sessions:
             pred = predict_block(
-                values, mask, np.asarray(self.positions), bundle, min_valid=self.min_valid,
+                values, mask, np.asarray(self.positions), self._sessions(sessions, int(mask.sum())),
+                min_valid=self.min_valid,
                 batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,
                 probabilities=self.probabilities, uncertainty=self.uncertainty, post=self.post, inner=inner,
             )  # fmt: skip

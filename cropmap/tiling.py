@@ -116,8 +116,9 @@ class Executor:
 
     workers: int
     """Blocks processed at once."""
-    intra_op_threads: int
-    """ONNX Runtime threads per session, so that workers x threads stays within the cores."""
+    threads_per_worker: int
+    """CPU threads per block, so that workers x threads stays within the cores. On the CPU a block runs
+    that many single-threaded ONNX Runtime sessions side by side (:func:`cropmap.predict.run_batches`)."""
     scheduler: str | None
 
     @property
@@ -125,7 +126,8 @@ class Executor:
         """Human-readable description for logs and the summary."""
         if self.scheduler:
             return f"dask.distributed at {self.scheduler} ({self.workers} worker threads)"
-        return f"local threads ({self.workers} workers x {self.intra_op_threads} ONNX Runtime threads)"
+        return (f"local threads ({self.workers} workers x {self.threads_per_worker} single-threaded ONNX Runtime "
+                "sessions)")  # fmt: skip
 
 
 def make_executor(
@@ -134,7 +136,8 @@ def make_executor(
     """Choose parallelism for ``n_blocks`` blocks.
 
     Locally, ``workers`` defaults to the number of cores (but never more than there
-    are blocks), and each ONNX Runtime session gets ``cores // workers`` threads.
+    are blocks), and each worker gets ``cores // workers`` threads: as many single-threaded ONNX
+    Runtime sessions share the batches of its block.
     ``threads``, when given, replaces the number of cores as the run's thread budget.
     On a cluster each worker thread runs one single-threaded session.
     """
@@ -153,9 +156,9 @@ def make_executor(
             client.close()
         if threads == 0:
             raise CropmapError(f"the dask scheduler at {scheduler} has no workers; expected at least one")
-        return Executor(workers=threads, intra_op_threads=1, scheduler=scheduler)
+        return Executor(workers=threads, threads_per_worker=1, scheduler=scheduler)
     n = max(1, min(workers or cores, max(n_blocks, 1)))
-    return Executor(workers=n, intra_op_threads=max(1, cores // n), scheduler=None)
+    return Executor(workers=n, threads_per_worker=max(1, cores // n), scheduler=None)
 
 
 def _client(address: str) -> Any:  # distributed.Client

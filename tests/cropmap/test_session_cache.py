@@ -55,3 +55,52 @@ def test_the_cache_is_bounded_and_a_missing_bundle_is_a_clear_error(bundle: Path
     assert len(predict._IDLE) <= MAX_CACHED_BUNDLES
     with pytest.raises(BundleError, match="does not exist"), bundle_session(tmp_path / "none.onnx", 1):
         pass
+
+
+def test_batches_shared_among_sessions_give_the_same_results(bundle: Path) -> None:
+    from cropmap.predict import run_batches
+
+    rng = np.random.default_rng(0)
+    with bundle_session(bundle, 1) as a, bundle_session(bundle, 1) as b, bundle_session(bundle, 1) as c:
+        meta = a.metadata
+        x = rng.normal(size=(1000, meta.n_timesteps, meta.n_bands)).astype(np.float32)
+        one, _ = run_batches([a], x, 64)
+        three, _ = run_batches([a, b, c], x, 64)
+        assert one.shape == (1000, len(meta.classes)) and one.dtype == np.float32
+        np.testing.assert_allclose(three, one, rtol=1e-5, atol=1e-5)  # every batch landed at its own rows
+        np.testing.assert_allclose(one, a.run(x), rtol=1e-4, atol=1e-4)
+        if meta.embedding is not None:
+            lo, vec = run_batches([a, b], x, 300, embedding=True)
+            ref_lo, ref_vec = a.run(x, embedding=True)
+            np.testing.assert_allclose(lo, ref_lo, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(vec, ref_vec, rtol=1e-4, atol=1e-4)
+        # Fewer batches than sessions (and no pixel at all) are fine.
+        few, _ = run_batches([a, b, c], x[:10], 64)
+        np.testing.assert_allclose(few, one[:10], rtol=1e-5, atol=1e-5)
+        assert run_batches([a, b], x[:0], 64)[0].shape == (0, len(meta.classes))
+
+
+def test_a_block_runs_on_as_many_single_threaded_sessions_as_its_threads(
+    bundle: Path, stack_desc: Path, polygons: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cropmap
+
+    seen: list[int] = []
+    real = predict.run_batches
+
+    def spy(bundles, x, batch_size, **kw):  # type: ignore[no-untyped-def]
+        seen.append(len(bundles))
+        assert all(b.session.get_session_options().intra_op_num_threads == 1 for b in bundles)
+        return real(bundles, x, batch_size, **kw)
+
+    monkeypatch.setattr(predict, "run_batches", spy)
+    one = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "a.tif", threads=1, batch_size=16)
+    two = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", threads=2, batch_size=16,
+                           block_size=4096)  # one block, two threads: two sessions share its batches  # fmt: skip
+    assert two["executor"] == "local threads (1 workers x 2 single-threaded ONNX Runtime sessions)"
+    assert seen[-1] == 2 and set(seen[:-1]) == {1}
+    assert one["classes"] == two["classes"]
+    import rasterio
+
+    with rasterio.open(tmp_path / "a.tif") as ra, rasterio.open(tmp_path / "b.tif") as rb:
+        assert (ra.read(1) == rb.read(1)).all()
