@@ -129,3 +129,26 @@ def test_cli_new_flags(stack_desc: Path, bundle: Path, two_layers: Path, outdir:
     for bad in (["--majority-filter", "4"], ["--smooth-probabilities", "0"], ["--uncertainty", "least"]):
         res = runner.invoke(main, [*args, "--mask-layer", "cropland", "--overwrite", *bad])
         assert res.exit_code == 2, (bad, res.output)
+
+
+@pytest.mark.parametrize("crs, shape", [("EPSG:4326", (3, 400)), ("EPSG:32631", (300, 2))])
+def test_quicklook_of_a_thin_map_in_any_crs_shows_every_class_and_its_legend(tmp_path: Path, crs: str,
+                                                                             shape: tuple[int, int]) -> None:  # fmt: skip
+    from PIL import Image
+    from rasterio.transform import from_origin
+
+    from cropmap.quicklook import write_quicklook
+
+    res = 0.0001 if crs == "EPSG:4326" else 10.0
+    codes = np.zeros(shape, dtype=np.uint8)
+    codes.flat[: codes.size // 2] = CLASSES[0].code
+    codes.flat[codes.size // 2 :] = CLASSES[1].code
+    path = tmp_path / "map.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=shape[1], height=shape[0], count=1, dtype="uint8", crs=crs,
+                       transform=from_origin(4.5, 51.0, res, res) if crs == "EPSG:4326" else TRANSFORM) as ds:  # fmt: skip
+        ds.write(codes, 1)
+    write_quicklook(path, tmp_path / "q.png", CLASSES, {c.code: 1.0 for c in CLASSES}, title="thin")
+    img = np.asarray(Image.open(tmp_path / "q.png").convert("RGB")).astype(int)
+    for c in CLASSES:  # the map's two classes fill pixels; the third appears only as its legend swatch
+        n = int((np.abs(img - np.array(c.rgb())).max(axis=-1) == 0).sum())
+        assert n > (1000 if c.code != CLASSES[2].code else 100), (c.name, n)
