@@ -38,14 +38,29 @@ SAMPLE_EDGE_PX = 32
 MIN_VALUES = 200
 
 
-def _windows(blocks: Sequence[Block]) -> list[Window]:
+def _inside_tile(start: int, length: int, size: int, tile: int) -> int:
+    """Offset of a ``size`` window centred in ``[start, start + length)``, shifted into the tile that holds the
+    centre when it fits there."""
+    centred = start + (length - size) // 2
+    t0 = (start + length // 2) // tile * tile
+    lo, hi = max(t0, start), min(t0 + tile, start + length) - size
+    return min(max(centred, lo), hi) if lo <= hi else centred
+
+
+def _windows(blocks: Sequence[Block], tile: tuple[int, int] = (1, 1)) -> list[Window]:
+    """Up to :data:`SAMPLE_WINDOWS` windows of at most :data:`SAMPLE_EDGE_PX` square, one near the centre of
+    each sampled block, moved to start on the file's ``tile`` grid where the block allows it: a window inside
+    one tile decodes one tile per band instead of up to four."""
     if not blocks:
         return []
     step = max(1, len(blocks) // SAMPLE_WINDOWS)
     out = []
+    th, tw = max(1, tile[0]), max(1, tile[1])
     for b in list(blocks)[::step][:SAMPLE_WINDOWS]:
         h, w = min(SAMPLE_EDGE_PX, b.height), min(SAMPLE_EDGE_PX, b.width)
-        out.append(Window(b.col_off + (b.width - w) // 2, b.row_off + (b.height - h) // 2, w, h))
+        r = _inside_tile(b.row_off, b.height, h, th)
+        c = _inside_tile(b.col_off, b.width, w, tw)
+        out.append(Window(c, r, w, h))
     return out
 
 
@@ -60,7 +75,7 @@ def likely_scale(median_raw: float) -> float | None:
 def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], blocks: Sequence[Block]) -> None:
     """Refuse a stack whose sampled values cannot be reflectance in its scale.
 
-    Reads a centre window of up to :data:`SAMPLE_WINDOWS` of ``blocks`` (those to be
+    Reads a window near the centre of up to :data:`SAMPLE_WINDOWS` of ``blocks`` (those to be
     classified), observations ``obs`` and ``bands``. With fewer than
     :data:`MIN_VALUES` valid values (a nearly empty stack) nothing is decided here.
 
@@ -70,7 +85,7 @@ def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], bl
     assert stack.scale is not None
     gain, offset = stack.scale.gain, stack.scale.offset
     parts = []
-    for window in _windows(blocks):
+    for window in _windows(blocks, stack.tile_shape):
         raw = stack.read(window, obs, bands)
         parts.append(raw[np.isfinite(raw)])
     values = np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)

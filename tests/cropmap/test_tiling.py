@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,3 +37,25 @@ def test_block_shape_default_shrinks_for_long_stacks_but_not_below_a_tile() -> N
     assert block_shape((256, 256), (10_000, 10_000), None, bytes_per_pixel=long) == (256, 256)
     # An explicit request is honoured whatever the stack length.
     assert block_shape((64, 64), (10_000, 10_000), DEFAULT_BLOCK_SIZE_PX, bytes_per_pixel=long) == (512, 512)
+
+
+@pytest.mark.parametrize("tile", [(64, 64), (1, 1), (512, 512), (16, 16), (256, 128)])
+@pytest.mark.parametrize("shape", [(100, 100), (1000, 700), (40, 40), (3, 900)])
+def test_reflectance_sample_windows_lie_in_their_block_and_in_one_tile_where_they_fit(
+    tile: tuple[int, int], shape: tuple[int, int]
+) -> None:
+    from cropmap.sanity import SAMPLE_EDGE_PX, _windows
+
+    blocks = plan_blocks(shape, (min(512, shape[0]), min(512, shape[1])))
+    for b, w in zip(blocks, _windows(blocks, tile), strict=False):
+        assert b.row_off <= w.row_off and w.row_off + w.height <= b.row_off + b.height
+        assert b.col_off <= w.col_off and w.col_off + w.width <= b.col_off + b.width
+        assert (w.height, w.width) == (min(SAMPLE_EDGE_PX, b.height), min(SAMPLE_EDGE_PX, b.width))
+        for off, size, length, start, t in ((w.row_off, w.height, b.height, b.row_off, tile[0]),
+                                            (w.col_off, w.width, b.width, b.col_off, tile[1])):  # fmt: skip
+            centre_tile = (start + length // 2) // t
+            fits = max(centre_tile * t, start) + size <= min((centre_tile + 1) * t, start + length)
+            if fits:  # one tile of the file, the one that holds the block's centre
+                assert off // t == (off + size - 1) // t == centre_tile
+            else:  # centred in the block
+                assert off == start + (length - size) // 2
