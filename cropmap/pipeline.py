@@ -27,7 +27,15 @@ from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
 from cropmap.options import ClassifyOptions
 from cropmap.postprocess import PostProcess
-from cropmap.predict import CONFIDENCE_NODATA, BlockItem, BlockJob, BlockResult, bundle_session, halo_window
+from cropmap.predict import (
+    CONFIDENCE_NODATA,
+    BlockItem,
+    BlockJob,
+    BlockResult,
+    SessionPool,
+    bundle_session,
+    halo_window,
+)
 from cropmap.sanity import check_reflectance
 from cropmap.stack import Stack, bounded_gdal_cache, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
@@ -137,10 +145,16 @@ def _absolute(path: str | Path) -> Path:
 
 def _results(plan: _Plan, progress: ProgressCallback | None) -> Iterator[BlockResult]:
     total = len(plan.items)
-    for done, result in enumerate(run_blocks(plan.job, plan.items, plan.executor), start=1):
-        if progress is not None:
-            progress(done, total)
-        yield result
+    with contextlib.ExitStack() as stack:
+        job = plan.job
+        if plan.executor.scheduler is None:  # local: every block's batches share the run's sessions
+            ex = plan.executor
+            pool = stack.enter_context(SessionPool(plan.bundle_path, job.provider, ex.workers * ex.threads_per_worker))
+            job = dataclasses.replace(job, pool=pool)
+        for done, result in enumerate(run_blocks(job, plan.items, plan.executor), start=1):
+            if progress is not None:
+                progress(done, total)
+            yield result
 
 
 def _options(options: ClassifyOptions | None, kwargs: dict[str, Any]) -> ClassifyOptions:

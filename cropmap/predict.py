@@ -117,7 +117,7 @@ def predict_block(
     values: np.ndarray,
     mask: np.ndarray,
     positions: np.ndarray,
-    bundle: Bundle | Sequence[Bundle],
+    bundle: Bundle | Sequence[Bundle] | SessionPool,
     *,
     min_valid: int,
     batch_size: int,
@@ -135,8 +135,9 @@ def predict_block(
             observations ordered by season position, bands in the bundle's order.
         mask: bool ``(rows, cols)``, True for cropland.
         positions: ``(S,)`` season positions of the observations.
-        bundle: An opened bundle, or several sessions of the same bundle: the batches are then
-            shared among them, run at once on as many threads (see :func:`run_batches`).
+        bundle: An opened bundle; several sessions of the same bundle (the batches are then
+            shared among them, run at once on as many threads: :func:`run_batches`); or a run's
+            :class:`SessionPool`, whose threads take the batches of every block as they come.
         min_valid: Fewest valid observations a pixel needs.
         batch_size: Pixels per ONNX Runtime call.
         confidence: Also return the confidence block.
@@ -148,8 +149,9 @@ def predict_block(
         inner: The part of the arrays to return (rows, cols slices); the rest is the
             halo that only feeds the post-processing. Default: everything.
     """
-    bundles = [bundle] if isinstance(bundle, Bundle) else list(bundle)
+    bundles = [bundle] if isinstance(bundle, (Bundle, SessionPool)) else list(bundle)
     meta = bundles[0].metadata
+    provider = None
     s, c, rows, cols = values.shape
     if c != meta.n_bands:
         raise ValueError(f"values hold {c} bands; the bundle expects {meta.n_bands}")
@@ -178,7 +180,11 @@ def predict_block(
         good = np.flatnonzero(ok)
         good_any = bool(good.size)
         ok_grid[rr[good], cc[good]] = True
-        logits, vec = run_batches(bundles, filled[good], batch_size, embedding=embedding)
+        if isinstance(bundle, SessionPool):
+            logits, vec, provider = bundle.run(filled[good], batch_size, embedding=embedding)
+        else:
+            logits, vec = run_batches(bundles, filled[good], batch_size, embedding=embedding)  # type: ignore[arg-type]
+            provider = getattr(bundles[0], "provider", None)
         if emb is not None:
             emb[:, rr[good], cc[good]] = vec.T  # type: ignore[union-attr]
         index[rr[good], cc[good]] = np.argmax(logits, axis=1)
@@ -210,7 +216,7 @@ def predict_block(
     return BlockPrediction(
         classes=classes, confidence=conf, embedding=emb, n_mask=n_mask, n_classified=n_classified,
         n_insufficient=n_mask - n_classified, timings=timings, probabilities=prob_out, uncertainty=unc,
-        insufficient=mask_in & ~ok_in, provider=getattr(bundles[0], "provider", None) if good_any else None,
+        insufficient=mask_in & ~ok_in, provider=provider if good_any else None,
     )  # fmt: skip
 
 
@@ -256,6 +262,67 @@ def bundle_session(path: str | Path, intra_op_threads: int, provider: str = "cpu
                 _IDLE.popitem(last=False)
 
 
+class SessionPool:
+    """The ONNX Runtime sessions of one run: ``threads`` threads, each running single-threaded sessions of
+    one bundle (from :func:`bundle_session`), shared by all the blocks of the run.
+
+    A block hands its batches to :meth:`run`; they join one queue and run on whichever thread is free.
+    So the cores stay busy whatever the split of the cropland between blocks: a run of two blocks, one
+    with three times the cropland of the other, does not leave a core idle while the larger one finishes.
+    On the CPU, single-threaded sessions side by side also classify faster than one session with as many
+    intra-op threads (docs/benchmarks/precision.md). Close it (or use it as a context manager) to stop its
+    threads.
+    """
+
+    def __init__(self, path: str | Path, provider: str, threads: int) -> None:
+        self.path, self.provider = Path(path), provider
+        with bundle_session(self.path, 1, provider) as b:
+            self.metadata = b.metadata
+            # A GPU takes one session at a time: more would only share its memory.
+            self.threads = max(1, threads) if b.provider == "CPUExecutionProvider" else 1
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="cropmap-session")
+
+    def _one(self, x: np.ndarray, embedding: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
+        with bundle_session(self.path, 1, self.provider) as b:
+            out = b.run(x, embedding=embedding)
+            return (out[0], out[1], b.provider) if embedding else (out, None, b.provider)
+
+    def run(
+        self, x: np.ndarray, batch_size: int, *, embedding: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        """Run float32 ``(N, T, C)`` in batches of ``batch_size`` on the pool's threads.
+
+        Returns:
+            float32 logits ``(N, K)``, float32 embeddings ``(N, D)`` when ``embedding`` (else ``None``), and
+            the execution provider that ran them (``None`` when ``x`` is empty).
+        """
+        futures = [self._pool.submit(self._one, x[s : s + batch_size], embedding) for s in range(0, len(x), batch_size)]
+        try:
+            parts = [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        k = len(self.metadata.classes)
+        logits = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False) if parts else \
+            np.empty((0, k), dtype=np.float32)  # fmt: skip
+        vecs = None
+        if embedding and self.metadata.embedding is not None:
+            vecs = (np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False) if parts
+                    else np.empty((0, self.metadata.embedding.dim), dtype=np.float32))  # fmt: skip
+        return logits, vecs, parts[0][2] if parts else None
+
+    def close(self) -> None:
+        """Stop the threads (batches not started are cancelled)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> SessionPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class BlockItem:
     """One unit of work: a block and the polygons that touch it."""
@@ -296,7 +363,8 @@ class BlockJob:
     min_valid: int
     batch_size: int
     threads: int
-    """CPU threads per block: that many single-threaded ONNX Runtime sessions share its batches."""
+    """ONNX Runtime intra-op threads of the block's session when the job has no :attr:`pool` (on a dask cluster:
+    1, one single-threaded session per worker thread)."""
     confidence: bool
     embedding: bool
     probabilities: bool = False
@@ -307,23 +375,13 @@ class BlockJob:
     """The stack's cloud band and masking rule; ``None``: no cloud masking."""
     provider: str = "cpu"
     """ONNX Runtime execution provider of the workers' sessions (see :func:`cropmap.bundle.load_bundle`)."""
+    pool: SessionPool | None = field(default=None, compare=False, repr=False)
+    """A local run's shared sessions (:class:`SessionPool`); ``None`` on a dask cluster, where a job is pickled."""
 
     def halo_window(self, block: Block) -> tuple[Window, tuple[slice, slice]]:
         """See :func:`halo_window`, with this job's post-processing halo."""
         h = self.post.halo if self.post is not None and self.post.active else 0
         return halo_window(block, h, self.stack.shape)
-
-    def _sessions(self, stack: ExitStack, n_pixels: int) -> list[Bundle]:
-        """The sessions one block runs on, held until ``stack`` closes.
-
-        On the CPU a block gets :attr:`threads` single-threaded sessions that share its batches
-        (never more than it has batches); on a GPU one session takes the whole block.
-        """
-        first = stack.enter_context(bundle_session(self.bundle_path, 1, self.provider))
-        if first.provider != "CPUExecutionProvider":
-            return [first]
-        n = max(1, min(self.threads, -(-n_pixels // self.batch_size)))
-        return [first, *(stack.enter_context(bundle_session(self.bundle_path, 1, self.provider)) for _ in range(n - 1))]
 
     def __call__(self, item: BlockItem) -> BlockResult:
         """Read, mask and classify one block (with its halo, when post-processing)."""
@@ -344,10 +402,10 @@ class BlockJob:
         else:
             values = np.empty((len(self.obs), self.metadata.n_bands, height, width), dtype=np.float32)
         read_s = time.perf_counter() - t0
-        with ExitStack() as sessions:
+        with ExitStack() as held:
+            bundle = self.pool or held.enter_context(bundle_session(self.bundle_path, self.threads, self.provider))
             pred = predict_block(
-                values, mask, np.asarray(self.positions), self._sessions(sessions, int(mask.sum())),
-                min_valid=self.min_valid,
+                values, mask, np.asarray(self.positions), bundle, min_valid=self.min_valid,
                 batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,
                 probabilities=self.probabilities, uncertainty=self.uncertainty, post=self.post, inner=inner,
             )  # fmt: skip

@@ -117,8 +117,9 @@ class Executor:
     workers: int
     """Blocks processed at once."""
     threads_per_worker: int
-    """CPU threads per block, so that workers x threads stays within the cores. On the CPU a block runs
-    that many single-threaded ONNX Runtime sessions side by side (:func:`cropmap.predict.run_batches`)."""
+    """CPU threads per block worker, so that workers x threads stays within the cores. A local run keeps
+    workers x threads single-threaded ONNX Runtime sessions that take the batches of every block
+    (:class:`cropmap.predict.SessionPool`)."""
     scheduler: str | None
 
     @property
@@ -126,8 +127,8 @@ class Executor:
         """Human-readable description for logs and the summary."""
         if self.scheduler:
             return f"dask.distributed at {self.scheduler} ({self.workers} worker threads)"
-        return (f"local threads ({self.workers} workers x {self.threads_per_worker} single-threaded ONNX Runtime "
-                "sessions)")  # fmt: skip
+        return (f"local threads ({self.workers} block workers; {self.workers * self.threads_per_worker} "
+                "single-threaded ONNX Runtime sessions)")  # fmt: skip
 
 
 def make_executor(
@@ -136,8 +137,8 @@ def make_executor(
     """Choose parallelism for ``n_blocks`` blocks.
 
     Locally, ``workers`` defaults to the number of cores (but never more than there
-    are blocks), and each worker gets ``cores // workers`` threads: as many single-threaded ONNX
-    Runtime sessions share the batches of its block.
+    are blocks), and each worker gets ``cores // workers`` threads: the run keeps workers x threads
+    single-threaded ONNX Runtime sessions, which take the batches of every block as they come.
     ``threads``, when given, replaces the number of cores as the run's thread budget.
     On a cluster each worker thread runs one single-threaded session.
     """

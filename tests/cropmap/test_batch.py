@@ -98,7 +98,7 @@ def test_batch_cli_local_cluster(runner: CliRunner, inputs: Path, tmp_path: Path
         assert entry["status"] == "done" and entry["summary"] == f"{name}/{name}_summary.json"
         assert entry["outputs"] == {p.name: sha256(p) for p in folder.iterdir()}
         region_summary = read_json(folder / f"{name}_summary.json")
-        assert region_summary["executor"] == "local threads (1 workers x 1 single-threaded ONNX Runtime sessions)"
+        assert region_summary["executor"] == "local threads (1 block workers; 1 single-threaded ONNX Runtime sessions)"
         row = next(r for r in summary["regions"] if r["name"] == name)
         assert row["pixels_classified"] == region_summary["pixels"]["classified"] > 0
         assert row["area_ha"] == {c["name"]: c["area_ha"] for c in region_summary["classes"]}

@@ -80,27 +80,55 @@ def test_batches_shared_among_sessions_give_the_same_results(bundle: Path) -> No
         assert run_batches([a, b], x[:0], 64)[0].shape == (0, len(meta.classes))
 
 
-def test_a_block_runs_on_as_many_single_threaded_sessions_as_its_threads(
+def test_a_session_pool_runs_batches_on_its_threads_with_the_same_results(bundle: Path) -> None:
+    from cropmap.predict import SessionPool
+
+    rng = np.random.default_rng(0)
+    with SessionPool(bundle, "cpu", 2) as pool, bundle_session(bundle, 1) as ref:
+        meta = pool.metadata
+        assert pool.threads == 2
+        x = rng.normal(size=(700, meta.n_timesteps, meta.n_bands)).astype(np.float32)
+        logits, vec, provider = pool.run(x, 64)
+        assert vec is None and provider == "CPUExecutionProvider" and logits.shape == (700, len(meta.classes))
+        np.testing.assert_allclose(logits, ref.run(x), rtol=1e-4, atol=1e-4)  # every batch back in its place
+        if meta.embedding is not None:
+            lo, vec, _ = pool.run(x, 300, embedding=True)
+            ref_lo, ref_vec = ref.run(x, embedding=True)
+            np.testing.assert_allclose(vec, ref_vec, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(lo, ref_lo, rtol=1e-4, atol=1e-4)
+        empty = pool.run(x[:0], 64)
+        assert empty[0].shape == (0, len(meta.classes)) and empty[2] is None
+        with pytest.raises(Exception, match="(?i)invalid|dimension|shape"):  # ONNX Runtime's own error, raised here
+            pool.run(x[:, :, :1].copy(), 64)
+        np.testing.assert_allclose(pool.run(x[:10], 4)[0], logits[:10], rtol=1e-5, atol=1e-5)  # still usable
+
+
+def test_the_batches_of_one_block_run_on_all_the_sessions_of_the_run(
     bundle: Path, stack_desc: Path, polygons: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cropmap
+    import time
 
-    seen: list[int] = []
-    real = predict.run_batches
-
-    def spy(bundles, x, batch_size, **kw):  # type: ignore[no-untyped-def]
-        seen.append(len(bundles))
-        assert all(b.session.get_session_options().intra_op_num_threads == 1 for b in bundles)
-        return real(bundles, x, batch_size, **kw)
-
-    monkeypatch.setattr(predict, "run_batches", spy)
-    one = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "a.tif", threads=1, batch_size=16)
-    two = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", threads=2, batch_size=16,
-                           block_size=4096)  # one block, two threads: two sessions share its batches  # fmt: skip
-    assert two["executor"] == "local threads (1 workers x 2 single-threaded ONNX Runtime sessions)"
-    assert seen[-1] == 2 and set(seen[:-1]) == {1}
-    assert one["classes"] == two["classes"]
     import rasterio
 
+    import cropmap
+    from cropmap.predict import SessionPool
+
+    threads: set[str] = set()
+    real = SessionPool._one
+
+    def spy(self, x, embedding):  # type: ignore[no-untyped-def]
+        threads.add(threading.current_thread().name)
+        time.sleep(0.002)  # long enough that the other thread takes the next batch
+        return real(self, x, embedding)
+
+    monkeypatch.setattr(SessionPool, "_one", spy)
+    one = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "a.tif", threads=1, batch_size=16)
+    assert len(threads) == 1
+    threads.clear()
+    two = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", threads=2, batch_size=16,
+                           block_size=4096)  # one block, two threads  # fmt: skip
+    assert two["executor"] == "local threads (1 block workers; 2 single-threaded ONNX Runtime sessions)"
+    assert len(threads) == 2 and all(t.startswith("cropmap-session") for t in threads)
+    assert one["classes"] == two["classes"]
     with rasterio.open(tmp_path / "a.tif") as ra, rasterio.open(tmp_path / "b.tif") as rb:
         assert (ra.read(1) == rb.read(1)).all()
