@@ -7,23 +7,22 @@ Usage::
     python bench/bench_classify.py --stack S.tif --mask M.gpkg --model B.onnx --repeat 3 \\
         --markdown docs/benchmarks/classify.md
 
-Both numbers are measured in one run on the same machine:
+All numbers are measured in one run on the same machine, every side once per turn
+(``bench_precision.e2e_vs_raw``):
 
 * end to end: :func:`cropmap.classify` (open, read, mask, fill, model, COG + legend +
-  quick-look + summary), cropland pixels per second of wall time;
-* raw ONNX Runtime: the bundle's session alone on the same cropland pixels,
-  pre-filled ``(N, T, C)`` float32, same batch size and the same total threads.
+  quick-look + summary, STAC item), cropland pixels per second of wall time;
+* raw ONNX Runtime: the bundle alone on the same cropland pixels, pre-filled ``(N, T, C)``
+  float32, on the same cores: one session with intra-op threads (at classify's batch and at
+  4096; the faster counts), and single-threaded sessions side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import cropmap
 from cropmap.bundle import load_bundle
 from cropmap.mask import load_polygons, rasterize_block
 from cropmap.models import DEFAULT_BUNDLE
@@ -41,7 +39,7 @@ from cropmap.stack import open_stack
 from cropmap.tiling import block_shape, plan_blocks
 from cropmap.timegrid import fill_gaps, select_season
 
-from bench_precision import ort_px_per_s  # noqa: E402 - the raw-session timing both benchmarks use
+from bench_precision import cores, e2e_vs_raw  # noqa: E402 - the timing both benchmarks use
 
 
 def prefilled_pixels(stack: Path, mask: Path, model: Path) -> np.ndarray:
@@ -87,37 +85,35 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         args.stack, args.mask = tiled_sample(work, args.tile)
 
-    cores = os.cpu_count() or 1
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeat):
-            s = cropmap.classify(args.stack, args.mask, model=args.model, out=Path(tmp) / f"m{i}.tif",
-                                 batch_size=args.batch_size)  # fmt: skip
-            runs.append(s)
-    best = max(runs, key=lambda s: s["throughput_cropland_px_per_s"])
     x = prefilled_pixels(args.stack, args.mask, args.model)
-    threads = cores  # classify uses workers x ORT threads = cores; the raw session gets the same total
-    raw = ort_px_per_s(args.model, x, args.repeat, threads=threads, batch=args.batch_size)
-    e2e = best["throughput_cropland_px_per_s"]
-    t = best["timings_s"]
-    rows = [
-        ("end to end `cropmap.classify`", f"{e2e:,.0f}", f"{best['pixels']['in_mask']:,}", f"{t['total']:.2f}"),
-        ("raw ONNX Runtime, pre-filled (N, T, C)", f"{raw:,.0f}", f"{len(x):,}", f"{len(x) / raw:.2f}"),
-    ]
+    work = REPO / "runs/bench_classify"
+    work.mkdir(parents=True, exist_ok=True)
+    r = e2e_vs_raw(args.stack, args.mask, args.model, x, args.repeat, work, batch_size=args.batch_size,
+                   bare=args.tile is None)  # fmt: skip
+    t = r["timings_s"]
+    n = r["pixels"]
+    rows = [("end to end `cropmap.classify`", r["e2e_px_per_s"])]
+    if r["e2e_no_quicklook_px_per_s"]:
+        rows.append(("end to end, `--no-quicklook`", r["e2e_no_quicklook_px_per_s"]))
+    rows += [(f"raw ONNX Runtime session ({cores()} intra-op threads), pre-filled (N, T, C), batch {b}", v)
+             for b, v in r["raw_px_per_s_by_batch"].items()]  # fmt: skip
+    rows.append((f"raw: {cores()} single-threaded sessions side by side (as classify runs them), batch "
+                 f"{r['raw_sessions_batch']}", r["raw_sessions_px_per_s"]))  # fmt: skip
     lines = [
         "| path | cropland px/s | pixels | seconds |",
         "|---|---:|---:|---:|",
-        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        *[f"| {name} | {v:,.0f} | {n:,} | {n / v:.3f} |" for name, v in rows],
         "",
-        f"End to end reaches {100 * e2e / raw:.1f} % of the raw model throughput. Stage times of the best "
-        f"end-to-end run (s): read {t['read']:.3f}, fill {t['fill']:.3f}, model {t['model']:.3f}, "
-        f"write (COGs, legend, quick-look) {t['write']:.3f}, total {t['total']:.3f}.",
+        f"End to end reaches **{100 * r['ratio']:.1f} %** of the raw session (its faster batch, {r['raw_batch']})"
+        + (f", {100 * r['ratio_no_quicklook']:.1f} % without the quick-look" if r["ratio_no_quicklook"] else "")
+        + f", and {100 * r['ratio_sessions']:.1f} % of the raw sessions side by side. Stage times of the last "
+        f"end-to-end run (s): read {t['read']:.3f}, fill {t['fill']:.3f}, model {t['model']:.3f}, write (COGs, "
+        f"legend, quick-look) {t['write']:.3f}, total {t['total']:.3f}.",
         "",
-        f"Measured {dt.date.today().isoformat()} on {platform.machine()} with {cores} cores, "
+        f"Measured {dt.date.today().isoformat()} on {platform.machine()} with {cores()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, onnxruntime "
-        f"{__import__('onnxruntime').__version__}; stack `{args.stack.name}`, model `{args.model.name}` "
-        f"({best['bundle']['model_name']}), batch size {args.batch_size}, best of {args.repeat}, "
-        f"executor: {best['executor']}; raw ORT with {threads} intra-op threads.",
+        f"{__import__('onnxruntime').__version__}; stack `{args.stack.name}`, model `{args.model.name}`, batch size "
+        f"{args.batch_size}, best of {args.repeat} turns (every side once per turn), executor: {r['executor']}.",
     ]
     table = "\n".join(lines)
     print(table)

@@ -5,6 +5,7 @@ Usage (each part is one process that measures both sides of its ratios; results 
 
     python bench/bench_precision.py --part e2e-sample     # classify vs raw ORT, sample stack (3,912 px)
     python bench/bench_precision.py --part e2e-large      # the same on the sample tiled 16 x 16 (1,001,472 px)
+    python bench/bench_precision.py --part e2e-paper      # the same at the papers' size (144 stamps, ResMLP-8 x 256)
     python bench/bench_precision.py --part families --model sample|lstm|inception_time|transformer
                                                           # precision x model: agreement, accuracy, px/s
     python bench/bench_precision.py --part torch          # ONNX Runtime vs torch eager / compile / int8
@@ -219,34 +220,30 @@ def _time_sessions(sessions: list[Any], x: np.ndarray, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def part_e2e(large: bool, repeat: int, work: Path) -> dict[str, Any]:
-    """classify end to end vs the raw session(s) on the same pixels (fp32 shipped bundle).
+def e2e_vs_raw(stack: Path, mask: Path, model: Path, x: np.ndarray, repeat: int, work: Path, *,
+               batch_size: int | None = None, bare: bool = True) -> dict[str, Any]:  # fmt: skip
+    """classify end to end vs the raw session(s) of ``model`` on the same pixels ``x`` (pre-filled, as classify feeds
+    them).
 
-    Each repeat runs every side once, in turn (classify, classify without quick-look, the raw session at
-    two batch sizes, the raw single-threaded sessions side by side), so that a change in the machine's load
-    hits all sides alike; each side's best pass counts. Two references:
+    Each repeat runs every side once, in turn (classify; without the quick-look when ``bare``; the raw session at
+    classify's batch and at 4096; the raw single-threaded sessions side by side), so that a change in the machine's
+    load hits all sides alike; each side's best pass counts. Two references:
 
-    * one session with as many intra-op threads as cores, as a script would run the bundle (the faster of
-      batch 256, classify's, and 4096): the issue's ratio;
-    * as many single-threaded sessions as cores sharing the batches, which is how classify runs the model:
-      this ratio is the cost of everything around the model.
+    * one session with as many intra-op threads as cores, as a script would run the bundle (the faster of the two
+      batches): the issue's ratio;
+    * as many single-threaded sessions as cores sharing the batches, which is how classify runs the model: this
+      ratio is the cost of everything around the model.
     """
     import cropmap
     from cropmap.bundle import load_bundle
-    from cropmap.models import DEFAULT_BUNDLE
     from cropmap.options import DEFAULT_BATCH_SIZE
 
-    crop, _ = sample_pixels()
-    if large:
-        stack, mask = tiled_sample(work, 16)
-        x = np.tile(crop, (256, 1, 1))  # the tiles are copies: the same pixels classify reads
-    else:
-        stack, mask, x = STACK, MASK, crop
-    one = load_bundle(DEFAULT_BUNDLE, provider="cpu", intra_op_threads=cores())
-    many = [load_bundle(DEFAULT_BUNDLE, provider="cpu", intra_op_threads=1) for _ in range(cores())]
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    one = load_bundle(model, provider="cpu", intra_op_threads=cores())
+    many = [load_bundle(model, provider="cpu", intra_op_threads=1) for _ in range(cores())]
     for b in (one, *many):
-        b.run(x[:DEFAULT_BATCH_SIZE])
-    batches = sorted({DEFAULT_BATCH_SIZE, BATCH})
+        b.run(x[:batch_size])
+    batches = sorted({batch_size, BATCH})
     best: dict[str, float] = {}
     runs: list[dict[str, Any]] = []
 
@@ -254,29 +251,90 @@ def part_e2e(large: bool, repeat: int, work: Path) -> dict[str, Any]:
         best[key] = max(best.get(key, 0.0), len(x) / seconds)
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        for i in range(1 if large else repeat):
+        for i in range(repeat):
             t0 = time.perf_counter()
-            runs.append(cropmap.classify(stack, mask, out=Path(tmp) / f"m{i}.tif", provider="cpu"))
+            runs.append(cropmap.classify(stack, mask, model=model, out=Path(tmp) / f"m{i}.tif", provider="cpu",
+                                         batch_size=batch_size))  # fmt: skip
             keep("e2e", time.perf_counter() - t0)
-            if not large:  # and without the quick-look (--no-quicklook)
+            if bare:  # and without the quick-look (--no-quicklook)
                 t0 = time.perf_counter()
-                cropmap.classify(stack, mask, out=Path(tmp) / f"n{i}.tif", provider="cpu", quicklook=False)
+                cropmap.classify(stack, mask, model=model, out=Path(tmp) / f"n{i}.tif", provider="cpu",
+                                 batch_size=batch_size, quicklook=False)  # fmt: skip
                 keep("e2e_no_quicklook", time.perf_counter() - t0)
             for batch in batches:
                 keep(f"raw_{batch}", _time_raw(one, x, batch))
-            keep("raw_sessions", _time_sessions(many, x, DEFAULT_BATCH_SIZE))
+            keep("raw_sessions", _time_sessions(many, x, batch_size))
     summary = runs[-1]
     assert summary["pixels"]["in_mask"] == len(x), (summary["pixels"], len(x))
     raw_by_batch = {str(b): best[f"raw_{b}"] for b in batches}
     raw_batch, raw = max(raw_by_batch.items(), key=lambda kv: kv[1])
     e2e, no_ql = best["e2e"], best.get("e2e_no_quicklook")
-    return {"stack": stack.name, "pixels": len(x), "e2e_px_per_s": e2e, "raw_px_per_s": raw, "ratio": e2e / raw,
-            "raw_px_per_s_by_batch": raw_by_batch, "raw_batch": int(raw_batch),
-            "raw_sessions_px_per_s": best["raw_sessions"], "raw_sessions_batch": DEFAULT_BATCH_SIZE,
-            "ratio_sessions": e2e / best["raw_sessions"],
-            "timings_s": summary["timings_s"], "executor": summary["executor"], "e2e_no_quicklook_px_per_s": no_ql,
-            "ratio_no_quicklook": None if no_ql is None else no_ql / raw, "repeat": 1 if large else repeat,
+    return {"stack": stack.name, "model": model.name, "pixels": len(x), "e2e_px_per_s": e2e, "raw_px_per_s": raw,
+            "ratio": e2e / raw, "raw_px_per_s_by_batch": raw_by_batch, "raw_batch": int(raw_batch),
+            "raw_sessions_px_per_s": best["raw_sessions"], "raw_sessions_batch": batch_size,
+            "ratio_sessions": e2e / best["raw_sessions"], "timings_s": summary["timings_s"],
+            "executor": summary["executor"], "e2e_no_quicklook_px_per_s": no_ql,
+            "ratio_no_quicklook": None if no_ql is None else no_ql / raw, "repeat": repeat,
             "km2_h_core_e2e": km2_per_h_per_core(e2e), "machine": machine()}  # fmt: skip
+
+
+def part_e2e(large: bool, repeat: int, work: Path) -> dict[str, Any]:
+    """classify end to end vs the raw sessions on the sample stack (or the sample tiled 16 x 16), fp32 shipped
+    bundle (:func:`e2e_vs_raw`)."""
+    from cropmap.models import DEFAULT_BUNDLE
+
+    crop, _ = sample_pixels()
+    if large:
+        stack, mask = tiled_sample(work, 16)
+        x = np.tile(crop, (256, 1, 1))  # the tiles are copies: the same pixels classify reads
+        return e2e_vs_raw(stack, mask, DEFAULT_BUNDLE, x, 1, work, bare=False)
+    return e2e_vs_raw(STACK, MASK, DEFAULT_BUNDLE, crop, repeat, work)
+
+
+def paper_stack(work: Path, grid: Any, bands: tuple[str, ...]) -> Path:
+    """The sample stack stretched to the papers' 144 stamps (cached in ``work``): stamp ``i`` of ``grid``'s dates
+    holds the sample's nearest earlier monthly observation; bands the sample lacks copy a neighbour (B01 <- B02,
+    B8A and B09 <- B08). Real reflectance at the papers' size, for throughput only."""
+    import rasterio
+
+    path = work / "paper144_s2_stack.tif"
+    if path.exists():
+        return path
+    with rasterio.open(STACK) as src:
+        data = src.read()
+        prof = dict(src.profile)
+        have = src.tags()["bands"].split(",")
+    monthly = data.reshape(-1, len(have), *data.shape[1:])
+    source = {b: have.index({"B01": "B02", "B8A": "B08", "B09": "B08"}.get(b, b)) for b in bands}
+    n = len(grid.day_of_season)
+    month, day = grid.season_start_month_day()
+    start = dt.date(2021, month, day)
+    dates = [start + dt.timedelta(days=int(p)) for p in grid.day_of_season]
+    out = np.stack([monthly[min(len(monthly) - 1, i * len(monthly) // n)][[source[b] for b in bands]]
+                    for i in range(n)]).reshape(n * len(bands), *data.shape[1:])  # fmt: skip
+    prof.update(count=len(out))
+    tmp = path.with_name(".tmp_" + path.name)
+    with rasterio.open(tmp, "w", **prof) as dst:
+        dst.write(out)
+        dst.update_tags(dates=",".join(d.isoformat() for d in dates), bands=",".join(bands), reflectance_scale="10000")
+    tmp.replace(path)
+    return path
+
+
+def part_e2e_paper(repeat: int, work: Path) -> dict[str, Any]:
+    """classify end to end vs the raw sessions at the papers' size: ResMLP-8 x 256 over 144 stamps x 12 bands + BiLSTM
+    (untrained), on the sample stack stretched to 144 stamps, the sample's 3,912 cropland pixels."""
+    from bench_classify import prefilled_pixels
+
+    from exporters.to_onnx import export_bundle
+
+    (enc, base, stats, meta), x_rand, _graph = paper_model()
+    bundle = work / "paper_fp32.onnx"
+    if not bundle.exists():
+        export_bundle(encoder=enc, base_model=base, norm_stats=stats, metadata=meta, out=bundle, example=x_rand[:256])
+    stack = paper_stack(work, meta.time_grid, meta.bands)
+    x = prefilled_pixels(stack, MASK, bundle)
+    return e2e_vs_raw(stack, MASK, bundle, x, repeat, work, bare=False)
 
 
 def tiled_sample(work: Path, n: int) -> tuple[Path, Path]:
@@ -402,46 +460,102 @@ def part_families(repeat: int, work: Path, runs: Path, model: str) -> dict[str, 
     return {"rows": rows, "gemm_ceiling_flops": ceiling, "pixels": len(bench_x), "machine": machine()}
 
 
-def _torch_px_per_s(fn: Any, x: Any, repeat: int) -> float:
-    import torch
+TORCH_BATCHES = (256, 1024, 4096)
+"""Batch sizes both runtimes are timed at in ``--part torch`` / ``--part paper``; each side's best counts."""
 
+
+def _torch_pass(fn: Any, x: Any, batch: int, parallel: bool) -> float:
+    """Seconds of one pass of ``fn`` over ``x``: one call at a time on all cores' intra-op threads, or (``parallel``)
+    the batches shared among as many threads as cores, each call single-threaded (torch releases the GIL)."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = list(range(0, len(x), batch))
+    t0 = time.perf_counter()
     with torch.inference_mode():
-        fn(x[:BATCH])
-        best = 0.0
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            for s in range(0, len(x), BATCH):
-                fn(x[s : s + BATCH])
-            best = max(best, len(x) / (time.perf_counter() - t0))
-    return best
+        if not parallel:
+            torch.set_num_threads(cores())
+            for s in starts:
+                fn(x[s : s + batch])
+        else:
+            torch.set_num_threads(1)
+
+            def work(k: int) -> None:
+                with torch.inference_mode():
+                    for s in starts[k :: cores()]:
+                        fn(x[s : s + batch])
+
+            with ThreadPoolExecutor(cores()) as pool:
+                for f in [pool.submit(work, k) for k in range(cores())]:
+                    f.result()
+            torch.set_num_threads(cores())
+    return time.perf_counter() - t0
 
 
 def _vs_torch(name: str, graph: Any, fp32: Path, int8: Path, x: np.ndarray, repeat: int) -> dict[str, Any]:
-    """ONNX Runtime fp32/int8 vs torch eager, torch.compile and torch dynamic int8 on the same pixels and threads."""
+    """ONNX Runtime fp32/int8 vs torch eager, torch.compile and torch dynamic int8 on the same pixels and cores.
+
+    Every runtime is timed at each of :data:`TORCH_BATCHES` and in both ways of using the cores (one call at a time
+    with intra-op threads; single-threaded calls side by side, the way classify runs sessions); the passes of all
+    configurations are taken in turn per repeat, so a change in load hits them alike. Each runtime's figure is its
+    best configuration (all of them are kept under ``configs``)."""
     import torch
 
-    torch.set_num_threads(cores())
-    xt = torch.from_numpy(x)
+    from cropmap.bundle import load_bundle
+    from cropmap.predict import run_batches
     from exporters.to_onnx import _LogitsOnly, _no_mha_fast_path
 
+    xt = torch.from_numpy(x)
     module = _LogitsOnly(graph).eval()
-    res: dict[str, Any] = {"model": name, "pixels": len(x), "threads": cores()}
-    rates = interleaved_px_per_s({"fp32": fp32, "int8": int8}, x, repeat)
-    res["ort_fp32"], res["ort_int8"] = rates["fp32"], rates["int8"]
-    res["torch_eager"] = _torch_px_per_s(module, xt, repeat)
     qmod = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
-    res["torch_int8_dynamic"] = _torch_px_per_s(qmod, xt, repeat)
-    res["torch_compile"] = None
+    batches = [b for b in TORCH_BATCHES if b <= len(x)]
+    passes: dict[str, Any] = {}
+    for prec, path in (("fp32", fp32), ("int8", int8)):
+        one = load_bundle(path, intra_op_threads=cores())
+        many = [load_bundle(path, intra_op_threads=1) for _ in range(cores())]
+
+        def ort_one(b: int, s: Any = one) -> float:
+            t0 = time.perf_counter()
+            for i in range(0, len(x), b):
+                s.run(x[i : i + b])
+            return time.perf_counter() - t0
+
+        def ort_many(b: int, s: Any = many) -> float:
+            t0 = time.perf_counter()
+            run_batches(s, x, b)
+            return time.perf_counter() - t0
+
+        for b in batches:
+            passes[f"ort_{prec} b{b} threads"] = lambda b=b, f=ort_one: f(b)
+            passes[f"ort_{prec} b{b} side-by-side"] = lambda b=b, f=ort_many: f(b)
+    for key, fn in (("torch_eager", module), ("torch_int8_dynamic", qmod)):
+        for b in batches:
+            passes[f"{key} b{b} threads"] = lambda b=b, fn=fn: _torch_pass(fn, xt, b, False)
+            passes[f"{key} b{b} side-by-side"] = lambda b=b, fn=fn: _torch_pass(fn, xt, b, True)
+    compile_error = "not run (pass --torch-compile; inductor compiles with the C++ compiler first)"
     if COMPILE:
         try:
             with _no_mha_fast_path():
                 compiled = torch.compile(module, dynamic=True)
-                res["torch_compile"] = _torch_px_per_s(compiled, xt, repeat)
+                _torch_pass(compiled, xt, batches[0], False)
+            compile_error = None
+            for b in batches:
+                passes[f"torch_compile b{b} threads"] = lambda b=b: _torch_pass(compiled, xt, b, False)
         except Exception as err:  # noqa: BLE001 - inductor needs a C++ compiler; record why it failed
-            res["torch_compile_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    else:
-        res["torch_compile_error"] = "not run (pass --torch-compile; inductor compiles with the C++ compiler first)"
-    torch_best = max(v for k, v in res.items() if k.startswith("torch_") and isinstance(v, float))
+            compile_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    for f in passes.values():  # warm-up
+        f()
+    configs = dict.fromkeys(passes, 0.0)
+    for _ in range(repeat):
+        for k, f in passes.items():
+            configs[k] = max(configs[k], len(x) / f())
+    res: dict[str, Any] = {"model": name, "pixels": len(x), "threads": cores(), "configs": configs}
+    for key in ("ort_fp32", "ort_int8", "torch_eager", "torch_int8_dynamic", "torch_compile"):
+        mine = {k: v for k, v in configs.items() if k.split(" ")[0] == key}
+        res[key] = max(mine.values()) if mine else None
+        res[f"{key}_config"] = max(mine, key=mine.get).split(" ", 1)[1] if mine else None  # type: ignore[arg-type]
+    res["torch_compile_error"] = compile_error
+    torch_best = max(v for k, v in res.items() if k in ("torch_eager", "torch_int8_dynamic", "torch_compile") and v)
     res["torch_best"] = torch_best
     res["ort_fp32_vs_eager"] = res["ort_fp32"] / res["torch_eager"]
     res["ort_best_vs_torch_best"] = max(res["ort_fp32"], res["ort_int8"]) / torch_best
@@ -519,7 +633,9 @@ def part_torch(repeat: int, work: Path, runs: Path) -> dict[str, Any]:
         clf = load_classifier(choice.model)
         graph = build_graph(encoder=clf.encoder, base_model=clf.base_model, norm_stats=clf.norm_stats)
         x = np.tile(xv, (int(np.ceil(4 * BATCH / len(xv))), 1, 1))[: 4 * BATCH]
-        out.append(_vs_torch(f"{fam} (France 2022, trained)", graph, fp32, int8, x, repeat))
+        row = _vs_torch(f"{fam} (France 2022, trained)", graph, fp32, int8, x, repeat)
+        row["flops_per_px"], row["gemm_ceiling_flops"] = graph_flops_per_px(fp32), gemm_ceiling()
+        out.append(row)
     return {"rows": out, "machine": machine()}
 
 
@@ -597,7 +713,8 @@ def report(out: Path) -> str:
         ceil = ", ".join(f"{c / 1e9:.1f}" for c in f["gemm_ceiling_flops"])
         lines += ["", f"fp32 GEMM ceiling measured in the same run as each model's row (one run per model, in the "
                   f"order above): {ceil} GFLOP/s (numpy BLAS, 2048^3, all cores). {f['machine']}.", ""]  # fmt: skip
-    for key, title in (("e2e-sample", "sample stack"), ("e2e-large", "sample stack tiled 16 x 16")):
+    for key, title in (("e2e-sample", "sample stack"), ("e2e-large", "sample stack tiled 16 x 16"),
+                       ("e2e-paper", "the papers' size, sample stack stretched to 144 stamps")):  # fmt: skip
         if key in get:
             e = get[key]
             t = e["timings_s"]
@@ -606,7 +723,7 @@ def report(out: Path) -> str:
                 "",
                 "| path | cropland px | px/s | cropland km2 / h / core |",
                 "|---|---:|---:|---:|",
-                f"| `cropmap.classify` end to end (fp32 sample bundle) | {e['pixels']:,} | {_f(e['e2e_px_per_s'])} | "
+                f"| `cropmap.classify` end to end (fp32 bundle `{e.get('model', 'flanders_sample.onnx')}`) | {e['pixels']:,} | {_f(e['e2e_px_per_s'])} | "
                 f"{e['km2_h_core_e2e']:.2f} |",
                 *([f"| the same with `quicklook=False` | {e['pixels']:,} | {_f(e['e2e_no_quicklook_px_per_s'])} | "
                    f"{km2_per_h_per_core(e['e2e_no_quicklook_px_per_s']):.2f} |"] if e.get("e2e_no_quicklook_px_per_s") else []),
@@ -636,13 +753,27 @@ def report(out: Path) -> str:
             "| model | ORT fp32 | ORT int8 | torch eager fp32 | torch.compile fp32 | torch dynamic int8 | ORT fp32 / eager | best ORT / best torch |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        def cell(r: dict[str, Any], key: str) -> str:
+            how = r.get(f"{key}_config")
+            return _f(r[key]) + (f" ({how})" if how else "")
+
         for r in tables:
-            lines.append(f"| {r['model']} | {_f(r['ort_fp32'])} | {_f(r['ort_int8'])} | {_f(r['torch_eager'])} | "
-                         f"{_f(r['torch_compile'])} | {_f(r['torch_int8_dynamic'])} | **{r['ort_fp32_vs_eager']:.2f}x** | "
+            lines.append(f"| {r['model']} | {cell(r, 'ort_fp32')} | {cell(r, 'ort_int8')} | {cell(r, 'torch_eager')} | "
+                         f"{cell(r, 'torch_compile')} | {cell(r, 'torch_int8_dynamic')} | **{r['ort_fp32_vs_eager']:.2f}x** | "
                          f"**{r['ort_best_vs_torch_best']:.2f}x** |")  # fmt: skip
-        lines += ["", "Pixels per second on the same pixels and threads, best of the repeats; batch 4096 (the papers' "
-                  "size: 1,024 pixels in one call). torch eager runs under `torch.inference_mode()`; torch dynamic int8 "
-                  "is `torch.ao.quantization.quantize_dynamic` on Linear and LSTM."]  # fmt: skip
+        lines += ["", "Pixels per second on the same pixels and cores, each runtime at its best configuration (in "
+                  f"brackets) of batch {', '.join(map(str, TORCH_BATCHES))} (at most the pixels there are) and "
+                  "threading: `threads` = one call at a time using every core's intra-op thread, `side-by-side` = "
+                  "single-threaded calls on as many threads as cores, as classify runs its sessions. Best of the "
+                  "repeats, all configurations taken in turn. torch runs under `torch.inference_mode()`; torch "
+                  "dynamic int8 is `torch.ao.quantization.quantize_dynamic` on Linear and LSTM."]  # fmt: skip
+        for r in tables:
+            if r.get("flops_per_px") and r.get("gemm_ceiling_flops"):
+                share = {k: r["flops_per_px"] * r[k] / r["gemm_ceiling_flops"] for k in ("ort_fp32", "torch_eager")}
+                lines.append(f"{r['model']}: {r['flops_per_px'] / 1e6:.1f} MFLOP per pixel; the fp32 GEMM ceiling "
+                             f"measured in the same run is {r['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s, of which ONNX "
+                             f"Runtime fp32 reaches {100 * share['ort_fp32']:.0f} % and torch eager "
+                             f"{100 * share['torch_eager']:.0f} %.")  # fmt: skip
         for r in tables:
             if r.get("torch_compile_error"):
                 lines.append(f"torch.compile for {r['model']}: {r['torch_compile_error']}.")
@@ -674,7 +805,7 @@ def report(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one part, or write the report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("e2e-sample", "e2e-large", "families", "torch", "paper", "gpu"))
+    p.add_argument("--part", choices=("e2e-sample", "e2e-large", "e2e-paper", "families", "torch", "paper", "gpu"))
     p.add_argument("--report", action="store_true", help="print (and with --markdown write) the measured tables")
     p.add_argument("--markdown", type=Path, help="page whose measured section the report replaces")
     p.add_argument("--out", type=Path, default=REPO / "runs/bench_precision", help="results and work folder")
@@ -691,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         fn = {
             "e2e-sample": lambda: part_e2e(False, args.repeat, args.out),
             "e2e-large": lambda: part_e2e(True, args.repeat, args.out),
+            "e2e-paper": lambda: part_e2e_paper(args.repeat, args.out),
             "families": lambda: part_families(args.repeat, args.out, args.runs, args.model),
             "torch": lambda: part_torch(args.repeat, args.out, args.runs),
             "paper": lambda: part_paper(args.repeat, args.out),
