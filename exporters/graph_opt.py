@@ -7,18 +7,13 @@ kernels. Each 1-D convolution whose weights are a graph initializer becomes
 On the France InceptionTime (12 monthly stamps, 4,096 series, 2 threads) the graph ran 4.2x faster
 (5,199 -> 21,864 series/s; largest logit difference 8.6e-6); see docs/benchmarks.md. The bundle's parity
 with torch is checked on the rewritten graph, like any export.
-
-``trim_padding_taps``: a bundle's series have a fixed length, and a 1-D convolution whose kernel is longer than
-the series (InceptionTime's 39 taps over 12 monthly stamps, "same" padding of 19) has taps that only ever meet
-the zero padding. Those taps are cut from the weights and the padding shrinks by as much: the products dropped
-were all multiplications by zero, so the result is the same.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["conv1d_as_conv2d", "trim_padding_taps"]
+__all__ = ["conv1d_as_conv2d"]
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -83,53 +78,3 @@ def conv1d_as_conv2d(model: Any) -> int:
         del graph.initializer[:]
         graph.initializer.extend(kept)
     return n_rewritten
-
-
-def trim_padding_taps(model: Any) -> int:
-    """Cut, in place, the kernel taps of every 1-D ``Conv`` of ``model`` that only ever read padding (stride and
-    dilation 1, explicit pads, initializer weights, input length known from ONNX shape inference); returns how many
-    convolutions were trimmed."""
-    from onnx import numpy_helper, shape_inference
-
-    graph = model.graph
-    known = shape_inference.infer_shapes(model)
-    lengths: dict[str, int] = {}
-    for v in [*known.graph.value_info, *known.graph.input]:
-        dims = v.type.tensor_type.shape.dim
-        if len(dims) == 3 and dims[2].HasField("dim_value"):
-            lengths[v.name] = dims[2].dim_value
-    inits = {i.name: i for i in graph.initializer}
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    n_trimmed = 0
-    for node in graph.node:
-        w = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-        if w is None or len(w.dims) != 3 or users.get(w.name, 0) != 1 or node.input[0] not in lengths:
-            continue
-        length = lengths[node.input[0]]
-        a = _attrs(node)
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or any(v != 1 for v in a.get("strides", [1])) \
-                or any(v != 1 for v in a.get("dilations", [1])):  # fmt: skip
-            continue
-        k = w.dims[2]
-        p0, p1 = a.get("pads", [0, 0])
-        out_len = length + p0 + p1 - k + 1
-        if out_len < 1:
-            continue
-        # Output t reads input t + j - p0 through tap j: taps below first / above last never meet the series.
-        first, last = max(0, p0 - (out_len - 1)), min(k - 1, p0 + length - 1)
-        if first == 0 and last == k - 1:
-            continue
-        arr = numpy_helper.to_array(w)[:, :, first : last + 1]
-        w.CopyFrom(numpy_helper.from_array(arr, name=w.name))
-        for attr in node.attribute:
-            if attr.name == "kernel_shape":
-                del attr.ints[:]
-                attr.ints.extend([last - first + 1])
-            elif attr.name == "pads":
-                del attr.ints[:]
-                attr.ints.extend([p0 - first, p1 - (k - 1 - last)])
-        n_trimmed += 1
-    return n_trimmed

@@ -284,7 +284,7 @@ def export_bundle(
     """
     import onnx
 
-    from exporters.graph_opt import conv1d_as_conv2d, trim_padding_taps
+    from exporters.graph_opt import conv1d_as_conv2d
     from exporters.quantize import DEFAULT_MIN_AGREEMENT, PrecisionError, reduce_precision
 
     out = Path(out)
@@ -345,9 +345,6 @@ def export_bundle(
                     f"{metadata.provenance.encoder} at opset {opset}: {_first_line(err)}"
                 ) from err
         model = onnx.load(str(tmp))
-        n_trim = trim_padding_taps(model)  # taps that only meet padding: dropped (parity below checks the result)
-        if n_trim:
-            logger.info("cut the taps that only read padding from %d convolutions", n_trim)
         n_conv = conv1d_as_conv2d(model)  # the faster form for ONNX Runtime; parity below checks the result
         if n_conv:
             logger.info("rewrote %d 1-D convolutions as 2-D ones over a height-1 image", n_conv)
