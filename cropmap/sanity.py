@@ -35,6 +35,9 @@ COMMON_SCALES = (1.0, 100.0, 10000.0)
 """Reflectance x 1 (float reflectance), x 100 (percent), x 10000 (Sentinel-2 L2A digital numbers)."""
 SAMPLE_WINDOWS = 8
 SAMPLE_EDGE_PX = 32
+SAMPLE_OBSERVATIONS = 12
+"""Observations read per window, evenly spread over the season (a 144-stamp stack would otherwise decode 1,728
+band tiles per window, most of a second before the run starts)."""
 MIN_VALUES = 200
 
 
@@ -76,7 +79,7 @@ def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], bl
     """Refuse a stack whose sampled values cannot be reflectance in its scale.
 
     Reads a window near the centre of up to :data:`SAMPLE_WINDOWS` of ``blocks`` (those to be
-    classified), observations ``obs`` and ``bands``. With fewer than
+    classified), at most :data:`SAMPLE_OBSERVATIONS` of observations ``obs`` (evenly spread) and ``bands``. With fewer than
     :data:`MIN_VALUES` valid values (a nearly empty stack) nothing is decided here.
 
     Raises:
@@ -85,8 +88,10 @@ def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], bl
     assert stack.scale is not None
     gain, offset = stack.scale.gain, stack.scale.offset
     parts = []
+    step = max(1, -(-len(obs) // SAMPLE_OBSERVATIONS))
+    sampled = list(obs)[::step]
     for window in _windows(blocks, stack.tile_shape):
-        raw = stack.read(window, obs, bands)
+        raw = stack.read(window, sampled, bands)
         parts.append(raw[np.isfinite(raw)])
     values = np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
     if values.size < MIN_VALUES:

@@ -59,3 +59,28 @@ def test_reflectance_sample_windows_lie_in_their_block_and_in_one_tile_where_the
                 assert off // t == (off + size - 1) // t == centre_tile
             else:  # centred in the block
                 assert off == start + (length - size) // 2
+
+
+def test_the_reflectance_check_reads_few_observations_of_a_long_series() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cropmap.errors import InputRasterError
+    from cropmap.sanity import SAMPLE_OBSERVATIONS, check_reflectance
+
+    read: list[list[int]] = []
+
+    def fake_read(window, obs, bands):  # type: ignore[no-untyped-def]
+        read.append(list(obs))
+        return np.full((len(obs), len(bands), int(window.height), int(window.width)), value, dtype=np.float32)
+
+    stack = SimpleNamespace(scale=SimpleNamespace(gain=1e-4, offset=0.0, reflectance_scale=1e4, source="tag"),
+                            read=fake_read, path="s.tif", tile_shape=(64, 64))  # fmt: skip
+    blocks = plan_blocks((100, 100), (100, 100))
+    value = 1500.0  # reflectance 0.15: passes
+    check_reflectance(stack, list(range(144)), ["B02", "B04"], blocks)  # type: ignore[arg-type]
+    assert len(read) == 1 and len(read[0]) <= SAMPLE_OBSERVATIONS and read[0][0] == 0 and read[0][-1] >= 132
+    value = 15.0  # reflectance 0.0015 x 100 off: refused from the sampled observations alone
+    with pytest.raises(InputRasterError, match="orders of magnitude"):
+        check_reflectance(stack, list(range(144)), ["B02", "B04"], blocks)  # type: ignore[arg-type]
