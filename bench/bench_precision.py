@@ -766,7 +766,7 @@ def report(out: Path) -> str:
                   "threading: `threads` = one call at a time using every core's intra-op thread, `side-by-side` = "
                   "single-threaded calls on as many threads as cores, as classify runs its sessions. Best of the "
                   "repeats, all configurations taken in turn. torch runs under `torch.inference_mode()`; torch "
-                  "dynamic int8 is `torch.ao.quantization.quantize_dynamic` on Linear and LSTM."]  # fmt: skip
+                  "dynamic int8 is `torch.ao.quantization.quantize_dynamic` on Linear and LSTM.", ""]  # fmt: skip
         for r in tables:
             if r.get("flops_per_px") and r.get("gemm_ceiling_flops"):
                 share = {k: r["flops_per_px"] * r[k] / r["gemm_ceiling_flops"] for k in ("ort_fp32", "torch_eager")}
@@ -774,10 +774,10 @@ def report(out: Path) -> str:
                              f"measured in the same run is {r['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s, of which ONNX "
                              f"Runtime fp32 reaches {100 * share['ort_fp32']:.0f} % and torch eager "
                              f"{100 * share['torch_eager']:.0f} %.")  # fmt: skip
+                lines.append("")
         for r in tables:
             if r.get("torch_compile_error"):
-                lines.append(f"torch.compile for {r['model']}: {r['torch_compile_error']}.")
-        lines.append("")
+                lines += [f"torch.compile for {r['model']}: {r['torch_compile_error']}.", ""]
     if "paper" in get:
         p = get["paper"]
         lines += [
