@@ -50,7 +50,7 @@ class ClassifyOptions:
     scheduler: str | None = None
     """Address of an existing dask.distributed scheduler (``tcp://host:port``); ``None`` runs locally."""
     threads: int | None = None
-    """CPU threads the local run may use in all (block workers x single-threaded ONNX Runtime sessions per block);
+    """CPU threads the local run may use in all (as many single-threaded ONNX Runtime sessions, shared by the blocks);
     ``None`` uses every core. ``cropmap batch`` sets it so that regions running side by side share the cores."""
     season: int | None = None
     """Calendar year in which the season to classify starts; ``None`` requires the stack to hold one season."""

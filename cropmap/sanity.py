@@ -52,8 +52,8 @@ def _inside_tile(start: int, length: int, size: int, tile: int) -> int:
 
 def _windows(blocks: Sequence[Block], tile: tuple[int, int] = (1, 1)) -> list[Window]:
     """Up to :data:`SAMPLE_WINDOWS` windows of at most :data:`SAMPLE_EDGE_PX` square, one near the centre of
-    each sampled block, moved to start on the file's ``tile`` grid where the block allows it: a window inside
-    one tile decodes one tile per band instead of up to four."""
+    each sampled block, shifted into the file's ``tile`` that holds the block's centre where it fits there: a
+    window inside one tile decodes one tile per band instead of up to four."""
     if not blocks:
         return []
     step = max(1, len(blocks) // SAMPLE_WINDOWS)
@@ -79,8 +79,9 @@ def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], bl
     """Refuse a stack whose sampled values cannot be reflectance in its scale.
 
     Reads a window near the centre of up to :data:`SAMPLE_WINDOWS` of ``blocks`` (those to be
-    classified), at most :data:`SAMPLE_OBSERVATIONS` of observations ``obs`` (evenly spread) and ``bands``. With fewer than
-    :data:`MIN_VALUES` valid values (a nearly empty stack) nothing is decided here.
+    classified), at most :data:`SAMPLE_OBSERVATIONS` of observations ``obs`` (evenly spread) and
+    ``bands``. With fewer than :data:`MIN_VALUES` valid values (a nearly empty stack) nothing is
+    decided here.
 
     Raises:
         InputRasterError: Naming the median, the declared scale and the likely one.
