@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from cropmap.errors import CropmapError
-from cropmap.options import DEFAULT_BATCH_SIZE, EMBEDDING_DTYPE_CHOICES, PROVIDER_CHOICES, ClassifyOptions
+from cropmap.options import EMBEDDING_DTYPE_CHOICES, PROVIDER_CHOICES, ClassifyOptions
 from cropmap.safeio import file_system_error, interrupt_exit_code, signals_as_interrupts
 
 
@@ -147,8 +147,9 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--block-size", type=int, default=None, metavar="N",
               help="Block edge in pixels, rounded up to a multiple of the file's tile (default: about 512).")
-@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True, metavar="N",
-              help="Pixels per ONNX Runtime call.")
+@click.option("--batch-size", type=int, default=None, metavar="N",
+              help="Pixels per ONNX Runtime call (default: about 2,048 time steps per call on the CPU, e.g. 128 px "
+                   "for 12 stamps, 16 for 144; 256 on a GPU).")
 @click.option("--workers", type=int, default=None, metavar="N",
               help="Blocks processed in parallel on this machine (default: number of cores).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -255,8 +256,9 @@ BATCH_FAILED_EXIT = 3
 @click.option("--season", type=int, default=None, metavar="YEAR",
               help="Season year for regions whose manifest entry names none.")
 @click.option("--block-size", type=int, default=None, metavar="N", help="Block edge in pixels (as for classify).")
-@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True, metavar="N",
-              help="Pixels per ONNX Runtime call.")
+@click.option("--batch-size", type=int, default=None, metavar="N",
+              help="Pixels per ONNX Runtime call (default: about 2,048 time steps per call on the CPU, e.g. 128 px "
+                   "for 12 stamps, 16 for 144; 256 on a GPU).")
 @click.option("--reflectance-scale", type=float, default=None, metavar="X",
               help="Raw value = reflectance x X, for stacks that do not declare it.")
 @click.option("--min-valid-steps", type=int, default=None, metavar="N",

@@ -15,6 +15,9 @@ from typing import Any
 _SCHEDULER_RE = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
 
 DEFAULT_BATCH_SIZE = 256
+"""Pixels per ONNX Runtime call on a GPU provider, and the most :func:`auto_batch_size` gives."""
+BATCH_TIME_STEPS = 2048
+"""Time steps (pixels x stamps) per ONNX Runtime call that :func:`auto_batch_size` aims at on the CPU."""
 DEFAULT_BLOCK_SIZE_PX = 512
 BLOCK_MEMORY_BUDGET_BYTES = 256 * 2**20
 """Default blocks are shrunk (down to one file tile) until one block's working arrays fit this budget."""
@@ -43,8 +46,8 @@ class ClassifyOptions:
     """Block edge in pixels (rounded up to a multiple of the file's internal tile);
     ``None`` picks the multiple of the tile closest to 512 px, shrunk for long stacks so that one
     block's working arrays stay within :data:`BLOCK_MEMORY_BUDGET_BYTES`."""
-    batch_size: int = DEFAULT_BATCH_SIZE
-    """Pixels per ONNX Runtime call."""
+    batch_size: int | None = None
+    """Pixels per ONNX Runtime call; ``None`` picks :func:`auto_batch_size` for the bundle and provider."""
     workers: int | None = None
     """Blocks processed in parallel on the local threaded scheduler; ``None`` uses every core."""
     scheduler: str | None = None
@@ -93,7 +96,7 @@ class ClassifyOptions:
             if f.type == "bool" and not isinstance(value, bool):
                 raise ValueError(f"{f.name} is {value!r}; expected True or False")
         _positive_int("block_size", self.block_size, allow_none=True)
-        _positive_int("batch_size", self.batch_size, allow_none=False)
+        _positive_int("batch_size", self.batch_size, allow_none=True)
         _positive_int("workers", self.workers, allow_none=True)
         _positive_int("threads", self.threads, allow_none=True)
         _positive_int("min_valid_steps", self.min_valid_steps, allow_none=True)
@@ -162,3 +165,18 @@ def _positive_int(name: str, value: object, *, allow_none: bool) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} is {value!r}; expected a positive integer")
+
+
+def auto_batch_size(n_timesteps: int, *, gpu: bool = False) -> int:
+    """Pixels per ONNX Runtime call when ``--batch-size`` is not given.
+
+    On the CPU, the power of two closest to :data:`BATCH_TIME_STEPS` / ``n_timesteps``, between 8 and
+    :data:`DEFAULT_BATCH_SIZE`: 128 pixels for 12 monthly stamps, 16 for the papers' 144. A call then keeps
+    its activations in the cores' caches: single-threaded sessions ran the sample model 14 % faster at 128
+    than at 256 pixels, and the papers' size 16 % faster at 16 (docs/benchmarks.md). On a GPU,
+    :data:`DEFAULT_BATCH_SIZE`.
+    """
+    if gpu:
+        return DEFAULT_BATCH_SIZE
+    target = BATCH_TIME_STEPS / max(1, n_timesteps)
+    return int(min(DEFAULT_BATCH_SIZE, max(8, 2 ** round(math.log2(max(target, 1.0))))))

@@ -25,7 +25,7 @@ from cropmap.bundle import BundleMetadata
 from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
 from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
-from cropmap.options import ClassifyOptions
+from cropmap.options import ClassifyOptions, auto_batch_size
 from cropmap.postprocess import PostProcess
 from cropmap.predict import (
     CONFIDENCE_NODATA,
@@ -78,6 +78,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     # stops the run here, in one line); the workers of a remote cluster check their own.
     with bundle_session(bundle_path, 1, options.provider if options.scheduler is None else "cpu") as bundle:
         meta = bundle.metadata
+        on_gpu = bundle.provider != "CPUExecutionProvider"
     if options.embedding and meta.embedding is None:
         raise BundleError(f"--embedding was requested but bundle {bundle_path} has no embedding output")
     st = open_stack(_absolute(stack), reflectance_scale=options.reflectance_scale)
@@ -127,7 +128,8 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     )
     job = BlockJob(
         stack=st, bundle_path=bundle_path.resolve(), metadata=meta, obs=obs, positions=positions,
-        min_valid=min_valid, batch_size=options.batch_size, threads=executor.threads_per_worker,
+        min_valid=min_valid, batch_size=options.batch_size or auto_batch_size(meta.n_timesteps, gpu=on_gpu),
+        threads=executor.threads_per_worker,
         confidence=options.confidence, embedding=options.embedding, cloud=cloud,
         probabilities=options.probabilities, uncertainty=options.uncertainty, post=post if post.active else None,
         provider=options.provider,
@@ -526,6 +528,7 @@ def _summary(
             "provider_requested": opts.provider,
             "providers_used": sorted(tally.providers),
             "bundle_precision": meta.dtype,
+            "batch_size": plan.job.batch_size,
             "note": "providers_used: the ONNX Runtime execution provider(s) that ran the model, as reported by "
             "the workers' sessions",
         },

@@ -217,3 +217,17 @@ def test_bundle_metadata_roundtrip(bundle: Path) -> None:
     assert meta == base_metadata()
     assert isinstance(meta, cropmap.BundleMetadata)
     assert write_bundle  # the fixture builder is importable without torch
+
+
+def test_the_automatic_batch_follows_the_stamps_and_the_summary_records_it(stack_desc: Path, polygons: Path,
+                                                                           bundle: Path, tmp_path: Path) -> None:  # fmt: skip
+    from cropmap.bundle import load_bundle
+    from cropmap.options import DEFAULT_BATCH_SIZE, auto_batch_size
+
+    assert [auto_batch_size(t) for t in (1, 12, 24, 73, 144, 1000)] == [256, 128, 64, 32, 16, 8]
+    assert auto_batch_size(144, gpu=True) == DEFAULT_BATCH_SIZE
+    t = load_bundle(bundle).metadata.n_timesteps
+    auto = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "a.tif")
+    fixed = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", batch_size=3)
+    assert auto["runtime"]["batch_size"] == auto_batch_size(t) and fixed["runtime"]["batch_size"] == 3
+    assert auto["classes"] == fixed["classes"]  # the batch changes the speed, not the map
