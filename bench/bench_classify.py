@@ -34,7 +34,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from cropmap.bundle import load_bundle
 from cropmap.mask import load_polygons, rasterize_block
 from cropmap.models import DEFAULT_BUNDLE
-from cropmap.options import DEFAULT_BATCH_SIZE
 from cropmap.stack import open_stack
 from cropmap.tiling import block_shape, plan_blocks
 from cropmap.timegrid import fill_gaps, select_season
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stack", type=Path, default=REPO / "sample_data/belgium_2021/s2_stack.tif")
     p.add_argument("--mask", type=Path, default=REPO / "sample_data/belgium_2021/cropland.gpkg")
     p.add_argument("--model", type=Path, default=DEFAULT_BUNDLE)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--batch-size", type=int, default=None, help="default: classify's automatic batch")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
     p.add_argument("--tile", type=int, default=None, metavar="N",
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|---:|",
         *[f"| {name} | {v:,.0f} | {n:,} | {n / v:.3f} |" for name, v in rows],
         "",
-        f"End to end reaches **{100 * r['ratio']:.1f} %** of the raw session (its faster batch, {r['raw_batch']})"
+        f"End to end reaches **{100 * r['ratio']:.1f} %** of the raw session (its fastest batch, {r['raw_batch']})"
         + (f", {100 * r['ratio_no_quicklook']:.1f} % without the quick-look" if r["ratio_no_quicklook"] else "")
         + f", and {100 * r['ratio_sessions']:.1f} % of the raw sessions side by side. Stage times of the last "
         f"end-to-end run (s): read {t['read']:.3f}, fill {t['fill']:.3f}, model {t['model']:.3f}, write (COGs, "
@@ -112,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Measured {dt.date.today().isoformat()} on {platform.machine()} with {cores()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, onnxruntime "
-        f"{__import__('onnxruntime').__version__}; stack `{args.stack.name}`, model `{args.model.name}`, batch size "
-        f"{args.batch_size}, best of {args.repeat} turns (every side once per turn), executor: {r['executor']}.",
+        f"{__import__('onnxruntime').__version__}; stack `{args.stack.name}`, model `{args.model.name}`, classify's "
+        f"batch size {r['raw_sessions_batch']}, best of {args.repeat} turns (every side once per turn), executor: {r['executor']}.",
     ]
     table = "\n".join(lines)
     print(table)
