@@ -765,7 +765,7 @@ def report(out: Path) -> str:
                          f"{cell(r, 'torch_compile')} | {cell(r, 'torch_int8_dynamic')} | **{r['ort_fp32_vs_eager']:.2f}x** | "
                          f"**{r['ort_best_vs_torch_best']:.2f}x** |")  # fmt: skip
         lines += ["", "Pixels per second on the same pixels and cores, each runtime at its best configuration (in "
-                  f"brackets) of batch {', '.join(map(str, TORCH_BATCHES))} (at most the pixels there are) and "
+                  f"brackets) of batch {', '.join(map(str, TORCH_BATCHES))} (those that give every core a call) and "
                   "threading: `threads` = one call at a time using every core's intra-op thread, `side-by-side` = "
                   "single-threaded calls on as many threads as cores, as classify runs its sessions. Best of the "
                   "repeats, all configurations taken in turn. torch runs under `torch.inference_mode()`; torch "
