@@ -78,7 +78,10 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     # stops the run here, in one line); the workers of a remote cluster check their own.
     with bundle_session(bundle_path, 1, options.provider if options.scheduler is None else "cpu") as bundle:
         meta = bundle.metadata
-        on_gpu = bundle.provider != "CPUExecutionProvider"
+        # A remote cluster's workers open their own sessions: a GPU provider asked for runs there on a GPU.
+        on_gpu = bundle.provider != "CPUExecutionProvider" or (
+            options.scheduler is not None and options.provider in ("cuda", "tensorrt")
+        )
     if options.embedding and meta.embedding is None:
         raise BundleError(f"--embedding was requested but bundle {bundle_path} has no embedding output")
     st = open_stack(_absolute(stack), reflectance_scale=options.reflectance_scale)
