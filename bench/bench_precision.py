@@ -505,7 +505,6 @@ def _vs_torch(name: str, graph: Any, fp32: Path, int8: Path, x: np.ndarray, repe
     import torch
 
     from cropmap.bundle import load_bundle
-    from cropmap.predict import run_batches
     from exporters.to_onnx import _LogitsOnly, _no_mha_fast_path
 
     xt = torch.from_numpy(x)
@@ -516,21 +515,9 @@ def _vs_torch(name: str, graph: Any, fp32: Path, int8: Path, x: np.ndarray, repe
     for prec, path in (("fp32", fp32), ("int8", int8)):
         one = load_bundle(path, intra_op_threads=cores())
         many = [load_bundle(path, intra_op_threads=1) for _ in range(cores())]
-
-        def ort_one(b: int, s: Any = one) -> float:
-            t0 = time.perf_counter()
-            for i in range(0, len(x), b):
-                s.run(x[i : i + b])
-            return time.perf_counter() - t0
-
-        def ort_many(b: int, s: Any = many) -> float:
-            t0 = time.perf_counter()
-            run_batches(s, x, b)
-            return time.perf_counter() - t0
-
         for b in batches:
-            passes[f"ort_{prec} b{b} threads"] = lambda b=b, f=ort_one: f(b)
-            passes[f"ort_{prec} b{b} side-by-side"] = lambda b=b, f=ort_many: f(b)
+            passes[f"ort_{prec} b{b} threads"] = lambda b=b, s=one: _time_raw(s, x, b)
+            passes[f"ort_{prec} b{b} side-by-side"] = lambda b=b, s=many: _time_sessions(s, x, b)
     for key, fn in (("torch_eager", module), ("torch_int8_dynamic", qmod)):
         for b in batches:
             passes[f"{key} b{b} threads"] = lambda b=b, fn=fn: _torch_pass(fn, xt, b, False)

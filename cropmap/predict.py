@@ -117,7 +117,7 @@ def predict_block(
     values: np.ndarray,
     mask: np.ndarray,
     positions: np.ndarray,
-    bundle: Bundle | Sequence[Bundle] | SessionPool,
+    bundle: Bundle | SessionPool,
     *,
     min_valid: int,
     batch_size: int,
@@ -135,9 +135,8 @@ def predict_block(
             observations ordered by season position, bands in the bundle's order.
         mask: bool ``(rows, cols)``, True for cropland.
         positions: ``(S,)`` season positions of the observations.
-        bundle: An opened bundle; several sessions of the same bundle (the batches are then
-            shared among them, run at once on as many threads: :func:`run_batches`); or a run's
-            :class:`SessionPool`, whose threads take the batches of every block as they come.
+        bundle: An opened bundle, or a run's :class:`SessionPool`, whose threads take the
+            batches of every block as they come.
         min_valid: Fewest valid observations a pixel needs.
         batch_size: Pixels per ONNX Runtime call.
         confidence: Also return the confidence block.
@@ -149,8 +148,7 @@ def predict_block(
         inner: The part of the arrays to return (rows, cols slices); the rest is the
             halo that only feeds the post-processing. Default: everything.
     """
-    bundles = [bundle] if isinstance(bundle, (Bundle, SessionPool)) else list(bundle)
-    meta = bundles[0].metadata
+    meta = bundle.metadata
     provider = None
     s, c, rows, cols = values.shape
     if c != meta.n_bands:
@@ -183,8 +181,8 @@ def predict_block(
         if isinstance(bundle, SessionPool):
             logits, vec, provider = bundle.run(filled[good], batch_size, embedding=embedding)
         else:
-            logits, vec = run_batches(bundles, filled[good], batch_size, embedding=embedding)  # type: ignore[arg-type]
-            provider = getattr(bundles[0], "provider", None)
+            logits, vec = run_batches([bundle], filled[good], batch_size, embedding=embedding)
+            provider = bundle.provider
         if emb is not None:
             emb[:, rr[good], cc[good]] = vec.T  # type: ignore[union-attr]
         index[rr[good], cc[good]] = np.argmax(logits, axis=1)
