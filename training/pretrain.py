@@ -344,6 +344,9 @@ def pretrain(
     }
     if arrays.bands is not None:
         provenance["bands"] = list(arrays.bands)
+    if arrays.ps is not None:
+        # The second modality's width comes from the pairs (36 for 3 x 3 x 4 PlanetScope, 2 for S1 VV/VH).
+        provenance["ps_in_dim"] = int(arrays.ps.shape[-1])
     return save_encoder(out / ENCODER_NAME, encoder, s2_stats, **provenance)
 
 
