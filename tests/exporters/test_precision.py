@@ -23,6 +23,10 @@ T, C, K = 6, len(BANDS), 3
 GRID = TimeGrid("01-01", tuple(range(0, 60 * T, 60)), tuple(f"2020-{m:02d}-01" for m in range(1, 2 * T, 2)))
 CLASSES = tuple(ClassInfo(k + 1, f"crop {k + 1}", "#336699") for k in range(K))
 ENCODER_KINDS = ("none", *sorted(ENCODERS))
+AGREEMENT_FLOOR = 0.8
+"""Where these tests check that the recorded agreement is the measured one, the threshold only refuses a broken
+graph (about 1/3 on three classes): how close a briefly trained toy model's int8 graph comes to 100 % depends on the
+quantiser's rounding, not on cropmap. The refusal itself is tested on models whose margins decide the outcome."""
 SMALL = {"lstm": {"hidden": 16}, "inception_time": {"layers": 2, "hidden": 16, "kernel": 5, "bottleneck": 8},
          "transformer": {"d_model": 16, "heads": 2, "layers": 2}}  # fmt: skip
 
@@ -106,7 +110,7 @@ def _check_recorded_agreement(fp32: Path, out: Path, x: np.ndarray, precision: s
     ("transformer", "timewise", "fp16"),  # float16 attention Transposes crashed ONNX Runtime's CPU optimiser
 ])  # fmt: skip
 def test_reduced_precision_bundle_records_measured_agreement(family, encoder_kind, precision, tmp_path: Path) -> None:
-    fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=0.95)
+    fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=AGREEMENT_FLOOR)
     _check_recorded_agreement(fp32, out, x, precision)
 
 
@@ -115,7 +119,7 @@ def test_reduced_precision_bundle_records_measured_agreement(family, encoder_kin
 @pytest.mark.parametrize("encoder_kind", ENCODER_KINDS)
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_every_family_and_encoder_reduces(family: str, encoder_kind: str, precision: str, tmp_path: Path) -> None:
-    fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=0.95)
+    fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=AGREEMENT_FLOOR)
     _check_recorded_agreement(fp32, out, x, precision)
 
 
@@ -142,31 +146,81 @@ def test_fresh_transformer_shares_initialisers_and_unsharing_keeps_outputs(tmp_p
     np.testing.assert_array_equal(a.run(None, {meta.input_name: x})[0], b.run(None, {meta.input_name: x})[0])
 
 
-def test_below_threshold_is_refused_and_nothing_written(tmp_path: Path) -> None:
+def _lstm_with_margin(x: np.ndarray, margin: float) -> torch.nn.Module:
+    """An LSTM whose decision between classes 1 and 2 is set by construction, whatever its weights.
+
+    ``margin > 0``: class 1 wins every series by at least ``margin`` logits. ``margin == 0``: classes 1 and 2
+    differ by about 1e-4 logits, each winning on about half of the series (their bias difference sits in
+    the middle of the fp32 margins), a decision some hundred times finer than the logit changes any 8-bit graph makes
+    (int8 weight and activation steps move these logits by about 1e-2), so no reduced graph keeps all of it.
+    Class 3 never wins.
+    """
     torch.manual_seed(0)
     base = build_model("lstm", C, K, **SMALL["lstm"]).eval()
-    with torch.no_grad():  # classes 1 and 2 differ by far less than an int8 step: int8 cannot tell them apart
-        base.head.weight[1] = base.head.weight[0] + 1e-4 * torch.randn_like(base.head.weight[0])
+    stats = compute_norm_stats(x)
+    xn = (torch.from_numpy(x) - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])
+    with torch.no_grad():
+        base.head.weight[1] = base.head.weight[0] + 1e-3 * torch.randn_like(base.head.weight[0])
         base.head.bias[1] = base.head.bias[0]
         base.head.bias[2] = -100.0
-    x = _series(400, 3)[0]
+        logits = base(xn)
+        d = (logits[:, 1] - logits[:, 0]).sort().values
+        lo, hi = int(0.4 * len(d)), int(0.6 * len(d))
+        gap = int((d[lo + 1 : hi + 1] - d[lo:hi]).argmax()) + lo
+        split = (d[gap] + d[gap + 1]) / 2  # amid the widest gap near the median: no series sits on the tie
+        if margin > 0:
+            base.head.weight[1] = base.head.weight[0]
+            base.head.bias[0] = base.head.bias[1] + margin
+        else:
+            base.head.bias[1] -= split
+    return base
+
+
+def _fp32_bundle(tmp_path: Path, base: torch.nn.Module, x: np.ndarray) -> Path:
     meta = classifier_metadata(encoder=None, base_model=base, family="lstm", pretraining="none", bands=BANDS,
                                time_grid=GRID, classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={},
                                nodata=0.0)  # fmt: skip
     fp32 = tmp_path / "fp32.onnx"
     export_bundle(encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta, out=fp32, example=x)
-    with pytest.raises(PrecisionError, match=r"agrees with fp32 on fewer than 99 % of 200 held-out series"):
-        reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:], int8_method="dynamic")
+    return fp32
+
+
+def test_below_threshold_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    x = _series(400, 3)[0]
+    fp32 = _fp32_bundle(tmp_path, _lstm_with_margin(x, margin=0.0), x)
+    want = load_bundle(fp32).run(x[200:]).argmax(1)
+    assert 60 <= int((want == 1).sum()) <= 140 and set(want.tolist()) <= {0, 1}  # the near-tie splits the series
+    # Both int8 methods are built and measured; neither keeps every near-tied decision, so the strictest
+    # threshold refuses the export, names what each method reached, and writes nothing.
+    with pytest.raises(PrecisionError, match=r"agrees with fp32 on fewer than 100 % of 200 held-out series") as err:
+        reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:], min_agreement=1.0)
+    assert "int8 static QDQ: agreement" in str(err.value) and "int8 dynamic: agreement" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx"]
-    # auto measures both and keeps one that passes (static's calibrated activation ranges resolve the two rows).
-    rec = reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:])
-    assert rec.method.startswith("int8 static") and rec.argmax_agreement >= 0.99
+    # A threshold just above what the reduced graph measured is refused too (the rule, not the rounding).
+    rec = reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:],
+                           int8_method="dynamic", min_agreement=0.01)  # fmt: skip
+    assert rec.argmax_agreement < 1.0
     (tmp_path / "int8.onnx").unlink()
+    with pytest.raises(PrecisionError, match="fewer than"):
+        reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:],
+                         int8_method="dynamic", min_agreement=min(1.0, rec.argmax_agreement + 1e-9))  # fmt: skip
+    assert not (tmp_path / "int8.onnx").exists()
     with pytest.raises(PrecisionError, match=r"expected one of \('fp16', 'int8'\)"):
         reduce_precision(fp32, tmp_path / "x.onnx", "fp32", calib_x=x, eval_x=x)
     with pytest.raises(ExportError, match="needs precision_data"):
-        export_bundle(encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta,
-                      out=tmp_path / "y.onnx", example=x, precision="int8")  # fmt: skip
+        export_bundle(encoder=None, base_model=_lstm_with_margin(x, margin=0.0), norm_stats=compute_norm_stats(x),
+                      metadata=load_bundle(fp32).metadata, out=tmp_path / "y.onnx", example=x,
+                      precision="int8")  # fmt: skip
+
+
+def test_model_that_agrees_is_accepted_at_the_strictest_threshold(tmp_path: Path) -> None:
+    # The same network with one class ahead by 50 logits: no 8-bit rounding (about 1e-2 here) can change
+    # a decision, so int8 agrees on every series and even a threshold of 100 % accepts it.
+    x = _series(400, 3)[0]
+    fp32 = _fp32_bundle(tmp_path, _lstm_with_margin(x, margin=50.0), x)
+    rec = reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:], min_agreement=1.0)
+    assert rec.argmax_agreement == 1.0 and rec.min_agreement == 1.0 and rec.max_abs_logit_diff < 1.0
+    assert load_bundle(tmp_path / "int8.onnx").metadata.precision == rec
 
 
 def test_cli_precision_flag_and_one_line_refusal(tmp_path: Path, capsys) -> None:
