@@ -1,9 +1,9 @@
 """Contrastive pre-training entry point: ``python -m training.pretrain``.
 
 Uni-modal (SCARF + NT-Xent on Sentinel-2) or bi-modal (Sentinel-2 vs PlanetScope, journal Eq. 1),
-point-wise (ResMLP per stamp) or time-wise (transformer per series). Reads either a plain ``.npz``
-with arrays ``s2`` (and ``ps`` for bi-modal) or a DENETHOR-layout scene through
-:mod:`training.data.datasets`. Writes into ``--out``:
+point-wise (ResMLP per stamp) or time-wise (transformer per series). Reads a plain ``.npz``
+with arrays ``s2`` (and ``ps`` for bi-modal), a pairs folder written by ``python -m training.pairs``
+(memory-mapped), or a DENETHOR-layout scene through :mod:`training.data.datasets`. Writes into ``--out``:
 
 * ``encoder.pt``: the final S2 encoder (``"encoder"`` checkpoint, read by
   :func:`training.models.encoder.load_frozen_encoder`);
@@ -67,7 +67,9 @@ def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig, *, pair_cache: P
     """Read pre-training pairs from an ``.npz`` file or a DENETHOR-layout scene folder.
 
     Args:
-        data: ``.npz`` with ``s2`` (and ``ps``; optional ``bands``), or a scene folder.
+        data: ``.npz`` with ``s2`` (and ``ps``; optional ``bands``), a pairs folder written by
+            ``python -m training.pairs`` (``pairs.json`` inside; its ``cfg.alignment`` pairs are memory-mapped,
+            never read whole), or a scene folder.
         cfg: The run configuration (mode, alignment, sampling sizes).
         pair_cache: For a scene folder: keep the drawn pairs in this folder and memory-map them on
             reruns with the same scene and drawing settings (:mod:`training.paircache`).
@@ -96,6 +98,12 @@ def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig, *, pair_cache: P
                 ps = np.asarray(npz["ps"], dtype=np.float32)
             bands = tuple(str(b) for b in npz["bands"]) if "bands" in npz.files else None
         arrays = PretrainArrays(s2=s2, ps=ps, source=str(path), bands=bands)
+    elif (path / "pairs.json").is_file():
+        from training.pairs import read_pairs
+
+        s2, ps, manifest = read_pairs(path, cfg.alignment)
+        arrays = PretrainArrays(s2=s2, ps=ps if cfg.mode == "bimodal" else None, source=str(path),
+                                bands=tuple(manifest["s2_bands"]))  # fmt: skip
     else:
         arrays = _scene_arrays(path, cfg, pair_cache)
     _validate(arrays, cfg)
@@ -154,7 +162,8 @@ def _validate(arrays: PretrainArrays, cfg: PretrainConfig) -> None:
             )
         named["ps"] = arrays.ps
     for name, arr in named.items():
-        bad = int((~np.isfinite(arr)).sum())
+        step = max(1, (1 << 24) // max(1, arr[0].size))  # about 16 M values at a time: memory-mapped pairs stay on disk
+        bad = sum(int((~np.isfinite(arr[i : i + step])).sum()) for i in range(0, arr.shape[0], step))
         if bad:
             raise ValueError(f"{name} holds {bad} non-finite values; pre-training pairs must be gap-free")
 
@@ -385,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training.pretrain",
         description="Contrastive pre-training of the Sentinel-2 encoder (uni-modal SCARF or bi-modal S2 + PlanetScope).",
     )
-    parser.add_argument("--data", type=Path, required=True, help=".npz with s2 (and ps) arrays, or a scene folder")
+    parser.add_argument(
+        "--data", type=Path, required=True,
+        help=".npz with s2 (and ps) arrays, a python -m training.pairs folder, or a scene folder",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--config", type=Path, help="TOML config (training/configs/pretrain_*.toml)")
     parser.add_argument("--mode", choices=["unimodal", "bimodal"], help="overrides config 'mode'")

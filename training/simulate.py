@@ -21,9 +21,13 @@ The output follows the DENETHOR / DLR fusion layout read by :mod:`training.data.
                                      CLP), descriptions YYYY-MM-DD_Bxx, uint16, nodata 0, scale 10000
     OUT/scene_a/fields.gpkg          layer fields: field_id, class_code (= crop_id), class_name; also the
                                      cropland mask for ``cropmap classify --mask``
+    OUT/scene_a/planet_scenes/       the PS archive as real-world-shaped scenes: per-scene GeoTIFFs with their
+                                     own footprints and origins, UDM2 files, half of the days' second scene in
+                                     the next UTM zone (input of ``python -m training.pairs``)
     OUT/scene_b/...                  another region and year (shifted phenology, other soils)
 
-The last two are written by :func:`training.scene_export.write_cropmap_inputs`.
+``s2_stack.tif`` and ``fields.gpkg`` are written by :func:`training.scene_export.write_cropmap_inputs`,
+``planet_scenes/`` by :func:`training.ps_scenes.write_ps_scenes`.
 
 Run ``python -m training.simulate --out DIR`` (see ``--help``). What the model includes and leaves out is
 documented in docs/simulator.md.
@@ -49,6 +53,7 @@ import rasterio
 import shapely
 from rasterio.features import rasterize
 
+from training.ps_scenes import write_ps_scenes
 from training.scene_export import write_cropmap_inputs
 
 logger = logging.getLogger(__name__)
@@ -689,6 +694,7 @@ def _simulate_scene(out: Path, cfg: SimulationConfig, spec: SceneSpec, rng: np.r
 
     surface.fields.to_file(out / "labels.geojson", driver="GeoJSON")
     write_cropmap_inputs(out)  # s2_stack.tif and fields.gpkg, read back from the files just written
+    write_ps_scenes(out)  # planet_scenes/: the PS archive as per-scene GeoTIFFs with UDM2, read back from planet/
     logger.info(
         "%s: %d S2 stamps, %d PS days, %d fields", spec.name, len(s2_doys), len(ps_doys), len(surface.fields)
     )

@@ -161,7 +161,9 @@ def timewise_pairs(
     field_ids: np.ndarray | list[int],
     n_pixels: int = 150_000,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
+    *,
+    return_index: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel series pairs: the S2 series and the PS series of the same pixel at the S2 stamps.
 
     The short paper pairs each S2 series with the daily PS series. Here PS is taken on the S2 stamps' days, so
@@ -173,9 +175,10 @@ def timewise_pairs(
         field_ids: Fields to draw from.
         n_pixels: Pixels to draw without replacement (all of them when fewer exist; logged).
         seed: Random seed.
+        return_index: Also return the (N, 2) int64 array of (row, col) of each series.
 
     Returns:
-        ``s2`` (N, T, 12) float32 and ``ps`` (N, T, 36) float32, raw reflectance x 10000.
+        ``s2`` (N, T, 12) float32 and ``ps`` (N, T, 36) float32, raw reflectance x 10000 (and the index if asked).
     """
     rows, cols = _field_pixels(scene, field_ids)
     rng = np.random.default_rng(seed)
@@ -185,6 +188,8 @@ def timewise_pairs(
     s2 = np.moveaxis(np.asarray(scene.s2[:, r, c, :], dtype=np.float32), 0, 1)  # (N, T, 12)
     t_idx = np.repeat(np.arange(t_count)[None, :], r.size, axis=0)
     ps = ps_patches(scene, np.repeat(r, t_count), np.repeat(c, t_count), t_idx.ravel())
+    if return_index:
+        return s2, ps.reshape(r.size, t_count, -1), np.stack([r, c], axis=1).astype(np.int64)
     return s2, ps.reshape(r.size, t_count, -1)
 
 
