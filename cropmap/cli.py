@@ -231,6 +231,91 @@ def classify(
     click.echo(f"summary:    {outputs['summary']}")
 
 
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Reference points or polygons (GeoPackage or any OGR vector format, any CRS).")
+@click.option("--label-column", default=None, metavar="COL", help="Column of --reference holding the reference class.")
+@click.option("--class-map", type=click.Path(path_type=Path), default=None, metavar="CSV",
+              help="CSV (with a header) translating reference labels (1st column) to map classes (2nd column, "
+                   "code or name; empty: leave the label out).")  # fmt: skip
+@click.option("--layer", default=None, metavar="NAME", help="Layer of a multi-layer --reference file.")
+@click.option("--polygon-samples", type=click.Choice(["pixels", "majority"]), default="pixels", show_default=True,
+              help="Reference polygons give every pixel centre inside as a unit (pixels) or one unit each, "
+                   "labelled with the map's majority class (majority).")  # fmt: skip
+@click.option("--plan", is_flag=True,
+              help="Instead of assessing: propose a stratified random sample (points, GeoPackage) for "
+                   "--target-se from the map's class areas.")  # fmt: skip
+@click.option("--target-se", type=float, default=0.01, show_default=True, metavar="SE",
+              help="With --plan: standard error of overall accuracy aimed at.")
+@click.option("--expected-accuracy", default="0.8", show_default=True, metavar="U[,CODE=U...]",
+              help="With --plan: expected user's accuracy, one value or per class (0.8,3=0.6).")
+@click.option("--min-per-class", type=int, default=50, show_default=True, metavar="N",
+              help="With --plan: units in each class whose share by area would be smaller.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --plan: random seed.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Report JSON (Markdown and PNG beside it); with --plan the GeoPackage. Default: "
+                   "<map stem>_assessment.json / <map stem>_sample_plan.gpkg in the current directory.")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def assess(
+    map_path: Path, reference: Path | None, label_column: str | None, class_map: Path | None, layer: str | None,
+    polygon_samples: str, plan: bool, target_se: float, expected_accuracy: str, min_per_class: int, seed: int,
+    out: Path | None, overwrite: bool, verbose: int, quiet: int,
+) -> None:
+    """Accuracy and error-adjusted class areas of a class MAP from reference data.
+
+    MAP is any single-band integer class raster (class names are read from a cropmap
+    map's legend). The estimator is the stratified one of Olofsson et al. (2014) with
+    the map classes as strata (docs/accuracy.md).
+    """
+    _configure_logging(verbose, quiet)
+    from cropmap import assess as assess_mod
+
+    if plan:
+        given = [f for f, v in (("--reference", reference), ("--label-column", label_column),
+                                ("--class-map", class_map), ("--layer", layer)) if v is not None]  # fmt: skip
+        if given:
+            raise click.UsageError(f"--plan proposes a sample from the map alone; {given[0]} does not apply")
+        target = out if out is not None else Path.cwd() / f"{map_path.with_suffix('').name}_sample_plan.gpkg"
+        try:
+            with signals_as_interrupts():
+                result = assess_mod.plan_sample(map_path, target, target_se=target_se, expected=expected_accuracy,
+                                                min_per_class=min_per_class, seed=seed, overwrite=overwrite)  # fmt: skip
+        except (CropmapError, OSError, KeyboardInterrupt) as err:
+            _fail(err, "no output written")
+        click.echo(f"sample size for SE(overall accuracy) {target_se:g}: {result['n_eq13']:,} (Olofsson et al. 2014 "
+                   f"eq. 13); planned {result['n']:,} points (at least {min_per_class} per class, seed {seed})")  # fmt: skip
+        for c in result["classes"]:
+            click.echo(f"  {c['code']:>4} {c['name']:<28} W {c['weight']:.4f}  U {c['expected_users']:.2f}  n {c['n']:>6,}")
+        click.echo(f"plan:       {result['out']}  (label the 'reference' column, then: cropmap assess MAP "
+                   "--reference PLAN --label-column reference)")  # fmt: skip
+        return
+    if reference is None or label_column is None:
+        raise click.UsageError("assess needs --reference and --label-column (or --plan)")
+    target = out if out is not None else Path.cwd() / f"{map_path.with_suffix('').name}_assessment.json"
+    try:
+        with signals_as_interrupts():
+            assess_mod.check_report_outputs(target, overwrite=overwrite)
+            report = assess_mod.assess(map_path, reference, label_column=label_column, class_map=class_map,
+                                       layer=layer, polygon_samples=polygon_samples)  # fmt: skip
+            paths = assess_mod.write_report(report, target, overwrite=overwrite)
+    except (CropmapError, OSError, KeyboardInterrupt) as err:
+        _fail(err, "no output written")
+    oa = report["overall_accuracy"]
+    click.echo(f"overall accuracy {oa['estimate']:.4f} (SE {oa['se'] if oa['se'] is None else round(oa['se'], 4)}) "
+               f"from {report['sample']['units']:,} sample units; kappa {report['kappa']['estimate']}")  # fmt: skip
+    for c in report["per_class"]:
+        a = c["area_ha"]
+        ci = "n/a" if a["ci95"] is None else f"{a['ci95'][0]:,.1f} .. {a['ci95'][1]:,.1f}"
+        click.echo(f"  {c['name']:<28} mapped {c['map_area_ha']:>12,.1f} ha  adjusted {a['estimate'] or 0:>12,.1f} ha "
+                   f"(95 % CI {ci})")  # fmt: skip
+    if report["warnings"]:
+        click.echo(f"{len(report['warnings'])} warnings (logged above, and in the report)")
+    click.echo(f"report:     {paths['json']}  ({paths['markdown'].name}, {paths['png'].name})")
+
+
 BATCH_FAILED_EXIT = 3
 """Exit status of ``cropmap batch`` when some regions failed (the others are done and recorded)."""
 

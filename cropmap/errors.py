@@ -54,3 +54,7 @@ class RunLockedError(CropmapError, RuntimeError):
 
 class NothingClassifiedError(CropmapError, RuntimeError):
     """The run finished without classifying a single pixel; no output is written."""
+
+
+class AssessError(CropmapError, ValueError):
+    """A map, reference sample or class map that ``cropmap assess`` cannot use."""
