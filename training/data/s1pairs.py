@@ -195,6 +195,33 @@ def _schema(path: Path) -> list[str]:
     return list(pq.read_schema(path).names)
 
 
+def s1_series(
+    path: str | Path, series: WorldCerealSeries, *, polarisations: Sequence[str] = S1_POLARISATIONS, units: Units = "db"
+) -> np.ndarray:
+    """Sentinel-1 values of an extraction on the (sample, date) layout of its S2 ``series``.
+
+    Args:
+        path: The extraction ``series`` was read from (:func:`training.data.worldcereal.read_extraction`).
+        series: Its S2 series; the result has the same sample and date axes.
+        polarisations: Sentinel-1 polarisations, in this order.
+        units: ``"db"`` or ``"dn"``, as in :func:`extraction_pairs`.
+
+    Returns:
+        float32 ``(N, S, P)``, NaN where no data (or no row in a long file).
+
+    Raises:
+        ValueError: If the file lacks the polarisations' columns.
+    """
+    path = Path(path)
+    names = _schema(path)
+    pols = tuple(p.upper() for p in polarisations)
+    long = any(c.startswith("S2-L2A-") for c in names)
+    raw = _read_s1_long(path, series, pols) if long else _read_s1_wide(path, series, pols)
+    if units == "db":
+        return s1_to_db(raw)
+    return np.where(_s1_valid_values(raw), raw, np.nan).astype(np.float32)
+
+
 def extraction_pairs(
     path: str | Path,
     *,
@@ -235,12 +262,10 @@ def extraction_pairs(
     if not any(_LONG_S1_RE.match(c) or _WIDE_S1_RE.match(c) for c in names):
         raise _missing_s1(path, names, pols, [])
     series = read_extraction(path, bands=bands, label_column=label_column)
-    long = any(c.startswith("S2-L2A-") for c in names)
-    raw = _read_s1_long(path, series, pols) if long else _read_s1_wide(path, series, pols)  # (N, S, P)
+    s1 = s1_series(path, series, polarisations=pols, units=units)  # (N, S, P), NaN = no data
 
     ok2 = s2_valid(series.values)  # (N, S)
-    ok1 = _s1_valid_values(raw).all(axis=-1)
-    s1 = s1_to_db(raw) if units == "db" else np.where(_s1_valid_values(raw), raw, np.nan).astype(np.float32)
+    ok1 = np.isfinite(s1).all(axis=-1)
     both = ok2 & ok1
     n, s = both.shape
     if alignment == "point":
