@@ -167,3 +167,37 @@ def test_timewise_and_single_polarisation_pretrain(tmp_path: Path) -> None:
     args = ["--data", str(out), "--out", str(run), "--mode", "bimodal", "--alignment", "time", *TINY, *tw]
     assert pretrain_main(args) == 0
     assert torch.load(run / "encoder.pt", weights_only=True)["ps_in_dim"] == 1
+
+
+def test_experiment_refuses_doc_without_markers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training import s1_bimodal
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("# no markers\n")
+    assert s1_bimodal.main(["--out", str(tmp_path / "run"), "--write-doc", str(doc)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "s1-bimodal" in err
+    assert not (tmp_path / "run").exists() and doc.read_text() == "# no markers\n"
+
+
+@pytest.mark.slow
+def test_experiment_runs_on_flanders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from training import s1_bimodal
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"head\n{s1_bimodal.START}\nold\n{s1_bimodal.END}\ntail\n")
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--datasets", "flanders2021", "--seeds", "0", "1", "--epochs", "1", "--write-doc", str(doc)]
+    assert s1_bimodal.main(args) == 0
+    runs = json.loads((out / "results.json").read_text())
+    assert [r["seed"] for r in runs] == [0, 1]
+    for r in runs:
+        assert set(r["scores"]) == {*s1_bimodal.FEATURES, s1_bimodal.RAW_S2S1}
+        assert all(0.0 <= v <= 1.0 for s in r["scores"].values() for v in s.values())
+        assert r["pairs"]["pretrain"] + r["pairs"]["held_out"] == r["pairs"]["file"]["pairs"] == 1379
+    text = doc.read_text()
+    assert text.startswith("head\n") and text.endswith("tail\n") and "old" not in text
+    assert "| bi-modal S2 + S1 (Eq. 1) |" in text
