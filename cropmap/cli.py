@@ -136,8 +136,20 @@ def main() -> None:
 
 @main.command()
 @click.argument("stack", type=click.Path(path_type=Path))
-@click.option("--mask", "mask", required=True, type=click.Path(path_type=Path),
-              help="Cropland polygons (GeoPackage or any OGR vector format); only pixels inside are classified.")
+@click.option("--mask", "mask", default=None, type=click.Path(path_type=Path),
+              help="Cropland polygons (GeoPackage or any OGR vector format); only pixels inside are classified. "
+                   "Required unless --whole-stack.")  # fmt: skip
+@click.option("--whole-stack", is_flag=True,
+              help="No cropland mask: classify every pixel of the stack with enough valid observations.")
+@click.option("--parcels", type=click.Path(path_type=Path), default=None, metavar="POLYGONS",
+              help="Also write <out stem>_parcels.gpkg: a crop per parcel polygon (class, probabilities, pixel "
+                   "counts, agreement; the input's columns kept) and <out stem>_parcels.qml.")  # fmt: skip
+@click.option("--declared-column", default=None, metavar="COL",
+              help="With --parcels: column holding each parcel's declared crop; adds a confirmed / doubtful / "
+                   "contradicted / not enough data status.")  # fmt: skip
+@click.option("--declared-classes", type=click.Path(path_type=Path), default=None, metavar="CSV",
+              help="With --declared-column: CSV (with a header) from declared codes or names (1st column) to the "
+                   "bundle's classes (2nd column, code or name); default: declarations are class codes or names.")  # fmt: skip
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Model bundle (.onnx); default: the sample bundle shipped with cropmap.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
@@ -167,8 +179,9 @@ def main() -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
 def classify(
-    stack: Path, mask: Path, model: Path | None, out: Path | None, no_quicklook: bool, verbose: int, quiet: int,
-    **option_values: Any,
+    stack: Path, mask: Path | None, whole_stack: bool, parcels: Path | None, declared_column: str | None,
+    declared_classes: Path | None, model: Path | None, out: Path | None, no_quicklook: bool, verbose: int,
+    quiet: int, **option_values: Any,
 ) -> None:
     """Classify the cropland pixels of a Sentinel-2 time STACK.
 
@@ -176,6 +189,12 @@ def classify(
     or tags) or a folder of per-date GeoTIFFs.
     """
     _configure_logging(verbose, quiet)
+    if (mask is None) == (not whole_stack):
+        raise click.UsageError("give --mask POLYGONS, or --whole-stack to classify every pixel (not both)")
+    if parcels is None and (declared_column is not None or declared_classes is not None):
+        raise click.UsageError("--declared-column / --declared-classes check parcels; add --parcels POLYGONS")
+    if declared_classes is not None and declared_column is None:
+        raise click.UsageError("--declared-classes maps the crops of --declared-column; add --declared-column COL")
     try:
         options = ClassifyOptions(quicklook=not no_quicklook, **option_values)
     except ValueError as err:
@@ -197,13 +216,17 @@ def classify(
 
     try:
         with signals_as_interrupts():
-            summary = run_classify(stack, mask, model=model, out=out, options=options, progress=progress)
+            summary = run_classify(stack, mask, model=model, out=out, options=options, progress=progress,
+                                   parcels=parcels, declared_column=declared_column,
+                                   declared_classes=declared_classes)  # fmt: skip
     except (CropmapError, OSError, KeyboardInterrupt) as err:
         _fail(err, "temporary files removed, no output written")
     finally:
         if bar is not None:
             bar.close()
     px, outputs = summary["pixels"], summary["outputs"]
+    if whole_stack:
+        click.echo("whole stack: no cropland mask, every pixel with enough valid observations was classified")
     click.echo(
         f"classified {px['classified']:,} of {px['in_mask']:,} cropland pixels "
         f"({px['insufficient_data']:,} with too little data) in {summary['timings_s']['total']:.1f} s "
@@ -228,6 +251,15 @@ def classify(
                        ("embedding", "embedding"), ("quicklook", "quick-look"), ("stac", "STAC item")):  # fmt: skip
         if outputs.get(key):
             click.echo(f"{label + ':':<12}{outputs[key]}")
+    if outputs.get("parcels"):
+        pc = summary["parcels"]
+        left = ", ".join(f"{n:,} {r}" for r, n in pc["reasons"].items() if n)
+        click.echo(f"parcels:    {outputs['parcels']}  ({pc['classified']:,} of {pc['parcels']:,} classified"
+                   f"{'; ' + left if left else ''})")  # fmt: skip
+        if "declared" in pc:
+            st = pc["declared"]["statuses"]
+            click.echo("declared:   " + ", ".join(f"{v['parcels']:,} {k} ({v['area_ha']:,.1f} ha)" for k, v in st.items()
+                                                   if v["parcels"]))  # fmt: skip
     click.echo(f"summary:    {outputs['summary']}")
 
 

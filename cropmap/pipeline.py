@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,18 @@ class _Plan:
     executor: Executor
     job: BlockJob
     cloud: CloudMask | None = None
+    parcels: Any = None  # parcels.ParcelSet | None
+    whole_stack: bool = False
 
 
-def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, options: ClassifyOptions) -> _Plan:
+def _prepare(
+    stack: str | Path, mask: str | Path | None, model: str | Path | None, options: ClassifyOptions,
+    parcels: Any = None, declared_column: str | None = None, parcels_as_mask: bool = False,
+) -> _Plan:  # fmt: skip
+    """Check the inputs and plan the blocks.
+
+    ``mask=None``: the whole stack (or, with ``parcels_as_mask``, the parcels); ``parcels``: a path or GeoDataFrame.
+    """
     from cropmap.models import DEFAULT_BUNDLE
 
     bundle_path = Path(model) if model is not None else DEFAULT_BUNDLE
@@ -105,7 +114,29 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     left, top = st.transform @ (0, 0)
     right, bottom = st.transform @ (st.width, st.height)
     bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-    polygons = load_polygons(_absolute(mask), st.crs, bounds, layer=options.mask_layer)
+    import shapely
+
+    parcel_set = None
+    if parcels is not None:
+        from cropmap.parcels import check_declared_column, load_parcels
+
+        parcel_set = load_parcels(parcels if not isinstance(parcels, (str, Path)) else _absolute(parcels), st.crs)
+        check_declared_column(parcel_set, declared_column)
+    if mask is None and parcels_as_mask and parcel_set is not None:
+        from cropmap.errors import MaskError
+
+        stack_box = shapely.box(*bounds)
+        geoms = tuple(g for g in parcel_set.geometries if not g.is_empty and g.intersects(stack_box))
+        if not geoms:
+            raise MaskError(f"no parcel overlaps stack {st.path}; expected parcels on the stack")
+        polygons = Polygons(path=parcel_set.path or _absolute(st.path), geometries=geoms, crs=st.crs,
+                            source_crs=parcel_set.source_crs, layer=None)  # fmt: skip
+    elif mask is None:
+        polygons = Polygons(path=_absolute(st.path), geometries=(shapely.box(*bounds),), crs=st.crs,
+                            source_crs=st.crs.to_string(), layer=None)  # fmt: skip
+        logger.info("no cropland mask: every pixel of the stack with enough valid observations is classified")
+    else:
+        polygons = load_polygons(_absolute(mask), st.crs, bounds, layer=options.mask_layer)
     # Inputs are valid: now say how clouds are handled (after any error, so errors stay one line).
     if cloud is not None:
         logger.info("cloud masking: %s (%s)", cloud.describe(), cloud.source)
@@ -120,10 +151,12 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     post = PostProcess(majority_filter=options.majority_filter, smooth_sigma=options.smooth_probabilities)
     items = []
     for b in blocks:
-        if polygons.select(b.bounds(st.transform)):
+        in_block = parcel_set.select(b.bounds(st.transform)) if parcel_set is not None else ()
+        if polygons.select(b.bounds(st.transform)) or in_block:
             # With post-processing, the polygons of the halo around the block count too.
             window, _ = halo_window(b, post.halo, st.shape)
-            items.append(BlockItem(block=b, geometries=polygons.select(window_bounds(window, st.transform))))
+            items.append(BlockItem(block=b, geometries=polygons.select(window_bounds(window, st.transform)),
+                                   parcels=in_block))  # fmt: skip
     check_reflectance(st, obs, meta.bands, [item.block for item in items])
     executor = make_executor(len(items), options.workers, options.scheduler, threads=options.threads)
     logger.info(
@@ -140,7 +173,7 @@ def _prepare(stack: str | Path, mask: str | Path, model: str | Path | None, opti
     return _Plan(
         stack=st, polygons=polygons, meta=meta, bundle_path=bundle_path, season=season, obs=obs,
         positions=positions, min_valid=min_valid, blocks=blocks, items=items, shape=shape,
-        executor=executor, job=job, cloud=cloud,
+        executor=executor, job=job, cloud=cloud, parcels=parcel_set, whole_stack=mask is None and not parcels_as_mask,
     )  # fmt: skip
 
 
@@ -223,19 +256,28 @@ class _Tally:
 
 def classify(
     stack: str | Path,
-    mask: str | Path,
+    mask: str | Path | None,
     *,
     model: str | Path | None = None,
     out: str | Path | None = None,
     options: ClassifyOptions | None = None,
     progress: ProgressCallback | None = None,
+    parcels: str | Path | None = None,
+    declared_column: str | None = None,
+    declared_classes: str | Path | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Classify the cropland of a Sentinel-2 stack and write the outputs.
 
     Args:
         stack: A time-major GeoTIFF stack or a folder of per-date GeoTIFFs.
-        mask: Cropland polygons (any OGR format).
+        mask: Cropland polygons (any OGR format); ``None``: the whole stack (every pixel with
+            enough valid observations is classified).
+        parcels: Parcel polygons: also write ``<out stem>_parcels.gpkg`` (a crop per parcel,
+            :mod:`cropmap.parcels`) and its QGIS style ``<out stem>_parcels.qml``.
+        declared_column: Column of ``parcels`` holding each parcel's declared crop (checked
+            against the parcel's probabilities).
+        declared_classes: CSV mapping declared codes or names to the bundle's classes.
         model: A cropmap bundle; default the sample bundle shipped with cropmap.
         out: The class-map GeoTIFF to write; default ``<stack stem>_classified.tif``
             in the current directory. Other outputs are named after it.
@@ -276,13 +318,30 @@ def classify(
     if out_path.suffix.lower() not in (".tif", ".tiff"):
         raise InputRasterError(f"output {out_path} must end in .tif or .tiff (it is a GeoTIFF)")
     paths = output_paths(out_path, confidence=opts.confidence, embedding=opts.embedding, quicklook=opts.quicklook,
-                         probabilities=opts.probabilities, uncertainty=opts.uncertainty is not None)  # fmt: skip
-    _refuse_inputs_as_outputs(paths, stack, mask, model)
+                         probabilities=opts.probabilities, uncertainty=opts.uncertainty is not None,
+                         parcels=parcels is not None)  # fmt: skip
+    if parcels is None and (declared_column is not None or declared_classes is not None):
+        raise InputRasterError("a declared-crop check (declared_column / declared_classes) needs parcels")
+    if declared_classes is not None and declared_column is None:
+        raise InputRasterError("declared_classes maps the declared crops of declared_column; name that column too")
+    extra_inputs = {Path(p): what for p, what in ((parcels, "parcels"), (declared_classes, "declared-crop map"))
+                    if p is not None}  # fmt: skip
+    _refuse_inputs_as_outputs(paths, stack, mask, model, extra=extra_inputs)
     check_outputs(paths, overwrite=opts.overwrite)
-    plan = _prepare(stack, mask, model, opts)
-    _refuse_inputs_as_outputs(paths, stack, mask, model, plan.stack.files)
+    declared_map = None
+    if declared_classes is not None:
+        from cropmap.parcels import read_declared_map
+
+        declared_map = read_declared_map(declared_classes)
+    plan = _prepare(stack, mask, model, opts, parcels=parcels, declared_column=declared_column)
+    _refuse_inputs_as_outputs(paths, stack, mask, model, plan.stack.files, extra=extra_inputs)
     meta, st = plan.meta, plan.stack
     tally = _Tally(plan)
+    parcel_tally = None
+    if plan.parcels is not None:
+        from cropmap.parcels import ParcelTally
+
+        parcel_tally = ParcelTally(len(plan.parcels), len(meta.classes))
     write_s = 0.0
     insufficient_m2 = 0.0
     status: BlockRaster | None = None
@@ -329,6 +388,8 @@ def classify(
             # Blocks without cropland are never written: their tiles stay empty (nodata) in the sparse outputs.
             for result in _results(plan, progress):
                 tally.add(result)
+                if parcel_tally is not None:
+                    parcel_tally.add(result.prediction.parcel_stats)
                 t0 = time.perf_counter()
                 w, p = result.block.window, result.prediction
                 rasters["map"].write(w, p.classes)
@@ -382,6 +443,13 @@ def classify(
         write_s += time.perf_counter() - t0
         total_s = time.perf_counter() - t_start
         summary = _summary(plan, tally, paths, opts, write_s, total_s, __version__)
+        if parcel_tally is not None:
+            assert paths.parcels is not None and paths.parcels_qml is not None
+            table, summary["parcels"] = _parcel_table(plan, parcel_tally, declared_column, declared_map)
+            table.to_file(staging.temp_for(paths.parcels), layer="parcels", driver="GPKG")
+            from cropmap.parcels import write_qml as write_parcel_qml
+
+            write_parcel_qml(staging.temp_for(paths.parcels_qml), meta.classes, by_status=declared_column is not None)
         if "embedding" in rasters:
             summary["embedding"] = rasters["embedding"].describe()  # type: ignore[attr-defined]
         summary_tmp = staging.temp_for(paths.summary)
@@ -453,12 +521,15 @@ def _summary(
         "inputs": {
             "stack": str(_absolute(st.path)),
             "stack_layout": st.layout,
-            "mask": str(_absolute(plan.polygons.path)),
-            "mask_crs": plan.polygons.source_crs,
+            "mask": str(_absolute(plan.polygons.path)) if not plan.whole_stack else None,
+            "mask_crs": plan.polygons.source_crs if not plan.whole_stack else None,
             "mask_layer": plan.polygons.layer,
+            **({"whole_stack": "no cropland mask: every pixel of the stack with enough valid observations was "
+                "classified"} if plan.whole_stack else {}),
             "model": str(_absolute(plan.bundle_path)),
         },
-        "outputs": {k: (str(v) if v is not None else None) for k, v in dataclasses.asdict(paths).items()},
+        "outputs": {k: (str(v) if v is not None else None) for k, v in dataclasses.asdict(paths).items()
+                    if v is not None or k not in ("parcels", "parcels_qml")},  # fmt: skip
         "bundle": {
             "model_name": meta.model_name,
             "schema_version": meta.schema_version,
@@ -624,9 +695,10 @@ def classify_array(
 def _refuse_inputs_as_outputs(
     paths: Any,  # writer.OutputPaths
     stack: str | Path,
-    mask: str | Path,
+    mask: str | Path | None,
     model: str | Path | None,
     sources: tuple[Path, ...] = (),
+    extra: dict[Path, str] | None = None,
 ) -> None:
     """Refuse a run that would write over one of its inputs (with or without ``overwrite``)."""
     from cropmap.models import DEFAULT_BUNDLE
@@ -634,7 +706,10 @@ def _refuse_inputs_as_outputs(
 
     inputs: dict[Path, str] = {Path(stack): "stack"}
     inputs.update({s: "stack file" for s in sources})
-    inputs.update({m: "mask" for m in mask_files(Path(mask))})
+    if mask is not None:
+        inputs.update({m: "mask" for m in mask_files(Path(mask))})
+    for p, what in (extra or {}).items():
+        inputs.update({m: what for m in mask_files(p)})
     inputs[Path(model) if model is not None else DEFAULT_BUNDLE] = "model bundle"
     refuse_overlap([*paths.all(), lock_path(paths.map)], inputs)
 
@@ -684,6 +759,66 @@ def _least_output_bytes(paths: Any, plan: _Plan, embedding_dtype: str = "float32
 
     float_bands = plan.meta.embedding.dim if paths.embedding is not None and plan.meta.embedding is not None else 0
     return int(px * (uint8_bands / 20 + BYTES_PER_VALUE[embedding_dtype] * float_bands / 3))
+
+
+def _parcel_table(plan: _Plan, tally: Any, declared_column: str | None, declared_map: Any) -> tuple[Any, dict]:
+    """The per-parcel GeoDataFrame and its summary section."""
+    from cropmap.parcels import parcel_table
+
+    st = plan.stack
+    left, top = st.transform @ (0, 0)
+    right, bottom = st.transform @ (st.width, st.height)
+    bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    table, summary = parcel_table(plan.parcels, tally, plan.meta.classes, bounds, st.crs,
+                                  declared_column=declared_column, declared_map=declared_map)  # fmt: skip
+    if plan.parcels.path is not None:
+        summary["input"] = str(_absolute(plan.parcels.path))
+    summary["crs"] = plan.parcels.source_crs
+    return table, summary
+
+
+def classify_parcels(
+    stack: str | Path,
+    parcels: Any,
+    *,
+    mask: str | Path | None = None,
+    model: str | Path | None = None,
+    declared_column: str | None = None,
+    declared_classes: str | Path | Mapping[str, str] | None = None,
+    options: ClassifyOptions | None = None,
+    progress: ProgressCallback | None = None,
+    **kwargs: Any,
+) -> Any:  # geopandas.GeoDataFrame
+    """A crop per parcel, in memory: the parcels GeoDataFrame with the columns of ``<out>_parcels.gpkg``.
+
+    Args:
+        stack: A time-major GeoTIFF stack or a folder of per-date GeoTIFFs.
+        parcels: A GeoDataFrame of parcel polygons (any CRS) or a vector file.
+        mask: Cropland polygons; ``None`` (default): every pixel of the parcels is classified.
+        model: A cropmap bundle; default the sample bundle shipped with cropmap.
+        declared_column: Column holding the declared crop; adds ``declared_*`` columns.
+        declared_classes: CSV path or ``{declared (case-folded): class code or name}``.
+        options: Runtime options; or pass them as keywords.
+        progress: Called as ``progress(done, total)`` after each block.
+
+    Only blocks that hold parcels (or cropland) are read and classified.
+    """
+    from cropmap.parcels import ParcelTally, read_declared_map
+
+    opts = dataclasses.replace(_options(options, kwargs), embedding=False)
+    table_map = read_declared_map(declared_classes) if isinstance(declared_classes, (str, Path)) else declared_classes
+    # Without a mask only the parcels need pixels: they serve as the mask.
+    plan = _prepare(stack, mask, model, opts, parcels=parcels, declared_column=declared_column,
+                    parcels_as_mask=mask is None)  # fmt: skip
+    tally = ParcelTally(len(plan.parcels), len(plan.meta.classes))
+    for result in _results(plan, progress):
+        tally.add(result.prediction.parcel_stats)
+    table, _ = _parcel_table(plan, tally, declared_column,
+                             {str(k).strip().casefold(): str(v) for k, v in table_map.items()} if table_map else None)  # fmt: skip
+    if mask is None:
+        # The parcels were their own mask: "outside the cropland mask" cannot happen, pixels_in_mask = pixels_in.
+        table = table.drop(columns=["pixels_in_mask"])
+    return table
 
 
 def _refuse_empty_result(plan: _Plan, n_mask: int | None, n_insufficient: int | None, n_classified: int) -> None:

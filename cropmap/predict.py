@@ -68,6 +68,10 @@ class BlockPrediction:
     """Of those, the observations masked as cloud, shadow etc. (:mod:`cropmap.clouds`)."""
     provider: str | None = None
     """The ONNX Runtime execution provider that ran the model on this block (``None``: nothing to classify)."""
+    float_probabilities: np.ndarray | None = None
+    """float64 ``(K, rows, cols)`` class probabilities (0 where not classified), when asked for (parcels)."""
+    parcel_stats: Any = None
+    """Per-parcel sums of the block (:class:`cropmap.parcels.ParcelBlockStats`), with ``--parcels``."""
 
 
 def _percent(p: np.ndarray) -> np.ndarray:
@@ -127,6 +131,7 @@ def predict_block(
     uncertainty: str | None = None,
     post: PostProcess | None = None,
     inner: tuple[slice, slice] | None = None,
+    float_probabilities: bool = False,
 ) -> BlockPrediction:
     """Classify the masked pixels of one block.
 
@@ -147,6 +152,7 @@ def predict_block(
         post: Spatial post-processing; its filters see the whole of ``values``.
         inner: The part of the arrays to return (rows, cols slices); the rest is the
             halo that only feeds the post-processing. Default: everything.
+        float_probabilities: Also return the float class probabilities (for parcels).
     """
     meta = bundle.metadata
     provider = None
@@ -160,7 +166,7 @@ def predict_block(
     inner = inner or (slice(0, rows), slice(0, cols))
     post = post if post is not None and post.active else None
     k = len(meta.classes)
-    need_probs = confidence or probabilities or uncertainty is not None or post is not None
+    need_probs = confidence or probabilities or uncertainty is not None or post is not None or float_probabilities
     index = np.zeros((rows, cols), dtype=np.int64)
     ok_grid = np.zeros((rows, cols), dtype=bool)
     probs = np.zeros((k, rows, cols), dtype=np.float64) if need_probs else None
@@ -215,6 +221,7 @@ def predict_block(
         classes=classes, confidence=conf, embedding=emb, n_mask=n_mask, n_classified=n_classified,
         n_insufficient=n_mask - n_classified, timings=timings, probabilities=prob_out, uncertainty=unc,
         insufficient=mask_in & ~ok_in, provider=provider if good_any else None,
+        float_probabilities=probs[(slice(None), *inner)] if float_probabilities and probs is not None else None,
     )  # fmt: skip
 
 
@@ -327,6 +334,8 @@ class BlockItem:
 
     block: Block
     geometries: tuple[shapely.Geometry, ...]
+    parcels: tuple[tuple[int, shapely.Geometry], ...] = ()
+    """``(parcel id, geometry)`` of the parcels touching the block (``--parcels``)."""
 
 
 @dataclass(frozen=True)
@@ -406,7 +415,15 @@ class BlockJob:
                 values, mask, np.asarray(self.positions), bundle, min_valid=self.min_valid,
                 batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,
                 probabilities=self.probabilities, uncertainty=self.uncertainty, post=self.post, inner=inner,
+                float_probabilities=bool(item.parcels),
             )  # fmt: skip
+        if item.parcels:
+            from cropmap.parcels import block_stats
+
+            codes = np.array([c.code for c in self.metadata.classes])
+            pred.parcel_stats = block_stats(item.parcels, window_transform(block.window, self.stack.transform),
+                                            pred.classes, mask[inner], pred.float_probabilities, codes)  # fmt: skip
+            pred.float_probabilities = None  # not shipped back from the worker
         pred.timings["read"] = read_s
         pred.n_observations, pred.n_cloud_masked = n_obs, n_cloud
         return BlockResult(block=block, prediction=pred)

@@ -59,17 +59,20 @@ class OutputPaths:
     stac: Path | None = None
     probabilities: Path | None = None
     uncertainty: Path | None = None
+    parcels: Path | None = None
+    """The per-parcel GeoPackage (``--parcels``)."""
+    parcels_qml: Path | None = None
 
     def all(self) -> list[Path]:
         """Every output path of the run."""
         paths = [self.map, self.aux, self.qml, self.confidence, self.probabilities, self.uncertainty, self.embedding,
-                 self.quicklook, self.stac, self.summary]  # fmt: skip
+                 self.quicklook, self.stac, self.parcels, self.parcels_qml, self.summary]  # fmt: skip
         return [p for p in paths if p is not None]
 
 
 def output_paths(
     out: Path, *, confidence: bool, embedding: bool, quicklook: bool, probabilities: bool = False,
-    uncertainty: bool = False,
+    uncertainty: bool = False, parcels: bool = False,
 ) -> OutputPaths:  # fmt: skip
     """Name the outputs of a run writing the class map to ``out``."""
     stem = out.with_suffix("")
@@ -84,6 +87,8 @@ def output_paths(
         stac=stem.with_name(stem.name + "_stac.json"),
         probabilities=stem.with_name(stem.name + "_probabilities.tif") if probabilities else None,
         uncertainty=stem.with_name(stem.name + "_uncertainty.tif") if uncertainty else None,
+        parcels=stem.with_name(stem.name + "_parcels.gpkg") if parcels else None,
+        parcels_qml=stem.with_name(stem.name + "_parcels.qml") if parcels else None,
     )
 
 
@@ -449,3 +454,61 @@ def write_qml(path: Path, classes: Sequence[ClassInfo]) -> None:
         "</qgis>\n"
     )
     path.write_text(text, encoding="utf-8")
+
+
+def write_class_map(data: Any, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a class-map DataArray (from :func:`cropmap.classify_array`) the way ``cropmap classify`` does.
+
+    A uint8 COG with nodata 0, the colour table, the class names inside the file
+    (:func:`class_tags`), ``<map>.tif.aux.xml`` and ``<map stem>.qml`` beside it, written
+    atomically. ``rio.to_raster`` keeps none of the legend.
+
+    Args:
+        data: A 2-D ``(y, x)`` DataArray with the attrs ``crs``, ``transform``,
+            ``class_codes``, ``class_names`` and ``class_colors`` that ``classify_array`` sets.
+        path: The ``.tif`` to write; the sidecars are named after it.
+        overwrite: Replace existing files.
+
+    Raises:
+        ValueError: A DataArray without those attrs, or not 2-D.
+        OutputExistsError: An output exists and ``overwrite`` is False.
+    """
+    from cropmap.safeio import RunLock, output_folder, remove_stale
+
+    path = Path(path)
+    attrs = getattr(data, "attrs", {})
+    missing = [k for k in ("crs", "transform", "class_codes", "class_names", "class_colors") if k not in attrs]
+    if missing or getattr(data, "ndim", 0) != 2:
+        raise ValueError(f"expected a 2-D class DataArray from cropmap.classify_array (attrs missing: {missing})")
+    classes = [ClassInfo(code=int(c), name=str(n), color=str(col))
+               for c, n, col in zip(attrs["class_codes"], attrs["class_names"], attrs["class_colors"], strict=True)]  # fmt: skip
+    paths = [path, path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")]
+    values = np.asarray(data.values, dtype=np.uint8)
+    grid = dict(crs=CRS.from_user_input(attrs["crs"]), transform=Affine(*attrs["transform"][:6]), shape=values.shape)
+    legend_tags, band_legend = class_tags(classes)
+    extra = {k: str(attrs[k]) for k in ("model", "season") if k in attrs}
+    tags = {f"cropmap_{k}": v for k, v in extra.items()}
+
+    def check() -> None:
+        existing = [str(p) for p in paths if p.exists()]
+        if existing and not overwrite:
+            raise OutputExistsError(f"output {', '.join(existing)} already exists; pass overwrite=True to replace it")
+
+    check()
+    with output_folder(path.parent), RunLock(path, "output"):
+        check()
+        remove_stale(path.parent, {p.name for p in paths})
+        with Staging() as staging:
+            raster = BlockRaster(staging.scratch(path, ".tif"), count=1, dtype="uint8", nodata=MAP_NODATA,
+                                 colormap=colormap(classes), descriptions=["crop_class"], band_tags={1: band_legend},
+                                 tags={**tags, **legend_tags},
+                                 scratch=lambda extra_suffix: staging.scratch(path, ".tif" + extra_suffix), **grid)  # fmt: skip
+            try:
+                raster.write(Window(0, 0, values.shape[1], values.shape[0]), values)
+                raster.to_cog(staging.temp_for(path))
+            finally:
+                raster.close()
+            write_aux_xml(staging.temp_for(paths[1]), classes)
+            write_qml(staging.temp_for(paths[2]), classes)
+            staging.commit()
+    return path
