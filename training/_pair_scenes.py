@@ -14,8 +14,10 @@ path), so a pixel masked in one scene is filled from another scene of the same d
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,16 +109,19 @@ def _is_udm2(path: Path) -> bool:
     return "udm2" in path.name.lower()
 
 
-def _companion_udm2(path: Path, udm2s: Sequence[Path]) -> Path | None:
-    """The UDM2 file of a scene: the one with the longest id that starts the scene's name, in its folder."""
+def _companion_udm2(path: Path, udm2s: dict[Path, dict[str, list[Path]]]) -> Path | None:
+    """The UDM2 file of a scene: the one in its folder with the longest id that starts the scene's name.
+
+    ``udm2s``: folder -> UDM2 id -> files.
+    """
     name = path.name.lower()
-    fits = [u for u in udm2s if u.parent == path.parent and _udm2_id(u) and name.startswith(_udm2_id(u))]
-    if not fits:
+    ids = [i for i in udm2s.get(path.parent, {}) if i and name.startswith(i)]
+    if not ids:
         return None
-    fits.sort(key=lambda u: len(_udm2_id(u)), reverse=True)
-    if len(fits) > 1 and _udm2_id(fits[0]) == _udm2_id(fits[1]):
-        raise PairsError(f"scene {path} has several UDM2 files: {fits[0].name}, {fits[1].name}")
-    return fits[0]
+    best = udm2s[path.parent][max(ids, key=len)]
+    if len(best) > 1:
+        raise PairsError(f"scene {path} has several UDM2 files: {best[0].name}, {best[1].name}")
+    return best[0]
 
 
 def _open_scene(
@@ -213,7 +218,10 @@ def find_scenes(inputs: Sequence[str | Path], bands: Sequence[str], mask_band: s
             files.append(p)
         else:
             raise PairsError(f"scene input {p} is neither a folder, a GeoTIFF nor a STAC item collection (.json)")
-    udm2s = [f for f in files if _is_udm2(f)]
+    udm2s: dict[Path, dict[str, list[Path]]] = {}
+    for f in files:
+        if _is_udm2(f):
+            udm2s.setdefault(f.parent, {}).setdefault(_udm2_id(f), []).append(f)
     data = [f for f in files if not _is_udm2(f)]
     if not data:
         raise PairsError(f"no scene GeoTIFFs (other than UDM2 masks) in {', '.join(map(str, paths))}")
@@ -269,6 +277,31 @@ def _stac_scenes(path: Path, bands: Sequence[str], mask_band: str) -> list[Secon
     return sorted(scenes, key=lambda s: (s.date, str(s.path)))
 
 
+class DatasetCache:
+    """Open scene files kept open across blocks (least recently used closed beyond ``size``)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._open: OrderedDict[Path, Any] = OrderedDict()
+
+    def get(self, path: Path) -> Any:
+        """The open dataset of ``path``."""
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path]
+        ds = rasterio.open(path)
+        self._open[path] = ds
+        if len(self._open) > self.size:
+            self._open.popitem(last=False)[1].close()
+        return ds
+
+    def close(self) -> None:
+        """Close every dataset."""
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+@functools.lru_cache(maxsize=65536)
 def footprint_in(scene: SecondScene, crs: CRS) -> tuple[float, float, float, float]:
     """The scene's bounding box in ``crs``."""
     if scene.crs == crs:
@@ -288,7 +321,7 @@ def _aligned_offset(scene: SecondScene, crs: CRS, transform: Affine) -> tuple[in
     return int(round(row)), int(round(col))
 
 
-def _read_aligned(path: Path, indexes: Sequence[int], offset: tuple[int, int], scene_shape: tuple[int, int],
+def _read_aligned(src: Any, indexes: Sequence[int], offset: tuple[int, int], scene_shape: tuple[int, int],
                   shape: tuple[int, int], fill: float, dtype: Any) -> np.ndarray:
     """Bands of ``path`` on the window (shape ``shape``) whose origin is ``offset`` in the file's grid."""
     out = np.full((len(indexes), *shape), fill, dtype=dtype)
@@ -297,40 +330,38 @@ def _read_aligned(path: Path, indexes: Sequence[int], offset: tuple[int, int], s
     rr1, cc1 = min(r0 + shape[0], scene_shape[0]), min(c0 + shape[1], scene_shape[1])
     if rr1 <= rr0 or cc1 <= cc0:
         return out
-    with rasterio.open(path) as src:
-        block = src.read(list(indexes), window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
+    block = src.read(list(indexes), window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
     out[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = block
     return out
 
 
 def _scene_on(scene: SecondScene, crs: CRS, transform: Affine, shape: tuple[int, int],
-              resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
-    """A scene's bands (float32, NaN outside its data) and usable mask on a window of the pairing grid."""
+              resampling: Resampling, cache: DatasetCache) -> tuple[np.ndarray, np.ndarray | None]:
+    """A scene's bands (float32, NaN outside its data) and raw mask band (``None``: no mask) on a window."""
     offset = _aligned_offset(scene, crs, transform)
+    src = cache.get(scene.path)
     if offset is not None:
-        values = _read_aligned(scene.path, scene.band_index, offset, scene.shape, shape, np.nan, np.float32)
+        values = _read_aligned(src, scene.band_index, offset, scene.shape, shape, np.nan, np.float32)
         if scene.nodata is not None and not math.isnan(scene.nodata):
             values[values == np.float32(scene.nodata)] = np.nan
     else:
         values = np.full((len(scene.band_index), *shape), np.nan, dtype=np.float32)
-        with rasterio.open(scene.path) as src:
-            reproject(
-                rasterio.band(src, list(scene.band_index)), values, src_nodata=scene.nodata, dst_nodata=np.nan,
-                dst_transform=transform, dst_crs=crs, resampling=resampling,
-            )  # fmt: skip
-    covered = np.isfinite(values).all(axis=0)
+        reproject(
+            rasterio.band(src, list(scene.band_index)), values, src_nodata=scene.nodata, dst_nodata=np.nan,
+            dst_transform=transform, dst_crs=crs, resampling=resampling,
+        )  # fmt: skip
     if scene.mask_path is None:
-        return values, covered
+        return values, None
     assert scene.mask_index is not None
+    msk = cache.get(scene.mask_path)
     if offset is not None:
-        raw = _read_aligned(scene.mask_path, [scene.mask_index], offset, scene.shape, shape, 0, np.float32)[0]
+        raw = _read_aligned(msk, [scene.mask_index], offset, scene.shape, shape, 0, np.float32)[0]
     else:
         raw = np.zeros(shape, dtype=np.float32)
-        with rasterio.open(scene.mask_path) as msk:
-            reproject(
-                rasterio.band(msk, scene.mask_index), raw, src_nodata=None, dst_nodata=None, init_dest_nodata=False,
-                dst_transform=transform, dst_crs=crs, resampling=Resampling.nearest,
-            )  # fmt: skip
+        reproject(
+            rasterio.band(msk, scene.mask_index), raw, src_nodata=None, dst_nodata=None, init_dest_nodata=False,
+            dst_transform=transform, dst_crs=crs, resampling=Resampling.nearest,
+        )  # fmt: skip
     return values, raw
 
 
@@ -342,6 +373,7 @@ def mosaic(
     *,
     mask_usable: float = 1,
     resampling: Resampling = Resampling.nearest,
+    cache: DatasetCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The scenes of one day on a window of the pairing grid.
 
@@ -352,6 +384,7 @@ def mosaic(
         shape: The window's (rows, cols).
         mask_usable: Value of the mask band that marks a usable pixel (UDM2 ``clear``: 1).
         resampling: Resampling of scenes whose grid is not the pairing grid shifted by whole pixels.
+        cache: Open datasets to reuse; a private one (closed on return) when omitted.
 
     Returns:
         ``values`` float32 (C, rows, cols), NaN where no scene has a usable value; ``covered`` bool (rows, cols),
@@ -363,17 +396,23 @@ def mosaic(
     usable = np.zeros(shape, dtype=bool)
     left, top = transform.c, transform.f
     right, bottom = left + transform.a * shape[1], top + transform.e * shape[0]
-    for scene in scenes:
-        b = footprint_in(scene, crs)
-        if b[0] >= right or b[2] <= left or b[1] >= top or b[3] <= bottom:
-            continue
-        vals, mask = _scene_on(scene, crs, transform, shape, resampling)
-        here = np.isfinite(vals).all(axis=0)
-        ok = here if scene.mask_path is None else here & (mask == np.float32(mask_usable))
-        take = ok & ~usable
-        values[:, take] = vals[:, take]
-        usable |= ok
-        covered |= here
-        if usable.all():
-            break
+    own = cache is None
+    cache = cache if cache is not None else DatasetCache()
+    try:
+        for scene in scenes:
+            b = footprint_in(scene, crs)
+            if b[0] >= right or b[2] <= left or b[1] >= top or b[3] <= bottom:
+                continue
+            vals, mask = _scene_on(scene, crs, transform, shape, resampling, cache)
+            here = np.isfinite(vals).all(axis=0)
+            ok = here if mask is None else here & (mask == np.float32(mask_usable))
+            take = ok & ~usable
+            values[:, take] = vals[:, take]
+            usable |= ok
+            covered |= here
+            if usable.all():
+                break
+    finally:
+        if own:
+            cache.close()
     return values, covered, usable

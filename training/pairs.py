@@ -57,6 +57,7 @@ from affine import Affine
 from rasterio.warp import Resampling
 from rasterio.windows import Window
 
+from cropmap.bands import S2_BANDS
 from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
 from cropmap.errors import CropmapError
 from cropmap.mask import Polygons, load_polygons, rasterize_block
@@ -64,6 +65,7 @@ from cropmap.stack import Stack, open_stack
 from cropmap.timegrid import fill_gaps
 from training._pair_scenes import (
     DEFAULT_MASK_BAND,
+    DatasetCache,
     PS_BANDS,
     PairsError,
     SecondScene,
@@ -71,12 +73,13 @@ from training._pair_scenes import (
     footprint_in,
     mosaic,
 )
-from training.data.denethor import S2_BAND_NAMES
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PAIRS_FORMAT", "MANIFEST", "NpyAppender", "PairConfig", "PairsError", "build_pairs", "read_pairs", "main"]
 
+S2_BAND_NAMES: tuple[str, ...] = tuple(b for b in S2_BANDS if b != "B10")
+"""Default S2 bands: the 12 L2A bands of DENETHOR's ``bands.npy`` (B10 is not in L2A products)."""
 PAIRS_FORMAT = 1
 MANIFEST = "pairs.json"
 TARGET_SCALE = 10000.0
@@ -359,13 +362,14 @@ def _write(stack: Stack, scenes: Sequence[SecondScene], by_day: dict[dt.date, li
                        t_psv=NpyAppender(tmp / "time" / "ps_valid.npy", (n_t,), np.bool_))  # fmt: skip
     days = np.array([(stack.dates[t] - stack.dates[stamps[0]]).days for t in stamps], dtype=np.float64)
     resampling = Resampling[cfg.resampling]
+    cache = DatasetCache()
     blocks = [(r0, min(r0 + cfg.block_px, stack.height), c0, min(c0 + cfg.block_px, stack.width))
               for r0 in range(0, stack.height, cfg.block_px) for c0 in range(0, stack.width, cfg.block_px)]  # fmt: skip
     try:
         for r0, r1, c0, c1 in tqdm(blocks, desc="pairs", unit="block", disable=not progress):
             h, w = r1 - r0, c1 - c0
             window = Window(c0, r0, w, h)
-            wt = stack.transform * Affine.translation(c0, r0)
+            wt = stack.transform @ Affine.translation(c0, r0)
             if polys is not None:
                 region = rasterize_block(polys.select((wt.c, wt.f - h * stack.transform.a, wt.c + w * stack.transform.a, wt.f)),
                                          (h, w), wt)  # fmt: skip
@@ -385,41 +389,44 @@ def _write(stack: Stack, scenes: Sequence[SecondScene], by_day: dict[dt.date, li
             prow, pcol, (pr0, pc0, ph, pw) = _windows(ratio, k, r0, r1, c0, c1)
             ptrans = Affine(cfg.second_res_m, 0.0, stack.transform.c + pc0 * cfg.second_res_m,
                             0.0, -cfg.second_res_m, stack.transform.f - pr0 * cfg.second_res_m)  # fmt: skip
-            ps = np.empty((n_t, h, w, width2), dtype=np.float32)
-            ps_ok = np.empty((n_t, h, w), dtype=bool)
-            ps_cov = np.empty((n_t, h, w), dtype=bool)
+            timewise = "time" in cfg.alignment
+            s2_valid = ~(s2_nodata | s2_cloud)
+            if timewise:  # the block's series at every stamp; point-wise needs one stamp at a time
+                ps = np.empty((n_t, h, w, width2), dtype=np.float32)
+                ps_ok = np.empty((n_t, h, w), dtype=bool)
             for i, t in enumerate(stamps):
                 vals, cov, ok = mosaic(by_day[matched[t]], stack.crs, ptrans, (int(ph), int(pw)),
-                                       mask_usable=cfg.mask_usable, resampling=resampling)  # fmt: skip
-                ps[i], ps_ok[i], ps_cov[i] = _gather(vals, ok, cov, prow, pcol, k)
-            s2_valid = ~(s2_nodata | s2_cloud)
-            if "point" in cfg.alignment:
-                _point(stack, s2, ps, s2_valid, s2_nodata, s2_cloud, ps_ok, ps_cov, region, stamps, r0, c0,
-                       writers, summary)  # fmt: skip
-            if "time" in cfg.alignment:
+                                       mask_usable=cfg.mask_usable, resampling=resampling, cache=cache)  # fmt: skip
+                ps_i, ok_i, cov_i = _gather(vals, ok, cov, prow, pcol, k)
+                if "point" in cfg.alignment:
+                    _point(s2[i], ps_i, s2_valid[i], s2_nodata[i], s2_cloud[i], ok_i, cov_i, region, t, r0, c0,
+                           writers, summary)  # fmt: skip
+                if timewise:
+                    ps[i], ps_ok[i] = ps_i, ok_i
+            if timewise:
                 _time(s2, ps, s2_valid, ps_ok, region, days, r0, c0, cfg, writers, summary)
     finally:
+        cache.close()
         for wr in writers.values():
             wr.close()
 
 
-def _point(stack: Stack, s2: np.ndarray, ps: np.ndarray, s2_valid: np.ndarray, s2_nodata: np.ndarray,
-           s2_cloud: np.ndarray, ps_ok: np.ndarray, ps_cov: np.ndarray, region: np.ndarray, stamps: list[int],
-           r0: int, c0: int, writers: dict[str, NpyAppender], summary: PairSummary) -> None:
-    inside = region[None]
-    summary.dropped["s2 nodata"] += int((s2_nodata & inside).sum())
-    summary.dropped["s2 cloud"] += int((s2_cloud & inside).sum())
-    left = s2_valid & inside
+def _point(s2: np.ndarray, ps: np.ndarray, s2_valid: np.ndarray, s2_nodata: np.ndarray, s2_cloud: np.ndarray,
+           ps_ok: np.ndarray, ps_cov: np.ndarray, region: np.ndarray, stamp: int, r0: int, c0: int,
+           writers: dict[str, NpyAppender], summary: PairSummary) -> None:
+    """Write one stamp's pairs of a block: s2 (C, h, w), ps (h, w, k*k*C2), masks (h, w)."""
+    summary.dropped["s2 nodata"] += int((s2_nodata & region).sum())
+    summary.dropped["s2 cloud"] += int((s2_cloud & region).sum())
+    left = s2_valid & region
     summary.dropped["outside second-modality footprint"] += int((left & ~ps_cov).sum())
     summary.dropped["second-modality mask"] += int((left & ps_cov & ~ps_ok).sum())
-    keep = left & ps_ok  # (T, h, w)
-    ti, ri, ci = np.nonzero(keep)
-    if ti.size == 0:
+    ri, ci = np.nonzero(left & ps_ok)
+    if ri.size == 0:
         return
-    writers["p_s2"].append(np.moveaxis(s2, 1, -1)[ti, ri, ci])
-    writers["p_ps"].append(ps[ti, ri, ci])
-    writers["p_ix"].append(np.stack([np.asarray(stamps)[ti], ri + r0, ci + c0], axis=1))
-    summary.point_pairs += int(ti.size)
+    writers["p_s2"].append(s2[:, ri, ci].T)
+    writers["p_ps"].append(ps[ri, ci])
+    writers["p_ix"].append(np.stack([np.full(ri.size, stamp), ri + r0, ci + c0], axis=1))
+    summary.point_pairs += int(ri.size)
 
 
 def _time(s2: np.ndarray, ps: np.ndarray, s2_valid: np.ndarray, ps_ok: np.ndarray, region: np.ndarray,
