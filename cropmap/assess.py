@@ -133,9 +133,16 @@ def read_class_map(path: str | Path) -> ClassMap:
         pixels: dict[int, int] = {}
         area: dict[int, float] = {}
         uniform = bool(np.all(row_area == row_area[0]))
+        small = dtype.itemsize <= 2  # uint8/int16 codes: a bincount is far faster than a sort
+        low = int(np.iinfo(dtype).min)
         for _, window in _windows(ds):
             block = ds.read(1, window=window)
-            values, counts = np.unique(block, return_counts=True)
+            if small:
+                hist = np.bincount((block.astype(np.int64) - low).ravel())
+                values = np.flatnonzero(hist)
+                counts, values = hist[values], values + low
+            else:
+                values, counts = np.unique(block, return_counts=True)
             for v, c in zip(values.tolist(), counts.tolist(), strict=True):
                 if v == nodata:
                     continue

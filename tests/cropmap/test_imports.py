@@ -37,7 +37,7 @@ def test_import_cropmap_is_light() -> None:
         assert not heavy, heavy
         assert sorted(cropmap.__all__) == sorted(
             ["BundleMetadata", "ClassifyOptions", "CropmapError", "__version__", "classify", "classify_array",
-             "classify_many", "load_bundle"])
+             "classify_many", "classify_parcels", "load_bundle", "write_class_map"])
         print("ok")
         """
     )
