@@ -14,6 +14,12 @@ record of samples, not an optimisation.
 
 Run ``python -m training.tune --family lstm --variants 10 --storage runs/variants.db``
 to print the variants.
+
+``python -m training.tune --family lstm --trials 40 --task real --data PARCELS --storage runs/tune.log``
+tunes instead (:func:`run_study`): it trains trials and maximises their macro F1 on a selection split of the
+training samples. Any number of workers (``--worker K``) on any number of machines may run that same command
+against one storage (:mod:`training.studies`: SQLite, a journal file on a shared file system, or a database
+server) and fill one study; rerunning it continues the study.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from training.models import MODELS
 
 if TYPE_CHECKING:  # optuna is imported where variants are sampled, so training imports without it
     import optuna
+
+    from training.downstream import DownstreamConfig, TaskData
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +92,8 @@ def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | P
         family: Registry key of the base model.
         n: Number of variants.
         seed: Base seed; variant ``k`` uses a seed derived from ``(seed, family, k)``.
-        storage: SQLite file that keeps the study (created when missing); ``None``
-            samples in memory.
+        storage: Where the study is kept (created when missing): a SQLite file, a journal file or a database
+            URL (:func:`training.studies.open_storage`); ``None`` samples in memory.
 
     Returns:
         ``n`` dicts ``{"lr": float, **model_hp}``, in variant order. The same
@@ -101,13 +109,9 @@ def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | P
         raise ValueError(f"number of variants must be >= 1, got {n}")
     import optuna
 
-    backend: optuna.storages.BaseStorage
-    if storage is None:
-        backend = optuna.storages.InMemoryStorage()
-    else:
-        path = Path(storage)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    from training.studies import open_storage
+
+    backend = open_storage(storage)
     name = f"variants-{family}-seed{seed}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=backend, load_if_exists=True)
@@ -134,16 +138,189 @@ def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | P
     return [dict(done[k].params) for k in range(n)]
 
 
+SELECTION_FRACTION = 0.25
+"""Share of the training samples (stratified) a tuning study scores its trials on."""
+
+
+def run_study(
+    cfg: DownstreamConfig,
+    data: TaskData,
+    family: str,
+    *,
+    storage: str | Path | None,
+    study_name: str,
+    n_trials: int,
+    timeout: float | None = None,
+    worker: int = 0,
+    show_progress: bool = False,
+) -> optuna.Study:
+    """Fill the study ``study_name`` in ``storage`` with trials of ``family`` until it holds ``n_trials``.
+
+    Each trial samples a variant from the papers' space (:func:`suggest`; TPE, seeded by ``(cfg.seed, worker)``),
+    trains it as ``training.downstream`` trains a supervised run (``cfg``'s recipe, epochs, batch size, device),
+    on the task's training samples less a stratified selection split (:data:`SELECTION_FRACTION`, seeded by
+    ``cfg.seed``), and returns the macro F1 on that selection split. The task's validation samples are never
+    seen, so a score reported on them after tuning stays honest.
+
+    Any number of workers (processes, machines, jobs) may call this with the same storage and study name at
+    once: Optuna gives each asked trial its own number, so no trial is run twice. A worker stops when the
+    study's finished and running trials reach ``n_trials`` (workers that ask at the same instant may start
+    one trial each past it), after ``timeout`` seconds, or on Ctrl-C (its running trial is marked failed).
+    A later call with the same arguments continues the study.
+
+    Raises:
+        ValueError: On an unknown family, ``n_trials < 1``, or a study of this name made for another family.
+        training.studies.StorageError: On a storage string naming no storage.
+    """
+    import os
+    import socket
+    import time
+
+    import numpy as np
+    import optuna
+    import torch
+
+    from training.downstream import encode, run_seed, train_run
+    from training.models import build_model
+    from training.models.encoder import Normalize, compute_norm_stats
+    from training.recipe import selection_split
+    from training.studies import fail_orphaned_trials, open_storage
+
+    if family not in SPACES or family not in MODELS:
+        raise ValueError(f"unknown model family {family!r}; choose from {sorted(SPACES)}")
+    if n_trials < 1:
+        raise ValueError(f"number of trials must be >= 1, got {n_trials}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=variant_seed(cfg.seed, family, worker), constant_liar=True)
+    study = optuna.create_study(
+        study_name=study_name, storage=open_storage(storage), direction="maximize", sampler=sampler,
+        load_if_exists=True,
+    )  # fmt: skip
+    made_for = study.user_attrs.get("family")
+    if made_for is None:
+        study.set_user_attr("family", family)
+    elif made_for != family:
+        raise ValueError(f"study {study_name!r} in {storage} tunes {made_for}, not {family}; use another --study")
+
+    fit, sel = selection_split(np.asarray(data.y_train), SELECTION_FRACTION, cfg.seed)
+    stats = compute_norm_stats(np.asarray(data.x_train)[fit])
+    front = Normalize(stats["mean"], stats["std"])
+    x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64))
+    x_fit, x_sel = encode(front, x[fit]), encode(front, x[sel])
+    y_fit, y_sel = y[fit], y[sel]
+    recipe = cfg.training_recipe()
+    n_stamps, n_classes = int(x.shape[1]), len(data.class_names)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        lr, hp = split_lr(suggest(trial, family))
+        hp = recipe.adapt_hp(family, hp, n_stamps)
+        seed = run_seed(cfg.seed, "study", study_name, trial.number)
+        torch.manual_seed(seed)
+        model = build_model(family, int(x_fit.shape[2]), n_classes, **hp)
+        t0 = time.perf_counter()
+        res = train_run(
+            model, x_fit, y_fit, x_sel, y_sel, lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+            device=cfg.device, eval_every=cfg.eval_every, recipe=recipe, precision=cfg.precision,
+        )  # fmt: skip
+        for key, value in (("selection_accuracy", res["val_accuracy"]), ("epochs_run", res["epochs_run"]),
+                           ("seconds", time.perf_counter() - t0), ("worker", worker), ("hp", hp)):  # fmt: skip
+            trial.set_user_attr(key, value)
+        logger.info("%s trial %d (worker %d): selection macro F1 %.4f", study_name, trial.number, worker, res["macro_f1"])
+        return float(res["macro_f1"])
+
+    orphaned = fail_orphaned_trials(study)
+    if orphaned:
+        logger.warning("study %s: running trials %s belonged to workers that are gone; marked failed", study_name, orphaned)
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    if len(study.get_trials(deepcopy=False, states=counted)) < n_trials:
+        study.optimize(
+            objective, timeout=timeout, callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=counted)],
+            catch=(), show_progress_bar=show_progress, gc_after_trial=True,
+        )  # fmt: skip
+    return study
+
+
+def study_summary(study: optuna.Study) -> dict[str, Any]:
+    """The study as JSON: trials by state, the best trial's number, value and parameters."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial if complete else None
+    return {
+        "study": study.study_name,
+        "family": study.user_attrs.get("family"),
+        "trials": {k: v for k, v in states.items() if v},
+        "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
+                                           "worker": best.user_attrs.get("worker")},  # fmt: skip
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the sampled variants of one family as JSON lines."""
+    """Print the sampled variants of one family as JSON lines, or fill a shared tuning study (``--trials``)."""
+    import sys
+
     parser = argparse.ArgumentParser(prog="python -m training.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", required=True, choices=sorted(SPACES))
-    parser.add_argument("--variants", type=int, default=10)
+    parser.add_argument("--variants", type=int, default=10, help="variants to print (without --trials)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--storage", type=Path, default=None, help="SQLite file keeping the study")
+    parser.add_argument("--storage", default=None,
+                        help="where the study lives: FILE.db (SQLite), FILE.log (journal, shared file systems), "
+                             "sqlite:///, journal:///, postgresql://, mysql:// (docs/scaling.md)")  # fmt: skip
+    study = parser.add_argument_group("tuning study (several workers may fill one)")
+    study.add_argument("--trials", type=int, help="tune: run trials until the study holds this many")
+    study.add_argument("--study", help="study name (default tune-<family>-seed<seed>)")
+    study.add_argument("--worker", type=int, default=0, help="this worker's number (seeds its sampler; e.g. $SLURM_PROCID)")
+    study.add_argument("--timeout", type=float, help="stop this worker after this many seconds")
+    study.add_argument("--task", choices=("1", "2", "real"), help="downstream task of the data")
+    study.add_argument("--data", type=Path, help="task data, as training.downstream --data")
+    study.add_argument("--epochs", type=int, help="epochs per trial")
+    study.add_argument("--config", type=Path, help="TOML file with DownstreamConfig fields")
+    study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    study.add_argument("--json", type=Path, help="also write the study summary here")
     args = parser.parse_args(argv)
-    for k, variant in enumerate(sample_variants(args.family, args.variants, seed=args.seed, storage=args.storage)):
-        print(json.dumps({"family": args.family, "variant": k, **variant}))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.trials is None:
+        if args.data is not None or args.study is not None:
+            parser.error("--data and --study tune a study: give --trials N too")
+        try:
+            variants = sample_variants(args.family, args.variants, seed=args.seed, storage=args.storage)
+        except (ValueError, RuntimeError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        for k, variant in enumerate(variants):
+            print(json.dumps({"family": args.family, "variant": k, **variant}))
+        return 0
+    if args.data is None:
+        parser.error("--trials needs --data (and --task) to train the trials on")
+    from training.config import ConfigError, load_config
+    from training.downstream import DownstreamConfig, load_task
+
+    overrides = [f"seed={args.seed}", f"families={args.family}"]
+    overrides += [f"{k}={v}" for k, v in (("task", args.task), ("data", args.data), ("epochs", args.epochs)) if v]
+    name = args.study or f"tune-{args.family}-seed{args.seed}"
+    try:
+        cfg = load_config(DownstreamConfig, args.config, [*overrides, *args.set])
+        data = load_task(cfg)
+        result = run_study(cfg, data, args.family, storage=args.storage, study_name=name, n_trials=args.trials,
+                           timeout=args.timeout, worker=args.worker, show_progress=sys.stderr.isatty())  # fmt: skip
+        summary = study_summary(result)
+        if args.json is not None:
+            tmp = args.json.with_name(f".{args.json.name}.tmp")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.replace(args.json)
+    except (ValueError, ConfigError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: study {name!r} keeps its finished trials; rerun the same command to continue it",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    print(json.dumps(summary))
     return 0
 
 
