@@ -564,6 +564,7 @@ def _report(
             "code": c, "name": classes.get(c, str(c)), "map_pixels": int(pixels[i]),
             "map_area_ha": round(float(mapped[i]) / 1e4, 4), "weight": round(float(r.weights[i]), 8),
             "sample_units_map": int(r.counts[i].sum()), "sample_units_reference": n_ref,
+            "stratum_assessed": bool(used_area[i] > 0 or mapped[i] == 0),
             "users_accuracy": r.users[i].as_dict(), "producers_accuracy": r.producers[i].as_dict(),
             "f1": r.f1[i].as_dict(), "area_proportion": area.as_dict(),
             "area_ha": area.as_dict(scale=total_m2 / 1e4, digits=2),

@@ -341,8 +341,9 @@ def assess(
     for c in report["per_class"]:
         a = c["area_ha"]
         ci = "n/a" if a["ci95"] is None else f"{a['ci95'][0]:,.1f} .. {a['ci95'][1]:,.1f}"
+        note = "" if c["stratum_assessed"] else "  (no reference unit in this map class: left out)"
         click.echo(f"  {c['name']:<28} mapped {c['map_area_ha']:>12,.1f} ha  adjusted {a['estimate'] or 0:>12,.1f} ha "
-                   f"(95 % CI {ci})")  # fmt: skip
+                   f"(95 % CI {ci}){note}")  # fmt: skip
     if report["warnings"]:
         click.echo(f"{len(report['warnings'])} warnings (logged above, and in the report)")
     click.echo(f"report:     {paths['json']}  ({paths['markdown'].name}, {paths['png'].name})")
