@@ -61,7 +61,7 @@ from cropmap.bands import S2_BANDS
 from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
 from cropmap.errors import CropmapError
 from cropmap.mask import Polygons, load_polygons, rasterize_block
-from cropmap.stack import Stack, open_stack
+from cropmap.stack import Stack, bounded_gdal_cache, open_stack
 from cropmap.timegrid import fill_gaps
 from training._pair_scenes import (
     DEFAULT_MASK_BAND,
@@ -322,7 +322,8 @@ def build_pairs(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        _write(stack, scenes, by_day, matched, stamps, cloud, polys, cfg, tmp, summary, progress, tqdm)
+        with bounded_gdal_cache():  # GDAL's default cache (5 % of RAM) would grow with the tiles read
+            _write(stack, scenes, by_day, matched, stamps, cloud, polys, cfg, tmp, summary, progress, tqdm)
         summary.seconds = time.perf_counter() - t_start
         manifest = _manifest(stack, scenes, matched, stamps, cloud, cfg, summary, s2_stack, scenes_in)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
