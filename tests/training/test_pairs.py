@@ -323,3 +323,44 @@ def test_pretrain_reads_pairs_folder(tmp_path: Path) -> None:
                         "--set", "batch_size=16", "--set", "timewise.d_model=16", "--set", "timewise.n_heads=2",
                         "--set", "timewise.n_layers=1", "--set", "timewise.out_dim=8", *tiny])  # fmt: skip
     assert rc == 0
+
+
+def test_pairs_from_stac_item_collection(tmp_path: Path) -> None:
+    """PS_SCENES as a STAC item collection: items dated by their datetime, bands and UDM2 from their assets."""
+    import datetime as dt
+
+    import pystac
+
+    stack = _s2_stack(tmp_path / "s2.tif")
+    full = _ps_full(5)
+    folder = _scenes(tmp_path / "ps", full)
+    items = []
+    for d in DATES:
+        stamp = d.replace("-", "")
+        item = pystac.Item(id=f"{stamp}_100000_1", geometry=None, bbox=None, properties={},
+                           datetime=dt.datetime.fromisoformat(f"{d}T10:00:00+00:00"))  # fmt: skip
+        item.add_asset("ortho_analytic_4b_sr", pystac.Asset(f"ps/{stamp}_100000_1_3B_AnalyticMS_SR.tif",
+                                                            media_type=pystac.MediaType.COG, roles=["data"]))  # fmt: skip
+        item.add_asset("ortho_udm2", pystac.Asset(f"ps/{stamp}_100000_1_3B_udm2.tif", roles=["data"]))
+        items.append(item)
+    collection = tmp_path / "items.json"
+    collection.write_text(json.dumps(pystac.ItemCollection(items).to_dict()))
+    build_pairs(stack, [collection], tmp_path / "stac", CFG, progress=False)
+    build_pairs(stack, [folder], tmp_path / "folder", CFG, progress=False)
+    a, b = _load(tmp_path / "stac"), _load(tmp_path / "folder")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_pretrain_refuses_missing_alignment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.pretrain import main as pretrain_main
+
+    stack = _s2_stack(tmp_path / "s2.tif")
+    cfg = PairConfig(s2_bands=BANDS4, alignment=("point",))
+    build_pairs(stack, [_scenes(tmp_path / "ps", _ps_full())], tmp_path / "pairs", cfg, progress=False)
+    assert not (tmp_path / "pairs" / "time").exists()
+    rc = pretrain_main(["--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "run"), "--alignment", "time",
+                        "--no-progress"])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "holds point-wise pairs only; rerun python -m training.pairs with --alignment time" in err
