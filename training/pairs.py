@@ -199,7 +199,8 @@ class PairSummary:
             out.append(f"point-wise pairs kept: {self.point_pairs}; dropped: {why}")
         if "time" in cfg.alignment:
             why = ", ".join(f"{k} {v}" for k, v in self.time_dropped.items() if v) or "none"
-            out.append(f"time-wise series kept: {self.time_series} of {self.matched_stamps} stamps; dropped pixels: {why}")
+            out.append(f"time-wise series kept: {self.time_series} ({self.matched_stamps} stamps each); "
+                       f"dropped pixels: {why}")  # fmt: skip
         out.append(f"{self.point_pairs / max(self.seconds, 1e-9):,.0f} point-wise pairs/s ({self.seconds:.1f} s)")
         return out
 
