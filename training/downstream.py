@@ -27,7 +27,10 @@ Protocol (PAPER.md section 4):
 
 Task ``1`` / ``2`` read the simulated (DENETHOR-layout) scenes, task ``real`` a user's labelled
 parcels (a WorldCereal extraction; supervised vs uni-modal only: there is no PlanetScope for them),
-with the legend, time grid and split of :mod:`training.data.parcels`.
+with the legend, time grid and split of :mod:`training.data.parcels`. Task ``real`` also takes any stack
+``cropmap classify`` reads with ``--labels POLYGONS --label-column COL``: the labelled series are extracted once
+(:mod:`training.data.extract`) into ``OUT/extractions/`` under a key of the inputs' contents and the extraction
+options, so a rerun reads them from there.
 """
 
 from __future__ import annotations
@@ -83,7 +86,20 @@ class DownstreamConfig:
     task: Literal["1", "2", "real"] = "1"
     """``1``: same scene as pre-training; ``2``: the other scene; ``real``: WorldCereal parcels."""
     data: Path | None = None
-    """Tasks 1/2: folder written by ``python -m training.simulate``. Task real: a WorldCereal parquet."""
+    """Tasks 1/2: folder written by ``python -m training.simulate``. Task real: a WorldCereal parquet, or a stack
+    (anything ``cropmap classify`` reads) with ``labels``."""
+    labels: Path | None = None
+    """Task real: labelled polygons (any OGR format) on the stack ``data``; ``label_column`` names their label."""
+    id_column: str | None = None
+    """Task real with ``labels``: polygon attribute of unique parcel ids (default: the row number)."""
+    layer: str | None = None
+    """Task real with ``labels``: layer of the polygon file."""
+    pixels: str = "all"
+    """Task real with ``labels``: per polygon ``all`` pixels, the ``mean``, or N random pixels."""
+    buffer_m: float = 10.0
+    """Task real with ``labels``: polygons shrink by this many metres before pixels are taken."""
+    reflectance_scale: float | None = None
+    """Task real with ``labels``: raw value = reflectance x this, for stacks that declare no scale."""
     families: tuple[str, ...] = ("lstm", "inception_time", "transformer")
     """Base-model registry keys."""
     variants: int = 10
@@ -116,11 +132,12 @@ class DownstreamConfig:
     split_file: Path | None = None
     """Task real: CSV ``sample_id,split`` (``train`` / ``val``) instead of a seeded split."""
     label_column: str = "ewoc_code"
-    """Task real: integer label column."""
+    """Task real: integer label column (with ``labels``: the polygons' label attribute, codes or names)."""
     top_classes: int = 6
     """Task real: keep the N most frequent label codes as classes (unless ``class_map`` is given)."""
     class_map: Path | None = None
-    """Task real: CSV ``match,name[,color]`` mapping label codes (or leading parts) to classes."""
+    """Task real: CSV ``match,name[,color]`` mapping label codes (or leading parts) to classes (with ``labels``:
+    ``match,name``, a label name or code per row, :func:`training.data.extract.read_class_map`; every class kept)."""
     grid: str = "monthly"
     """Task real: ``monthly``, ``dekadal`` or comma-separated ``MM-DD`` stamps."""
     season: int | None = None
@@ -862,14 +879,30 @@ def _check_front_frozen(front: nn.Module, method: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # task data
 # ----------------------------------------------------------------------------------------------
-def load_real_task(path: str | Path, cfg: DownstreamConfig) -> TaskData:
-    """A user's labelled parcels (WorldCereal extraction) as configured (:func:`training.data.parcels.load_parcels`).
+def load_real_task(path: str | Path, cfg: DownstreamConfig, cache_dir: str | Path | None = None) -> TaskData:
+    """A user's labelled parcels as configured (:func:`training.data.parcels.load_parcels`).
 
-    Parcels, not pixels: each parcel is one sample, so the split is by field.
+    ``path`` is a WorldCereal extraction, or with ``cfg.labels`` a stack whose labelled series are extracted
+    first (:func:`training.data.extract.extract_cached`, cached in ``cache_dir``; ``None``: a temporary folder).
+    The split is by parcel: a parcel's samples (its pixels, with ``labels``) are never on both sides.
     """
+    import tempfile
+
     from training.data.parcels import load_parcels
     from training.data.worldcereal import NODATA
 
+    if cfg.labels is not None:
+        from training.data.extract import ExtractOptions, extract_cached
+
+        opts = ExtractOptions(
+            label_column=cfg.label_column, id_column=cfg.id_column, layer=cfg.layer, class_map=cfg.class_map,
+            pixels=cfg.pixels, seed=cfg.seed, buffer_m=cfg.buffer_m, min_valid=cfg.min_valid,
+            reflectance_scale=cfg.reflectance_scale,
+        )  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="cropmap-extract-") as tmp:
+            table = extract_cached(path, cfg.labels, opts, cache_dir if cache_dir is not None else tmp)
+            cfg = dataclasses.replace(cfg, class_map=None, top_classes=254 if cfg.class_map is not None else cfg.top_classes)
+            return load_real_task(table, dataclasses.replace(cfg, labels=None))
     task = load_parcels(
         path, label_column=cfg.label_column, top_classes=cfg.top_classes, class_map=cfg.class_map, grid=cfg.grid,
         season_start=cfg.season_start, season=cfg.season, min_valid=cfg.min_valid, val_fraction=cfg.val_fraction,
@@ -925,8 +958,8 @@ def load_sim_task(
     )
 
 
-def load_task(cfg: DownstreamConfig) -> TaskData:
-    """The task's data as configured (``cfg.data`` must be set)."""
+def load_task(cfg: DownstreamConfig, cache_dir: str | Path | None = None) -> TaskData:
+    """The task's data as configured (``cfg.data`` must be set; ``cache_dir``: see :func:`load_real_task`)."""
     if cfg.data is None:
         raise ValueError(
             f"task {cfg.task} needs data: a simulated scene folder (tasks 1/2) or a WorldCereal parquet (real); "
@@ -934,8 +967,10 @@ def load_task(cfg: DownstreamConfig) -> TaskData:
         )
     if not cfg.data.exists():
         raise FileNotFoundError(f"data path {str(cfg.data)!r} does not exist")
+    if cfg.labels is not None and cfg.task != "real":
+        raise ValueError(f"--labels is for task real (a stack and labelled polygons); task {cfg.task} reads {cfg.data}")
     if cfg.task == "real":
-        return load_real_task(cfg.data, cfg)
+        return load_real_task(cfg.data, cfg, cache_dir)
     return load_sim_task(
         cfg.data, cfg.task, n_train=cfg.n_train_per_class, n_val=cfg.n_val_per_class, seed=cfg.seed, fill=cfg.fill
     )
@@ -948,7 +983,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.downstream``."""
     parser = argparse.ArgumentParser(prog="python -m training.downstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=("1", "2", "real"), help="downstream task")
-    parser.add_argument("--data", type=Path, help="simulated scene folder (tasks 1/2) or WorldCereal parquet (real)")
+    parser.add_argument("--data", type=Path,
+                        help="simulated scene folder (tasks 1/2); WorldCereal parquet, or a stack with --labels (real)")  # fmt: skip
     parser.add_argument("--encoders", nargs="*", default=[], metavar="METHOD_RATE=PATH",
                         help="pre-trained encoders, e.g. unimodal_0.2=u02/encoder.pt bimodal_0.6=b06/encoder.pt")  # fmt: skip
     parser.add_argument("--families", help="comma-separated base models (default: all three)")
@@ -965,12 +1001,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     real = parser.add_argument_group("task real (your labelled parcels)")
     real.add_argument("--classes", metavar="N|CSV",
                       help="the N most frequent labels (default 6), or a class map CSV match,name[,color]")  # fmt: skip
-    real.add_argument("--label-column", help="integer label column (default ewoc_code)")
+    real.add_argument("--label-column",
+                      help="integer label column (default ewoc_code); with --labels the polygons' label attribute")  # fmt: skip
     real.add_argument("--grid", help="time grid: monthly (default), dekadal, or comma-separated MM-DD stamps")
     real.add_argument("--season", type=int, help="year the season starts in (default: the one with most data)")
     real.add_argument("--season-start", help="season start MM-DD (default 11-01)")
     real.add_argument("--split-seed", type=int, help="seed of the train/validation split (default 0)")
     real.add_argument("--split-file", type=Path, help="CSV sample_id,split (train/val) instead of a seeded split")
+    real.add_argument("--labels", type=Path, metavar="POLYGONS",
+                      help="labelled polygons on the stack given as --data (any stack cropmap classify reads)")  # fmt: skip
+    real.add_argument("--id-column", help="with --labels: polygon attribute of unique parcel ids (default: row number)")
+    real.add_argument("--layer", help="with --labels: layer of the polygon file")
+    real.add_argument("--pixels", help="with --labels: per polygon all (default), mean, or N random pixels")
+    real.add_argument("--buffer", type=float, metavar="M", help="with --labels: shrink polygons by M metres (default 10)")
     parser.add_argument("--out", type=Path, required=True, help="run directory (results.jsonl, models/, variants.db)")
     parser.add_argument("--config", type=Path, help="TOML file with DownstreamConfig fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -983,7 +1026,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       ("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("label_column", "label_column"),
                       ("grid", "grid"), ("season", "season"), ("season_start", "season_start"),
                       ("split_seed", "split_seed"), ("split_file", "split_file"), ("recipe", "recipe"),
-                      ("precision", "precision")):  # fmt: skip
+                      ("precision", "precision"), ("labels", "labels"), ("id_column", "id_column"),
+                      ("layer", "layer"), ("pixels", "pixels"), ("buffer", "buffer_m")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -1001,14 +1045,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in encoders:
         if not spec.path.is_file():
             parser.error(f"encoder file {str(spec.path)!r} does not exist")
-    for name in ("class_map", "split_file"):
+    for name in ("class_map", "split_file", "labels"):
         path = getattr(cfg, name)
-        if path is not None and not path.is_file():
+        if path is not None and not (path.exists() if name == "labels" else path.is_file()):
             parser.error(f"{name.replace('_', ' ')} {str(path)!r} does not exist")
     try:
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        data = load_task(cfg)
+        data = load_task(cfg, cache_dir=args.out / "extractions")
         results = run_comparison(cfg, data, encoders, args.out, show_progress=not args.no_progress)
     except (ValueError, CheckpointError, ConfigError, OSError) as err:
         print(f"error: {describe_error(err)}", file=sys.stderr)

@@ -161,26 +161,44 @@ def _map_codes(codes: np.ndarray, rules: Sequence[tuple[str, str]], classes: Seq
     return out
 
 
+def _seasons(series_dates: np.ndarray, grid_probe: TimeGrid) -> np.ndarray:
+    """Season (start year) of every date of ``series_dates`` (any shape), computed once per distinct date."""
+    days, inverse = np.unique(series_dates, return_inverse=True)
+    years = np.array([grid_probe.season_of(dt.date.fromisoformat(str(d))) for d in days], dtype=np.int64)
+    return years[inverse].reshape(series_dates.shape)
+
+
 def _best_season(series_dates: np.ndarray, valid: np.ndarray, grid_probe: TimeGrid) -> int:
-    seasons = np.array([[grid_probe.season_of(dt.date.fromisoformat(str(d))) for d in row] for row in series_dates])
+    seasons = _seasons(series_dates, grid_probe)
     years, counts = np.unique(seasons[valid], return_counts=True)
     if not len(years):
         raise ValueError("the file holds no valid observation (every band value is nodata)")
     return int(years[np.argmax(counts)])
 
 
-def _read_split_file(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _read_split_file(path: Path, ids: np.ndarray, parcels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train / validation sample indices from a CSV ``sample_id,split`` (or ``parcel_id,split`` when the samples
+    have ``parcels``); a parcel on both sides is refused."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if not {"sample_id", "split"} <= set(table.columns):
-        raise ValueError(f"split file {path} has columns {list(table.columns)}; expected sample_id,split")
+    key = "parcel_id" if parcels is not None and "parcel_id" in table.columns else "sample_id"
+    if not {key, "split"} <= set(table.columns):
+        expected = "sample_id,split" + (" or parcel_id,split" if parcels is not None else "")
+        raise ValueError(f"split file {path} has columns {list(table.columns)}; expected {expected}")
     bad = sorted(set(table["split"]) - {"train", "val"})
     if bad:
         raise ValueError(f"split file {path} has split values {bad}; expected 'train' or 'val'")
-    split = dict(zip(table["sample_id"], table["split"], strict=True))
-    missing = [s for s in ids if s not in split]
+    split = dict(zip(table[key], table["split"], strict=True))
+    keys = parcels if key == "parcel_id" else ids
+    missing = [s for s in keys if s not in split]
     if missing:
-        raise ValueError(f"split file {path} does not assign {len(missing)} usable parcels (e.g. {missing[:3]})")
-    is_val = np.array([split[s] == "val" for s in ids])
+        what = "samples" if key == "sample_id" and parcels is not None else "parcels"
+        raise ValueError(f"split file {path} does not assign {len(missing)} usable {what} (e.g. {missing[:3]})")
+    is_val = np.array([split[s] == "val" for s in keys])
+    if parcels is not None:
+        both = sorted(set(parcels[is_val]) & set(parcels[~is_val]))
+        if both:
+            raise ValueError(f"split file {path} puts samples of {len(both)} parcels on both sides (e.g. {both[:3]}); "
+                             "expected each parcel in one split (assign parcel_id,split)")  # fmt: skip
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
@@ -228,9 +246,7 @@ def load_parcels(
         season = _best_season(series.dates, valid_obs, probe)
         logger.info("%s: season %d (from %s) holds the most valid observations", path.name, season, season_start)
     tg = time_grid(grid, season_start, season)
-    in_season = np.array(
-        [[probe.season_of(dt.date.fromisoformat(str(d))) == season for d in row] for row in series.dates]
-    )
+    in_season = _seasons(series.dates, probe) == season
     observed = series.dates[in_season & valid_obs]
     if not observed.size:
         raise ValueError(f"{path}: no valid observation in season {season} (starting {season_start}); pick --season")
@@ -263,6 +279,8 @@ def load_parcels(
         order = np.lexsort((values, -counts))[:top_classes]
         chosen = values[order]
         names = read_class_names(EWOC_NAMES_CSV) if label_column == "ewoc_code" else {}
+        if series.class_names is not None:
+            names = series.class_names
         colors = _palette(len(chosen))
         classes = [
             ClassInfo(k + 1, names.get(int(c), format_ewoc_code(int(c)) if label_column == "ewoc_code" else str(c)), colors[k])
@@ -275,27 +293,40 @@ def load_parcels(
         legend = f"{len(chosen)} most frequent {label_column} values"
     keep = y >= 0
     usable, y = usable[keep], y[keep]
-    counts = np.bincount(y, minlength=len(classes))
+    ids = series.sample_ids[usable]
+    # Several samples (pixels) of one parcel: the split and its class counts go by parcel, so that no parcel has
+    # samples on both sides (neighbouring pixels of a field are near-duplicates).
+    groups = series.parcel_ids[usable] if series.parcel_ids is not None else ids
+    if series.parcel_ids is None:
+        parcels, member, y_parcel = ids, np.arange(len(y)), y
+    else:
+        parcels, first, member = np.unique(groups, return_index=True, return_inverse=True)
+        y_parcel = y[first]
+    if (y_parcel[member] != y).any():
+        raise ValueError(f"{path}: the samples of some parcels have different labels; expected one label per parcel")
+    counts = np.bincount(y_parcel, minlength=len(classes))
     thin = [f"{c.name!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
     if thin:
         raise ValueError(
             f"classes {', '.join(thin)} have fewer than 2 usable parcels; the split needs one for training and one "
             "for validation: choose fewer classes or merge them in a class map"
         )
-    ids = series.sample_ids[usable]
     if split_file is not None:
-        tr, va = _read_split_file(Path(split_file), ids)
+        tr, va = _read_split_file(Path(split_file), ids, groups if series.parcel_ids is not None else None)
         split_desc = f"split file {Path(split_file).name}"
     else:
-        tr, va = stratified_split(y, val_fraction, split_seed)
+        _, va_p = stratified_split(y_parcel, val_fraction, split_seed)
+        in_val = np.isin(member, va_p)
+        tr, va = np.flatnonzero(~in_val), np.flatnonzero(in_val)
         split_desc = f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} by parcel, split seed {split_seed}"
     for name, part in (("training", tr), ("validation", va)):
         missing = sorted(set(range(len(classes))) - set(y[part].tolist()))
         if missing:
             raise ValueError(f"the {name} split has no parcel of classes {[classes[k].name for k in missing]}")
     x = gridded.x[usable]
+    what = f"{len(usable)} parcels" if series.parcel_ids is None else f"{len(usable)} samples of {len(parcels)} parcels"
     desc = (
-        f"{path.name}: {len(usable)} parcels ({len(tr)} train / {len(va)} val, {split_desc}), {legend}, "
+        f"{path.name}: {what} ({len(tr)} train / {len(va)} val, {split_desc}), {legend}, "
         f"{grid} grid of season {season} from {season_start}, {len(gridded.bands)} bands"
     )
     logger.info(desc)

@@ -65,6 +65,11 @@ class WorldCerealSeries:
     """Column the labels were read from."""
     sample_ids: np.ndarray
     """``(N,)`` sample identifiers (str)."""
+    parcel_ids: np.ndarray | None = None
+    """``(N,)`` parcel of each sample (str), from a ``parcel_id`` column (extractions of several pixels per parcel,
+    :mod:`training.data.extract`); ``None`` when each sample is its own parcel."""
+    class_names: dict[int, str] | None = None
+    """Label code -> name, from a ``class_name`` column; ``None`` when the file names no class."""
 
     def __len__(self) -> int:
         """Number of samples N."""
@@ -80,6 +85,8 @@ class WorldCerealSeries:
             labels=self.labels[idx],
             label_column=self.label_column,
             sample_ids=self.sample_ids[idx],
+            parcel_ids=None if self.parcel_ids is None else self.parcel_ids[idx],
+            class_names=self.class_names,
         )
 
 
@@ -175,6 +182,7 @@ def read_long(
     if (per_sample.nunique() > 1).any():
         raise ValueError(f"{path}: {label_column!r} changes within a sample")
     counts = df.groupby("sample_id", sort=True).size()
+    parcel_ids, class_names = _parcels_and_names(df, labels, label_column, path)
     stamps = np.sort(df["timestamp"].unique())
     if counts.nunique() != 1 or int(counts.iloc[0]) != len(stamps):
         # Real extractions miss some time steps for some parcels: put every sample on the union of the
@@ -196,7 +204,32 @@ def read_long(
         labels=per_sample.first().to_numpy(dtype=np.int64),
         label_column=label_column,
         sample_ids=counts.index.to_numpy().astype(str),
+        parcel_ids=parcel_ids,
+        class_names=class_names,
     )
+
+
+def _parcels_and_names(
+    df: pd.DataFrame, labels: np.ndarray, label_column: str, path: Path
+) -> tuple[np.ndarray | None, dict[int, str] | None]:
+    """The parcel of each sample (sorted by ``sample_id``) and the class names, where the file has those columns.
+
+    Raises:
+        ValueError: If a sample lies in several parcels, or a label code has several names.
+    """
+    parcels = None
+    if "parcel_id" in df.columns:
+        per = df.groupby("sample_id", sort=True)["parcel_id"]
+        if (per.nunique() > 1).any():
+            raise ValueError(f"{path}: 'parcel_id' changes within a sample")
+        parcels = per.first().to_numpy().astype(str)
+    names = None
+    if "class_name" in df.columns:
+        pairs = pd.DataFrame({"code": labels, "name": df["class_name"].to_numpy()}).drop_duplicates()
+        if pairs["code"].duplicated().any():
+            raise ValueError(f"{path}: some {label_column!r} codes have several names in 'class_name'")
+        names = {int(c): str(n) for c, n in zip(pairs["code"], pairs["name"], strict=True)}
+    return parcels, names
 
 
 def read_wide(
