@@ -93,8 +93,13 @@ def _ratio(counts: np.ndarray, weights: np.ndarray, y: np.ndarray, x: np.ndarray
     d = y - r * x
     mean_d = (share * d).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        s2 = (counts * (d - mean_d[:, None]) ** 2).sum(axis=1) / (n_h - 1)
+        # A stratum of one unit has no within-stratum variance estimate: its term is taken as 0 (the caller
+        # warns; the SE is then too small), and a ratio resting on such strata alone gets no SE (NaN, below).
+        s2 = np.where(n_h > 1, (counts * (d - mean_d[:, None]) ** 2).sum(axis=1) / np.maximum(n_h - 1, 1), 0.0)
         terms = np.where(weights > 0, weights**2 * s2 / n_h, 0.0)
+    informative = (weights > 0) & ((share * np.abs(y)).sum(axis=1) + (share * np.abs(x)).sum(axis=1) > 0)
+    if informative.any() and np.all(n_h[informative] <= 1):
+        return Estimate(r, math.nan)
     var = float(terms.sum()) / big_x**2 if np.all(np.isfinite(terms)) else math.nan
     return Estimate(r, math.sqrt(var) if var >= 0 else math.nan)
 
@@ -108,9 +113,11 @@ def stratified_estimate(counts: np.ndarray | Sequence[Sequence[int]], mapped_are
         mapped_area: ``(k,)`` mapped area (or pixel count) of each map class; the
             weights are ``W_i = A_i / sum(A)``.
 
-    Every stratum with a mapped area needs at least two sample units for a standard
-    error (one gives a point estimate with a NaN standard error); a stratum with a
-    mapped area and no sample unit is refused (its row of the matrix is unknown).
+    Every stratum with a mapped area needs at least two sample units for its variance;
+    a stratum of one unit adds 0 to the variance of the estimates it enters (so their
+    standard errors are too small; :func:`cropmap.assess.assess` warns), and the user's
+    accuracy of that class gets no standard error (NaN). A stratum with a mapped area
+    and no sample unit is refused (its row of the matrix is unknown).
 
     Raises:
         ValueError: For shapes that do not match, negative values, no mapped area, or

@@ -535,8 +535,9 @@ def assess(
             used_area[index[c]] = 0.0
     single = [c for c, n in zip(codes, n_h, strict=True) if n == 1]
     if single:
-        warnings.append(f"map classes {', '.join(map(str, single))} have one reference unit each: their standard "
-                        "errors (and those that depend on them) are undefined (null)")  # fmt: skip
+        warnings.append(f"map classes {', '.join(map(str, single))} have one reference unit each: their user's "
+                        "accuracy has no standard error (null), and their unknown within-class variance is taken as 0 "
+                        "in the other standard errors, which are then too small")  # fmt: skip
     result = stratified_estimate(counts, used_area)
     no_ref = [c for c in codes if counts[:, index[c]].sum() == 0]
     if no_ref:

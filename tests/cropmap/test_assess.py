@@ -364,3 +364,16 @@ def test_cli_assess_plan(scene: dict[str, Path]) -> None:
     assert "reference" in pts.columns and len(pts) > 0 and "eq. 13" in res.output
     res = _assess(scene["map"], "--plan", "-o", out)
     assert res.exit_code == 1 and "already exists" in res.output
+
+
+def test_single_unit_stratum_has_no_users_se_and_zero_variance_elsewhere() -> None:
+    counts = np.array([[30, 2, 1], [0, 1, 0], [3, 1, 40]])
+    area = np.array([5_000.0, 100.0, 8_000.0])
+    r = stratified_estimate(counts, area)
+    assert math.isnan(r.users[1].se) and r.users[1].value == 1.0
+    # The overall SE equals eq. 5 over the strata with two or more units (the single unit's term is 0).
+    w = area / area.sum()
+    u = np.diag(counts) / counts.sum(1)
+    ok = counts.sum(1) > 1
+    v = np.sum((w**2 * u * (1 - u) / (counts.sum(1) - 1))[ok])
+    assert np.isclose(r.overall.se, math.sqrt(v)) and all(math.isfinite(e.se) for e in r.area_proportion)
