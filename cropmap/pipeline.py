@@ -649,11 +649,12 @@ def classify_array(
     codes (0 = not classified), and attrs ``crs`` (WKT), ``transform``, ``nodata``,
     ``class_codes``, ``class_names``, ``class_colors`` and ``season``. With
     ``confidence=True`` a ``confidence`` coordinate (uint8, 255 = none) is attached.
-    The whole map is held in memory; use :func:`classify` for large rasters.
+    The whole map is held in memory; use :func:`classify` for large rasters, and
+    :func:`cropmap.writer.write_class_map` to write the result as ``classify`` writes its map.
 
     Args:
         stack: A time-major GeoTIFF stack or a folder of per-date GeoTIFFs.
-        mask: Cropland polygons (any OGR format).
+        mask: Cropland polygons (any OGR format); ``None``: the whole stack.
         model: A cropmap bundle; default the sample bundle shipped with cropmap.
         options: Runtime options; or pass them as keywords. ``embedding``, ``overwrite``
             and ``quicklook`` have no effect here.
