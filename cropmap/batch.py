@@ -275,7 +275,7 @@ def classify_many(
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out-dir {out} is a file; expected a folder (it is created if missing)")
 
-    _refuse_batch_overlap(out, regions, region_list, model_path)
+    _refuse_batch_overlap(out, regions, region_list, model_path, opts)
     settings = {"model_sha256": state_io.sha256(model_path)} | {f: getattr(opts, f) for f in SETTING_FIELDS}
     with output_folder(out), RunLock(out / STATE_NAME, "batch folder"):
         remove_stale(out, {STATE_NAME, SUMMARY_NAME})
@@ -283,15 +283,29 @@ def classify_many(
         return _classify_many_locked(region_list, out, model_path, settings, where, opts, progress, t_start)
 
 
-def _refuse_batch_overlap(out: Path, regions: Any, region_list: list[Region], model: Path) -> None:
-    """Refuse a batch whose state, summary or lock file would replace one of its inputs."""
+def _refuse_batch_overlap(out: Path, regions: Any, region_list: list[Region], model: Path,
+                          opts: ClassifyOptions) -> None:  # fmt: skip
+    """Refuse a batch that would write over one of its inputs, before any region runs.
+
+    Every file the batch may write (its state, summary and lock, and every region's map, side files and
+    lock) is checked against every input of every region (stack, mask with its sidecars), the bundle and
+    the manifest, with or without ``overwrite``: one region's outputs never replace another region's inputs.
+    """
+    from cropmap.writer import output_paths
+
     inputs: dict[Path, str] = {model: "model bundle"}
     if isinstance(regions, (str, Path)):
         inputs[Path(regions)] = "regions manifest"
     for r in region_list:
         inputs.setdefault(Path(r.stack), f"stack of region {r.name!r}")
         inputs.update({m: f"mask of region {r.name!r}" for m in mask_files(Path(r.mask))})
-    refuse_overlap([out / STATE_NAME, out / SUMMARY_NAME, lock_path(out / STATE_NAME)], inputs)
+    outputs = [out / STATE_NAME, out / SUMMARY_NAME, lock_path(out / STATE_NAME)]
+    for r in region_list:
+        paths = output_paths(out / r.name / f"{r.name}.tif", confidence=opts.confidence,
+                             embedding=opts.embedding, quicklook=opts.quicklook,
+                             probabilities=opts.probabilities, uncertainty=opts.uncertainty is not None)
+        outputs += [*paths.all(), lock_path(paths.map)]
+    refuse_overlap(outputs, inputs, hint="choose another --out-dir")
 
 
 @dataclass(frozen=True)

@@ -533,9 +533,12 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(os.path.expanduser(path)))
 
 
-def refuse_overlap(outputs: Iterable[Path], inputs: Mapping[Path, str]) -> None:
+def refuse_overlap(outputs: Iterable[Path], inputs: Mapping[Path, str], *,
+                   hint: str = "choose another -o / --out-dir") -> None:  # fmt: skip
     """Refuse when a file the run writes is one of its inputs, however the paths are spelled.
 
+    The one rule of every cropmap writer: ``classify``, ``batch`` (every region's inputs against
+    every region's outputs) and the exporters (checkpoints, run folders, calibration data).
     Paths are compared after resolving symbolic links, ``..`` and ``~`` and, where
     both exist, by device and inode (hard links). An input that is a folder (a stack
     of per-date files) also refuses any output inside it.
@@ -543,6 +546,7 @@ def refuse_overlap(outputs: Iterable[Path], inputs: Mapping[Path, str]) -> None:
     Args:
         outputs: Every path the run may write.
         inputs: Input path -> what it is ("stack", "mask", "model bundle", ...).
+        hint: What to do instead, ending the message (the flags that name the outputs).
 
     Raises:
         InputOverwriteError: Naming the output and the input it would replace.
@@ -562,13 +566,13 @@ def refuse_overlap(outputs: Iterable[Path], inputs: Mapping[Path, str]) -> None:
             if same:
                 raise InputOverwriteError(
                     f"output {out} is the {label} {inp} (both resolve to {real_in}); cropmap never writes over an "
-                    "input, with or without --overwrite; expected an output path apart from the inputs (choose "
-                    "another -o / --out-dir)"
+                    "input, with or without --overwrite; expected an output path apart from the inputs "
+                    f"({hint})"
                 )
             if st_in is not None and os.path.isdir(real_in) and real_in in real_out.parents:
                 raise InputOverwriteError(
                     f"output {out} lies inside the {label} folder {inp}; writing there would change the {label}; "
-                    "expected outputs outside it (choose another -o / --out-dir)"
+                    f"expected outputs outside it ({hint})"
                 )
 
 
