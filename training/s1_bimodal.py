@@ -86,18 +86,30 @@ def pretrain_args(pairs: Path, out: Path, mode: str, seed: int, epochs: int) -> 
 
 
 def _pretrain(pairs: Path, out: Path, mode: str, seed: int, epochs: int) -> float:
-    """Run (or reuse) one pre-training; returns its wall time in seconds (the recorded one when reused)."""
+    """Run one pre-training, or reuse a finished one of the same arguments and pairs; returns its wall time in
+    seconds (the recorded one when reused)."""
+    import hashlib
+
     from training.pretrain import main as pretrain_main
 
+    args = pretrain_args(pairs, out, mode, seed, epochs)
+    with np.load(pairs) as npz:  # the arrays, not the file: a zip holds its write time
+        digest = hashlib.md5(npz["s2"].tobytes() + npz["ps"].tobytes()).hexdigest()
+    key = {"args": args, "pairs_md5": digest}
     stamp = out / "wall_s.json"
     if (out / "encoder.pt").exists() and stamp.exists():
-        return float(json.loads(stamp.read_text())["wall_s"])
+        done = json.loads(stamp.read_text())
+        if {k: done.get(k) for k in key} == key:
+            return float(done["wall_s"])
+        logger.info("%s was trained with other arguments or pairs; training again", out)
     t0 = time.perf_counter()
-    rc = pretrain_main(pretrain_args(pairs, out, mode, seed, epochs))
+    rc = pretrain_main(args)
     if rc != 0:
         raise RuntimeError(f"pre-training {mode} into {out} failed with exit status {rc}")
     wall = time.perf_counter() - t0
-    stamp.write_text(json.dumps({"wall_s": wall}) + "\n")
+    tmp = out / ".wall_s.json.tmp"
+    tmp.write_text(json.dumps({**key, "wall_s": wall}) + "\n")
+    tmp.replace(stamp)
     return wall
 
 
