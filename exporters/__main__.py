@@ -20,7 +20,7 @@ from cropmap.errors import BundleError
 from exporters.best import METRICS, export_best
 from exporters.parity import ParityError
 from exporters.quantize import DEFAULT_MIN_AGREEMENT, INT8_METHODS
-from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_checkpoint
+from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_checkpoint, refuse_inputs_as_outputs
 from training.checkpoint import CheckpointError, describe_error
 
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "int8_method": args.int8_method}  # fmt: skip
     try:
         if args.calibration_data is not None:
+            refuse_inputs_as_outputs(args.out, {args.calibration_data: "calibration data"})
             reduce["train_x"] = _training_series(args.calibration_data)
         if args.best is not None:
             choice, report = export_best(

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from exporters.parity import ParityReport
-from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_bundle, split_precision_data
+from exporters.to_onnx import (
+    DEFAULT_OPSET,
+    ExportError,
+    export_bundle,
+    refuse_inputs_as_outputs,
+    split_precision_data,
+    verify_checkpoint,
+)
 from training.classifier import load_classifier
 from training.downstream import VAL_INPUTS
 
@@ -127,6 +134,8 @@ def export_best(
         The choice and the parity report.
     """
     choice = select_best(run_dir, metric=metric, task=task)
+    refuse_inputs_as_outputs(out, run_folder_inputs(run_dir))
+    verify_checkpoint(choice.model)
     clf = load_classifier(choice.model)
     val = Path(run_dir) / VAL_INPUTS.format(task=choice.record["task"])
     if val.is_file():
@@ -157,6 +166,27 @@ def export_best(
             x_val, y_val, train_x=train_x, what=f"validation series of {Path(run_dir).name}"),
     )  # fmt: skip
     return choice, report
+
+
+def run_folder_inputs(run_dir: str | Path) -> dict[Path, str]:
+    """The files of a run folder that an export from it may read: ``results.jsonl``, the stored series (every
+    ``.npz`` in it: validation and model-selection series), every checkpoint under ``models/`` and every model
+    ``results.jsonl`` names."""
+    run_dir = Path(run_dir)
+    results = run_dir / "results.jsonl"
+    inputs: dict[Path, str] = {results: "run folder's results"}
+    for f in sorted(run_dir.glob("*.npz")):
+        inputs[f] = "run folder's series"
+    models = run_dir / "models"
+    if models.is_dir():
+        for f in sorted(models.rglob("*")):
+            if f.is_file():
+                inputs[f] = "run folder's checkpoint"
+    if results.is_file():
+        for r in _read_records(results):
+            if r.get("model"):
+                inputs.setdefault(run_dir / r["model"], "run folder's checkpoint")
+    return inputs
 
 
 def warn_unfilled(payload: dict[str, Any]) -> None:

@@ -40,6 +40,8 @@ import logging
 import os
 import tempfile
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,9 @@ __all__ = [
     "export_bundle",
     "export_checkpoint",
     "load_classifier",
+    "refuse_inputs_as_outputs",
     "save_classifier",
+    "verify_checkpoint",
 ]
 
 DEFAULT_OPSET = 17
@@ -73,6 +77,77 @@ DEFAULT_OPSET = 17
 
 class ExportError(RuntimeError):
     """The model cannot be exported as a bundle matching its metadata."""
+
+
+CLASSIFIER_KEYS = ("kind", "format", "model_name", "model_config", "state_dict", "in_dim", "n_classes",
+                   "norm_stats", "encoder", "bundle_metadata", "parity_inputs")  # fmt: skip
+"""Keys every ``classifier`` checkpoint holds (:func:`training.classifier.save_classifier`)."""
+ENCODER_KEYS = ("model_name", "model_config", "state_dict")
+"""Keys of a classifier checkpoint's ``encoder`` entry when it is not ``None``."""
+
+
+def refuse_inputs_as_outputs(out: str | Path, inputs: Mapping[Path, str]) -> None:
+    """Refuse an export whose bundle (or reliability diagram) would replace one of its inputs.
+
+    The rule of every cropmap writer (:func:`cropmap.safeio.refuse_overlap`): with or without
+    ``overwrite``, an output that is an input (however the path is spelt: links, ``..``) is refused.
+
+    Raises:
+        cropmap.errors.InputOverwriteError: Naming the output and the input.
+    """
+    from cropmap.safeio import refuse_overlap
+
+    out = Path(out)
+    refuse_overlap([out, out.with_suffix(".reliability.png")], inputs, hint="choose another -o")
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Check a classifier checkpoint's bytes and keys before anything is exported from it.
+
+    ``torch.save`` writes a zip archive whose members carry CRC-32 checksums, which ``torch.load``
+    does not check: a changed byte in the weights loads silently as other weights. Every member is
+    read and its checksum compared (``zipfile.ZipFile.testzip``); then the payload must hold
+    :data:`CLASSIFIER_KEYS` (and :data:`ENCODER_KEYS` in its ``encoder``).
+
+    Raises:
+        ExportError: For a file that is not a zip archive, a checksum mismatch, an unreadable archive
+            or missing keys (one line; nothing is written).
+        FileNotFoundError: If the file does not exist.
+    """
+    from training.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        if not zipfile.is_zipfile(path):
+            raise ExportError(
+                f"checkpoint {path} is not a zip archive (the format torch.save writes), so its integrity "
+                "cannot be checked; expected a checkpoint written by training (save_classifier), intact"
+            )
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise ExportError(f"checkpoint {path} is a damaged zip archive ({_first_line(err)}); expected an "
+                          "intact checkpoint (copy it again from its source); nothing was written") from err
+    if bad is not None:
+        raise ExportError(
+            f"checkpoint {path} is corrupted: its member {bad} fails the zip CRC-32 check (the file changed "
+            "after it was written); expected an intact checkpoint (copy it again from its source); nothing "
+            "was written"
+        )
+    payload = load_checkpoint(path, kind=CLASSIFIER_KIND)
+    missing = [k for k in CLASSIFIER_KEYS if k not in payload]
+    enc = payload.get("encoder")
+    if isinstance(enc, Mapping):
+        missing += [f"encoder.{k}" for k in ENCODER_KEYS if k not in enc]
+    elif enc is not None:
+        missing.append(f"encoder (a {type(enc).__name__}, expected a mapping or None)")
+    if missing:
+        raise ExportError(
+            f"checkpoint {path} lacks {', '.join(missing)} (found {', '.join(sorted(map(str, payload)))}); "
+            "expected a complete classifier checkpoint (save_classifier); nothing was written"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,6 +532,8 @@ def export_checkpoint(
     """
     from exporters.best import warn_unfilled
 
+    refuse_inputs_as_outputs(out, {Path(checkpoint): "checkpoint"})
+    verify_checkpoint(checkpoint)
     clf = load_classifier(checkpoint)
     meta = clf.metadata
     if created is not None:
