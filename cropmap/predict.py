@@ -26,6 +26,7 @@ from rasterio.windows import transform as window_transform
 
 from cropmap.bundle import Bundle, BundleMetadata, load_bundle
 from cropmap.clouds import CloudMask
+from cropmap.errors import BundleError
 from cropmap.mask import rasterize_block
 from cropmap.postprocess import UNCERTAINTY_METHODS, PostProcess, majority_filter, smooth_probabilities, softmax
 from cropmap.postprocess import uncertainty as _uncertainty
@@ -117,6 +118,28 @@ def run_batches(
     return logits, vecs
 
 
+def check_finite(bundle_path: Path, logits: np.ndarray, embedding: np.ndarray | None = None) -> None:
+    """Stop the run when the model returned NaN or infinite values (a broken bundle, or one that overflows on
+    these inputs): an argmax over NaN picks the first class, so the map would look complete and be wrong.
+
+    Raises:
+        BundleError: Naming the bundle and how many pixels got non-finite outputs.
+    """
+    for what, values in (("logits", logits), ("embedding", embedding)):
+        if values is None or values.size == 0:
+            continue
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            bad = int((~finite).sum())
+            found = (("NaN", np.isnan(values).any()), ("infinite", np.isinf(values).any()))
+            kinds = " and ".join(k for k, hit in found if hit)
+            raise BundleError(
+                f"bundle {bundle_path} returned {kinds} {what} for {bad:,} of {len(values):,} pixels of a "
+                f"block; expected finite {what} for every input (the model is broken or overflows on this "
+                "stack); nothing was written"
+            )
+
+
 def predict_block(
     values: np.ndarray,
     mask: np.ndarray,
@@ -189,6 +212,7 @@ def predict_block(
         else:
             logits, vec = run_batches([bundle], filled[good], batch_size, embedding=embedding)
             provider = bundle.provider
+        check_finite(bundle.path, logits, vec)
         if emb is not None:
             emb[:, rr[good], cc[good]] = vec.T  # type: ignore[union-attr]
         index[rr[good], cc[good]] = np.argmax(logits, axis=1)
