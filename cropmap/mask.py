@@ -4,6 +4,15 @@ Any vector format GDAL/OGR reads is accepted (GeoPackage first). The polygons ar
 reprojected to the stack's CRS (logged at INFO) and burnt block by block with the
 block's own window transform, so no full-raster mask ever exists in memory. A
 pixel is cropland when its centre lies inside a polygon.
+
+Reprojection keeps the shape: before the vertices are transformed, every edge is split
+in the mask's own CRS into segments of at most :data:`MAX_SEGMENT_M` metres (shapely
+``segmentize``), so a long straight edge in longitude/latitude follows its true curve in
+the stack's CRS instead of becoming a chord. A mask already in the stack's CRS is used
+as it is. Invalid polygons are repaired (``make_valid``); the degenerate parts a repair
+leaves (a zero-width spike becomes a line, a zero-area sliver a line or point) are
+dropped, with their count logged and recorded (:attr:`Polygons.dropped_parts`), so they
+never burn a line of pixels.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rasterio.features import rasterize
 
 from cropmap.errors import MaskError
@@ -24,6 +34,11 @@ from cropmap.errors import MaskError
 logger = logging.getLogger(__name__)
 
 _POLYGON_TYPES = ("Polygon", "MultiPolygon")
+MAX_SEGMENT_M = 100.0
+"""Longest edge (metres) a mask polygon keeps before it is reprojected; longer edges are split first.
+The image of a 100 m segment departs from its chord by far less than a millimetre in any UTM zone."""
+METRES_PER_DEGREE = 111_320.0
+"""Metres in a degree of latitude (and at most in one of longitude): :data:`MAX_SEGMENT_M` in degrees."""
 
 
 @dataclass(frozen=True)
@@ -36,13 +51,18 @@ class Polygons:
     source_crs: str
     layer: str | None = None
     """The layer the polygons were read from."""
+    max_segment_m: float | None = None
+    """Edges were split to at most this many metres before reprojection; ``None``: not reprojected."""
+    dropped_parts: int = 0
+    """Degenerate parts (lines, points, zero-area polygons) left by repairing invalid polygons, dropped."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tree", shapely.STRtree(list(self.geometries)))
 
     def __getstate__(self) -> dict[str, object]:
         return {"path": self.path, "geometries": self.geometries, "crs": self.crs, "source_crs": self.source_crs,
-                "layer": self.layer}  # fmt: skip
+                "layer": self.layer, "max_segment_m": self.max_segment_m,
+                "dropped_parts": self.dropped_parts}  # fmt: skip
 
     def __setstate__(self, state: dict[str, object]) -> None:
         for k, v in state.items():
@@ -125,10 +145,21 @@ def load_polygons(
         raise MaskError(f"mask {path} has no CRS; expected a declared CRS (e.g. EPSG:4326); set it with ogr2ogr -a_srs")
     src_crs = CRS.from_user_input(info["crs"])
     _check_geographic_extent(path, polys, src_crs)
+    max_segment_m = None
     if src_crs != raster_crs:
-        logger.info("reprojecting mask %s from %s to the stack's %s", path, src_crs.to_string(), raster_crs.to_string())
-        polys = _reproject(polys, src_crs, raster_crs)
-    polys = [shapely.make_valid(p) if not p.is_valid else p for p in polys]
+        max_segment_m = MAX_SEGMENT_M
+        step = _segment_length(path, src_crs)
+        logger.info("reprojecting mask %s from %s to the stack's %s (edges split to at most %g m first)",
+                    path, src_crs.to_string(), raster_crs.to_string(), MAX_SEGMENT_M)  # fmt: skip
+        polys = _reproject([shapely.segmentize(p, step) for p in polys], src_crs, raster_crs)
+    polys, dropped = _repair(polys)
+    if dropped:
+        logger.warning("mask %s: dropped %d degenerate parts of invalid polygons (zero-width spikes, "
+                       "zero-area slivers: lines or points once repaired); only areas mark cropland",
+                       path, dropped)  # fmt: skip
+    if not polys:
+        raise MaskError(f"mask {path} holds only degenerate polygons ({dropped} parts without area); "
+                        "expected cropland polygons with an area")  # fmt: skip
     stack_box = shapely.box(*raster_bounds)
     kept = [p for p in polys if p.intersects(stack_box)]
     if not kept:
@@ -138,7 +169,58 @@ def load_polygons(
             f"{[round(v, 2) for v in raster_bounds]} (in {raster_crs.to_string()}); expected overlapping areas"
         )
     logger.info("mask %s (layer %s): %d polygons, %d overlap the stack", path, chosen, len(polys), len(kept))
-    return Polygons(path=path, geometries=tuple(kept), crs=raster_crs, source_crs=src_crs.to_string(), layer=chosen)
+    return Polygons(path=path, geometries=tuple(kept), crs=raster_crs, source_crs=src_crs.to_string(),
+                    layer=chosen, max_segment_m=max_segment_m, dropped_parts=dropped)  # fmt: skip
+
+
+def _segment_length(path: Path, crs: CRS) -> float:
+    """:data:`MAX_SEGMENT_M` in the units of ``crs`` (degrees or its linear unit).
+
+    Raises:
+        MaskError: For a CRS whose unit is neither an angle nor a length.
+    """
+    if crs.is_geographic:
+        return MAX_SEGMENT_M / METRES_PER_DEGREE
+    try:
+        return MAX_SEGMENT_M / float(crs.linear_units_factor[1])
+    except CRSError as err:
+        raise MaskError(
+            f"mask {path} has CRS {crs.to_string()}, which has neither degrees nor a length unit; cannot "
+            "reproject it; expected a geographic or projected CRS (or the stack's own)"
+        ) from err
+
+
+def _flatten(geom: shapely.Geometry) -> list[shapely.Geometry]:
+    """The single-part geometries of ``geom`` (collections of collections included)."""
+    if geom.geom_type.startswith("Multi") or geom.geom_type == "GeometryCollection":
+        return [g for part in shapely.get_parts(geom) for g in _flatten(part)]
+    return [geom]
+
+
+def _repair(polys: Sequence[shapely.Geometry]) -> tuple[list[shapely.Geometry], int]:
+    """Valid polygons kept as they are; invalid ones repaired, keeping only their parts with an area.
+
+    Returns:
+        The polygons and the number of degenerate parts dropped.
+    """
+    out: list[shapely.Geometry] = []
+    dropped = 0
+    for p in polys:
+        if p.is_valid:
+            out.append(p)
+            continue
+        fixed = shapely.make_valid(p)
+        if fixed.geom_type in _POLYGON_TYPES and fixed.area > 0:
+            out.append(fixed)
+            continue
+        parts = [g for g in _flatten(fixed) if not g.is_empty]
+        areas = [g for g in parts if g.geom_type == "Polygon" and g.area > 0]
+        dropped += len(parts) - len(areas)
+        if len(areas) == 1:
+            out.append(areas[0])
+        elif areas:
+            out.append(shapely.MultiPolygon(areas))
+    return out, dropped
 
 
 def _reproject(geoms: Sequence[shapely.Geometry], src: CRS, dst: CRS) -> list[shapely.Geometry]:
