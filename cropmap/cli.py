@@ -88,6 +88,17 @@ def _runtime_options(f: Any) -> Any:
     return f
 
 
+def _check_options(f: Any) -> Any:
+    """``--allow-partial-season`` and ``--allow-l1c``: override refusals of cropmap.sanity."""
+    f = click.option("--allow-l1c", is_flag=True,
+                     help="Classify a stack that looks like Sentinel-2 L1C (top-of-atmosphere: band "
+                          "B10, L1C/TOA names or tags) with a bundle trained on L2A (refused by default).")(f)
+    f = click.option("--allow-partial-season", is_flag=True,
+                     help="Classify a stack whose dates cover less than 80 % of the bundle's season (refused "
+                          "by default; the summary records the coverage).")(f)  # fmt: skip
+    return f
+
+
 def _map_options(f: Any) -> Any:
     """Probability outputs, spatial post-processing and the mask layer (fields of ClassifyOptions)."""
     f = click.option("--mask-layer", default=None, metavar="NAME",
@@ -175,6 +186,7 @@ def main() -> None:
 @_cloud_options
 @_map_options
 @_runtime_options
+@_check_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-look.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
@@ -384,6 +396,7 @@ BATCH_FAILED_EXIT = 3
 @_cloud_options
 @_map_options
 @_runtime_options
+@_check_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-looks.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")

@@ -89,6 +89,11 @@ class ClassifyOptions:
     embedding_dtype: str = "int8"
     """Storage of ``<out stem>_embedding.tif``: ``"int8"`` (per-band GDAL scale/offset, 1 byte per value),
     ``"float16"`` or ``"float32"`` (see :mod:`cropmap.embedding`)."""
+    allow_partial_season: bool = False
+    """Classify a stack whose dates cover less than :data:`cropmap.sanity.MIN_SEASON_COVERAGE` of the bundle's
+    season (refused otherwise); the summary records the coverage either way."""
+    allow_l1c: bool = False
+    """Classify a likely L1C (top-of-atmosphere) stack with a bundle trained on L2A (refused otherwise)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

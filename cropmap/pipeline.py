@@ -36,7 +36,7 @@ from cropmap.predict import (
     bundle_session,
     halo_window,
 )
-from cropmap.sanity import check_reflectance
+from cropmap.sanity import check_processing_level, check_reflectance, check_season
 from cropmap.stack import Stack, bounded_gdal_cache, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
 from cropmap.timegrid import select_season
@@ -63,6 +63,8 @@ class _Plan:
     executor: Executor
     job: BlockJob
     cloud: CloudMask | None = None
+    coverage: dict[str, Any] | None = None
+    l1c_evidence: tuple[str, ...] = ()
     parcels: Any = None  # parcels.ParcelSet | None
     whole_stack: bool = False
 
@@ -111,6 +113,9 @@ def _prepare(
     ignored = [str(st.dates[i]) for i in range(len(st.dates)) if i not in set(obs)]
     if ignored:
         logger.info("dates outside season %d are not used: %s", season, ignored)
+    where = f"bundle {bundle_path}"
+    coverage = check_season(st, obs, meta, season, allow_partial=options.allow_partial_season, where=where)
+    l1c = check_processing_level(st, meta, allow_l1c=options.allow_l1c, where=where)
     left, top = st.transform @ (0, 0)
     right, bottom = st.transform @ (st.width, st.height)
     bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
@@ -173,6 +178,7 @@ def _prepare(
     return _Plan(
         stack=st, polygons=polygons, meta=meta, bundle_path=bundle_path, season=season, obs=obs,
         positions=positions, min_valid=min_valid, blocks=blocks, items=items, shape=shape,
+        coverage=coverage, l1c_evidence=tuple(l1c),
         executor=executor, job=job, cloud=cloud, parcels=parcel_set, whole_stack=mask is None and not parcels_as_mask,
     )  # fmt: skip
 
@@ -524,6 +530,8 @@ def _summary(
             "mask": str(_absolute(plan.polygons.path)) if not plan.whole_stack else None,
             "mask_crs": plan.polygons.source_crs if not plan.whole_stack else None,
             "mask_layer": plan.polygons.layer,
+            "mask_max_segment_m": plan.polygons.max_segment_m,
+            "mask_dropped_parts": plan.polygons.dropped_parts,
             **({"whole_stack": "no cropland mask: every pixel of the stack with enough valid observations was "
                 "classified"} if plan.whole_stack else {}),
             "model": str(_absolute(plan.bundle_path)),
@@ -562,6 +570,7 @@ def _summary(
             "reflectance_offset": st.scale.offset,
             "reflectance_scale_source": st.scale.source,
             "model_reflectance_scale": meta.reflectance_scale,
+            "l1c_evidence": list(plan.l1c_evidence),
         },
         "season": {
             "year": plan.season,
@@ -569,6 +578,7 @@ def _summary(
             "dates_used": [str(st.dates[i]) for i in plan.obs],
             "positions_days": list(plan.positions),
             "dates_ignored": [str(d) for i, d in enumerate(st.dates) if i not in set(plan.obs)],
+            "coverage": plan.coverage,
             "grid_days": list(meta.time_grid.day_of_season),
             "gap_fill": meta.gap_fill,
             "min_valid_steps": plan.min_valid,

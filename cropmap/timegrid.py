@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -137,3 +138,39 @@ def fill_gaps(
     out = (1.0 - w) * x_l + w * x_r
     filled[ok] = out[ok]
     return filled, n_valid, ok
+
+
+def season_coverage(positions: Sequence[int], grid_positions: Sequence[int]) -> dict[str, Any]:
+    """How much of the bundle's grid the observations of a season span, and which lie beyond the grid.
+
+    A grid position is *covered* when it lies within the observed span (first to last observation)
+    widened by one grid spacing (the median step; a whole season for a one-step grid) on each side;
+    positions outside it take the nearest observation's values unchanged (step 3 of the module's
+    method), so a model sees a flat series there. An observation is *outside the grid* when it lies
+    more than one grid spacing before the first or after the last grid position: the filled series
+    never reaches it.
+
+    Args:
+        positions: Season positions (days) of the season's observations, any order, at least one.
+        grid_positions: The grid's positions, increasing.
+
+    Returns:
+        ``share`` (covered / grid positions, 0..1), ``grid_steps``, ``grid_steps_covered``,
+        ``uncovered_days`` (grid positions not covered), ``observed_days`` ([first, last]),
+        ``tolerance_days`` (the grid spacing) and ``outside_grid`` (indices into ``positions``).
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    grid = np.asarray(grid_positions, dtype=np.float64)
+    spacing = float(np.median(np.diff(grid))) if grid.size > 1 else 366.0
+    lo, hi = float(pos.min()), float(pos.max())
+    covered = (grid >= lo - spacing) & (grid <= hi + spacing)
+    outside = np.flatnonzero((pos < grid[0] - spacing) | (pos > grid[-1] + spacing))
+    return {
+        "share": round(float(covered.mean()), 4),
+        "grid_steps": int(grid.size),
+        "grid_steps_covered": int(covered.sum()),
+        "uncovered_days": [int(g) for g in grid[~covered]],
+        "observed_days": [int(lo), int(hi)],
+        "tolerance_days": spacing,
+        "outside_grid": [int(i) for i in outside],
+    }
