@@ -44,7 +44,12 @@ from training.probe import linear_probe, random_encoder, series_features
 logger = logging.getLogger(__name__)
 
 START, END = "<!-- s1-bimodal:start -->", "<!-- s1-bimodal:end -->"
-FEATURES = ("raw S2 bands (no pre-training)", "random ResMLP", "uni-modal S2 (SCARF)", "bi-modal S2 + S1 (Eq. 1)")
+FEATURES = (
+    "raw S2 bands (no pre-training)",
+    "random ResMLP",
+    "uni-modal S2 (SCARF)",
+    "bi-modal S2 + S1 (Eq. 1)",
+)
 RAW_S2S1 = "context: raw S2 + S1 bands (S1 as an input)"
 
 
@@ -124,7 +129,9 @@ def _probe(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarra
     return out
 
 
-def s1_on_grid(ds: DataSet, task: ParcelTask) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def s1_on_grid(
+    ds: DataSet, task: ParcelTask
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The parcels' Sentinel-1 (dB) on the task's grid, gap-filled as S2 is.
 
     Returns:
@@ -159,7 +166,8 @@ def run_seed(ds: DataSet, seed: int, out: Path, epochs: int) -> dict:
     t_data = time.perf_counter() - t0
 
     wall = {
-        mode: _pretrain(folder / "pairs.npz", folder / mode, mode, seed, epochs) for mode in ("unimodal", "bimodal")
+        mode: _pretrain(folder / "pairs.npz", folder / mode, mode, seed, epochs)
+        for mode in ("unimodal", "bimodal")
     }
     t1 = time.perf_counter()
     encoders: dict[str, torch.nn.Module | None] = {
@@ -169,7 +177,8 @@ def run_seed(ds: DataSet, seed: int, out: Path, epochs: int) -> dict:
         FEATURES[3]: load_frozen_encoder(folder / "bimodal" / "encoder.pt"),
     }
     scores = {
-        name: _probe(task.x_train, task.y_train, task.x_val, task.y_val, enc, seed) for name, enc in encoders.items()
+        name: _probe(task.x_train, task.y_train, task.x_val, task.y_val, enc, seed)
+        for name, enc in encoders.items()
     }
     # Context: S1 as an input. Parcels without min_valid S1 observations in the season are left out of this
     # row only (counted in the results), never filled.
@@ -195,6 +204,7 @@ def run_seed(ds: DataSet, seed: int, out: Path, epochs: int) -> dict:
         "pairs": {"file": pairs.counts.__dict__, "pretrain": len(mine.s2), "held_out": int(held_out.sum())},
         "final_loss": losses,
         "s1_context_left_out": {"train": int((~ok_tr).sum()), "val": int((~ok_va).sum())},
+        "min_valid": task.min_valid,
         "wall_s": {"data": t_data, **{f"pretrain_{m}": w for m, w in wall.items()}, "probe": t_probe},
         "scores": scores,
     }
@@ -231,7 +241,8 @@ def table(ds: DataSet, runs: list[dict], epochs: int) -> str:
     lines.append(f"| {RAW_S2S1} | " + " | ".join(cells) + " |")
     gone = [(r["s1_context_left_out"]["train"], r["s1_context_left_out"]["val"]) for r in runs]
     if any(a or b for a, b in gone):
-        lines += ["", "Context row: parcels with fewer than 3 Sentinel-1 observations in the season are left out of it "
+        lines += ["", f"Context row: parcels with fewer than {r0['min_valid']} Sentinel-1 observations in the "
+                  "season are left out of it "
                   f"(train / validation per seed: {', '.join(f'{a} / {b}' for a, b in gone)})."]  # fmt: skip
     per_seed = "; ".join(
         f"seed {r['seed']}: bi {100 * r['scores'][FEATURES[3]]['flatten_balanced']:.1f} / uni "
@@ -257,9 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.s1_bimodal``."""
     parser = argparse.ArgumentParser(prog="python -m training.s1_bimodal", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/s1_bimodal"), help="run folder")
-    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=["france2022", "flanders2021"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="split (and pre-training) seeds")
-    parser.add_argument("--epochs", type=int, default=30, help="pre-training epochs (both modes)")
+    parser.add_argument(
+        "--datasets", nargs="+", choices=sorted(DATASETS), default=["france2022", "flanders2021"]
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="split (and pre-training) seeds"
+    )
+    parser.add_argument("--epochs", type=int, default=50, help="pre-training epochs (both modes)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--write-doc", type=Path, help="replace the s1-bimodal block of this markdown file")
     args = parser.parse_args(argv)

@@ -88,8 +88,9 @@ def test_wide_layout_pairs_by_time_step() -> None:
     df = pd.read_parquet(AFRICA)
     bands = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12", "B8A"]
     assert set(pairs.bands) == set(bands)
-    s2 = np.stack([df[f"OPTICAL-{b}-ts{i}-{10 if b in ('B02', 'B03', 'B04', 'B08') else 20}m"] for b in pairs.bands
-                   for i in range(12)], -1).reshape(len(df), len(pairs.bands), 12).transpose(0, 2, 1)  # fmt: skip
+    res = {b: 10 if b in ("B02", "B03", "B04", "B08") else 20 for b in bands}
+    cols = [f"OPTICAL-{b}-ts{i}-{res[b]}m" for b in pairs.bands for i in range(12)]
+    s2 = df[cols].to_numpy().reshape(len(df), len(pairs.bands), 12).transpose(0, 2, 1)  # (N, T, C)
     s1 = np.stack([df[[f"SAR-{p}-ts{i}-20m" for i in range(12)]].to_numpy() for p in ("VV", "VH")], -1)
     s2_ok = (s2 != 65535).all(-1) & ~(s2 == 0).all(-1)
     s1_ok = ((s1 != 65535) & (s1 > 0)).all(-1)
@@ -129,7 +130,8 @@ def test_cli_missing_s1_columns_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert s1pairs.main([str(path), "-o", str(tmp_path / "out.npz")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    assert "'S1-SIGMA0-<VV|VH>'" in err and "'SAR-<VV|VH>-ts<i>-<res>m'" in err and "no Sentinel-1 column" in err
+    assert "'S1-SIGMA0-<VV|VH>'" in err and "'SAR-<VV|VH>-ts<i>-<res>m'" in err
+    assert "no Sentinel-1 column" in err
     assert not (tmp_path / "out.npz").exists()
     # one polarisation present, both asked for: names what was found
     pd.read_parquet(FLANDERS).drop(columns=["S1-SIGMA0-VH"]).to_parquet(path)
@@ -150,7 +152,8 @@ def test_cli_writes_what_pretrain_reads(tmp_path: Path, capsys: pytest.CaptureFi
         assert len(npz["sample_id"]) == len(npz["date"]) == len(npz["label"]) == 1379
     assert [p.name for p in tmp_path.iterdir()] == ["pairs.npz"]  # no temporary left behind
     run = tmp_path / "run"
-    assert pretrain_main(["--data", str(out), "--out", str(run), "--mode", "bimodal", "--alignment", "point", *TINY]) == 0
+    args = ["--data", str(out), "--out", str(run), "--mode", "bimodal", "--alignment", "point", *TINY]
+    assert pretrain_main(args) == 0
     enc = torch.load(run / "encoder.pt", weights_only=True)
     assert enc["ps_in_dim"] == 2 and enc["in_dim"] == 9 and enc["bands"] == NINE
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -190,7 +193,8 @@ def test_experiment_runs_on_flanders(tmp_path: Path, monkeypatch: pytest.MonkeyP
     doc = tmp_path / "doc.md"
     doc.write_text(f"head\n{s1_bimodal.START}\nold\n{s1_bimodal.END}\ntail\n")
     out = tmp_path / "run"
-    args = ["--out", str(out), "--datasets", "flanders2021", "--seeds", "0", "1", "--epochs", "1", "--write-doc", str(doc)]
+    args = ["--out", str(out), "--datasets", "flanders2021", "--seeds", "0", "1", "--epochs", "1"]
+    args += ["--write-doc", str(doc)]
     assert s1_bimodal.main(args) == 0
     runs = json.loads((out / "results.json").read_text())
     assert [r["seed"] for r in runs] == [0, 1]

@@ -196,7 +196,11 @@ def _schema(path: Path) -> list[str]:
 
 
 def s1_series(
-    path: str | Path, series: WorldCerealSeries, *, polarisations: Sequence[str] = S1_POLARISATIONS, units: Units = "db"
+    path: str | Path,
+    series: WorldCerealSeries,
+    *,
+    polarisations: Sequence[str] = S1_POLARISATIONS,
+    units: Units = "db",
 ) -> np.ndarray:
     """Sentinel-1 values of an extraction on the (sample, date) layout of its S2 ``series``.
 
@@ -257,7 +261,9 @@ def extraction_pairs(
     pols = tuple(p.upper() for p in polarisations)
     unknown = [p for p in pols if p not in S1_POLARISATIONS]
     if unknown or not pols or len(set(pols)) != len(pols):
-        raise ValueError(f"polarisations must be distinct values of {list(S1_POLARISATIONS)}, got {list(polarisations)}")
+        raise ValueError(
+            f"polarisations must be distinct values of {list(S1_POLARISATIONS)}, got {list(polarisations)}"
+        )
     names = _schema(path)
     if not any(_LONG_S1_RE.match(c) or _WIDE_S1_RE.match(c) for c in names):
         raise _missing_s1(path, names, pols, [])
@@ -345,19 +351,29 @@ def write_pairs(pairs: S1Pairs, out: str | Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.data.s1pairs``."""
-    parser = argparse.ArgumentParser(prog="python -m training.data.s1pairs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("extraction", type=Path, help="WorldCereal extraction (.parquet / .geoparquet, long or wide)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data.s1pairs", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "extraction", type=Path, help="WorldCereal extraction (.parquet / .geoparquet, long or wide)"
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, help="output .npz")
-    parser.add_argument("--alignment", choices=["point", "time"], default="point",
-                        help="point: one pair per (sample, date); time: one series pair per complete sample")  # fmt: skip
+    parser.add_argument(
+        "--alignment", choices=["point", "time"], default="point",
+        help="point: one pair per (sample, date); time: one series pair per complete sample",
+    )  # fmt: skip
     parser.add_argument("--bands", help="S2 bands, comma-separated (default: every band holding data)")
     parser.add_argument("--polarisations", default="VV,VH", help="Sentinel-1 polarisations (default VV,VH)")
     parser.add_argument("--units", choices=["db", "dn"], default="db",
                         help="db: 20*log10(DN)-83 (default); dn: WorldCereal's stored numbers")  # fmt: skip
-    parser.add_argument("--label-column", default="ewoc_code", help="label column carried along (default ewoc_code)")
+    parser.add_argument(
+        "--label-column", default="ewoc_code", help="label column carried along (default ewoc_code)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.extraction.is_file():
         print(f"error: {args.extraction} does not exist or is not a file", file=sys.stderr)
         return 1
