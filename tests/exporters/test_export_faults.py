@@ -150,7 +150,7 @@ def test_calibration_data_as_output(ckpt: Path, tmp_path: Path, capsys: pytest.C
 
 
 def _flip_a_weight_byte(path: Path) -> str:
-    """Change one byte inside the data of the largest member (the weights); returns the member's name."""
+    """Change one byte inside the data of the largest zip member; returns the member's name."""
     with zipfile.ZipFile(path) as zf:
         info = max(zf.infolist(), key=lambda i: i.file_size)
     raw = bytearray(path.read_bytes())
