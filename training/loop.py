@@ -89,17 +89,19 @@ class ContrastiveModel(nn.Module):
             raise RuntimeError("project_ps needs a bi-modal model")
         return self.ps_projector(self._embed(self.ps_encoder, x))
 
-    def loss(
+    def views(
         self,
         s2: torch.Tensor,
         ps: torch.Tensor | None,
         cfg: PretrainConfig,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Contrastive loss of one batch of raw values (corruption included).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two raw views of one batch that :meth:`forward` projects (corruption drawn here).
 
-        Uni-modal: the anchor is the clean S2 sample and the positive its SCARF-corrupted copy
-        (NT-Xent). Bi-modal: both modalities are corrupted, then journal Eq. 1.
+        Uni-modal: the clean S2 sample and its SCARF-corrupted copy. Bi-modal: the corrupted S2 sample and
+        the corrupted PlanetScope sample. SCARF replaces values by other rows' values of the batch, so views
+        are drawn on the whole batch, also when several processes share its projections
+        (:mod:`training.distributed`).
         """
 
         def corrupt(x: torch.Tensor) -> torch.Tensor:
@@ -112,12 +114,36 @@ class ContrastiveModel(nn.Module):
             )
 
         if self.mode == "unimodal":
-            return nt_xent(self.project_s2(s2), self.project_s2(corrupt(s2)), cfg.tau)
+            return s2, corrupt(s2)
         if ps is None:
             raise ValueError("bi-modal loss needs the PlanetScope batch")
-        z_s = self.project_s2(corrupt(s2))
-        z_p = self.project_ps(corrupt(ps))
-        return bimodal_loss(z_s, z_p, cfg.tau, symmetric=cfg.symmetric, include_positive=cfg.include_positive)
+        return corrupt(s2), corrupt(ps)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projections ``(B, P)`` of the two views (each view its own forward pass: BatchNorm sees one view)."""
+        if self.mode == "unimodal":
+            return self.project_s2(a), self.project_s2(b)
+        return self.project_s2(a), self.project_ps(b)
+
+    def criterion(self, z_a: torch.Tensor, z_b: torch.Tensor, cfg: PretrainConfig) -> torch.Tensor:
+        """The contrastive loss of the two views' projections: NT-Xent (uni-modal) or journal Eq. 1 (bi-modal)."""
+        if self.mode == "unimodal":
+            return nt_xent(z_a, z_b, cfg.tau)
+        return bimodal_loss(z_a, z_b, cfg.tau, symmetric=cfg.symmetric, include_positive=cfg.include_positive)
+
+    def loss(
+        self,
+        s2: torch.Tensor,
+        ps: torch.Tensor | None,
+        cfg: PretrainConfig,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Contrastive loss of one batch of raw values (corruption included).
+
+        Uni-modal: the anchor is the clean S2 sample and the positive its SCARF-corrupted copy
+        (NT-Xent). Bi-modal: both modalities are corrupted, then journal Eq. 1.
+        """
+        return self.criterion(*self(*self.views(s2, ps, cfg, generator)), cfg)
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")

@@ -36,6 +36,19 @@ from tqdm import tqdm
 from training.checkpoint import git_revision, load_checkpoint, save_checkpoint
 from training.config import ConfigError, PretrainConfig, config_from_dict, config_to_dict, load_config
 from training.device import DEVICE_HELP, resolve_device
+from training.distributed import (
+    RankStopped,
+    Ranks,
+    collective_error,
+    distributed_step,
+    global_batchnorm,
+    init_from_env,
+    launched,
+    no_buffer_sync,
+    rank_device,
+    rank_rows,
+    stop_on_sigterm,
+)
 from training.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
 from training.loop import PRECISIONS, ContrastiveModel, batch_indices, contrastive_step, encoder_spec, precision_context
 from training.models.encoder import compute_norm_stats, save_encoder
@@ -183,8 +196,11 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 class _LossLog:
     """Append-only JSON-lines loss log; on resume, lines after the resumed epoch are dropped."""
 
-    def __init__(self, path: Path, resume_epoch: int | None) -> None:
+    def __init__(self, path: Path, resume_epoch: int | None, *, write: bool = True) -> None:
         self.path = path
+        self.enabled = write
+        if not write:  # another rank of a data-parallel run: rank 0 keeps the log
+            return
         if resume_epoch is None:
             path.write_text("")
         elif path.exists():
@@ -192,6 +208,8 @@ class _LossLog:
             path.write_text("".join(f"{ln}\n" for ln in kept))
 
     def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -206,6 +224,7 @@ def pretrain(
     resume: Path | None = None,
     progress: bool = True,
     fast: FastOptions | None = None,
+    ranks: Ranks | None = None,
 ) -> Path:
     """Run pre-training and write the outputs listed in the module docstring.
 
@@ -219,6 +238,8 @@ def pretrain(
         progress: Show a progress bar.
         fast: Run the fast step (:mod:`training.fastpath`) with these options; ``None`` = the reference
             step (:func:`training.loop.contrastive_step`, one host read of the loss per step).
+        ranks: This process's rank in a data-parallel run (:mod:`training.distributed`, a process group
+            already joined); ``None``: one process. Only rank 0 writes.
 
     Returns:
         The path of the final S2 encoder checkpoint.
@@ -226,6 +247,9 @@ def pretrain(
     precision_context(device, precision)  # an unknown precision or tf32 off CUDA fails before any work
     if fast is not None:
         fast.check(device)
+        if ranks is not None:
+            raise ValueError("--fast runs one process; several ranks run the reference step (leave out --fast)")
+    main_rank = ranks is None or ranks.main
     out.mkdir(parents=True, exist_ok=True)
     state = None
     if resume is not None:
@@ -248,6 +272,8 @@ def pretrain(
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     start_epoch = 1
+    if ranks is not None:
+        global_batchnorm(model)
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -268,8 +294,16 @@ def pretrain(
     name, enc_kwargs = encoder_spec(cfg, s2.shape[-1])
     cfg_dict = config_to_dict(cfg)
     git_sha = git_revision()
-    log = _LossLog(out / LOG_NAME, start_epoch - 1 if state is not None else None)
-    (out / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
+    log = _LossLog(out / LOG_NAME, start_epoch - 1 if state is not None else None, write=main_rank)
+    if main_rank:
+        (out / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
+    ddp = None
+    if ranks is not None:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync()
+        )
+        logger.info("rank %d of %d: rows %s of each global batch of %d", ranks.rank, ranks.world,
+                    rank_rows(min(cfg.batch_size, n), ranks), min(cfg.batch_size, n))  # fmt: skip
     logger.info(
         "%s %s-wise pre-training on %d samples (%s), %d steps/epoch, device %s, %s, %s step",
         cfg.mode, cfg.alignment, n, arrays.source, steps_per_epoch, device, precision,
@@ -296,10 +330,16 @@ def pretrain(
                 leave=False,
             )
             for step, idx in enumerate(bar, start=1):
-                loss = contrastive_step(
-                    model, optimizer, s2[idx], ps[idx] if ps is not None else None, cfg,
-                    generator=generator, precision=precision,
-                )
+                if ddp is not None and ranks is not None:
+                    loss = distributed_step(
+                        ddp, optimizer, s2[idx], ps[idx] if ps is not None else None, cfg, ranks,
+                        generator=generator, precision=precision,
+                    )
+                else:
+                    loss = contrastive_step(
+                        model, optimizer, s2[idx], ps[idx] if ps is not None else None, cfg,
+                        generator=generator, precision=precision,
+                    )
                 if not math.isfinite(loss):
                     raise FloatingPointError(_nonfinite(loss, epoch, step))
                 losses.append(loss)
@@ -317,7 +357,7 @@ def pretrain(
         }
         log.write(**record)
         logger.info("epoch %d: mean loss %.4f, %.0f pairs/s", epoch, record["loss"], record["pairs_per_s"] or 0)
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+        if main_rank and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             save_checkpoint(
                 out / STATE_NAME,
                 {
@@ -356,6 +396,10 @@ def pretrain(
     if arrays.ps is not None:
         # The second modality's width comes from the pairs (36 for 3 x 3 x 4 PlanetScope, 2 for S1 VV/VH).
         provenance["ps_in_dim"] = int(arrays.ps.shape[-1])
+    if ranks is not None:
+        provenance["ranks"] = ranks.world
+    if not main_rank:
+        return out / ENCODER_NAME
     return save_encoder(out / ENCODER_NAME, encoder, s2_stats, **provenance)
 
 
@@ -444,8 +488,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     fast = None
     if args.fast or args.compile or args.cuda_graphs:
         fast = FastOptions(compile=args.compile, cuda_graphs=args.cuda_graphs)
+    ranks = None
     try:
         device = resolve_device(args.device)
+        if launched():
+            if fast is not None:
+                raise ValueError("--fast runs one process; several ranks run the reference step (leave out --fast)")
+            ranks = init_from_env(device)
+            device = rank_device(device, ranks)
+            stop_on_sigterm()
         precision_context(device, args.precision)
         if fast is not None:
             fast.check(device)
@@ -459,11 +510,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         arrays = load_pretrain_arrays(args.data, cfg, pair_cache=args.pair_cache)
         encoder_path = pretrain(
             cfg, arrays, args.out, device=device, precision=args.precision, resume=args.resume,
-            progress=not args.no_progress, fast=fast,
+            progress=not args.no_progress and (ranks is None or ranks.main), fast=fast, ranks=ranks,
         )
     except (ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except (RuntimeError, RankStopped) as err:
+        if ranks is None:
+            raise
+        # A collective failed (another rank died, hung past the timeout, or lost its connection), or the
+        # launcher stopped this rank because another one failed.
+        state = args.out / STATE_NAME
+        again = f"resume with --resume {state}" if state.exists() else "no checkpoint was written yet; start again"
+        why = str(err) if isinstance(err, RankStopped) else f"lost the other ranks ({collective_error(err)})"
+        print(f"error: rank {ranks.rank} of {ranks.world} {why}; the run stops; {again}", file=sys.stderr)
+        return 143 if isinstance(err, RankStopped) else 1
+    finally:
+        if ranks is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if ranks is not None and not ranks.main:
+        return 0
     last = json.loads((args.out / LOG_NAME).read_text().splitlines()[-1])
     print(f"pre-training done: {cfg.mode} {cfg.alignment}-wise, final epoch loss {last['loss']:.4f}; encoder -> {encoder_path}")
     return 0
