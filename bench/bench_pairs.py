@@ -5,9 +5,12 @@
    another UTM zone): ``python -m training.pairs scene_a/s2_stack.tif scene_a/planet_scenes -o OUT`` (point- and
    time-wise), run in a child process, wall time, CPU time and peak resident memory (``ru_maxrss``) measured
    from outside.
-2. Growth: the same command on scenes of 1x, 4x and 16x the pixels (``--size-px`` 60, 120, 240; PS only on the
+2. Growth: the same command on scenes of 1x, 4x and 16x the pixels (``--size-px`` 64, 128, 256; PS only on the
    S2 days, ``--ps-interval-days 366``, which changes nothing the pairing reads but the simulation time); the
    peak memory ratio against the 1x scene shows whether memory stays bounded as the number of pairs grows.
+   The simulator tiles a stack by its size (up to 256 px) and the reader's cache holds the tiles a window
+   touches, so the growth scenes' stacks are rewritten with 64 px tiles (values, descriptions and tags
+   unchanged) to hold everything but the number of pairs fixed; sides are multiples of the 64 px block.
 
 The papers' 14.4 M point-wise pairs are projected from the measured rate (disk: 4 bytes per value plus the
 index).
@@ -56,17 +59,37 @@ def _simulate(root: Path, size_px: int | None, interval: int | None) -> Path:
     if not (root / "scene_a" / "planet_scenes").is_dir():
         cmd = [sys.executable, "-m", "training.simulate", "--out", str(root)]
         if size_px is not None:
-            cmd += ["--size-px", str(size_px), "--n-fields", str(max(40, round(40 * (size_px / 60) ** 2)))]
+            cmd += ["--size-px", str(size_px), "--n-fields", str(max(40, round(40 * (size_px / 64) ** 2)))]
         if interval is not None:
             cmd += ["--ps-interval-days", str(interval)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return root / "scene_a"
 
 
-def _pairs(scene: Path, out: Path, extra: Sequence[str] = ()) -> dict[str, float]:
+def _retile(stack: Path, tile: int = 64) -> Path:
+    """A copy of ``stack`` with ``tile`` px tiles (same values, descriptions, tags), beside it."""
+    import rasterio
+
+    dest = stack.with_name(f"s2_stack_tile{tile}.tif")
+    if dest.exists():
+        return dest
+    with rasterio.open(stack) as src:
+        profile = {**src.profile, "tiled": True, "blockxsize": tile, "blockysize": tile}
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                dst.write(src.read(b), b)
+            dst.descriptions = src.descriptions
+            dst.update_tags(**src.tags())
+    tmp.replace(dest)
+    return dest
+
+
+def _pairs(scene: Path, out: Path, extra: Sequence[str] = (), stack: Path | None = None) -> dict[str, float]:
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "training.pairs", str(scene / "s2_stack.tif"), str(scene / "planet_scenes"),
+    stack = stack or scene / "s2_stack.tif"
+    cmd = [sys.executable, "-m", "training.pairs", str(stack), str(scene / "planet_scenes"),
            "-o", str(out), "--no-progress", *extra]  # fmt: skip
     run = _measure(cmd)
     counts = json.loads((out / "pairs.json").read_text())["counts"]
@@ -79,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print (optionally write) a markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sim", type=Path, help="folder for the simulated scenes (kept; reused when present)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[60, 120, 240], help="S2 px per side, growth run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="S2 px per side, growth run")
     parser.add_argument("--write", type=Path, help="write the markdown report to this file")
     args = parser.parse_args(argv)
     root = args.sim or Path(tempfile.mkdtemp(prefix="bench_pairs_"))
@@ -91,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     growth = []
     for size in args.sizes:
         sc = _simulate(root / f"size_{size}", size, 366)
-        run = _pairs(sc, root / f"out_{size}")
+        run = _pairs(sc, root / f"out_{size}", stack=_retile(sc / "s2_stack.tif"))
         growth.append((size, run))
         print(f"{size} px: {run}", flush=True)
     g0 = growth[0][1]
@@ -102,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Command: `python bench/bench_pairs.py{' --sim ' + str(args.sim) if args.sim else ''} "
         f"--sizes {' '.join(map(str, args.sizes))}`; each run is `python -m training.pairs "
-        "scene_a/s2_stack.tif scene_a/planet_scenes -o OUT` (point- and time-wise, no polygons) in a child process.",
+        "scene_a/s2_stack.tif scene_a/planet_scenes -o OUT` (point- and time-wise, no polygons, blocks of 64 px) "
+        "in a child process; the growth scenes' stacks with 64 px tiles.",
         "",
         "| scene | point-wise pairs | time-wise series | wall s | CPU s | pairs/s (wall) | pairs/s (CPU) | peak MB | output MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

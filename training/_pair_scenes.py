@@ -278,7 +278,11 @@ def _stac_scenes(path: Path, bands: Sequence[str], mask_band: str) -> list[Secon
 
 
 class DatasetCache:
-    """Open scene files kept open across blocks (least recently used closed beyond ``size``)."""
+    """Scene files kept open while they are used (least recently used closed beyond ``size``).
+
+    :func:`mosaic` opens one per call and closes it on return; a caller may pass a longer-lived one, at the cost
+    of the native memory every open GDAL dataset keeps (it grows with the file).
+    """
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
