@@ -50,7 +50,8 @@ def test_france_top6_with_missing_steps_split_seed_and_split_file(tmp_path: Path
     ("args", "message"),
     [
         (["--label-column", "crop"], "label column 'crop' not found"),
-        (["--classes", "40"], "fewer than 2 usable parcels"),
+        (["--classes", "40", "--set", "min_class_parcels=0"], "fewer than 2 usable parcels"),
+        (["--classes", "40", "--set", "min_class_parcels=200"], "fewer than 2 classes have 200 usable parcels"),
         (["--season", "2022"], "does not fit the data"),  # the data end in 2023-01
         (["--season", "2030"], "no valid observation in season 2030"),
     ],

@@ -231,8 +231,12 @@ def load_parcels(
     val_fraction: float = 0.3,
     split_seed: int = 0,
     split_file: str | Path | None = None,
+    min_class_parcels: int = 0,
 ) -> ParcelTask:
     """Read a WorldCereal extraction (long or wide) as a split, gridded downstream task.
+
+    With ``top_classes``, classes among the N most frequent that have fewer than ``min_class_parcels`` usable
+    parcels are left out (a warning names them and counts their parcels); a class map keeps every class it names.
 
     Raises:
         ValueError: On an unknown label column, a class with fewer than two usable parcels, no
@@ -259,6 +263,12 @@ def load_parcels(
         )
     if not 1 <= min_valid <= len(tg.day_of_season):
         raise ValueError(f"min_valid is {min_valid}; expected 1..{len(tg.day_of_season)} for grid {grid!r}")
+    outside = int(((~in_season) & valid_obs).sum())
+    logger.info(
+        "%s: grid %s, %d stamps %s .. %s (season %d from %s; valid observations in it span %s .. %s); %d valid "
+        "observations outside the season are not used", path.name, grid, len(tg.day_of_season), tg.reference_dates[0],
+        tg.reference_dates[-1], season, season_start, first, last, outside,
+    )  # fmt: skip
     gridded = on_time_grid(series, tg, season=season, min_valid=min_valid)
     if not gridded.ok.any():
         raise ValueError(f"{path}: no parcel has {min_valid} valid observations in season {season}; lower min_valid")
@@ -276,7 +286,22 @@ def load_parcels(
         if top_classes < 2:
             raise ValueError(f"top_classes is {top_classes}; a classifier needs at least 2 classes")
         values, counts = np.unique(codes, return_counts=True)
+        if series.parcel_ids is not None:  # several samples per parcel: count parcels, not samples
+            pairs = np.unique(np.stack([codes.astype(str), series.parcel_ids[usable].astype(str)]), axis=1)
+            per_code = dict(zip(*np.unique(pairs[0], return_counts=True), strict=True))
+            counts = np.array([per_code[str(v)] for v in values])
         order = np.lexsort((values, -counts))[:top_classes]
+        thin = order[counts[order] < min_class_parcels]
+        if len(thin):
+            logger.warning(
+                "%s: %d of the %d most frequent classes have fewer than %d usable parcels and are left out (%d "
+                "parcels: %s); --set min_class_parcels=0 keeps them", path.name, len(thin), len(order),
+                min_class_parcels, int(counts[thin].sum()), ", ".join(f"{values[i]} ({counts[i]})" for i in thin),
+            )  # fmt: skip
+            order = order[counts[order] >= min_class_parcels]
+            if len(order) < 2:
+                raise ValueError(f"fewer than 2 classes have {min_class_parcels} usable parcels; lower "
+                                 "min_class_parcels or label more parcels")  # fmt: skip
         chosen = values[order]
         names = read_class_names(EWOC_NAMES_CSV) if label_column == "ewoc_code" else {}
         if series.class_names is not None:
