@@ -2,6 +2,7 @@
 
     python -m exporters CHECKPOINT -o model.onnx
     python -m exporters --best RUN_DIR -o model.onnx [--metric macro_f1|accuracy] [--task real]
+    ... [--select-on auto|selection|validation]
     ... [--precision fp32|fp16|int8] [--calibration-data TRAIN.npz] [--min-agreement 0.99]
 """
 
@@ -17,11 +18,13 @@ import numpy as np
 
 from cropmap.bundle import PRECISIONS
 from cropmap.errors import BundleError
-from exporters.best import METRICS, export_best
+from exporters.best import METRICS, SPLITS, export_best
 from exporters.parity import ParityError
 from exporters.quantize import DEFAULT_MIN_AGREEMENT, INT8_METHODS
 from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_checkpoint, refuse_inputs_as_outputs
+from exporters.trees import export_tree_checkpoint, parity_summary
 from training.checkpoint import CheckpointError, describe_error
+from training.trees import TREE_FAMILIES, is_tree_checkpoint
 
 
 def _training_series(path: Path) -> np.ndarray:
@@ -50,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", choices=sorted(METRICS), default="macro_f1",
                         help="validation metric that picks the best run (default: macro_f1)")  # fmt: skip
     parser.add_argument("--task", help="with --best: the task to choose from when the folder holds several")
+    parser.add_argument("--select-on", choices=SPLITS, default="auto",
+                        help="with --best: rank on the model-selection split carved from the training samples "
+                             "(selection; the validation split stays an untouched test split), on the validation "
+                             "split, or auto (selection when every run was scored on one; default)")  # fmt: skip
     parser.add_argument("-o", "--out", type=Path, required=True, help="destination .onnx file")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |torch - onnx| logit difference")
@@ -80,9 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.best is not None:
             choice, report = export_best(
                 args.best, args.out, metric=args.metric, task=args.task, opset=args.opset, atol=args.atol,
-                created=created, overwrite=args.overwrite, **reduce,
+                created=created, overwrite=args.overwrite, split=args.select_on, **reduce,
             )  # fmt: skip
             print(f"chose {choice.model}: {choice.describe()}")
+            trees = choice.record["family"] in TREE_FAMILIES
+        elif (trees := is_tree_checkpoint(args.checkpoint)):
+            report = export_tree_checkpoint(args.checkpoint, args.out, created=created, overwrite=args.overwrite,
+                                            precision=args.precision)  # fmt: skip
         else:
             report = export_checkpoint(
                 args.checkpoint, args.out, opset=args.opset, atol=args.atol, created=created, overwrite=args.overwrite,
@@ -97,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB); parity on {report.summary()}")
+    summary = parity_summary(report) if trees else report.summary()
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB); parity on {summary}")
     return 0
 
 

@@ -30,11 +30,21 @@ from exporters.to_onnx import (
 )
 from training.classifier import load_classifier
 from training.downstream import VAL_INPUTS
+from training.selection import SELECT_INPUTS
+from training.trees import TREE_FAMILIES
 
 logger = logging.getLogger(__name__)
 
 METRICS = {"macro_f1": "macro_f1", "accuracy": "val_accuracy"}
-"""Selection metric name -> its key in ``results.jsonl``."""
+"""Selection metric name -> its key in ``results.jsonl`` (measured on the validation split)."""
+
+SELECT_METRICS = {"macro_f1": "select_macro_f1", "accuracy": "select_accuracy"}
+"""Selection metric name -> its key measured on the model-selection split (:mod:`training.selection`)."""
+
+SPLITS = ("auto", "selection", "validation")
+"""What ``--best`` ranks on: the model-selection split carved from the training samples (``selection``; the
+validation split then stays an untouched test split), the validation split, or ``auto`` (selection when every
+candidate was scored on one, else validation, with a warning that the score it reports is then not held out)."""
 
 PARITY_LIMIT = 4096
 """Validation series compared between torch and ONNX Runtime in a ``--best`` export."""
@@ -51,6 +61,8 @@ class Choice:
     metric: str
     value: float
     n_candidates: int
+    split: str = "validation"
+    """``selection`` or ``validation``: the split ``value`` was measured on."""
 
     def describe(self) -> str:
         """One line: what was chosen and why."""
@@ -58,10 +70,14 @@ class Choice:
         method = r["method"] + ("" if r.get("corruption") is None else f" (corruption {r['corruption']:g})")
         variant = "default hyper-parameters" if int(r["variant"]) < 0 else f"variant {r['variant']}"
         encoder = r.get("encoder") or "none (raw bands)"
-        return (
-            f"best of {self.n_candidates} runs by validation {self.metric} = {self.value:.4f}: task {r['task']}, "
+        text = (
+            f"best of {self.n_candidates} runs by {self.split} {self.metric} = {self.value:.4f}: task {r['task']}, "
             f"{r['family']} {variant}, method {method}, encoder {encoder}"
         )
+        if self.split == "selection":
+            text += (f"; on the untouched test split ({r['n_val']} samples): accuracy {r['val_accuracy']:.4f}, "
+                     f"macro F1 {r['macro_f1']:.4f}")  # fmt: skip
+        return text
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -76,8 +92,11 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def select_best(run_dir: str | Path, *, metric: str = "macro_f1", task: str | None = None) -> Choice:
-    """The finished run with the highest validation ``metric`` (ties: the other metric, then file order).
+def select_best(
+    run_dir: str | Path, *, metric: str = "macro_f1", task: str | None = None, split: str = "auto"
+) -> Choice:
+    """The finished run with the highest ``metric`` on ``split`` (see :data:`SPLITS`; ties: the other metric,
+    then file order). Every family with a kept model competes: neural runs, their ensembles and tree models.
 
     Raises:
         ExportError: If the folder holds no results, no run kept its model, the metric is unknown, or
@@ -103,10 +122,25 @@ def select_best(run_dir: str | Path, *, metric: str = "macro_f1", task: str | No
             f"none of the {len(records)} runs in {results} kept a model file; rerun python -m training.downstream "
             "with this version (it writes models/ for every run)"
         )
-    other = "val_accuracy" if metric == "macro_f1" else "macro_f1"
-    key = METRICS[metric]
+    if split not in SPLITS:
+        raise ExportError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+    scored = all(r.get("select_macro_f1") is not None for r in with_model)
+    if split == "selection" and not scored:
+        lacking = sorted({r["family"] for r in with_model if r.get("select_macro_f1") is None})
+        raise ExportError(
+            f"runs of {lacking} in {results} were not scored on a model-selection split (trained with "
+            "selection_holdout 0, or before it existed); retrain with --set selection_holdout=0.2 or pass "
+            "--select-on validation"
+        )
+    chosen = "selection" if split == "selection" or (split == "auto" and scored) else "validation"
+    if chosen == "validation":
+        logger.warning("ranking on the validation split: the score reported for the chosen model is the one it was "
+                       "picked on, not a held-out score (train with selection_holdout > 0 for an untouched test split)")
+    names = SELECT_METRICS if chosen == "selection" else METRICS
+    key = names[metric]
+    other = names["accuracy" if metric == "macro_f1" else "macro_f1"]
     best = max(enumerate(with_model), key=lambda ir: (float(ir[1][key]), float(ir[1][other]), -ir[0]))[1]
-    return Choice(best, run_dir / best["model"], metric, float(best[key]), len(with_model))
+    return Choice(best, run_dir / best["model"], metric, float(best[key]), len(with_model), chosen)
 
 
 def export_best(
@@ -123,6 +157,7 @@ def export_best(
     train_x: np.ndarray | None = None,
     min_agreement: float | None = None,
     int8_method: str = "auto",
+    split: str = "auto",
 ) -> tuple[Choice, ParityReport]:
     """Export the best run of ``run_dir`` (see :func:`select_best`) as one bundle.
 
@@ -133,8 +168,12 @@ def export_best(
     Returns:
         The choice and the parity report.
     """
-    choice = select_best(run_dir, metric=metric, task=task)
+    choice = select_best(run_dir, metric=metric, task=task, split=split)
     refuse_inputs_as_outputs(out, run_folder_inputs(run_dir))
+    if choice.record["family"] in TREE_FAMILIES:
+        from exporters.trees import export_best_tree
+
+        return choice, export_best_tree(choice, run_dir, out, created=created, overwrite=overwrite, precision=precision)
     verify_checkpoint(choice.model)
     clf = load_classifier(choice.model)
     val = Path(run_dir) / VAL_INPUTS.format(task=choice.record["task"])
@@ -147,7 +186,7 @@ def export_best(
     meta = clf.metadata
     prov = meta.provenance
     metrics = dict(prov.metrics)
-    metrics[f"selected_by_val_{choice.metric}"] = choice.value
+    metrics.update(choice_metrics(choice))
     prov = dataclasses.replace(
         prov,
         training_data=f"{prov.training_data}; {choice.describe()} (run directory {Path(run_dir).name})",
@@ -156,16 +195,47 @@ def export_best(
     )
     meta = dataclasses.replace(meta, provenance=prov)
     warn_unfilled(clf.payload)
+    cal = calibration_series(choice, run_dir)
+    cal_data, cal_note = (None, "") if cal is None else cal
+    if cal is None and y_val is not None:
+        cal_data = (x_val, y_val)
+        cal_note = f"validation series of {Path(run_dir).name} (task {choice.record['task']})"
     report = export_bundle(
         encoder=clf.encoder, base_model=clf.base_model, norm_stats=clf.norm_stats, metadata=meta, out=out,
         example=x_val, opset=opset, atol=atol, overwrite=overwrite,
-        calibration_data=None if y_val is None else (x_val, y_val),
-        calibration_note=f"validation series of {Path(run_dir).name} (task {choice.record['task']})",
+        calibration_data=cal_data, calibration_note=cal_note,
         precision=precision, min_agreement=min_agreement, int8_method=int8_method,
         precision_data=None if precision == "fp32" else split_precision_data(
             x_val, y_val, train_x=train_x, what=f"validation series of {Path(run_dir).name}"),
     )  # fmt: skip
     return choice, report
+
+
+def choice_metrics(choice: Choice) -> dict[str, float]:
+    """What the bundle's provenance records about the choice: the ranking value and, when it was made on the
+    model-selection split, the model's scores on the untouched test split."""
+    out = {f"selected_by_{'val' if choice.split == 'validation' else 'selection'}_{choice.metric}": choice.value}
+    if choice.split == "selection":
+        out.update(test_accuracy=float(choice.record["val_accuracy"]), test_macro_f1=float(choice.record["macro_f1"]),
+                   n_test=float(choice.record["n_val"]))  # fmt: skip
+    return out
+
+
+def calibration_series(choice: Choice, run_dir: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], str] | None:
+    """The model-selection series to fit the temperature on when the choice was made on them, else ``None``.
+
+    Raises:
+        ExportError: If the choice was made on the selection split but its series file is missing.
+    """
+    if choice.split != "selection":
+        return None
+    path = Path(run_dir) / SELECT_INPUTS.format(task=choice.record["task"])
+    if not path.is_file():
+        raise ExportError(f"{path} is missing; it holds the model-selection series the temperature is fitted on "
+                          "(rerun python -m training.downstream with the same --out)")  # fmt: skip
+    with np.load(path) as data:
+        x, y = np.asarray(data["x"], np.float32), np.asarray(data["y"], np.int64)
+    return (x, y), f"model-selection series of {Path(run_dir).name} (task {choice.record['task']}; never the test split)"
 
 
 def run_folder_inputs(run_dir: str | Path) -> dict[Path, str]:
@@ -177,6 +247,8 @@ def run_folder_inputs(run_dir: str | Path) -> dict[Path, str]:
     inputs: dict[Path, str] = {results: "run folder's results"}
     for f in sorted(run_dir.glob("*.npz")):
         inputs[f] = "run folder's series"
+    for f in sorted(run_dir.glob(SELECT_INPUTS.format(task="*"))):
+        inputs[f] = "run folder's model-selection series"
     models = run_dir / "models"
     if models.is_dir():
         for f in sorted(models.rglob("*")):

@@ -160,6 +160,18 @@ class DownstreamConfig:
     """Also score a RandomForest (per method, on the same inputs) and the majority class (:mod:`training.baselines`)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16`` trains the base models under bf16 autocast (the loss stays fp32)."""
+    selection_holdout: float | None = None
+    """Fraction of the training samples set aside to pick and calibrate models (:mod:`training.selection`);
+    ``None``: 0.2 for task real, 0 otherwise."""
+    trees: tuple[str, ...] | None = None
+    """Tree families trained on derived features of the raw series (:mod:`training.trees`); ``None``: forest and
+    boosting for task real, none for the simulated tasks; empty: none."""
+    tree_trials: int = 20
+    """Optuna trials per tree family (3-fold CV inside the training samples)."""
+    tree_budget_s: float = 120.0
+    """Tuning time limit per tree family, seconds (the search stops at whichever limit comes first)."""
+    min_class_parcels: int = 5
+    """Task real with ``top_classes``: classes with fewer usable parcels are left out (with a warning and a count)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_train_per_class", "n_val_per_class", "eval_every", "repeats"):
@@ -177,6 +189,11 @@ class DownstreamConfig:
         if self.embed_cache_gb < 0 or self.threads < 0:
             raise ValueError("embed_cache_gb and threads must be >= 0")
         self.training_recipe()  # raises on an unknown name or a bad prior_correction
+        from training.selection import check_holdout
+        from training.trees import check_trees
+
+        check_holdout(self.selection_holdout)
+        check_trees(self.trees or (), self.tree_trials, self.tree_budget_s)
 
     def training_recipe(self) -> Recipe:
         """The named recipe with this configuration's overrides."""
@@ -620,6 +637,11 @@ def run_comparison(
     if len(set(keys)) != len(keys):
         raise ValueError(f"encoders repeat a (method, corruption) pair: {keys}")
     recipe = cfg.training_recipe()
+    from training.selection import SELECT_INPUTS, carve_selection, holdout_fraction, select_scores
+    from training.trees import tree_families
+
+    holdout = holdout_fraction(cfg)
+    data, x_sel, y_sel = carve_selection(data, holdout, cfg.split_seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
@@ -637,6 +659,8 @@ def run_comparison(
         "fill": cfg.fill,
         "recipe": recipe.name,
         "prior_correction": recipe.prior_correction,
+        "selection_holdout": holdout,
+        "n_select": 0 if y_sel is None else len(y_sel),
     }
     done = load_finished(results)
     _check_setup(done, setup, results)
@@ -648,6 +672,9 @@ def run_comparison(
         val_file = out / VAL_INPUTS.format(task=cfg.task)
         if not val_file.is_file():
             _write_npz(val_file, x=np.asarray(data.x_val, np.float32), y=np.asarray(data.y_val, np.int64))
+        sel_file = out / SELECT_INPUTS.format(task=cfg.task)
+        if x_sel is not None and y_sel is not None and not sel_file.is_file():
+            _write_npz(sel_file, x=np.asarray(x_sel, np.float32), y=np.asarray(y_sel, np.int64))
     variants = {
         f: sample_variants(f, cfg.variants, seed=cfg.seed, storage=out / "variants.db") if cfg.variants else []
         for f in cfg.families
@@ -687,6 +714,15 @@ def run_comparison(
         if cfg.baselines:
             _run_baselines(cfg, data, method, corruption, extra, feats_train, feats_val, mode, encode_s, setup,
                            results, done)  # fmt: skip
+        if tree_families(cfg) and method == "supervised":
+            from training.trees import run_trees
+
+            run_trees(cfg, data, setup=setup, results=results, done=done, out=out, save=save, x_sel=x_sel,
+                      y_sel=y_sel)  # fmt: skip
+        sel_in = None  # selection series as model inputs (like feats_val: encoded, or raw for a per-batch front)
+        if x_sel is not None:
+            sel_t = torch.from_numpy(x_sel)
+            sel_in = sel_t if run_front is not None else encode(front, sel_t, device=cfg.device)
         # The selection split (best epoch) is carved out of the training samples, never the validation ones.
         if recipe.selection_fraction > 0:
             fit_idx, sel_idx = (torch.from_numpy(i) for i in selection_split(data.y_train, recipe.selection_fraction, cfg.seed))
@@ -712,6 +748,9 @@ def run_comparison(
             )  # fmt: skip
             epoch_bar.close()
             seconds = time.perf_counter() - t_run
+            if sel_in is not None:
+                pred_sel = predict(model, sel_in, batch_size=512, device=cfg.device, front=run_front).numpy()
+                res.update(select_scores(y_sel, pred_sel, len(data.class_names)))
             model_file = None
             if save:
                 model_file = Path("models") / f"{run_name(cfg.task, family, v, method, corruption)}.pt"
@@ -747,7 +786,7 @@ def run_comparison(
         if recipe.ensemble:
             for family in cfg.families:
                 _run_ensemble(cfg, data, family, indices, method, corruption, front, run_front, extra, feats_val, y_val,
-                              trained, setup, results, done, out, save)  # fmt: skip
+                              trained, setup, results, done, out, save, select=(sel_in, y_sel))  # fmt: skip
         _check_front_frozen(front, method)
     bar.close()
     return results
@@ -771,6 +810,7 @@ def _run_ensemble(
     done: dict[Any, dict[str, Any]],
     out: Path,
     save: bool,
+    select: tuple[torch.Tensor | None, np.ndarray | None] = (None, None),
 ) -> None:
     """Average the probabilities of every run of ``family`` with this method; score and save the ensemble."""
     from training.classifier import load_classifier
@@ -801,6 +841,11 @@ def _run_ensemble(
     res = score(y_val.numpy(), logits.argmax(-1).numpy(), len(data.class_names))
     sel = [r.get("selection_f1") for r in recs]
     res["selection_f1"] = float(np.mean(sel)) if all(v is not None for v in sel) else None
+    if select[0] is not None:
+        from training.selection import select_scores
+
+        pred_sel = predict(ens, select[0], batch_size=512, device=cfg.device, front=run_front).numpy()
+        res.update(select_scores(select[1], pred_sel, len(data.class_names)))
     hp = {"members": spec}
     model_file = None
     if save:
@@ -906,7 +951,7 @@ def load_real_task(path: str | Path, cfg: DownstreamConfig, cache_dir: str | Pat
     task = load_parcels(
         path, label_column=cfg.label_column, top_classes=cfg.top_classes, class_map=cfg.class_map, grid=cfg.grid,
         season_start=cfg.season_start, season=cfg.season, min_valid=cfg.min_valid, val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed, split_file=cfg.split_file,
+        split_seed=cfg.split_seed, split_file=cfg.split_file, min_class_parcels=cfg.min_class_parcels,
     )  # fmt: skip
     return TaskData(
         x_train=task.x_train, y_train=task.y_train, x_val=task.x_val, y_val=task.y_val,

@@ -93,8 +93,10 @@ def test_downstream_keeps_models_and_exporters_best_picks_by_metric(tmp_path: Pa
     torch.manual_seed(0)
     enc = ResMLP(C, hidden=16, n_layers=2, out_dim=8)
     enc_path = save_encoder(tmp_path / "enc.pt", enc.eval(), compute_norm_stats(data.x_train))
+    # Without trees and without a model-selection split (tests/exporters/test_trees.py covers both).
     cfg = DownstreamConfig(task="real", families=("lstm", "transformer"), variants=1, epochs=3, batch_size=16,
-                           default_variant=True, recipe="papers", baselines=False)  # fmt: skip
+                           default_variant=True, recipe="papers", baselines=False, trees=(),
+                           selection_holdout=0.0)  # fmt: skip
     run = tmp_path / "run"
     results = run_comparison(cfg, data, [EncoderSpec("unimodal", 0.2, enc_path)], run, show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
@@ -139,7 +141,7 @@ def test_family_ensembles_are_saved_and_export_as_one_bundle(tmp_path: Path, mon
     enc_path = save_encoder(tmp_path / "enc.pt", ResMLP(C, hidden=16, n_layers=2, out_dim=8).eval(),
                             compute_norm_stats(data.x_train))  # fmt: skip
     cfg = DownstreamConfig(task="real", families=("lstm",), variants=0, default_variant=True,
-                           repeats=2, epochs=1, batch_size=16)  # fmt: skip
+                           repeats=2, epochs=1, batch_size=16, trees=())  # fmt: skip
     run = tmp_path / "run"
     results = run_comparison(cfg, data, [EncoderSpec("unimodal", 0.2, enc_path)], run, show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
