@@ -215,7 +215,7 @@ def test_split_never_puts_a_parcel_on_both_sides(data: dict, tmp_path: Path) -> 
     for seed in range(5):
         task = load_parcels(out, label_column="crop", grid="01-15,02-15,03-15,04-15,05-15", season_start="01-01",
                             min_valid=1, top_classes=3, split_seed=seed)  # fmt: skip
-        parcel = {sid: sid.split("_r")[0] for sid in [*task.ids_train, *task.ids_val]}
+        parcel = {sid: sid.rsplit("_", 2)[0] for sid in [*task.ids_train, *task.ids_val]}
         train, val = {parcel[s] for s in task.ids_train}, {parcel[s] for s in task.ids_val}
         assert not train & val and len(train | val) == len(PARCELS)
         assert sorted(c.name for c in task.classes) == ["grass", "maize", "wheat"]
@@ -290,6 +290,14 @@ def test_cli_refuses_no_overlap_existing_output_and_writing_over_an_input(data: 
         extract(data["stack"], data["gpkg"], tmp_path / "o.csv", _opts())
 
 
+def _few_parcels() -> dict[str, int]:
+    """Config overrides that let downstream keep classes of two parcels (this stack has six parcels)."""
+    from training.downstream import DownstreamConfig
+
+    fields = {f.name for f in dataclasses.fields(DownstreamConfig)}
+    return {"min_class_parcels": 0} if "min_class_parcels" in fields else {}
+
+
 def test_real_task_from_a_stack_extracts_once_then_reads_the_cache(
     data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -298,7 +306,7 @@ def test_real_task_from_a_stack_extracts_once_then_reads_the_cache(
 
     cfg = DownstreamConfig(task="real", data=data["folder"], labels=data["gpkg"], label_column="code",
                            id_column="pid", grid="01-15,02-15,03-15,04-15,05-15", season_start="01-01",
-                           min_valid=2, pixels="mean", buffer_m=0.0)  # fmt: skip
+                           min_valid=2, pixels="mean", buffer_m=0.0, **_few_parcels())  # fmt: skip
     task = load_task(cfg, cache_dir=tmp_path / "cache")
     assert len(task.y_train) + len(task.y_val) == len(PARCELS) and task.class_names == ("60", "201", "311")
     (cached,) = (tmp_path / "cache").iterdir()
@@ -322,6 +330,7 @@ def test_downstream_reads_the_stack_and_polygons_and_caches_the_extraction(
             "--no-progress", "--recipe", "papers", "--set", "min_valid=2", "--set", "save_models=false"]  # fmt: skip
     if "trees" in {f.name for f in dataclasses.fields(downstream.DownstreamConfig)}:
         argv += ["--set", "trees=[]"]  # the tree families' tuning is not what this test is about
+    argv += [f"--set={k}={v}" for k, v in _few_parcels().items()]
     assert downstream.main(argv) == 0
     (cached,) = (out / "extractions").glob("extract-*.parquet")
     (rec,) = [r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if r["family"] == "lstm"]
