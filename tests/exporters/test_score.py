@@ -1,0 +1,81 @@
+"""``python -m exporters.score``: a bundle scored on labelled parcels gives the numbers the training run recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporters.__main__ import main as exporters_main
+from exporters.best import select_best
+from exporters.score import main as score_main
+from training.downstream import main as downstream_main
+
+pytestmark = (
+    pytest.mark.slow
+)  # a real downstream run (about 30 s); tests/exporters/test_trees.py scores a toy one
+
+FLANDERS = (
+    Path(__file__).resolve().parents[1]
+    / "data"
+    / "worldcereal"
+    / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("score") / "run"
+    rc = downstream_main(["--task", "real", "--data", str(FLANDERS), "--season", "2020", "--classes", "4",
+                          "--families", "lstm", "--variants", "0", "--default-variant", "--epochs", "1",
+                          "--recipe", "papers", "--no-baselines", "--set", "trees=boosting", "--set", "tree_trials=0",
+                          "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def test_score_equals_the_runs_record_on_its_test_parcels(run: Path, tmp_path: Path, capsys) -> None:
+    recs = {r["family"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())}
+    assert set(recs) == {"lstm", "boosting"}
+    for family, rec in recs.items():
+        bundle = tmp_path / f"{family}.onnx"
+        assert exporters_main([str(run / rec["model"]), "-o", str(bundle)]) == 0
+        out = tmp_path / f"{family}.json"
+        assert score_main([str(bundle), "--run", str(run), "--json", str(out)]) == 0
+        got = json.loads(out.read_text())
+        assert got["n"] == rec["n_val"]
+        assert got["accuracy"] == pytest.approx(rec["val_accuracy"]) and got["macro_f1"] == pytest.approx(
+            rec["macro_f1"]
+        )
+        assert got["confusion"] == rec["confusion"]
+        # the stored test series give the same numbers; the selection split the record's select_* ones
+        assert score_main([str(bundle), "--data", str(run / "validation-taskreal.npz")]) == 0
+        sel = tmp_path / f"{family}-sel.json"
+        assert score_main([str(bundle), "--run", str(run), "--split", "selection", "--json", str(sel)]) == 0
+        assert json.loads(sel.read_text())["macro_f1"] == pytest.approx(rec["select_macro_f1"])
+    printed = capsys.readouterr().out
+    assert "| code | class | n | precision | recall | F1 |" in printed
+    # the --best bundle reports the test score of what it chose
+    best = tmp_path / "best.onnx"
+    assert exporters_main(["--best", str(run), "-o", str(best)]) == 0
+    choice = select_best(run)
+    assert score_main([str(best), "--run", str(run), "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["accuracy"] == pytest.approx(
+        choice.record["val_accuracy"]
+    )
+
+
+def test_score_errors_are_one_line(run: Path, tmp_path: Path, capsys) -> None:
+    assert score_main([str(tmp_path / "missing.onnx"), "--data", str(run / "validation-taskreal.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "does not exist" in err
+    rec = json.loads((run / "results.jsonl").read_text().splitlines()[0])
+    bundle = tmp_path / "m.onnx"
+    assert exporters_main([str(run / rec["model"]), "-o", str(bundle)]) == 0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((2, 3, 4), np.float32), y=np.zeros(2, np.int64))
+    assert score_main([str(bundle), "--data", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: series have shape (2, 3, 4)") and err.count("\n") == 1
