@@ -364,3 +364,29 @@ def test_pretrain_refuses_missing_alignment(tmp_path: Path, capsys: pytest.Captu
     assert rc == 1
     err = capsys.readouterr().err
     assert "holds point-wise pairs only; rerun python -m training.pairs with --alignment time" in err
+
+
+def test_pairs_outside_footprint_and_day_offset(tmp_path: Path) -> None:
+    """A scene covering the west half only: eastern pixels are dropped as outside the footprint; a scene one day
+    after the S2 date matches with --max-day-offset 1 only."""
+    stack = _s2_stack(tmp_path / "s2.tif")
+    full = _ps_full(6)
+    folder = tmp_path / "ps"
+    folder.mkdir()
+    west = full[:, :, :15]  # PS columns 0..14: S2 columns 0..3 have their whole 3 x 3 window inside
+    for d in ("2021-06-01", "2021-06-07"):
+        stamp = d.replace("-", "")
+        _tif(folder / f"{stamp}_1_3B_AnalyticMS_SR.tif", west, PS_T)
+        _udm2(folder / f"{stamp}_1_3B_udm2.tif", np.ones(west.shape[1:], dtype=np.uint8), PS_T)
+    summary = build_pairs(stack, [folder], tmp_path / "same_day", CFG, progress=False)
+    _, ps, index = _load(tmp_path / "same_day")
+    assert set(index[:, 0].tolist()) == {0} and set(index[:, 2].tolist()) == {0, 1, 2, 3}
+    assert summary.dropped["outside second-modality footprint"] == SIZE * (SIZE - 4)
+    assert summary.dropped["no second-modality date"] == SIZE * SIZE  # 2021-06-06 has no scene that day
+    np.testing.assert_array_equal(ps, _expected_ps(full, index[:, 1], index[:, 2]))
+    cfg = PairConfig(s2_bands=BANDS4, block_px=5, max_day_offset=1)
+    build_pairs(stack, [folder], tmp_path / "offset", cfg, progress=False)
+    _, _, index = _load(tmp_path / "offset")
+    assert set(index[:, 0].tolist()) == {0, 1}
+    manifest = json.loads((tmp_path / "offset" / "pairs.json").read_text())
+    assert manifest["second_dates"] == {"2021-06-01": "2021-06-01", "2021-06-06": "2021-06-07"}
