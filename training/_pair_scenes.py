@@ -145,8 +145,13 @@ def _open_scene(
         names = [band_key(d or "") for d in (descriptions or src.descriptions)]
         wanted = [band_key(b) for b in bands]
         missing = [b for b, k in zip(bands, wanted, strict=True) if k not in names]
+        if missing and not any(descriptions or src.descriptions):
+            raise PairsError(
+                f"bands missing: scene {path} has no band names (descriptions); bands are chosen by name, never by "
+                f"position: set its band descriptions (e.g. {', '.join(bands)}) or name them in a STAC item"
+            )
         if missing:
-            found = [d for d in (descriptions or src.descriptions)]
+            found = list(descriptions or src.descriptions)
             raise PairsError(
                 f"bands missing: scene {path} has bands {found}, lacks {list(missing)}; bands are chosen by name "
                 f"(band descriptions), set --second-bands to the names it uses"

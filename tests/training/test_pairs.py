@@ -269,7 +269,11 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     noband = tmp_path / "noband"
     noband.mkdir()
     _tif(noband / "20210601_1_3B_AnalyticMS_SR.tif", full, PS_T, names=("blue", "green", "red", "rededge"))
+    unnamed = tmp_path / "unnamed"
+    unnamed.mkdir()
+    _tif(unnamed / "20210601_1_3B_AnalyticMS_SR.tif", full, PS_T, names=None)
     return {
+        "no band names": ([stack, str(unnamed)], "has no band names (descriptions); bands are chosen by name, never"),
         "no overlap": ([stack, str(far)], "error: no overlap: none of the 1 scenes overlaps the S2 stack"),
         "no matching dates": ([stack, str(later)], "error: no matching dates: none of the 2 S2 dates"),
         "no crs": ([stack, str(nocrs)], "has no CRS; set it (gdal_edit.py -a_srs EPSG:...) before pairing"),
@@ -277,7 +281,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["no overlap", "no matching dates", "no crs", "bands missing"])
+@pytest.mark.parametrize("case", ["no overlap", "no matching dates", "no crs", "bands missing", "no band names"])
 def test_pairs_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
     args, expected = _bad_inputs(tmp_path)[case]
     assert main([*args, "-o", str(tmp_path / "out"), "--s2-bands", ",".join(BANDS4), "--no-progress"]) == 1
