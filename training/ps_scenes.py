@@ -117,13 +117,13 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
             clear = inside.copy()
             cr0, cr1 = (int(f * h) + COLLAR_PX for f in CLOUD_ROWS)
             clear[cr0:cr1, es + COLLAR_PX :] = False
-            t1 = t * Affine.translation(-COLLAR_PX, -COLLAR_PX)
+            t1 = t @ Affine.translation(-COLLAR_PX, -COLLAR_PX)
             base = tmp_dir / f"{stamp}_101000_1_3B"
             _write(base.with_name(base.name + "_AnalyticMS_SR.tif"), west, crs, t1, PS_BANDS, 0, tags)
             _write(base.with_name(base.name + "_udm2.tif"), _udm2(clear, inside), crs, t1, UDM2_BANDS, None, tags)
             # Scene 2: east part, own origin; every second day in the next UTM zone at 1.5 m.
             east = np.ascontiguousarray(data[:, :, es:])
-            t2 = t * Affine.translation(es, 0)
+            t2 = t @ Affine.translation(es, 0)
             crs2 = crs
             if k % 2 == 1:
                 crs2 = _other_zone(crs)
