@@ -16,12 +16,11 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from cropmap.errors import CropmapError, OutputExistsError
-from cropmap.safeio import io_step, owned_path
+from cropmap.safeio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +39,12 @@ def sha256(path: Path) -> str:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` to ``path`` atomically: a temporary file in the same folder, flushed, then renamed.
+    """Write ``doc`` to ``path`` atomically (:func:`cropmap.safeio.atomic_write_json`).
 
     Raises:
         FileSystemError: One line naming ``path`` and the cause; ``path`` is unchanged.
     """
-    tmp = owned_path(path, "tmp")
-    try:
-        with io_step("write", path):
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):  # (unlink of a missing file fails on a read-only file system)
-            tmp.unlink()
+    atomic_write_json(path, doc)
 
 
 def load(out: Path, settings: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:

@@ -333,7 +333,11 @@ def classify(
     extra_inputs = {Path(p): what for p, what in ((parcels, "parcels"), (declared_classes, "declared-crop map"))
                     if p is not None}  # fmt: skip
     _refuse_inputs_as_outputs(paths, stack, mask, model, extra=extra_inputs)
-    check_outputs(paths, overwrite=opts.overwrite)
+    from cropmap.safeio import journal_path
+
+    # A commit journal: a run was killed while moving its outputs into place; the set is repaired under the
+    # lock (_claim_outputs) before the outputs are checked again, so only the kinds of path are checked here.
+    check_outputs(paths, overwrite=opts.overwrite or journal_path(paths.map).is_file())
     declared_map = None
     if declared_classes is not None:
         from cropmap.parcels import read_declared_map
@@ -458,6 +462,7 @@ def classify(
             write_parcel_qml(staging.temp_for(paths.parcels_qml), meta.classes, by_status=declared_column is not None)
         if "embedding" in rasters:
             summary["embedding"] = rasters["embedding"].describe()  # type: ignore[attr-defined]
+        summary["removed_outputs"] = [str(p) for p in staging.stale]
         summary_tmp = staging.temp_for(paths.summary)
         summary_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         assert paths.stac is not None
@@ -471,7 +476,7 @@ def classify(
         )  # fmt: skip
         staging.temp_for(paths.stac).write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
         _refuse_empty_result(plan, tally.n_mask, tally.n_insufficient, tally.n_classified)
-        staging.commit()
+        staging.commit(remove=staging.stale, journal=staging.journal)
     logger.info(
         "classified %d of %d cropland pixels in %.2f s -> %s", tally.n_classified, tally.n_mask, total_s, paths.map
     )
@@ -734,15 +739,30 @@ def _claim_outputs(paths: Any, opts: ClassifyOptions, plan: _Plan) -> Iterator[A
     the operation and the cause.
     """
     from cropmap.errors import CropmapError
-    from cropmap.safeio import RunLock, check_free_space, file_system_error, output_folder, remove_stale
-    from cropmap.writer import Staging, check_outputs
+    from cropmap.safeio import (
+        RunLock,
+        check_free_space,
+        file_system_error,
+        journal_path,
+        output_folder,
+        recover_commit,
+        remove_stale,
+    )  # fmt: skip
+    from cropmap.writer import Staging, check_outputs, possible_outputs, stale_outputs
 
     folder = paths.map.parent
     with output_folder(folder), RunLock(paths.map, "output"):
+        journal = journal_path(paths.map)
+        recover_commit(journal)  # a torn set of a run killed while committing: finish or undo it first
         check_outputs(paths, overwrite=opts.overwrite)  # again: no other run can write them now
-        remove_stale(folder, {p.name for p in paths.all()})
+        remove_stale(folder, {p.name for p in possible_outputs(paths.map).all()} | {journal.name})
         check_free_space(folder, _least_output_bytes(paths, plan, opts.embedding_dtype), f"the outputs of {paths.map.name}")
         with Staging() as staging:
+            staging.journal = journal
+            staging.stale = stale_outputs(paths)  # side outputs of an earlier run: removed with the commit
+            for p in staging.stale:
+                logger.warning("--overwrite: %s, an output of an earlier run that this run does not write, is "
+                               "removed with the commit", p)  # fmt: skip
             try:
                 yield staging
             except OSError as err:

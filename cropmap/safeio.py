@@ -17,6 +17,9 @@
   its process dies, so a lock left by a killed run never blocks.
 * **Inputs are never outputs.** :func:`refuse_overlap` compares resolved real paths
   and inodes of every file a run writes with its inputs.
+* **A set of outputs commits together.** :func:`replace_all` with a journal moves a run's
+  outputs into place so that a process killed at any instant leaves either the previous set or
+  the new one, once :func:`recover_commit` has read the journal.
 * **Signals.** :func:`signals_as_interrupts` makes SIGTERM behave like Ctrl-C.
 """
 
@@ -347,37 +350,187 @@ def remove_stale(folder: Path, targets: Collection[str]) -> list[Path]:
     return removed
 
 
-def replace_all(moves: Iterable[tuple[Path, Path]]) -> None:
-    """Move each ``(temporary, final)`` into place, all or none.
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically: an owned temporary in the same folder, flushed, then renamed.
 
-    A final file that exists is first moved aside to an owned backup; if any move
-    fails, every final path is restored to what it was and the error is raised.
+    The one atomic-write helper of cropmap (batch state, commit journals).
+
+    Raises:
+        FileSystemError: One line naming ``path`` and the cause; ``path`` is unchanged.
     """
-    done: list[tuple[Path, Path, Path | None]] = []
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = owned_path(path, "tmp")
     try:
-        for tmp, final in moves:
-            backup = None
-            if os.path.lexists(final):
-                backup = owned_path(final, "bak")
+        with io_step("write", path):
+            with open(tmp, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):  # (unlink of a missing file fails on a read-only file system)
+            tmp.unlink()
+
+
+def atomic_write_json(path: Path, doc: Mapping[str, object]) -> None:
+    """:func:`atomic_write` of ``doc`` as indented JSON."""
+    atomic_write(path, json.dumps(doc, indent=2) + "\n")
+
+
+JOURNAL_SUFFIX = ".cropmap-journal.json"
+COMMIT_KILL_ENV = "CROPMAP_TEST_COMMIT_KILL_AT"
+"""Tests only: SIGKILL the process before the N-th file-system step of a journalled commit (1-based)."""
+_commit_steps = 0
+
+
+def journal_path(anchor: Path) -> Path:
+    """The commit journal of the output set named after ``anchor``: ``.<name>.cropmap-journal.json`` beside it."""
+    return anchor.with_name(f".{anchor.name}{JOURNAL_SUFFIX}")
+
+
+def _commit_step() -> None:
+    """Count one file-system step of a commit; the test hook kills the process at the chosen one."""
+    global _commit_steps
+    _commit_steps += 1
+    at = os.environ.get(COMMIT_KILL_ENV)
+    if at and at.isdigit() and int(at) == _commit_steps:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def replace_all(moves: Iterable[tuple[Path, Path]], *, remove: Iterable[Path] = (),
+                journal: Path | None = None) -> None:  # fmt: skip
+    """Move each ``(temporary, final)`` into place and remove each of ``remove``, all or none.
+
+    A final file that exists (and each file to remove) is first moved aside to an owned
+    backup; if any move fails, every final path is restored to what it was and the
+    error is raised. With ``journal``, the set is committed through a journal written
+    (atomically) before the first rename, naming every temporary, final path and
+    backup, and marked ``committed`` (atomically) after the last one: a process killed
+    at any instant leaves a journal that :func:`recover_commit` replays (committed: the
+    backups are removed) or rolls back (prepared: the new files are removed and the
+    backups put back), so the folder holds either the old set or the new one. Once
+    committed, failing to remove a backup or the journal is a warning, never an error.
+    """
+    global _commit_steps
+    _commit_steps = 0
+    moves = list(moves)
+    entries: list[tuple[Path | None, Path, Path | None]] = [
+        (tmp, final, owned_path(final, "bak") if os.path.lexists(final) else None) for tmp, final in moves
+    ]
+    entries += [(None, final, owned_path(final, "bak")) for final in remove if os.path.lexists(final)]
+    done: list[tuple[Path | None, Path, Path | None]] = []
+    try:
+        if journal is not None:
+            _write_journal(journal, "prepared", entries)
+            _commit_step()
+        for tmp, final, backup in entries:
+            done.append((tmp, final, backup))
+            if backup is not None:
                 with io_step("move the previous output aside", final):
                     os.replace(final, backup)
-            done.append((tmp, final, backup))
-            with io_step("move the finished output into place at", final):
-                os.replace(tmp, final)
+                _commit_step()
+            if tmp is not None:
+                with io_step("move the finished output into place at", final):
+                    os.replace(tmp, final)
+                _commit_step()
+        if journal is not None:
+            _write_journal(journal, "committed", entries)  # the commit point
+            _commit_step()
     except BaseException:
         for tmp, final, backup in reversed(done):
             with contextlib.suppress(OSError):
-                if os.path.lexists(final) and not os.path.lexists(tmp):
+                if tmp is not None and os.path.lexists(final) and not os.path.lexists(tmp):
                     os.replace(final, tmp)  # the new file goes back to its temporary (removed by the caller)
-                if backup is not None:
+                if backup is not None and os.path.lexists(backup):
                     os.replace(backup, final)
+        if journal is not None:
+            with contextlib.suppress(OSError):
+                journal.unlink(missing_ok=True)
         raise
-    for _tmp, final, backup in done:
+    for _tmp, final, backup in entries:
         if backup is not None:
             try:
                 backup.unlink()
             except OSError as err:
                 logger.warning("could not remove %s, the previous %s: %s", backup, final.name, cause_of(err)[1])
+            _commit_step()
+    if journal is not None:
+        try:
+            journal.unlink()
+        except OSError as err:
+            logger.warning("could not remove the commit journal %s (the outputs are complete): %s", journal,
+                           cause_of(err)[1])  # fmt: skip
+        _commit_step()
+
+
+def _write_journal(journal: Path, state: str, entries: list[tuple[Path | None, Path, Path | None]]) -> None:
+    doc = {
+        "state": state, "pid": os.getpid(), "host": HOST,
+        "entries": [{"tmp": str(t) if t else None, "final": str(f), "backup": str(b) if b else None}
+                    for t, f, b in entries],
+    }  # fmt: skip
+    atomic_write_json(journal, doc)
+
+
+def recover_commit(journal: Path) -> str | None:
+    """Finish or undo the commit a killed run left in ``journal`` (the caller holds the outputs' lock).
+
+    A ``committed`` journal is replayed (the new set stays; backups and temporaries go);
+    a ``prepared`` one is rolled back (the new files that reached their final paths are
+    removed, the backups put back, the temporaries removed). A journal of a live
+    process on this host, or of another host, is left with a warning.
+
+    Returns:
+        ``"replayed"``, ``"rolled back"`` or ``None`` (no journal, or left in place).
+
+    Raises:
+        FileSystemError: If the journal cannot be read or a file cannot be moved back.
+    """
+    if not os.path.lexists(journal):
+        return None
+    with io_step("read the commit journal", journal):
+        raw = journal.read_bytes()
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        state = doc["state"]
+        entries = [(Path(e["tmp"]) if e["tmp"] else None, Path(e["final"]), Path(e["backup"]) if e["backup"] else None)
+                   for e in doc["entries"]]  # fmt: skip
+        host, pid = str(doc["host"]), int(doc["pid"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        out = FileSystemError(f"the commit journal {journal} is unreadable ({type(err).__name__}: {err}); expected "
+                              "the JSON file cropmap writes before moving a run's outputs into place (check the "
+                              "outputs beside it, then remove it)")  # fmt: skip
+        out.filename = str(journal)
+        raise out from err
+    if host != HOST or (pid != os.getpid() and pid_alive(pid)):
+        logger.warning("left the commit journal %s in place: its process %d on host %s may still run", journal,
+                       pid, host)  # fmt: skip
+        return None
+    if state == "committed":
+        for tmp, _final, backup in entries:
+            for p in (backup, tmp):
+                if p is not None and os.path.lexists(p):
+                    with io_step("remove the previous output left by an interrupted commit", p):
+                        p.unlink()
+        outcome = "replayed"
+    else:
+        for tmp, final, backup in reversed(entries):
+            tmp_left = tmp is not None and os.path.lexists(tmp)
+            if tmp is not None and not tmp_left and os.path.lexists(final):
+                with io_step("remove the output of an interrupted commit", final):
+                    final.unlink()  # the new file had reached its final path
+            if backup is not None and os.path.lexists(backup) and not os.path.lexists(final):
+                with io_step("restore the previous output from", backup):
+                    os.replace(backup, final)
+            if tmp is not None and tmp_left:
+                with io_step("remove the temporary file of an interrupted commit", tmp):
+                    tmp.unlink()
+        outcome = "rolled back"
+    with io_step("remove the commit journal", journal):
+        journal.unlink()
+    logger.warning("%s the commit of process %d (killed while moving its outputs into place): the outputs beside "
+                   "%s are the %s set", outcome, pid, journal, "new" if outcome == "replayed" else "previous")  # fmt: skip
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------------- locks

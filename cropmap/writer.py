@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from rasterio.windows import Window
 
 from cropmap.bundle import ClassInfo
 from cropmap.errors import OutputExistsError
-from cropmap.safeio import io_step, owned_path, replace_all
+from cropmap.safeio import cause_of, io_step, owned_path, replace_all
 from cropmap.stack import bounded_gdal_cache
 
 logger = logging.getLogger(__name__)
@@ -92,9 +93,30 @@ def output_paths(
     )
 
 
+def possible_outputs(out: Path) -> OutputPaths:
+    """Every output a run writing the class map to ``out`` can write (all options on)."""
+    return output_paths(out, confidence=True, embedding=True, quicklook=True, probabilities=True, uncertainty=True,
+                        parcels=True)  # fmt: skip
+
+
+def stale_outputs(paths: OutputPaths) -> list[Path]:
+    """Side outputs of an earlier run beside ``paths.map`` that this run does not write (they would go stale)."""
+    mine = set(paths.all())
+    return [p for p in possible_outputs(paths.map).all() if p not in mine and os.path.lexists(p)]
+
+
+TEMP_NAME_EXTRA = 72
+"""Characters a temporary name adds to an output's name at most (``.``, ``.cropmap-HOST-PID-TOKEN.scratch.tif...``)."""
+
+
 def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
     """Refuse to run when an output exists and ``overwrite`` is False, or is not a file.
 
+    An output path that is a symbolic link counts as existing, also when it dangles. A
+    side output of an earlier run that this run does not write (e.g. a confidence raster
+    when ``--confidence`` is off) counts too: with ``overwrite`` it is removed with the
+    commit, so the folder never mixes two runs' files. Names and paths too long for the
+    file system (with the temporaries' longer names) are refused here, before any work.
     Creates nothing: the output folder is made once the inputs are valid.
 
     Raises:
@@ -107,7 +129,9 @@ def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
         p = p.parent
     if not p.is_dir():
         raise OutputExistsError(f"output folder {folder}: {p} is a file; expected a folder (or nothing) there")
-    not_files = [str(p) for p in paths.all() if p.exists() and not p.is_file()]
+    _refuse_long_names(paths, p)
+    candidates = [*paths.all(), *stale_outputs(paths)]
+    not_files = [str(p) for p in candidates if p.exists() and not p.is_file()]
     if not_files:
         raise OutputExistsError(
             f"output {', '.join(not_files)} exists and is not a file (a folder?); expected a file or nothing there "
@@ -115,9 +139,34 @@ def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
         )
     if overwrite:
         return
-    existing = [str(p) for p in paths.all() if p.exists()]
+    existing = [str(p) + (" (a dangling symbolic link)" if not p.exists() else "")
+                for p in candidates if os.path.lexists(p)]  # fmt: skip
     if existing:
         raise OutputExistsError(f"output {', '.join(existing)} already exists; pass --overwrite to replace it")
+
+
+def _refuse_long_names(paths: OutputPaths, existing_folder: Path) -> None:
+    """Refuse output names or paths the file system cannot hold once made temporary names."""
+    try:
+        name_max = os.pathconf(existing_folder, "PC_NAME_MAX")
+        path_max = os.pathconf(existing_folder, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for out in paths.all():
+        name_len = len(os.fsencode(out.name))
+        if name_len + TEMP_NAME_EXTRA > name_max:
+            raise OutputExistsError(
+                f"output name {out.name[:40]}... is {name_len} bytes long; its temporary names need up to "
+                f"{name_len + TEMP_NAME_EXTRA} and the file system allows {name_max}; expected an output name of at "
+                f"most {name_max - TEMP_NAME_EXTRA} bytes (choose a shorter -o)"
+            )
+        path_len = len(os.fsencode(os.path.abspath(out)))
+        if path_len + TEMP_NAME_EXTRA > path_max:
+            raise OutputExistsError(
+                f"output path {str(out)[:60]}... is {path_len} bytes long; with its temporary names it needs up to "
+                f"{path_len + TEMP_NAME_EXTRA} and the system allows {path_max}; expected a shorter path "
+                "(choose a shorter -o)"
+            )
 
 
 class Staging:
@@ -126,6 +175,10 @@ class Staging:
     def __init__(self) -> None:
         self._moves: list[tuple[Path, Path]] = []
         self._scratch: list[Path] = []
+        self.journal: Path | None = None
+        """The commit journal of the set (:func:`cropmap.safeio.journal_path`), if any."""
+        self.stale: list[Path] = []
+        """Outputs of an earlier run that the commit removes."""
 
     def temp_for(self, final: Path) -> Path:
         """A temporary path in ``final``'s folder that :meth:`commit` moves to ``final``."""
@@ -147,17 +200,35 @@ class Staging:
         self._scratch.append(tmp)
         return tmp
 
-    def commit(self) -> None:
-        """Move every staged file to its final path, all or none (see :func:`cropmap.safeio.replace_all`)."""
-        replace_all(self._moves)
+    def commit(self, *, remove: Sequence[Path] = (), journal: Path | None = None) -> None:
+        """Move every staged file to its final path and remove ``remove``, all or none.
+
+        With ``journal`` a run killed during the commit leaves the previous set or the new
+        one (see :func:`cropmap.safeio.replace_all` and :func:`cropmap.safeio.recover_commit`).
+        """
+        replace_all(self._moves, remove=remove, journal=journal)
         self._moves.clear()
+        self.committed = True
+
+    committed = False
+    """Whether :meth:`commit` succeeded: then failing to remove a temporary is a warning only."""
 
     def cleanup(self) -> None:
-        """Remove whatever temporary file is left (and GDAL sidecars of it)."""
+        """Remove whatever temporary file is left (and GDAL sidecars of it).
+
+        After a commit, a temporary that cannot be removed is a warning (the outputs are
+        complete); before, the error is raised.
+        """
         for tmp in [t for t, _ in self._moves] + self._scratch:
             for p in (tmp, tmp.with_name(tmp.name + ".aux.xml"), tmp.with_name(tmp.name + ".ovr")):
-                if p.exists() or p.is_symlink():  # (unlink of a missing file fails on a read-only file system)
-                    p.unlink()
+                try:
+                    if p.exists() or p.is_symlink():  # (unlink of a missing file fails on a read-only file system)
+                        p.unlink()
+                except OSError as err:
+                    if not self.committed:
+                        raise
+                    logger.warning("could not remove the temporary file %s (the outputs are complete): %s", p,
+                                   cause_of(err)[1])  # fmt: skip
         self._moves.clear()
         self._scratch.clear()
 
