@@ -73,8 +73,10 @@ def test_tree_bundle_reproduces_predict_proba_and_fits_the_contract(family: str,
     from training.trees import run_trees
 
     run.mkdir()
-    run_trees(cfg, data, setup={"task": "real"}, results=run / "results.jsonl", done={}, out=run, save=True,
-              x_sel=None, y_sel=None)  # fmt: skip
+    x_sel, y_sel = _series(4, 5)
+    np.savez(run / "selection-taskreal.npz", x=x_sel, y=y_sel)
+    run_trees(cfg, data, setup={"task": "real", "n_val": len(data.y_val)}, results=run / "results.jsonl", done={},
+              out=run, save=True, x_sel=x_sel, y_sel=y_sel)  # fmt: skip
     rec = json.loads((run / "results.jsonl").read_text())
     clf = load_tree_classifier(run / rec["model"])
     assert clf.family == family and clf.metadata.embedding is None
@@ -100,6 +102,12 @@ def test_tree_bundle_reproduces_predict_proba_and_fits_the_contract(family: str,
     assert scored["accuracy"] == pytest.approx(rec["val_accuracy"]) and scored["macro_f1"] == pytest.approx(
         rec["macro_f1"]
     )
+    # exporters --best takes a tree model like any other, calibrated on the selection series
+    assert exporters_main(["--best", str(run), "-o", str(tmp_path / "best.onnx")]) == 0
+    best = load_bundle(tmp_path / "best.onnx").metadata
+    assert best.calibration is not None and best.calibration.n == len(y_sel)
+    assert best.provenance.metrics["test_accuracy"] == pytest.approx(rec["val_accuracy"])
+    assert best.provenance.metrics["selected_by_selection_macro_f1"] == pytest.approx(rec["select_macro_f1"])
     # reduced precision is refused with one line
     assert (
         exporters_main([str(run / rec["model"]), "-o", str(tmp_path / "q.onnx"), "--precision", "int8"]) == 1
