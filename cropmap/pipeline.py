@@ -337,7 +337,11 @@ def classify(
 
     # A commit journal: a run was killed while moving its outputs into place; the set is repaired under the
     # lock (_claim_outputs) before the outputs are checked again, so only the kinds of path are checked here.
-    check_outputs(paths, overwrite=opts.overwrite or journal_path(paths.map).is_file())
+    try:
+        torn = journal_path(paths.map).is_file()
+    except OSError:  # e.g. a path too long: check_outputs names it
+        torn = False
+    check_outputs(paths, overwrite=opts.overwrite or torn)
     declared_map = None
     if declared_classes is not None:
         from cropmap.parcels import read_declared_map

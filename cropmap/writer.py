@@ -123,13 +123,13 @@ def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
         OutputExistsError: Naming the existing files, a folder path that is a file, or
             an output path that is a folder (never replaced, even with ``overwrite``).
     """
+    _refuse_long_names(paths)
     folder = paths.map.parent
     p = folder
     while not p.exists() and p != p.parent:
         p = p.parent
     if not p.is_dir():
         raise OutputExistsError(f"output folder {folder}: {p} is a file; expected a folder (or nothing) there")
-    _refuse_long_names(paths, p)
     candidates = [*paths.all(), *stale_outputs(paths)]
     not_files = [str(p) for p in candidates if p.exists() and not p.is_file()]
     if not_files:
@@ -145,13 +145,19 @@ def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
         raise OutputExistsError(f"output {', '.join(existing)} already exists; pass --overwrite to replace it")
 
 
-def _refuse_long_names(paths: OutputPaths, existing_folder: Path) -> None:
+def _refuse_long_names(paths: OutputPaths) -> None:
     """Refuse output names or paths the file system cannot hold once made temporary names."""
     try:
-        name_max = os.pathconf(existing_folder, "PC_NAME_MAX")
-        path_max = os.pathconf(existing_folder, "PC_PATH_MAX")
+        path_max = os.pathconf("/", "PC_PATH_MAX")
     except (OSError, ValueError):
-        name_max, path_max = 255, 4096
+        path_max = 4096
+    existing = Path(os.path.abspath(paths.map.parent))
+    while existing != existing.parent and (len(os.fsencode(existing)) >= path_max or not existing.is_dir()):
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
     for out in paths.all():
         name_len = len(os.fsencode(out.name))
         if name_len + TEMP_NAME_EXTRA > name_max:
