@@ -347,3 +347,27 @@ def test_downstream_reads_the_stack_and_polygons_and_caches_the_extraction(
     key = extract_module.cache_key(data["stack"], data["gpkg"], _opts(min_valid=2))
     assert key != extract_module.cache_key(data["stack"], data["gpkg"], _opts(min_valid=2, pixels="mean"))
     capsys.readouterr()
+
+
+def test_stac_item_collection_gives_the_same_series_as_the_folder(data: dict, tmp_path: Path) -> None:
+    pystac = pytest.importorskip("pystac")
+    import rasterio.shutil
+
+    items = []
+    for t, d in enumerate(DATES):
+        item = pystac.Item(id=f"S2_{d:%Y%m%d}", geometry=None, bbox=None, properties={},
+                           datetime=dt.datetime(d.year, d.month, d.day, 10, 30, tzinfo=dt.timezone.utc))  # fmt: skip
+        for b, band in enumerate(BANDS):
+            plain, href = tmp_path / "plain.tif", f"{d:%Y%m%d}_{band}.tif"
+            with rasterio.open(plain, "w", **_profile(1)) as ds:
+                ds.write(data["vals"][t, b][None])
+            rasterio.shutil.copy(plain, tmp_path / href, driver="COG", BLOCKSIZE=16)
+            item.add_asset(band, pystac.Asset(href=href, media_type=pystac.MediaType.COG, roles=["data"],
+                                              extra_fields={"raster:bands": [{"scale": 0.0001, "nodata": 0}]}))
+        items.append(item)
+    stac = tmp_path / "items.json"
+    pystac.ItemCollection(items).save_object(dest_href=str(stac))
+    opts = _opts(cloud_band="none")
+    from_stac = _series(extract(stac, data["gpkg"], tmp_path / "stac.parquet", opts).output)
+    from_folder = _series(extract(data["folder"], data["gpkg"], tmp_path / "folder.parquet", opts).output)
+    pd.testing.assert_frame_equal(from_stac, from_folder)
