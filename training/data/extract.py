@@ -172,7 +172,8 @@ class ExtractSummary:
             f"pixels: {self.pixels_kept:,} kept, {self.pixels_too_few_valid:,} dropped for too few valid "
             f"observations, {self.pixels_in_several_polygons:,} in several polygons, {self.pixels_not_sampled:,} "
             "not drawn",
-            f"clouds: {self.cloud}; {self.observations_cloud_masked:,} of {self.observations:,} observations masked",
+            f"clouds: {self.cloud}" + (f"; {self.observations_cloud_masked:,} of {self.observations:,} observations "
+                                       "masked" if self.observations else ""),
             f"{self.samples:,} samples x {len(self.dates)} dates ({self.dates[0] if self.dates else '-'} .. "
             f"{self.dates[-1] if self.dates else '-'}), bands {' '.join(self.bands)} -> {self.output}",
             "classes: " + ", ".join(f"{n} (code {c['code']}): {c['parcels']:,} parcels, {c['samples']:,} samples"
@@ -626,7 +627,8 @@ def extract(
                            f"a pixel needs {options.min_valid} valid observations; lower --min-valid")  # fmt: skip
     summary = ExtractSummary(output=out, dates=tuple(d.isoformat() for d in dates), bands=bands)
     parcels = read_parcels(polygons, st, options, summary)
-    summary.cloud = cloud.describe() if cloud is not None else "off" if options.cloud_band else "no cloud band"
+    summary.cloud = (cloud.describe() if cloud is not None else "off (--cloud-band none)" if options.cloud_band
+                     else "the stack has no cloud band: every observation is taken as clear")  # fmt: skip
     if cloud is None and options.cloud_band is None:
         logger.warning(no_cloud_message(f"stack {st.path}", st.bands))
 
