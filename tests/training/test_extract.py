@@ -15,7 +15,6 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-from cropmap.bundle import TimeGrid
 from cropmap.clouds import DEFAULT_SCL_INVALID
 from cropmap.timegrid import fill_gaps
 from training.data.extract import ExtractError, ExtractOptions, extract, main
