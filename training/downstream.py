@@ -26,7 +26,7 @@ Protocol (PAPER.md section 4):
   ``python -m exporters --best OUT -o model.onnx`` exports the best run as a bundle.
 
 Task ``1`` / ``2`` read the simulated (DENETHOR-layout) scenes, task ``real`` a user's labelled
-parcels (a WorldCereal extraction; supervised vs uni-modal only: there is no PlanetScope for them),
+parcels (a WorldCereal extraction; supervised, uni-modal, or bi-modal encoders pre-trained on pairs of their region),
 with the legend, time grid and split of :mod:`training.data.parcels`. Task ``real`` also takes any stack
 ``cropmap classify`` reads with ``--labels POLYGONS --label-column COL``: the labelled series are extracted once
 (:mod:`training.data.extract`) into ``OUT/extractions/`` under a key of the inputs' contents and the extraction
@@ -622,8 +622,9 @@ def run_comparison(
         The results file.
 
     Raises:
-        ValueError: On a bi-modal encoder for the real task, duplicated encoders, a results file made
-            with another set-up, or an encoder that does not fit the task's bands.
+        ValueError: On duplicated encoders, a results file made with another set-up, or an encoder that does not
+            fit the task's bands. (A bi-modal encoder's S2 branch serves any task on its bands: the real task takes
+            one pre-trained on pairs from ``python -m training.pairs`` or ``training.data.s1pairs``.)
     """
     from tqdm.auto import tqdm
 
@@ -631,8 +632,6 @@ def run_comparison(
         raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.task == "real" and any(e.method == "bimodal" for e in encoders):
-        raise ValueError("task 'real' has no PlanetScope data: give only unimodal_<rate> encoders")
     keys = [(e.method, e.corruption) for e in encoders]
     if len(set(keys)) != len(keys):
         raise ValueError(f"encoders repeat a (method, corruption) pair: {keys}")
