@@ -18,6 +18,7 @@ import numpy as np
 
 from cropmap.bundle import PRECISIONS
 from cropmap.errors import BundleError
+from cropmap.safeio import interrupt_exit_code, signals_as_interrupts
 from exporters.best import METRICS, SPLITS, export_best
 from exporters.parity import ParityError
 from exporters.quantize import DEFAULT_MIN_AGREEMENT, INT8_METHODS
@@ -105,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ParityError, CheckpointError, BundleError, ValueError, OSError) as err:
         print(f"error: {describe_error(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (signals_as_interrupts): the temporaries are removed
+        code, name = interrupt_exit_code(err)
+        print(f"interrupted by {name}: nothing was written", file=sys.stderr)
+        return code
     summary = parity_summary(report) if trees else report.summary()
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB); parity on {summary}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with signals_as_interrupts():  # SIGTERM cleans up as Ctrl-C does, exit 143
+        status = main()
+    sys.exit(status)

@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -51,6 +50,7 @@ import torch
 from torch import nn
 
 from cropmap.bundle import METADATA_KEY, PRECISIONS, BundleMetadata, load_bundle
+from cropmap.safeio import io_step, journal_path, output_folder, owned_path, recover_commit, replace_all
 from exporters.parity import ParityReport, check_parity
 from training.checkpoint import validate_norm_stats
 from training.classifier import CLASSIFIER_KIND, Classifier, load_classifier, save_classifier
@@ -384,91 +384,100 @@ def export_bundle(
     module: nn.Module = graph if metadata.embedding is not None else _LogitsOnly(graph)
     outputs = [metadata.output_name] + ([metadata.embedding.output_name] if metadata.embedding else [])
     dynamic = {name: {0: "batch"} for name in [metadata.input_name, *outputs]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        # mkstemp creates the file readable by its owner only; a bundle must be readable by the Dask
-        # workers that load it, which may run as another user: give it the mode open() would.
-        os.chmod(tmp, _file_mode())
-        with torch.no_grad(), warnings.catch_warnings(), _no_mha_fast_path():
-            # Tracing turns the modules' input-shape checks into constants; T and C are fixed by
-            # the metadata, so that is intended. The LSTM warning concerns variable-length batches
-            # without initial states; the batch axis is verified by the parity check and tests.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
-            # The TorchScript exporter is chosen on purpose (module docstring); torch flags it as legacy.
-            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
-            try:
-                torch.onnx.export(
-                    module,
-                    (x[: min(len(x), 8)],),
-                    str(tmp),
-                    input_names=[metadata.input_name],
-                    output_names=outputs,
-                    dynamic_axes=dynamic,
-                    opset_version=opset,
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
-            except OSError:
-                raise
-            except Exception as err:  # the exporter raises many types; all mean "this graph does not export"
-                raise ExportError(
-                    f"torch.onnx cannot export the {metadata.provenance.base_model} base model with encoder "
-                    f"{metadata.provenance.encoder} at opset {opset}: {_first_line(err)}"
-                ) from err
-        model = onnx.load(str(tmp))
-        n_conv = conv1d_as_conv2d(model)  # the faster form for ONNX Runtime; parity below checks the result
-        if n_conv:
-            logger.info("rewrote %d 1-D convolutions as 2-D ones over a height-1 image", n_conv)
-        onnx.helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
-        model.producer_name = "cropmap.exporters"
+    png = out.with_suffix(".reliability.png")
+    # The bundle and its reliability diagram commit as one set (cropmap.safeio.replace_all with a journal): a
+    # full disk or a signal before the commit leaves nothing at -o, a kill during it the old set or the new one.
+    # A diagram of an earlier calibrated export beside an uncalibrated bundle would be stale: it goes too.
+    with output_folder(out.parent):
+        journal = journal_path(out)
+        recover_commit(journal)
+        tmp = owned_path(out, "tmp", ".onnx")
+        final_tmp = tmp
+        png_tmp: Path | None = None
         try:
-            onnx.checker.check_model(model, full_check=True)
-        except onnx.checker.ValidationError as err:
-            raise ExportError(f"onnx.checker rejects the exported graph: {err}") from err
-        onnx.save(model, str(tmp))
-        load_bundle(tmp)  # the contract as cropmap reads it
-        report = check_parity(
-            module,
-            tmp,
-            x.numpy(),
-            atol=atol,
-            input_name=metadata.input_name,
-            output_name=metadata.output_name,
-            embedding_name=metadata.embedding.output_name if metadata.embedding else None,
-        )
-        if precision == "fp32":
-            os.replace(tmp, out)
-        else:
-            assert precision_data is not None
+            with torch.no_grad(), warnings.catch_warnings(), _no_mha_fast_path():
+                # Tracing turns the modules' input-shape checks into constants; T and C are fixed by
+                # the metadata, so that is intended. The LSTM warning concerns variable-length batches
+                # without initial states; the batch axis is verified by the parity check and tests.
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+                # The TorchScript exporter is chosen on purpose (module docstring); torch flags it as legacy.
+                warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+                try:
+                    torch.onnx.export(
+                        module,
+                        (x[: min(len(x), 8)],),
+                        str(tmp),
+                        input_names=[metadata.input_name],
+                        output_names=outputs,
+                        dynamic_axes=dynamic,
+                        opset_version=opset,
+                        do_constant_folding=True,
+                        dynamo=False,
+                    )
+                except OSError:
+                    raise
+                except Exception as err:  # the exporter raises many types; all mean "this graph does not export"
+                    raise ExportError(
+                        f"torch.onnx cannot export the {metadata.provenance.base_model} base model with encoder "
+                        f"{metadata.provenance.encoder} at opset {opset}: {_first_line(err)}"
+                    ) from err
+            model = onnx.load(str(tmp))
+            n_conv = conv1d_as_conv2d(model)  # the faster form for ONNX Runtime; parity below checks the result
+            if n_conv:
+                logger.info("rewrote %d 1-D convolutions as 2-D ones over a height-1 image", n_conv)
+            onnx.helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
+            model.producer_name = "cropmap.exporters"
             try:
-                record = reduce_precision(
-                    tmp, out, precision, calib_x=precision_data.calib_x, eval_x=precision_data.eval_x,
-                    eval_y=precision_data.eval_y, data=precision_data.note, int8_method=int8_method,
-                    min_agreement=DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
-                )  # fmt: skip
-            except PrecisionError as err:
-                raise ExportError(str(err)) from err
-            report = dataclasses.replace(report, precision=record)
-    finally:
-        tmp.unlink(missing_ok=True)
+                onnx.checker.check_model(model, full_check=True)
+            except onnx.checker.ValidationError as err:
+                raise ExportError(f"onnx.checker rejects the exported graph: {err}") from err
+            with io_step("write the bundle", tmp):
+                onnx.save(model, str(tmp))
+            # a bundle must be readable by the Dask workers that load it, which may run as another user
+            os.chmod(tmp, _file_mode())
+            load_bundle(tmp)  # the contract as cropmap reads it
+            report = check_parity(
+                module,
+                tmp,
+                x.numpy(),
+                atol=atol,
+                input_name=metadata.input_name,
+                output_name=metadata.output_name,
+                embedding_name=metadata.embedding.output_name if metadata.embedding else None,
+            )
+            if precision != "fp32":
+                assert precision_data is not None
+                final_tmp = owned_path(out, "tmp", ".onnx")
+                try:
+                    record = reduce_precision(
+                        tmp, final_tmp, precision, calib_x=precision_data.calib_x, eval_x=precision_data.eval_x,
+                        eval_y=precision_data.eval_y, data=precision_data.note, int8_method=int8_method,
+                        min_agreement=DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
+                    )  # fmt: skip
+                except PrecisionError as err:
+                    raise ExportError(str(err)) from err
+                report = dataclasses.replace(report, precision=record)
+            if calibration is not None:
+                from exporters.calibration import reliability_diagram
+
+                png_tmp = owned_path(png, "tmp", ".png")
+                with io_step("write the reliability diagram", png_tmp):
+                    reliability_diagram(cal_logits, cal_labels, calibration, png_tmp,
+                                        title=f"{out.name}: reliability on {calibration.n} validation samples")  # fmt: skip
+                os.chmod(png_tmp, _file_mode())
+            moves = [(final_tmp, out)] + ([(png_tmp, png)] if png_tmp is not None else [])
+            stale = [png] if png_tmp is None and os.path.lexists(png) else []
+            replace_all(moves, remove=stale, journal=journal)
+        finally:
+            for t in (tmp, final_tmp, png_tmp):
+                if t is not None and os.path.lexists(t):
+                    try:
+                        t.unlink()
+                    except OSError as err:  # after the commit a warning; before it the error in flight wins
+                        logger.warning("could not remove the temporary file %s: %s", t, err)
     logger.info("wrote bundle %s (%.2f MB): %s", out, out.stat().st_size / 1e6, report.summary())
     if calibration is not None:
-        from exporters.calibration import reliability_diagram
-
-        png = out.with_suffix(".reliability.png")
-        fd, png_tmp = tempfile.mkstemp(prefix=f".{png.name}.", suffix=".png", dir=out.parent)
-        os.close(fd)
-        try:
-            reliability_diagram(cal_logits, cal_labels, calibration, png_tmp,
-                                title=f"{out.name}: reliability on {calibration.n} validation samples")  # fmt: skip
-            os.chmod(png_tmp, _file_mode())
-            os.replace(png_tmp, png)
-        finally:
-            Path(png_tmp).unlink(missing_ok=True)
         logger.info("calibration: T = %.4g, ECE %.4f -> %.4f on %d samples; reliability diagram %s",
                     calibration.temperature, calibration.ece_before, calibration.ece_after, calibration.n, png)  # fmt: skip
         report = dataclasses.replace(report, calibration=calibration)
