@@ -499,7 +499,12 @@ def load_bundle(
     check_onnxruntime_install()
     if provider is not None and providers is not None:
         raise ValueError("pass provider= or providers=, not both")
+    from cropmap.safeio import special_file_kind
+
     path = Path(path)
+    if (kind := special_file_kind(path)) is not None:
+        raise BundleError(f"model bundle {path} is {kind}, not a file; expected an .onnx file (it is not opened: "
+                          "reading a pipe would wait for a writer)")  # fmt: skip
     if not path.is_file():
         raise BundleError(f"model bundle {path} does not exist")
     opts = ort.SessionOptions()

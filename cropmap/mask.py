@@ -99,9 +99,14 @@ def load_polygons(
     import pyogrio  # deferred: keeps `import cropmap` light
     from pyogrio.errors import DataSourceError
 
+    from cropmap.safeio import special_file_kind
+
     path = Path(path)
     if not path.exists():
         raise MaskError(f"mask {path} does not exist; expected a polygon file such as a GeoPackage")
+    if (kind := special_file_kind(path)) is not None:
+        raise MaskError(f"mask {path} is {kind}, not a file; expected a polygon file such as a GeoPackage (it is "
+                        "not opened: reading a pipe would wait for a writer)")  # fmt: skip
     try:
         layers = pyogrio.list_layers(path)
     except DataSourceError as err:
@@ -225,8 +230,14 @@ def _repair(polys: Sequence[shapely.Geometry]) -> tuple[list[shapely.Geometry], 
 
 def _reproject(geoms: Sequence[shapely.Geometry], src: CRS, dst: CRS) -> list[shapely.Geometry]:
     from pyproj import Transformer
+    from pyproj.exceptions import ProjError
 
-    tf = Transformer.from_crs(src, dst, always_xy=True)
+    try:
+        tf = Transformer.from_crs(src, dst, always_xy=True)
+    except ProjError as err:
+        raise MaskError(f"the mask's CRS {src.to_string()[:80]} cannot be reprojected to the stack's CRS "
+                        f"{dst.to_string()[:80]} ({_first_line(err)}); expected CRSs tied to the Earth "
+                        "(geographic or projected)") from err  # fmt: skip
 
     def _tx(coords: np.ndarray) -> np.ndarray:
         x, y = tf.transform(coords[:, 0], coords[:, 1])

@@ -77,6 +77,11 @@ def read_manifest(path: str | Path) -> list[Region]:
     kind = _SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise ManifestError(f"manifest {path} has suffix {path.suffix!r}; expected .csv, .toml or .json")
+    from cropmap.safeio import special_file_kind
+
+    if (special := special_file_kind(path)) is not None:
+        raise ManifestError(f"manifest {path} is {special}, not a file; expected a .csv, .toml or .json file (it is "
+                            "not opened: reading a pipe would wait for a writer)")  # fmt: skip
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist; expected a .csv, .toml or .json file listing regions")
     try:
@@ -191,6 +196,10 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
             f"manifest {path} is empty; expected a header row 'name,stack,mask[,season]' and one row per region"
         )
     header = [h.strip() for h in reader.fieldnames]
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise ManifestError(f"manifest {path}, header: column {', '.join(map(repr, duplicated))} appears more than "
+                            f"once ({','.join(header)}); expected each column once")  # fmt: skip
     _check_keys(f"manifest {path}, header", header, what="column")
     rows = []
     for raw in reader:

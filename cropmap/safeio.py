@@ -729,6 +729,23 @@ def refuse_overlap(outputs: Iterable[Path], inputs: Mapping[Path, str], *,
                 )
 
 
+def special_file_kind(path: Path) -> str | None:
+    """What ``path`` is when it is neither a regular file nor a folder (a FIFO, a socket, a device), else ``None``.
+
+    Checked with ``stat`` before any reader opens an input: opening a FIFO for reading blocks until a
+    writer appears, so a FIFO given as a stack, mask, bundle or manifest would hang the run.
+    """
+    import stat as stat_mod
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    kinds = ((stat_mod.S_ISFIFO, "a FIFO (named pipe)"), (stat_mod.S_ISSOCK, "a socket"),
+             (stat_mod.S_ISCHR, "a character device"), (stat_mod.S_ISBLK, "a block device"))  # fmt: skip
+    return next((words for test, words in kinds if test(mode)), None)
+
+
 def mask_files(mask: Path) -> list[Path]:
     """The files a vector mask is read from (a Shapefile's sidecars included)."""
     files = [mask]

@@ -216,9 +216,14 @@ def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> S
         InputRasterError: If the stack is missing, not a GeoTIFF, truncated, has no
             discoverable dates or band names, no CRS, or files on different grids.
     """
+    from cropmap.safeio import special_file_kind
+
     path = Path(path)
     if not path.exists():
         raise InputRasterError(f"stack {path} does not exist; expected a GeoTIFF or a folder of per-date GeoTIFFs")
+    if (kind := special_file_kind(path)) is not None:
+        raise InputRasterError(f"stack {path} is {kind}, not a file; expected a GeoTIFF or a folder of per-date "
+                               "GeoTIFFs (it is not opened: reading a pipe would wait for a writer)")  # fmt: skip
     if path.is_dir():
         stack = _open_folder(path)
     elif path.suffix.lower() in STAC_SUFFIXES:
@@ -227,6 +232,7 @@ def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> S
         stack = open_stac_items(path)
     else:
         stack = _open_single(path)
+    _refuse_engineering_crs(path, stack.crs)
     scale = _resolve_scale(stack, reflectance_scale)
     stack = dataclasses.replace(stack, scale=scale)
     if not stack.has_nodata:
@@ -239,6 +245,23 @@ def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> S
         stack.height, stack.width, stack.crs.to_string(), round(scale.reflectance_scale, 6), scale.source,
     )  # fmt: skip
     return stack
+
+
+def _refuse_engineering_crs(path: Path, crs: CRS) -> None:
+    """Refuse a stack whose CRS is neither geographic nor projected (an engineering / LOCAL_CS one).
+
+    Such a CRS is not tied to the Earth: no mask can be reprojected onto it, and neither pixel areas
+    in hectares nor the lon/lat footprint of the STAC item can be computed.
+    """
+    if crs.is_geographic or crs.is_projected:
+        return
+    wkt = crs.to_wkt()
+    kind = "an engineering (LOCAL_CS) CRS" if wkt.startswith(("LOCAL_CS", "ENGCRS", "ENGINEERING")) else "a CRS"
+    raise InputRasterError(
+        f"stack {path} has {kind} that is neither geographic nor projected ({wkt[:80]}); it is not tied to the "
+        "Earth, so masks cannot be reprojected onto it and areas cannot be computed; expected a geographic or "
+        "projected CRS such as EPSG:32631 (assign the real one with gdal_edit.py -a_srs)"
+    )
 
 
 def _open_dataset(path: Path) -> rasterio.io.DatasetReader:
