@@ -86,9 +86,16 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ExportError(f"{path}:{lineno} is not valid JSON ({err.msg})") from err
+        required = ("task", "family", *METRICS.values())
+        missing = [k for k in required if k not in record] if isinstance(record, dict) else list(required)
+        if missing:
+            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ExportError(f"{path}:{lineno} lacks {', '.join(missing)} (found {found}); expected one record "
+                              "per run as python -m training.downstream writes it")  # fmt: skip
+        records.append(record)
     return records
 
 
