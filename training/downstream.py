@@ -936,7 +936,7 @@ def load_real_task(path: str | Path, cfg: DownstreamConfig, cache_dir: str | Pat
     from training.data.worldcereal import NODATA
 
     if cfg.labels is not None:
-        from training.data.extract import ExtractOptions, extract_cached
+        from training.data.extract import ExtractOptions, code_column, extract_cached
 
         opts = ExtractOptions(
             label_column=cfg.label_column, id_column=cfg.id_column, layer=cfg.layer, class_map=cfg.class_map,
@@ -946,7 +946,7 @@ def load_real_task(path: str | Path, cfg: DownstreamConfig, cache_dir: str | Pat
         with tempfile.TemporaryDirectory(prefix="cropmap-extract-") as tmp:
             table = extract_cached(path, cfg.labels, opts, cache_dir if cache_dir is not None else tmp)
             cfg = dataclasses.replace(cfg, class_map=None, top_classes=254 if cfg.class_map is not None else cfg.top_classes)
-            return load_real_task(table, dataclasses.replace(cfg, labels=None))
+            return load_real_task(table, dataclasses.replace(cfg, labels=None, label_column=code_column(cfg.label_column)))
     task = load_parcels(
         path, label_column=cfg.label_column, top_classes=cfg.top_classes, class_map=cfg.class_map, grid=cfg.grid,
         season_start=cfg.season_start, season=cfg.season, min_valid=cfg.min_valid, val_fraction=cfg.val_fraction,

@@ -67,6 +67,13 @@ PARCEL_COLUMN = "parcel_id"
 NAME_COLUMN = "class_name"
 """Column holding each sample's class name, written when the labels are names or a class map was given."""
 PIXEL_MODES = ("all", "mean")
+
+
+def code_column(label_column: str) -> str:
+    """The output column of the integer class codes: named like the polygons' label attribute, or ``label_code``
+    where that attribute is named like the names column (:data:`NAME_COLUMN`), whose name it would take."""
+    return "label_code" if label_column == NAME_COLUMN else label_column
+
 CACHE_VERSION = 1
 """Part of every cache key: bump it when the output of the same inputs and options changes."""
 
@@ -645,7 +652,7 @@ def extract(
     positions = np.array([(d - dates[0]).days for d in dates], dtype=np.int64)
     reader = _BlockReader(stack=st, geometries=parcels.geometries, obs=obs, bands=bands, cloud=cloud,
                           positions=positions, min_valid=options.min_valid)  # fmt: skip
-    writer = _Writer(out, dates, bands, options.label_column, parcels.names)
+    writer = _Writer(out, dates, bands, code_column(options.label_column), parcels.names)
     sink = _Sink(options, parcels, writer, summary, st.width)
     workers = options.workers or os.cpu_count() or 1
     summary.workers = workers
@@ -890,6 +897,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     print(summary.text())
+    print(f"train on it: python -m training.downstream --task real --data {args.out} "
+          f"--label-column {code_column(opts.label_column)} --out RUN_DIR")  # fmt: skip
     return 0
 
 
