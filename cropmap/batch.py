@@ -53,6 +53,12 @@ SUMMARY_NAME = "batch_summary.json"
 SETTING_FIELDS = ("confidence", "embedding", "embedding_dtype", "quicklook", "reflectance_scale", "min_valid_steps")
 """Options that change a region's output bytes; a resumed batch must use the same values."""
 
+WORKER_TIMEOUT_S = 600.0
+"""Default of ``--worker-timeout``: how long regions may wait with no dask worker connected before the batch ends."""
+PENDING_TIMEOUT_S = 3600.0
+"""Default of ``--pending-timeout``: how long every HPC worker job may stay queued before the batch ends."""
+_POLL_S = 2.0
+
 REGION_LOCK_WAIT_S = 3600.0
 """How long a region task waits for a live task of an earlier (dead) driver that still writes the same region."""
 
@@ -213,6 +219,8 @@ def classify_many(
     progress: BatchProgress | None = None,
     cluster: HPCCluster | None = None,
     dashboard: str | None = None,
+    worker_timeout: float = WORKER_TIMEOUT_S,
+    pending_timeout: float = PENDING_TIMEOUT_S,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Classify many regions with one bundle and one set of options, in parallel and resumably.
@@ -247,6 +255,10 @@ def classify_many(
             batch and stop them at the end; not with ``scheduler`` or ``workers``.
         dashboard: Address of the Dask dashboard of the cluster this batch starts (``":8787"``);
             default none (its scheduler's HTTP endpoint then listens on a free loopback port).
+        worker_timeout: Seconds the remaining regions may wait with no dask worker connected (every worker
+            job ended, the workers of ``scheduler`` gone) before the batch stops with an error; it resumes later.
+        pending_timeout: Seconds every worker job of ``cluster`` may stay queued before the batch stops with
+            an error giving the scheduler's reason (SLURM: ``squeue -o %r``).
         **kwargs: Fields of :class:`~cropmap.options.ClassifyOptions`.
 
     Returns:
@@ -269,6 +281,9 @@ def classify_many(
         raise ValueError("cluster starts its own workers; expected neither scheduler nor workers with it")
     if dashboard is not None and scheduler is not None:
         raise ValueError("dashboard applies to a cluster the batch starts; the cluster at scheduler has its own")
+    for name, value in (("worker_timeout", worker_timeout), ("pending_timeout", pending_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} is {value!r}; expected a positive number of seconds")
     region_list = read_manifest(regions) if isinstance(regions, (str, Path)) else as_regions(regions)
     model_path = _check_bundle(model, opts, provider=opts.provider if scheduler is None else "cpu")
     out = Path(out_dir).expanduser().resolve()
@@ -279,7 +294,8 @@ def classify_many(
     settings = {"model_sha256": state_io.sha256(model_path)} | {f: getattr(opts, f) for f in SETTING_FIELDS}
     with output_folder(out), RunLock(out / STATE_NAME, "batch folder"):
         remove_stale(out, {STATE_NAME, SUMMARY_NAME})
-        where = _Where(scheduler=scheduler, workers=workers, cluster=cluster, dashboard=dashboard)
+        where = _Where(scheduler=scheduler, workers=workers, cluster=cluster, dashboard=dashboard,
+                       worker_timeout=float(worker_timeout), pending_timeout=float(pending_timeout))
         return _classify_many_locked(region_list, out, model_path, settings, where, opts, progress, t_start)
 
 
@@ -316,6 +332,8 @@ class _Where:
     workers: int | None = None
     cluster: HPCCluster | None = None
     dashboard: str | None = None
+    worker_timeout: float = WORKER_TIMEOUT_S
+    pending_timeout: float = PENDING_TIMEOUT_S
 
 
 def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path, settings: dict[str, Any],
@@ -333,7 +351,7 @@ def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path
     if not todo:
         state_io.save(out, state)
     else:
-        with _cluster(where, len(todo)) as (client, executor, threads):
+        with _cluster(where, len(todo)) as (client, executor, threads, job_states):
             state_io.save(out, state)  # the regions to run are recorded as pending before any starts
             logger.info("classifying %d regions on %s", len(todo), executor)
             if progress is not None:
@@ -343,7 +361,7 @@ def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path
                     opts, season=_season(r, opts), threads=threads, overwrite=True))
                 for r in todo
             }  # fmt: skip
-            for done, (name, result) in enumerate(_run(client, jobs), start=1):
+            for done, (name, result) in enumerate(_run(client, jobs, where, job_states), start=1):
                 state["regions"][name].update(result)
                 state_io.save(out, state)
                 if result["status"] == "done":
@@ -439,13 +457,16 @@ def _plan(regions: list[Region], state: dict[str, Any], out: Path,
 
 
 @contextmanager
-def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int]]:
-    """Yield ``(client, description, threads per region)`` for a local, existing or HPC cluster."""
+def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int, Callable[[], list[JobState]] | None]]:
+    """Yield ``(client, description, threads per region, job states)`` for a local, existing or HPC cluster.
+
+    ``job states`` (HPC clusters only) lists the worker jobs with their state and the scheduler's reason.
+    """
     from distributed import Client
 
     if where.cluster is not None:
-        with _hpc_cluster(where.cluster, where.dashboard) as (client, description):
-            yield client, description, 1
+        with _hpc_cluster(where.cluster, where.dashboard) as (client, description, states):
+            yield client, description, 1, states
         return
     scheduler = where.scheduler
     if scheduler is not None:
@@ -461,7 +482,7 @@ def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int]]:
             if threads == 0:
                 logger.warning("the dask scheduler at %s has no workers yet; regions wait for workers", scheduler)
             description = f"dask.distributed at {scheduler} ({threads} worker threads, 1 thread per region)"
-            yield client, description, 1
+            yield client, description, 1, None
         finally:
             client.close()
         return
@@ -471,7 +492,7 @@ def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int]]:
     with local_cluster(n_proc, where.dashboard) as cluster, Client(cluster, set_as_default=False) as client:
         board = f", dashboard {cluster.dashboard_link}" if where.dashboard is not None else ""
         yield client, (f"dask LocalCluster at {cluster.scheduler_address} ({n_proc} worker processes, "
-                       f"{threads} threads per region{board})"), threads  # fmt: skip
+                       f"{threads} threads per region{board})"), threads, None  # fmt: skip
 
 
 LEAN_LOCAL_CLUSTER = {
@@ -513,16 +534,24 @@ def _dashboard_options(dashboard: str | None) -> dict[str, Any]:
 
 
 @contextmanager
-def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any, str]]:
-    """Start a dask-jobqueue cluster of ``spec.jobs`` jobs, yield ``(client, description)``, then stop it.
+def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any, str, Callable[[], list[JobState]]]]:
+    """Start a dask-jobqueue cluster of ``spec.jobs`` jobs, yield ``(client, description, job states)``, then stop it.
+
+    Stopping it cancels the jobs (``scancel`` ...), also on Ctrl-C, SIGTERM or an error.
 
     Raises:
-        CropmapError: If dask-jobqueue is not installed, its settings are incomplete, or the
-            scheduler's submit command fails (its message is kept).
+        CropmapError: If dask-jobqueue is not installed, the scheduler's commands are not on ``PATH``, its
+            settings are incomplete, or the scheduler's submit command fails (its message is kept).
     """
+    import shutil
+    import signal
+    import threading
+
     import dask
     from distributed import Client
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         import dask_jobqueue
     except ImportError as err:
@@ -530,7 +559,20 @@ def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any,
             f"--cluster {spec.kind} needs dask-jobqueue, which is not installed here; expected it installed "
             "(pip install 'cropmap[hpc]')"
         ) from err
+    finally:
+        # Importing dask-jobqueue installs a SIGINT handler that calls sys.exit() (exit status 0 with regions
+        # still pending); Ctrl-C must stay a KeyboardInterrupt: clean-up, jobs cancelled, exit 130.
+        if main_thread and signal.getsignal(signal.SIGINT) is not sigint:
+            signal.signal(signal.SIGINT, sigint if callable(sigint) else signal.default_int_handler)
     cls = getattr(dask_jobqueue, CLUSTER_KINDS[spec.kind])
+    commands = [str(c).split()[0] for c in (cls.job_cls.submit_command, cls.job_cls.cancel_command) if c]
+    missing = [c for c in commands if shutil.which(c) is None]
+    if missing:
+        raise CropmapError(
+            f"--cluster {spec.kind}: the job scheduler's command {', '.join(missing)} is not on PATH; expected "
+            f"{spec.kind.upper()}'s commands ({', '.join(commands)}) on this machine (run the batch where jobs can "
+            "be submitted, e.g. on a login node)"
+        )
     config = f"jobqueue.{spec.kind}"
     sched_opts = dict(dask.config.get(f"{config}.scheduler-options", default=None) or {})
     if dashboard is not None:
@@ -562,9 +604,48 @@ def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any,
                            f"{cluster.scheduler_address}; 1 thread per region)")  # fmt: skip
             logger.info("submitted %d %s jobs; regions start as their workers join", spec.jobs, spec.kind)
             logger.debug("job script:\n%s", cluster.job_script())
-            yield client, description
+            yield client, description, lambda: _job_states(spec.kind, cluster)
     finally:
         cluster.close()
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A worker job of an HPC cluster as its scheduler reports it."""
+
+    job_id: str
+    state: str
+    """``PENDING``, ``RUNNING``, ... or ``GONE`` (no longer listed), ``UNKNOWN`` (no answer)."""
+    reason: str = ""
+    """The scheduler's reason (SLURM: ``squeue -o %r``, e.g. ``Resources``, ``Priority``, ``BeginTime``)."""
+
+
+def _job_states(kind: str, cluster: Any) -> list[JobState]:
+    """The state of each submitted job; SLURM's reason through ``squeue -h -j ID -o %T|%r``."""
+    import subprocess
+
+    ids = [str(j.job_id) for j in list(cluster.workers.values()) if getattr(j, "job_id", None)]
+    if kind != "slurm":
+        return [JobState(i, "UNKNOWN") for i in ids]
+    states = []
+    for job_id in ids:
+        try:
+            proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True,
+                                  timeout=30, check=False)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            states.append(JobState(job_id, "UNKNOWN"))
+            continue
+        lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+        fields = next((ln.split("|", 1) for ln in lines if "|" in ln), None)
+        if fields is not None:
+            states.append(JobState(job_id, fields[0].upper(), fields[1]))
+        elif (proc.returncode == 0 and not lines) or "Invalid job id" in proc.stderr:
+            states.append(JobState(job_id, "GONE"))
+        else:
+            words = " ".join(lines).upper()
+            state = next((w for w in ("PENDING", "RUNNING", "COMPLETING") if w in words), "UNKNOWN")
+            states.append(JobState(job_id, state))
+    return states
 
 
 def _forget_unsubmitted(cluster: Any) -> None:
@@ -580,26 +661,106 @@ def _forget_unsubmitted(cluster: Any) -> None:
         cluster._created.discard(job)
 
 
-def _run(client: Any, jobs: dict[str, RegionJob]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Submit every job and yield ``(name, result)`` as regions finish."""
-    from distributed import KilledWorker, as_completed
+def _run(client: Any, jobs: dict[str, RegionJob], where: _Where | None = None,
+         job_states: Callable[[], list[JobState]] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """Submit every job and yield ``(name, result)`` as regions finish.
 
+    Between results the cluster is watched: no worker connected for ``where.worker_timeout`` s, every
+    HPC job queued for ``where.pending_timeout`` s, or the scheduler lost ends the batch with one line
+    (:class:`~cropmap.errors.CropmapError`; the finished regions are recorded, a rerun resumes).
+    """
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker, wait
+
+    where = where or _Where()
     with client.as_current():
         futures = {
             client.submit(run_region, job, key=f"cropmap-region-{name}-{os.urandom(4).hex()}", pure=False): name
             for name, job in jobs.items()
         }
-        for fut in as_completed(futures):
-            name = futures[fut]
+        pending = set(futures)
+        idle_since: float | None = None
+        while pending:
             try:
-                result = fut.result()
-            except KilledWorker as err:
-                result = {
-                    "status": "failed", "seconds": None, "error_type": "KilledWorker",
-                    "error": f"the dask worker died while classifying this region ({err}); out of memory?",
-                }  # fmt: skip
-            fut.release()
-            yield name, result
+                done, pending = wait(pending, timeout=_POLL_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            except (CancelledError, OSError) as err:  # FuturesCancelledError: "scheduler-connection-lost"
+                raise _lost_scheduler(client, err) from err
+            for fut in done:
+                name = futures[fut]
+                try:
+                    result = fut.result()
+                except KilledWorker as err:
+                    result = {
+                        "status": "failed", "seconds": None, "error_type": "KilledWorker",
+                        "error": f"the dask worker died while classifying this region ({err}); out of memory?",
+                    }  # fmt: skip
+                except (CancelledError, OSError) as err:  # the client lost the scheduler: its futures are cancelled
+                    raise _lost_scheduler(client, err) from err
+                fut.release()
+                yield name, result
+            if not pending or done:
+                idle_since = None
+                continue
+            n_workers = _count_workers(client)
+            now = time.monotonic()
+            if n_workers:
+                idle_since = None
+                continue
+            idle_since = now if idle_since is None else idle_since
+            _check_idle(now - idle_since, len(pending), where, job_states)
+
+
+def _count_workers(client: Any) -> int:
+    """Workers connected to the scheduler now (asked of the scheduler, at most 30 s)."""
+    try:
+        return len(client.nthreads(callback_timeout=30))
+    except (OSError, TimeoutError) as err:
+        raise _lost_scheduler(client, err) from err
+
+
+def _lost_scheduler(client: Any, err: BaseException) -> CropmapError:
+    address = getattr(getattr(client, "scheduler", None), "address", None) or "of the batch"
+    return CropmapError(
+        f"lost the dask scheduler {address} ({type(err).__name__}: {' '.join(str(err).split()) or 'no answer'}); "
+        "expected it to run until the batch ends; the regions finished so far are recorded, rerun the same "
+        "command to resume"
+    )
+
+
+def _check_idle(waited: float, n_pending: int, where: _Where,
+                job_states: Callable[[], list[JobState]] | None) -> None:  # fmt: skip
+    """End a batch whose regions have waited too long without a worker (see :func:`_run`)."""
+    states = job_states() if job_states is not None else []
+    queued = [s for s in states if s.state in ("PENDING", "CONFIGURING")]
+    kind = where.cluster.kind if where.cluster is not None else ""
+    if queued:
+        if waited < where.pending_timeout:
+            return
+        why = "; ".join(f"job {s.job_id}: {s.reason or 'no reason given'}" for s in queued)
+        raise CropmapError(
+            f"--cluster {kind}: every worker job has been queued for {waited:.0f} s (--pending-timeout "
+            f"{where.pending_timeout:g}) and none started; {kind.upper()}'s reason: {why}; expected the jobs to "
+            "start (ask for fewer cores, less memory or a shorter walltime, another --queue, or a longer "
+            "--pending-timeout); the jobs are cancelled, the regions finished so far are recorded, rerun the same "
+            "command to resume"
+        )
+    if waited < where.worker_timeout:
+        return
+    if states:
+        jobs = ", ".join(f"{s.job_id} ({s.state.lower()})" for s in states)
+        detail = f"; worker jobs {jobs}: they ended (cancelled, out of walltime or failed; see their job logs)"
+    elif where.scheduler is not None:
+        detail = f"; the cluster at {where.scheduler} has no workers"
+    else:
+        detail = ""
+    raise CropmapError(
+        f"no dask worker has been connected for {waited:.0f} s (--worker-timeout {where.worker_timeout:g}) while "
+        f"{n_pending} regions wait{detail}; expected workers to run the regions; the regions finished so far are "
+        "recorded, rerun the same command to resume"
+    )
 
 
 def _summary(regions: list[Region], state: dict[str, Any], skipped: set[str], out: Path, model: Path,

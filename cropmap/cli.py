@@ -119,6 +119,14 @@ def _hpc_options(f: Any) -> Any:
     """``--cluster`` and the job settings of an HPC cluster (dask-jobqueue), and ``--dashboard``."""
     from cropmap.batch import CLUSTER_KINDS
 
+    f = click.option("--pending-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     metavar="SECONDS",
+                     help="With --cluster: end the batch (resumable) when every worker job has been queued this long, "
+                          "naming the scheduler's reason (default 3600).")(f)  # fmt: skip
+    f = click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     metavar="SECONDS",
+                     help="End the batch (resumable) when regions have waited this long with no dask worker connected, "
+                          "e.g. after every worker job ended (default 600).")(f)  # fmt: skip
     f = click.option("--dashboard", default=None, metavar="ADDRESS",
                      help="Serve the Dask dashboard of the cluster the batch starts at ADDRESS, e.g. :8787 "
                           "(default: no dashboard).")(f)  # fmt: skip
@@ -404,7 +412,8 @@ def batch(
     regions: Path | None, stacks: tuple[Path, ...], masks: tuple[Path, ...], out_dir: Path, model: Path | None,
     scheduler: str | None, workers: int | None, cluster: str | None, queue: str | None, account: str | None,
     cores: int | None, memory: str | None, walltime: str | None, jobs: int, job_extra: tuple[str, ...],
-    dashboard: str | None, no_quicklook: bool, verbose: int, quiet: int, **option_values: Any,
+    dashboard: str | None, worker_timeout: float | None, pending_timeout: float | None, no_quicklook: bool,
+    verbose: int, quiet: int, **option_values: Any,
 ) -> None:
     """Classify many regions in parallel, resumably.
 
@@ -426,6 +435,9 @@ def batch(
                                  param_hint="--dashboard")  # fmt: skip
     hpc = _hpc_cluster(cluster, scheduler, workers, dashboard, queue=queue, account=account, cores=cores,
                        memory=memory, walltime=walltime, jobs=jobs, job_extra=job_extra)  # fmt: skip
+    if pending_timeout is not None and cluster is None:
+        raise click.BadParameter("applies to an HPC cluster only; expected --cluster with it",
+                                 param_hint="--pending-timeout")  # fmt: skip
     try:
         options = ClassifyOptions(quicklook=not no_quicklook, scheduler=scheduler, workers=workers, **option_values)
     except ValueError as err:
@@ -433,7 +445,13 @@ def batch(
         raise click.BadParameter(str(err), param_hint=f"--{field.replace('_', '-')}") from err
     options = dataclasses.replace(options, scheduler=None, workers=None)
 
-    from cropmap.batch import classify_many, format_report
+    import distributed  # noqa: F401 - configures its loggers on import; quieted below
+
+    from cropmap.batch import PENDING_TIMEOUT_S, WORKER_TIMEOUT_S, classify_many, format_report
+
+    if verbose == 0:
+        # The dask client logs a lost scheduler with tracebacks; the batch reports it in one line itself.
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     from cropmap.regions import regions_from_pairs
 
     bar: Any = None
@@ -453,7 +471,10 @@ def batch(
             region_list = regions if regions is not None else regions_from_pairs(stacks, masks)
             summary = classify_many(region_list, out_dir=out_dir, model=model, scheduler=scheduler,
                                     workers=workers, options=options, progress=progress, cluster=hpc,
-                                    dashboard=dashboard)  # fmt: skip
+                                    dashboard=dashboard,
+                                    worker_timeout=worker_timeout if worker_timeout is not None else WORKER_TIMEOUT_S,
+                                    pending_timeout=pending_timeout if pending_timeout is not None
+                                    else PENDING_TIMEOUT_S)  # fmt: skip
     except (CropmapError, OSError, KeyboardInterrupt) as err:
         _fail(err, "the regions finished so far are recorded; rerun the same command to resume")
     finally:
