@@ -50,7 +50,15 @@ import torch
 from torch import nn
 
 from cropmap.bundle import METADATA_KEY, PRECISIONS, BundleMetadata, load_bundle
-from cropmap.safeio import io_step, journal_path, output_folder, owned_path, recover_commit, replace_all
+from cropmap.safeio import (
+    io_step,
+    journal_path,
+    output_folder,
+    owned_path,
+    recover_commit,
+    remove_stale,
+    replace_all,
+)
 from exporters.parity import ParityReport, check_parity
 from training.checkpoint import validate_norm_stats
 from training.classifier import CLASSIFIER_KIND, Classifier, load_classifier, save_classifier
@@ -391,6 +399,7 @@ def export_bundle(
     with output_folder(out.parent):
         journal = journal_path(out)
         recover_commit(journal)
+        remove_stale(out.parent, {out.name, png.name, journal.name})  # temporaries of a killed export (dead PID)
         tmp = owned_path(out, "tmp", ".onnx")
         final_tmp = tmp
         png_tmp: Path | None = None

@@ -143,3 +143,21 @@ def test_export_killed_during_commit_leaves_old_or_new_set(step: int, ckpt: Path
     res = _export(str(ckpt), "-o", str(out), "--overwrite")
     assert res.returncode == 0, res.stderr
     assert sorted(os.listdir(out.parent)) == ["m.onnx", "m.reliability.png"]
+
+
+def test_sigkilled_export_leaves_temporaries_the_next_export_removes(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o" / "m.onnx"
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "exporters", str(ckpt), "-o", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(".cropmap-" in p.name for p in out.parent.iterdir()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not out.exists() and any(".cropmap-" in p.name for p in out.parent.iterdir())
+    res = _export(str(ckpt), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert sorted(os.listdir(out.parent)) == ["m.onnx", "m.reliability.png"]
