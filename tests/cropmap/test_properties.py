@@ -26,7 +26,7 @@ import pytest
 import rasterio
 import shapely
 from click.testing import CliRunner
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS as RioCRS
 from rasterio.transform import from_origin
@@ -121,6 +121,16 @@ def _write_case(d: Path, c: dict[str, Any]) -> tuple[Path, Path | None]:
     return stack, write_polygons(d / "mask.gpkg", [poly], mask_crs)
 
 
+_KINDS = (("engineering (LOCAL_CS) CRS", "stack in an engineering CRS"), ("no pixel was classified", "no pixel classified"),
+          ("no polygon of", "mask outside the stack"), ("cover", "too little of the season"),
+          ("reflectance", "values not reflectance in the declared scale"), ("valid observations", "too few dates"))
+
+
+def _kind(text: str) -> str:
+    """The class of a refusal, for the outcome statistics (``--hypothesis-show-statistics``)."""
+    return next((k for words, k in _KINDS if words in text), " ".join(text.split()[1:6]))
+
+
 def _hash(paths: list[Path]) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
@@ -136,8 +146,7 @@ def _check(c: dict[str, Any]) -> None:
                 "--model", str(_bundle()), "-o", str(out), "-q", "--cloud-band", "none", *c["options"]]  # fmt: skip
         res = CliRunner().invoke(main, args)
         text = res.output
-        event(f"exit {res.exit_code}" + (f": {' '.join(w for w in text.split()[1:4] if '/' not in w)}"
-                                          if res.exit_code else ""))
+        event(f"exit {res.exit_code}" + (f": {_kind(text)}" if res.exit_code else ""))
         assert "Traceback" not in text, (c, text)
         assert res.exit_code in (0, 1), (c, res.exit_code, text, res.exception)
         assert res.exception is None or isinstance(res.exception, SystemExit), (c, repr(res.exception))
@@ -161,14 +170,23 @@ def _check(c: dict[str, Any]) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+_TYPICAL = {'height': 13, 'width': 7, 'dtype': "uint16", 'crs': "EPSG:32631", 'bands': ("B03", "B02", "B04"), 'dates': list(DATES),
+                'nodata': 0, 'scale': "dn", 'cloudy': 0.1, 'seed': 1, 'mask': "box", 'box': ((0.1, 0.9), (0.2, 0.8)), 'options': []}  # fmt: skip
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(cases())
+@example(_TYPICAL)
+@example(_TYPICAL | {"crs": "EPSG:4326", "dtype": "float32", "scale": "reflectance", "mask": "lonlat",
+                     "options": ["--embedding", "--probabilities"]})  # fmt: skip
+@example(_TYPICAL | {"height": 1, "width": 1, "dtype": "int16", "nodata": -9999, "mask": "whole",
+                     "options": ["--confidence", "--uncertainty=entropy"]})  # fmt: skip
 def test_classify_invariants(case: dict[str, Any]) -> None:
     _check(case)
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(cases())
 def test_classify_invariants_many(case: dict[str, Any]) -> None:
     _check(case)
