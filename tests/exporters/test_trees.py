@@ -154,3 +154,38 @@ def test_downstream_records_trees_and_best_chooses_on_the_selection_split(tmp_pa
     assert meta.provenance.metrics["test_accuracy"] == pytest.approx(choice.record["val_accuracy"])
     # validation ranking is still there when asked for
     assert select_best(run, split="validation").split == "validation"
+
+
+def _records(run: Path, rows: list[dict]) -> None:
+    (run / "models").mkdir(parents=True)
+    lines = []
+    for i, row in enumerate(rows):
+        model = f"models/m{i}.pt"
+        (run / model).write_bytes(b"")
+        lines.append(json.dumps({"task": "real", "variant": -1, "method": "supervised", "corruption": None,
+                                 "n_val": 30, "model": model, **row}))  # fmt: skip
+    (run / "results.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_best_ranks_on_the_selection_split_and_says_when_it_cannot(tmp_path: Path) -> None:
+    from exporters.to_onnx import ExportError
+
+    run = tmp_path / "run"
+    _records(run, [
+        {"family": "lstm", "val_accuracy": 0.9, "macro_f1": 0.9, "select_accuracy": 0.5, "select_macro_f1": 0.5},
+        {"family": "boosting", "val_accuracy": 0.6, "macro_f1": 0.6, "select_accuracy": 0.7, "select_macro_f1": 0.7},
+    ])  # fmt: skip
+    choice = select_best(run)  # the best test score is never what picks
+    assert choice.split == "selection" and choice.record["family"] == "boosting" and choice.value == 0.7
+    assert (
+        "by selection macro_f1 = 0.7000" in choice.describe()
+        and "untouched test split (30 samples)" in choice.describe()
+    )
+    assert select_best(run, split="validation").record["family"] == "lstm"
+    old = tmp_path / "old"
+    _records(old, [{"family": "lstm", "val_accuracy": 0.9, "macro_f1": 0.9}])
+    assert select_best(old).split == "validation"  # auto: a folder trained without a selection split
+    with pytest.raises(
+        ExportError, match=r"runs of \['lstm'\] .* were not scored on a model-selection split"
+    ):
+        select_best(old, split="selection")
