@@ -220,6 +220,10 @@ class TaskData:
     """Codes and colours of the classes (``None``: codes 1..K, a generated palette)."""
     time_grid: TimeGrid | None = None
     """The grid the series lie on (needed to save deployable models)."""
+    groups_train: np.ndarray | None = None
+    """Parcel of each training sample where parcels have several samples (pixels): splits carved out of the
+    training samples (model selection, best epoch, tuning folds) keep each parcel on one side. ``None``: one
+    sample per parcel."""
     nodata: float | None = None
     """Nodata value of the source (informative, recorded in bundles)."""
     description: str = ""
@@ -234,6 +238,8 @@ class TaskData:
                 raise ValueError(f"{name} must be (N, T, {len(self.bands)}) for bands {self.bands}, got {arr.shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name} holds non-finite values; fill gaps before the downstream task")
+        if self.groups_train is not None and len(self.groups_train) != len(self.x_train):
+            raise ValueError(f"groups_train has {len(self.groups_train)} entries for {len(self.x_train)} training series")
         if self.x_train.shape[1] != self.x_val.shape[1]:
             raise ValueError(f"train has {self.x_train.shape[1]} stamps but val has {self.x_val.shape[1]}")
         k = len(self.class_names)
@@ -724,7 +730,10 @@ def run_comparison(
             sel_in = sel_t if run_front is not None else encode(front, sel_t, device=cfg.device)
         # The selection split (best epoch) is carved out of the training samples, never the validation ones.
         if recipe.selection_fraction > 0:
-            fit_idx, sel_idx = (torch.from_numpy(i) for i in selection_split(data.y_train, recipe.selection_fraction, cfg.seed))
+            fit_idx, sel_idx = (
+                torch.from_numpy(i)
+                for i in selection_split(data.y_train, recipe.selection_fraction, cfg.seed, groups=data.groups_train)
+            )
             fit_x, fit_y, sel_x, sel_y = feats_train[fit_idx], y_train[fit_idx], feats_train[sel_idx], y_train[sel_idx]
         else:
             fit_x, fit_y, sel_x, sel_y = feats_train, y_train, None, None
@@ -956,6 +965,7 @@ def load_real_task(path: str | Path, cfg: DownstreamConfig, cache_dir: str | Pat
         x_train=task.x_train, y_train=task.y_train, x_val=task.x_val, y_val=task.y_val,
         class_names=tuple(c.name for c in task.classes), bands=task.bands, classes=task.classes,
         time_grid=task.time_grid, nodata=float(NODATA), description=task.description,
+        groups_train=task.groups_train,
     )  # fmt: skip
 
 

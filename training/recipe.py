@@ -201,19 +201,32 @@ def correct_prior(model: torch.nn.Module, y_train: np.ndarray | torch.Tensor, st
         head.bias += strength * log_prior(y_train, head.out_features).to(head.bias.device)
 
 
-def selection_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def selection_split(
+    y: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified (fit, selection) indices of the training samples.
 
-    Every class keeps at least one fitting sample; a class with a single sample gives none to selection.
+    Every class keeps at least one fitting sample; a class with a single sample gives none to selection. With
+    ``groups`` (the parcel of each sample, where a parcel has several samples: its pixels) whole parcels go to one
+    side, ``fraction`` of each class's parcels to selection: neighbouring pixels of a field are near-duplicates, and
+    a selection score on pixels of fields the model was fitted on would be optimistic.
     """
     rng = np.random.default_rng(seed)
     fit, sel = [], []
     for k in np.unique(y):
         idx = np.flatnonzero(y == k)
-        rng.shuffle(idx)
-        n_sel = min(len(idx) - 1, round(fraction * len(idx)))
-        sel.append(idx[:n_sel])
-        fit.append(idx[n_sel:])
+        if groups is None:
+            rng.shuffle(idx)
+            n_sel = min(len(idx) - 1, round(fraction * len(idx)))
+            sel.append(idx[:n_sel])
+            fit.append(idx[n_sel:])
+            continue
+        units = np.unique(groups[idx])
+        rng.shuffle(units)
+        chosen = units[: min(len(units) - 1, round(fraction * len(units)))]
+        to_sel = np.isin(groups[idx], chosen)
+        sel.append(idx[to_sel])
+        fit.append(idx[~to_sel])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(sel))
 
 

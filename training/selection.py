@@ -63,15 +63,19 @@ def carve_selection(
 
     if fraction <= 0:
         return data, None, None
-    fit, sel = selection_split(np.asarray(data.y_train), fraction, seed)
+    groups = getattr(data, "groups_train", None)
+    fit, sel = selection_split(np.asarray(data.y_train), fraction, seed, groups=groups)
     if not len(sel):
         raise ValueError(f"selection_holdout {fraction:g} of {len(data.y_train)} training samples selects none; "
                          "raise it or set it to 0")  # fmt: skip
     x_sel, y_sel = data.x_train[sel], data.y_train[sel]
     fitted = dataclasses.replace(data, x_train=data.x_train[fit], y_train=data.y_train[fit])
+    if groups is not None:
+        fitted = dataclasses.replace(fitted, groups_train=groups[fit])
     logger.info(
-        "model-selection split: %d of %d training samples (%.0f %%, stratified, seed %d) set aside to pick and calibrate "
-        "models; %d train, %d untouched test samples", len(sel), len(data.y_train), 100 * fraction, seed, len(fit),
+        "model-selection split: %d of %d training samples (%.0f %%, stratified%s, seed %d) set aside to pick and calibrate "
+        "models; %d train, %d untouched test samples", len(sel), len(data.y_train), 100 * fraction,
+        "" if groups is None else " by parcel", seed, len(fit),
         len(data.y_val),
     )  # fmt: skip
     return fitted, x_sel, y_sel

@@ -199,6 +199,7 @@ def tune_tree(
     trials: int,
     budget_s: float,
     folds: int = 3,
+    groups: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Optuna search of ``family``'s hyper-parameters by ``folds``-fold CV macro F1 on the training samples.
 
@@ -218,7 +219,17 @@ def tune_tree(
             "seconds": 0.0,
             "note": "untuned: too few samples per class",
         }
-    splits = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(features, y))
+    if groups is None:
+        splits = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(features, y))
+    else:  # pixels of one parcel in one fold: neighbouring pixels would leak between folds
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        per_class = min(len(np.unique(groups[y == k])) for k in np.unique(y))
+        n_folds = min(n_folds, per_class)
+        if n_folds < 2:
+            return {}, {"trials": 0, "cv_macro_f1": None, "seconds": 0.0, "note": "untuned: too few parcels per class"}
+        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+        splits = list(splitter.split(features, y, groups))
 
     def objective(trial: Any) -> float:
         hp = _suggest(trial, SPACES[family])
@@ -452,7 +463,8 @@ def run_trees(
         seed = run_seed(cfg.seed, cfg.task, family, 0, "supervised", None)
         t_run = time.perf_counter()
         hp, tuning = tune_tree(
-            family, f_train, data.y_train, seed=seed, trials=cfg.tree_trials, budget_s=cfg.tree_budget_s
+            family, f_train, data.y_train, seed=seed, trials=cfg.tree_trials, budget_s=cfg.tree_budget_s,
+            groups=getattr(data, "groups_train", None),
         )
         est = fit_tree(family, f_train, data.y_train, hp, seed=seed)
         res = score(data.y_val, predict_proba(est, f_val, k).argmax(1), k)

@@ -202,7 +202,7 @@ def run_study(
     elif made_for != family:
         raise ValueError(f"study {study_name!r} in {storage} tunes {made_for}, not {family}; use another --study")
 
-    fit, sel = selection_split(np.asarray(data.y_train), SELECTION_FRACTION, cfg.seed)
+    fit, sel = selection_split(np.asarray(data.y_train), SELECTION_FRACTION, cfg.seed, groups=data.groups_train)
     stats = compute_norm_stats(np.asarray(data.x_train)[fit])
     front = Normalize(stats["mean"], stats["std"])
     x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))

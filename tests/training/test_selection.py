@@ -69,3 +69,19 @@ def test_classes_with_too_few_parcels_are_left_out_with_a_count(caplog: pytest.L
     )  # the function's default keeps all
     with pytest.raises(ValueError, match="fewer than 2 classes have 50 usable parcels"):
         load_parcels(FLANDERS, top_classes=6, season=2020, min_class_parcels=50)
+
+
+def test_splits_of_the_training_samples_keep_each_parcel_on_one_side() -> None:
+    import numpy as np
+
+    from training.recipe import selection_split
+
+    rng = np.random.default_rng(0)
+    parcels = np.repeat(np.arange(30), rng.integers(3, 40, 30))  # pixels of 30 parcels
+    y = parcels % 3
+    for seed in range(5):
+        fit, sel = selection_split(y, 0.25, seed, groups=parcels)
+        assert not set(parcels[fit]) & set(parcels[sel]) and len(fit) + len(sel) == len(y)
+        assert [len(set(parcels[sel][y[sel] == k])) for k in range(3)] == [round(0.25 * 10)] * 3
+    fit, sel = selection_split(y, 0.25, 0)  # without groups: by sample
+    assert set(parcels[fit]) & set(parcels[sel])

@@ -59,6 +59,8 @@ class ParcelTask:
     ids_val: np.ndarray
     description: str
     """One line: file, parcels, classes, grid, split (the bundle's ``training_data``)."""
+    groups_train: np.ndarray | None = None
+    """Parcel of each training sample where a parcel has several (pixels); ``None``: one sample per parcel."""
 
 
 def time_grid(grid: str, season_start: str, season: int) -> TimeGrid:
@@ -358,4 +360,5 @@ def load_parcels(
     return ParcelTask(
         x_train=x[tr], y_train=y[tr], x_val=x[va], y_val=y[va], classes=tuple(classes), bands=tuple(gridded.bands),
         time_grid=tg, season=season, min_valid=min_valid, ids_train=ids[tr], ids_val=ids[va], description=desc,
+        groups_train=None if series.parcel_ids is None else groups[tr],
     )  # fmt: skip
