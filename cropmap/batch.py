@@ -765,6 +765,8 @@ def _check_idle(waited: float, n_pending: int, where: _Where,
 
 def _summary(regions: list[Region], state: dict[str, Any], skipped: set[str], out: Path, model: Path,
              opts: ClassifyOptions, executor: str, wall_s: float, version: str) -> dict[str, Any]:  # fmt: skip
+    from cropmap.models import SAMPLE_NOTE, is_sample_bundle
+
     rows = []
     area: dict[str, float] = {}
     ran_in_mask = 0
@@ -794,6 +796,7 @@ def _summary(regions: list[Region], state: dict[str, Any], skipped: set[str], ou
         "out_dir": str(out),
         "state": str(out / STATE_NAME),
         "model": str(model),
+        **({"model_note": SAMPLE_NOTE} if is_sample_bundle(model) else {}),
         "executor": executor,
         "options": dataclasses.asdict(opts),
         "regions": rows,

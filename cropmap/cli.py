@@ -50,6 +50,13 @@ def _configure_logging(verbose: int, quiet: int) -> None:
     root.propagate = False
 
 
+def _default_model_line(path: str) -> str:
+    """The console line of a run given no ``--model``: which bundle ran, and that it is the Flanders sample."""
+    from cropmap.models import SAMPLE_NOTE
+
+    return f"model:      {path}  (no --model given: {SAMPLE_NOTE}; pass --model BUNDLE for your own)"
+
+
 def _parse_classes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -245,6 +252,8 @@ def classify(
         if bar is not None:
             bar.close()
     px, outputs = summary["pixels"], summary["outputs"]
+    if model is None:
+        click.echo(_default_model_line(summary["inputs"]["model"]))
     if whole_stack:
         click.echo("whole stack: no cropland mask, every pixel with enough valid observations was classified")
     click.echo(
@@ -482,6 +491,8 @@ def batch(
             bar.close()
     for line in format_report(summary):
         click.echo(line)
+    if model is None:
+        click.echo(_default_model_line(summary["model"]))
     click.echo(f"summary:    {Path(summary['out_dir']) / 'batch_summary.json'}")
     failed = summary["totals"]["failed"]
     if failed:

@@ -518,6 +518,8 @@ def _summary(
     total_s: float,
     version: str,
 ) -> dict[str, Any]:
+    from cropmap.models import SAMPLE_NOTE, is_sample_bundle
+
     st, meta = plan.stack, plan.meta
     total = st.height * st.width
     classes = [
@@ -544,6 +546,7 @@ def _summary(
             **({"whole_stack": "no cropland mask: every pixel of the stack with enough valid observations was "
                 "classified"} if plan.whole_stack else {}),
             "model": str(_absolute(plan.bundle_path)),
+            **({"model_note": SAMPLE_NOTE} if is_sample_bundle(plan.bundle_path) else {}),
         },
         "outputs": {k: (str(v) if v is not None else None) for k, v in dataclasses.asdict(paths).items()
                     if v is not None or k not in ("parcels", "parcels_qml")},  # fmt: skip

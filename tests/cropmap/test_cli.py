@@ -40,6 +40,11 @@ def test_cli_classify_writes_outputs(runner: CliRunner, stack_desc: Path, polygo
     assert names == ["map.qml", "map.tif", "map.tif.aux.xml", "map_confidence.tif", "map_embedding.tif",
                      "map_quicklook.png", "map_stac.json", "map_summary.json"]  # fmt: skip
     assert f"map:        {out}" in res.output and "summary:" in res.output and "quick-look:" in res.output
+    # A bundle given with --model is no silent default: no "model:" line, no sample note in the summary.
+    assert "model:" not in res.output and "sample" not in res.output
+    import json
+
+    assert "model_note" not in json.loads((outdir / "map_summary.json").read_text())["inputs"]
     with rasterio.open(out) as ds:
         assert ds.crs.to_string() == CRS and ds.transform == TRANSFORM
         assert (ds.height, ds.width) == (HEIGHT, WIDTH) and ds.nodata == 0 and ds.dtypes[0] == "uint8"

@@ -15,7 +15,7 @@ import rasterio
 from click.testing import CliRunner
 
 from cropmap.cli import main
-from cropmap.models import DEFAULT_BUNDLE
+from cropmap.models import DEFAULT_BUNDLE, SAMPLE_NOTE
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "sample_data" / "belgium_2021" / "s2_stack.tif"
@@ -53,6 +53,11 @@ def test_readme_first_command(runner: CliRunner, outdir: Path, monkeypatch: pyte
     assert res.exit_code == 0, res.output
     assert f"map:        {out}" in res.output
     assert f"quick-look: {outdir / 'belgium_2021_quicklook.png'}" in res.output
+    # The command passes no --model: the console says which bundle ran and that it is the Flanders sample.
+    model_lines = [line for line in res.output.splitlines() if line.startswith("model:")]
+    assert model_lines == [f"model:      {DEFAULT_BUNDLE.resolve()}  (no --model given: {SAMPLE_NOTE}; pass --model "
+                           "BUNDLE for your own)"], res.output  # fmt: skip
+    assert "Flanders sample bundle" in model_lines[0]
     import json
 
     summary = json.loads((outdir / "belgium_2021_summary.json").read_text())
@@ -71,6 +76,7 @@ def test_readme_first_command(runner: CliRunner, outdir: Path, monkeypatch: pyte
     arable = sum(c["pixels"] for c in summary["classes"] if c["name"] in ARABLE)
     assert arable / px["classified"] >= 0.6, summary["classes"]
     assert summary["inputs"]["model"] == str(DEFAULT_BUNDLE.resolve())
+    assert summary["inputs"]["model_note"] == SAMPLE_NOTE
     assert len(np.unique(classes[classes > 0])) >= 1
 
 
