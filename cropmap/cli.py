@@ -70,7 +70,12 @@ def _parse_classes(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def _cloud_options(f: Any) -> Any:
-    """``--cloud-band``, ``--cloud-threshold`` and ``--cloud-classes`` (fields of ClassifyOptions)."""
+    """``--cloud-band``, ``--cloud-threshold``, ``--cloud-scale``, ``--cloud-classes`` (ClassifyOptions)."""
+    f = click.option("--cloud-scale", type=float, default=None, metavar="X",
+                     help="Raw value of cloud probability 1 in a probability band (255 for 0..255, 100 for "
+                          "percent); default: 1 in float files, 255 for CLP and 100 for CLD / MSK_CLDPRB in "
+                          "integer ones; required for an integer probability band of another "
+                          "name.")(f)  # fmt: skip
     f = click.option("--cloud-classes", callback=_parse_classes, default=None, metavar="C,C,...",
                      help="SCL classes masked as invalid (default 0,1,3,8,9,10,11: no data, saturated, cloud "
                           "shadow, cloud medium/high probability, thin cirrus, snow).")(f)  # fmt: skip

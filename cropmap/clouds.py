@@ -13,7 +13,9 @@ per-date folder, or the ``bands`` tag):
   0..255 in integer files), ``CLD`` or ``MSK_CLDPRB`` (Sen2Cor's cloud probability,
   0..100 %); in float files any of them is read as a probability 0..1. An observation is
   invalid when its probability is above :data:`DEFAULT_CLOUD_THRESHOLD` (or
-  ``--cloud-threshold``).
+  ``--cloud-threshold``). ``--cloud-scale X`` (the raw value of probability 1) replaces
+  these scales; a probability band of another name in an integer file needs it: its scale
+  is never guessed.
 
 Invalid observations become NaN, so :func:`cropmap.timegrid.fill_gaps` treats them as
 gaps exactly like nodata. A cloud value that is itself nodata (NaN after reading) says
@@ -140,6 +142,7 @@ def resolve_cloud_mask(
     cloud_band: str | None = None,
     threshold: float | None = None,
     classes: Sequence[int] | None = None,
+    scale: float | None = None,
     where: str = "the stack",
 ) -> CloudMask | None:
     """Choose the cloud band of a stack and the rule that masks it.
@@ -151,6 +154,9 @@ def resolve_cloud_mask(
             ``None`` to find one by name.
         threshold: Probability threshold for a probability band; ``None``: :data:`DEFAULT_CLOUD_THRESHOLD`.
         classes: Invalid SCL classes; ``None``: :data:`DEFAULT_SCL_INVALID`.
+        scale: Raw value of cloud probability 1 in a probability band (``--cloud-scale``: 255 for 0..255,
+            100 for percent, 1 for 0..1); ``None``: 1 in float files, the name's scale
+            (:data:`PROBABILITY_NAMES`) in integer files.
         where: The stack, for messages.
 
     Returns:
@@ -158,11 +164,18 @@ def resolve_cloud_mask(
 
     Raises:
         InputRasterError: If ``cloud_band`` is not in the stack or its kind is unknown, if the stack holds
-            several cloud bands and none was chosen, or if ``threshold`` / ``classes`` do not fit the band's kind.
+            several cloud bands and none was chosen, if ``threshold`` / ``classes`` / ``scale`` do not fit the
+            band's kind, or if an integer probability band of an unknown name comes without ``scale``.
     """
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise InputRasterError(
+            f"--cloud-scale is {scale!r}; expected the raw value of probability 1, e.g. 255 or 100"
+        )
     if cloud_band is not None and cloud_band.strip().lower() == DISABLED:
-        if threshold is not None or classes is not None:
-            raise InputRasterError("--cloud-threshold / --cloud-classes were given with --cloud-band none")
+        if threshold is not None or classes is not None or scale is not None:
+            raise InputRasterError(
+                "--cloud-threshold / --cloud-classes / --cloud-scale were given with --cloud-band none"
+            )
         return None
     if cloud_band is not None:
         matches = [b for b in bands if b.strip().upper() == cloud_band.strip().upper()]
@@ -173,22 +186,24 @@ def resolve_cloud_mask(
         band, source = matches[0], "--cloud-band"
         kind = _kind(band)
         if kind is None:
-            if threshold is not None and classes is None:
+            if (threshold is not None or scale is not None) and classes is None:
                 kind = "probability"
             elif classes is not None and threshold is None:
                 kind = "scl"
             else:
                 raise InputRasterError(
                     f"--cloud-band {band}: cropmap does not know this band's meaning (known: SCL, "
-                    f"{', '.join(PROBABILITY_NAMES)}); give --cloud-threshold P for a cloud probability (0..1, "
-                    "integer files 0..255) or --cloud-classes for a scene classification"
+                    f"{', '.join(PROBABILITY_NAMES)}); give --cloud-threshold P (0..1) and, in an integer "
+                    "file, --cloud-scale X (raw value of probability 1) for a cloud probability, or "
+                    "--cloud-classes for a scene classification"
                 )
     else:
         found = [b for b in bands if _kind(b) is not None]
         if not found:
-            if threshold is not None or classes is not None:
+            if threshold is not None or classes is not None or scale is not None:
                 raise InputRasterError(
-                    f"--cloud-threshold / --cloud-classes were given but {where} has no cloud band "
+                    "--cloud-threshold / --cloud-classes / --cloud-scale were given but "
+                    f"{where} has no cloud band "
                     f"(SCL, {', '.join(PROBABILITY_NAMES)}); bands found: {list(bands)}"
                 )
             return None
@@ -204,18 +219,29 @@ def resolve_cloud_mask(
                 f"--cloud-threshold applies to cloud-probability bands; {band} is a scene classification "
                 "(use --cloud-classes)"
             )
+        if scale is not None:
+            raise InputRasterError(
+                f"--cloud-scale applies to cloud-probability bands; {band} is a scene classification "
+                "(use --cloud-classes)"
+            )
         chosen = tuple(sorted({int(c) for c in classes})) if classes is not None else DEFAULT_SCL_INVALID
         return CloudMask(band, "scl", chosen, None, None, source)
     if classes is not None:
         raise InputRasterError(
             f"--cloud-classes applies to an SCL band; {band} is a cloud probability (use --cloud-threshold)"
         )
-    if np.issubdtype(np.dtype(dtype), np.floating):
-        scale = 1.0
-    else:
-        scale = PROBABILITY_NAMES.get(band.strip().upper(), 255.0)
+    if scale is None:
+        if np.issubdtype(np.dtype(dtype), np.floating):
+            scale = 1.0
+        elif band.strip().upper() in PROBABILITY_NAMES:
+            scale = PROBABILITY_NAMES[band.strip().upper()]
+        else:
+            raise InputRasterError(
+                f"--cloud-band {band} of {where} is an integer ({dtype}) cloud probability of unknown scale; "
+                "expected --cloud-scale X, the raw value of probability 1 (255 for 0..255, 100 for percent)"
+            )
     t = DEFAULT_CLOUD_THRESHOLD if threshold is None else float(threshold)
-    return CloudMask(band, "probability", None, t, scale, source)
+    return CloudMask(band, "probability", None, t, float(scale), source)
 
 
 def no_cloud_message(where: str, bands: Sequence[str]) -> str:

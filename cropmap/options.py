@@ -70,6 +70,10 @@ class ClassifyOptions:
     """Cloud probability (0..1) above which an observation is masked; ``None``: 0.4. Probability bands only."""
     cloud_classes: tuple[int, ...] | None = None
     """Sen2Cor SCL classes that are masked; ``None``: 0, 1, 3, 8, 9, 10, 11. SCL bands only."""
+    cloud_scale: float | None = None
+    """Raw value of cloud probability 1 in a probability band (255 for 0..255, 100 for percent); ``None``: 1
+    in float files, the band name's scale in integer files (an integer band of another name then is an error).
+    Probability bands only."""
     probabilities: bool = False
     """Also write ``<out stem>_probabilities.tif``: one uint8 band per class, probability x 100."""
     uncertainty: str | None = None
@@ -144,6 +148,10 @@ class ClassifyOptions:
             if (not isinstance(cc, tuple) or not cc
                     or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in cc)):
                 raise ValueError(f"cloud_classes is {cc!r}; expected SCL class numbers such as (3, 8, 9, 10)")
+        if self.cloud_scale is not None:
+            cs = self.cloud_scale
+            if isinstance(cs, bool) or not isinstance(cs, (int, float)) or not (math.isfinite(cs) and cs > 0):
+                raise ValueError(f"cloud_scale is {cs!r}; expected the raw value of probability 1, e.g. 255")
         if self.scheduler is not None and not _SCHEDULER_RE.match(str(self.scheduler)):
             raise ValueError(f"scheduler is {self.scheduler!r}; expected an address such as tcp://10.0.0.5:8786")
         if self.scheduler is not None and self.workers is not None:

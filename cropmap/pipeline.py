@@ -99,7 +99,7 @@ def _prepare(
     st.check_bands(meta.bands)
     cloud = resolve_cloud_mask(
         st.bands, st.dtype, cloud_band=options.cloud_band, threshold=options.cloud_threshold,
-        classes=options.cloud_classes, where=f"stack {st.path}",
+        classes=options.cloud_classes, scale=options.cloud_scale, where=f"stack {st.path}",
     )  # fmt: skip
     idx, season = select_season(st.dates, meta.time_grid, options.season)
     obs = tuple(int(i) for i in idx)

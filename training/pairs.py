@@ -156,6 +156,8 @@ class PairConfig:
     cloud_band: str | None = None
     cloud_threshold: float | None = None
     cloud_classes: tuple[int, ...] | None = None
+    cloud_scale: float | None = None
+    """As ``cropmap classify --cloud-scale``: raw value of cloud probability 1 in a probability band."""
     reflectance_scale: float | None = None
     polygons: str | None = None
     layer: str | None = None
@@ -293,7 +295,8 @@ def build_pairs(
     if missing:
         raise PairsError(f"bands missing: S2 stack {stack.path} has bands {list(stack.bands)}, lacks {missing} (--s2-bands)")
     cloud = resolve_cloud_mask(stack.bands, stack.dtype, cloud_band=cfg.cloud_band, threshold=cfg.cloud_threshold,
-                               classes=cfg.cloud_classes, where=f"stack {stack.path}")  # fmt: skip
+                               classes=cfg.cloud_classes, scale=cfg.cloud_scale,
+                               where=f"stack {stack.path}")  # fmt: skip
     if cloud is None and (cfg.cloud_band or "").lower() != "none":
         logger.warning(no_cloud_message(f"stack {stack.path}", stack.bands))
     scenes = find_scenes(scenes_in, cfg.second_bands, cfg.mask_band)
@@ -538,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cloud-band", help="S2 cloud band (default: found by name); none: no cloud masking")
     p.add_argument("--cloud-threshold", type=float, help="cloud probability above which S2 is masked (default 0.4)")
     p.add_argument("--cloud-classes", type=lambda s: tuple(int(v) for v in _csv(s)), help="SCL classes masked")
+    p.add_argument("--cloud-scale", type=float, help="raw value of S2 cloud probability 1 (255 or 100)")
     p.add_argument("--reflectance-scale", type=float, help="S2 raw value = reflectance x this, if undeclared")
     p.add_argument("--overwrite", action="store_true", help="replace OUT")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -556,7 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             alignment=("point", "time") if args.alignment == "both" else (args.alignment,),
             resampling=args.resampling, min_valid=args.min_valid, block_px=args.block_px,
             cloud_band=args.cloud_band, cloud_threshold=args.cloud_threshold, cloud_classes=args.cloud_classes,
-            reflectance_scale=args.reflectance_scale, polygons=args.polygons, layer=args.layer,
+            cloud_scale=args.cloud_scale, reflectance_scale=args.reflectance_scale, polygons=args.polygons,
+            layer=args.layer,
         )  # fmt: skip
         summary = build_pairs(args.s2_stack, args.scenes, args.out, cfg, overwrite=args.overwrite,
                               progress=not args.no_progress)  # fmt: skip

@@ -57,8 +57,23 @@ def test_resolve_finds_bands_by_name_and_applies_defaults() -> None:
     assert resolve_cloud_mask(("B02", "SCL"), "uint16", cloud_band="none") is None
     custom = resolve_cloud_mask(("B02", "SCL"), "uint16", classes=(9, 3))
     assert custom is not None and custom.invalid_classes == (3, 9)
-    own = resolve_cloud_mask(("B02", "cloudmask"), "uint8", cloud_band="cloudmask", threshold=0.2)
-    assert own is not None and own.kind == "probability" and own.source == "--cloud-band"
+    own = resolve_cloud_mask(("B02", "cloudmask"), "uint8", cloud_band="cloudmask", threshold=0.2, scale=200)
+    assert own is not None and own.kind == "probability" and own.source == "--cloud-band" and own.scale == 200
+    assert own.invalid(np.array([40.0, 41.0])).tolist() == [False, True]
+    # --cloud-scale alone says the band is a probability; it replaces a known name's scale too.
+    pct = resolve_cloud_mask(("B02", "cloudpct"), "uint8", cloud_band="cloudpct", scale=100)
+    assert pct is not None and pct.kind == "probability" and pct.threshold == DEFAULT_CLOUD_THRESHOLD
+    assert resolve_cloud_mask(("B02", "CLP"), "uint8", scale=100).scale == 100  # type: ignore[union-attr]
+    floaty = resolve_cloud_mask(("B02", "cloudmask"), "float32", cloud_band="cloudmask", threshold=0.2)
+    assert floaty is not None and floaty.scale == 1.0
+
+
+def test_resolve_never_guesses_an_integer_probability_scale() -> None:
+    """An integer probability band of an unknown name was once read as 0..255 without a word: now an error that
+    names --cloud-scale."""
+    with pytest.raises(InputRasterError, match=r"--cloud-band cloudmask of stack s\.tif is an integer \(uint8\) "
+                                               r"cloud probability of unknown scale; expected --cloud-scale X"):
+        resolve_cloud_mask(("B02", "cloudmask"), "uint8", cloud_band="cloudmask", threshold=0.2, where="stack s.tif")
 
 
 @pytest.mark.parametrize(
@@ -69,7 +84,11 @@ def test_resolve_finds_bands_by_name_and_applies_defaults() -> None:
         (("B02", "SCL"), {"threshold": 0.3}, "--cloud-threshold applies to cloud-probability bands"),
         (("B02", "CLP"), {"classes": (3,)}, "--cloud-classes applies to an SCL band"),
         (("B02",), {"threshold": 0.3}, "has no cloud band"),
-        (("B02", "mystery"), {"cloud_band": "mystery"}, "does not know this band's meaning"),
+        (("B02", "mystery"), {"cloud_band": "mystery"}, "does not know this band's meaning.*--cloud-scale X"),
+        (("B02", "SCL"), {"scale": 100.0}, "--cloud-scale applies to cloud-probability bands"),
+        (("B02", "SCL"), {"cloud_band": "none", "scale": 100.0}, "--cloud-scale were given with --cloud-band none"),
+        (("B02",), {"scale": 100.0}, "has no cloud band"),
+        (("B02", "CLP"), {"scale": 0.0}, "--cloud-scale is 0.0; expected the raw value of probability 1"),
     ],
 )
 def test_resolve_rejects_bad_choices(bands: tuple[str, ...], kw: dict, match: str) -> None:
@@ -158,3 +177,31 @@ def test_cli_cloud_flags(tmp_path: Path, polygons: Path, bundle: Path, runner: C
     res = runner.invoke(main, [*base, "-o", str(tmp_path / "f.tif")])
     assert res.exit_code == 0, res.output
     assert "observations masked (band SCL (Sen2Cor SCL): classes 0 no data" in res.output
+
+
+def test_cli_cloud_scale_for_a_probability_band_of_unknown_name(tmp_path: Path, polygons: Path, bundle: Path,
+                                                                runner: CliRunner) -> None:  # fmt: skip
+    """An integer probability band cropmap does not know by name needs --cloud-scale (exit 1 naming it without);
+    with it the run masks exactly what the same values under the name CLP (0..255) mask."""
+    _clear, cloudy, cloud = _cloudy()
+    flag = np.where(cloud, 230, 20)  # s2cloudless 0..255
+    own = write_stack_descriptions(tmp_path / "own.tif", _with_band(cloudy, flag), bands=(*STACK_BANDS, "cloudprob"))
+    clp = write_stack_descriptions(tmp_path / "clp.tif", _with_band(cloudy, flag), bands=(*STACK_BANDS, "CLP"))
+    base = ["classify", str(own), "--mask", str(polygons), "--model", str(bundle), "--no-quicklook", "-q",
+            "--cloud-band", "cloudprob"]  # fmt: skip
+    res = runner.invoke(main, [*base, "-o", str(tmp_path / "a.tif"), "--cloud-threshold", "0.4"])
+    assert res.exit_code == 1 and not (tmp_path / "a.tif").exists()
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --cloud-band cloudprob of stack "), res.output
+    assert "cloud probability of unknown scale; expected --cloud-scale X" in lines[0]
+    res = runner.invoke(main, [*base, "-o", str(tmp_path / "b.tif"), "--cloud-scale", "0"])
+    assert res.exit_code == 2 and "--cloud-scale" in res.output and "cloud_scale is 0.0" in res.output
+    res = runner.invoke(main, [*base, "-o", str(tmp_path / "c.tif"), "--cloud-scale", "255"])
+    assert res.exit_code == 0, res.output
+    ref = cropmap.classify(clp, polygons, model=bundle, out=tmp_path / "ref.tif", quicklook=False)
+    np.testing.assert_array_equal(_classes(tmp_path / "c.tif"), _classes(tmp_path / "ref.tif"))
+    import json
+
+    summary = json.loads((tmp_path / "c_summary.json").read_text())
+    assert summary["clouds"]["masked_observations"] == ref["clouds"]["masked_observations"] > 0
+    assert summary["clouds"]["probability_scale"] == 255.0

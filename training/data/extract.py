@@ -114,6 +114,8 @@ class ExtractOptions:
     """As ``cropmap classify --cloud-band`` (``none``: no masking; ``None``: found by name)."""
     cloud_threshold: float | None = None
     cloud_classes: tuple[int, ...] | None = None
+    cloud_scale: float | None = None
+    """As ``cropmap classify --cloud-scale``: raw value of cloud probability 1 in a probability band."""
     block_size: int | None = None
     """Block edge in pixels (``None``: cropmap's default within the memory budget)."""
     workers: int | None = None
@@ -621,7 +623,8 @@ def extract(
         inputs[options.class_map] = "class map"
     refuse_overlap([out], inputs)
     cloud = resolve_cloud_mask(st.bands, st.dtype, cloud_band=options.cloud_band, threshold=options.cloud_threshold,
-                               classes=options.cloud_classes, where=f"stack {st.path}")  # fmt: skip
+                               classes=options.cloud_classes, scale=options.cloud_scale,
+                               where=f"stack {st.path}")  # fmt: skip
     bands = _bands(st, options.bands, cloud)
     if options.season is not None:
         idx, _ = select_season(st.dates, TimeGrid(options.season_start, (0,), ()), options.season)
@@ -873,6 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cloud-band", help="cloud band (default: found by name; none: no masking)")
     p.add_argument("--cloud-threshold", type=float, help="cloud probability above which an observation is masked")
     p.add_argument("--cloud-classes", help="comma-separated SCL classes to mask")
+    p.add_argument("--cloud-scale", type=float, help="raw value of cloud probability 1 (255, or 100 for %%)")
     p.add_argument("--block-size", type=int, help="block edge in pixels (default: cropmap's)")
     p.add_argument("--workers", type=int, help="blocks read at once (default: the number of cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -889,7 +893,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             season=args.season, season_start=args.season_start,
             bands=tuple(b.strip() for b in args.bands.split(",") if b.strip()) if args.bands else None,
             reflectance_scale=args.reflectance_scale, cloud_band=args.cloud_band, cloud_threshold=args.cloud_threshold,
-            cloud_classes=_ints(args.cloud_classes), block_size=args.block_size, workers=args.workers,
+            cloud_classes=_ints(args.cloud_classes), cloud_scale=args.cloud_scale, block_size=args.block_size,
+            workers=args.workers,
         )  # fmt: skip
         summary = extract(args.stack, args.polygons, args.out, opts, overwrite=args.overwrite,
                           progress=not args.no_progress)  # fmt: skip
