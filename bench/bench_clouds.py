@@ -126,7 +126,9 @@ def train_bundle(scene: Any, train_ids: np.ndarray, val_ids: np.ndarray, out: Pa
                               "bench", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               {"val_accuracy": acc}),
     )  # fmt: skip
-    export_bundle(encoder=None, base_model=model, norm_stats=stats, metadata=meta, out=out, example=x_va[:64])
+    # The bench's own scratch bundle in its work folder: replaced on purpose, as the classify runs below are.
+    export_bundle(encoder=None, base_model=model, norm_stats=stats, metadata=meta, out=out, example=x_va[:64],
+                  overwrite=True)  # fmt: skip
     return {"series_val_accuracy": acc, "n_train": len(y_tr), "n_val": len(y_va)}
 
 

@@ -395,7 +395,8 @@ def _sample_row(fp32: Path, crop: np.ndarray, other: np.ndarray, bench_x: np.nda
     for p in ("fp16", "int8"):
         out = work / f"sample_{p}.onnx"
         rec = reduce_precision(fp32, out, p, calib_x=other, eval_x=crop, data="sample stack: calibrated on pixels "
-                               "outside the cropland mask, agreement on the 3,912 cropland pixels")  # fmt: skip
+                               "outside the cropland mask, agreement on the 3,912 cropland pixels",
+                               overwrite=True)  # fmt: skip
         row[p] = {"agreement_val": None, "agreement_px": rec.argmax_agreement, "max_abs_logit_diff": rec.max_abs_logit_diff,
                   "method": rec.method}  # fmt: skip
         got = logits_of(out, crop)
@@ -588,10 +589,13 @@ def part_paper(repeat: int, work: Path) -> dict[str, Any]:
 
     (enc, base, stats, meta), x, graph = paper_model()
     fp32 = work / "paper_fp32.onnx"
-    export_bundle(encoder=enc, base_model=base, norm_stats=stats, metadata=meta, out=fp32, example=x[:256])
+    # The bench's own scratch bundle (part_e2e_paper may have written it): replaced on purpose.
+    export_bundle(encoder=enc, base_model=base, norm_stats=stats, metadata=meta, out=fp32, example=x[:256],
+                  overwrite=True)  # fmt: skip
     int8 = work / "paper_int8.onnx"
     # Untrained weights: the agreement is not a quality figure here, only the throughput is.
-    rec = reduce_precision(fp32, int8, "int8", calib_x=x[:256], eval_x=x[256:1280], min_agreement=0.01)
+    rec = reduce_precision(fp32, int8, "int8", calib_x=x[:256], eval_x=x[256:1280], min_agreement=0.01,
+                           overwrite=True)  # fmt: skip
     ceiling = gemm_ceiling()
     flops = graph_flops_per_px(fp32)
     xb = x[2048:3072]  # 1,024 px: about 0.3 GFLOP each
@@ -636,7 +640,7 @@ def part_gpu(repeat: int, work: Path) -> dict[str, Any]:
 
     crop, other = sample_pixels()
     fp16 = work / "sample_fp16.onnx"
-    reduce_precision(DEFAULT_BUNDLE, fp16, "fp16", calib_x=other, eval_x=crop)
+    reduce_precision(DEFAULT_BUNDLE, fp16, "fp16", calib_x=other, eval_x=crop, overwrite=True)
     x = np.tile(crop, (16, 1, 1))
     cpu = logits_of(DEFAULT_BUNDLE, crop)
     res: dict[str, Any] = {"machine": machine()}

@@ -227,7 +227,7 @@ def reduce_precision(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     int8_method: str = "auto",
     data: str = "",
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> Precision:
     """Write an fp16 or int8 bundle at ``out`` from the fp32 bundle ``src``.
 
@@ -241,7 +241,7 @@ def reduce_precision(
         min_agreement: Refuse below this argmax agreement with fp32 (0..1).
         int8_method: ``"static"``, ``"dynamic"`` or ``"auto"`` (both measured; the faster one that passes).
         data: What ``calib_x`` / ``eval_x`` are (stored in the record).
-        overwrite: If false, an existing ``out`` is an error.
+        overwrite: Replace an existing ``out``; if false (the default), an existing ``out`` is an error.
 
     Returns:
         The precision record written into the bundle metadata.

@@ -316,7 +316,7 @@ def export_bundle(
     example: np.ndarray | torch.Tensor,
     opset: int = DEFAULT_OPSET,
     atol: float = 1e-4,
-    overwrite: bool = True,
+    overwrite: bool = False,
     calibration_data: tuple[np.ndarray, np.ndarray] | None = None,
     calibration_note: str = "",
     precision: str = "fp32",
@@ -336,7 +336,8 @@ def export_bundle(
             and for the parity check (all ``N`` rows are compared).
         opset: ONNX opset.
         atol: Parity tolerance on the logits.
-        overwrite: If false, an existing ``out`` is an error.
+        overwrite: Replace an existing ``out``; if false (the default, as for every cropmap writer), an
+            existing ``out`` is an error.
         calibration_data: ``(x_val, y_val)``: validation inputs, float32 ``(N, T, C)`` raw
             gap-free series as for ``example``, and their labels as **column indices**
             ``0..K-1`` of the logits (the position in ``metadata.classes``, not the class

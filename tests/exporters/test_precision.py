@@ -251,3 +251,14 @@ def test_cli_precision_flag_and_one_line_refusal(tmp_path: Path, capsys) -> None
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "missing.npz" in err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_reduce_precision_never_overwrites_by_default(tmp_path: Path) -> None:
+    """Overwriting is never a library default: an existing output is refused before any work and kept."""
+    x = _series(64, 3)[0]
+    fp32 = _fp32_bundle(tmp_path, _lstm_with_margin(x, margin=50.0), x)
+    out = tmp_path / "int8.onnx"
+    out.write_bytes(b"an earlier bundle")
+    with pytest.raises(FileExistsError, match=r"int8\.onnx exists; pass --overwrite \(overwrite=True\)"):
+        reduce_precision(fp32, out, "int8", calib_x=x[:32], eval_x=x[32:])
+    assert out.read_bytes() == b"an earlier bundle"

@@ -105,7 +105,8 @@ def test_export_without_embedding_and_from_normalized_encoder(tiny, tmp_path: Pa
     bundle = load_bundle(out)
     assert [o.name for o in bundle.session.get_outputs()] == ["logits"]
     with pytest.raises(ExportError, match="already normalises"):
-        export_bundle(encoder=wrapped, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x)
+        export_bundle(encoder=wrapped, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x,
+                      overwrite=True)  # fmt: skip
 
 
 def test_export_rejects_mismatched_metadata(tiny, tmp_path: Path) -> None:
@@ -176,3 +177,17 @@ def test_checkpoint_round_trip_and_cli(tiny, tmp_path: Path, capsys: pytest.Capt
     assert exporters_main([str(ckpt), "-o", str(out)]) == 1  # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
     assert exporters_main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")]) == 1
+
+
+def test_export_bundle_never_overwrites_by_default(tiny, tmp_path: Path) -> None:
+    """Overwriting is never a library default (as for ``export_checkpoint`` and ``export_best``): an existing bundle
+    is an error naming --overwrite and stays byte for byte; ``overwrite=True`` replaces it."""
+    encoder, base, stats, x = tiny
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier bundle")
+    with pytest.raises(FileExistsError, match=r"m\.onnx exists; pass --overwrite \(overwrite=True\) to replace it"):
+        export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x)
+    assert out.read_bytes() == b"an earlier bundle" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x,
+                  overwrite=True)  # fmt: skip
+    assert load_bundle(out).metadata == _meta()
