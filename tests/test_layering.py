@@ -1,0 +1,126 @@
+"""Who may import what, read from the source with ``ast`` (docs/architecture.md, training/__init__.py).
+
+- ``cropmap`` (the deployable) imports neither ``training`` nor ``exporters``, nor torch, onnx or optuna, anywhere
+  (module level or inside a function): ``pip install .`` has none of them.
+- ``training`` never imports ``exporters``; of ``cropmap`` it imports the contract (:data:`CONTRACT`) and, in the
+  readers that turn inference's inputs into training data (:data:`READERS`), inference's input side
+  (:data:`INPUT_SIDE`), so training and inference read stacks, polygons and clouds with the same code.
+- ``exporters`` knows both sides: it may import ``cropmap`` and ``training``.
+
+`tests/cropmap/test_imports.py` proves the runtime side (``import cropmap`` and a whole classify run with torch,
+onnx and optuna blocked); this file proves the source side, module by module, so a forbidden import in a rarely
+run function fails too.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONTRACT = frozenset({"cropmap.bands", "cropmap.bundle", "cropmap.clouds", "cropmap.timegrid", "cropmap.errors"})
+"""What every training module may import from cropmap: band names, bundle metadata, the cloud rule, the time grid
+and gap fill, and the error types."""
+
+INPUT_SIDE = frozenset({"cropmap.stack", "cropmap.mask", "cropmap.tiling", "cropmap.sanity", "cropmap.safeio"})
+"""Inference's input side: stack reader, polygon rasterisation, block plan, reflectance check, output safety."""
+
+READERS = frozenset({"training/data/extract.py", "training/pairs.py"})
+"""The training modules that read what ``cropmap classify`` reads (labelled series, bi-modal pairs)."""
+
+HEAVY = ("torch", "onnx", "optuna")
+
+
+def _imports(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line, dotted module)`` of every absolute import in ``path``; ``from cropmap import x`` gives
+    ``cropmap.x`` when ``x`` is a module of the package, else ``cropmap``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if "." in node.module or node.module not in ("cropmap", "training", "exporters"):
+                yield node.lineno, node.module
+                continue
+            for alias in node.names:
+                sub = REPO / node.module / alias.name
+                is_module = sub.with_suffix(".py").is_file() or (sub / "__init__.py").is_file()
+                yield node.lineno, f"{node.module}.{alias.name}" if is_module else node.module
+
+
+def _modules(package: str) -> list[Path]:
+    paths = sorted((REPO / package).rglob("*.py"))
+    assert paths, f"no Python files under {package}/"
+    return paths
+
+
+def _violations(package: str, allowed: object) -> list[str]:
+    """Every import of ``package``'s modules that ``allowed(relative path, module)`` refuses."""
+    bad = []
+    for path in _modules(package):
+        rel = path.relative_to(REPO).as_posix()
+        for line, module in _imports(path):
+            if not allowed(rel, module):  # type: ignore[operator]
+                bad.append(f"{rel}:{line} imports {module}")
+    return bad
+
+
+def _top(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_cropmap_imports_no_training_exporters_or_heavy_libraries() -> None:
+    bad = _violations("cropmap", lambda rel, m: _top(m) not in ("training", "exporters", *HEAVY))
+    assert not bad, "cropmap must run with the inference install only:\n" + "\n".join(bad)
+
+
+def test_training_imports_only_the_contract_and_in_readers_the_input_side() -> None:
+    def allowed(rel: str, module: str) -> bool:
+        if _top(module) == "exporters":
+            return False
+        if _top(module) != "cropmap":
+            return True
+        owner = ".".join(module.split(".")[:2])
+        return owner in CONTRACT or (owner in INPUT_SIDE and rel in READERS)
+
+    bad = _violations("training", allowed)
+    assert not bad, (
+        f"training may import from cropmap only {sorted(CONTRACT)}, and {sorted(INPUT_SIDE)} in {sorted(READERS)}; "
+        "never exporters (docs/architecture.md):\n" + "\n".join(bad)
+    )
+
+
+def test_exporters_may_import_both_sides() -> None:
+    """Nothing is refused: exporters is the only package that knows both sides; this pins that it still does."""
+    seen = {_top(m) for path in _modules("exporters") for _, m in _imports(path)}
+    assert {"cropmap", "training"} <= seen
+
+
+def test_the_rule_is_stated_where_the_code_is() -> None:
+    """training/__init__.py and docs/architecture.md state the rule this file enforces, with the same modules."""
+    init = (REPO / "training" / "__init__.py").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for text, where in ((init, "training/__init__.py"), (doc, "docs/architecture.md")):
+        for name in sorted(CONTRACT | INPUT_SIDE | READERS):
+            assert name in text, f"{where} does not name {name}"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("from cropmap import bands\n", ["cropmap.bands"]),
+        ("from cropmap import classify\n", ["cropmap"]),
+        ("def f():\n    from cropmap.stack import open_stack\n", ["cropmap.stack"]),
+        ("import torch.nn as nn\n", ["torch.nn"]),
+        ("from . import sibling\n", []),
+    ],
+)
+def test_import_scanner_sees_every_form(source: str, expected: list[str], tmp_path: Path) -> None:
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    assert [m for _, m in _imports(path)] == expected
