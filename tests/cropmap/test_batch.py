@@ -127,6 +127,7 @@ def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path:
     assert summary["executor"] == f"dask.distributed at {address} (2 worker threads, 1 thread per region)"
     assert [(r["name"], r["status"]) for r in summary["regions"]] == [("alpha", "done"), ("beta", "done")]
     assert not (out / "alpha" / "alpha_quicklook.png").exists()
+    assert "model_note" not in summary and "model:" not in res.output  # --model given: nothing to say
     with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
         loaded = client.run(lambda: sorted(m for m in ("torch", "onnx", "cropmap.pipeline") if m in sys.modules))
     # The workers classified (cropmap.pipeline is loaded) without importing torch or onnx.
@@ -196,6 +197,26 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
     assert again["executor"].startswith("none") and again["totals"]["skipped"] == 3
     assert again["totals"]["pixels_classified"] == summary["totals"]["pixels_classified"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")} == mtimes
+
+
+def test_batch_without_model_says_it_runs_the_flanders_sample(runner: CliRunner, tmp_path: Path,
+                                                               cluster: Any) -> None:  # fmt: skip
+    """No silent default: a batch given no --model names the bundle it ran and says it is the Flanders sample, in the
+    console and in both summaries; with --model (the other tests) neither appears."""
+    from cropmap.models import DEFAULT_BUNDLE, SAMPLE_NOTE
+
+    sample = REPO / "sample_data" / "belgium_2021"
+    out = tmp_path / "batch"
+    res = _batch(runner, "--stack", sample / "s2_stack.tif", "--mask", sample / "cropland.gpkg", "--out-dir", out,
+                 "--no-quicklook", "--scheduler", cluster.scheduler_address, "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("model:")]
+    assert lines == [f"model:      {DEFAULT_BUNDLE.resolve()}  (no --model given: {SAMPLE_NOTE}; pass --model "
+                     "BUNDLE for your own)"], res.output  # fmt: skip
+    summary = read_json(out / "batch_summary.json")
+    assert summary["model"] == str(DEFAULT_BUNDLE.resolve()) and summary["model_note"] == SAMPLE_NOTE
+    region = read_json(Path(summary["regions"][0]["summary"]))
+    assert region["inputs"]["model_note"] == SAMPLE_NOTE
 
 
 def test_batch_failing_regions_do_not_stop_others(runner: CliRunner, inputs: Path, tmp_path: Path,
