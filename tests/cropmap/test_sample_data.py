@@ -55,8 +55,9 @@ def test_readme_first_command(runner: CliRunner, outdir: Path, monkeypatch: pyte
     assert f"quick-look: {outdir / 'belgium_2021_quicklook.png'}" in res.output
     # The command passes no --model: the console says which bundle ran and that it is the Flanders sample.
     model_lines = [line for line in res.output.splitlines() if line.startswith("model:")]
-    assert model_lines == [f"model:      {DEFAULT_BUNDLE.resolve()}  (no --model given: {SAMPLE_NOTE}; pass --model "
-                           "BUNDLE for your own)"], res.output  # fmt: skip
+    note = f"(no --model given: {SAMPLE_NOTE}; pass --model BUNDLE for your own)"
+    want = f"model:      {DEFAULT_BUNDLE.resolve()}  {note}"
+    assert model_lines == [want], res.output
     assert "Flanders sample bundle" in model_lines[0]
     import json
 
