@@ -207,12 +207,12 @@ def test_batch_without_model_says_it_runs_the_flanders_sample(runner: CliRunner,
 
     sample = REPO / "sample_data" / "belgium_2021"
     out = tmp_path / "batch"
-    res = _batch(runner, "--stack", sample / "s2_stack.tif", "--mask", sample / "cropland.gpkg", "--out-dir", out,
-                 "--no-quicklook", "--scheduler", cluster.scheduler_address, "-q")  # fmt: skip
+    res = _batch(runner, "--stack", sample / "s2_stack.tif", "--mask", sample / "cropland.gpkg",
+                 "--out-dir", out, "--no-quicklook", "--scheduler", cluster.scheduler_address, "-q")  # fmt: skip
     assert res.exit_code == 0, res.output
     lines = [line for line in res.output.splitlines() if line.startswith("model:")]
-    assert lines == [(f"model:      {DEFAULT_BUNDLE.resolve()}  (no --model given: {SAMPLE_NOTE}; pass --model "
-                      "BUNDLE for your own)")], res.output  # fmt: skip
+    note = f"(no --model given: {SAMPLE_NOTE}; pass --model BUNDLE for your own)"
+    assert lines == [f"model:      {DEFAULT_BUNDLE.resolve()}  {note}"], res.output
     summary = read_json(out / "batch_summary.json")
     assert summary["model"] == str(DEFAULT_BUNDLE.resolve()) and summary["model_note"] == SAMPLE_NOTE
     region = read_json(Path(summary["regions"][0]["summary"]))
