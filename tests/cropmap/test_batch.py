@@ -201,14 +201,15 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
 
 def test_batch_without_model_says_it_runs_the_flanders_sample(runner: CliRunner, tmp_path: Path,
                                                                cluster: Any) -> None:  # fmt: skip
-    """No silent default: a batch given no --model names the bundle it ran and says it is the Flanders sample, in the
-    console and in both summaries; with --model (the other tests) neither appears."""
+    """No silent default: a batch given no --model names the bundle it ran and says it is the Flanders sample,
+    in the console and in both summaries; with --model (the other tests) neither appears."""
     from cropmap.models import DEFAULT_BUNDLE, SAMPLE_NOTE
 
     sample = REPO / "sample_data" / "belgium_2021"
     out = tmp_path / "batch"
     res = _batch(runner, "--stack", sample / "s2_stack.tif", "--mask", sample / "cropland.gpkg",
-                 "--out-dir", out, "--no-quicklook", "--scheduler", cluster.scheduler_address, "-q")  # fmt: skip
+                 "--out-dir", out, "--no-quicklook", "--scheduler", cluster.scheduler_address,
+                 "-q")  # fmt: skip
     assert res.exit_code == 0, res.output
     lines = [line for line in res.output.splitlines() if line.startswith("model:")]
     note = f"(no --model given: {SAMPLE_NOTE}; pass --model BUNDLE for your own)"
