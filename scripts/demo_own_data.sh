@@ -22,12 +22,14 @@ stage() {  # stage NAME command...
 }
 a="$out/sim/scene_a" b="$out/sim/scene_b"
 pretrain_size=()
-downstream_size=(--set batch_size=32)
+# The simulated regions hold 3 to 8 fields per crop: keep classes down to 2 parcels (one on each side of the split).
+downstream_size=(--set batch_size=32 --set min_class_parcels=2)
 if [ "$preset" = tiny ]; then  # smoke size: 27 fields of 3 per crop, seconds per stage
     pretrain_size=(--set encoder.hidden=32 --set encoder.n_layers=2 --set encoder.out_dim=16 --set projector.hidden=32
                    --set projector.out=16 --set batch_size=256)
+    # 2 training parcels per crop at this size: one of them picks the model (round(0.4 x 2); the default 20 % picks none)
     downstream_size=(--set batch_size=16 --recipe papers --set min_class_parcels=2 --set tree_trials=3
-                     --families lstm --variants 0)
+                     --set selection_holdout=0.4 --families lstm --variants 0)
 fi
 [ -d "$a" ] || stage simulate python -m training.simulate --out "$out/sim" --preset "$preset"
 stage pairs python -m training.pairs "$a/s2_stack.tif" "$a/planet_scenes" -o "$out/pairs" --alignment point \

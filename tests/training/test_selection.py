@@ -85,3 +85,19 @@ def test_splits_of_the_training_samples_keep_each_parcel_on_one_side() -> None:
         assert [len(set(parcels[sel][y[sel] == k])) for k in range(3)] == [round(0.25 * 10)] * 3
     fit, sel = selection_split(y, 0.25, 0)  # without groups: by sample
     assert set(parcels[fit]) & set(parcels[sel])
+
+
+def test_carving_the_selection_split_keeps_parcels_whole_and_carries_their_ids() -> None:
+    import numpy as np
+
+    from training.downstream import TaskData
+    from training.selection import carve_selection
+
+    parcels = np.repeat(np.arange(12), 5)
+    y = parcels % 2
+    x = np.random.default_rng(0).normal(size=(60, 3, 2)).astype(np.float32)
+    data = TaskData(x, y, x[:4], y[:4], ("a", "b"), ("B04", "B08"), groups_train=parcels)
+    fitted, x_sel, y_sel = carve_selection(data, 0.34, seed=0)
+    assert fitted.groups_train is not None and len(fitted.groups_train) == len(fitted.y_train)
+    assert len(x_sel) == 20 and len(y_sel) == 20  # round(0.34 x 6) = 2 whole parcels of 5 pixels per class
+    assert len(set(fitted.groups_train)) == 8 and len(fitted.y_train) == 40  # the other 8 parcels, whole
