@@ -168,7 +168,8 @@ def run_region(job: RegionJob) -> dict[str, Any]:
             folder.mkdir(exist_ok=True)
         # A task of a driver that died may still be writing this region: wait for it, then recompute.
         with RunLock(out, "region output", wait_s=REGION_LOCK_WAIT_S):
-            summary = classify(job.region.stack, job.region.mask, model=job.model, out=out, options=job.options)
+            summary = classify(job.region.stack, job.region.mask, model=job.model, out=out, options=job.options,
+                               parcels=job.region.parcels, declared_column=job.region.declared_column)
     except CropmapError as err:
         return _failed(err, time.perf_counter() - t0)
     except OSError as err:
@@ -315,6 +316,8 @@ def _refuse_batch_overlap(out: Path, regions: Any, region_list: list[Region], mo
     for r in region_list:
         inputs.setdefault(Path(r.stack), f"stack of region {r.name!r}")
         inputs.update({m: f"mask of region {r.name!r}" for m in mask_files(Path(r.mask))})
+        if r.parcels is not None:
+            inputs.update({m: f"parcels of region {r.name!r}" for m in mask_files(Path(r.parcels))})
     outputs = [out / STATE_NAME, out / SUMMARY_NAME, lock_path(out / STATE_NAME)]
     for r in region_list:
         paths = output_paths(out / r.name / f"{r.name}.tif", confidence=opts.confidence,
@@ -415,7 +418,10 @@ def _season(region: Region, opts: ClassifyOptions) -> int | None:
 
 
 def _region_settings(region: Region, opts: ClassifyOptions) -> dict[str, Any]:
-    return {"stack": str(region.stack), "mask": str(region.mask), "season": _season(region, opts)}
+    settings: dict[str, Any] = {"stack": str(region.stack), "mask": str(region.mask), "season": _season(region, opts)}
+    if region.parcels is not None:  # only then: batches resumed from earlier states keep their settings
+        settings |= {"parcels": str(region.parcels), "declared_column": region.declared_column}
+    return settings
 
 
 def _plan(regions: list[Region], state: dict[str, Any], out: Path,

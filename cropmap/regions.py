@@ -34,7 +34,7 @@ from typing import Any
 from cropmap.errors import CropmapError
 
 REQUIRED_KEYS = ("name", "stack", "mask")
-OPTIONAL_KEYS = ("season",)
+OPTIONAL_KEYS = ("season", "parcels", "declared_column")
 RESERVED_NAMES = frozenset({"batch_state.json", "batch_summary.json"})
 """File names ``cropmap batch`` writes in the output folder; no region may take them."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -57,6 +57,10 @@ class Region:
     """Absolute path of the cropland polygons."""
     season: int | None = None
     """Year in which the season to classify starts; ``None`` leaves it to the batch option."""
+    parcels: Path | None = None
+    """Parcel polygons: the region also gets ``<name>_parcels.gpkg``, a crop per parcel (``classify --parcels``)."""
+    declared_column: str | None = None
+    """With ``parcels``: their column of declared crops, checked against the map (``classify --declared-column``)."""
 
 
 def read_manifest(path: str | Path) -> list[Region]:
@@ -166,7 +170,9 @@ def as_regions(items: Iterable[Region | Mapping[str, Any]]) -> list[Region]:
     for i, item in enumerate(items, start=1):
         if isinstance(item, Region):
             out.append(_region(f"region {i}", {"name": item.name, "stack": str(item.stack), "mask": str(item.mask),
-                                               "season": item.season}, Path.cwd(), from_text=False))  # fmt: skip
+                                               "season": item.season, "parcels": item.parcels,
+                                               "declared_column": item.declared_column},
+                               Path.cwd(), from_text=False))  # fmt: skip
         elif isinstance(item, Mapping):
             out.append(_region(f"region {i}", item, Path.cwd(), from_text=False))
         else:
@@ -233,12 +239,14 @@ def _check_keys(where: str, keys: Iterable[str], *, what: str = "key") -> None:
     unknown = [k for k in keys if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
     if unknown:
         raise ManifestError(
-            f"{where}: unknown {what}(s) {unknown}; expected {', '.join(REQUIRED_KEYS)} and optionally season"
+            f"{where}: unknown {what}(s) {unknown}; expected {', '.join(REQUIRED_KEYS)} and optionally "
+            f"{', '.join(OPTIONAL_KEYS)}"
         )
     missing = [k for k in REQUIRED_KEYS if k not in keys]
     if missing and what == "column":
         raise ManifestError(
-            f"{where}: no {what}(s) {missing}; expected {', '.join(REQUIRED_KEYS)} and optionally season"
+            f"{where}: no {what}(s) {missing}; expected {', '.join(REQUIRED_KEYS)} and optionally "
+            f"{', '.join(OPTIONAL_KEYS)}"
         )
 
 
@@ -267,7 +275,17 @@ def _region(where: str, row: Mapping[str, Any], base: Path, *, from_text: bool) 
         if isinstance(season, bool) or not isinstance(season, int) or not 1900 <= season <= 2200:
             raise ManifestError(f"{label}: season is {row.get('season')!r}; expected a year such as 2021")
     stack, mask = _resolve(values["stack"], base), _resolve(values["mask"], base)
-    return Region(name=name, stack=stack, mask=mask, season=season)
+    extra: dict[str, Any] = {}
+    for key in ("parcels", "declared_column"):
+        v = row.get(key)
+        if v is None or (isinstance(v, str) and not v.strip()):
+            continue
+        if not isinstance(v, str | Path):
+            raise ManifestError(f"{label}: {key} is {v!r}; expected a string")
+        extra[key] = _resolve(str(v).strip(), base) if key == "parcels" else str(v).strip()
+    if "declared_column" in extra and "parcels" not in extra:
+        raise ManifestError(f"{label}: declared_column {extra['declared_column']!r} checks parcels; give parcels too")
+    return Region(name=name, stack=stack, mask=mask, season=season, **extra)
 
 
 def _resolve(value: str, base: Path) -> Path:

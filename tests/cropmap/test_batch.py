@@ -499,3 +499,30 @@ def test_local_cluster_runs_without_profiler_or_work_stealing() -> None:
         assert list(seen.values()) == [{k: False for k in LEAN_LOCAL_CLUSTER}]
         assert "stealing" not in client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.extensions))
     assert dask.config.get("distributed.worker.profile.enabled") is True  # this process's settings are untouched
+
+
+def test_batch_regions_with_parcels_get_their_per_parcel_geopackage(
+    runner: CliRunner, inputs: Path, tmp_path: Path
+) -> None:
+    """A manifest's optional parcels (and declared_column) column: that region also writes <name>_parcels.gpkg, as
+    classify --parcels does; a region without it does not; declared_column without parcels is refused."""
+    import geopandas as gpd
+
+    manifest = tmp_path / "parcels.csv"
+    manifest.write_text(
+        "name,stack,mask,parcels\n"
+        f"alpha,{inputs / 'stacks/alpha.tif'},{inputs / 'cropland.gpkg'},{inputs / 'cropland.gpkg'}\n"
+        f"beta,{inputs / 'stacks/beta.tif'},{inputs / 'cropland.gpkg'},\n"
+    )
+    out = tmp_path / "batch"
+    res = _batch(runner, manifest, "--out-dir", out, "--model", inputs / "tiny.onnx", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    table = gpd.read_file(out / "alpha" / "alpha_parcels.gpkg")
+    assert len(table) == len(gpd.read_file(inputs / "cropland.gpkg")) and "class_name" in table.columns
+    assert not list((out / "beta").glob("*_parcels.gpkg"))
+    state = read_json(out / "batch_state.json")
+    assert "alpha_parcels.gpkg" in state["regions"]["alpha"]["outputs"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"name,stack,mask,declared_column\nalpha,{inputs / 'stacks/alpha.tif'},{inputs / 'cropland.gpkg'},crop\n")
+    res = _batch(runner, bad, "--out-dir", tmp_path / "b2", "--model", inputs / "tiny.onnx")
+    assert res.exit_code == 1 and "declared_column 'crop' checks parcels; give parcels too" in res.output, res.output
