@@ -297,18 +297,12 @@ def read_reference(
     import pyogrio
     from pyogrio.errors import DataSourceError
 
+    from cropmap.mask import vector_layer
+
     path = Path(path)
     if not path.exists():
         raise AssessError(f"reference {path} does not exist; expected points or polygons (e.g. a GeoPackage)")
-    try:
-        layers = [str(n) for n, _ in pyogrio.list_layers(path)]
-    except DataSourceError as err:
-        raise AssessError(f"reference {path} is not a readable vector file ({str(err).splitlines()[0]})") from err
-    if layer is not None and layer not in layers:
-        raise AssessError(f"reference {path} has no layer {layer!r}; its layers are {', '.join(layers)}")
-    if layer is None and len(layers) > 1:
-        raise AssessError(f"reference {path} holds {len(layers)} layers ({', '.join(layers)}); name one with --layer")
-    chosen = layer if layer is not None else layers[0]
+    chosen = vector_layer(path, layer, what="reference", error=AssessError)
     try:
         gdf = pyogrio.read_dataframe(path, layer=chosen)
     except DataSourceError as err:

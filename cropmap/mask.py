@@ -76,6 +76,41 @@ class Polygons:
         return tuple(self.geometries[i] for i in sorted(idx.tolist()))
 
 
+def vector_layer(
+    path: Path,
+    layer: str | None,
+    *,
+    what: str,
+    plural: bool = False,
+    several: str = "name one with --layer NAME",
+    error: type[Exception] = MaskError,
+) -> str:
+    """The layer of the vector file ``path`` to read: ``layer`` when the file has it, else its only layer.
+
+    ``what`` names the file in messages (``"mask"``, ``"polygons"``, ...; ``plural`` for the verbs), ``several``
+    ends the message for a file of several layers and no ``layer``.
+
+    Raises:
+        error: If the file is not a readable vector file, holds no layer, lacks ``layer``, or holds several
+            layers and no ``layer`` was named.
+    """
+    import pyogrio
+    from pyogrio.errors import DataSourceError
+
+    is_, has, holds = ("are", "have", "hold") if plural else ("is", "has", "holds")
+    try:
+        names = [str(n) for n, _ in pyogrio.list_layers(path)]
+    except DataSourceError as err:
+        raise error(f"{what} {path} {is_} not a readable vector file ({_first_line(err)}); expected e.g. a GeoPackage") from err
+    if not names:
+        raise error(f"{what} {path} {holds} no layers; expected one polygon layer")
+    if layer is not None and layer not in names:
+        raise error(f"{what} {path} {has} no layer {layer!r}; its layers are {', '.join(names)}")
+    if layer is None and len(names) > 1:
+        raise error(f"{what} {path} {holds} {len(names)} layers ({', '.join(names)}); {several}")
+    return layer if layer is not None else names[0]
+
+
 def load_polygons(
     path: str | Path,
     raster_crs: CRS,
@@ -107,20 +142,7 @@ def load_polygons(
     if (kind := special_file_kind(path)) is not None:
         raise MaskError(f"mask {path} is {kind}, not a file; expected a polygon file such as a GeoPackage (it is "
                         "not opened: reading a pipe would wait for a writer)")  # fmt: skip
-    try:
-        layers = pyogrio.list_layers(path)
-    except DataSourceError as err:
-        raise MaskError(f"mask {path} is not a readable vector file ({_first_line(err)}); expected e.g. a GeoPackage") from err
-    if len(layers) == 0:
-        raise MaskError(f"mask {path} holds no layers; expected one polygon layer")
-    names = [str(n) for n, _ in layers]
-    if layer is not None and layer not in names:
-        raise MaskError(f"mask {path} has no layer {layer!r}; its layers are {', '.join(names)}")
-    if layer is None and len(layers) > 1:
-        raise MaskError(
-            f"mask {path} holds {len(layers)} layers ({', '.join(names)}); name the cropland one with --mask-layer NAME"
-        )
-    chosen = layer if layer is not None else names[0]
+    chosen = vector_layer(path, layer, what="mask", several="name the cropland one with --mask-layer NAME")
     try:
         info = pyogrio.read_info(path, layer=chosen)
         _meta, _fids, wkb, _fields = pyogrio.raw.read(path, layer=chosen, read_geometry=True, columns=[])

@@ -96,11 +96,11 @@ def load_parcels(source: Any, stack_crs: Any, *, layer: str | None = None) -> Pa
         path = Path(source)
         if not path.exists():
             raise MaskError(f"parcels {path} do not exist; expected polygons such as a GeoPackage")
+        from cropmap.mask import vector_layer
+
+        chosen = vector_layer(path, layer, what="parcels", plural=True, several="expected one layer")
         try:
-            names = [str(n) for n, _ in pyogrio.list_layers(path)]
-            if layer is None and len(names) > 1:
-                raise MaskError(f"parcels {path} hold {len(names)} layers ({', '.join(names)}); expected one layer")
-            frame = pyogrio.read_dataframe(path, layer=layer)
+            frame = pyogrio.read_dataframe(path, layer=chosen)
         except DataSourceError as err:
             raise MaskError(f"parcels {path} are not a readable vector file ({str(err).splitlines()[0]})") from err
     where = f"parcels {path}" if path is not None else "the parcels GeoDataFrame"

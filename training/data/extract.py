@@ -51,6 +51,7 @@ from cropmap.bands import S2_BANDS, canonical_band
 from cropmap.bundle import TimeGrid
 from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
 from cropmap.errors import CropmapError, MaskError, OutputExistsError
+from cropmap.mask import vector_layer
 from cropmap.stack import Stack, open_stack
 from cropmap.tiling import Block, block_shape, plan_blocks
 
@@ -290,18 +291,7 @@ def _read_layer(path: Path, layer: str | None) -> tuple[Any, str]:  # (GeoDataFr
 
     if not path.exists():
         raise MaskError(f"polygons {path} do not exist; expected a polygon file such as a GeoPackage")
-    try:
-        names = [str(n) for n, _ in pyogrio.list_layers(path)]
-    except DataSourceError as err:
-        raise MaskError(f"polygons {path} are not a readable vector file ({str(err).splitlines()[0]}); expected e.g. "
-                        "a GeoPackage") from err  # fmt: skip
-    if not names:
-        raise MaskError(f"polygons {path} hold no layers; expected one polygon layer")
-    if layer is not None and layer not in names:
-        raise MaskError(f"polygons {path} have no layer {layer!r}; its layers are {', '.join(names)}")
-    if layer is None and len(names) > 1:
-        raise MaskError(f"polygons {path} hold {len(names)} layers ({', '.join(names)}); name one with --layer NAME")
-    chosen = layer if layer is not None else names[0]
+    chosen = vector_layer(path, layer, what="polygons", plural=True)
     try:
         frame = pyogrio.read_dataframe(path, layer=chosen)
     except DataSourceError as err:
