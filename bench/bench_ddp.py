@@ -31,12 +31,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from _report import write_measured  # noqa: E402
+from _report import write_measured
 
 
 def _run(cmd: list[str], threads: int, out: Path) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd[:6])} ... failed: {proc.stderr.strip().splitlines()[-1]}")
     epochs = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
@@ -47,7 +47,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=65536)
     parser.add_argument("--steps", type=int, default=24, help="steps per epoch (batch 1024)")
-    parser.add_argument("--repeat", type=int, default=2, help="turns of the three runs; the best of each is kept")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="turns of the three runs; the best of each is kept"
+    )
     parser.add_argument("--markdown", type=Path, help="write the measured section of this page")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,10 +76,12 @@ def main() -> int:
                 print(f"turn {turn + 1}: {name}: {speed:,.0f} pairs/s", flush=True)
     one, two, both = (best[k] for k in sides)
     report = "\n".join([
-        f"`python bench/bench_ddp.py --pairs {args.pairs} --steps {args.steps} --repeat {args.repeat}`, "
-        f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores; point-wise "
-        "bi-modal at the default size (ResMLP-8 x 256 per modality, global batch 1024), pairs/s of the second epoch, "
-        "best of the turns.",
+        (
+            f"`python bench/bench_ddp.py --pairs {args.pairs} --steps {args.steps} --repeat {args.repeat}`, "
+            f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores; "
+            "point-wise bi-modal at the default size (ResMLP-8 x 256 per modality, global batch 1024), pairs/s of "
+            "the second epoch, best of the turns."
+        ),
         "",
         "| run | pairs/s | ratio |",
         "|---|---:|---:|",
@@ -85,8 +89,10 @@ def main() -> int:
         f"| 2 gloo ranks, 1 thread each | {two:,.0f} | {two / one:.2f} |",
         f"| 1 process, 2 threads | {both:,.0f} | {both / one:.2f} |",
         "",
-        f"Two ranks against one single-threaded process: **{two / one:.2f}x**; against one process on both cores: "
-        f"**{two / both:.2f}x**.",
+        (
+            f"Two ranks against one single-threaded process: **{two / one:.2f}x**; against one process on both "
+            f"cores: **{two / both:.2f}x**."
+        ),
     ])  # fmt: skip
     print(report)
     if args.markdown is not None:

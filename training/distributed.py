@@ -102,7 +102,9 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
         if device.index not in (None, 0):
             raise ValueError(f"--device {device} with several ranks: give cuda (rank r uses cuda:LOCAL_RANK)")
         if ranks.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"local rank {ranks.local_rank} has no GPU: this node has {torch.cuda.device_count()}")
+            raise ValueError(
+                f"local rank {ranks.local_rank} has no GPU: this node has {torch.cuda.device_count()}"
+            )
         return torch.device("cuda", ranks.local_rank)
     return device
 
@@ -118,8 +120,8 @@ def rank_rows(batch: int, ranks: Ranks) -> slice:
 
 def gather_rows(x: torch.Tensor, ranks: Ranks, batch: int) -> torch.Tensor:
     """The rows of every rank, in rank order (no gradient: see :func:`distributed_step`)."""
-    sizes = [rank_rows(batch, Ranks(r, ranks.world, 0)).stop - rank_rows(batch, Ranks(r, ranks.world, 0)).start
-             for r in range(ranks.world)]  # fmt: skip
+    base, extra = divmod(batch, ranks.world)
+    sizes = [base + (r < extra) for r in range(ranks.world)]  # as rank_rows shares them out
     width = max(sizes)
     padded = torch.zeros((width, *x.shape[1:]), dtype=x.dtype, device=x.device)
     padded[: len(x)] = x.detach()
@@ -137,7 +139,9 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1):
+        if not (
+            self.training and tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+        ):
             return super().forward(x)
         if x.ndim != 2:
             raise ValueError(f"GlobalBatchNorm1d expects (N, C) rows, got shape {tuple(x.shape)}")
@@ -193,7 +197,9 @@ def no_buffer_sync() -> dict[str, bool]:
     import inspect
 
     params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    )
 
 
 def distributed_step(
@@ -225,6 +231,8 @@ def distributed_step(
     full_b = gather_rows(z_b, ranks, a.shape[0]).float().requires_grad_()
     loss = model.criterion(full_a, full_b, cfg)  # type: ignore[operator]
     g_a, g_b = torch.autograd.grad(loss, [full_a, full_b])
-    torch.autograd.backward([z_a, z_b], [(g_a[rows] * ranks.world).to(z_a.dtype), (g_b[rows] * ranks.world).to(z_b.dtype)])
+    torch.autograd.backward(
+        [z_a, z_b], [(g_a[rows] * ranks.world).to(z_a.dtype), (g_b[rows] * ranks.world).to(z_b.dtype)]
+    )
     optimizer.step()
     return float(loss.detach())

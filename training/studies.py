@@ -105,7 +105,9 @@ def open_storage(spec: str | Path | None) -> optuna.storages.BaseStorage:
         # ones find them. The lock file stays beside the database.
         with open(path.with_name(f"{path.name}.lock"), "a") as lock, warnings.catch_warnings():
             fcntl.flock(lock, fcntl.LOCK_EX)
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat's API may move
+            warnings.simplefilter(
+                "ignore", optuna.exceptions.ExperimentalWarning
+            )  # the heartbeat's API may move
             return optuna.storages.RDBStorage(
                 f"sqlite:///{target}", engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}},
                 heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,

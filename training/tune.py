@@ -29,9 +29,7 @@ import json
 import logging
 import zlib
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from training.models import MODELS
 
@@ -69,7 +67,9 @@ def suggest(trial: optuna.Trial, family: str) -> dict[str, Any]:
     """
     if family not in SPACES:
         raise ValueError(f"unknown model family {family!r}; choose from {sorted(SPACES)}")
-    params: dict[str, Any] = {name: trial.suggest_categorical(name, list(choices)) for name, choices in SPACES[family].items()}
+    params: dict[str, Any] = {
+        name: trial.suggest_categorical(name, list(choices)) for name, choices in SPACES[family].items()
+    }
     params["lr"] = trial.suggest_float("lr", *LR_RANGE, log=True)
     return params
 
@@ -85,7 +85,9 @@ def variant_seed(seed: int, family: str, k: int) -> int:
     return zlib.crc32(f"{seed}/{family}/{k}".encode()) & 0x7FFFFFFF
 
 
-def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | Path | None = None) -> list[dict[str, Any]]:
+def sample_variants(
+    family: str, n: int = 10, *, seed: int = 0, storage: str | Path | None = None
+) -> list[dict[str, Any]]:
     """Sample (or reload) ``n`` variants of a family.
 
     Args:
@@ -115,8 +117,12 @@ def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | P
     name = f"variants-{family}-seed{seed}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=backend, load_if_exists=True)
-    done = {t.number: t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE}
-    broken = [t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.COMPLETE]
+    done = {
+        t.number: t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    broken = [
+        t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.COMPLETE
+    ]
     if broken:
         raise ValueError(
             f"study {name!r} in {storage} holds unfinished trials {broken}; it was not written by "
@@ -130,7 +136,9 @@ def sample_variants(family: str, n: int = 10, *, seed: int = 0, storage: str | P
         study_k = optuna.load_study(study_name=name, storage=backend, sampler=sampler)
         trial = study_k.ask()
         if trial.number != k:
-            raise RuntimeError(f"study {name!r} is being extended concurrently (expected trial {k}, got {trial.number})")
+            raise RuntimeError(
+                f"study {name!r} is being extended concurrently (expected trial {k}, got {trial.number})"
+            )
         suggest(trial, family)
         study_k.tell(trial, 0.0)
         done[k] = study_k.get_trials(deepcopy=False)[k]
@@ -200,9 +208,13 @@ def run_study(
     if made_for is None:
         study.set_user_attr("family", family)
     elif made_for != family:
-        raise ValueError(f"study {study_name!r} in {storage} tunes {made_for}, not {family}; use another --study")
+        raise ValueError(
+            f"study {study_name!r} in {storage} tunes {made_for}, not {family}; use another --study"
+        )
 
-    fit, sel = selection_split(np.asarray(data.y_train), SELECTION_FRACTION, cfg.seed, groups=data.groups_train)
+    fit, sel = selection_split(
+        np.asarray(data.y_train), SELECTION_FRACTION, cfg.seed, groups=data.groups_train
+    )
     stats = compute_norm_stats(np.asarray(data.x_train)[fit])
     front = Normalize(stats["mean"], stats["std"])
     x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
@@ -225,15 +237,26 @@ def run_study(
             model, x_fit, y_fit, x_sel, y_sel, lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
             device=cfg.device, eval_every=cfg.eval_every, recipe=recipe, precision=cfg.precision,
         )  # fmt: skip
-        for key, value in (("selection_accuracy", res["val_accuracy"]), ("epochs_run", res["epochs_run"]),
-                           ("seconds", time.perf_counter() - t0), ("worker", worker), ("hp", hp)):  # fmt: skip
+        attrs = {"selection_accuracy": res["val_accuracy"], "epochs_run": res["epochs_run"],
+                 "seconds": time.perf_counter() - t0, "worker": worker, "hp": hp}  # fmt: skip
+        for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        logger.info("%s trial %d (worker %d): selection macro F1 %.4f", study_name, trial.number, worker, res["macro_f1"])
+        logger.info(
+            "%s trial %d (worker %d): selection macro F1 %.4f",
+            study_name,
+            trial.number,
+            worker,
+            res["macro_f1"],
+        )
         return float(res["macro_f1"])
 
     orphaned = fail_orphaned_trials(study)
     if orphaned:
-        logger.warning("study %s: running trials %s belonged to workers that are gone; marked failed", study_name, orphaned)
+        logger.warning(
+            "study %s: running trials %s belonged to workers that are gone; marked failed",
+            study_name,
+            orphaned,
+        )
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     if len(study.get_trials(deepcopy=False, states=counted)) < n_trials:
         study.optimize(
@@ -255,8 +278,14 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
         "study": study.study_name,
         "family": study.user_attrs.get("family"),
         "trials": {k: v for k, v in states.items() if v},
-        "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
-                                           "worker": best.user_attrs.get("worker")},  # fmt: skip
+        "best": None
+        if best is None
+        else {
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            "worker": best.user_attrs.get("worker"),
+        },
     }
 
 
@@ -274,13 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     study = parser.add_argument_group("tuning study (several workers may fill one)")
     study.add_argument("--trials", type=int, help="tune: run trials until the study holds this many")
     study.add_argument("--study", help="study name (default tune-<family>-seed<seed>)")
-    study.add_argument("--worker", type=int, default=0, help="this worker's number (seeds its sampler; e.g. $SLURM_PROCID)")
+    study.add_argument(
+        "--worker", type=int, default=0, help="this worker's number (seeds its sampler; e.g. $SLURM_PROCID)"
+    )
     study.add_argument("--timeout", type=float, help="stop this worker after this many seconds")
     study.add_argument("--task", choices=("1", "2", "real"), help="downstream task of the data")
     study.add_argument("--data", type=Path, help="task data, as training.downstream --data")
     study.add_argument("--epochs", type=int, help="epochs per trial")
     study.add_argument("--config", type=Path, help="TOML file with DownstreamConfig fields")
-    study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    study.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
     study.add_argument("--json", type=Path, help="also write the study summary here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -301,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.downstream import DownstreamConfig, load_task
 
     overrides = [f"seed={args.seed}", f"families={args.family}"]
-    overrides += [f"{k}={v}" for k, v in (("task", args.task), ("data", args.data), ("epochs", args.epochs)) if v]
+    overrides += [
+        f"{k}={v}" for k, v in (("task", args.task), ("data", args.data), ("epochs", args.epochs)) if v
+    ]
     name = args.study or f"tune-{args.family}-seed{args.seed}"
     try:
         cfg = load_config(DownstreamConfig, args.config, [*overrides, *args.set])

@@ -47,15 +47,23 @@ WORKER = textwrap.dedent(
 )
 
 
-def _workers(tmp_path: Path, storage: str, n_trials: int, n_workers: int = 2, hold: float = 0.0) -> list[subprocess.Popen]:
+def _workers(
+    tmp_path: Path, storage: str, n_trials: int, n_workers: int = 2, hold: float = 0.0
+) -> list[subprocess.Popen]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     barrier = tmp_path / f"barrier-{time.monotonic_ns()}"
     barrier.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [storage, str(n_trials), str(barrier), str(n_workers), str(hold)]
     return [
-        subprocess.Popen([sys.executable, str(script), storage, str(w), str(n_trials), str(barrier), str(n_workers),
-                          str(hold)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, str(script), args[0], str(w), *args[1:]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for w in range(n_workers)
     ]
 
@@ -110,7 +118,9 @@ def test_a_killed_worker_trial_is_marked_failed_and_the_study_completes(tmp_path
     victim.wait(timeout=30)
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.RUNNING]
     _finish(_workers(tmp_path, storage, n_trials=3, n_workers=1))
-    states = [t.state for t in optuna.load_study(study_name="shared", storage=open_storage(storage)).get_trials()]
+    states = [
+        t.state for t in optuna.load_study(study_name="shared", storage=open_storage(storage)).get_trials()
+    ]
     assert states[0] == optuna.trial.TrialState.FAIL
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
 
