@@ -56,11 +56,21 @@ def simulate_with_twin(root: Path, preset: str, seed: int) -> tuple[Path, Path]:
 
 def write_stack(scene: Any, out: Path, *, cloud_band: bool) -> Path:
     """The scene's S2 cube as a time-major GeoTIFF (``YYYY-MM-DD_Bxx``, nodata 0), optionally with ``_CLP``."""
-    t, h, w, c = scene.s2.shape
+    t, h, w, _c = scene.s2.shape
     names = list(scene.band_names) + (["CLP"] if cloud_band else [])
     count = t * len(names)
-    profile = dict(driver="GTiff", width=w, height=h, count=count, dtype="uint16", crs=scene.crs,
-                   transform=scene.transform, nodata=0, tiled=False, compress="deflate")  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": count,
+        "dtype": "uint16",
+        "crs": scene.crs,
+        "transform": scene.transform,
+        "nodata": 0,
+        "tiled": False,
+        "compress": "deflate",
+    }
     with rasterio.open(out, "w", **profile) as ds:
         for i, d in enumerate(scene.dates):
             cube = np.moveaxis(np.asarray(scene.s2[i], dtype=np.uint16), -1, 0)
@@ -79,12 +89,22 @@ def write_fields(scene_dir: Path, field_ids: np.ndarray, out: Path) -> Path:
     import geopandas as gpd
 
     labels = gpd.read_file(scene_dir / "labels.geojson")
-    labels[labels["field_id"].isin([int(i) for i in field_ids])].to_file(out, layer="fields", engine="pyogrio")
+    labels[labels["field_id"].isin([int(i) for i in field_ids])].to_file(
+        out, layer="fields", engine="pyogrio"
+    )
     return out
 
 
-def train_bundle(scene: Any, train_ids: np.ndarray, val_ids: np.ndarray, out: Path, *, epochs: int,
-                 n_per_class: int, seed: int) -> dict[str, float]:  # fmt: skip
+def train_bundle(
+    scene: Any,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    out: Path,
+    *,
+    epochs: int,
+    n_per_class: int,
+    seed: int,
+) -> dict[str, float]:
     """Train a small BiLSTM on cloud-masked, gap-filled series and export it; returns its series accuracy."""
     import torch
 
@@ -95,7 +115,9 @@ def train_bundle(scene: Any, train_ids: np.ndarray, val_ids: np.ndarray, out: Pa
     torch.manual_seed(seed)
     names = class_names(scene)
     x_tr, y_tr = balanced_pixels(scene, train_ids, n_per_class, seed, classes=names, fill="linear")
-    x_va, y_va = balanced_pixels(scene, val_ids, max(n_per_class // 3, 20), seed + 1, classes=names, fill="linear")
+    x_va, y_va = balanced_pixels(
+        scene, val_ids, max(n_per_class // 3, 20), seed + 1, classes=names, fill="linear"
+    )
     flat = x_tr.reshape(-1, x_tr.shape[-1])
     stats = {"mean": flat.mean(0).tolist(), "std": (flat.std(0) + 1e-3).tolist()}
     mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
@@ -115,20 +137,38 @@ def train_bundle(scene: Any, train_ids: np.ndarray, val_ids: np.ndarray, out: Pa
     acc = float((pred == y_va).mean())
     days = tuple(d.timetuple().tm_yday - 1 for d in scene.dates)
     meta = BundleMetadata(
-        schema_version=1, model_name="sim_lstm", input_name="s2", output_name="logits",
-        bands=tuple(scene.band_names), reflectance_scale=10000.0, nodata=0.0,
+        schema_version=1,
+        model_name="sim_lstm",
+        input_name="s2",
+        output_name="logits",
+        bands=tuple(scene.band_names),
+        reflectance_scale=10000.0,
+        nodata=0.0,
         time_grid=TimeGrid("01-01", days, tuple(d.isoformat() for d in scene.dates)),
-        min_valid_steps=2, gap_fill="linear",
+        min_valid_steps=2,
+        gap_fill="linear",
         classes=tuple(ClassInfo(k + 1, n, PALETTE[k % len(PALETTE)]) for k, n in enumerate(names)),
         embedding=None,
-        provenance=Provenance("none", "lstm", "none",
-                              f"simulated scene A, clouds masked (cloud probability > {MAX_CLOUD_PROBABILITY})",
-                              "bench", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                              {"val_accuracy": acc}),
-    )  # fmt: skip
+        provenance=Provenance(
+            "none",
+            "lstm",
+            "none",
+            f"simulated scene A, clouds masked (cloud probability > {MAX_CLOUD_PROBABILITY})",
+            "bench",
+            dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            {"val_accuracy": acc},
+        ),
+    )
     # The bench's own scratch bundle in its work folder: replaced on purpose, as the classify runs below are.
-    export_bundle(encoder=None, base_model=model, norm_stats=stats, metadata=meta, out=out, example=x_va[:64],
-                  overwrite=True)  # fmt: skip
+    export_bundle(
+        encoder=None,
+        base_model=model,
+        norm_stats=stats,
+        metadata=meta,
+        out=out,
+        example=x_va[:64],
+        overwrite=True,
+    )
     return {"series_val_accuracy": acc, "n_train": len(y_tr), "n_val": len(y_va)}
 
 
@@ -144,11 +184,16 @@ def map_accuracy(map_path: Path, scene: Any, val_ids: np.ndarray) -> dict[str, f
     assert len(names) == len(crop_ids)
     inside = np.isin(scene.field_raster, val_ids)
     done = inside & (classes > 0)
-    return {"accuracy": float((classes[done] == truth[done]).mean()) if done.any() else 0.0,
-            "classified": int(done.sum()), "pixels": int(inside.sum())}  # fmt: skip
+    return {
+        "accuracy": float((classes[done] == truth[done]).mean()) if done.any() else 0.0,
+        "classified": int(done.sum()),
+        "pixels": int(inside.sum()),
+    }
 
 
-def run(work: Path, *, preset: str = "default", seed: int = 0, epochs: int = 60, n_per_class: int = 150) -> dict:
+def run(
+    work: Path, *, preset: str = "default", seed: int = 0, epochs: int = 60, n_per_class: int = 150
+) -> dict:
     """All steps; returns the figures."""
     import cropmap
     from training.data.datasets import scene_a_splits
@@ -161,7 +206,9 @@ def run(work: Path, *, preset: str = "default", seed: int = 0, epochs: int = 60,
     splits = scene_a_splits(scene, seed)
     train_ids = np.concatenate([splits["pretrain"], splits["train"]])
     bundle = work / "sim_lstm.onnx"
-    fit = train_bundle(scene, train_ids, splits["val"], bundle, epochs=epochs, n_per_class=n_per_class, seed=seed)
+    fit = train_bundle(
+        scene, train_ids, splits["val"], bundle, epochs=epochs, n_per_class=n_per_class, seed=seed
+    )
     fields = write_fields(cloudy_dir, splits["val"], work / "val_fields.gpkg")
     cloudy = write_stack(scene, work / "cloudy_clp.tif", cloud_band=True)
     twin = write_stack(clear, work / "cloud_free.tif", cloud_band=False)
@@ -188,22 +235,30 @@ def markdown(res: dict) -> str:
     lines = [
         "# Cloud masking on the simulated scene",
         "",
-        f"Produced by `python bench/bench_clouds.py --preset {res['preset']} --seed {res['seed']} "
-        f"--epochs {res['epochs']}`.",
+        (
+            f"Produced by `python bench/bench_clouds.py --preset {res['preset']} --seed {res['seed']} "
+            f"--epochs {res['epochs']}`."
+        ),
         "",
         "| stack mapped | map accuracy (validation fields) | classified px | observations masked |",
         "|---|---:|---:|---:|",
     ]
     for label, r in res["runs"].items():
-        masked = f"{r['masked_observations']:,} of {r['observations_in_mask']:,}" if r["observations_in_mask"] else "-"
+        masked = (
+            f"{r['masked_observations']:,} of {r['observations_in_mask']:,}"
+            if r["observations_in_mask"]
+            else "-"
+        )
         lines.append(f"| {label} | {r['accuracy']:.3f} | {r['classified']:,} of {r['pixels']:,} | {masked} |")
     lines += [
         "",
-        f"Model: BiLSTM (hidden 32), {res['epochs']} epochs on {res['n_train']:,} cloud-masked, gap-filled series of "
-        f"scene A's pre-training + training fields; series accuracy on the validation fields "
-        f"{res['series_val_accuracy']:.3f}. {res['cloudy_share_of_observations']:.0%} of scene A's observations have "
-        f"a cloud probability above 0.4. Run time {res['seconds']:.0f} s on "
-        f"{dt.date.today().isoformat()} (2 shared cores).",
+        (
+            f"Model: BiLSTM (hidden 32), {res['epochs']} epochs on {res['n_train']:,} cloud-masked, gap-filled series of "
+            f"scene A's pre-training + training fields; series accuracy on the validation fields "
+            f"{res['series_val_accuracy']:.3f}. {res['cloudy_share_of_observations']:.0%} of scene A's observations have "
+            f"a cloud probability above 0.4. Run time {res['seconds']:.0f} s on "
+            f"{dt.date.today().isoformat()} (2 shared cores)."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -221,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, default=None, help="write the table to this file")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        res = run(Path(tmp), preset=args.preset, seed=args.seed, epochs=args.epochs, n_per_class=args.n_per_class)
+        res = run(
+            Path(tmp), preset=args.preset, seed=args.seed, epochs=args.epochs, n_per_class=args.n_per_class
+        )
     print(json.dumps(res, indent=2))
     text = markdown(res)
     print(text)

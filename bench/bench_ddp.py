@@ -58,9 +58,24 @@ def main() -> int:
         s2 = (rng.normal(0, 1, (args.pairs, 12)) * 1000 + 3000).astype(np.float32)
         ps = (np.repeat(s2[:, :4], 9, axis=1) + rng.normal(0, 100, (args.pairs, 36))).astype(np.float32)
         np.savez(work / "pairs.npz", s2=s2, ps=ps)
-        common = ["-m", "training.pretrain", "--data", str(work / "pairs.npz"), "--config",
-                  str(ROOT / "training/configs/pretrain_pointwise.toml"), "--mode", "bimodal", "--set", "epochs=2",
-                  "--set", f"steps_per_epoch={args.steps}", "--no-progress", "--device", "cpu", "--overwrite"]  # fmt: skip
+        common = [
+            "-m",
+            "training.pretrain",
+            "--data",
+            str(work / "pairs.npz"),
+            "--config",
+            str(ROOT / "training/configs/pretrain_pointwise.toml"),
+            "--mode",
+            "bimodal",
+            "--set",
+            "epochs=2",
+            "--set",
+            f"steps_per_epoch={args.steps}",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--overwrite",
+        ]
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
         sides = {
             "1 process, 1 thread": (lambda o: [sys.executable, *common, "--out", str(o)], 1),
@@ -75,25 +90,27 @@ def main() -> int:
                 best[name] = max(best.get(name, 0.0), speed)
                 print(f"turn {turn + 1}: {name}: {speed:,.0f} pairs/s", flush=True)
     one, two, both = (best[k] for k in sides)
-    report = "\n".join([
-        (
-            f"`python bench/bench_ddp.py --pairs {args.pairs} --steps {args.steps} --repeat {args.repeat}`, "
-            f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores; "
-            "point-wise bi-modal at the default size (ResMLP-8 x 256 per modality, global batch 1024), pairs/s of "
-            "the second epoch, best of the turns."
-        ),
-        "",
-        "| run | pairs/s | ratio |",
-        "|---|---:|---:|",
-        f"| 1 process, 1 thread | {one:,.0f} | 1.00 |",
-        f"| 2 gloo ranks, 1 thread each | {two:,.0f} | {two / one:.2f} |",
-        f"| 1 process, 2 threads | {both:,.0f} | {both / one:.2f} |",
-        "",
-        (
-            f"Two ranks against one single-threaded process: **{two / one:.2f}x**; against one process on both "
-            f"cores: **{two / both:.2f}x**."
-        ),
-    ])  # fmt: skip
+    report = "\n".join(
+        [
+            (
+                f"`python bench/bench_ddp.py --pairs {args.pairs} --steps {args.steps} --repeat {args.repeat}`, "
+                f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores; "
+                "point-wise bi-modal at the default size (ResMLP-8 x 256 per modality, global batch 1024), pairs/s of "
+                "the second epoch, best of the turns."
+            ),
+            "",
+            "| run | pairs/s | ratio |",
+            "|---|---:|---:|",
+            f"| 1 process, 1 thread | {one:,.0f} | 1.00 |",
+            f"| 2 gloo ranks, 1 thread each | {two:,.0f} | {two / one:.2f} |",
+            f"| 1 process, 2 threads | {both:,.0f} | {both / one:.2f} |",
+            "",
+            (
+                f"Two ranks against one single-threaded process: **{two / one:.2f}x**; against one process on both "
+                f"cores: **{two / both:.2f}x**."
+            ),
+        ]
+    )
     print(report)
     if args.markdown is not None:
         write_measured(args.markdown, report)

@@ -101,17 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     unit = "GPU s" if device.type == "cuda" else "CPU s"
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")  # fmt: skip
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     torch.manual_seed(0)
     steps_per_epoch = -(-PAPER_TRAIN_SERIES // args.batch)
     lines = [
-        f"Machine: {machine}, torch {torch.__version__}; "
-        f"{'wall time after CUDA synchronise' if device.type == 'cuda' else 'process CPU time'}; batch {args.batch}, T = {args.t}, "
-        f"{args.steps} measured steps (median) after {args.warmup} warm-up; epoch = {steps_per_epoch} steps ({PAPER_TRAIN_SERIES:,} series).",
+        (
+            f"Machine: {machine}, torch {torch.__version__}; "
+            f"{'wall time after CUDA synchronise' if device.type == 'cuda' else 'process CPU time'}; batch {args.batch}, T = {args.t}, "
+            f"{args.steps} measured steps (median) after {args.warmup} warm-up; epoch = {steps_per_epoch} steps ({PAPER_TRAIN_SERIES:,} series)."
+        ),
         "",
-        f"| base model | config | params (12 / 256 in) | step, 12 bands ({unit}) | step, 256-d ({unit}) | "
-        f"epoch, 12 bands ({unit[:3]} min) | epoch, 256-d ({unit[:3]} min) | 20 epochs, 256-d ({unit[:3]} h) |",
+        (
+            f"| base model | config | params (12 / 256 in) | step, 12 bands ({unit}) | step, 256-d ({unit}) | "
+            f"epoch, 12 bands ({unit[:3]} min) | epoch, 256-d ({unit[:3]} min) | 20 epochs, 256-d ({unit[:3]} h) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     y = torch.randint(0, 9, (args.batch,), device=device)
@@ -135,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     n_val = PAPER_TRAIN_SERIES // 5
     lines += [
         "",
-        f"Frozen ResMLP encoder (n_layers=8, hidden 256, {enc_params:,} parameters): {enc_s:.3f} {unit} per {args.batch} series of {args.t} stamps "
-        f"({args.batch * args.t / enc_s:,.0f} stamps/s); embedding the {PAPER_TRAIN_SERIES + n_val:,} train + val "
-        f"series once takes {enc_s * (PAPER_TRAIN_SERIES + n_val) / args.batch / 60:.1f} min.",
+        (
+            f"Frozen ResMLP encoder (n_layers=8, hidden 256, {enc_params:,} parameters): {enc_s:.3f} {unit} per {args.batch} series of {args.t} stamps "
+            f"({args.batch * args.t / enc_s:,.0f} stamps/s); embedding the {PAPER_TRAIN_SERIES + n_val:,} train + val "
+            f"series once takes {enc_s * (PAPER_TRAIN_SERIES + n_val) / args.batch / 60:.1f} min."
+        ),
     ]
     table = "\n".join(lines) + "\n"
     print(table)

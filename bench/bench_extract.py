@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _proc import measure, median  # noqa: E402 - wall time; the peak is taken by /usr/bin/time
+from _proc import measure, median
 
 SAMPLE = REPO / "sample_data" / "belgium_2021" / "s2_stack.tif"
 TILE = 256
@@ -55,9 +55,19 @@ def build(folder: Path, side: int) -> tuple[Path, Path]:
         tags, descriptions, nodata, crs, tf = src.tags(), src.descriptions, src.nodata, src.crs, src.transform
     reps = -(-side // values.shape[1])
     stack = folder / f"stack_{side}.tif"
-    prof = dict(driver="GTiff", width=side, height=side, count=values.shape[0], dtype=values.dtype, crs=crs,
-                transform=from_origin(tf.c, tf.f, tf.a, -tf.e), nodata=nodata, tiled=True, blockxsize=TILE,
-                blockysize=TILE)  # fmt: skip
+    prof = {
+        "driver": "GTiff",
+        "width": side,
+        "height": side,
+        "count": values.shape[0],
+        "dtype": values.dtype,
+        "crs": crs,
+        "transform": from_origin(tf.c, tf.f, tf.a, -tf.e),
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": TILE,
+        "blockysize": TILE,
+    }
     with rasterio.open(stack, "w", **prof) as dst:
         for r0 in range(0, side, TILE):  # one strip of tiles at a time: memory stays small
             h = min(TILE, side - r0)
@@ -89,13 +99,31 @@ def tiny_bundle(path: Path) -> Path:
     from cropmap.models import DEFAULT_BUNDLE
 
     shipped = load_bundle(DEFAULT_BUNDLE).metadata
-    meta = base_metadata(bands=shipped.bands, time_grid=shipped.time_grid, min_valid_steps=shipped.min_valid_steps)
+    meta = base_metadata(
+        bands=shipped.bands, time_grid=shipped.time_grid, min_valid_steps=shipped.min_valid_steps
+    )
     return write_bundle(path, dataclasses.replace(meta, embedding=None), with_embedding=False)
 
 
 def extract_args(stack: Path, parcels: Path, out: Path) -> list[str]:
-    return [str(stack), str(parcels), "-o", str(out), "--label-column", "crop", "--id-column", "parcel",
-            "--buffer", "0", "--block-size", str(TILE), "--cloud-band", "none", "--overwrite", "--no-progress"]  # fmt: skip
+    return [
+        str(stack),
+        str(parcels),
+        "-o",
+        str(out),
+        "--label-column",
+        "crop",
+        "--id-column",
+        "parcel",
+        "--buffer",
+        "0",
+        "--block-size",
+        str(TILE),
+        "--cloud-band",
+        "none",
+        "--overwrite",
+        "--no-progress",
+    ]
 
 
 def timed_extract(stack: Path, parcels: Path, out: Path) -> tuple[float, int, float]:
@@ -103,7 +131,9 @@ def timed_extract(stack: Path, parcels: Path, out: Path) -> tuple[float, int, fl
     read stage's seconds (summed block read seconds / worker threads)."""
     from training.data.extract import ExtractOptions, extract
 
-    opts = ExtractOptions(label_column="crop", id_column="parcel", buffer_m=0.0, block_size=TILE, cloud_band="none")
+    opts = ExtractOptions(
+        label_column="crop", id_column="parcel", buffer_m=0.0, block_size=TILE, cloud_band="none"
+    )
     t0 = time.perf_counter()
     summary = extract(stack, parcels, out, opts, overwrite=True)
     return time.perf_counter() - t0, summary.pixels_kept, summary.read_s / summary.workers
@@ -114,8 +144,16 @@ def timed_classify(stack: Path, parcels: Path, model: Path, out: Path) -> tuple[
     from cropmap import classify
 
     t0 = time.perf_counter()
-    summary = classify(stack, parcels, model=model, out=out, block_size=TILE, cloud_band="none", quicklook=False,
-                       overwrite=True)  # fmt: skip
+    summary = classify(
+        stack,
+        parcels,
+        model=model,
+        out=out,
+        block_size=TILE,
+        cloud_band="none",
+        quicklook=False,
+        overwrite=True,
+    )
     return time.perf_counter() - t0, summary
 
 
@@ -126,8 +164,17 @@ def peak_extract_mb(stack: Path, parcels: Path, out: Path) -> float:
     vfork + exec (the child's maximum starts at the parent's), and this process holds the extractions it timed.
     ``/usr/bin/time`` is such a child too, but it forks the command from its own small process.
     """
-    r = measure(["/usr/bin/time", "-f", "peak_kb %M", sys.executable, "-m", "training.data.extract",
-                 *extract_args(stack, parcels, out)])  # fmt: skip
+    r = measure(
+        [
+            "/usr/bin/time",
+            "-f",
+            "peak_kb %M",
+            sys.executable,
+            "-m",
+            "training.data.extract",
+            *extract_args(stack, parcels, out),
+        ]
+    )
     if r.returncode:
         raise SystemExit(f"extraction failed: {r.stderr.strip()}")
     return int(r.stderr.strip().splitlines()[-1].split()[-1]) / 1024
@@ -172,29 +219,43 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "| run | stack | pixel-series | seconds | pixel-series/s |",
         "|---|---|---:|---:|---:|",
-        f"| `training.data.extract` (every pixel, parquet written) | {args.side}^2 | {n_ext:,} | {e:.2f} | "
-        f"{ext_rate:,.0f} |",
-        f"| `training.data.extract`, read stage alone (summed block read s / block workers) | {args.side}^2 | "
-        f"{n_ext:,} | {erd:.2f} | {ext_read_rate:,.0f} |",
-        f"| `cropmap.classify` end to end (linear bundle: reading, gap fill, COG written) | {args.side}^2 | {n_cls:,} | "
-        f"{c:.2f} | {cls_rate:,.0f} |",
-        f"| `cropmap.classify`, read stage alone (summed block read s / block workers) | {args.side}^2 | {n_cls:,} | "
-        f"{rd:.2f} | {read_rate:,.0f} |",
-        f"| `training.data.extract`, 16x the pixels | {4 * args.side}^2 | {n_big:,} | {big_ext_s:.2f} | "
-        f"{n_big / big_ext_s:,.0f} |",
+        (
+            f"| `training.data.extract` (every pixel, parquet written) | {args.side}^2 | {n_ext:,} | {e:.2f} | "
+            f"{ext_rate:,.0f} |"
+        ),
+        (
+            f"| `training.data.extract`, read stage alone (summed block read s / block workers) | {args.side}^2 | "
+            f"{n_ext:,} | {erd:.2f} | {ext_read_rate:,.0f} |"
+        ),
+        (
+            f"| `cropmap.classify` end to end (linear bundle: reading, gap fill, COG written) | {args.side}^2 | {n_cls:,} | "
+            f"{c:.2f} | {cls_rate:,.0f} |"
+        ),
+        (
+            f"| `cropmap.classify`, read stage alone (summed block read s / block workers) | {args.side}^2 | {n_cls:,} | "
+            f"{rd:.2f} | {read_rate:,.0f} |"
+        ),
+        (
+            f"| `training.data.extract`, 16x the pixels | {4 * args.side}^2 | {n_big:,} | {big_ext_s:.2f} | "
+            f"{n_big / big_ext_s:,.0f} |"
+        ),
         "",
-        f"Reading: the extraction's read stage takes **{ext_read_rate / read_rate:.2f}x** the pixel-series per second "
-        f"of classify's (the same reader on the same blocks). End to end, with its parquet written, the extraction "
-        f"runs at {ext_rate / cls_rate:.2f}x the pixel-series per second of classify with its COG written. Peak "
-        f"RSS of `python -m training.data.extract` (fresh process, median of 2 alternating runs each): "
-        f"{base_mb:,.0f} MB on the {args.side}^2 stack ({', '.join(f'{v:,.0f}' for v in base_runs)}), "
-        f"{big_mb:,.0f} MB on the 16x stack ({', '.join(f'{v:,.0f}' for v in big_runs)}): **{big_mb / base_mb:.2f}x**.",
+        (
+            f"Reading: the extraction's read stage takes **{ext_read_rate / read_rate:.2f}x** the pixel-series per second "
+            f"of classify's (the same reader on the same blocks). End to end, with its parquet written, the extraction "
+            f"runs at {ext_rate / cls_rate:.2f}x the pixel-series per second of classify with its COG written. Peak "
+            f"RSS of `python -m training.data.extract` (fresh process, median of 2 alternating runs each): "
+            f"{base_mb:,.0f} MB on the {args.side}^2 stack ({', '.join(f'{v:,.0f}' for v in base_runs)}), "
+            f"{big_mb:,.0f} MB on the 16x stack ({', '.join(f'{v:,.0f}' for v in big_runs)}): **{big_mb / base_mb:.2f}x**."
+        ),
         "",
-        f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} with "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}; stacks of the sample's 12 dates x 9 bands "
-        f"(uint16, {TILE} px tiles, blocks of {TILE} px, no cloud band), parcels 48 x 48 px every 64 px; in-process "
-        f"wall times (imports excluded), median of {args.repeat} turns on the base stack (both sides once per turn), "
-        f"one run on the 16x stack; classify executor: {executor}.",
+        (
+            f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} with "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}; stacks of the sample's 12 dates x 9 bands "
+            f"(uint16, {TILE} px tiles, blocks of {TILE} px, no cloud band), parcels 48 x 48 px every 64 px; in-process "
+            f"wall times (imports excluded), median of {args.repeat} turns on the base stack (both sides once per turn), "
+            f"one run on the 16x stack; classify executor: {executor}."
+        ),
     ]
     report = "\n".join(lines)
     print(report)

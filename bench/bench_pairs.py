@@ -89,8 +89,17 @@ def _pairs(scene: Path, out: Path, extra: Sequence[str] = (), stack: Path | None
     if out.exists():
         shutil.rmtree(out)
     stack = stack or scene / "s2_stack.tif"
-    cmd = [sys.executable, "-m", "training.pairs", str(stack), str(scene / "planet_scenes"),
-           "-o", str(out), "--no-progress", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.pairs",
+        str(stack),
+        str(scene / "planet_scenes"),
+        "-o",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     run = _measure(cmd)
     counts = json.loads((out / "pairs.json").read_text())["counts"]
     run.update(point=counts["point_pairs"], series=counts["time_series"], inner_s=counts["seconds"])
@@ -101,8 +110,12 @@ def _pairs(scene: Path, out: Path, extra: Sequence[str] = (), stack: Path | None
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print (optionally write) a markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sim", type=Path, help="folder for the simulated scenes (kept; reused when present)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="S2 px per side, growth run")
+    parser.add_argument(
+        "--sim", type=Path, help="folder for the simulated scenes (kept; reused when present)"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[64, 128, 256], help="S2 px per side, growth run"
+    )
     parser.add_argument("--write", type=Path, help="write the markdown report to this file")
     args = parser.parse_args(argv)
     root = args.sim or Path(tempfile.mkdtemp(prefix="bench_pairs_"))
@@ -118,32 +131,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         growth.append((size, run))
         print(f"{size} px: {run}", flush=True)
     g0 = growth[0][1]
-    machine = f"{platform.machine()}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}"
+    )
     rate_cpu = base["point"] / base["cpu_s"]
     lines = [
         f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine}.",
         "",
-        f"Command: `python bench/bench_pairs.py{' --sim ' + str(args.sim) if args.sim else ''} "
-        f"--sizes {' '.join(map(str, args.sizes))}`; each run is `python -m training.pairs "
-        "scene_a/s2_stack.tif scene_a/planet_scenes -o OUT` (point- and time-wise, no polygons, blocks of 64 px) "
-        "in a child process; the growth scenes' stacks with 64 px tiles.",
+        (
+            f"Command: `python bench/bench_pairs.py{' --sim ' + str(args.sim) if args.sim else ''} "
+            f"--sizes {' '.join(map(str, args.sizes))}`; each run is `python -m training.pairs "
+            "scene_a/s2_stack.tif scene_a/planet_scenes -o OUT` (point- and time-wise, no polygons, blocks of 64 px) "
+            "in a child process; the growth scenes' stacks with 64 px tiles."
+        ),
         "",
         "| scene | point-wise pairs | time-wise series | wall s | CPU s | pairs/s (wall) | pairs/s (CPU) | peak MB | output MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in [("default (60 px, 36 stamps)", base), *[(f"{s} px ({(s / args.sizes[0]) ** 2:.0f}x px)", r)
-                                                             for s, r in growth]]:  # fmt: skip
-        lines.append(f"| {name} | {r['point']:,} | {r['series']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-                     f"{r['point'] / r['wall_s']:,.0f} | {r['point'] / r['cpu_s']:,.0f} | {r['peak_mb']:.0f} | "
-                     f"{r['disk_mb']:.1f} |")  # fmt: skip
+    for name, r in [
+        ("default (60 px, 36 stamps)", base),
+        *[(f"{s} px ({(s / args.sizes[0]) ** 2:.0f}x px)", r) for s, r in growth],
+    ]:
+        lines.append(
+            f"| {name} | {r['point']:,} | {r['series']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"{r['point'] / r['wall_s']:,.0f} | {r['point'] / r['cpu_s']:,.0f} | {r['peak_mb']:.0f} | "
+            f"{r['disk_mb']:.1f} |"
+        )
         rows.append((name, r))
     lines += ["", "Peak memory against the 1x growth scene (same command, pairs grow with the pixels):", ""]
     for s, r in growth[1:]:
-        lines.append(f"- {s} px: {r['point'] / g0['point']:.1f}x the point-wise pairs, peak memory "
-                     f"**{r['peak_mb'] / g0['peak_mb']:.2f}x** ({r['peak_mb']:.0f} MB vs {g0['peak_mb']:.0f} MB)")  # fmt: skip
-    lines += ["", f"The papers' {PAPER_PAIRS / 1e6:.1f} M point-wise pairs at the default scene's CPU rate: "
-              f"{PAPER_PAIRS / rate_cpu / 60:.0f} CPU minutes on one core; output written to disk as it is built "
-              f"(point-wise: {(12 + 36) * 4 + 24} bytes per pair, {PAPER_PAIRS * 216 / 1e9:.1f} GB)."]  # fmt: skip
+        lines.append(
+            f"- {s} px: {r['point'] / g0['point']:.1f}x the point-wise pairs, peak memory "
+            f"**{r['peak_mb'] / g0['peak_mb']:.2f}x** ({r['peak_mb']:.0f} MB vs {g0['peak_mb']:.0f} MB)"
+        )
+    lines += [
+        "",
+        (
+            f"The papers' {PAPER_PAIRS / 1e6:.1f} M point-wise pairs at the default scene's CPU rate: "
+            f"{PAPER_PAIRS / rate_cpu / 60:.0f} CPU minutes on one core; output written to disk as it is built "
+            f"(point-wise: {(12 + 36) * 4 + 24} bytes per pair, {PAPER_PAIRS * 216 / 1e9:.1f} GB)."
+        ),
+    ]
     report = "\n".join(lines)
     print(report)
     if args.write:

@@ -43,7 +43,11 @@ def grid_parcels(fields: Path, cell_px: int, out: Path) -> int:
     g = gpd.read_file(fields)
     x0, y0, x1, y1 = g.total_bounds
     step = 10.0 * cell_px
-    cells = [shapely.box(x, y, x + step, y + step) for x in np.arange(x0, x1, step) for y in np.arange(y0, y1, step)]
+    cells = [
+        shapely.box(x, y, x + step, y + step)
+        for x in np.arange(x0, x1, step)
+        for y in np.arange(y0, y1, step)
+    ]
     grid = gpd.GeoDataFrame({"cell": range(len(cells))}, geometry=cells, crs=g.crs)
     parts = gpd.overlay(grid, g[["geometry"]], how="intersection", keep_geom_type=True)
     parts = parts[parts.geometry.area > 0].explode(index_parts=False).reset_index(drop=True)
@@ -67,7 +71,9 @@ def bench_parcels(repeat: int, grid: int | None, folder: Path) -> list[tuple[str
     cases = [("the 4 sample fields", FIELDS, len(gpd.read_file(FIELDS)))]
     if grid:
         path = folder / f"grid_{grid}px.gpkg"
-        cases.append((f"the fields cut into {grid} x {grid} px parcels", path, grid_parcels(FIELDS, grid, path)))
+        cases.append(
+            (f"the fields cut into {grid} x {grid} px parcels", path, grid_parcels(FIELDS, grid, path))
+        )
     time_classify(None, folder, -1)  # warm-up: imports, first session
     rows = []
     for name, path, n in cases:
@@ -87,14 +93,30 @@ def write_map(path: Path, size: int, rng: np.random.Generator) -> None:
     from cropmap.bundle import ClassInfo
     from cropmap.writer import class_tags, colormap
 
-    classes = [ClassInfo(1, "maize", "#ffd700"), ClassInfo(2, "wheat", "#a0522d"),
-               ClassInfo(3, "grassland", "#2e8b57"), ClassInfo(4, "other", "#999999")]  # fmt: skip
+    classes = [
+        ClassInfo(1, "maize", "#ffd700"),
+        ClassInfo(2, "wheat", "#a0522d"),
+        ClassInfo(3, "grassland", "#2e8b57"),
+        ClassInfo(4, "other", "#999999"),
+    ]
     patch = 100
     n = -(-size // patch)
     patches = rng.choice([1, 2, 3, 4], size=(n, n), p=[0.15, 0.25, 0.4, 0.2]).astype(np.uint8)
-    prof = dict(driver="GTiff", height=size, width=size, count=1, dtype="uint8", crs="EPSG:32631", nodata=0,
-                transform=Affine(10, 0, 500_000, 0, -10, 5_700_000), tiled=True, blockxsize=512, blockysize=512,
-                compress="deflate", BIGTIFF="IF_SAFER")  # fmt: skip
+    prof = {
+        "driver": "GTiff",
+        "height": size,
+        "width": size,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32631",
+        "nodata": 0,
+        "transform": Affine(10, 0, 500_000, 0, -10, 5_700_000),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
     tags, band = class_tags(classes)
     with rasterio.open(path, "w", **prof) as ds:
         ds.update_tags(**tags)
@@ -123,20 +145,32 @@ def bench_assess(size: int, points: int, folder: Path) -> dict[str, float]:
     with rasterio.open(map_path) as ds:
         tf = ds.transform
         rows, cols = rng.integers(0, size, points), rng.integers(0, size, points)
-        values = np.array([v[0] for v in ds.sample(zip(tf.c + (cols + 0.5) * tf.a, tf.f + (rows + 0.5) * tf.e,
-                                                         strict=True))])  # fmt: skip
+        values = np.array(
+            [
+                v[0]
+                for v in ds.sample(zip(tf.c + (cols + 0.5) * tf.a, tf.f + (rows + 0.5) * tf.e, strict=True))
+            ]
+        )
     truth = np.where(rng.random(points) < 0.85, values, rng.integers(1, 5, points))
     ref = folder / "reference.gpkg"
-    gpd.GeoDataFrame({"crop": truth}, geometry=shapely.points(tf.c + (cols + 0.5) * tf.a, tf.f + (rows + 0.5) * tf.e),
-                     crs="EPSG:32631").to_crs(4326).to_file(ref)  # fmt: skip
+    gpd.GeoDataFrame(
+        {"crop": truth},
+        geometry=shapely.points(tf.c + (cols + 0.5) * tf.a, tf.f + (rows + 0.5) * tf.e),
+        crs="EPSG:32631",
+    ).to_crs(4326).to_file(ref)
     t0 = time.perf_counter()
     report = assess(map_path, ref, label_column="crop")
     assess_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     write_report(report, folder / "report.json", overwrite=True)
     write_s = time.perf_counter() - t0
-    return {"make_s": make_s, "assess_s": assess_s, "write_s": write_s, "oa": report["overall_accuracy"]["estimate"],
-            "units": report["sample"]["units"]}  # fmt: skip
+    return {
+        "make_s": make_s,
+        "assess_s": assess_s,
+        "write_s": write_s,
+        "oa": report["overall_accuracy"]["estimate"],
+        "units": report["sample"]["units"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,16 +186,20 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         rows = bench_parcels(args.repeat, args.grid or None, folder)
         a = bench_assess(args.assess_size, args.assess_points, folder) if args.assess_size else None
-    print(f"# bench_parcels {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-          f"{os.cpu_count()} cores, best of {args.repeat}")  # fmt: skip
+    print(
+        f"# bench_parcels {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"{os.cpu_count()} cores, best of {args.repeat}"
+    )
     print("| parcels | count | map alone s | map + parcels s | ratio |")
     print("|---|---:|---:|---:|---:|")
     for name, n, alone, with_p in rows:
         print(f"| {name} | {n:,} | {alone:.2f} | {with_p:.2f} | {with_p / alone:.2f}x |")
     if a is not None:
-        print(f"\nassess: {args.assess_size:,} x {args.assess_size:,} map, {args.assess_points:,} points "
-              f"({a['units']:,} units): assess {a['assess_s']:.2f} s + reports {a['write_s']:.2f} s "
-              f"(map written in {a['make_s']:.1f} s, not timed); overall accuracy {a['oa']:.4f}")  # fmt: skip
+        print(
+            f"\nassess: {args.assess_size:,} x {args.assess_size:,} map, {args.assess_points:,} points "
+            f"({a['units']:,} units): assess {a['assess_s']:.2f} s + reports {a['write_s']:.2f} s "
+            f"(map written in {a['make_s']:.1f} s, not timed); overall accuracy {a['oa']:.4f}"
+        )
     return 0
 
 

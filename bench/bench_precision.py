@@ -58,8 +58,14 @@ def km2_per_h_per_core(px_per_s: float) -> float:
     return px_per_s * PIXEL_M2 * 3600 / 1e6 / cores()
 
 
-def ort_px_per_s(path: Path, x: np.ndarray, repeat: int, provider: str = "cpu", threads: int | None = None,
-                 batch: int = BATCH) -> float:  # fmt: skip
+def ort_px_per_s(
+    path: Path,
+    x: np.ndarray,
+    repeat: int,
+    provider: str = "cpu",
+    threads: int | None = None,
+    batch: int = BATCH,
+) -> float:
     """Best-of-``repeat`` pixels/s of a bundle's session alone on ``x`` in batches of ``batch``."""
     from cropmap.bundle import load_bundle
 
@@ -178,8 +184,9 @@ def sample_pixels() -> tuple[np.ndarray, np.ndarray]:
     positions = np.array([meta.time_grid.position_of(st.dates[i]) for i in idx])
     from rasterio.windows import Window
 
-    v = st.to_model_units(st.read(Window(0, 0, st.width, st.height), [int(i) for i in idx], meta.bands),
-                          meta.reflectance_scale)  # fmt: skip
+    v = st.to_model_units(
+        st.read(Window(0, 0, st.width, st.height), [int(i) for i in idx], meta.bands), meta.reflectance_scale
+    )
     from cropmap.mask import load_polygons, rasterize_block
 
     left, top = st.transform @ (0, 0)
@@ -188,16 +195,22 @@ def sample_pixels() -> tuple[np.ndarray, np.ndarray]:
     polys = load_polygons(MASK, st.crs, bounds)
     m = rasterize_block(polys.select(bounds), (st.height, st.width), st.transform)
     rr, cc = np.nonzero(~m)
-    filled, _, ok = fill_gaps(v[:, :, rr, cc].transpose(2, 0, 1), positions, meta.time_grid.day_of_season,
-                              min_valid=meta.min_valid_steps)  # fmt: skip
+    filled, _, ok = fill_gaps(
+        v[:, :, rr, cc].transpose(2, 0, 1),
+        positions,
+        meta.time_grid.day_of_season,
+        min_valid=meta.min_valid_steps,
+    )
     return crop, filled[ok]
 
 
 def machine() -> str:
     import onnxruntime as ort
 
-    return (f"{dt.date.today().isoformat()}, {platform.machine()} with {cores()} cores, Python "
-            f"{platform.python_version()}, onnxruntime {ort.__version__}")  # fmt: skip
+    return (
+        f"{dt.date.today().isoformat()}, {platform.machine()} with {cores()} cores, Python "
+        f"{platform.python_version()}, onnxruntime {ort.__version__}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- parts
@@ -220,8 +233,17 @@ def _time_sessions(sessions: list[Any], x: np.ndarray, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def e2e_vs_raw(stack: Path, mask: Path, model: Path, x: np.ndarray, repeat: int, work: Path, *,
-               batch_size: int | None = None, bare: bool = True) -> dict[str, Any]:  # fmt: skip
+def e2e_vs_raw(
+    stack: Path,
+    mask: Path,
+    model: Path,
+    x: np.ndarray,
+    repeat: int,
+    work: Path,
+    *,
+    batch_size: int | None = None,
+    bare: bool = True,
+) -> dict[str, Any]:
     """classify end to end vs the raw session(s) of ``model`` on the same pixels ``x`` (pre-filled, as classify feeds
     them).
 
@@ -253,14 +275,29 @@ def e2e_vs_raw(stack: Path, mask: Path, model: Path, x: np.ndarray, repeat: int,
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         for i in range(repeat):
             t0 = time.perf_counter()
-            runs.append(cropmap.classify(stack, mask, model=model, out=Path(tmp) / f"m{i}.tif", provider="cpu",
-                                         batch_size=batch_size))  # fmt: skip
+            runs.append(
+                cropmap.classify(
+                    stack,
+                    mask,
+                    model=model,
+                    out=Path(tmp) / f"m{i}.tif",
+                    provider="cpu",
+                    batch_size=batch_size,
+                )
+            )
             assert runs[-1]["runtime"]["batch_size"] == batch_size
             keep("e2e", time.perf_counter() - t0)
             if bare:  # and without the quick-look (--no-quicklook)
                 t0 = time.perf_counter()
-                cropmap.classify(stack, mask, model=model, out=Path(tmp) / f"n{i}.tif", provider="cpu",
-                                 batch_size=batch_size, quicklook=False)  # fmt: skip
+                cropmap.classify(
+                    stack,
+                    mask,
+                    model=model,
+                    out=Path(tmp) / f"n{i}.tif",
+                    provider="cpu",
+                    batch_size=batch_size,
+                    quicklook=False,
+                )
                 keep("e2e_no_quicklook", time.perf_counter() - t0)
             for batch in batches:
                 keep(f"raw_{batch}", _time_raw(one, x, batch))
@@ -270,13 +307,26 @@ def e2e_vs_raw(stack: Path, mask: Path, model: Path, x: np.ndarray, repeat: int,
     raw_by_batch = {str(b): best[f"raw_{b}"] for b in batches}
     raw_batch, raw = max(raw_by_batch.items(), key=lambda kv: kv[1])
     e2e, no_ql = best["e2e"], best.get("e2e_no_quicklook")
-    return {"stack": stack.name, "model": model.name, "pixels": len(x), "e2e_px_per_s": e2e, "raw_px_per_s": raw,
-            "ratio": e2e / raw, "raw_px_per_s_by_batch": raw_by_batch, "raw_batch": int(raw_batch),
-            "raw_sessions_px_per_s": best["raw_sessions"], "raw_sessions_batch": batch_size,
-            "ratio_sessions": e2e / best["raw_sessions"], "timings_s": summary["timings_s"],
-            "executor": summary["executor"], "e2e_no_quicklook_px_per_s": no_ql,
-            "ratio_no_quicklook": None if no_ql is None else no_ql / raw, "repeat": repeat,
-            "km2_h_core_e2e": km2_per_h_per_core(e2e), "machine": machine()}  # fmt: skip
+    return {
+        "stack": stack.name,
+        "model": model.name,
+        "pixels": len(x),
+        "e2e_px_per_s": e2e,
+        "raw_px_per_s": raw,
+        "ratio": e2e / raw,
+        "raw_px_per_s_by_batch": raw_by_batch,
+        "raw_batch": int(raw_batch),
+        "raw_sessions_px_per_s": best["raw_sessions"],
+        "raw_sessions_batch": batch_size,
+        "ratio_sessions": e2e / best["raw_sessions"],
+        "timings_s": summary["timings_s"],
+        "executor": summary["executor"],
+        "e2e_no_quicklook_px_per_s": no_ql,
+        "ratio_no_quicklook": None if no_ql is None else no_ql / raw,
+        "repeat": repeat,
+        "km2_h_core_e2e": km2_per_h_per_core(e2e),
+        "machine": machine(),
+    }
 
 
 def part_e2e(large: bool, repeat: int, work: Path) -> dict[str, Any]:
@@ -311,13 +361,16 @@ def paper_stack(work: Path, grid: Any, bands: tuple[str, ...]) -> Path:
     month, day = grid.season_start_month_day()
     start = dt.date(2021, month, day)
     dates = [start + dt.timedelta(days=int(p)) for p in grid.day_of_season]
-    out = np.stack([monthly[min(len(monthly) - 1, i * len(monthly) // n)][[source[b] for b in bands]]
-                    for i in range(n)]).reshape(n * len(bands), *data.shape[1:])  # fmt: skip
+    out = np.stack(
+        [monthly[min(len(monthly) - 1, i * len(monthly) // n)][[source[b] for b in bands]] for i in range(n)]
+    ).reshape(n * len(bands), *data.shape[1:])
     prof.update(count=len(out))
     tmp = path.with_name(".tmp_" + path.name)
     with rasterio.open(tmp, "w", **prof) as dst:
         dst.write(out)
-        dst.update_tags(dates=",".join(d.isoformat() for d in dates), bands=",".join(bands), reflectance_scale="10000")
+        dst.update_tags(
+            dates=",".join(d.isoformat() for d in dates), bands=",".join(bands), reflectance_scale="10000"
+        )
     tmp.replace(path)
     return path
 
@@ -332,7 +385,9 @@ def part_e2e_paper(repeat: int, work: Path) -> dict[str, Any]:
     (enc, base, stats, meta), x_rand, _graph = paper_model()
     bundle = work / "paper_fp32.onnx"
     if not bundle.exists():
-        export_bundle(encoder=enc, base_model=base, norm_stats=stats, metadata=meta, out=bundle, example=x_rand[:256])
+        export_bundle(
+            encoder=enc, base_model=base, norm_stats=stats, metadata=meta, out=bundle, example=x_rand[:256]
+        )
     stack = paper_stack(work, meta.time_grid, meta.bands)
     x = prefilled_pixels(stack, MASK, bundle)
     return e2e_vs_raw(stack, MASK, bundle, x, repeat, work, bare=False)
@@ -356,16 +411,25 @@ def tiled_sample(work: Path, n: int) -> tuple[Path, Path]:
     with rasterio.open(tmp, "w", **prof) as dst:
         for r in range(n):
             for c in range(n):
-                dst.write(data, window=rasterio.windows.Window(c * data.shape[2], r * data.shape[1], data.shape[2],
-                                                               data.shape[1]))  # fmt: skip
+                dst.write(
+                    data,
+                    window=rasterio.windows.Window(
+                        c * data.shape[2], r * data.shape[1], data.shape[2], data.shape[1]
+                    ),
+                )
         for i, d in enumerate(desc, start=1):
             dst.set_band_description(i, d)
         dst.update_tags(**tags)
     tmp.replace(stack)
     g = gpd.read_file(MASK)
-    parts = [g.geometry.apply(lambda p, r=r, c=c: shapely.affinity.translate(p, c * w_m, -r * h_m))
-             for r in range(n) for c in range(n)]  # fmt: skip
-    gpd.GeoDataFrame(geometry=np.concatenate([p.values for p in parts]), crs=g.crs).to_file(mask, layer="cropland")
+    parts = [
+        g.geometry.apply(lambda p, r=r, c=c: shapely.affinity.translate(p, c * w_m, -r * h_m))
+        for r in range(n)
+        for c in range(n)
+    ]
+    gpd.GeoDataFrame(geometry=np.concatenate([p.values for p in parts]), crs=g.crs).to_file(
+        mask, layer="cropland"
+    )
     return stack, mask
 
 
@@ -384,8 +448,15 @@ def _fra_data(run: Path) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     return choice, xt.astype(np.float32), xv.astype(np.float32), yv
 
 
-def _sample_row(fp32: Path, crop: np.ndarray, other: np.ndarray, bench_x: np.ndarray, repeat: int, work: Path,
-                ceiling: float) -> dict[str, Any]:  # fmt: skip
+def _sample_row(
+    fp32: Path,
+    crop: np.ndarray,
+    other: np.ndarray,
+    bench_x: np.ndarray,
+    repeat: int,
+    work: Path,
+    ceiling: float,
+) -> dict[str, Any]:
     """The shipped sample model: calibrated on stack pixels outside the cropland mask, checked on the cropland ones."""
     from exporters.quantize import reduce_precision
 
@@ -394,17 +465,29 @@ def _sample_row(fp32: Path, crop: np.ndarray, other: np.ndarray, bench_x: np.nda
     row["fp32"] = {}
     for p in ("fp16", "int8"):
         out = work / f"sample_{p}.onnx"
-        rec = reduce_precision(fp32, out, p, calib_x=other, eval_x=crop, data="sample stack: calibrated on pixels "
-                               "outside the cropland mask, agreement on the 3,912 cropland pixels",
-                               overwrite=True)  # fmt: skip
-        row[p] = {"agreement_val": None, "agreement_px": rec.argmax_agreement, "max_abs_logit_diff": rec.max_abs_logit_diff,
-                  "method": rec.method}  # fmt: skip
+        rec = reduce_precision(
+            fp32,
+            out,
+            p,
+            calib_x=other,
+            eval_x=crop,
+            data="sample stack: calibrated on pixels "
+            "outside the cropland mask, agreement on the 3,912 cropland pixels",
+            overwrite=True,
+        )
+        row[p] = {
+            "agreement_val": None,
+            "agreement_px": rec.argmax_agreement,
+            "max_abs_logit_diff": rec.max_abs_logit_diff,
+            "method": rec.method,
+        }
         got = logits_of(out, crop)
         assert abs(float((got.argmax(1) == want.argmax(1)).mean()) - rec.argmax_agreement) < 1e-9
         row[p]["batch_consistency"] = batch_consistency(out, crop)
     # Side by side in one run, in turn: fp32, fp16 and int8 of the same model on the same pixels.
-    rates = interleaved_px_per_s({"fp32": fp32, "fp16": work / "sample_fp16.onnx", "int8": work / "sample_int8.onnx"},
-                                 bench_x, repeat)  # fmt: skip
+    rates = interleaved_px_per_s(
+        {"fp32": fp32, "fp16": work / "sample_fp16.onnx", "int8": work / "sample_int8.onnx"}, bench_x, repeat
+    )
     for p, v in rates.items():
         row[p]["px_per_s"] = v
     row["int8_speedup"] = row["int8"]["px_per_s"] / row["fp32"]["px_per_s"]
@@ -445,15 +528,26 @@ def part_families(repeat: int, work: Path, runs: Path, model: str) -> dict[str, 
                 rep = export_checkpoint(choice.model, out, overwrite=True, precision=p, train_x=xt)
             except ExportError as err:  # below the default threshold: record the refusal, then measure anyway
                 refused = str(err)
-                rep = export_checkpoint(choice.model, out, overwrite=True, precision=p, train_x=xt, min_agreement=1e-6)
+                rep = export_checkpoint(
+                    choice.model, out, overwrite=True, precision=p, train_x=xt, min_agreement=1e-6
+                )
             rec = rep.precision
             g_px = logits_of(out, crop)
             consistency = batch_consistency(out, crop)
-            row[p] = {"agreement_val": rec.argmax_agreement, "n_val": rec.n, "accuracy_fp32": rec.accuracy_fp32,
-                      "accuracy": rec.accuracy, "max_abs_logit_diff": rec.max_abs_logit_diff, "method": rec.method,
-                      "agreement_px": float((g_px.argmax(1) == w_px.argmax(1)).mean()),
-                      "batch_consistency": consistency, "refused_at_default_threshold": refused}  # fmt: skip
-        rates = interleaved_px_per_s({p: work / f"fra_{fam}_{p}.onnx" for p in ("fp32", "fp16", "int8")}, bench_x, repeat)
+            row[p] = {
+                "agreement_val": rec.argmax_agreement,
+                "n_val": rec.n,
+                "accuracy_fp32": rec.accuracy_fp32,
+                "accuracy": rec.accuracy,
+                "max_abs_logit_diff": rec.max_abs_logit_diff,
+                "method": rec.method,
+                "agreement_px": float((g_px.argmax(1) == w_px.argmax(1)).mean()),
+                "batch_consistency": consistency,
+                "refused_at_default_threshold": refused,
+            }
+        rates = interleaved_px_per_s(
+            {p: work / f"fra_{fam}_{p}.onnx" for p in ("fp32", "fp16", "int8")}, bench_x, repeat
+        )
         for p, v in rates.items():
             row[p]["px_per_s"] = v
         row["int8_speedup"] = row["int8"]["px_per_s"] / row["fp32"]["px_per_s"]
@@ -471,8 +565,9 @@ pixels per call than at 256, its activations then staying in cache."""
 def _torch_pass(fn: Any, x: Any, batch: int, parallel: bool) -> float:
     """Seconds of one pass of ``fn`` over ``x``: one call at a time on all cores' intra-op threads, or (``parallel``)
     the batches shared among as many threads as cores, each call single-threaded (torch releases the GIL)."""
-    import torch
     from concurrent.futures import ThreadPoolExecutor
+
+    import torch
 
     starts = list(range(0, len(x), batch))
     t0 = time.perf_counter()
@@ -546,7 +641,9 @@ def _vs_torch(name: str, graph: Any, fp32: Path, int8: Path, x: np.ndarray, repe
         res[key] = max(mine.values()) if mine else None
         res[f"{key}_config"] = max(mine, key=mine.get).split(" ", 1)[1] if mine else None  # type: ignore[arg-type]
     res["torch_compile_error"] = compile_error
-    torch_best = max(v for k, v in res.items() if k in ("torch_eager", "torch_int8_dynamic", "torch_compile") and v)
+    torch_best = max(
+        v for k, v in res.items() if k in ("torch_eager", "torch_int8_dynamic", "torch_compile") and v
+    )
     res["torch_best"] = torch_best
     res["ort_fp32_vs_eager"] = res["ort_fp32"] / res["torch_eager"]
     res["ort_best_vs_torch_best"] = max(res["ort_fp32"], res["ort_int8"]) / torch_best
@@ -571,13 +668,29 @@ def paper_model(seed: int = 0) -> tuple[Any, np.ndarray, Any]:
     base = build_model("lstm", 256, k).eval()
     rng = np.random.default_rng(seed)
     x = rng.uniform(100, 6000, (3072, t, len(bands))).astype(np.float32)
-    stats = {"mean": x.reshape(-1, len(bands)).mean(0).tolist(), "std": x.reshape(-1, len(bands)).std(0).tolist()}
-    grid = TimeGrid("01-01", tuple(range(0, 2 * t, 2)), tuple((dt.date(2020, 1, 1) + dt.timedelta(2 * i)).isoformat()
-                                                            for i in range(t)))  # fmt: skip
+    stats = {
+        "mean": x.reshape(-1, len(bands)).mean(0).tolist(),
+        "std": x.reshape(-1, len(bands)).std(0).tolist(),
+    }
+    grid = TimeGrid(
+        "01-01",
+        tuple(range(0, 2 * t, 2)),
+        tuple((dt.date(2020, 1, 1) + dt.timedelta(2 * i)).isoformat() for i in range(t)),
+    )
     classes = tuple(ClassInfo(i + 1, f"class {i + 1}", "#808080") for i in range(k))
-    meta = classifier_metadata(encoder=enc, base_model=base, family="lstm", pretraining="none", bands=bands,
-                               time_grid=grid, classes=classes, min_valid_steps=10, training_data="random (benchmark)",
-                               metrics={}, nodata=0.0)  # fmt: skip
+    meta = classifier_metadata(
+        encoder=enc,
+        base_model=base,
+        family="lstm",
+        pretraining="none",
+        bands=bands,
+        time_grid=grid,
+        classes=classes,
+        min_valid_steps=10,
+        training_data="random (benchmark)",
+        metrics={},
+        nodata=0.0,
+    )
     graph = build_graph(encoder=enc, base_model=base, norm_stats=stats)
     return (enc, base, stats, meta), x, graph
 
@@ -590,21 +703,43 @@ def part_paper(repeat: int, work: Path) -> dict[str, Any]:
     (enc, base, stats, meta), x, graph = paper_model()
     fp32 = work / "paper_fp32.onnx"
     # The bench's own scratch bundle (part_e2e_paper may have written it): replaced on purpose.
-    export_bundle(encoder=enc, base_model=base, norm_stats=stats, metadata=meta, out=fp32, example=x[:256],
-                  overwrite=True)  # fmt: skip
+    export_bundle(
+        encoder=enc,
+        base_model=base,
+        norm_stats=stats,
+        metadata=meta,
+        out=fp32,
+        example=x[:256],
+        overwrite=True,
+    )
     int8 = work / "paper_int8.onnx"
     # Untrained weights: the agreement is not a quality figure here, only the throughput is.
-    rec = reduce_precision(fp32, int8, "int8", calib_x=x[:256], eval_x=x[256:1280], min_agreement=0.01,
-                           overwrite=True)  # fmt: skip
+    rec = reduce_precision(
+        fp32, int8, "int8", calib_x=x[:256], eval_x=x[256:1280], min_agreement=0.01, overwrite=True
+    )
     ceiling = gemm_ceiling()
     flops = graph_flops_per_px(fp32)
     xb = x[2048:3072]  # 1,024 px: about 0.3 GFLOP each
-    res = _vs_torch("papers' size: resmlp-8x256 + lstm 128x2, 144 stamps x 12 bands (untrained)", graph, fp32, int8,
-                    xb, repeat)  # fmt: skip
-    res.update({"flops_per_px": flops, "gemm_ceiling_flops": ceiling, "fp32_gemm_share": flops * res["ort_fp32"] / ceiling,
-                "int8_method": rec.method, "int8_speedup": res["ort_int8"] / res["ort_fp32"],
-                "km2_h_core_fp32": km2_per_h_per_core(res["ort_fp32"]), "km2_h_core_int8": km2_per_h_per_core(res["ort_int8"]),
-                "machine": machine()})  # fmt: skip
+    res = _vs_torch(
+        "papers' size: resmlp-8x256 + lstm 128x2, 144 stamps x 12 bands (untrained)",
+        graph,
+        fp32,
+        int8,
+        xb,
+        repeat,
+    )
+    res.update(
+        {
+            "flops_per_px": flops,
+            "gemm_ceiling_flops": ceiling,
+            "fp32_gemm_share": flops * res["ort_fp32"] / ceiling,
+            "int8_method": rec.method,
+            "int8_speedup": res["ort_int8"] / res["ort_fp32"],
+            "km2_h_core_fp32": km2_per_h_per_core(res["ort_fp32"]),
+            "km2_h_core_int8": km2_per_h_per_core(res["ort_int8"]),
+            "machine": machine(),
+        }
+    )
     return res
 
 
@@ -623,7 +758,9 @@ def part_torch(repeat: int, work: Path, runs: Path) -> dict[str, Any]:
         export_checkpoint(choice.model, fp32, overwrite=True)
         # Speed only: the int8 graph's agreement is measured and reported by --part families (InceptionTime's
         # is below the default threshold there, so the exporter would refuse it at the default).
-        export_checkpoint(choice.model, int8, overwrite=True, precision="int8", train_x=xt, min_agreement=0.01)
+        export_checkpoint(
+            choice.model, int8, overwrite=True, precision="int8", train_x=xt, min_agreement=0.01
+        )
         clf = load_classifier(choice.model)
         graph = build_graph(encoder=clf.encoder, base_model=clf.base_model, norm_stats=clf.norm_stats)
         x = np.tile(xv, (int(np.ceil(4 * BATCH / len(xv))), 1, 1))[: 4 * BATCH]
@@ -646,13 +783,19 @@ def part_gpu(repeat: int, work: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"machine": machine()}
     from cropmap.bundle import load_bundle
 
-    for name, path, provider in (("fp32 cuda", DEFAULT_BUNDLE, "cuda"), ("fp16 cuda", fp16, "cuda"),
-                                 ("fp16 tensorrt", fp16, "tensorrt")):  # fmt: skip
+    for name, path, provider in (
+        ("fp32 cuda", DEFAULT_BUNDLE, "cuda"),
+        ("fp16 cuda", fp16, "cuda"),
+        ("fp16 tensorrt", fp16, "tensorrt"),
+    ):
         b = load_bundle(path, provider=provider)
         got = np.concatenate([b.run(crop[s : s + BATCH]) for s in range(0, len(crop), BATCH)])
-        res[name] = {"provider": b.provider, "px_per_s": ort_px_per_s(path, x, repeat, provider=provider),
-                     "agreement_with_cpu_fp32": float((got.argmax(1) == cpu.argmax(1)).mean()),
-                     "max_abs_logit_diff": float(np.abs(got - cpu).max())}  # fmt: skip
+        res[name] = {
+            "provider": b.provider,
+            "px_per_s": ort_px_per_s(path, x, repeat, provider=provider),
+            "agreement_with_cpu_fp32": float((got.argmax(1) == cpu.argmax(1)).mean()),
+            "max_abs_logit_diff": float(np.abs(got - cpu).max()),
+        }
     return res
 
 
@@ -671,44 +814,75 @@ def report(out: Path) -> str:
         for r in f["rows"]:
             r["model"] = r["model"].replace("(-1 hp,", "(default hp,")
     if fam_parts:
-        get["families"] = {**fam_parts[0], "rows": [r for f in fam_parts for r in f["rows"]],
-                           "gemm_ceiling_flops": [f["gemm_ceiling_flops"] for f in fam_parts]}  # fmt: skip
+        get["families"] = {
+            **fam_parts[0],
+            "rows": [r for f in fam_parts for r in f["rows"]],
+            "gemm_ceiling_flops": [f["gemm_ceiling_flops"] for f in fam_parts],
+        }
     lines = []
     if "families" in get:
         f = get["families"]
         lines += [
             "### Precision x model (`--part families`)",
             "",
-            f"Raw ONNX Runtime on {f['pixels']:,} real sample-stack pixels (the 3,912 cropland pixels x 4), batch "
-            f"{BATCH}, CPU provider, all cores. Agreement: share of series whose class equals the fp32 graph's; "
-            "'val' on the run's held-out validation parcels (calibrated on its training parcels), 'px' on the 3,912 "
-            "cropland pixels of the sample stack. fp16 is meant for GPUs: its CPU px/s is shown only to be complete.",
+            (
+                f"Raw ONNX Runtime on {f['pixels']:,} real sample-stack pixels (the 3,912 cropland pixels x 4), batch "
+                f"{BATCH}, CPU provider, all cores. Agreement: share of series whose class equals the fp32 graph's; "
+                "'val' on the run's held-out validation parcels (calibrated on its training parcels), 'px' on the 3,912 "
+                "cropland pixels of the sample stack. fp16 is meant for GPUs: its CPU px/s is shown only to be complete."
+            ),
             "",
             "| model | precision | agreement (val) | agreement (px) | val. accuracy fp32 -> reduced | max abs logit diff | px/s | int8 method | same class at batch 512 and 4096 |",
             "|---|---|---:|---:|---|---:|---:|---|---:|",
         ]
         for r in f["rows"]:
-            lines.append(f"| {r['model']} | fp32 | - | - | {_f(r['fp32'].get('val_accuracy'), '.4f')} | - | "
-                         f"{_f(r['fp32']['px_per_s'])} | | |")  # fmt: skip
+            lines.append(
+                f"| {r['model']} | fp32 | - | - | {_f(r['fp32'].get('val_accuracy'), '.4f')} | - | "
+                f"{_f(r['fp32']['px_per_s'])} | | |"
+            )
             for p in ("fp16", "int8"):
                 d = r[p]
-                agv = "n/a" if d.get("agreement_val") is None else f"{100 * d['agreement_val']:.2f} % of {d['n_val']}"
-                acc = ("n/a (unlabelled)" if d.get("accuracy") is None
-                       else f"{d['accuracy_fp32']:.4f} -> {d['accuracy']:.4f} ({100 * (d['accuracy'] - d['accuracy_fp32']):+.1f} pt)")  # fmt: skip
+                agv = (
+                    "n/a"
+                    if d.get("agreement_val") is None
+                    else f"{100 * d['agreement_val']:.2f} % of {d['n_val']}"
+                )
+                acc = (
+                    "n/a (unlabelled)"
+                    if d.get("accuracy") is None
+                    else f"{d['accuracy_fp32']:.4f} -> {d['accuracy']:.4f} ({100 * (d['accuracy'] - d['accuracy_fp32']):+.1f} pt)"
+                )
                 meth = d["method"].split(" (")[0] if p == "int8" else ""
                 if d.get("refused_at_default_threshold"):
                     agv += " (**refused** at 99 %)"
-                lines.append(f"| | {p} | {agv} | {100 * d['agreement_px']:.2f} % | {acc} | {d['max_abs_logit_diff']:.3g} | "
-                             f"{_f(d['px_per_s'])} | {meth} | {100 * d['batch_consistency']:.2f} % |")  # fmt: skip
-        lines += ["", "| model | int8 / fp32 px/s | fp32 GFLOP per px | fp32 share of the GEMM ceiling |", "|---|---:|---:|---:|"]
+                lines.append(
+                    f"| | {p} | {agv} | {100 * d['agreement_px']:.2f} % | {acc} | {d['max_abs_logit_diff']:.3g} | "
+                    f"{_f(d['px_per_s'])} | {meth} | {100 * d['batch_consistency']:.2f} % |"
+                )
+        lines += [
+            "",
+            "| model | int8 / fp32 px/s | fp32 GFLOP per px | fp32 share of the GEMM ceiling |",
+            "|---|---:|---:|---:|",
+        ]
         for r in f["rows"]:
-            lines.append(f"| {r['model']} | **{r['int8_speedup']:.2f}x** | {r['flops_per_px'] / 1e9:.4f} | "
-                         f"{100 * r['fp32_gemm_share']:.1f} % |")  # fmt: skip
+            lines.append(
+                f"| {r['model']} | **{r['int8_speedup']:.2f}x** | {r['flops_per_px'] / 1e9:.4f} | "
+                f"{100 * r['fp32_gemm_share']:.1f} % |"
+            )
         ceil = ", ".join(f"{c / 1e9:.1f}" for c in f["gemm_ceiling_flops"])
-        lines += ["", f"fp32 GEMM ceiling measured in the same run as each model's row (one run per model, in the "
-                  f"order above): {ceil} GFLOP/s (numpy BLAS, 2048^3, all cores). {f['machine']}.", ""]  # fmt: skip
-    for key, title in (("e2e-sample", "sample stack"), ("e2e-large", "sample stack tiled 16 x 16"),
-                       ("e2e-paper", "the papers' size, sample stack stretched to 144 stamps")):  # fmt: skip
+        lines += [
+            "",
+            (
+                f"fp32 GEMM ceiling measured in the same run as each model's row (one run per model, in the "
+                f"order above): {ceil} GFLOP/s (numpy BLAS, 2048^3, all cores). {f['machine']}."
+            ),
+            "",
+        ]
+    for key, title in (
+        ("e2e-sample", "sample stack"),
+        ("e2e-large", "sample stack tiled 16 x 16"),
+        ("e2e-paper", "the papers' size, sample stack stretched to 144 stamps"),
+    ):
         if key in get:
             e = get[key]
             t = e["timings_s"]
@@ -717,21 +891,48 @@ def report(out: Path) -> str:
                 "",
                 "| path | cropland px | px/s | cropland km2 / h / core |",
                 "|---|---:|---:|---:|",
-                f"| `cropmap.classify` end to end (fp32 bundle `{e.get('model', 'flanders_sample.onnx')}`) | {e['pixels']:,} | {_f(e['e2e_px_per_s'])} | "
-                f"{e['km2_h_core_e2e']:.2f} |",
-                *([f"| the same with `quicklook=False` | {e['pixels']:,} | {_f(e['e2e_no_quicklook_px_per_s'])} | "
-                   f"{km2_per_h_per_core(e['e2e_no_quicklook_px_per_s']):.2f} |"] if e.get("e2e_no_quicklook_px_per_s") else []),
-                *(f"| raw ONNX Runtime session ({cores()} intra-op threads), same pixels pre-filled, batch {b} | "
-                  f"{e['pixels']:,} | {_f(v)} | {km2_per_h_per_core(v):.2f} |" for b, v in e.get("raw_px_per_s_by_batch",
-                                                                 {str(BATCH): e["raw_px_per_s"]}).items()),
-                *([f"| raw single-threaded sessions side by side (as classify runs them), batch {e['raw_sessions_batch']} | "
-                   f"{e['pixels']:,} | {_f(e['raw_sessions_px_per_s'])} | "
-                   f"{km2_per_h_per_core(e['raw_sessions_px_per_s']):.2f} |"] if e.get("raw_sessions_px_per_s") else []),
+                (
+                    f"| `cropmap.classify` end to end (fp32 bundle `{e.get('model', 'flanders_sample.onnx')}`) | {e['pixels']:,} | {_f(e['e2e_px_per_s'])} | "
+                    f"{e['km2_h_core_e2e']:.2f} |"
+                ),
+                *(
+                    [
+                        (
+                            f"| the same with `quicklook=False` | {e['pixels']:,} | {_f(e['e2e_no_quicklook_px_per_s'])} | "
+                            f"{km2_per_h_per_core(e['e2e_no_quicklook_px_per_s']):.2f} |"
+                        )
+                    ]
+                    if e.get("e2e_no_quicklook_px_per_s")
+                    else []
+                ),
+                *(
+                    f"| raw ONNX Runtime session ({cores()} intra-op threads), same pixels pre-filled, batch {b} | "
+                    f"{e['pixels']:,} | {_f(v)} | {km2_per_h_per_core(v):.2f} |"
+                    for b, v in e.get("raw_px_per_s_by_batch", {str(BATCH): e["raw_px_per_s"]}).items()
+                ),
+                *(
+                    [
+                        (
+                            f"| raw single-threaded sessions side by side (as classify runs them), batch {e['raw_sessions_batch']} | "
+                            f"{e['pixels']:,} | {_f(e['raw_sessions_px_per_s'])} | "
+                            f"{km2_per_h_per_core(e['raw_sessions_px_per_s']):.2f} |"
+                        )
+                    ]
+                    if e.get("raw_sessions_px_per_s")
+                    else []
+                ),
                 "",
                 f"End to end / raw session (its fastest batch, {e.get('raw_batch', BATCH)}): **{e['ratio']:.3f}**"
-                + (f" ({e['ratio_no_quicklook']:.3f} without the quick-look)" if e.get("ratio_no_quicklook") else "")
-                + (f"; end to end / raw sessions side by side: **{e['ratio_sessions']:.3f}**"
-                   if e.get("ratio_sessions") else "")
+                + (
+                    f" ({e['ratio_no_quicklook']:.3f} without the quick-look)"
+                    if e.get("ratio_no_quicklook")
+                    else ""
+                )
+                + (
+                    f"; end to end / raw sessions side by side: **{e['ratio_sessions']:.3f}**"
+                    if e.get("ratio_sessions")
+                    else ""
+                )
                 + (f"; best of {e['repeat']} turns" if e.get("repeat") else "")
                 + f". Stage times (s, summed over blocks): read {t['read']:.2f}, "
                 f"fill {t['fill']:.2f}, model {t['model']:.2f}, write {t['write']:.2f}; wall {t['total']:.2f}. "
@@ -747,27 +948,40 @@ def report(out: Path) -> str:
             "| model | ORT fp32 | ORT int8 | torch eager fp32 | torch.compile fp32 | torch dynamic int8 | ORT fp32 / eager | best ORT / best torch |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
+
         def cell(r: dict[str, Any], key: str) -> str:
             how = r.get(f"{key}_config")
             return _f(r[key]) + (f" ({how})" if how else "")
 
         for r in tables:
-            lines.append(f"| {r['model']} | {cell(r, 'ort_fp32')} | {cell(r, 'ort_int8')} | {cell(r, 'torch_eager')} | "
-                         f"{cell(r, 'torch_compile')} | {cell(r, 'torch_int8_dynamic')} | **{r['ort_fp32_vs_eager']:.2f}x** | "
-                         f"**{r['ort_best_vs_torch_best']:.2f}x** |")  # fmt: skip
-        lines += ["", "Pixels per second on the same pixels and cores, each runtime at its best configuration (in "
-                  f"brackets) of batch {', '.join(map(str, TORCH_BATCHES))} (those that give every core a call) and "
-                  "threading: `threads` = one call at a time using every core's intra-op thread, `side-by-side` = "
-                  "single-threaded calls on as many threads as cores, as classify runs its sessions. Best of the "
-                  "repeats, all configurations taken in turn. torch runs under `torch.inference_mode()`; torch "
-                  "dynamic int8 is `torch.ao.quantization.quantize_dynamic` on Linear and LSTM.", ""]  # fmt: skip
+            lines.append(
+                f"| {r['model']} | {cell(r, 'ort_fp32')} | {cell(r, 'ort_int8')} | {cell(r, 'torch_eager')} | "
+                f"{cell(r, 'torch_compile')} | {cell(r, 'torch_int8_dynamic')} | **{r['ort_fp32_vs_eager']:.2f}x** | "
+                f"**{r['ort_best_vs_torch_best']:.2f}x** |"
+            )
+        lines += [
+            "",
+            (
+                "Pixels per second on the same pixels and cores, each runtime at its best configuration (in "
+                f"brackets) of batch {', '.join(map(str, TORCH_BATCHES))} (those that give every core a call) and "
+                "threading: `threads` = one call at a time using every core's intra-op thread, `side-by-side` = "
+                "single-threaded calls on as many threads as cores, as classify runs its sessions. Best of the "
+                "repeats, all configurations taken in turn. torch runs under `torch.inference_mode()`; torch "
+                "dynamic int8 is `torch.ao.quantization.quantize_dynamic` on Linear and LSTM."
+            ),
+            "",
+        ]
         for r in tables:
             if r.get("flops_per_px") and r.get("gemm_ceiling_flops"):
-                share = {k: r["flops_per_px"] * r[k] / r["gemm_ceiling_flops"] for k in ("ort_fp32", "torch_eager")}
-                lines.append(f"{r['model']}: {r['flops_per_px'] / 1e6:.1f} MFLOP per pixel; the fp32 GEMM ceiling "
-                             f"measured in the same run is {r['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s, of which ONNX "
-                             f"Runtime fp32 reaches {100 * share['ort_fp32']:.0f} % and torch eager "
-                             f"{100 * share['torch_eager']:.0f} %.")  # fmt: skip
+                share = {
+                    k: r["flops_per_px"] * r[k] / r["gemm_ceiling_flops"] for k in ("ort_fp32", "torch_eager")
+                }
+                lines.append(
+                    f"{r['model']}: {r['flops_per_px'] / 1e6:.1f} MFLOP per pixel; the fp32 GEMM ceiling "
+                    f"measured in the same run is {r['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s, of which ONNX "
+                    f"Runtime fp32 reaches {100 * share['ort_fp32']:.0f} % and torch eager "
+                    f"{100 * share['torch_eager']:.0f} %."
+                )
                 lines.append("")
         for r in tables:
             if r.get("torch_compile_error"):
@@ -777,21 +991,29 @@ def report(out: Path) -> str:
         lines += [
             "### The papers' model size (`--part paper`)",
             "",
-            f"{p['model']}: {p['flops_per_px'] / 1e9:.3f} GFLOP per pixel; ONNX Runtime fp32 {_f(p['ort_fp32'])} px/s = "
-            f"**{100 * p['fp32_gemm_share']:.1f} %** of the fp32 GEMM ceiling measured in the same run "
-            f"({p['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s); int8 ({p['int8_method'].split(' (')[0]}) {_f(p['ort_int8'])} px/s "
-            f"= {p['int8_speedup']:.2f}x. Model-only throughput: **{p['km2_h_core_fp32']:.2f} km2/h/core fp32, "
-            f"{p['km2_h_core_int8']:.2f} km2/h/core int8** (10 m pixels). {p['machine']}.",
+            (
+                f"{p['model']}: {p['flops_per_px'] / 1e9:.3f} GFLOP per pixel; ONNX Runtime fp32 {_f(p['ort_fp32'])} px/s = "
+                f"**{100 * p['fp32_gemm_share']:.1f} %** of the fp32 GEMM ceiling measured in the same run "
+                f"({p['gemm_ceiling_flops'] / 1e9:.1f} GFLOP/s); int8 ({p['int8_method'].split(' (')[0]}) {_f(p['ort_int8'])} px/s "
+                f"= {p['int8_speedup']:.2f}x. Model-only throughput: **{p['km2_h_core_fp32']:.2f} km2/h/core fp32, "
+                f"{p['km2_h_core_int8']:.2f} km2/h/core int8** (10 m pixels). {p['machine']}."
+            ),
             "",
         ]
     if "gpu" in get:
         g = get["gpu"]
-        lines += ["### GPU (`--part gpu`)", "", "| bundle, provider | px/s | agreement with CPU fp32 | max abs logit diff |",
-                  "|---|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "### GPU (`--part gpu`)",
+            "",
+            "| bundle, provider | px/s | agreement with CPU fp32 | max abs logit diff |",
+            "|---|---:|---:|---:|",
+        ]
         for k, v in g.items():
             if isinstance(v, dict):
-                lines.append(f"| {k} ({v['provider']}) | {_f(v['px_per_s'])} | {100 * v['agreement_with_cpu_fp32']:.2f} % "
-                             f"| {v['max_abs_logit_diff']:.3g} |")  # fmt: skip
+                lines.append(
+                    f"| {k} ({v['provider']}) | {_f(v['px_per_s'])} | {100 * v['agreement_with_cpu_fp32']:.2f} % "
+                    f"| {v['max_abs_logit_diff']:.3g} |"
+                )
         lines += ["", g["machine"], ""]
     return "\n".join(lines)
 
@@ -799,11 +1021,17 @@ def report(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one part, or write the report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("e2e-sample", "e2e-large", "e2e-paper", "families", "torch", "paper", "gpu"))
-    p.add_argument("--report", action="store_true", help="print (and with --markdown write) the measured tables")
+    p.add_argument(
+        "--part", choices=("e2e-sample", "e2e-large", "e2e-paper", "families", "torch", "paper", "gpu")
+    )
+    p.add_argument(
+        "--report", action="store_true", help="print (and with --markdown write) the measured tables"
+    )
     p.add_argument("--markdown", type=Path, help="page whose measured section the report replaces")
     p.add_argument("--out", type=Path, default=REPO / "runs/bench_precision", help="results and work folder")
-    p.add_argument("--runs", type=Path, default=REPO / "runs", help="folder holding the fra-<family> run directories")
+    p.add_argument(
+        "--runs", type=Path, default=REPO / "runs", help="folder holding the fra-<family> run directories"
+    )
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--model", choices=("sample", *FAMILIES), default="sample", help="with --part families")
     p.add_argument("--torch-compile", action="store_true", help="with --part torch/paper: also torch.compile")

@@ -51,7 +51,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gemm_ceiling_torch(device: torch.device, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+def gemm_ceiling_torch(
+    device: torch.device, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
     """Best FLOP/s of an ``n x n`` matmul in torch."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -122,8 +124,13 @@ def bench_step(
         def one(sl: slice) -> torch.Tensor | float:
             return contrastive_step(model, opt, s2[sl], ps[sl], cfg, generator=gen, precision=precision)
     elif step_kind in ("fast", "compile"):
-        fast = FastStep(model, make_optimizer(model, cfg, device), cfg, precision=precision,
-                        options=FastOptions(compile=step_kind == "compile"))  # fmt: skip
+        fast = FastStep(
+            model,
+            make_optimizer(model, cfg, device),
+            cfg,
+            precision=precision,
+            options=FastOptions(compile=step_kind == "compile"),
+        )
 
         def one(sl: slice) -> torch.Tensor | float:
             return fast(s2[sl], ps[sl], gen)
@@ -147,8 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print (optionally write) a markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--step", nargs="+", default=["reference"], choices=["reference", "fast", "compile"],
-                        help="step kinds to measure side by side")  # fmt: skip
+    parser.add_argument(
+        "--step",
+        nargs="+",
+        default=["reference"],
+        choices=["reference", "fast", "compile"],
+        help="step kinds to measure side by side",
+    )
     parser.add_argument("--hidden", type=int, default=256, help="ResMLP and projector width (paper 256)")
     parser.add_argument("--layers", type=int, default=8, help="ResMLP Linear layers (paper 8)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1024, 2048])
@@ -160,8 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but torch sees no CUDA device")
-    sizes = [f"encoder.hidden={args.hidden}", f"encoder.out_dim={args.hidden}", f"encoder.n_layers={args.layers}",
-             f"projector.hidden={args.hidden}", f"projector.out={args.hidden}"]  # fmt: skip
+    sizes = [
+        f"encoder.hidden={args.hidden}",
+        f"encoder.out_dim={args.hidden}",
+        f"encoder.n_layers={args.layers}",
+        f"projector.hidden={args.hidden}",
+        f"projector.out={args.hidden}",
+    ]
     cfg = load_config(PretrainConfig, None, sizes)
 
     ceil_torch = gemm_ceiling_torch(device)
@@ -171,8 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for precision in args.precision:
             ref_losses = None
             for kind in args.step:
-                pairs_s, model, losses = bench_step(cfg, device, batch, precision, steps=args.steps,
-                                                    warmup=args.warmup, step_kind=kind)  # fmt: skip
+                pairs_s, model, losses = bench_step(
+                    cfg, device, batch, precision, steps=args.steps, warmup=args.warmup, step_kind=kind
+                )
                 if kind == "reference":
                     ref_losses = losses
                 agree = "-"
@@ -181,8 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     agree = f"{rel.max():.1e}"
                 flops = step_flops_per_pair(model, batch, cfg.projector.out)
                 rows.append((kind, batch, precision, pairs_s, flops, pairs_s * flops, agree))
-                print(f"{kind} batch {batch} {precision}: {pairs_s:,.0f} pairs/s, {pairs_s * flops / 1e9:.1f} GFLOP/s,"
-                      f" losses vs reference {agree}", flush=True)  # fmt: skip
+                print(
+                    f"{kind} batch {batch} {precision}: {pairs_s:,.0f} pairs/s, {pairs_s * flops / 1e9:.1f} GFLOP/s,"
+                    f" losses vs reference {agree}",
+                    flush=True,
+                )
     ceil_torch_after = gemm_ceiling_torch(device)
 
     if device.type == "cuda":
@@ -192,19 +213,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"Measured {dt.date.today().isoformat()} on {machine}.",
         "",
-        f"Command: `python bench/bench_pretrain.py --device {args.device} --batch {' '.join(map(str, args.batch))} "
-        f"--precision {' '.join(args.precision)} --steps {args.steps} --warmup {args.warmup} "
-        f"--step {' '.join(args.step)} --hidden {args.hidden} --layers {args.layers}`",
+        (
+            f"Command: `python bench/bench_pretrain.py --device {args.device} --batch {' '.join(map(str, args.batch))} "
+            f"--precision {' '.join(args.precision)} --steps {args.steps} --warmup {args.warmup} "
+            f"--step {' '.join(args.step)} --hidden {args.hidden} --layers {args.layers}`"
+        ),
         "",
         f"fp32 GEMM ceiling (2048^3, best of 5): torch.matmul {ceil_torch / 1e9:.0f} GFLOP/s before the runs, "
         f"{ceil_torch_after / 1e9:.0f} GFLOP/s after"
         + (f"; numpy {ceil_numpy / 1e9:.0f} GFLOP/s" if device.type == "cpu" else "")
         + ".",
-        f"Model FLOPs per pair (fwd+bwd = 3 x fwd, Linear layers + Eq. 1 similarity rows): "
-        f"{rows[0][4] / 1e6:.1f} MFLOP at batch {rows[0][1]} (ResMLP-{args.layers} x {args.hidden}).",
+        (
+            f"Model FLOPs per pair (fwd+bwd = 3 x fwd, Linear layers + Eq. 1 similarity rows): "
+            f"{rows[0][4] / 1e6:.1f} MFLOP at batch {rows[0][1]} (ResMLP-{args.layers} x {args.hidden})."
+        ),
         "",
-        "| step | batch | precision | pairs/s | GFLOP/s | / torch fp32 GEMM | / numpy fp32 GEMM "
-        "| paper run (14.4 M x 100 ep.) | losses vs reference (max rel.) |",
+        (
+            "| step | batch | precision | pairs/s | GFLOP/s | / torch fp32 GEMM | / numpy fp32 GEMM "
+            "| paper run (14.4 M x 100 ep.) | losses vs reference (max rel.) |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     ceiling = max(ceil_torch, ceil_torch_after)

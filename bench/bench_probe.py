@@ -95,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     POOLINGS = ("mean", "flatten") if args.flatten else ("mean",)
     h = args.hidden
     overrides = [
-        f"epochs={args.epochs}", f"batch_size={args.batch}", f"corruption={args.corruption}",
-        f"encoder.hidden={h}", f"encoder.n_layers={args.layers}", f"encoder.out_dim={h}",
-        f"projector.hidden={h}", f"projector.out={h}",
-    ]  # fmt: skip
+        f"epochs={args.epochs}",
+        f"batch_size={args.batch}",
+        f"corruption={args.corruption}",
+        f"encoder.hidden={h}",
+        f"encoder.n_layers={args.layers}",
+        f"encoder.out_dim={h}",
+        f"projector.hidden={h}",
+        f"projector.out={h}",
+    ]
     t_start = time.perf_counter()
     reports, infos = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             report, info = run_seed(sim, Path(tmp), seed, overrides)
             reports.append(report)
             infos.append(info)
-            print(f"seed {seed}: " + "; ".join(
-                f"{n}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()) for n, r in report.items()
-            ), flush=True)  # fmt: skip
+            print(
+                f"seed {seed}: "
+                + "; ".join(
+                    f"{n}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()) for n, r in report.items()
+                ),
+                flush=True,
+            )
     wall = time.perf_counter() - t_start
     cols = [c for c in COLUMNS if c in reports[0][FEATURES[0]]]
 
@@ -119,17 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         return float(np.mean([i[key] for i in infos]))
 
     lines = [
-        f"Scene: `training.simulate` preset `{args.preset}` (scene seed {args.scene_seed}), "
-        f"{int(infos[0]['pairs']):,} point-wise pool pairs. Encoders: ResMLP {args.layers} x {h} (out {h}), "
-        f"projectors {h} -> {h} -> {h}, batch {args.batch}, {args.epochs} epochs, "
-        f"corruption {args.corruption}, "
-        f"other settings as `PretrainConfig` defaults. Seeds (pre-training, random init, probe pixels): "
-        f"{', '.join(map(str, args.seeds))}.",
+        (
+            f"Scene: `training.simulate` preset `{args.preset}` (scene seed {args.scene_seed}), "
+            f"{int(infos[0]['pairs']):,} point-wise pool pairs. Encoders: ResMLP {args.layers} x {h} (out {h}), "
+            f"projectors {h} -> {h} -> {h}, batch {args.batch}, {args.epochs} epochs, "
+            f"corruption {args.corruption}, "
+            f"other settings as `PretrainConfig` defaults. Seeds (pre-training, random init, probe pixels): "
+            f"{', '.join(map(str, args.seeds))}."
+        ),
         "",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads "
-        f"(shared with other jobs). Wall time {wall / 60:.1f} min in all; per seed: uni-modal pre-training "
-        f"{mean_of('unimodal_s'):.0f} s, bi-modal {mean_of('bimodal_s'):.0f} s, "
-        f"probes {mean_of('probe_s'):.0f} s.",
+        (
+            f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads "
+            f"(shared with other jobs). Wall time {wall / 60:.1f} min in all; per seed: uni-modal pre-training "
+            f"{mean_of('unimodal_s'):.0f} s, bi-modal {mean_of('bimodal_s'):.0f} s, "
+            f"probes {mean_of('probe_s'):.0f} s."
+        ),
         "",
         "Balanced accuracy (9 classes, chance 0.111), mean +- std over seeds:",
         "",

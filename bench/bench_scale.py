@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _proc import measure, median  # noqa: E402
+from _proc import measure, median
 
 SAMPLE = REPO / "sample_data" / "belgium_2021"
 
@@ -66,14 +66,35 @@ def tiled(folder: Path, n: int, name: str) -> tuple[Path, Path]:
 def memory(folder: Path, repeat: int) -> list[str]:
     small = (SAMPLE / "s2_stack.tif", SAMPLE / "cropland.gpkg")
     big = tiled(folder, 4, "x16")
-    lines = ["| workers | sample peak RSS MB | 16x stack peak RSS MB | ratio 16x / sample |", "|---:|---:|---:|---:|"]
+    lines = [
+        "| workers | sample peak RSS MB | 16x stack peak RSS MB | ratio 16x / sample |",
+        "|---:|---:|---:|---:|",
+    ]
     for workers in (1, 2):
         peaks: dict[str, list[float]] = {"big": [], "small": []}
         for _ in range(repeat):
             for key, (stack, mask) in (("big", big), ("small", small)):
-                r = measure([sys.executable, "-m", "cropmap", "classify", str(stack), "--mask", str(mask), "-o",
-                             str(folder / f"m_{key}.tif"), "--overwrite", "-q", "--block-size", "64",
-                             "--workers", str(workers), "--cloud-band", "none"])  # fmt: skip
+                r = measure(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cropmap",
+                        "classify",
+                        str(stack),
+                        "--mask",
+                        str(mask),
+                        "-o",
+                        str(folder / f"m_{key}.tif"),
+                        "--overwrite",
+                        "-q",
+                        "--block-size",
+                        "64",
+                        "--workers",
+                        str(workers),
+                        "--cloud-band",
+                        "none",
+                    ]
+                )
                 if r.returncode != 0:
                     sys.exit(f"cropmap classify failed: {r.stderr.strip()}")
                 peaks[key].append(r.peak_mb)
@@ -90,12 +111,25 @@ def scaling_blocks(folder: Path, repeat: int) -> list[str]:
     for _ in range(repeat):
         for w in (1, 2):
             t0 = time.perf_counter()
-            s = cropmap.classify(stack, mask, out=folder / f"b{w}.tif", overwrite=True, block_size=64, workers=w,
-                                 threads=w, quicklook=False, cloud_band="none")  # fmt: skip
+            s = cropmap.classify(
+                stack,
+                mask,
+                out=folder / f"b{w}.tif",
+                overwrite=True,
+                block_size=64,
+                workers=w,
+                threads=w,
+                quicklook=False,
+                cloud_band="none",
+            )
             times[w].append(time.perf_counter() - t0)
     one, two = median(times[1]), median(times[2])
-    return [f"| blocks: `classify` of the 16x stack ({s['blocks']['processed']} blocks, "
-            f"{s['pixels']['in_mask']:,} cropland px) | {one:.2f} | {two:.2f} | {one / two:.2f}x |"]  # fmt: skip
+    return [
+        (
+            f"| blocks: `classify` of the 16x stack ({s['blocks']['processed']} blocks, "
+            f"{s['pixels']['in_mask']:,} cropland px) | {one:.2f} | {two:.2f} | {one / two:.2f}x |"
+        )
+    ]
 
 
 def _warm_worker(bundle: str) -> None:
@@ -126,18 +160,28 @@ def scaling_regions(folder: Path, repeat: int, n_regions: int = 8) -> list[str]:
             for w in (1, 2):
                 # One cluster at a time (an idle one's event loops would take CPU from the measured one), the
                 # batch's own local cluster, its workers warmed up before the clock starts.
-                with local_cluster(w, settings=settings) as cluster, Client(cluster, set_as_default=False) as client:
+                with (
+                    local_cluster(w, settings=settings) as cluster,
+                    Client(cluster, set_as_default=False) as client,
+                ):
                     client.run(_warm_worker, str(DEFAULT_BUNDLE))
                     t0 = time.perf_counter()
-                    s = cropmap.classify_many(regions, out_dir=folder / f"batch{w}_{k}{kind[:2]}", quicklook=False,
-                                              scheduler=cluster.scheduler_address, cloud_band="none")  # fmt: skip
+                    s = cropmap.classify_many(
+                        regions,
+                        out_dir=folder / f"batch{w}_{k}{kind[:2]}",
+                        quicklook=False,
+                        scheduler=cluster.scheduler_address,
+                        cloud_band="none",
+                    )
                     times[(kind, w)].append(time.perf_counter() - t0)
                 assert s["totals"]["done"] == n_regions, s["regions"]
     rows = []
     for kind in kinds:
         one, two = median(times[(kind, 1)]), median(times[(kind, 2)])
-        rows.append(f"| regions: `classify_many` of {n_regions} regions (2x2-tiled sample each){kind} | {one:.2f} | "
-                    f"{two:.2f} | {one / two:.2f}x |")  # fmt: skip
+        rows.append(
+            f"| regions: `classify_many` of {n_regions} regions (2x2-tiled sample each){kind} | {one:.2f} | "
+            f"{two:.2f} | {one / two:.2f}x |"
+        )
     return rows
 
 
@@ -147,18 +191,30 @@ def main() -> None:
     ap.add_argument("--markdown", type=Path, default=None, help="write the measured section into this page")
     ap.add_argument("--only", choices=("memory", "scaling"), default=None)
     args = ap.parse_args()
-    cmd = f"python bench/bench_scale.py --repeat {args.repeat}" + (f" --only {args.only}" if args.only else "")
+    cmd = f"python bench/bench_scale.py --repeat {args.repeat}" + (
+        f" --only {args.only}" if args.only else ""
+    )
     lines = [f"`{cmd}` on {os.cpu_count()} cores; medians of {args.repeat} alternating runs.", ""]
     with tempfile.TemporaryDirectory(prefix="cropmap-scale-") as tmp:
         folder = Path(tmp)
         if args.only != "scaling":
-            lines += ["Peak RSS of `cropmap classify --block-size 64` (fresh process):", "", *memory(folder, args.repeat), ""]
+            lines += [
+                "Peak RSS of `cropmap classify --block-size 64` (fresh process):",
+                "",
+                *memory(folder, args.repeat),
+                "",
+            ]
         else:
             tiled(folder, 4, "x16")
         if args.only != "memory":
-            lines += ["Two workers against one (each worker single-threaded):", "",
-                      "| work | 1 worker s | 2 workers s | speed-up |", "|---|---:|---:|---:|",
-                      *scaling_blocks(folder, args.repeat), *scaling_regions(folder, args.repeat)]  # fmt: skip
+            lines += [
+                "Two workers against one (each worker single-threaded):",
+                "",
+                "| work | 1 worker s | 2 workers s | speed-up |",
+                "|---|---:|---:|---:|",
+                *scaling_blocks(folder, args.repeat),
+                *scaling_regions(folder, args.repeat),
+            ]
     report = "\n".join(lines)
     print(report)
     if args.markdown is not None:

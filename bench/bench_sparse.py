@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _proc import measure, median  # noqa: E402
+from _proc import measure, median
 
 SAMPLE = REPO / "sample_data" / "belgium_2021" / "s2_stack.tif"
 BLOCK = 512
@@ -43,14 +43,26 @@ def build(folder: Path, side: int) -> tuple[Path, Path, Path, Path, tuple[int, i
     block = np.tile(data, (1, BLOCK // 100 + 1, BLOCK // 100 + 1))[:, :BLOCK, :BLOCK]
     row = col = (side // 2 // BLOCK) * BLOCK
     x0, y0 = 500000.0, 6000000.0
-    prof.update(width=side, height=side, transform=from_origin(x0, y0, 10, 10), tiled=True, blockxsize=BLOCK,
-                blockysize=BLOCK, interleave="pixel", BIGTIFF="YES", SPARSE_OK="TRUE", compress="deflate")  # fmt: skip
+    prof.update(
+        width=side,
+        height=side,
+        transform=from_origin(x0, y0, 10, 10),
+        tiled=True,
+        blockxsize=BLOCK,
+        blockysize=BLOCK,
+        interleave="pixel",
+        BIGTIFF="YES",
+        SPARSE_OK="TRUE",
+        compress="deflate",
+    )
     big = folder / "huge.tif"
     with rasterio.open(big, "w", **prof) as ds:
         ds.write(block, window=Window(col, row, BLOCK, BLOCK))
         ds.update_tags(**tags)
         ds.descriptions = desc
-    small_prof = dict(prof, width=BLOCK, height=BLOCK, transform=from_origin(x0 + col * 10, y0 - row * 10, 10, 10))
+    small_prof = dict(
+        prof, width=BLOCK, height=BLOCK, transform=from_origin(x0 + col * 10, y0 - row * 10, 10, 10)
+    )
     small = folder / "block.tif"
     with rasterio.open(small, "w", **small_prof) as ds:
         ds.write(block)
@@ -75,8 +87,23 @@ def main() -> None:
         for _ in range(args.repeat):  # side by side: huge, block, huge, block, ...
             for name, stack in (("huge", big), ("block", small)):
                 out = folder / f"{name}_map.tif"
-                r = measure([sys.executable, "-m", "cropmap", "classify", str(stack), "--mask", str(mask), "-o",
-                             str(out), "--overwrite", "-q", "--cloud-band", "none"])  # fmt: skip
+                r = measure(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cropmap",
+                        "classify",
+                        str(stack),
+                        "--mask",
+                        str(mask),
+                        "-o",
+                        str(out),
+                        "--overwrite",
+                        "-q",
+                        "--cloud-band",
+                        "none",
+                    ]
+                )
                 if r.returncode != 0:
                     sys.exit(f"cropmap classify failed on {name}: {r.stderr.strip()}")
                 runs[name].append(r)
@@ -85,20 +112,31 @@ def main() -> None:
             huge_size = (folder / "huge_map.tif").stat().st_size
             overviews = a.overviews(1)
         lines = [
-            f"`python bench/bench_sparse.py --side {args.side} --repeat {args.repeat}`: `cropmap classify` (fresh "
-            f"process, default options: map, quick-look, summary) on a {args.side:,} x {args.side:,} px stack "
-            f"(12 dates x 9 bands, uint16) whose only data and cropland is one {BLOCK} x {BLOCK} px block, next to "
-            f"the same block as a {BLOCK} x {BLOCK} px stack; median of {args.repeat} runs each.",
+            (
+                f"`python bench/bench_sparse.py --side {args.side} --repeat {args.repeat}`: `cropmap classify` (fresh "
+                f"process, default options: map, quick-look, summary) on a {args.side:,} x {args.side:,} px stack "
+                f"(12 dates x 9 bands, uint16) whose only data and cropland is one {BLOCK} x {BLOCK} px block, next to "
+                f"the same block as a {BLOCK} x {BLOCK} px stack; median of {args.repeat} runs each."
+            ),
             "",
             "| stack | wall s | peak RSS MB |",
             "|---|---:|---:|",
         ]
-        for name, label in (("huge", f"{args.side:,} x {args.side:,} px, one cropland block"),
-                            ("block", f"{BLOCK} x {BLOCK} px, the same block")):  # fmt: skip
-            lines.append(f"| {label} | {median([r.wall_s for r in runs[name]]):.2f} | "
-                         f"{median([r.peak_mb for r in runs[name]]):.0f} |")  # fmt: skip
-        lines += ["", f"Class map of the huge stack: {huge_size / 1e6:.2f} MB on disk, overviews {overviews}; its "
-                  f"block equals the small stack's map: {same}."]  # fmt: skip
+        for name, label in (
+            ("huge", f"{args.side:,} x {args.side:,} px, one cropland block"),
+            ("block", f"{BLOCK} x {BLOCK} px, the same block"),
+        ):
+            lines.append(
+                f"| {label} | {median([r.wall_s for r in runs[name]]):.2f} | "
+                f"{median([r.peak_mb for r in runs[name]]):.0f} |"
+            )
+        lines += [
+            "",
+            (
+                f"Class map of the huge stack: {huge_size / 1e6:.2f} MB on disk, overviews {overviews}; its "
+                f"block equals the small stack's map: {same}."
+            ),
+        ]
         report = "\n".join(lines)
         print(report)
         if not same:

@@ -44,9 +44,16 @@ def main(out_dir: str) -> int:
     codes = [c.code for c in meta.classes]
     logits = np.asarray(bundle.run(x_all[va]), dtype=np.float64)
     y = np.array([codes.index(int(c)) for c in y_all[va]])
-    cal = calibrate(logits, y, data=f"{len(va)} Flanders validation parcels of the sample model (seed {cfg.seed})")
-    png = reliability_diagram(logits, y, cal, out / "flanders_sample.reliability.png",
-                              title="flanders_sample.onnx on its 30 validation parcels")
+    cal = calibrate(
+        logits, y, data=f"{len(va)} Flanders validation parcels of the sample model (seed {cfg.seed})"
+    )
+    png = reliability_diagram(
+        logits,
+        y,
+        cal,
+        out / "flanders_sample.reliability.png",
+        title="flanders_sample.onnx on its 30 validation parcels",
+    )
     # Leave-one-out: fit T without parcel i, score parcel i.
     loo = np.empty_like(logits)
     for i in range(len(y)):

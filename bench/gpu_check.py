@@ -55,10 +55,20 @@ TARGET_S = 300.0
 
 # Nominal dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s; matched in order.
 _BF16_PEAK = (
-    ("GH200", 989.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),
-    ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0),
-    ("RTX 4090", 165.0), ("V100", 0.0),
-)  # fmt: skip
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.0),
+    ("V100", 0.0),
+)
 
 
 def nominal_bf16_peak(name: str) -> float | None:
@@ -104,7 +114,9 @@ class Report:
                 lines += [sec["note"], ""]
         _atomic_write(self.out, "\n".join(lines))
         if self.json_out is not None:
-            _atomic_write(self.json_out, json.dumps({"header": self.header, "sections": self.sections}, indent=1))
+            _atomic_write(
+                self.json_out, json.dumps({"header": self.header, "sections": self.sections}, indent=1)
+            )
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -165,7 +177,9 @@ def _stats(x: torch.Tensor) -> dict[str, list[float]]:
     return {"mean": sub.mean(0).tolist(), "std": sub.std(0).clamp_min(1.0).tolist()}
 
 
-def build_model(cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, device: torch.device) -> ContrastiveModel:
+def build_model(
+    cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, device: torch.device
+) -> ContrastiveModel:
     torch.manual_seed(0)
     return ContrastiveModel(cfg, _stats(s2), _stats(ps)).to(device).train()
 
@@ -184,8 +198,13 @@ def measure_fast(
     """Steady-state pairs/s of the fast step: returns (pairs/s, first-call seconds, last loss, steps)."""
     device = s2.device
     model = build_model(cfg, s2, ps, device)
-    step = FastStep(model, make_optimizer(model, cfg, device, fused=options.fused), cfg, precision=precision,
-                    options=options)  # fmt: skip
+    step = FastStep(
+        model,
+        make_optimizer(model, cfg, device, fused=options.fused),
+        cfg,
+        precision=precision,
+        options=options,
+    )
     gen = torch.Generator(device=device).manual_seed(0)
     t0 = time.perf_counter()
     run_epoch(step, s2, ps, batch_size=batch, generator=gen, max_steps=warmup_steps)
@@ -205,7 +224,13 @@ def measure_fast(
 
 
 def measure_reference(
-    cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, *, batch: int, min_seconds: float, warmup_steps: int
+    cfg: PretrainConfig,
+    s2: torch.Tensor,
+    ps: torch.Tensor,
+    *,
+    batch: int,
+    min_seconds: float,
+    warmup_steps: int,
 ) -> float:
     """Pairs/s of the reference step (``contrastive_step``: per-step host read of the loss, for-each Adam)."""
     device = s2.device
@@ -227,7 +252,9 @@ def measure_reference(
     return steps * batch / run(steps)
 
 
-def check_no_sync(cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, batch: int) -> list[tuple[str, str]]:
+def check_no_sync(
+    cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, batch: int
+) -> list[tuple[str, str]]:
     """Run fast steps, then a whole epoch, with CUDA's synchronisation debug mode set to ``error``."""
     device = s2.device
     if device.type != "cuda":
@@ -240,8 +267,10 @@ def check_no_sync(cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, batch
     buf = torch.empty(5, device=device)
     _sync(device)
     out = []
-    for what in ("5 fast steps (gather, corruption, forward, backward, fused Adam), bf16",
-                 "run_epoch of 5 steps (adds the device permutation)"):  # fmt: skip
+    for what in (
+        "5 fast steps (gather, corruption, forward, backward, fused Adam), bf16",
+        "run_epoch of 5 steps (adds the device permutation)",
+    ):
         torch.cuda.set_sync_debug_mode("error")
         try:
             if what.startswith("5 fast"):
@@ -307,14 +336,23 @@ def downstream_epochs(
     report.section(
         key,
         "Downstream: one epoch per base-model family (training.downstream.train_run)",
-        ["family", "params", "precision", "batch", "series timed", "s (epoch + validation)",
-         f"s per epoch of {PAPER_SERIES:,}"],
-        note=(f"Synthetic per-stamp embeddings ({t} stamps x {d}, 9 classes) created on the device once, as "
-              "the comparison keeps an encoder's embeddings; each family with its default hyper-parameters and the "
-              "papers' recipe (Adam, linear decay); bf16 = train_run's autocast (loss in fp32). The time covers one epoch over the timed series "
-              f"plus the validation pass on {min(1024, n):,} series, after a warm-up call; the last column scales it by "
-              f"{PAPER_SERIES:,} / series timed."),
-    )  # fmt: skip
+        [
+            "family",
+            "params",
+            "precision",
+            "batch",
+            "series timed",
+            "s (epoch + validation)",
+            f"s per epoch of {PAPER_SERIES:,}",
+        ],
+        note=(
+            f"Synthetic per-stamp embeddings ({t} stamps x {d}, 9 classes) created on the device once, as "
+            "the comparison keeps an encoder's embeddings; each family with its default hyper-parameters and the "
+            "papers' recipe (Adam, linear decay); bf16 = train_run's autocast (loss in fp32). The time covers one epoch over the timed series "
+            f"plus the validation pass on {min(1024, n):,} series, after a warm-up call; the last column scales it by "
+            f"{PAPER_SERIES:,} / series timed."
+        ),
+    )
     try:
         from training.downstream import train_run
         from training.models import MODELS, build_model
@@ -345,8 +383,17 @@ def downstream_epochs(
                     train_run(model, x, y.cpu(), xv, yv, **common)
                     _sync(device)
                     sec = time.perf_counter() - t0
-                    report.row(key, family, f"{params:,}", precision, batch, f"{n:,}", f"{sec:.2f}",
-                               f"{sec * PAPER_SERIES / n:.1f}", data={"seconds": sec, "n": n})  # fmt: skip
+                    report.row(
+                        key,
+                        family,
+                        f"{params:,}",
+                        precision,
+                        batch,
+                        f"{n:,}",
+                        f"{sec:.2f}",
+                        f"{sec * PAPER_SERIES / n:.1f}",
+                        data={"seconds": sec, "n": n},
+                    )
                 except Exception as err:  # noqa: BLE001 - a failed row is reported and the check goes on
                     report.row(key, family, "", precision, batch, f"{n:,}", f"failed: {_one_line(err)}", "")
                     traceback.print_exc()
@@ -371,10 +418,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, required=True, help="markdown file")
     parser.add_argument("--json", type=Path, help="JSON file with the same figures")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting rows after this many seconds")
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="stop starting rows after this many seconds"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per throughput row")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile / CUDA graph rows")
-    parser.add_argument("--tiny", action="store_true", help="toy sizes (a smoke run of this script on the CPU)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="toy sizes (a smoke run of this script on the CPU)"
+    )
     args = parser.parse_args(argv)
 
     from training.device import resolve_device
@@ -387,8 +438,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = Budget(args.budget_s)
     cuda = device.type == "cuda"
     tiny = args.tiny
-    sizes = (["encoder.hidden=32", "encoder.n_layers=2", "encoder.out_dim=32", "projector.hidden=32",
-              "projector.out=32"] if tiny else [])  # fmt: skip
+    sizes = (
+        [
+            "encoder.hidden=32",
+            "encoder.n_layers=2",
+            "encoder.out_dim=32",
+            "projector.hidden=32",
+            "projector.out=32",
+        ]
+        if tiny
+        else []
+    )
     cfg = load_config(PretrainConfig, None, sizes)
     n_pairs = 8192 if tiny else PAPER_PAIRS
     paper_batch = 256 if tiny else 1024
@@ -398,15 +458,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cuda:
         props = torch.cuda.get_device_properties(device)
         name = props.name
-        machine = (f"{name} ({props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}), "
-                   f"torch {torch.__version__}, CUDA {torch.version.cuda}")  # fmt: skip
+        machine = (
+            f"{name} ({props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}), "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+        )
     else:
         name = platform.processor() or platform.machine()
         machine = f"{name}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
     peak = nominal_bf16_peak(name) if cuda else None
     report = Report(args.out, args.json)
-    cmd = "bash bench/gpu_check.sh OUT_DIR" if cuda and not tiny else "python bench/gpu_check.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    cmd = (
+        "bash bench/gpu_check.sh OUT_DIR"
+        if cuda and not tiny
+        else "python bench/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     report.header = [
         f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine}.",
         "",
@@ -422,12 +487,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.row("gemm", "fp32", n_gemm, f"{gemm_flops(device, torch.float32, n_gemm) / 1e12:.1f}")
     if cuda:
         with precision_context(device, "tf32"):
-            report.row("gemm", "fp32 with TF32", n_gemm, f"{gemm_flops(device, torch.float32, n_gemm) / 1e12:.1f}")
+            report.row(
+                "gemm", "fp32 with TF32", n_gemm, f"{gemm_flops(device, torch.float32, n_gemm) / 1e12:.1f}"
+            )
     if peak is not None:
-        report.note("gemm", f"Nominal dense bf16 peak of this GPU (data sheet): {peak / 1e12:.0f} TFLOP/s; the bf16 "
-                            f"GEMM above reaches {gemm_bf16 / peak:.0%} of it.")  # fmt: skip
+        report.note(
+            "gemm",
+            f"Nominal dense bf16 peak of this GPU (data sheet): {peak / 1e12:.0f} TFLOP/s; the bf16 "
+            f"GEMM above reaches {gemm_bf16 / peak:.0%} of it.",
+        )
     elif cuda:
-        report.note("gemm", f"No data-sheet bf16 peak known for {name!r}: shares below use the measured bf16 GEMM.")
+        report.note(
+            "gemm", f"No data-sheet bf16 peak known for {name!r}: shares below use the measured bf16 GEMM."
+        )
 
     # Pair set on the device.
     t0 = time.perf_counter()
@@ -435,45 +507,87 @@ def main(argv: Sequence[str] | None = None) -> int:
     _sync(device)
     t_pairs = time.perf_counter() - t0
     size_gb = (s2.numel() + ps.numel()) * 4 / 1e9
-    report.header += ["", f"Pair set: {n_pairs:,} synthetic point-wise pairs (12 + 36 float32 values, {size_gb:.2f} GB) "
-                          f"created on the device in {t_pairs:.1f} s; batches are index gathers on the device."]  # fmt: skip
+    report.header += [
+        "",
+        (
+            f"Pair set: {n_pairs:,} synthetic point-wise pairs (12 + 36 float32 values, {size_gb:.2f} GB) "
+            f"created on the device in {t_pairs:.1f} s; batches are index gathers on the device."
+        ),
+    ]
     report.write()
 
     # Throughput rows, by priority.
     key = "pretrain"
-    cols = ["step", "precision", "compile", "batch", "pairs/s", "first call (s)", "papers' full run",
-            "share of bf16 peak", "share of bf16 GEMM", "last loss"]  # fmt: skip
-    report.section(key, "Pre-training throughput: bi-modal point-wise, ResMLP-8 x 256 per modality, Eq. 1", cols,
-                   note=(f"Steady state: {warmup} warm-up steps, then steps for about {args.seconds:g} s between two "
-                         "device synchronisations. 'papers' full run' = 14.4 M pairs x 100 epochs at this rate "
-                         f"(target <= {TARGET_S / 60:.0f} min). FLOPs per pair = 3 x forward (Linear layers + "
-                         "the two similarity products of Eq. 1), so the shares grow with the batch."))  # fmt: skip
+    cols = [
+        "step",
+        "precision",
+        "compile",
+        "batch",
+        "pairs/s",
+        "first call (s)",
+        "papers' full run",
+        "share of bf16 peak",
+        "share of bf16 GEMM",
+        "last loss",
+    ]
+    report.section(
+        key,
+        "Pre-training throughput: bi-modal point-wise, ResMLP-8 x 256 per modality, Eq. 1",
+        cols,
+        note=(
+            f"Steady state: {warmup} warm-up steps, then steps for about {args.seconds:g} s between two "
+            "device synchronisations. 'papers' full run' = 14.4 M pairs x 100 epochs at this rate "
+            f"(target <= {TARGET_S / 60:.0f} min). FLOPs per pair = 3 x forward (Linear layers + "
+            "the two similarity products of Eq. 1), so the shares grow with the batch."
+        ),
+    )
     precisions = ["fp32", "tf32", "bf16"] if cuda else ["fp32", "bf16"]
     best = [0.0]
 
     def throughput(plan: list[tuple[str, str, str, int]]) -> None:
         for kind, precision, comp, batch in plan:
             if budget.left < (90 if comp != "eager" else 20):
-                report.row(key, kind, precision, comp, batch, "not run: time budget spent", "", "", "", "", "")
+                report.row(
+                    key, kind, precision, comp, batch, "not run: time budget spent", "", "", "", "", ""
+                )
                 continue
             try:
                 model = build_model(cfg, s2[:2], ps[:2], torch.device("cpu"))
                 flops = flops_per_pair(model, batch, cfg.projector.out)
                 first, loss = float("nan"), float("nan")
                 if kind == "reference":
-                    pairs_s = measure_reference(cfg, s2, ps, batch=batch, min_seconds=args.seconds,
-                                                warmup_steps=warmup)  # fmt: skip
+                    pairs_s = measure_reference(
+                        cfg, s2, ps, batch=batch, min_seconds=args.seconds, warmup_steps=warmup
+                    )
                 else:
                     options = FastOptions(compile=comp == "compile", cuda_graphs=comp == "cuda graphs")
-                    pairs_s, first, loss, _ = measure_fast(cfg, s2, ps, batch=batch, precision=precision,
-                                                           options=options, min_seconds=args.seconds,
-                                                           warmup_steps=warmup)  # fmt: skip
+                    pairs_s, first, loss, _ = measure_fast(
+                        cfg,
+                        s2,
+                        ps,
+                        batch=batch,
+                        precision=precision,
+                        options=options,
+                        min_seconds=args.seconds,
+                        warmup_steps=warmup,
+                    )
                 best[0] = max(best[0], pairs_s)
                 run_s = PAPER_PAIRS * PAPER_EPOCHS / pairs_s
                 achieved = pairs_s * flops
-                report.row(key, kind, precision, comp, batch, f"{pairs_s:,.0f}", f"{first:.1f}", _fmt_time(run_s),
-                           f"{achieved / peak:.1%}" if peak else "n/a", f"{achieved / gemm_bf16:.1%}", f"{loss:.3f}",
-                           data={"pairs_per_s": pairs_s, "flops_per_pair": flops, "full_run_s": run_s})  # fmt: skip
+                report.row(
+                    key,
+                    kind,
+                    precision,
+                    comp,
+                    batch,
+                    f"{pairs_s:,.0f}",
+                    f"{first:.1f}",
+                    _fmt_time(run_s),
+                    f"{achieved / peak:.1%}" if peak else "n/a",
+                    f"{achieved / gemm_bf16:.1%}",
+                    f"{loss:.3f}",
+                    data={"pairs_per_s": pairs_s, "flops_per_pair": flops, "full_run_s": run_s},
+                )
             except Exception as err:  # noqa: BLE001 - a failed row is reported and the check goes on
                 report.row(key, kind, precision, comp, batch, f"failed: {_one_line(err)}", "", "", "", "", "")
                 traceback.print_exc()
@@ -481,9 +595,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 torch.cuda.empty_cache()
 
     # 1. Eager rows: the reference step, the fast step per precision, larger batches.
-    throughput([("reference", "fp32", "eager", paper_batch)]
-               + [("fast", p, "eager", paper_batch) for p in precisions]
-               + [("fast", "bf16", "eager", b) for b in big_batches])  # fmt: skip
+    throughput(
+        [("reference", "fp32", "eager", paper_batch)]
+        + [("fast", p, "eager", paper_batch) for p in precisions]
+        + [("fast", "bf16", "eager", b) for b in big_batches]
+    )
 
     # 2. No host synchronisation.
     report.section("sync", "Host synchronisation inside the fast step", ["check", "result"])
@@ -497,10 +613,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     agree = "agree"
     steps = 5 if tiny else 20
     agree_batch = 64 if tiny else paper_batch
-    report.section(agree, f"Loss agreement with the CPU over the first {steps} steps (same weights, batches and views)",
-                   ["device run", "batch", "max abs diff", "max rel diff", "first loss (CPU / device)",
-                    f"loss at step {steps} (CPU / device)"])  # fmt: skip
-    for precision in (["fp32", "bf16"] if cuda else ["bf16"]):
+    report.section(
+        agree,
+        f"Loss agreement with the CPU over the first {steps} steps (same weights, batches and views)",
+        [
+            "device run",
+            "batch",
+            "max abs diff",
+            "max rel diff",
+            "first loss (CPU / device)",
+            f"loss at step {steps} (CPU / device)",
+        ],
+    )
+    for precision in ["fp32", "bf16"] if cuda else ["bf16"]:
         if budget.left < 30:
             report.row(agree, precision, agree_batch, "not run: time budget spent", "", "", "")
             continue
@@ -508,19 +633,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             a, b = loss_agreement(cfg, device, batch=agree_batch, steps=steps, precision=precision)
             diff = np.abs(np.array(a) - np.array(b))
             rel = diff / np.maximum(np.abs(a), 1e-12)
-            report.row(agree, f"{device.type} {precision}" + (" (TF32 off)" if precision == "fp32" else ""),
-                       agree_batch, f"{diff.max():.2e}", f"{rel.max():.2e}", f"{a[0]:.5f} / {b[0]:.5f}",
-                       f"{a[-1]:.5f} / {b[-1]:.5f}", data={"cpu": a, "device": b})  # fmt: skip
+            report.row(
+                agree,
+                f"{device.type} {precision}" + (" (TF32 off)" if precision == "fp32" else ""),
+                agree_batch,
+                f"{diff.max():.2e}",
+                f"{rel.max():.2e}",
+                f"{a[0]:.5f} / {b[0]:.5f}",
+                f"{a[-1]:.5f} / {b[-1]:.5f}",
+                data={"cpu": a, "device": b},
+            )
         except Exception as err:  # noqa: BLE001
             report.row(agree, precision, agree_batch, f"failed: {_one_line(err)}", "", "", "")
             traceback.print_exc()
 
     # 4. Downstream epoch time per family.
     if tiny:
-        downstream_epochs(report, budget, device, n=128, t=12, d=16, batches=[64], precisions=["fp32", "bf16"], min_left=5)
+        downstream_epochs(
+            report, budget, device, n=128, t=12, d=16, batches=[64], precisions=["fp32", "bf16"], min_left=5
+        )
     else:
-        downstream_epochs(report, budget, device, n=16_384, t=144, d=256, batches=[256, 1024],
-                          precisions=["fp32", "bf16"], min_left=25)  # fmt: skip
+        downstream_epochs(
+            report,
+            budget,
+            device,
+            n=16_384,
+            t=144,
+            d=256,
+            batches=[256, 1024],
+            precisions=["fp32", "bf16"],
+            min_left=25,
+        )
 
     # 5. Compiled rows, most informative first, while the budget lasts.
     if not args.no_compile:
@@ -535,13 +678,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         throughput(plan)
     if best[0]:
         run_s = PAPER_PAIRS * PAPER_EPOCHS / best[0]
-        report.note(key, f"Best: {best[0]:,.0f} pairs/s, the papers' full run in {_fmt_time(run_s)} "
-                         f"({'meets' if run_s <= TARGET_S else 'misses'} the 5 min target; the papers' V100 run "
-                         "took 6 h).")  # fmt: skip
+        report.note(
+            key,
+            f"Best: {best[0]:,.0f} pairs/s, the papers' full run in {_fmt_time(run_s)} "
+            f"({'meets' if run_s <= TARGET_S else 'misses'} the 5 min target; the papers' V100 run "
+            "took 6 h).",
+        )
     rows = [r for sec in report.sections.values() for r in sec["rows"]]
     failed = sum(any(c.startswith(("failed", "not run", "**synchronises")) for c in r["cells"]) for r in rows)
-    report.header += ["", f"Wall time of the check: {time.perf_counter() - budget.t0:.0f} s; "
-                          f"{failed} row(s) failed or skipped."]  # fmt: skip
+    report.header += [
+        "",
+        (
+            f"Wall time of the check: {time.perf_counter() - budget.t0:.0f} s; "
+            f"{failed} row(s) failed or skipped."
+        ),
+    ]
     report.write()
     print(f"report: {args.out}")
     return 3 if failed else 0

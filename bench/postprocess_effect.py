@@ -56,13 +56,32 @@ def main(out_dir: str) -> int:
     polys = []
     for r0, r1, c0, c1 in fields(rng):
         truth[r0:r1, c0:c1] = rng.integers(K)
-        if rng.random() < 0.85:  # in the cropland mask; 1 px inset so neighbouring fields are separate polygons
-            polys.append(shapely.box(x0 + (c0 + 0.6) * RES, y0 - (r1 - 0.6) * RES, x0 + (c1 - 0.6) * RES, y0 - (r0 + 0.6) * RES))
-    vals = mu[truth].reshape(N, N, len(DATES), len(BANDS)) + rng.normal(0, SIGMA, (N, N, len(DATES), len(BANDS)))
+        if (
+            rng.random() < 0.85
+        ):  # in the cropland mask; 1 px inset so neighbouring fields are separate polygons
+            polys.append(
+                shapely.box(
+                    x0 + (c0 + 0.6) * RES, y0 - (r1 - 0.6) * RES, x0 + (c1 - 0.6) * RES, y0 - (r0 + 0.6) * RES
+                )
+            )
+    vals = mu[truth].reshape(N, N, len(DATES), len(BANDS)) + rng.normal(
+        0, SIGMA, (N, N, len(DATES), len(BANDS))
+    )
     vals = np.clip(vals, 1, 10000).astype(np.uint16).transpose(2, 3, 0, 1)  # (S, C, rows, cols)
     stack = out / "scene.tif"
-    prof = dict(driver="GTiff", width=N, height=N, count=tc, dtype="uint16", crs="EPSG:32631",
-                transform=from_origin(x0, y0, RES, RES), nodata=0, tiled=True, blockxsize=64, blockysize=64)
+    prof = {
+        "driver": "GTiff",
+        "width": N,
+        "height": N,
+        "count": tc,
+        "dtype": "uint16",
+        "crs": "EPSG:32631",
+        "transform": from_origin(x0, y0, RES, RES),
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 64,
+        "blockysize": 64,
+    }
     with rasterio.open(stack, "w", **prof) as ds:
         ds.write(vals.reshape(tc, N, N))
         for t, d in enumerate(DATES):
@@ -78,27 +97,54 @@ def main(out_dir: str) -> int:
     b = (-(mu**2).sum(1) / (2 * SIGMA**2)).astype(np.float32)
     grid = tuple((d - dt.date(2020, 11, 1)).days for d in DATES)
     meta = BundleMetadata(
-        schema_version=1, model_name="bayes_linear", input_name="x", output_name="logits", bands=BANDS,
-        reflectance_scale=10000.0, nodata=0.0, time_grid=TimeGrid("11-01", grid, tuple(map(str, DATES))),
-        min_valid_steps=3, gap_fill="linear",
-        classes=tuple(ClassInfo(i + 1, f"class {i + 1}", c) for i, c in enumerate(("#e6ab02", "#66a61e", "#1b9e77", "#7570b3"))),
-        embedding=None, provenance=Provenance("none", "linear", "none", "synthetic scene", "bench", "2026-01-01T00:00:00"),
-    )  # fmt: skip
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "W"], ["mm"]),
-             helper.make_node("Add", ["mm", "b"], ["logits"])]  # fmt: skip
-    inits = [numpy_helper.from_array(np.array([-1, tc], dtype=np.int64), "shape"), numpy_helper.from_array(w, "W"),
-             numpy_helper.from_array(b, "b")]  # fmt: skip
-    g = helper.make_graph(nodes, "bayes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", len(DATES), len(BANDS)])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", K])], inits)  # fmt: skip
+        schema_version=1,
+        model_name="bayes_linear",
+        input_name="x",
+        output_name="logits",
+        bands=BANDS,
+        reflectance_scale=10000.0,
+        nodata=0.0,
+        time_grid=TimeGrid("11-01", grid, tuple(map(str, DATES))),
+        min_valid_steps=3,
+        gap_fill="linear",
+        classes=tuple(
+            ClassInfo(i + 1, f"class {i + 1}", c)
+            for i, c in enumerate(("#e6ab02", "#66a61e", "#1b9e77", "#7570b3"))
+        ),
+        embedding=None,
+        provenance=Provenance("none", "linear", "none", "synthetic scene", "bench", "2026-01-01T00:00:00"),
+    )
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([-1, tc], dtype=np.int64), "shape"),
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(b, "b"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "bayes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", len(DATES), len(BANDS)])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", K])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
     bundle = out / "bayes.onnx"
     onnx.save(model, str(bundle))
 
-    settings = {"none": {}, "majority 3": {"majority_filter": 3}, "majority 5": {"majority_filter": 5},
-                "majority 9": {"majority_filter": 9}, "smooth sigma 1": {"smooth_probabilities": 1.0},
-                "smooth sigma 2": {"smooth_probabilities": 2.0},
-                "smooth sigma 1 + majority 3": {"smooth_probabilities": 1.0, "majority_filter": 3}}  # fmt: skip
+    settings = {
+        "none": {},
+        "majority 3": {"majority_filter": 3},
+        "majority 5": {"majority_filter": 5},
+        "majority 9": {"majority_filter": 9},
+        "smooth sigma 1": {"smooth_probabilities": 1.0},
+        "smooth sigma 2": {"smooth_probabilities": 2.0},
+        "smooth sigma 1 + majority 3": {"smooth_probabilities": 1.0, "majority_filter": 3},
+    }
     rows = {}
     for name, kw in settings.items():
         arr = cropmap.classify_array(stack, mask, model=bundle, block_size=64, cloud_band="none", **kw).values

@@ -80,4 +80,3 @@ def write_class_map(data: Any, path: str | Path, **kwargs: Any) -> Any:
     from cropmap.writer import write_class_map as _write_class_map
 
     return _write_class_map(data, path, **kwargs)
-

@@ -66,12 +66,20 @@ def load(out: Path, settings: dict[str, Any], *, overwrite: bool) -> dict[str, A
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CropmapError(f"batch state {path} is unreadable ({err}); expected the JSON file cropmap batch writes "
-                           "(remove it and pass --overwrite to start again)") from err  # fmt: skip
-    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or not isinstance(doc.get("regions"), dict):
+        raise CropmapError(
+            f"batch state {path} is unreadable ({err}); expected the JSON file cropmap batch writes "
+            "(remove it and pass --overwrite to start again)"
+        ) from err
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != STATE_FORMAT
+        or not isinstance(doc.get("regions"), dict)
+    ):
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise CropmapError(f"batch state {path} has format {found!r}; expected format {STATE_FORMAT} "
-                           "(remove it and pass --overwrite to start again)")  # fmt: skip
+        raise CropmapError(
+            f"batch state {path} has format {found!r}; expected format {STATE_FORMAT} "
+            "(remove it and pass --overwrite to start again)"
+        )
     if overwrite:
         if doc["regions"]:
             logger.info("--overwrite: forgetting %d recorded regions in %s", len(doc["regions"]), path)

@@ -47,7 +47,9 @@ class Estimate:
         return {
             "estimate": _num(self.value * scale, digits),
             "se": _num(self.se * scale, digits),
-            "ci95": None if not math.isfinite(lo * hi) else [_num(lo * scale, digits), _num(hi * scale, digits)],
+            "ci95": None
+            if not math.isfinite(lo * hi)
+            else [_num(lo * scale, digits), _num(hi * scale, digits)],
         }
 
 
@@ -95,7 +97,9 @@ def _ratio(counts: np.ndarray, weights: np.ndarray, y: np.ndarray, x: np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         # A stratum of one unit has no within-stratum variance estimate: its term is taken as 0 (the caller
         # warns; the SE is then too small), and a ratio resting on such strata alone gets no SE (NaN, below).
-        s2 = np.where(n_h > 1, (counts * (d - mean_d[:, None]) ** 2).sum(axis=1) / np.maximum(n_h - 1, 1), 0.0)
+        s2 = np.where(
+            n_h > 1, (counts * (d - mean_d[:, None]) ** 2).sum(axis=1) / np.maximum(n_h - 1, 1), 0.0
+        )
         terms = np.where(weights > 0, weights**2 * s2 / n_h, 0.0)
     informative = (weights > 0) & ((share * np.abs(y)).sum(axis=1) + (share * np.abs(x)).sum(axis=1) > 0)
     if informative.any() and np.all(n_h[informative] <= 1):
@@ -104,7 +108,9 @@ def _ratio(counts: np.ndarray, weights: np.ndarray, y: np.ndarray, x: np.ndarray
     return Estimate(r, math.sqrt(var) if var >= 0 else math.nan)
 
 
-def stratified_estimate(counts: np.ndarray | Sequence[Sequence[int]], mapped_area: Sequence[float]) -> StratifiedResult:
+def stratified_estimate(
+    counts: np.ndarray | Sequence[Sequence[int]], mapped_area: Sequence[float]
+) -> StratifiedResult:
     """Accuracy and area proportions from a sample error matrix and the strata's mapped areas.
 
     Args:
@@ -162,10 +168,17 @@ def stratified_estimate(counts: np.ndarray | Sequence[Sequence[int]], mapped_are
         f1.append(est(2 * hit, in_row + in_col))
         areas.append(est(in_col, ones))
     return StratifiedResult(
-        counts=n, weights=w, proportions=p, overall=overall, users=tuple(users), producers=tuple(producers),
-        f1=tuple(f1), area_proportion=tuple(areas), kappa=_kappa(p.sum(axis=0), p),
+        counts=n,
+        weights=w,
+        proportions=p,
+        overall=overall,
+        users=tuple(users),
+        producers=tuple(producers),
+        f1=tuple(f1),
+        area_proportion=tuple(areas),
+        kappa=_kappa(p.sum(axis=0), p),
         kappa_sample=_kappa(n.sum(axis=0) / max(n.sum(), 1), n / max(n.sum(), 1)),
-    )  # fmt: skip
+    )
 
 
 def _kappa(col: np.ndarray, p: np.ndarray) -> float:
@@ -191,7 +204,9 @@ def sample_size(weights: Sequence[float], expected_users: Sequence[float], targe
     w = np.asarray(weights, dtype=np.float64)
     u = np.asarray(expected_users, dtype=np.float64)
     if w.shape != u.shape:
-        raise ValueError(f"{w.size} weights and {u.size} expected user's accuracies; expected one each per stratum")
+        raise ValueError(
+            f"{w.size} weights and {u.size} expected user's accuracies; expected one each per stratum"
+        )
     if not 0 < target_se < 1:
         raise ValueError(f"target standard error {target_se}; expected a value between 0 and 1, e.g. 0.01")
     if ((u < 0) | (u > 1)).any():

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cropmap.accuracy import Estimate, StratifiedResult, allocate, sample_size, stratified_estimate
+from cropmap.accuracy import StratifiedResult, allocate, sample_size, stratified_estimate
 from cropmap.errors import AssessError, OutputExistsError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ class ClassMap:
         return sum(self.area_m2) / n if n else math.nan
 
 
-def read_legend(tags: Mapping[str, str], band_tags: Mapping[str, str]) -> tuple[dict[int, str], tuple[int, ...]]:
+def read_legend(
+    tags: Mapping[str, str], band_tags: Mapping[str, str]
+) -> tuple[dict[int, str], tuple[int, ...]]:
     """Class names of a map from cropmap's tags: ``cropmap_classes`` JSON, else ``CLASS_<code>`` band items."""
     names: dict[int, str] = {}
     raw = tags.get("cropmap_classes")
@@ -97,7 +99,9 @@ def _row_areas(crs: Any, transform: Any, height: int) -> np.ndarray:
     geod = Geod(ellps="WGS84")
     out = np.empty(height)
     for r in range(height):
-        xs, ys = zip(*(transform @ (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))), strict=True)
+        xs, ys = zip(
+            *(transform @ (c, rr) for c, rr in ((0, r), (1, r), (1, r + 1), (0, r + 1))), strict=True
+        )
         out[r] = abs(geod.polygon_area_perimeter(xs, ys)[0])
     return out
 
@@ -126,7 +130,9 @@ def read_class_map(path: str | Path) -> ClassMap:
         if dtype.kind not in "iu":
             raise AssessError(f"map {path} holds {dtype} values; expected integer class codes")
         if ds.crs is None:
-            raise AssessError(f"map {path} has no CRS; expected a georeferenced class raster (no CRS is assumed)")
+            raise AssessError(
+                f"map {path} has no CRS; expected a georeferenced class raster (no CRS is assumed)"
+            )
         nodata = None if ds.nodata is None else int(ds.nodata)
         names, legend = read_legend(ds.tags(), ds.tags(1))
         row_area = _row_areas(ds.crs, ds.transform, ds.height)
@@ -154,11 +160,18 @@ def read_class_map(path: str | Path) -> ClassMap:
                     area[v] = area.get(v, 0.0) + float((block == v).sum(axis=1) @ rows)
         bs = ds.block_shapes[0]
         result = ClassMap(
-            path=path, crs=ds.crs, transform=ds.transform, shape=(ds.height, ds.width), nodata=nodata,
-            codes=tuple(sorted(pixels)), pixels=tuple(pixels[c] for c in sorted(pixels)),
-            area_m2=tuple(area[c] for c in sorted(pixels)), names=names, legend_codes=legend,
+            path=path,
+            crs=ds.crs,
+            transform=ds.transform,
+            shape=(ds.height, ds.width),
+            nodata=nodata,
+            codes=tuple(sorted(pixels)),
+            pixels=tuple(pixels[c] for c in sorted(pixels)),
+            area_m2=tuple(area[c] for c in sorted(pixels)),
+            names=names,
+            legend_codes=legend,
             block_shape=(int(bs[0]), int(bs[1])),
-        )  # fmt: skip
+        )
     if not result.codes:
         raise AssessError(f"map {path} has no classified pixel (every pixel is nodata {nodata})")
     return result
@@ -187,7 +200,9 @@ def read_class_map_csv(path: str | Path) -> dict[str, str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise AssessError(f"class map {path} does not exist; expected a CSV of label,class rows with a header")
+        raise AssessError(
+            f"class map {path} does not exist; expected a CSV of label,class rows with a header"
+        )
     with path.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if not rows or len(rows[0]) < 2:
@@ -262,10 +277,15 @@ def resolve_labels(
     if unknown:
         shown = ", ".join(f"{k!r} ({n})" for k, n in sorted(unknown.items(), key=lambda kv: -kv[1])[:8])
         more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-        how = "the --class-map CSV" if class_map is not None else f"the map's classes ({_describe_classes(classes)})"
+        how = (
+            "the --class-map CSV"
+            if class_map is not None
+            else f"the map's classes ({_describe_classes(classes)})"
+        )
         raise AssessError(
             f"{what}: {sum(unknown.values())} features have labels that match none of {how}: {shown}{more}; "
-            "expected class codes or names" + ("" if class_map is not None else ", or a --class-map CSV translating them")
+            "expected class codes or names"
+            + ("" if class_map is not None else ", or a --class-map CSV translating them")
         )
     if missing:
         logger.warning("%s: %d features have no label and are left out", what, missing)
@@ -309,7 +329,9 @@ def read_reference(
         raise AssessError(f"reference {path} could not be read ({str(err).splitlines()[0]})") from err
     if label_column not in gdf.columns:
         cols = [c for c in gdf.columns if c != "geometry"]
-        raise AssessError(f"reference {path} has no column {label_column!r}; its columns are {', '.join(cols)}")
+        raise AssessError(
+            f"reference {path} has no column {label_column!r}; its columns are {', '.join(cols)}"
+        )
     if gdf.crs is None:
         raise AssessError(f"reference {path} has no CRS; expected a declared CRS (no CRS is assumed)")
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
@@ -318,15 +340,24 @@ def read_reference(
     kinds = set(gdf.geometry.geom_type)
     bad = kinds - {"Point", "MultiPoint", "Polygon", "MultiPolygon"}
     if bad:
-        raise AssessError(f"reference {path} holds {', '.join(sorted(bad))} features; expected points or polygons")
+        raise AssessError(
+            f"reference {path} holds {', '.join(sorted(bad))} features; expected points or polygons"
+        )
     if gdf.crs != cmap.crs:
-        logger.info("reprojecting reference %s from %s to the map's %s", path, gdf.crs.to_string(), cmap.crs.to_string())
+        logger.info(
+            "reprojecting reference %s from %s to the map's %s",
+            path,
+            gdf.crs.to_string(),
+            cmap.crs.to_string(),
+        )
         gdf = gdf.to_crs(cmap.crs)
     gdf.attrs["layer"] = chosen
     return gdf
 
 
-def sample_units(gdf: Any, ref_codes: np.ndarray, cmap: ClassMap, *, polygon_samples: str = "pixels") -> Sample:
+def sample_units(
+    gdf: Any, ref_codes: np.ndarray, cmap: ClassMap, *, polygon_samples: str = "pixels"
+) -> Sample:
     """Turn reference features into sample units with their map class.
 
     Points sample the pixel they fall in. Polygons give every pixel whose centre lies
@@ -360,10 +391,13 @@ def sample_units(gdf: Any, ref_codes: np.ndarray, cmap: ClassMap, *, polygon_sam
             f"{[round(v, 2) for v in map_box.bounds]} (in {cmap.crs.to_string()}); expected reference data on the map"
         )
     info: dict[str, Any] = {
-        "features": int(len(geoms)), "points": int(is_point.sum()), "polygons": int((~is_point).sum()),
-        "left_out_by_label": int((~keep).sum()), "outside_map": int((~overlaps).sum()),
+        "features": len(geoms),
+        "points": int(is_point.sum()),
+        "polygons": int((~is_point).sum()),
+        "left_out_by_label": int((~keep).sum()),
+        "outside_map": int((~overlaps).sum()),
         "polygon_samples": polygon_samples,
-    }  # fmt: skip
+    }
     maps: list[np.ndarray] = []
     refs: list[np.ndarray] = []
     on_nodata = 0
@@ -409,7 +443,9 @@ def sample_units(gdf: Any, ref_codes: np.ndarray, cmap: ClassMap, *, polygon_sam
                 empty_polygons += 1
                 continue
             block = ds.read(1, window=win)
-            inside = rasterize([(g, 1)], out_shape=block.shape, transform=ds.window_transform(win), dtype="uint8")
+            inside = rasterize(
+                [(g, 1)], out_shape=block.shape, transform=ds.window_transform(win), dtype="uint8"
+            )
             values = block[inside.astype(bool)].astype(np.int64)
             if values.size == 0:
                 empty_polygons += 1
@@ -428,16 +464,23 @@ def sample_units(gdf: Any, ref_codes: np.ndarray, cmap: ClassMap, *, polygon_sam
     info["polygons_without_pixel"] = empty_polygons
     sample = Sample(
         map_codes=np.concatenate(maps) if maps else np.empty(0, np.int64),
-        ref_codes=np.concatenate(refs) if refs else np.empty(0, np.int64), info=info,
-    )  # fmt: skip
+        ref_codes=np.concatenate(refs) if refs else np.empty(0, np.int64),
+        info=info,
+    )
     info["units"] = int(sample.map_codes.size)
     if on_nodata:
-        sample.warnings.append(f"{on_nodata:,} reference units fall on nodata (unclassified) pixels and are left out")
+        sample.warnings.append(
+            f"{on_nodata:,} reference units fall on nodata (unclassified) pixels and are left out"
+        )
     if info["outside_map"]:
-        sample.warnings.append(f"{info['outside_map']:,} reference features or points lie outside the map and are left out")
+        sample.warnings.append(
+            f"{info['outside_map']:,} reference features or points lie outside the map and are left out"
+        )
     if empty_polygons:
-        sample.warnings.append(f"{empty_polygons:,} reference polygons hold no pixel centre (smaller than a pixel?) "
-                               "and are left out")  # fmt: skip
+        sample.warnings.append(
+            f"{empty_polygons:,} reference polygons hold no pixel centre (smaller than a pixel?) "
+            "and are left out"
+        )
     if polygon_samples == "pixels" and info["polygons"]:
         sample.warnings.append(
             "polygons were sampled pixel by pixel: pixels of one polygon are not independent units, so the "
@@ -511,7 +554,11 @@ def assess(
     index = {c: i for i, c in enumerate(codes)}
     k = len(codes)
     counts = np.zeros((k, k), dtype=np.int64)
-    np.add.at(counts, ([index[c] for c in sample.map_codes.tolist()], [index[c] for c in sample.ref_codes.tolist()]), 1)
+    np.add.at(
+        counts,
+        ([index[c] for c in sample.map_codes.tolist()], [index[c] for c in sample.ref_codes.tolist()]),
+        1,
+    )
     mapped = np.array([cmap.area_m2[cmap.codes.index(c)] if c in cmap.codes else 0.0 for c in codes])
     pixels = np.array([cmap.pixels[cmap.codes.index(c)] if c in cmap.codes else 0 for c in codes])
     warnings = list(sample.warnings)
@@ -529,61 +576,103 @@ def assess(
             used_area[index[c]] = 0.0
     single = [c for c, n in zip(codes, n_h, strict=True) if n == 1]
     if single:
-        warnings.append(f"map classes {', '.join(map(str, single))} have one reference unit each: their user's "
-                        "accuracy has no standard error (null), and their unknown within-class variance is taken as 0 "
-                        "in the other standard errors, which are then too small")  # fmt: skip
+        warnings.append(
+            f"map classes {', '.join(map(str, single))} have one reference unit each: their user's "
+            "accuracy has no standard error (null), and their unknown within-class variance is taken as 0 "
+            "in the other standard errors, which are then too small"
+        )
     result = stratified_estimate(counts, used_area)
     no_ref = [c for c in codes if counts[:, index[c]].sum() == 0]
     if no_ref:
-        warnings.append(f"classes {', '.join(map(str, no_ref))} have no reference unit of their own: their producer's "
-                        "accuracy is undefined (null) and their estimated area is 0")  # fmt: skip
+        warnings.append(
+            f"classes {', '.join(map(str, no_ref))} have no reference unit of their own: their producer's "
+            "accuracy is undefined (null) and their estimated area is 0"
+        )
     for w in warnings:
         logger.warning("%s", w)
-    return _report(cmap, codes, classes, pixels, mapped, used_area, result, sample, warnings, version=__version__,
-                   inputs={"map": str(Path(map_path).resolve()), "reference": str(Path(reference).resolve()),
-                           "reference_layer": gdf.attrs.get("layer"), "label_column": label_column,
-                           "class_map": str(Path(class_map).resolve()) if class_map is not None else None})  # fmt: skip
+    return _report(
+        cmap,
+        codes,
+        classes,
+        pixels,
+        mapped,
+        used_area,
+        result,
+        sample,
+        warnings,
+        version=__version__,
+        inputs={
+            "map": str(Path(map_path).resolve()),
+            "reference": str(Path(reference).resolve()),
+            "reference_layer": gdf.attrs.get("layer"),
+            "label_column": label_column,
+            "class_map": str(Path(class_map).resolve()) if class_map is not None else None,
+        },
+    )
 
 
 def _report(
-    cmap: ClassMap, codes: list[int], classes: Mapping[int, str], pixels: np.ndarray, mapped: np.ndarray,
-    used_area: np.ndarray, r: StratifiedResult, sample: Sample, warnings: list[str], *, version: str,
+    cmap: ClassMap,
+    codes: list[int],
+    classes: Mapping[int, str],
+    pixels: np.ndarray,
+    mapped: np.ndarray,
+    used_area: np.ndarray,
+    r: StratifiedResult,
+    sample: Sample,
+    warnings: list[str],
+    *,
+    version: str,
     inputs: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     total_m2 = float(used_area.sum())
     per_class = []
     for i, c in enumerate(codes):
         n_ref = int(r.counts[:, i].sum())
         area = r.area_proportion[i]
-        per_class.append({
-            "code": c, "name": classes.get(c, str(c)), "map_pixels": int(pixels[i]),
-            "map_area_ha": round(float(mapped[i]) / 1e4, 4), "weight": round(float(r.weights[i]), 8),
-            "sample_units_map": int(r.counts[i].sum()), "sample_units_reference": n_ref,
-            "stratum_assessed": bool(used_area[i] > 0 or mapped[i] == 0),
-            "users_accuracy": r.users[i].as_dict(), "producers_accuracy": r.producers[i].as_dict(),
-            "f1": r.f1[i].as_dict(), "area_proportion": area.as_dict(),
-            "area_ha": area.as_dict(scale=total_m2 / 1e4, digits=2),
-        })  # fmt: skip
+        per_class.append(
+            {
+                "code": c,
+                "name": classes.get(c, str(c)),
+                "map_pixels": int(pixels[i]),
+                "map_area_ha": round(float(mapped[i]) / 1e4, 4),
+                "weight": round(float(r.weights[i]), 8),
+                "sample_units_map": int(r.counts[i].sum()),
+                "sample_units_reference": n_ref,
+                "stratum_assessed": bool(used_area[i] > 0 or mapped[i] == 0),
+                "users_accuracy": r.users[i].as_dict(),
+                "producers_accuracy": r.producers[i].as_dict(),
+                "f1": r.f1[i].as_dict(),
+                "area_proportion": area.as_dict(),
+                "area_ha": area.as_dict(scale=total_m2 / 1e4, digits=2),
+            }
+        )
     return {
         "cropmap_version": version,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": inputs,
         "map": {
-            "crs": cmap.crs.to_string(), "shape": list(cmap.shape), "nodata": cmap.nodata,
+            "crs": cmap.crs.to_string(),
+            "shape": list(cmap.shape),
+            "nodata": cmap.nodata,
             "pixel_area_m2": round(cmap.pixel_area_m2, 6),
             "classified_area_ha": round(float(mapped.sum()) / 1e4, 4),
             "assessed_area_ha": round(total_m2 / 1e4, 4),
-            "class_names": "from the map's cropmap legend tags" if cmap.names else "none in the map: codes are used",
-        },  # fmt: skip
+            "class_names": "from the map's cropmap legend tags"
+            if cmap.names
+            else "none in the map: codes are used",
+        },
         "sample": sample.info,
         "estimator": "stratified, strata = map classes, weights = mapped area shares (Olofsson et al. 2014, RSE 148, "
         "eq. 2-11); standard errors by stratified linearisation (equal to their closed forms); 95 % CI = +/- 1.96 SE",
         "classes": [{"code": c, "name": classes.get(c, str(c))} for c in codes],
         "confusion_matrix": {
-            "rows": "map class", "columns": "reference class", "class_order": codes,
+            "rows": "map class",
+            "columns": "reference class",
+            "class_order": codes,
             "counts": r.counts.tolist(),
             "area_proportions": np.round(r.proportions, 8).tolist(),
-        },  # fmt: skip
+        },
         "overall_accuracy": r.overall.as_dict(),
         "kappa": {
             "estimate": None if math.isnan(r.kappa) else round(r.kappa, 6),
@@ -610,18 +699,33 @@ def _check_new(paths: Sequence[Path], overwrite: bool) -> None:
     while not p.exists() and p != p.parent:
         p = p.parent
     if not p.is_dir():
-        raise OutputExistsError(f"output folder {folder}: {p} is a file; expected a folder (or nothing) there")
+        raise OutputExistsError(
+            f"output folder {folder}: {p} is a file; expected a folder (or nothing) there"
+        )
     not_files = [str(q) for q in paths if q.exists() and not q.is_file()]
     if not_files:
-        raise OutputExistsError(f"output {', '.join(not_files)} exists and is not a file; it is never replaced")
+        raise OutputExistsError(
+            f"output {', '.join(not_files)} exists and is not a file; it is never replaced"
+        )
     existing = [str(q) for q in paths if q.exists()]
     if existing and not overwrite:
-        raise OutputExistsError(f"output {', '.join(existing)} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(
+            f"output {', '.join(existing)} already exists; pass --overwrite to replace it"
+        )
 
 
-def _write_atomically(finals: Sequence[Path], inputs: Mapping[Path, str], overwrite: bool, write: Any) -> None:
+def _write_atomically(
+    finals: Sequence[Path], inputs: Mapping[Path, str], overwrite: bool, write: Any
+) -> None:
     """Lock, stage every output under an owned temporary name, call ``write(temps)``, move all into place."""
-    from cropmap.safeio import RunLock, file_system_error, lock_path, output_folder, refuse_overlap, remove_stale
+    from cropmap.safeio import (
+        RunLock,
+        file_system_error,
+        lock_path,
+        output_folder,
+        refuse_overlap,
+        remove_stale,
+    )
     from cropmap.writer import Staging
 
     refuse_overlap([*finals, lock_path(finals[0])], inputs)
@@ -647,7 +751,9 @@ def check_report_outputs(out: str | Path, *, overwrite: bool = False) -> dict[st
     """Refuse a report path that is not ``.json``, or outputs that exist (without ``overwrite``), before any work."""
     out = Path(out)
     if out.suffix.lower() != ".json":
-        raise AssessError(f"report {out} must end in .json (the Markdown and PNG reports are written beside it)")
+        raise AssessError(
+            f"report {out} must end in .json (the Markdown and PNG reports are written beside it)"
+        )
     paths = report_paths(out)
     _check_new(list(paths.values()), overwrite)
     return paths
@@ -689,25 +795,44 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     names = [c["name"] for c in report["classes"]]
     cm = report["confusion_matrix"]
     lines = [
-        f"# Accuracy assessment of {Path(report['inputs']['map']).name}", "",
-        f"Reference: `{report['inputs']['reference']}` (column `{report['inputs']['label_column']}`); "
-        f"{report['sample']['units']:,} sample units from {report['sample']['features']:,} features "
-        f"(polygons sampled by {report['sample']['polygon_samples']}).", "",
-        f"Estimator: {report['estimator']}.", "",
-        f"**Overall accuracy: {_fmt(report['overall_accuracy'])}** (95 % CI half-width); "
-        f"kappa {report['kappa']['estimate']}.", "",
-        "## Error matrix, sample counts (rows: map, columns: reference)", "",
+        f"# Accuracy assessment of {Path(report['inputs']['map']).name}",
+        "",
+        (
+            f"Reference: `{report['inputs']['reference']}` (column `{report['inputs']['label_column']}`); "
+            f"{report['sample']['units']:,} sample units from {report['sample']['features']:,} features "
+            f"(polygons sampled by {report['sample']['polygon_samples']})."
+        ),
+        "",
+        f"Estimator: {report['estimator']}.",
+        "",
+        (
+            f"**Overall accuracy: {_fmt(report['overall_accuracy'])}** (95 % CI half-width); "
+            f"kappa {report['kappa']['estimate']}."
+        ),
+        "",
+        "## Error matrix, sample counts (rows: map, columns: reference)",
+        "",
         "| map \\ reference | " + " | ".join(names) + " | total |",
         "|---" * (len(names) + 2) + "|",
-    ]  # fmt: skip
+    ]
     for name, row in zip(names, cm["counts"], strict=True):
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + f" | {sum(row)} |")
-    lines += ["", "## Error matrix, estimated area proportions", "",
-              "| map \\ reference | " + " | ".join(names) + " | W_i |", "|---" * (len(names) + 2) + "|"]  # fmt: skip
+    lines += [
+        "",
+        "## Error matrix, estimated area proportions",
+        "",
+        "| map \\ reference | " + " | ".join(names) + " | W_i |",
+        "|---" * (len(names) + 2) + "|",
+    ]
     for name, row in zip(names, cm["area_proportions"], strict=True):
         lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row) + f" | {sum(row):.4f} |")
-    lines += ["", "## Per class (estimate +- 95 % CI half-width)", "",
-              "| class | user's | producer's | F1 | mapped ha | error-adjusted ha |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Per class (estimate +- 95 % CI half-width)",
+        "",
+        "| class | user's | producer's | F1 | mapped ha | error-adjusted ha |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in report["per_class"]:
         lines.append(
             f"| {c['code']} {c['name']} | {_fmt(c['users_accuracy'])} | {_fmt(c['producers_accuracy'])} | "
@@ -740,8 +865,15 @@ def matrix_png(report: Mapping[str, Any], path: Path) -> None:
     top = p.max() if p.size else 1.0
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{p[i, j]:.3f}\n({n[i, j]})", ha="center", va="center", fontsize=7,
-                    color="white" if p[i, j] > 0.6 * top else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{p[i, j]:.3f}\n({n[i, j]})",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if p[i, j] > 0.6 * top else "black",
+            )
     oa = report["overall_accuracy"]
     ax.set_title(f"{Path(report['inputs']['map']).name}: overall accuracy {_fmt(oa)}", fontsize=9)
     fig.tight_layout()
@@ -766,10 +898,14 @@ def parse_expected(spec: str, codes: Sequence[int]) -> dict[int, float]:
         raise AssessError(f"--expected-accuracy {spec!r}: {err}; expected e.g. 0.8 or 0.8,3=0.6") from err
     unknown = sorted(set(per) - set(codes))
     if unknown:
-        raise AssessError(f"--expected-accuracy names classes {unknown} that the map does not hold (it holds {list(codes)})")
+        raise AssessError(
+            f"--expected-accuracy names classes {unknown} that the map does not hold (it holds {list(codes)})"
+        )
     missing = [c for c in codes if c not in per]
     if missing and default is None:
-        raise AssessError(f"--expected-accuracy {spec!r} gives no value for classes {missing}; add a default, e.g. 0.8")
+        raise AssessError(
+            f"--expected-accuracy {spec!r} gives no value for classes {missing}; add a default, e.g. 0.8"
+        )
     out = {c: per.get(c, default if default is not None else 0.0) for c in codes}
     if any(not 0 <= v <= 1 for v in out.values()):
         raise AssessError(f"--expected-accuracy {spec!r}: accuracies must lie between 0 and 1")
@@ -817,8 +953,10 @@ def plan_sample(
     n = sample_size(w, [exp[c] for c in cmap.codes], target_se)
     alloc = np.minimum(allocate(n, w, min_per_class), np.asarray(cmap.pixels))
     rng = np.random.default_rng(seed)
-    ranks = {c: np.sort(rng.choice(cmap.pixels[i], size=int(alloc[i]), replace=False))
-             for i, c in enumerate(cmap.codes)}  # fmt: skip
+    ranks = {
+        c: np.sort(rng.choice(cmap.pixels[i], size=int(alloc[i]), replace=False))
+        for i, c in enumerate(cmap.codes)
+    }
     seen = dict.fromkeys(cmap.codes, 0)
     taken = dict.fromkeys(cmap.codes, 0)
     rows_out: list[int] = []
@@ -845,11 +983,17 @@ def plan_sample(
     rows_a, cols_a = np.asarray(rows_out), np.asarray(cols_out)
     xs, ys = _apply(cmap.transform, cols_a + 0.5, rows_a + 0.5)
     gdf = gpd.GeoDataFrame(
-        {"point_id": np.arange(1, rows_a.size + 1), "stratum": codes_out,
-         "stratum_name": [cmap.name(c) for c in codes_out], "row": rows_a, "col": cols_a,
-         "reference": [None] * rows_a.size},
-        geometry=shapely.points(np.asarray(xs), np.asarray(ys)), crs=cmap.crs,
-    )  # fmt: skip
+        {
+            "point_id": np.arange(1, rows_a.size + 1),
+            "stratum": codes_out,
+            "stratum_name": [cmap.name(c) for c in codes_out],
+            "row": rows_a,
+            "col": cols_a,
+            "reference": [None] * rows_a.size,
+        },
+        geometry=shapely.points(np.asarray(xs), np.asarray(ys)),
+        crs=cmap.crs,
+    )
     gdf["reference"] = gdf["reference"].astype("string")
 
     def write(temps: list[Path]) -> None:
@@ -857,8 +1001,22 @@ def plan_sample(
 
     _write_atomically([out], {cmap.path: "map"}, overwrite, write)
     return {
-        "map": str(cmap.path), "out": str(out), "target_se": target_se, "n_eq13": n, "n": int(alloc.sum()),
-        "seed": seed, "min_per_class": min_per_class,
-        "classes": [{"code": c, "name": cmap.name(c), "weight": round(float(w[i]), 6), "expected_users": exp[c],
-                     "pixels": cmap.pixels[i], "n": int(alloc[i])} for i, c in enumerate(cmap.codes)],
-    }  # fmt: skip
+        "map": str(cmap.path),
+        "out": str(out),
+        "target_se": target_se,
+        "n_eq13": n,
+        "n": int(alloc.sum()),
+        "seed": seed,
+        "min_per_class": min_per_class,
+        "classes": [
+            {
+                "code": c,
+                "name": cmap.name(c),
+                "weight": round(float(w[i]), 6),
+                "expected_users": exp[c],
+                "pixels": cmap.pixels[i],
+                "n": int(alloc[i]),
+            }
+            for i, c in enumerate(cmap.codes)
+        ],
+    }

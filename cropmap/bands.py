@@ -9,8 +9,20 @@ order of a stack is read from its band descriptions or tags.
 from __future__ import annotations
 
 S2_BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
-)  # fmt: skip
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+)
 
 # Aliases found in real files (BreizhCrops CSVs write "B2", WorldCereal "S2-L2A-B02").
 _ALIASES = {f"B{int(b[1:])}": b for b in S2_BANDS if b[1:].isdigit()}

@@ -50,7 +50,14 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = state_io.STATE_NAME
 SUMMARY_NAME = "batch_summary.json"
-SETTING_FIELDS = ("confidence", "embedding", "embedding_dtype", "quicklook", "reflectance_scale", "min_valid_steps")
+SETTING_FIELDS = (
+    "confidence",
+    "embedding",
+    "embedding_dtype",
+    "quicklook",
+    "reflectance_scale",
+    "min_valid_steps",
+)
 """Options that change a region's output bytes; a resumed batch must use the same values."""
 
 WORKER_TIMEOUT_S = 600.0
@@ -77,8 +84,13 @@ class RegionJob:
     options: ClassifyOptions
 
 
-CLUSTER_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster",
-                 "htcondor": "HTCondorCluster"}  # fmt: skip
+CLUSTER_KINDS = {
+    "slurm": "SLURMCluster",
+    "pbs": "PBSCluster",
+    "sge": "SGECluster",
+    "lsf": "LSFCluster",
+    "htcondor": "HTCondorCluster",
+}
 """``--cluster`` values and the dask-jobqueue cluster class each starts."""
 
 
@@ -120,7 +132,9 @@ class HPCCluster:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} is {value!r}; expected a positive integer")
         if self.kind == "htcondor" and (self.queue is not None or self.account is not None):
-            raise ValueError("queue / account do not apply to HTCondor; expected them unset with --cluster htcondor")
+            raise ValueError(
+                "queue / account do not apply to HTCondor; expected them unset with --cluster htcondor"
+            )
 
     def keywords(self) -> dict[str, Any]:
         """Keyword arguments of the dask-jobqueue cluster class (only the settings given)."""
@@ -168,12 +182,21 @@ def run_region(job: RegionJob) -> dict[str, Any]:
             folder.mkdir(exist_ok=True)
         # A task of a driver that died may still be writing this region: wait for it, then recompute.
         with RunLock(out, "region output", wait_s=REGION_LOCK_WAIT_S):
-            summary = classify(job.region.stack, job.region.mask, model=job.model, out=out, options=job.options,
-                               parcels=job.region.parcels, declared_column=job.region.declared_column)
+            summary = classify(
+                job.region.stack,
+                job.region.mask,
+                model=job.model,
+                out=out,
+                options=job.options,
+                parcels=job.region.parcels,
+                declared_column=job.region.declared_column,
+            )
     except CropmapError as err:
         return _failed(err, time.perf_counter() - t0)
     except OSError as err:
-        return _failed(file_system_error(err, "write the region's outputs in", folder), time.perf_counter() - t0)
+        return _failed(
+            file_system_error(err, "write the region's outputs in", folder), time.perf_counter() - t0
+        )
     except Exception as err:  # noqa: BLE001 - isolate the region; the traceback travels with the result
         return _failed(err, time.perf_counter() - t0) | {"traceback": traceback.format_exc()}
     outputs = {Path(p).name: state_io.sha256(Path(p)) for p in summary["outputs"].values() if p is not None}
@@ -206,7 +229,12 @@ def _failed(err: BaseException, seconds: float) -> dict[str, Any]:
     message = " ".join(str(err).split()) or type(err).__name__
     if not isinstance(err, CropmapError):
         message = f"{type(err).__name__}: {message}"
-    return {"status": "failed", "seconds": round(seconds, 3), "error": message, "error_type": type(err).__name__}
+    return {
+        "status": "failed",
+        "seconds": round(seconds, 3),
+        "error": message,
+        "error_type": type(err).__name__,
+    }
 
 
 def classify_many(
@@ -275,13 +303,17 @@ def classify_many(
     if scheduler is not None:
         ClassifyOptions(scheduler=scheduler)  # validates the address
         if workers is not None:
-            raise ValueError("workers applies to the local cluster only; with a scheduler address, size the cluster")
+            raise ValueError(
+                "workers applies to the local cluster only; with a scheduler address, size the cluster"
+            )
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers is {workers!r}; expected a positive integer")
     if cluster is not None and (scheduler is not None or workers is not None):
         raise ValueError("cluster starts its own workers; expected neither scheduler nor workers with it")
     if dashboard is not None and scheduler is not None:
-        raise ValueError("dashboard applies to a cluster the batch starts; the cluster at scheduler has its own")
+        raise ValueError(
+            "dashboard applies to a cluster the batch starts; the cluster at scheduler has its own"
+        )
     for name, value in (("worker_timeout", worker_timeout), ("pending_timeout", pending_timeout)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"{name} is {value!r}; expected a positive number of seconds")
@@ -295,13 +327,20 @@ def classify_many(
     settings = {"model_sha256": state_io.sha256(model_path)} | {f: getattr(opts, f) for f in SETTING_FIELDS}
     with output_folder(out), RunLock(out / STATE_NAME, "batch folder"):
         remove_stale(out, {STATE_NAME, SUMMARY_NAME})
-        where = _Where(scheduler=scheduler, workers=workers, cluster=cluster, dashboard=dashboard,
-                       worker_timeout=float(worker_timeout), pending_timeout=float(pending_timeout))
+        where = _Where(
+            scheduler=scheduler,
+            workers=workers,
+            cluster=cluster,
+            dashboard=dashboard,
+            worker_timeout=float(worker_timeout),
+            pending_timeout=float(pending_timeout),
+        )
         return _classify_many_locked(region_list, out, model_path, settings, where, opts, progress, t_start)
 
 
-def _refuse_batch_overlap(out: Path, regions: Any, region_list: list[Region], model: Path,
-                          opts: ClassifyOptions) -> None:  # fmt: skip
+def _refuse_batch_overlap(
+    out: Path, regions: Any, region_list: list[Region], model: Path, opts: ClassifyOptions
+) -> None:
     """Refuse a batch that would write over one of its inputs, before any region runs.
 
     Every file the batch may write (its state, summary and lock, and every region's map, side files and
@@ -320,9 +359,14 @@ def _refuse_batch_overlap(out: Path, regions: Any, region_list: list[Region], mo
             inputs.update({m: f"parcels of region {r.name!r}" for m in mask_files(Path(r.parcels))})
     outputs = [out / STATE_NAME, out / SUMMARY_NAME, lock_path(out / STATE_NAME)]
     for r in region_list:
-        paths = output_paths(out / r.name / f"{r.name}.tif", confidence=opts.confidence,
-                             embedding=opts.embedding, quicklook=opts.quicklook,
-                             probabilities=opts.probabilities, uncertainty=opts.uncertainty is not None)
+        paths = output_paths(
+            out / r.name / f"{r.name}.tif",
+            confidence=opts.confidence,
+            embedding=opts.embedding,
+            quicklook=opts.quicklook,
+            probabilities=opts.probabilities,
+            uncertainty=opts.uncertainty is not None,
+        )
         outputs += [*paths.all(), lock_path(paths.map)]
     refuse_overlap(outputs, inputs, hint="choose another --out-dir")
 
@@ -339,9 +383,16 @@ class _Where:
     pending_timeout: float = PENDING_TIMEOUT_S
 
 
-def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path, settings: dict[str, Any],
-                          where: _Where, opts: ClassifyOptions, progress: BatchProgress | None,
-                          t_start: float) -> dict[str, Any]:  # fmt: skip
+def _classify_many_locked(
+    region_list: list[Region],
+    out: Path,
+    model_path: Path,
+    settings: dict[str, Any],
+    where: _Where,
+    opts: ClassifyOptions,
+    progress: BatchProgress | None,
+    t_start: float,
+) -> dict[str, Any]:
     """The batch, run while this process holds the batch folder's lock."""
     from cropmap import __version__
 
@@ -360,10 +411,16 @@ def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path
             if progress is not None:
                 progress(0, len(todo))
             jobs = {
-                r.name: RegionJob(region=r, out_dir=out, model=model_path, options=dataclasses.replace(
-                    opts, season=_season(r, opts), threads=threads, overwrite=True))
+                r.name: RegionJob(
+                    region=r,
+                    out_dir=out,
+                    model=model_path,
+                    options=dataclasses.replace(
+                        opts, season=_season(r, opts), threads=threads, overwrite=True
+                    ),
+                )
                 for r in todo
-            }  # fmt: skip
+            }
             for done, (name, result) in enumerate(_run(client, jobs, where, job_states), start=1):
                 state["regions"][name].update(result)
                 state_io.save(out, state)
@@ -377,8 +434,17 @@ def _classify_many_locked(region_list: list[Region], out: Path, model_path: Path
                 if progress is not None:
                     progress(done, len(todo))
 
-    summary = _summary(region_list, state, {r.name for r in skipped}, out, model_path, opts, executor,
-                       time.perf_counter() - t_start, __version__)  # fmt: skip
+    summary = _summary(
+        region_list,
+        state,
+        {r.name for r in skipped},
+        out,
+        model_path,
+        opts,
+        executor,
+        time.perf_counter() - t_start,
+        __version__,
+    )
     state_io.write_json(out / SUMMARY_NAME, summary)
     return summary
 
@@ -418,14 +484,19 @@ def _season(region: Region, opts: ClassifyOptions) -> int | None:
 
 
 def _region_settings(region: Region, opts: ClassifyOptions) -> dict[str, Any]:
-    settings: dict[str, Any] = {"stack": str(region.stack), "mask": str(region.mask), "season": _season(region, opts)}
+    settings: dict[str, Any] = {
+        "stack": str(region.stack),
+        "mask": str(region.mask),
+        "season": _season(region, opts),
+    }
     if region.parcels is not None:  # only then: batches resumed from earlier states keep their settings
         settings |= {"parcels": str(region.parcels), "declared_column": region.declared_column}
     return settings
 
 
-def _plan(regions: list[Region], state: dict[str, Any], out: Path,
-          opts: ClassifyOptions) -> tuple[list[Region], list[Region]]:  # fmt: skip
+def _plan(
+    regions: list[Region], state: dict[str, Any], out: Path, opts: ClassifyOptions
+) -> tuple[list[Region], list[Region]]:
     """Split the regions into those to run and those already done; register the former as pending.
 
     Raises:
@@ -445,8 +516,11 @@ def _plan(regions: list[Region], state: dict[str, Any], out: Path,
                     "new folder for region " + repr(r.name) + " (pass --overwrite to replace them)"
                 )
         if entry is not None and not opts.overwrite and entry.get("settings") != settings:
-            changed = {k: (entry.get("settings", {}).get(k), v) for k, v in settings.items()
-                       if entry.get("settings", {}).get(k) != v}  # fmt: skip
+            changed = {
+                k: (entry.get("settings", {}).get(k), v)
+                for k, v in settings.items()
+                if entry.get("settings", {}).get(k) != v
+            }
             raise OutputExistsError(
                 f"region {r.name!r} in {out} was made with other inputs {changed} (recorded, now); expected the same "
                 "inputs to resume (pass --overwrite to recompute, or use another --out-dir)"
@@ -463,7 +537,9 @@ def _plan(regions: list[Region], state: dict[str, Any], out: Path,
 
 
 @contextmanager
-def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int, Callable[[], list[JobState]] | None]]:
+def _cluster(
+    where: _Where, n_tasks: int
+) -> Iterator[tuple[Any, str, int, Callable[[], list[JobState]] | None]]:
     """Yield ``(client, description, threads per region, job states)`` for a local, existing or HPC cluster.
 
     ``job states`` (HPC clusters only) lists the worker jobs with their state and the scheduler's reason.
@@ -486,7 +562,9 @@ def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int, Calla
         try:
             threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
             if threads == 0:
-                logger.warning("the dask scheduler at %s has no workers yet; regions wait for workers", scheduler)
+                logger.warning(
+                    "the dask scheduler at %s has no workers yet; regions wait for workers", scheduler
+                )
             description = f"dask.distributed at {scheduler} ({threads} worker threads, 1 thread per region)"
             yield client, description, 1, None
         finally:
@@ -497,8 +575,15 @@ def _cluster(where: _Where, n_tasks: int) -> Iterator[tuple[Any, str, int, Calla
     threads = max(1, cores // n_proc)
     with local_cluster(n_proc, where.dashboard) as cluster, Client(cluster, set_as_default=False) as client:
         board = f", dashboard {cluster.dashboard_link}" if where.dashboard is not None else ""
-        yield client, (f"dask LocalCluster at {cluster.scheduler_address} ({n_proc} worker processes, "
-                       f"{threads} threads per region{board})"), threads, None  # fmt: skip
+        yield (
+            client,
+            (
+                f"dask LocalCluster at {cluster.scheduler_address} ({n_proc} worker processes, "
+                f"{threads} threads per region{board})"
+            ),
+            threads,
+            None,
+        )
 
 
 LEAN_LOCAL_CLUSTER = {
@@ -522,8 +607,13 @@ def local_cluster(
     from distributed import LocalCluster
 
     with dask.config.set(dict(settings)):  # read by the scheduler and passed to the workers at start
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               **_dashboard_options(dashboard))  # fmt: skip
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            **_dashboard_options(dashboard),
+        )
     with cluster:
         yield cluster
 
@@ -540,7 +630,9 @@ def _dashboard_options(dashboard: str | None) -> dict[str, Any]:
 
 
 @contextmanager
-def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any, str, Callable[[], list[JobState]]]]:
+def _hpc_cluster(
+    spec: HPCCluster, dashboard: str | None
+) -> Iterator[tuple[Any, str, Callable[[], list[JobState]]]]:
     """Start a dask-jobqueue cluster of ``spec.jobs`` jobs, yield ``(client, description, job states)``, then stop it.
 
     Stopping it cancels the jobs (``scancel`` ...), also on Ctrl-C, SIGTERM or an error.
@@ -606,8 +698,10 @@ def _hpc_cluster(spec: HPCCluster, dashboard: str | None) -> Iterator[tuple[Any,
                 "expected the job scheduler to accept them (check --queue, --account and the job settings)"
             ) from err
         with Client(cluster, set_as_default=False) as client:
-            description = (f"dask-jobqueue {cls.__name__} ({spec.jobs} jobs; scheduler at "
-                           f"{cluster.scheduler_address}; 1 thread per region)")  # fmt: skip
+            description = (
+                f"dask-jobqueue {cls.__name__} ({spec.jobs} jobs; scheduler at "
+                f"{cluster.scheduler_address}; 1 thread per region)"
+            )
             logger.info("submitted %d %s jobs; regions start as their workers join", spec.jobs, spec.kind)
             logger.debug("job script:\n%s", cluster.job_script())
             yield client, description, lambda: _job_states(spec.kind, cluster)
@@ -636,8 +730,13 @@ def _job_states(kind: str, cluster: Any) -> list[JobState]:
     states = []
     for job_id in ids:
         try:
-            proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True,
-                                  timeout=30, check=False)  # fmt: skip
+            proc = subprocess.run(
+                ["squeue", "-h", "-j", job_id, "-o", "%T|%r"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
         except (OSError, subprocess.SubprocessError):
             states.append(JobState(job_id, "UNKNOWN"))
             continue
@@ -667,8 +766,12 @@ def _forget_unsubmitted(cluster: Any) -> None:
         cluster._created.discard(job)
 
 
-def _run(client: Any, jobs: dict[str, RegionJob], where: _Where | None = None,
-         job_states: Callable[[], list[JobState]] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+def _run(
+    client: Any,
+    jobs: dict[str, RegionJob],
+    where: _Where | None = None,
+    job_states: Callable[[], list[JobState]] | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Submit every job and yield ``(name, result)`` as regions finish.
 
     Between results the cluster is watched: no worker connected for ``where.worker_timeout`` s, every
@@ -682,7 +785,9 @@ def _run(client: Any, jobs: dict[str, RegionJob], where: _Where | None = None,
     where = where or _Where()
     with client.as_current():
         futures = {
-            client.submit(run_region, job, key=f"cropmap-region-{name}-{os.urandom(4).hex()}", pure=False): name
+            client.submit(
+                run_region, job, key=f"cropmap-region-{name}-{os.urandom(4).hex()}", pure=False
+            ): name
             for name, job in jobs.items()
         }
         pending = set(futures)
@@ -700,10 +805,15 @@ def _run(client: Any, jobs: dict[str, RegionJob], where: _Where | None = None,
                     result = fut.result()
                 except KilledWorker as err:
                     result = {
-                        "status": "failed", "seconds": None, "error_type": "KilledWorker",
+                        "status": "failed",
+                        "seconds": None,
+                        "error_type": "KilledWorker",
                         "error": f"the dask worker died while classifying this region ({err}); out of memory?",
-                    }  # fmt: skip
-                except (CancelledError, OSError) as err:  # the client lost the scheduler: its futures are cancelled
+                    }
+                except (
+                    CancelledError,
+                    OSError,
+                ) as err:  # the client lost the scheduler: its futures are cancelled
                     raise _lost_scheduler(client, err) from err
                 fut.release()
                 yield name, result
@@ -736,8 +846,9 @@ def _lost_scheduler(client: Any, err: BaseException) -> CropmapError:
     )
 
 
-def _check_idle(waited: float, n_pending: int, where: _Where,
-                job_states: Callable[[], list[JobState]] | None) -> None:  # fmt: skip
+def _check_idle(
+    waited: float, n_pending: int, where: _Where, job_states: Callable[[], list[JobState]] | None
+) -> None:
     """End a batch whose regions have waited too long without a worker (see :func:`_run`)."""
     states = job_states() if job_states is not None else []
     queued = [s for s in states if s.state in ("PENDING", "CONFIGURING")]
@@ -757,7 +868,9 @@ def _check_idle(waited: float, n_pending: int, where: _Where,
         return
     if states:
         jobs = ", ".join(f"{s.job_id} ({s.state.lower()})" for s in states)
-        detail = f"; worker jobs {jobs}: they ended (cancelled, out of walltime or failed; see their job logs)"
+        detail = (
+            f"; worker jobs {jobs}: they ended (cancelled, out of walltime or failed; see their job logs)"
+        )
     elif where.scheduler is not None:
         detail = f"; the cluster at {where.scheduler} has no workers"
     else:
@@ -769,8 +882,17 @@ def _check_idle(waited: float, n_pending: int, where: _Where,
     )
 
 
-def _summary(regions: list[Region], state: dict[str, Any], skipped: set[str], out: Path, model: Path,
-             opts: ClassifyOptions, executor: str, wall_s: float, version: str) -> dict[str, Any]:  # fmt: skip
+def _summary(
+    regions: list[Region],
+    state: dict[str, Any],
+    skipped: set[str],
+    out: Path,
+    model: Path,
+    opts: ClassifyOptions,
+    executor: str,
+    wall_s: float,
+    version: str,
+) -> dict[str, Any]:
     from cropmap.models import SAMPLE_NOTE, is_sample_bundle
 
     rows = []
@@ -781,13 +903,20 @@ def _summary(regions: list[Region], state: dict[str, Any], skipped: set[str], ou
         status = "skipped" if r.name in skipped else e["status"]
         px = e.get("pixels", {})
         row = {
-            "name": r.name, "status": status, "stack": str(r.stack), "mask": str(r.mask),
+            "name": r.name,
+            "status": status,
+            "stack": str(r.stack),
+            "mask": str(r.mask),
             "season": e.get("season", _season(r, opts)),
             "summary": str(out / e["summary"]) if "summary" in e else None,
-            "pixels_in_mask": px.get("in_mask"), "pixels_classified": px.get("classified"),
-            "pixels_insufficient_data": px.get("insufficient_data"), "area_ha": e.get("area_ha"),
-            "seconds": e.get("seconds"), "error": e.get("error"), "providers_used": e.get("providers_used"),
-        }  # fmt: skip
+            "pixels_in_mask": px.get("in_mask"),
+            "pixels_classified": px.get("classified"),
+            "pixels_insufficient_data": px.get("insufficient_data"),
+            "area_ha": e.get("area_ha"),
+            "seconds": e.get("seconds"),
+            "error": e.get("error"),
+            "providers_used": e.get("providers_used"),
+        }
         rows.append(row)
         if status in ("done", "skipped"):
             for name, ha in e["area_ha"].items():

@@ -332,20 +332,28 @@ class BundleMetadata:
                 min_valid_steps=int(doc["min_valid_steps"]),
                 gap_fill=str(doc["gap_fill"]),
                 classes=tuple(_build(ClassInfo, c, "classes[]") for c in doc["classes"]),
-                embedding=None if doc["embedding"] is None else _build(EmbeddingInfo, doc["embedding"], "embedding"),
+                embedding=None
+                if doc["embedding"] is None
+                else _build(EmbeddingInfo, doc["embedding"], "embedding"),
                 provenance=_build(Provenance, doc["provenance"], "provenance"),
                 calibration=None
                 if doc.get("calibration") is None
                 else _build(Calibration, doc["calibration"], "calibration"),
-                precision=None if doc.get("precision") is None else _build(Precision, doc["precision"], "precision"),
+                precision=None
+                if doc.get("precision") is None
+                else _build(Precision, doc["precision"], "precision"),
             )
         except KeyError as err:
-            raise BundleError(f"bundle metadata misses the key {err.args[0]!r} (schema version {version})") from err
+            raise BundleError(
+                f"bundle metadata misses the key {err.args[0]!r} (schema version {version})"
+            ) from err
         except (TypeError, ValueError) as err:
             raise BundleError(f"bundle metadata is malformed: {err}") from err
         unknown = set(doc) - {f for f in cls.__dataclass_fields__}
         if unknown:
-            raise BundleError(f"bundle metadata has unknown keys {sorted(unknown)} for schema version {version}")
+            raise BundleError(
+                f"bundle metadata has unknown keys {sorted(unknown)} for schema version {version}"
+            )
         meta.validate()
         return meta
 
@@ -503,8 +511,10 @@ def load_bundle(
 
     path = Path(path)
     if (kind := special_file_kind(path)) is not None:
-        raise BundleError(f"model bundle {path} is {kind}, not a file; expected an .onnx file (it is not opened: "
-                          "reading a pipe would wait for a writer)")  # fmt: skip
+        raise BundleError(
+            f"model bundle {path} is {kind}, not a file; expected an .onnx file (it is not opened: "
+            "reading a pipe would wait for a writer)"
+        )
     if not path.is_file():
         raise BundleError(f"model bundle {path} does not exist")
     opts = ort.SessionOptions()
@@ -565,9 +575,17 @@ def load_bundle(
     _check_graph(session, meta, path)
     used = tuple(session.get_providers())
     if requested == "auto":
-        logger.info("provider auto: took %s%s", used[0], f" (skipped {'; '.join(skipped)})" if skipped else "")
-    logger.info("loaded bundle %s (%s, %s, %d classes) on %s", path, meta.model_name, meta.dtype, len(meta.classes),
-                used[0])  # fmt: skip
+        logger.info(
+            "provider auto: took %s%s", used[0], f" (skipped {'; '.join(skipped)})" if skipped else ""
+        )
+    logger.info(
+        "loaded bundle %s (%s, %s, %d classes) on %s",
+        path,
+        meta.model_name,
+        meta.dtype,
+        len(meta.classes),
+        used[0],
+    )
     return Bundle(path=path, metadata=meta, session=session, providers=used, requested=requested)
 
 
@@ -575,7 +593,9 @@ def _check_graph(session: Any, meta: BundleMetadata, path: Path) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if meta.input_name not in inputs:
-        raise BundleError(f"{path}: metadata names input {meta.input_name!r}; graph inputs are {sorted(inputs)}")
+        raise BundleError(
+            f"{path}: metadata names input {meta.input_name!r}; graph inputs are {sorted(inputs)}"
+        )
     shape = inputs[meta.input_name].shape
     if len(shape) != 3:
         raise BundleError(f"{path}: input {meta.input_name!r} has rank {len(shape)}; expected 3 (B, T, C)")

@@ -71,59 +71,114 @@ def _parse_classes(ctx: click.Context, param: click.Parameter, value: str | None
 
 def _cloud_options(f: Any) -> Any:
     """``--cloud-band``, ``--cloud-threshold``, ``--cloud-scale``, ``--cloud-classes`` (ClassifyOptions)."""
-    f = click.option("--cloud-scale", type=float, default=None, metavar="X",
-                     help="Raw value of cloud probability 1 in a probability band (255 for 0..255, 100 for "
-                          "percent); default: 1 in float files, 255 for CLP and 100 for CLD / MSK_CLDPRB in "
-                          "integer ones; required for an integer probability band of another "
-                          "name.")(f)  # fmt: skip
-    f = click.option("--cloud-classes", callback=_parse_classes, default=None, metavar="C,C,...",
-                     help="SCL classes masked as invalid (default 0,1,3,8,9,10,11: no data, saturated, cloud "
-                          "shadow, cloud medium/high probability, thin cirrus, snow).")(f)  # fmt: skip
-    f = click.option("--cloud-threshold", type=float, default=None, metavar="P",
-                     help="Cloud probability (0..1) above which an observation is masked (default 0.4).")(f)
-    f = click.option("--cloud-band", default=None, metavar="NAME",
-                     help="Band that masks clouds and shadows: SCL or a cloud probability (CLP, CLD, "
-                          "MSK_CLDPRB); default: found by name; 'none': the stack is cloud-free.")(f)  # fmt: skip
+    f = click.option(
+        "--cloud-scale",
+        type=float,
+        default=None,
+        metavar="X",
+        help="Raw value of cloud probability 1 in a probability band (255 for 0..255, 100 for "
+        "percent); default: 1 in float files, 255 for CLP and 100 for CLD / MSK_CLDPRB in "
+        "integer ones; required for an integer probability band of another "
+        "name.",
+    )(f)
+    f = click.option(
+        "--cloud-classes",
+        callback=_parse_classes,
+        default=None,
+        metavar="C,C,...",
+        help="SCL classes masked as invalid (default 0,1,3,8,9,10,11: no data, saturated, cloud "
+        "shadow, cloud medium/high probability, thin cirrus, snow).",
+    )(f)
+    f = click.option(
+        "--cloud-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="Cloud probability (0..1) above which an observation is masked (default 0.4).",
+    )(f)
+    f = click.option(
+        "--cloud-band",
+        default=None,
+        metavar="NAME",
+        help="Band that masks clouds and shadows: SCL or a cloud probability (CLP, CLD, "
+        "MSK_CLDPRB); default: found by name; 'none': the stack is cloud-free.",
+    )(f)
     return f
 
 
 def _runtime_options(f: Any) -> Any:
     """``--provider`` and ``--embedding-dtype`` (fields of ClassifyOptions)."""
-    f = click.option("--embedding-dtype", type=click.Choice(EMBEDDING_DTYPE_CHOICES), default=EMBEDDING_DTYPE_CHOICES[0],
-                     show_default=True,
-                     help="Storage of the embedding raster: int8 with a per-band scale and offset that GIS "
-                          "software applies (1 byte per value), float16 or float32.")(f)  # fmt: skip
-    f = click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", show_default=True,
-                     help="ONNX Runtime execution provider. auto takes CUDA when it starts, else the CPU, and "
-                          "says which; cuda/tensorrt need onnxruntime-gpu (docs/install.md) and are an error "
-                          "when they cannot start, never a silent CPU run.")(f)  # fmt: skip
+    f = click.option(
+        "--embedding-dtype",
+        type=click.Choice(EMBEDDING_DTYPE_CHOICES),
+        default=EMBEDDING_DTYPE_CHOICES[0],
+        show_default=True,
+        help="Storage of the embedding raster: int8 with a per-band scale and offset that GIS "
+        "software applies (1 byte per value), float16 or float32.",
+    )(f)
+    f = click.option(
+        "--provider",
+        type=click.Choice(PROVIDER_CHOICES),
+        default="auto",
+        show_default=True,
+        help="ONNX Runtime execution provider. auto takes CUDA when it starts, else the CPU, and "
+        "says which; cuda/tensorrt need onnxruntime-gpu (docs/install.md) and are an error "
+        "when they cannot start, never a silent CPU run.",
+    )(f)
     return f
 
 
 def _check_options(f: Any) -> Any:
     """``--allow-partial-season`` and ``--allow-l1c``: override refusals of cropmap.sanity."""
-    f = click.option("--allow-l1c", is_flag=True,
-                     help="Classify a stack that looks like Sentinel-2 L1C (top-of-atmosphere: band "
-                          "B10, L1C/TOA names or tags) with a bundle trained on L2A (refused by default).")(f)
-    f = click.option("--allow-partial-season", is_flag=True,
-                     help="Classify a stack whose dates cover less than 80 % of the bundle's season (refused "
-                          "by default; the summary records the coverage).")(f)  # fmt: skip
+    f = click.option(
+        "--allow-l1c",
+        is_flag=True,
+        help="Classify a stack that looks like Sentinel-2 L1C (top-of-atmosphere: band "
+        "B10, L1C/TOA names or tags) with a bundle trained on L2A (refused by default).",
+    )(f)
+    f = click.option(
+        "--allow-partial-season",
+        is_flag=True,
+        help="Classify a stack whose dates cover less than 80 % of the bundle's season (refused "
+        "by default; the summary records the coverage).",
+    )(f)
     return f
 
 
 def _map_options(f: Any) -> Any:
     """Probability outputs, spatial post-processing and the mask layer (fields of ClassifyOptions)."""
-    f = click.option("--mask-layer", default=None, metavar="NAME",
-                     help="Layer of a multi-layer mask file (e.g. a GeoPackage) holding the cropland polygons.")(f)  # fmt: skip
-    f = click.option("--smooth-probabilities", type=float, default=None, metavar="SIGMA",
-                     help="Gaussian smoothing (sigma in pixels, <= 10) of the class probabilities within the mask, "
-                          "before the argmax.")(f)  # fmt: skip
-    f = click.option("--majority-filter", type=int, default=None, metavar="N",
-                     help="Majority filter over an N x N window (odd N, 3..51) within the mask.")(f)  # fmt: skip
-    f = click.option("--uncertainty", type=click.Choice(["entropy", "margin"]), default=None,
-                     help="Also write <out stem>_uncertainty.tif: normalised entropy or 1 - (p1 - p2), x 100.")(f)  # fmt: skip
-    f = click.option("--probabilities", is_flag=True,
-                     help="Also write <out stem>_probabilities.tif: one band per class, probability x 100.")(f)  # fmt: skip
+    f = click.option(
+        "--mask-layer",
+        default=None,
+        metavar="NAME",
+        help="Layer of a multi-layer mask file (e.g. a GeoPackage) holding the cropland polygons.",
+    )(f)
+    f = click.option(
+        "--smooth-probabilities",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="Gaussian smoothing (sigma in pixels, <= 10) of the class probabilities within the mask, "
+        "before the argmax.",
+    )(f)
+    f = click.option(
+        "--majority-filter",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Majority filter over an N x N window (odd N, 3..51) within the mask.",
+    )(f)
+    f = click.option(
+        "--uncertainty",
+        type=click.Choice(["entropy", "margin"]),
+        default=None,
+        help="Also write <out stem>_uncertainty.tif: normalised entropy or 1 - (p1 - p2), x 100.",
+    )(f)
+    f = click.option(
+        "--probabilities",
+        is_flag=True,
+        help="Also write <out stem>_probabilities.tif: one band per class, probability x 100.",
+    )(f)
     return f
 
 
@@ -131,31 +186,73 @@ def _hpc_options(f: Any) -> Any:
     """``--cluster`` and the job settings of an HPC cluster (dask-jobqueue), and ``--dashboard``."""
     from cropmap.batch import CLUSTER_KINDS
 
-    f = click.option("--pending-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                     metavar="SECONDS",
-                     help="With --cluster: end the batch (resumable) when every worker job has been queued this long, "
-                          "naming the scheduler's reason (default 3600).")(f)  # fmt: skip
-    f = click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                     metavar="SECONDS",
-                     help="End the batch (resumable) when regions have waited this long with no dask worker connected, "
-                          "e.g. after every worker job ended (default 600).")(f)  # fmt: skip
-    f = click.option("--dashboard", default=None, metavar="ADDRESS",
-                     help="Serve the Dask dashboard of the cluster the batch starts at ADDRESS, e.g. :8787 "
-                          "(default: no dashboard).")(f)  # fmt: skip
-    f = click.option("--job-extra", "job_extra", multiple=True, metavar="DIRECTIVE",
-                     help="Extra job-scheduler directive, repeatable (SLURM: --job-extra=--gres=gpu:1).")(f)
-    f = click.option("--jobs", type=int, default=1, show_default=True, metavar="N",
-                     help="With --cluster: batch jobs to submit.")(f)
-    f = click.option("--walltime", default=None, metavar="HH:MM:SS", help="With --cluster: time limit per job.")(f)
-    f = click.option("--memory", default=None, metavar="SIZE", help="With --cluster: memory per job, e.g. 64GB.")(f)
-    f = click.option("--cores", type=int, default=None, metavar="N",
-                     help="With --cluster: cores per job (one single-threaded worker, one region, per core).")(f)
-    f = click.option("--account", default=None, metavar="NAME",
-                     help="With --cluster: account (SLURM, PBS) or project (SGE, LSF) charged.")(f)
-    f = click.option("--queue", default=None, metavar="NAME", help="With --cluster: queue (SLURM partition).")(f)
-    f = click.option("--cluster", type=click.Choice(sorted(CLUSTER_KINDS)), default=None,
-                     help="Start the workers as batch jobs of this HPC scheduler (dask-jobqueue, "
-                          "pip install 'cropmap[hpc]'); unset settings come from its configuration file.")(f)  # fmt: skip
+    f = click.option(
+        "--pending-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="SECONDS",
+        help="With --cluster: end the batch (resumable) when every worker job has been queued this long, "
+        "naming the scheduler's reason (default 3600).",
+    )(f)
+    f = click.option(
+        "--worker-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="SECONDS",
+        help="End the batch (resumable) when regions have waited this long with no dask worker connected, "
+        "e.g. after every worker job ended (default 600).",
+    )(f)
+    f = click.option(
+        "--dashboard",
+        default=None,
+        metavar="ADDRESS",
+        help="Serve the Dask dashboard of the cluster the batch starts at ADDRESS, e.g. :8787 "
+        "(default: no dashboard).",
+    )(f)
+    f = click.option(
+        "--job-extra",
+        "job_extra",
+        multiple=True,
+        metavar="DIRECTIVE",
+        help="Extra job-scheduler directive, repeatable (SLURM: --job-extra=--gres=gpu:1).",
+    )(f)
+    f = click.option(
+        "--jobs",
+        type=int,
+        default=1,
+        show_default=True,
+        metavar="N",
+        help="With --cluster: batch jobs to submit.",
+    )(f)
+    f = click.option(
+        "--walltime", default=None, metavar="HH:MM:SS", help="With --cluster: time limit per job."
+    )(f)
+    f = click.option(
+        "--memory", default=None, metavar="SIZE", help="With --cluster: memory per job, e.g. 64GB."
+    )(f)
+    f = click.option(
+        "--cores",
+        type=int,
+        default=None,
+        metavar="N",
+        help="With --cluster: cores per job (one single-threaded worker, one region, per core).",
+    )(f)
+    f = click.option(
+        "--account",
+        default=None,
+        metavar="NAME",
+        help="With --cluster: account (SLURM, PBS) or project (SGE, LSF) charged.",
+    )(f)
+    f = click.option(
+        "--queue", default=None, metavar="NAME", help="With --cluster: queue (SLURM partition)."
+    )(f)
+    f = click.option(
+        "--cluster",
+        type=click.Choice(sorted(CLUSTER_KINDS)),
+        default=None,
+        help="Start the workers as batch jobs of this HPC scheduler (dask-jobqueue, "
+        "pip install 'cropmap[hpc]'); unset settings come from its configuration file.",
+    )(f)
     return f
 
 
@@ -167,42 +264,111 @@ def main() -> None:
 
 @main.command()
 @click.argument("stack", type=click.Path(path_type=Path))
-@click.option("--mask", "mask", default=None, type=click.Path(path_type=Path),
-              help="Cropland polygons (GeoPackage or any OGR vector format); only pixels inside are classified. "
-                   "Required unless --whole-stack.")  # fmt: skip
-@click.option("--whole-stack", is_flag=True,
-              help="No cropland mask: classify every pixel of the stack with enough valid observations.")
-@click.option("--parcels", type=click.Path(path_type=Path), default=None, metavar="POLYGONS",
-              help="Also write <out stem>_parcels.gpkg: a crop per parcel polygon (class, probabilities, pixel "
-                   "counts, agreement; the input's columns kept) and <out stem>_parcels.qml.")  # fmt: skip
-@click.option("--declared-column", default=None, metavar="COL",
-              help="With --parcels: column holding each parcel's declared crop; adds a confirmed / doubtful / "
-                   "contradicted / not enough data status.")  # fmt: skip
-@click.option("--declared-classes", type=click.Path(path_type=Path), default=None, metavar="CSV",
-              help="With --declared-column: CSV (with a header) from declared codes or names (1st column) to the "
-                   "bundle's classes (2nd column, code or name); default: declarations are class codes or names.")  # fmt: skip
-@click.option("--model", type=click.Path(path_type=Path), default=None,
-              help="Model bundle (.onnx); default: the sample bundle shipped with cropmap.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Class-map GeoTIFF to write; default: <stack name>_classified.tif in the current directory.")
-@click.option("--confidence", is_flag=True, help="Also write <out stem>_confidence.tif (max probability x 100).")
-@click.option("--embedding", is_flag=True, help="Also write <out stem>_embedding.tif (the bundle's embedding output).")
+@click.option(
+    "--mask",
+    "mask",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Cropland polygons (GeoPackage or any OGR vector format); only pixels inside are classified. "
+    "Required unless --whole-stack.",
+)
+@click.option(
+    "--whole-stack",
+    is_flag=True,
+    help="No cropland mask: classify every pixel of the stack with enough valid observations.",
+)
+@click.option(
+    "--parcels",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="POLYGONS",
+    help="Also write <out stem>_parcels.gpkg: a crop per parcel polygon (class, probabilities, pixel "
+    "counts, agreement; the input's columns kept) and <out stem>_parcels.qml.",
+)
+@click.option(
+    "--declared-column",
+    default=None,
+    metavar="COL",
+    help="With --parcels: column holding each parcel's declared crop; adds a confirmed / doubtful / "
+    "contradicted / not enough data status.",
+)
+@click.option(
+    "--declared-classes",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="CSV",
+    help="With --declared-column: CSV (with a header) from declared codes or names (1st column) to the "
+    "bundle's classes (2nd column, code or name); default: declarations are class codes or names.",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Model bundle (.onnx); default: the sample bundle shipped with cropmap.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Class-map GeoTIFF to write; default: <stack name>_classified.tif in the current directory.",
+)
+@click.option(
+    "--confidence", is_flag=True, help="Also write <out stem>_confidence.tif (max probability x 100)."
+)
+@click.option(
+    "--embedding", is_flag=True, help="Also write <out stem>_embedding.tif (the bundle's embedding output)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--block-size", type=int, default=None, metavar="N",
-              help="Block edge in pixels, rounded up to a multiple of the file's tile (default: about 512).")
-@click.option("--batch-size", type=int, default=None, metavar="N",
-              help="Pixels per ONNX Runtime call (default: about 2,048 time steps per call on the CPU, e.g. 128 px "
-                   "for 12 stamps, 16 for 144; 256 on a GPU).")
-@click.option("--workers", type=int, default=None, metavar="N",
-              help="Blocks processed in parallel on this machine (default: number of cores).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786.")
-@click.option("--season", type=int, default=None, metavar="YEAR",
-              help="Year in which the season to classify starts (needed when the stack spans several).")
-@click.option("--reflectance-scale", type=float, default=None, metavar="X",
-              help="Raw value = reflectance x X, for stacks that do not declare it (10000 for L2A DNs).")
-@click.option("--min-valid-steps", type=int, default=None, metavar="N",
-              help="Fewest valid observations a pixel needs (default: the bundle's value).")
+@click.option(
+    "--block-size",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Block edge in pixels, rounded up to a multiple of the file's tile (default: about 512).",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Pixels per ONNX Runtime call (default: about 2,048 time steps per call on the CPU, e.g. 128 px "
+    "for 12 stamps, 16 for 144; 256 on a GPU).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Blocks processed in parallel on this machine (default: number of cores).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786.",
+)
+@click.option(
+    "--season",
+    type=int,
+    default=None,
+    metavar="YEAR",
+    help="Year in which the season to classify starts (needed when the stack spans several).",
+)
+@click.option(
+    "--reflectance-scale",
+    type=float,
+    default=None,
+    metavar="X",
+    help="Raw value = reflectance x X, for stacks that do not declare it (10000 for L2A DNs).",
+)
+@click.option(
+    "--min-valid-steps",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Fewest valid observations a pixel needs (default: the bundle's value).",
+)
 @_cloud_options
 @_map_options
 @_runtime_options
@@ -211,9 +377,18 @@ def main() -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
 def classify(
-    stack: Path, mask: Path | None, whole_stack: bool, parcels: Path | None, declared_column: str | None,
-    declared_classes: Path | None, model: Path | None, out: Path | None, no_quicklook: bool, verbose: int,
-    quiet: int, **option_values: Any,
+    stack: Path,
+    mask: Path | None,
+    whole_stack: bool,
+    parcels: Path | None,
+    declared_column: str | None,
+    declared_classes: Path | None,
+    model: Path | None,
+    out: Path | None,
+    no_quicklook: bool,
+    verbose: int,
+    quiet: int,
+    **option_values: Any,
 ) -> None:
     """Classify the cropland pixels of a Sentinel-2 time STACK.
 
@@ -226,7 +401,9 @@ def classify(
     if parcels is None and (declared_column is not None or declared_classes is not None):
         raise click.UsageError("--declared-column / --declared-classes check parcels; add --parcels POLYGONS")
     if declared_classes is not None and declared_column is None:
-        raise click.UsageError("--declared-classes maps the crops of --declared-column; add --declared-column COL")
+        raise click.UsageError(
+            "--declared-classes maps the crops of --declared-column; add --declared-column COL"
+        )
     try:
         options = ClassifyOptions(quicklook=not no_quicklook, **option_values)
     except ValueError as err:
@@ -248,9 +425,17 @@ def classify(
 
     try:
         with signals_as_interrupts():
-            summary = run_classify(stack, mask, model=model, out=out, options=options, progress=progress,
-                                   parcels=parcels, declared_column=declared_column,
-                                   declared_classes=declared_classes)  # fmt: skip
+            summary = run_classify(
+                stack,
+                mask,
+                model=model,
+                out=out,
+                options=options,
+                progress=progress,
+                parcels=parcels,
+                declared_column=declared_column,
+                declared_classes=declared_classes,
+            )
     except (CropmapError, OSError, KeyboardInterrupt) as err:
         _fail(err, "temporary files removed, no output written")
     finally:
@@ -267,12 +452,16 @@ def classify(
         f"({summary['throughput_cropland_px_per_s']:,.0f} px/s), season {summary['season']['year']}"
     )
     rt = summary["runtime"]
-    click.echo(f"runtime:    {', '.join(rt['providers_used'])} (--provider {rt['provider_requested']}), "
-               f"{rt['bundle_precision']} bundle")  # fmt: skip
+    click.echo(
+        f"runtime:    {', '.join(rt['providers_used'])} (--provider {rt['provider_requested']}), "
+        f"{rt['bundle_precision']} bundle"
+    )
     clouds = summary["clouds"]
     if clouds["masking"] == "on":
-        click.echo(f"clouds: {clouds['masked_observations']:,} of {clouds['observations_in_mask']:,} cropland "
-                   f"observations masked ({clouds['rule']})")  # fmt: skip
+        click.echo(
+            f"clouds: {clouds['masked_observations']:,} of {clouds['observations_in_mask']:,} cropland "
+            f"observations masked ({clouds['rule']})"
+        )
     elif clouds["masking"] == "no cloud information":
         click.echo("clouds: not masked - the stack has no cloud band (see the warning above)")
     if any(outputs.get(k) for k in ("confidence", "probabilities", "uncertainty")):
@@ -280,55 +469,122 @@ def classify(
     for c in sorted(summary["classes"], key=lambda c: -c["area_ha"]):
         if c["pixels"]:
             click.echo(f"  {c['name']:<30} {c['area_ha']:>10.2f} ha")
-    click.echo(f"map:        {outputs['map']}  (legend: {Path(outputs['qml']).name}, {Path(outputs['aux']).name})")
-    for key, label in (("confidence", "confidence"), ("probabilities", "probabilities"), ("uncertainty", "uncertainty"),
-                       ("embedding", "embedding"), ("quicklook", "quick-look"), ("stac", "STAC item")):  # fmt: skip
+    click.echo(
+        f"map:        {outputs['map']}  (legend: {Path(outputs['qml']).name}, {Path(outputs['aux']).name})"
+    )
+    for key, label in (
+        ("confidence", "confidence"),
+        ("probabilities", "probabilities"),
+        ("uncertainty", "uncertainty"),
+        ("embedding", "embedding"),
+        ("quicklook", "quick-look"),
+        ("stac", "STAC item"),
+    ):
         if outputs.get(key):
             click.echo(f"{label + ':':<12}{outputs[key]}")
     if outputs.get("parcels"):
         pc = summary["parcels"]
         left = ", ".join(f"{n:,} {r}" for r, n in pc["reasons"].items() if n)
-        click.echo(f"parcels:    {outputs['parcels']}  ({pc['classified']:,} of {pc['parcels']:,} classified"
-                   f"{'; ' + left if left else ''})")  # fmt: skip
+        click.echo(
+            f"parcels:    {outputs['parcels']}  ({pc['classified']:,} of {pc['parcels']:,} classified"
+            f"{'; ' + left if left else ''})"
+        )
         if "declared" in pc:
             st = pc["declared"]["statuses"]
-            click.echo("declared:   " + ", ".join(f"{v['parcels']:,} {k} ({v['area_ha']:,.1f} ha)" for k, v in st.items()
-                                                   if v["parcels"]))  # fmt: skip
+            click.echo(
+                "declared:   "
+                + ", ".join(
+                    f"{v['parcels']:,} {k} ({v['area_ha']:,.1f} ha)" for k, v in st.items() if v["parcels"]
+                )
+            )
     click.echo(f"summary:    {outputs['summary']}")
 
 
 @main.command()
 @click.argument("map_path", metavar="MAP", type=click.Path(path_type=Path))
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="Reference points or polygons (GeoPackage or any OGR vector format, any CRS).")
-@click.option("--label-column", default=None, metavar="COL", help="Column of --reference holding the reference class.")
-@click.option("--class-map", type=click.Path(path_type=Path), default=None, metavar="CSV",
-              help="CSV (with a header) translating reference labels (1st column) to map classes (2nd column, "
-                   "code or name; empty: leave the label out).")  # fmt: skip
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Reference points or polygons (GeoPackage or any OGR vector format, any CRS).",
+)
+@click.option(
+    "--label-column", default=None, metavar="COL", help="Column of --reference holding the reference class."
+)
+@click.option(
+    "--class-map",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="CSV",
+    help="CSV (with a header) translating reference labels (1st column) to map classes (2nd column, "
+    "code or name; empty: leave the label out).",
+)
 @click.option("--layer", default=None, metavar="NAME", help="Layer of a multi-layer --reference file.")
-@click.option("--polygon-samples", type=click.Choice(["pixels", "majority"]), default="pixels", show_default=True,
-              help="Reference polygons give every pixel centre inside as a unit (pixels) or one unit each, "
-                   "labelled with the map's majority class (majority).")  # fmt: skip
-@click.option("--plan", is_flag=True,
-              help="Instead of assessing: propose a stratified random sample (points, GeoPackage) for "
-                   "--target-se from the map's class areas.")  # fmt: skip
-@click.option("--target-se", type=float, default=0.01, show_default=True, metavar="SE",
-              help="With --plan: standard error of overall accuracy aimed at.")
-@click.option("--expected-accuracy", default="0.8", show_default=True, metavar="U[,CODE=U...]",
-              help="With --plan: expected user's accuracy, one value or per class (0.8,3=0.6).")
-@click.option("--min-per-class", type=int, default=50, show_default=True, metavar="N",
-              help="With --plan: units in each class whose share by area would be smaller.")
+@click.option(
+    "--polygon-samples",
+    type=click.Choice(["pixels", "majority"]),
+    default="pixels",
+    show_default=True,
+    help="Reference polygons give every pixel centre inside as a unit (pixels) or one unit each, "
+    "labelled with the map's majority class (majority).",
+)
+@click.option(
+    "--plan",
+    is_flag=True,
+    help="Instead of assessing: propose a stratified random sample (points, GeoPackage) for "
+    "--target-se from the map's class areas.",
+)
+@click.option(
+    "--target-se",
+    type=float,
+    default=0.01,
+    show_default=True,
+    metavar="SE",
+    help="With --plan: standard error of overall accuracy aimed at.",
+)
+@click.option(
+    "--expected-accuracy",
+    default="0.8",
+    show_default=True,
+    metavar="U[,CODE=U...]",
+    help="With --plan: expected user's accuracy, one value or per class (0.8,3=0.6).",
+)
+@click.option(
+    "--min-per-class",
+    type=int,
+    default=50,
+    show_default=True,
+    metavar="N",
+    help="With --plan: units in each class whose share by area would be smaller.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="With --plan: random seed.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Report JSON (Markdown and PNG beside it); with --plan the GeoPackage. Default: "
-                   "<map stem>_assessment.json / <map stem>_sample_plan.gpkg in the current directory.")  # fmt: skip
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report JSON (Markdown and PNG beside it); with --plan the GeoPackage. Default: "
+    "<map stem>_assessment.json / <map stem>_sample_plan.gpkg in the current directory.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
 def assess(
-    map_path: Path, reference: Path | None, label_column: str | None, class_map: Path | None, layer: str | None,
-    polygon_samples: str, plan: bool, target_se: float, expected_accuracy: str, min_per_class: int, seed: int,
-    out: Path | None, overwrite: bool, verbose: int, quiet: int,
+    map_path: Path,
+    reference: Path | None,
+    label_column: str | None,
+    class_map: Path | None,
+    layer: str | None,
+    polygon_samples: str,
+    plan: bool,
+    target_se: float,
+    expected_accuracy: str,
+    min_per_class: int,
+    seed: int,
+    out: Path | None,
+    overwrite: bool,
+    verbose: int,
+    quiet: int,
 ) -> None:
     """Accuracy and error-adjusted class areas of a class MAP from reference data.
 
@@ -340,23 +596,44 @@ def assess(
     from cropmap import assess as assess_mod
 
     if plan:
-        given = [f for f, v in (("--reference", reference), ("--label-column", label_column),
-                                ("--class-map", class_map), ("--layer", layer)) if v is not None]  # fmt: skip
+        given = [
+            f
+            for f, v in (
+                ("--reference", reference),
+                ("--label-column", label_column),
+                ("--class-map", class_map),
+                ("--layer", layer),
+            )
+            if v is not None
+        ]
         if given:
             raise click.UsageError(f"--plan proposes a sample from the map alone; {given[0]} does not apply")
         target = out if out is not None else Path.cwd() / f"{map_path.with_suffix('').name}_sample_plan.gpkg"
         try:
             with signals_as_interrupts():
-                result = assess_mod.plan_sample(map_path, target, target_se=target_se, expected=expected_accuracy,
-                                                min_per_class=min_per_class, seed=seed, overwrite=overwrite)  # fmt: skip
+                result = assess_mod.plan_sample(
+                    map_path,
+                    target,
+                    target_se=target_se,
+                    expected=expected_accuracy,
+                    min_per_class=min_per_class,
+                    seed=seed,
+                    overwrite=overwrite,
+                )
         except (CropmapError, OSError, KeyboardInterrupt) as err:
             _fail(err, "no output written")
-        click.echo(f"sample size for SE(overall accuracy) {target_se:g}: {result['n_eq13']:,} (Olofsson et al. 2014 "
-                   f"eq. 13); planned {result['n']:,} points (at least {min_per_class} per class, seed {seed})")  # fmt: skip
+        click.echo(
+            f"sample size for SE(overall accuracy) {target_se:g}: {result['n_eq13']:,} (Olofsson et al. 2014 "
+            f"eq. 13); planned {result['n']:,} points (at least {min_per_class} per class, seed {seed})"
+        )
         for c in result["classes"]:
-            click.echo(f"  {c['code']:>4} {c['name']:<28} W {c['weight']:.4f}  U {c['expected_users']:.2f}  n {c['n']:>6,}")
-        click.echo(f"plan:       {result['out']}  (label the 'reference' column, then: cropmap assess MAP "
-                   "--reference PLAN --label-column reference)")  # fmt: skip
+            click.echo(
+                f"  {c['code']:>4} {c['name']:<28} W {c['weight']:.4f}  U {c['expected_users']:.2f}  n {c['n']:>6,}"
+            )
+        click.echo(
+            f"plan:       {result['out']}  (label the 'reference' column, then: cropmap assess MAP "
+            "--reference PLAN --label-column reference)"
+        )
         return
     if reference is None or label_column is None:
         raise click.UsageError("assess needs --reference and --label-column (or --plan)")
@@ -364,20 +641,30 @@ def assess(
     try:
         with signals_as_interrupts():
             assess_mod.check_report_outputs(target, overwrite=overwrite)
-            report = assess_mod.assess(map_path, reference, label_column=label_column, class_map=class_map,
-                                       layer=layer, polygon_samples=polygon_samples)  # fmt: skip
+            report = assess_mod.assess(
+                map_path,
+                reference,
+                label_column=label_column,
+                class_map=class_map,
+                layer=layer,
+                polygon_samples=polygon_samples,
+            )
             paths = assess_mod.write_report(report, target, overwrite=overwrite)
     except (CropmapError, OSError, KeyboardInterrupt) as err:
         _fail(err, "no output written")
     oa = report["overall_accuracy"]
-    click.echo(f"overall accuracy {oa['estimate']:.4f} (SE {oa['se'] if oa['se'] is None else round(oa['se'], 4)}) "
-               f"from {report['sample']['units']:,} sample units; kappa {report['kappa']['estimate']}")  # fmt: skip
+    click.echo(
+        f"overall accuracy {oa['estimate']:.4f} (SE {oa['se'] if oa['se'] is None else round(oa['se'], 4)}) "
+        f"from {report['sample']['units']:,} sample units; kappa {report['kappa']['estimate']}"
+    )
     for c in report["per_class"]:
         a = c["area_ha"]
         ci = "n/a" if a["ci95"] is None else f"{a['ci95'][0]:,.1f} .. {a['ci95'][1]:,.1f}"
         note = "" if c["stratum_assessed"] else "  (no reference unit in this map class: left out)"
-        click.echo(f"  {c['name']:<28} mapped {c['map_area_ha']:>12,.1f} ha  adjusted {a['estimate'] or 0:>12,.1f} ha "
-                   f"(95 % CI {ci}){note}")  # fmt: skip
+        click.echo(
+            f"  {c['name']:<28} mapped {c['map_area_ha']:>12,.1f} ha  adjusted {a['estimate'] or 0:>12,.1f} ha "
+            f"(95 % CI {ci}){note}"
+        )
     if report["warnings"]:
         click.echo(f"{len(report['warnings'])} warnings (logged above, and in the report)")
     click.echo(f"report:     {paths['json']}  ({paths['markdown'].name}, {paths['png'].name})")
@@ -389,32 +676,85 @@ BATCH_FAILED_EXIT = 3
 
 @main.command()
 @click.argument("regions", required=False, type=click.Path(path_type=Path))
-@click.option("--stack", "stacks", multiple=True, type=click.Path(path_type=Path), metavar="STACK",
-              help="A stack to classify (repeatable, with one --mask each); instead of a REGIONS manifest.")
-@click.option("--mask", "masks", multiple=True, type=click.Path(path_type=Path), metavar="POLYGONS",
-              help="Cropland polygons of the --stack at the same position.")
-@click.option("--out-dir", required=True, type=click.Path(path_type=Path),
-              help="Batch folder: one subfolder per region, batch_state.json and batch_summary.json.")
-@click.option("--model", type=click.Path(path_type=Path), default=None,
-              help="Model bundle (.onnx); default: the sample bundle shipped with cropmap.")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Run the regions on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786.")
-@click.option("--workers", type=int, default=None, metavar="N",
-              help="Regions classified at once on the local cluster (default: number of cores).")
+@click.option(
+    "--stack",
+    "stacks",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="STACK",
+    help="A stack to classify (repeatable, with one --mask each); instead of a REGIONS manifest.",
+)
+@click.option(
+    "--mask",
+    "masks",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="POLYGONS",
+    help="Cropland polygons of the --stack at the same position.",
+)
+@click.option(
+    "--out-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Batch folder: one subfolder per region, batch_state.json and batch_summary.json.",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Model bundle (.onnx); default: the sample bundle shipped with cropmap.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run the regions on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Regions classified at once on the local cluster (default: number of cores).",
+)
 @_hpc_options
 @click.option("--confidence", is_flag=True, help="Also write <name>_confidence.tif per region.")
 @click.option("--embedding", is_flag=True, help="Also write <name>_embedding.tif per region.")
-@click.option("--overwrite", is_flag=True, help="Recompute every region, replacing outputs and the recorded state.")
-@click.option("--season", type=int, default=None, metavar="YEAR",
-              help="Season year for regions whose manifest entry names none.")
-@click.option("--block-size", type=int, default=None, metavar="N", help="Block edge in pixels (as for classify).")
-@click.option("--batch-size", type=int, default=None, metavar="N",
-              help="Pixels per ONNX Runtime call (default: about 2,048 time steps per call on the CPU, e.g. 128 px "
-                   "for 12 stamps, 16 for 144; 256 on a GPU).")
-@click.option("--reflectance-scale", type=float, default=None, metavar="X",
-              help="Raw value = reflectance x X, for stacks that do not declare it.")
-@click.option("--min-valid-steps", type=int, default=None, metavar="N",
-              help="Fewest valid observations a pixel needs (default: the bundle's value).")
+@click.option(
+    "--overwrite", is_flag=True, help="Recompute every region, replacing outputs and the recorded state."
+)
+@click.option(
+    "--season",
+    type=int,
+    default=None,
+    metavar="YEAR",
+    help="Season year for regions whose manifest entry names none.",
+)
+@click.option(
+    "--block-size", type=int, default=None, metavar="N", help="Block edge in pixels (as for classify)."
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Pixels per ONNX Runtime call (default: about 2,048 time steps per call on the CPU, e.g. 128 px "
+    "for 12 stamps, 16 for 144; 256 on a GPU).",
+)
+@click.option(
+    "--reflectance-scale",
+    type=float,
+    default=None,
+    metavar="X",
+    help="Raw value = reflectance x X, for stacks that do not declare it.",
+)
+@click.option(
+    "--min-valid-steps",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Fewest valid observations a pixel needs (default: the bundle's value).",
+)
 @_cloud_options
 @_map_options
 @_runtime_options
@@ -423,11 +763,28 @@ BATCH_FAILED_EXIT = 3
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("-q", "--quiet", count=True, help="Less log output.")
 def batch(
-    regions: Path | None, stacks: tuple[Path, ...], masks: tuple[Path, ...], out_dir: Path, model: Path | None,
-    scheduler: str | None, workers: int | None, cluster: str | None, queue: str | None, account: str | None,
-    cores: int | None, memory: str | None, walltime: str | None, jobs: int, job_extra: tuple[str, ...],
-    dashboard: str | None, worker_timeout: float | None, pending_timeout: float | None, no_quicklook: bool,
-    verbose: int, quiet: int, **option_values: Any,
+    regions: Path | None,
+    stacks: tuple[Path, ...],
+    masks: tuple[Path, ...],
+    out_dir: Path,
+    model: Path | None,
+    scheduler: str | None,
+    workers: int | None,
+    cluster: str | None,
+    queue: str | None,
+    account: str | None,
+    cores: int | None,
+    memory: str | None,
+    walltime: str | None,
+    jobs: int,
+    job_extra: tuple[str, ...],
+    dashboard: str | None,
+    worker_timeout: float | None,
+    pending_timeout: float | None,
+    no_quicklook: bool,
+    verbose: int,
+    quiet: int,
+    **option_values: Any,
 ) -> None:
     """Classify many regions in parallel, resumably.
 
@@ -442,18 +799,36 @@ def batch(
     if regions is None and not stacks and not masks:
         raise click.UsageError("give a REGIONS manifest or --stack S --mask M pairs")
     if scheduler is not None and workers is not None:
-        raise click.BadParameter("--workers sizes the local cluster; with --scheduler, size that cluster instead",
-                                 param_hint="--workers")  # fmt: skip
+        raise click.BadParameter(
+            "--workers sizes the local cluster; with --scheduler, size that cluster instead",
+            param_hint="--workers",
+        )
     if scheduler is not None and dashboard is not None:
-        raise click.BadParameter("applies to a cluster the batch starts; the cluster at --scheduler has its own",
-                                 param_hint="--dashboard")  # fmt: skip
-    hpc = _hpc_cluster(cluster, scheduler, workers, dashboard, queue=queue, account=account, cores=cores,
-                       memory=memory, walltime=walltime, jobs=jobs, job_extra=job_extra)  # fmt: skip
+        raise click.BadParameter(
+            "applies to a cluster the batch starts; the cluster at --scheduler has its own",
+            param_hint="--dashboard",
+        )
+    hpc = _hpc_cluster(
+        cluster,
+        scheduler,
+        workers,
+        dashboard,
+        queue=queue,
+        account=account,
+        cores=cores,
+        memory=memory,
+        walltime=walltime,
+        jobs=jobs,
+        job_extra=job_extra,
+    )
     if pending_timeout is not None and cluster is None:
-        raise click.BadParameter("applies to an HPC cluster only; expected --cluster with it",
-                                 param_hint="--pending-timeout")  # fmt: skip
+        raise click.BadParameter(
+            "applies to an HPC cluster only; expected --cluster with it", param_hint="--pending-timeout"
+        )
     try:
-        options = ClassifyOptions(quicklook=not no_quicklook, scheduler=scheduler, workers=workers, **option_values)
+        options = ClassifyOptions(
+            quicklook=not no_quicklook, scheduler=scheduler, workers=workers, **option_values
+        )
     except ValueError as err:
         field = str(err).split(" ", 1)[0]
         raise click.BadParameter(str(err), param_hint=f"--{field.replace('_', '-')}") from err
@@ -483,12 +858,19 @@ def batch(
         with signals_as_interrupts():
             # A manifest goes in by path, so that the batch can refuse to write its files over it.
             region_list = regions if regions is not None else regions_from_pairs(stacks, masks)
-            summary = classify_many(region_list, out_dir=out_dir, model=model, scheduler=scheduler,
-                                    workers=workers, options=options, progress=progress, cluster=hpc,
-                                    dashboard=dashboard,
-                                    worker_timeout=worker_timeout if worker_timeout is not None else WORKER_TIMEOUT_S,
-                                    pending_timeout=pending_timeout if pending_timeout is not None
-                                    else PENDING_TIMEOUT_S)  # fmt: skip
+            summary = classify_many(
+                region_list,
+                out_dir=out_dir,
+                model=model,
+                scheduler=scheduler,
+                workers=workers,
+                options=options,
+                progress=progress,
+                cluster=hpc,
+                dashboard=dashboard,
+                worker_timeout=worker_timeout if worker_timeout is not None else WORKER_TIMEOUT_S,
+                pending_timeout=pending_timeout if pending_timeout is not None else PENDING_TIMEOUT_S,
+            )
     except (CropmapError, OSError, KeyboardInterrupt) as err:
         _fail(err, "the regions finished so far are recorded; rerun the same command to resume")
     finally:
@@ -501,13 +883,17 @@ def batch(
     click.echo(f"summary:    {Path(summary['out_dir']) / 'batch_summary.json'}")
     failed = summary["totals"]["failed"]
     if failed:
-        click.echo(f"Error: {failed} of {summary['totals']['regions']} regions failed; rerun the same command to "
-                   "retry them (done regions are skipped)", err=True)  # fmt: skip
+        click.echo(
+            f"Error: {failed} of {summary['totals']['regions']} regions failed; rerun the same command to "
+            "retry them (done regions are skipped)",
+            err=True,
+        )
         sys.exit(BATCH_FAILED_EXIT)
 
 
-def _hpc_cluster(kind: str | None, scheduler: str | None, workers: int | None, dashboard: str | None,
-                 **settings: Any) -> Any:  # cropmap.batch.HPCCluster | None
+def _hpc_cluster(
+    kind: str | None, scheduler: str | None, workers: int | None, dashboard: str | None, **settings: Any
+) -> Any:  # cropmap.batch.HPCCluster | None
     """The ``--cluster`` settings, checked; ``None`` without ``--cluster`` (then no job setting may be given)."""
     from cropmap.batch import HPCCluster
 
@@ -515,11 +901,15 @@ def _hpc_cluster(kind: str | None, scheduler: str | None, workers: int | None, d
     if kind is None:
         if given:
             flag = "--" + given[0].replace("_", "-")
-            raise click.BadParameter("applies to an HPC cluster only; expected --cluster with it", param_hint=flag)
+            raise click.BadParameter(
+                "applies to an HPC cluster only; expected --cluster with it", param_hint=flag
+            )
         return None
     if scheduler is not None or workers is not None:
-        raise click.BadParameter("starts its own workers; expected neither --scheduler nor --workers with it",
-                                 param_hint="--cluster")  # fmt: skip
+        raise click.BadParameter(
+            "starts its own workers; expected neither --scheduler nor --workers with it",
+            param_hint="--cluster",
+        )
     try:
         return HPCCluster(kind=kind, **settings)
     except ValueError as err:

@@ -32,10 +32,19 @@ import numpy as np
 from cropmap.errors import InputRasterError
 
 SCL_CLASSES: dict[int, str] = {
-    0: "no data", 1: "saturated or defective", 2: "dark area pixels / topographic shadow", 3: "cloud shadows",
-    4: "vegetation", 5: "not vegetated", 6: "water", 7: "unclassified", 8: "cloud medium probability",
-    9: "cloud high probability", 10: "thin cirrus", 11: "snow or ice",
-}  # fmt: skip
+    0: "no data",
+    1: "saturated or defective",
+    2: "dark area pixels / topographic shadow",
+    3: "cloud shadows",
+    4: "vegetation",
+    5: "not vegetated",
+    6: "water",
+    7: "unclassified",
+    8: "cloud medium probability",
+    9: "cloud high probability",
+    10: "thin cirrus",
+    11: "snow or ice",
+}
 """Sen2Cor scene classification (SCL) values of Sentinel-2 L2A products."""
 
 DEFAULT_SCL_INVALID: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
@@ -120,10 +129,13 @@ class CloudMask:
     def as_dict(self) -> dict[str, object]:
         """The rule, for the run summary."""
         return {
-            "band": self.band, "kind": self.kind, "source": self.source,
+            "band": self.band,
+            "kind": self.kind,
+            "source": self.source,
             "invalid_classes": list(self.invalid_classes) if self.invalid_classes is not None else None,
-            "threshold": self.threshold, "probability_scale": self.scale,
-        }  # fmt: skip
+            "threshold": self.threshold,
+            "probability_scale": self.scale,
+        }
 
 
 def _kind(name: str) -> str | None:

@@ -66,9 +66,9 @@ def quantize_int8(values: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> 
 
 def dequantize_int8(raw: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """int8 raw ``(D, rows, cols)`` -> float32 physical values, NaN where :data:`INT8_NODATA`."""
-    out = raw.astype(np.float32) * scale.reshape(-1, 1, 1).astype(np.float32) + offset.reshape(-1, 1, 1).astype(
-        np.float32
-    )
+    out = raw.astype(np.float32) * scale.reshape(-1, 1, 1).astype(np.float32) + offset.reshape(
+        -1, 1, 1
+    ).astype(np.float32)
     out[raw == INT8_NODATA] = np.nan
     return out
 
@@ -119,10 +119,18 @@ class EmbeddingRaster(BlockRaster):
         if self.storage == "float16":
             with io_step("write the Cloud-Optimised GeoTIFF", dest):
                 rasterio.shutil.copy(
-                    self.path, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX, NBITS=16,
-                    OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", OVERVIEWS="IGNORE_EXISTING",
-                    BIGTIFF="IF_SAFER", NUM_THREADS="1",
-                )  # fmt: skip
+                    self.path,
+                    dest,
+                    driver="COG",
+                    COMPRESS="DEFLATE",
+                    BLOCKSIZE=COG_BLOCK_SIZE_PX,
+                    NBITS=16,
+                    OVERVIEW_RESAMPLING="NEAREST",
+                    RESAMPLING="NEAREST",
+                    OVERVIEWS="IGNORE_EXISTING",
+                    BIGTIFF="IF_SAFER",
+                    NUM_THREADS="1",
+                )
                 dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
                 check_cog(dest)
             return
@@ -133,23 +141,36 @@ class EmbeddingRaster(BlockRaster):
         try:
             with io_step("read the temporary raster", self.path), rasterio.open(self.path) as src:
                 profile = src.profile | {"dtype": "int8", "nodata": INT8_NODATA}
-                with io_step("create the temporary raster", q_path), rasterio.open(q_path, "w", **profile) as dst:
+                with (
+                    io_step("create the temporary raster", q_path),
+                    rasterio.open(q_path, "w", **profile) as dst,
+                ):
                     dst.scales = tuple(float(v) for v in self.scale)
                     dst.offsets = tuple(float(v) for v in self.offset)
                     for i in range(1, self.count + 1):
                         dst.set_band_description(i, src.descriptions[i - 1] or "")
-                    dst.update_tags(**src.tags(), embedding_encoding="int8: value = raw x scale + offset per band "
-                                    "(GDAL scale/offset), raw -128 = nodata; step (max - min) / 254 of each band")  # fmt: skip
+                    dst.update_tags(
+                        **src.tags(),
+                        embedding_encoding="int8: value = raw x scale + offset per band "
+                        "(GDAL scale/offset), raw -128 = nodata; step (max - min) / 254 of each band",
+                    )
                     rows = max(COG_BLOCK_SIZE_PX, 1)
                     for r0 in range(0, src.height, rows):
                         w = Window(0, r0, src.width, min(rows, src.height - r0))
                         dst.write(quantize_int8(src.read(window=w), self.scale, self.offset), window=w)
             with io_step("write the Cloud-Optimised GeoTIFF", dest):
                 rasterio.shutil.copy(
-                    q_path, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
-                    OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", OVERVIEWS="IGNORE_EXISTING",
-                    BIGTIFF="IF_SAFER", NUM_THREADS="1",
-                )  # fmt: skip
+                    q_path,
+                    dest,
+                    driver="COG",
+                    COMPRESS="DEFLATE",
+                    BLOCKSIZE=COG_BLOCK_SIZE_PX,
+                    OVERVIEW_RESAMPLING="NEAREST",
+                    RESAMPLING="NEAREST",
+                    OVERVIEWS="IGNORE_EXISTING",
+                    BIGTIFF="IF_SAFER",
+                    NUM_THREADS="1",
+                )
                 dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
                 check_cog(dest)
         finally:
@@ -159,18 +180,25 @@ class EmbeddingRaster(BlockRaster):
     def stac_bands(self) -> list[dict[str, Any]]:
         """STAC raster-extension band objects of the written raster (scale/offset for int8)."""
         if self.storage == "int8" and self.scale is not None and self.offset is not None:
-            return [{"data_type": "int8", "nodata": INT8_NODATA, "scale": float(s), "offset": float(o)}
-                    for s, o in zip(self.scale, self.offset, strict=True)]  # fmt: skip
-        return [{"data_type": "float32", "nodata": "nan"} | ({"bits_per_sample": 16} if self.storage == "float16" else {})
-                for _ in range(self.count)]  # fmt: skip
+            return [
+                {"data_type": "int8", "nodata": INT8_NODATA, "scale": float(s), "offset": float(o)}
+                for s, o in zip(self.scale, self.offset, strict=True)
+            ]
+        return [
+            {"data_type": "float32", "nodata": "nan"}
+            | ({"bits_per_sample": 16} if self.storage == "float16" else {})
+            for _ in range(self.count)
+        ]
 
     def describe(self) -> dict[str, Any]:
         """The storage of the written raster, for the run summary."""
         out: dict[str, Any] = {"dtype": self.storage, "bytes_per_value": BYTES_PER_VALUE[self.storage]}
         if self.storage == "int8" and self.scale is not None and self.offset is not None:
             out["max_abs_roundtrip_error"] = [round(float(s) / 2, 8) for s in self.scale]
-            out["note"] = ("per-band GDAL scale/offset: value = raw x scale + offset; the round-trip error of each "
-                           "value is at most scale / 2 (listed per band)")  # fmt: skip
+            out["note"] = (
+                "per-band GDAL scale/offset: value = raw x scale + offset; the round-trip error of each "
+                "value is at most scale / 2 (listed per band)"
+            )
         elif self.storage == "float16":
             out["note"] = "IEEE half floats (NBITS=16): relative round-trip error at most 2**-11"
         return out

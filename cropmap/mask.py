@@ -60,9 +60,15 @@ class Polygons:
         object.__setattr__(self, "_tree", shapely.STRtree(list(self.geometries)))
 
     def __getstate__(self) -> dict[str, object]:
-        return {"path": self.path, "geometries": self.geometries, "crs": self.crs, "source_crs": self.source_crs,
-                "layer": self.layer, "max_segment_m": self.max_segment_m,
-                "dropped_parts": self.dropped_parts}  # fmt: skip
+        return {
+            "path": self.path,
+            "geometries": self.geometries,
+            "crs": self.crs,
+            "source_crs": self.source_crs,
+            "layer": self.layer,
+            "max_segment_m": self.max_segment_m,
+            "dropped_parts": self.dropped_parts,
+        }
 
     def __setstate__(self, state: dict[str, object]) -> None:
         for k, v in state.items():
@@ -101,7 +107,9 @@ def vector_layer(
     try:
         names = [str(n) for n, _ in pyogrio.list_layers(path)]
     except DataSourceError as err:
-        raise error(f"{what} {path} {is_} not a readable vector file ({_first_line(err)}); expected e.g. a GeoPackage") from err
+        raise error(
+            f"{what} {path} {is_} not a readable vector file ({_first_line(err)}); expected e.g. a GeoPackage"
+        ) from err
     if not names:
         raise error(f"{what} {path} {holds} no layers; expected one polygon layer")
     if layer is not None and layer not in names:
@@ -140,18 +148,24 @@ def load_polygons(
     if not path.exists():
         raise MaskError(f"mask {path} does not exist; expected a polygon file such as a GeoPackage")
     if (kind := special_file_kind(path)) is not None:
-        raise MaskError(f"mask {path} is {kind}, not a file; expected a polygon file such as a GeoPackage (it is "
-                        "not opened: reading a pipe would wait for a writer)")  # fmt: skip
+        raise MaskError(
+            f"mask {path} is {kind}, not a file; expected a polygon file such as a GeoPackage (it is "
+            "not opened: reading a pipe would wait for a writer)"
+        )
     chosen = vector_layer(path, layer, what="mask", several="name the cropland one with --mask-layer NAME")
     try:
         info = pyogrio.read_info(path, layer=chosen)
         _meta, _fids, wkb, _fields = pyogrio.raw.read(path, layer=chosen, read_geometry=True, columns=[])
     except DataSourceError as err:
-        raise MaskError(f"mask {path} could not be read ({_first_line(err)}); expected a readable polygon layer") from err
+        raise MaskError(
+            f"mask {path} could not be read ({_first_line(err)}); expected a readable polygon layer"
+        ) from err
     geoms = shapely.from_wkb(wkb) if len(wkb) else np.array([], dtype=object)
     geoms = [g for g in geoms if g is not None and not g.is_empty]
     if not geoms:
-        raise MaskError(f"mask {path} has no features (layer {chosen!r} is empty); expected cropland polygons")
+        raise MaskError(
+            f"mask {path} has no features (layer {chosen!r} is empty); expected cropland polygons"
+        )
     polys: list[shapely.Geometry] = []
     other: dict[str, int] = {}
     for g in geoms:
@@ -169,24 +183,36 @@ def load_polygons(
     if other:
         logger.warning("mask %s: ignored %s (only polygons mark cropland)", path, other)
     if not info.get("crs"):
-        raise MaskError(f"mask {path} has no CRS; expected a declared CRS (e.g. EPSG:4326); set it with ogr2ogr -a_srs")
+        raise MaskError(
+            f"mask {path} has no CRS; expected a declared CRS (e.g. EPSG:4326); set it with ogr2ogr -a_srs"
+        )
     src_crs = CRS.from_user_input(info["crs"])
     _check_geographic_extent(path, polys, src_crs)
     max_segment_m = None
     if src_crs != raster_crs:
         max_segment_m = MAX_SEGMENT_M
         step = _segment_length(path, src_crs)
-        logger.info("reprojecting mask %s from %s to the stack's %s (edges split to at most %g m first)",
-                    path, src_crs.to_string(), raster_crs.to_string(), MAX_SEGMENT_M)  # fmt: skip
+        logger.info(
+            "reprojecting mask %s from %s to the stack's %s (edges split to at most %g m first)",
+            path,
+            src_crs.to_string(),
+            raster_crs.to_string(),
+            MAX_SEGMENT_M,
+        )
         polys = _reproject([shapely.segmentize(p, step) for p in polys], src_crs, raster_crs)
     polys, dropped = _repair(polys)
     if dropped:
-        logger.warning("mask %s: dropped %d degenerate parts of invalid polygons (zero-width spikes, "
-                       "zero-area slivers: lines or points once repaired); only areas mark cropland",
-                       path, dropped)  # fmt: skip
+        logger.warning(
+            "mask %s: dropped %d degenerate parts of invalid polygons (zero-width spikes, "
+            "zero-area slivers: lines or points once repaired); only areas mark cropland",
+            path,
+            dropped,
+        )
     if not polys:
-        raise MaskError(f"mask {path} holds only degenerate polygons ({dropped} parts without area); "
-                        "expected cropland polygons with an area")  # fmt: skip
+        raise MaskError(
+            f"mask {path} holds only degenerate polygons ({dropped} parts without area); "
+            "expected cropland polygons with an area"
+        )
     stack_box = shapely.box(*raster_bounds)
     kept = [p for p in polys if p.intersects(stack_box)]
     if not kept:
@@ -196,8 +222,15 @@ def load_polygons(
             f"{[round(v, 2) for v in raster_bounds]} (in {raster_crs.to_string()}); expected overlapping areas"
         )
     logger.info("mask %s (layer %s): %d polygons, %d overlap the stack", path, chosen, len(polys), len(kept))
-    return Polygons(path=path, geometries=tuple(kept), crs=raster_crs, source_crs=src_crs.to_string(),
-                    layer=chosen, max_segment_m=max_segment_m, dropped_parts=dropped)  # fmt: skip
+    return Polygons(
+        path=path,
+        geometries=tuple(kept),
+        crs=raster_crs,
+        source_crs=src_crs.to_string(),
+        layer=chosen,
+        max_segment_m=max_segment_m,
+        dropped_parts=dropped,
+    )
 
 
 def _segment_length(path: Path, crs: CRS) -> float:
@@ -257,9 +290,11 @@ def _reproject(geoms: Sequence[shapely.Geometry], src: CRS, dst: CRS) -> list[sh
     try:
         tf = Transformer.from_crs(src, dst, always_xy=True)
     except ProjError as err:
-        raise MaskError(f"the mask's CRS {src.to_string()[:80]} cannot be reprojected to the stack's CRS "
-                        f"{dst.to_string()[:80]} ({_first_line(err)}); expected CRSs tied to the Earth "
-                        "(geographic or projected)") from err  # fmt: skip
+        raise MaskError(
+            f"the mask's CRS {src.to_string()[:80]} cannot be reprojected to the stack's CRS "
+            f"{dst.to_string()[:80]} ({_first_line(err)}); expected CRSs tied to the Earth "
+            "(geographic or projected)"
+        ) from err
 
     def _tx(coords: np.ndarray) -> np.ndarray:
         x, y = tf.transform(coords[:, 0], coords[:, 1])
@@ -283,7 +318,9 @@ def rasterize_block(
     """
     if not geometries:
         return np.zeros(shape, dtype=bool)
-    burnt = rasterize(((g, 1) for g in geometries), out_shape=shape, transform=transform, fill=0, dtype="uint8")
+    burnt = rasterize(
+        ((g, 1) for g in geometries), out_shape=shape, transform=transform, fill=0, dtype="uint8"
+    )
     return burnt.astype(bool)
 
 

@@ -112,7 +112,9 @@ class ClassifyOptions:
         if self.block_size is not None and self.block_size < 16:
             raise ValueError(f"block_size is {self.block_size} px; expected at least 16")
         if self.season is not None and (
-            isinstance(self.season, bool) or not isinstance(self.season, int) or not 1900 <= self.season <= 2200
+            isinstance(self.season, bool)
+            or not isinstance(self.season, int)
+            or not 1900 <= self.season <= 2200
         ):
             raise ValueError(f"season is {self.season!r}; expected a year such as 2021")
         if self.reflectance_scale is not None:
@@ -122,13 +124,20 @@ class ClassifyOptions:
         if self.uncertainty is not None and self.uncertainty not in ("entropy", "margin"):
             raise ValueError(f"uncertainty is {self.uncertainty!r}; expected 'entropy' or 'margin'")
         mf = self.majority_filter
-        if mf is not None and (isinstance(mf, bool) or not isinstance(mf, int) or mf < 3 or mf > 51 or mf % 2 == 0):
+        if mf is not None and (
+            isinstance(mf, bool) or not isinstance(mf, int) or mf < 3 or mf > 51 or mf % 2 == 0
+        ):
             raise ValueError(f"majority_filter is {mf!r}; expected an odd window edge in pixels from 3 to 51")
         sp = self.smooth_probabilities
         if sp is not None and (
-            isinstance(sp, bool) or not isinstance(sp, (int, float)) or not math.isfinite(sp) or not 0 < sp <= 10
+            isinstance(sp, bool)
+            or not isinstance(sp, (int, float))
+            or not math.isfinite(sp)
+            or not 0 < sp <= 10
         ):
-            raise ValueError(f"smooth_probabilities is {sp!r}; expected a Gaussian sigma in pixels, > 0 and <= 10")
+            raise ValueError(
+                f"smooth_probabilities is {sp!r}; expected a Gaussian sigma in pixels, > 0 and <= 10"
+            )
         if self.provider not in PROVIDER_CHOICES:
             raise ValueError(f"provider is {self.provider!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
         if self.embedding_dtype not in EMBEDDING_DTYPE_CHOICES:
@@ -137,27 +146,40 @@ class ClassifyOptions:
             )
         if self.mask_layer is not None and (not isinstance(self.mask_layer, str) or not self.mask_layer):
             raise ValueError(f"mask_layer is {self.mask_layer!r}; expected a layer name")
-        if self.cloud_band is not None and (not isinstance(self.cloud_band, str) or not self.cloud_band.strip()):
-            raise ValueError(f"cloud_band is {self.cloud_band!r}; expected a band name such as SCL or CLP, or 'none'")
+        if self.cloud_band is not None and (
+            not isinstance(self.cloud_band, str) or not self.cloud_band.strip()
+        ):
+            raise ValueError(
+                f"cloud_band is {self.cloud_band!r}; expected a band name such as SCL or CLP, or 'none'"
+            )
         if self.cloud_threshold is not None:
             ct = self.cloud_threshold
             if isinstance(ct, bool) or not isinstance(ct, (int, float)) or not 0.0 <= ct < 1.0:
                 raise ValueError(f"cloud_threshold is {ct!r}; expected a probability in [0, 1) such as 0.4")
         if self.cloud_classes is not None:
             cc = self.cloud_classes
-            if (not isinstance(cc, tuple) or not cc
-                    or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in cc)):
+            if (
+                not isinstance(cc, tuple)
+                or not cc
+                or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in cc)
+            ):
                 raise ValueError(f"cloud_classes is {cc!r}; expected SCL class numbers such as (3, 8, 9, 10)")
         if self.cloud_scale is not None:
             cs = self.cloud_scale
             if isinstance(cs, bool) or not isinstance(cs, (int, float)) or not (math.isfinite(cs) and cs > 0):
                 raise ValueError(f"cloud_scale is {cs!r}; expected the raw value of probability 1, e.g. 255")
         if self.scheduler is not None and not _SCHEDULER_RE.match(str(self.scheduler)):
-            raise ValueError(f"scheduler is {self.scheduler!r}; expected an address such as tcp://10.0.0.5:8786")
+            raise ValueError(
+                f"scheduler is {self.scheduler!r}; expected an address such as tcp://10.0.0.5:8786"
+            )
         if self.scheduler is not None and self.workers is not None:
-            raise ValueError("workers applies to the local scheduler only; with a scheduler address, size the cluster")
+            raise ValueError(
+                "workers applies to the local scheduler only; with a scheduler address, size the cluster"
+            )
         if self.scheduler is not None and self.threads is not None:
-            raise ValueError("threads applies to the local scheduler only; with a scheduler address, size the cluster")
+            raise ValueError(
+                "threads applies to the local scheduler only; with a scheduler address, size the cluster"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ClassifyOptions:

@@ -52,8 +52,13 @@ REASON_NO_MASK = "outside the cropland mask"
 REASON_TOO_LITTLE = "too little valid data"
 STATUSES = ("confirmed", "doubtful", "contradicted", "not enough data", "not checked")
 """Declared-crop statuses; "not checked": the declaration maps to no class of the bundle."""
-STATUS_COLORS = {"confirmed": "#1a9850", "doubtful": "#fee08b", "contradicted": "#d73027",
-                 "not enough data": "#bdbdbd", "not checked": "#ffffff"}  # fmt: skip
+STATUS_COLORS = {
+    "confirmed": "#1a9850",
+    "doubtful": "#fee08b",
+    "contradicted": "#d73027",
+    "not enough data": "#bdbdbd",
+    "not checked": "#ffffff",
+}
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,9 @@ def load_parcels(source: Any, stack_crs: Any, *, layer: str | None = None) -> Pa
         try:
             frame = pyogrio.read_dataframe(path, layer=chosen)
         except DataSourceError as err:
-            raise MaskError(f"parcels {path} are not a readable vector file ({str(err).splitlines()[0]})") from err
+            raise MaskError(
+                f"parcels {path} are not a readable vector file ({str(err).splitlines()[0]})"
+            ) from err
     where = f"parcels {path}" if path is not None else "the parcels GeoDataFrame"
     if len(frame) == 0:
         raise MaskError(f"{where} hold no features; expected parcel polygons")
@@ -111,7 +118,9 @@ def load_parcels(source: Any, stack_crs: Any, *, layer: str | None = None) -> Pa
     geoms = frame.geometry
     kinds = {t for t in geoms.geom_type.dropna().unique()} - {"Polygon", "MultiPolygon"}
     if kinds:
-        raise MaskError(f"{where} hold {', '.join(sorted(kinds))} features; expected Polygon or MultiPolygon parcels")
+        raise MaskError(
+            f"{where} hold {', '.join(sorted(kinds))} features; expected Polygon or MultiPolygon parcels"
+        )
     reproj = geoms.to_crs(stack_crs) if frame.crs != stack_crs else geoms
     out = [shapely.make_valid(g) if g is not None and not g.is_valid else g for g in reproj.values]
     out = [g if g is not None else shapely.Polygon() for g in out]
@@ -153,8 +162,13 @@ def block_stats(
     if not parcels:
         return None
     shape = classes.shape
-    ids = rasterize(((g, i) for i, g in parcels if not g.is_empty), out_shape=shape, transform=transform, fill=-1,
-                    dtype="int32")  # fmt: skip
+    ids = rasterize(
+        ((g, i) for i, g in parcels if not g.is_empty),
+        out_shape=shape,
+        transform=transform,
+        fill=-1,
+        dtype="int32",
+    )
     hit = ids >= 0
     if not hit.any():
         return None
@@ -173,8 +187,9 @@ def block_stats(
     if probabilities is not None and done.any():
         for j in range(k):
             prob_sum[:, j] = np.bincount(local[done], weights=probabilities[j][hit][done], minlength=m)
-    return ParcelBlockStats(ids=uniq, n_in=n_in, n_mask=n_mask, n_classified=n_cls, prob_sum=prob_sum,
-                            class_count=class_count)  # fmt: skip
+    return ParcelBlockStats(
+        ids=uniq, n_in=n_in, n_mask=n_mask, n_classified=n_cls, prob_sum=prob_sum, class_count=class_count
+    )
 
 
 class ParcelTally:
@@ -209,8 +224,11 @@ def read_declared_map(path: str | Path) -> dict[str, str]:
         raise MaskError(str(err).replace("class map", "declared-crop map", 1)) from err
 
 
-def _declared_codes(values: Sequence[Any], classes: Sequence[ClassInfo], table: Mapping[str, str] | None,
-                    ) -> tuple[np.ndarray, dict[str, int]]:  # fmt: skip
+def _declared_codes(
+    values: Sequence[Any],
+    classes: Sequence[ClassInfo],
+    table: Mapping[str, str] | None,
+) -> tuple[np.ndarray, dict[str, int]]:
     """Bundle class index of each declaration (-1: not mapped, -2: empty) and the unmapped values with counts."""
     by_text = {str(c.code): i for i, c in enumerate(classes)}
     by_text.update({c.name.strip().casefold(): i for i, c in enumerate(classes)})
@@ -254,14 +272,18 @@ def parcel_table(
     import geopandas as gpd
     import pandas as pd
 
-    n, k = len(parcels), len(classes)
+    n, _k = len(parcels), len(classes)
     codes = np.array([c.code for c in classes])
     names = [c.name for c in classes]
     geoms = np.asarray(parcels.geometries, dtype=object)
     stack_box = shapely.box(*stack_bounds)
     area = shapely.area(geoms)
-    on_stack = np.where(area > 0, shapely.area(shapely.intersection(geoms, stack_box)) / np.where(area > 0, area, 1), 0.0)
-    ok = (tally.n_classified >= MIN_PARCEL_PIXELS) & (tally.n_classified >= MIN_VALID_SHARE * np.maximum(tally.n_mask, 1))
+    on_stack = np.where(
+        area > 0, shapely.area(shapely.intersection(geoms, stack_box)) / np.where(area > 0, area, 1), 0.0
+    )
+    ok = (tally.n_classified >= MIN_PARCEL_PIXELS) & (
+        tally.n_classified >= MIN_VALID_SHARE * np.maximum(tally.n_mask, 1)
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         probs = tally.prob_sum / tally.n_classified[:, None]
     probs[~ok] = np.nan
@@ -291,14 +313,24 @@ def parcel_table(
     out["reason"] = pd.array([r if r else None for r in reason], dtype="string")
     area_ha = _areas_m2(parcels, stack_crs) / 1e4
     summary: dict[str, Any] = {
-        "parcels": n, "classified": int(ok.sum()),
-        "reasons": {r: int((reason == r).sum()) for r in (REASON_OUTSIDE, REASON_NO_PIXEL, REASON_NO_MASK,
-                                                           REASON_TOO_LITTLE)},
+        "parcels": n,
+        "classified": int(ok.sum()),
+        "reasons": {
+            r: int((reason == r).sum())
+            for r in (REASON_OUTSIDE, REASON_NO_PIXEL, REASON_NO_MASK, REASON_TOO_LITTLE)
+        },
         "aggregation": "mean of the classified pixels' class probabilities (pixel-centre rule); class = argmax",
         "thresholds": {"min_pixels": MIN_PARCEL_PIXELS, "min_valid_share": MIN_VALID_SHARE},
-        "classes": [{"code": int(c.code), "name": c.name, "parcels": int((best == j).sum()),
-                     "area_ha": round(float(area_ha[best == j].sum()), 4)} for j, c in enumerate(classes)],
-    }  # fmt: skip
+        "classes": [
+            {
+                "code": int(c.code),
+                "name": c.name,
+                "parcels": int((best == j).sum()),
+                "area_ha": round(float(area_ha[best == j].sum()), 4),
+            }
+            for j, c in enumerate(classes)
+        ],
+    }
     if declared_column is not None:
         values = list(parcels.frame[declared_column])
         idx, unmapped = _declared_codes(values, classes, declared_map)
@@ -316,26 +348,40 @@ def parcel_table(
         summary["declared"] = {
             "column": declared_column,
             "thresholds": {"confirmed_at": CONFIRM_AT, "contradicted_below": CONTRADICT_BELOW},
-            "statuses": {s: {"parcels": int((status == s).sum()), "area_ha": round(float(area_ha[status == s].sum()), 4)}
-                         for s in STATUSES},
+            "statuses": {
+                s: {
+                    "parcels": int((status == s).sum()),
+                    "area_ha": round(float(area_ha[status == s].sum()), 4),
+                }
+                for s in STATUSES
+            },
             "unmapped_declarations": dict(sorted(unmapped.items(), key=lambda kv: -kv[1])),
-        }  # fmt: skip
+        }
         if unmapped:
-            shown = ", ".join(f"{v!r} ({c})" for v, c in list(summary["declared"]["unmapped_declarations"].items())[:8])
-            logger.warning("declared crops that map to no class of the bundle (status 'not checked'): %s", shown)
+            shown = ", ".join(
+                f"{v!r} ({c})" for v, c in list(summary["declared"]["unmapped_declarations"].items())[:8]
+            )
+            logger.warning(
+                "declared crops that map to no class of the bundle (status 'not checked'): %s", shown
+            )
     frame = parcels.frame.copy()
     clash = [c for c in out.columns if c in frame.columns]
     if clash:
         frame = frame.rename(columns={c: f"input_{c}" for c in clash})
-    result = gpd.GeoDataFrame(pd.concat([frame.drop(columns=frame.geometry.name), out], axis=1),
-                              geometry=frame.geometry, crs=frame.crs)  # fmt: skip
+    result = gpd.GeoDataFrame(
+        pd.concat([frame.drop(columns=frame.geometry.name), out], axis=1),
+        geometry=frame.geometry,
+        crs=frame.crs,
+    )
     return result, summary
 
 
 def _areas_m2(parcels: ParcelSet, stack_crs: Any) -> np.ndarray:
     """Parcel areas in m2: in the stack's CRS when projected, else in the parcels' estimated UTM zone."""
     if stack_crs.is_projected:
-        return shapely.area(np.asarray(parcels.geometries, dtype=object)) * stack_crs.linear_units_factor[1] ** 2
+        return (
+            shapely.area(np.asarray(parcels.geometries, dtype=object)) * stack_crs.linear_units_factor[1] ** 2
+        )
     frame = parcels.frame
     return np.asarray(frame.geometry.to_crs(frame.estimate_utm_crs()).area, dtype=np.float64)
 
@@ -386,4 +432,12 @@ def check_declared_column(parcels: ParcelSet, column: str | None) -> None:
         raise MaskError(f"parcels have no column {column!r}; their columns are {', '.join(map(str, cols))}")
 
 
-__all__ = ["ParcelSet", "ParcelTally", "block_stats", "load_parcels", "parcel_table", "read_declared_map", "write_qml"]
+__all__ = [
+    "ParcelSet",
+    "ParcelTally",
+    "block_stats",
+    "load_parcels",
+    "parcel_table",
+    "read_declared_map",
+    "write_qml",
+]

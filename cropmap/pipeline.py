@@ -70,9 +70,14 @@ class _Plan:
 
 
 def _prepare(
-    stack: str | Path, mask: str | Path | None, model: str | Path | None, options: ClassifyOptions,
-    parcels: Any = None, declared_column: str | None = None, parcels_as_mask: bool = False,
-) -> _Plan:  # fmt: skip
+    stack: str | Path,
+    mask: str | Path | None,
+    model: str | Path | None,
+    options: ClassifyOptions,
+    parcels: Any = None,
+    declared_column: str | None = None,
+    parcels_as_mask: bool = False,
+) -> _Plan:
     """Check the inputs and plan the blocks.
 
     ``mask=None``: the whole stack (or, with ``parcels_as_mask``, the parcels); ``parcels``: a path or GeoDataFrame.
@@ -98,9 +103,14 @@ def _prepare(
     st = open_stack(_absolute(stack), reflectance_scale=options.reflectance_scale)
     st.check_bands(meta.bands)
     cloud = resolve_cloud_mask(
-        st.bands, st.dtype, cloud_band=options.cloud_band, threshold=options.cloud_threshold,
-        classes=options.cloud_classes, scale=options.cloud_scale, where=f"stack {st.path}",
-    )  # fmt: skip
+        st.bands,
+        st.dtype,
+        cloud_band=options.cloud_band,
+        threshold=options.cloud_threshold,
+        classes=options.cloud_classes,
+        scale=options.cloud_scale,
+        where=f"stack {st.path}",
+    )
     idx, season = select_season(st.dates, meta.time_grid, options.season)
     obs = tuple(int(i) for i in idx)
     positions = tuple(meta.time_grid.position_of(st.dates[i]) for i in obs)
@@ -125,7 +135,9 @@ def _prepare(
     if parcels is not None:
         from cropmap.parcels import check_declared_column, load_parcels
 
-        parcel_set = load_parcels(parcels if not isinstance(parcels, (str, Path)) else _absolute(parcels), st.crs)
+        parcel_set = load_parcels(
+            parcels if not isinstance(parcels, (str, Path)) else _absolute(parcels), st.crs
+        )
         check_declared_column(parcel_set, declared_column)
     if mask is None and parcels_as_mask and parcel_set is not None:
         from cropmap.errors import MaskError
@@ -134,11 +146,21 @@ def _prepare(
         geoms = tuple(g for g in parcel_set.geometries if not g.is_empty and g.intersects(stack_box))
         if not geoms:
             raise MaskError(f"no parcel overlaps stack {st.path}; expected parcels on the stack")
-        polygons = Polygons(path=parcel_set.path or _absolute(st.path), geometries=geoms, crs=st.crs,
-                            source_crs=parcel_set.source_crs, layer=None)  # fmt: skip
+        polygons = Polygons(
+            path=parcel_set.path or _absolute(st.path),
+            geometries=geoms,
+            crs=st.crs,
+            source_crs=parcel_set.source_crs,
+            layer=None,
+        )
     elif mask is None:
-        polygons = Polygons(path=_absolute(st.path), geometries=(shapely.box(*bounds),), crs=st.crs,
-                            source_crs=st.crs.to_string(), layer=None)  # fmt: skip
+        polygons = Polygons(
+            path=_absolute(st.path),
+            geometries=(shapely.box(*bounds),),
+            crs=st.crs,
+            source_crs=st.crs.to_string(),
+            layer=None,
+        )
         logger.info("no cropland mask: every pixel of the stack with enough valid observations is classified")
     else:
         polygons = load_polygons(_absolute(mask), st.crs, bounds, layer=options.mask_layer)
@@ -150,7 +172,9 @@ def _prepare(
     else:
         logger.info("cloud masking is off (--cloud-band none)")
     # float32 read (S x C) + filled series (T x C) + the model's input copy, per pixel.
-    bytes_per_pixel = 4 * (meta.n_bands + (cloud is not None)) * len(obs) + 8 * meta.n_bands * meta.n_timesteps
+    bytes_per_pixel = (
+        4 * (meta.n_bands + (cloud is not None)) * len(obs) + 8 * meta.n_bands * meta.n_timesteps
+    )
     shape = block_shape(st.tile_shape, st.shape, options.block_size, bytes_per_pixel=bytes_per_pixel)
     blocks = plan_blocks(st.shape, shape)
     post = PostProcess(majority_filter=options.majority_filter, smooth_sigma=options.smooth_probabilities)
@@ -160,27 +184,57 @@ def _prepare(
         if polygons.select(b.bounds(st.transform)) or in_block:
             # With post-processing, the polygons of the halo around the block count too.
             window, _ = halo_window(b, post.halo, st.shape)
-            items.append(BlockItem(block=b, geometries=polygons.select(window_bounds(window, st.transform)),
-                                   parcels=in_block))  # fmt: skip
+            items.append(
+                BlockItem(
+                    block=b, geometries=polygons.select(window_bounds(window, st.transform)), parcels=in_block
+                )
+            )
     check_reflectance(st, obs, meta.bands, [item.block for item in items])
     executor = make_executor(len(items), options.workers, options.scheduler, threads=options.threads)
     logger.info(
-        "%d blocks of %s px, %d touch cropland; running on %s", len(blocks), shape, len(items), executor.description
+        "%d blocks of %s px, %d touch cropland; running on %s",
+        len(blocks),
+        shape,
+        len(items),
+        executor.description,
     )
     job = BlockJob(
-        stack=st, bundle_path=bundle_path.resolve(), metadata=meta, obs=obs, positions=positions,
-        min_valid=min_valid, batch_size=options.batch_size or auto_batch_size(meta.n_timesteps, gpu=on_gpu),
+        stack=st,
+        bundle_path=bundle_path.resolve(),
+        metadata=meta,
+        obs=obs,
+        positions=positions,
+        min_valid=min_valid,
+        batch_size=options.batch_size or auto_batch_size(meta.n_timesteps, gpu=on_gpu),
         threads=executor.threads_per_worker,
-        confidence=options.confidence, embedding=options.embedding, cloud=cloud,
-        probabilities=options.probabilities, uncertainty=options.uncertainty, post=post if post.active else None,
+        confidence=options.confidence,
+        embedding=options.embedding,
+        cloud=cloud,
+        probabilities=options.probabilities,
+        uncertainty=options.uncertainty,
+        post=post if post.active else None,
         provider=options.provider,
-    )  # fmt: skip
+    )
     return _Plan(
-        stack=st, polygons=polygons, meta=meta, bundle_path=bundle_path, season=season, obs=obs,
-        positions=positions, min_valid=min_valid, blocks=blocks, items=items, shape=shape,
-        coverage=coverage, l1c_evidence=tuple(l1c),
-        executor=executor, job=job, cloud=cloud, parcels=parcel_set, whole_stack=mask is None and not parcels_as_mask,
-    )  # fmt: skip
+        stack=st,
+        polygons=polygons,
+        meta=meta,
+        bundle_path=bundle_path,
+        season=season,
+        obs=obs,
+        positions=positions,
+        min_valid=min_valid,
+        blocks=blocks,
+        items=items,
+        shape=shape,
+        coverage=coverage,
+        l1c_evidence=tuple(l1c),
+        executor=executor,
+        job=job,
+        cloud=cloud,
+        parcels=parcel_set,
+        whole_stack=mask is None and not parcels_as_mask,
+    )
 
 
 def _absolute(path: str | Path) -> Path:
@@ -193,7 +247,9 @@ def _results(plan: _Plan, progress: ProgressCallback | None) -> Iterator[BlockRe
         job = plan.job
         if plan.executor.scheduler is None:  # local: every block's batches share the run's sessions
             ex = plan.executor
-            pool = stack.enter_context(SessionPool(plan.bundle_path, job.provider, ex.workers * ex.threads_per_worker))
+            pool = stack.enter_context(
+                SessionPool(plan.bundle_path, job.provider, ex.workers * ex.threads_per_worker)
+            )
             job = dataclasses.replace(job, pool=pool)
         for done, result in enumerate(run_blocks(job, plan.items, plan.executor), start=1):
             if progress is not None:
@@ -304,7 +360,13 @@ def classify(
     """
     from cropmap import __version__
     from cropmap.embedding import EmbeddingRaster
-    from cropmap.quicklook import MAX_SIDE_PX, STATUS_CLASSIFIED, STATUS_INSUFFICIENT, STATUS_OUTSIDE, write_quicklook
+    from cropmap.quicklook import (
+        MAX_SIDE_PX,
+        STATUS_CLASSIFIED,
+        STATUS_INSUFFICIENT,
+        STATUS_OUTSIDE,
+        write_quicklook,
+    )
     from cropmap.stac import build_item
     from cropmap.writer import (
         MAP_NODATA,
@@ -315,23 +377,36 @@ def classify(
         output_paths,
         write_aux_xml,
         write_qml,
-    )  # fmt: skip
+    )
 
     t_start = time.perf_counter()
     opts = _options(options, kwargs)
     stack_path = Path(stack)
-    out_path = Path(out) if out is not None else Path.cwd() / f"{stack_path.with_suffix('').name}_classified.tif"
+    out_path = (
+        Path(out) if out is not None else Path.cwd() / f"{stack_path.with_suffix('').name}_classified.tif"
+    )
     if out_path.suffix.lower() not in (".tif", ".tiff"):
         raise InputRasterError(f"output {out_path} must end in .tif or .tiff (it is a GeoTIFF)")
-    paths = output_paths(out_path, confidence=opts.confidence, embedding=opts.embedding, quicklook=opts.quicklook,
-                         probabilities=opts.probabilities, uncertainty=opts.uncertainty is not None,
-                         parcels=parcels is not None)  # fmt: skip
+    paths = output_paths(
+        out_path,
+        confidence=opts.confidence,
+        embedding=opts.embedding,
+        quicklook=opts.quicklook,
+        probabilities=opts.probabilities,
+        uncertainty=opts.uncertainty is not None,
+        parcels=parcels is not None,
+    )
     if parcels is None and (declared_column is not None or declared_classes is not None):
         raise InputRasterError("a declared-crop check (declared_column / declared_classes) needs parcels")
     if declared_classes is not None and declared_column is None:
-        raise InputRasterError("declared_classes maps the declared crops of declared_column; name that column too")
-    extra_inputs = {Path(p): what for p, what in ((parcels, "parcels"), (declared_classes, "declared-crop map"))
-                    if p is not None}  # fmt: skip
+        raise InputRasterError(
+            "declared_classes maps the declared crops of declared_column; name that column too"
+        )
+    extra_inputs = {
+        Path(p): what
+        for p, what in ((parcels, "parcels"), (declared_classes, "declared-crop map"))
+        if p is not None
+    }
     _refuse_inputs_as_outputs(paths, stack, mask, model, extra=extra_inputs)
     from cropmap.safeio import journal_path
 
@@ -359,46 +434,90 @@ def classify(
     write_s = 0.0
     insufficient_m2 = 0.0
     status: BlockRaster | None = None
-    grid = dict(crs=st.crs, transform=st.transform, shape=st.shape)
+    grid = {"crs": st.crs, "transform": st.transform, "shape": st.shape}
     with _claim_outputs(paths, opts, plan) as staging:
         rasters: dict[str, BlockRaster] = {}
         try:
             legend_tags, band_legend = class_tags(meta.classes)
-            rasters["map"] = _raster(staging, paths.map, count=1, dtype="uint8", nodata=MAP_NODATA,
-                colormap=colormap(meta.classes), descriptions=["crop_class"], band_tags={1: band_legend},
-                tags={"cropmap_model": meta.model_name, "cropmap_season": str(plan.season), **legend_tags}, **grid,
-            )  # fmt: skip
+            rasters["map"] = _raster(
+                staging,
+                paths.map,
+                count=1,
+                dtype="uint8",
+                nodata=MAP_NODATA,
+                colormap=colormap(meta.classes),
+                descriptions=["crop_class"],
+                band_tags={1: band_legend},
+                tags={"cropmap_model": meta.model_name, "cropmap_season": str(plan.season), **legend_tags},
+                **grid,
+            )
             prob_note = _probability_note(meta, opts)
             if paths.confidence is not None:
-                rasters["confidence"] = _raster(staging, paths.confidence, count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
-                    descriptions=["confidence"], tags={"confidence": f"max class probability x 100 (0..100); {prob_note}"},
+                rasters["confidence"] = _raster(
+                    staging,
+                    paths.confidence,
+                    count=1,
+                    dtype="uint8",
+                    nodata=CONFIDENCE_NODATA,
+                    descriptions=["confidence"],
+                    tags={"confidence": f"max class probability x 100 (0..100); {prob_note}"},
                     **grid,
-                )  # fmt: skip
+                )
             if paths.probabilities is not None:
-                rasters["probabilities"] = _raster(staging, paths.probabilities, count=len(meta.classes), dtype="uint8",
-                    nodata=CONFIDENCE_NODATA, descriptions=[c.name for c in meta.classes],
-                    tags={"probabilities": f"class probability x 100 (0..100), one band per class; {prob_note}",
-                          "class_codes": ",".join(str(c.code) for c in meta.classes)}, **grid,
-                )  # fmt: skip
+                rasters["probabilities"] = _raster(
+                    staging,
+                    paths.probabilities,
+                    count=len(meta.classes),
+                    dtype="uint8",
+                    nodata=CONFIDENCE_NODATA,
+                    descriptions=[c.name for c in meta.classes],
+                    tags={
+                        "probabilities": f"class probability x 100 (0..100), one band per class; {prob_note}",
+                        "class_codes": ",".join(str(c.code) for c in meta.classes),
+                    },
+                    **grid,
+                )
             if paths.uncertainty is not None:
-                how = {"entropy": "Shannon entropy of the class probabilities / ln(number of classes)",
-                       "margin": "1 - (highest - second highest class probability)"}[str(opts.uncertainty)]  # fmt: skip
-                rasters["uncertainty"] = _raster(staging, paths.uncertainty, count=1, dtype="uint8", nodata=CONFIDENCE_NODATA,
+                how = {
+                    "entropy": "Shannon entropy of the class probabilities / ln(number of classes)",
+                    "margin": "1 - (highest - second highest class probability)",
+                }[str(opts.uncertainty)]
+                rasters["uncertainty"] = _raster(
+                    staging,
+                    paths.uncertainty,
+                    count=1,
+                    dtype="uint8",
+                    nodata=CONFIDENCE_NODATA,
                     descriptions=[f"uncertainty_{opts.uncertainty}"],
-                    tags={"uncertainty": f"{how}, x 100 (0 certain .. 100 uncertain); {prob_note}"}, **grid,
-                )  # fmt: skip
+                    tags={"uncertainty": f"{how}, x 100 (0 certain .. 100 uncertain); {prob_note}"},
+                    **grid,
+                )
             if paths.embedding is not None:
                 assert meta.embedding is not None
                 rasters["embedding"] = EmbeddingRaster(
-                    staging.scratch(paths.embedding, ".tif"), count=meta.embedding.dim, dtype=opts.embedding_dtype,
+                    staging.scratch(paths.embedding, ".tif"),
+                    count=meta.embedding.dim,
+                    dtype=opts.embedding_dtype,
                     scratch=lambda extra: staging.scratch(paths.embedding, ".tif" + extra),
                     descriptions=[f"embedding_{i:03d}" for i in range(meta.embedding.dim)],
-                    tags={"embedding": meta.embedding.description, "embedding_output": meta.embedding.output_name},
+                    tags={
+                        "embedding": meta.embedding.description,
+                        "embedding_output": meta.embedding.output_name,
+                    },
                     **grid,
-                )  # fmt: skip
-            if paths.quicklook is not None:  # which unclassified pixels are outside the mask, for the quick-look
-                status = _raster(staging, paths.map, count=1, suffix=".status.tif", dtype="uint8",
-                                     nodata=STATUS_OUTSIDE, **grid)  # fmt: skip
+                )
+            if (
+                paths.quicklook is not None
+            ):  # which unclassified pixels are outside the mask, for the quick-look
+                status = _raster(
+                    staging,
+                    paths.map,
+                    count=1,
+                    suffix=".status.tif",
+                    dtype="uint8",
+                    nodata=STATUS_OUTSIDE,
+                    **grid,
+                )
             # Blocks without cropland are never written: their tiles stay empty (nodata) in the sparse outputs.
             for result in _results(plan, progress):
                 tally.add(result)
@@ -417,16 +536,25 @@ def classify(
                     rasters["embedding"].write(w, p.embedding)
                 if p.insufficient is not None:
                     b = result.block
-                    insufficient_m2 += float(p.insufficient.sum(axis=1) @ tally.row_area[b.row_off : b.row_off + b.height])
+                    insufficient_m2 += float(
+                        p.insufficient.sum(axis=1) @ tally.row_area[b.row_off : b.row_off + b.height]
+                    )
                 if status is not None:
-                    st_block = np.where(p.classes != MAP_NODATA, STATUS_CLASSIFIED, STATUS_OUTSIDE).astype(np.uint8)
+                    st_block = np.where(p.classes != MAP_NODATA, STATUS_CLASSIFIED, STATUS_OUTSIDE).astype(
+                        np.uint8
+                    )
                     if p.insufficient is not None:
                         st_block[p.insufficient] = STATUS_INSUFFICIENT
                     status.write(w, st_block)
                 write_s += time.perf_counter() - t0
             t0 = time.perf_counter()
-            finals = {"map": paths.map, "confidence": paths.confidence, "embedding": paths.embedding,
-                      "probabilities": paths.probabilities, "uncertainty": paths.uncertainty}  # fmt: skip
+            finals = {
+                "map": paths.map,
+                "confidence": paths.confidence,
+                "embedding": paths.embedding,
+                "probabilities": paths.probabilities,
+                "uncertainty": paths.uncertainty,
+            }
             for name, r in rasters.items():
                 target = finals[name]
                 assert target is not None
@@ -446,11 +574,14 @@ def classify(
             try:
                 with bounded_gdal_cache():
                     write_quicklook(
-                        cog_tmp, staging.temp_for(paths.quicklook), meta.classes, area_ha,
+                        cog_tmp,
+                        staging.temp_for(paths.quicklook),
+                        meta.classes,
+                        area_ha,
                         title=f"{meta.model_name} - {st.path.name} - season {plan.season}",
                         status_path=status.preview(MAX_SIDE_PX) if status is not None else None,
                         insufficient_ha=insufficient_m2 / 1e4,
-                    )  # fmt: skip
+                    )
             finally:
                 if status is not None:
                     status.close()
@@ -463,7 +594,9 @@ def classify(
             table.to_file(staging.temp_for(paths.parcels), layer="parcels", driver="GPKG")
             from cropmap.parcels import write_qml as write_parcel_qml
 
-            write_parcel_qml(staging.temp_for(paths.parcels_qml), meta.classes, by_status=declared_column is not None)
+            write_parcel_qml(
+                staging.temp_for(paths.parcels_qml), meta.classes, by_status=declared_column is not None
+            )
         if "embedding" in rasters:
             summary["embedding"] = rasters["embedding"].describe()  # type: ignore[attr-defined]
         summary["removed_outputs"] = [str(p) for p in staging.stale]
@@ -471,18 +604,32 @@ def classify(
         summary_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         assert paths.stac is not None
         item = build_item(
-            item_id=paths.map.stem, paths=paths, crs=st.crs, transform=st.transform, shape=st.shape,
-            classes=meta.classes, dates=[st.dates[i] for i in plan.obs], season=plan.season,
-            model_name=meta.model_name, calibrated=meta.calibration is not None, created=summary["created"],
-            version=__version__, pixel_area_m2=float(tally.row_area.mean()), area_ha=area_ha,
+            item_id=paths.map.stem,
+            paths=paths,
+            crs=st.crs,
+            transform=st.transform,
+            shape=st.shape,
+            classes=meta.classes,
+            dates=[st.dates[i] for i in plan.obs],
+            season=plan.season,
+            model_name=meta.model_name,
+            calibrated=meta.calibration is not None,
+            created=summary["created"],
+            version=__version__,
+            pixel_area_m2=float(tally.row_area.mean()),
+            area_ha=area_ha,
             embedding_dim=meta.embedding.dim if meta.embedding is not None else None,
             embedding_bands=rasters["embedding"].stac_bands() if "embedding" in rasters else None,  # type: ignore[attr-defined]
-        )  # fmt: skip
+        )
         staging.temp_for(paths.stac).write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
         _refuse_empty_result(plan, tally.n_mask, tally.n_insufficient, tally.n_classified)
         staging.commit(remove=staging.stale, journal=staging.journal)
     logger.info(
-        "classified %d of %d cropland pixels in %.2f s -> %s", tally.n_classified, tally.n_mask, total_s, paths.map
+        "classified %d of %d cropland pixels in %.2f s -> %s",
+        tally.n_classified,
+        tally.n_mask,
+        total_s,
+        paths.map,
     )
     return summary
 
@@ -491,8 +638,9 @@ def _raster(staging: Any, final: Path, *, suffix: str = ".tif", **kwargs: Any) -
     """A :class:`~cropmap.writer.BlockRaster` whose scratch files (and their overview levels) staging removes."""
     from cropmap.writer import BlockRaster
 
-    return BlockRaster(staging.scratch(final, suffix), scratch=lambda extra: staging.scratch(final, suffix + extra),
-                       **kwargs)  # fmt: skip
+    return BlockRaster(
+        staging.scratch(final, suffix), scratch=lambda extra: staging.scratch(final, suffix + extra), **kwargs
+    )
 
 
 def _probability_note(meta: BundleMetadata, opts: ClassifyOptions) -> str:
@@ -523,7 +671,13 @@ def _summary(
     st, meta = plan.stack, plan.meta
     total = st.height * st.width
     classes = [
-        {"code": c.code, "name": c.name, "color": c.color, "pixels": int(n), "area_ha": round(float(a) / 1e4, 4)}
+        {
+            "code": c.code,
+            "name": c.name,
+            "color": c.color,
+            "pixels": int(n),
+            "area_ha": round(float(a) / 1e4, 4),
+        }
         for c, n, a in zip(meta.classes, tally.pixels, tally.area_m2, strict=True)
     ]
     assert st.scale is not None
@@ -543,13 +697,22 @@ def _summary(
             "mask_layer": plan.polygons.layer,
             "mask_max_segment_m": plan.polygons.max_segment_m,
             "mask_dropped_parts": plan.polygons.dropped_parts,
-            **({"whole_stack": "no cropland mask: every pixel of the stack with enough valid observations was "
-                "classified"} if plan.whole_stack else {}),
+            **(
+                {
+                    "whole_stack": "no cropland mask: every pixel of the stack with enough valid observations was "
+                    "classified"
+                }
+                if plan.whole_stack
+                else {}
+            ),
             "model": str(_absolute(plan.bundle_path)),
             **({"model_note": SAMPLE_NOTE} if is_sample_bundle(plan.bundle_path) else {}),
         },
-        "outputs": {k: (str(v) if v is not None else None) for k, v in dataclasses.asdict(paths).items()
-                    if v is not None or k not in ("parcels", "parcels_qml")},  # fmt: skip
+        "outputs": {
+            k: (str(v) if v is not None else None)
+            for k, v in dataclasses.asdict(paths).items()
+            if v is not None or k not in ("parcels", "parcels_qml")
+        },
         "bundle": {
             "model_name": meta.model_name,
             "schema_version": meta.schema_version,
@@ -558,7 +721,9 @@ def _summary(
             "provenance": dataclasses.asdict(meta.provenance),
             "calibration": dataclasses.asdict(meta.calibration) if meta.calibration is not None else None,
             "probabilities": _probability_note(meta, opts),
-            "precision": dataclasses.asdict(meta.precision) if meta.precision is not None else {"dtype": "fp32"},
+            "precision": dataclasses.asdict(meta.precision)
+            if meta.precision is not None
+            else {"dtype": "fp32"},
         },
         "postprocessing": {
             "majority_filter": opts.majority_filter,
@@ -576,7 +741,7 @@ def _summary(
         },
         "stack": {
             "dtype": st.dtype,
-            "nodata": [v if v is None or v == v else "mixed" for v in st.nodata],
+            "nodata": [v if v is None or not np.isnan(v) else "mixed" for v in st.nodata],
             "nodata_note": nodata_note,
             "reflectance_scale": st.scale.reflectance_scale,
             "reflectance_offset": st.scale.offset,
@@ -640,9 +805,10 @@ def _cloud_summary(plan: _Plan, tally: _Tally, opts: ClassifyOptions) -> dict[st
             "masking": "off" if off else "no cloud information",
             "band": None,
             "masked_observations": 0,
-            "note": "--cloud-band none: the stack was declared cloud-free" if off
+            "note": "--cloud-band none: the stack was declared cloud-free"
+            if off
             else no_cloud_message(f"stack {_absolute(plan.stack.path)}", plan.stack.bands),
-        }  # fmt: skip
+        }
     n_obs, n_masked = tally.n_observations, tally.n_cloud_masked
     return {
         "masking": "on",
@@ -706,13 +872,21 @@ def classify_array(
     if conf is not None:
         coords["confidence"] = (("y", "x"), conf)
     return xr.DataArray(
-        classes, dims=("y", "x"), coords=coords, name="crop_class",
+        classes,
+        dims=("y", "x"),
+        coords=coords,
+        name="crop_class",
         attrs={
-            "crs": st.crs.to_wkt(), "transform": list(tf)[:6], "nodata": 0, "season": plan.season,
-            "class_codes": [c.code for c in meta.classes], "class_names": [c.name for c in meta.classes],
-            "class_colors": [c.color for c in meta.classes], "model": meta.model_name,
+            "crs": st.crs.to_wkt(),
+            "transform": list(tf)[:6],
+            "nodata": 0,
+            "season": plan.season,
+            "class_codes": [c.code for c in meta.classes],
+            "class_names": [c.name for c in meta.classes],
+            "class_colors": [c.color for c in meta.classes],
+            "model": meta.model_name,
         },
-    )  # fmt: skip
+    )
 
 
 def _refuse_inputs_as_outputs(
@@ -754,7 +928,7 @@ def _claim_outputs(paths: Any, opts: ClassifyOptions, plan: _Plan) -> Iterator[A
         output_folder,
         recover_commit,
         remove_stale,
-    )  # fmt: skip
+    )
     from cropmap.writer import Staging, check_outputs, possible_outputs, stale_outputs
 
     folder = paths.map.parent
@@ -763,13 +937,18 @@ def _claim_outputs(paths: Any, opts: ClassifyOptions, plan: _Plan) -> Iterator[A
         recover_commit(journal)  # a torn set of a run killed while committing: finish or undo it first
         check_outputs(paths, overwrite=opts.overwrite)  # again: no other run can write them now
         remove_stale(folder, {p.name for p in possible_outputs(paths.map).all()} | {journal.name})
-        check_free_space(folder, _least_output_bytes(paths, plan, opts.embedding_dtype), f"the outputs of {paths.map.name}")
+        check_free_space(
+            folder, _least_output_bytes(paths, plan, opts.embedding_dtype), f"the outputs of {paths.map.name}"
+        )
         with Staging() as staging:
             staging.journal = journal
             staging.stale = stale_outputs(paths)  # side outputs of an earlier run: removed with the commit
             for p in staging.stale:
-                logger.warning("--overwrite: %s, an output of an earlier run that this run does not write, is "
-                               "removed with the commit", p)  # fmt: skip
+                logger.warning(
+                    "--overwrite: %s, an output of an earlier run that this run does not write, is "
+                    "removed with the commit",
+                    p,
+                )
             try:
                 yield staging
             except OSError as err:
@@ -795,11 +974,15 @@ def _least_output_bytes(paths: Any, plan: _Plan, embedding_dtype: str = "float32
         uint8_bands += len(plan.meta.classes)
     from cropmap.embedding import BYTES_PER_VALUE
 
-    float_bands = plan.meta.embedding.dim if paths.embedding is not None and plan.meta.embedding is not None else 0
+    float_bands = (
+        plan.meta.embedding.dim if paths.embedding is not None and plan.meta.embedding is not None else 0
+    )
     return int(px * (uint8_bands / 20 + BYTES_PER_VALUE[embedding_dtype] * float_bands / 3))
 
 
-def _parcel_table(plan: _Plan, tally: Any, declared_column: str | None, declared_map: Any) -> tuple[Any, dict]:
+def _parcel_table(
+    plan: _Plan, tally: Any, declared_column: str | None, declared_map: Any
+) -> tuple[Any, dict]:
     """The per-parcel GeoDataFrame and its summary section."""
     from cropmap.parcels import parcel_table
 
@@ -807,8 +990,15 @@ def _parcel_table(plan: _Plan, tally: Any, declared_column: str | None, declared
     left, top = st.transform @ (0, 0)
     right, bottom = st.transform @ (st.width, st.height)
     bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-    table, summary = parcel_table(plan.parcels, tally, plan.meta.classes, bounds, st.crs,
-                                  declared_column=declared_column, declared_map=declared_map)  # fmt: skip
+    table, summary = parcel_table(
+        plan.parcels,
+        tally,
+        plan.meta.classes,
+        bounds,
+        st.crs,
+        declared_column=declared_column,
+        declared_map=declared_map,
+    )
     if plan.parcels.path is not None:
         summary["input"] = str(_absolute(plan.parcels.path))
     summary["crs"] = plan.parcels.source_crs
@@ -844,22 +1034,37 @@ def classify_parcels(
     from cropmap.parcels import ParcelTally, read_declared_map
 
     opts = dataclasses.replace(_options(options, kwargs), embedding=False)
-    table_map = read_declared_map(declared_classes) if isinstance(declared_classes, (str, Path)) else declared_classes
+    table_map = (
+        read_declared_map(declared_classes) if isinstance(declared_classes, (str, Path)) else declared_classes
+    )
     # Without a mask only the parcels need pixels: they serve as the mask.
-    plan = _prepare(stack, mask, model, opts, parcels=parcels, declared_column=declared_column,
-                    parcels_as_mask=mask is None)  # fmt: skip
+    plan = _prepare(
+        stack,
+        mask,
+        model,
+        opts,
+        parcels=parcels,
+        declared_column=declared_column,
+        parcels_as_mask=mask is None,
+    )
     tally = ParcelTally(len(plan.parcels), len(plan.meta.classes))
     for result in _results(plan, progress):
         tally.add(result.prediction.parcel_stats)
-    table, _ = _parcel_table(plan, tally, declared_column,
-                             {str(k).strip().casefold(): str(v) for k, v in table_map.items()} if table_map else None)  # fmt: skip
+    table, _ = _parcel_table(
+        plan,
+        tally,
+        declared_column,
+        {str(k).strip().casefold(): str(v) for k, v in table_map.items()} if table_map else None,
+    )
     if mask is None:
         # The parcels were their own mask: "outside the cropland mask" cannot happen, pixels_in_mask = pixels_in.
         table = table.drop(columns=["pixels_in_mask"])
     return table
 
 
-def _refuse_empty_result(plan: _Plan, n_mask: int | None, n_insufficient: int | None, n_classified: int) -> None:
+def _refuse_empty_result(
+    plan: _Plan, n_mask: int | None, n_insufficient: int | None, n_classified: int
+) -> None:
     """Raise :class:`~cropmap.errors.NothingClassifiedError` when no pixel was classified (nothing is written)."""
     from cropmap.errors import NothingClassifiedError
 
@@ -868,8 +1073,10 @@ def _refuse_empty_result(plan: _Plan, n_mask: int | None, n_insufficient: int | 
     if n_mask == 0:
         why = f"no pixel centre of stack {plan.stack.path} lies inside the polygons of mask {plan.polygons.path}"
     elif n_mask is not None:
-        why = (f"all {n_mask:,} cropland pixels have fewer than {plan.min_valid} valid observations in season "
-               f"{plan.season} ({n_insufficient:,} insufficient; is the stack nodata or clouded there?)")  # fmt: skip
+        why = (
+            f"all {n_mask:,} cropland pixels have fewer than {plan.min_valid} valid observations in season "
+            f"{plan.season} ({n_insufficient:,} insufficient; is the stack nodata or clouded there?)"
+        )
     else:
         why = f"no cropland pixel has {plan.min_valid} valid observations in season {plan.season}"
     raise NothingClassifiedError(

@@ -23,12 +23,19 @@ import numpy as np
 import shapely
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
+from typing_extensions import Self
 
 from cropmap.bundle import Bundle, BundleMetadata, load_bundle
 from cropmap.clouds import CloudMask
 from cropmap.errors import BundleError
 from cropmap.mask import rasterize_block
-from cropmap.postprocess import UNCERTAINTY_METHODS, PostProcess, majority_filter, smooth_probabilities, softmax
+from cropmap.postprocess import (
+    UNCERTAINTY_METHODS,
+    PostProcess,
+    majority_filter,
+    smooth_probabilities,
+    softmax,
+)
 from cropmap.postprocess import uncertainty as _uncertainty
 from cropmap.stack import Stack
 from cropmap.tiling import Block
@@ -95,7 +102,11 @@ def run_batches(
     meta = bundles[0].metadata
     n = len(x)
     logits = np.empty((n, len(meta.classes)), dtype=np.float32)
-    vecs = np.empty((n, meta.embedding.dim), dtype=np.float32) if embedding and meta.embedding is not None else None
+    vecs = (
+        np.empty((n, meta.embedding.dim), dtype=np.float32)
+        if embedding and meta.embedding is not None
+        else None
+    )
     starts = list(range(0, n, batch_size))
 
     def work(k: int, b: Bundle, stride: int) -> None:
@@ -179,7 +190,7 @@ def predict_block(
     """
     meta = bundle.metadata
     provider = None
-    s, c, rows, cols = values.shape
+    _s, c, rows, cols = values.shape
     if c != meta.n_bands:
         raise ValueError(f"values hold {c} bands; the bundle expects {meta.n_bands}")
     if uncertainty is not None and uncertainty not in UNCERTAINTY_METHODS:
@@ -189,7 +200,9 @@ def predict_block(
     inner = inner or (slice(0, rows), slice(0, cols))
     post = post if post is not None and post.active else None
     k = len(meta.classes)
-    need_probs = confidence or probabilities or uncertainty is not None or post is not None or float_probabilities
+    need_probs = (
+        confidence or probabilities or uncertainty is not None or post is not None or float_probabilities
+    )
     index = np.zeros((rows, cols), dtype=np.int64)
     ok_grid = np.zeros((rows, cols), dtype=bool)
     probs = np.zeros((k, rows, cols), dtype=np.float64) if need_probs else None
@@ -237,16 +250,28 @@ def predict_block(
         if probabilities:
             prob_out = np.where(ok_in[None], _percent(p_in), CONFIDENCE_NODATA).astype(np.uint8)
         if uncertainty is not None:
-            unc = np.where(ok_in, _percent(_uncertainty(p_in, uncertainty, axis=0)), CONFIDENCE_NODATA).astype(np.uint8)
+            unc = np.where(
+                ok_in, _percent(_uncertainty(p_in, uncertainty, axis=0)), CONFIDENCE_NODATA
+            ).astype(np.uint8)
     if emb is not None:
         emb = np.ascontiguousarray(emb[(slice(None), *inner)])
     n_mask, n_classified = int(mask_in.sum()), int(ok_in.sum())
     return BlockPrediction(
-        classes=classes, confidence=conf, embedding=emb, n_mask=n_mask, n_classified=n_classified,
-        n_insufficient=n_mask - n_classified, timings=timings, probabilities=prob_out, uncertainty=unc,
-        insufficient=mask_in & ~ok_in, provider=provider if good_any else None,
-        float_probabilities=probs[(slice(None), *inner)] if float_probabilities and probs is not None else None,
-    )  # fmt: skip
+        classes=classes,
+        confidence=conf,
+        embedding=emb,
+        n_mask=n_mask,
+        n_classified=n_classified,
+        n_insufficient=n_mask - n_classified,
+        timings=timings,
+        probabilities=prob_out,
+        uncertainty=unc,
+        insufficient=mask_in & ~ok_in,
+        provider=provider if good_any else None,
+        float_probabilities=probs[(slice(None), *inner)]
+        if float_probabilities and probs is not None
+        else None,
+    )
 
 
 _IDLE: OrderedDict[tuple[Any, ...], list[Bundle]] = OrderedDict()
@@ -325,7 +350,10 @@ class SessionPool:
             float32 logits ``(N, K)``, float32 embeddings ``(N, D)`` when ``embedding`` (else ``None``), and
             the execution provider that ran them (``None`` when ``x`` is empty).
         """
-        futures = [self._pool.submit(self._one, x[s : s + batch_size], embedding) for s in range(0, len(x), batch_size)]
+        futures = [
+            self._pool.submit(self._one, x[s : s + batch_size], embedding)
+            for s in range(0, len(x), batch_size)
+        ]
         try:
             parts = [f.result() for f in futures]
         except BaseException:
@@ -333,19 +361,25 @@ class SessionPool:
                 f.cancel()
             raise
         k = len(self.metadata.classes)
-        logits = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False) if parts else \
-            np.empty((0, k), dtype=np.float32)  # fmt: skip
+        logits = (
+            np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
+            if parts
+            else np.empty((0, k), dtype=np.float32)
+        )
         vecs = None
         if embedding and self.metadata.embedding is not None:
-            vecs = (np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False) if parts
-                    else np.empty((0, self.metadata.embedding.dim), dtype=np.float32))  # fmt: skip
+            vecs = (
+                np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False)
+                if parts
+                else np.empty((0, self.metadata.embedding.dim), dtype=np.float32)
+            )
         return logits, vecs, parts[0][2] if parts else None
 
     def close(self) -> None:
         """Stop the threads (batches not started are cancelled)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> SessionPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -376,8 +410,10 @@ def halo_window(block: Block, halo: int, raster_shape: tuple[int, int]) -> tuple
     r0, c0 = max(0, block.row_off - halo), max(0, block.col_off - halo)
     r1 = min(raster_shape[0], block.row_off + block.height + halo)
     c1 = min(raster_shape[1], block.col_off + block.width + halo)
-    inner = (slice(block.row_off - r0, block.row_off - r0 + block.height),
-             slice(block.col_off - c0, block.col_off - c0 + block.width))  # fmt: skip
+    inner = (
+        slice(block.row_off - r0, block.row_off - r0 + block.height),
+        slice(block.col_off - c0, block.col_off - c0 + block.width),
+    )
     return Window(c0, r0, c1 - c0, r1 - r0), inner
 
 
@@ -420,12 +456,16 @@ class BlockJob:
         t0 = time.perf_counter()
         window, inner = self.halo_window(block)
         height, width = int(window.height), int(window.width)
-        mask = rasterize_block(item.geometries, (height, width), window_transform(window, self.stack.transform))
+        mask = rasterize_block(
+            item.geometries, (height, width), window_transform(window, self.stack.transform)
+        )
         n_obs = n_cloud = 0
         if mask.any():
             bands = [*self.metadata.bands, *([self.cloud.band] if self.cloud is not None else [])]
             raw = self.stack.read(window, self.obs, bands)
-            values = self.stack.to_model_units(raw[:, : self.metadata.n_bands], self.metadata.reflectance_scale)
+            values = self.stack.to_model_units(
+                raw[:, : self.metadata.n_bands], self.metadata.reflectance_scale
+            )
             if self.cloud is not None:
                 counted = np.zeros_like(mask)
                 counted[inner] = mask[inner]
@@ -434,19 +474,36 @@ class BlockJob:
             values = np.empty((len(self.obs), self.metadata.n_bands, height, width), dtype=np.float32)
         read_s = time.perf_counter() - t0
         with ExitStack() as held:
-            bundle = self.pool or held.enter_context(bundle_session(self.bundle_path, self.threads, self.provider))
+            bundle = self.pool or held.enter_context(
+                bundle_session(self.bundle_path, self.threads, self.provider)
+            )
             pred = predict_block(
-                values, mask, np.asarray(self.positions), bundle, min_valid=self.min_valid,
-                batch_size=self.batch_size, confidence=self.confidence, embedding=self.embedding,
-                probabilities=self.probabilities, uncertainty=self.uncertainty, post=self.post, inner=inner,
+                values,
+                mask,
+                np.asarray(self.positions),
+                bundle,
+                min_valid=self.min_valid,
+                batch_size=self.batch_size,
+                confidence=self.confidence,
+                embedding=self.embedding,
+                probabilities=self.probabilities,
+                uncertainty=self.uncertainty,
+                post=self.post,
+                inner=inner,
                 float_probabilities=bool(item.parcels),
-            )  # fmt: skip
+            )
         if item.parcels:
             from cropmap.parcels import block_stats
 
             codes = np.array([c.code for c in self.metadata.classes])
-            pred.parcel_stats = block_stats(item.parcels, window_transform(block.window, self.stack.transform),
-                                            pred.classes, mask[inner], pred.float_probabilities, codes)  # fmt: skip
+            pred.parcel_stats = block_stats(
+                item.parcels,
+                window_transform(block.window, self.stack.transform),
+                pred.classes,
+                mask[inner],
+                pred.float_probabilities,
+                codes,
+            )
             pred.float_probabilities = None  # not shipped back from the worker
         pred.timings["read"] = read_s
         pred.n_observations, pred.n_cloud_masked = n_obs, n_cloud

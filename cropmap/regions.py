@@ -84,10 +84,14 @@ def read_manifest(path: str | Path) -> list[Region]:
     from cropmap.safeio import special_file_kind
 
     if (special := special_file_kind(path)) is not None:
-        raise ManifestError(f"manifest {path} is {special}, not a file; expected a .csv, .toml or .json file (it is "
-                            "not opened: reading a pipe would wait for a writer)")  # fmt: skip
+        raise ManifestError(
+            f"manifest {path} is {special}, not a file; expected a .csv, .toml or .json file (it is "
+            "not opened: reading a pipe would wait for a writer)"
+        )
     if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist; expected a .csv, .toml or .json file listing regions")
+        raise ManifestError(
+            f"manifest {path} does not exist; expected a .csv, .toml or .json file listing regions"
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
@@ -109,7 +113,9 @@ def read_manifest(path: str | Path) -> list[Region]:
             raise ManifestError(f"manifest {path} is not valid JSON ({err})") from err
         doc = {"regions": doc} if isinstance(doc, list) else doc
         rows = _table_rows(path, doc, top='a list or {"regions": [...]}')
-    regions = [_region(f"manifest {path}, {where}", row, base, from_text=kind == "csv") for where, row in rows]
+    regions = [
+        _region(f"manifest {path}, {where}", row, base, from_text=kind == "csv") for where, row in rows
+    ]
     check_regions(regions, source=f"manifest {path}")
     return regions
 
@@ -169,10 +175,21 @@ def as_regions(items: Iterable[Region | Mapping[str, Any]]) -> list[Region]:
     out = []
     for i, item in enumerate(items, start=1):
         if isinstance(item, Region):
-            out.append(_region(f"region {i}", {"name": item.name, "stack": str(item.stack), "mask": str(item.mask),
-                                               "season": item.season, "parcels": item.parcels,
-                                               "declared_column": item.declared_column},
-                               Path.cwd(), from_text=False))  # fmt: skip
+            out.append(
+                _region(
+                    f"region {i}",
+                    {
+                        "name": item.name,
+                        "stack": str(item.stack),
+                        "mask": str(item.mask),
+                        "season": item.season,
+                        "parcels": item.parcels,
+                        "declared_column": item.declared_column,
+                    },
+                    Path.cwd(),
+                    from_text=False,
+                )
+            )
         elif isinstance(item, Mapping):
             out.append(_region(f"region {i}", item, Path.cwd(), from_text=False))
         else:
@@ -204,14 +221,18 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
     header = [h.strip() for h in reader.fieldnames]
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
-        raise ManifestError(f"manifest {path}, header: column {', '.join(map(repr, duplicated))} appears more than "
-                            f"once ({','.join(header)}); expected each column once")  # fmt: skip
+        raise ManifestError(
+            f"manifest {path}, header: column {', '.join(map(repr, duplicated))} appears more than "
+            f"once ({','.join(header)}); expected each column once"
+        )
     _check_keys(f"manifest {path}, header", header, what="column")
     rows = []
     for raw in reader:
         i = reader.line_num
         if None in raw:
-            raise ManifestError(f"manifest {path}, line {i}: more cells than the {len(header)} header columns")
+            raise ManifestError(
+                f"manifest {path}, line {i}: more cells than the {len(header)} header columns"
+            )
         cells = {h: (v or "").strip() for h, v in zip(header, raw.values(), strict=True)}
         if not any(cells.values()):
             continue
@@ -222,14 +243,20 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
 def _table_rows(path: Path, doc: Any, *, top: str) -> list[tuple[str, dict[str, Any]]]:
     if not isinstance(doc, dict) or set(doc) != {"regions"}:
         found = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-        raise ManifestError(f"manifest {path} holds {found}; expected {top} with keys {', '.join(REQUIRED_KEYS)}")
+        raise ManifestError(
+            f"manifest {path} holds {found}; expected {top} with keys {', '.join(REQUIRED_KEYS)}"
+        )
     items = doc["regions"]
     if not isinstance(items, list):
-        raise ManifestError(f"manifest {path}: 'regions' is a {type(items).__name__}; expected a list of regions")
+        raise ManifestError(
+            f"manifest {path}: 'regions' is a {type(items).__name__}; expected a list of regions"
+        )
     rows = []
     for i, item in enumerate(items, start=1):
         if not isinstance(item, dict):
-            raise ManifestError(f"manifest {path}, region {i} is a {type(item).__name__}; expected a table of keys")
+            raise ManifestError(
+                f"manifest {path}, region {i} is a {type(item).__name__}; expected a table of keys"
+            )
         rows.append((f"region {i}", item))
     return rows
 
@@ -284,7 +311,9 @@ def _region(where: str, row: Mapping[str, Any], base: Path, *, from_text: bool) 
             raise ManifestError(f"{label}: {key} is {v!r}; expected a string")
         extra[key] = _resolve(str(v).strip(), base) if key == "parcels" else str(v).strip()
     if "declared_column" in extra and "parcels" not in extra:
-        raise ManifestError(f"{label}: declared_column {extra['declared_column']!r} checks parcels; give parcels too")
+        raise ManifestError(
+            f"{label}: declared_column {extra['declared_column']!r} checks parcels; give parcels too"
+        )
     return Region(name=name, stack=stack, mask=mask, season=season, **extra)
 
 

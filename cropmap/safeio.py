@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from typing_extensions import Self
+
 from cropmap.errors import FileSystemError, InputOverwriteError, RunLockedError
 
 logger = logging.getLogger(__name__)
@@ -125,7 +127,9 @@ def cause_of(err: BaseException, extra: str = "") -> tuple[int | None, str]:
     return None, first or type(err).__name__
 
 
-def file_system_error(err: BaseException, operation: str, path: Path | str, extra: str = "") -> FileSystemError:
+def file_system_error(
+    err: BaseException, operation: str, path: Path | str, extra: str = ""
+) -> FileSystemError:
     """A one-line :class:`FileSystemError` for ``err`` raised while doing ``operation`` on ``path``."""
     code, cause = cause_of(err, extra)
     where = str(path)
@@ -152,14 +156,17 @@ class _Fd2Capture:
         self._saved: int | None = None
         self.text = ""
 
-    def __enter__(self) -> _Fd2Capture:
+    def __enter__(self) -> Self:
         type(self)._lock.acquire()
         try:
             with contextlib.suppress(Exception):
                 sys.stderr.flush()
             if type(self)._sink is None:
-                type(self)._sink = (os.memfd_create("cropmap-stderr", os.MFD_CLOEXEC) if hasattr(os, "memfd_create")
-                                    else _tempfile_fd())  # fmt: skip
+                type(self)._sink = (
+                    os.memfd_create("cropmap-stderr", os.MFD_CLOEXEC)
+                    if hasattr(os, "memfd_create")
+                    else _tempfile_fd()
+                )
             os.ftruncate(type(self)._sink, 0)
             os.lseek(type(self)._sink, 0, os.SEEK_SET)
             self._saved = os.dup(2)
@@ -258,7 +265,9 @@ def owned_path(final: Path, kind: str, suffix: str = "") -> Path:
     """
     if kind not in ("tmp", "scratch", "bak"):
         raise ValueError(f"kind is {kind!r}; expected 'tmp', 'scratch' or 'bak'")
-    return final.with_name(f".{final.name}.cropmap-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.{kind}{suffix}")
+    return final.with_name(
+        f".{final.name}.cropmap-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.{kind}{suffix}"
+    )
 
 
 @dataclass(frozen=True)
@@ -282,7 +291,9 @@ def owner_of(name: str) -> Owner | None:
 
 def is_debris(name: str) -> bool:
     """Whether ``name`` is a cropmap temporary (owned or of an older version) or lock file."""
-    return bool(_OWNED_RE.match(name) or _LEGACY_RE.match(name)) or (name.startswith(".") and name.endswith(LOCK_SUFFIX))
+    return bool(_OWNED_RE.match(name) or _LEGACY_RE.match(name)) or (
+        name.startswith(".") and name.endswith(LOCK_SUFFIX)
+    )
 
 
 def pid_alive(pid: int) -> bool:
@@ -331,8 +342,11 @@ def remove_stale(folder: Path, targets: Collection[str]) -> list[Path]:
             continue
         if owner is not None:
             if owner.host != HOST:
-                logger.warning("left %s in place: made by a process on host %s, which cannot be checked from here",
-                               path, owner.host)  # fmt: skip
+                logger.warning(
+                    "left %s in place: made by a process on host %s, which cannot be checked from here",
+                    path,
+                    owner.host,
+                )
                 continue
             if owner.pid == os.getpid() or pid_alive(owner.pid):
                 logger.warning("left %s in place: its process %d is still running", path, owner.pid)
@@ -340,12 +354,17 @@ def remove_stale(folder: Path, targets: Collection[str]) -> list[Path]:
             if owner.kind == "bak" and not (folder / target).exists():
                 with io_step("restore the previous output from", path):
                     os.replace(path, folder / target)
-                logger.warning("restored %s from %s, left by a run killed while replacing it", folder / target, path)
+                logger.warning(
+                    "restored %s from %s, left by a run killed while replacing it", folder / target, path
+                )
                 continue
         with io_step("remove the temporary file left by an interrupted run", path):
             path.unlink(missing_ok=True)
-        logger.info("removed %s, left by an interrupted run%s", path,
-                    f" (process {owner.pid})" if owner is not None else "")  # fmt: skip
+        logger.info(
+            "removed %s, left by an interrupted run%s",
+            path,
+            f" (process {owner.pid})" if owner is not None else "",
+        )
         removed.append(path)
     return removed
 
@@ -397,8 +416,9 @@ def _commit_step() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def replace_all(moves: Iterable[tuple[Path, Path]], *, remove: Iterable[Path] = (),
-                journal: Path | None = None) -> None:  # fmt: skip
+def replace_all(
+    moves: Iterable[tuple[Path, Path]], *, remove: Iterable[Path] = (), journal: Path | None = None
+) -> None:
     """Move each ``(temporary, final)`` into place and remove each of ``remove``, all or none.
 
     A final file that exists (and each file to remove) is first moved aside to an owned
@@ -452,23 +472,32 @@ def replace_all(moves: Iterable[tuple[Path, Path]], *, remove: Iterable[Path] = 
             try:
                 backup.unlink()
             except OSError as err:
-                logger.warning("could not remove %s, the previous %s: %s", backup, final.name, cause_of(err)[1])
+                logger.warning(
+                    "could not remove %s, the previous %s: %s", backup, final.name, cause_of(err)[1]
+                )
             _commit_step()
     if journal is not None:
         try:
             journal.unlink()
         except OSError as err:
-            logger.warning("could not remove the commit journal %s (the outputs are complete): %s", journal,
-                           cause_of(err)[1])  # fmt: skip
+            logger.warning(
+                "could not remove the commit journal %s (the outputs are complete): %s",
+                journal,
+                cause_of(err)[1],
+            )
         _commit_step()
 
 
 def _write_journal(journal: Path, state: str, entries: list[tuple[Path | None, Path, Path | None]]) -> None:
     doc = {
-        "state": state, "pid": os.getpid(), "host": HOST,
-        "entries": [{"tmp": str(t) if t else None, "final": str(f), "backup": str(b) if b else None}
-                    for t, f, b in entries],
-    }  # fmt: skip
+        "state": state,
+        "pid": os.getpid(),
+        "host": HOST,
+        "entries": [
+            {"tmp": str(t) if t else None, "final": str(f), "backup": str(b) if b else None}
+            for t, f, b in entries
+        ],
+    }
     atomic_write_json(journal, doc)
 
 
@@ -493,18 +522,27 @@ def recover_commit(journal: Path) -> str | None:
     try:
         doc = json.loads(raw.decode("utf-8"))
         state = doc["state"]
-        entries = [(Path(e["tmp"]) if e["tmp"] else None, Path(e["final"]), Path(e["backup"]) if e["backup"] else None)
-                   for e in doc["entries"]]  # fmt: skip
+        entries = [
+            (
+                Path(e["tmp"]) if e["tmp"] else None,
+                Path(e["final"]),
+                Path(e["backup"]) if e["backup"] else None,
+            )
+            for e in doc["entries"]
+        ]
         host, pid = str(doc["host"]), int(doc["pid"])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        out = FileSystemError(f"the commit journal {journal} is unreadable ({type(err).__name__}: {err}); expected "
-                              "the JSON file cropmap writes before moving a run's outputs into place (check the "
-                              "outputs beside it, then remove it)")  # fmt: skip
+        out = FileSystemError(
+            f"the commit journal {journal} is unreadable ({type(err).__name__}: {err}); expected "
+            "the JSON file cropmap writes before moving a run's outputs into place (check the "
+            "outputs beside it, then remove it)"
+        )
         out.filename = str(journal)
         raise out from err
     if host != HOST or (pid != os.getpid() and pid_alive(pid)):
-        logger.warning("left the commit journal %s in place: its process %d on host %s may still run", journal,
-                       pid, host)  # fmt: skip
+        logger.warning(
+            "left the commit journal %s in place: its process %d on host %s may still run", journal, pid, host
+        )
         return None
     if state == "committed":
         for tmp, _final, backup in entries:
@@ -528,8 +566,14 @@ def recover_commit(journal: Path) -> str | None:
         outcome = "rolled back"
     with io_step("remove the commit journal", journal):
         journal.unlink()
-    logger.warning("%s the commit of process %d (killed while moving its outputs into place): the outputs beside "
-                   "%s are the %s set", outcome, pid, journal, "new" if outcome == "replayed" else "previous")  # fmt: skip
+    logger.warning(
+        "%s the commit of process %d (killed while moving its outputs into place): the outputs beside "
+        "%s are the %s set",
+        outcome,
+        pid,
+        journal,
+        "new" if outcome == "replayed" else "previous",
+    )
     return outcome
 
 
@@ -566,7 +610,7 @@ class RunLock:
         self._key = os.path.realpath(self.path)
         self._nested = False
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 
@@ -601,10 +645,11 @@ class RunLock:
         import fcntl
 
         info = {
-            "pid": os.getpid(), "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
             "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:400] if sys.argv else "",
-        }  # fmt: skip
+        }
         for _ in range(20):
             with io_step("create the lock file", self.path):
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -626,8 +671,13 @@ class RunLock:
                 continue
             previous = _read_holder(fd)
             if previous:
-                logger.info("taking over lock %s of process %s on %s (started %s), which has ended", self.path,
-                            previous.get("pid"), previous.get("host"), previous.get("started"))  # fmt: skip
+                logger.info(
+                    "taking over lock %s of process %s on %s (started %s), which has ended",
+                    self.path,
+                    previous.get("pid"),
+                    previous.get("host"),
+                    previous.get("started"),
+                )
             try:
                 with io_step("write the lock file", self.path):
                     os.ftruncate(fd, 0)
@@ -637,7 +687,9 @@ class RunLock:
                 raise
             self._fd = fd
             return
-        raise RunLockedError(f"the lock file {self.path} was replaced 20 times while taking it; expected one run at a time")
+        raise RunLockedError(
+            f"the lock file {self.path} was replaced 20 times while taking it; expected one run at a time"
+        )
 
     def _busy_message(self, holder: Mapping[str, object]) -> str:
         who = (
@@ -686,8 +738,9 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(os.path.expanduser(path)))
 
 
-def refuse_overlap(outputs: Iterable[Path], inputs: Mapping[Path, str], *,
-                   hint: str = "choose another -o / --out-dir") -> None:  # fmt: skip
+def refuse_overlap(
+    outputs: Iterable[Path], inputs: Mapping[Path, str], *, hint: str = "choose another -o / --out-dir"
+) -> None:
     """Refuse when a file the run writes is one of its inputs, however the paths are spelled.
 
     The one rule of every cropmap writer: ``classify``, ``batch`` (every region's inputs against
@@ -741,8 +794,12 @@ def special_file_kind(path: Path) -> str | None:
         mode = os.stat(path).st_mode
     except OSError:
         return None
-    kinds = ((stat_mod.S_ISFIFO, "a FIFO (named pipe)"), (stat_mod.S_ISSOCK, "a socket"),
-             (stat_mod.S_ISCHR, "a character device"), (stat_mod.S_ISBLK, "a block device"))  # fmt: skip
+    kinds = (
+        (stat_mod.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat_mod.S_ISSOCK, "a socket"),
+        (stat_mod.S_ISCHR, "a character device"),
+        (stat_mod.S_ISBLK, "a block device"),
+    )
     return next((words for test, words in kinds if test(mode)), None)
 
 

@@ -66,8 +66,15 @@ _L1C_BUNDLE_RE = re.compile(
 """Words in a bundle's ``provenance.training_data`` saying it was trained on L1C data (BreizhCrops is L1C)."""
 
 
-def check_season(stack: Stack, obs: Sequence[int], meta: BundleMetadata, season: int, *,
-                 allow_partial: bool = False, where: str = "") -> dict[str, Any]:  # fmt: skip
+def check_season(
+    stack: Stack,
+    obs: Sequence[int],
+    meta: BundleMetadata,
+    season: int,
+    *,
+    allow_partial: bool = False,
+    where: str = "",
+) -> dict[str, Any]:
     """Refuse a stack whose season dates cover too little of the bundle's grid; warn about the rest.
 
     Args:
@@ -94,11 +101,13 @@ def check_season(stack: Stack, obs: Sequence[int], meta: BundleMetadata, season:
     cov["first_date"], cov["last_date"] = str(min(dates)), str(max(dates))
     cov["min_share"] = MIN_SEASON_COVERAGE
     cov["allowed_partial"] = bool(allow_partial and cov["share"] < MIN_SEASON_COVERAGE)
-    span = (f"the stack's dates of season {season} ({cov['first_date']} .. {cov['last_date']}) cover "
-            f"{cov['grid_steps_covered']} of the {cov['grid_steps']} time steps of {where or 'the bundle'}'s "
-            f"grid (season starting {grid.season_start}; {cov['share']:.0%}); the steps at days "
-            f"{cov['uncovered_days']} of the season lie more than one grid step beyond the first or last "
-            "date and get that date's values")  # fmt: skip
+    span = (
+        f"the stack's dates of season {season} ({cov['first_date']} .. {cov['last_date']}) cover "
+        f"{cov['grid_steps_covered']} of the {cov['grid_steps']} time steps of {where or 'the bundle'}'s "
+        f"grid (season starting {grid.season_start}; {cov['share']:.0%}); the steps at days "
+        f"{cov['uncovered_days']} of the season lie more than one grid step beyond the first or last "
+        "date and get that date's values"
+    )
     if cov["share"] < MIN_SEASON_COVERAGE and not allow_partial:
         raise InputRasterError(
             f"{span}; expected dates covering at least {MIN_SEASON_COVERAGE:.0%} of the season, as the model "
@@ -111,9 +120,13 @@ def check_season(stack: Stack, obs: Sequence[int], meta: BundleMetadata, season:
         logger.warning(
             "%d dates of stack %s lie beyond %s's time grid (days %d .. %d of the season) and are not used: "
             "%s",
-            len(outside), stack.path, where or "the bundle", grid.day_of_season[0], grid.day_of_season[-1],
+            len(outside),
+            stack.path,
+            where or "the bundle",
+            grid.day_of_season[0],
+            grid.day_of_season[-1],
             ", ".join(outside[:6]) + (", ..." if len(outside) > 6 else ""),
-        )  # fmt: skip
+        )
     return cov
 
 
@@ -147,8 +160,9 @@ def l1c_evidence(stack: Stack) -> list[str]:
     return found
 
 
-def check_processing_level(stack: Stack, meta: BundleMetadata, *, allow_l1c: bool = False,
-                           where: str = "") -> list[str]:  # fmt: skip
+def check_processing_level(
+    stack: Stack, meta: BundleMetadata, *, allow_l1c: bool = False, where: str = ""
+) -> list[str]:
     """Refuse a likely L1C stack under a bundle trained on L2A surface reflectance.
 
     Returns:
@@ -162,9 +176,11 @@ def check_processing_level(stack: Stack, meta: BundleMetadata, *, allow_l1c: boo
     found = l1c_evidence(stack)
     if not found:
         return []
-    what = (f"stack {stack.path} looks like a Sentinel-2 L1C (top-of-atmosphere) product "
-            f"({'; '.join(found)}), but {where or 'the bundle'} was trained on L2A surface reflectance; "
-            "top-of-atmosphere values shift every band and the classes change without any error")  # fmt: skip
+    what = (
+        f"stack {stack.path} looks like a Sentinel-2 L1C (top-of-atmosphere) product "
+        f"({'; '.join(found)}), but {where or 'the bundle'} was trained on L2A surface reflectance; "
+        "top-of-atmosphere values shift every band and the classes change without any error"
+    )
     if not allow_l1c:
         raise InputRasterError(f"{what}; expected an L2A stack (pass --allow-l1c to classify it anyway)")
     logger.warning("%s (classified anyway: --allow-l1c)", what)
@@ -205,7 +221,9 @@ def likely_scale(median_raw: float) -> float | None:
     return min(fits, key=lambda s: abs(math.log10(abs(median_raw) / s / 0.15)))
 
 
-def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], blocks: Sequence[Block]) -> None:
+def check_reflectance(
+    stack: Stack, obs: Sequence[int], bands: Sequence[str], blocks: Sequence[Block]
+) -> None:
     """Refuse a stack whose sampled values cannot be reflectance in its scale.
 
     Reads a window near the centre of up to :data:`SAMPLE_WINDOWS` of ``blocks`` (those to be
@@ -226,7 +244,11 @@ def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], bl
         parts.append(raw[np.isfinite(raw)])
     values = np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
     if values.size < MIN_VALUES:
-        logger.info("reflectance check skipped: only %d valid values in the sample of stack %s", values.size, stack.path)
+        logger.info(
+            "reflectance check skipped: only %d valid values in the sample of stack %s",
+            values.size,
+            stack.path,
+        )
         return
     raw_median = float(np.median(values))
     refl = values.astype(np.float64) * gain + offset
@@ -235,8 +257,11 @@ def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], bl
     where = f"stack {stack.path} (declared by {stack.scale.source}: raw value = reflectance x {declared})"
     if not MEDIAN_RANGE[0] <= median <= MEDIAN_RANGE[1]:
         fit = likely_scale(raw_median)
-        guess = (f"the values look like reflectance x {fit:g}" if fit is not None
-                 else f"no common scale ({', '.join(f'{s:g}' for s in COMMON_SCALES)}) fits them")  # fmt: skip
+        guess = (
+            f"the values look like reflectance x {fit:g}"
+            if fit is not None
+            else f"no common scale ({', '.join(f'{s:g}' for s in COMMON_SCALES)}) fits them"
+        )
         raise InputRasterError(
             f"{where}: the median value {raw_median:g} is reflectance {median:.3g}, orders of magnitude from any "
             f"surface ({MEDIAN_RANGE[0]:g} .. {MEDIAN_RANGE[1]:g}); {guess}; expected the declared scale to match "
@@ -257,4 +282,6 @@ def check_reflectance(stack: Stack, obs: Sequence[int], bands: Sequence[str], bl
             f"(highest raw value {float(values.max()):g}); expected an undeclared nodata value (e.g. 65535) to be "
             f"declared as the file's nodata, or a scale that fits (the median fits x {stack.scale.reflectance_scale:g})"
         )
-    logger.debug("reflectance check of %s: median %.3f from %d sampled values", stack.path, median, values.size)
+    logger.debug(
+        "reflectance check of %s: median %.3f from %d sampled values", stack.path, median, values.size
+    )

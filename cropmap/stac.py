@@ -26,7 +26,9 @@ CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/sc
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
 
-def _footprint(crs: CRS, transform: Affine, shape: tuple[int, int]) -> tuple[list[float], dict[str, Any], list[float]]:
+def _footprint(
+    crs: CRS, transform: Affine, shape: tuple[int, int]
+) -> tuple[list[float], dict[str, Any], list[float]]:
     """WGS84 bbox, GeoJSON polygon footprint, and the native-CRS bbox of the grid."""
     from pyproj import Transformer
 
@@ -43,7 +45,12 @@ def _footprint(crs: CRS, transform: Affine, shape: tuple[int, int]) -> tuple[lis
     lon, lat = tf.transform([p[0] for p in edge], [p[1] for p in edge])
     ring = [[round(float(a), 7), round(float(b), 7)] for a, b in zip(lon, lat, strict=True)]
     ring.append(ring[0])
-    bbox = [min(p[0] for p in ring), min(p[1] for p in ring), max(p[0] for p in ring), max(p[1] for p in ring)]
+    bbox = [
+        min(p[0] for p in ring),
+        min(p[1] for p in ring),
+        max(p[0] for p in ring),
+        max(p[1] for p in ring),
+    ]
     return bbox, {"type": "Polygon", "coordinates": [ring]}, native
 
 
@@ -82,54 +89,100 @@ def build_item(
         return "./" + p.relative_to(folder).as_posix()
 
     class_list = [
-        {"value": c.code, "name": c.name, "color_hint": c.color[1:].upper(),
-         "description": f"{area_ha.get(c.code, 0.0):.4f} ha mapped"}
+        {
+            "value": c.code,
+            "name": c.name,
+            "color_hint": c.color[1:].upper(),
+            "description": f"{area_ha.get(c.code, 0.0):.4f} ha mapped",
+        }
         for c in sorted(classes, key=lambda c: c.code)
     ]
-    class_list.insert(0, {"value": 0, "name": "not_classified", "nodata": True,
-                          "description": "outside the cropland mask, or too few valid observations"})  # fmt: skip
+    class_list.insert(
+        0,
+        {
+            "value": 0,
+            "name": "not_classified",
+            "nodata": True,
+            "description": "outside the cropland mask, or too few valid observations",
+        },
+    )
     percent = {"data_type": "uint8", "nodata": 255, "scale": 0.01, "offset": 0.0, "spatial_resolution": res}
     prob_note = "calibrated (temperature scaling)" if calibrated else "uncalibrated softmax"
     assets: dict[str, Any] = {
         "map": {
-            "href": href(paths.map), "type": COG_TYPE, "title": "crop-type class map", "roles": ["data"],
-            "raster:bands": [{"data_type": "uint8", "nodata": 0, "spatial_resolution": res, "sampling": "area"}],
+            "href": href(paths.map),
+            "type": COG_TYPE,
+            "title": "crop-type class map",
+            "roles": ["data"],
+            "raster:bands": [
+                {"data_type": "uint8", "nodata": 0, "spatial_resolution": res, "sampling": "area"}
+            ],
             "classification:classes": class_list,
         },
-        "legend_aux": {"href": href(paths.aux), "type": "application/xml", "title": "GDAL PAM sidecar: category names, RAT",
-                       "roles": ["metadata"]},
-        "qgis_style": {"href": href(paths.qml), "type": "application/xml", "title": "QGIS style (paletted, labelled)",
-                       "roles": ["style"]},
-        "summary": {"href": href(paths.summary), "type": "application/json", "title": "cropmap run summary",
-                    "roles": ["metadata"]},
-    }  # fmt: skip
+        "legend_aux": {
+            "href": href(paths.aux),
+            "type": "application/xml",
+            "title": "GDAL PAM sidecar: category names, RAT",
+            "roles": ["metadata"],
+        },
+        "qgis_style": {
+            "href": href(paths.qml),
+            "type": "application/xml",
+            "title": "QGIS style (paletted, labelled)",
+            "roles": ["style"],
+        },
+        "summary": {
+            "href": href(paths.summary),
+            "type": "application/json",
+            "title": "cropmap run summary",
+            "roles": ["metadata"],
+        },
+    }
     if paths.confidence is not None:
         assets["confidence"] = {
-            "href": href(paths.confidence), "type": COG_TYPE, "roles": ["data", "confidence"],
-            "title": f"max class probability x 100 ({prob_note})", "raster:bands": [percent | {"unit": "percent"}],
-        }  # fmt: skip
+            "href": href(paths.confidence),
+            "type": COG_TYPE,
+            "roles": ["data", "confidence"],
+            "title": f"max class probability x 100 ({prob_note})",
+            "raster:bands": [percent | {"unit": "percent"}],
+        }
     if paths.probabilities is not None:
         assets["probabilities"] = {
-            "href": href(paths.probabilities), "type": COG_TYPE, "roles": ["data"],
+            "href": href(paths.probabilities),
+            "type": COG_TYPE,
+            "roles": ["data"],
             "title": f"class probabilities x 100, one band per class ({prob_note})",
             "raster:bands": [percent | {"unit": "percent", "name": c.name} for c in classes],
-        }  # fmt: skip
+        }
     if paths.uncertainty is not None:
         assets["uncertainty"] = {
-            "href": href(paths.uncertainty), "type": COG_TYPE, "roles": ["data"],
-            "title": "uncertainty x 100 (0 certain .. 100 uncertain)", "raster:bands": [percent],
-        }  # fmt: skip
+            "href": href(paths.uncertainty),
+            "type": COG_TYPE,
+            "roles": ["data"],
+            "title": "uncertainty x 100 (0 certain .. 100 uncertain)",
+            "raster:bands": [percent],
+        }
     if paths.embedding is not None:
         band = {"data_type": "float32", "nodata": "nan", "spatial_resolution": res}
-        bands = ([b | {"spatial_resolution": res} for b in embedding_bands] if embedding_bands is not None
-                 else [band] * int(embedding_dim or 0))  # fmt: skip
+        bands = (
+            [b | {"spatial_resolution": res} for b in embedding_bands]
+            if embedding_bands is not None
+            else [band] * int(embedding_dim or 0)
+        )
         assets["embedding"] = {
-            "href": href(paths.embedding), "type": COG_TYPE, "roles": ["data"], "title": "per-pixel embedding",
+            "href": href(paths.embedding),
+            "type": COG_TYPE,
+            "roles": ["data"],
+            "title": "per-pixel embedding",
             "raster:bands": bands,
-        }  # fmt: skip
+        }
     if paths.quicklook is not None:
-        assets["quicklook"] = {"href": href(paths.quicklook), "type": "image/png", "title": "quick-look with legend",
-                               "roles": ["overview"]}  # fmt: skip
+        assets["quicklook"] = {
+            "href": href(paths.quicklook),
+            "type": "image/png",
+            "title": "quick-look with legend",
+            "roles": ["overview"],
+        }
     start = min(dates).isoformat() + "T00:00:00Z"
     end = max(dates).isoformat() + "T23:59:59Z"
     return {

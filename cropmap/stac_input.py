@@ -35,10 +35,20 @@ from cropmap.errors import InputRasterError
 logger = logging.getLogger(__name__)
 
 COMMON_NAMES = {
-    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06",
-    "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10", "swir16": "B11",
+    "coastal": "B01",
+    "blue": "B02",
+    "green": "B03",
+    "red": "B04",
+    "rededge1": "B05",
+    "rededge2": "B06",
+    "rededge3": "B07",
+    "nir": "B08",
+    "nir08": "B8A",
+    "nir09": "B09",
+    "cirrus": "B10",
+    "swir16": "B11",
     "swir22": "B12",
-}  # fmt: skip
+}
 """EO common names (and Earth Search asset keys) of the Sentinel-2 MSI bands."""
 EXTRA_BANDS = {"scl": "SCL", "clp": "CLP", "cld": "CLD"}
 """Asset keys of cloud information used as the bands of the same name (:mod:`cropmap.clouds`)."""
@@ -67,7 +77,7 @@ def open_stac_items(path: Path) -> Any:  # cropmap.stack.Stack
 
     try:
         collection = pystac.ItemCollection.from_file(str(path))
-    except Exception as err:  # noqa: BLE001 - pystac raises several types for a file that is no item collection
+    except Exception as err:
         raise InputRasterError(
             f"{path} is not a STAC item collection ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
             "expected a GeoJSON FeatureCollection of STAC items, as a STAC API search returns"
@@ -101,13 +111,20 @@ def open_stac_items(path: Path) -> Any:  # cropmap.stack.Stack
             if band is None:
                 continue
             if band in files:
-                raise InputRasterError(f"STAC item {item.id!r} in {path}: band {band} appears in two assets; "
-                                       "expected one asset per band")  # fmt: skip
+                raise InputRasterError(
+                    f"STAC item {item.id!r} in {path}: band {band} appears in two assets; "
+                    "expected one asset per band"
+                )
             f = _local_file(asset.href, path, item.id, key)
             with _open_dataset(f) as src:
                 _check_complete(src, f)
-                ref = _same_grid(src, f, ref, label=f"asset {key!r} of STAC item {item.id!r} ({f.name})",
-                                 expected="every asset on one grid (resample bands of other resolutions first)")
+                ref = _same_grid(
+                    src,
+                    f,
+                    ref,
+                    label=f"asset {key!r} of STAC item {item.id!r} ({f.name})",
+                    expected="every asset on one grid (resample bands of other resolutions first)",
+                )
                 declared = _raster_bands(asset.extra_fields)
                 nodata.append(_file_nodata(src))
                 if band.startswith("B"):  # reflectance bands carry the scale; cloud bands have none
@@ -128,11 +145,22 @@ def open_stac_items(path: Path) -> Any:  # cropmap.stack.Stack
         )
     scale = next((s for s in scales.values() if s is not None), None)
     return Stack(
-        path=path, layout="stac-items", dates=dates, sources=tuple(next(iter(f.values())) for f in band_files),
-        band_index=tuple(band_index), bands=bands, crs=ref["crs"], transform=ref["transform"],
-        height=ref["shape"][0], width=ref["shape"][1], dtype=str(ref["dtype"]), nodata=tuple(nodata),
-        tile_shape=ref["tile"], scale=scale, band_files=tuple(band_files),
-    )  # fmt: skip
+        path=path,
+        layout="stac-items",
+        dates=dates,
+        sources=tuple(next(iter(f.values())) for f in band_files),
+        band_index=tuple(band_index),
+        bands=bands,
+        crs=ref["crs"],
+        transform=ref["transform"],
+        height=ref["shape"][0],
+        width=ref["shape"][1],
+        dtype=str(ref["dtype"]),
+        nodata=tuple(nodata),
+        tile_shape=ref["tile"],
+        scale=scale,
+        band_files=tuple(band_files),
+    )
 
 
 def _start(item: Any) -> dt.datetime | None:
@@ -170,7 +198,9 @@ def _local_file(href: str, collection: Path, item_id: str, key: str) -> Path:
         p = Path(unquote(url.path) if url.scheme == "file" else href).expanduser()
         p = p if p.is_absolute() else (collection.parent / p)
         if not p.is_file():
-            raise InputRasterError(f"asset {key!r} of STAC item {item_id!r}: {p} does not exist; expected a COG there")
+            raise InputRasterError(
+                f"asset {key!r} of STAC item {item_id!r}: {p} does not exist; expected a COG there"
+            )
         return p.resolve()
     raise InputRasterError(
         f"asset {key!r} of STAC item {item_id!r} is remote ({href}); expected local files (download the COGs and "

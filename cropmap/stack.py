@@ -170,8 +170,11 @@ class Stack:
         for src_path, out_rows in by_source.items():
             indexes = [self.band_index[obs[k // len(bands)]][bands[k % len(bands)]] for k in out_rows]
             try:
-                with bounded_gdal_cache(), rasterio.open(src_path) as src, \
-                        bounded_gdal_cache(2 * _tile_bytes(src, window)):
+                with (
+                    bounded_gdal_cache(),
+                    rasterio.open(src_path) as src,
+                    bounded_gdal_cache(2 * _tile_bytes(src, window)),
+                ):
                     raw = src.read(indexes, window=window)
                     nodatavals = [src.nodatavals[k - 1] for k in indexes]
             except RasterioError as err:
@@ -220,10 +223,14 @@ def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> S
 
     path = Path(path)
     if not path.exists():
-        raise InputRasterError(f"stack {path} does not exist; expected a GeoTIFF or a folder of per-date GeoTIFFs")
+        raise InputRasterError(
+            f"stack {path} does not exist; expected a GeoTIFF or a folder of per-date GeoTIFFs"
+        )
     if (kind := special_file_kind(path)) is not None:
-        raise InputRasterError(f"stack {path} is {kind}, not a file; expected a GeoTIFF or a folder of per-date "
-                               "GeoTIFFs (it is not opened: reading a pipe would wait for a writer)")  # fmt: skip
+        raise InputRasterError(
+            f"stack {path} is {kind}, not a file; expected a GeoTIFF or a folder of per-date "
+            "GeoTIFFs (it is not opened: reading a pipe would wait for a writer)"
+        )
     if path.is_dir():
         stack = _open_folder(path)
     elif path.suffix.lower() in STAC_SUFFIXES:
@@ -237,13 +244,23 @@ def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> S
     stack = dataclasses.replace(stack, scale=scale)
     if not stack.has_nodata:
         logger.warning(
-            "stack %s declares no nodata value: every value is taken as a valid observation (NaN excepted)", path
+            "stack %s declares no nodata value: every value is taken as a valid observation (NaN excepted)",
+            path,
         )
     logger.info(
         "stack %s: %s, %d dates (%s .. %s), bands %s, %d x %d px, %s, reflectance scale %s (%s)",
-        path, stack.layout, len(stack.dates), stack.dates[0], stack.dates[-1], list(stack.bands),
-        stack.height, stack.width, stack.crs.to_string(), round(scale.reflectance_scale, 6), scale.source,
-    )  # fmt: skip
+        path,
+        stack.layout,
+        len(stack.dates),
+        stack.dates[0],
+        stack.dates[-1],
+        list(stack.bands),
+        stack.height,
+        stack.width,
+        stack.crs.to_string(),
+        round(scale.reflectance_scale, 6),
+        scale.source,
+    )
     return stack
 
 
@@ -256,7 +273,9 @@ def _refuse_engineering_crs(path: Path, crs: CRS) -> None:
     if crs.is_geographic or crs.is_projected:
         return
     wkt = crs.to_wkt()
-    kind = "an engineering (LOCAL_CS) CRS" if wkt.startswith(("LOCAL_CS", "ENGCRS", "ENGINEERING")) else "a CRS"
+    kind = (
+        "an engineering (LOCAL_CS) CRS" if wkt.startswith(("LOCAL_CS", "ENGCRS", "ENGINEERING")) else "a CRS"
+    )
     raise InputRasterError(
         f"stack {path} has {kind} that is neither geographic nor projected ({wkt[:80]}); it is not tied to the "
         "Earth, so masks cannot be reprojected onto it and areas cannot be computed; expected a geographic or "
@@ -306,7 +325,6 @@ def _grid(src: rasterio.io.DatasetReader, path: Path) -> tuple[CRS, Affine]:
     return src.crs, src.transform
 
 
-
 def _same_grid(
     src: rasterio.io.DatasetReader, f: Path, ref: dict[str, Any] | None, *, label: str, expected: str
 ) -> dict[str, Any]:
@@ -327,13 +345,16 @@ def _same_grid(
         )
     return ref
 
+
 def _parse_date(text: str, where: str) -> dt.date:
     try:
         if "-" in text:
             return dt.date.fromisoformat(text)
         return dt.datetime.strptime(text, "%Y%m%d").date()
     except ValueError as err:
-        raise InputRasterError(f"{where}: {text!r} is not a valid date; expected YYYY-MM-DD or YYYYMMDD") from err
+        raise InputRasterError(
+            f"{where}: {text!r} is not a valid date; expected YYYY-MM-DD or YYYYMMDD"
+        ) from err
 
 
 def _band_name(name: str) -> str:
@@ -360,11 +381,15 @@ def _open_single(path: Path) -> Stack:
         pairs: list[tuple[dt.date, str]] | None = None
         parsed = [_DESC_RE.match(d) if d else None for d in descs]
         if all(parsed):
-            pairs = [(_parse_date(m.group(1), f"{path} band {i + 1} description"), _band_name(m.group(2)))
-                     for i, m in enumerate(parsed)]  # fmt: skip
+            pairs = [
+                (_parse_date(m.group(1), f"{path} band {i + 1} description"), _band_name(m.group(2)))
+                for i, m in enumerate(parsed)
+            ]
             source = "band descriptions"
         elif "dates" in tags and "bands" in tags:
-            dates = [_parse_date(d.strip(), f"{path} tag 'dates'") for d in tags["dates"].split(",") if d.strip()]
+            dates = [
+                _parse_date(d.strip(), f"{path} tag 'dates'") for d in tags["dates"].split(",") if d.strip()
+            ]
             names = [_band_name(b) for b in tags["bands"].split(",") if b.strip()]
             if len(dates) * len(names) != src.count:
                 raise InputRasterError(
@@ -386,22 +411,36 @@ def _open_single(path: Path) -> Stack:
         for bidx, (d, b) in enumerate(pairs, start=1):
             slot = index.setdefault(d, {})
             if b in slot:
-                raise InputRasterError(f"{path}: band {b} appears twice for date {d} (bands {slot[b]} and {bidx})")
+                raise InputRasterError(
+                    f"{path}: band {b} appears twice for date {d} (bands {slot[b]} and {bidx})"
+                )
             slot[b] = bidx
         dates = tuple(sorted(index))
         bands = _common_bands(path, [list(index[d]) for d in dates], [str(d) for d in dates])
         logger.debug("%s: dates and bands from %s", path, source)
         return Stack(
-            path=path, layout="single-file", dates=dates, sources=tuple(path for _ in dates),
-            band_index=tuple(index[d] for d in dates), bands=bands, crs=crs, transform=transform,
-            height=src.height, width=src.width, dtype=src.dtypes[0], nodata=(_nodata(src),),
-            tile_shape=tuple(src.block_shapes[0]), scale=_declared_scale(src, path),
-        )  # fmt: skip
+            path=path,
+            layout="single-file",
+            dates=dates,
+            sources=tuple(path for _ in dates),
+            band_index=tuple(index[d] for d in dates),
+            bands=bands,
+            crs=crs,
+            transform=transform,
+            height=src.height,
+            width=src.width,
+            dtype=src.dtypes[0],
+            nodata=(_nodata(src),),
+            tile_shape=tuple(src.block_shapes[0]),
+            scale=_declared_scale(src, path),
+        )
 
 
 def _check_tags_agree(path: Path, pairs: list[tuple[dt.date, str]], tags: dict[str, str]) -> None:
     dates = sorted({d for d, _ in pairs})
-    tag_dates = sorted({_parse_date(d.strip(), f"{path} tag 'dates'") for d in tags["dates"].split(",") if d.strip()})
+    tag_dates = sorted(
+        {_parse_date(d.strip(), f"{path} tag 'dates'") for d in tags["dates"].split(",") if d.strip()}
+    )
     if dates != tag_dates:
         raise InputRasterError(
             f"{path}: band descriptions name dates {[str(d) for d in dates]} but tag 'dates' says "
@@ -414,7 +453,9 @@ def _common_bands(path: Path, per_date: list[list[str]], labels: list[str]) -> t
     for names, label in zip(per_date, labels, strict=True):
         partial = [b for b in names if b not in common]
         if partial:
-            logger.info("%s: band(s) %s at %s are not present at every date and are ignored", path, partial, label)
+            logger.info(
+                "%s: band(s) %s at %s are not present at every date and are ignored", path, partial, label
+            )
     return tuple(common)
 
 
@@ -431,7 +472,9 @@ def _open_folder(path: Path) -> Stack:
             )
         d = _parse_date(m.group(1), f"file name {f.name}")
         if d in dated:
-            raise InputRasterError(f"{dated[d].name} and {f.name} in {path} are both dated {d}; expected one file per date")
+            raise InputRasterError(
+                f"{dated[d].name} and {f.name} in {path} are both dated {d}; expected one file per date"
+            )
         dated[d] = f
     dates = tuple(sorted(dated))
     ref: dict[str, Any] | None = None
@@ -462,10 +505,21 @@ def _open_folder(path: Path) -> Stack:
     bands = _common_bands(path, [list(s) for s in index], [str(d) for d in dates])
     assert ref is not None
     return Stack(
-        path=path, layout="folder", dates=dates, sources=tuple(dated[d] for d in dates), band_index=tuple(index),
-        bands=bands, crs=ref["crs"], transform=ref["transform"], height=ref["shape"][0], width=ref["shape"][1],
-        dtype=str(ref["dtype"]), nodata=tuple(nodata), tile_shape=ref["tile"], scale=scale,
-    )  # fmt: skip
+        path=path,
+        layout="folder",
+        dates=dates,
+        sources=tuple(dated[d] for d in dates),
+        band_index=tuple(index),
+        bands=bands,
+        crs=ref["crs"],
+        transform=ref["transform"],
+        height=ref["shape"][0],
+        width=ref["shape"][1],
+        dtype=str(ref["dtype"]),
+        nodata=tuple(nodata),
+        tile_shape=ref["tile"],
+        scale=scale,
+    )
 
 
 def _folder_band_names(src: rasterio.io.DatasetReader, f: Path) -> list[str]:
@@ -476,7 +530,9 @@ def _folder_band_names(src: rasterio.io.DatasetReader, f: Path) -> list[str]:
     if "bands" in tags:
         names = [_band_name(b) for b in tags["bands"].split(",") if b.strip()]
         if len(names) != src.count:
-            raise InputRasterError(f"{f} has {src.count} bands; its 'bands' tag lists {len(names)}: expected equal")
+            raise InputRasterError(
+                f"{f} has {src.count} bands; its 'bands' tag lists {len(names)}: expected equal"
+            )
         return names
     raise InputRasterError(
         f"{f}: no band names found; expected a description on every band (e.g. 'B02') or a dataset tag "
@@ -504,8 +560,9 @@ def _declared_scale(src: rasterio.io.DatasetReader, path: Path) -> ReflectanceSc
             f"{path}: bands declare different GDAL scales {sorted(scales)} / offsets {sorted(offsets)}; "
             "expected one scale and offset for all bands"
         )
-    return ReflectanceScale(gain=float(next(iter(scales))), offset=float(next(iter(offsets))),
-                            source="GDAL band scale/offset")  # fmt: skip
+    return ReflectanceScale(
+        gain=float(next(iter(scales))), offset=float(next(iter(offsets))), source="GDAL band scale/offset"
+    )
 
 
 def _no_scale_message(path: Path) -> str:

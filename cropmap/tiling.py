@@ -90,11 +90,21 @@ def block_shape(
         tiles = max(1, want // tile) if shrink else math.ceil(want / tile)
         sides.append(min(size, tiles * tile))
     if shrink:
-        logger.info("blocks of %s px keep one block within %d MiB (%d bytes per pixel)",
-                    tuple(sides), BLOCK_MEMORY_BUDGET_BYTES // 2**20, bytes_per_pixel)  # fmt: skip
-    if requested is not None and tuple(sides) != (min(requested, raster_shape[0]), min(requested, raster_shape[1])):
         logger.info(
-            "block size %d px aligned to the file's %s px tiles: blocks of %s px", requested, tile_shape, tuple(sides)
+            "blocks of %s px keep one block within %d MiB (%d bytes per pixel)",
+            tuple(sides),
+            BLOCK_MEMORY_BUDGET_BYTES // 2**20,
+            bytes_per_pixel,
+        )
+    if requested is not None and tuple(sides) != (
+        min(requested, raster_shape[0]),
+        min(requested, raster_shape[1]),
+    ):
+        logger.info(
+            "block size %d px aligned to the file's %s px tiles: blocks of %s px",
+            requested,
+            tile_shape,
+            tuple(sides),
         )
     return sides[0], sides[1]
 
@@ -106,7 +116,9 @@ def plan_blocks(raster_shape: tuple[int, int], shape: tuple[int, int]) -> list[B
     out = []
     for i, r in enumerate(range(0, rows, bh)):
         for j, c in enumerate(range(0, cols, bw)):
-            out.append(Block(row=i, col=j, row_off=r, col_off=c, height=min(bh, rows - r), width=min(bw, cols - c)))
+            out.append(
+                Block(row=i, col=j, row_off=r, col_off=c, height=min(bh, rows - r), width=min(bw, cols - c))
+            )
     return out
 
 
@@ -127,8 +139,10 @@ class Executor:
         """Human-readable description for logs and the summary."""
         if self.scheduler:
             return f"dask.distributed at {self.scheduler} ({self.workers} worker threads)"
-        return (f"local threads ({self.workers} block workers; {self.workers * self.threads_per_worker} "
-                "single-threaded ONNX Runtime sessions)")  # fmt: skip
+        return (
+            f"local threads ({self.workers} block workers; {self.workers * self.threads_per_worker} "
+            "single-threaded ONNX Runtime sessions)"
+        )
 
 
 def make_executor(
@@ -149,8 +163,10 @@ def make_executor(
         try:
             client = _client(scheduler)
         except OSError as err:
-            raise CropmapError(f"could not connect to the dask scheduler at {scheduler} ({err}); expected a running "
-                               "dask.distributed scheduler") from err  # fmt: skip
+            raise CropmapError(
+                f"could not connect to the dask scheduler at {scheduler} ({err}); expected a running "
+                "dask.distributed scheduler"
+            ) from err
         try:
             threads = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
         finally:
@@ -220,7 +236,9 @@ def _run_threads(func: Callable[..., Any], blocks: Sequence[Any], workers: int, 
                 fut.cancel()
 
 
-def _run_distributed(func: Callable[..., Any], blocks: Sequence[Any], address: str, limit: int) -> Iterator[Any]:
+def _run_distributed(
+    func: Callable[..., Any], blocks: Sequence[Any], address: str, limit: int
+) -> Iterator[Any]:
     from distributed import as_completed
 
     client = _client(address)

@@ -35,7 +35,9 @@ def season_positions(dates: Sequence[dt.date], grid: TimeGrid) -> np.ndarray:
     return np.array([grid.position_of(d) for d in dates], dtype=np.int64)
 
 
-def select_season(dates: Sequence[dt.date], grid: TimeGrid, season: int | None = None) -> tuple[np.ndarray, int]:
+def select_season(
+    dates: Sequence[dt.date], grid: TimeGrid, season: int | None = None
+) -> tuple[np.ndarray, int]:
     """Choose the observations of one season.
 
     Args:

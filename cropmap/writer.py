@@ -33,6 +33,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
+from typing_extensions import Self
 
 from cropmap.bundle import ClassInfo
 from cropmap.errors import OutputExistsError
@@ -66,15 +67,33 @@ class OutputPaths:
 
     def all(self) -> list[Path]:
         """Every output path of the run."""
-        paths = [self.map, self.aux, self.qml, self.confidence, self.probabilities, self.uncertainty, self.embedding,
-                 self.quicklook, self.stac, self.parcels, self.parcels_qml, self.summary]  # fmt: skip
+        paths = [
+            self.map,
+            self.aux,
+            self.qml,
+            self.confidence,
+            self.probabilities,
+            self.uncertainty,
+            self.embedding,
+            self.quicklook,
+            self.stac,
+            self.parcels,
+            self.parcels_qml,
+            self.summary,
+        ]
         return [p for p in paths if p is not None]
 
 
 def output_paths(
-    out: Path, *, confidence: bool, embedding: bool, quicklook: bool, probabilities: bool = False,
-    uncertainty: bool = False, parcels: bool = False,
-) -> OutputPaths:  # fmt: skip
+    out: Path,
+    *,
+    confidence: bool,
+    embedding: bool,
+    quicklook: bool,
+    probabilities: bool = False,
+    uncertainty: bool = False,
+    parcels: bool = False,
+) -> OutputPaths:
     """Name the outputs of a run writing the class map to ``out``."""
     stem = out.with_suffix("")
     return OutputPaths(
@@ -95,8 +114,15 @@ def output_paths(
 
 def possible_outputs(out: Path) -> OutputPaths:
     """Every output a run writing the class map to ``out`` can write (all options on)."""
-    return output_paths(out, confidence=True, embedding=True, quicklook=True, probabilities=True, uncertainty=True,
-                        parcels=True)  # fmt: skip
+    return output_paths(
+        out,
+        confidence=True,
+        embedding=True,
+        quicklook=True,
+        probabilities=True,
+        uncertainty=True,
+        parcels=True,
+    )
 
 
 def stale_outputs(paths: OutputPaths) -> list[Path]:
@@ -129,7 +155,9 @@ def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
     while not p.exists() and p != p.parent:
         p = p.parent
     if not p.is_dir():
-        raise OutputExistsError(f"output folder {folder}: {p} is a file; expected a folder (or nothing) there")
+        raise OutputExistsError(
+            f"output folder {folder}: {p} is a file; expected a folder (or nothing) there"
+        )
     candidates = [*paths.all(), *stale_outputs(paths)]
     not_files = [str(p) for p in candidates if p.exists() and not p.is_file()]
     if not_files:
@@ -139,10 +167,15 @@ def check_outputs(paths: OutputPaths, *, overwrite: bool) -> None:
         )
     if overwrite:
         return
-    existing = [str(p) + (" (a dangling symbolic link)" if not p.exists() else "")
-                for p in candidates if os.path.lexists(p)]  # fmt: skip
+    existing = [
+        str(p) + (" (a dangling symbolic link)" if not p.exists() else "")
+        for p in candidates
+        if os.path.lexists(p)
+    ]
     if existing:
-        raise OutputExistsError(f"output {', '.join(existing)} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(
+            f"output {', '.join(existing)} already exists; pass --overwrite to replace it"
+        )
 
 
 def _refuse_long_names(paths: OutputPaths) -> None:
@@ -228,17 +261,22 @@ class Staging:
         for tmp in [t for t, _ in self._moves] + self._scratch:
             for p in (tmp, tmp.with_name(tmp.name + ".aux.xml"), tmp.with_name(tmp.name + ".ovr")):
                 try:
-                    if p.exists() or p.is_symlink():  # (unlink of a missing file fails on a read-only file system)
+                    if (
+                        p.exists() or p.is_symlink()
+                    ):  # (unlink of a missing file fails on a read-only file system)
                         p.unlink()
                 except OSError as err:
                     if not self.committed:
                         raise
-                    logger.warning("could not remove the temporary file %s (the outputs are complete): %s", p,
-                                   cause_of(err)[1])  # fmt: skip
+                    logger.warning(
+                        "could not remove the temporary file %s (the outputs are complete): %s",
+                        p,
+                        cause_of(err)[1],
+                    )
         self._moves.clear()
         self._scratch.clear()
 
-    def __enter__(self) -> Staging:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -301,12 +339,23 @@ class BlockRaster:
 
     def _profile(self, shape: tuple[int, int], transform: Affine, crs: CRS, palette: bool) -> dict[str, Any]:
         tile = _TMP_TILE_PX
-        profile: dict[str, Any] = dict(
-            driver="GTiff", width=shape[1], height=shape[0], count=self.count, dtype=self.dtype, crs=crs,
-            transform=transform, nodata=self.nodata, tiled=True, blockxsize=tile, blockysize=tile,
-            compress="deflate", interleave="band" if self.count > 1 else "pixel", BIGTIFF="IF_SAFER",
-            SPARSE_OK="TRUE",
-        )  # fmt: skip
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": shape[1],
+            "height": shape[0],
+            "count": self.count,
+            "dtype": self.dtype,
+            "crs": crs,
+            "transform": transform,
+            "nodata": self.nodata,
+            "tiled": True,
+            "blockxsize": tile,
+            "blockysize": tile,
+            "compress": "deflate",
+            "interleave": "band" if self.count > 1 else "pixel",
+            "BIGTIFF": "IF_SAFER",
+            "SPARSE_OK": "TRUE",
+        }
         if palette:
             profile["photometric"] = "palette"
         return profile
@@ -327,8 +376,10 @@ class BlockRaster:
                     src_r = _sources(rows, f, self.shape[0]) - r0
                     src_c = _sources(cols, f, self.shape[1]) - c0
                     part = np.ascontiguousarray(arr[:, src_r][:, :, src_c])
-                    level.write(part, window=Window(cols.start, rows.start, cols.stop - cols.start,
-                                                    rows.stop - rows.start))  # fmt: skip
+                    level.write(
+                        part,
+                        window=Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start),
+                    )
 
     def to_cog(self, dest: Path) -> None:
         """Close the scratch files and copy them to a Cloud-Optimised GeoTIFF at ``dest``.
@@ -348,9 +399,16 @@ class BlockRaster:
                 levels = [str(self._level_paths[f]) for f in self.factors]
                 with MemoryFile(_with_overviews(xml, levels).encode("utf-8"), ext=".vrt") as vrt:
                     rasterio.shutil.copy(
-                        vrt.name, dest, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK_SIZE_PX,
-                        OVERVIEWS="FORCE_USE_EXISTING", SPARSE_OK="TRUE", BIGTIFF="IF_SAFER", NUM_THREADS="1",
-                    )  # fmt: skip
+                        vrt.name,
+                        dest,
+                        driver="COG",
+                        COMPRESS="DEFLATE",
+                        BLOCKSIZE=COG_BLOCK_SIZE_PX,
+                        OVERVIEWS="FORCE_USE_EXISTING",
+                        SPARSE_OK="TRUE",
+                        BIGTIFF="IF_SAFER",
+                        NUM_THREADS="1",
+                    )
                 dest.with_name(dest.name + ".aux.xml").unlink(missing_ok=True)
                 check_cog(dest)
         finally:
@@ -428,7 +486,7 @@ def _with_overviews(vrt_xml: str, levels: Sequence[str]) -> str:
         )
         return match.group(0).replace("</VRTRasterBand>", items + "</VRTRasterBand>")
 
-    return re.sub(r"<VRTRasterBand\b.*?</VRTRasterBand>", add, vrt_xml, flags=re.S)
+    return re.sub(r"<VRTRasterBand\b.*?</VRTRasterBand>", add, vrt_xml, flags=re.DOTALL)
 
 
 def check_cog(path: Path) -> None:
@@ -462,8 +520,13 @@ def class_tags(classes: Sequence[ClassInfo]) -> tuple[dict[str, str], dict[str, 
     survive copying the ``.tif`` alone (``gdalinfo`` lists them under Metadata;
     ``rasterio`` reads them with ``tags()`` / ``tags(1)``).
     """
-    legend = [{"value": c.code, "name": c.name, "color": c.color} for c in sorted(classes, key=lambda c: c.code)]
-    dataset = {"cropmap_classes": json.dumps(legend, ensure_ascii=False), "cropmap_nodata": f"{MAP_NODATA} = not classified"}
+    legend = [
+        {"value": c.code, "name": c.name, "color": c.color} for c in sorted(classes, key=lambda c: c.code)
+    ]
+    dataset = {
+        "cropmap_classes": json.dumps(legend, ensure_ascii=False),
+        "cropmap_nodata": f"{MAP_NODATA} = not classified",
+    }
     band = {f"CLASS_{c.code}": c.name for c in classes}
     return dataset, band
 
@@ -486,7 +549,14 @@ def write_aux_xml(path: Path, classes: Sequence[ClassInfo]) -> None:
         f"      <Category>{escape(by_code[i].name) if i in by_code else ''}</Category>"
         for i in range(max(by_code) + 1)
     )
-    fields = [("Value", 0, 5), ("Class_Name", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8), ("Alpha", 0, 9)]
+    fields = [
+        ("Value", 0, 5),
+        ("Class_Name", 2, 2),
+        ("Red", 0, 6),
+        ("Green", 0, 7),
+        ("Blue", 0, 8),
+        ("Alpha", 0, 9),
+    ]
     defs = "\n".join(
         f'      <FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
         for i, (n, t, u) in enumerate(fields)
@@ -494,7 +564,9 @@ def write_aux_xml(path: Path, classes: Sequence[ClassInfo]) -> None:
     rows = []
     for i, c in enumerate(sorted(classes, key=lambda c: c.code)):
         r, g, b = c.rgb()
-        rows.append(f'      <Row index="{i}"><F>{c.code}</F><F>{escape(c.name)}</F><F>{r}</F><F>{g}</F><F>{b}</F><F>255</F></Row>')
+        rows.append(
+            f'      <Row index="{i}"><F>{c.code}</F><F>{escape(c.name)}</F><F>{r}</F><F>{g}</F><F>{b}</F><F>255</F></Row>'
+        )
     text = (
         "<PAMDataset>\n"
         '  <PAMRasterBand band="1">\n'
@@ -502,9 +574,7 @@ def write_aux_xml(path: Path, classes: Sequence[ClassInfo]) -> None:
         f"{cats}\n"
         "    </CategoryNames>\n"
         '    <GDALRasterAttributeTable tableType="thematic">\n'
-        f"{defs}\n"
-        + "\n".join(rows)
-        + "\n    </GDALRasterAttributeTable>\n"
+        f"{defs}\n" + "\n".join(rows) + "\n    </GDALRasterAttributeTable>\n"
         "  </PAMRasterBand>\n"
         "</PAMDataset>\n"
     )
@@ -554,14 +624,24 @@ def write_class_map(data: Any, path: str | Path, *, overwrite: bool = False) -> 
 
     path = Path(path)
     attrs = getattr(data, "attrs", {})
-    missing = [k for k in ("crs", "transform", "class_codes", "class_names", "class_colors") if k not in attrs]
+    missing = [
+        k for k in ("crs", "transform", "class_codes", "class_names", "class_colors") if k not in attrs
+    ]
     if missing or getattr(data, "ndim", 0) != 2:
-        raise ValueError(f"expected a 2-D class DataArray from cropmap.classify_array (attrs missing: {missing})")
-    classes = [ClassInfo(code=int(c), name=str(n), color=str(col))
-               for c, n, col in zip(attrs["class_codes"], attrs["class_names"], attrs["class_colors"], strict=True)]  # fmt: skip
+        raise ValueError(
+            f"expected a 2-D class DataArray from cropmap.classify_array (attrs missing: {missing})"
+        )
+    classes = [
+        ClassInfo(code=int(c), name=str(n), color=str(col))
+        for c, n, col in zip(attrs["class_codes"], attrs["class_names"], attrs["class_colors"], strict=True)
+    ]
     paths = [path, path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")]
     values = np.asarray(data.values, dtype=np.uint8)
-    grid = dict(crs=CRS.from_user_input(attrs["crs"]), transform=Affine(*attrs["transform"][:6]), shape=values.shape)
+    grid = {
+        "crs": CRS.from_user_input(attrs["crs"]),
+        "transform": Affine(*attrs["transform"][:6]),
+        "shape": values.shape,
+    }
     legend_tags, band_legend = class_tags(classes)
     extra = {k: str(attrs[k]) for k in ("model", "season") if k in attrs}
     tags = {f"cropmap_{k}": v for k, v in extra.items()}
@@ -569,17 +649,27 @@ def write_class_map(data: Any, path: str | Path, *, overwrite: bool = False) -> 
     def check() -> None:
         existing = [str(p) for p in paths if p.exists()]
         if existing and not overwrite:
-            raise OutputExistsError(f"output {', '.join(existing)} already exists; pass overwrite=True to replace it")
+            raise OutputExistsError(
+                f"output {', '.join(existing)} already exists; pass overwrite=True to replace it"
+            )
 
     check()
     with output_folder(path.parent), RunLock(path, "output"):
         check()
         remove_stale(path.parent, {p.name for p in paths})
         with Staging() as staging:
-            raster = BlockRaster(staging.scratch(path, ".tif"), count=1, dtype="uint8", nodata=MAP_NODATA,
-                                 colormap=colormap(classes), descriptions=["crop_class"], band_tags={1: band_legend},
-                                 tags={**tags, **legend_tags},
-                                 scratch=lambda extra_suffix: staging.scratch(path, ".tif" + extra_suffix), **grid)  # fmt: skip
+            raster = BlockRaster(
+                staging.scratch(path, ".tif"),
+                count=1,
+                dtype="uint8",
+                nodata=MAP_NODATA,
+                colormap=colormap(classes),
+                descriptions=["crop_class"],
+                band_tags={1: band_legend},
+                tags={**tags, **legend_tags},
+                scratch=lambda extra_suffix: staging.scratch(path, ".tif" + extra_suffix),
+                **grid,
+            )
             try:
                 raster.write(Window(0, 0, values.shape[1], values.shape[0]), values)
                 raster.to_cog(staging.temp_for(path))

@@ -75,8 +75,10 @@ class Choice:
             f"{r['family']} {variant}, method {method}, encoder {encoder}"
         )
         if self.split == "selection":
-            text += (f"; on the untouched test split ({r['n_val']} samples): accuracy {r['val_accuracy']:.4f}, "
-                     f"macro F1 {r['macro_f1']:.4f}")  # fmt: skip
+            text += (
+                f"; on the untouched test split ({r['n_val']} samples): accuracy {r['val_accuracy']:.4f}, "
+                f"macro F1 {r['macro_f1']:.4f}"
+            )
         return text
 
 
@@ -93,8 +95,10 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
         missing = [k for k in required if k not in record] if isinstance(record, dict) else list(required)
         if missing:
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ExportError(f"{path}:{lineno} lacks {', '.join(missing)} (found {found}); expected one record "
-                              "per run as python -m training.downstream writes it")  # fmt: skip
+            raise ExportError(
+                f"{path}:{lineno} lacks {', '.join(missing)} (found {found}); expected one record "
+                "per run as python -m training.downstream writes it"
+            )
         records.append(record)
     return records
 
@@ -114,7 +118,9 @@ def select_best(
     run_dir = Path(run_dir)
     results = run_dir / "results.jsonl"
     if not results.is_file():
-        raise ExportError(f"{run_dir} holds no results.jsonl; expected the --out folder of python -m training.downstream")
+        raise ExportError(
+            f"{run_dir} holds no results.jsonl; expected the --out folder of python -m training.downstream"
+        )
     records = _read_records(results)
     tasks = sorted({str(r["task"]) for r in records})
     if task is None and len(tasks) > 1:
@@ -141,8 +147,10 @@ def select_best(
         )
     chosen = "selection" if split == "selection" or (split == "auto" and scored) else "validation"
     if chosen == "validation":
-        logger.warning("ranking on the validation split: the score reported for the chosen model is the one it was "
-                       "picked on, not a held-out score (train with selection_holdout > 0 for an untouched test split)")
+        logger.warning(
+            "ranking on the validation split: the score reported for the chosen model is the one it was "
+            "picked on, not a held-out score (train with selection_holdout > 0 for an untouched test split)"
+        )
     names = SELECT_METRICS if chosen == "selection" else METRICS
     key = names[metric]
     other = names["accuracy" if metric == "macro_f1" else "macro_f1"]
@@ -180,7 +188,9 @@ def export_best(
     if choice.record["family"] in TREE_FAMILIES:
         from exporters.trees import export_best_tree
 
-        return choice, export_best_tree(choice, run_dir, out, created=created, overwrite=overwrite, precision=precision)
+        return choice, export_best_tree(
+            choice, run_dir, out, created=created, overwrite=overwrite, precision=precision
+        )
     verify_checkpoint(choice.model)
     clf = load_classifier(choice.model)
     val = Path(run_dir) / VAL_INPUTS.format(task=choice.record["task"])
@@ -188,7 +198,11 @@ def export_best(
         with np.load(val) as data:
             x_val, y_val = data["x"][:PARITY_LIMIT], data["y"][:PARITY_LIMIT]
     else:
-        logger.warning("%s is missing; parity is checked on the %d series stored in the model", val, len(clf.parity_inputs))
+        logger.warning(
+            "%s is missing; parity is checked on the %d series stored in the model",
+            val,
+            len(clf.parity_inputs),
+        )
         x_val, y_val = clf.parity_inputs, clf.parity_labels
     meta = clf.metadata
     prov = meta.provenance
@@ -208,27 +222,47 @@ def export_best(
         cal_data = (x_val, y_val)
         cal_note = f"validation series of {Path(run_dir).name} (task {choice.record['task']})"
     report = export_bundle(
-        encoder=clf.encoder, base_model=clf.base_model, norm_stats=clf.norm_stats, metadata=meta, out=out,
-        example=x_val, opset=opset, atol=atol, overwrite=overwrite,
-        calibration_data=cal_data, calibration_note=cal_note,
-        precision=precision, min_agreement=min_agreement, int8_method=int8_method,
-        precision_data=None if precision == "fp32" else split_precision_data(
-            x_val, y_val, train_x=train_x, what=f"validation series of {Path(run_dir).name}"),
-    )  # fmt: skip
+        encoder=clf.encoder,
+        base_model=clf.base_model,
+        norm_stats=clf.norm_stats,
+        metadata=meta,
+        out=out,
+        example=x_val,
+        opset=opset,
+        atol=atol,
+        overwrite=overwrite,
+        calibration_data=cal_data,
+        calibration_note=cal_note,
+        precision=precision,
+        min_agreement=min_agreement,
+        int8_method=int8_method,
+        precision_data=None
+        if precision == "fp32"
+        else split_precision_data(
+            x_val, y_val, train_x=train_x, what=f"validation series of {Path(run_dir).name}"
+        ),
+    )
     return choice, report
 
 
 def choice_metrics(choice: Choice) -> dict[str, float]:
     """What the bundle's provenance records about the choice: the ranking value and, when it was made on the
     model-selection split, the model's scores on the untouched test split."""
-    out = {f"selected_by_{'val' if choice.split == 'validation' else 'selection'}_{choice.metric}": choice.value}
+    out = {
+        f"selected_by_{'val' if choice.split == 'validation' else 'selection'}_{choice.metric}": choice.value
+    }
     if choice.split == "selection":
-        out.update(test_accuracy=float(choice.record["val_accuracy"]), test_macro_f1=float(choice.record["macro_f1"]),
-                   n_test=float(choice.record["n_val"]))  # fmt: skip
+        out.update(
+            test_accuracy=float(choice.record["val_accuracy"]),
+            test_macro_f1=float(choice.record["macro_f1"]),
+            n_test=float(choice.record["n_val"]),
+        )
     return out
 
 
-def calibration_series(choice: Choice, run_dir: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], str] | None:
+def calibration_series(
+    choice: Choice, run_dir: str | Path
+) -> tuple[tuple[np.ndarray, np.ndarray], str] | None:
     """The model-selection series to fit the temperature on when the choice was made on them, else ``None``.
 
     Raises:
@@ -238,11 +272,16 @@ def calibration_series(choice: Choice, run_dir: str | Path) -> tuple[tuple[np.nd
         return None
     path = Path(run_dir) / SELECT_INPUTS.format(task=choice.record["task"])
     if not path.is_file():
-        raise ExportError(f"{path} is missing; it holds the model-selection series the temperature is fitted on "
-                          "(rerun python -m training.downstream with the same --out)")  # fmt: skip
+        raise ExportError(
+            f"{path} is missing; it holds the model-selection series the temperature is fitted on "
+            "(rerun python -m training.downstream with the same --out)"
+        )
     with np.load(path) as data:
         x, y = np.asarray(data["x"], np.float32), np.asarray(data["y"], np.int64)
-    return (x, y), f"model-selection series of {Path(run_dir).name} (task {choice.record['task']}; never the test split)"
+    return (
+        x,
+        y,
+    ), f"model-selection series of {Path(run_dir).name} (task {choice.record['task']}; never the test split)"
 
 
 def run_folder_inputs(run_dir: str | Path) -> dict[Path, str]:

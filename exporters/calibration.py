@@ -42,7 +42,9 @@ def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if z.ndim != 2 or z.shape[1] < 2:
         raise CalibrationError(f"logits have shape {z.shape}; expected (N, K) with K >= 2")
     if y.shape != (z.shape[0],):
-        raise CalibrationError(f"labels have shape {y.shape}; expected ({z.shape[0]},), one per row of logits")
+        raise CalibrationError(
+            f"labels have shape {y.shape}; expected ({z.shape[0]},), one per row of logits"
+        )
     if len(y) == 0:
         raise CalibrationError("no validation samples; expected at least one")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= z.shape[1]:
@@ -69,7 +71,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(ece)
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_BINS) -> dict[str, np.ndarray]:
+def reliability_bins(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_BINS
+) -> dict[str, np.ndarray]:
     """Per bin: ``count``, ``confidence`` (mean max probability) and ``accuracy`` (NaN for empty bins)."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
@@ -86,7 +90,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     """Mean negative log-likelihood of ``softmax(logits / temperature)``."""
     z = np.asarray(logits, dtype=np.float64) / temperature
     m = z.max(axis=1, keepdims=True)
-    lse = (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
     return float(np.mean(lse - z[np.arange(len(labels)), labels]))
 
 
@@ -119,7 +123,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return 1.0 / beta
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, *, n_bins: int = DEFAULT_BINS, data: str = "") -> Calibration:
+def calibrate(
+    logits: np.ndarray, labels: np.ndarray, *, n_bins: int = DEFAULT_BINS, data: str = ""
+) -> Calibration:
     """Fit temperature scaling on validation ``logits`` ``(N, K)`` and ``labels`` (column indices ``0..K-1``).
 
     Returns:
@@ -132,10 +138,24 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, *, n_bins: int = DEFAULT_B
     t = fit_temperature(z, y)
     before = expected_calibration_error(softmax(z), y, n_bins)
     after = expected_calibration_error(softmax(z, t), y, n_bins)
-    cal = Calibration(method="temperature", temperature=round(float(t), 6), ece_before=round(before, 6),
-                      ece_after=round(after, 6), n=int(len(y)), n_bins=n_bins, data=data)  # fmt: skip
-    logger.info("temperature scaling on %d samples: T = %.4g, ECE %.4f -> %.4f, NLL %.4f -> %.4f",
-                len(y), t, before, after, nll(z, y, 1.0), nll(z, y, t))  # fmt: skip
+    cal = Calibration(
+        method="temperature",
+        temperature=round(float(t), 6),
+        ece_before=round(before, 6),
+        ece_after=round(after, 6),
+        n=len(y),
+        n_bins=n_bins,
+        data=data,
+    )
+    logger.info(
+        "temperature scaling on %d samples: T = %.4g, ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+        len(y),
+        t,
+        before,
+        after,
+        nll(z, y, 1.0),
+        nll(z, y, t),
+    )
     return cal
 
 
@@ -154,18 +174,37 @@ def reliability_diagram(
     n_bins = calibration.n_bins
     fig = Figure(figsize=(9, 5.2), dpi=110)
     FigureCanvasAgg(fig)
-    panels = (("uncalibrated softmax", softmax(z), calibration.ece_before),
-              (f"temperature scaled (T = {calibration.temperature:.3g})", softmax(z, calibration.temperature),
-               calibration.ece_after))  # fmt: skip
+    panels = (
+        ("uncalibrated softmax", softmax(z), calibration.ece_before),
+        (
+            f"temperature scaled (T = {calibration.temperature:.3g})",
+            softmax(z, calibration.temperature),
+            calibration.ece_after,
+        ),
+    )
     for i, (name, p, ece) in enumerate(panels):
         rb = reliability_bins(p, y, n_bins)
         centres = (rb["edges"][:-1] + rb["edges"][1:]) / 2
         width = 1.0 / n_bins
         ax = fig.add_axes((0.07 + i * 0.48, 0.36, 0.4, 0.52))
         has = rb["count"] > 0
-        ax.bar(centres[has], rb["accuracy"][has], width=width * 0.95, color="#4477aa", edgecolor="white", label="accuracy")
-        ax.bar(centres[has], rb["confidence"][has] - rb["accuracy"][has], bottom=rb["accuracy"][has],
-               width=width * 0.95, color="#ee6677", alpha=0.35, label="gap to confidence")  # fmt: skip
+        ax.bar(
+            centres[has],
+            rb["accuracy"][has],
+            width=width * 0.95,
+            color="#4477aa",
+            edgecolor="white",
+            label="accuracy",
+        )
+        ax.bar(
+            centres[has],
+            rb["confidence"][has] - rb["accuracy"][has],
+            bottom=rb["accuracy"][has],
+            width=width * 0.95,
+            color="#ee6677",
+            alpha=0.35,
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)

@@ -61,10 +61,14 @@ def conv1d_as_conv2d(model: Any) -> int:
                 axes = helper.make_tensor(axes_name, TensorProto.INT64, [1], [2])
                 graph.initializer.append(axes)
                 inits[axes_name] = axes
-            nodes.append(helper.make_node("Unsqueeze", [node.input[0], axes_name], [x4], name=f"{stem}_unsqueeze"))
+            nodes.append(
+                helper.make_node("Unsqueeze", [node.input[0], axes_name], [x4], name=f"{stem}_unsqueeze")
+            )
             squeeze = helper.make_node("Squeeze", [y4, axes_name], [node.output[0]], name=f"{stem}_squeeze")
         else:
-            nodes.append(helper.make_node("Unsqueeze", [node.input[0]], [x4], name=f"{stem}_unsqueeze", axes=[2]))
+            nodes.append(
+                helper.make_node("Unsqueeze", [node.input[0]], [x4], name=f"{stem}_unsqueeze", axes=[2])
+            )
             squeeze = helper.make_node("Squeeze", [y4], [node.output[0]], name=f"{stem}_squeeze", axes=[2])
         conv_inputs = [x4, weights_2d[w.name], *node.input[2:]]
         nodes.append(helper.make_node("Conv", conv_inputs, [y4], name=node.name, **kw))

@@ -50,7 +50,11 @@ class ParityReport:
 
     def summary(self) -> str:
         """One line with the measured numbers."""
-        emb = "" if self.max_abs_embedding_diff is None else f", max |embedding diff| {self.max_abs_embedding_diff:.3g}"
+        emb = (
+            ""
+            if self.max_abs_embedding_diff is None
+            else f", max |embedding diff| {self.max_abs_embedding_diff:.3g}"
+        )
         text = (
             f"{self.n} inputs: max |logit diff| {self.max_abs_logit_diff:.3g} (atol {self.atol:g}), "
             f"argmax agreement {100 * self.argmax_agreement:.2f} %{emb}"

@@ -116,7 +116,10 @@ def _session(path: Path, threads: int | None = None) -> Any:
 
 def _run(session: Any, meta: BundleMetadata, x: np.ndarray) -> np.ndarray:
     return np.concatenate(
-        [session.run([meta.output_name], {meta.input_name: x[i : i + _BATCH]})[0] for i in range(0, len(x), _BATCH)]
+        [
+            session.run([meta.output_name], {meta.input_name: x[i : i + _BATCH]})[0]
+            for i in range(0, len(x), _BATCH)
+        ]
     )
 
 
@@ -142,8 +145,13 @@ def _to_fp16(model: Any) -> Any:
 
     # The normalisation reads raw digital numbers (up to ~10,000; float16 steps of 8 there): keep it in float32.
     keep = [n.name for n in model.graph.node if n.name.startswith("/normalize/")]
-    return convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False,
-                                    op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_OPS])  # fmt: skip
+    return convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        node_block_list=keep,
+        disable_shape_infer=False,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_OPS],
+    )
 
 
 def _opens_in_a_child(path: Path) -> str | None:
@@ -193,12 +201,22 @@ def _int8(pre: Path, out: Path, method: str, meta: BundleMetadata, calib_x: np.n
     if method == "static":
         x = calib_x[:CALIBRATION_LIMIT]
         quantize_static(
-            str(pre), str(out), _Reader(meta.input_name, x), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            str(pre),
+            str(out),
+            _Reader(meta.input_name, x),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
             use_external_data_format=False,
-        )  # fmt: skip
-        return f"int8 static QDQ (per-channel int8 weights, uint8 activations, MinMax ranges on {len(x)} series)"
-    quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=False)
+        )
+        return (
+            f"int8 static QDQ (per-channel int8 weights, uint8 activations, MinMax ranges on {len(x)} series)"
+        )
+    quantize_dynamic(
+        str(pre), str(out), weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=False
+    )
     return "int8 dynamic (int8 weights, activation ranges per batch at run time)"
 
 
@@ -211,7 +229,9 @@ def _pre_process(src: Path, out: Path) -> str:
         quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
         return "symbolic shape inference"
     except Exception as err:  # noqa: BLE001 - the symbolic inference raises bare AssertionErrors
-        logger.info("symbolic shape inference fails (%s); pre-processing with ONNX shape inference", _first_line(err))
+        logger.info(
+            "symbolic shape inference fails (%s); pre-processing with ONNX shape inference", _first_line(err)
+        )
         quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
         return "ONNX shape inference"
 
@@ -254,7 +274,9 @@ def reduce_precision(
     import onnx
 
     if precision not in PRECISIONS[1:]:
-        raise PrecisionError(f"precision is {precision!r}; expected one of {PRECISIONS[1:]} (fp32 is the export itself)")
+        raise PrecisionError(
+            f"precision is {precision!r}; expected one of {PRECISIONS[1:]} (fp32 is the export itself)"
+        )
     if int8_method not in INT8_METHODS:
         raise PrecisionError(f"int8 method is {int8_method!r}; expected one of {INT8_METHODS}")
     if not 0 < min_agreement <= 1:
@@ -273,7 +295,9 @@ def reduce_precision(
     for name, x in (("calibration", calib_x), ("evaluation", eval_x)):
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 3 or tuple(x.shape[1:]) != shape or not len(x) or not np.isfinite(x).all():
-            raise PrecisionError(f"{name} series have shape {x.shape}; expected finite gap-free (N, {shape[0]}, {shape[1]})")
+            raise PrecisionError(
+                f"{name} series have shape {x.shape}; expected finite gap-free (N, {shape[0]}, {shape[1]})"
+            )
         xs.append(x)
     calib_x, eval_x = xs
     want = _run(fp32.session, meta, eval_x)
@@ -281,7 +305,9 @@ def reduce_precision(
     if labels is not None and labels.shape != (len(eval_x),):
         raise PrecisionError(f"evaluation labels have shape {labels.shape}; expected ({len(eval_x)},)")
 
-    with tempfile.TemporaryDirectory(prefix=".cropmap-precision-", dir=out.parent if out.parent.is_dir() else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix=".cropmap-precision-", dir=out.parent if out.parent.is_dir() else None
+    ) as tmp:
         work = Path(tmp)
         candidates: list[Candidate] = []
         failures: list[str] = []
@@ -294,7 +320,9 @@ def reduce_precision(
                 model = onnx.load(str(src))
                 n = unshare_initializers(model)
                 if n:
-                    logger.info("duplicated %d shared initialisers so that each gets its own quantisation scale", n)
+                    logger.info(
+                        "duplicated %d shared initialisers so that each gets its own quantisation scale", n
+                    )
                 onnx.save(model, str(work / "unshared.onnx"))
                 shapes = _pre_process(work / "unshared.onnx", pre)
             except Exception as err:  # the pre-processor raises many types
@@ -337,25 +365,37 @@ def reduce_precision(
                 f"held-out series ({measured}); not written (keep fp32, or lower --min-agreement knowingly)"
             )
         best = max(passing, key=lambda c: c.px_per_s)
-        fp32_speed = _throughput(fp32.session, meta, eval_x[:_BATCH], repeat=2) if len(candidates) > 1 else None
+        fp32_speed = (
+            _throughput(fp32.session, meta, eval_x[:_BATCH], repeat=2) if len(candidates) > 1 else None
+        )
         if len(candidates) > 1:
-            logger.info("int8 candidates (%s); fp32 %.0f series/s; kept %s", measured, fp32_speed, best.method)
+            logger.info(
+                "int8 candidates (%s); fp32 %.0f series/s; kept %s", measured, fp32_speed, best.method
+            )
         acc32 = acc = None
         if labels is not None:
             acc32 = float((want.argmax(1) == labels).mean())
             acc = float((best.logits.argmax(1) == labels).mean())
         record = Precision(
-            dtype=precision, method=best.method, n=len(eval_x), argmax_agreement=agreement(best),
-            max_abs_logit_diff=float(np.abs(best.logits - want).max()), min_agreement=float(min_agreement),
-            accuracy_fp32=acc32, accuracy=acc, data=data,
-        )  # fmt: skip
+            dtype=precision,
+            method=best.method,
+            n=len(eval_x),
+            argmax_agreement=agreement(best),
+            max_abs_logit_diff=float(np.abs(best.logits - want).max()),
+            min_agreement=float(min_agreement),
+            accuracy_fp32=acc32,
+            accuracy=acc,
+            data=data,
+        )
         meta = dataclasses.replace(meta, precision=record)
         model = onnx.load(str(best.path))
         onnx.helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
         model.producer_name = "cropmap.exporters"
         external = [i.name for i in model.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
         if external:
-            raise PrecisionError(f"the {precision} graph stores {len(external)} initialisers externally; expected one file")
+            raise PrecisionError(
+                f"the {precision} graph stores {len(external)} initialisers externally; expected one file"
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
         os.close(fd)
@@ -373,9 +413,14 @@ def reduce_precision(
             final_tmp.unlink(missing_ok=True)
     logger.info(
         "wrote %s bundle %s (%.2f MB): %s; agreement with fp32 %.2f %% on %d series, max |logit diff| %.3g",
-        precision, out, out.stat().st_size / 1e6, record.method, 100 * record.argmax_agreement, record.n,
+        precision,
+        out,
+        out.stat().st_size / 1e6,
+        record.method,
+        100 * record.argmax_agreement,
+        record.n,
         record.max_abs_logit_diff,
-    )  # fmt: skip
+    )
     return record
 
 

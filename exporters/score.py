@@ -64,14 +64,24 @@ def score_series(bundle: Any, x: np.ndarray, y: np.ndarray, *, batch: int = 4096
     rows = []
     for j, info in enumerate(meta.classes):
         predicted = c[:, j].sum()
-        rows.append({
-            "code": info.code, "name": info.name, "n": int(c[j].sum()),
-            "precision": None if predicted == 0 else float(c[j, j] / predicted),
-            "recall": None if math.isnan(m.recall[j]) else m.recall[j],
-            "f1": None if math.isnan(m.f1[j]) else m.f1[j],
-        })  # fmt: skip
-    return {"n": len(y), "accuracy": m.accuracy, "macro_f1": m.macro_f1, "kappa": m.kappa,
-            "confusion": cm.tolist(), "per_class": rows}  # fmt: skip
+        rows.append(
+            {
+                "code": info.code,
+                "name": info.name,
+                "n": int(c[j].sum()),
+                "precision": None if predicted == 0 else float(c[j, j] / predicted),
+                "recall": None if math.isnan(m.recall[j]) else m.recall[j],
+                "f1": None if math.isnan(m.f1[j]) else m.f1[j],
+            }
+        )
+    return {
+        "n": len(y),
+        "accuracy": m.accuracy,
+        "macro_f1": m.macro_f1,
+        "kappa": m.kappa,
+        "confusion": cm.tolist(),
+        "per_class": rows,
+    }
 
 
 def run_series(
@@ -121,8 +131,10 @@ def check_task_fits(bundle: Any, task: Any) -> None:
     """Refuse parcels whose legend, bands or grid differ from the bundle's."""
     meta = bundle.metadata
     if tuple(c.name for c in meta.classes) != tuple(task.class_names):
-        raise ScoreError(f"the parcels' classes {list(task.class_names)} are not the bundle's "
-                         f"{[c.name for c in meta.classes]}")  # fmt: skip
+        raise ScoreError(
+            f"the parcels' classes {list(task.class_names)} are not the bundle's "
+            f"{[c.name for c in meta.classes]}"
+        )
     if tuple(task.bands) != tuple(meta.bands):
         raise ScoreError(f"the parcels' bands {list(task.bands)} are not the bundle's {list(meta.bands)}")
     if task.time_grid is not None and task.time_grid.day_of_season != meta.time_grid.day_of_season:
@@ -135,12 +147,20 @@ def format_table(result: dict[str, Any], what: str) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
 
-    lines = [(f"{what}: accuracy {100 * result['accuracy']:.2f} %, macro F1 {100 * result['macro_f1']:.2f} %, "
-             f"kappa {result['kappa']:.4f} on {result['n']} samples"), "",
-             "| code | class | n | precision | recall | F1 |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        (
+            f"{what}: accuracy {100 * result['accuracy']:.2f} %, macro F1 {100 * result['macro_f1']:.2f} %, "
+            f"kappa {result['kappa']:.4f} on {result['n']} samples"
+        ),
+        "",
+        "| code | class | n | precision | recall | F1 |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["per_class"]:
-        lines.append(f"| {r['code']} | {r['name']} | {r['n']} | {pct(r['precision'])} | {pct(r['recall'])} | "
-                     f"{pct(r['f1'])} |")  # fmt: skip
+        lines.append(
+            f"| {r['code']} | {r['name']} | {r['n']} | {pct(r['precision'])} | {pct(r['recall'])} | "
+            f"{pct(r['f1'])} |"
+        )
     return "\n".join(lines)
 
 

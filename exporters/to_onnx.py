@@ -87,8 +87,19 @@ class ExportError(RuntimeError):
     """The model cannot be exported as a bundle matching its metadata."""
 
 
-CLASSIFIER_KEYS = ("kind", "format", "model_name", "model_config", "state_dict", "in_dim", "n_classes",
-                   "norm_stats", "encoder", "bundle_metadata", "parity_inputs")  # fmt: skip
+CLASSIFIER_KEYS = (
+    "kind",
+    "format",
+    "model_name",
+    "model_config",
+    "state_dict",
+    "in_dim",
+    "n_classes",
+    "norm_stats",
+    "encoder",
+    "bundle_metadata",
+    "parity_inputs",
+)
 """Keys every ``classifier`` checkpoint holds (:func:`training.classifier.save_classifier`)."""
 ENCODER_KEYS = ("model_name", "model_config", "state_dict")
 """Keys of a classifier checkpoint's ``encoder`` entry when it is not ``None``."""
@@ -136,8 +147,10 @@ def verify_checkpoint(path: str | Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise ExportError(f"checkpoint {path} is a damaged zip archive ({_first_line(err)}); expected an "
-                          "intact checkpoint (copy it again from its source); nothing was written") from err
+        raise ExportError(
+            f"checkpoint {path} is a damaged zip archive ({_first_line(err)}); expected an "
+            "intact checkpoint (copy it again from its source); nothing was written"
+        ) from err
     if bad is not None:
         raise ExportError(
             f"checkpoint {path} is corrupted: its member {bad} fails the zip CRC-32 check (the file changed "
@@ -173,9 +186,13 @@ class PrecisionData:
 
 
 def split_precision_data(
-    x: np.ndarray, y: np.ndarray | None, *, train_x: np.ndarray | None = None, what: str = "validation series",
+    x: np.ndarray,
+    y: np.ndarray | None,
+    *,
+    train_x: np.ndarray | None = None,
+    what: str = "validation series",
     seed: int = 0,
-) -> PrecisionData:  # fmt: skip
+) -> PrecisionData:
     """Calibration and held-out series for a reduced-precision export.
 
     With ``train_x`` (training series): calibrate on them and measure on all of ``x``. Without:
@@ -183,15 +200,24 @@ def split_precision_data(
     """
     x = np.asarray(x, dtype=np.float32)
     if train_x is not None:
-        return PrecisionData(np.asarray(train_x, dtype=np.float32), x, y,
-                             f"calibrated on {len(train_x)} training series; agreement on {len(x)} {what}")  # fmt: skip
+        return PrecisionData(
+            np.asarray(train_x, dtype=np.float32),
+            x,
+            y,
+            f"calibrated on {len(train_x)} training series; agreement on {len(x)} {what}",
+        )
     if len(x) < 2:
-        raise ExportError(f"{len(x)} {what} are too few to calibrate and check a reduced precision; give training series")
+        raise ExportError(
+            f"{len(x)} {what} are too few to calibrate and check a reduced precision; give training series"
+        )
     idx = np.random.default_rng(seed).permutation(len(x))
     cal, ev = idx[: len(x) // 2], idx[len(x) // 2 :]
-    return PrecisionData(x[cal], x[ev], None if y is None else np.asarray(y)[ev],
-                         f"{what} split at random (seed {seed}): calibrated on {len(cal)}, agreement on the other "
-                         f"{len(ev)}")  # fmt: skip
+    return PrecisionData(
+        x[cal],
+        x[ev],
+        None if y is None else np.asarray(y)[ev],
+        f"{what} split at random (seed {seed}): calibrated on {len(cal)}, agreement on the other {len(ev)}",
+    )
 
 
 class BundleGraph(nn.Module):
@@ -274,7 +300,9 @@ def build_graph(
     """
     if isinstance(encoder, NormalizedEncoder):
         if norm_stats is not None:
-            raise ExportError("encoder already normalises its input (NormalizedEncoder); pass norm_stats=None")
+            raise ExportError(
+                "encoder already normalises its input (NormalizedEncoder); pass norm_stats=None"
+            )
         normalize, inner = encoder.normalize, encoder.encoder
     else:
         if norm_stats is None:
@@ -290,12 +318,18 @@ def _check_against_metadata(graph: BundleGraph, meta: BundleMetadata, example: t
     meta.validate()
     want = (meta.n_timesteps, meta.n_bands)
     if example.ndim != 3 or tuple(example.shape[1:]) != want:
-        raise ExportError(f"example input has shape {tuple(example.shape)}; metadata expects (B, {want[0]}, {want[1]})")
+        raise ExportError(
+            f"example input has shape {tuple(example.shape)}; metadata expects (B, {want[0]}, {want[1]})"
+        )
     if graph.normalize.n_features != meta.n_bands:
-        raise ExportError(f"normalisation has {graph.normalize.n_features} features; metadata lists {meta.n_bands} bands")
+        raise ExportError(
+            f"normalisation has {graph.normalize.n_features} features; metadata lists {meta.n_bands} bands"
+        )
     with torch.no_grad():
         logits, features = graph(example)
-        direct = graph.base_model(graph.encoder(graph.normalize(example)) if graph.encoder else graph.normalize(example))
+        direct = graph.base_model(
+            graph.encoder(graph.normalize(example)) if graph.encoder else graph.normalize(example)
+        )
     if logits.shape[-1] != len(meta.classes):
         raise ExportError(f"model has {logits.shape[-1]} outputs; metadata lists {len(meta.classes)} classes")
     if not torch.allclose(direct, logits, atol=1e-5, rtol=1e-5):
@@ -387,7 +421,9 @@ def export_bundle(
     _check_against_metadata(graph, metadata, x)
     calibration, cal_logits, cal_labels = None, None, None
     if calibration_data is not None:
-        calibration, cal_logits, cal_labels = _fit_calibration(graph, metadata, calibration_data, calibration_note)
+        calibration, cal_logits, cal_labels = _fit_calibration(
+            graph, metadata, calibration_data, calibration_note
+        )
         metadata = dataclasses.replace(metadata, calibration=calibration)
 
     module: nn.Module = graph if metadata.embedding is not None else _LogitsOnly(graph)
@@ -400,7 +436,9 @@ def export_bundle(
     with output_folder(out.parent):
         journal = journal_path(out)
         recover_commit(journal)
-        remove_stale(out.parent, {out.name, png.name, journal.name})  # temporaries of a killed export (dead PID)
+        remove_stale(
+            out.parent, {out.name, png.name, journal.name}
+        )  # temporaries of a killed export (dead PID)
         tmp = owned_path(out, "tmp", ".onnx")
         final_tmp = tmp
         png_tmp: Path | None = None
@@ -410,9 +448,13 @@ def export_bundle(
                 # the metadata, so that is intended. The LSTM warning concerns variable-length batches
                 # without initial states; the batch axis is verified by the parity check and tests.
                 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+                warnings.filterwarnings(
+                    "ignore", message="Exporting a model to ONNX with a batch_size other than 1"
+                )
                 # The TorchScript exporter is chosen on purpose (module docstring); torch flags it as legacy.
-                warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+                warnings.filterwarnings(
+                    "ignore", message="You are using the legacy TorchScript-based ONNX export"
+                )
                 try:
                     torch.onnx.export(
                         module,
@@ -427,13 +469,17 @@ def export_bundle(
                     )
                 except OSError:
                     raise
-                except Exception as err:  # the exporter raises many types; all mean "this graph does not export"
+                except (
+                    Exception
+                ) as err:  # the exporter raises many types; all mean "this graph does not export"
                     raise ExportError(
                         f"torch.onnx cannot export the {metadata.provenance.base_model} base model with encoder "
                         f"{metadata.provenance.encoder} at opset {opset}: {_first_line(err)}"
                     ) from err
             model = onnx.load(str(tmp))
-            n_conv = conv1d_as_conv2d(model)  # the faster form for ONNX Runtime; parity below checks the result
+            n_conv = conv1d_as_conv2d(
+                model
+            )  # the faster form for ONNX Runtime; parity below checks the result
             if n_conv:
                 logger.info("rewrote %d 1-D convolutions as 2-D ones over a height-1 image", n_conv)
             onnx.helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
@@ -461,10 +507,16 @@ def export_bundle(
                 final_tmp = owned_path(out, "tmp", ".onnx")
                 try:
                     record = reduce_precision(
-                        tmp, final_tmp, precision, calib_x=precision_data.calib_x, eval_x=precision_data.eval_x,
-                        eval_y=precision_data.eval_y, data=precision_data.note, int8_method=int8_method,
+                        tmp,
+                        final_tmp,
+                        precision,
+                        calib_x=precision_data.calib_x,
+                        eval_x=precision_data.eval_x,
+                        eval_y=precision_data.eval_y,
+                        data=precision_data.note,
+                        int8_method=int8_method,
                         min_agreement=DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
-                    )  # fmt: skip
+                    )
                 except PrecisionError as err:
                     raise ExportError(str(err)) from err
                 report = dataclasses.replace(report, precision=record)
@@ -473,8 +525,13 @@ def export_bundle(
 
                 png_tmp = owned_path(png, "tmp", ".png")
                 with io_step("write the reliability diagram", png_tmp):
-                    reliability_diagram(cal_logits, cal_labels, calibration, png_tmp,
-                                        title=f"{out.name}: reliability on {calibration.n} validation samples")  # fmt: skip
+                    reliability_diagram(
+                        cal_logits,
+                        cal_labels,
+                        calibration,
+                        png_tmp,
+                        title=f"{out.name}: reliability on {calibration.n} validation samples",
+                    )
                 os.chmod(png_tmp, _file_mode())
             moves = [(final_tmp, out)] + ([(png_tmp, png)] if png_tmp is not None else [])
             stale = [png] if png_tmp is None and os.path.lexists(png) else []
@@ -488,8 +545,14 @@ def export_bundle(
                         logger.warning("could not remove the temporary file %s: %s", t, err)
     logger.info("wrote bundle %s (%.2f MB): %s", out, out.stat().st_size / 1e6, report.summary())
     if calibration is not None:
-        logger.info("calibration: T = %.4g, ECE %.4f -> %.4f on %d samples; reliability diagram %s",
-                    calibration.temperature, calibration.ece_before, calibration.ece_after, calibration.n, png)  # fmt: skip
+        logger.info(
+            "calibration: T = %.4g, ECE %.4f -> %.4f on %d samples; reliability diagram %s",
+            calibration.temperature,
+            calibration.ece_before,
+            calibration.ece_after,
+            calibration.n,
+            png,
+        )
         report = dataclasses.replace(report, calibration=calibration)
     return report
 
@@ -507,13 +570,22 @@ def _fit_calibration(
     xv = np.asarray(x_val, dtype=np.float32)
     yv = np.asarray(y_val)
     if xv.ndim != 3 or tuple(xv.shape[1:]) != (meta.n_timesteps, meta.n_bands):
-        raise ExportError(f"calibration x_val has shape {xv.shape}; expected (N, {meta.n_timesteps}, {meta.n_bands})")
+        raise ExportError(
+            f"calibration x_val has shape {xv.shape}; expected (N, {meta.n_timesteps}, {meta.n_bands})"
+        )
     if not np.isfinite(xv).all():
         raise ExportError("calibration x_val contains NaN/inf; pass gap-filled series as inference does")
     with torch.no_grad():
-        logits = np.concatenate(
-            [graph(torch.from_numpy(xv[i : i + 4096]))[0].double().numpy() for i in range(0, len(xv), 4096)]
-        ) if len(xv) else np.zeros((0, len(meta.classes)))  # fmt: skip
+        logits = (
+            np.concatenate(
+                [
+                    graph(torch.from_numpy(xv[i : i + 4096]))[0].double().numpy()
+                    for i in range(0, len(xv), 4096)
+                ]
+            )
+            if len(xv)
+            else np.zeros((0, len(meta.classes)))
+        )
     try:
         cal = calibrate(logits, yv, data=note)
     except CalibrationError as err:
@@ -571,12 +643,18 @@ def export_checkpoint(
         overwrite=overwrite,
         # Checkpoints of downstream runs store labelled validation series: calibrate on them.
         calibration_data=(clf.parity_inputs, clf.parity_labels) if labelled else None,
-        calibration_note=f"{len(clf.parity_inputs)} validation series stored in {Path(checkpoint).name}" if labelled else "",
+        calibration_note=f"{len(clf.parity_inputs)} validation series stored in {Path(checkpoint).name}"
+        if labelled
+        else "",
         precision=precision,
-        precision_data=None if precision == "fp32" else split_precision_data(
-            clf.parity_inputs, clf.parity_labels, train_x=train_x,
+        precision_data=None
+        if precision == "fp32"
+        else split_precision_data(
+            clf.parity_inputs,
+            clf.parity_labels,
+            train_x=train_x,
             what=f"validation series stored in {Path(checkpoint).name}",
         ),
         min_agreement=min_agreement,
         int8_method=int8_method,
-    )  # fmt: skip
+    )

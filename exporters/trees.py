@@ -110,10 +110,12 @@ def feature_graph(bands: tuple[str, ...], n_steps: int, *, opset: int, input_nam
         parts.append(f"f_{name}_amf")
     nodes.append(helper.make_node("Concat", parts, ["features"], axis=1))
     graph = helper.make_graph(
-        nodes, "cropmap_tree_features",
+        nodes,
+        "cropmap_tree_features",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", n_steps, c])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", None])], initializer=inits,
-    )  # fmt: skip
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", None])],
+        initializer=inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -132,15 +134,18 @@ def build_tree_graph(clf: TreeClassifier, *, input_name: str = "x", output_name:
     feats = feature_graph(clf.bands, clf.n_steps, opset=opset, input_name=input_name)
     feats.ir_version = trees.ir_version
     tree_in = trees.graph.input[0].name
-    merged = compose.merge_models(feats, trees, io_map=[("features", tree_in)], prefix2="trees_",
-                                  outputs=["trees_probabilities"])  # fmt: skip
+    merged = compose.merge_models(
+        feats, trees, io_map=[("features", tree_in)], prefix2="trees_", outputs=["trees_probabilities"]
+    )
     k = int(clf.metadata and len(clf.metadata.classes))
     g = merged.graph
     g.initializer.append(helper.make_tensor("head_floor", TensorProto.FLOAT, [], [LOG_FLOOR]))
-    g.node.extend([
-        helper.make_node("Max", ["trees_probabilities", "head_floor"], ["head_p"]),
-        helper.make_node("Log", ["head_p"], [output_name]),
-    ])  # fmt: skip
+    g.node.extend(
+        [
+            helper.make_node("Max", ["trees_probabilities", "head_floor"], ["head_p"]),
+            helper.make_node("Log", ["head_p"], [output_name]),
+        ]
+    )
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", k]))
     g.name = f"cropmap_{clf.family}"
@@ -269,8 +274,10 @@ def verify_tree_checkpoint(path: str | Path) -> None:
     path = Path(path)
     try:
         if not zipfile.is_zipfile(path):
-            raise ExportError(f"checkpoint {path} is not a zip archive (the format torch.save writes); expected a tree "
-                              "checkpoint written by training (save_tree_classifier), intact")  # fmt: skip
+            raise ExportError(
+                f"checkpoint {path} is not a zip archive (the format torch.save writes); expected a tree "
+                "checkpoint written by training (save_tree_classifier), intact"
+            )
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
@@ -278,8 +285,10 @@ def verify_tree_checkpoint(path: str | Path) -> None:
             f"checkpoint {path} is a damaged zip archive ({err}); copy it again from its source"
         ) from err
     if bad is not None:
-        raise ExportError(f"checkpoint {path} is corrupted: its member {bad} fails the zip CRC-32 check; copy it again "
-                          "from its source; nothing was written")  # fmt: skip
+        raise ExportError(
+            f"checkpoint {path} is corrupted: its member {bad} fails the zip CRC-32 check; copy it again "
+            "from its source; nothing was written"
+        )
 
 
 def export_best_tree(
@@ -304,9 +313,11 @@ def export_best_tree(
     prov = clf.metadata.provenance
     metrics = {**prov.metrics, **choice_metrics(choice)}
     prov = dataclasses.replace(
-        prov, training_data=f"{prov.training_data}; {choice.describe()} (run directory {Path(run_dir).name})",
-        metrics=metrics, created=created or prov.created,
-    )  # fmt: skip
+        prov,
+        training_data=f"{prov.training_data}; {choice.describe()} (run directory {Path(run_dir).name})",
+        metrics=metrics,
+        created=created or prov.created,
+    )
     meta = dataclasses.replace(clf.metadata, provenance=prov)
     cal = calibration_series(choice, run_dir)
     if cal is None:
@@ -317,8 +328,14 @@ def export_best_tree(
                     (np.asarray(data["x"], np.float32), np.asarray(data["y"], np.int64)),
                     (f"validation series of {Path(run_dir).name} (task {choice.record['task']})"),
                 )
-    return export_tree_bundle(clf, out, metadata=meta, calibration_data=None if cal is None else cal[0],
-                              calibration_note="" if cal is None else cal[1], overwrite=overwrite)  # fmt: skip
+    return export_tree_bundle(
+        clf,
+        out,
+        metadata=meta,
+        calibration_data=None if cal is None else cal[0],
+        calibration_note="" if cal is None else cal[1],
+        overwrite=overwrite,
+    )
 
 
 def export_tree_checkpoint(
@@ -344,5 +361,7 @@ def export_tree_checkpoint(
 
 def parity_summary(report: ParityReport) -> str:
     """One line of a tree bundle's parity: probabilities against the training library's ``predict_proba``."""
-    return (f"{report.n} inputs: max |probability diff| vs predict_proba {report.max_abs_logit_diff:.3g} "
-            f"(atol {report.atol:g}), argmax agreement {100 * report.argmax_agreement:.2f} %")  # fmt: skip
+    return (
+        f"{report.n} inputs: max |probability diff| vs predict_proba {report.max_abs_logit_diff:.3g} "
+        f"(atol {report.atol:g}), argmax agreement {100 * report.argmax_agreement:.2f} %"
+    )

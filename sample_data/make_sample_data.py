@@ -119,8 +119,12 @@ def tag_stack(source: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Build ``sample_data/`` from ``--source``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, required=True, help="folder with belgium_2021/ and worldcereal_parcels/")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="default: this folder")
+    parser.add_argument(
+        "--source", type=Path, required=True, help="folder with belgium_2021/ and worldcereal_parcels/"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent, help="default: this folder"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tag_stack(args.source, args.out)

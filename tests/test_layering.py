@@ -22,11 +22,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-CONTRACT = frozenset({"cropmap.bands", "cropmap.bundle", "cropmap.clouds", "cropmap.timegrid", "cropmap.errors"})
+CONTRACT = frozenset(
+    {"cropmap.bands", "cropmap.bundle", "cropmap.clouds", "cropmap.timegrid", "cropmap.errors"}
+)
 """What every training module may import from cropmap: band names, bundle metadata, the cloud rule, the time grid
 and gap fill, and the error types."""
 
-INPUT_SIDE = frozenset({"cropmap.stack", "cropmap.mask", "cropmap.tiling", "cropmap.sanity", "cropmap.safeio"})
+INPUT_SIDE = frozenset(
+    {"cropmap.stack", "cropmap.mask", "cropmap.tiling", "cropmap.sanity", "cropmap.safeio"}
+)
 """Inference's input side: stack reader, polygon rasterisation, block plan, reflectance check, output safety."""
 
 READERS = frozenset({"training/data/extract.py", "training/pairs.py"})

@@ -35,10 +35,28 @@ PS_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
 """Default second-modality bands: PlanetScope's four SR bands, as Planet names them in the band descriptions of
 4-band (``..._AnalyticMS_SR.tif``) and 8-band SuperDove (``..._AnalyticMS_SR_8b.tif``) scenes."""
 
-SUPERDOVE_BANDS: tuple[str, ...] = ("coastal_blue", "blue", "green_i", "green", "yellow", "red", "rededge", "nir")
+SUPERDOVE_BANDS: tuple[str, ...] = (
+    "coastal_blue",
+    "blue",
+    "green_i",
+    "green",
+    "yellow",
+    "red",
+    "rededge",
+    "nir",
+)
 """The band descriptions of 8-band SuperDove SR scenes."""
 
-UDM2_BANDS: tuple[str, ...] = ("clear", "snow", "shadow", "light_haze", "heavy_haze", "cloud", "confidence", "udm1")
+UDM2_BANDS: tuple[str, ...] = (
+    "clear",
+    "snow",
+    "shadow",
+    "light_haze",
+    "heavy_haze",
+    "cloud",
+    "confidence",
+    "udm1",
+)
 """The band descriptions of Planet's UDM2 file; band ``clear`` is 1 where the pixel is usable."""
 
 DEFAULT_MASK_BAND = "clear"
@@ -135,7 +153,9 @@ def _open_scene(
     try:
         src = rasterio.open(path)
     except rasterio.errors.RasterioError as err:
-        raise PairsError(f"scene {path} is not a readable GeoTIFF ({' '.join(str(err).split())[:160]})") from err
+        raise PairsError(
+            f"scene {path} is not a readable GeoTIFF ({' '.join(str(err).split())[:160]})"
+        ) from err
     with src:
         if src.crs is None:
             raise PairsError(f"scene {path} has no CRS; set it (gdal_edit.py -a_srs EPSG:...) before pairing")
@@ -171,8 +191,14 @@ def _open_scene(
                     mnames = [band_key(d or "") for d in msk.descriptions]
                     if band_key(mask_band) in mnames:
                         mask_index = mnames.index(band_key(mask_band)) + 1
-                    elif band_key(mask_band) == DEFAULT_MASK_BAND and msk.count >= 1 and not any(msk.descriptions):
-                        mask_index = 1  # Planet's UDM2 without descriptions: band 1 is 'clear' by specification
+                    elif (
+                        band_key(mask_band) == DEFAULT_MASK_BAND
+                        and msk.count >= 1
+                        and not any(msk.descriptions)
+                    ):
+                        mask_index = (
+                            1  # Planet's UDM2 without descriptions: band 1 is 'clear' by specification
+                        )
                     else:
                         raise PairsError(
                             f"bands missing: mask file {mask_file} of scene {path} has no band {mask_band!r} "
@@ -187,9 +213,16 @@ def _open_scene(
                     f"(<scene id>_udm2.tif) beside it; pass --mask-band none to pair without one"
                 )
         return SecondScene(
-            path=path, date=day, crs=src.crs, transform=t, shape=(src.height, src.width), band_index=index,
-            nodata=None if nodata is None else float(nodata), mask_path=mask_path, mask_index=mask_index,
-        )  # fmt: skip
+            path=path,
+            date=day,
+            crs=src.crs,
+            transform=t,
+            shape=(src.height, src.width),
+            band_index=index,
+            nodata=None if nodata is None else float(nodata),
+            mask_path=mask_path,
+            mask_index=mask_index,
+        )
 
 
 def find_scenes(inputs: Sequence[str | Path], bands: Sequence[str], mask_band: str) -> list[SecondScene]:
@@ -222,7 +255,9 @@ def find_scenes(inputs: Sequence[str | Path], bands: Sequence[str], mask_band: s
         elif p.suffix.lower() in _TIFF:
             files.append(p)
         else:
-            raise PairsError(f"scene input {p} is neither a folder, a GeoTIFF nor a STAC item collection (.json)")
+            raise PairsError(
+                f"scene input {p} is neither a folder, a GeoTIFF nor a STAC item collection (.json)"
+            )
     udm2s: dict[Path, dict[str, list[Path]]] = {}
     for f in files:
         if _is_udm2(f):
@@ -239,7 +274,7 @@ def _stac_scenes(path: Path, bands: Sequence[str], mask_band: str) -> list[Secon
 
     try:
         items = list(pystac.ItemCollection.from_file(str(path)))
-    except Exception as err:  # noqa: BLE001 - pystac raises several types for a file that is no item collection
+    except Exception as err:
         raise PairsError(f"{path} is not a STAC item collection ({type(err).__name__})") from err
     if not items:
         raise PairsError(f"{path} holds no STAC items")
@@ -321,17 +356,28 @@ def footprint_in(scene: SecondScene, crs: CRS) -> tuple[float, float, float, flo
 def _aligned_offset(scene: SecondScene, crs: CRS, transform: Affine) -> tuple[int, int] | None:
     """(row, col) of the window's origin in the scene's grid when both grids coincide up to whole pixels."""
     t = scene.transform
-    if scene.crs != crs or not math.isclose(t.a, transform.a, rel_tol=1e-9) or not math.isclose(t.e, transform.e, rel_tol=1e-9):
+    if (
+        scene.crs != crs
+        or not math.isclose(t.a, transform.a, rel_tol=1e-9)
+        or not math.isclose(t.e, transform.e, rel_tol=1e-9)
+    ):
         return None
     col = (transform.c - t.c) / t.a
     row = (transform.f - t.f) / t.e
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
-    return int(round(row)), int(round(col))
+    return round(row), round(col)
 
 
-def _read_aligned(src: Any, indexes: Sequence[int], offset: tuple[int, int], scene_shape: tuple[int, int],
-                  shape: tuple[int, int], fill: float, dtype: Any) -> np.ndarray:
+def _read_aligned(
+    src: Any,
+    indexes: Sequence[int],
+    offset: tuple[int, int],
+    scene_shape: tuple[int, int],
+    shape: tuple[int, int],
+    fill: float,
+    dtype: Any,
+) -> np.ndarray:
     """Bands of ``path`` on the window (shape ``shape``) whose origin is ``offset`` in the file's grid."""
     out = np.full((len(indexes), *shape), fill, dtype=dtype)
     r0, c0 = offset
@@ -344,8 +390,14 @@ def _read_aligned(src: Any, indexes: Sequence[int], offset: tuple[int, int], sce
     return out
 
 
-def _scene_on(scene: SecondScene, crs: CRS, transform: Affine, shape: tuple[int, int],
-              resampling: Resampling, cache: DatasetCache) -> tuple[np.ndarray, np.ndarray | None]:
+def _scene_on(
+    scene: SecondScene,
+    crs: CRS,
+    transform: Affine,
+    shape: tuple[int, int],
+    resampling: Resampling,
+    cache: DatasetCache,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A scene's bands (float32, NaN outside its data) and raw mask band (``None``: no mask) on a window."""
     offset = _aligned_offset(scene, crs, transform)
     src = cache.get(scene.path)
@@ -356,9 +408,14 @@ def _scene_on(scene: SecondScene, crs: CRS, transform: Affine, shape: tuple[int,
     else:
         values = np.full((len(scene.band_index), *shape), np.nan, dtype=np.float32)
         reproject(
-            rasterio.band(src, list(scene.band_index)), values, src_nodata=scene.nodata, dst_nodata=np.nan,
-            dst_transform=transform, dst_crs=crs, resampling=resampling,
-        )  # fmt: skip
+            rasterio.band(src, list(scene.band_index)),
+            values,
+            src_nodata=scene.nodata,
+            dst_nodata=np.nan,
+            dst_transform=transform,
+            dst_crs=crs,
+            resampling=resampling,
+        )
     if scene.mask_path is None:
         return values, None
     assert scene.mask_index is not None
@@ -368,9 +425,15 @@ def _scene_on(scene: SecondScene, crs: CRS, transform: Affine, shape: tuple[int,
     else:
         raw = np.zeros(shape, dtype=np.float32)
         reproject(
-            rasterio.band(msk, scene.mask_index), raw, src_nodata=None, dst_nodata=None, init_dest_nodata=False,
-            dst_transform=transform, dst_crs=crs, resampling=Resampling.nearest,
-        )  # fmt: skip
+            rasterio.band(msk, scene.mask_index),
+            raw,
+            src_nodata=None,
+            dst_nodata=None,
+            init_dest_nodata=False,
+            dst_transform=transform,
+            dst_crs=crs,
+            resampling=Resampling.nearest,
+        )
     return values, raw
 
 

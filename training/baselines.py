@@ -67,7 +67,11 @@ def random_forest(
     rf = RandomForestClassifier(n_estimators=n_estimators, n_jobs=n_jobs, random_state=seed)
     rf.fit(xt, np.asarray(y_train))
     pred = rf.predict(xv)
-    return {**score(y_val, pred, n_classes), "seconds": time.perf_counter() - t0, "n_features": int(xt.shape[1])}
+    return {
+        **score(y_val, pred, n_classes),
+        "seconds": time.perf_counter() - t0,
+        "n_features": int(xt.shape[1]),
+    }
 
 
 def majority(y_train: np.ndarray, y_val: np.ndarray, n_classes: int) -> dict[str, Any]:

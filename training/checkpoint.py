@@ -47,7 +47,15 @@ blocks); format 1 counted residual blocks, so its ``model_config`` would rebuild
 
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "encoder": ("model_name", "model_config", "state_dict", "norm_stats"),
-    "pretrain_state": ("model_name", "model_config", "state_dict", "norm_stats", "optimizer", "epoch", "config"),
+    "pretrain_state": (
+        "model_name",
+        "model_config",
+        "state_dict",
+        "norm_stats",
+        "optimizer",
+        "epoch",
+        "config",
+    ),
 }
 """Keys each known kind must carry besides ``kind`` and ``state_dict``."""
 
@@ -189,7 +197,9 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any] | None = None, 
     return path
 
 
-def load_checkpoint(path: str | Path, *, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(
+    path: str | Path, *, kind: str | None = None, map_location: str | torch.device = "cpu"
+) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Args:
@@ -233,4 +243,6 @@ def _check_payload(data: Mapping[str, Any], *, source: str) -> None:
     needed = ("state_dict", *REQUIRED_KEYS.get(data["kind"], ()))
     missing = [k for k in needed if k not in data]
     if missing:
-        raise CheckpointError(f"{source}: a {data['kind']!r} checkpoint needs keys {missing} (found {sorted(data)})")
+        raise CheckpointError(
+            f"{source}: a {data['kind']!r} checkpoint needs keys {missing} (found {sorted(data)})"
+        )

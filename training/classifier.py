@@ -28,14 +28,28 @@ import torch
 from torch import nn
 
 from cropmap.bundle import SCHEMA_VERSION, BundleMetadata, ClassInfo, EmbeddingInfo, Provenance, TimeGrid
-from training.checkpoint import CheckpointError, git_revision, load_checkpoint, save_checkpoint, validate_norm_stats
+from training.checkpoint import (
+    CheckpointError,
+    git_revision,
+    load_checkpoint,
+    save_checkpoint,
+    validate_norm_stats,
+)
 from training.models import build_model
 from training.models.encoder import ENCODERS, NormalizedEncoder, build_encoder
 
 CLASSIFIER_KIND = "classifier"
 """``kind`` of the checkpoints :func:`load_classifier` reads."""
 
-_REQUIRED = ("model_config", "in_dim", "n_classes", "norm_stats", "encoder", "bundle_metadata", "parity_inputs")
+_REQUIRED = (
+    "model_config",
+    "in_dim",
+    "n_classes",
+    "norm_stats",
+    "encoder",
+    "bundle_metadata",
+    "parity_inputs",
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,9 @@ def describe_encoder(encoder: nn.Module | None) -> tuple[str, str]:
         return "none", "none"
     name = next((n for n, builder in ENCODERS.items() if type(encoder) is builder), None)
     if name is None:
-        raise TypeError(f"{type(encoder).__name__} is not a known encoder; expected one of {sorted(ENCODERS)}")
+        raise TypeError(
+            f"{type(encoder).__name__} is not a known encoder; expected one of {sorted(ENCODERS)}"
+        )
     cfg = encoder.config
     size = f"{cfg['n_layers']}x{cfg.get('hidden', cfg.get('d_model'))}"
     return name, f"{name}-{size}"
@@ -162,7 +178,9 @@ def save_classifier(
         ValueError: If the encoder is a NormalizedEncoder or the inputs do not fit the metadata.
     """
     if isinstance(encoder, NormalizedEncoder):
-        raise ValueError("save the bare encoder (NormalizedEncoder.encoder) and its norm_stats")
+        raise ValueError(  # noqa: TRY004 - a wrong value of the right type, documented as ValueError
+            "save the bare encoder (NormalizedEncoder.encoder) and its norm_stats"
+        )
     metadata.validate()
     x = np.asarray(parity_inputs, dtype=np.float32)
     if x.ndim != 3 or x.shape[1:] != (metadata.n_timesteps, metadata.n_bands) or not len(x):
@@ -187,7 +205,9 @@ def save_classifier(
         },
         "bundle_metadata": metadata.to_json(),
         "parity_inputs": torch.from_numpy(np.ascontiguousarray(x)),
-        "parity_labels": None if parity_labels is None else torch.as_tensor(np.asarray(parity_labels, dtype=np.int64)),
+        "parity_labels": None
+        if parity_labels is None
+        else torch.as_tensor(np.asarray(parity_labels, dtype=np.int64)),
     }
     payload.update(extra)
     return save_checkpoint(path, payload)
@@ -212,13 +232,19 @@ def load_classifier(path: str | Path) -> Classifier:
         try:
             encoder.load_state_dict(enc["state_dict"])
         except RuntimeError as err:
-            raise CheckpointError(f"{path}: encoder weights do not fit {enc['model_name']!r}: {_first_line(err)}") from err
+            raise CheckpointError(
+                f"{path}: encoder weights do not fit {enc['model_name']!r}: {_first_line(err)}"
+            ) from err
         encoder.eval()
-    base = build_model(ckpt["model_name"], int(ckpt["in_dim"]), int(ckpt["n_classes"]), **ckpt["model_config"])
+    base = build_model(
+        ckpt["model_name"], int(ckpt["in_dim"]), int(ckpt["n_classes"]), **ckpt["model_config"]
+    )
     try:
         base.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: base-model weights do not fit {ckpt['model_name']!r}: {_first_line(err)}") from err
+        raise CheckpointError(
+            f"{path}: base-model weights do not fit {ckpt['model_name']!r}: {_first_line(err)}"
+        ) from err
     base.eval()
     meta = BundleMetadata.from_json(ckpt["bundle_metadata"])
     labels = ckpt.get("parity_labels")

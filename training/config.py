@@ -296,7 +296,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if origin is tuple and targs and (len(targs) != 2 or targs[1] is not Ellipsis):
             if len(targs) != len(value):
                 raise ConfigError(f"{key}: expected {len(targs)} items, found {len(value)}")
-            return tuple(_coerce(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(targs, value, strict=True)))
+            return tuple(
+                _coerce(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(targs, value, strict=True))
+            )
         item_hint = targs[0] if targs else Any
         items = [_coerce(item_hint, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

@@ -33,10 +33,14 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cpu":
         return device
     if device.type != "cuda":
-        raise ValueError(f"--device {name!r}: only CPU and CUDA devices are supported; expected {DEVICE_HELP}")
+        raise ValueError(
+            f"--device {name!r}: only CPU and CUDA devices are supported; expected {DEVICE_HELP}"
+        )
     if not torch.cuda.is_available():
         build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
-        raise ValueError(f"--device {name} was asked for but torch sees no CUDA device ({build}); use --device cpu")
+        raise ValueError(
+            f"--device {name} was asked for but torch sees no CUDA device ({build}); use --device cpu"
+        )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise ValueError(f"--device {name}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")

@@ -87,8 +87,10 @@ def init_from_env(device: torch.device) -> Ranks:
     """
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise ValueError(f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')} but {', '.join(missing)} is not set; "
-                         "start several ranks with torchrun (docs/scaling.md)")  # fmt: skip
+        raise ValueError(
+            f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')} but {', '.join(missing)} is not set; "
+            "start several ranks with torchrun (docs/scaling.md)"
+        )
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not tdist.is_initialized():

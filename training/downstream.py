@@ -54,13 +54,13 @@ import torch
 from torch import nn
 
 from cropmap.bundle import ClassInfo, TimeGrid
+from training.baselines import score
 from training.checkpoint import CheckpointError, describe_error
 from training.classifier import classifier_metadata, describe_encoder, save_classifier
 from training.config import ConfigError, config_to_dict, load_config
 from training.evaluate import confusion_matrix, metrics_from_confusion
 from training.models import MODELS, build_model
 from training.models.encoder import compute_norm_stats, load_frozen_encoder
-from training.baselines import score
 from training.recipe import (
     RECIPES,
     Recipe,
@@ -235,11 +235,15 @@ class TaskData:
         for name in ("x_train", "x_val"):
             arr = getattr(self, name)
             if arr.ndim != 3 or arr.shape[-1] != len(self.bands):
-                raise ValueError(f"{name} must be (N, T, {len(self.bands)}) for bands {self.bands}, got {arr.shape}")
+                raise ValueError(
+                    f"{name} must be (N, T, {len(self.bands)}) for bands {self.bands}, got {arr.shape}"
+                )
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name} holds non-finite values; fill gaps before the downstream task")
         if self.groups_train is not None and len(self.groups_train) != len(self.x_train):
-            raise ValueError(f"groups_train has {len(self.groups_train)} entries for {len(self.x_train)} training series")
+            raise ValueError(
+                f"groups_train has {len(self.groups_train)} entries for {len(self.x_train)} training series"
+            )
         if self.x_train.shape[1] != self.x_val.shape[1]:
             raise ValueError(f"train has {self.x_train.shape[1]} stamps but val has {self.x_val.shape[1]}")
         k = len(self.class_names)
@@ -355,7 +359,9 @@ def train_run(
     bs = recipe.batch_size(batch_size, len(x_train))
     n_epochs = recipe.epochs(epochs, len(x_train), bs)
     if recipe.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, weight_decay=recipe.weight_decay
+        )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / bs)
@@ -364,7 +370,9 @@ def train_run(
     weight = class_weights(y_train, n_classes).to(device) if recipe.balanced else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
     # Augmentation acts on what x_train holds: model inputs, or raw values before a per-batch front.
-    scale = x_train.reshape(-1, x_train.shape[-1]).float().std(dim=0).clamp(min=1e-6) if recipe.augments else None
+    scale = (
+        x_train.reshape(-1, x_train.shape[-1]).float().std(dim=0).clamp(min=1e-6) if recipe.augments else None
+    )
     curve: list[list[float]] = []
     loss_sum, loss_n = 0.0, 0
     best: tuple[float, float] | None = None
@@ -407,7 +415,9 @@ def train_run(
             else:
                 since_best += 1
         if progress is not None:
-            progress.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.3f}", acc=f"{curve[-1][1]:.3f}" if curve else "-")
+            progress.set_postfix(
+                loss=f"{loss_sum / max(loss_n, 1):.3f}", acc=f"{curve[-1][1]:.3f}" if curve else "-"
+            )
             progress.update(1)
         if recipe.patience and since_best >= recipe.patience:
             break
@@ -431,7 +441,13 @@ def train_run(
 
 @torch.no_grad()
 def _selection_score(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, *, device: str, front: nn.Module | None
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    *,
+    device: str,
+    front: nn.Module | None,
 ) -> tuple[float, float]:
     """(macro F1, -mean cross-entropy) on the selection split: larger is better."""
     model.eval()
@@ -466,14 +482,30 @@ def predict(
 # ----------------------------------------------------------------------------------------------
 # the comparison
 # ----------------------------------------------------------------------------------------------
-SETUP_KEYS = ("task", "epochs", "batch_size", "n_train", "n_val", "seed", "lr_schedule", "fill", "recipe",
-              "prior_correction")
+SETUP_KEYS = (
+    "task",
+    "epochs",
+    "batch_size",
+    "n_train",
+    "n_val",
+    "seed",
+    "lr_schedule",
+    "fill",
+    "recipe",
+    "prior_correction",
+)
 """Record fields that must agree between runs stored in one results file."""
 
 
 def _run_key(rec: dict[str, Any]) -> tuple[str, str, int, str, float | None]:
     c = rec["corruption"]
-    return (str(rec["task"]), str(rec["family"]), int(rec["variant"]), str(rec["method"]), None if c is None else float(c))
+    return (
+        str(rec["task"]),
+        str(rec["family"]),
+        int(rec["variant"]),
+        str(rec["method"]),
+        None if c is None else float(c),
+    )
 
 
 def load_finished(path: Path) -> dict[tuple[str, str, int, str, float | None], dict[str, Any]]:
@@ -503,7 +535,9 @@ def _check_setup(done: dict[Any, dict[str, Any]], setup: dict[str, Any], path: P
         diff = {k: (rec.get(k), setup[k]) for k in SETUP_KEYS if rec.get(k) != setup[k]}
         if diff:
             pretty = ", ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"{path} holds task {setup['task']} runs made with another set-up ({pretty}); use another --out")
+            raise ValueError(
+                f"{path} holds task {setup['task']} runs made with another set-up ({pretty}); use another --out"
+            )
 
 
 def _fronts(
@@ -575,21 +609,42 @@ def _save_run_model(
     encoder = None if method == "supervised" else front.encoder  # NormalizedEncoder -> bare encoder
     norm_stats = front.norm_stats() if method == "supervised" else front.normalize.norm_stats()
     pretraining = "none" if method == "supervised" else f"{method}-{corruption:g}"
-    metrics = {"val_accuracy": res["val_accuracy"], "val_macro_f1": res["macro_f1"], "val_kappa": res["kappa"],
-               "n_train": float(len(data.y_train)), "n_val": float(len(data.y_val))}  # fmt: skip
+    metrics = {
+        "val_accuracy": res["val_accuracy"],
+        "val_macro_f1": res["macro_f1"],
+        "val_kappa": res["kappa"],
+        "n_train": float(len(data.y_train)),
+        "n_val": float(len(data.y_val)),
+    }
     meta = classifier_metadata(
-        encoder=encoder, base_model=model, family=family, pretraining=pretraining, bands=data.bands,
-        time_grid=data.time_grid, classes=_classes(data), min_valid_steps=cfg.min_valid,
-        training_data=data.description or f"task {cfg.task}", metrics=metrics, nodata=data.nodata,
-    )  # fmt: skip
+        encoder=encoder,
+        base_model=model,
+        family=family,
+        pretraining=pretraining,
+        bands=data.bands,
+        time_grid=data.time_grid,
+        classes=_classes(data),
+        min_valid_steps=cfg.min_valid,
+        training_data=data.description or f"task {cfg.task}",
+        metrics=metrics,
+        nodata=data.nodata,
+    )
     n = min(PARITY_ROWS, len(data.y_val))
     return save_classifier(
-        path, encoder=encoder, encoder_name=describe_encoder(encoder)[0] if encoder is not None else None,
-        base_model=model.cpu(), base_model_name=family, base_model_config=hp, norm_stats=norm_stats,
-        metadata=meta, parity_inputs=data.x_val[:n], parity_labels=data.y_val[:n],
-        encoder_path=extra.get("encoder"), fill=cfg.fill if cfg.task != "real" else "linear",
+        path,
+        encoder=encoder,
+        encoder_name=describe_encoder(encoder)[0] if encoder is not None else None,
+        base_model=model.cpu(),
+        base_model_name=family,
+        base_model_config=hp,
+        norm_stats=norm_stats,
+        metadata=meta,
+        parity_inputs=data.x_val[:n],
+        parity_labels=data.y_val[:n],
+        encoder_path=extra.get("encoder"),
+        fill=cfg.fill if cfg.task != "real" else "linear",
         config=config_to_dict(cfg),
-    )  # fmt: skip
+    )
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -651,7 +706,11 @@ def run_comparison(
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     (out / f"config_task{cfg.task}.json").write_text(
-        json.dumps({"config": config_to_dict(cfg), "encoders": [dataclasses.asdict(e) for e in encoders]}, default=str, indent=1)
+        json.dumps(
+            {"config": config_to_dict(cfg), "encoders": [dataclasses.asdict(e) for e in encoders]},
+            default=str,
+            indent=1,
+        )
     )
     setup = {
         "task": cfg.task,
@@ -681,10 +740,14 @@ def run_comparison(
         if x_sel is not None and y_sel is not None and not sel_file.is_file():
             _write_npz(sel_file, x=np.asarray(x_sel, np.float32), y=np.asarray(y_sel, np.int64))
     variants = {
-        f: sample_variants(f, cfg.variants, seed=cfg.seed, storage=out / "variants.db") if cfg.variants else []
+        f: sample_variants(f, cfg.variants, seed=cfg.seed, storage=out / "variants.db")
+        if cfg.variants
+        else []
         for f in cfg.families
     }
-    indices = (list(range(-1, -cfg.repeats - 1, -1)) if cfg.default_variant else []) + list(range(cfg.variants))
+    indices = (list(range(-1, -cfg.repeats - 1, -1)) if cfg.default_variant else []) + list(
+        range(cfg.variants)
+    )
     x_train = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
     x_val = torch.from_numpy(np.ascontiguousarray(data.x_val, dtype=np.float32))
     y_train = torch.from_numpy(data.y_train.astype(np.int64))
@@ -692,11 +755,19 @@ def run_comparison(
     n_total = (1 + len(encoders)) * len(cfg.families) * len(indices)
     logger.info(
         "task %s: %d train / %d val series of %d stamps x %d bands, %d classes; %d runs",
-        cfg.task, len(y_train), len(y_val), x_train.shape[1], x_train.shape[2], len(data.class_names), n_total,
-    )  # fmt: skip
+        cfg.task,
+        len(y_train),
+        len(y_val),
+        x_train.shape[1],
+        x_train.shape[2],
+        len(data.class_names),
+        n_total,
+    )
     bar = tqdm(total=n_total, desc=f"task {cfg.task}", unit="run", disable=not show_progress)
     for method, corruption, front, extra in _fronts(data, encoders, cfg.device):
-        todo = [(f, v) for f in cfg.families for v in indices if (cfg.task, f, v, method, corruption) not in done]
+        todo = [
+            (f, v) for f in cfg.families for v in indices if (cfg.task, f, v, method, corruption) not in done
+        ]
         bar.update(len(cfg.families) * len(indices) - len(todo))
         baselines_todo = cfg.baselines and (cfg.task, "random_forest", 0, method, corruption) not in done
         ensemble_todo = recipe.ensemble and any(
@@ -711,20 +782,55 @@ def run_comparison(
             feats_train = encode(front, x_train, device=cfg.device)
             feats_val = encode(front, x_val, device=cfg.device)
             run_front, mode = None, "precomputed"
-            logger.info("%s %s: features precomputed (%.2f GB) in %.1f s", method, corruption, cache_gb, time.perf_counter() - t0)
+            logger.info(
+                "%s %s: features precomputed (%.2f GB) in %.1f s",
+                method,
+                corruption,
+                cache_gb,
+                time.perf_counter() - t0,
+            )
         else:
             feats_train, feats_val, run_front, mode = x_train, x_val, front, "per_batch"
-            logger.info("%s %s: features need %.2f GB > embed_cache_gb=%.2f, encoding per batch", method, corruption, cache_gb, cfg.embed_cache_gb)
+            logger.info(
+                "%s %s: features need %.2f GB > embed_cache_gb=%.2f, encoding per batch",
+                method,
+                corruption,
+                cache_gb,
+                cfg.embed_cache_gb,
+            )
         encode_s = time.perf_counter() - t0
         if cfg.baselines:
-            _run_baselines(cfg, data, method, corruption, extra, feats_train, feats_val, mode, encode_s, setup,
-                           results, done)  # fmt: skip
+            _run_baselines(
+                cfg,
+                data,
+                method,
+                corruption,
+                extra,
+                feats_train,
+                feats_val,
+                mode,
+                encode_s,
+                setup,
+                results,
+                done,
+            )
         if tree_families(cfg) and method == "supervised":
             from training.trees import run_trees
 
-            run_trees(cfg, data, setup=setup, results=results, done=done, out=out, save=save, x_sel=x_sel,
-                      y_sel=y_sel)  # fmt: skip
-        sel_in = None  # selection series as model inputs (like feats_val: encoded, or raw for a per-batch front)
+            run_trees(
+                cfg,
+                data,
+                setup=setup,
+                results=results,
+                done=done,
+                out=out,
+                save=save,
+                x_sel=x_sel,
+                y_sel=y_sel,
+            )
+        sel_in = (
+            None  # selection series as model inputs (like feats_val: encoded, or raw for a per-batch front)
+        )
         if x_sel is not None:
             sel_t = torch.from_numpy(x_sel)
             sel_in = sel_t if run_front is not None else encode(front, sel_t, device=cfg.device)
@@ -732,9 +838,16 @@ def run_comparison(
         if recipe.selection_fraction > 0:
             fit_idx, sel_idx = (
                 torch.from_numpy(i)
-                for i in selection_split(data.y_train, recipe.selection_fraction, cfg.seed, groups=data.groups_train)
+                for i in selection_split(
+                    data.y_train, recipe.selection_fraction, cfg.seed, groups=data.groups_train
+                )
             )
-            fit_x, fit_y, sel_x, sel_y = feats_train[fit_idx], y_train[fit_idx], feats_train[sel_idx], y_train[sel_idx]
+            fit_x, fit_y, sel_x, sel_y = (
+                feats_train[fit_idx],
+                y_train[fit_idx],
+                feats_train[sel_idx],
+                y_train[sel_idx],
+            )
         else:
             fit_x, fit_y, sel_x, sel_y = feats_train, y_train, None, None
         trained: dict[tuple[str, int], nn.Module] = {}
@@ -744,16 +857,31 @@ def run_comparison(
             seed = run_seed(cfg.seed, cfg.task, family, v, method, corruption)
             torch.manual_seed(seed)
             model = build_model(family, d, len(data.class_names), **hp)
-            bar.set_description(f"task {cfg.task} {family} v{v} {method} {corruption if corruption is not None else ''}")
+            bar.set_description(
+                f"task {cfg.task} {family} v{v} {method} {corruption if corruption is not None else ''}"
+            )
             n_epochs = recipe.epochs(cfg.epochs, len(fit_y), recipe.batch_size(cfg.batch_size, len(fit_y)))
             epoch_bar = tqdm(total=n_epochs, desc="epochs", unit="ep", leave=False, disable=not show_progress)
             t_run = time.perf_counter()
             res = train_run(
-                model, fit_x, fit_y, feats_val, y_val,
-                lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, device=cfg.device,
-                front=run_front, eval_every=cfg.eval_every, progress=epoch_bar, recipe=recipe,
-                x_sel=sel_x, y_sel=sel_y, precision=cfg.precision,
-            )  # fmt: skip
+                model,
+                fit_x,
+                fit_y,
+                feats_val,
+                y_val,
+                lr=lr,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                seed=seed,
+                device=cfg.device,
+                front=run_front,
+                eval_every=cfg.eval_every,
+                progress=epoch_bar,
+                recipe=recipe,
+                x_sel=sel_x,
+                y_sel=sel_y,
+                precision=cfg.precision,
+            )
             epoch_bar.close()
             seconds = time.perf_counter() - t_run
             if sel_in is not None:
@@ -763,9 +891,18 @@ def run_comparison(
             if save:
                 model_file = Path("models") / f"{run_name(cfg.task, family, v, method, corruption)}.pt"
                 _save_run_model(
-                    out / model_file, cfg=cfg, data=data, family=family, hp=hp, model=model, method=method,
-                    corruption=corruption, front=front, extra=extra, res=res,
-                )  # fmt: skip
+                    out / model_file,
+                    cfg=cfg,
+                    data=data,
+                    family=family,
+                    hp=hp,
+                    model=model,
+                    method=method,
+                    corruption=corruption,
+                    front=front,
+                    extra=extra,
+                    res=res,
+                )
             rec = {
                 **setup,
                 "family": family,
@@ -790,11 +927,38 @@ def run_comparison(
             done[_run_key(rec)] = rec
             trained[(family, v)] = model
             bar.update(1)
-            logger.info("task %s %s v%d %s %s: val acc %.4f (%.1f s)", cfg.task, family, v, method, corruption, res["val_accuracy"], rec["seconds"])
+            logger.info(
+                "task %s %s v%d %s %s: val acc %.4f (%.1f s)",
+                cfg.task,
+                family,
+                v,
+                method,
+                corruption,
+                res["val_accuracy"],
+                rec["seconds"],
+            )
         if recipe.ensemble:
             for family in cfg.families:
-                _run_ensemble(cfg, data, family, indices, method, corruption, front, run_front, extra, feats_val, y_val,
-                              trained, setup, results, done, out, save, select=(sel_in, y_sel))  # fmt: skip
+                _run_ensemble(
+                    cfg,
+                    data,
+                    family,
+                    indices,
+                    method,
+                    corruption,
+                    front,
+                    run_front,
+                    extra,
+                    feats_val,
+                    y_val,
+                    trained,
+                    setup,
+                    results,
+                    done,
+                    out,
+                    save,
+                    select=(sel_in, y_sel),
+                )
         _check_front_frozen(front, method)
     bar.close()
     return results
@@ -857,22 +1021,55 @@ def _run_ensemble(
     hp = {"members": spec}
     model_file = None
     if save:
-        model_file = Path("models") / f"{run_name(cfg.task, family, 0, method, corruption).replace('-v0-', '-ensemble-')}.pt"
-        _save_run_model(out / model_file, cfg=cfg, data=data, family="ensemble", hp=hp, model=ens, method=method,
-                        corruption=corruption, front=front, extra=extra, res=res)  # fmt: skip
+        model_file = (
+            Path("models")
+            / f"{run_name(cfg.task, family, 0, method, corruption).replace('-v0-', '-ensemble-')}.pt"
+        )
+        _save_run_model(
+            out / model_file,
+            cfg=cfg,
+            data=data,
+            family="ensemble",
+            hp=hp,
+            model=ens,
+            method=method,
+            corruption=corruption,
+            front=front,
+            extra=extra,
+            res=res,
+        )
     rec = {
-        **setup, "family": name, "variant": 0, "method": method, "corruption": corruption, "hp": hp,
-        "hp_source": "ensemble", "lr": None, **res,
+        **setup,
+        "family": name,
+        "variant": 0,
+        "method": method,
+        "corruption": corruption,
+        "hp": hp,
+        "hp_source": "ensemble",
+        "lr": None,
+        **res,
         "seconds": float(sum(r["seconds"] for r in recs)) + time.perf_counter() - t0,
-        "encode_seconds": recs[0].get("encode_seconds"), "embedding_mode": recs[0].get("embedding_mode"),
-        "in_dim": recs[0].get("in_dim"), "class_names": list(data.class_names), "device": cfg.device,
-        "model": None if model_file is None else model_file.as_posix(), **extra,
-    }  # fmt: skip
+        "encode_seconds": recs[0].get("encode_seconds"),
+        "embedding_mode": recs[0].get("embedding_mode"),
+        "in_dim": recs[0].get("in_dim"),
+        "class_names": list(data.class_names),
+        "device": cfg.device,
+        "model": None if model_file is None else model_file.as_posix(),
+        **extra,
+    }
     with results.open("a") as fh:
         fh.write(json.dumps(rec) + "\n")
     done[_run_key(rec)] = rec
-    logger.info("task %s %s of %d runs, %s %s: val acc %.4f, macro F1 %.4f", cfg.task, name, len(members), method,
-                corruption, res["val_accuracy"], res["macro_f1"])  # fmt: skip
+    logger.info(
+        "task %s %s of %d runs, %s %s: val acc %.4f, macro F1 %.4f",
+        cfg.task,
+        name,
+        len(members),
+        method,
+        corruption,
+        res["val_accuracy"],
+        res["macro_f1"],
+    )
 
 
 def _run_baselines(
@@ -902,31 +1099,62 @@ def _run_baselines(
         if family == "random_forest" and mode != "precomputed":
             logger.warning(
                 "%s %s: features are encoded per batch (larger than embed_cache_gb); the RandomForest baseline "
-                "needs them in memory and is not run for this method", method, corruption,
-            )  # fmt: skip
+                "needs them in memory and is not run for this method",
+                method,
+                corruption,
+            )
             continue
         if family == "random_forest":
-            res = random_forest(feats_train.numpy(), data.y_train, feats_val.numpy(), data.y_val, k, seed=cfg.seed,
-                                n_jobs=cfg.threads or -1)  # fmt: skip
+            res = random_forest(
+                feats_train.numpy(),
+                data.y_train,
+                feats_val.numpy(),
+                data.y_val,
+                k,
+                seed=cfg.seed,
+                n_jobs=cfg.threads or -1,
+            )
         else:
             res = majority(data.y_train, data.y_val, k)
         rec = {
-            **setup, "family": family, "variant": 0, "method": m, "corruption": c,
-            "hp": {"n_estimators": 500} if family == "random_forest" else {}, "hp_source": "baseline", "lr": None,
-            **res, "encode_seconds": encode_s, "embedding_mode": mode, "in_dim": int(feats_train.shape[-1]),
-            "class_names": list(data.class_names), "device": "cpu", "model": None, **extra,
-        }  # fmt: skip
+            **setup,
+            "family": family,
+            "variant": 0,
+            "method": m,
+            "corruption": c,
+            "hp": {"n_estimators": 500} if family == "random_forest" else {},
+            "hp_source": "baseline",
+            "lr": None,
+            **res,
+            "encode_seconds": encode_s,
+            "embedding_mode": mode,
+            "in_dim": int(feats_train.shape[-1]),
+            "class_names": list(data.class_names),
+            "device": "cpu",
+            "model": None,
+            **extra,
+        }
         with results.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         done[_run_key(rec)] = rec
-        logger.info("task %s baseline %s on %s %s: val acc %.4f, macro F1 %.4f (%.1f s)", cfg.task, family, m, c,
-                    res["val_accuracy"], res["macro_f1"], res["seconds"])  # fmt: skip
+        logger.info(
+            "task %s baseline %s on %s %s: val acc %.4f, macro F1 %.4f (%.1f s)",
+            cfg.task,
+            family,
+            m,
+            c,
+            res["val_accuracy"],
+            res["macro_f1"],
+            res["seconds"],
+        )
 
 
 def _check_front_frozen(front: nn.Module, method: str) -> None:
     """Internal invariant: a frozen front never trains and never accumulates gradients."""
     if front.training or any(p.requires_grad or p.grad is not None for p in front.parameters()):
-        raise RuntimeError(f"the {method} encoder left eval mode or received gradients during downstream training")
+        raise RuntimeError(
+            f"the {method} encoder left eval mode or received gradients during downstream training"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -948,29 +1176,61 @@ def load_real_task(path: str | Path, cfg: DownstreamConfig, cache_dir: str | Pat
         from training.data.extract import ExtractOptions, code_column, extract_cached
 
         opts = ExtractOptions(
-            label_column=cfg.label_column, id_column=cfg.id_column, layer=cfg.layer, class_map=cfg.class_map,
-            pixels=cfg.pixels, seed=cfg.seed, buffer_m=cfg.buffer_m, min_valid=cfg.min_valid,
+            label_column=cfg.label_column,
+            id_column=cfg.id_column,
+            layer=cfg.layer,
+            class_map=cfg.class_map,
+            pixels=cfg.pixels,
+            seed=cfg.seed,
+            buffer_m=cfg.buffer_m,
+            min_valid=cfg.min_valid,
             reflectance_scale=cfg.reflectance_scale,
-        )  # fmt: skip
+        )
         with tempfile.TemporaryDirectory(prefix="cropmap-extract-") as tmp:
             table = extract_cached(path, cfg.labels, opts, cache_dir if cache_dir is not None else tmp)
-            cfg = dataclasses.replace(cfg, class_map=None, top_classes=254 if cfg.class_map is not None else cfg.top_classes)
-            return load_real_task(table, dataclasses.replace(cfg, labels=None, label_column=code_column(cfg.label_column)))
+            cfg = dataclasses.replace(
+                cfg, class_map=None, top_classes=254 if cfg.class_map is not None else cfg.top_classes
+            )
+            return load_real_task(
+                table, dataclasses.replace(cfg, labels=None, label_column=code_column(cfg.label_column))
+            )
     task = load_parcels(
-        path, label_column=cfg.label_column, top_classes=cfg.top_classes, class_map=cfg.class_map, grid=cfg.grid,
-        season_start=cfg.season_start, season=cfg.season, min_valid=cfg.min_valid, val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed, split_file=cfg.split_file, min_class_parcels=cfg.min_class_parcels,
-    )  # fmt: skip
+        path,
+        label_column=cfg.label_column,
+        top_classes=cfg.top_classes,
+        class_map=cfg.class_map,
+        grid=cfg.grid,
+        season_start=cfg.season_start,
+        season=cfg.season,
+        min_valid=cfg.min_valid,
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+        split_file=cfg.split_file,
+        min_class_parcels=cfg.min_class_parcels,
+    )
     return TaskData(
-        x_train=task.x_train, y_train=task.y_train, x_val=task.x_val, y_val=task.y_val,
-        class_names=tuple(c.name for c in task.classes), bands=task.bands, classes=task.classes,
-        time_grid=task.time_grid, nodata=float(NODATA), description=task.description,
+        x_train=task.x_train,
+        y_train=task.y_train,
+        x_val=task.x_val,
+        y_val=task.y_val,
+        class_names=tuple(c.name for c in task.classes),
+        bands=task.bands,
+        classes=task.classes,
+        time_grid=task.time_grid,
+        nodata=float(NODATA),
+        description=task.description,
         groups_train=task.groups_train,
-    )  # fmt: skip
+    )
 
 
 def load_sim_task(
-    root: str | Path, task: str, *, n_train: int, n_val: int, seed: int, fill: Literal["none", "linear"] = "none"
+    root: str | Path,
+    task: str,
+    *,
+    n_train: int,
+    n_val: int,
+    seed: int,
+    fill: Literal["none", "linear"] = "none",
 ) -> TaskData:
     """Balanced pixel sets of a simulated scene pair (task 1: ``scene_a``, task 2: ``scene_b``).
 
@@ -993,7 +1253,9 @@ def load_sim_task(
     grid = TimeGrid("01-01", tuple(probe.position_of(d) for d in dates), tuple(d.isoformat() for d in dates))
     colors = _palette(len(CROP_NAMES))
     # Map values are the simulator's crop ids (position in CROP_NAMES + 1), as in its label polygons.
-    classes = tuple(ClassInfo(CROP_NAMES.index(n) + 1, n, colors[CROP_NAMES.index(n)]) for n in sets.class_names)
+    classes = tuple(
+        ClassInfo(CROP_NAMES.index(n) + 1, n, colors[CROP_NAMES.index(n)]) for n in sets.class_names
+    )
     scene = "scene_a" if task == "1" else "scene_b"
     return TaskData(
         x_train=np.asarray(sets.x_train, dtype=np.float32),
@@ -1022,11 +1284,18 @@ def load_task(cfg: DownstreamConfig, cache_dir: str | Path | None = None) -> Tas
     if not cfg.data.exists():
         raise FileNotFoundError(f"data path {str(cfg.data)!r} does not exist")
     if cfg.labels is not None and cfg.task != "real":
-        raise ValueError(f"--labels is for task real (a stack and labelled polygons); task {cfg.task} reads {cfg.data}")
+        raise ValueError(
+            f"--labels is for task real (a stack and labelled polygons); task {cfg.task} reads {cfg.data}"
+        )
     if cfg.task == "real":
         return load_real_task(cfg.data, cfg, cache_dir)
     return load_sim_task(
-        cfg.data, cfg.task, n_train=cfg.n_train_per_class, n_val=cfg.n_val_per_class, seed=cfg.seed, fill=cfg.fill
+        cfg.data,
+        cfg.task,
+        n_train=cfg.n_train_per_class,
+        n_val=cfg.n_val_per_class,
+        seed=cfg.seed,
+        fill=cfg.fill,
     )
 
 
@@ -1035,58 +1304,117 @@ def load_task(cfg: DownstreamConfig, cache_dir: str | Path | None = None) -> Tas
 # ----------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.downstream``."""
-    parser = argparse.ArgumentParser(prog="python -m training.downstream", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.downstream", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--task", choices=("1", "2", "real"), help="downstream task")
-    parser.add_argument("--data", type=Path,
-                        help="simulated scene folder (tasks 1/2); WorldCereal parquet, or a stack with --labels (real)")  # fmt: skip
-    parser.add_argument("--encoders", nargs="*", default=[], metavar="METHOD_RATE=PATH",
-                        help="pre-trained encoders, e.g. unimodal_0.2=u02/encoder.pt bimodal_0.6=b06/encoder.pt")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="simulated scene folder (tasks 1/2); WorldCereal parquet, or a stack with --labels (real)",
+    )
+    parser.add_argument(
+        "--encoders",
+        nargs="*",
+        default=[],
+        metavar="METHOD_RATE=PATH",
+        help="pre-trained encoders, e.g. unimodal_0.2=u02/encoder.pt bimodal_0.6=b06/encoder.pt",
+    )
     parser.add_argument("--families", help="comma-separated base models (default: all three)")
     parser.add_argument("--variants", type=int, help="variants per family")
     parser.add_argument("--epochs", type=int, help="epochs per run")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--seed", type=int, help="seed of the variants, weights and batches")
-    parser.add_argument("--recipe", choices=sorted(RECIPES),
-                        help="how base models train: robust (default) or papers (the papers' protocol, Table 1)")  # fmt: skip
-    parser.add_argument("--no-baselines", action="store_true", help="skip the RandomForest and majority-class baselines")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: train under bf16 autocast (GPUs)")
-    parser.add_argument("--default-variant", action="store_true",
-                        help="also train each family with its default hyper-parameters")  # fmt: skip
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="how base models train: robust (default) or papers (the papers' protocol, Table 1)",
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the RandomForest and majority-class baselines"
+    )
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), help="bf16: train under bf16 autocast (GPUs)"
+    )
+    parser.add_argument(
+        "--default-variant",
+        action="store_true",
+        help="also train each family with its default hyper-parameters",
+    )
     real = parser.add_argument_group("task real (your labelled parcels)")
-    real.add_argument("--classes", metavar="N|CSV",
-                      help="the N most frequent labels (default 6), or a class map CSV match,name[,color]")  # fmt: skip
-    real.add_argument("--label-column",
-                      help="integer label column (default ewoc_code); with --labels the polygons' label attribute")  # fmt: skip
+    real.add_argument(
+        "--classes",
+        metavar="N|CSV",
+        help="the N most frequent labels (default 6), or a class map CSV match,name[,color]",
+    )
+    real.add_argument(
+        "--label-column",
+        help="integer label column (default ewoc_code); with --labels the polygons' label attribute",
+    )
     real.add_argument("--grid", help="time grid: monthly (default), dekadal, or comma-separated MM-DD stamps")
-    real.add_argument("--season", type=int, help="year the season starts in (default: the one with most data)")
+    real.add_argument(
+        "--season", type=int, help="year the season starts in (default: the one with most data)"
+    )
     real.add_argument("--season-start", help="season start MM-DD (default 11-01)")
     real.add_argument("--split-seed", type=int, help="seed of the train/validation split (default 0)")
-    real.add_argument("--split-file", type=Path, help="CSV sample_id,split (train/val) instead of a seeded split")
-    real.add_argument("--labels", type=Path, metavar="POLYGONS",
-                      help="labelled polygons on the stack given as --data (any stack cropmap classify reads)")  # fmt: skip
-    real.add_argument("--id-column", help="with --labels: polygon attribute of unique parcel ids (default: row number)")
+    real.add_argument(
+        "--split-file", type=Path, help="CSV sample_id,split (train/val) instead of a seeded split"
+    )
+    real.add_argument(
+        "--labels",
+        type=Path,
+        metavar="POLYGONS",
+        help="labelled polygons on the stack given as --data (any stack cropmap classify reads)",
+    )
+    real.add_argument(
+        "--id-column", help="with --labels: polygon attribute of unique parcel ids (default: row number)"
+    )
     real.add_argument("--layer", help="with --labels: layer of the polygon file")
     real.add_argument("--pixels", help="with --labels: per polygon all (default), mean, or N random pixels")
-    real.add_argument("--buffer", type=float, metavar="M", help="with --labels: shrink polygons by M metres (default 10)")
-    parser.add_argument("--out", type=Path, required=True, help="run directory (results.jsonl, models/, variants.db)")
+    real.add_argument(
+        "--buffer", type=float, metavar="M", help="with --labels: shrink polygons by M metres (default 10)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="run directory (results.jsonl, models/, variants.db)"
+    )
     parser.add_argument("--config", type=Path, help="TOML file with DownstreamConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     overrides = []
-    for flag, key in (("task", "task"), ("data", "data"), ("families", "families"), ("variants", "variants"),
-                      ("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("label_column", "label_column"),
-                      ("grid", "grid"), ("season", "season"), ("season_start", "season_start"),
-                      ("split_seed", "split_seed"), ("split_file", "split_file"), ("recipe", "recipe"),
-                      ("precision", "precision"), ("labels", "labels"), ("id_column", "id_column"),
-                      ("layer", "layer"), ("pixels", "pixels"), ("buffer", "buffer_m")):  # fmt: skip
+    for flag, key in (
+        ("task", "task"),
+        ("data", "data"),
+        ("families", "families"),
+        ("variants", "variants"),
+        ("epochs", "epochs"),
+        ("device", "device"),
+        ("seed", "seed"),
+        ("label_column", "label_column"),
+        ("grid", "grid"),
+        ("season", "season"),
+        ("season_start", "season_start"),
+        ("split_seed", "split_seed"),
+        ("split_file", "split_file"),
+        ("recipe", "recipe"),
+        ("precision", "precision"),
+        ("labels", "labels"),
+        ("id_column", "id_column"),
+        ("layer", "layer"),
+        ("pixels", "pixels"),
+        ("buffer", "buffer_m"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
     if args.classes is not None:
-        overrides.append(f"top_classes={args.classes}" if args.classes.isdigit() else f"class_map={args.classes}")
+        overrides.append(
+            f"top_classes={args.classes}" if args.classes.isdigit() else f"class_map={args.classes}"
+        )
     if args.default_variant:
         overrides.append("default_variant=true")
     if args.no_baselines:
@@ -1112,12 +1440,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {describe_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: finished runs are kept in results.jsonl; rerun the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: finished runs are kept in results.jsonl; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     n_runs = len(results.read_text().splitlines())
-    print(f"results: {results} ({n_runs} runs); report: python -m training.evaluate --results {results} "
-          f"--out {args.out / 'report'}; best model as a bundle: python -m exporters --best {args.out} "
-          f"-o {args.out / 'model.onnx'}")  # fmt: skip
+    print(
+        f"results: {results} ({n_runs} runs); report: python -m training.evaluate --results {results} "
+        f"--out {args.out / 'report'}; best model as a bundle: python -m exporters --best {args.out} "
+        f"-o {args.out / 'model.onnx'}"
+    )
     return 0
 
 

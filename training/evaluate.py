@@ -70,8 +70,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
         raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}")
     for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
         if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
-            raise ValueError(f"{name} holds labels outside [0, {n_classes}): min {arr.min()}, max {arr.max()}")
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+            raise ValueError(
+                f"{name} holds labels outside [0, {n_classes}): min {arr.min()}, max {arr.max()}"
+            )
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,9 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         if missing:
             raise ValueError(f"{path}:{lineno}: record lacks keys {missing}")
         if rec["method"] not in METHODS:
-            raise ValueError(f"{path}:{lineno}: unknown method {rec['method']!r}; expected one of {list(METHODS)}")
+            raise ValueError(
+                f"{path}:{lineno}: unknown method {rec['method']!r}; expected one of {list(METHODS)}"
+            )
         records.append(rec)
     if not records:
         raise ValueError(f"results file {str(path)!r} holds no records")
@@ -185,8 +191,12 @@ def experiment_scores(records: Iterable[dict[str, Any]]) -> dict[str, dict[tuple
             sup[int(rec["variant"])] = float(rec["val_accuracy"])
         else:
             if rec["corruption"] is None:
-                raise ValueError(f"{rec['method']} result for variant {rec['variant']} has no corruption rate")
-            scores[rec["method"]][(int(rec["variant"]), float(rec["corruption"]))] = float(rec["val_accuracy"])
+                raise ValueError(
+                    f"{rec['method']} result for variant {rec['variant']} has no corruption rate"
+                )
+            scores[rec["method"]][(int(rec["variant"]), float(rec["corruption"]))] = float(
+                rec["val_accuracy"]
+            )
     rates = sorted({c for m in scores.values() for (_, c) in m})
     for v, acc in sup.items():
         for c in rates:
@@ -197,7 +207,9 @@ def experiment_scores(records: Iterable[dict[str, Any]]) -> dict[str, dict[tuple
     return dict(scores)
 
 
-def win_matrix(scores: dict[str, dict[tuple[int, float], float]], methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def win_matrix(
+    scores: dict[str, dict[tuple[int, float], float]], methods: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """SCARF-style win matrix.
 
     Args:
@@ -275,7 +287,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             "win_counts": counts.tolist(),
             "supervised_accuracy_mean": float(np.mean(sup_accs)) if sup_accs else None,
             "supervised_accuracy_std": float(np.std(sup_accs, ddof=1)) if len(sup_accs) > 1 else None,
-            "supervised_macro_f1_mean": _mean([r.get("macro_f1") for r in recs if r["method"] == "supervised"]),
+            "supervised_macro_f1_mean": _mean(
+                [r.get("macro_f1") for r in recs if r["method"] == "supervised"]
+            ),
             "baseline": family in BASELINE_FAMILIES,
             "n_variants": len({int(r["variant"]) for r in recs}),
             "corruption_rates": sorted({float(r["corruption"]) for r in recs if r["corruption"] is not None}),
@@ -310,8 +324,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 def table1_markdown(summary: dict[str, Any]) -> str:
     """The journal's Table 1 layout for the measured numbers."""
     lines = [
-        "| task | base model | variants | supervised acc. | supervised macro F1 | uni-modal gain | bi-modal gain | "
-        "bi vs sup wins |",
+        (
+            "| task | base model | variants | supervised acc. | supervised macro F1 | uni-modal gain | bi-modal gain | "
+            "bi vs sup wins |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     # Base models first, then the baselines of each task.
@@ -439,7 +455,12 @@ def write_report(results: str | Path, out_dir: str | Path) -> dict[str, Any]:
     table = table1_markdown(summary)
     (out / "table1.md").write_text(table)
     (out / "per_class.md").write_text(per_class_markdown(summary))
-    report = ["# Downstream comparison\n", f"Results: `{results}` ({len(records)} runs).\n", "## Table 1\n", table]
+    report = [
+        "# Downstream comparison\n",
+        f"Results: `{results}` ({len(records)} runs).\n",
+        "## Table 1\n",
+        table,
+    ]
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in summary.values():
         by_task[entry["task"]].append(entry)

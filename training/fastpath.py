@@ -30,8 +30,8 @@ import torch
 
 from training.augment import scarf_corrupt
 from training.config import PretrainConfig
-from training.losses import bimodal_loss, nt_xent
 from training.loop import PRECISIONS, ContrastiveModel, batch_indices, precision_context
+from training.losses import bimodal_loss, nt_xent
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class FastStep:
         cfg: PretrainConfig,
         *,
         precision: str = "fp32",
-        options: FastOptions = FastOptions(),  # noqa: B008 - frozen dataclass, safe as default
+        options: FastOptions = FastOptions(),
     ) -> None:
         self.device = next(model.parameters()).device
         options.check(self.device)
@@ -123,9 +123,12 @@ class FastStep:
 
         def corrupt(x: torch.Tensor) -> torch.Tensor:
             return scarf_corrupt(  # type: ignore[return-value]
-                x, cfg.corruption, per_batch=cfg.corruption_per_batch, p_apply=cfg.corruption_p_apply,
+                x,
+                cfg.corruption,
+                per_batch=cfg.corruption_per_batch,
+                p_apply=cfg.corruption_p_apply,
                 generator=generator,
-            )  # fmt: skip
+            )
 
         if cfg.mode == "unimodal":
             return s2, corrupt(s2)
@@ -138,9 +141,12 @@ class FastStep:
         if cfg.mode == "unimodal":
             return nt_xent(model.project_s2(a), model.project_s2(b), cfg.tau)
         return bimodal_loss(
-            model.project_s2(a), model.project_ps(b), cfg.tau,
-            symmetric=cfg.symmetric, include_positive=cfg.include_positive,
-        )  # fmt: skip
+            model.project_s2(a),
+            model.project_ps(b),
+            cfg.tau,
+            symmetric=cfg.symmetric,
+            include_positive=cfg.include_positive,
+        )
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Forward, backward and optimizer step on given views; the detached loss stays on the device."""

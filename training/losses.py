@@ -30,7 +30,9 @@ __all__ = ["bimodal_loss", "nt_xent"]
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, tau: float) -> None:
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"expected two (N, D) tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"expected two (N, D) tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[0] < 2:
         raise ValueError(f"contrastive losses need at least 2 samples per batch, got {a.shape[0]}")
     if not tau > 0:

@@ -125,9 +125,12 @@ def score_map(
             f"map {_fmt_bounds(bounds)}); expected the map of the labelled area"
         )
     reference = rasterize(
-        zip(fields.geometry, codes.tolist(), strict=True), out_shape=values.shape, transform=transform,
-        fill=0, dtype="int32" if codes.max() > 65535 else "uint16",
-    )  # fmt: skip
+        zip(fields.geometry, codes.tolist(), strict=True),
+        out_shape=values.shape,
+        transform=transform,
+        fill=0,
+        dtype="int32" if codes.max() > 65535 else "uint16",
+    )
     in_fields = reference > 0
     if not in_fields.any():
         raise ValueError(
@@ -155,16 +158,18 @@ def score_map(
     support, mapped = cm.sum(axis=1), cm.sum(axis=0)
     per_class = []
     for i, code in enumerate(classes.tolist()):
-        per_class.append({
-            "code": int(code),
-            "name": names.get(code),
-            "map_name": legend.get(code),
-            "recall": _num(metrics.recall[i]),
-            "precision": float(cm[i, i] / mapped[i]) if mapped[i] else None,
-            "f1": _num(metrics.f1[i]),
-            "reference_pixels": int(support[i]),
-            "mapped_pixels": int(mapped[i]),
-        })  # fmt: skip
+        per_class.append(
+            {
+                "code": int(code),
+                "name": names.get(code),
+                "map_name": legend.get(code),
+                "recall": _num(metrics.recall[i]),
+                "precision": float(cm[i, i] / mapped[i]) if mapped[i] else None,
+                "f1": _num(metrics.f1[i]),
+                "reference_pixels": int(support[i]),
+                "mapped_pixels": int(mapped[i]),
+            }
+        )
     return {
         "map": str(map_tif),
         "fields": str(fields_gpkg),
@@ -206,10 +211,14 @@ def _fmt_bounds(b: Sequence[float]) -> str:
 def format_scores(scores: dict[str, Any]) -> str:
     """The scores as a few lines of text: headline, then one line per class."""
     lines = [
-        f"overall accuracy {scores['overall_accuracy']:.4f}  macro F1 {scores['macro_f1']:.4f}  "
-        f"kappa {scores['kappa']:.4f}",
-        f"{scores['n_pixels']:,} pixels scored in {scores['n_fields']:,} polygons "
-        f"({scores['n_unclassified']:,} of {scores['n_pixels_in_fields']:,} inside them not classified)",
+        (
+            f"overall accuracy {scores['overall_accuracy']:.4f}  macro F1 {scores['macro_f1']:.4f}  "
+            f"kappa {scores['kappa']:.4f}"
+        ),
+        (
+            f"{scores['n_pixels']:,} pixels scored in {scores['n_fields']:,} polygons "
+            f"({scores['n_unclassified']:,} of {scores['n_pixels_in_fields']:,} inside them not classified)"
+        ),
         f"{'code':>5}  {'class':<20} {'recall':>7} {'precision':>9} {'F1':>6} {'pixels':>8}",
     ]
     for c in scores["per_class"]:
@@ -251,9 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         scores = score_map(
-            args.map, args.fields, code_column=args.code_column, name_column=args.name_column,
+            args.map,
+            args.fields,
+            code_column=args.code_column,
+            name_column=args.name_column,
             layer=args.layer,
-        )  # fmt: skip
+        )
         if args.json is not None:
             _write_json(args.json, scores)
     except (ValueError, OSError) as err:

@@ -75,7 +75,16 @@ from training._pair_scenes import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PAIRS_FORMAT", "MANIFEST", "NpyAppender", "PairConfig", "PairsError", "build_pairs", "read_pairs", "main"]
+__all__ = [
+    "MANIFEST",
+    "PAIRS_FORMAT",
+    "NpyAppender",
+    "PairConfig",
+    "PairsError",
+    "build_pairs",
+    "main",
+    "read_pairs",
+]
 
 S2_BAND_NAMES: tuple[str, ...] = tuple(b for b in S2_BANDS if b != "B10")
 """Default S2 bands: the 12 L2A bands of DENETHOR's ``bands.npy`` (B10 is not in L2A products)."""
@@ -83,8 +92,13 @@ PAIRS_FORMAT = 1
 MANIFEST = "pairs.json"
 TARGET_SCALE = 10000.0
 """S2 values are written as reflectance x this (the DENETHOR / model units)."""
-DROP_REASONS = ("s2 nodata", "s2 cloud", "no second-modality date", "outside second-modality footprint",
-                "second-modality mask")  # fmt: skip
+DROP_REASONS = (
+    "s2 nodata",
+    "s2 cloud",
+    "no second-modality date",
+    "outside second-modality footprint",
+    "second-modality mask",
+)
 _EPS = 1e-6
 _HEADER_BYTES = 128
 
@@ -104,8 +118,11 @@ class NpyAppender:
         self._fh.write(self._header())
 
     def _header(self) -> bytes:
-        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-             "shape": (self.rows, *self.tail)}  # fmt: skip
+        d = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.rows, *self.tail),
+        }
         text = repr(d).encode("latin1")
         pad = _HEADER_BYTES - 10 - len(text) - 1
         if pad < 0:
@@ -175,7 +192,9 @@ class PairConfig:
         if self.block_px < 1 or self.min_valid < 1:
             raise PairsError("--block-px and --min-valid must be >= 1")
         if self.resampling not in Resampling.__members__:
-            raise PairsError(f"--resampling {self.resampling!r}: expected one of {', '.join(Resampling.__members__)}")
+            raise PairsError(
+                f"--resampling {self.resampling!r}: expected one of {', '.join(Resampling.__members__)}"
+            )
         if not self.s2_bands or not self.second_bands:
             raise PairsError("--s2-bands and --second-bands must name at least one band")
 
@@ -200,9 +219,13 @@ class PairSummary:
             out.append(f"point-wise pairs kept: {self.point_pairs}; dropped: {why}")
         if "time" in cfg.alignment:
             why = ", ".join(f"{k} {v}" for k, v in self.time_dropped.items() if v) or "none"
-            out.append(f"time-wise series kept: {self.time_series} ({self.matched_stamps} stamps each); "
-                       f"dropped pixels: {why}")  # fmt: skip
-        out.append(f"{self.point_pairs / max(self.seconds, 1e-9):,.0f} point-wise pairs/s ({self.seconds:.1f} s)")
+            out.append(
+                f"time-wise series kept: {self.time_series} ({self.matched_stamps} stamps each); "
+                f"dropped pixels: {why}"
+            )
+        out.append(
+            f"{self.point_pairs / max(self.seconds, 1e-9):,.0f} point-wise pairs/s ({self.seconds:.1f} s)"
+        )
         return out
 
 
@@ -255,8 +278,9 @@ def _windows(ratio: float, k: int, r0: int, r1: int, c0: int, c1: int) -> tuple[
     return rows, cols, np.array([rows[0], cols[0], rows[-1] + k - rows[0], cols[-1] + k - cols[0]])
 
 
-def _gather(values: np.ndarray, ok: np.ndarray, covered: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-            k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _gather(
+    values: np.ndarray, ok: np.ndarray, covered: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k x k windows of (C, h, w) ``values`` at block-relative first rows / cols -> (n_r, n_c, k*k*C), ok, covered."""
     off = np.arange(k)
     rr = (rows - rows[0])[:, None, None, None] + off[None, None, :, None]  # (n_r, 1, k, 1)
@@ -293,17 +317,29 @@ def build_pairs(
     _check_grid(stack)
     missing = [b for b in cfg.s2_bands if b not in stack.bands]
     if missing:
-        raise PairsError(f"bands missing: S2 stack {stack.path} has bands {list(stack.bands)}, lacks {missing} (--s2-bands)")
-    cloud = resolve_cloud_mask(stack.bands, stack.dtype, cloud_band=cfg.cloud_band, threshold=cfg.cloud_threshold,
-                               classes=cfg.cloud_classes, scale=cfg.cloud_scale,
-                               where=f"stack {stack.path}")  # fmt: skip
+        raise PairsError(
+            f"bands missing: S2 stack {stack.path} has bands {list(stack.bands)}, lacks {missing} (--s2-bands)"
+        )
+    cloud = resolve_cloud_mask(
+        stack.bands,
+        stack.dtype,
+        cloud_band=cfg.cloud_band,
+        threshold=cfg.cloud_threshold,
+        classes=cfg.cloud_classes,
+        scale=cfg.cloud_scale,
+        where=f"stack {stack.path}",
+    )
     if cloud is None and (cfg.cloud_band or "").lower() != "none":
         logger.warning(no_cloud_message(f"stack {stack.path}", stack.bands))
     scenes = find_scenes(scenes_in, cfg.second_bands, cfg.mask_band)
     polys = None
     if cfg.polygons is not None:
-        bounds = (stack.transform.c, stack.transform.f + stack.transform.e * stack.height,
-                  stack.transform.c + stack.transform.a * stack.width, stack.transform.f)  # fmt: skip
+        bounds = (
+            stack.transform.c,
+            stack.transform.f + stack.transform.e * stack.height,
+            stack.transform.c + stack.transform.a * stack.width,
+            stack.transform.f,
+        )
         polys = load_polygons(cfg.polygons, stack.crs, bounds, layer=cfg.layer)
     _check_overlap(stack, scenes, polys)
     by_day: dict[dt.date, list[SecondScene]] = {}
@@ -343,9 +379,20 @@ def build_pairs(
     return summary
 
 
-def _write(stack: Stack, scenes: Sequence[SecondScene], by_day: dict[dt.date, list[SecondScene]],
-           matched: dict[int, dt.date], stamps: list[int], cloud: CloudMask | None, polys: Polygons | None,
-           cfg: PairConfig, tmp: Path, summary: PairSummary, progress: bool, tqdm: Any) -> None:
+def _write(
+    stack: Stack,
+    scenes: Sequence[SecondScene],
+    by_day: dict[dt.date, list[SecondScene]],
+    matched: dict[int, dt.date],
+    stamps: list[int],
+    cloud: CloudMask | None,
+    polys: Polygons | None,
+    cfg: PairConfig,
+    tmp: Path,
+    summary: PairSummary,
+    progress: bool,
+    tqdm: Any,
+) -> None:
     k, c2 = cfg.k, len(cfg.second_bands)
     ratio = stack.transform.a / cfg.second_res_m
     width2 = k * k * c2
@@ -354,31 +401,41 @@ def _write(stack: Stack, scenes: Sequence[SecondScene], by_day: dict[dt.date, li
     writers: dict[str, NpyAppender] = {}
     if "point" in cfg.alignment:
         (tmp / "point").mkdir()
-        writers.update(p_s2=NpyAppender(tmp / "point" / "s2.npy", (len(cfg.s2_bands),), np.float32),
-                       p_ps=NpyAppender(tmp / "point" / "ps.npy", (width2,), np.float32),
-                       p_ix=NpyAppender(tmp / "point" / "index.npy", (3,), np.int64))  # fmt: skip
+        writers.update(
+            p_s2=NpyAppender(tmp / "point" / "s2.npy", (len(cfg.s2_bands),), np.float32),
+            p_ps=NpyAppender(tmp / "point" / "ps.npy", (width2,), np.float32),
+            p_ix=NpyAppender(tmp / "point" / "index.npy", (3,), np.int64),
+        )
     if "time" in cfg.alignment:
         (tmp / "time").mkdir()
-        writers.update(t_s2=NpyAppender(tmp / "time" / "s2.npy", (n_t, len(cfg.s2_bands)), np.float32),
-                       t_ps=NpyAppender(tmp / "time" / "ps.npy", (n_t, width2), np.float32),
-                       t_ix=NpyAppender(tmp / "time" / "index.npy", (2,), np.int64),
-                       t_s2v=NpyAppender(tmp / "time" / "s2_valid.npy", (n_t,), np.bool_),
-                       t_psv=NpyAppender(tmp / "time" / "ps_valid.npy", (n_t,), np.bool_))  # fmt: skip
+        writers.update(
+            t_s2=NpyAppender(tmp / "time" / "s2.npy", (n_t, len(cfg.s2_bands)), np.float32),
+            t_ps=NpyAppender(tmp / "time" / "ps.npy", (n_t, width2), np.float32),
+            t_ix=NpyAppender(tmp / "time" / "index.npy", (2,), np.int64),
+            t_s2v=NpyAppender(tmp / "time" / "s2_valid.npy", (n_t,), np.bool_),
+            t_psv=NpyAppender(tmp / "time" / "ps_valid.npy", (n_t,), np.bool_),
+        )
     days = np.array([(stack.dates[t] - stack.dates[stamps[0]]).days for t in stamps], dtype=np.float64)
     resampling = Resampling[cfg.resampling]
     # Scene files are opened per block and stamp and closed after it: each open GDAL dataset keeps native memory
     # that grows with the file (about 0.4 MB for a 1790-row striped scene), so keeping a run's files open made
     # memory grow with the scenes' size (bench/bench_pairs.py); opening costs ~4 ms per file.
-    blocks = [(r0, min(r0 + cfg.block_px, stack.height), c0, min(c0 + cfg.block_px, stack.width))
-              for r0 in range(0, stack.height, cfg.block_px) for c0 in range(0, stack.width, cfg.block_px)]  # fmt: skip
+    blocks = [
+        (r0, min(r0 + cfg.block_px, stack.height), c0, min(c0 + cfg.block_px, stack.width))
+        for r0 in range(0, stack.height, cfg.block_px)
+        for c0 in range(0, stack.width, cfg.block_px)
+    ]
     try:
         for r0, r1, c0, c1 in tqdm(blocks, desc="pairs", unit="block", disable=not progress):
             h, w = r1 - r0, c1 - c0
             window = Window(c0, r0, w, h)
             wt = stack.transform @ Affine.translation(c0, r0)
             if polys is not None:
-                region = rasterize_block(polys.select((wt.c, wt.f - h * stack.transform.a, wt.c + w * stack.transform.a, wt.f)),
-                                         (h, w), wt)  # fmt: skip
+                region = rasterize_block(
+                    polys.select((wt.c, wt.f - h * stack.transform.a, wt.c + w * stack.transform.a, wt.f)),
+                    (h, w),
+                    wt,
+                )
             else:
                 region = np.ones((h, w), dtype=bool)
             n_region = int(region.sum())
@@ -393,20 +450,45 @@ def _write(stack: Stack, scenes: Sequence[SecondScene], by_day: dict[dt.date, li
             else:
                 s2_cloud = np.zeros_like(s2_nodata)
             prow, pcol, (pr0, pc0, ph, pw) = _windows(ratio, k, r0, r1, c0, c1)
-            ptrans = Affine(cfg.second_res_m, 0.0, stack.transform.c + pc0 * cfg.second_res_m,
-                            0.0, -cfg.second_res_m, stack.transform.f - pr0 * cfg.second_res_m)  # fmt: skip
+            ptrans = Affine(
+                cfg.second_res_m,
+                0.0,
+                stack.transform.c + pc0 * cfg.second_res_m,
+                0.0,
+                -cfg.second_res_m,
+                stack.transform.f - pr0 * cfg.second_res_m,
+            )
             timewise = "time" in cfg.alignment
             s2_valid = ~(s2_nodata | s2_cloud)
             if timewise:  # the block's series at every stamp; point-wise needs one stamp at a time
                 ps = np.empty((n_t, h, w, width2), dtype=np.float32)
                 ps_ok = np.empty((n_t, h, w), dtype=bool)
             for i, t in enumerate(stamps):
-                vals, cov, ok = mosaic(by_day[matched[t]], stack.crs, ptrans, (int(ph), int(pw)),
-                                       mask_usable=cfg.mask_usable, resampling=resampling)  # fmt: skip
+                vals, cov, ok = mosaic(
+                    by_day[matched[t]],
+                    stack.crs,
+                    ptrans,
+                    (int(ph), int(pw)),
+                    mask_usable=cfg.mask_usable,
+                    resampling=resampling,
+                )
                 ps_i, ok_i, cov_i = _gather(vals, ok, cov, prow, pcol, k)
                 if "point" in cfg.alignment:
-                    _point(s2[i], ps_i, s2_valid[i], s2_nodata[i], s2_cloud[i], ok_i, cov_i, region, t, r0, c0,
-                           writers, summary)  # fmt: skip
+                    _point(
+                        s2[i],
+                        ps_i,
+                        s2_valid[i],
+                        s2_nodata[i],
+                        s2_cloud[i],
+                        ok_i,
+                        cov_i,
+                        region,
+                        t,
+                        r0,
+                        c0,
+                        writers,
+                        summary,
+                    )
                 if timewise:
                     ps[i], ps_ok[i] = ps_i, ok_i
             if timewise:
@@ -416,9 +498,21 @@ def _write(stack: Stack, scenes: Sequence[SecondScene], by_day: dict[dt.date, li
             wr.close()
 
 
-def _point(s2: np.ndarray, ps: np.ndarray, s2_valid: np.ndarray, s2_nodata: np.ndarray, s2_cloud: np.ndarray,
-           ps_ok: np.ndarray, ps_cov: np.ndarray, region: np.ndarray, stamp: int, r0: int, c0: int,
-           writers: dict[str, NpyAppender], summary: PairSummary) -> None:
+def _point(
+    s2: np.ndarray,
+    ps: np.ndarray,
+    s2_valid: np.ndarray,
+    s2_nodata: np.ndarray,
+    s2_cloud: np.ndarray,
+    ps_ok: np.ndarray,
+    ps_cov: np.ndarray,
+    region: np.ndarray,
+    stamp: int,
+    r0: int,
+    c0: int,
+    writers: dict[str, NpyAppender],
+    summary: PairSummary,
+) -> None:
     """Write one stamp's pairs of a block: s2 (C, h, w), ps (h, w, k*k*C2), masks (h, w)."""
     summary.dropped["s2 nodata"] += int((s2_nodata & region).sum())
     summary.dropped["s2 cloud"] += int((s2_cloud & region).sum())
@@ -434,9 +528,19 @@ def _point(s2: np.ndarray, ps: np.ndarray, s2_valid: np.ndarray, s2_nodata: np.n
     summary.point_pairs += int(ri.size)
 
 
-def _time(s2: np.ndarray, ps: np.ndarray, s2_valid: np.ndarray, ps_ok: np.ndarray, region: np.ndarray,
-          days: np.ndarray, r0: int, c0: int, cfg: PairConfig, writers: dict[str, NpyAppender],
-          summary: PairSummary) -> None:
+def _time(
+    s2: np.ndarray,
+    ps: np.ndarray,
+    s2_valid: np.ndarray,
+    ps_ok: np.ndarray,
+    region: np.ndarray,
+    days: np.ndarray,
+    r0: int,
+    c0: int,
+    cfg: PairConfig,
+    writers: dict[str, NpyAppender],
+    summary: PairSummary,
+) -> None:
     ri, ci = np.nonzero(region)
     x2 = np.moveaxis(s2[:, :, ri, ci], (2, 0, 1), (0, 1, 2))  # (N, T, C)
     xp = np.moveaxis(ps[:, ri, ci], 1, 0)  # (N, T, kkC2)
@@ -460,9 +564,17 @@ def _time(s2: np.ndarray, ps: np.ndarray, s2_valid: np.ndarray, ps_ok: np.ndarra
     summary.time_series += int(keep.sum())
 
 
-def _manifest(stack: Stack, scenes: Sequence[SecondScene], matched: dict[int, dt.date], stamps: list[int],
-              cloud: CloudMask | None, cfg: PairConfig, summary: PairSummary, s2_stack: str | Path,
-              scenes_in: Sequence[str | Path]) -> dict[str, Any]:
+def _manifest(
+    stack: Stack,
+    scenes: Sequence[SecondScene],
+    matched: dict[int, dt.date],
+    stamps: list[int],
+    cloud: CloudMask | None,
+    cfg: PairConfig,
+    summary: PairSummary,
+    s2_stack: str | Path,
+    scenes_in: Sequence[str | Path],
+) -> dict[str, Any]:
     return {
         "format": PAIRS_FORMAT,
         "alignment": list(cfg.alignment),
@@ -479,17 +591,30 @@ def _manifest(stack: Stack, scenes: Sequence[SecondScene], matched: dict[int, dt
         "cloud_rule": None if cloud is None else cloud.as_dict(),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "provenance": {
-            "s2_stack": str(Path(s2_stack).resolve()), "crs": stack.crs.to_string(),
-            "transform": list(stack.transform)[:6], "shape": list(stack.shape),
-            "scenes": [{"path": str(s.path.resolve()), "date": s.date.isoformat(), "crs": s.crs.to_string(),
-                        "mask": None if s.mask_path is None else str(s.mask_path.resolve())} for s in scenes],
+            "s2_stack": str(Path(s2_stack).resolve()),
+            "crs": stack.crs.to_string(),
+            "transform": list(stack.transform)[:6],
+            "shape": list(stack.shape),
+            "scenes": [
+                {
+                    "path": str(s.path.resolve()),
+                    "date": s.date.isoformat(),
+                    "crs": s.crs.to_string(),
+                    "mask": None if s.mask_path is None else str(s.mask_path.resolve()),
+                }
+                for s in scenes
+            ],
             "inputs": [str(p) for p in scenes_in],
-        },  # fmt: skip
+        },
         "counts": {
-            "point_pairs": summary.point_pairs, "time_series": summary.time_series,
-            "point_dropped": dict(summary.dropped), "time_dropped": dict(summary.time_dropped),
-            "matched_stamps": summary.matched_stamps, "stamps": summary.stamps, "seconds": round(summary.seconds, 3),
-        },  # fmt: skip
+            "point_pairs": summary.point_pairs,
+            "time_series": summary.time_series,
+            "point_dropped": dict(summary.dropped),
+            "time_dropped": dict(summary.time_dropped),
+            "matched_stamps": summary.matched_stamps,
+            "stamps": summary.stamps,
+            "seconds": round(summary.seconds, 3),
+        },
     }
 
 
@@ -502,7 +627,9 @@ def read_pairs(path: str | Path, alignment: str) -> tuple[np.ndarray, np.ndarray
     root = Path(path)
     manifest = json.loads((root / MANIFEST).read_text())
     if manifest.get("format") != PAIRS_FORMAT:
-        raise ValueError(f"{root / MANIFEST} has format {manifest.get('format')}; this reader reads {PAIRS_FORMAT}")
+        raise ValueError(
+            f"{root / MANIFEST} has format {manifest.get('format')}; this reader reads {PAIRS_FORMAT}"
+        )
     if alignment not in manifest["alignment"]:
         raise ValueError(
             f"{root} holds {'/'.join(manifest['alignment'])}-wise pairs only; rerun python -m training.pairs "
@@ -519,28 +646,54 @@ def _csv(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m training.pairs", description=__doc__.split("\n\n")[0])
-    p.add_argument("s2_stack", type=Path, metavar="S2_STACK", help="S2 stack: GeoTIFF, per-date folder or STAC items")
-    p.add_argument("scenes", nargs="+", type=Path, metavar="PS_SCENES",
-                   help="second-modality scenes: a folder, GeoTIFF files or a STAC item collection")  # fmt: skip
+    p.add_argument(
+        "s2_stack", type=Path, metavar="S2_STACK", help="S2 stack: GeoTIFF, per-date folder or STAC items"
+    )
+    p.add_argument(
+        "scenes",
+        nargs="+",
+        type=Path,
+        metavar="PS_SCENES",
+        help="second-modality scenes: a folder, GeoTIFF files or a STAC item collection",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder (pairs.json, point/, time/)")
-    p.add_argument("--alignment", choices=["point", "time", "both"], default="both", help="pairs to write (default both)")
-    p.add_argument("--s2-bands", type=_csv, default=S2_BAND_NAMES, help="S2 bands by name (default B01..B12 without B10)")
-    p.add_argument("--second-bands", type=_csv, default=PS_BANDS,
-                   help="second-modality bands by description (default blue,green,red,nir)")  # fmt: skip
+    p.add_argument(
+        "--alignment", choices=["point", "time", "both"], default="both", help="pairs to write (default both)"
+    )
+    p.add_argument(
+        "--s2-bands", type=_csv, default=S2_BAND_NAMES, help="S2 bands by name (default B01..B12 without B10)"
+    )
+    p.add_argument(
+        "--second-bands",
+        type=_csv,
+        default=PS_BANDS,
+        help="second-modality bands by description (default blue,green,red,nir)",
+    )
     p.add_argument("--k", type=int, default=3, help="window side in second-modality pixels (default 3)")
     p.add_argument("--second-res-m", type=float, default=3.0, help="pairing-grid pixel size (default 3)")
-    p.add_argument("--mask-band", default=DEFAULT_MASK_BAND,
-                   help="usable-data band in the scene or its UDM2 (default clear); none: no mask")  # fmt: skip
+    p.add_argument(
+        "--mask-band",
+        default=DEFAULT_MASK_BAND,
+        help="usable-data band in the scene or its UDM2 (default clear); none: no mask",
+    )
     p.add_argument("--mask-usable", type=float, default=1.0, help="mask value of a usable pixel (default 1)")
-    p.add_argument("--max-day-offset", type=int, default=0, help="days between matched dates (default 0: same day)")
+    p.add_argument(
+        "--max-day-offset", type=int, default=0, help="days between matched dates (default 0: same day)"
+    )
     p.add_argument("--polygons", help="pair only pixels whose centre is inside these polygons (any OGR file)")
     p.add_argument("--layer", help="layer of --polygons")
-    p.add_argument("--resampling", default="nearest", help="warping of scenes off the pairing grid (default nearest)")
+    p.add_argument(
+        "--resampling", default="nearest", help="warping of scenes off the pairing grid (default nearest)"
+    )
     p.add_argument("--min-valid", type=int, default=1, help="time-wise: fewest valid observations per side")
     p.add_argument("--block-px", type=int, default=64, help="S2 pixels per block side (bounds memory)")
     p.add_argument("--cloud-band", help="S2 cloud band (default: found by name); none: no cloud masking")
-    p.add_argument("--cloud-threshold", type=float, help="cloud probability above which S2 is masked (default 0.4)")
-    p.add_argument("--cloud-classes", type=lambda s: tuple(int(v) for v in _csv(s)), help="SCL classes masked")
+    p.add_argument(
+        "--cloud-threshold", type=float, help="cloud probability above which S2 is masked (default 0.4)"
+    )
+    p.add_argument(
+        "--cloud-classes", type=lambda s: tuple(int(v) for v in _csv(s)), help="SCL classes masked"
+    )
     p.add_argument("--cloud-scale", type=float, help="raw value of S2 cloud probability 1 (255 or 100)")
     p.add_argument("--reflectance-scale", type=float, help="S2 raw value = reflectance x this, if undeclared")
     p.add_argument("--overwrite", action="store_true", help="replace OUT")
@@ -552,19 +705,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (1 with a one-line ``error:`` on bad inputs)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         cfg = PairConfig(
-            s2_bands=args.s2_bands, second_bands=args.second_bands, k=args.k, second_res_m=args.second_res_m,
-            mask_band=args.mask_band, mask_usable=args.mask_usable, max_day_offset=args.max_day_offset,
+            s2_bands=args.s2_bands,
+            second_bands=args.second_bands,
+            k=args.k,
+            second_res_m=args.second_res_m,
+            mask_band=args.mask_band,
+            mask_usable=args.mask_usable,
+            max_day_offset=args.max_day_offset,
             alignment=("point", "time") if args.alignment == "both" else (args.alignment,),
-            resampling=args.resampling, min_valid=args.min_valid, block_px=args.block_px,
-            cloud_band=args.cloud_band, cloud_threshold=args.cloud_threshold, cloud_classes=args.cloud_classes,
-            cloud_scale=args.cloud_scale, reflectance_scale=args.reflectance_scale, polygons=args.polygons,
+            resampling=args.resampling,
+            min_valid=args.min_valid,
+            block_px=args.block_px,
+            cloud_band=args.cloud_band,
+            cloud_threshold=args.cloud_threshold,
+            cloud_classes=args.cloud_classes,
+            cloud_scale=args.cloud_scale,
+            reflectance_scale=args.reflectance_scale,
+            polygons=args.polygons,
             layer=args.layer,
-        )  # fmt: skip
-        summary = build_pairs(args.s2_stack, args.scenes, args.out, cfg, overwrite=args.overwrite,
-                              progress=not args.no_progress)  # fmt: skip
+        )
+        summary = build_pairs(
+            args.s2_stack, args.scenes, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress
+        )
     except (PairsError, CropmapError, FileExistsError, FileNotFoundError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1

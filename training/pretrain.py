@@ -37,8 +37,8 @@ from training.checkpoint import git_revision, load_checkpoint, save_checkpoint
 from training.config import ConfigError, PretrainConfig, config_from_dict, config_to_dict, load_config
 from training.device import DEVICE_HELP, resolve_device
 from training.distributed import (
-    RankStopped,
     Ranks,
+    RankStopped,
     collective_error,
     distributed_step,
     global_batchnorm,
@@ -50,7 +50,14 @@ from training.distributed import (
     stop_on_sigterm,
 )
 from training.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
-from training.loop import PRECISIONS, ContrastiveModel, batch_indices, contrastive_step, encoder_spec, precision_context
+from training.loop import (
+    PRECISIONS,
+    ContrastiveModel,
+    batch_indices,
+    contrastive_step,
+    encoder_spec,
+    precision_context,
+)
 from training.models.encoder import compute_norm_stats, save_encoder
 
 logger = logging.getLogger(__name__)
@@ -76,7 +83,9 @@ class PretrainArrays:
     """S2 band names in the order of the C axis, when the source says."""
 
 
-def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig, *, pair_cache: Path | None = None) -> PretrainArrays:
+def load_pretrain_arrays(
+    data: str | Path, cfg: PretrainConfig, *, pair_cache: Path | None = None
+) -> PretrainArrays:
     """Read pre-training pairs from an ``.npz`` file or a DENETHOR-layout scene folder.
 
     Args:
@@ -102,12 +111,16 @@ def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig, *, pair_cache: P
             raise ValueError(f"pre-training data must be an .npz file or a scene folder, got {str(path)!r}")
         with np.load(path, allow_pickle=False) as npz:
             if "s2" not in npz.files:
-                raise ValueError(f"{str(path)!r} has arrays {npz.files}; expected 's2' (and 'ps' for bi-modal)")
+                raise ValueError(
+                    f"{str(path)!r} has arrays {npz.files}; expected 's2' (and 'ps' for bi-modal)"
+                )
             s2 = np.asarray(npz["s2"], dtype=np.float32)
             ps = None
             if cfg.mode == "bimodal":
                 if "ps" not in npz.files:
-                    raise ValueError(f"bi-modal pre-training needs an array 'ps' in {str(path)!r} (found {npz.files})")
+                    raise ValueError(
+                        f"bi-modal pre-training needs an array 'ps' in {str(path)!r} (found {npz.files})"
+                    )
                 ps = np.asarray(npz["ps"], dtype=np.float32)
             bands = tuple(str(b) for b in npz["bands"]) if "bands" in npz.files else None
         arrays = PretrainArrays(s2=s2, ps=ps, source=str(path), bands=bands)
@@ -115,8 +128,12 @@ def load_pretrain_arrays(data: str | Path, cfg: PretrainConfig, *, pair_cache: P
         from training.pairs import read_pairs
 
         s2, ps, manifest = read_pairs(path, cfg.alignment)
-        arrays = PretrainArrays(s2=s2, ps=ps if cfg.mode == "bimodal" else None, source=str(path),
-                                bands=tuple(manifest["s2_bands"]))  # fmt: skip
+        arrays = PretrainArrays(
+            s2=s2,
+            ps=ps if cfg.mode == "bimodal" else None,
+            source=str(path),
+            bands=tuple(manifest["s2_bands"]),
+        )
     else:
         arrays = _scene_arrays(path, cfg, pair_cache)
     _validate(arrays, cfg)
@@ -162,7 +179,9 @@ def _validate(arrays: PretrainArrays, cfg: PretrainConfig) -> None:
     rank = 2 if cfg.alignment == "point" else 3
     layout = "(N, C)" if rank == 2 else "(N, T, C)"
     if arrays.s2.ndim != rank:
-        raise ValueError(f"{cfg.alignment}-wise pre-training expects s2 {layout}, got shape {arrays.s2.shape}")
+        raise ValueError(
+            f"{cfg.alignment}-wise pre-training expects s2 {layout}, got shape {arrays.s2.shape}"
+        )
     if arrays.s2.shape[0] < 2:
         raise ValueError(f"need at least 2 pre-training samples, got {arrays.s2.shape[0]}")
     if arrays.bands is not None and len(arrays.bands) != arrays.s2.shape[-1]:
@@ -175,7 +194,9 @@ def _validate(arrays: PretrainArrays, cfg: PretrainConfig) -> None:
             )
         named["ps"] = arrays.ps
     for name, arr in named.items():
-        step = max(1, (1 << 24) // max(1, arr[0].size))  # about 16 M values at a time: memory-mapped pairs stay on disk
+        step = max(
+            1, (1 << 24) // max(1, arr[0].size)
+        )  # about 16 M values at a time: memory-mapped pairs stay on disk
         bad = sum(int((~np.isfinite(arr[i : i + step])).sum()) for i in range(0, arr.shape[0], step))
         if bad:
             raise ValueError(f"{name} holds {bad} non-finite values; pre-training pairs must be gap-free")
@@ -204,7 +225,9 @@ class _LossLog:
         if resume_epoch is None:
             path.write_text("")
         elif path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= resume_epoch]
+            kept = [
+                ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= resume_epoch
+            ]
             path.write_text("".join(f"{ln}\n" for ln in kept))
 
     def write(self, **record: Any) -> None:
@@ -248,7 +271,9 @@ def pretrain(
     if fast is not None:
         fast.check(device)
         if ranks is not None:
-            raise ValueError("--fast runs one process; several ranks run the reference step (leave out --fast)")
+            raise ValueError(
+                "--fast runs one process; several ranks run the reference step (leave out --fast)"
+            )
     main_rank = ranks is None or ranks.main
     out.mkdir(parents=True, exist_ok=True)
     state = None
@@ -256,7 +281,9 @@ def pretrain(
         state = load_checkpoint(resume, kind="pretrain_state", map_location="cpu")
         diff = _config_diff(state["config"], config_to_dict(cfg))
         if diff:
-            raise ConfigError(f"--resume {str(resume)!r} was written with another configuration: {'; '.join(diff)}")
+            raise ConfigError(
+                f"--resume {str(resume)!r} was written with another configuration: {'; '.join(diff)}"
+            )
         s2_stats, ps_stats = state["norm_stats"], state.get("ps_norm_stats")
     else:
         s2_stats = compute_norm_stats(arrays.s2, divisor=cfg.norm_divisor)
@@ -266,7 +293,9 @@ def pretrain(
     np.random.seed(cfg.seed)
     model = ContrastiveModel(cfg, s2_stats, ps_stats).to(device)
     if fast is None:
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
     else:
         optimizer = make_optimizer(model, cfg, device, fused=fast.fused)
     generator = torch.Generator(device=device)
@@ -302,11 +331,22 @@ def pretrain(
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync()
         )
-        logger.info("rank %d of %d: rows %s of each global batch of %d", ranks.rank, ranks.world,
-                    rank_rows(min(cfg.batch_size, n), ranks), min(cfg.batch_size, n))  # fmt: skip
+        logger.info(
+            "rank %d of %d: rows %s of each global batch of %d",
+            ranks.rank,
+            ranks.world,
+            rank_rows(min(cfg.batch_size, n), ranks),
+            min(cfg.batch_size, n),
+        )
     logger.info(
         "%s %s-wise pre-training on %d samples (%s), %d steps/epoch, device %s, %s, %s step",
-        cfg.mode, cfg.alignment, n, arrays.source, steps_per_epoch, device, precision,
+        cfg.mode,
+        cfg.alignment,
+        n,
+        arrays.source,
+        steps_per_epoch,
+        device,
+        precision,
         "reference" if fast is None else "fast",
     )
     step_fn = FastStep(model, optimizer, cfg, precision=precision, options=fast) if fast is not None else None
@@ -332,13 +372,24 @@ def pretrain(
             for step, idx in enumerate(bar, start=1):
                 if ddp is not None and ranks is not None:
                     loss = distributed_step(
-                        ddp, optimizer, s2[idx], ps[idx] if ps is not None else None, cfg, ranks,
-                        generator=generator, precision=precision,
+                        ddp,
+                        optimizer,
+                        s2[idx],
+                        ps[idx] if ps is not None else None,
+                        cfg,
+                        ranks,
+                        generator=generator,
+                        precision=precision,
                     )
                 else:
                     loss = contrastive_step(
-                        model, optimizer, s2[idx], ps[idx] if ps is not None else None, cfg,
-                        generator=generator, precision=precision,
+                        model,
+                        optimizer,
+                        s2[idx],
+                        ps[idx] if ps is not None else None,
+                        cfg,
+                        generator=generator,
+                        precision=precision,
                     )
                 if not math.isfinite(loss):
                     raise FloatingPointError(_nonfinite(loss, epoch, step))
@@ -356,7 +407,9 @@ def pretrain(
             "elapsed_s": time.perf_counter() - t_start,
         }
         log.write(**record)
-        logger.info("epoch %d: mean loss %.4f, %.0f pairs/s", epoch, record["loss"], record["pairs_per_s"] or 0)
+        logger.info(
+            "epoch %d: mean loss %.4f, %.0f pairs/s", epoch, record["loss"], record["pairs_per_s"] or 0
+        )
         if main_rank and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             save_checkpoint(
                 out / STATE_NAME,
@@ -423,7 +476,12 @@ def _fast_epoch(
         steps = min(steps, cfg.steps_per_epoch)
     with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False) as bar:
         losses = run_epoch(
-            step_fn, s2, ps, batch_size=cfg.batch_size, generator=generator, max_steps=cfg.steps_per_epoch,
+            step_fn,
+            s2,
+            ps,
+            batch_size=cfg.batch_size,
+            generator=generator,
+            max_steps=cfg.steps_per_epoch,
             progress=bar,
         ).tolist()  # the epoch's one host synchronisation
     for step, loss in enumerate(losses, start=1):
@@ -439,33 +497,57 @@ def build_parser() -> argparse.ArgumentParser:
         description="Contrastive pre-training of the Sentinel-2 encoder (uni-modal SCARF or bi-modal S2 + PlanetScope).",
     )
     parser.add_argument(
-        "--data", type=Path, required=True,
+        "--data",
+        type=Path,
+        required=True,
         help=".npz with s2 (and ps) arrays, a python -m training.pairs folder, or a scene folder",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--config", type=Path, help="TOML config (training/configs/pretrain_*.toml)")
     parser.add_argument("--mode", choices=["unimodal", "bimodal"], help="overrides config 'mode'")
     parser.add_argument("--alignment", choices=["point", "time"], help="overrides config 'alignment'")
-    parser.add_argument("--corruption", type=float, help="SCARF corruption rate; overrides config 'corruption'")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--corruption", type=float, help="SCARF corruption rate; overrides config 'corruption'"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="config override, repeatable (e.g. --set epochs=5 --set encoder.n_layers=4)",
     )
     parser.add_argument("--resume", type=Path, help="pretrain_state checkpoint to continue from")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32",
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
         help="bf16 = autocast (loss in float32); tf32 = TF32 matrix multiplies (CUDA)",
-    )  # fmt: skip
+    )
     fastg = parser.add_argument_group("fast path (training.fastpath; same losses as the reference step)")
-    fastg.add_argument("--fast", action="store_true",
-                       help="device-resident step without host synchronisation inside an epoch, fused Adam")  # fmt: skip
-    fastg.add_argument("--compile", action="store_true", help="torch.compile the projections and loss (implies --fast)")
-    fastg.add_argument("--cuda-graphs", action="store_true",
-                       help="compile with CUDA graphs (mode reduce-overhead; CUDA only; implies --fast)")  # fmt: skip
-    fastg.add_argument("--pair-cache", type=Path, metavar="DIR",
-                       help="keep pairs drawn from a scene in DIR and memory-map them on reruns")  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true", help="allow writing into a folder with earlier outputs")
+    fastg.add_argument(
+        "--fast",
+        action="store_true",
+        help="device-resident step without host synchronisation inside an epoch, fused Adam",
+    )
+    fastg.add_argument(
+        "--compile", action="store_true", help="torch.compile the projections and loss (implies --fast)"
+    )
+    fastg.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="compile with CUDA graphs (mode reduce-overhead; CUDA only; implies --fast)",
+    )
+    fastg.add_argument(
+        "--pair-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep pairs drawn from a scene in DIR and memory-map them on reruns",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="allow writing into a folder with earlier outputs"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     return parser
@@ -475,7 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     overrides = list(args.overrides)
     for key in ("mode", "alignment", "corruption"):
         value = getattr(args, key)
@@ -493,7 +577,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(args.device)
         if launched():
             if fast is not None:
-                raise ValueError("--fast runs one process; several ranks run the reference step (leave out --fast)")
+                raise ValueError(
+                    "--fast runs one process; several ranks run the reference step (leave out --fast)"
+                )
             ranks = init_from_env(device)
             device = rank_device(device, ranks)
             stop_on_sigterm()
@@ -509,8 +595,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         arrays = load_pretrain_arrays(args.data, cfg, pair_cache=args.pair_cache)
         encoder_path = pretrain(
-            cfg, arrays, args.out, device=device, precision=args.precision, resume=args.resume,
-            progress=not args.no_progress and (ranks is None or ranks.main), fast=fast, ranks=ranks,
+            cfg,
+            arrays,
+            args.out,
+            device=device,
+            precision=args.precision,
+            resume=args.resume,
+            progress=not args.no_progress and (ranks is None or ranks.main),
+            fast=fast,
+            ranks=ranks,
         )
     except (ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -521,7 +614,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A collective failed (another rank died, hung past the timeout, or lost its connection), or the
         # launcher stopped this rank because another one failed.
         state = args.out / STATE_NAME
-        again = f"resume with --resume {state}" if state.exists() else "no checkpoint was written yet; start again"
+        again = (
+            f"resume with --resume {state}"
+            if state.exists()
+            else "no checkpoint was written yet; start again"
+        )
         why = str(err) if isinstance(err, RankStopped) else f"lost the other ranks ({collective_error(err)})"
         print(f"error: rank {ranks.rank} of {ranks.world} {why}; the run stops; {again}", file=sys.stderr)
         return 143 if isinstance(err, RankStopped) else 1
@@ -531,7 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ranks is not None and not ranks.main:
         return 0
     last = json.loads((args.out / LOG_NAME).read_text().splitlines()[-1])
-    print(f"pre-training done: {cfg.mode} {cfg.alignment}-wise, final epoch loss {last['loss']:.4f}; encoder -> {encoder_path}")
+    print(
+        f"pre-training done: {cfg.mode} {cfg.alignment}-wise, final epoch loss {last['loss']:.4f}; encoder -> {encoder_path}"
+    )
     return 0
 
 

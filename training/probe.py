@@ -59,7 +59,11 @@ def score(pred: torch.Tensor, y: torch.Tensor, metric: Metric = "accuracy") -> f
 
 @torch.no_grad()
 def series_features(
-    x: np.ndarray | torch.Tensor, encoder: nn.Module | None = None, *, pooling: Pooling = "flatten", batch_size: int = 2048
+    x: np.ndarray | torch.Tensor,
+    encoder: nn.Module | None = None,
+    *,
+    pooling: Pooling = "flatten",
+    batch_size: int = 2048,
 ) -> torch.Tensor:
     """Features of pixel series for a probe.
 
@@ -272,9 +276,10 @@ def per_date_probe(
     f_fit, f_val = embed(fit.x, encoder), embed(val.x, encoder)
     n_classes = int(max(fit.y.max(), val.y.max())) + 1
     stamps = [
-        t for t in np.unique(val.stamp)
+        t
+        for t in np.unique(val.stamp)
         if np.bincount(fit.y[fit.stamp == t], minlength=n_classes).min() >= min_per_class
-    ]  # fmt: skip
+    ]
     if not stamps:
         raise ValueError(f"no stamp has {min_per_class} clear fitting observations of every class")
     g_fit, g_val = _stamp_groups(fit.stamp, np.array(stamps)), _stamp_groups(val.stamp, np.array(stamps))
@@ -470,9 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type != "cpu":
         encoders = {name: None if enc is None else OnDevice(enc, device) for name, enc in encoders.items()}
     report = scene_probe(
-        args.data, encoders, max_per_class=args.max_per_class, n_series=args.n_series,
-        poolings=tuple(args.pooling or ["mean"]), seed=args.seed,
-    )  # fmt: skip
+        args.data,
+        encoders,
+        max_per_class=args.max_per_class,
+        n_series=args.n_series,
+        poolings=tuple(args.pooling or ["mean"]),
+        seed=args.seed,
+    )
     cols = list(next(iter(report.values())))
     print(f"{'features':<20}" + "".join(f"{c:>22}" for c in cols))
     for name, row in report.items():

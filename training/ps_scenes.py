@@ -61,11 +61,27 @@ def _other_zone(crs: CRS) -> CRS:
     return CRS.from_epsg(epsg - 1 if epsg % 100 > 1 else epsg + 1)
 
 
-def _write(path: Path, data: np.ndarray, crs: CRS, transform: Affine, descriptions: Sequence[str],
-           nodata: float | None, tags: dict[str, str]) -> None:
+def _write(
+    path: Path,
+    data: np.ndarray,
+    crs: CRS,
+    transform: Affine,
+    descriptions: Sequence[str],
+    nodata: float | None,
+    tags: dict[str, str],
+) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    profile = {"driver": "GTiff", "dtype": data.dtype.name, "count": data.shape[0], "height": data.shape[1],
-               "width": data.shape[2], "crs": crs, "transform": transform, "nodata": nodata, "compress": "deflate"}
+    profile = {
+        "driver": "GTiff",
+        "dtype": data.dtype.name,
+        "count": data.shape[0],
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "compress": "deflate",
+    }
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
         dst.descriptions = tuple(descriptions)
@@ -120,7 +136,9 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
             t1 = t @ Affine.translation(-COLLAR_PX, -COLLAR_PX)
             base = tmp_dir / f"{stamp}_101000_1_3B"
             _write(base.with_name(base.name + "_AnalyticMS_SR.tif"), west, crs, t1, PS_BANDS, 0, tags)
-            _write(base.with_name(base.name + "_udm2.tif"), _udm2(clear, inside), crs, t1, UDM2_BANDS, None, tags)
+            _write(
+                base.with_name(base.name + "_udm2.tif"), _udm2(clear, inside), crs, t1, UDM2_BANDS, None, tags
+            )
             # Scene 2: east part, own origin; every second day in the next UTM zone at 1.5 m.
             east = np.ascontiguousarray(data[:, :, es:])
             t2 = t @ Affine.translation(es, 0)
@@ -129,16 +147,34 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
                 crs2 = _other_zone(crs)
                 left, top = t2.c, t2.f
                 bounds = (left, top + t2.e * h, left + t2.a * east.shape[2], top)
-                t3, w3, h3 = calculate_default_transform(crs, crs2, east.shape[2], h, *bounds,
-                                                         resolution=OTHER_ZONE_RES_M)  # fmt: skip
+                t3, w3, h3 = calculate_default_transform(
+                    crs, crs2, east.shape[2], h, *bounds, resolution=OTHER_ZONE_RES_M
+                )
                 warped = np.zeros((4, h3, w3), dtype=data.dtype)
-                reproject(east, warped, src_transform=t2, src_crs=crs, src_nodata=0, dst_transform=t3, dst_crs=crs2,
-                          dst_nodata=0, resampling=Resampling.nearest)  # fmt: skip
+                reproject(
+                    east,
+                    warped,
+                    src_transform=t2,
+                    src_crs=crs,
+                    src_nodata=0,
+                    dst_transform=t3,
+                    dst_crs=crs2,
+                    dst_nodata=0,
+                    resampling=Resampling.nearest,
+                )
                 east, t2 = warped, t3
             inside2 = east[0] > 0
             base = tmp_dir / f"{stamp}_101010_2_3B"
             _write(base.with_name(base.name + "_AnalyticMS_SR.tif"), east, crs2, t2, PS_BANDS, 0, tags)
-            _write(base.with_name(base.name + "_udm2.tif"), _udm2(inside2, inside2), crs2, t2, UDM2_BANDS, None, tags)
+            _write(
+                base.with_name(base.name + "_udm2.tif"),
+                _udm2(inside2, inside2),
+                crs2,
+                t2,
+                UDM2_BANDS,
+                None,
+                tags,
+            )
         os.replace(tmp_dir, dest)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -147,8 +183,12 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m training.ps_scenes SCENE_DIR [SCENE_DIR ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m training.ps_scenes", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenes", nargs="+", type=Path, metavar="SCENE_DIR", help="DENETHOR-layout scene folder(s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.ps_scenes", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "scenes", nargs="+", type=Path, metavar="SCENE_DIR", help="DENETHOR-layout scene folder(s)"
+    )
     args = parser.parse_args(argv)
     for scene in args.scenes:
         try:

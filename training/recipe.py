@@ -99,8 +99,10 @@ class Recipe:
         if not 0.0 <= self.prior_correction <= 1.0:
             raise ValueError(f"prior_correction must be in [0, 1], got {self.prior_correction}")
         if self.prior_correction and not self.balanced:
-            raise ValueError(f"recipe {self.name!r} trains without class balancing: there is no prior to correct "
-                             "(prior_correction must be 0)")
+            raise ValueError(
+                f"recipe {self.name!r} trains without class balancing: there is no prior to correct "
+                "(prior_correction must be 0)"
+            )
         if not 0.0 < self.max_batch_fraction <= 1.0:
             raise ValueError(f"max_batch_fraction must be in (0, 1], got {self.max_batch_fraction}")
 
@@ -158,7 +160,7 @@ def get_recipe(name: str, **overrides: object) -> Recipe:
     return replace(RECIPES[name], **overrides) if overrides else RECIPES[name]  # type: ignore[arg-type]
 
 
-def lr_lambda(recipe: Recipe, total_steps: int):  # noqa: ANN201 - a LambdaLR factor function
+def lr_lambda(recipe: Recipe, total_steps: int):
     """The learning-rate factor per step for ``torch.optim.lr_scheduler.LambdaLR``."""
     total = max(1, total_steps)
     if recipe.schedule == "linear":
@@ -230,7 +232,9 @@ def selection_split(
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(sel))
 
 
-def augment_batch(x: torch.Tensor, recipe: Recipe, scale: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, recipe: Recipe, scale: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """Augmented copy of a batch ``(B, T, D)`` of model inputs.
 
     Args:

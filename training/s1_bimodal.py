@@ -67,27 +67,56 @@ class DataSet:
 
 DATASETS = {
     "france2022": DataSet(
-        "france2022", Path("sample_data/worldcereal/2022_FRA_LPIS_POLY_110_monthly.geoparquet"),
+        "france2022",
+        Path("sample_data/worldcereal/2022_FRA_LPIS_POLY_110_monthly.geoparquet"),
         "France 2022 LPIS (Corsica), six most frequent classes",
     ),
     "flanders2021": DataSet(
-        "flanders2021", Path("sample_data/worldcereal/2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"),
+        "flanders2021",
+        Path("sample_data/worldcereal/2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"),
         "Flanders 2021 LPIS, four classes (training/configs/classes_flanders.csv)",
-        class_map=Path("training/configs/classes_flanders.csv"), season=2020,
+        class_map=Path("training/configs/classes_flanders.csv"),
+        season=2020,
     ),
-}  # fmt: skip
+}
 
 
 def pretrain_args(pairs: Path, out: Path, mode: str, seed: int, epochs: int) -> list[str]:
     """The ``python -m training.pretrain`` arguments of one run (identical for both modes but ``--mode``)."""
     return [
-        "--data", str(pairs), "--out", str(out), "--mode", mode, "--alignment", "point", "--corruption", "0.2",
-        "--config", "training/configs/pretrain_pointwise.toml",
-        "--set", f"epochs={epochs}", "--set", "batch_size=256", "--set", f"seed={seed}",
-        "--set", "encoder.hidden=128", "--set", "encoder.n_layers=4", "--set", "encoder.out_dim=128",
-        "--set", "projector.hidden=128", "--set", "projector.out=128",
-        "--device", "cpu", "--no-progress", "--overwrite",
-    ]  # fmt: skip
+        "--data",
+        str(pairs),
+        "--out",
+        str(out),
+        "--mode",
+        mode,
+        "--alignment",
+        "point",
+        "--corruption",
+        "0.2",
+        "--config",
+        "training/configs/pretrain_pointwise.toml",
+        "--set",
+        f"epochs={epochs}",
+        "--set",
+        "batch_size=256",
+        "--set",
+        f"seed={seed}",
+        "--set",
+        "encoder.hidden=128",
+        "--set",
+        "encoder.n_layers=4",
+        "--set",
+        "encoder.out_dim=128",
+        "--set",
+        "projector.hidden=128",
+        "--set",
+        "projector.out=128",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--overwrite",
+    ]
 
 
 def _pretrain(pairs: Path, out: Path, mode: str, seed: int, epochs: int) -> float:
@@ -118,8 +147,14 @@ def _pretrain(pairs: Path, out: Path, mode: str, seed: int, epochs: int) -> floa
     return wall
 
 
-def _probe(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, enc: torch.nn.Module | None,
-           seed: int) -> dict[str, float]:  # fmt: skip
+def _probe(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    enc: torch.nn.Module | None,
+    seed: int,
+) -> dict[str, float]:
     out = {}
     for pooling in ("flatten", "mean"):
         ftr = series_features(x_tr, enc, pooling=pooling)
@@ -140,9 +175,13 @@ def s1_on_grid(
     """
     series = read_extraction(ds.path)
     s1 = WorldCerealSeries(
-        values=s1_series(ds.path, series), dates=series.dates, bands=S1_POLARISATIONS, labels=series.labels,
-        label_column=series.label_column, sample_ids=series.sample_ids,
-    )  # fmt: skip
+        values=s1_series(ds.path, series),
+        dates=series.dates,
+        bands=S1_POLARISATIONS,
+        labels=series.labels,
+        label_column=series.label_column,
+        sample_ids=series.sample_ids,
+    )
     grid = on_time_grid(s1, task.time_grid, season=task.season, min_valid=task.min_valid)
     row = {sid: i for i, sid in enumerate(series.sample_ids)}
     pick = [np.array([row[i] for i in ids]) for ids in (task.ids_train, task.ids_val)]
@@ -184,9 +223,13 @@ def run_seed(ds: DataSet, seed: int, out: Path, epochs: int) -> dict:
     # row only (counted in the results), never filled.
     (s1_tr, ok_tr), (s1_va, ok_va) = s1_on_grid(ds, task)
     scores[RAW_S2S1] = _probe(
-        np.concatenate([task.x_train, s1_tr], axis=-1)[ok_tr], task.y_train[ok_tr],
-        np.concatenate([task.x_val, s1_va], axis=-1)[ok_va], task.y_val[ok_va], None, seed,
-    )  # fmt: skip
+        np.concatenate([task.x_train, s1_tr], axis=-1)[ok_tr],
+        task.y_train[ok_tr],
+        np.concatenate([task.x_val, s1_va], axis=-1)[ok_va],
+        task.y_val[ok_va],
+        None,
+        seed,
+    )
     t_probe = time.perf_counter() - t1
     losses = {
         mode: json.loads((folder / mode / "loss_log.jsonl").read_text().splitlines()[-1])["loss"]
@@ -221,11 +264,13 @@ def table(ds: DataSet, runs: list[dict], epochs: int) -> str:
     r0 = runs[0]
     cols = ("flatten_accuracy", "flatten_balanced", "mean_accuracy", "mean_balanced")
     lines = [
-        f"**{ds.title}**, `{ds.path.name}`: {r0['n_train']} training / {r0['n_val']} validation parcels per split "
-        f"(70/30 by parcel, split seeds {seeds}), {r0['months']} months x {len(r0['bands'])} bands; pre-training on "
-        f"{min(r['pairs']['pretrain'] for r in runs):,}-{max(r['pairs']['pretrain'] for r in runs):,} point-wise "
-        f"(parcel, month) pairs of the parcels outside the validation split ({r0['pairs']['file']['pairs']:,} pairs "
-        f"in the file); mean +- sample std over the seeds, in %.",
+        (
+            f"**{ds.title}**, `{ds.path.name}`: {r0['n_train']} training / {r0['n_val']} validation parcels per split "
+            f"(70/30 by parcel, split seeds {seeds}), {r0['months']} months x {len(r0['bands'])} bands; pre-training on "
+            f"{min(r['pairs']['pretrain'] for r in runs):,}-{max(r['pairs']['pretrain'] for r in runs):,} point-wise "
+            f"(parcel, month) pairs of the parcels outside the validation split ({r0['pairs']['file']['pairs']:,} pairs "
+            f"in the file); mean +- sample std over the seeds, in %."
+        ),
         "",
         "| features | linear, months concatenated: OA | balanced acc. | linear, months averaged: OA | balanced acc. |",
         "|---|---|---|---|---|",
@@ -233,17 +278,20 @@ def table(ds: DataSet, runs: list[dict], epochs: int) -> str:
     for name in FEATURES:
         cells = [_ms([r["scores"][name][c] for r in runs]) for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    diff = [
-        _ms([r["scores"][FEATURES[3]][c] - r["scores"][FEATURES[2]][c] for r in runs]) for c in cols
-    ]
+    diff = [_ms([r["scores"][FEATURES[3]][c] - r["scores"][FEATURES[2]][c] for r in runs]) for c in cols]
     lines.append("| bi-modal - uni-modal (paired) | " + " | ".join(diff) + " |")
     cells = [_ms([r["scores"][RAW_S2S1][c] for r in runs]) for c in cols]
     lines.append(f"| {RAW_S2S1} | " + " | ".join(cells) + " |")
     gone = [(r["s1_context_left_out"]["train"], r["s1_context_left_out"]["val"]) for r in runs]
     if any(a or b for a, b in gone):
-        lines += ["", f"Context row: parcels with fewer than {r0['min_valid']} Sentinel-1 observations in the "
-                  "season are left out of it "
-                  f"(train / validation per seed: {', '.join(f'{a} / {b}' for a, b in gone)})."]  # fmt: skip
+        lines += [
+            "",
+            (
+                f"Context row: parcels with fewer than {r0['min_valid']} Sentinel-1 observations in the "
+                "season are left out of it "
+                f"(train / validation per seed: {', '.join(f'{a} / {b}' for a, b in gone)})."
+            ),
+        ]
     per_seed = "; ".join(
         f"seed {r['seed']}: bi {100 * r['scores'][FEATURES[3]]['flatten_balanced']:.1f} / uni "
         f"{100 * r['scores'][FEATURES[2]]['flatten_balanced']:.1f} / raw "
@@ -254,11 +302,13 @@ def table(ds: DataSet, runs: list[dict], epochs: int) -> str:
     loss = {m: np.mean([r["final_loss"][m] for r in runs]) for m in ("unimodal", "bimodal")}
     lines += [
         "",
-        f"Balanced accuracy, months concatenated, per seed: {per_seed}. Final epoch loss (mean over seeds): "
-        f"uni-modal {loss['unimodal']:.3f}, bi-modal {loss['bimodal']:.3f}. Wall time per seed (mean): pairs "
-        f"{walls['data']:.1f} s, uni-modal pre-training {walls['pretrain_unimodal']:.1f} s, bi-modal "
-        f"{walls['pretrain_bimodal']:.1f} s, probes {walls['probe']:.1f} s ({epochs} epochs, batch 256, "
-        "ResMLP 4 x 128, projector 128, corruption 0.2, one CPU thread).",
+        (
+            f"Balanced accuracy, months concatenated, per seed: {per_seed}. Final epoch loss (mean over seeds): "
+            f"uni-modal {loss['unimodal']:.3f}, bi-modal {loss['bimodal']:.3f}. Wall time per seed (mean): pairs "
+            f"{walls['data']:.1f} s, uni-modal pre-training {walls['pretrain_unimodal']:.1f} s, bi-modal "
+            f"{walls['pretrain_bimodal']:.1f} s, probes {walls['probe']:.1f} s ({epochs} epochs, batch 256, "
+            "ResMLP 4 x 128, projector 128, corruption 0.2, one CPU thread)."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -266,7 +316,9 @@ def table(ds: DataSet, runs: list[dict], epochs: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.s1_bimodal``."""
-    parser = argparse.ArgumentParser(prog="python -m training.s1_bimodal", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.s1_bimodal", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/s1_bimodal"), help="run folder")
     parser.add_argument(
         "--datasets", nargs="+", choices=sorted(DATASETS), default=["france2022", "flanders2021"]

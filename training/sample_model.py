@@ -156,7 +156,9 @@ def read_stack_pixels(path: Path) -> tuple[np.ndarray, list[dt.date], tuple[str,
 def make_time_grid(dates: Sequence[dt.date], season_start: str) -> TimeGrid:
     """The bundle grid at ``dates`` (the reference dates of the sample stack)."""
     probe = TimeGrid(season_start, (0,), ())
-    return TimeGrid(season_start, tuple(probe.position_of(d) for d in dates), tuple(d.isoformat() for d in dates))
+    return TimeGrid(
+        season_start, tuple(probe.position_of(d) for d in dates), tuple(d.isoformat() for d in dates)
+    )
 
 
 def split_by_parcel(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,8 +208,14 @@ def train_base_model(
 ) -> tuple[nn.Module, list[float]]:
     """Train the BiLSTM on embeddings ``(N, T, D)`` with labels ``0..K-1`` (class-weighted CE)."""
     torch.manual_seed(cfg.seed)
-    model = build_model("lstm", z.shape[-1], n_classes, hidden=cfg.lstm_hidden, layers=cfg.lstm_layers,
-                        dropout=cfg.lstm_dropout)  # fmt: skip
+    model = build_model(
+        "lstm",
+        z.shape[-1],
+        n_classes,
+        hidden=cfg.lstm_hidden,
+        layers=cfg.lstm_layers,
+        dropout=cfg.lstm_dropout,
+    )
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     weights = torch.tensor(len(y) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=weights)
@@ -253,30 +261,46 @@ def run(
     y_all = coarse_labels(series.labels[usable])
     x_all = gridded.x[usable]
     tr, va = split_by_parcel(y_all, cfg.val_fraction, cfg.seed)
-    logger.info("parcels: %d usable of %d; %d training, %d validation", len(usable), len(series), len(tr), len(va))
+    logger.info(
+        "parcels: %d usable of %d; %d training, %d validation", len(usable), len(series), len(tr), len(va)
+    )
 
     # Unlabelled single-date pixels: the stack's valid observations + the training parcels' ones
     # inside the season (validation parcels are never seen).
     stack_px = stack.transpose(0, 2, 1).reshape(-1, len(bands))
     stack_px = stack_px[np.isfinite(stack_px).all(axis=1)]
-    season_obs = np.array([grid.season_of(dt.date.fromisoformat(str(d))) == cfg.season for d in series.dates[0]])
+    season_obs = np.array(
+        [grid.season_of(dt.date.fromisoformat(str(d))) == cfg.season for d in series.dates[0]]
+    )
     parcel_px = series.values[usable[tr]][:, season_obs].reshape(-1, len(bands))
     parcel_px = parcel_px[np.isfinite(parcel_px).all(axis=1)]
     pool = np.concatenate([stack_px, parcel_px]).astype(np.float32)
     take = len(pool) if cfg.pretrain_pixels <= 0 else min(cfg.pretrain_pixels, len(pool))
     pixels = pool[np.sort(np.random.default_rng(cfg.seed).permutation(len(pool))[:take])]
-    logger.info("pre-training pool: %d stack pixels + %d training-parcel pixels; drawn %d",
-                len(stack_px), len(parcel_px), len(pixels))  # fmt: skip
+    logger.info(
+        "pre-training pool: %d stack pixels + %d training-parcel pixels; drawn %d",
+        len(stack_px),
+        len(parcel_px),
+        len(pixels),
+    )
 
     pcfg = PretrainConfig(
-        mode="unimodal", alignment="point", corruption=cfg.corruption, epochs=cfg.pretrain_epochs,
-        batch_size=cfg.pretrain_batch_size, lr=cfg.pretrain_lr, tau=cfg.tau, seed=cfg.seed,
+        mode="unimodal",
+        alignment="point",
+        corruption=cfg.corruption,
+        epochs=cfg.pretrain_epochs,
+        batch_size=cfg.pretrain_batch_size,
+        lr=cfg.pretrain_lr,
+        tau=cfg.tau,
+        seed=cfg.seed,
         encoder=cfg.encoder,
-    )  # fmt: skip
+    )
     t_pre = time.perf_counter()
     enc_path = pretrain(
         pcfg,
-        PretrainArrays(s2=pixels, ps=None, source=f"{cfg.stack} + {cfg.parcels} (training parcels)", bands=bands),
+        PretrainArrays(
+            s2=pixels, ps=None, source=f"{cfg.stack} + {cfg.parcels} (training parcels)", bands=bands
+        ),
         work / "pretrain",
         device=device if device is not None else torch.device("cpu"),
         progress=progress,
@@ -295,12 +319,20 @@ def run(
     val = classification_metrics(y_all[va], pred[va], codes)
     train_m = classification_metrics(y_all[tr], pred[tr], codes)
     majority = float((y_all[va] == np.bincount(y_all[tr]).argmax()).mean())
-    logger.info("validation accuracy %.3f, macro F1 %.3f (majority-class baseline %.3f)",
-                val["accuracy"], val["macro_f1"], majority)  # fmt: skip
+    logger.info(
+        "validation accuracy %.3f, macro F1 %.3f (majority-class baseline %.3f)",
+        val["accuracy"],
+        val["macro_f1"],
+        majority,
+    )
 
     # Real pixels of the sample stack on the grid, as inference sees them.
-    filled, _, ok = fill_gaps(stack.transpose(2, 0, 1), np.array(grid.day_of_season), grid.day_of_season,
-                              min_valid=cfg.min_valid_steps)  # fmt: skip
+    filled, _, ok = fill_gaps(
+        stack.transpose(2, 0, 1),
+        np.array(grid.day_of_season),
+        grid.day_of_season,
+        min_valid=cfg.min_valid_steps,
+    )
     px = filled[ok]
     px = px[np.random.default_rng(cfg.seed).permutation(len(px))[: cfg.parity_pixels]]
 
@@ -326,7 +358,8 @@ def run(
         gap_fill="linear",
         classes=classes,
         embedding=EmbeddingInfo(
-            "embedding", 2 * cfg.lstm_hidden,
+            "embedding",
+            2 * cfg.lstm_hidden,
             f"BiLSTM features before the linear head: last-layer forward state after the last stamp and backward "
             f"state after the first stamp ({2 * cfg.lstm_hidden} values)",
         ),
@@ -348,22 +381,32 @@ def run(
     # Parity inputs: the validation parcels and real pixels of the sample stack, as inference sees them.
     parity_inputs = np.concatenate([x_all[va], px[:500]])
     ckpt = save_classifier(
-        work / "classifier.pt", encoder=frozen.encoder, encoder_name="resmlp", base_model=base,
+        work / "classifier.pt",
+        encoder=frozen.encoder,
+        encoder_name="resmlp",
+        base_model=base,
         base_model_name="lstm",
         base_model_config={"hidden": cfg.lstm_hidden, "layers": cfg.lstm_layers, "dropout": cfg.lstm_dropout},
-        norm_stats=norm_stats, metadata=meta, parity_inputs=parity_inputs,
+        norm_stats=norm_stats,
+        metadata=meta,
+        parity_inputs=parity_inputs,
         config=dataclasses.asdict(cfg) | {"stack": str(cfg.stack), "parcels": str(cfg.parcels)},
-    )  # fmt: skip
+    )
     summary = {
         "checkpoint": str(ckpt),
         "metrics": metrics,
         "validation": val,
         "training": {k: train_m[k] for k in ("accuracy", "macro_f1")},
-        "class_counts": {c.name: {"train": int((y_all[tr] == c.code).sum()), "val": int((y_all[va] == c.code).sum())}
-                         for c in classes},  # fmt: skip
+        "class_counts": {
+            c.name: {"train": int((y_all[tr] == c.code).sum()), "val": int((y_all[va] == c.code).sum())}
+            for c in classes
+        },
         "final_train_loss": round(losses[-1], 4),
-        "seconds": {"pretrain": round(t_pre, 1), "base_model": round(t_base, 1),
-                    "total": round(time.perf_counter() - t0, 1)},  # fmt: skip
+        "seconds": {
+            "pretrain": round(t_pre, 1),
+            "base_model": round(t_base, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -373,11 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface."""
     p = argparse.ArgumentParser(prog="python -m training.sample_model", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("runs") / "sample_model",
-                   help="run directory: encoder, classifier.pt (what python -m exporters exports), summary "
-                        "(default: %(default)s; never the installed package)")  # fmt: skip
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set epochs=20 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs") / "sample_model",
+        help="run directory: encoder, classifier.pt (what python -m exporters exports), summary "
+        "(default: %(default)s; never the installed package)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set epochs=20 (repeatable)",
+    )
     p.add_argument("--device", default="cpu", help=f"where pre-training runs: {DEVICE_HELP}")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -397,11 +450,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run(cfg, args.out, progress=not args.no_progress, device=device)
     m = summary["metrics"]
     print(f"classifier {summary['checkpoint']} in {summary['seconds']['total']} s")
-    print(f"parcels: {int(m['n_train_parcels'])} training, {int(m['n_val_parcels'])} validation; "
-          f"validation accuracy {m['val_accuracy']:.3f}, macro F1 {m['val_macro_f1']:.3f} "
-          f"(majority baseline {m['val_majority_baseline']:.3f}); training accuracy {m['train_accuracy']:.3f}")  # fmt: skip
-    print(f"bundle: python -m exporters {summary['checkpoint']} -o {args.out / 'flanders_sample.onnx'}  "
-          "(to refresh the shipped bundle: -o cropmap/models/flanders_sample.onnx --overwrite)")
+    print(
+        f"parcels: {int(m['n_train_parcels'])} training, {int(m['n_val_parcels'])} validation; "
+        f"validation accuracy {m['val_accuracy']:.3f}, macro F1 {m['val_macro_f1']:.3f} "
+        f"(majority baseline {m['val_majority_baseline']:.3f}); training accuracy {m['train_accuracy']:.3f}"
+    )
+    print(
+        f"bundle: python -m exporters {summary['checkpoint']} -o {args.out / 'flanders_sample.onnx'}  "
+        "(to refresh the shipped bundle: -o cropmap/models/flanders_sample.onnx --overwrite)"
+    )
     return 0
 
 

@@ -79,11 +79,22 @@ def write_s2_stack(scene_dir: str | Path, dest: str | Path | None = None) -> Pat
     n_t, height, width, _ = scene.s2.shape
     tile = _tile(max(height, width))
     profile = {
-        "driver": "GTiff", "dtype": "uint16", "count": n_t * len(names), "height": height, "width": width,
-        "crs": scene.crs, "transform": scene.transform, "nodata": STACK_NODATA, "tiled": True,
-        "blockxsize": tile, "blockysize": tile, "compress": "deflate", "predictor": 2, "interleave": "band",
+        "driver": "GTiff",
+        "dtype": "uint16",
+        "count": n_t * len(names),
+        "height": height,
+        "width": width,
+        "crs": scene.crs,
+        "transform": scene.transform,
+        "nodata": STACK_NODATA,
+        "tiled": True,
+        "blockxsize": tile,
+        "blockysize": tile,
+        "compress": "deflate",
+        "predictor": 2,
+        "interleave": "band",
         "BIGTIFF": "IF_SAFER",
-    }  # fmt: skip
+    }
     tags = {
         "dates": ",".join(d.isoformat() for d in scene.dates),
         "bands": ",".join(names),

@@ -66,35 +66,57 @@ def season_transfer(root: Path, *, family: str, repeats: int, n_train: int, n_va
         torch.manual_seed(seed + r)
         model = build_model(family, int(xt.shape[2]), k, **recipe.adapt_hp(family, {}, int(xt.shape[1])))
         t0 = time.perf_counter()
-        train_run(model, xt, yt, xa, ya, lr=DEFAULT_LR, epochs=20, batch_size=256, seed=seed + r, recipe=recipe)
+        train_run(
+            model, xt, yt, xa, ya, lr=DEFAULT_LR, epochs=20, batch_size=256, seed=seed + r, recipe=recipe
+        )
         secs = time.perf_counter() - t0
         la, lo = predict_logits(model, xa, batch_size=1024), predict_logits(model, xo, batch_size=1024)
         logits_a.append(la)
         logits_o.append(lo)
-        rows.append((f"{family} (defaults, seed {r + 1})", score(a.y_val, la.argmax(-1).numpy(), k),
-                     score(yb, lo.argmax(-1).numpy(), k), secs))  # fmt: skip
+        rows.append(
+            (
+                f"{family} (defaults, seed {r + 1})",
+                score(a.y_val, la.argmax(-1).numpy(), k),
+                score(yb, lo.argmax(-1).numpy(), k),
+                secs,
+            )
+        )
     ens_a, ens_o = torch.stack(logits_a).mean(0), torch.stack(logits_o).mean(0)
-    rows.append((f"{family} ensemble of {repeats}", score(a.y_val, ens_a.argmax(-1).numpy(), k),
-                 score(yb, ens_o.argmax(-1).numpy(), k), sum(r[3] for r in rows)))  # fmt: skip
+    rows.append(
+        (
+            f"{family} ensemble of {repeats}",
+            score(a.y_val, ens_a.argmax(-1).numpy(), k),
+            score(yb, ens_o.argmax(-1).numpy(), k),
+            sum(r[3] for r in rows),
+        )
+    )
     rf_in = random_forest(a.x_train, a.y_train, a.x_val, a.y_val, k, seed=seed)
     rf_out = random_forest(a.x_train, a.y_train, xb, yb, k, seed=seed)
     rows.append(("RandomForest (500 trees)", rf_in, rf_out, rf_in["seconds"]))
     lines = [
-        f"Trained on scene A of `{root}` ({len(yt)} pixels, {k} classes, {xt.shape[1]} stamps); in season: scene A's "
-        f"held-out fields ({len(ya)} px); out of season: scene B, another year and region ({len(yb)} px).\n",
+        (
+            f"Trained on scene A of `{root}` ({len(yt)} pixels, {k} classes, {xt.shape[1]} stamps); in season: scene A's "
+            f"held-out fields ({len(ya)} px); out of season: scene B, another year and region ({len(yb)} px).\n"
+        ),
         "| model | in-season OA | in-season macro F1 | out-of-season OA | out-of-season macro F1 | train s |",
         "|---|---|---|---|---|---|",
     ]
     for name, i, o, secs in rows:
-        lines.append(f"| {name} | {100 * i['val_accuracy']:.1f} | {100 * i['macro_f1']:.1f} | "
-                     f"{100 * o['val_accuracy']:.1f} | {100 * o['macro_f1']:.1f} | {secs:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {100 * i['val_accuracy']:.1f} | {100 * i['macro_f1']:.1f} | "
+            f"{100 * o['val_accuracy']:.1f} | {100 * o['macro_f1']:.1f} | {secs:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.season_transfer``."""
-    parser = argparse.ArgumentParser(prog="python -m training.season_transfer", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="folder written by python -m training.simulate")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.season_transfer", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder written by python -m training.simulate"
+    )
     parser.add_argument("--family", default="inception_time")
     parser.add_argument("--repeats", type=int, default=3, help="seeds of the family's defaults (ensembled)")
     parser.add_argument("--n-train", type=int, default=60, help="training pixels per class")
@@ -105,8 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--repeats must be >= 1")
     torch.set_num_threads(1)
     try:
-        table = season_transfer(args.data, family=args.family, repeats=args.repeats, n_train=args.n_train,
-                                n_val=args.n_val)  # fmt: skip
+        table = season_transfer(
+            args.data, family=args.family, repeats=args.repeats, n_train=args.n_train, n_val=args.n_val
+        )
         if args.out:
             args.out.write_text(table)
     except (OSError, ValueError) as err:

@@ -40,19 +40,30 @@ def collect(run_dirs: Sequence[Path]) -> dict[tuple[str, str], list[dict[str, An
     for d in run_dirs:
         path = Path(d) / "results.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; run python -m training.downstream --out {d} first")
+            raise FileNotFoundError(
+                f"{path} does not exist; run python -m training.downstream --out {d} first"
+            )
         here: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for line in path.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
-                method = rec["method"] if rec["corruption"] is None else f"{rec['method']} {rec['corruption']:g}"
+                method = (
+                    rec["method"] if rec["corruption"] is None else f"{rec['method']} {rec['corruption']:g}"
+                )
                 here[(_label(rec), method)].append(rec)
-        for key, recs in here.items():  # the seeds of a family's defaults count as one (averaged) run per split
-            rows[key].append(recs[0] if len(recs) == 1 else {
-                "val_accuracy": float(np.mean([r["val_accuracy"] for r in recs])),
-                "macro_f1": float(np.mean([r["macro_f1"] for r in recs])),
-                "seconds": float(np.mean([r.get("seconds", math.nan) for r in recs])),
-            })  # fmt: skip
+        for (
+            key,
+            recs,
+        ) in here.items():  # the seeds of a family's defaults count as one (averaged) run per split
+            rows[key].append(
+                recs[0]
+                if len(recs) == 1
+                else {
+                    "val_accuracy": float(np.mean([r["val_accuracy"] for r in recs])),
+                    "macro_f1": float(np.mean([r["macro_f1"] for r in recs])),
+                    "seconds": float(np.mean([r.get("seconds", math.nan) for r in recs])),
+                }
+            )
     return rows
 
 
@@ -77,10 +88,12 @@ def seed_table(run_dirs: Sequence[Path], title: str) -> tuple[str, dict[str, Any
         f1 = np.array([r["macro_f1"] for r in recs])
         stats[key] = {
             "runs": len(recs),
-            "oa_mean": float(oa.mean()), "oa_std": _std(oa),
-            "f1_mean": float(f1.mean()), "f1_std": _std(f1),
+            "oa_mean": float(oa.mean()),
+            "oa_std": _std(oa),
+            "f1_mean": float(f1.mean()),
+            "f1_std": _std(f1),
             "seconds": float(np.mean([r.get("seconds", math.nan) for r in recs])),
-        }  # fmt: skip
+        }
     rf = stats.get(("random_forest", "supervised"))
     lines = [
         f"**{title}** ({n} split seeds; mean +- std over seeds; test parcels never used for training or selection)\n",
@@ -109,10 +122,14 @@ def seed_table(run_dirs: Sequence[Path], title: str) -> tuple[str, dict[str, Any
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.seedtable``."""
-    parser = argparse.ArgumentParser(prog="python -m training.seedtable", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.seedtable", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="downstream run directories, one per split seed")
     parser.add_argument("--title", default="downstream runs", help="table title")
-    parser.add_argument("--out", type=Path, help="also write the table (markdown) and its numbers (.json) here")
+    parser.add_argument(
+        "--out", type=Path, help="also write the table (markdown) and its numbers (.json) here"
+    )
     args = parser.parse_args(argv)
     try:
         table, stats = seed_table(args.runs, args.title)

@@ -66,8 +66,11 @@ def carve_selection(
     groups = getattr(data, "groups_train", None)
     fit, sel = selection_split(np.asarray(data.y_train), fraction, seed, groups=groups)
     if not len(sel):
-        what = (f"{len(data.y_train)} training samples" if groups is None else
-                f"the {len(np.unique(groups))} training parcels (split by parcel)")  # fmt: skip
+        what = (
+            f"{len(data.y_train)} training samples"
+            if groups is None
+            else f"the {len(np.unique(groups))} training parcels (split by parcel)"
+        )
         raise ValueError(f"selection_holdout {fraction:g} of {what} selects none; raise it or set it to 0")
     x_sel, y_sel = data.x_train[sel], data.y_train[sel]
     parts: dict[str, Any] = {"x_train": data.x_train[fit], "y_train": data.y_train[fit]}
@@ -76,10 +79,15 @@ def carve_selection(
     fitted = dataclasses.replace(data, **parts)
     logger.info(
         "model-selection split: %d of %d training samples (%.0f %%, stratified%s, seed %d) set aside to pick and calibrate "
-        "models; %d train, %d untouched test samples", len(sel), len(data.y_train), 100 * fraction,
-        "" if groups is None else " by parcel", seed, len(fit),
+        "models; %d train, %d untouched test samples",
+        len(sel),
+        len(data.y_train),
+        100 * fraction,
+        "" if groups is None else " by parcel",
+        seed,
+        len(fit),
         len(data.y_val),
-    )  # fmt: skip
+    )
     return fitted, x_sel, y_sel
 
 

@@ -63,13 +63,32 @@ S2_RES_M = 10.0
 PS_RES_M = 3.0
 
 CROP_NAMES: tuple[str, ...] = (
-    "Wheat", "Rye", "Barley", "Oats", "Corn", "Oil Seeds", "Root Crops", "Meadows", "Forage Crops",
-)  # fmt: skip
+    "Wheat",
+    "Rye",
+    "Barley",
+    "Oats",
+    "Corn",
+    "Oil Seeds",
+    "Root Crops",
+    "Meadows",
+    "Forage Crops",
+)
 """DENETHOR's nine classes; ``crop_id`` is the position + 1."""
 
 S2_BAND_NAMES: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
-)  # fmt: skip
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B11",
+    "B12",
+)
 """The 12 L2A bands of DENETHOR's ``bands.npy`` (all of :data:`cropmap.bands.S2_BANDS` but B10)."""
 
 PS_BAND_NAMES: tuple[str, ...] = ("blue", "green", "red", "nir")
@@ -79,9 +98,19 @@ PS_BAND_NAMES: tuple[str, ...] = ("blue", "green", "red", "nir")
 # (https://sentiwiki.copernicus.eu/web/s2-mission); PlanetScope: Planet Fusion / SuperDove harmonised bands
 # (https://developers.planet.com/docs/data/planetscope/).
 _S2_CENTRE_FWHM = (
-    (443, 21), (492, 66), (560, 36), (665, 31), (704, 15), (740, 15),
-    (783, 20), (833, 106), (865, 21), (945, 20), (1614, 91), (2202, 175),
-)  # fmt: skip
+    (443, 21),
+    (492, 66),
+    (560, 36),
+    (665, 31),
+    (704, 15),
+    (740, 15),
+    (783, 20),
+    (833, 106),
+    (865, 21),
+    (945, 20),
+    (1614, 91),
+    (2202, 175),
+)
 _PS_CENTRE_FWHM = ((490, 60), (565, 36), (665, 30), (865, 40))
 # Native resolution of each S2 band in 10 m pixels (B01, B09: 60 m; red edge, B8A, SWIR: 20 m).
 _S2_NATIVE_BLOCK = (6, 1, 1, 1, 2, 2, 2, 1, 2, 6, 2, 2)
@@ -163,10 +192,28 @@ class SceneSpec:
     crop_weights: tuple[float, ...]
 
 
-SCENE_A = SceneSpec("scene_a", 2018, 400_000.0, 5_820_000.0, 0.0, 0.9, 0.0, 0.5,
-                    (0.17, 0.16, 0.10, 0.05, 0.14, 0.10, 0.06, 0.14, 0.08))  # fmt: skip
-SCENE_B = SceneSpec("scene_b", 2019, 452_000.0, 5_761_000.0, 9.0, 1.25, 0.4, 0.4,
-                    (0.12, 0.20, 0.08, 0.07, 0.16, 0.08, 0.04, 0.17, 0.08))  # fmt: skip
+SCENE_A = SceneSpec(
+    "scene_a",
+    2018,
+    400_000.0,
+    5_820_000.0,
+    0.0,
+    0.9,
+    0.0,
+    0.5,
+    (0.17, 0.16, 0.10, 0.05, 0.14, 0.10, 0.06, 0.14, 0.08),
+)
+SCENE_B = SceneSpec(
+    "scene_b",
+    2019,
+    452_000.0,
+    5_761_000.0,
+    9.0,
+    1.25,
+    0.4,
+    0.4,
+    (0.12, 0.20, 0.08, 0.07, 0.16, 0.08, 0.04, 0.17, 0.08),
+)
 
 
 @dataclass(frozen=True)
@@ -402,8 +449,11 @@ class _Surface:
         shape = (n, n)
         self.field_of_cell = rasterize(
             zip(self.fields.geometry, self.fields.field_id, strict=True),
-            out_shape=shape, transform=self.ps_transform, fill=0, dtype="int32",
-        )  # fmt: skip
+            out_shape=shape,
+            transform=self.ps_transform,
+            fill=0,
+            dtype="int32",
+        )
         cover = np.full(shape, _BACKGROUND_MARGIN, dtype=np.int32)
         if background:
             bg = rasterize(background, out_shape=shape, transform=self.ps_transform, fill=0, dtype="int32")
@@ -482,15 +532,17 @@ class _Surface:
         for k in range(len(CROP_NAMES)):
             idx = np.flatnonzero(flat_crop == k)
             fid = flat_field[idx]
-            self.crop_cells.append({
-                "idx": idx,
-                "shift": self.f_shift[fid] + self.cell_shift.ravel()[idx],
-                "rate": self.f_rate[fid],
-                "peak": self.f_peak[fid],
-                "plough": self.f_plough[fid],
-                "cut_jitter": self.f_cut_jitter[fid],
-                "texture": self.texture.ravel()[idx],
-            })  # fmt: skip
+            self.crop_cells.append(
+                {
+                    "idx": idx,
+                    "shift": self.f_shift[fid] + self.cell_shift.ravel()[idx],
+                    "rate": self.f_rate[fid],
+                    "peak": self.f_peak[fid],
+                    "plough": self.f_plough[fid],
+                    "cut_jitter": self.f_cut_jitter[fid],
+                    "texture": self.texture.ravel()[idx],
+                }
+            )
         self.margin_idx = np.flatnonzero(self.is_margin.ravel())
         self.forest_idx = np.flatnonzero(self.is_forest.ravel())
         self.urban_idx = np.flatnonzero(self.is_urban.ravel())
@@ -638,9 +690,18 @@ def _observe_ps(
 def _write_ps(path: Path, data: np.ndarray, transform: rasterio.Affine) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = {
-        "driver": "GTiff", "dtype": "uint16", "count": 4, "height": data.shape[1], "width": data.shape[2],
-        "crs": CRS, "transform": transform, "nodata": 0, "tiled": True, "blockxsize": 256, "blockysize": 256,
-    }  # fmt: skip
+        "driver": "GTiff",
+        "dtype": "uint16",
+        "count": 4,
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "crs": CRS,
+        "transform": transform,
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+    }
     if data.shape[1] < 256 or data.shape[2] < 256:
         profile.update(tiled=False)
     with rasterio.open(path, "w", **profile) as dst:
@@ -675,9 +736,12 @@ def _simulate_scene(out: Path, cfg: SimulationConfig, spec: SceneSpec, rng: np.r
         pickle.dump(stamps, fh)
     extent = cfg.size_px * S2_RES_M
     bbox = {
-        "min_x": spec.origin_x, "min_y": spec.origin_y,
-        "max_x": spec.origin_x + extent, "max_y": spec.origin_y + extent, "crs": CRS,
-    }  # fmt: skip
+        "min_x": spec.origin_x,
+        "min_y": spec.origin_y,
+        "max_x": spec.origin_x + extent,
+        "max_y": spec.origin_y + extent,
+        "crs": CRS,
+    }
     with open(s2_dir / "bbox.pkl", "wb") as fh:
         pickle.dump(bbox, fh)
     (s2_dir / "band_names.json").write_text(json.dumps(list(S2_BAND_NAMES)) + "\n")
@@ -689,12 +753,17 @@ def _simulate_scene(out: Path, cfg: SimulationConfig, spec: SceneSpec, rng: np.r
         acq = float(doy) + rng.uniform(-1.0, 1.0)
         refl = surface.reflectance(acq, slice(12, 16))
         date = start + dt.timedelta(days=int(doy) - 1)
-        _write_ps(out / "planet" / date.isoformat() / "sr.tif", _observe_ps(rng, refl, gain, offset),
-                  surface.ps_transform)  # fmt: skip
+        _write_ps(
+            out / "planet" / date.isoformat() / "sr.tif",
+            _observe_ps(rng, refl, gain, offset),
+            surface.ps_transform,
+        )
 
     surface.fields.to_file(out / "labels.geojson", driver="GeoJSON")
     write_cropmap_inputs(out)  # s2_stack.tif and fields.gpkg, read back from the files just written
-    write_ps_scenes(out)  # planet_scenes/: the PS archive as per-scene GeoTIFFs with UDM2, read back from planet/
+    write_ps_scenes(
+        out
+    )  # planet_scenes/: the PS archive as per-scene GeoTIFFs with UDM2, read back from planet/
     logger.info(
         "%s: %d S2 stamps, %d PS days, %d fields", spec.name, len(s2_doys), len(ps_doys), len(surface.fields)
     )
@@ -744,9 +813,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     flags = {
-        "size_px": args.size_px, "n_fields": args.n_fields, "n_stamps": args.n_stamps,
-        "ps_interval_days": args.ps_interval_days, "seed": args.seed,
-    }  # fmt: skip
+        "size_px": args.size_px,
+        "n_fields": args.n_fields,
+        "n_stamps": args.n_stamps,
+        "ps_interval_days": args.ps_interval_days,
+        "seed": args.seed,
+    }
     overrides = {key: value for key, value in flags.items() if value is not None}
     try:
         if args.config is not None:

@@ -109,9 +109,11 @@ def open_storage(spec: str | Path | None) -> optuna.storages.BaseStorage:
                 "ignore", optuna.exceptions.ExperimentalWarning
             )  # the heartbeat's API may move
             return optuna.storages.RDBStorage(
-                f"sqlite:///{target}", engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}},
-                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            )  # fmt: skip
+                f"sqlite:///{target}",
+                engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}},
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

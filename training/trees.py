@@ -152,8 +152,15 @@ def _estimator(family: str, hp: Mapping[str, Any], seed: int, *, tuning: bool = 
     if family == "boosting":
         from lightgbm import LGBMClassifier
 
-        return LGBMClassifier(random_state=seed, n_jobs=1, verbose=-1, deterministic=True, force_row_wise=True,
-                              subsample=1.0, **hp)  # fmt: skip
+        return LGBMClassifier(
+            random_state=seed,
+            n_jobs=1,
+            verbose=-1,
+            deterministic=True,
+            force_row_wise=True,
+            subsample=1.0,
+            **hp,
+        )
     raise ValueError(f"unknown tree family {family!r}; choose from {list(TREE_FAMILIES)}")
 
 
@@ -227,7 +234,12 @@ def tune_tree(
         per_class = min(len(np.unique(groups[y == k])) for k in np.unique(y))
         n_folds = min(n_folds, per_class)
         if n_folds < 2:
-            return {}, {"trials": 0, "cv_macro_f1": None, "seconds": 0.0, "note": "untuned: too few parcels per class"}
+            return {}, {
+                "trials": 0,
+                "cv_macro_f1": None,
+                "seconds": 0.0,
+                "note": "untuned: too few parcels per class",
+            }
         splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
         splits = list(splitter.split(features, y, groups))
 
@@ -248,8 +260,12 @@ def tune_tree(
         logger.warning(
             "%s: the tuning budget of %.0f s ended after %d of %d trials", family, budget_s, done, trials
         )
-    return dict(study.best_params), {"trials": done, "cv_macro_f1": float(study.best_value), "folds": n_folds,
-                                     "seconds": time.perf_counter() - t0}  # fmt: skip
+    return dict(study.best_params), {
+        "trials": done,
+        "cv_macro_f1": float(study.best_value),
+        "folds": n_folds,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def tree_to_onnx(family: str, est: Any, n_features: int, *, opset: int = TREE_OPSET) -> bytes:
@@ -260,9 +276,11 @@ def tree_to_onnx(family: str, est: Any, n_features: int, *, opset: int = TREE_OP
         from skl2onnx.common.data_types import FloatTensorType
 
         model = convert_sklearn(
-            est, initial_types=[("features", FloatTensorType([None, n_features]))],
-            target_opset={"": opset, "ai.onnx.ml": ML_OPSET}, options={id(est): {"zipmap": False}},
-        )  # fmt: skip
+            est,
+            initial_types=[("features", FloatTensorType([None, n_features]))],
+            target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
+            options={id(est): {"zipmap": False}},
+        )
     elif family == "boosting":
         from onnxmltools import convert_lightgbm
         from onnxmltools.convert.common.data_types import FloatTensorType as MLFloatTensorType
@@ -369,8 +387,15 @@ def load_tree_classifier(path: str | Path) -> TreeClassifier:
     from training.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(path, kind=TREE_KIND)
-    need = ("model_name", "model_config", "n_features", "n_classes", "bundle_metadata", "parity_inputs",
-            "parity_probabilities")  # fmt: skip
+    need = (
+        "model_name",
+        "model_config",
+        "n_features",
+        "n_classes",
+        "bundle_metadata",
+        "parity_inputs",
+        "parity_probabilities",
+    )
     missing = [k for k in need if k not in ckpt] + (
         [] if "onnx" in ckpt["state_dict"] else ["state_dict.onnx"]
     )
@@ -379,11 +404,17 @@ def load_tree_classifier(path: str | Path) -> TreeClassifier:
     meta = BundleMetadata.from_json(ckpt["bundle_metadata"])
     labels = ckpt.get("parity_labels")
     return TreeClassifier(
-        family=str(ckpt["model_name"]), hp=dict(ckpt["model_config"]), bands=tuple(meta.bands),
-        n_steps=meta.n_timesteps, onnx_model=ckpt["state_dict"]["onnx"].numpy().tobytes(), metadata=meta,
-        parity_inputs=ckpt["parity_inputs"].numpy(), parity_probabilities=ckpt["parity_probabilities"].numpy(),
-        parity_labels=None if labels is None else labels.numpy(), payload=ckpt,
-    )  # fmt: skip
+        family=str(ckpt["model_name"]),
+        hp=dict(ckpt["model_config"]),
+        bands=tuple(meta.bands),
+        n_steps=meta.n_timesteps,
+        onnx_model=ckpt["state_dict"]["onnx"].numpy().tobytes(),
+        metadata=meta,
+        parity_inputs=ckpt["parity_inputs"].numpy(),
+        parity_probabilities=ckpt["parity_probabilities"].numpy(),
+        parity_labels=None if labels is None else labels.numpy(),
+        payload=ckpt,
+    )
 
 
 def is_tree_checkpoint(path: str | Path) -> bool:
@@ -413,18 +444,29 @@ def tree_metadata(
     assert data.time_grid is not None
     n = len(data.time_grid.day_of_season)
     return BundleMetadata(
-        schema_version=SCHEMA_VERSION, model_name=f"features_{family}", input_name="x", output_name="logits",
-        bands=tuple(data.bands), reflectance_scale=10000.0, nodata=data.nodata, time_grid=data.time_grid,
-        min_valid_steps=max(1, min(int(cfg.min_valid), n)), gap_fill="linear", classes=_classes(data),
+        schema_version=SCHEMA_VERSION,
+        model_name=f"features_{family}",
+        input_name="x",
+        output_name="logits",
+        bands=tuple(data.bands),
+        reflectance_scale=10000.0,
+        nodata=data.nodata,
+        time_grid=data.time_grid,
+        min_valid_steps=max(1, min(int(cfg.min_valid), n)),
+        gap_fill="linear",
+        classes=_classes(data),
         embedding=None,
         provenance=Provenance(
-            encoder="none", base_model=family, pretraining="none",
+            encoder="none",
+            base_model=family,
+            pretraining="none",
             training_data=f"{data.description or f'task {cfg.task}'}; {family}: {library_versions(family).split(',')[0]} "
-            f"on {len(feature_names(data.bands, n))} derived features (training.trees)", revision=git_revision(),
+            f"on {len(feature_names(data.bands, n))} derived features (training.trees)",
+            revision=git_revision(),
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             metrics={k: float(v) for k, v in metrics.items()},
         ),
-    )  # fmt: skip
+    )
 
 
 def run_trees(
@@ -463,7 +505,12 @@ def run_trees(
         seed = run_seed(cfg.seed, cfg.task, family, 0, "supervised", None)
         t_run = time.perf_counter()
         hp, tuning = tune_tree(
-            family, f_train, data.y_train, seed=seed, trials=cfg.tree_trials, budget_s=cfg.tree_budget_s,
+            family,
+            f_train,
+            data.y_train,
+            seed=seed,
+            trials=cfg.tree_trials,
+            budget_s=cfg.tree_budget_s,
             groups=getattr(data, "groups_train", None),
         )
         est = fit_tree(family, f_train, data.y_train, hp, seed=seed)
@@ -475,32 +522,67 @@ def run_trees(
         if save:
             assert data.time_grid is not None
             model_file = Path("models") / f"{run_name(cfg.task, family, 0, 'supervised', None)}.pt"
-            metrics = {"val_accuracy": res["val_accuracy"], "val_macro_f1": res["macro_f1"], "val_kappa": res["kappa"],
-                       "n_train": float(len(data.y_train)), "n_val": float(len(data.y_val))}  # fmt: skip
+            metrics = {
+                "val_accuracy": res["val_accuracy"],
+                "val_macro_f1": res["macro_f1"],
+                "val_kappa": res["kappa"],
+                "n_train": float(len(data.y_train)),
+                "n_val": float(len(data.y_val)),
+            }
             meta = tree_metadata(cfg, data, family, hp, metrics)
             n = min(PARITY_ROWS, len(data.y_val))
-            save_tree_classifier(out / model_file, family=family, est=est, hp=hp, metadata=meta,
-                                 parity_inputs=data.x_val[:n], parity_labels=data.y_val[:n])  # fmt: skip
+            save_tree_classifier(
+                out / model_file,
+                family=family,
+                est=est,
+                hp=hp,
+                metadata=meta,
+                parity_inputs=data.x_val[:n],
+                parity_labels=data.y_val[:n],
+            )
         rec = {
-            **setup, "family": family, "variant": 0, "method": "supervised", "corruption": None, "hp": hp,
-            "hp_source": "optuna" if tuning["trials"] else "defaults", "tuning": tuning, "lr": None, **res,
-            "seconds": seconds, "encode_seconds": feat_s, "embedding_mode": "tree_features",
-            "in_dim": int(f_train.shape[1]), "class_names": list(data.class_names), "device": "cpu",
-            "model": None if model_file is None else model_file.as_posix(), "libraries": library_versions(family),
-        }  # fmt: skip
+            **setup,
+            "family": family,
+            "variant": 0,
+            "method": "supervised",
+            "corruption": None,
+            "hp": hp,
+            "hp_source": "optuna" if tuning["trials"] else "defaults",
+            "tuning": tuning,
+            "lr": None,
+            **res,
+            "seconds": seconds,
+            "encode_seconds": feat_s,
+            "embedding_mode": "tree_features",
+            "in_dim": int(f_train.shape[1]),
+            "class_names": list(data.class_names),
+            "device": "cpu",
+            "model": None if model_file is None else model_file.as_posix(),
+            "libraries": library_versions(family),
+        }
         with results.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         done[_run_key(rec)] = rec
-        logger.info("task %s %s on %d tree features (%d tuning trials): val acc %.4f, macro F1 %.4f (%.1f s)", cfg.task,
-                    family, f_train.shape[1], tuning["trials"], res["val_accuracy"], res["macro_f1"], seconds)  # fmt: skip
+        logger.info(
+            "task %s %s on %d tree features (%d tuning trials): val acc %.4f, macro F1 %.4f (%.1f s)",
+            cfg.task,
+            family,
+            f_train.shape[1],
+            tuning["trials"],
+            res["val_accuracy"],
+            res["macro_f1"],
+            seconds,
+        )
 
 
 def check_trees(trees: Sequence[str], trials: int, budget_s: float) -> None:
     """Raise ``ValueError`` for an unknown tree family or a negative trial count / budget."""
     unknown = sorted(set(trees) - set(TREE_FAMILIES))
     if unknown:
-        raise ValueError(f"unknown tree famil{'y' if len(unknown) == 1 else 'ies'} {unknown} in trees; "
-                         f"choose from {list(TREE_FAMILIES)} (or none: --set trees=)")  # fmt: skip
+        raise ValueError(
+            f"unknown tree famil{'y' if len(unknown) == 1 else 'ies'} {unknown} in trees; "
+            f"choose from {list(TREE_FAMILIES)} (or none: --set trees=)"
+        )
     if trials < 0 or budget_s < 0:
         raise ValueError(f"tree_trials and tree_budget_s must be >= 0, got {trials} and {budget_s}")
 

@@ -201,9 +201,12 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=variant_seed(cfg.seed, family, worker), constant_liar=True)
     study = optuna.create_study(
-        study_name=study_name, storage=open_storage(storage), direction="maximize", sampler=sampler,
+        study_name=study_name,
+        storage=open_storage(storage),
+        direction="maximize",
+        sampler=sampler,
         load_if_exists=True,
-    )  # fmt: skip
+    )
     made_for = study.user_attrs.get("family")
     if made_for is None:
         study.set_user_attr("family", family)
@@ -234,11 +237,27 @@ def run_study(
         model = build_model(family, int(x_fit.shape[2]), n_classes, **hp)
         t0 = time.perf_counter()
         res = train_run(
-            model, x_fit, y_fit, x_sel, y_sel, lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
-            device=cfg.device, eval_every=cfg.eval_every, recipe=recipe, precision=cfg.precision,
-        )  # fmt: skip
-        attrs = {"selection_accuracy": res["val_accuracy"], "epochs_run": res["epochs_run"],
-                 "seconds": time.perf_counter() - t0, "worker": worker, "hp": hp}  # fmt: skip
+            model,
+            x_fit,
+            y_fit,
+            x_sel,
+            y_sel,
+            lr=lr,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            device=cfg.device,
+            eval_every=cfg.eval_every,
+            recipe=recipe,
+            precision=cfg.precision,
+        )
+        attrs = {
+            "selection_accuracy": res["val_accuracy"],
+            "epochs_run": res["epochs_run"],
+            "seconds": time.perf_counter() - t0,
+            "worker": worker,
+            "hp": hp,
+        }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         logger.info(
@@ -260,9 +279,13 @@ def run_study(
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     if len(study.get_trials(deepcopy=False, states=counted)) < n_trials:
         study.optimize(
-            objective, timeout=timeout, callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=counted)],
-            catch=(), show_progress_bar=show_progress, gc_after_trial=True,
-        )  # fmt: skip
+            objective,
+            timeout=timeout,
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=counted)],
+            catch=(),
+            show_progress_bar=show_progress,
+            gc_after_trial=True,
+        )
     return study
 
 
@@ -297,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", required=True, choices=sorted(SPACES))
     parser.add_argument("--variants", type=int, default=10, help="variants to print (without --trials)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--storage", default=None,
-                        help="where the study lives: FILE.db (SQLite), FILE.log (journal, shared file systems), "
-                             "sqlite:///, journal:///, postgresql://, mysql:// (docs/scaling.md)")  # fmt: skip
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="where the study lives: FILE.db (SQLite), FILE.log (journal, shared file systems), "
+        "sqlite:///, journal:///, postgresql://, mysql:// (docs/scaling.md)",
+    )
     study = parser.add_argument_group("tuning study (several workers may fill one)")
     study.add_argument("--trials", type=int, help="tune: run trials until the study holds this many")
     study.add_argument("--study", help="study name (default tune-<family>-seed<seed>)")
@@ -341,8 +367,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(DownstreamConfig, args.config, [*overrides, *args.set])
         data = load_task(cfg)
-        result = run_study(cfg, data, args.family, storage=args.storage, study_name=name, n_trials=args.trials,
-                           timeout=args.timeout, worker=args.worker, show_progress=sys.stderr.isatty())  # fmt: skip
+        result = run_study(
+            cfg,
+            data,
+            args.family,
+            storage=args.storage,
+            study_name=name,
+            n_trials=args.trials,
+            timeout=args.timeout,
+            worker=args.worker,
+            show_progress=sys.stderr.isatty(),
+        )
         summary = study_summary(result)
         if args.json is not None:
             tmp = args.json.with_name(f".{args.json.name}.tmp")
@@ -352,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: study {name!r} keeps its finished trials; rerun the same command to continue it",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted: study {name!r} keeps its finished trials; rerun the same command to continue it",
+            file=sys.stderr,
+        )
         return 130
     print(json.dumps(summary))
     return 0

@@ -22,7 +22,7 @@ from stackkit import (
     write_bundle,
     write_polygons,
     write_stack_descriptions,
-)  # fmt: skip
+)
 
 
 @pytest.fixture
@@ -71,7 +71,9 @@ def polygons_4326(tmp_path: Path) -> Path:
     """The same polygons stored in EPSG:4326 (densified so the reprojection stays close)."""
     import geopandas as gpd
 
-    gdf = gpd.GeoDataFrame(geometry=[polygon_a().segmentize(5), polygon_b().segmentize(5)], crs=CRS).to_crs(4326)
+    gdf = gpd.GeoDataFrame(geometry=[polygon_a().segmentize(5), polygon_b().segmentize(5)], crs=CRS).to_crs(
+        4326
+    )
     path = tmp_path / "cropland_4326.gpkg"
     gdf.to_file(path, engine="pyogrio")
     return path

@@ -54,14 +54,29 @@ def make_values(seed: int = 0) -> np.ndarray:
 
 
 def profile(count: int) -> dict[str, Any]:
-    return dict(
-        driver="GTiff", width=WIDTH, height=HEIGHT, count=count, dtype="uint16", crs=CRS, transform=TRANSFORM,
-        nodata=NODATA, tiled=True, blockxsize=TILE, blockysize=TILE,
-    )  # fmt: skip
+    return {
+        "driver": "GTiff",
+        "width": WIDTH,
+        "height": HEIGHT,
+        "count": count,
+        "dtype": "uint16",
+        "crs": CRS,
+        "transform": TRANSFORM,
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": TILE,
+        "blockysize": TILE,
+    }
 
 
-def write_stack_descriptions(path: Path, values: np.ndarray, *, tags: dict[str, str] | None = None,
-                             bands: tuple[str, ...] = STACK_BANDS, **kw: Any) -> Path:
+def write_stack_descriptions(
+    path: Path,
+    values: np.ndarray,
+    *,
+    tags: dict[str, str] | None = None,
+    bands: tuple[str, ...] = STACK_BANDS,
+    **kw: Any,
+) -> Path:
     """Time-major stack with ``YYYY-MM-DD_Bxx`` band descriptions (``bands`` names the bands of ``values``)."""
     s, c = values.shape[:2]
     prof = profile(s * c) | kw
@@ -86,7 +101,9 @@ def polygon_b() -> shapely.Polygon:
     return shapely.Polygon([(x0 + 281, y0 - 2), (x0 + 368, y0 - 2), (x0 + 368, y0 - 121)])
 
 
-def write_polygons(path: Path, geoms: list[shapely.Geometry], crs: str | None, layer: str = "cropland") -> Path:
+def write_polygons(
+    path: Path, geoms: list[shapely.Geometry], crs: str | None, layer: str = "cropland"
+) -> Path:
     import geopandas as gpd
 
     gdf = gpd.GeoDataFrame({"id": list(range(len(geoms)))}, geometry=geoms, crs=crs)
@@ -96,15 +113,36 @@ def write_polygons(path: Path, geoms: list[shapely.Geometry], crs: str | None, l
 
 def base_metadata(**overrides: Any) -> BundleMetadata:
     meta = BundleMetadata(
-        schema_version=1, model_name="tiny_linear", input_name="x", output_name="logits", bands=MODEL_BANDS,
-        reflectance_scale=10000.0, nodata=65535.0,
-        time_grid=TimeGrid(season_start="01-01", day_of_season=GRID_DAYS,
-                           reference_dates=tuple((dt.date(2021, 1, 1) + dt.timedelta(days=d)).isoformat() for d in GRID_DAYS)),
-        min_valid_steps=2, gap_fill="linear", classes=CLASSES,
-        embedding=EmbeddingInfo(output_name="embedding", dim=EMB_DIM, description="tanh of a linear projection"),
-        provenance=Provenance(encoder="none", base_model="linear", pretraining="none", training_data="synthetic test",
-                              revision="0" * 40, created="2026-01-01T00:00:00", metrics={"val_accuracy": 0.5}),
-    )  # fmt: skip
+        schema_version=1,
+        model_name="tiny_linear",
+        input_name="x",
+        output_name="logits",
+        bands=MODEL_BANDS,
+        reflectance_scale=10000.0,
+        nodata=65535.0,
+        time_grid=TimeGrid(
+            season_start="01-01",
+            day_of_season=GRID_DAYS,
+            reference_dates=tuple(
+                (dt.date(2021, 1, 1) + dt.timedelta(days=d)).isoformat() for d in GRID_DAYS
+            ),
+        ),
+        min_valid_steps=2,
+        gap_fill="linear",
+        classes=CLASSES,
+        embedding=EmbeddingInfo(
+            output_name="embedding", dim=EMB_DIM, description="tanh of a linear projection"
+        ),
+        provenance=Provenance(
+            encoder="none",
+            base_model="linear",
+            pretraining="none",
+            training_data="synthetic test",
+            revision="0" * 40,
+            created="2026-01-01T00:00:00",
+            metrics={"val_accuracy": 0.5},
+        ),
+    )
     return replace(meta, **overrides)
 
 
@@ -118,8 +156,13 @@ def bundle_weights(meta: BundleMetadata, seed: int = 1) -> tuple[np.ndarray, np.
     return w, b, w2
 
 
-def write_bundle(path: Path, meta: BundleMetadata | None = None, *, with_embedding: bool = True,
-                 metadata_json: str | None = None) -> Path:  # fmt: skip
+def write_bundle(
+    path: Path,
+    meta: BundleMetadata | None = None,
+    *,
+    with_embedding: bool = True,
+    metadata_json: str | None = None,
+) -> Path:
     """A linear classifier over the flattened (T*C) series, built with onnx.helper."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -134,25 +177,34 @@ def write_bundle(path: Path, meta: BundleMetadata | None = None, *, with_embeddi
         helper.make_node("MatMul", ["flat", "W"], ["mm"]),
         helper.make_node("Add", ["mm", "b"], [meta.output_name]),
     ]
-    inits = [numpy_helper.from_array(np.array([-1, t * c], dtype=np.int64), "shape"),
-             numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(np.array([-1, t * c], dtype=np.int64), "shape"),
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(b, "b"),
+    ]
     outputs = [helper.make_tensor_value_info(meta.output_name, TensorProto.FLOAT, ["B", len(meta.classes)])]
     if with_embedding:
-        nodes += [helper.make_node("MatMul", ["flat", "W2"], ["e"]), helper.make_node("Tanh", ["e"], ["embedding"])]
+        nodes += [
+            helper.make_node("MatMul", ["flat", "W2"], ["e"]),
+            helper.make_node("Tanh", ["e"], ["embedding"]),
+        ]
         inits.append(numpy_helper.from_array(w2, "W2"))
         outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", EMB_DIM]))
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", t, c])], outputs, inits
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    helper.set_model_props(model, {METADATA_KEY: metadata_json if metadata_json is not None else meta.to_json()})
+    helper.set_model_props(
+        model, {METADATA_KEY: metadata_json if metadata_json is not None else meta.to_json()}
+    )
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
 
 
-def expected_classes(values: np.ndarray, inside: np.ndarray, meta: BundleMetadata | None = None,
-                     min_valid: int = 2) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def expected_classes(
+    values: np.ndarray, inside: np.ndarray, meta: BundleMetadata | None = None, min_valid: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference result computed with numpy alone: class codes (rows, cols) and the insufficient-data mask."""
     from cropmap.timegrid import fill_gaps
 

@@ -50,9 +50,13 @@ def test_stratified_estimate_reproduces_olofsson_2014() -> None:
     # Our own values for the record (eq. 4-10 by hand): the area-proportion matrix of the paper's Table 9.
     assert np.allclose(
         r.proportions.round(4),
-        [[0.0176, 0, 0.0013, 0.0011], [0, 0.011, 0.0016, 0.0024], [0.0019, 0, 0.2967, 0.0213],
-         [0.004, 0.002, 0.0179, 0.6212]],
-    )  # fmt: skip
+        [
+            [0.0176, 0, 0.0013, 0.0011],
+            [0, 0.011, 0.0016, 0.0024],
+            [0.0019, 0, 0.2967, 0.0213],
+            [0.004, 0.002, 0.0179, 0.6212],
+        ],
+    )
     assert np.isclose(r.overall.se, 0.009430, atol=1e-6)
     areas = [round(e.value * total_ha) for e in r.area_proportion]
     assert areas == [21_158, 11_686, 285_770, 581_386]
@@ -99,12 +103,24 @@ def _closed_forms(n: np.ndarray, area: np.ndarray) -> dict[str, np.ndarray | flo
     v_p = []
     for j in range(len(area)):
         t1 = area[j] ** 2 * (1 - prod[j]) ** 2 * u[j] * (1 - u[j]) / (ni[j] - 1)
-        t2 = prod[j] ** 2 * sum(area[i] ** 2 * n[i, j] / ni[i] * (1 - n[i, j] / ni[i]) / (ni[i] - 1)
-                                for i in range(len(area)) if i != j)  # fmt: skip
+        t2 = prod[j] ** 2 * sum(
+            area[i] ** 2 * n[i, j] / ni[i] * (1 - n[i, j] / ni[i]) / (ni[i] - 1)
+            for i in range(len(area))
+            if i != j
+        )
         v_p.append((t1 + t2) / nj_hat[j] ** 2)
     s_area = np.sqrt([np.sum(w**2 * n[:, j] / ni * (1 - n[:, j] / ni) / (ni - 1)) for j in range(len(area))])
-    return {"p": p, "o": np.trace(p), "se_o": math.sqrt(v_o), "u": u, "se_u": np.sqrt(u * (1 - u) / (ni - 1)),
-            "prod": prod, "se_p": np.sqrt(v_p), "area": p.sum(0), "se_area": s_area}  # fmt: skip
+    return {
+        "p": p,
+        "o": np.trace(p),
+        "se_o": math.sqrt(v_o),
+        "u": u,
+        "se_u": np.sqrt(u * (1 - u) / (ni - 1)),
+        "prod": prod,
+        "se_p": np.sqrt(v_p),
+        "area": p.sum(0),
+        "se_area": s_area,
+    }
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -117,7 +133,9 @@ def test_stratified_estimate_equals_closed_forms_on_random_matrices(seed: int) -
     ref = _closed_forms(n, area)
     assert np.allclose(r.proportions, ref["p"])
     assert np.isclose(r.overall.value, ref["o"]) and np.isclose(r.overall.se, ref["se_o"])
-    assert np.allclose([e.value for e in r.users], ref["u"]) and np.allclose([e.se for e in r.users], ref["se_u"])
+    assert np.allclose([e.value for e in r.users], ref["u"]) and np.allclose(
+        [e.se for e in r.users], ref["se_u"]
+    )
     assert np.allclose([e.value for e in r.producers], ref["prod"])
     assert np.allclose([e.se for e in r.producers], ref["se_p"])
     assert np.allclose([e.value for e in r.area_proportion], ref["area"])
@@ -154,15 +172,28 @@ TF = Affine(10, 0, 600_000, 0, -10, 5_650_000)
 def _write_map(path: Path, classes: np.ndarray, *, legend: bool = True, nodata: int | None = 0) -> Path:
     from cropmap.bundle import ClassInfo
 
-    prof = dict(driver="GTiff", height=classes.shape[0], width=classes.shape[1], count=1, dtype="uint8",
-                crs=CRS_UTM, transform=TF, tiled=True, blockxsize=64, blockysize=64)  # fmt: skip
+    prof = {
+        "driver": "GTiff",
+        "height": classes.shape[0],
+        "width": classes.shape[1],
+        "count": 1,
+        "dtype": "uint8",
+        "crs": CRS_UTM,
+        "transform": TF,
+        "tiled": True,
+        "blockxsize": 64,
+        "blockysize": 64,
+    }
     if nodata is not None:
         prof["nodata"] = nodata
     with rasterio.open(path, "w", **prof) as ds:
         ds.write(classes, 1)
         if legend:
-            infos = [ClassInfo(code=1, name="maize", color="#ffd700"), ClassInfo(code=2, name="wheat", color="#a0522d"),
-                     ClassInfo(code=3, name="grassland", color="#2e8b57")]  # fmt: skip
+            infos = [
+                ClassInfo(code=1, name="maize", color="#ffd700"),
+                ClassInfo(code=2, name="wheat", color="#a0522d"),
+                ClassInfo(code=3, name="grassland", color="#2e8b57"),
+            ]
             tags, band = class_tags(infos)
             ds.update_tags(**tags)
             ds.update_tags(1, **band)
@@ -182,7 +213,9 @@ def _points(rng: np.random.Generator, m: np.ndarray, n: int) -> tuple[np.ndarray
     return rows, cols
 
 
-def _write_points(path: Path, rows: np.ndarray, cols: np.ndarray, labels: list[object], crs: str = CRS_UTM) -> Path:
+def _write_points(
+    path: Path, rows: np.ndarray, cols: np.ndarray, labels: list[object], crs: str = CRS_UTM
+) -> Path:
     xs, ys = TF.a * (cols + 0.5) + TF.c, TF.e * (rows + 0.5) + TF.f
     gdf = gpd.GeoDataFrame({"label": labels}, geometry=shapely.points(xs, ys), crs=CRS_UTM)
     if crs != CRS_UTM:
@@ -198,7 +231,7 @@ def test_assess_random_map_equals_plain_numpy(tmp_path: Path) -> None:
     rows, cols = _points(rng, m, 400)
     truth = np.where(rng.random(rows.size) < 0.8, m[rows, cols], rng.choice([1, 2, 3], rows.size))
     names = {1: "maize", 2: "wheat", 3: "grassland"}
-    labels = [names[t] if t in names else "maize" for t in truth.tolist()]  # labels by name
+    labels = [names.get(t, "maize") for t in truth.tolist()]  # labels by name
     truth = np.array([{v: k for k, v in names.items()}[lab] for lab in labels])
     ref = _write_points(tmp_path / "ref.gpkg", rows, cols, labels, crs="EPSG:4326")  # reprojected back
     report = assess(map_path, ref, label_column="label")
@@ -253,8 +286,12 @@ def test_assess_polygons_pixels_and_majority(tmp_path: Path) -> None:
 def test_plan_sample_is_seeded_and_stratified(tmp_path: Path) -> None:
     m = _random_map(np.random.default_rng(2))
     map_path = _write_map(tmp_path / "m.tif", m)
-    a = plan_sample(map_path, tmp_path / "a.gpkg", target_se=0.02, expected="0.8,3=0.9", min_per_class=30, seed=5)
-    b = plan_sample(map_path, tmp_path / "b.gpkg", target_se=0.02, expected="0.8,3=0.9", min_per_class=30, seed=5)
+    a = plan_sample(
+        map_path, tmp_path / "a.gpkg", target_se=0.02, expected="0.8,3=0.9", min_per_class=30, seed=5
+    )
+    b = plan_sample(
+        map_path, tmp_path / "b.gpkg", target_se=0.02, expected="0.8,3=0.9", min_per_class=30, seed=5
+    )
     ga, gb = gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(tmp_path / "b.gpkg")
     assert ga.geometry.equals(gb.geometry) and len(ga) == a["n"] == b["n"]
     w = np.array([(m == c).sum() for c in (1, 2, 3)], float)
@@ -300,7 +337,9 @@ def test_cli_assess_writes_report(scene: dict[str, Path]) -> None:
     res = _assess(scene["map"], "--reference", scene["ref"], "--label-column", "label", "-o", out)
     assert res.exit_code == 1 and "already exists; pass --overwrite" in res.output
     assert len(res.output.strip().splitlines()) == 1
-    res = _assess(scene["map"], "--reference", scene["ref"], "--label-column", "label", "-o", out, "--overwrite")
+    res = _assess(
+        scene["map"], "--reference", scene["ref"], "--label-column", "label", "-o", out, "--overwrite"
+    )
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.json", "report.md", "report.png"]
 
@@ -330,8 +369,17 @@ def test_cli_assess_one_line_errors(scene: dict[str, Path], case: str, message: 
         gpd.GeoDataFrame({"label": [1]}, geometry=[shapely.Point(600_100, 5_649_000)]).to_file(ref)
     elif case == "badmap":
         map_path = d / "float.tif"
-        with rasterio.open(map_path, "w", driver="GTiff", height=4, width=4, count=1, dtype="float32",
-                           crs=CRS_UTM, transform=TF) as ds:  # fmt: skip
+        with rasterio.open(
+            map_path,
+            "w",
+            driver="GTiff",
+            height=4,
+            width=4,
+            count=1,
+            dtype="float32",
+            crs=CRS_UTM,
+            transform=TF,
+        ) as ds:
             ds.write(np.ones((1, 4, 4), np.float32))
     res = _assess(map_path, "--reference", ref, "--label-column", col, "-o", d / "r.json")
     assert res.exit_code == 1, res.output
@@ -343,10 +391,21 @@ def test_cli_assess_one_line_errors(scene: dict[str, Path], case: str, message: 
 
 def test_cli_assess_class_map_and_usage(scene: dict[str, Path]) -> None:
     d = scene["dir"]
-    ref = _write_points(d / "codes.gpkg", np.array([10, 50, 90]), np.array([10, 50, 90]), ["MZ", "WW", "other"])
+    ref = _write_points(
+        d / "codes.gpkg", np.array([10, 50, 90]), np.array([10, 50, 90]), ["MZ", "WW", "other"]
+    )
     (d / "classes.csv").write_text("declared,class\nMZ,maize\nWW,2\nother,\n")
-    res = _assess(scene["map"], "--reference", ref, "--label-column", "label", "--class-map", d / "classes.csv",
-                  "-o", d / "r.json")  # fmt: skip
+    res = _assess(
+        scene["map"],
+        "--reference",
+        ref,
+        "--label-column",
+        "label",
+        "--class-map",
+        d / "classes.csv",
+        "-o",
+        d / "r.json",
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((d / "r.json").read_text())
     assert report["sample"]["left_out_by_label"] == 1

@@ -23,7 +23,7 @@ from stackkit import (
     write_bundle,
     write_polygons,
     write_stack_descriptions,
-)  # fmt: skip
+)
 from test_imports import _BLOCKER
 
 import cropmap
@@ -57,8 +57,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:  # distributed.LocalCluster
     """An existing scheduler with two single-threaded worker processes, shared by the tests of this module."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as c:  # fmt: skip
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as c:
         yield c
 
 
@@ -75,8 +76,17 @@ def _batch(runner: CliRunner, *args: object) -> Any:  # click.testing.Result
 def test_batch_cli_local_cluster(runner: CliRunner, inputs: Path, tmp_path: Path) -> None:
     """Default run: the command starts (and closes) its own LocalCluster on 127.0.0.1."""
     out = tmp_path / "batch"
-    res = _batch(runner, inputs / "two.csv", "--out-dir", out, "--model", inputs / "tiny.onnx", "--workers", "2",
-                 "--confidence")  # fmt: skip
+    res = _batch(
+        runner,
+        inputs / "two.csv",
+        "--out-dir",
+        out,
+        "--model",
+        inputs / "tiny.onnx",
+        "--workers",
+        "2",
+        "--confidence",
+    )
     assert res.exit_code == 0, res.output
     summary = read_json(out / "batch_summary.json")
     assert summary["executor"].startswith("dask LocalCluster at tcp://127.0.0.1:")
@@ -92,21 +102,37 @@ def test_batch_cli_local_cluster(runner: CliRunner, inputs: Path, tmp_path: Path
     for name in NAMES[:2]:
         folder = out / name
         assert sorted(p.name for p in folder.iterdir()) == sorted(
-            [f"{name}.tif", f"{name}.tif.aux.xml", f"{name}.qml", f"{name}_confidence.tif", f"{name}_quicklook.png",
-             f"{name}_stac.json", f"{name}_summary.json"])  # fmt: skip
+            [
+                f"{name}.tif",
+                f"{name}.tif.aux.xml",
+                f"{name}.qml",
+                f"{name}_confidence.tif",
+                f"{name}_quicklook.png",
+                f"{name}_stac.json",
+                f"{name}_summary.json",
+            ]
+        )
         entry = state["regions"][name]
         assert entry["status"] == "done" and entry["summary"] == f"{name}/{name}_summary.json"
         assert entry["outputs"] == {p.name: sha256(p) for p in folder.iterdir()}
         region_summary = read_json(folder / f"{name}_summary.json")
-        assert region_summary["executor"] == "local threads (1 block workers; 1 single-threaded ONNX Runtime sessions)"
+        assert (
+            region_summary["executor"]
+            == "local threads (1 block workers; 1 single-threaded ONNX Runtime sessions)"
+        )
         row = next(r for r in summary["regions"] if r["name"] == name)
         assert row["pixels_classified"] == region_summary["pixels"]["classified"] > 0
         assert row["area_ha"] == {c["name"]: c["area_ha"] for c in region_summary["classes"]}
         # The same bytes as a plain classify run in this process on the threaded scheduler.
         ref = tmp_path / f"ref_{name}"
         ref.mkdir()
-        cropmap.classify(inputs / "stacks" / f"{name}.tif", inputs / "cropland.gpkg", model=inputs / "tiny.onnx",
-                         out=ref / f"{name}.tif", confidence=True)  # fmt: skip
+        cropmap.classify(
+            inputs / "stacks" / f"{name}.tif",
+            inputs / "cropland.gpkg",
+            model=inputs / "tiny.onnx",
+            out=ref / f"{name}.tif",
+            confidence=True,
+        )
         assert _outputs(folder) == _outputs(ref)
     lines = res.output.splitlines()
     assert lines[0].split() == ["region", "status", "classified", "px", "cropland", "ha", "seconds"]
@@ -114,13 +140,26 @@ def test_batch_cli_local_cluster(runner: CliRunner, inputs: Path, tmp_path: Path
     assert "2 regions: 2 done, 0 skipped (done before), 0 failed" in res.output
 
 
-def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path: Path,
-                                      cluster: Any) -> None:  # fmt: skip
+def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path: Path, cluster: Any) -> None:
     out = tmp_path / "batch"
-    res = _batch(runner, "--stack", inputs / "stacks" / "alpha.tif", "--mask", inputs / "cropland.gpkg",
-                 "--stack", inputs / "stacks" / "beta.tif", "--mask", inputs / "cropland.gpkg",
-                 "--out-dir", out, "--model", inputs / "tiny.onnx", "--no-quicklook", "--scheduler",
-                 cluster.scheduler_address)  # fmt: skip
+    res = _batch(
+        runner,
+        "--stack",
+        inputs / "stacks" / "alpha.tif",
+        "--mask",
+        inputs / "cropland.gpkg",
+        "--stack",
+        inputs / "stacks" / "beta.tif",
+        "--mask",
+        inputs / "cropland.gpkg",
+        "--out-dir",
+        out,
+        "--model",
+        inputs / "tiny.onnx",
+        "--no-quicklook",
+        "--scheduler",
+        cluster.scheduler_address,
+    )
     assert res.exit_code == 0, res.output
     summary = read_json(out / "batch_summary.json")
     address = cluster.scheduler_address
@@ -129,20 +168,26 @@ def test_batch_cli_existing_scheduler(runner: CliRunner, inputs: Path, tmp_path:
     assert not (out / "alpha" / "alpha_quicklook.png").exists()
     assert "model_note" not in summary and "model:" not in res.output  # --model given: nothing to say
     with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
-        loaded = client.run(lambda: sorted(m for m in ("torch", "onnx", "cropmap.pipeline") if m in sys.modules))
+        loaded = client.run(
+            lambda: sorted(m for m in ("torch", "onnx", "cropmap.pipeline") if m in sys.modules)
+        )
     # The workers classified (cropmap.pipeline is loaded) without importing torch or onnx.
     assert ["cropmap.pipeline"] in loaded.values()
     assert set(map(tuple, loaded.values())) <= {(), ("cropmap.pipeline",)}
 
 
-def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
-                                                 cluster: Any) -> None:  # fmt: skip
+def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path, cluster: Any) -> None:
     """Kill the driver mid-batch, corrupt a finished region: the rerun recomputes exactly those, same bytes."""
     clean = tmp_path / "clean"
     calls: list[tuple[int, int]] = []
-    summary = cropmap.classify_many(inputs / "regions.csv", out_dir=clean, model=inputs / "tiny.onnx",
-                                    scheduler=cluster.scheduler_address, embedding=True,
-                                    progress=lambda d, t: calls.append((d, t)))  # fmt: skip
+    summary = cropmap.classify_many(
+        inputs / "regions.csv",
+        out_dir=clean,
+        model=inputs / "tiny.onnx",
+        scheduler=cluster.scheduler_address,
+        embedding=True,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
     assert [r["status"] for r in summary["regions"]] == ["done"] * 3
     reference = {n: _outputs(clean / n) for n in NAMES}
@@ -163,8 +208,12 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
                               embedding=True, progress=die)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
-    assert proc.returncode == 17, proc.stderr  # ImportError from the blocker would exit 1: no torch/onnx on this path
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert proc.returncode == 17, (
+        proc.stderr
+    )  # ImportError from the blocker would exit 1: no torch/onnx on this path
     state = read_json(out / "batch_state.json")
     statuses = {n: e["status"] for n, e in state["regions"].items()}
     assert sorted(statuses.values()) == ["done", "pending", "pending"], statuses
@@ -181,8 +230,13 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
     stale = out / pending[0] / f".{pending[0]}.tif.0123abcd.tmp.tif"
     stale.write_bytes(b"half")
 
-    resumed = cropmap.classify_many(inputs / "regions.csv", out_dir=out, model=inputs / "tiny.onnx",
-                                    scheduler=cluster.scheduler_address, embedding=True)  # fmt: skip
+    resumed = cropmap.classify_many(
+        inputs / "regions.csv",
+        out_dir=out,
+        model=inputs / "tiny.onnx",
+        scheduler=cluster.scheduler_address,
+        embedding=True,
+    )
     assert {r["name"]: r["status"] for r in resumed["regions"]} == dict.fromkeys(NAMES, "done")
     assert not stale.exists()
     for n in NAMES:
@@ -192,24 +246,37 @@ def test_batch_resume_after_crash_and_corruption(inputs: Path, tmp_path: Path,
 
     # Nothing left to do: every region is skipped, files untouched, no cluster needed.
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")}
-    again = cropmap.classify_many(inputs / "regions.csv", out_dir=out, model=inputs / "tiny.onnx", embedding=True)
+    again = cropmap.classify_many(
+        inputs / "regions.csv", out_dir=out, model=inputs / "tiny.onnx", embedding=True
+    )
     assert [r["status"] for r in again["regions"]] == ["skipped"] * 3
     assert again["executor"].startswith("none") and again["totals"]["skipped"] == 3
     assert again["totals"]["pixels_classified"] == summary["totals"]["pixels_classified"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")} == mtimes
 
 
-def test_batch_without_model_says_it_runs_the_flanders_sample(runner: CliRunner, tmp_path: Path,
-                                                               cluster: Any) -> None:  # fmt: skip
+def test_batch_without_model_says_it_runs_the_flanders_sample(
+    runner: CliRunner, tmp_path: Path, cluster: Any
+) -> None:
     """No silent default: a batch given no --model names the bundle it ran and says it is the Flanders sample,
     in the console and in both summaries; with --model (the other tests) neither appears."""
     from cropmap.models import DEFAULT_BUNDLE, SAMPLE_NOTE
 
     sample = REPO / "sample_data" / "belgium_2021"
     out = tmp_path / "batch"
-    res = _batch(runner, "--stack", sample / "s2_stack.tif", "--mask", sample / "cropland.gpkg",
-                 "--out-dir", out, "--no-quicklook", "--scheduler", cluster.scheduler_address,
-                 "-q")  # fmt: skip
+    res = _batch(
+        runner,
+        "--stack",
+        sample / "s2_stack.tif",
+        "--mask",
+        sample / "cropland.gpkg",
+        "--out-dir",
+        out,
+        "--no-quicklook",
+        "--scheduler",
+        cluster.scheduler_address,
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     lines = [line for line in res.output.splitlines() if line.startswith("model:")]
     note = f"(no --model given: {SAMPLE_NOTE}; pass --model BUNDLE for your own)"
@@ -220,29 +287,40 @@ def test_batch_without_model_says_it_runs_the_flanders_sample(runner: CliRunner,
     assert region["inputs"]["model_note"] == SAMPLE_NOTE
 
 
-def test_batch_failing_regions_do_not_stop_others(runner: CliRunner, inputs: Path, tmp_path: Path,
-                                                  cluster: Any) -> None:  # fmt: skip
+def test_batch_failing_regions_do_not_stop_others(
+    runner: CliRunner, inputs: Path, tmp_path: Path, cluster: Any
+) -> None:
     manifest = tmp_path / "regions.toml"
-    manifest.write_text(textwrap.dedent(f"""
+    manifest.write_text(
+        textwrap.dedent(f"""
         [[regions]]
         name = "good"
-        stack = "{inputs / 'stacks' / 'alpha.tif'}"
-        mask = "{inputs / 'cropland.gpkg'}"
+        stack = "{inputs / "stacks" / "alpha.tif"}"
+        mask = "{inputs / "cropland.gpkg"}"
 
         [[regions]]
         name = "broken"
-        stack = "{inputs / 'garbage.tif'}"
-        mask = "{inputs / 'cropland.gpkg'}"
+        stack = "{inputs / "garbage.tif"}"
+        mask = "{inputs / "cropland.gpkg"}"
 
         [[regions]]
         name = "elsewhere"
-        stack = "{inputs / 'stacks' / 'beta.tif'}"
-        mask = "{inputs / 'far.gpkg'}"
+        stack = "{inputs / "stacks" / "beta.tif"}"
+        mask = "{inputs / "far.gpkg"}"
         season = 2021
-        """))  # fmt: skip
+        """)
+    )
     out = tmp_path / "batch"
-    args = (manifest, "--out-dir", out, "--model", inputs / "tiny.onnx", "--no-quicklook", "--scheduler",
-            cluster.scheduler_address)  # fmt: skip
+    args = (
+        manifest,
+        "--out-dir",
+        out,
+        "--model",
+        inputs / "tiny.onnx",
+        "--no-quicklook",
+        "--scheduler",
+        cluster.scheduler_address,
+    )
     res = _batch(runner, *args)
     assert res.exit_code == 3, res.output
     assert "Traceback" not in res.output
@@ -254,7 +332,9 @@ def test_batch_failing_regions_do_not_stop_others(runner: CliRunner, inputs: Pat
     state = read_json(out / "batch_state.json")
     assert state["regions"]["good"]["status"] == "done"
     assert {n: state["regions"][n]["error_type"] for n in ("broken", "elsewhere")} == {
-        "broken": "InputRasterError", "elsewhere": "MaskError"}  # fmt: skip
+        "broken": "InputRasterError",
+        "elsewhere": "MaskError",
+    }
     assert state["regions"]["elsewhere"]["settings"]["season"] == 2021
     assert sorted(p.name for p in out.iterdir()) == ["batch_state.json", "batch_summary.json", "good"]
     summary = read_json(out / "batch_summary.json")
@@ -269,11 +349,23 @@ def test_batch_failing_regions_do_not_stop_others(runner: CliRunner, inputs: Pat
     assert good.stat().st_mtime_ns == mtime
 
 
-def test_batch_refuses_other_settings_and_foreign_outputs(runner: CliRunner, inputs: Path, tmp_path: Path,
-                                                          cluster: Any) -> None:  # fmt: skip
+def test_batch_refuses_other_settings_and_foreign_outputs(
+    runner: CliRunner, inputs: Path, tmp_path: Path, cluster: Any
+) -> None:
     out = tmp_path / "batch"
-    base = ("--stack", inputs / "stacks" / "alpha.tif", "--mask", inputs / "cropland.gpkg", "--out-dir", out,
-            "--model", inputs / "tiny.onnx", "--no-quicklook", "--scheduler", cluster.scheduler_address)  # fmt: skip
+    base = (
+        "--stack",
+        inputs / "stacks" / "alpha.tif",
+        "--mask",
+        inputs / "cropland.gpkg",
+        "--out-dir",
+        out,
+        "--model",
+        inputs / "tiny.onnx",
+        "--no-quicklook",
+        "--scheduler",
+        cluster.scheduler_address,
+    )
     assert _batch(runner, *base).exit_code == 0
     before = sha256(out / "batch_state.json")
     res = _batch(runner, *base, "--confidence")
@@ -301,29 +393,55 @@ def _write(path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("missing.csv", None, "missing.csv does not exist; expected a .csv, .toml or .json file listing regions"),
+        (
+            "missing.csv",
+            None,
+            "missing.csv does not exist; expected a .csv, .toml or .json file listing regions",
+        ),
         ("r.yaml", "x", "has suffix '.yaml'; expected .csv, .toml or .json"),
         ("r.csv", "name,stack,mask,colour\na,a.tif,m.gpkg,red\n", "header: unknown column(s) ['colour']"),
         ("r.csv", "name,mask\na,m.gpkg\n", "header: no column(s) ['stack']"),
-        ("r.csv", "name,stack,mask\na,a.tif,m.gpkg\nA,b.tif,m.gpkg\n",
-         "names two regions 'a' and 'A'; expected unique names"),
-        ("r.csv", "name,stack,mask\na,,m.gpkg\n", "line 2 (a): no stack; expected name, stack, mask for every region"),
+        (
+            "r.csv",
+            "name,stack,mask\na,a.tif,m.gpkg\nA,b.tif,m.gpkg\n",
+            "names two regions 'a' and 'A'; expected unique names",
+        ),
+        (
+            "r.csv",
+            "name,stack,mask\na,,m.gpkg\n",
+            "line 2 (a): no stack; expected name, stack, mask for every region",
+        ),
         ("r.csv", "name,stack,mask\na,a.tif,m.gpkg,extra\n", "line 2: more cells than the 3 header columns"),
-        ("r.csv", "name,stack,mask,season\na,a.tif,m.gpkg,21\n", "season is '21'; expected a year such as 2021"),
+        (
+            "r.csv",
+            "name,stack,mask,season\na,a.tif,m.gpkg,21\n",
+            "season is '21'; expected a year such as 2021",
+        ),
         ("r.csv", "name,stack,mask\n", "lists no regions; expected at least one"),
-        ("r.toml", '[[regions]]\nname = "a"\nstack = "a.tif"\nmask = "m.gpkg"\ncloud = 3\n',
-         "region 1 (a): unknown key(s) ['cloud']"),
+        (
+            "r.toml",
+            '[[regions]]\nname = "a"\nstack = "a.tif"\nmask = "m.gpkg"\ncloud = 3\n',
+            "region 1 (a): unknown key(s) ['cloud']",
+        ),
         ("r.toml", '[[region]]\nname = "a"\n', "holds ['region']; expected [[regions]] tables"),
         ("r.toml", '[[regions]]\nname = "a\n', "is not valid TOML"),
         ("r.json", '[{"name": "a", "mask": "m.gpkg"}]', "region 1 (a): no stack"),
-        ("r.json", '{"regions": [{"name": "../up", "stack": "a.tif", "mask": "m.gpkg"}]}',
-         "name '../up' cannot be a folder name"),
-        ("r.json", '[{"name": "a", "stack": "a.tif", "mask": "m.gpkg", "season": "2021"}]',
-         "season is '2021'; expected a year such as 2021"),
+        (
+            "r.json",
+            '{"regions": [{"name": "../up", "stack": "a.tif", "mask": "m.gpkg"}]}',
+            "name '../up' cannot be a folder name",
+        ),
+        (
+            "r.json",
+            '[{"name": "a", "stack": "a.tif", "mask": "m.gpkg", "season": "2021"}]',
+            "season is '2021'; expected a year such as 2021",
+        ),
         ("r.json", "[1, 2", "is not valid JSON"),
     ],
 )
-def test_batch_manifest_errors(runner: CliRunner, tmp_path: Path, name: str, text: str | None, message: str) -> None:
+def test_batch_manifest_errors(
+    runner: CliRunner, tmp_path: Path, name: str, text: str | None, message: str
+) -> None:
     manifest = tmp_path / name
     if text is not None:
         manifest.write_text(text)
@@ -338,18 +456,31 @@ def test_batch_manifest_errors(runner: CliRunner, tmp_path: Path, name: str, tex
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["m.csv", "--stack", "a.tif", "--mask", "m.gpkg"], 2, "either a REGIONS manifest or --stack/--mask pairs"),
+        (
+            ["m.csv", "--stack", "a.tif", "--mask", "m.gpkg"],
+            2,
+            "either a REGIONS manifest or --stack/--mask pairs",
+        ),
         ([], 2, "give a REGIONS manifest or --stack S --mask M pairs"),
         (["--stack", "a.tif", "--stack", "b.tif", "--mask", "m.gpkg"], 1, "got 2 --stack and 1 --mask"),
-        (["--stack", "x/a.tif", "--mask", "m.gpkg", "--stack", "y/a.tif", "--mask", "m.gpkg"], 1,
-         "names two regions 'a' and 'a'; expected unique names"),
-        (["m.csv", "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], 2, "with --scheduler, size that cluster"),
+        (
+            ["--stack", "x/a.tif", "--mask", "m.gpkg", "--stack", "y/a.tif", "--mask", "m.gpkg"],
+            1,
+            "names two regions 'a' and 'a'; expected unique names",
+        ),
+        (
+            ["m.csv", "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"],
+            2,
+            "with --scheduler, size that cluster",
+        ),
         (["m.csv", "--scheduler", "localhost"], 2, "expected an address such as tcp://"),
         (["m.csv", "--batch-size", "0"], 2, "batch_size is 0; expected a positive integer"),
         (["m.csv", "--workers", "0"], 2, "workers is 0; expected a positive integer"),
     ],
 )
-def test_batch_usage_errors(runner: CliRunner, tmp_path: Path, args: list[str], code: int, message: str) -> None:
+def test_batch_usage_errors(
+    runner: CliRunner, tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
     res = _batch(runner, *args, "--out-dir", tmp_path / "out")
     assert res.exit_code == code, res.output
     assert message in res.output, res.output
@@ -369,8 +500,16 @@ def test_batch_bundle_and_scheduler_errors(runner: CliRunner, inputs: Path, tmp_
 @pytest.mark.slow  # the client waits for its 10 s connection timeout
 def test_batch_unreachable_scheduler(runner: CliRunner, inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    res = _batch(runner, inputs / "two.csv", "--out-dir", out, "--model", inputs / "tiny.onnx", "--scheduler",
-                 "tcp://127.0.0.1:9")  # fmt: skip
+    res = _batch(
+        runner,
+        inputs / "two.csv",
+        "--out-dir",
+        out,
+        "--model",
+        inputs / "tiny.onnx",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+    )
     assert res.exit_code == 1 and "could not connect to the dask scheduler at tcp://127.0.0.1:9" in res.output
     assert not out.exists()
 
@@ -378,13 +517,18 @@ def test_batch_unreachable_scheduler(runner: CliRunner, inputs: Path, tmp_path: 
 def test_manifest_formats_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sub = tmp_path / "m"
     sub.mkdir()
-    csv_ = _write(sub / "r.csv", """
+    csv_ = _write(
+        sub / "r.csv",
+        """
         name,stack,mask,season
         north,stacks/n.tif,/data/crop.gpkg,2021
 
         south,s_folder,../crop.gpkg,
-        """)  # fmt: skip
-    toml_ = _write(sub / "r.toml", """
+        """,
+    )
+    toml_ = _write(
+        sub / "r.toml",
+        """
         [[regions]]
         name = "north"
         stack = "stacks/n.tif"
@@ -395,9 +539,12 @@ def test_manifest_formats_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         name = "south"
         stack = "s_folder"
         mask = "../crop.gpkg"
-        """)  # fmt: skip
-    rows = [{"name": "north", "stack": "stacks/n.tif", "mask": "/data/crop.gpkg", "season": 2021},
-            {"name": "south", "stack": "s_folder", "mask": "../crop.gpkg"}]  # fmt: skip
+        """,
+    )
+    rows = [
+        {"name": "north", "stack": "stacks/n.tif", "mask": "/data/crop.gpkg", "season": 2021},
+        {"name": "south", "stack": "s_folder", "mask": "../crop.gpkg"},
+    ]
     json_list = sub / "list.json"
     json_list.write_text(json.dumps(rows))
     json_obj = sub / "obj.json"
@@ -419,20 +566,41 @@ def test_manifest_formats_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_classify_many_rejects_block_level_parallelism(inputs: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="workers is set in the region options; the batch sets it"):
-        cropmap.classify_many(inputs / "two.csv", out_dir=tmp_path / "o", model=inputs / "tiny.onnx",
-                              options=cropmap.ClassifyOptions(workers=2))  # fmt: skip
+        cropmap.classify_many(
+            inputs / "two.csv",
+            out_dir=tmp_path / "o",
+            model=inputs / "tiny.onnx",
+            options=cropmap.ClassifyOptions(workers=2),
+        )
     with pytest.raises(ValueError, match="threads is set"):
-        cropmap.classify_many(inputs / "two.csv", out_dir=tmp_path / "o", model=inputs / "tiny.onnx", threads=1)
+        cropmap.classify_many(
+            inputs / "two.csv", out_dir=tmp_path / "o", model=inputs / "tiny.onnx", threads=1
+        )
     assert not (tmp_path / "o").exists()
 
 
-def test_batch_region_season_overrides_default(inputs: Path, tmp_path: Path,
-                                               cluster: Any) -> None:  # fmt: skip
-    manifest = _write(tmp_path / "r.json", json.dumps(
-        [{"name": "alpha", "stack": str(inputs / "stacks" / "alpha.tif"), "mask": str(inputs / "cropland.gpkg"),
-          "season": 2021}]))  # fmt: skip
-    summary = cropmap.classify_many(manifest, out_dir=tmp_path / "o", model=inputs / "tiny.onnx",
-                                    scheduler=cluster.scheduler_address, quicklook=False, season=2020)  # fmt: skip
+def test_batch_region_season_overrides_default(inputs: Path, tmp_path: Path, cluster: Any) -> None:
+    manifest = _write(
+        tmp_path / "r.json",
+        json.dumps(
+            [
+                {
+                    "name": "alpha",
+                    "stack": str(inputs / "stacks" / "alpha.tif"),
+                    "mask": str(inputs / "cropland.gpkg"),
+                    "season": 2021,
+                }
+            ]
+        ),
+    )
+    summary = cropmap.classify_many(
+        manifest,
+        out_dir=tmp_path / "o",
+        model=inputs / "tiny.onnx",
+        scheduler=cluster.scheduler_address,
+        quicklook=False,
+        season=2020,
+    )
     assert summary["regions"][0]["season"] == 2021
     with rasterio.open(tmp_path / "o" / "alpha" / "alpha.tif") as ds:
         assert ds.tags()["cropmap_season"] == "2021"
@@ -475,15 +643,36 @@ def test_local_cluster_binds_no_dashboard_port(inputs: Path, tmp_path: Path) -> 
     except OSError:
         pass  # something else already holds it: the check below holds all the same
     try:
-        proc = subprocess.run([sys.executable, "-m", "cropmap", "batch", str(inputs / "two.csv"), "--out-dir",
-                               str(tmp_path / "b"), "--model", str(inputs / "tiny.onnx"), "--workers", "1"],
-                              capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cropmap",
+                "batch",
+                str(inputs / "two.csv"),
+                "--out-dir",
+                str(tmp_path / "b"),
+                "--model",
+                str(inputs / "tiny.onnx"),
+                "--workers",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
     finally:
         holder.close()
     assert proc.returncode == 0, proc.stderr
     assert "8787" not in proc.stderr and "already in use" not in proc.stderr, proc.stderr
-    summary = cropmap.classify_many(inputs / "two.csv", out_dir=tmp_path / "d", model=inputs / "tiny.onnx",
-                                    workers=1, dashboard="127.0.0.1:0")  # fmt: skip
+    summary = cropmap.classify_many(
+        inputs / "two.csv",
+        out_dir=tmp_path / "d",
+        model=inputs / "tiny.onnx",
+        workers=1,
+        dashboard="127.0.0.1:0",
+    )
     assert "dashboard http://127.0.0.1:" in summary["executor"]
 
 
@@ -497,8 +686,12 @@ def test_local_cluster_runs_without_profiler_or_work_stealing() -> None:
     with local_cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
         seen = client.run(lambda: {k: dask.config.get(k) for k in LEAN_LOCAL_CLUSTER})
         assert list(seen.values()) == [{k: False for k in LEAN_LOCAL_CLUSTER}]
-        assert "stealing" not in client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.extensions))
-    assert dask.config.get("distributed.worker.profile.enabled") is True  # this process's settings are untouched
+        assert "stealing" not in client.run_on_scheduler(
+            lambda dask_scheduler: sorted(dask_scheduler.extensions)
+        )
+    assert (
+        dask.config.get("distributed.worker.profile.enabled") is True
+    )  # this process's settings are untouched
 
 
 def test_batch_regions_with_parcels_get_their_per_parcel_geopackage(
@@ -523,6 +716,10 @@ def test_batch_regions_with_parcels_get_their_per_parcel_geopackage(
     state = read_json(out / "batch_state.json")
     assert "alpha_parcels.gpkg" in state["regions"]["alpha"]["outputs"]
     bad = tmp_path / "bad.csv"
-    bad.write_text(f"name,stack,mask,declared_column\nalpha,{inputs / 'stacks/alpha.tif'},{inputs / 'cropland.gpkg'},crop\n")
+    bad.write_text(
+        f"name,stack,mask,declared_column\nalpha,{inputs / 'stacks/alpha.tif'},{inputs / 'cropland.gpkg'},crop\n"
+    )
     res = _batch(runner, bad, "--out-dir", tmp_path / "b2", "--model", inputs / "tiny.onnx")
-    assert res.exit_code == 1 and "declared_column 'crop' checks parcels; give parcels too" in res.output, res.output
+    assert res.exit_code == 1 and "declared_column 'crop' checks parcels; give parcels too" in res.output, (
+        res.output
+    )

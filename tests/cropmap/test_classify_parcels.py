@@ -38,8 +38,14 @@ def _fields() -> list[shapely.Geometry]:
 
 @pytest.fixture
 def fields(tmp_path: Path) -> Path:
-    gdf = gpd.GeoDataFrame({"field_id": [f"F{i}" for i in range(5)], "declared": ["maize", "winter wheat", "maize",
-                            "grassland", "potatoes"]}, geometry=_fields(), crs=CRS)  # fmt: skip
+    gdf = gpd.GeoDataFrame(
+        {
+            "field_id": [f"F{i}" for i in range(5)],
+            "declared": ["maize", "winter wheat", "maize", "grassland", "potatoes"],
+        },
+        geometry=_fields(),
+        crs=CRS,
+    )
     path = tmp_path / "fields.gpkg"
     gdf.to_file(path, engine="pyogrio")
     return path
@@ -53,11 +59,23 @@ def _zonal(geom: shapely.Geometry) -> np.ndarray:
     return inside_mask([geom])
 
 
-def test_parcels_equal_zonal_computation_over_the_pixel_map(stack_desc: Path, fields: Path, bundle: Path,
-                                                           outdir: Path) -> None:  # fmt: skip
+def test_parcels_equal_zonal_computation_over_the_pixel_map(
+    stack_desc: Path, fields: Path, bundle: Path, outdir: Path
+) -> None:
     out = outdir / "map.tif"
-    res = _classify(stack_desc, "--whole-stack", "--model", bundle, "-o", out, "--parcels", fields, "--probabilities",
-                    "--block-size", "16")  # fmt: skip
+    res = _classify(
+        stack_desc,
+        "--whole-stack",
+        "--model",
+        bundle,
+        "-o",
+        out,
+        "--parcels",
+        fields,
+        "--probabilities",
+        "--block-size",
+        "16",
+    )
     assert res.exit_code == 0, res.output
     assert "whole stack: no cropland mask" in res.output and "parcels:" in res.output
     table = gpd.read_file(outdir / "map_parcels.gpkg")
@@ -91,17 +109,37 @@ def test_parcels_equal_zonal_computation_over_the_pixel_map(stack_desc: Path, fi
     assert summary["pixels"]["in_mask"] == HEIGHT * WIDTH
 
 
-def test_parcels_outside_mask_and_declared_check(stack_desc: Path, fields: Path, bundle: Path, outdir: Path,
-                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_parcels_outside_mask_and_declared_check(
+    stack_desc: Path, fields: Path, bundle: Path, outdir: Path, tmp_path: Path
+) -> None:
     mask = write_polygons(tmp_path / "mask.gpkg", [_box(0, 0, 15, 13), _box(29, 9, 37, 21)], CRS)
-    (tmp_path / "declared.csv").write_text("declared,class\nmaize,2\nwinter wheat,winter wheat\ngrassland,5\n")
+    (tmp_path / "declared.csv").write_text(
+        "declared,class\nmaize,2\nwinter wheat,winter wheat\ngrassland,5\n"
+    )
     out = outdir / "map.tif"
-    res = _classify(stack_desc, "--mask", mask, "--model", bundle, "-o", out, "--parcels", fields,
-                    "--declared-column", "declared", "--declared-classes", tmp_path / "declared.csv")  # fmt: skip
+    res = _classify(
+        stack_desc,
+        "--mask",
+        mask,
+        "--model",
+        bundle,
+        "-o",
+        out,
+        "--parcels",
+        fields,
+        "--declared-column",
+        "declared",
+        "--declared-classes",
+        tmp_path / "declared.csv",
+    )
     assert res.exit_code == 0, res.output
     assert "declared:" in res.output
     t = gpd.read_file(outdir / "map_parcels.gpkg")
-    assert t.iloc[4]["reason"] == REASON_NO_MASK and t.iloc[4]["pixels_in"] > 0 and t.iloc[4]["pixels_in_mask"] == 0
+    assert (
+        t.iloc[4]["reason"] == REASON_NO_MASK
+        and t.iloc[4]["pixels_in"] > 0
+        and t.iloc[4]["pixels_in_mask"] == 0
+    )
     assert t.iloc[4]["declared_status"] == "not checked"  # potatoes: no class of the bundle
     for i in (0, 1):
         p, status = t.iloc[i]["declared_probability"], t.iloc[i]["declared_status"]
@@ -119,22 +157,41 @@ def test_classify_parcels_api_matches_cli(stack_desc: Path, fields: Path, bundle
     gdf = gpd.read_file(fields).to_crs(4326)  # any CRS: reprojected to the stack's
     api = classify_parcels(stack_desc, gdf, model=bundle, block_size=16)
     assert isinstance(api, gpd.GeoDataFrame) and api.crs.to_epsg() == 4326 and len(api) == 5
-    res = _classify(stack_desc, "--whole-stack", "--model", bundle, "-o", outdir / "m.tif", "--parcels", fields)
+    res = _classify(
+        stack_desc, "--whole-stack", "--model", bundle, "-o", outdir / "m.tif", "--parcels", fields
+    )
     assert res.exit_code == 0, res.output
     cli = gpd.read_file(outdir / "m_parcels.gpkg")
     assert api["class_code"].tolist()[:2] == cli["class_code"].tolist()[:2]
     assert api["reason"].tolist()[2:4] == [REASON_NO_PIXEL, REASON_OUTSIDE]
 
 
-def test_classify_usage_errors(stack_desc: Path, polygons: Path, fields: Path, bundle: Path, outdir: Path) -> None:
+def test_classify_usage_errors(
+    stack_desc: Path, polygons: Path, fields: Path, bundle: Path, outdir: Path
+) -> None:
     res = _classify(stack_desc, "--model", bundle, "-o", outdir / "m.tif")
     assert res.exit_code == 2 and "--whole-stack" in res.output
-    res = _classify(stack_desc, "--mask", polygons, "--whole-stack", "--model", bundle, "-o", outdir / "m.tif")
+    res = _classify(
+        stack_desc, "--mask", polygons, "--whole-stack", "--model", bundle, "-o", outdir / "m.tif"
+    )
     assert res.exit_code == 2
-    res = _classify(stack_desc, "--mask", polygons, "--declared-column", "x", "--model", bundle, "-o", outdir / "m.tif")
+    res = _classify(
+        stack_desc, "--mask", polygons, "--declared-column", "x", "--model", bundle, "-o", outdir / "m.tif"
+    )
     assert res.exit_code == 2 and "--parcels" in res.output
-    res = _classify(stack_desc, "--mask", polygons, "--parcels", fields, "--declared-column", "nope", "--model",
-                    bundle, "-o", outdir / "m.tif")  # fmt: skip
+    res = _classify(
+        stack_desc,
+        "--mask",
+        polygons,
+        "--parcels",
+        fields,
+        "--declared-column",
+        "nope",
+        "--model",
+        bundle,
+        "-o",
+        outdir / "m.tif",
+    )
     assert res.exit_code == 1 and "no column 'nope'" in res.output and not list(outdir.iterdir())
 
 
@@ -143,7 +200,9 @@ def test_write_class_map_from_dataarray(stack_desc: Path, polygons: Path, bundle
 
     da = classify_array(stack_desc, polygons, model=bundle)
     path = write_class_map(da, outdir / "api.tif")
-    assert _classify(stack_desc, "--mask", polygons, "--model", bundle, "-o", outdir / "cli.tif").exit_code == 0
+    assert (
+        _classify(stack_desc, "--mask", polygons, "--model", bundle, "-o", outdir / "cli.tif").exit_code == 0
+    )
     with rasterio.open(path) as a, rasterio.open(outdir / "cli.tif") as b:
         assert np.array_equal(a.read(), b.read()) and a.colormap(1) == b.colormap(1)
         assert a.crs == b.crs and a.transform == b.transform and a.nodata == 0
@@ -153,10 +212,14 @@ def test_write_class_map_from_dataarray(stack_desc: Path, polygons: Path, bundle
         write_class_map(da, outdir / "api.tif")
 
 
-def test_mask_polygon_a_unchanged_by_new_options(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path) -> None:
+def test_mask_polygon_a_unchanged_by_new_options(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     """With --parcels the class map is the same as without it."""
     assert _classify(stack_desc, "--mask", polygons, "--model", bundle, "-o", outdir / "a.tif").exit_code == 0
-    res = _classify(stack_desc, "--mask", polygons, "--model", bundle, "-o", outdir / "b.tif", "--parcels", polygons)
+    res = _classify(
+        stack_desc, "--mask", polygons, "--model", bundle, "-o", outdir / "b.tif", "--parcels", polygons
+    )
     assert res.exit_code == 0, res.output
     with rasterio.open(outdir / "a.tif") as a, rasterio.open(outdir / "b.tif") as b:
         assert np.array_equal(a.read(), b.read())

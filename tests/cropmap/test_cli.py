@@ -30,15 +30,36 @@ def _run(runner: CliRunner, *args: object) -> object:
     return runner.invoke(main, ["classify", *map(str, args)])
 
 
-def test_cli_classify_writes_outputs(runner: CliRunner, stack_desc: Path, polygons: Path, bundle: Path,
-                                     outdir: Path) -> None:  # fmt: skip
+def test_cli_classify_writes_outputs(
+    runner: CliRunner, stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     out = outdir / "map.tif"
-    res = _run(runner, stack_desc, "--mask", polygons, "--model", bundle, "-o", out, "--confidence",
-               "--embedding", "--block-size", "16")  # fmt: skip
+    res = _run(
+        runner,
+        stack_desc,
+        "--mask",
+        polygons,
+        "--model",
+        bundle,
+        "-o",
+        out,
+        "--confidence",
+        "--embedding",
+        "--block-size",
+        "16",
+    )
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in outdir.iterdir())
-    assert names == ["map.qml", "map.tif", "map.tif.aux.xml", "map_confidence.tif", "map_embedding.tif",
-                     "map_quicklook.png", "map_stac.json", "map_summary.json"]  # fmt: skip
+    assert names == [
+        "map.qml",
+        "map.tif",
+        "map.tif.aux.xml",
+        "map_confidence.tif",
+        "map_embedding.tif",
+        "map_quicklook.png",
+        "map_stac.json",
+        "map_summary.json",
+    ]
     assert f"map:        {out}" in res.output and "summary:" in res.output and "quick-look:" in res.output
     # A bundle given with --model is no silent default: no "model:" line, no sample note in the summary.
     assert "model:" not in res.output and "sample" not in res.output
@@ -50,8 +71,14 @@ def test_cli_classify_writes_outputs(runner: CliRunner, stack_desc: Path, polygo
         assert (ds.height, ds.width) == (HEIGHT, WIDTH) and ds.nodata == 0 and ds.dtypes[0] == "uint8"
 
 
-def test_cli_default_output_in_cwd(runner: CliRunner, stack_desc: Path, polygons: Path, bundle: Path,
-                                   outdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_cli_default_output_in_cwd(
+    runner: CliRunner,
+    stack_desc: Path,
+    polygons: Path,
+    bundle: Path,
+    outdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.chdir(outdir)
     res = _run(runner, stack_desc, "--mask", polygons, "--model", bundle, "--no-quicklook")
     assert res.exit_code == 0, res.output
@@ -59,8 +86,9 @@ def test_cli_default_output_in_cwd(runner: CliRunner, stack_desc: Path, polygons
     assert not (outdir / "stack_desc_classified_quicklook.png").exists()
 
 
-def test_cli_refuses_existing_output(runner: CliRunner, stack_desc: Path, polygons: Path, bundle: Path,
-                                     outdir: Path) -> None:  # fmt: skip
+def test_cli_refuses_existing_output(
+    runner: CliRunner, stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     out = outdir / "map.tif"
     assert _run(runner, stack_desc, "--mask", polygons, "--model", bundle, "-o", out).exit_code == 0
     before = {p.name: p.stat().st_mtime_ns for p in outdir.iterdir()}
@@ -89,10 +117,26 @@ def _corrupt(tmp_path: Path, kind: str, values: np.ndarray) -> Path:
     if kind == "truncated_data":
         # Dates in tags: GDAL writes the directory first, so the header survives the cut but the tiles do not.
         full = tmp_path / "full.tif"
-        with rasterio.open(full, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=12, dtype="uint16", crs=CRS,
-                           transform=TRANSFORM, nodata=0, tiled=True, blockxsize=16, blockysize=16) as ds:  # fmt: skip
-            ds.update_tags(dates="2021-01-05,2021-02-10,2021-03-01,2021-04-15", bands="B02,B03,B04",
-                           reflectance_scale="10000")  # fmt: skip
+        with rasterio.open(
+            full,
+            "w",
+            driver="GTiff",
+            width=WIDTH,
+            height=HEIGHT,
+            count=12,
+            dtype="uint16",
+            crs=CRS,
+            transform=TRANSFORM,
+            nodata=0,
+            tiled=True,
+            blockxsize=16,
+            blockysize=16,
+        ) as ds:
+            ds.update_tags(
+                dates="2021-01-05,2021-02-10,2021-03-01,2021-04-15",
+                bands="B02,B03,B04",
+                reflectance_scale="10000",
+            )
             ds.write(values.reshape(12, HEIGHT, WIDTH))
         data = full.read_bytes()
         p = tmp_path / "truncated.tif"
@@ -105,8 +149,18 @@ def _corrupt(tmp_path: Path, kind: str, values: np.ndarray) -> Path:
         return p
     if kind == "nodates":
         p = tmp_path / "nodates.tif"
-        with rasterio.open(p, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=12, dtype="uint16",
-                           crs=CRS, transform=TRANSFORM, nodata=0) as ds:  # fmt: skip
+        with rasterio.open(
+            p,
+            "w",
+            driver="GTiff",
+            width=WIDTH,
+            height=HEIGHT,
+            count=12,
+            dtype="uint16",
+            crs=CRS,
+            transform=TRANSFORM,
+            nodata=0,
+        ) as ds:
             ds.write(values.reshape(12, HEIGHT, WIDTH))
             ds.update_tags(reflectance_scale="10000")
         return p
@@ -135,8 +189,16 @@ def _corrupt(tmp_path: Path, kind: str, values: np.ndarray) -> Path:
         ("bands", "has bands ['B02', 'B03', 'B08']; the model needs ['B04', 'B02', 'B03'] (missing ['B04'])"),
     ],
 )
-def test_cli_stack_errors(runner: CliRunner, tmp_path: Path, polygons: Path, bundle: Path, outdir: Path,
-                          values: np.ndarray, kind: str, message: str) -> None:  # fmt: skip
+def test_cli_stack_errors(
+    runner: CliRunner,
+    tmp_path: Path,
+    polygons: Path,
+    bundle: Path,
+    outdir: Path,
+    values: np.ndarray,
+    kind: str,
+    message: str,
+) -> None:
     stack = _corrupt(tmp_path, kind, values)
     res = _run(runner, stack, "--mask", polygons, "--model", bundle, "-o", outdir / "map.tif")
     assert res.exit_code == 1, res.output
@@ -145,14 +207,41 @@ def test_cli_stack_errors(runner: CliRunner, tmp_path: Path, polygons: Path, bun
     assert list(outdir.iterdir()) == []
 
 
-def test_cli_reflectance_scale_option(runner: CliRunner, tmp_path: Path, stack_desc: Path, polygons: Path,
-                                      bundle: Path, outdir: Path, values: np.ndarray) -> None:  # fmt: skip
+def test_cli_reflectance_scale_option(
+    runner: CliRunner,
+    tmp_path: Path,
+    stack_desc: Path,
+    polygons: Path,
+    bundle: Path,
+    outdir: Path,
+    values: np.ndarray,
+) -> None:
     noscale = _corrupt(tmp_path, "noscale", values)
-    res = _run(runner, noscale, "--mask", polygons, "--model", bundle, "-o", outdir / "a.tif",
-               "--reflectance-scale", "10000")  # fmt: skip
+    res = _run(
+        runner,
+        noscale,
+        "--mask",
+        polygons,
+        "--model",
+        bundle,
+        "-o",
+        outdir / "a.tif",
+        "--reflectance-scale",
+        "10000",
+    )
     assert res.exit_code == 0, res.output
-    res = _run(runner, stack_desc, "--mask", polygons, "--model", bundle, "-o", outdir / "b.tif",
-               "--reflectance-scale", "1")  # fmt: skip
+    res = _run(
+        runner,
+        stack_desc,
+        "--mask",
+        polygons,
+        "--model",
+        bundle,
+        "-o",
+        outdir / "b.tif",
+        "--reflectance-scale",
+        "1",
+    )
     assert res.exit_code == 1 and "declares reflectance scale 10000" in res.output
     assert not (outdir / "b.tif").exists()
 
@@ -175,9 +264,11 @@ def _bad_mask(tmp_path: Path, kind: str) -> Path:
         )
         return p
     if kind == "points":
-        return write_polygons(tmp_path / "points.gpkg", [shapely.Point(600100, 5599900),
-                                                         shapely.LineString([(600000, 5599900), (600100, 5599800)])],
-                              CRS)  # fmt: skip
+        return write_polygons(
+            tmp_path / "points.gpkg",
+            [shapely.Point(600100, 5599900), shapely.LineString([(600000, 5599900), (600100, 5599800)])],
+            CRS,
+        )
     if kind == "faraway":
         return write_polygons(tmp_path / "far.gpkg", [shapely.box(700000, 5500000, 700100, 5500100)], CRS)
     if kind == "nocrs":
@@ -196,8 +287,9 @@ def _bad_mask(tmp_path: Path, kind: str) -> Path:
         ("nocrs", "has no CRS; expected a declared CRS"),
     ],
 )
-def test_cli_mask_errors(runner: CliRunner, tmp_path: Path, stack_desc: Path, bundle: Path, outdir: Path,
-                         kind: str, message: str) -> None:  # fmt: skip
+def test_cli_mask_errors(
+    runner: CliRunner, tmp_path: Path, stack_desc: Path, bundle: Path, outdir: Path, kind: str, message: str
+) -> None:
     mask = _bad_mask(tmp_path, kind)
     res = _run(runner, stack_desc, "--mask", mask, "--model", bundle, "-o", outdir / "map.tif")
     assert res.exit_code == 1, res.output
@@ -205,15 +297,30 @@ def test_cli_mask_errors(runner: CliRunner, tmp_path: Path, stack_desc: Path, bu
     assert list(outdir.iterdir()) == []
 
 
-def test_cli_bundle_errors(runner: CliRunner, tmp_path: Path, stack_desc: Path, polygons: Path,
-                           bundle_no_embedding: Path, outdir: Path) -> None:  # fmt: skip
+def test_cli_bundle_errors(
+    runner: CliRunner,
+    tmp_path: Path,
+    stack_desc: Path,
+    polygons: Path,
+    bundle_no_embedding: Path,
+    outdir: Path,
+) -> None:
     res = _run(runner, stack_desc, "--mask", polygons, "--model", tmp_path / "x.onnx", "-o", outdir / "m.tif")
     assert res.exit_code == 1 and "model bundle" in res.output and "does not exist" in res.output
     plain = write_bundle(tmp_path / "plain.onnx", metadata_json='{"schema_version": 99}')
     res = _run(runner, stack_desc, "--mask", polygons, "--model", plain, "-o", outdir / "m.tif")
     assert res.exit_code == 1 and "schema version is 99" in res.output, res.output
-    res = _run(runner, stack_desc, "--mask", polygons, "--model", bundle_no_embedding, "-o", outdir / "m.tif",
-               "--embedding")  # fmt: skip
+    res = _run(
+        runner,
+        stack_desc,
+        "--mask",
+        polygons,
+        "--model",
+        bundle_no_embedding,
+        "-o",
+        outdir / "m.tif",
+        "--embedding",
+    )
     assert res.exit_code == 1 and "has no embedding output" in res.output, res.output
     assert list(outdir.iterdir()) == []
 
@@ -228,16 +335,24 @@ def test_cli_bundle_errors(runner: CliRunner, tmp_path: Path, stack_desc: Path, 
         (["--workers", "abc"], "'abc' is not a valid integer"),
     ],
 )
-def test_cli_bad_option_values(runner: CliRunner, stack_desc: Path, polygons: Path, bundle: Path, outdir: Path,
-                               args: list[str], message: str) -> None:  # fmt: skip
+def test_cli_bad_option_values(
+    runner: CliRunner,
+    stack_desc: Path,
+    polygons: Path,
+    bundle: Path,
+    outdir: Path,
+    args: list[str],
+    message: str,
+) -> None:
     res = _run(runner, stack_desc, "--mask", polygons, "--model", bundle, "-o", outdir / "m.tif", *args)
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert list(outdir.iterdir()) == []
 
 
-def test_cli_failure_during_blocks_leaves_nothing(runner: CliRunner, tmp_path: Path, polygons: Path,
-                                                  bundle: Path, outdir: Path, values: np.ndarray) -> None:  # fmt: skip
+def test_cli_failure_during_blocks_leaves_nothing(
+    runner: CliRunner, tmp_path: Path, polygons: Path, bundle: Path, outdir: Path, values: np.ndarray
+) -> None:
     """A file whose tile data is corrupt in the middle fails while reading, and leaves no output or temp."""
     path = write_stack_descriptions(tmp_path / "s.tif", values, compress="deflate")
     with rasterio.open(path) as ds:
@@ -245,17 +360,38 @@ def test_cli_failure_during_blocks_leaves_nothing(runner: CliRunner, tmp_path: P
     data = bytearray(path.read_bytes())
     data[off : off + 64] = b"\xff" * 64
     path.write_bytes(bytes(data))
-    res = _run(runner, path, "--mask", polygons, "--model", bundle, "-o", outdir / "m.tif", "--block-size", "16")
+    res = _run(
+        runner, path, "--mask", polygons, "--model", bundle, "-o", outdir / "m.tif", "--block-size", "16"
+    )
     assert res.exit_code == 1, res.output
     assert "could not be read" in res.output and "corrupt" in res.output
     assert list(outdir.iterdir()) == []
 
 
 def test_python_m_cropmap_help() -> None:
-    res = subprocess.run([sys.executable, "-m", "cropmap", "classify", "--help"], capture_output=True, text=True,
-                         cwd=REPO, check=False)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "cropmap", "classify", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
-    for flag in ("--mask", "--model", "--confidence", "--embedding", "--overwrite", "--block-size", "--batch-size",
-                 "--workers", "--scheduler", "--season", "--reflectance-scale", "--min-valid-steps",
-                 "--no-quicklook", "--verbose", "--quiet"):  # fmt: skip
+    for flag in (
+        "--mask",
+        "--model",
+        "--confidence",
+        "--embedding",
+        "--overwrite",
+        "--block-size",
+        "--batch-size",
+        "--workers",
+        "--scheduler",
+        "--season",
+        "--reflectance-scale",
+        "--min-valid-steps",
+        "--no-quicklook",
+        "--verbose",
+        "--quiet",
+    ):
         assert flag in res.stdout

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from stackkit import DATES, HEIGHT, STACK_BANDS, WIDTH, inside_mask, make_values, profile, write_stack_descriptions
+from stackkit import (
+    DATES,
+    HEIGHT,
+    STACK_BANDS,
+    WIDTH,
+    inside_mask,
+    make_values,
+    profile,
+    write_stack_descriptions,
+)
 
 import cropmap
 from cropmap.cli import main
@@ -46,12 +55,36 @@ def test_resolve_finds_bands_by_name_and_applies_defaults() -> None:
     assert scl is not None and scl.kind == "scl" and scl.invalid_classes == DEFAULT_SCL_INVALID
     assert scl.source == "found by name"
     assert scl.invalid(np.array([0, 1, 2, 3, 4, 7, 8, 9, 10, 11, np.nan], dtype=np.float32)).tolist() == [
-        True, True, False, True, False, False, True, True, True, True, False]  # fmt: skip
+        True,
+        True,
+        False,
+        True,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
     clp = resolve_cloud_mask(("B02", "clp"), "uint8")
-    assert clp is not None and clp.kind == "probability" and clp.scale == 255 and clp.threshold == DEFAULT_CLOUD_THRESHOLD
-    assert clp.invalid(np.array([0, 102, 103, 255, np.nan], dtype=np.float32)).tolist() == [False, False, True, True, False]
+    assert (
+        clp is not None
+        and clp.kind == "probability"
+        and clp.scale == 255
+        and clp.threshold == DEFAULT_CLOUD_THRESHOLD
+    )
+    assert clp.invalid(np.array([0, 102, 103, 255, np.nan], dtype=np.float32)).tolist() == [
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
     cld = resolve_cloud_mask(("B02", "MSK_CLDPRB"), "uint16", threshold=0.5)
-    assert cld is not None and cld.scale == 100 and cld.invalid(np.array([50.0, 51.0])).tolist() == [False, True]
+    assert (
+        cld is not None and cld.scale == 100 and cld.invalid(np.array([50.0, 51.0])).tolist() == [False, True]
+    )
     assert resolve_cloud_mask(("B02", "CLP"), "float32").scale == 1.0  # type: ignore[union-attr]
     assert resolve_cloud_mask(("B02", "B03"), "uint16") is None
     assert resolve_cloud_mask(("B02", "SCL"), "uint16", cloud_band="none") is None
@@ -71,22 +104,35 @@ def test_resolve_finds_bands_by_name_and_applies_defaults() -> None:
 def test_resolve_never_guesses_an_integer_probability_scale() -> None:
     """An integer probability band of an unknown name was once read as 0..255 without a word: now an error that
     names --cloud-scale."""
-    with pytest.raises(InputRasterError, match=r"--cloud-band cloudmask of stack s\.tif is an integer \(uint8\) "
-                                               r"cloud probability of unknown scale; expected --cloud-scale X"):
-        resolve_cloud_mask(("B02", "cloudmask"), "uint8", cloud_band="cloudmask", threshold=0.2, where="stack s.tif")
+    with pytest.raises(
+        InputRasterError,
+        match=r"--cloud-band cloudmask of stack s\.tif is an integer \(uint8\) "
+        r"cloud probability of unknown scale; expected --cloud-scale X",
+    ):
+        resolve_cloud_mask(
+            ("B02", "cloudmask"), "uint8", cloud_band="cloudmask", threshold=0.2, where="stack s.tif"
+        )
 
 
 @pytest.mark.parametrize(
     ("bands", "kw", "match"),
     [
-        (("B02", "SCL"), {"cloud_band": "CLP"}, r"--cloud-band CLP is not a band of .* bands found: \['B02', 'SCL'\]"),
+        (
+            ("B02", "SCL"),
+            {"cloud_band": "CLP"},
+            r"--cloud-band CLP is not a band of .* bands found: \['B02', 'SCL'\]",
+        ),
         (("B02", "SCL", "CLP"), {}, r"several cloud bands \['SCL', 'CLP'\]; choose one with --cloud-band"),
         (("B02", "SCL"), {"threshold": 0.3}, "--cloud-threshold applies to cloud-probability bands"),
         (("B02", "CLP"), {"classes": (3,)}, "--cloud-classes applies to an SCL band"),
         (("B02",), {"threshold": 0.3}, "has no cloud band"),
         (("B02", "mystery"), {"cloud_band": "mystery"}, "does not know this band's meaning.*--cloud-scale X"),
         (("B02", "SCL"), {"scale": 100.0}, "--cloud-scale applies to cloud-probability bands"),
-        (("B02", "SCL"), {"cloud_band": "none", "scale": 100.0}, "--cloud-scale were given with --cloud-band none"),
+        (
+            ("B02", "SCL"),
+            {"cloud_band": "none", "scale": 100.0},
+            "--cloud-scale were given with --cloud-band none",
+        ),
         (("B02",), {"scale": 100.0}, "has no cloud band"),
         (("B02", "CLP"), {"scale": 0.0}, "--cloud-scale is 0.0; expected the raw value of probability 1"),
     ],
@@ -97,7 +143,9 @@ def test_resolve_rejects_bad_choices(bands: tuple[str, ...], kw: dict, match: st
 
 
 @pytest.mark.parametrize("kind", ["SCL", "CLP"])
-def test_masked_clouds_map_like_the_clear_stack(kind: str, tmp_path: Path, polygons: Path, bundle: Path) -> None:
+def test_masked_clouds_map_like_the_clear_stack(
+    kind: str, tmp_path: Path, polygons: Path, bundle: Path
+) -> None:
     clear, cloudy, cloud = _cloudy()
     if kind == "SCL":
         flag = np.where(cloud, 9, 4)  # cloud high probability / vegetation
@@ -112,11 +160,15 @@ def test_masked_clouds_map_like_the_clear_stack(kind: str, tmp_path: Path, polyg
 
     ref = cropmap.classify(ref_stack, polygons, model=bundle, out=tmp_path / "ref.tif", quicklook=False)
     masked = cropmap.classify(stack, polygons, model=bundle, out=tmp_path / "masked.tif", quicklook=False)
-    raw = cropmap.classify(stack, polygons, model=bundle, out=tmp_path / "raw.tif", quicklook=False, cloud_band="none")
+    raw = cropmap.classify(
+        stack, polygons, model=bundle, out=tmp_path / "raw.tif", quicklook=False, cloud_band="none"
+    )
 
     np.testing.assert_array_equal(_classes(tmp_path / "masked.tif"), _classes(tmp_path / "ref.tif"))
     assert masked["classes"] == ref["classes"] and masked["pixels"] == ref["pixels"]
-    assert (_classes(tmp_path / "raw.tif") != _classes(tmp_path / "ref.tif")).sum() > 20  # clouds left in do harm
+    assert (
+        _classes(tmp_path / "raw.tif") != _classes(tmp_path / "ref.tif")
+    ).sum() > 20  # clouds left in do harm
     inside = inside_mask()
     valid = (cloudy != 0).all(axis=1)
     clouds = masked["clouds"]
@@ -147,20 +199,27 @@ def test_stack_without_cloud_band_warns_once(
     stack_desc: Path, polygons: Path, bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="cropmap"):
-        summary = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "m.tif", quicklook=False)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "cloud" in r.getMessage()]
+        summary = cropmap.classify(
+            stack_desc, polygons, model=bundle, out=tmp_path / "m.tif", quicklook=False
+        )
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "cloud" in r.getMessage()
+    ]
     assert len(warnings) == 1 and "has no cloud information" in warnings[0], warnings
     assert summary["clouds"]["masking"] == "no cloud information" and summary["clouds"]["band"] is None
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cropmap"):
-        cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "n.tif", quicklook=False, cloud_band="none")
+        cropmap.classify(
+            stack_desc, polygons, model=bundle, out=tmp_path / "n.tif", quicklook=False, cloud_band="none"
+        )
     assert not [r for r in caplog.records if "cloud" in r.getMessage()]
 
 
 def test_cli_cloud_flags(tmp_path: Path, polygons: Path, bundle: Path, runner: CliRunner) -> None:
     _clear, cloudy, cloud = _cloudy()
-    stack = write_stack_descriptions(tmp_path / "s.tif", _with_band(cloudy, np.where(cloud, 9, 4)),
-                                     bands=(*STACK_BANDS, "SCL"))  # fmt: skip
+    stack = write_stack_descriptions(
+        tmp_path / "s.tif", _with_band(cloudy, np.where(cloud, 9, 4)), bands=(*STACK_BANDS, "SCL")
+    )
     base = ["classify", str(stack), "--mask", str(polygons), "--model", str(bundle), "--no-quicklook"]
     res = runner.invoke(main, [*base, "-o", str(tmp_path / "a.tif"), "--cloud-band", "CLP"])
     assert res.exit_code == 1
@@ -179,16 +238,31 @@ def test_cli_cloud_flags(tmp_path: Path, polygons: Path, bundle: Path, runner: C
     assert "observations masked (band SCL (Sen2Cor SCL): classes 0 no data" in res.output
 
 
-def test_cli_cloud_scale_for_a_probability_band_of_unknown_name(tmp_path: Path, polygons: Path, bundle: Path,
-                                                                runner: CliRunner) -> None:  # fmt: skip
+def test_cli_cloud_scale_for_a_probability_band_of_unknown_name(
+    tmp_path: Path, polygons: Path, bundle: Path, runner: CliRunner
+) -> None:
     """An integer probability band cropmap does not know by name needs --cloud-scale (exit 1 naming it without);
     with it the run masks exactly what the same values under the name CLP (0..255) mask."""
     _clear, cloudy, cloud = _cloudy()
     flag = np.where(cloud, 230, 20)  # s2cloudless 0..255
-    own = write_stack_descriptions(tmp_path / "own.tif", _with_band(cloudy, flag), bands=(*STACK_BANDS, "cloudprob"))
-    clp = write_stack_descriptions(tmp_path / "clp.tif", _with_band(cloudy, flag), bands=(*STACK_BANDS, "CLP"))
-    base = ["classify", str(own), "--mask", str(polygons), "--model", str(bundle), "--no-quicklook", "-q",
-            "--cloud-band", "cloudprob"]  # fmt: skip
+    own = write_stack_descriptions(
+        tmp_path / "own.tif", _with_band(cloudy, flag), bands=(*STACK_BANDS, "cloudprob")
+    )
+    clp = write_stack_descriptions(
+        tmp_path / "clp.tif", _with_band(cloudy, flag), bands=(*STACK_BANDS, "CLP")
+    )
+    base = [
+        "classify",
+        str(own),
+        "--mask",
+        str(polygons),
+        "--model",
+        str(bundle),
+        "--no-quicklook",
+        "-q",
+        "--cloud-band",
+        "cloudprob",
+    ]
     res = runner.invoke(main, [*base, "-o", str(tmp_path / "a.tif"), "--cloud-threshold", "0.4"])
     assert res.exit_code == 1 and not (tmp_path / "a.tif").exists()
     lines = res.output.strip().splitlines()

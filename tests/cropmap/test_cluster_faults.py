@@ -48,9 +48,17 @@ def _one_error_line(text: str, *words: str) -> str:
     return lines[0]
 
 
-def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
+def _run(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -61,7 +69,9 @@ def inputs(tmp_path: Path) -> Path:
         write_stack_descriptions(d / f"{name}.tif", make_values(seed))
     write_polygons(d / "cropland.gpkg", [polygon_a(), polygon_b()], CRS)
     write_bundle(d / "tiny.onnx")
-    (d / "regions.csv").write_text("name,stack,mask\nnorth,north.tif,cropland.gpkg\nsouth,south.tif,cropland.gpkg\n")
+    (d / "regions.csv").write_text(
+        "name,stack,mask\nnorth,north.tif,cropland.gpkg\nsouth,south.tif,cropland.gpkg\n"
+    )
     return d
 
 
@@ -75,9 +85,22 @@ def _free_port() -> int:
 def scheduler() -> Iterator[tuple[str, subprocess.Popen]]:
     """A real dask scheduler process on loopback, with no workers."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                             "--port", str(port), "--dashboard-address", "127.0.0.1:0", "--no-show"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--no-show",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while True:
         with socket.socket() as s:
@@ -93,25 +116,55 @@ def scheduler() -> Iterator[tuple[str, subprocess.Popen]]:
 
 
 def _worker(address: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1",
-                             "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nworkers",
+            "1",
+            "--nthreads",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--no-dashboard",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- workers gone
 
 
-def test_no_worker_for_the_timeout_is_one_line_and_resumes(inputs: Path, tmp_path: Path,
-                                                           scheduler: tuple[str, subprocess.Popen]) -> None:  # fmt: skip
+def test_no_worker_for_the_timeout_is_one_line_and_resumes(
+    inputs: Path, tmp_path: Path, scheduler: tuple[str, subprocess.Popen]
+) -> None:
     address, _ = scheduler
     out = tmp_path / "out"
-    args = ["batch", str(inputs / "regions.csv"), "--out-dir", str(out), "--model", str(inputs / "tiny.onnx"),
-            "--scheduler", address, "--no-quicklook", "-q"]  # fmt: skip
+    args = [
+        "batch",
+        str(inputs / "regions.csv"),
+        "--out-dir",
+        str(out),
+        "--model",
+        str(inputs / "tiny.onnx"),
+        "--scheduler",
+        address,
+        "--no-quicklook",
+        "-q",
+    ]
     t0 = time.monotonic()
     res = _run([*args, "--worker-timeout", "4"])
     assert res.returncode == 1, res.stderr
-    _one_error_line(res.stderr, "no dask worker has been connected for", "--worker-timeout 4", "2 regions wait",
-                    "rerun the same command to resume")  # fmt: skip
+    _one_error_line(
+        res.stderr,
+        "no dask worker has been connected for",
+        "--worker-timeout 4",
+        "2 regions wait",
+        "rerun the same command to resume",
+    )
     assert time.monotonic() - t0 < 90
     state = json.loads((out / "batch_state.json").read_text())
     assert {e["status"] for e in state["regions"].values()} == {"pending"}
@@ -145,10 +198,30 @@ def test_lost_scheduler_is_one_line(tmp_path: Path, scheduler: tuple[str, subpro
     out = tmp_path / "out"
     worker = _worker(address)
     try:
-        proc = subprocess.Popen([*CLI, "batch", "--stack", str(d / "big.tif"), "--mask", str(d / "all.gpkg"), "--out-dir",
-                                 str(out), "--model", str(d / "tiny.onnx"), "--scheduler", address,
-                                 "--block-size", "64", "--cloud-band", "none", "-q"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "batch",
+                "--stack",
+                str(d / "big.tif"),
+                "--mask",
+                str(d / "all.gpkg"),
+                "--out-dir",
+                str(out),
+                "--model",
+                str(d / "tiny.onnx"),
+                "--scheduler",
+                address,
+                "--block-size",
+                "64",
+                "--cloud-band",
+                "none",
+                "-q",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while not any((out / "big").glob(".*scratch*")) if (out / "big").is_dir() else True:
             assert proc.poll() is None, proc.communicate()
@@ -167,9 +240,23 @@ def test_lost_scheduler_is_one_line(tmp_path: Path, scheduler: tuple[str, subpro
 
 def test_sigint_in_local_mode_exits_130(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "batch", str(inputs / "regions.csv"), "--out-dir", str(out), "--model",
-                             str(inputs / "tiny.onnx"), "--workers", "1", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "batch",
+            str(inputs / "regions.csv"),
+            "--out-dir",
+            str(out),
+            "--model",
+            str(inputs / "tiny.onnx"),
+            "--workers",
+            "1",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "batch_state.json").exists():
         assert proc.poll() is None, proc.communicate()
@@ -209,12 +296,34 @@ def _stand_in(tmp_path: Path, sbatch: str = PENDING_SBATCH) -> dict[str, str]:
 
 def test_job_pending_beyond_the_timeout_names_slurms_reason(inputs: Path, tmp_path: Path) -> None:
     env = _stand_in(tmp_path)
-    res = _run(["batch", str(inputs / "regions.csv"), "--out-dir", str(tmp_path / "out"), "--model",
-                str(inputs / "tiny.onnx"), "--cluster", "slurm", "--cores", "1", "--memory", "1GB",
-                "--pending-timeout", "3", "-q"], env=env)  # fmt: skip
+    res = _run(
+        [
+            "batch",
+            str(inputs / "regions.csv"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--model",
+            str(inputs / "tiny.onnx"),
+            "--cluster",
+            "slurm",
+            "--cores",
+            "1",
+            "--memory",
+            "1GB",
+            "--pending-timeout",
+            "3",
+            "-q",
+        ],
+        env=env,
+    )
     assert res.returncode == 1, res.stderr
-    _one_error_line(res.stderr, "--cluster slurm: every worker job has been queued for", "--pending-timeout 3",
-                    "SLURM's reason: job 4242: Resources", "rerun the same command to resume")  # fmt: skip
+    _one_error_line(
+        res.stderr,
+        "--cluster slurm: every worker job has been queued for",
+        "--pending-timeout 3",
+        "SLURM's reason: job 4242: Resources",
+        "rerun the same command to resume",
+    )
     assert (tmp_path / "jobs" / "cancelled").read_text().split() == ["4242"]
     state = json.loads((tmp_path / "out" / "batch_state.json").read_text())
     assert {e["status"] for e in state["regions"].values()} == {"pending"}
@@ -224,10 +333,28 @@ def test_sigint_in_cluster_mode_exits_130_and_cancels_the_jobs(inputs: Path, tmp
     """Importing dask-jobqueue replaced Python's SIGINT handler (sys.exit: status 0); now 130, jobs cancelled."""
     env = _stand_in(tmp_path)
     out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "batch", str(inputs / "regions.csv"), "--out-dir", str(out), "--model",
-                             str(inputs / "tiny.onnx"), "--cluster", "slurm", "--cores", "1", "--memory", "1GB",
-                             "-q"], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "batch",
+            str(inputs / "regions.csv"),
+            "--out-dir",
+            str(out),
+            "--model",
+            str(inputs / "tiny.onnx"),
+            "--cluster",
+            "slurm",
+            "--cores",
+            "1",
+            "--memory",
+            "1GB",
+            "-q",
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "jobs" / "ids").exists():
         assert proc.poll() is None, proc.communicate()
@@ -244,9 +371,23 @@ def test_sigint_in_cluster_mode_exits_130_and_cancels_the_jobs(inputs: Path, tmp
 def test_cluster_without_sbatch_on_path_is_one_line(inputs: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
-    res = _run(["batch", str(inputs / "regions.csv"), "--out-dir", str(tmp_path / "out"), "--model",
-                str(inputs / "tiny.onnx"), "--cluster", "slurm", "--cores", "1", "--memory", "1GB"],
-               env={"PATH": str(empty)})  # fmt: skip
+    res = _run(
+        [
+            "batch",
+            str(inputs / "regions.csv"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--model",
+            str(inputs / "tiny.onnx"),
+            "--cluster",
+            "slurm",
+            "--cores",
+            "1",
+            "--memory",
+            "1GB",
+        ],
+        env={"PATH": str(empty)},
+    )
     assert res.returncode == 1, res.stderr
     _one_error_line(res.stderr, "--cluster slurm: the job scheduler's command sbatch, scancel is not on PATH")
     assert not (tmp_path / "out").exists()
@@ -257,8 +398,16 @@ def test_cluster_without_sbatch_on_path_is_one_line(inputs: Path, tmp_path: Path
 
 def test_manifest_with_a_duplicated_column_is_one_line(inputs: Path, tmp_path: Path) -> None:
     (inputs / "dup.csv").write_text("name,stack,mask,stack\nnorth,north.tif,cropland.gpkg,south.tif\n")
-    res = _run(["batch", str(inputs / "dup.csv"), "--out-dir", str(tmp_path / "out"), "--model",
-                str(inputs / "tiny.onnx")])  # fmt: skip
+    res = _run(
+        [
+            "batch",
+            str(inputs / "dup.csv"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--model",
+            str(inputs / "tiny.onnx"),
+        ]
+    )
     assert res.returncode == 1
     _one_error_line(res.stderr, "column 'stack' appears more than once")
     assert not (tmp_path / "out").exists()
@@ -271,10 +420,24 @@ def test_fifo_input_is_refused_without_hanging(what: str, inputs: Path, tmp_path
     if what == "manifest":
         args = ["batch", str(fifo), "--out-dir", str(tmp_path / "out"), "--model", str(inputs / "tiny.onnx")]
     else:
-        files = {"stack": inputs / "north.tif", "mask": inputs / "cropland.gpkg", "model": inputs / "tiny.onnx"}
+        files = {
+            "stack": inputs / "north.tif",
+            "mask": inputs / "cropland.gpkg",
+            "model": inputs / "tiny.onnx",
+        }
         files[what] = fifo
-        args = ["classify", str(files["stack"]), "--mask", str(files["mask"]), "--model", str(files["model"]),
-                "-o", str(tmp_path / "out" / "map.tif"), "--cloud-band", "none"]  # fmt: skip
+        args = [
+            "classify",
+            str(files["stack"]),
+            "--mask",
+            str(files["mask"]),
+            "--model",
+            str(files["model"]),
+            "-o",
+            str(tmp_path / "out" / "map.tif"),
+            "--cloud-band",
+            "none",
+        ]
     res = _run(args, timeout=60)
     assert res.returncode == 1
     _one_error_line(res.stderr, "is a FIFO (named pipe), not a file")
@@ -299,8 +462,19 @@ def test_stack_in_an_engineering_crs_is_one_line(mask: str, inputs: Path, tmp_pa
     stack = _local_cs_stack(inputs)
     before = stack.read_bytes()
     how = ["--mask", str(inputs / "cropland.gpkg")] if mask == "utm" else ["--whole-stack"]
-    res = _run(["classify", str(stack), *how, "--model", str(inputs / "tiny.onnx"), "-o",
-                str(tmp_path / "out" / "map.tif"), "--cloud-band", "none"])  # fmt: skip
+    res = _run(
+        [
+            "classify",
+            str(stack),
+            *how,
+            "--model",
+            str(inputs / "tiny.onnx"),
+            "-o",
+            str(tmp_path / "out" / "map.tif"),
+            "--cloud-band",
+            "none",
+        ]
+    )
     assert res.returncode == 1
     _one_error_line(res.stderr, "engineering (LOCAL_CS) CRS", "neither geographic nor projected")
     assert not (tmp_path / "out").exists() and stack.read_bytes() == before
@@ -311,8 +485,20 @@ def test_mask_in_an_engineering_crs_is_one_line(inputs: Path, tmp_path: Path) ->
 
     wkt = 'LOCAL_CS["Engineering",UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'
     gpd.GeoDataFrame(geometry=[polygon_a()], crs=wkt).to_file(inputs / "local.gpkg")
-    res = _run(["classify", str(inputs / "north.tif"), "--mask", str(inputs / "local.gpkg"), "--model",
-                str(inputs / "tiny.onnx"), "-o", str(tmp_path / "out" / "map.tif"), "--cloud-band", "none"])  # fmt: skip
+    res = _run(
+        [
+            "classify",
+            str(inputs / "north.tif"),
+            "--mask",
+            str(inputs / "local.gpkg"),
+            "--model",
+            str(inputs / "tiny.onnx"),
+            "-o",
+            str(tmp_path / "out" / "map.tif"),
+            "--cloud-band",
+            "none",
+        ]
+    )
     assert res.returncode == 1
     _one_error_line(res.stderr, "local.gpkg has CRS", "cannot reproject it")
     assert not (tmp_path / "out").exists()

@@ -33,18 +33,36 @@ from cropmap.safeio import COMMIT_KILL_ENV, is_debris, journal_path, recover_com
 
 OLD = ["--confidence", "--probabilities"]
 NEW = ["--uncertainty", "entropy", "--overwrite"]
-OLD_NAMES = {"map.tif", "map.tif.aux.xml", "map.qml", "map_summary.json", "map_stac.json", "map_quicklook.png",
-             "map_confidence.tif", "map_probabilities.tif"}  # fmt: skip
-NEW_NAMES = {"map.tif", "map.tif.aux.xml", "map.qml", "map_summary.json", "map_stac.json", "map_quicklook.png",
-             "map_uncertainty.tif"}  # fmt: skip
+OLD_NAMES = {
+    "map.tif",
+    "map.tif.aux.xml",
+    "map.qml",
+    "map_summary.json",
+    "map_stac.json",
+    "map_quicklook.png",
+    "map_confidence.tif",
+    "map_probabilities.tif",
+}
+NEW_NAMES = {
+    "map.tif",
+    "map.tif.aux.xml",
+    "map.qml",
+    "map_summary.json",
+    "map_stac.json",
+    "map_quicklook.png",
+    "map_uncertainty.tif",
+}
 # journal, 6 backups, 7 moves, 2 removals, committed, 8 backup removals, journal removal: 26 steps
 ALL_STEPS = 26
 QUICK_STEPS = (1, 2, 7, 8, 14, 16, 17, 18, 26)
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-            if p.is_file() and not is_debris(p.name)}  # fmt: skip
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not is_debris(p.name)
+    }
 
 
 def _one_error_line(text: str, *words: str) -> str:
@@ -65,13 +83,31 @@ def inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def _args(inputs: tuple[Path, Path, Path], out: Path, *extra: str) -> list[str]:
     stack, mask, bundle = inputs
-    return ["classify", str(stack), "--mask", str(mask), "--model", str(bundle), "-o", str(out), "-q",
-            "--cloud-band", "none", *extra]  # fmt: skip
+    return [
+        "classify",
+        str(stack),
+        "--mask",
+        str(mask),
+        "--model",
+        str(bundle),
+        "-o",
+        str(out),
+        "-q",
+        "--cloud-band",
+        "none",
+        *extra,
+    ]
 
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cropmap", *args], env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cropmap", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 def _kill_case(step: int, inputs: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -91,8 +127,10 @@ def _kill_case(step: int, inputs: tuple[Path, Path, Path], tmp_path: Path) -> No
     else:
         assert set(now) == NEW_NAMES, (step, sorted(now))
         summary = json.loads((out.parent / "map_summary.json").read_text())
-        assert sorted(Path(p).name for p in summary["removed_outputs"]) == ["map_confidence.tif",
-                                                                          "map_probabilities.tif"]  # fmt: skip
+        assert sorted(Path(p).name for p in summary["removed_outputs"]) == [
+            "map_confidence.tif",
+            "map_probabilities.tif",
+        ]
     assert not journal_path(out).exists()
     # The next run: without --overwrite the (repaired) set exists; with it, a complete new set and no debris.
     again = _run(_args(inputs, out, "--uncertainty", "entropy"))
@@ -106,18 +144,23 @@ def _kill_case(step: int, inputs: tuple[Path, Path, Path], tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("step", QUICK_STEPS)
-def test_killed_during_commit_leaves_old_or_new_set(step: int, inputs: tuple[Path, Path, Path],
-                                                    tmp_path: Path) -> None:  # fmt: skip
+def test_killed_during_commit_leaves_old_or_new_set(
+    step: int, inputs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     _kill_case(step, inputs, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("step", [s for s in range(1, ALL_STEPS + 1) if s not in QUICK_STEPS])
-def test_killed_at_every_step_of_the_commit(step: int, inputs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_killed_at_every_step_of_the_commit(
+    step: int, inputs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     _kill_case(step, inputs, tmp_path)
 
 
-def test_next_run_without_overwrite_repairs_a_torn_set(inputs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_next_run_without_overwrite_repairs_a_torn_set(
+    inputs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     """Killed between the renames: the next run (no --overwrite) rolls back first, then says the set exists."""
     out = tmp_path / "o" / "map.tif"
     assert _run(_args(inputs, out, *OLD)).returncode == 0
@@ -130,17 +173,23 @@ def test_next_run_without_overwrite_repairs_a_torn_set(inputs: tuple[Path, Path,
     assert _hashes(out.parent) == old and not journal_path(out).exists()
 
 
-def test_overwrite_removes_side_outputs_of_an_earlier_run(inputs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_overwrite_removes_side_outputs_of_an_earlier_run(
+    inputs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "o" / "map.tif"
     assert _run(_args(inputs, out, *OLD)).returncode == 0
     res = _run(_args(inputs, out, "--overwrite"))
     assert res.returncode == 0, res.stderr
-    assert "map_confidence.tif" not in os.listdir(out.parent) and "map_probabilities.tif" not in os.listdir(out.parent)
+    assert "map_confidence.tif" not in os.listdir(out.parent) and "map_probabilities.tif" not in os.listdir(
+        out.parent
+    )
     summary = json.loads((out.parent / "map_summary.json").read_text())
     assert len(summary["removed_outputs"]) == 2
 
 
-def test_side_output_of_an_earlier_run_needs_overwrite(inputs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_side_output_of_an_earlier_run_needs_overwrite(
+    inputs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "o" / "map.tif"
     out.parent.mkdir()
     (out.parent / "map_confidence.tif").write_bytes(b"earlier run")
@@ -164,8 +213,9 @@ def test_dangling_symlink_at_output_needs_overwrite(inputs: tuple[Path, Path, Pa
 
 
 @pytest.mark.parametrize("length", [200, 250])
-def test_very_long_output_name_is_refused_before_any_work(length: int, inputs: tuple[Path, Path, Path],
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_very_long_output_name_is_refused_before_any_work(
+    length: int, inputs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "new" / ("m" * (length - 4) + ".tif")
     res = _run(_args(inputs, out))
     assert res.returncode == 1
@@ -173,7 +223,9 @@ def test_very_long_output_name_is_refused_before_any_work(length: int, inputs: t
     assert not (tmp_path / "new").exists()
 
 
-def test_very_long_output_path_is_refused_before_any_work(inputs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_very_long_output_path_is_refused_before_any_work(
+    inputs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     deep = tmp_path
     for _ in range(17):
         deep = deep / ("d" * 240)
@@ -183,9 +235,12 @@ def test_very_long_output_path_is_refused_before_any_work(inputs: tuple[Path, Pa
     assert not (tmp_path / ("d" * 240)).exists()
 
 
-def test_committed_run_exits_0_when_cleanup_fails(inputs: tuple[Path, Path, Path], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_committed_run_exits_0_when_cleanup_fails(
+    inputs: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Removing a scratch file after the commit fails (simulated EACCES): exit 0, a warning, complete outputs."""
     real_unlink = Path.unlink
 

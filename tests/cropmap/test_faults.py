@@ -87,16 +87,30 @@ def _dead_pid() -> int:
 
 
 def _classify_args(stack: Path, mask: Path, bundle: Path, out: Path, *extra: object) -> list[str]:
-    return ["classify", str(stack), "--mask", str(mask), "--model", str(bundle), "-o", str(out), "-q",
-            "--cloud-band", "none", *map(str, extra)]  # fmt: skip
+    return [
+        "classify",
+        str(stack),
+        "--mask",
+        str(mask),
+        "--model",
+        str(bundle),
+        "-o",
+        str(out),
+        "-q",
+        "--cloud-band",
+        "none",
+        *map(str, extra),
+    ]
 
 
 def _wait_for(predicate: Any, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended (status {proc.returncode}) before {what}: "
-                                 f"{proc.stderr.read() if proc.stderr else ''}")  # fmt: skip
+            raise AssertionError(
+                f"the process ended (status {proc.returncode}) before {what}: "
+                f"{proc.stderr.read() if proc.stderr else ''}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
@@ -111,20 +125,25 @@ def _unshare() -> list[str] | None:
     """``unshare`` arguments that give a child its own mount namespace, or None where that is refused."""
     if shutil.which("unshare") is None:
         return None
-    for args in (["unshare", "-m"], ["unshare", "-r", "-m"]) if os.geteuid() == 0 else (["unshare", "-r", "-m"],):
+    for args in (
+        (["unshare", "-m"], ["unshare", "-r", "-m"]) if os.geteuid() == 0 else (["unshare", "-r", "-m"],)
+    ):
         if subprocess.run([*args, "true"], capture_output=True, check=False).returncode == 0:
             return args
     return None
 
 
-def _in_namespace(setup: str, argv: Sequence[str], listing: Path | None = None, **kw: Any) -> subprocess.CompletedProcess:
+def _in_namespace(
+    setup: str, argv: Sequence[str], listing: Path | None = None, **kw: Any
+) -> subprocess.CompletedProcess:
     """Run ``argv`` after the shell ``setup`` in a private mount namespace; print ``listing``'s files after it."""
     ns = _unshare()
     assert ns is not None
     after = f'; rc=$?; echo "@@FILES@@"; ls -A "{listing}"; exit $rc' if listing is not None else ""
     script = f'set -e; {setup}; set +e; "$@"{after}'
-    return subprocess.run([*ns, "sh", "-c", script, "sh", *argv], capture_output=True, text=True, check=False,
-                          timeout=180, **kw)  # fmt: skip
+    return subprocess.run(
+        [*ns, "sh", "-c", script, "sh", *argv], capture_output=True, text=True, check=False, timeout=180, **kw
+    )
 
 
 def _read_only(folder: Path) -> tuple[list[str], str, Any]:
@@ -133,9 +152,13 @@ def _read_only(folder: Path) -> tuple[list[str], str, Any]:
         folder.chmod(0o555)
         return [], "permission denied", lambda: folder.chmod(0o755)
     if _unshare() is None:
-        pytest.skip("running as root (chmod does not stop root) and no private mount namespace (unshare) here")
-    probe = _in_namespace(f'mount --bind "{folder}" "{folder}"; mount -o remount,bind,ro "{folder}"',
-                          ["sh", "-c", f'! touch "{folder}/.probe" 2>/dev/null'])  # fmt: skip
+        pytest.skip(
+            "running as root (chmod does not stop root) and no private mount namespace (unshare) here"
+        )
+    probe = _in_namespace(
+        f'mount --bind "{folder}" "{folder}"; mount -o remount,bind,ro "{folder}"',
+        ["sh", "-c", f'! touch "{folder}/.probe" 2>/dev/null'],
+    )
     if probe.returncode != 0:
         pytest.skip(f"a read-only bind mount is refused here: {probe.stderr.strip()}")
     ns = " ".join(_unshare() or [])
@@ -146,8 +169,10 @@ def _read_only(folder: Path) -> tuple[list[str], str, Any]:
 
 def _tmpfs_or_skip() -> None:
     if _unshare() is None:
-        pytest.skip("no private mount namespace (unshare) here for a small tmpfs; the full disk is covered by "
-                    "the file-size limit case")  # fmt: skip
+        pytest.skip(
+            "no private mount namespace (unshare) here for a small tmpfs; the full disk is covered by "
+            "the file-size limit case"
+        )
     probe = _in_namespace("d=$(mktemp -d); mount -t tmpfs -o size=16k tmpfs $d", ["true"])
     if probe.returncode != 0:
         pytest.skip(f"mounting a tmpfs is refused here: {probe.stderr.strip()}")
@@ -182,18 +207,24 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ds.update_tags(reflectance_scale="10000")
     x0, y0 = ORIGIN
     box = shapely.box(x0 + 1, y0 - BIG * RES + 1, x0 + BIG * RES - 1, y0 - 1)
-    return {"stack": d / "big.tif", "mask": write_polygons(d / "all.gpkg", [box], CRS),
-            "bundle": write_bundle(d / "tiny.onnx")}  # fmt: skip
+    return {
+        "stack": d / "big.tif",
+        "mask": write_polygons(d / "all.gpkg", [box], CRS),
+        "bundle": write_bundle(d / "tiny.onnx"),
+    }
 
 
 class _OtherProcessHolds:
     """Another live process holding a cropmap lock (a real second process, as a concurrent run would be)."""
 
     def __init__(self, target: Path, what: str) -> None:
-        code = (f"import sys; from pathlib import Path; from cropmap.safeio import RunLock\n"
-                f"with RunLock(Path({str(target)!r}), {what!r}):\n    print('held', flush=True); sys.stdin.read()")  # fmt: skip
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)  # fmt: skip
+        code = (
+            f"import sys; from pathlib import Path; from cropmap.safeio import RunLock\n"
+            f"with RunLock(Path({str(target)!r}), {what!r}):\n    print('held', flush=True); sys.stdin.read()"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
     def __enter__(self) -> subprocess.Popen:
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "held"
@@ -212,8 +243,9 @@ def _invoke(*args: object) -> Any:  # click.testing.Result
 # ---------------------------------------------------------------------------------------------- inputs are never outputs
 
 
-@pytest.mark.parametrize("how", ["same path", "dot-dot", "symlink", "hard link", "inside folder stack",
-                                 "summary is the mask"])  # fmt: skip
+@pytest.mark.parametrize(
+    "how", ["same path", "dot-dot", "symlink", "hard link", "inside folder stack", "summary is the mask"]
+)
 def test_output_never_replaces_an_input(small: dict[str, Path], tmp_path: Path, how: str) -> None:
     stack, mask, bundle = small["stack"], small["mask"], small["bundle"]
     d = stack.parent
@@ -264,8 +296,13 @@ def test_read_only_folder(small: dict[str, Path], tmp_path: Path) -> None:
     before = _hashes(small.values())
     try:
         for out in (out_dir / "map.tif", out_dir / "new" / "deeper" / "map.tif"):
-            proc = subprocess.run([*prefix, *CLI, *_classify_args(small["stack"], small["mask"], small["bundle"], out)],
-                                  capture_output=True, text=True, check=False, timeout=180)  # fmt: skip
+            proc = subprocess.run(
+                [*prefix, *CLI, *_classify_args(small["stack"], small["mask"], small["bundle"], out)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=180,
+            )
             assert proc.returncode == 1, proc.stderr
             _one_error_line(proc.stderr, "could not", cause, str(out_dir))
     finally:
@@ -294,11 +331,16 @@ def test_disk_full_while_writing(small: dict[str, Path], tmp_path: Path, size: s
     _tmpfs_or_skip()
     full = tmp_path / "full"
     full.mkdir()
-    argv = [*CLI, *_classify_args(small["stack"], small["mask"], small["bundle"], full / "map.tif", "--embedding",
-                                  "--confidence")]  # fmt: skip
+    argv = [
+        *CLI,
+        *_classify_args(
+            small["stack"], small["mask"], small["bundle"], full / "map.tif", "--embedding", "--confidence"
+        ),
+    ]
     before = _hashes(small.values())
-    proc = _in_namespace(f'mount -t tmpfs -o size={size} tmpfs "{full}"; echo keep > "{full}/earlier.txt"', argv,
-                         listing=full)  # fmt: skip
+    proc = _in_namespace(
+        f'mount -t tmpfs -o size={size} tmpfs "{full}"; echo keep > "{full}/earlier.txt"', argv, listing=full
+    )
     assert proc.returncode == 1, proc.stderr
     _one_error_line(proc.stderr, "no space left on device", str(full))
     assert proc.stdout.split("@@FILES@@")[1].split() == ["earlier.txt"]  # no output, no temporary, no lock
@@ -317,7 +359,9 @@ def test_file_size_limit(small: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "o" / "map.tif"
     before = _hashes(small.values())
     cmd = [*CLI, *_classify_args(small["stack"], small["mask"], small["bundle"], out, "--embedding")]
-    proc = subprocess.run(_with_file_size_limit(cmd), capture_output=True, text=True, check=False, timeout=180)
+    proc = subprocess.run(
+        _with_file_size_limit(cmd), capture_output=True, text=True, check=False, timeout=180
+    )
     assert proc.returncode == 1, proc.stderr
     _one_error_line(proc.stderr, "could not", "file too large", "ulimit -f")
     assert not (tmp_path / "o").exists()  # the folder it made is removed again
@@ -354,7 +398,9 @@ def test_existing_output_names_the_cli_flag(small: dict[str, Path], tmp_path: Pa
 def test_bad_input_creates_no_folder(small: dict[str, Path], tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.tif"
     garbage.write_bytes(b"not a tiff" * 100)
-    res = _invoke(*_classify_args(garbage, small["mask"], small["bundle"], tmp_path / "a" / "b" / "c" / "map.tif"))
+    res = _invoke(
+        *_classify_args(garbage, small["mask"], small["bundle"], tmp_path / "a" / "b" / "c" / "map.tif")
+    )
     assert res.exit_code == 1
     _one_error_line(res.output, "garbage.tif")
     assert not (tmp_path / "a").exists()
@@ -370,15 +416,21 @@ def test_commit_is_all_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(FileSystemError, match="no such file or directory"):
         replace_all([(tmp_a, first), (tmp_b, second)])
     assert first.read_text() == "old a" and not second.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.tif", tmp_a.name])  # the caller removes tmp_a
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a.tif", tmp_a.name]
+    )  # the caller removes tmp_a
 
 
 # ---------------------------------------------------------------------------------------------- killed runs, signals, races
 
 
 def _start(big: dict[str, Path], out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, *_classify_args(big["stack"], big["mask"], big["bundle"], out, *SLOW_ARGS, *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [*CLI, *_classify_args(big["stack"], big["mask"], big["bundle"], out, *SLOW_ARGS, *extra)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_sigkill_debris_is_removed_by_the_next_run_and_only_it(big: dict[str, Path], tmp_path: Path) -> None:
@@ -393,7 +445,9 @@ def test_sigkill_debris_is_removed_by_the_next_run_and_only_it(big: dict[str, Pa
     assert proc.returncode == -signal.SIGKILL
     left = _files(out_dir)
     assert not any(n in left for n in ("map.tif", "map_summary.json", "map_confidence.tif"))  # nothing final
-    assert any(f"-{proc.pid}-" in n for n in left)  # the killed run's owned temporaries (and its released lock)
+    assert any(
+        f"-{proc.pid}-" in n for n in left
+    )  # the killed run's owned temporaries (and its released lock)
 
     # ... beside files the next run must not touch: a live process's temporary, another output's, a user file.
     live = out_dir / f".map.tif.cropmap-{HOST}-{os.getpid()}-0123abcd.scratch.tif"
@@ -401,8 +455,13 @@ def test_sigkill_debris_is_removed_by_the_next_run_and_only_it(big: dict[str, Pa
     note = out_dir / ".notes.txt"
     for p in (live, other, note):
         p.write_text("keep")
-    rerun = subprocess.run([*CLI, *_classify_args(big["stack"], big["mask"], big["bundle"], out, "--confidence")],
-                           capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+    rerun = subprocess.run(
+        [*CLI, *_classify_args(big["stack"], big["mask"], big["bundle"], out, "--confidence")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert not any(f"-{proc.pid}-" in n for n in _files(out_dir))
     assert {live.name, other.name, note.name} <= set(_files(out_dir))
@@ -429,16 +488,28 @@ def test_two_concurrent_runs_one_is_refused(big: dict[str, Path], tmp_path: Path
     out = tmp_path / "map.tif"
     before = _hashes(big.values())
     first = _start(big, out, "--overwrite")
-    _wait_for(lambda: lock_path(out).exists() and lock_path(out).stat().st_size > 0, 120, "the first run's lock",
-              first)  # fmt: skip
-    second = subprocess.run([*CLI, *_classify_args(big["stack"], big["mask"], big["bundle"], out, "--overwrite")],
-                            capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+    _wait_for(
+        lambda: lock_path(out).exists() and lock_path(out).stat().st_size > 0,
+        120,
+        "the first run's lock",
+        first,
+    )
+    second = subprocess.run(
+        [*CLI, *_classify_args(big["stack"], big["mask"], big["bundle"], out, "--overwrite")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert second.returncode == 1, second.stderr
-    _one_error_line(second.stderr, "is being written by another cropmap run", f"process {first.pid}", "started")
-    assert sorted(_files(tmp_path)) == sorted(["map.qml", "map.tif", "map.tif.aux.xml", "map_quicklook.png",
-                                               "map_stac.json", "map_summary.json"])  # fmt: skip
+    _one_error_line(
+        second.stderr, "is being written by another cropmap run", f"process {first.pid}", "started"
+    )
+    assert sorted(_files(tmp_path)) == sorted(
+        ["map.qml", "map.tif", "map.tif.aux.xml", "map_quicklook.png", "map_stac.json", "map_summary.json"]
+    )
     assert json.loads((tmp_path / "map_summary.json").read_text())["pixels"]["classified"] > 0
     assert _hashes(big.values()) == before
 
@@ -479,11 +550,17 @@ def test_values_that_cannot_be_reflectance(small: dict[str, Path], tmp_path: Pat
     elif case == "negative fill":
         neg = v.astype(np.int16)
         neg[:, :, :8, :] = -9999
-        stack, words = write_stack_descriptions(tmp_path / "s.tif", neg, dtype="int16"), ("below reflectance",)
+        stack, words = (
+            write_stack_descriptions(tmp_path / "s.tif", neg, dtype="int16"),
+            ("below reflectance",),
+        )
     else:
         hi = v.copy()
         hi[:, :, :8, :] = 65535
-        stack, words = write_stack_descriptions(tmp_path / "s.tif", hi), ("above reflectance 2, the physical maximum",)
+        stack, words = (
+            write_stack_descriptions(tmp_path / "s.tif", hi),
+            ("above reflectance 2, the physical maximum",),
+        )
     out = tmp_path / "o" / "map.tif"
     before = _hashes([stack])
     res = _invoke(*_classify_args(stack, small["mask"], small["bundle"], out, *extra))
@@ -498,18 +575,26 @@ def test_no_pixel_classified_is_an_error(small: dict[str, Path], tmp_path: Path)
     out = tmp_path / "o" / "map.tif"
     res = _invoke(*_classify_args(stack, small["mask"], small["bundle"], out))
     assert res.exit_code == 1
-    _one_error_line(res.output, "no pixel was classified", "fewer than 2 valid observations", "nothing was written")
+    _one_error_line(
+        res.output, "no pixel was classified", "fewer than 2 valid observations", "nothing was written"
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_geojson_without_crs_in_projected_coordinates(small: dict[str, Path], tmp_path: Path) -> None:
-    gj = {"type": "FeatureCollection",
-          "features": [{"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(polygon_a())}]}  # fmt: skip
+    gj = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(polygon_a())}
+        ],
+    }
     mask = tmp_path / "fields.geojson"
     mask.write_text(json.dumps(gj))
     res = _invoke(*_classify_args(small["stack"], mask, small["bundle"], tmp_path / "o" / "map.tif"))
     assert res.exit_code == 1
-    line = _one_error_line(res.output, "GeoJSON without a `crs` member is read as longitude/latitude", "600052.0")
+    line = _one_error_line(
+        res.output, "GeoJSON without a `crs` member is read as longitude/latitude", "600052.0"
+    )
     assert "inf" not in line
     assert not (tmp_path / "o").exists()
 
@@ -528,8 +613,23 @@ def test_batch_read_only_out_dir(small: dict[str, Path], tmp_path: Path) -> None
     manifest = _manifest(small, tmp_path / "regions.csv")
     prefix, cause, undo = _read_only(out_dir)
     try:
-        proc = subprocess.run([*prefix, *CLI, "batch", str(manifest), "--model", str(small["bundle"]), "--out-dir",
-                               str(out_dir), "-q"], capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [
+                *prefix,
+                *CLI,
+                "batch",
+                str(manifest),
+                "--model",
+                str(small["bundle"]),
+                "--out-dir",
+                str(out_dir),
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
     finally:
         undo()
     assert proc.returncode == 1, proc.stderr
@@ -545,7 +645,9 @@ def test_batch_state_faults(small: dict[str, Path], tmp_path: Path, case: str) -
     args = ["batch", manifest, "--model", small["bundle"], "--out-dir", out_dir, "-q"]
     if case == "summary is the manifest":  # a JSON manifest kept in the batch folder under the summary's name
         manifest = out_dir / "batch_summary.json"
-        manifest.write_text(json.dumps([{"name": "alpha", "stack": str(small["stack"]), "mask": str(small["mask"])}]))
+        manifest.write_text(
+            json.dumps([{"name": "alpha", "stack": str(small["stack"]), "mask": str(small["mask"])}])
+        )
         args[1], words = manifest, ("never writes over an input",)
     elif case == "state file is a folder":
         (out_dir / "batch_state.json").mkdir()
@@ -562,7 +664,9 @@ def test_batch_state_faults(small: dict[str, Path], tmp_path: Path, case: str) -
     assert _hashes([tmp_path]) == before
 
 
-def test_batch_region_on_a_file_size_limit_fails_with_the_cause(small: dict[str, Path], tmp_path: Path) -> None:
+def test_batch_region_on_a_file_size_limit_fails_with_the_cause(
+    small: dict[str, Path], tmp_path: Path
+) -> None:
     """A region task hitting a real write fault records the cause in one line (not "Write failed"), leaves no debris."""
     code = f"""
 import json
@@ -576,8 +680,13 @@ job = RegionJob(region=region, out_dir=Path({str(tmp_path)!r}), model=Path({str(
 print(json.dumps(run_region(job)))
 """
 
-    proc = subprocess.run(_with_file_size_limit([sys.executable, "-c", code]), capture_output=True, text=True,
-                          check=False, timeout=180)  # fmt: skip
+    proc = subprocess.run(
+        _with_file_size_limit([sys.executable, "-c", code]),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == "failed" and "traceback" not in result

@@ -72,12 +72,20 @@ def _invoke(*args: object) -> Any:  # click.testing.Result
 
 
 def _classify(stack: Path, mask: Path, bundle: Path, out: Path, *extra: object) -> Any:
-    return _invoke("classify", stack, "--mask", mask, "--model", bundle, "-o", out, "--cloud-band", "none",
-                   *extra)
+    return _invoke(
+        "classify", stack, "--mask", mask, "--model", bundle, "-o", out, "--cloud-band", "none", *extra
+    )
 
 
-def _write_stack(path: Path, dates: Sequence[dt.date], bands: Sequence[str] = STACK_BANDS, *, seed: int = 0,
-                 tags: dict[str, str] | None = None, **kw: Any) -> Path:  # fmt: skip
+def _write_stack(
+    path: Path,
+    dates: Sequence[dt.date],
+    bands: Sequence[str] = STACK_BANDS,
+    *,
+    seed: int = 0,
+    tags: dict[str, str] | None = None,
+    **kw: Any,
+) -> Path:
     """A time-major stack of ``dates`` x ``bands`` without nodata holes (every mask pixel is classified)."""
     rng = np.random.default_rng(seed)
     vals = rng.integers(500, 4000, size=(len(dates) * len(bands), HEIGHT, WIDTH), dtype=np.uint16)
@@ -93,8 +101,11 @@ def _write_stack(path: Path, dates: Sequence[dt.date], bands: Sequence[str] = ST
 def _monthly_grid_bundle(path: Path) -> Path:
     """A bundle whose grid is 12 monthly steps of a November - October season."""
     refs = tuple(dt.date(2020 + (m < 11), m, 1) for m in (11, 12, *range(1, 11)))
-    grid = TimeGrid(season_start="11-01", day_of_season=tuple((d - dt.date(2020, 11, 1)).days for d in refs),
-                    reference_dates=tuple(d.isoformat() for d in refs))  # fmt: skip
+    grid = TimeGrid(
+        season_start="11-01",
+        day_of_season=tuple((d - dt.date(2020, 11, 1)).days for d in refs),
+        reference_dates=tuple(d.isoformat() for d in refs),
+    )
     return write_bundle(path, base_metadata(time_grid=grid))
 
 
@@ -112,10 +123,12 @@ def small(tmp_path: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------- batch: one overlap rule
 
 
-@pytest.mark.parametrize("case", ["stack", "stack --overwrite", "mask --overwrite",
-                                  "folder stack --overwrite"])  # fmt: skip
-def test_batch_region_output_never_replaces_another_regions_input(small: dict[str, Path], tmp_path: Path,
-                                                                  case: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "case", ["stack", "stack --overwrite", "mask --overwrite", "folder stack --overwrite"]
+)
+def test_batch_region_output_never_replaces_another_regions_input(
+    small: dict[str, Path], tmp_path: Path, case: str
+) -> None:
     """Region alpha's input lies where region beta writes; the batch is refused before any region runs."""
     out_dir = tmp_path / "batch"
     (out_dir / "beta").mkdir(parents=True)
@@ -145,8 +158,18 @@ def test_batch_region_output_never_replaces_another_regions_input(small: dict[st
     manifest.write_text(f"name,stack,mask\nalpha,{stack},{mask}\nbeta,{small['stack']},{small['mask']}\n")
     before = _hashes([tmp_path])
     extra = ["--overwrite"] if "--overwrite" in case else []
-    res = _invoke("batch", manifest, "--model", small["bundle"], "--out-dir", out_dir, "-q", "--cloud-band",
-                  "none", *extra)
+    res = _invoke(
+        "batch",
+        manifest,
+        "--model",
+        small["bundle"],
+        "--out-dir",
+        out_dir,
+        "-q",
+        "--cloud-band",
+        "none",
+        *extra,
+    )
     assert res.exit_code == 1, res.output
     _one_error_line(res.output, *named)
     assert _hashes([tmp_path]) == before
@@ -158,8 +181,19 @@ def test_batch_without_overlap_still_runs(small: dict[str, Path], tmp_path: Path
     out_dir = tmp_path / "batch"
     manifest = tmp_path / "regions.csv"
     manifest.write_text(f"name,stack,mask\nalpha,{small['stack']},{small['mask']}\n")
-    res = _invoke("batch", manifest, "--model", small["bundle"], "--out-dir", out_dir, "-q", "--cloud-band",
-                  "none", "--workers", "1")
+    res = _invoke(
+        "batch",
+        manifest,
+        "--model",
+        small["bundle"],
+        "--out-dir",
+        out_dir,
+        "-q",
+        "--cloud-band",
+        "none",
+        "--workers",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     assert (out_dir / "alpha" / "alpha.tif").is_file()
 
@@ -181,15 +215,20 @@ def _poisoned_bundle(path: Path, value: float) -> Path:
 
 
 @pytest.mark.parametrize(("value", "word"), [(float("nan"), "NaN"), (float("inf"), "infinite")])
-def test_non_finite_logits_stop_the_run(small: dict[str, Path], tmp_path: Path, value: float,
-                                        word: str) -> None:  # fmt: skip
+def test_non_finite_logits_stop_the_run(
+    small: dict[str, Path], tmp_path: Path, value: float, word: str
+) -> None:
     bundle = _poisoned_bundle(tmp_path / "in" / "poisoned.onnx", value)
     out = tmp_path / "out" / "map.tif"
     before = _hashes([tmp_path / "in"])
     res = _classify(small["stack"], small["mask"], bundle, out, "-q", "--confidence")
     assert res.exit_code == 1
-    _one_error_line(res.output, f"bundle {bundle.resolve()} returned {word} logits for", "pixels of a block",
-                    "nothing was written")  # fmt: skip
+    _one_error_line(
+        res.output,
+        f"bundle {bundle.resolve()} returned {word} logits for",
+        "pixels of a block",
+        "nothing was written",
+    )
     assert not (tmp_path / "out").exists()
     assert _hashes([tmp_path / "in"]) == before
 
@@ -252,8 +291,17 @@ def _spiked() -> shapely.Polygon:
     """polygon_a with a zero-width spike 100 m east from its east edge, along a row of pixel centres."""
     x0, y0 = ORIGIN
     right, mid = x0 + 253, y0 - 125
-    return shapely.Polygon([(x0 + 52, y0 - 213), (right, y0 - 213), (right, mid), (right + 100, mid),
-                            (right, mid), (right, y0 - 47), (x0 + 52, y0 - 47)])  # fmt: skip
+    return shapely.Polygon(
+        [
+            (x0 + 52, y0 - 213),
+            (right, y0 - 213),
+            (right, mid),
+            (right + 100, mid),
+            (right, mid),
+            (right, y0 - 47),
+            (x0 + 52, y0 - 47),
+        ]
+    )
 
 
 def _sliver() -> shapely.Polygon:
@@ -285,8 +333,9 @@ def test_a_mask_of_only_degenerate_polygons_is_an_error(small: dict[str, Path], 
     mask = write_polygons(tmp_path / "in" / "sliver.gpkg", [_sliver()], CRS)
     res = _classify(small["stack"], mask, small["bundle"], tmp_path / "out" / "map.tif", "-q")
     assert res.exit_code == 1
-    _one_error_line(res.output, f"mask {mask.resolve()} holds only degenerate polygons (2 parts without "
-                    "area)")
+    _one_error_line(
+        res.output, f"mask {mask.resolve()} holds only degenerate polygons (2 parts without area)"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -308,9 +357,13 @@ def test_stack_covering_half_the_season_is_refused(small: dict[str, Path], tmp_p
     out = tmp_path / "out" / "map.tif"
     res = _classify(stack, small["mask"], bundle, out, "-q")
     assert res.exit_code == 1
-    _one_error_line(res.output, "the stack's dates of season 2020 (2021-05-01 .. 2021-10-01) cover 7 of the "
-                    "12 time steps", "(season starting 11-01; 58%)", "days [0, 30, 61, 92, 120]",
-                    "pass --allow-partial-season to classify it anyway")  # fmt: skip
+    _one_error_line(
+        res.output,
+        "the stack's dates of season 2020 (2021-05-01 .. 2021-10-01) cover 7 of the 12 time steps",
+        "(season starting 11-01; 58%)",
+        "days [0, 30, 61, 92, 120]",
+        "pass --allow-partial-season to classify it anyway",
+    )
     assert not (tmp_path / "out").exists() and _hashes([tmp_path / "in"]) == before
     res = _classify(stack, small["mask"], bundle, out, "--allow-partial-season")
     assert res.exit_code == 0, res.output
@@ -376,8 +429,13 @@ def test_l1c_stack_under_an_l2a_bundle_is_refused(small: dict[str, Path], tmp_pa
     out = tmp_path / "out" / "map.tif"
     res = _classify(stack, small["mask"], small["bundle"], out, "-q")
     assert res.exit_code == 1
-    _one_error_line(res.output, "looks like a Sentinel-2 L1C (top-of-atmosphere) product", evidence,
-                    f"bundle {small['bundle']}", "pass --allow-l1c to classify it anyway")  # fmt: skip
+    _one_error_line(
+        res.output,
+        "looks like a Sentinel-2 L1C (top-of-atmosphere) product",
+        evidence,
+        f"bundle {small['bundle']}",
+        "pass --allow-l1c to classify it anyway",
+    )
     assert not (tmp_path / "out").exists() and _hashes([d]) == before
     res = _classify(stack, small["mask"], small["bundle"], out, "--allow-l1c")
     assert res.exit_code == 0, res.output

@@ -17,8 +17,9 @@ from cropmap.errors import MaskError
 from cropmap.writer import read_class_names
 
 
-def test_class_names_survive_copying_the_tif_alone(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_class_names_survive_copying_the_tif_alone(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, tmp_path: Path
+) -> None:
     cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "map.tif")
     alone = tmp_path / "elsewhere"
     alone.mkdir()
@@ -26,7 +27,10 @@ def test_class_names_survive_copying_the_tif_alone(stack_desc: Path, polygons: P
     assert sorted(p.name for p in alone.iterdir()) == ["map.tif"]  # no .aux.xml, no .qml
     assert read_class_names(alone / "map.tif") == {c.code: c.name for c in CLASSES}
     with rasterio.open(alone / "map.tif") as ds:
-        legend = {c["value"]: (c["name"], c["color"]) for c in __import__("json").loads(ds.tags()["cropmap_classes"])}
+        legend = {
+            c["value"]: (c["name"], c["color"])
+            for c in __import__("json").loads(ds.tags()["cropmap_classes"])
+        }
         assert legend == {c.code: (c.name, c.color) for c in CLASSES}
         assert ds.descriptions == ("crop_class",)
         cmap = ds.colormap(1)
@@ -36,8 +40,15 @@ def test_class_names_survive_copying_the_tif_alone(stack_desc: Path, polygons: P
 
 
 def test_stac_item(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path) -> None:
-    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "map.tif", confidence=True,
-                               probabilities=True, uncertainty="margin")  # fmt: skip
+    summary = cropmap.classify(
+        stack_desc,
+        polygons,
+        model=bundle,
+        out=outdir / "map.tif",
+        confidence=True,
+        probabilities=True,
+        uncertainty="margin",
+    )
     path = outdir / "map_stac.json"
     assert summary["outputs"]["stac"] == str(path)
     item = read_json(path)
@@ -50,7 +61,9 @@ def test_stac_item(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path)
     assert props["proj:transform"] == list(TRANSFORM)[:6]
     assert props["datetime"] is None and props["start_datetime"] <= props["end_datetime"]
     lon0, lat0, lon1, lat1 = item["bbox"]
-    assert lon0 < lon1 and lat0 < lat1 and 0 < lon0 < 10 and 45 < lat0 < 55  # UTM 31N near x=600 km, y=5600 km
+    assert (
+        lon0 < lon1 and lat0 < lat1 and 0 < lon0 < 10 and 45 < lat0 < 55
+    )  # UTM 31N near x=600 km, y=5600 km
     assert item["geometry"]["type"] == "Polygon"
     for name, asset in item["assets"].items():
         assert (outdir / asset["href"]).is_file(), name  # hrefs are relative to the item's folder
@@ -65,8 +78,9 @@ def test_stac_item(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path)
     assert not list(outdir.glob(".*"))  # written atomically: no temporary left
 
 
-def test_quicklook_tells_outside_mask_from_too_little_data(stack_desc: Path, polygons: Path, bundle: Path,
-                                                           outdir: Path) -> None:  # fmt: skip
+def test_quicklook_tells_outside_mask_from_too_little_data(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     import matplotlib.image as mpimg
 
     from cropmap.quicklook import INSUFFICIENT_RGBA, OUTSIDE_RGBA
@@ -100,7 +114,9 @@ def two_layers(tmp_path: Path) -> Path:
 
 
 def test_mask_layer(stack_desc: Path, polygons: Path, bundle: Path, two_layers: Path) -> None:
-    with pytest.raises(MaskError, match=r"2 layers \(cropland, roads\); name the cropland one with --mask-layer"):
+    with pytest.raises(
+        MaskError, match=r"2 layers \(cropland, roads\); name the cropland one with --mask-layer"
+    ):
         cropmap.classify_array(stack_desc, two_layers, model=bundle)
     with pytest.raises(MaskError, match=r"no layer 'fields'; its layers are cropland, roads"):
         cropmap.classify_array(stack_desc, two_layers, model=bundle, mask_layer="fields")
@@ -118,22 +134,40 @@ def test_cli_new_flags(stack_desc: Path, bundle: Path, two_layers: Path, outdir:
     res = runner.invoke(main, args)
     assert res.exit_code == 1 and "--mask-layer" in res.output.strip().splitlines()[-1]
     assert len([ln for ln in res.output.splitlines() if ln.startswith("Error:")]) == 1
-    res = runner.invoke(main, [*args, "--mask-layer", "cropland", "--probabilities", "--uncertainty", "entropy",
-                               "--majority-filter", "3", "--smooth-probabilities", "0.8", "--confidence"])  # fmt: skip
+    res = runner.invoke(
+        main,
+        [
+            *args,
+            "--mask-layer",
+            "cropland",
+            "--probabilities",
+            "--uncertainty",
+            "entropy",
+            "--majority-filter",
+            "3",
+            "--smooth-probabilities",
+            "0.8",
+            "--confidence",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "probabilities: UNCALIBRATED" in res.output
     for name in ("map_probabilities.tif", "map_uncertainty.tif", "map_confidence.tif", "map_stac.json"):
         assert (outdir / name).is_file()
     s = read_json(outdir / "map_summary.json")
-    assert s["inputs"]["mask_layer"] == "cropland" and s["postprocessing"]["smooth_probabilities_sigma_px"] == 0.8
+    assert (
+        s["inputs"]["mask_layer"] == "cropland"
+        and s["postprocessing"]["smooth_probabilities_sigma_px"] == 0.8
+    )
     for bad in (["--majority-filter", "4"], ["--smooth-probabilities", "0"], ["--uncertainty", "least"]):
         res = runner.invoke(main, [*args, "--mask-layer", "cropland", "--overwrite", *bad])
         assert res.exit_code == 2, (bad, res.output)
 
 
 @pytest.mark.parametrize("crs, shape", [("EPSG:4326", (3, 400)), ("EPSG:32631", (300, 2))])
-def test_quicklook_of_a_thin_map_in_any_crs_shows_every_class_and_its_legend(tmp_path: Path, crs: str,
-                                                                             shape: tuple[int, int]) -> None:  # fmt: skip
+def test_quicklook_of_a_thin_map_in_any_crs_shows_every_class_and_its_legend(
+    tmp_path: Path, crs: str, shape: tuple[int, int]
+) -> None:
     from PIL import Image
     from rasterio.transform import from_origin
 
@@ -144,8 +178,17 @@ def test_quicklook_of_a_thin_map_in_any_crs_shows_every_class_and_its_legend(tmp
     codes.flat[: codes.size // 2] = CLASSES[0].code
     codes.flat[codes.size // 2 :] = CLASSES[1].code
     path = tmp_path / "map.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=shape[1], height=shape[0], count=1, dtype="uint8", crs=crs,
-                       transform=from_origin(4.5, 51.0, res, res) if crs == "EPSG:4326" else TRANSFORM) as ds:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=shape[1],
+        height=shape[0],
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=from_origin(4.5, 51.0, res, res) if crs == "EPSG:4326" else TRANSFORM,
+    ) as ds:
         ds.write(codes, 1)
     write_quicklook(path, tmp_path / "q.png", CLASSES, {c.code: 1.0 for c in CLASSES}, title="thin")
     img = np.asarray(Image.open(tmp_path / "q.png").convert("RGB")).astype(int)

@@ -76,7 +76,8 @@ def _stand_in_slurm(tmp_path: Path) -> dict[str, str]:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     # The standard dask-jobqueue configuration file: what flags do not set comes from here.
-    (cfg / "jobqueue.yaml").write_text(textwrap.dedent(f"""\
+    (cfg / "jobqueue.yaml").write_text(
+        textwrap.dedent(f"""\
         jobqueue:
           slurm:
             memory: 2GB
@@ -86,17 +87,16 @@ def _stand_in_slurm(tmp_path: Path) -> dict[str, str]:
             scheduler-options:
               host: 127.0.0.1
             worker-extra-args: ["--host", "127.0.0.1"]
-        """))  # fmt: skip
+        """)
+    )
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "JOBS": str(jobs), "DASK_CONFIG": str(cfg)}
 
 
 def _stop_jobs(jobs: Path) -> None:
     """Kill whatever job the run left (there should be none: the batch cancels its jobs)."""
     for line in (jobs / "ids").read_text().split():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(int(line), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _inputs(d: Path) -> Path:
@@ -119,26 +119,67 @@ def test_batch_on_stand_in_slurm_matches_local(tmp_path: Path) -> None:
     manifest = _inputs(tmp_path)
     env = {**os.environ, **_stand_in_slurm(tmp_path)}
     jobs = Path(env["JOBS"])
-    base = [sys.executable, "-m", "cropmap", "batch", str(manifest), "--model", str(tmp_path / "tiny.onnx"),
-            "--confidence", "--block-size", "16"]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "cropmap",
+        "batch",
+        str(manifest),
+        "--model",
+        str(tmp_path / "tiny.onnx"),
+        "--confidence",
+        "--block-size",
+        "16",
+    ]
     try:
         t0 = time.monotonic()
-        hpc = subprocess.run([*base, "--out-dir", str(tmp_path / "hpc"), "--cluster", "slurm", "--cores", "2",
-                              "--jobs", "1", "--queue", "short", "--account", "crops",
-                              "--job-extra=--constraint=stand-in"],
-                             env=env, capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
+        hpc = subprocess.run(
+            [
+                *base,
+                "--out-dir",
+                str(tmp_path / "hpc"),
+                "--cluster",
+                "slurm",
+                "--cores",
+                "2",
+                "--jobs",
+                "1",
+                "--queue",
+                "short",
+                "--account",
+                "crops",
+                "--job-extra=--constraint=stand-in",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
         assert hpc.returncode == 0, hpc.stderr + hpc.stdout
         assert time.monotonic() - t0 < 240
-        local = subprocess.run([*base, "--out-dir", str(tmp_path / "local"), "--workers", "2"], env=env,
-                               capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
+        local = subprocess.run(
+            [*base, "--out-dir", str(tmp_path / "local"), "--workers", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
         assert local.returncode == 0, local.stderr
     finally:
         time.sleep(0.5)
         _stop_jobs(jobs)
     # The job script dask-jobqueue wrote carries the flags and the configuration file's settings.
     script = (jobs / "script-last.sh").read_text()
-    for directive in ("#SBATCH -p short", "#SBATCH -A crops", "#SBATCH -n 1", "#SBATCH --cpus-per-task=2",
-                      "#SBATCH -t 00:10:00", "#SBATCH --constraint=stand-in"):  # fmt: skip
+    for directive in (
+        "#SBATCH -p short",
+        "#SBATCH -A crops",
+        "#SBATCH -n 1",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH -t 00:10:00",
+        "#SBATCH --constraint=stand-in",
+    ):
         assert directive in script, script
     assert "--nworkers 2" in script and "--nthreads 1" in script, script
     # The job really ran the workers, and the batch cancelled it at the end.
@@ -147,7 +188,8 @@ def test_batch_on_stand_in_slurm_matches_local(tmp_path: Path) -> None:
     for name in NAMES:
         assert _outputs(tmp_path / "hpc" / name) == _outputs(tmp_path / "local" / name)
         assert (tmp_path / "hpc" / name / f"{name}.tif").read_bytes() == (
-            tmp_path / "local" / name / f"{name}.tif").read_bytes()  # fmt: skip
+            tmp_path / "local" / name / f"{name}.tif"
+        ).read_bytes()
     assert "8787" not in hpc.stderr + local.stderr
 
 
@@ -155,10 +197,29 @@ def test_cluster_needs_cores_and_memory(tmp_path: Path) -> None:
     """Neither flag nor configuration sets cores: one line naming both places, exit 1, no job submitted."""
     manifest = _inputs(tmp_path)
     env = {**os.environ, **_stand_in_slurm(tmp_path)}
-    (tmp_path / "dask" / "jobqueue.yaml").write_text("jobqueue:\n  slurm:\n    cores: null\n    memory: null\n")
-    proc = subprocess.run([sys.executable, "-m", "cropmap", "batch", str(manifest), "--out-dir",
-                           str(tmp_path / "o"), "--model", str(tmp_path / "tiny.onnx"), "--cluster", "slurm"],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    (tmp_path / "dask" / "jobqueue.yaml").write_text(
+        "jobqueue:\n  slurm:\n    cores: null\n    memory: null\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cropmap",
+            "batch",
+            str(manifest),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--model",
+            str(tmp_path / "tiny.onnx"),
+            "--cluster",
+            "slurm",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: --cluster slurm:"), proc.stderr
@@ -171,11 +232,26 @@ def test_cluster_flags_without_cluster_are_refused(tmp_path: Path) -> None:
 
     from cropmap.cli import main
 
-    res = CliRunner().invoke(main, ["batch", "--stack", "a.tif", "--mask", "m.gpkg", "--out-dir", str(tmp_path),
-                                    "--cores", "4"])  # fmt: skip
+    res = CliRunner().invoke(
+        main, ["batch", "--stack", "a.tif", "--mask", "m.gpkg", "--out-dir", str(tmp_path), "--cores", "4"]
+    )
     assert res.exit_code == 2 and "--cores" in res.output and "expected --cluster" in res.output
-    res = CliRunner().invoke(main, ["batch", "--stack", "a.tif", "--mask", "m.gpkg", "--out-dir", str(tmp_path),
-                                    "--cluster", "slurm", "--workers", "2"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "batch",
+            "--stack",
+            "a.tif",
+            "--mask",
+            "m.gpkg",
+            "--out-dir",
+            str(tmp_path),
+            "--cluster",
+            "slurm",
+            "--workers",
+            "2",
+        ],
+    )
     assert res.exit_code == 2 and "--cluster" in res.output
 
 
@@ -190,21 +266,47 @@ def test_missing_dask_jobqueue_is_one_line(tmp_path: Path) -> None:
                     "--model", {str(tmp_path / "tiny.onnx")!r}, "--cluster", "pbs", "--cores", "2", "--memory", "1GB"]
         main()
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip() == ("Error: --cluster pbs needs dask-jobqueue, which is not installed here; expected "
-                                   "it installed (pip install 'cropmap[hpc]')")  # fmt: skip
+    assert proc.stderr.strip() == (
+        "Error: --cluster pbs needs dask-jobqueue, which is not installed here; expected "
+        "it installed (pip install 'cropmap[hpc]')"
+    )
 
 
 def test_failing_submit_command_is_one_line(tmp_path: Path) -> None:
     """sbatch refuses the job (e.g. an unknown partition): one line with its message, exit 1, nothing left."""
     manifest = _inputs(tmp_path)
     env = {**os.environ, **_stand_in_slurm(tmp_path)}
-    (tmp_path / "bin" / "sbatch").write_text('#!/bin/bash\necho "sbatch: error: invalid partition specified: nope" >&2\n'
-                                             "exit 1\n")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "cropmap", "batch", str(manifest), "--out-dir", str(tmp_path / "o"),
-                           "--model", str(tmp_path / "tiny.onnx"), "--cluster", "slurm", "--cores", "1", "--queue",
-                           "nope"], env=env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    (tmp_path / "bin" / "sbatch").write_text(
+        '#!/bin/bash\necho "sbatch: error: invalid partition specified: nope" >&2\nexit 1\n'
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cropmap",
+            "batch",
+            str(manifest),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--model",
+            str(tmp_path / "tiny.onnx"),
+            "--cluster",
+            "slurm",
+            "--cores",
+            "1",
+            "--queue",
+            "nope",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 1, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("Error")]
     assert len(lines) == 1 and "submitting the worker jobs failed" in lines[0], proc.stderr
@@ -248,10 +350,17 @@ def _install_slurm() -> str | None:
     if all(shutil.which(c) or os.path.exists(f"/usr/sbin/{c}") for c in need):
         return None
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "SLURM (slurm-wlm, munge) is not installed and cannot be installed here (not root, or no apt-get)"
-    proc = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"],
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, capture_output=True, text=True,
-                          timeout=900, check=False)  # fmt: skip
+        return (
+            "SLURM (slurm-wlm, munge) is not installed and cannot be installed here (not root, or no apt-get)"
+        )
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"],
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     if proc.returncode != 0:
         tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
         return f"apt-get install slurm-wlm munge failed ({tail})"
@@ -285,8 +394,11 @@ def real_slurm(tmp_path_factory: pytest.TempPathFactory) -> Any:
         (d / sub).mkdir()
     host = socket.gethostname().split(".")[0]
     conf = d / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(host=host, d=d, ctld_port=_free_port(), d_port=_free_port(),
-                                      cpus=os.cpu_count() or 1))  # fmt: skip
+    conf.write_text(
+        SLURM_CONF.format(
+            host=host, d=d, ctld_port=_free_port(), d_port=_free_port(), cpus=os.cpu_count() or 1
+        )
+    )
     key = d / "munge" / "munge.key"
     if os.path.exists("/etc/munge/munge.key"):
         shutil.copy("/etc/munge/munge.key", key)
@@ -295,7 +407,8 @@ def real_slurm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     key.chmod(0o600)
     (d / "munge").chmod(0o700)
     env = {**os.environ, "SLURM_CONF": str(conf), "DASK_CONFIG": str(d / "dask")}
-    (d / "dask" / "jobqueue.yaml").write_text(textwrap.dedent(f"""\
+    (d / "dask" / "jobqueue.yaml").write_text(
+        textwrap.dedent(f"""\
         jobqueue:
           slurm:
             walltime: "00:10:00"
@@ -304,14 +417,22 @@ def real_slurm(tmp_path_factory: pytest.TempPathFactory) -> Any:
             scheduler-options:
               host: 127.0.0.1
             worker-extra-args: ["--host", "127.0.0.1"]
-        """))  # fmt: skip
+        """)
+    )
     munged = shutil.which("munged") or "/usr/sbin/munged"
     starts = [
-        [munged, "--force", f"--socket={d}/munge/munge.socket", f"--pid-file={d}/munge/munged.pid",
-         f"--log-file={d}/munge/munged.log", f"--seed-file={d}/munge/seed", f"--key-file={key}"],
+        [
+            munged,
+            "--force",
+            f"--socket={d}/munge/munge.socket",
+            f"--pid-file={d}/munge/munged.pid",
+            f"--log-file={d}/munge/munged.log",
+            f"--seed-file={d}/munge/seed",
+            f"--key-file={key}",
+        ],
         [shutil.which("slurmctld") or "/usr/sbin/slurmctld", "-f", str(conf)],
         [shutil.which("slurmd") or "/usr/sbin/slurmd", "-f", str(conf)],
-    ]  # fmt: skip
+    ]
     pids = [d / "munge" / "munged.pid", d / "slurmctld.pid", d / "slurmd.pid"]
     try:
         for argv in starts:
@@ -322,8 +443,9 @@ def real_slurm(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 pytest.skip(reason)
         deadline = time.monotonic() + 60
         while True:
-            info = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=30,
-                                  check=False)  # fmt: skip
+            info = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=30, check=False
+            )
             if info.stdout.strip() in ("idle", "mixed"):
                 break
             if time.monotonic() > deadline:
@@ -333,15 +455,18 @@ def real_slurm(tmp_path_factory: pytest.TempPathFactory) -> Any:
             time.sleep(0.5)
         yield env
     finally:
-        subprocess.run(["scancel", "--user", str(os.getuid())], env=env, capture_output=True, timeout=30, check=False)
+        subprocess.run(
+            ["scancel", "--user", str(os.getuid())], env=env, capture_output=True, timeout=30, check=False
+        )
         for pid_file in reversed(pids):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
 
 
 def _squeue(env: dict[str, str]) -> list[str]:
-    proc = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], env=env, capture_output=True, text=True, timeout=30,
-                          check=False)  # fmt: skip
+    proc = subprocess.run(
+        ["squeue", "-h", "-o", "%i %T %r"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
@@ -356,25 +481,60 @@ def _one_error(stderr: str, *words: str) -> str:
 
 def _real_base(tmp_path: Path) -> list[str]:
     manifest = _inputs(tmp_path)
-    return [sys.executable, "-m", "cropmap", "batch", str(manifest), "--model", str(tmp_path / "tiny.onnx"),
-            "--confidence", "--block-size", "16", "-q"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "cropmap",
+        "batch",
+        str(manifest),
+        "--model",
+        str(tmp_path / "tiny.onnx"),
+        "--confidence",
+        "--block-size",
+        "16",
+        "-q",
+    ]
 
 
 @pytest.mark.slow
 def test_real_slurm_submit_matches_local(real_slurm: dict[str, str], tmp_path: Path) -> None:
     base = _real_base(tmp_path)
-    hpc = subprocess.run([*base, "--out-dir", str(tmp_path / "hpc"), "--cluster", "slurm", "--cores", "1",
-                          "--memory", "1GB", "--queue", "debug"], env=real_slurm, capture_output=True, text=True,
-                         timeout=300, check=False)  # fmt: skip
+    hpc = subprocess.run(
+        [
+            *base,
+            "--out-dir",
+            str(tmp_path / "hpc"),
+            "--cluster",
+            "slurm",
+            "--cores",
+            "1",
+            "--memory",
+            "1GB",
+            "--queue",
+            "debug",
+        ],
+        env=real_slurm,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert hpc.returncode == 0, hpc.stderr
-    local = subprocess.run([*base, "--out-dir", str(tmp_path / "local"), "--workers", "2"], env=real_slurm,
-                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    local = subprocess.run(
+        [*base, "--out-dir", str(tmp_path / "local"), "--workers", "2"],
+        env=real_slurm,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert local.returncode == 0, local.stderr
     assert "SLURMCluster" in (tmp_path / "hpc" / "batch_summary.json").read_text()
     for name in NAMES:
         assert _outputs(tmp_path / "hpc" / name) == _outputs(tmp_path / "local" / name)
         assert (tmp_path / "hpc" / name / f"{name}.tif").read_bytes() == (
-            tmp_path / "local" / name / f"{name}.tif").read_bytes()  # fmt: skip
+            tmp_path / "local" / name / f"{name}.tif"
+        ).read_bytes()
     deadline = time.monotonic() + 60
     while _squeue(real_slurm) and time.monotonic() < deadline:  # the batch cancelled its job
         time.sleep(0.5)
@@ -386,8 +546,13 @@ def test_real_slurm_cancelled_job_is_one_line_and_resumes(real_slurm: dict[str, 
     """scancel of the only worker job: the batch ends with one line after --worker-timeout; a rerun finishes."""
     base = _real_base(tmp_path)
     args = [*base, "--out-dir", str(tmp_path / "o"), "--cluster", "slurm", "--cores", "1", "--memory", "1GB"]
-    proc = subprocess.Popen([*args, "--worker-timeout", "5", "--job-extra=--begin=now+2"], env=real_slurm,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*args, "--worker-timeout", "5", "--job-extra=--begin=now+2"],
+        env=real_slurm,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (jobs := _squeue(real_slurm)):
         assert proc.poll() is None, proc.communicate()
@@ -396,7 +561,9 @@ def test_real_slurm_cancelled_job_is_one_line_and_resumes(real_slurm: dict[str, 
     subprocess.run(["scancel", jobs[0].split()[0]], env=real_slurm, check=True, timeout=30)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err
-    _one_error(err, "no dask worker has been connected", "--worker-timeout 5", "rerun the same command to resume")
+    _one_error(
+        err, "no dask worker has been connected", "--worker-timeout 5", "rerun the same command to resume"
+    )
     state = json.loads((tmp_path / "o" / "batch_state.json").read_text())
     assert {e["status"] for e in state["regions"].values()} == {"pending"}
     again = subprocess.run(args, env=real_slurm, capture_output=True, text=True, timeout=300, check=False)
@@ -408,9 +575,27 @@ def test_real_slurm_cancelled_job_is_one_line_and_resumes(real_slurm: dict[str, 
 @pytest.mark.slow
 def test_real_slurm_pending_job_names_the_reason(real_slurm: dict[str, str], tmp_path: Path) -> None:
     base = _real_base(tmp_path)
-    res = subprocess.run([*base, "--out-dir", str(tmp_path / "o"), "--cluster", "slurm", "--cores", "1",
-                          "--memory", "1GB", "--job-extra=--begin=now+3600", "--pending-timeout", "5"],
-                         env=real_slurm, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    res = subprocess.run(
+        [
+            *base,
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--cluster",
+            "slurm",
+            "--cores",
+            "1",
+            "--memory",
+            "1GB",
+            "--job-extra=--begin=now+3600",
+            "--pending-timeout",
+            "5",
+        ],
+        env=real_slurm,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert res.returncode == 1, res.stderr
     _one_error(res.stderr, "every worker job has been queued for", "SLURM's reason", "BeginTime")
     deadline = time.monotonic() + 60
@@ -422,9 +607,24 @@ def test_real_slurm_pending_job_names_the_reason(real_slurm: dict[str, str], tmp
 @pytest.mark.slow
 def test_real_slurm_ctrl_c_exits_130_and_cancels_the_job(real_slurm: dict[str, str], tmp_path: Path) -> None:
     base = _real_base(tmp_path)
-    proc = subprocess.Popen([*base, "--out-dir", str(tmp_path / "o"), "--cluster", "slurm", "--cores", "1",
-                             "--memory", "1GB", "--job-extra=--begin=now+3600"], env=real_slurm,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            *base,
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--cluster",
+            "slurm",
+            "--cores",
+            "1",
+            "--memory",
+            "1GB",
+            "--job-extra=--begin=now+3600",
+        ],
+        env=real_slurm,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not _squeue(real_slurm):
         assert proc.poll() is None, proc.communicate()

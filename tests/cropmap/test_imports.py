@@ -23,8 +23,13 @@ _BLOCKER = textwrap.dedent(
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
-                          cwd=REPO, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCKER + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def test_import_cropmap_is_light() -> None:
@@ -44,8 +49,9 @@ def test_import_cropmap_is_light() -> None:
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
-def test_import_classify_path_never_imports_torch(stack_desc: Path, polygons: Path, bundle: Path,
-                                                  outdir: Path) -> None:  # fmt: skip
+def test_import_classify_path_never_imports_torch(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     res = _python(
         f"""
         import sys

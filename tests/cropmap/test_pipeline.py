@@ -20,7 +20,7 @@ from stackkit import (
     read_json,
     write_bundle,
     write_stack_descriptions,
-)  # fmt: skip
+)
 
 import cropmap
 from cropmap.errors import InputRasterError
@@ -31,31 +31,39 @@ def _read(path: Path) -> np.ndarray:
         return ds.read(1)
 
 
-def test_classify_matches_numpy_reference(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path,
-                                          values: np.ndarray) -> None:  # fmt: skip
+def test_classify_matches_numpy_reference(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, values: np.ndarray
+) -> None:
     out = outdir / "map.tif"
     summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=16)
     expected, insufficient = expected_classes(values, inside_mask())
     got = _read(out)
     np.testing.assert_array_equal(got, expected)
-    assert set(np.unique(got)) == {0, *(c.code for c in CLASSES)}  # every class occurs: the test can tell them apart
+    assert set(np.unique(got)) == {
+        0,
+        *(c.code for c in CLASSES),
+    }  # every class occurs: the test can tell them apart
     assert summary["pixels"]["insufficient_data"] == int(insufficient.sum()) > 0
 
 
 @pytest.mark.parametrize("block_size", [16, 32, None])
-def test_classify_tiled_equals_untiled(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path,
-                                       block_size: int | None) -> None:  # fmt: skip
+def test_classify_tiled_equals_untiled(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, block_size: int | None
+) -> None:
     whole = cropmap.classify_array(stack_desc, polygons, model=bundle, block_size=64, confidence=True)
     out = outdir / "map.tif"
-    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=block_size, confidence=True)
+    summary = cropmap.classify(
+        stack_desc, polygons, model=bundle, out=out, block_size=block_size, confidence=True
+    )
     np.testing.assert_array_equal(_read(out), whole.values)
     np.testing.assert_array_equal(_read(outdir / "map_confidence.tif"), whole.coords["confidence"].values)
     expected_blocks = {16: 6, 32: 2, None: 1}[block_size]
     assert summary["blocks"]["total"] == expected_blocks
 
 
-def test_classify_outside_mask_is_nodata_and_skipped_blocks(stack_desc: Path, tmp_path: Path, bundle: Path,
-                                                            outdir: Path) -> None:  # fmt: skip
+def test_classify_outside_mask_is_nodata_and_skipped_blocks(
+    stack_desc: Path, tmp_path: Path, bundle: Path, outdir: Path
+) -> None:
     from stackkit import polygon_b, write_polygons
 
     only_b = write_polygons(tmp_path / "b.gpkg", [polygon_b()], "EPSG:32631")
@@ -68,8 +76,9 @@ def test_classify_outside_mask_is_nodata_and_skipped_blocks(stack_desc: Path, tm
     assert summary["blocks"] == {"block_shape": [16, 16], "total": 6, "processed": 2, "skipped": 4}
 
 
-def test_classify_gap_filling_and_insufficient_data(stack_desc: Path, polygons: Path, bundle: Path,
-                                                    outdir: Path, values: np.ndarray) -> None:  # fmt: skip
+def test_classify_gap_filling_and_insufficient_data(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, values: np.ndarray
+) -> None:
     summary = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m.tif", quicklook=False)
     got = _read(outdir / "m.tif")
     # rows 0-2, cols 30-36 keep one valid date: below the bundle's min_valid_steps = 2.
@@ -80,8 +89,9 @@ def test_classify_gap_filling_and_insufficient_data(stack_desc: Path, polygons: 
     assert summary["pixels"]["insufficient_data"] == int(insufficient.sum()) > int(corner.sum())
     assert (got[insufficient] == 0).all()
     # With min_valid_steps 1 the corner is classified (from its single observation, held constant).
-    summary1 = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m1.tif", min_valid_steps=1,
-                                quicklook=False)  # fmt: skip
+    summary1 = cropmap.classify(
+        stack_desc, polygons, model=bundle, out=outdir / "m1.tif", min_valid_steps=1, quicklook=False
+    )
     expected1, insufficient1 = expected_classes(values, inside_mask(), min_valid=1)
     assert summary1["pixels"]["insufficient_data"] == int(insufficient1.sum()) < int(insufficient.sum())
     got1 = _read(outdir / "m1.tif")
@@ -90,15 +100,17 @@ def test_classify_gap_filling_and_insufficient_data(stack_desc: Path, polygons: 
 
 
 @pytest.mark.parametrize("layout", ["stack_tags", "stack_folder"])
-def test_classify_layouts_agree(layout: str, stack_desc: Path, polygons: Path, bundle: Path,
-                                request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_classify_layouts_agree(
+    layout: str, stack_desc: Path, polygons: Path, bundle: Path, request: pytest.FixtureRequest
+) -> None:
     ref = cropmap.classify_array(stack_desc, polygons, model=bundle)
     other = cropmap.classify_array(request.getfixturevalue(layout), polygons, model=bundle, block_size=32)
     np.testing.assert_array_equal(other.values, ref.values)
 
 
-def test_classify_reprojects_mask(stack_desc: Path, polygons: Path, polygons_4326: Path, bundle: Path,
-                                  caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_classify_reprojects_mask(
+    stack_desc: Path, polygons: Path, polygons_4326: Path, bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ref = cropmap.classify_array(stack_desc, polygons, model=bundle)
     with caplog.at_level("INFO", logger="cropmap"):
         got = cropmap.classify_array(stack_desc, polygons_4326, model=bundle)
@@ -106,13 +118,18 @@ def test_classify_reprojects_mask(stack_desc: Path, polygons: Path, polygons_432
     np.testing.assert_array_equal(got.values, ref.values)
 
 
-def test_classify_rescales_to_bundle_units(tmp_path: Path, polygons: Path, bundle: Path, values: np.ndarray) -> None:
+def test_classify_rescales_to_bundle_units(
+    tmp_path: Path, polygons: Path, bundle: Path, values: np.ndarray
+) -> None:
     """A float reflectance stack (scale 1) gives the same map as the DN stack."""
-    ref = cropmap.classify_array(write_stack_descriptions(tmp_path / "dn.tif", values), polygons, model=bundle)
+    ref = cropmap.classify_array(
+        write_stack_descriptions(tmp_path / "dn.tif", values), polygons, model=bundle
+    )
     refl = values.astype(np.float32) / 10000.0
     refl[values == NODATA] = np.nan
-    path = write_stack_descriptions(tmp_path / "refl.tif", refl, tags={"reflectance_scale": "1"},
-                                    dtype="float32", nodata=None)  # fmt: skip
+    path = write_stack_descriptions(
+        tmp_path / "refl.tif", refl, tags={"reflectance_scale": "1"}, dtype="float32", nodata=None
+    )
     got = cropmap.classify_array(path, polygons, model=bundle)
     np.testing.assert_array_equal(got.values, ref.values)
 
@@ -126,7 +143,9 @@ def test_classify_array_coords_and_attrs(stack_desc: Path, polygons: Path, bundl
     assert da.attrs["class_colors"] == [c.color for c in CLASSES]
 
 
-def test_classify_summary_consistent_with_raster(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path) -> None:
+def test_classify_summary_consistent_with_raster(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     out = outdir / "map.tif"
     summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=16)
     assert read_json(outdir / "map_summary.json") == summary
@@ -154,38 +173,72 @@ def test_classify_season_choice(tmp_path: Path, polygons: Path, bundle: Path, va
 
     two = np.concatenate([values, values[::-1]], axis=0)
     path = tmp_path / "two.tif"
-    dates = [dt.date(2021, 1, 5), dt.date(2021, 2, 10), dt.date(2021, 3, 1), dt.date(2021, 4, 15),
-             dt.date(2022, 1, 5), dt.date(2022, 2, 10), dt.date(2022, 3, 1), dt.date(2022, 4, 15)]  # fmt: skip
-    with rasterio.open(path, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=two.shape[0] * 3,
-                       dtype="uint16", crs="EPSG:32631", transform=TRANSFORM, nodata=NODATA) as ds:  # fmt: skip
+    dates = [
+        dt.date(2021, 1, 5),
+        dt.date(2021, 2, 10),
+        dt.date(2021, 3, 1),
+        dt.date(2021, 4, 15),
+        dt.date(2022, 1, 5),
+        dt.date(2022, 2, 10),
+        dt.date(2022, 3, 1),
+        dt.date(2022, 4, 15),
+    ]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=WIDTH,
+        height=HEIGHT,
+        count=two.shape[0] * 3,
+        dtype="uint16",
+        crs="EPSG:32631",
+        transform=TRANSFORM,
+        nodata=NODATA,
+    ) as ds:
         ds.write(two.reshape(-1, HEIGHT, WIDTH))
-        ds.update_tags(dates=",".join(d.isoformat() for d in dates), bands=",".join(STACK_BANDS),
-                       reflectance_scale="10000")  # fmt: skip
+        ds.update_tags(
+            dates=",".join(d.isoformat() for d in dates),
+            bands=",".join(STACK_BANDS),
+            reflectance_scale="10000",
+        )
     with pytest.raises(InputRasterError, match="span 2 seasons"):
         cropmap.classify_array(path, polygons, model=bundle)
     a = cropmap.classify_array(path, polygons, model=bundle, season=2021)
-    ref = cropmap.classify_array(write_stack_descriptions(tmp_path / "one.tif", values), polygons, model=bundle)
+    ref = cropmap.classify_array(
+        write_stack_descriptions(tmp_path / "one.tif", values), polygons, model=bundle
+    )
     np.testing.assert_array_equal(a.values, ref.values)
     b = cropmap.classify_array(path, polygons, model=bundle, season=2022)
     assert not np.array_equal(a.values, b.values)
 
 
-def test_classify_extra_bands_ignored(tmp_path: Path, polygons: Path, bundle: Path, values: np.ndarray,
-                                      caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_classify_extra_bands_ignored(
+    tmp_path: Path, polygons: Path, bundle: Path, values: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
     """A stack with an extra band (B08) gives the same map; the extra band is logged."""
     extra = np.concatenate([values, values[:, :1]], axis=1)
     path = write_stack_descriptions(tmp_path / "extra.tif", extra, bands=(*STACK_BANDS, "B08"))
-    ref = cropmap.classify_array(write_stack_descriptions(tmp_path / "ref.tif", values), polygons, model=bundle)
+    ref = cropmap.classify_array(
+        write_stack_descriptions(tmp_path / "ref.tif", values), polygons, model=bundle
+    )
     with caplog.at_level("INFO", logger="cropmap"):
         got = cropmap.classify_array(path, polygons, model=bundle)
     assert "['B08'] are not used" in caplog.text
     np.testing.assert_array_equal(got.values, ref.values)
 
 
-def test_classify_embedding_matches_bundle(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path,
-                                           values: np.ndarray) -> None:  # fmt: skip
-    cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m.tif", embedding=True, quicklook=False,
-                     embedding_dtype="float32")  # fmt: skip
+def test_classify_embedding_matches_bundle(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, values: np.ndarray
+) -> None:
+    cropmap.classify(
+        stack_desc,
+        polygons,
+        model=bundle,
+        out=outdir / "m.tif",
+        embedding=True,
+        quicklook=False,
+        embedding_dtype="float32",
+    )
     with rasterio.open(outdir / "m_embedding.tif") as ds:
         emb = ds.read()
         assert ds.count == 4 and ds.dtypes[0] == "float32"
@@ -219,8 +272,9 @@ def test_bundle_metadata_roundtrip(bundle: Path) -> None:
     assert write_bundle  # the fixture builder is importable without torch
 
 
-def test_the_automatic_batch_follows_the_stamps_and_the_summary_records_it(stack_desc: Path, polygons: Path,
-                                                                           bundle: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_the_automatic_batch_follows_the_stamps_and_the_summary_records_it(
+    stack_desc: Path, polygons: Path, bundle: Path, tmp_path: Path
+) -> None:
     from cropmap.bundle import load_bundle
     from cropmap.options import DEFAULT_BATCH_SIZE, auto_batch_size
 

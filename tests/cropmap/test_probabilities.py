@@ -21,14 +21,16 @@ from stackkit import (
     inside_mask,
     read_json,
     write_bundle,
-)  # fmt: skip
+)
 
 import cropmap
-from cropmap.bundle import Calibration, BundleMetadata
+from cropmap.bundle import BundleMetadata, Calibration
 from cropmap.errors import BundleError
 from cropmap.postprocess import PostProcess, majority_filter, smooth_probabilities, softmax, uncertainty
 
-CAL = Calibration(method="temperature", temperature=3.0, ece_before=0.2, ece_after=0.05, n=100, n_bins=15, data="test")
+CAL = Calibration(
+    method="temperature", temperature=3.0, ece_before=0.2, ece_after=0.05, n=100, n_bins=15, data="test"
+)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -70,8 +72,9 @@ def test_calibration_is_optional_and_round_trips() -> None:
     assert back == cal and back.temperature == 3.0
 
 
-@pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"temperature": -1.0}, {"method": "isotonic"},
-                                 {"ece_after": 1.5}, {"n": 0}])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad", [{"temperature": 0.0}, {"temperature": -1.0}, {"method": "isotonic"}, {"ece_after": 1.5}, {"n": 0}]
+)
 def test_calibration_rejects_bad_values(bad: dict) -> None:
     doc = json.loads(base_metadata(calibration=CAL).to_json())
     doc["calibration"].update(bad)
@@ -82,16 +85,25 @@ def test_calibration_rejects_bad_values(bad: dict) -> None:
 # --- probabilities and uncertainty ----------------------------------------------------------------------------
 
 
-def test_confidence_and_probabilities_use_the_bundle_temperature(stack_desc: Path, polygons: Path, tmp_path: Path,
-                                                                 values: np.ndarray) -> None:  # fmt: skip
+def test_confidence_and_probabilities_use_the_bundle_temperature(
+    stack_desc: Path, polygons: Path, tmp_path: Path, values: np.ndarray
+) -> None:
     logits, valid = _reference_logits(values)
     results = {}
     for name, meta in (("plain", base_metadata()), ("calibrated", base_metadata(calibration=CAL))):
         bundle = write_bundle(tmp_path / f"{name}.onnx", meta)
         out = tmp_path / name / "map.tif"
         out.parent.mkdir()
-        summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=16, confidence=True,
-                                   probabilities=True, uncertainty="entropy")  # fmt: skip
+        summary = cropmap.classify(
+            stack_desc,
+            polygons,
+            model=bundle,
+            out=out,
+            block_size=16,
+            confidence=True,
+            probabilities=True,
+            uncertainty="entropy",
+        )
         t = meta.temperature
         p = softmax(logits[valid], t)
         conf = _read(out.with_name("map_confidence.tif"))[0]
@@ -102,7 +114,9 @@ def test_confidence_and_probabilities_use_the_bundle_temperature(stack_desc: Pat
         np.testing.assert_array_equal(probs[:, valid].T, np.rint(p * 100).astype(np.uint8))
         assert (probs[:, ~valid] == 255).all()
         unc = _read(out.with_name("map_uncertainty.tif"))[0]
-        np.testing.assert_array_equal(unc[valid], np.rint(uncertainty(p, "entropy", axis=1) * 100).astype(np.uint8))
+        np.testing.assert_array_equal(
+            unc[valid], np.rint(uncertainty(p, "entropy", axis=1) * 100).astype(np.uint8)
+        )
         with rasterio.open(out.with_name("map_probabilities.tif")) as ds:
             assert list(ds.descriptions) == [c.name for c in CLASSES]
         with rasterio.open(out.with_name("map_confidence.tif")) as ds:
@@ -111,7 +125,9 @@ def test_confidence_and_probabilities_use_the_bundle_temperature(stack_desc: Pat
         results[name] = (_read(out)[0], conf)
     np.testing.assert_array_equal(results["plain"][0], results["calibrated"][0])  # the argmax does not change
     v = valid
-    assert results["calibrated"][1][v].mean() < results["plain"][1][v].mean()  # T = 3 flattens the probabilities
+    assert (
+        results["calibrated"][1][v].mean() < results["plain"][1][v].mean()
+    )  # T = 3 flattens the probabilities
 
 
 def test_uncertainty_measures() -> None:
@@ -122,8 +138,9 @@ def test_uncertainty_measures() -> None:
         uncertainty(p, "least", axis=1)
 
 
-def test_margin_uncertainty_output(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path,
-                                   values: np.ndarray) -> None:  # fmt: skip
+def test_margin_uncertainty_output(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, values: np.ndarray
+) -> None:
     logits, valid = _reference_logits(values)
     cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "map.tif", uncertainty="margin")
     unc = _read(outdir / "map_uncertainty.tif")[0]
@@ -141,7 +158,9 @@ def test_majority_filter_ignores_pixels_outside_the_mask() -> None:
     valid = np.ones((3, 3), dtype=bool)
     assert majority_filter(index, valid, 3, 2)[1, 1] == 1  # eight neighbours of class 1 outvote the centre
     valid = np.zeros((3, 3), dtype=bool)
-    valid[1, 1] = valid[0, 0] = True  # the class-1 pixels outside the mask do not vote: 1 vs 1, the centre keeps 0
+    valid[1, 1] = valid[0, 0] = (
+        True  # the class-1 pixels outside the mask do not vote: 1 vs 1, the centre keeps 0
+    )
     out = majority_filter(index, valid, 3, 2)
     assert out[1, 1] == 0 and out[0, 0] == 1
     index2 = np.array([[0, 1, 2]])
@@ -162,14 +181,24 @@ def test_smoothing_ignores_pixels_outside_the_mask() -> None:
     assert sm[0, 0, 2] == pytest.approx((w1 + w2) / (1 + w1 + w2))
 
 
-@pytest.mark.parametrize("post", [{"majority_filter": 3}, {"majority_filter": 5}, {"smooth_probabilities": 1.0},
-                                  {"smooth_probabilities": 0.7, "majority_filter": 3}])  # fmt: skip
-def test_post_processing_tiled_equals_untiled(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path,
-                                              values: np.ndarray, post: dict) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "post",
+    [
+        {"majority_filter": 3},
+        {"majority_filter": 5},
+        {"smooth_probabilities": 1.0},
+        {"smooth_probabilities": 0.7, "majority_filter": 3},
+    ],
+)
+def test_post_processing_tiled_equals_untiled(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, values: np.ndarray, post: dict
+) -> None:
     plain = cropmap.classify_array(stack_desc, polygons, model=bundle, block_size=64).values
     whole = cropmap.classify_array(stack_desc, polygons, model=bundle, block_size=64, confidence=True, **post)
     out = outdir / "map.tif"
-    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=16, confidence=True, **post)
+    summary = cropmap.classify(
+        stack_desc, polygons, model=bundle, out=out, block_size=16, confidence=True, **post
+    )
     assert summary["blocks"]["total"] == 6 and summary["postprocessing"]["halo_px"] > 0
     tiled = _read(out)[0]
     np.testing.assert_array_equal(tiled, whole.values)
@@ -182,7 +211,9 @@ def test_post_processing_tiled_equals_untiled(stack_desc: Path, polygons: Path, 
     np.testing.assert_array_equal(tiled != 0, valid)
 
 
-def test_post_processing_reference(stack_desc: Path, polygons: Path, bundle: Path, values: np.ndarray) -> None:
+def test_post_processing_reference(
+    stack_desc: Path, polygons: Path, bundle: Path, values: np.ndarray
+) -> None:
     """The pipeline's smoothing + majority equals the filters applied to the whole reference probability map."""
     logits, valid = _reference_logits(values)
     probs = np.zeros((len(CLASSES), *valid.shape))
@@ -191,8 +222,9 @@ def test_post_processing_reference(stack_desc: Path, polygons: Path, bundle: Pat
     index = majority_filter(index, valid, 3, len(CLASSES))
     codes = np.array([c.code for c in CLASSES])
     want = np.where(valid, codes[index], 0)
-    got = cropmap.classify_array(stack_desc, polygons, model=bundle, block_size=16, smooth_probabilities=1.0,
-                                 majority_filter=3).values  # fmt: skip
+    got = cropmap.classify_array(
+        stack_desc, polygons, model=bundle, block_size=16, smooth_probabilities=1.0, majority_filter=3
+    ).values
     np.testing.assert_array_equal(got, want)
 
 
@@ -203,7 +235,9 @@ def test_post_process_halo() -> None:
     assert PostProcess(majority_filter=3, smooth_sigma=0.5).halo == 3
 
 
-def test_summary_records_post_processing(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path) -> None:
+def test_summary_records_post_processing(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "map.tif", majority_filter=3)
     s = read_json(outdir / "map_summary.json")
     assert s["postprocessing"]["majority_filter"] == 3 and s["postprocessing"]["halo_px"] == 1

@@ -57,8 +57,9 @@ def cases(draw: Any) -> dict[str, Any]:
     dtype = draw(st.sampled_from(["uint16", "int16", "float32"]))
     crs = draw(st.sampled_from(sorted(CRSS)))
     bands = draw(st.permutations(STACK_BANDS))
-    dates = sorted(draw(st.one_of(st.just(set(DATES)), st.sets(st.sampled_from(DATES), min_size=1,
-                                                                max_size=len(DATES)))))  # fmt: skip
+    dates = sorted(
+        draw(st.one_of(st.just(set(DATES)), st.sets(st.sampled_from(DATES), min_size=1, max_size=len(DATES))))
+    )
     season: list[str] = []
     if draw(st.booleans()):
         dates = [dt.date(2020, 12, 20), *dates]  # a date of the season before: --season chooses
@@ -68,12 +69,31 @@ def cases(draw: Any) -> dict[str, Any]:
     cloudy = draw(st.one_of(st.floats(0.0, 0.3), st.floats(0.0, 1.0)))
     seed = draw(st.integers(0, 2**16))
     mask = draw(st.sampled_from(["box", "lonlat", "outside", "whole"]))
-    box = sorted(draw(st.tuples(st.floats(0, 1), st.floats(0, 1)))), sorted(draw(st.tuples(st.floats(0, 1),
-                                                                                      st.floats(0, 1))))  # fmt: skip
-    options = draw(st.sets(st.sampled_from(["--confidence", "--probabilities", "--embedding",
-                                            "--uncertainty=entropy"]), max_size=4))  # fmt: skip
-    return {'height': height, 'width': width, 'dtype': dtype, 'crs': crs, 'bands': bands, 'dates': dates, 'nodata': nodata,
-                'scale': scale, 'cloudy': cloudy, 'seed': seed, 'mask': mask, 'box': box, 'options': [*sorted(options), *season]}  # fmt: skip
+    box = (
+        sorted(draw(st.tuples(st.floats(0, 1), st.floats(0, 1)))),
+        sorted(draw(st.tuples(st.floats(0, 1), st.floats(0, 1)))),
+    )
+    options = draw(
+        st.sets(
+            st.sampled_from(["--confidence", "--probabilities", "--embedding", "--uncertainty=entropy"]),
+            max_size=4,
+        )
+    )
+    return {
+        "height": height,
+        "width": width,
+        "dtype": dtype,
+        "crs": crs,
+        "bands": bands,
+        "dates": dates,
+        "nodata": nodata,
+        "scale": scale,
+        "cloudy": cloudy,
+        "seed": seed,
+        "mask": mask,
+        "box": box,
+        "options": [*sorted(options), *season],
+    }
 
 
 def _write_case(d: Path, c: dict[str, Any]) -> tuple[Path, Path | None]:
@@ -89,8 +109,16 @@ def _write_case(d: Path, c: dict[str, Any]) -> tuple[Path, Path | None]:
     crs = RioCRS.from_wkt(LOCAL_CS) if c["crs"] == "LOCAL_CS" else RioCRS.from_string(c["crs"])
     transform = from_origin(x0, y0, res, res)
     stack = d / "stack.tif"
-    prof = {'driver': "GTiff", 'width': w, 'height': h, 'count': s * b, 'dtype': c["dtype"], 'crs': crs, 'transform': transform,
-                'nodata': c["nodata"]}  # fmt: skip
+    prof = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": s * b,
+        "dtype": c["dtype"],
+        "crs": crs,
+        "transform": transform,
+        "nodata": c["nodata"],
+    }
     with rasterio.open(stack, "w", **prof) as ds:
         ds.write(values.reshape(s * b, h, w).astype(c["dtype"]))
         for t, date in enumerate(c["dates"]):
@@ -105,8 +133,12 @@ def _write_case(d: Path, c: dict[str, Any]) -> tuple[Path, Path | None]:
     if c["mask"] == "outside":
         poly = shapely.box(right + 10 * res, top + 10 * res, right + 20 * res, top + 20 * res)
     else:
-        poly = shapely.box(left + fx0 * (right - left), bottom + fy0 * (top - bottom),
-                           left + max(fx1, fx0 + 1e-3) * (right - left), bottom + max(fy1, fy0 + 1e-3) * (top - bottom))
+        poly = shapely.box(
+            left + fx0 * (right - left),
+            bottom + fy0 * (top - bottom),
+            left + max(fx1, fx0 + 1e-3) * (right - left),
+            bottom + max(fy1, fy0 + 1e-3) * (top - bottom),
+        )
     mask_crs: Any = LOCAL_CS if c["crs"] == "LOCAL_CS" else c["crs"]
     if c["mask"] == "lonlat" and c["crs"] != "LOCAL_CS":
         import geopandas as gpd
@@ -121,9 +153,14 @@ def _write_case(d: Path, c: dict[str, Any]) -> tuple[Path, Path | None]:
     return stack, write_polygons(d / "mask.gpkg", [poly], mask_crs)
 
 
-_KINDS = (("engineering (LOCAL_CS) CRS", "stack in an engineering CRS"), ("no pixel was classified", "no pixel classified"),
-          ("no polygon of", "mask outside the stack"), ("cover", "too little of the season"),
-          ("reflectance", "values not reflectance in the declared scale"), ("valid observations", "too few dates"))
+_KINDS = (
+    ("engineering (LOCAL_CS) CRS", "stack in an engineering CRS"),
+    ("no pixel was classified", "no pixel classified"),
+    ("no polygon of", "mask outside the stack"),
+    ("cover", "too little of the season"),
+    ("reflectance", "values not reflectance in the declared scale"),
+    ("valid observations", "too few dates"),
+)
 
 
 def _kind(text: str) -> str:
@@ -142,8 +179,19 @@ def _check(c: dict[str, Any]) -> None:
         inputs = [stack, _bundle(), *([mask] if mask is not None else [])]
         before = _hash(inputs)
         out = d / "out" / "map.tif"
-        args = ["classify", str(stack), *(["--mask", str(mask)] if mask is not None else ["--whole-stack"]),
-                "--model", str(_bundle()), "-o", str(out), "-q", "--cloud-band", "none", *c["options"]]  # fmt: skip
+        args = [
+            "classify",
+            str(stack),
+            *(["--mask", str(mask)] if mask is not None else ["--whole-stack"]),
+            "--model",
+            str(_bundle()),
+            "-o",
+            str(out),
+            "-q",
+            "--cloud-band",
+            "none",
+            *c["options"],
+        ]
         res = CliRunner().invoke(main, args)
         text = res.output
         event(f"exit {res.exit_code}" + (f": {_kind(text)}" if res.exit_code else ""))
@@ -157,10 +205,19 @@ def _check(c: dict[str, Any]) -> None:
             assert not (d / "out").exists(), (c, text, sorted(p.name for p in (d / "out").iterdir()))
             return
         names = sorted(p.name for p in out.parent.iterdir())
-        expected = {"map.tif", "map.tif.aux.xml", "map.qml", "map_summary.json", "map_stac.json",
-                    "map_quicklook.png"}  # fmt: skip
-        expected |= {f"map_{o.lstrip('-').split('=')[0]}.tif" for o in c["options"] if o.startswith("--") and
-                     o != "--season"}  # fmt: skip
+        expected = {
+            "map.tif",
+            "map.tif.aux.xml",
+            "map.qml",
+            "map_summary.json",
+            "map_stac.json",
+            "map_quicklook.png",
+        }
+        expected |= {
+            f"map_{o.lstrip('-').split('=')[0]}.tif"
+            for o in c["options"]
+            if o.startswith("--") and o != "--season"
+        }
         assert set(names) == expected, (c, names)
         with rasterio.open(stack) as src, rasterio.open(out) as m:
             assert (m.crs, m.transform, m.shape) == (src.crs, src.transform, src.shape), c
@@ -170,17 +227,47 @@ def _check(c: dict[str, Any]) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-_TYPICAL = {'height': 13, 'width': 7, 'dtype': "uint16", 'crs': "EPSG:32631", 'bands': ("B03", "B02", "B04"), 'dates': list(DATES),
-                'nodata': 0, 'scale': "dn", 'cloudy': 0.1, 'seed': 1, 'mask': "box", 'box': ((0.1, 0.9), (0.2, 0.8)), 'options': []}  # fmt: skip
+_TYPICAL = {
+    "height": 13,
+    "width": 7,
+    "dtype": "uint16",
+    "crs": "EPSG:32631",
+    "bands": ("B03", "B02", "B04"),
+    "dates": list(DATES),
+    "nodata": 0,
+    "scale": "dn",
+    "cloudy": 0.1,
+    "seed": 1,
+    "mask": "box",
+    "box": ((0.1, 0.9), (0.2, 0.8)),
+    "options": [],
+}
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(cases())
 @example(_TYPICAL)
-@example(_TYPICAL | {"crs": "EPSG:4326", "dtype": "float32", "scale": "reflectance", "mask": "lonlat",
-                     "options": ["--embedding", "--probabilities"]})  # fmt: skip
-@example(_TYPICAL | {"height": 1, "width": 1, "dtype": "int16", "nodata": -9999, "mask": "whole",
-                     "options": ["--confidence", "--uncertainty=entropy"]})  # fmt: skip
+@example(
+    _TYPICAL
+    | {
+        "crs": "EPSG:4326",
+        "dtype": "float32",
+        "scale": "reflectance",
+        "mask": "lonlat",
+        "options": ["--embedding", "--probabilities"],
+    }
+)
+@example(
+    _TYPICAL
+    | {
+        "height": 1,
+        "width": 1,
+        "dtype": "int16",
+        "nodata": -9999,
+        "mask": "whole",
+        "options": ["--confidence", "--uncertainty=entropy"],
+    }
+)
 def test_classify_invariants(case: dict[str, Any]) -> None:
     _check(case)
 

@@ -29,8 +29,11 @@ no_gpu = pytest.mark.skipif(GPU, reason="checks the refusal on a machine without
 @no_gpu
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_unavailable_provider_is_an_error_not_a_cpu_run(bundle: Path, provider: str) -> None:
-    with pytest.raises(RuntimeSetupError, match=rf"provider '{provider}' \(\w+ExecutionProvider\) was requested but "
-                       r"onnxruntime [\d.]+ here offers only CPUExecutionProvider; install the GPU runtime"):  # fmt: skip
+    with pytest.raises(
+        RuntimeSetupError,
+        match=rf"provider '{provider}' \(\w+ExecutionProvider\) was requested but "
+        r"onnxruntime [\d.]+ here offers only CPUExecutionProvider; install the GPU runtime",
+    ):
         load_bundle(bundle, provider=provider)
     with pytest.raises(RuntimeSetupError, match=r"\['CUDAExecutionProvider'\] requested"):
         load_bundle(bundle, providers=["CUDAExecutionProvider"])  # the explicit list: no silent CPU either
@@ -48,24 +51,60 @@ def test_auto_takes_the_best_available_and_says_so(bundle: Path, caplog) -> None
 
 
 @no_gpu
-def test_cli_provider_cuda_is_one_line_and_writes_nothing(runner: CliRunner, stack_desc: Path, polygons: Path,
-                                                          bundle: Path, outdir: Path) -> None:  # fmt: skip
-    res = runner.invoke(main, ["classify", str(stack_desc), "--mask", str(polygons), "--model", str(bundle),
-                               "-o", str(outdir / "m.tif"), "--provider", "cuda"])  # fmt: skip
+def test_cli_provider_cuda_is_one_line_and_writes_nothing(
+    runner: CliRunner, stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
+    res = runner.invoke(
+        main,
+        [
+            "classify",
+            str(stack_desc),
+            "--mask",
+            str(polygons),
+            "--model",
+            str(bundle),
+            "-o",
+            str(outdir / "m.tif"),
+            "--provider",
+            "cuda",
+        ],
+    )
     assert res.exit_code == 1
-    assert res.output.startswith("Error: provider 'cuda' (CUDAExecutionProvider) was requested but onnxruntime")
+    assert res.output.startswith(
+        "Error: provider 'cuda' (CUDAExecutionProvider) was requested but onnxruntime"
+    )
     assert res.output.count("\n") == 1 and "Traceback" not in res.output
     assert list(outdir.iterdir()) == []
-    res = runner.invoke(main, ["batch", "--stack", str(stack_desc), "--mask", str(polygons), "--model", str(bundle),
-                               "--out-dir", str(outdir / "b"), "--provider", "cuda"])  # fmt: skip
-    assert res.exit_code == 1 and res.output.startswith("Error: provider 'cuda'") and res.output.count("\n") == 1
+    res = runner.invoke(
+        main,
+        [
+            "batch",
+            "--stack",
+            str(stack_desc),
+            "--mask",
+            str(polygons),
+            "--model",
+            str(bundle),
+            "--out-dir",
+            str(outdir / "b"),
+            "--provider",
+            "cuda",
+        ],
+    )
+    assert (
+        res.exit_code == 1 and res.output.startswith("Error: provider 'cuda'") and res.output.count("\n") == 1
+    )
     assert not (outdir / "b").exists()
     res = runner.invoke(main, ["classify", str(stack_desc), "--mask", str(polygons), "--provider", "npu"])
     assert res.exit_code == 2 and "--provider" in res.output
 
 
-def test_summary_records_the_provider_used(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path) -> None:
-    s = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m.tif", quicklook=False, provider="cpu")
+def test_summary_records_the_provider_used(
+    stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
+    s = cropmap.classify(
+        stack_desc, polygons, model=bundle, out=outdir / "m.tif", quicklook=False, provider="cpu"
+    )
     assert s["runtime"]["provider_requested"] == "cpu"
     assert s["runtime"]["providers_used"] == ["CPUExecutionProvider"]
     assert s["runtime"]["bundle_precision"] == "fp32" and s["bundle"]["precision"] == {"dtype": "fp32"}
@@ -75,7 +114,10 @@ def test_summary_records_the_provider_used(stack_desc: Path, polygons: Path, bun
 
 def test_int8_codec_round_trip_error_is_half_a_step() -> None:
     rng = np.random.default_rng(0)
-    v = rng.normal(0, 1, (3, 40, 50)).astype(np.float32) * np.array([0.1, 5.0, 1.0], np.float32)[:, None, None]
+    v = (
+        rng.normal(0, 1, (3, 40, 50)).astype(np.float32)
+        * np.array([0.1, 5.0, 1.0], np.float32)[:, None, None]
+    )
     v[2] = 0.25  # a constant band is exact
     v[:, :3, :4] = np.nan
     scale, offset = int8_scale_offset(np.nanmin(v.reshape(3, -1), 1), np.nanmax(v.reshape(3, -1), 1))
@@ -92,15 +134,30 @@ def test_int8_codec_round_trip_error_is_half_a_step() -> None:
 
 
 @pytest.mark.parametrize("dtype", ["int8", "float16", "float32"])
-def test_embedding_raster_reads_back_physical_values(dtype: str, stack_desc: Path, polygons: Path, bundle: Path,
-                                                     outdir: Path) -> None:  # fmt: skip
+def test_embedding_raster_reads_back_physical_values(
+    dtype: str, stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     ref = outdir / "ref.tif"
-    cropmap.classify(stack_desc, polygons, model=bundle, out=ref, embedding=True, quicklook=False,
-                     embedding_dtype="float32")  # fmt: skip
+    cropmap.classify(
+        stack_desc,
+        polygons,
+        model=bundle,
+        out=ref,
+        embedding=True,
+        quicklook=False,
+        embedding_dtype="float32",
+    )
     with rasterio.open(outdir / "ref_embedding.tif") as ds:
         want = ds.read()
-    s = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m.tif", embedding=True, quicklook=False,
-                         embedding_dtype=dtype)  # fmt: skip
+    s = cropmap.classify(
+        stack_desc,
+        polygons,
+        model=bundle,
+        out=outdir / "m.tif",
+        embedding=True,
+        quicklook=False,
+        embedding_dtype=dtype,
+    )
     assert s["options"]["embedding_dtype"] == dtype
     assert s["embedding"]["dtype"] == dtype
     with rasterio.open(outdir / "m_embedding.tif") as ds:
@@ -149,13 +206,21 @@ def test_precision_metadata_roundtrip_and_validation(bundle: Path, tmp_path: Pat
         dataclasses.replace(meta, precision=dataclasses.replace(rec, dtype="fp32")).to_json()
 
 
-def test_batch_records_provider_per_region_and_int8_embedding_setting(stack_desc: Path, polygons: Path, bundle: Path,
-                                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_batch_records_provider_per_region_and_int8_embedding_setting(
+    stack_desc: Path, polygons: Path, bundle: Path, tmp_path: Path
+) -> None:
     from cropmap.regions import Region
 
     out = tmp_path / "batch"
-    s = cropmap.classify_many([Region("a", stack_desc, polygons)], out_dir=out, model=bundle, workers=1,
-                              embedding=True, provider="cpu", quicklook=False)  # fmt: skip
+    s = cropmap.classify_many(
+        [Region("a", stack_desc, polygons)],
+        out_dir=out,
+        model=bundle,
+        workers=1,
+        embedding=True,
+        provider="cpu",
+        quicklook=False,
+    )
     row = s["regions"][0]
     assert row["status"] == "done" and row["providers_used"] == ["CPUExecutionProvider"]
     assert s["options"]["provider"] == "cpu" and s["options"]["embedding_dtype"] == "int8"

@@ -26,8 +26,10 @@ ARABLE = ("maize", "other arable crops")
 
 def _require(path: Path, what: str) -> None:
     if not path.is_file():
-        pytest.fail(f"{what} {path} is missing from the repository; it is committed with the sample model "
-                    "(python -m training.sample_model) and sample_data/make_sample_data.py")  # fmt: skip
+        pytest.fail(
+            f"{what} {path} is missing from the repository; it is committed with the sample model "
+            "(python -m training.sample_model) and sample_data/make_sample_data.py"
+        )
 
 
 def _readme_classify_args() -> list[str]:
@@ -43,7 +45,11 @@ def _readme_classify_args() -> list[str]:
 
 
 def test_readme_first_command(runner: CliRunner, outdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for path, what in ((STACK, "sample stack"), (MASK, "sample cropland polygons"), (DEFAULT_BUNDLE, "sample bundle")):
+    for path, what in (
+        (STACK, "sample stack"),
+        (MASK, "sample cropland polygons"),
+        (DEFAULT_BUNDLE, "sample bundle"),
+    ):
         _require(path, what)
     monkeypatch.chdir(REPO)
     args = _readme_classify_args()

@@ -16,9 +16,9 @@ from cropmap.predict import MAX_CACHED_BUNDLES, bundle_session
 
 
 def test_idle_sessions_are_reused_and_busy_ones_are_not_shared(bundle: Path, tmp_path: Path) -> None:
-    with bundle_session(bundle, 1) as first:
-        with bundle_session(bundle, 1) as second:  # the first is in use: another session
-            assert second is not first
+    # The first is in use while the second is taken: another session.
+    with bundle_session(bundle, 1) as first, bundle_session(bundle, 1) as second:
+        assert second is not first
     with bundle_session(bundle, 1) as again:
         assert again in (first, second)  # an idle one is reused
     with bundle_session(bundle, 2) as other:
@@ -98,7 +98,9 @@ def test_a_session_pool_runs_batches_on_its_threads_with_the_same_results(bundle
             np.testing.assert_allclose(lo, ref_lo, rtol=1e-4, atol=1e-4)
         empty = pool.run(x[:0], 64)
         assert empty[0].shape == (0, len(meta.classes)) and empty[2] is None
-        with pytest.raises(Exception, match="(?i)invalid|dimension|shape"):  # ONNX Runtime's own error, raised here
+        with pytest.raises(
+            Exception, match=r"(?i)invalid|dimension|shape"
+        ):  # ONNX Runtime's own error, raised here
             pool.run(x[:, :, :1].copy(), 64)
         np.testing.assert_allclose(pool.run(x[:10], 4)[0], logits[:10], rtol=1e-5, atol=1e-5)  # still usable
 
@@ -122,11 +124,14 @@ def test_the_batches_of_one_block_run_on_all_the_sessions_of_the_run(
         return real(self, x, embedding)
 
     monkeypatch.setattr(SessionPool, "_one", spy)
-    one = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "a.tif", threads=1, batch_size=16)
+    one = cropmap.classify(
+        stack_desc, polygons, model=bundle, out=tmp_path / "a.tif", threads=1, batch_size=16
+    )
     assert len(threads) == 1
     threads.clear()
-    two = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", threads=2, batch_size=16,
-                           block_size=4096)  # one block, two threads  # fmt: skip
+    two = cropmap.classify(
+        stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", threads=2, batch_size=16, block_size=4096
+    )  # one block, two threads
     assert two["executor"] == "local threads (1 block workers; 2 single-threaded ONNX Runtime sessions)"
     assert len(threads) == 2 and all(t.startswith("cropmap-session") for t in threads)
     assert one["classes"] == two["classes"]

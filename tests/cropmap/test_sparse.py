@@ -28,12 +28,23 @@ def test_overview_factors_follow_the_cog_rule() -> None:
 @pytest.mark.parametrize("count", [1, 3])
 def test_sparse_cog_with_sampled_overviews(tmp_path: Path, count: int) -> None:
     shape = (2300, 1700)
-    r = BlockRaster(tmp_path / "scratch.tif", crs=rasterio.crs.CRS.from_string(CRS),
-                    transform=from_origin(0, 5000, 1, 1), shape=shape, count=count, dtype="uint8", nodata=0,
-                    colormap=colormap(CLASSES) if count == 1 else None)  # fmt: skip
+    r = BlockRaster(
+        tmp_path / "scratch.tif",
+        crs=rasterio.crs.CRS.from_string(CRS),
+        transform=from_origin(0, 5000, 1, 1),
+        shape=shape,
+        count=count,
+        dtype="uint8",
+        nodata=0,
+        colormap=colormap(CLASSES) if count == 1 else None,
+    )
     rng = np.random.default_rng(3)
     full = np.zeros((count, *shape), dtype=np.uint8)
-    for row, col, h, w in ((1040, 530, 208, 144), (1248, 530, 48, 144), (2288, 1696, 12, 4)):  # two touch, one corner
+    for row, col, h, w in (
+        (1040, 530, 208, 144),
+        (1248, 530, 48, 144),
+        (2288, 1696, 12, 4),
+    ):  # two touch, one corner
         block = rng.choice(np.array([1, 2, 5], dtype=np.uint8), size=(count, h, w))
         r.write(Window(col, row, w, h), block if count > 1 else block[0])
         full[:, row : row + h, col : col + w] = block
@@ -45,8 +56,12 @@ def test_sparse_cog_with_sampled_overviews(tmp_path: Path, count: int) -> None:
         np.testing.assert_array_equal(ds.read(), full)
         assert ds.overviews(1) == [2, 4, 8]
         # Only the tiles that hold written pixels are in the file.
-        tiles = {(i, j) for i in range(-(-shape[0] // COG_BLOCK_SIZE_PX)) for j in range(-(-shape[1] // COG_BLOCK_SIZE_PX))
-                 if _tile_written(ds, i, j)}  # fmt: skip
+        tiles = {
+            (i, j)
+            for i in range(-(-shape[0] // COG_BLOCK_SIZE_PX))
+            for j in range(-(-shape[1] // COG_BLOCK_SIZE_PX))
+            if _tile_written(ds, i, j)
+        }
         assert tiles == {(2, 1), (4, 3)}
     for level, f in enumerate([2, 4, 8]):
         with rasterio.open(tmp_path / "cog.tif", overview_level=level) as ov:
@@ -63,9 +78,21 @@ def test_huge_stack_with_one_cropland_block(tmp_path: Path, bundle: Path) -> Non
     import cropmap
 
     side, row, col = 6144, 3008, 4096
-    prof = dict(driver="GTiff", width=side, height=side, count=len(DATES) * 3, dtype="uint16", crs=CRS, nodata=0,
-                transform=from_origin(600000, 5600000, 10, 10), tiled=True, blockxsize=TILE, blockysize=TILE,
-                interleave="pixel", SPARSE_OK="TRUE")  # fmt: skip
+    prof = {
+        "driver": "GTiff",
+        "width": side,
+        "height": side,
+        "count": len(DATES) * 3,
+        "dtype": "uint16",
+        "crs": CRS,
+        "nodata": 0,
+        "transform": from_origin(600000, 5600000, 10, 10),
+        "tiled": True,
+        "blockxsize": TILE,
+        "blockysize": TILE,
+        "interleave": "pixel",
+        "SPARSE_OK": "TRUE",
+    }
     values = np.random.default_rng(0).integers(2000, 4000, size=(len(DATES) * 3, TILE, TILE), dtype=np.uint16)
     with rasterio.open(tmp_path / "huge.tif", "w", **prof) as ds:
         ds.write(values, window=Window(col, row, TILE, TILE))
@@ -73,8 +100,14 @@ def test_huge_stack_with_one_cropland_block(tmp_path: Path, bundle: Path) -> Non
         ds.update_tags(reflectance_scale="10000")
     x, y = 600000 + col * 10, 5600000 - row * 10
     write_polygons(tmp_path / "field.gpkg", [shapely.box(x + 20, y - 140, x + 140, y - 20)], CRS)
-    s = cropmap.classify(tmp_path / "huge.tif", tmp_path / "field.gpkg", model=bundle, out=tmp_path / "o" / "m.tif",
-                         block_size=64, confidence=True)  # fmt: skip
+    s = cropmap.classify(
+        tmp_path / "huge.tif",
+        tmp_path / "field.gpkg",
+        model=bundle,
+        out=tmp_path / "o" / "m.tif",
+        block_size=64,
+        confidence=True,
+    )
     assert s["blocks"]["total"] == (side // 64) ** 2 and s["blocks"]["processed"] == 1
     assert s["pixels"]["classified"] == 144
     with rasterio.open(tmp_path / "o" / "m.tif") as ds:
@@ -82,4 +115,4 @@ def test_huge_stack_with_one_cropland_block(tmp_path: Path, bundle: Path) -> Non
         assert int((ds.read(1, window=Window(col, row, TILE, TILE)) > 0).sum()) == 144
         assert ds.read(1, window=Window(0, 0, 512, 512)).max() == 0
     assert (tmp_path / "o" / "m.tif").stat().st_size < 200_000
-    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.name.startswith("."))  == []
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")) == []

@@ -35,9 +35,13 @@ def write_items(folder: Path, values: np.ndarray, *, scale_in_stac: bool = True)
     (folder / "cogs").mkdir(parents=True)
     items = []
     for t, d in enumerate(DATES):
-        item = pystac.Item(id=f"S2_{d:%Y%m%d}", geometry=None, bbox=None,
-                           datetime=dt.datetime(d.year, d.month, d.day, 10, 30, tzinfo=dt.timezone.utc),
-                           properties={})  # fmt: skip
+        item = pystac.Item(
+            id=f"S2_{d:%Y%m%d}",
+            geometry=None,
+            bbox=None,
+            datetime=dt.datetime(d.year, d.month, d.day, 10, 30, tzinfo=dt.timezone.utc),
+            properties={},
+        )
         for b, band in enumerate(STACK_BANDS):
             key, eo = ASSET_STYLE[band]
             href = f"cogs/{d:%Y%m%d}_{band}.tif"
@@ -47,24 +51,28 @@ def write_items(folder: Path, values: np.ndarray, *, scale_in_stac: bool = True)
                 extra["eo:bands"] = eo
             if scale_in_stac:
                 extra["raster:bands"] = [{"scale": 0.0001, "offset": 0.0, "nodata": 0}]
-            item.add_asset(key, pystac.Asset(href=href, media_type=pystac.MediaType.COG, roles=["data"],
-                                             extra_fields=extra))  # fmt: skip
-        item.add_asset("thumbnail", pystac.Asset(href="thumb.png", media_type=pystac.MediaType.PNG,
-                                                 roles=["thumbnail"]))  # fmt: skip
+            item.add_asset(
+                key,
+                pystac.Asset(href=href, media_type=pystac.MediaType.COG, roles=["data"], extra_fields=extra),
+            )
+        item.add_asset(
+            "thumbnail", pystac.Asset(href="thumb.png", media_type=pystac.MediaType.PNG, roles=["thumbnail"])
+        )
         items.append(item)
     path = folder / "search.json"
     pystac.ItemCollection(items).save_object(dest_href=str(path))
     return path
 
 
-def test_stac_items_classify_to_the_same_bytes(tmp_path: Path, values: np.ndarray, stack_desc: Path,
-                                              polygons: Path, bundle: Path, outdir: Path) -> None:  # fmt: skip
+def test_stac_items_classify_to_the_same_bytes(
+    tmp_path: Path, values: np.ndarray, stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
+) -> None:
     items = write_items(tmp_path / "stac", values)
     st = open_stack(items)
     assert st.layout == "stac-items" and st.dates == DATES and set(st.bands) == set(STACK_BANDS)
     assert st.scale is not None and st.scale.source == "STAC raster:bands scale/offset"
     assert len(st.files) == len(DATES) * len(STACK_BANDS)
-    opts = dict(model=bundle, block_size=16, confidence=True, probabilities=True)
+    opts = {"model": bundle, "block_size": 16, "confidence": True, "probabilities": True}
     a = cropmap.classify(stack_desc, polygons, out=outdir / "tif.tif", **opts)
     b = cropmap.classify(items, polygons, out=outdir / "stac.tif", **opts)
     assert b["inputs"]["stack_layout"] == "stac-items"
@@ -98,14 +106,14 @@ def test_stac_items_errors(tmp_path: Path, values: np.ndarray) -> None:
     doc3 = json.loads(items.read_text())
     doc3["features"][0]["assets"]["B02"]["href"] = "https://example.com/B02.tif"
     (tmp_path / "stac" / "remote.json").write_text(json.dumps(doc3))
-    with pytest.raises(InputRasterError, match="is remote .*expected local files"):
+    with pytest.raises(InputRasterError, match=r"is remote .*expected local files"):
         open_stack(tmp_path / "stac" / "remote.json")
     # An asset on another grid.
     with rasterio.open(tmp_path / "stac" / "off.tif", "w", **(profile(1) | {"width": 10})) as ds:
         ds.write(values[0, :1, :, :10])
     doc["features"][2]["assets"]["green"]["href"] = "off.tif"
     (tmp_path / "stac" / "offgrid.json").write_text(json.dumps(doc))
-    with pytest.raises(InputRasterError, match="is on another grid .*expected every asset on one grid"):
+    with pytest.raises(InputRasterError, match=r"is on another grid .*expected every asset on one grid"):
         open_stack(tmp_path / "stac" / "offgrid.json")
     # Not an item collection.
     (tmp_path / "notstac.json").write_text('{"hello": 1}')

@@ -15,7 +15,9 @@ tiles = st.sampled_from([16, 64, 128, 256, 512])
 
 @settings(deadline=None, max_examples=60)
 @given(rows=sides, cols=sides, tile=tiles, requested=st.none() | st.integers(min_value=1, max_value=2048))
-def test_block_shape_aligned_and_plan_covers_raster_once(rows: int, cols: int, tile: int, requested: int | None) -> None:
+def test_block_shape_aligned_and_plan_covers_raster_once(
+    rows: int, cols: int, tile: int, requested: int | None
+) -> None:
     bh, bw = block_shape((tile, tile), (rows, cols), requested)
     for side, size in ((bh, rows), (bw, cols)):
         assert side == size or side % min(tile, size) == 0  # whole tiles, or the whole raster side
@@ -51,8 +53,10 @@ def test_reflectance_sample_windows_lie_in_their_block_and_in_one_tile_where_the
         assert b.row_off <= w.row_off and w.row_off + w.height <= b.row_off + b.height
         assert b.col_off <= w.col_off and w.col_off + w.width <= b.col_off + b.width
         assert (w.height, w.width) == (min(SAMPLE_EDGE_PX, b.height), min(SAMPLE_EDGE_PX, b.width))
-        for off, size, length, start, t in ((w.row_off, w.height, b.height, b.row_off, tile[0]),
-                                            (w.col_off, w.width, b.width, b.col_off, tile[1])):  # fmt: skip
+        for off, size, length, start, t in (
+            (w.row_off, w.height, b.height, b.row_off, tile[0]),
+            (w.col_off, w.width, b.width, b.col_off, tile[1]),
+        ):
             centre_tile = (start + length // 2) // t
             fits = max(centre_tile * t, start) + size <= min((centre_tile + 1) * t, start + length)
             if fits:  # one tile of the file, the one that holds the block's centre
@@ -75,8 +79,12 @@ def test_the_reflectance_check_reads_few_observations_of_a_long_series() -> None
         read.append(list(obs))
         return np.full((len(obs), len(bands), int(window.height), int(window.width)), value, dtype=np.float32)
 
-    stack = SimpleNamespace(scale=SimpleNamespace(gain=1e-4, offset=0.0, reflectance_scale=1e4, source="tag"),
-                            read=fake_read, path="s.tif", tile_shape=(64, 64))  # fmt: skip
+    stack = SimpleNamespace(
+        scale=SimpleNamespace(gain=1e-4, offset=0.0, reflectance_scale=1e4, source="tag"),
+        read=fake_read,
+        path="s.tif",
+        tile_shape=(64, 64),
+    )
     blocks = plan_blocks((100, 100), (100, 100))
     value = 1500.0  # reflectance 0.15: passes
     check_reflectance(stack, list(range(144)), ["B02", "B04"], blocks)  # type: ignore[arg-type]

@@ -19,7 +19,9 @@ from cropmap.writer import Staging, check_cog
 
 def _gdal_category_names(path: Path) -> dict[int, str]:
     """Category names as `gdalinfo` reports them (GDALInfo from the libgdal that rasterio ships)."""
-    libs = sorted(glob.glob(os.path.join(os.path.dirname(rasterio.__file__), os.pardir, "rasterio.libs", "libgdal*")))
+    libs = sorted(
+        glob.glob(os.path.join(os.path.dirname(rasterio.__file__), os.pardir, "rasterio.libs", "libgdal*"))
+    )
     if not libs:
         pytest.fail("libgdal shipped with rasterio not found; cannot ask GDAL for category names")
     gdal = ctypes.CDLL(libs[0])
@@ -47,7 +49,9 @@ def _gdal_category_names(path: Path) -> dict[int, str]:
 
 @pytest.fixture
 def outputs(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path) -> Path:
-    cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "map.tif", confidence=True, embedding=True)
+    cropmap.classify(
+        stack_desc, polygons, model=bundle, out=outdir / "map.tif", confidence=True, embedding=True
+    )
     return outdir
 
 
@@ -120,8 +124,16 @@ def test_writer_large_map_has_nearest_overviews(tmp_path: Path, bundle: Path) ->
     tmp = tmp_path / "scratch.tif"
     from rasterio.transform import from_origin
 
-    r = BlockRaster(tmp, crs=rasterio.crs.CRS.from_string(CRS), transform=from_origin(0, 1200, 1, 1),
-                    shape=(1200, 1100), count=1, dtype="uint8", nodata=0, colormap=colormap(CLASSES))  # fmt: skip
+    r = BlockRaster(
+        tmp,
+        crs=rasterio.crs.CRS.from_string(CRS),
+        transform=from_origin(0, 1200, 1, 1),
+        shape=(1200, 1100),
+        count=1,
+        dtype="uint8",
+        nodata=0,
+        colormap=colormap(CLASSES),
+    )
     codes = np.random.default_rng(0).choice([0, 1, 2, 5], size=(1200, 1100)).astype(np.uint8)
     r.write(rasterio.windows.Window(0, 0, 1100, 1200), codes)
     r.to_cog(tmp_path / "cog.tif")

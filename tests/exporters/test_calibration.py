@@ -57,8 +57,14 @@ def test_ece_of_a_perfectly_calibrated_toy() -> None:
     assert expected_calibration_error(probs, np.array([1, 1, 1, 1])) == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("labels,match", [(np.array([0, 1, 5]), "column indices"), (np.array([0.0, 1, 1]), "integer"),
-                                          (np.array([0, 1]), "one per row")])  # fmt: skip
+@pytest.mark.parametrize(
+    "labels,match",
+    [
+        (np.array([0, 1, 5]), "column indices"),
+        (np.array([0.0, 1, 1]), "integer"),
+        (np.array([0, 1]), "one per row"),
+    ],
+)
 def test_bad_labels(labels: np.ndarray, match: str) -> None:
     with pytest.raises(CalibrationError, match=match):
         calibrate(np.zeros((3, 3)), labels)
@@ -73,12 +79,20 @@ def test_reliability_diagram(tmp_path: Path) -> None:
 
 def _meta() -> BundleMetadata:
     return BundleMetadata(
-        schema_version=1, model_name="lstm", input_name="s2", output_name="logits", bands=BANDS,
-        reflectance_scale=10000.0, nodata=65535.0, time_grid=TimeGrid("11-01", (0, 61, 120, 181, 242), ("2020-11-01",) * 5),
-        min_valid_steps=3, gap_fill="linear",
-        classes=tuple(ClassInfo(i + 1, f"class {i + 1}", "#10a0c0") for i in range(K)), embedding=None,
+        schema_version=1,
+        model_name="lstm",
+        input_name="s2",
+        output_name="logits",
+        bands=BANDS,
+        reflectance_scale=10000.0,
+        nodata=65535.0,
+        time_grid=TimeGrid("11-01", (0, 61, 120, 181, 242), ("2020-11-01",) * 5),
+        min_valid_steps=3,
+        gap_fill="linear",
+        classes=tuple(ClassInfo(i + 1, f"class {i + 1}", "#10a0c0") for i in range(K)),
+        embedding=None,
         provenance=Provenance("none", "lstm", "none", "random test data", "test", "2026-01-01T00:00:00"),
-    )  # fmt: skip
+    )
 
 
 def test_export_bundle_with_calibration_data(tmp_path: Path) -> None:
@@ -96,22 +110,45 @@ def test_export_bundle_with_calibration_data(tmp_path: Path) -> None:
     p = softmax(z, 1 / 3)
     y_val = np.array([rng.choice(K, p=row) for row in p])
     out = tmp_path / "m.onnx"
-    report = export_bundle(encoder=None, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x,
-                           calibration_data=(x_val, y_val), calibration_note="synthetic validation")  # fmt: skip
+    report = export_bundle(
+        encoder=None,
+        base_model=base,
+        norm_stats=stats,
+        metadata=_meta(),
+        out=out,
+        example=x,
+        calibration_data=(x_val, y_val),
+        calibration_note="synthetic validation",
+    )
     assert report.passed
     cal = report.calibration
     assert cal is not None and cal.temperature < 1 and cal.ece_after < cal.ece_before and cal.n == 600
     assert load_bundle(out).metadata.calibration == cal
     assert sorted(q.name for q in tmp_path.iterdir()) == ["m.onnx", "m.reliability.png"]
     # Without calibration data the metadata is exported as given.
-    plain = export_bundle(encoder=None, base_model=base, norm_stats=stats, metadata=_meta(), out=tmp_path / "p.onnx",
-                          example=x)  # fmt: skip
+    plain = export_bundle(
+        encoder=None, base_model=base, norm_stats=stats, metadata=_meta(), out=tmp_path / "p.onnx", example=x
+    )
     assert plain.calibration is None and load_bundle(tmp_path / "p.onnx").metadata.calibration is None
     assert not (tmp_path / "p.reliability.png").exists()
     with pytest.raises(ExportError, match="column indices"):
-        export_bundle(encoder=None, base_model=base, norm_stats=stats, metadata=_meta(), out=tmp_path / "q.onnx",
-                      example=x, calibration_data=(x_val, y_val + 1))  # fmt: skip
+        export_bundle(
+            encoder=None,
+            base_model=base,
+            norm_stats=stats,
+            metadata=_meta(),
+            out=tmp_path / "q.onnx",
+            example=x,
+            calibration_data=(x_val, y_val + 1),
+        )
     with pytest.raises(ExportError, match="x_val has shape"):
-        export_bundle(encoder=None, base_model=base, norm_stats=stats, metadata=_meta(), out=tmp_path / "q.onnx",
-                      example=x, calibration_data=(x_val[:, :2], y_val))  # fmt: skip
+        export_bundle(
+            encoder=None,
+            base_model=base,
+            norm_stats=stats,
+            metadata=_meta(),
+            out=tmp_path / "q.onnx",
+            example=x,
+            calibration_data=(x_val[:, :2], y_val),
+        )
     assert dataclasses.replace(_meta(), calibration=cal).temperature == cal.temperature

@@ -53,11 +53,22 @@ def test_every_family_and_encoder_exports_with_parity(family: str, encoder_kind:
     x = np.random.default_rng(1).uniform(100, 6000, (2000, T, C)).astype(np.float32)
     stats = compute_norm_stats(x)
     meta = classifier_metadata(
-        encoder=encoder, base_model=base, family=family, pretraining="none", bands=BANDS, time_grid=GRID,
-        classes=CLASSES, min_valid_steps=2, training_data="random", metrics={}, nodata=0.0,
-    )  # fmt: skip
+        encoder=encoder,
+        base_model=base,
+        family=family,
+        pretraining="none",
+        bands=BANDS,
+        time_grid=GRID,
+        classes=CLASSES,
+        min_valid_steps=2,
+        training_data="random",
+        metrics={},
+        nodata=0.0,
+    )
     out = tmp_path / "m.onnx"
-    report = export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=meta, out=out, example=x)
+    report = export_bundle(
+        encoder=encoder, base_model=base, norm_stats=stats, metadata=meta, out=out, example=x
+    )
     assert report.passed and report.n == 2000
     assert report.max_abs_logit_diff <= 1e-4 and report.argmax_agreement == 1.0
     bundle = load_bundle(out)
@@ -77,15 +88,23 @@ def _toy_task(n: int = 30, seed: int = 0) -> TaskData:
         xs, ys = [], []
         for k in range(K):
             time = np.arange(T)[None, :, None]
-            xs.append((1500 + 2500 * np.exp(-((time - 1 - 2 * k) ** 2) / 2.0) + rng.normal(0, 150, (m, T, C))))
+            xs.append(1500 + 2500 * np.exp(-((time - 1 - 2 * k) ** 2) / 2.0) + rng.normal(0, 150, (m, T, C)))
             ys.append(np.full(m, k))
         return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
     (x_tr, y_tr), (x_va, y_va) = make(n), make(n // 2)
     return TaskData(
-        x_tr, y_tr, x_va, y_va, class_names=tuple(c.name for c in CLASSES), bands=BANDS, classes=CLASSES,
-        time_grid=GRID, nodata=0.0, description="toy series",
-    )  # fmt: skip
+        x_tr,
+        y_tr,
+        x_va,
+        y_va,
+        class_names=tuple(c.name for c in CLASSES),
+        bands=BANDS,
+        classes=CLASSES,
+        time_grid=GRID,
+        nodata=0.0,
+        description="toy series",
+    )
 
 
 def test_downstream_keeps_models_and_exporters_best_picks_by_metric(tmp_path: Path, capsys) -> None:
@@ -94,14 +113,26 @@ def test_downstream_keeps_models_and_exporters_best_picks_by_metric(tmp_path: Pa
     enc = ResMLP(C, hidden=16, n_layers=2, out_dim=8)
     enc_path = save_encoder(tmp_path / "enc.pt", enc.eval(), compute_norm_stats(data.x_train))
     # Without trees and without a model-selection split (tests/exporters/test_trees.py covers both).
-    cfg = DownstreamConfig(task="real", families=("lstm", "transformer"), variants=1, epochs=3, batch_size=16,
-                           default_variant=True, recipe="papers", baselines=False, trees=(),
-                           selection_holdout=0.0)  # fmt: skip
+    cfg = DownstreamConfig(
+        task="real",
+        families=("lstm", "transformer"),
+        variants=1,
+        epochs=3,
+        batch_size=16,
+        default_variant=True,
+        recipe="papers",
+        baselines=False,
+        trees=(),
+        selection_holdout=0.0,
+    )
     run = tmp_path / "run"
     results = run_comparison(cfg, data, [EncoderSpec("unimodal", 0.2, enc_path)], run, show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(recs) == 2 * 2 * 2  # families x (default + 1 sampled) x (supervised + unimodal)
-    assert {r["variant"] for r in recs} == {-1, 0} and {r["hp_source"] for r in recs} == {"defaults", "sampled"}
+    assert {r["variant"] for r in recs} == {-1, 0} and {r["hp_source"] for r in recs} == {
+        "defaults",
+        "sampled",
+    }
     for r in recs:  # every run kept a model that rebuilds to the recorded validation accuracy
         clf = load_classifier(run / r["model"])
         assert clf.metadata.provenance.base_model == r["family"]
@@ -124,13 +155,18 @@ def test_downstream_keeps_models_and_exporters_best_picks_by_metric(tmp_path: Pa
     meta = load_bundle(out).metadata
     best = select_best(run, metric="accuracy")
     assert meta.provenance.metrics["selected_by_val_accuracy"] == pytest.approx(best.value)
-    assert best.record["family"] in meta.provenance.training_data and best.record["method"] in meta.provenance.training_data
+    assert (
+        best.record["family"] in meta.provenance.training_data
+        and best.record["method"] in meta.provenance.training_data
+    )
     # The single-checkpoint path keeps working.
     single = tmp_path / "single.onnx"
     assert exporters_main([str(run / recs[0]["model"]), "-o", str(single)]) == 0
 
 
-def test_family_ensembles_are_saved_and_export_as_one_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_family_ensembles_are_saved_and_export_as_one_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dataclasses
 
     from training import recipe
@@ -138,15 +174,29 @@ def test_family_ensembles_are_saved_and_export_as_one_bundle(tmp_path: Path, mon
     monkeypatch.setitem(recipe.RECIPES, "robust", dataclasses.replace(recipe.RECIPES["robust"], min_steps=30))
     data = _toy_task()
     torch.manual_seed(0)
-    enc_path = save_encoder(tmp_path / "enc.pt", ResMLP(C, hidden=16, n_layers=2, out_dim=8).eval(),
-                            compute_norm_stats(data.x_train))  # fmt: skip
-    cfg = DownstreamConfig(task="real", families=("lstm",), variants=0, default_variant=True,
-                           repeats=2, epochs=1, batch_size=16, trees=())  # fmt: skip
+    enc_path = save_encoder(
+        tmp_path / "enc.pt",
+        ResMLP(C, hidden=16, n_layers=2, out_dim=8).eval(),
+        compute_norm_stats(data.x_train),
+    )
+    cfg = DownstreamConfig(
+        task="real",
+        families=("lstm",),
+        variants=0,
+        default_variant=True,
+        repeats=2,
+        epochs=1,
+        batch_size=16,
+        trees=(),
+    )
     run = tmp_path / "run"
     results = run_comparison(cfg, data, [EncoderSpec("unimodal", 0.2, enc_path)], run, show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
     ens = [r for r in recs if r["hp_source"] == "ensemble"]
-    assert sorted((r["family"], r["method"]) for r in ens) == [("lstm_ensemble", "supervised"), ("lstm_ensemble", "unimodal")]
+    assert sorted((r["family"], r["method"]) for r in ens) == [
+        ("lstm_ensemble", "supervised"),
+        ("lstm_ensemble", "unimodal"),
+    ]
     for r in ens:
         clf = load_classifier(run / r["model"])
         assert clf.metadata.provenance.base_model == "ensemble" and len(clf.base_model.members) == 2
@@ -155,24 +205,49 @@ def test_family_ensembles_are_saved_and_export_as_one_bundle(tmp_path: Path, mon
     (best,) = [r for r in ens if r["model"] == "models/real-lstm-ensemble-unimodal-0.2.pt"]
     assert exporters_main([str(run / best["model"]), "-o", str(out)]) == 0
     bundle = load_bundle(out)
-    assert bundle.metadata.embedding is not None and bundle.metadata.embedding.dim == 2 * 2 * 128  # 2 bi-LSTMs
+    assert (
+        bundle.metadata.embedding is not None and bundle.metadata.embedding.dim == 2 * 2 * 128
+    )  # 2 bi-LSTMs
     assert bundle.run(data.x_val[:4]).shape == (4, K)
 
 
 def test_export_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert exporters_main(["--best", str(tmp_path), "-o", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "results.jsonl" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert (
+        err.startswith("error: ")
+        and "results.jsonl" in err
+        and err.count("\n") == 1
+        and "Traceback" not in err
+    )
     assert exporters_main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m.onnx")]) == 1
     assert "does not exist" in capsys.readouterr().err
     data = _toy_task(n=6)
     base = build_model("lstm", C, K)
-    meta = classifier_metadata(encoder=None, base_model=base, family="lstm", pretraining="none", bands=BANDS,
-                               time_grid=GRID, classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={},
-                               nodata=0.0)  # fmt: skip
-    ckpt = save_classifier(tmp_path / "c.pt", encoder=None, encoder_name=None, base_model=base, base_model_name="lstm",
-                           base_model_config={}, norm_stats=compute_norm_stats(data.x_train), metadata=meta,
-                           parity_inputs=data.x_val)  # fmt: skip
+    meta = classifier_metadata(
+        encoder=None,
+        base_model=base,
+        family="lstm",
+        pretraining="none",
+        bands=BANDS,
+        time_grid=GRID,
+        classes=CLASSES,
+        min_valid_steps=2,
+        training_data="toy",
+        metrics={},
+        nodata=0.0,
+    )
+    ckpt = save_classifier(
+        tmp_path / "c.pt",
+        encoder=None,
+        encoder_name=None,
+        base_model=base,
+        base_model_name="lstm",
+        base_model_config={},
+        norm_stats=compute_norm_stats(data.x_train),
+        metadata=meta,
+        parity_inputs=data.x_val,
+    )
     (tmp_path / "exists.onnx").write_bytes(b"keep")
     assert exporters_main([str(ckpt), "-o", str(tmp_path / "exists.onnx")]) == 1
     assert "pass --overwrite" in capsys.readouterr().err

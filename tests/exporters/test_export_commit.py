@@ -39,9 +39,18 @@ def _save(path: Path) -> Path:
     x = rng.uniform(100, 6000, (48, T, C)).astype(np.float32)
     y = rng.integers(0, K, 48)
     stats = {"mean": x.reshape(-1, C).mean(0).tolist(), "std": x.reshape(-1, C).std(0).tolist()}
-    save_classifier(path, encoder=None, encoder_name=None, base_model=base, base_model_name="lstm",
-                    base_model_config={"hidden": 6, "layers": 1, "dropout": 0.0}, norm_stats=stats,
-                    metadata=_meta(), parity_inputs=x, parity_labels=y)  # fmt: skip
+    save_classifier(
+        path,
+        encoder=None,
+        encoder_name=None,
+        base_model=base,
+        base_model_name="lstm",
+        base_model_config={"hidden": 6, "layers": 1, "dropout": 0.0},
+        norm_stats=stats,
+        metadata=_meta(),
+        parity_inputs=x,
+        parity_labels=y,
+    )
     return path
 
 
@@ -58,17 +67,26 @@ def ckpt(tmp_path: Path, calibrated_bytes: bytes) -> Path:
     return path
 
 
-def _export(*args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
-            ) -> subprocess.CompletedProcess:  # fmt: skip
-    return subprocess.run([*(prefix or []), sys.executable, "-m", "exporters", *args], cwd=REPO,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300,
-                          check=False)  # fmt: skip
+def _export(
+    *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "exporters", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _unshare() -> list[str] | None:
     if shutil.which("unshare") is None:
         return None
-    for args in (["unshare", "-m"], ["unshare", "-r", "-m"]) if os.geteuid() == 0 else (["unshare", "-r", "-m"],):
+    for args in (
+        (["unshare", "-m"], ["unshare", "-r", "-m"]) if os.geteuid() == 0 else (["unshare", "-r", "-m"],)
+    ):
         if subprocess.run([*args, "true"], capture_output=True, check=False).returncode == 0:
             return args
     return None
@@ -93,16 +111,37 @@ def test_full_disk_while_writing_the_diagram_leaves_no_bundle(ckpt: Path, tmp_pa
     size_k = (bundle_size + 4095) // 4096 * 4 + 4  # room for the bundle, not for the diagram as well
     disk = tmp_path / "disk"
     disk.mkdir()
-    script = f'mount -t tmpfs -o size={size_k}k tmpfs "{disk}" || exit 99; "$@"; rc=$?; ls -A "{disk}"; exit $rc'
-    res = subprocess.run([*ns, "sh", "-c", script, "sh", sys.executable, "-m", "exporters", str(ckpt), "-o",
-                          str(disk / "m.onnx")], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         check=False)  # fmt: skip
+    script = (
+        f'mount -t tmpfs -o size={size_k}k tmpfs "{disk}" || exit 99; "$@"; rc=$?; ls -A "{disk}"; exit $rc'
+    )
+    res = subprocess.run(
+        [
+            *ns,
+            "sh",
+            "-c",
+            script,
+            "sh",
+            sys.executable,
+            "-m",
+            "exporters",
+            str(ckpt),
+            "-o",
+            str(disk / "m.onnx"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if res.returncode == 99:
         pytest.skip(f"mounting a tmpfs is refused here: {res.stderr.strip()}")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "no space left on device" in lines[0], res.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no space left on device" in lines[0], (
+        res.stderr
+    )
     assert "m.reliability.png" in lines[0], lines[0]
     assert res.stdout.strip() == "", "the tmpfs must be empty: " + res.stdout
 
@@ -110,8 +149,13 @@ def test_full_disk_while_writing_the_diagram_leaves_no_bundle(ckpt: Path, tmp_pa
 def test_sigterm_during_export_leaves_no_temporary_or_folder(ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "new" / "deeper" / "m.onnx"
     before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    proc = subprocess.Popen([sys.executable, "-m", "exporters", str(ckpt), "-o", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporters", str(ckpt), "-o", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not out.parent.exists():
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -125,8 +169,9 @@ def test_sigterm_during_export_leaves_no_temporary_or_folder(ckpt: Path, tmp_pat
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
 
 
-@pytest.mark.parametrize("step", [pytest.param(s, marks=[] if s in (2, 5, 7) else [pytest.mark.slow])
-                                  for s in range(1, 9)])  # fmt: skip
+@pytest.mark.parametrize(
+    "step", [pytest.param(s, marks=[] if s in (2, 5, 7) else [pytest.mark.slow]) for s in range(1, 9)]
+)
 def test_export_killed_during_commit_leaves_old_or_new_set(step: int, ckpt: Path, tmp_path: Path) -> None:
     """An earlier bundle + diagram, a new export killed at commit step N: the old pair or the new pair."""
     out = tmp_path / "o" / "m.onnx"
@@ -148,8 +193,13 @@ def test_export_killed_during_commit_leaves_old_or_new_set(step: int, ckpt: Path
 def test_sigkilled_export_leaves_temporaries_the_next_export_removes(ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "o" / "m.onnx"
     out.parent.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "exporters", str(ckpt), "-o", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporters", str(ckpt), "-o", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not any(".cropmap-" in p.name for p in out.parent.iterdir()):
         assert proc.poll() is None, proc.communicate()

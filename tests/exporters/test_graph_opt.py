@@ -28,8 +28,16 @@ class _Convs(nn.Module):
 def _export(opset: int) -> onnx.ModelProto:
     torch.manual_seed(0)
     buf = io.BytesIO()
-    torch.onnx.export(_Convs().eval(), (torch.randn(2, 12, 5),), buf, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=opset, dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        _Convs().eval(),
+        (torch.randn(2, 12, 5),),
+        buf,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+        opset_version=opset,
+        dynamo=False,
+    )
     return onnx.load_from_string(buf.getvalue())
 
 

@@ -27,8 +27,11 @@ AGREEMENT_FLOOR = 0.8
 """Where these tests check that the recorded agreement is the measured one, the threshold only refuses a broken
 graph (about 1/3 on three classes): how close a briefly trained toy model's int8 graph comes to 100 % depends on the
 quantiser's rounding, not on cropmap. The refusal itself is tested on models whose margins decide the outcome."""
-SMALL = {"lstm": {"hidden": 16}, "inception_time": {"layers": 2, "hidden": 16, "kernel": 5, "bottleneck": 8},
-         "transformer": {"d_model": 16, "heads": 2, "layers": 2}}  # fmt: skip
+SMALL = {
+    "lstm": {"hidden": 16},
+    "inception_time": {"layers": 2, "hidden": 16, "kernel": 5, "bottleneck": 8},
+    "transformer": {"d_model": 16, "heads": 2, "layers": 2},
+}
 
 
 def _series(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,21 +69,41 @@ def _model(family: str, encoder_kind: str) -> tuple[torch.nn.Module | None, torc
     return encoder, base.eval()
 
 
-def _export(tmp_path: Path, family: str, encoder_kind: str, precision: str, **kw) -> tuple[Path, Path, np.ndarray]:
+def _export(
+    tmp_path: Path, family: str, encoder_kind: str, precision: str, **kw
+) -> tuple[Path, Path, np.ndarray]:
     encoder, base = _model(family, encoder_kind)
     x, y = _series(600, 1)
     meta = classifier_metadata(
-        encoder=encoder, base_model=base, family=family, pretraining="none", bands=BANDS, time_grid=GRID,
-        classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={}, nodata=0.0,
-    )  # fmt: skip
+        encoder=encoder,
+        base_model=base,
+        family=family,
+        pretraining="none",
+        bands=BANDS,
+        time_grid=GRID,
+        classes=CLASSES,
+        min_valid_steps=2,
+        training_data="toy",
+        metrics={},
+        nodata=0.0,
+    )
     stats = compute_norm_stats(_series(256, 0)[0])
     fp32 = tmp_path / "fp32.onnx"
-    export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=meta, out=fp32, example=x[:200])
+    export_bundle(
+        encoder=encoder, base_model=base, norm_stats=stats, metadata=meta, out=fp32, example=x[:200]
+    )
     out = tmp_path / f"{precision}.onnx"
     report = export_bundle(
-        encoder=encoder, base_model=base, norm_stats=stats, metadata=meta, out=out, example=x[:200],
-        precision=precision, precision_data=split_precision_data(x[200:], y[200:], train_x=_series(256, 0)[0]), **kw,
-    )  # fmt: skip
+        encoder=encoder,
+        base_model=base,
+        norm_stats=stats,
+        metadata=meta,
+        out=out,
+        example=x[:200],
+        precision=precision,
+        precision_data=split_precision_data(x[200:], y[200:], train_x=_series(256, 0)[0]),
+        **kw,
+    )
     assert report.precision is not None and report.precision.dtype == precision
     return fp32, out, x
 
@@ -91,7 +114,9 @@ def _check_recorded_agreement(fp32: Path, out: Path, x: np.ndarray, precision: s
     assert rec is not None and b.metadata.dtype == precision and a.metadata.precision is None
     held_out = x[200:]  # the evaluation series given to the export
     want, got = a.run(held_out), b.run(held_out)
-    assert got.dtype == np.float32 and got.shape == want.shape  # the contract's float32 I/O at every precision
+    assert (
+        got.dtype == np.float32 and got.shape == want.shape
+    )  # the contract's float32 I/O at every precision
     assert rec.n == len(held_out)
     assert rec.argmax_agreement == pytest.approx(float((want.argmax(1) == got.argmax(1)).mean()))
     assert rec.max_abs_logit_diff == pytest.approx(float(np.abs(want - got).max()), rel=1e-5, abs=1e-6)
@@ -101,15 +126,26 @@ def _check_recorded_agreement(fp32: Path, out: Path, x: np.ndarray, precision: s
     assert emb.dtype == np.float32 and emb.shape[0] == 5
     model = onnx.load(str(out), load_external_data=False)
     assert not any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
-    assert sorted(p.name for p in out.parent.iterdir() if p.suffix == ".onnx") == sorted({fp32.name, out.name})
+    assert sorted(p.name for p in out.parent.iterdir() if p.suffix == ".onnx") == sorted(
+        {fp32.name, out.name}
+    )
 
 
-@pytest.mark.parametrize(("family", "encoder_kind", "precision"), [
-    ("transformer", "none", "int8"),  # fresh Transformers share identical initialisers
-    ("lstm", "resmlp", "fp16"),
-    ("transformer", "timewise", "fp16"),  # float16 attention Transposes crashed ONNX Runtime's CPU optimiser
-])  # fmt: skip
-def test_reduced_precision_bundle_records_measured_agreement(family, encoder_kind, precision, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("family", "encoder_kind", "precision"),
+    [
+        ("transformer", "none", "int8"),  # fresh Transformers share identical initialisers
+        ("lstm", "resmlp", "fp16"),
+        (
+            "transformer",
+            "timewise",
+            "fp16",
+        ),  # float16 attention Transposes crashed ONNX Runtime's CPU optimiser
+    ],
+)
+def test_reduced_precision_bundle_records_measured_agreement(
+    family, encoder_kind, precision, tmp_path: Path
+) -> None:
     fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=AGREEMENT_FLOOR)
     _check_recorded_agreement(fp32, out, x, precision)
 
@@ -118,7 +154,9 @@ def test_reduced_precision_bundle_records_measured_agreement(family, encoder_kin
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 @pytest.mark.parametrize("encoder_kind", ENCODER_KINDS)
 @pytest.mark.parametrize("family", sorted(MODELS))
-def test_every_family_and_encoder_reduces(family: str, encoder_kind: str, precision: str, tmp_path: Path) -> None:
+def test_every_family_and_encoder_reduces(
+    family: str, encoder_kind: str, precision: str, tmp_path: Path
+) -> None:
     fp32, out, x = _export(tmp_path, family, encoder_kind, precision, min_agreement=AGREEMENT_FLOOR)
     _check_recorded_agreement(fp32, out, x, precision)
 
@@ -127,11 +165,23 @@ def test_fresh_transformer_shares_initialisers_and_unsharing_keeps_outputs(tmp_p
     torch.manual_seed(0)
     base = build_model("transformer", C, K, **SMALL["transformer"]).eval()
     x = _series(64, 2)[0]
-    meta = classifier_metadata(encoder=None, base_model=base, family="transformer", pretraining="none", bands=BANDS,
-                               time_grid=GRID, classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={},
-                               nodata=0.0)  # fmt: skip
+    meta = classifier_metadata(
+        encoder=None,
+        base_model=base,
+        family="transformer",
+        pretraining="none",
+        bands=BANDS,
+        time_grid=GRID,
+        classes=CLASSES,
+        min_valid_steps=2,
+        training_data="toy",
+        metrics={},
+        nodata=0.0,
+    )
     out = tmp_path / "t.onnx"
-    export_bundle(encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta, out=out, example=x)
+    export_bundle(
+        encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta, out=out, example=x
+    )
     model = onnx.load(str(out))
     n = unshare_initializers(model)
     assert n > 0  # the pitfall is real in this graph
@@ -177,11 +227,23 @@ def _lstm_with_margin(x: np.ndarray, margin: float) -> torch.nn.Module:
 
 
 def _fp32_bundle(tmp_path: Path, base: torch.nn.Module, x: np.ndarray) -> Path:
-    meta = classifier_metadata(encoder=None, base_model=base, family="lstm", pretraining="none", bands=BANDS,
-                               time_grid=GRID, classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={},
-                               nodata=0.0)  # fmt: skip
+    meta = classifier_metadata(
+        encoder=None,
+        base_model=base,
+        family="lstm",
+        pretraining="none",
+        bands=BANDS,
+        time_grid=GRID,
+        classes=CLASSES,
+        min_valid_steps=2,
+        training_data="toy",
+        metrics={},
+        nodata=0.0,
+    )
     fp32 = tmp_path / "fp32.onnx"
-    export_bundle(encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta, out=fp32, example=x)
+    export_bundle(
+        encoder=None, base_model=base, norm_stats=compute_norm_stats(x), metadata=meta, out=fp32, example=x
+    )
     return fp32
 
 
@@ -189,28 +251,55 @@ def test_below_threshold_is_refused_and_nothing_written(tmp_path: Path) -> None:
     x = _series(400, 3)[0]
     fp32 = _fp32_bundle(tmp_path, _lstm_with_margin(x, margin=0.0), x)
     want = load_bundle(fp32).run(x[200:]).argmax(1)
-    assert 60 <= int((want == 1).sum()) <= 140 and set(want.tolist()) <= {0, 1}  # the near-tie splits the series
+    assert 60 <= int((want == 1).sum()) <= 140 and set(want.tolist()) <= {
+        0,
+        1,
+    }  # the near-tie splits the series
     # Both int8 methods are built and measured; neither keeps every near-tied decision, so the strictest
     # threshold refuses the export, names what each method reached, and writes nothing.
-    with pytest.raises(PrecisionError, match=r"agrees with fp32 on fewer than 100 % of 200 held-out series") as err:
-        reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:], min_agreement=1.0)
+    with pytest.raises(
+        PrecisionError, match=r"agrees with fp32 on fewer than 100 % of 200 held-out series"
+    ) as err:
+        reduce_precision(
+            fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:], min_agreement=1.0
+        )
     assert "int8 static QDQ: agreement" in str(err.value) and "int8 dynamic: agreement" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx"]
     # A threshold just above what the reduced graph measured is refused too (the rule, not the rounding).
-    rec = reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:],
-                           int8_method="dynamic", min_agreement=0.01)  # fmt: skip
+    rec = reduce_precision(
+        fp32,
+        tmp_path / "int8.onnx",
+        "int8",
+        calib_x=x[:200],
+        eval_x=x[200:],
+        int8_method="dynamic",
+        min_agreement=0.01,
+    )
     assert rec.argmax_agreement < 1.0
     (tmp_path / "int8.onnx").unlink()
     with pytest.raises(PrecisionError, match="fewer than"):
-        reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:],
-                         int8_method="dynamic", min_agreement=min(1.0, rec.argmax_agreement + 1e-9))  # fmt: skip
+        reduce_precision(
+            fp32,
+            tmp_path / "int8.onnx",
+            "int8",
+            calib_x=x[:200],
+            eval_x=x[200:],
+            int8_method="dynamic",
+            min_agreement=min(1.0, rec.argmax_agreement + 1e-9),
+        )
     assert not (tmp_path / "int8.onnx").exists()
     with pytest.raises(PrecisionError, match=r"expected one of \('fp16', 'int8'\)"):
         reduce_precision(fp32, tmp_path / "x.onnx", "fp32", calib_x=x, eval_x=x)
     with pytest.raises(ExportError, match="needs precision_data"):
-        export_bundle(encoder=None, base_model=_lstm_with_margin(x, margin=0.0), norm_stats=compute_norm_stats(x),
-                      metadata=load_bundle(fp32).metadata, out=tmp_path / "y.onnx", example=x,
-                      precision="int8")  # fmt: skip
+        export_bundle(
+            encoder=None,
+            base_model=_lstm_with_margin(x, margin=0.0),
+            norm_stats=compute_norm_stats(x),
+            metadata=load_bundle(fp32).metadata,
+            out=tmp_path / "y.onnx",
+            example=x,
+            precision="int8",
+        )
 
 
 def test_model_that_agrees_is_accepted_at_the_strictest_threshold(tmp_path: Path) -> None:
@@ -218,7 +307,9 @@ def test_model_that_agrees_is_accepted_at_the_strictest_threshold(tmp_path: Path
     # a decision, so int8 agrees on every series and even a threshold of 100 % accepts it.
     x = _series(400, 3)[0]
     fp32 = _fp32_bundle(tmp_path, _lstm_with_margin(x, margin=50.0), x)
-    rec = reduce_precision(fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:], min_agreement=1.0)
+    rec = reduce_precision(
+        fp32, tmp_path / "int8.onnx", "int8", calib_x=x[:200], eval_x=x[200:], min_agreement=1.0
+    )
     assert rec.argmax_agreement == 1.0 and rec.min_agreement == 1.0 and rec.max_abs_logit_diff < 1.0
     assert load_bundle(tmp_path / "int8.onnx").metadata.precision == rec
 
@@ -227,12 +318,30 @@ def test_cli_precision_flag_and_one_line_refusal(tmp_path: Path, capsys) -> None
     encoder, base = _model("lstm", "resmlp")
     x, y = _series(300, 4)
     meta = classifier_metadata(
-        encoder=encoder, base_model=base, family="lstm", pretraining="none", bands=BANDS, time_grid=GRID,
-        classes=CLASSES, min_valid_steps=2, training_data="toy", metrics={}, nodata=0.0,
-    )  # fmt: skip
-    ckpt = save_classifier(tmp_path / "c.pt", encoder=encoder, encoder_name="resmlp", base_model=base,
-                           base_model_name="lstm", base_model_config=SMALL["lstm"], norm_stats=compute_norm_stats(x),
-                           metadata=meta, parity_inputs=x, parity_labels=y)  # fmt: skip
+        encoder=encoder,
+        base_model=base,
+        family="lstm",
+        pretraining="none",
+        bands=BANDS,
+        time_grid=GRID,
+        classes=CLASSES,
+        min_valid_steps=2,
+        training_data="toy",
+        metrics={},
+        nodata=0.0,
+    )
+    ckpt = save_classifier(
+        tmp_path / "c.pt",
+        encoder=encoder,
+        encoder_name="resmlp",
+        base_model=base,
+        base_model_name="lstm",
+        base_model_config=SMALL["lstm"],
+        norm_stats=compute_norm_stats(x),
+        metadata=meta,
+        parity_inputs=x,
+        parity_labels=y,
+    )
     out = tmp_path / "m.onnx"
     assert exporters_main([str(ckpt), "-o", str(out), "--precision", "int8", "--min-agreement", "0.9"]) == 0
     printed = capsys.readouterr().out
@@ -241,13 +350,39 @@ def test_cli_precision_flag_and_one_line_refusal(tmp_path: Path, capsys) -> None
     assert rec is not None and rec.dtype == "int8" and rec.n == 150 and "split at random" in rec.data
     np.savez(tmp_path / "train.npz", x=_series(200, 5)[0])
     out2 = tmp_path / "m16.onnx"
-    assert exporters_main([str(ckpt), "-o", str(out2), "--precision", "fp16", "--calibration-data",
-                           str(tmp_path / "train.npz"), "--min-agreement", "0.9"]) == 0  # fmt: skip
+    assert (
+        exporters_main(
+            [
+                str(ckpt),
+                "-o",
+                str(out2),
+                "--precision",
+                "fp16",
+                "--calibration-data",
+                str(tmp_path / "train.npz"),
+                "--min-agreement",
+                "0.9",
+            ]
+        )
+        == 0
+    )
     rec = load_bundle(out2).metadata.precision
     assert rec is not None and rec.n == 300 and "200 training series" in rec.data
     capsys.readouterr()
-    assert exporters_main([str(ckpt), "-o", str(tmp_path / "bad.onnx"), "--precision", "int8",
-                           "--calibration-data", str(tmp_path / "missing.npz")]) == 1  # fmt: skip
+    assert (
+        exporters_main(
+            [
+                str(ckpt),
+                "-o",
+                str(tmp_path / "bad.onnx"),
+                "--precision",
+                "int8",
+                "--calibration-data",
+                str(tmp_path / "missing.npz"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "missing.npz" in err
     assert not (tmp_path / "bad.onnx").exists()

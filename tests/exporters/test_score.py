@@ -28,10 +28,35 @@ FLANDERS = (
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("score") / "run"
-    rc = downstream_main(["--task", "real", "--data", str(FLANDERS), "--season", "2020", "--classes", "4",
-                          "--families", "lstm", "--variants", "0", "--default-variant", "--epochs", "1",
-                          "--recipe", "papers", "--no-baselines", "--set", "trees=boosting", "--set", "tree_trials=0",
-                          "--out", str(out), "--no-progress"])  # fmt: skip
+    rc = downstream_main(
+        [
+            "--task",
+            "real",
+            "--data",
+            str(FLANDERS),
+            "--season",
+            "2020",
+            "--classes",
+            "4",
+            "--families",
+            "lstm",
+            "--variants",
+            "0",
+            "--default-variant",
+            "--epochs",
+            "1",
+            "--recipe",
+            "papers",
+            "--no-baselines",
+            "--set",
+            "trees=boosting",
+            "--set",
+            "tree_trials=0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 

@@ -44,7 +44,9 @@ def _meta(*, embedding: bool = True, n_classes: int = K) -> BundleMetadata:
         gap_fill="linear",
         classes=tuple(ClassInfo(i + 1, f"class {i + 1}", "#10a0c0") for i in range(n_classes)),
         embedding=EmbeddingInfo("embedding", 12, "BiLSTM features before the head") if embedding else None,
-        provenance=Provenance("resmlp-1x16", "lstm", "none", "random test data", "test", "2026-01-01T00:00:00"),
+        provenance=Provenance(
+            "resmlp-1x16", "lstm", "none", "random test data", "test", "2026-01-01T00:00:00"
+        ),
     )
 
 
@@ -67,7 +69,9 @@ def tiny() -> tuple[ResMLP, torch.nn.Module, dict[str, list[float]], np.ndarray]
 def test_export_bundle_loads_and_matches_torch(tiny, tmp_path: Path) -> None:
     encoder, base, stats, x = tiny
     out = tmp_path / "m.onnx"
-    report = export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x)
+    report = export_bundle(
+        encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x
+    )
     assert report.passed and report.n == 40 and report.max_abs_logit_diff <= 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # single file, no temp or .data left over
     bundle = load_bundle(out)
@@ -101,29 +105,55 @@ def test_export_without_embedding_and_from_normalized_encoder(tiny, tmp_path: Pa
     encoder, base, stats, x = tiny
     wrapped = NormalizedEncoder(Normalize(stats["mean"], stats["std"]), encoder, frozen=True)
     out = tmp_path / "m.onnx"
-    export_bundle(encoder=wrapped, base_model=base, norm_stats=None, metadata=_meta(embedding=False), out=out, example=x)
+    export_bundle(
+        encoder=wrapped, base_model=base, norm_stats=None, metadata=_meta(embedding=False), out=out, example=x
+    )
     bundle = load_bundle(out)
     assert [o.name for o in bundle.session.get_outputs()] == ["logits"]
     with pytest.raises(ExportError, match="already normalises"):
-        export_bundle(encoder=wrapped, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x,
-                      overwrite=True)  # fmt: skip
+        export_bundle(
+            encoder=wrapped,
+            base_model=base,
+            norm_stats=stats,
+            metadata=_meta(),
+            out=out,
+            example=x,
+            overwrite=True,
+        )
 
 
 def test_export_rejects_mismatched_metadata(tiny, tmp_path: Path) -> None:
     encoder, base, stats, x = tiny
     out = tmp_path / "m.onnx"
     with pytest.raises(ExportError, match="metadata lists 4 classes"):
-        export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(n_classes=4), out=out, example=x)
+        export_bundle(
+            encoder=encoder,
+            base_model=base,
+            norm_stats=stats,
+            metadata=_meta(n_classes=4),
+            out=out,
+            example=x,
+        )
     with pytest.raises(ExportError, match=r"metadata expects \(B, 5, 4\)"):
-        export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x[:, :4])
+        export_bundle(
+            encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x[:, :4]
+        )
     bad_emb = dataclasses.replace(_meta(), embedding=EmbeddingInfo("embedding", 99, "wrong size"))
     with pytest.raises(ExportError, match="embedding has 12 features; metadata says 99"):
-        export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=bad_emb, out=out, example=x)
+        export_bundle(
+            encoder=encoder, base_model=base, norm_stats=stats, metadata=bad_emb, out=out, example=x
+        )
     with pytest.raises(ExportError, match="norm_stats are required"):
         export_bundle(encoder=encoder, base_model=base, norm_stats=None, metadata=_meta(), out=out, example=x)
     with pytest.raises(ExportError, match="NaN"):
-        export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out,
-                      example=np.where(x > 5000, np.nan, x))
+        export_bundle(
+            encoder=encoder,
+            base_model=base,
+            norm_stats=stats,
+            metadata=_meta(),
+            out=out,
+            example=np.where(x > 5000, np.nan, x),
+        )
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -162,9 +192,17 @@ def test_broken_metadata_is_rejected_by_load_bundle(tiny, tmp_path: Path) -> Non
 def test_checkpoint_round_trip_and_cli(tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     encoder, base, stats, x = tiny
     ckpt = tmp_path / "clf.pt"
-    save_classifier(ckpt, encoder=encoder, encoder_name="resmlp", base_model=base, base_model_name="lstm",
-                    base_model_config={"hidden": 6, "layers": 2, "dropout": 0.3}, norm_stats=stats,
-                    metadata=_meta(), parity_inputs=x[:16])
+    save_classifier(
+        ckpt,
+        encoder=encoder,
+        encoder_name="resmlp",
+        base_model=base,
+        base_model_name="lstm",
+        base_model_config={"hidden": 6, "layers": 2, "dropout": 0.3},
+        norm_stats=stats,
+        metadata=_meta(),
+        parity_inputs=x[:16],
+    )
     clf = load_classifier(ckpt)
     assert clf.metadata == _meta() and clf.parity_inputs.shape == (16, T, C)
     out = tmp_path / "cli.onnx"
@@ -173,7 +211,9 @@ def test_checkpoint_round_trip_and_cli(tiny, tmp_path: Path, capsys: pytest.Capt
     meta = load_bundle(out).metadata
     assert meta.classes == _meta().classes and meta.provenance.created != _meta().provenance.created
     graph = build_graph(encoder=encoder, base_model=base, norm_stats=stats)
-    np.testing.assert_allclose(load_bundle(out).run(x[:5]), graph(torch.from_numpy(x[:5]))[0].detach().numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        load_bundle(out).run(x[:5]), graph(torch.from_numpy(x[:5]))[0].detach().numpy(), atol=1e-4
+    )
     assert exporters_main([str(ckpt), "-o", str(out)]) == 1  # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
     assert exporters_main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")]) == 1
@@ -185,9 +225,22 @@ def test_export_bundle_never_overwrites_by_default(tiny, tmp_path: Path) -> None
     encoder, base, stats, x = tiny
     out = tmp_path / "m.onnx"
     out.write_bytes(b"an earlier bundle")
-    with pytest.raises(FileExistsError, match=r"m\.onnx exists; pass --overwrite \(overwrite=True\) to replace it"):
-        export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x)
-    assert out.read_bytes() == b"an earlier bundle" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
-    export_bundle(encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x,
-                  overwrite=True)  # fmt: skip
+    with pytest.raises(
+        FileExistsError, match=r"m\.onnx exists; pass --overwrite \(overwrite=True\) to replace it"
+    ):
+        export_bundle(
+            encoder=encoder, base_model=base, norm_stats=stats, metadata=_meta(), out=out, example=x
+        )
+    assert out.read_bytes() == b"an earlier bundle" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.onnx"
+    ]
+    export_bundle(
+        encoder=encoder,
+        base_model=base,
+        norm_stats=stats,
+        metadata=_meta(),
+        out=out,
+        example=x,
+        overwrite=True,
+    )
     assert load_bundle(out).metadata == _meta()

@@ -43,8 +43,18 @@ def _series(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _task(n: int = 30) -> TaskData:
     (x_tr, y_tr), (x_va, y_va) = _series(n, 0), _series(n // 2, 1)
-    return TaskData(x_tr, y_tr, x_va, y_va, class_names=tuple(c.name for c in CLASSES), bands=BANDS, classes=CLASSES,
-                    time_grid=GRID, nodata=0.0, description="toy series")  # fmt: skip
+    return TaskData(
+        x_tr,
+        y_tr,
+        x_va,
+        y_va,
+        class_names=tuple(c.name for c in CLASSES),
+        bands=BANDS,
+        classes=CLASSES,
+        time_grid=GRID,
+        nodata=0.0,
+        description="toy series",
+    )
 
 
 def test_feature_graph_computes_the_training_features() -> None:
@@ -67,16 +77,35 @@ def test_tree_features_refuse_a_band_mismatch() -> None:
 @pytest.mark.parametrize("family", [pytest.param("forest", marks=pytest.mark.slow), "boosting"])
 def test_tree_bundle_reproduces_predict_proba_and_fits_the_contract(family: str, tmp_path: Path) -> None:
     data = _task()
-    cfg = DownstreamConfig(task="real", families=("lstm",), variants=0, default_variant=True, epochs=1, batch_size=16,
-                           recipe="papers", baselines=False, trees=(family,), tree_trials=1 if family == "boosting" else 0)  # fmt: skip
+    cfg = DownstreamConfig(
+        task="real",
+        families=("lstm",),
+        variants=0,
+        default_variant=True,
+        epochs=1,
+        batch_size=16,
+        recipe="papers",
+        baselines=False,
+        trees=(family,),
+        tree_trials=1 if family == "boosting" else 0,
+    )
     run = tmp_path / "run"
     from training.trees import run_trees
 
     run.mkdir()
     x_sel, y_sel = _series(4, 5)
     np.savez(run / "selection-taskreal.npz", x=x_sel, y=y_sel)
-    run_trees(cfg, data, setup={"task": "real", "n_val": len(data.y_val)}, results=run / "results.jsonl", done={},
-              out=run, save=True, x_sel=x_sel, y_sel=y_sel)  # fmt: skip
+    run_trees(
+        cfg,
+        data,
+        setup={"task": "real", "n_val": len(data.y_val)},
+        results=run / "results.jsonl",
+        done={},
+        out=run,
+        save=True,
+        x_sel=x_sel,
+        y_sel=y_sel,
+    )
     rec = json.loads((run / "results.jsonl").read_text())
     clf = load_tree_classifier(run / rec["model"])
     assert clf.family == family and clf.metadata.embedding is None
@@ -89,8 +118,11 @@ def test_tree_bundle_reproduces_predict_proba_and_fits_the_contract(family: str,
     # softmax(logits) is the training library's predict_proba (log-probabilities as logits)
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    ref = predict_proba(fit_tree(family, tree_features(data.x_train, BANDS), data.y_train, rec["hp"],
-                                 seed=_seed(family)), tree_features(x_val, BANDS), K)  # fmt: skip
+    ref = predict_proba(
+        fit_tree(family, tree_features(data.x_train, BANDS), data.y_train, rec["hp"], seed=_seed(family)),
+        tree_features(x_val, BANDS),
+        K,
+    )
     assert np.abs(p - ref).max() <= PROB_ATOL
     assert ((p.argmax(1) == data.y_val).mean()) == pytest.approx(rec["val_accuracy"])
     # python -m exporters.score gives the record's numbers on the same series
@@ -124,8 +156,18 @@ def _seed(family: str) -> int:
 @pytest.mark.slow
 def test_downstream_records_trees_and_best_chooses_on_the_selection_split(tmp_path: Path, capsys) -> None:
     data = _task()
-    cfg = DownstreamConfig(task="real", families=("lstm",), variants=0, default_variant=True, epochs=2, batch_size=16,
-                           recipe="papers", baselines=True, trees=("boosting",), tree_trials=2)  # fmt: skip
+    cfg = DownstreamConfig(
+        task="real",
+        families=("lstm",),
+        variants=0,
+        default_variant=True,
+        epochs=2,
+        batch_size=16,
+        recipe="papers",
+        baselines=True,
+        trees=("boosting",),
+        tree_trials=2,
+    )
     run = tmp_path / "run"
     run_comparison(cfg, data, [], run, show_progress=False)
     recs = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
@@ -162,8 +204,19 @@ def _records(run: Path, rows: list[dict]) -> None:
     for i, row in enumerate(rows):
         model = f"models/m{i}.pt"
         (run / model).write_bytes(b"")
-        lines.append(json.dumps({"task": "real", "variant": -1, "method": "supervised", "corruption": None,
-                                 "n_val": 30, "model": model, **row}))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "task": "real",
+                    "variant": -1,
+                    "method": "supervised",
+                    "corruption": None,
+                    "n_val": 30,
+                    "model": model,
+                    **row,
+                }
+            )
+        )
     (run / "results.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -171,10 +224,25 @@ def test_best_ranks_on_the_selection_split_and_says_when_it_cannot(tmp_path: Pat
     from exporters.to_onnx import ExportError
 
     run = tmp_path / "run"
-    _records(run, [
-        {"family": "lstm", "val_accuracy": 0.9, "macro_f1": 0.9, "select_accuracy": 0.5, "select_macro_f1": 0.5},
-        {"family": "boosting", "val_accuracy": 0.6, "macro_f1": 0.6, "select_accuracy": 0.7, "select_macro_f1": 0.7},
-    ])  # fmt: skip
+    _records(
+        run,
+        [
+            {
+                "family": "lstm",
+                "val_accuracy": 0.9,
+                "macro_f1": 0.9,
+                "select_accuracy": 0.5,
+                "select_macro_f1": 0.5,
+            },
+            {
+                "family": "boosting",
+                "val_accuracy": 0.6,
+                "macro_f1": 0.6,
+                "select_accuracy": 0.7,
+                "select_macro_f1": 0.7,
+            },
+        ],
+    )
     choice = select_best(run)  # the best test score is never what picks
     assert choice.split == "selection" and choice.record["family"] == "boosting" and choice.value == 0.7
     assert (

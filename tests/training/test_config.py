@@ -39,7 +39,9 @@ def test_load_config_defaults_without_file() -> None:
 def test_load_config_file_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text('epochs = 5\nname = "a"\n[optim]\nlr = 1\nbetas = [0.5, 0.6]\n')
-    cfg = load_config(_Run, path, ["epochs=7", "optim.lr=5e-4", "amp=true", "resume=ckpt.pt", "mode=unimodal"])
+    cfg = load_config(
+        _Run, path, ["epochs=7", "optim.lr=5e-4", "amp=true", "resume=ckpt.pt", "mode=unimodal"]
+    )
     assert cfg.epochs == 7
     assert cfg.name == "a"
     assert cfg.optim.lr == 5e-4

@@ -48,7 +48,7 @@ def test_pointwise_pairs_take_all_clear_pixels_when_fewer_exist(
     pool = scene_a_splits(scene)["val"]
     n_pixels = int(np.isin(scene.field_raster, pool).sum())
     with caplog.at_level(logging.INFO, logger="training.data.datasets"):
-        s2, _, index = pointwise_pairs(scene, pool, n_per_stamp=10 * n_pixels, seed=0, return_index=True)
+        _s2, _, index = pointwise_pairs(scene, pool, n_per_stamp=10 * n_pixels, seed=0, return_index=True)
     assert "fewer than" in caplog.text
     assert np.bincount(index[:, 0]).max() <= n_pixels
 

@@ -74,7 +74,7 @@ def test_ps_index_matches_by_day_of_year_and_refuses_missing_days(scene_copy: Pa
 
 
 def test_ps_archive_also_reads_flat_date_files(scene_copy: Path) -> None:
-    first = sorted((scene_copy / "planet").iterdir())[0]
+    first = min((scene_copy / "planet").iterdir())
     shutil.move(first / "sr.tif", scene_copy / "planet" / f"{first.name}.tif")
     first.rmdir()
     scene = read_scene(scene_copy)

@@ -25,12 +25,31 @@ LOSS_RTOL = 1e-5
 """Two ranks sum the same terms in another order: per-step losses agree to this relative tolerance (1e-7 seen)."""
 
 SMALL = {
-    "point": ["--config", str(ROOT / "training/configs/pretrain_pointwise.toml"), "--set", "encoder.hidden=32",
-              "--set", "encoder.n_layers=2", "--set", "encoder.out_dim=16"],
-    "time": ["--config", str(ROOT / "training/configs/pretrain_timewise.toml"), "--set", "timewise.d_model=16",
-             "--set", "timewise.n_layers=1", "--set", "timewise.n_heads=2", "--set", "timewise.out_dim=8",
-             "--set", "timewise.max_len=8"],
-}  # fmt: skip
+    "point": [
+        "--config",
+        str(ROOT / "training/configs/pretrain_pointwise.toml"),
+        "--set",
+        "encoder.hidden=32",
+        "--set",
+        "encoder.n_layers=2",
+        "--set",
+        "encoder.out_dim=16",
+    ],
+    "time": [
+        "--config",
+        str(ROOT / "training/configs/pretrain_timewise.toml"),
+        "--set",
+        "timewise.d_model=16",
+        "--set",
+        "timewise.n_layers=1",
+        "--set",
+        "timewise.n_heads=2",
+        "--set",
+        "timewise.out_dim=8",
+        "--set",
+        "timewise.max_len=8",
+    ],
+}
 
 
 def _pairs(path: Path, alignment: str) -> Path:
@@ -43,9 +62,31 @@ def _pairs(path: Path, alignment: str) -> Path:
 
 
 def _args(data: Path, out: Path, alignment: str, mode: str, *extra: str) -> list[str]:
-    return ["-m", "training.pretrain", "--data", str(data), "--out", str(out), "--mode", mode, "--alignment",
-            alignment, *SMALL[alignment], "--set", "projector.hidden=16", "--set", "projector.out=8", "--set",
-            "batch_size=64", "--set", "log_every=1", "--no-progress", "--device", "cpu", *extra]  # fmt: skip
+    return [
+        "-m",
+        "training.pretrain",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--mode",
+        mode,
+        "--alignment",
+        alignment,
+        *SMALL[alignment],
+        "--set",
+        "projector.hidden=16",
+        "--set",
+        "projector.out=8",
+        "--set",
+        "batch_size=64",
+        "--set",
+        "log_every=1",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -62,11 +103,25 @@ def test_two_gloo_ranks_give_the_losses_of_one_process(alignment: str, mode: str
     data = _pairs(tmp_path / "pairs.npz", alignment)
     one, two = tmp_path / "one", tmp_path / "two"
     extra = ("--set", "epochs=2")
-    single = subprocess.run([sys.executable, *_args(data, one, alignment, mode, *extra)], cwd=ROOT, env=_env(),
-                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    single = subprocess.run(
+        [sys.executable, *_args(data, one, alignment, mode, *extra)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
-    ranks = subprocess.run([*TORCHRUN, *_args(data, two, alignment, mode, *extra)], cwd=ROOT, env=_env(),
-                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    ranks = subprocess.run(
+        [*TORCHRUN, *_args(data, two, alignment, mode, *extra)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     assert ranks.stdout.count("pre-training done") == 1  # rank 0 alone reports (and writes)
     a, b = _step_losses(one), _step_losses(two)
@@ -81,8 +136,9 @@ def test_a_killed_rank_ends_the_run_with_one_line_and_it_resumes(tmp_path: Path)
     data = _pairs(tmp_path / "pairs.npz", "point")
     out = tmp_path / "run"
     args = _args(data, out, "point", "bimodal", "--set", "epochs=400", "--set", "checkpoint_every=1")
-    proc = subprocess.Popen([*TORCHRUN, *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*TORCHRUN, *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 180
         while not (out / "checkpoints" / "last.pt").exists():  # a checkpoint to resume from
@@ -105,10 +161,29 @@ def test_a_killed_rank_ends_the_run_with_one_line_and_it_resumes(tmp_path: Path)
         str(out), ""
     )  # no traceback of the ranks (torchrun reports its own)
     done = max(json.loads(line)["epoch"] for line in (out / "loss_log.jsonl").read_text().splitlines())
-    resumed = subprocess.run([*TORCHRUN, *_args(data, out, "point", "bimodal", "--set", f"epochs={done + 1}",
-                                                "--set", "checkpoint_every=1", "--resume",
-                                                str(out / "checkpoints" / "last.pt"))],
-                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    resumed = subprocess.run(
+        [
+            *TORCHRUN,
+            *_args(
+                data,
+                out,
+                "point",
+                "bimodal",
+                "--set",
+                f"epochs={done + 1}",
+                "--set",
+                "checkpoint_every=1",
+                "--resume",
+                str(out / "checkpoints" / "last.pt"),
+            ),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     epochs = [json.loads(line)["epoch"] for line in (out / "loss_log.jsonl").read_text().splitlines()]
     assert max(epochs) == done + 1 and (out / "encoder.pt").is_file()
@@ -139,6 +214,8 @@ def test_global_batchnorm_is_batchnorm_outside_a_process_group() -> None:
 
 
 def test_collective_errors_read_as_one_short_line() -> None:
-    err = RuntimeError("[/x/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:35760: Connection reset by peer. "
-                       "This is typically caused by a remote failure\nmore")  # fmt: skip
+    err = RuntimeError(
+        "[/x/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:35760: Connection reset by peer. "
+        "This is typically caused by a remote failure\nmore"
+    )
     assert collective_error(err) == "Read error [127.0.0.1]:35760: Connection reset by peer"

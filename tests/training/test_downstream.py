@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.data.parcels import stratified_split
 from training.downstream import (
     DownstreamConfig,
     EncoderSpec,
@@ -18,7 +19,6 @@ from training.downstream import (
     run_comparison,
     train_run,
 )
-from training.data.parcels import stratified_split
 from training.models import build_model
 from training.models.encoder import ResMLP, compute_norm_stats, save_encoder
 
@@ -61,7 +61,13 @@ def _encoder_file(path: Path, data: TaskData, seed: int = 0) -> Path:
 def test_encoder_spec_parse() -> None:
     spec = EncoderSpec.parse("bimodal_0.6=runs/b/encoder.pt")
     assert (spec.method, spec.corruption, spec.path) == ("bimodal", 0.6, Path("runs/b/encoder.pt"))
-    for bad in ("bimodal=enc.pt", "trimodal_0.2=x.pt", "unimodal_0.2", "unimodal_1.5=x.pt", "unimodal_abc=x.pt"):
+    for bad in (
+        "bimodal=enc.pt",
+        "trimodal_0.2=x.pt",
+        "unimodal_0.2",
+        "unimodal_1.5=x.pt",
+        "unimodal_abc=x.pt",
+    ):
         with pytest.raises(ValueError, match="<method>_<corruption>=PATH"):
             EncoderSpec.parse(bad)
 
@@ -83,14 +89,24 @@ def test_train_run_learns_a_separable_task(family: str) -> None:
     data = _toy_task()
     stats = compute_norm_stats(data.x_train)
     norm = lambda a: torch.from_numpy((a - np.array(stats["mean"])) / np.array(stats["std"])).float()
-    hp = {"lstm": {"hidden": 16, "layers": 2}, "inception_time": {"layers": 2, "hidden": 16, "kernel": 8},
-          "transformer": {"d_model": 16, "heads": 2, "layers": 2}}[family]  # fmt: skip
+    hp = {
+        "lstm": {"hidden": 16, "layers": 2},
+        "inception_time": {"layers": 2, "hidden": 16, "kernel": 8},
+        "transformer": {"d_model": 16, "heads": 2, "layers": 2},
+    }[family]
     torch.manual_seed(0)
     model = build_model(family, len(BANDS), 3, **hp)
     res = train_run(
-        model, norm(data.x_train), torch.from_numpy(data.y_train), norm(data.x_val), torch.from_numpy(data.y_val),
-        lr=1e-2, epochs=8, batch_size=24, seed=0,
-    )  # fmt: skip
+        model,
+        norm(data.x_train),
+        torch.from_numpy(data.y_train),
+        norm(data.x_val),
+        torch.from_numpy(data.y_val),
+        lr=1e-2,
+        epochs=8,
+        batch_size=24,
+        seed=0,
+    )
     assert res["val_accuracy"] > 0.8, res["curve"]
     assert len(res["curve"]) == 8 and res["curve"][-1][0] == 8
     assert np.asarray(res["confusion"]).sum() == len(data.y_val)
@@ -109,8 +125,17 @@ def test_learning_rate_decays_linearly_to_zero() -> None:
     torch.optim.Adam.step = spy  # type: ignore[method-assign]
     try:
         x = torch.from_numpy(data.x_train / 1000)
-        train_run(model, x, torch.from_numpy(data.y_train), x, torch.from_numpy(data.y_train),
-                  lr=1e-3, epochs=3, batch_size=10, seed=0)  # fmt: skip
+        train_run(
+            model,
+            x,
+            torch.from_numpy(data.y_train),
+            x,
+            torch.from_numpy(data.y_train),
+            lr=1e-3,
+            epochs=3,
+            batch_size=10,
+            seed=0,
+        )
     finally:
         torch.optim.Adam.step = original  # type: ignore[method-assign]
     steps = 3 * 3  # 30 samples / batch 10 x 3 epochs
@@ -127,8 +152,18 @@ def test_frozen_encoder_keeps_batchnorm_statistics_and_gets_no_grads(tmp_path: P
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     model = build_model("lstm", 8, 3, hidden=8, layers=2)
     x = torch.from_numpy(data.x_train / 3000).float()
-    train_run(model, x, torch.from_numpy(data.y_train), x, torch.from_numpy(data.y_train),
-              lr=1e-3, epochs=2, batch_size=8, seed=0, front=enc)  # fmt: skip
+    train_run(
+        model,
+        x,
+        torch.from_numpy(data.y_train),
+        x,
+        torch.from_numpy(data.y_train),
+        lr=1e-3,
+        epochs=2,
+        batch_size=8,
+        seed=0,
+        front=enc,
+    )
     assert not enc.training
     for name, value in enc.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=f"{name} changed")
@@ -143,8 +178,16 @@ def test_run_comparison_writes_results_and_resumes(tmp_path: Path, cache_gb: flo
     enc_b = _encoder_file(tmp_path / "b.pt", data, seed=2)
     state_before = torch.load(enc_a, weights_only=True)["state_dict"]
     encoders = [EncoderSpec("unimodal", 0.2, enc_a), EncoderSpec("bimodal", 0.2, enc_b)]
-    cfg = DownstreamConfig(task="1", families=("lstm", "transformer"), variants=2, epochs=1, batch_size=16,
-                           embed_cache_gb=cache_gb, recipe="papers", baselines=False)  # fmt: skip
+    cfg = DownstreamConfig(
+        task="1",
+        families=("lstm", "transformer"),
+        variants=2,
+        epochs=1,
+        batch_size=16,
+        embed_cache_gb=cache_gb,
+        recipe="papers",
+        baselines=False,
+    )
     out = tmp_path / "run"
     results = run_comparison(cfg, data, encoders, out, show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
@@ -154,8 +197,21 @@ def test_run_comparison_writes_results_and_resumes(tmp_path: Path, cache_gb: flo
     mode = "per_batch" if cache_gb == 0 else "precomputed"
     assert {r["embedding_mode"] for r in recs if r["method"] != "supervised"} == {mode}
     for r in recs:
-        assert set(r) >= {"task", "family", "variant", "method", "corruption", "val_accuracy", "macro_f1", "kappa",
-                          "confusion", "epochs", "seconds", "hp", "lr"}  # fmt: skip
+        assert set(r) >= {
+            "task",
+            "family",
+            "variant",
+            "method",
+            "corruption",
+            "val_accuracy",
+            "macro_f1",
+            "kappa",
+            "confusion",
+            "epochs",
+            "seconds",
+            "hp",
+            "lr",
+        }
         assert r["in_dim"] == (len(BANDS) if r["method"] == "supervised" else 8)
     # The same variant carries the same hyper-parameters for every method.
     for fam in ("lstm", "transformer"):
@@ -193,9 +249,17 @@ def test_run_comparison_rejects_bad_encoders(tmp_path: Path) -> None:
     cfg = DownstreamConfig(task="real", families=("lstm",), variants=1, epochs=1)
     cfg1 = dataclass_replace(cfg, task="1")
     with pytest.raises(ValueError, match="repeat"):
-        run_comparison(cfg1, data, [EncoderSpec("unimodal", 0.2, enc)] * 2, tmp_path / "o", show_progress=False)
-    wide = TaskData(np.zeros((4, 4, 2), np.float32), np.array([0, 1, 0, 1]), np.zeros((2, 4, 2), np.float32),
-                    np.array([0, 1]), ("a", "b"), ("B02", "B03"))  # fmt: skip
+        run_comparison(
+            cfg1, data, [EncoderSpec("unimodal", 0.2, enc)] * 2, tmp_path / "o", show_progress=False
+        )
+    wide = TaskData(
+        np.zeros((4, 4, 2), np.float32),
+        np.array([0, 1, 0, 1]),
+        np.zeros((2, 4, 2), np.float32),
+        np.array([0, 1]),
+        ("a", "b"),
+        ("B02", "B03"),
+    )
     with pytest.raises(ValueError, match="expects 4 input bands but task data has 2"):
         run_comparison(cfg1, wide, [EncoderSpec("unimodal", 0.2, enc)], tmp_path / "o2", show_progress=False)
 
@@ -219,16 +283,38 @@ def test_real_task_reads_flanders_parcels() -> None:
     assert len(data.y_train) + len(data.y_val) == 81  # 30 + 28 + 12 + 12 parcels, one lacks 6 valid months
     assert set(data.y_val) == set(range(4))
     flanders_map = REPO / "training" / "configs" / "classes_flanders.csv"
-    coarse = load_real_task(FLANDERS, DownstreamConfig(task="real", season=2020, min_valid=6, class_map=flanders_map))
+    coarse = load_real_task(
+        FLANDERS, DownstreamConfig(task="real", season=2020, min_valid=6, class_map=flanders_map)
+    )
     assert coarse.class_names == ("grassland", "maize", "other arable crops", "non-cropland and perennial")
     assert len(coarse.y_train) + len(coarse.y_val) == 99
 
 
 def test_cli_real_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "real"
-    rc = main(["--task", "real", "--data", str(FLANDERS), "--families", "transformer", "--variants", "1",
-               "--epochs", "1", "--out", str(out), "--no-progress", "--set", "batch_size=32", "--recipe", "papers",
-               "--set", "trees=[]"])  # fmt: skip
+    rc = main(
+        [
+            "--task",
+            "real",
+            "--data",
+            str(FLANDERS),
+            "--families",
+            "transformer",
+            "--variants",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "batch_size=32",
+            "--recipe",
+            "papers",
+            "--set",
+            "trees=[]",
+        ]
+    )
     assert rc == 0
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     (rec,) = [r for r in recs if r["family"] == "transformer"]
@@ -249,9 +335,25 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert main(["--task", "1", "--out", str(tmp_path), "--no-progress"]) == 1  # no --data: one-line error
 
 
-TINY_PRETRAIN = ["--set", "epochs=1", "--set", "encoder.hidden=32", "--set", "encoder.n_layers=2",
-                 "--set", "encoder.out_dim=16", "--set", "projector.hidden=32", "--set", "projector.out=16",
-                 "--set", "data.pixels_per_stamp=100", "--set", "batch_size=256", "--no-progress"]  # fmt: skip
+TINY_PRETRAIN = [
+    "--set",
+    "epochs=1",
+    "--set",
+    "encoder.hidden=32",
+    "--set",
+    "encoder.n_layers=2",
+    "--set",
+    "encoder.out_dim=16",
+    "--set",
+    "projector.hidden=32",
+    "--set",
+    "projector.out=16",
+    "--set",
+    "data.pixels_per_stamp=100",
+    "--set",
+    "batch_size=256",
+    "--no-progress",
+]
 
 
 def test_pipeline_simulate_pretrain_downstream_evaluate(sim_scene_dir: Path, tmp_path: Path) -> None:
@@ -261,13 +363,43 @@ def test_pipeline_simulate_pretrain_downstream_evaluate(sim_scene_dir: Path, tmp
     encoders = []
     for mode in ("unimodal", "bimodal"):
         out = tmp_path / f"{mode}_0.2"
-        rc = pretrain.main(["--mode", mode, "--alignment", "point", "--corruption", "0.2", "--data", str(sim_scene_dir),
-                            "--out", str(out), "--config", str(config), *TINY_PRETRAIN])  # fmt: skip
+        rc = pretrain.main(
+            [
+                "--mode",
+                mode,
+                "--alignment",
+                "point",
+                "--corruption",
+                "0.2",
+                "--data",
+                str(sim_scene_dir),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                *TINY_PRETRAIN,
+            ]
+        )
         assert rc == 0
         encoders.append(f"{mode}_0.2={out / 'encoder.pt'}")
     ds = tmp_path / "downstream"
-    rc = main(["--task", "1", "--data", str(sim_scene_dir), "--config", str(REPO / "training/configs/downstream_ci.toml"),
-               "--families", "transformer", "--encoders", *encoders, "--out", str(ds), "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "--task",
+            "1",
+            "--data",
+            str(sim_scene_dir),
+            "--config",
+            str(REPO / "training/configs/downstream_ci.toml"),
+            "--families",
+            "transformer",
+            "--encoders",
+            *encoders,
+            "--out",
+            str(ds),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     all_recs = [json.loads(line) for line in (ds / "results.jsonl").read_text().splitlines()]
     recs = [r for r in all_recs if r["family"] == "transformer"]
@@ -275,8 +407,12 @@ def test_pipeline_simulate_pretrain_downstream_evaluate(sim_scene_dir: Path, tmp
     assert {r["method"] for r in recs} == {"supervised", "unimodal", "bimodal"}
     # The RandomForest on each method's inputs, and the majority class once.
     base = sorted((r["family"], r["method"]) for r in all_recs if r["hp_source"] == "baseline")
-    assert base == [("majority", "supervised"), ("random_forest", "bimodal"), ("random_forest", "supervised"),
-                    ("random_forest", "unimodal")]  # fmt: skip
+    assert base == [
+        ("majority", "supervised"),
+        ("random_forest", "bimodal"),
+        ("random_forest", "supervised"),
+        ("random_forest", "unimodal"),
+    ]
     assert all(r["in_dim"] == (12 if r["method"] == "supervised" else 16) for r in recs)
     assert all(len(r["class_names"]) == 9 and r["n_train"] == 9 * 8 for r in recs)
     assert evaluate.main(["--results", str(ds / "results.jsonl"), "--out", str(tmp_path / "report")]) == 0
@@ -296,13 +432,50 @@ def test_comparison_all_families_two_rates(sim_scene_dir: Path, tmp_path: Path) 
     for mode in ("unimodal", "bimodal"):
         for rate in ("0.2", "0.6"):
             out = tmp_path / f"{mode}_{rate}"
-            assert pretrain.main(["--mode", mode, "--alignment", "point", "--corruption", rate, "--data",
-                                  str(sim_scene_dir), "--out", str(out), "--config", str(config),
-                                  *TINY_PRETRAIN]) == 0  # fmt: skip
+            assert (
+                pretrain.main(
+                    [
+                        "--mode",
+                        mode,
+                        "--alignment",
+                        "point",
+                        "--corruption",
+                        rate,
+                        "--data",
+                        str(sim_scene_dir),
+                        "--out",
+                        str(out),
+                        "--config",
+                        str(config),
+                        *TINY_PRETRAIN,
+                    ]
+                )
+                == 0
+            )
             encoders.append(f"{mode}_{rate}={out / 'encoder.pt'}")
     ds = tmp_path / "downstream"
-    assert main(["--task", "2", "--data", str(sim_scene_dir), "--config", str(REPO / "training/configs/downstream_ci.toml"),
-                 "--variants", "2", "--epochs", "2", "--encoders", *encoders, "--out", str(ds), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--task",
+                "2",
+                "--data",
+                str(sim_scene_dir),
+                "--config",
+                str(REPO / "training/configs/downstream_ci.toml"),
+                "--variants",
+                "2",
+                "--epochs",
+                "2",
+                "--encoders",
+                *encoders,
+                "--out",
+                str(ds),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = evaluate.write_report(ds / "results.jsonl", tmp_path / "report")
     for family in ("lstm", "inception_time", "transformer"):
         entry = summary[f"2/{family}"]

@@ -30,7 +30,9 @@ def test_resmlp_parameter_count_paper_setting() -> None:
     assert resmlp_parameter_count(12) == 598_016
     assert len(model.blocks) == 4
     assert count_parameters(ResMLP(36)) == resmlp_parameter_count(36) == 604_160
-    assert count_parameters(ResMLP(12, hidden=64, n_layers=6, out_dim=32)) == resmlp_parameter_count(12, 64, 6, 32)
+    assert count_parameters(ResMLP(12, hidden=64, n_layers=6, out_dim=32)) == resmlp_parameter_count(
+        12, 64, 6, 32
+    )
 
 
 def test_resmlp_rejects_odd_layer_count() -> None:
@@ -41,7 +43,14 @@ def test_resmlp_rejects_odd_layer_count() -> None:
 def test_resmlp_structure_matches_spec() -> None:
     model = ResMLP(12, hidden=16, n_layers=4, out_dim=8, dropout=0.1)
     block = model.blocks[0].f
-    assert [type(m).__name__ for m in block] == ["BatchNorm1d", "Linear", "ReLU", "Dropout", "Linear", "Dropout"]
+    assert [type(m).__name__ for m in block] == [
+        "BatchNorm1d",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "Dropout",
+    ]
     assert [type(m).__name__ for m in model.head] == ["BatchNorm1d", "ReLU", "Linear"]
     assert model.stem.in_features == 12 and model.head[-1].out_features == 8
     assert len(model.blocks) == 2
@@ -92,7 +101,9 @@ def test_timewise_encoder_shapes_and_pooling() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 10, 12)
     for pooling in ("mean", "cls"):
-        enc = TimeWiseEncoder(12, d_model=32, n_layers=2, n_heads=4, out_dim=16, max_len=20, pooling=pooling).eval()
+        enc = TimeWiseEncoder(
+            12, d_model=32, n_layers=2, n_heads=4, out_dim=16, max_len=20, pooling=pooling
+        ).eval()
         assert enc(x).shape == (2, 10, 16)
         assert enc.pooled(x).shape == (2, 16)
     enc = TimeWiseEncoder(12, d_model=32, n_layers=2, n_heads=4, out_dim=16, max_len=20).eval()

@@ -22,7 +22,9 @@ from training.evaluate import (
 )
 
 
-def _rec(task: str, family: str, variant: int, method: str, corruption: float | None, acc: float) -> dict[str, Any]:
+def _rec(
+    task: str, family: str, variant: int, method: str, corruption: float | None, acc: float
+) -> dict[str, Any]:
     # A 2-class confusion matrix of 100 samples with the given accuracy.
     correct = round(acc * 100)
     cm = [[correct // 2, 50 - correct // 2], [50 - (correct - correct // 2), correct - correct // 2]]
@@ -124,8 +126,17 @@ def test_report_files_are_written(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     summary = write_report(path, tmp_path / "report")
     out = tmp_path / "report"
-    for name in ("report.md", "table1.md", "per_class.md", "summary.json", "gain_1.png", "gain_real.png",
-                 "win_1_lstm.png", "win_1_transformer.png", "win_real_lstm.png"):
+    for name in (
+        "report.md",
+        "table1.md",
+        "per_class.md",
+        "summary.json",
+        "gain_1.png",
+        "gain_real.png",
+        "win_1_lstm.png",
+        "win_1_transformer.png",
+        "win_real_lstm.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "win_1_lstm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     entry = summary["1/lstm"]

@@ -24,7 +24,13 @@ from training.data.worldcereal import on_time_grid, read_long
 HEIGHT, WIDTH, TILE = 23, 37, 16
 ORIGIN = (600000.0, 5600000.0)
 CRS = "EPSG:32631"
-DATES = (dt.date(2021, 1, 5), dt.date(2021, 2, 10), dt.date(2021, 3, 1), dt.date(2021, 4, 15), dt.date(2021, 5, 20))
+DATES = (
+    dt.date(2021, 1, 5),
+    dt.date(2021, 2, 10),
+    dt.date(2021, 3, 1),
+    dt.date(2021, 4, 15),
+    dt.date(2021, 5, 20),
+)
 BANDS = ("B02", "B03", "B04")
 NODATA = 0
 # Parcels as (row0, col0, row1, col1) pixel edges (end exclusive), (id, crop name, crop code): three classes, two
@@ -55,9 +61,19 @@ def _values(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _profile(count: int) -> dict[str, object]:
-    return dict(driver="GTiff", width=WIDTH, height=HEIGHT, count=count, dtype="uint16", crs=CRS,
-                transform=from_origin(*ORIGIN, 10.0, 10.0), nodata=NODATA, tiled=True, blockxsize=TILE,
-                blockysize=TILE)  # fmt: skip
+    return {
+        "driver": "GTiff",
+        "width": WIDTH,
+        "height": HEIGHT,
+        "count": count,
+        "dtype": "uint16",
+        "crs": CRS,
+        "transform": from_origin(*ORIGIN, 10.0, 10.0),
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": TILE,
+        "blockysize": TILE,
+    }
 
 
 def _write_single(path: Path, vals: np.ndarray, scl: np.ndarray) -> Path:
@@ -87,14 +103,23 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The stack (single file and per-date folder), its values and the parcels (GeoPackage, and one in EPSG:4326)."""
     root = tmp_path_factory.mktemp("extract")
     vals, scl = _values()
-    rows = [dict(pid=pid, crop=name, code=code, geometry=_box(*box)) for box, (pid, name, code) in PARCELS]
+    rows = [
+        {"pid": pid, "crop": name, "code": code, "geometry": _box(*box)} for box, (pid, name, code) in PARCELS
+    ]
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS)
     gpkg = root / "parcels.gpkg"
     frame.to_file(gpkg, layer="parcels")
     lonlat = root / "parcels_4326.gpkg"
     frame.to_crs("EPSG:4326").to_file(lonlat)
-    return {"stack": _write_single(root / "stack.tif", vals, scl), "folder": _write_folder(root / "dates", vals, scl),
-            "vals": vals, "scl": scl, "gpkg": gpkg, "lonlat": lonlat, "root": root}  # fmt: skip
+    return {
+        "stack": _write_single(root / "stack.tif", vals, scl),
+        "folder": _write_folder(root / "dates", vals, scl),
+        "vals": vals,
+        "scl": scl,
+        "gpkg": gpkg,
+        "lonlat": lonlat,
+        "root": root,
+    }
 
 
 def _reference(vals: np.ndarray, scl: np.ndarray | None) -> np.ndarray:
@@ -107,8 +132,14 @@ def _reference(vals: np.ndarray, scl: np.ndarray | None) -> np.ndarray:
 
 
 def _interior(buffer_px: int = 1) -> dict[str, set[tuple[int, int]]]:
-    return {pid: {(r, c) for r in range(r0 + buffer_px, r1 - buffer_px) for c in range(c0 + buffer_px, c1 - buffer_px)}
-            for (r0, c0, r1, c1), (pid, _, _) in PARCELS}  # fmt: skip
+    return {
+        pid: {
+            (r, c)
+            for r in range(r0 + buffer_px, r1 - buffer_px)
+            for c in range(c0 + buffer_px, c1 - buffer_px)
+        }
+        for (r0, c0, r1, c1), (pid, _, _) in PARCELS
+    }
 
 
 def _clear(data: dict, pixels: set[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -170,23 +201,33 @@ def test_polygons_in_another_crs_and_a_folder_stack_give_the_same_series(data: d
 
 def test_buffer_drops_edge_pixels_and_counts_vanished_polygons(tmp_path: Path, data: dict) -> None:
     gpkg = tmp_path / "p.gpkg"
-    rows = [dict(pid=pid, crop=name, geometry=_box(*box)) for box, (pid, name, _) in PARCELS]
-    rows.append(dict(pid="thin", crop="maize", geometry=_box(20, 33, 22, 35)))  # 20 m wide: gone under 10 m
+    rows = [{"pid": pid, "crop": name, "geometry": _box(*box)} for box, (pid, name, _) in PARCELS]
+    rows.append(
+        {"pid": "thin", "crop": "maize", "geometry": _box(20, 33, 22, 35)}
+    )  # 20 m wide: gone under 10 m
     gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS).to_file(gpkg)
     none = extract(data["stack"], gpkg, tmp_path / "b0.parquet", _opts(buffer_m=0.0))
     ten = extract(data["stack"], gpkg, tmp_path / "b10.parquet", _opts())
     assert none.polygons_vanished == 0 and ten.polygons_vanished == 1 and ten.polygons_used == len(PARCELS)
-    got0 = {pid: set(zip(g["row"], g["col"], strict=True)) for pid, g in _series(none.output).groupby("parcel_id")}
+    got0 = {
+        pid: set(zip(g["row"], g["col"], strict=True)) for pid, g in _series(none.output).groupby("parcel_id")
+    }
     want0 = {**_interior(0), "thin": {(r, c) for r in range(20, 22) for c in range(33, 35)}}
     assert got0 == {p: _clear(data, v) for p, v in want0.items()}
-    got10 = {pid: set(zip(g["row"], g["col"], strict=True)) for pid, g in _series(ten.output).groupby("parcel_id")}
-    assert got10 == {p: _clear(data, v) for p, v in _interior(1).items()}  # the outer ring of each parcel is gone
+    got10 = {
+        pid: set(zip(g["row"], g["col"], strict=True)) for pid, g in _series(ten.output).groupby("parcel_id")
+    }
+    assert got10 == {
+        p: _clear(data, v) for p, v in _interior(1).items()
+    }  # the outer ring of each parcel is gone
 
 
 def test_mean_mode_averages_the_clear_pixels_of_each_date(data: dict, tmp_path: Path) -> None:
     summary = extract(data["stack"], data["gpkg"], tmp_path / "m.parquet", _opts(pixels="mean"))
     df = _series(summary.output)
-    assert summary.samples == len(PARCELS) and sorted(df["sample_id"].unique()) == [p for _, (p, _, _) in PARCELS]
+    assert summary.samples == len(PARCELS) and sorted(df["sample_id"].unique()) == [
+        p for _, (p, _, _) in PARCELS
+    ]
     ref = _reference(data["vals"], data["scl"])
     for pid, pixels in _interior().items():
         rr, cc = np.array(sorted(pixels)).T
@@ -212,8 +253,15 @@ def test_n_random_pixels_are_seeded_and_independent_of_the_blocks(data: dict, tm
 def test_split_never_puts_a_parcel_on_both_sides(data: dict, tmp_path: Path) -> None:
     out = extract(data["stack"], data["gpkg"], tmp_path / "s.parquet", _opts()).output
     for seed in range(5):
-        task = load_parcels(out, label_column="crop", grid="01-15,02-15,03-15,04-15,05-15", season_start="01-01",
-                            min_valid=1, top_classes=3, split_seed=seed)  # fmt: skip
+        task = load_parcels(
+            out,
+            label_column="crop",
+            grid="01-15,02-15,03-15,04-15,05-15",
+            season_start="01-01",
+            min_valid=1,
+            top_classes=3,
+            split_seed=seed,
+        )
         parcel = {sid: sid.rsplit("_", 2)[0] for sid in [*task.ids_train, *task.ids_val]}
         train, val = {parcel[s] for s in task.ids_train}, {parcel[s] for s in task.ids_val}
         assert not train & val and len(train | val) == len(PARCELS)
@@ -230,7 +278,9 @@ def test_too_few_valid_observations_are_counted_and_left_out(data: dict, tmp_pat
     kept = set(zip(*_series(summary.output)[["row", "col"]].to_numpy().T, strict=True))
     assert kept == {rc for rc, v in n_valid.items() if v >= k}
     # Without cloud masking the SCL-masked observations are values again: more pixels are kept.
-    off = extract(data["stack"], data["gpkg"], tmp_path / "off.parquet", _opts(min_valid=k, cloud_band="none"))
+    off = extract(
+        data["stack"], data["gpkg"], tmp_path / "off.parquet", _opts(min_valid=k, cloud_band="none")
+    )
     assert off.pixels_kept > summary.pixels_kept and off.observations_cloud_masked == 0
 
 
@@ -241,17 +291,32 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
 
 def test_cli_writes_the_file_and_prints_the_summary(data: dict, tmp_path: Path, capsys) -> None:
     out = tmp_path / "o.parquet"
-    rc = main([str(data["stack"]), str(data["gpkg"]), "-o", str(out), "--label-column", "code", "--no-progress"])
+    rc = main(
+        [str(data["stack"]), str(data["gpkg"]), "-o", str(out), "--label-column", "code", "--no-progress"]
+    )
     printed = capsys.readouterr().out
     assert rc == 0 and out.is_file() and "6 used" in printed and "dropped for too few valid" in printed
     df = pd.read_parquet(out)
-    assert set(df["code"]) == {201, 311, 60} and "class_name" not in df.columns  # integer codes kept as they are
+    assert (
+        set(df["code"]) == {201, 311, 60} and "class_name" not in df.columns
+    )  # integer codes kept as they are
     assert set(df["parcel_id"]) == {"0", "1", "2", "3", "4", "5"}  # the row number without --id-column
     assert not list(tmp_path.glob(".*tmp"))
     classes = tmp_path / "classes.csv"
     classes.write_text("match,name\nMaize,cereal\nwheat,cereal\n")
-    rc = main([str(data["stack"]), str(data["gpkg"]), "-o", str(tmp_path / "m.parquet"), "--label-column", "crop",
-               "--classes", str(classes), "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            str(data["stack"]),
+            str(data["gpkg"]),
+            "-o",
+            str(tmp_path / "m.parquet"),
+            "--label-column",
+            "crop",
+            "--classes",
+            str(classes),
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and "2 not in the class map" in capsys.readouterr().out
     assert set(pd.read_parquet(tmp_path / "m.parquet")["class_name"]) == {"cereal"}
 
@@ -274,7 +339,9 @@ def test_cli_bad_input_is_one_line(data: dict, tmp_path: Path, capsys, args: lis
     assert not out.exists() and not list(tmp_path.glob(".*tmp"))
 
 
-def test_cli_refuses_no_overlap_existing_output_and_writing_over_an_input(data: dict, tmp_path: Path, capsys) -> None:
+def test_cli_refuses_no_overlap_existing_output_and_writing_over_an_input(
+    data: dict, tmp_path: Path, capsys
+) -> None:
     far = tmp_path / "far.gpkg"
     gpd.GeoDataFrame({"crop": ["maize"]}, geometry=[shapely.box(0, 0, 100, 100)], crs=CRS).to_file(far)
     rc, err = _cli(capsys, data["stack"], far, "-o", tmp_path / "o.parquet", "--label-column", "crop")
@@ -283,9 +350,11 @@ def test_cli_refuses_no_overlap_existing_output_and_writing_over_an_input(data: 
     out.write_bytes(b"keep")
     rc, err = _cli(capsys, data["stack"], data["gpkg"], "-o", out, "--label-column", "crop")
     assert rc == 1 and "exists; pass --overwrite" in err and out.read_bytes() == b"keep"
-    rc, err = _cli(capsys, data["folder"], data["gpkg"], "-o", data["folder"] / "x.parquet", "--label-column", "crop")
+    rc, err = _cli(
+        capsys, data["folder"], data["gpkg"], "-o", data["folder"] / "x.parquet", "--label-column", "crop"
+    )
     assert rc == 1 and "lies inside the stack folder" in err and not (data["folder"] / "x.parquet").exists()
-    with pytest.raises(ExtractError, match="must end in .parquet"):
+    with pytest.raises(ExtractError, match=r"must end in \.parquet"):
         extract(data["stack"], data["gpkg"], tmp_path / "o.csv", _opts())
 
 
@@ -303,9 +372,19 @@ def test_real_task_from_a_stack_extracts_once_then_reads_the_cache(
     from training.data import extract as extract_module
     from training.downstream import DownstreamConfig, load_task
 
-    cfg = DownstreamConfig(task="real", data=data["folder"], labels=data["gpkg"], label_column="code",
-                           id_column="pid", grid="01-15,02-15,03-15,04-15,05-15", season_start="01-01",
-                           min_valid=2, pixels="mean", buffer_m=0.0, **_few_parcels())  # fmt: skip
+    cfg = DownstreamConfig(
+        task="real",
+        data=data["folder"],
+        labels=data["gpkg"],
+        label_column="code",
+        id_column="pid",
+        grid="01-15,02-15,03-15,04-15,05-15",
+        season_start="01-01",
+        min_valid=2,
+        pixels="mean",
+        buffer_m=0.0,
+        **_few_parcels(),
+    )
     task = load_task(cfg, cache_dir=tmp_path / "cache")
     assert len(task.y_train) + len(task.y_val) == len(PARCELS) and task.class_names == ("60", "201", "311")
     (cached,) = (tmp_path / "cache").iterdir()
@@ -323,16 +402,46 @@ def test_downstream_reads_the_stack_and_polygons_and_caches_the_extraction(
     from training.data import extract as extract_module
 
     out = tmp_path / "run"
-    argv = ["--task", "real", "--data", str(data["stack"]), "--labels", str(data["gpkg"]), "--label-column", "crop",
-            "--id-column", "pid", "--grid", "01-15,02-15,03-15,04-15,05-15", "--season-start", "01-01",
-            "--families", "lstm", "--variants", "1", "--epochs", "1", "--no-baselines", "--out", str(out),
-            "--no-progress", "--recipe", "papers", "--set", "min_valid=2", "--set", "save_models=false"]  # fmt: skip
+    argv = [
+        "--task",
+        "real",
+        "--data",
+        str(data["stack"]),
+        "--labels",
+        str(data["gpkg"]),
+        "--label-column",
+        "crop",
+        "--id-column",
+        "pid",
+        "--grid",
+        "01-15,02-15,03-15,04-15,05-15",
+        "--season-start",
+        "01-01",
+        "--families",
+        "lstm",
+        "--variants",
+        "1",
+        "--epochs",
+        "1",
+        "--no-baselines",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--recipe",
+        "papers",
+        "--set",
+        "min_valid=2",
+        "--set",
+        "save_models=false",
+    ]
     if "trees" in {f.name for f in dataclasses.fields(downstream.DownstreamConfig)}:
         argv += ["--set", "trees=[]"]  # the tree families' tuning is not what this test is about
     argv += [f"--set={k}={v}" for k, v in _few_parcels().items()]
     assert downstream.main(argv) == 0
     (cached,) = (out / "extractions").glob("extract-*.parquet")
-    (rec,) = [r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if r["family"] == "lstm"]
+    (rec,) = [
+        r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if r["family"] == "lstm"
+    ]
     assert rec["task"] == "real" and rec["class_names"] == ["grass", "maize", "wheat"]
     stamp = cached.stat().st_mtime_ns
 
@@ -354,15 +463,27 @@ def test_stac_item_collection_gives_the_same_series_as_the_folder(data: dict, tm
 
     items = []
     for t, d in enumerate(DATES):
-        item = pystac.Item(id=f"S2_{d:%Y%m%d}", geometry=None, bbox=None, properties={},
-                           datetime=dt.datetime(d.year, d.month, d.day, 10, 30, tzinfo=dt.timezone.utc))  # fmt: skip
+        item = pystac.Item(
+            id=f"S2_{d:%Y%m%d}",
+            geometry=None,
+            bbox=None,
+            properties={},
+            datetime=dt.datetime(d.year, d.month, d.day, 10, 30, tzinfo=dt.timezone.utc),
+        )
         for b, band in enumerate(BANDS):
             plain, href = tmp_path / "plain.tif", f"{d:%Y%m%d}_{band}.tif"
             with rasterio.open(plain, "w", **_profile(1)) as ds:
                 ds.write(data["vals"][t, b][None])
             rasterio.shutil.copy(plain, tmp_path / href, driver="COG", BLOCKSIZE=16)
-            item.add_asset(band, pystac.Asset(href=href, media_type=pystac.MediaType.COG, roles=["data"],
-                                              extra_fields={"raster:bands": [{"scale": 0.0001, "nodata": 0}]}))
+            item.add_asset(
+                band,
+                pystac.Asset(
+                    href=href,
+                    media_type=pystac.MediaType.COG,
+                    roles=["data"],
+                    extra_fields={"raster:bands": [{"scale": 0.0001, "nodata": 0}]},
+                ),
+            )
         items.append(item)
     stac = tmp_path / "items.json"
     pystac.ItemCollection(items).save_object(dest_href=str(stac))

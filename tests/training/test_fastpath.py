@@ -29,10 +29,24 @@ from training.pretrain import load_pretrain_arrays, main
 
 REPO = Path(__file__).resolve().parents[2]
 RTOL, ATOL = 1e-5, 1e-5
-_TINY_POINT = ["encoder.hidden=32", "encoder.n_layers=2", "encoder.out_dim=16", "projector.hidden=16",
-               "projector.out=16", "batch_size=32"]  # fmt: skip
-_TINY_TIME = ["timewise.d_model=16", "timewise.n_heads=2", "timewise.n_layers=1", "timewise.out_dim=8",
-              "projector.hidden=8", "projector.out=8", "batch_size=8", "alignment=time"]  # fmt: skip
+_TINY_POINT = [
+    "encoder.hidden=32",
+    "encoder.n_layers=2",
+    "encoder.out_dim=16",
+    "projector.hidden=16",
+    "projector.out=16",
+    "batch_size=32",
+]
+_TINY_TIME = [
+    "timewise.d_model=16",
+    "timewise.n_heads=2",
+    "timewise.n_layers=1",
+    "timewise.out_dim=8",
+    "projector.hidden=8",
+    "projector.out=8",
+    "batch_size=8",
+    "alignment=time",
+]
 
 
 def _data(alignment: str, n: int = 320, t: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,18 +59,25 @@ def _data(alignment: str, n: int = 320, t: int = 5) -> tuple[torch.Tensor, torch
 
 def _model(cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor) -> ContrastiveModel:
     torch.manual_seed(0)
-    return ContrastiveModel(cfg, compute_norm_stats(s2), compute_norm_stats(ps) if cfg.mode == "bimodal" else None)
+    return ContrastiveModel(
+        cfg, compute_norm_stats(s2), compute_norm_stats(ps) if cfg.mode == "bimodal" else None
+    )
 
 
-def _reference(cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, epochs: int) -> tuple[list[float], torch.Tensor]:
+def _reference(
+    cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, epochs: int
+) -> tuple[list[float], torch.Tensor]:
     model = _model(cfg, s2, ps)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(epochs):
         for idx in batch_indices(len(s2), cfg.batch_size, gen, s2.device):
-            losses.append(contrastive_step(model, opt, s2[idx], ps[idx] if cfg.mode == "bimodal" else None, cfg,
-                                           generator=gen))  # fmt: skip
+            losses.append(
+                contrastive_step(
+                    model, opt, s2[idx], ps[idx] if cfg.mode == "bimodal" else None, cfg, generator=gen
+                )
+            )
     return losses, _embeddings(model, s2)
 
 
@@ -68,15 +89,18 @@ def _embeddings(model: ContrastiveModel, s2: torch.Tensor) -> torch.Tensor:
 
 
 def _fast(
-    cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, epochs: int, options: FastOptions = FastOptions()
+    cfg: PretrainConfig, s2: torch.Tensor, ps: torch.Tensor, epochs: int, options: FastOptions | None = None
 ) -> tuple[list[float], torch.Tensor]:
+    options = options or FastOptions()
     model = _model(cfg, s2, ps)
     opt = make_optimizer(model, cfg, s2.device, fused=options.fused)
     step = FastStep(model, opt, cfg, options=options)
     gen = torch.Generator().manual_seed(0)
     losses: list[float] = []
     for _ in range(epochs):
-        out = run_epoch(step, s2, ps if cfg.mode == "bimodal" else None, batch_size=cfg.batch_size, generator=gen)
+        out = run_epoch(
+            step, s2, ps if cfg.mode == "bimodal" else None, batch_size=cfg.batch_size, generator=gen
+        )
         assert out.dtype == torch.float32 and out.device == s2.device
         losses += out.tolist()
     return losses, _embeddings(model, s2)
@@ -107,7 +131,13 @@ def test_fast_step_gives_the_reference_losses_fp32(overrides: list[str]) -> None
     fast = _fast(cfg, s2, ps, epochs)
     _assert_same_run(ref, fast)
     # Not vacuous: another seed of the views changes the losses far beyond the tolerance.
-    assert abs(ref[0][4] - _fast(load_config(PretrainConfig, None, [*overrides, "corruption=0.6"]), s2, ps, 1)[0][-1]) > 1e-3
+    assert (
+        abs(
+            ref[0][4]
+            - _fast(load_config(PretrainConfig, None, [*overrides, "corruption=0.6"]), s2, ps, 1)[0][-1]
+        )
+        > 1e-3
+    )
 
 
 def test_fast_step_unfused_adam_is_the_same_too() -> None:
@@ -148,7 +178,9 @@ def test_run_epoch_never_reads_the_device(monkeypatch: pytest.MonkeyPatch) -> No
     with monkeypatch.context() as mp:  # the check itself bites: the reference step reads the loss every step
         mp.setattr(torch.Tensor, "__float__", forbidden)
         with pytest.raises(AssertionError, match="read on the host"):
-            contrastive_step(model, torch.optim.Adam(model.parameters()), s2[:32], ps[:32], cfg, generator=gen)
+            contrastive_step(
+                model, torch.optim.Adam(model.parameters()), s2[:32], ps[:32], cfg, generator=gen
+            )
 
 
 def test_precision_and_device_options_are_checked() -> None:
@@ -181,14 +213,33 @@ def test_compiled_fast_step_gives_the_reference_losses() -> None:
 def tiny_npz(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     path = tmp_path / "pairs.npz"
-    np.savez(path, s2=(rng.random((100, 12)) * 3000).astype(np.float32),
-             ps=(rng.random((100, 36)) * 3000).astype(np.float32))  # fmt: skip
+    np.savez(
+        path,
+        s2=(rng.random((100, 12)) * 3000).astype(np.float32),
+        ps=(rng.random((100, 36)) * 3000).astype(np.float32),
+    )
     return path
 
 
-_CLI = ["--set", "encoder.hidden=16", "--set", "encoder.n_layers=2", "--set", "encoder.out_dim=8",
-        "--set", "projector.hidden=16", "--set", "projector.out=8", "--set", "batch_size=32", "--no-progress",
-        "--set", "log_every=1", "--device", "cpu"]  # fmt: skip
+_CLI = [
+    "--set",
+    "encoder.hidden=16",
+    "--set",
+    "encoder.n_layers=2",
+    "--set",
+    "encoder.out_dim=8",
+    "--set",
+    "projector.hidden=16",
+    "--set",
+    "projector.out=8",
+    "--set",
+    "batch_size=32",
+    "--no-progress",
+    "--set",
+    "log_every=1",
+    "--device",
+    "cpu",
+]
 
 
 def _log(run: Path) -> list[dict]:
@@ -203,14 +254,43 @@ def test_cli_fast_run_logs_the_reference_losses_and_resumes_exactly(tiny_npz: Pa
     assert [(r["epoch"], r["step"]) for r in a] == [(r["epoch"], r["step"]) for r in b]  # 3 x (3 steps + 1)
     np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=RTOL, atol=ATOL)
     assert main(["--data", str(tiny_npz), "--out", str(split), "--set", "epochs=1", "--fast", *_CLI]) == 0
-    assert main(["--data", str(tiny_npz), "--out", str(split), "--set", "epochs=3", "--fast", *_CLI,
-                 "--resume", str(split / "checkpoints" / "last.pt")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--data",
+                str(tiny_npz),
+                "--out",
+                str(split),
+                "--set",
+                "epochs=3",
+                "--fast",
+                *_CLI,
+                "--resume",
+                str(split / "checkpoints" / "last.pt"),
+            ]
+        )
+        == 0
+    )
     assert [r["loss"] for r in _log(split)] == [r["loss"] for r in b]
 
 
-def test_cli_fast_run_stops_on_a_non_finite_loss(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["--data", str(tiny_npz), "--out", str(tmp_path / "r"), "--set", "epochs=1", "--set", "lr=1e30",
-               "--fast", *_CLI])  # fmt: skip
+def test_cli_fast_run_stops_on_a_non_finite_loss(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        [
+            "--data",
+            str(tiny_npz),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "epochs=1",
+            "--set",
+            "lr=1e30",
+            "--fast",
+            *_CLI,
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "loss became nan at epoch 1 step 2" in err or "loss became inf at epoch 1 step 2" in err
@@ -241,7 +321,10 @@ def test_pair_cache_stores_once_and_memory_maps_reruns(sim_scene_dir: Path, tmp_
     # A uni-modal run shares the entry; other drawing settings or a changed scene file do not.
     uni = load_config(PretrainConfig, None, ["data.pixels_per_stamp=50", "mode=unimodal"])
     assert cache_key(scene, uni)[0] == entries[0]
-    assert cache_key(scene, load_config(PretrainConfig, None, ["data.pixels_per_stamp=50", "data.seed=1"]))[0] != entries[0]
+    assert (
+        cache_key(scene, load_config(PretrainConfig, None, ["data.pixels_per_stamp=50", "data.seed=1"]))[0]
+        != entries[0]
+    )
     bands = scene / "s2" / "bands.npy"
     os.utime(bands, ns=(bands.stat().st_atime_ns, bands.stat().st_mtime_ns + 10**9))
     assert cache_key(scene, cfg)[0] != entries[0]
@@ -280,14 +363,30 @@ def test_pair_cache_leaves_nothing_when_drawing_fails(tmp_path: Path) -> None:
         ["training.pretrain", "--data", "{tmp}/none.npz", "--out", "{tmp}/p", "--device", "cuda:1", "--fast"],
         ["training.probe", "--data", "{tmp}/none", "--device", "cuda"],
         ["training.sample_model", "--out", "{tmp}/s", "--device", "cuda"],
-        ["training.downstream", "--task", "1", "--data", "{tmp}/none", "--out", "{tmp}/d", "--device", "cuda"],
+        [
+            "training.downstream",
+            "--task",
+            "1",
+            "--data",
+            "{tmp}/none",
+            "--out",
+            "{tmp}/d",
+            "--device",
+            "cuda",
+        ],
     ],
     ids=["pretrain", "pretrain-fast", "probe", "sample_model", "downstream"],
 )
 def test_device_cuda_without_a_gpu_is_one_line(argv: list[str], tmp_path: Path) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    res = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, check=False,
-                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -297,8 +396,18 @@ def test_device_cuda_without_a_gpu_is_one_line(argv: list[str], tmp_path: Path) 
 
 # ---------------------------------------------------------------------------------------------- GPU-machine imports
 
-_BLOCKED = ("rasterio", "geopandas", "xarray", "dask", "distributed", "pyogrio", "shapely", "fiona", "pyproj",
-            "rioxarray")  # fmt: skip
+_BLOCKED = (
+    "rasterio",
+    "geopandas",
+    "xarray",
+    "dask",
+    "distributed",
+    "pyogrio",
+    "shapely",
+    "fiona",
+    "pyproj",
+    "rioxarray",
+)
 
 
 def test_gpu_path_imports_without_the_geospatial_packages() -> None:
@@ -339,9 +448,26 @@ def test_gpu_path_imports_without_the_geospatial_packages() -> None:
 def test_gpu_check_script_runs_at_toy_size_on_the_cpu(tmp_path: Path) -> None:
     """bench/gpu_check.py end to end at toy sizes (20-40 s on 2 cores): every section fills its rows."""
     out = tmp_path / "gpu_check.md"
-    res = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--no-compile",
-                          "--seconds", "0.05", "--out", str(out), "--json", str(tmp_path / "g.json")],
-                         cwd=REPO, capture_output=True, text=True, check=False)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu_check.py",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--no-compile",
+            "--seconds",
+            "0.05",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "g.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads((tmp_path / "g.json").read_text())["sections"]
     assert [len(data[k]["rows"]) for k in ("pretrain", "sync", "agree", "downstream")] == [4, 1, 1, 6]
@@ -353,7 +479,12 @@ def test_gpu_check_script_runs_at_toy_size_on_the_cpu(tmp_path: Path) -> None:
 def test_gpu_check_refuses_a_missing_gpu(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    res = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path / "x.md")], cwd=REPO,
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--out", str(tmp_path / "x.md")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 2 and res.stderr.strip().startswith("error: --device cuda was asked for")
     assert not (tmp_path / "x.md").exists()

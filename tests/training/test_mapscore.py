@@ -24,9 +24,12 @@ def _reference(scene: Path) -> np.ndarray:
     grid = _grid(scene)
     fields = gpd.read_file(scene / "fields.gpkg")
     return rasterize(
-        zip(fields.geometry, fields.class_code, strict=True), out_shape=(grid["height"], grid["width"]),
-        transform=grid["transform"], fill=0, dtype="uint8",
-    )  # fmt: skip
+        zip(fields.geometry, fields.class_code, strict=True),
+        out_shape=(grid["height"], grid["width"]),
+        transform=grid["transform"],
+        fill=0,
+        dtype="uint8",
+    )
 
 
 def _write_map(path: Path, scene: Path, values: np.ndarray, **overrides: object) -> Path:

@@ -22,7 +22,9 @@ def test_registry_names_match_builders() -> None:
 
 
 def test_build_model_unknown_name_lists_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'gru'; choose from \['inception_time', 'lstm', 'transformer'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'gru'; choose from \['inception_time', 'lstm', 'transformer'\]"
+    ):
         build_model("gru", 12, 9)
 
 

@@ -44,8 +44,16 @@ def _s2_stack(path: Path, clp: np.ndarray | None = None) -> Path:
             data[t, b] = 1000 + 100 * t + 10 * b + rr * SIZE + cc
     if clp is not None:
         data[:, -1] = clp
-    profile = {"driver": "GTiff", "dtype": "uint16", "count": data.shape[0] * data.shape[1], "height": SIZE,
-               "width": SIZE, "crs": CRS33, "transform": S2_T, "nodata": 0}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "dtype": "uint16",
+        "count": data.shape[0] * data.shape[1],
+        "height": SIZE,
+        "width": SIZE,
+        "crs": CRS33,
+        "transform": S2_T,
+        "nodata": 0,
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data.reshape(-1, SIZE, SIZE))
         dst.descriptions = tuple(f"{d}_{n}" for d in DATES for n in names)
@@ -59,10 +67,23 @@ def _ps_full(seed: int = 0, bands: int = 4) -> np.ndarray:
     return rng.integers(1, 60_000, size=(bands, PS_SIZE, PS_SIZE), dtype=np.uint16)
 
 
-def _tif(path: Path, data: np.ndarray, transform: Affine, crs: CRS | None = CRS33,
-         names: tuple[str, ...] | None = PS_BANDS, nodata: float | None = 0) -> Path:
-    profile = {"driver": "GTiff", "dtype": data.dtype.name, "count": data.shape[0], "height": data.shape[1],
-               "width": data.shape[2], "transform": transform, "nodata": nodata}  # fmt: skip
+def _tif(
+    path: Path,
+    data: np.ndarray,
+    transform: Affine,
+    crs: CRS | None = CRS33,
+    names: tuple[str, ...] | None = PS_BANDS,
+    nodata: float | None = 0,
+) -> Path:
+    profile = {
+        "driver": "GTiff",
+        "dtype": data.dtype.name,
+        "count": data.shape[0],
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "transform": transform,
+        "nodata": nodata,
+    }
     if crs is not None:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as dst:
@@ -112,8 +133,9 @@ def test_pairs_equal_denethor_reader_on_simulated_scenes(sim_scene_dir: Path, tm
             assert src.descriptions == PS_BANDS
     assert crss == {25833, 25832}  # half of the days' second scene lies in another UTM zone
     out = tmp_path / "pairs"
-    summary = build_pairs(root / "s2_stack.tif", [scenes], out, PairConfig(polygons=str(root / "fields.gpkg")),
-                          progress=False)  # fmt: skip
+    summary = build_pairs(
+        root / "s2_stack.tif", [scenes], out, PairConfig(polygons=str(root / "fields.gpkg")), progress=False
+    )
     scene = read_scene(root)
     s2, ps, index = pointwise_pairs(scene, scene.field_ids, n_per_stamp=10**9, return_index=True)
     m2, mp, mi = _load(out)
@@ -161,8 +183,17 @@ def test_pairs_reprojects_a_scene_in_another_crs(tmp_path: Path) -> None:
     bounds = rasterio.transform.array_bounds(PS_SIZE, PS_SIZE, PS_T)
     t2, w2, h2 = calculate_default_transform(CRS33, other, PS_SIZE, PS_SIZE, *bounds, resolution=1.0)
     warped = np.zeros((4, h2, w2), dtype=np.uint16)
-    reproject(full, warped, src_transform=PS_T, src_crs=CRS33, src_nodata=0, dst_transform=t2, dst_crs=other,
-              dst_nodata=0, resampling=Resampling.nearest)  # fmt: skip
+    reproject(
+        full,
+        warped,
+        src_transform=PS_T,
+        src_crs=CRS33,
+        src_nodata=0,
+        dst_transform=t2,
+        dst_crs=other,
+        dst_nodata=0,
+        resampling=Resampling.nearest,
+    )
     folder = tmp_path / "ps_other"
     folder.mkdir()
     for d in DATES:
@@ -172,7 +203,9 @@ def test_pairs_reprojects_a_scene_in_another_crs(tmp_path: Path) -> None:
     build_pairs(stack, [folder], tmp_path / "other", CFG, progress=False)
     a, b = _load(tmp_path / "same"), _load(tmp_path / "other")
     np.testing.assert_array_equal(a[2], b[2])
-    assert np.abs(a[1] - b[1]).max() == 0  # 1 m warp: every 3 m centre maps back to a pixel of its own 3 m pixel
+    assert (
+        np.abs(a[1] - b[1]).max() == 0
+    )  # 1 m warp: every 3 m centre maps back to a pixel of its own 3 m pixel
     manifest = json.loads((tmp_path / "other" / "pairs.json").read_text())
     assert {s["crs"] for s in manifest["provenance"]["scenes"]} == {"EPSG:32632"}
 
@@ -199,7 +232,7 @@ def test_pairs_mosaic_two_scenes_of_one_day_and_udm2(tmp_path: Path) -> None:
             clear2[0:3, 10:18] = 0  # a cloud only scene 2 sees
         _udm2(folder / f"{stamp}_100010_2_3B_udm2.tif", clear2, t_east)
     summary = build_pairs(stack, [folder], tmp_path / "out", CFG, progress=False)
-    s2, ps, index = _load(tmp_path / "out")
+    _s2, ps, index = _load(tmp_path / "out")
     np.testing.assert_array_equal(ps, _expected_ps(full, index[:, 1], index[:, 2]))
     # S2 rows 0 (PS rows 0..2) at cols whose window touches PS cols 22..29 are masked on the second date.
     masked = {(1, 0, c) for c in range(SIZE) if int(np.floor(c * 10 / 3 + 1e-6)) + 2 >= 22}
@@ -233,7 +266,9 @@ def test_pairs_s1_like_second_modality_k1(tmp_path: Path) -> None:
     folder = tmp_path / "s1"
     folder.mkdir()
     for d in DATES:
-        _tif(folder / f"S1A_IW_{d.replace('-', '')}T052000_VV_VH.tif", s1, t1, names=("VV", "VH"), nodata=None)
+        _tif(
+            folder / f"S1A_IW_{d.replace('-', '')}T052000_VV_VH.tif", s1, t1, names=("VV", "VH"), nodata=None
+        )
     cfg = PairConfig(s2_bands=BANDS4, second_bands=("VV", "VH"), k=1, second_res_m=10.0, mask_band="none")
     build_pairs(stack, [folder], tmp_path / "out", cfg, progress=False)
     _, ps, index = _load(tmp_path / "out")
@@ -246,7 +281,9 @@ def test_pairs_s1_like_second_modality_k1(tmp_path: Path) -> None:
 def test_pairs_inside_polygons_only(tmp_path: Path) -> None:
     stack = _s2_stack(tmp_path / "s2.tif")
     poly = shapely.box(S2_LEFT + 20, S2_TOP - 50, S2_LEFT + 50, S2_TOP - 10)  # rows 1..4, cols 2..4
-    gpd.GeoDataFrame({"id": [1]}, geometry=[poly], crs=CRS33.to_wkt()).to_crs(4326).to_file(tmp_path / "f.gpkg")
+    gpd.GeoDataFrame({"id": [1]}, geometry=[poly], crs=CRS33.to_wkt()).to_crs(4326).to_file(
+        tmp_path / "f.gpkg"
+    )
     cfg = PairConfig(s2_bands=BANDS4, block_px=5, polygons=str(tmp_path / "f.gpkg"))
     build_pairs(stack, [_scenes(tmp_path / "ps", _ps_full())], tmp_path / "out", cfg, progress=False)
     _, _, index = _load(tmp_path / "out")
@@ -261,7 +298,11 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     far = tmp_path / "far"
     far.mkdir()
     _tif(far / "20210601_1_3B_AnalyticMS_SR.tif", full, PS_T @ Affine.translation(10_000, 0))
-    _udm2(far / "20210601_1_3B_udm2.tif", np.ones(full.shape[1:], dtype=np.uint8), PS_T @ Affine.translation(10_000, 0))
+    _udm2(
+        far / "20210601_1_3B_udm2.tif",
+        np.ones(full.shape[1:], dtype=np.uint8),
+        PS_T @ Affine.translation(10_000, 0),
+    )
     later = _scenes(tmp_path / "later", full, ("2021-07-01",))
     nocrs = tmp_path / "nocrs"
     nocrs.mkdir()
@@ -273,7 +314,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     unnamed.mkdir()
     _tif(unnamed / "20210601_1_3B_AnalyticMS_SR.tif", full, PS_T, names=None)
     return {
-        "no band names": ([stack, str(unnamed)], "has no band names (descriptions); bands are chosen by name, never"),
+        "no band names": (
+            [stack, str(unnamed)],
+            "has no band names (descriptions); bands are chosen by name, never",
+        ),
         "no overlap": ([stack, str(far)], "error: no overlap: none of the 1 scenes overlaps the S2 stack"),
         "no matching dates": ([stack, str(later)], "error: no matching dates: none of the 2 S2 dates"),
         "no crs": ([stack, str(nocrs)], "has no CRS; set it (gdal_edit.py -a_srs EPSG:...) before pairing"),
@@ -281,7 +325,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["no overlap", "no matching dates", "no crs", "bands missing", "no band names"])
+@pytest.mark.parametrize(
+    "case", ["no overlap", "no matching dates", "no crs", "bands missing", "no band names"]
+)
 def test_pairs_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
     args, expected = _bad_inputs(tmp_path)[case]
     assert main([*args, "-o", str(tmp_path / "out"), "--s2-bands", ",".join(BANDS4), "--no-progress"]) == 1
@@ -292,9 +338,23 @@ def test_pairs_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_pairs_cli_subprocess_error_is_one_line(tmp_path: Path) -> None:
     args, expected = _bad_inputs(tmp_path)["no crs"]
-    run = subprocess.run([sys.executable, "-m", "training.pairs", *args, "-o", str(tmp_path / "out"),
-                          "--s2-bands", ",".join(BANDS4)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.pairs",
+            *args,
+            "-o",
+            str(tmp_path / "out"),
+            "--s2-bands",
+            ",".join(BANDS4),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert run.returncode == 1
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], run.stderr
@@ -317,15 +377,58 @@ def test_pretrain_reads_pairs_folder(tmp_path: Path) -> None:
 
     stack = _s2_stack(tmp_path / "s2.tif")
     build_pairs(stack, [_scenes(tmp_path / "ps", _ps_full())], tmp_path / "pairs", CFG, progress=False)
-    tiny = ["--set", "encoder.hidden=16", "--set", "encoder.n_layers=2", "--set", "encoder.out_dim=8",
-            "--set", "projector.hidden=16", "--set", "projector.out=8", "--set", "epochs=1", "--no-progress"]
-    assert pretrain_main(["--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "run"),
-                          "--set", "batch_size=32", *tiny]) == 0  # fmt: skip
+    tiny = [
+        "--set",
+        "encoder.hidden=16",
+        "--set",
+        "encoder.n_layers=2",
+        "--set",
+        "encoder.out_dim=8",
+        "--set",
+        "projector.hidden=16",
+        "--set",
+        "projector.out=8",
+        "--set",
+        "epochs=1",
+        "--no-progress",
+    ]
+    assert (
+        pretrain_main(
+            [
+                "--data",
+                str(tmp_path / "pairs"),
+                "--out",
+                str(tmp_path / "run"),
+                "--set",
+                "batch_size=32",
+                *tiny,
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
     assert [ln["epoch"] for ln in lines if ln["step"] is None] == [1]
-    rc = pretrain_main(["--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "run_t"), "--alignment", "time",
-                        "--set", "batch_size=16", "--set", "timewise.d_model=16", "--set", "timewise.n_heads=2",
-                        "--set", "timewise.n_layers=1", "--set", "timewise.out_dim=8", *tiny])  # fmt: skip
+    rc = pretrain_main(
+        [
+            "--data",
+            str(tmp_path / "pairs"),
+            "--out",
+            str(tmp_path / "run_t"),
+            "--alignment",
+            "time",
+            "--set",
+            "batch_size=16",
+            "--set",
+            "timewise.d_model=16",
+            "--set",
+            "timewise.n_heads=2",
+            "--set",
+            "timewise.n_layers=1",
+            "--set",
+            "timewise.out_dim=8",
+            *tiny,
+        ]
+    )
     assert rc == 0
 
 
@@ -341,10 +444,19 @@ def test_pairs_from_stac_item_collection(tmp_path: Path) -> None:
     items = []
     for d in DATES:
         stamp = d.replace("-", "")
-        item = pystac.Item(id=f"{stamp}_100000_1", geometry=None, bbox=None, properties={},
-                           datetime=dt.datetime.fromisoformat(f"{d}T10:00:00+00:00"))  # fmt: skip
-        item.add_asset("ortho_analytic_4b_sr", pystac.Asset(f"ps/{stamp}_100000_1_3B_AnalyticMS_SR.tif",
-                                                            media_type=pystac.MediaType.COG, roles=["data"]))  # fmt: skip
+        item = pystac.Item(
+            id=f"{stamp}_100000_1",
+            geometry=None,
+            bbox=None,
+            properties={},
+            datetime=dt.datetime.fromisoformat(f"{d}T10:00:00+00:00"),
+        )
+        item.add_asset(
+            "ortho_analytic_4b_sr",
+            pystac.Asset(
+                f"ps/{stamp}_100000_1_3B_AnalyticMS_SR.tif", media_type=pystac.MediaType.COG, roles=["data"]
+            ),
+        )
         item.add_asset("ortho_udm2", pystac.Asset(f"ps/{stamp}_100000_1_3B_udm2.tif", roles=["data"]))
         items.append(item)
     collection = tmp_path / "items.json"
@@ -363,8 +475,17 @@ def test_pretrain_refuses_missing_alignment(tmp_path: Path, capsys: pytest.Captu
     cfg = PairConfig(s2_bands=BANDS4, alignment=("point",))
     build_pairs(stack, [_scenes(tmp_path / "ps", _ps_full())], tmp_path / "pairs", cfg, progress=False)
     assert not (tmp_path / "pairs" / "time").exists()
-    rc = pretrain_main(["--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "run"), "--alignment", "time",
-                        "--no-progress"])  # fmt: skip
+    rc = pretrain_main(
+        [
+            "--data",
+            str(tmp_path / "pairs"),
+            "--out",
+            str(tmp_path / "run"),
+            "--alignment",
+            "time",
+            "--no-progress",
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "holds point-wise pairs only; rerun python -m training.pairs with --alignment time" in err

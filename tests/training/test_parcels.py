@@ -39,9 +39,9 @@ def test_france_top6_with_missing_steps_split_seed_and_split_file(tmp_path: Path
     assert set(task.ids_val) != set(other.ids_val)  # the split has its own seed
     split = tmp_path / "split.csv"
     ids = np.concatenate([task.ids_train, task.ids_val])
-    pd.DataFrame({"sample_id": ids, "split": ["train"] * len(task.ids_train) + ["val"] * len(task.ids_val)}).to_csv(
-        split, index=False
-    )
+    pd.DataFrame(
+        {"sample_id": ids, "split": ["train"] * len(task.ids_train) + ["val"] * len(task.ids_val)}
+    ).to_csv(split, index=False)
     given = load_parcels(gappy, top_classes=6, grid="dekadal", split_file=split)
     assert sorted(given.ids_val) == sorted(task.ids_val)
 
@@ -51,14 +51,33 @@ def test_france_top6_with_missing_steps_split_seed_and_split_file(tmp_path: Path
     [
         (["--label-column", "crop"], "label column 'crop' not found"),
         (["--classes", "40", "--set", "min_class_parcels=0"], "fewer than 2 usable parcels"),
-        (["--classes", "40", "--set", "min_class_parcels=200"], "fewer than 2 classes have 200 usable parcels"),
+        (
+            ["--classes", "40", "--set", "min_class_parcels=200"],
+            "fewer than 2 classes have 200 usable parcels",
+        ),
         (["--season", "2022"], "does not fit the data"),  # the data end in 2023-01
         (["--season", "2030"], "no valid observation in season 2030"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path, capsys) -> None:
-    rc = main(["--task", "real", "--data", str(FRANCE), "--families", "lstm", "--variants", "1", "--epochs", "1",
-               "--out", str(tmp_path / "o"), "--no-progress", *args])  # fmt: skip
+    rc = main(
+        [
+            "--task",
+            "real",
+            "--data",
+            str(FRANCE),
+            "--families",
+            "lstm",
+            "--variants",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("error: ") and message in err[-1]
     assert not any("Traceback" in line for line in err)

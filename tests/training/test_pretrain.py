@@ -19,22 +19,41 @@ from training.models.encoder import compute_norm_stats, load_frozen_encoder
 from training.pretrain import main
 
 REPO = Path(__file__).resolve().parents[2]
-_TINY = ["--set", "encoder.hidden=16", "--set", "encoder.n_layers=2", "--set", "encoder.out_dim=8",
-         "--set", "projector.hidden=16", "--set", "projector.out=8", "--set", "batch_size=32", "--no-progress"]
+_TINY = [
+    "--set",
+    "encoder.hidden=16",
+    "--set",
+    "encoder.n_layers=2",
+    "--set",
+    "encoder.out_dim=8",
+    "--set",
+    "projector.hidden=16",
+    "--set",
+    "projector.out=8",
+    "--set",
+    "batch_size=32",
+    "--no-progress",
+]
 
 
 @pytest.fixture
 def tiny_npz(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     path = tmp_path / "pairs.npz"
-    np.savez(path, s2=(rng.random((100, 12)) * 3000).astype(np.float32),
-             ps=(rng.random((100, 36)) * 3000).astype(np.float32),
-             bands=np.array([f"B{i}" for i in range(12)]))
+    np.savez(
+        path,
+        s2=(rng.random((100, 12)) * 3000).astype(np.float32),
+        ps=(rng.random((100, 36)) * 3000).astype(np.float32),
+        bands=np.array([f"B{i}" for i in range(12)]),
+    )
     return path
 
 
 def _eq1(zs: torch.Tensor, zp: torch.Tensor, tau: float) -> float:
-    zs, zp = torch.nn.functional.normalize(zs.double(), dim=1), torch.nn.functional.normalize(zp.double(), dim=1)
+    zs, zp = (
+        torch.nn.functional.normalize(zs.double(), dim=1),
+        torch.nn.functional.normalize(zp.double(), dim=1),
+    )
     n = zs.shape[0]
     total = 0.0
     for i in range(n):
@@ -46,8 +65,18 @@ def _eq1(zs: torch.Tensor, zp: torch.Tensor, tau: float) -> float:
 
 
 def test_model_loss_matches_manual_loop() -> None:
-    cfg = load_config(PretrainConfig, None, ["encoder.hidden=16", "encoder.n_layers=2", "encoder.out_dim=8",
-                                             "projector.hidden=8", "projector.out=4", "corruption=0.4"])
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        [
+            "encoder.hidden=16",
+            "encoder.n_layers=2",
+            "encoder.out_dim=8",
+            "projector.hidden=8",
+            "projector.out=4",
+            "corruption=0.4",
+        ],
+    )
     rng = np.random.default_rng(1)
     s2 = torch.from_numpy((rng.random((10, 12)) * 1000).astype(np.float32))
     ps = torch.from_numpy((rng.random((10, 36)) * 1000).astype(np.float32))
@@ -58,14 +87,23 @@ def test_model_loss_matches_manual_loop() -> None:
     s2c = scarf_corrupt(s2, 0.4, generator=g)
     psc = scarf_corrupt(ps, 0.4, generator=g)
     with torch.no_grad():
-        zs = model.s2_projector(model.s2_encoder.encoder((s2c - model.s2_encoder.normalize.mean) / model.s2_encoder.normalize.std))
-        zp = model.ps_projector(model.ps_encoder.encoder((psc - model.ps_encoder.normalize.mean) / model.ps_encoder.normalize.std))
+        zs = model.s2_projector(
+            model.s2_encoder.encoder((s2c - model.s2_encoder.normalize.mean) / model.s2_encoder.normalize.std)
+        )
+        zp = model.ps_projector(
+            model.ps_encoder.encoder((psc - model.ps_encoder.normalize.mean) / model.ps_encoder.normalize.std)
+        )
     assert got == pytest.approx(_eq1(zs, zp, cfg.tau), rel=1e-5)
 
 
 def test_cli_bimodal_smoke_writes_outputs(tiny_npz: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert main(["--data", str(tiny_npz), "--out", str(out), "--set", "epochs=2", "--set", "log_every=1", *_TINY]) == 0
+    assert (
+        main(
+            ["--data", str(tiny_npz), "--out", str(out), "--set", "epochs=2", "--set", "log_every=1", *_TINY]
+        )
+        == 0
+    )
     lines = [json.loads(ln) for ln in (out / "loss_log.jsonl").read_text().splitlines()]
     assert [ln["epoch"] for ln in lines if ln["step"] is None] == [1, 2]
     assert sum(ln["step"] is not None for ln in lines) == 6  # 3 steps of 32 per epoch
@@ -84,8 +122,22 @@ def test_cli_resume_is_exact(tiny_npz: Path, tmp_path: Path) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main(["--data", str(tiny_npz), "--out", str(straight), "--set", "epochs=3", *_TINY]) == 0
     assert main(["--data", str(tiny_npz), "--out", str(split), "--set", "epochs=1", *_TINY]) == 0
-    assert main(["--data", str(tiny_npz), "--out", str(split), "--set", "epochs=3", *_TINY,
-                 "--resume", str(split / "checkpoints" / "last.pt")]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                str(tiny_npz),
+                "--out",
+                str(split),
+                "--set",
+                "epochs=3",
+                *_TINY,
+                "--resume",
+                str(split / "checkpoints" / "last.pt"),
+            ]
+        )
+        == 0
+    )
     a = load_checkpoint(straight / "encoder.pt")["state_dict"]
     b = load_checkpoint(split / "encoder.pt")["state_dict"]
     for key in a:
@@ -95,11 +147,26 @@ def test_cli_resume_is_exact(tiny_npz: Path, tmp_path: Path) -> None:
     assert log_a == log_b
 
 
-def test_cli_resume_rejects_changed_config(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_resume_rejects_changed_config(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     assert main(["--data", str(tiny_npz), "--out", str(out), "--set", "epochs=1", *_TINY]) == 0
-    rc = main(["--data", str(tiny_npz), "--out", str(out), "--set", "epochs=2", "--set", "lr=0.01", *_TINY,
-               "--resume", str(out / "checkpoints" / "last.pt")])
+    rc = main(
+        [
+            "--data",
+            str(tiny_npz),
+            "--out",
+            str(out),
+            "--set",
+            "epochs=2",
+            "--set",
+            "lr=0.01",
+            *_TINY,
+            "--resume",
+            str(out / "checkpoints" / "last.pt"),
+        ]
+    )
     assert rc == 1
     assert "lr: checkpoint 0.001 vs now 0.01" in capsys.readouterr().err
 
@@ -109,10 +176,35 @@ def test_cli_unimodal_and_timewise(tmp_path: Path) -> None:
     path = tmp_path / "series.npz"
     np.savez(path, s2=(rng.random((24, 5, 12)) * 3000).astype(np.float32))
     out = tmp_path / "run"
-    rc = main(["--data", str(path), "--out", str(out), "--mode", "unimodal", "--alignment", "time",
-               "--set", "epochs=1", "--set", "batch_size=8", "--set", "timewise.d_model=16",
-               "--set", "timewise.n_heads=2", "--set", "timewise.n_layers=1", "--set", "timewise.out_dim=8",
-               "--set", "projector.hidden=8", "--set", "projector.out=8", "--no-progress"])
+    rc = main(
+        [
+            "--data",
+            str(path),
+            "--out",
+            str(out),
+            "--mode",
+            "unimodal",
+            "--alignment",
+            "time",
+            "--set",
+            "epochs=1",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "timewise.d_model=16",
+            "--set",
+            "timewise.n_heads=2",
+            "--set",
+            "timewise.n_layers=1",
+            "--set",
+            "timewise.out_dim=8",
+            "--set",
+            "projector.hidden=8",
+            "--set",
+            "projector.out=8",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     enc = load_frozen_encoder(out / "encoder.pt")
     assert enc(torch.rand(2, 5, 12) * 3000).shape == (2, 5, 8)
@@ -138,7 +230,9 @@ def test_cli_user_errors(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert "unknown config key 'epoch'" in capsys.readouterr().err
 
 
-def test_cli_refuses_existing_output(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_existing_output(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     assert main(["--data", str(tiny_npz), "--out", str(out), "--set", "epochs=1", *_TINY]) == 0
     with pytest.raises(SystemExit):
@@ -147,8 +241,13 @@ def test_cli_refuses_existing_output(tiny_npz: Path, tmp_path: Path, capsys: pyt
 
 
 def test_pretrain_help_smoke() -> None:
-    res = subprocess.run([sys.executable, "-m", "training.pretrain", "--help"], cwd=REPO, capture_output=True,
-                         text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "training.pretrain", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0 and "--alignment" in res.stdout and "--resume" in res.stdout
 
 

@@ -43,7 +43,9 @@ def test_series_features_shapes() -> None:
 
 
 @torch.no_grad()
-def _alignment(model: torch.nn.Module, s2: torch.Tensor, ps: torch.Tensor, stamp: np.ndarray) -> tuple[float, float]:
+def _alignment(
+    model: torch.nn.Module, s2: torch.Tensor, ps: torch.Tensor, stamp: np.ndarray
+) -> tuple[float, float]:
     """Eq. 1 loss of held-out pairs (no corruption) and the share of S2 samples whose nearest PS
     projection (cosine) was observed on the same date."""
     from training.losses import bimodal_loss
@@ -71,9 +73,25 @@ def test_bimodal_pretraining_learns_cross_modal_alignment(tmp_path: Path) -> Non
 
     simulate(tmp_path / "sim", PRESETS["tiny"])
     out = tmp_path / "run"
-    small = ["--set", "encoder.hidden=32", "--set", "encoder.n_layers=2", "--set", "encoder.out_dim=32",
-             "--set", "projector.hidden=32", "--set", "projector.out=32", "--set", "batch_size=256",
-             "--set", "epochs=3", "--set", "data.pixels_per_stamp=400", "--no-progress"]
+    small = [
+        "--set",
+        "encoder.hidden=32",
+        "--set",
+        "encoder.n_layers=2",
+        "--set",
+        "encoder.out_dim=32",
+        "--set",
+        "projector.hidden=32",
+        "--set",
+        "projector.out=32",
+        "--set",
+        "batch_size=256",
+        "--set",
+        "epochs=3",
+        "--set",
+        "data.pixels_per_stamp=400",
+        "--no-progress",
+    ]
     assert pretrain_main(["--data", str(tmp_path / "sim"), "--out", str(out), *small]) == 0
 
     state = load_checkpoint(out / "checkpoints" / "last.pt", kind="pretrain_state")
@@ -120,11 +138,14 @@ def test_per_date_probe_equals_separate_fits() -> None:
     joint = per_date_probe(fit, val, None)
     separate = [
         linear_probe(
-            torch.from_numpy(fit.x[fit.stamp == t]), fit.y[fit.stamp == t],
-            torch.from_numpy(val.x[val.stamp == t]), val.y[val.stamp == t], metric="balanced",
+            torch.from_numpy(fit.x[fit.stamp == t]),
+            fit.y[fit.stamp == t],
+            torch.from_numpy(val.x[val.stamp == t]),
+            val.y[val.stamp == t],
+            metric="balanced",
         )
         for t in range(3)
-    ]  # fmt: skip
+    ]
     assert joint["stamps"] == 3
     assert joint["linear"] == pytest.approx(np.mean(separate), abs=0.005)
     assert 0.3 < joint["linear"] < 1.0
@@ -163,7 +184,8 @@ def test_scene_probe_separates_crops_on_unseen_fields(sim_scene_dir: Path) -> No
 
     x = np.random.default_rng(0).random((64, 12)).astype(np.float32) * 3000
     report = scene_probe(
-        sim_scene_dir, {"raw": None, "random": random_encoder(x, hidden=32, n_layers=2, out_dim=32)},
+        sim_scene_dir,
+        {"raw": None, "random": random_encoder(x, hidden=32, n_layers=2, out_dim=32)},
         poolings=(),
     )
     assert set(report["raw"]) == {"date_linear", "date_knn"}
@@ -192,10 +214,20 @@ def test_bimodal_embeddings_beat_random_and_raw_for_knn_on_default_scene(tmp_pat
     from training.simulate import PRESETS, simulate
 
     simulate(tmp_path / "sim", PRESETS["default"])
-    cfg = load_config(PretrainConfig, None, [
-        "mode=bimodal", "epochs=20", "batch_size=512", "encoder.hidden=64", "encoder.n_layers=2",
-        "encoder.out_dim=64", "projector.hidden=64", "projector.out=64",
-    ])  # fmt: skip
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        [
+            "mode=bimodal",
+            "epochs=20",
+            "batch_size=512",
+            "encoder.hidden=64",
+            "encoder.n_layers=2",
+            "encoder.out_dim=64",
+            "projector.hidden=64",
+            "projector.out=64",
+        ],
+    )
     arrays = load_pretrain_arrays(tmp_path / "sim", cfg)
     path = pretrain(cfg, arrays, tmp_path / "run", device=torch.device("cpu"), progress=False)
     bimodal = load_frozen_encoder(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -40,7 +41,12 @@ def _toy(n_per_class: int = 30, t: int = 8, seed: int = 0, counts: tuple[int, ..
 def test_named_recipes_and_overrides() -> None:
     assert get_recipe("papers") == Recipe("papers")
     robust = get_recipe("robust")
-    assert robust.optimizer == "adamw" and robust.schedule == "warmup_cosine" and robust.balanced and robust.augments
+    assert (
+        robust.optimizer == "adamw"
+        and robust.schedule == "warmup_cosine"
+        and robust.balanced
+        and robust.augments
+    )
     assert get_recipe("robust", noise=0.0).noise == 0.0
     with pytest.raises(ValueError, match="unknown recipe 'fast'"):
         get_recipe("fast")
@@ -65,7 +71,7 @@ def test_warmup_cosine_schedule() -> None:
     f = lr_lambda(Recipe("r", schedule="warmup_cosine", warmup=0.1), 100)
     values = [f(s) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)  # linear warm-up over 10 steps
-    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))  # then only decays
+    assert all(a >= b for a, b in itertools.pairwise(values))  # then only decays
     assert values[-1] < 0.01
     linear = lr_lambda(get_recipe("papers"), 10)
     assert [linear(s) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
@@ -98,8 +104,12 @@ def test_augmentation_shifts_drops_and_adds_noise() -> None:
     dropped = augment_batch(x, Recipe("d", drop=0.5), torch.ones(1), torch.Generator().manual_seed(1))
     assert torch.equal(dropped[:, 0], x[:, 0])  # the first stamp is never dropped
     assert (dropped[:, 1:] - dropped[:, :-1] >= 0).all() and (dropped != x).any()  # forward fill
-    noisy = augment_batch(torch.zeros(64, 10, 3), Recipe("n", noise=0.5), torch.tensor([1.0, 2.0, 4.0]),
-                          torch.Generator().manual_seed(2))  # fmt: skip
+    noisy = augment_batch(
+        torch.zeros(64, 10, 3),
+        Recipe("n", noise=0.5),
+        torch.tensor([1.0, 2.0, 4.0]),
+        torch.Generator().manual_seed(2),
+    )
     np.testing.assert_allclose(noisy.std(dim=(0, 1)).numpy(), [0.5, 1.0, 2.0], rtol=0.15)
 
 
@@ -113,8 +123,22 @@ def test_best_epoch_is_chosen_on_the_selection_split_never_on_validation() -> No
     for labels in (yv, yv[torch.randperm(len(yv), generator=torch.Generator().manual_seed(0))]):
         torch.manual_seed(0)
         model = build_model("lstm", len(BANDS), 3, hidden=8, layers=1)
-        runs.append(train_run(model, x[fit], y[fit], xv, labels, lr=1e-2, epochs=2, batch_size=64, seed=0, recipe=r,
-                              x_sel=x[sel], y_sel=y[sel]))  # fmt: skip
+        runs.append(
+            train_run(
+                model,
+                x[fit],
+                y[fit],
+                xv,
+                labels,
+                lr=1e-2,
+                epochs=2,
+                batch_size=64,
+                seed=0,
+                recipe=r,
+                x_sel=x[sel],
+                y_sel=y[sel],
+            )
+        )
     a, b = runs
     assert a["best_epoch"] == b["best_epoch"] and a["selection_f1"] == b["selection_f1"]
     assert 1 <= a["best_epoch"] <= a["epochs_run"] and a["steps"] >= 60
@@ -135,7 +159,10 @@ def test_ensemble_averages_member_logits() -> None:
     from training.models.ensemble import EnsembleClassifier
 
     torch.manual_seed(0)
-    spec = [{"family": "lstm", "hp": {"hidden": 4, "layers": 1}}, {"family": "transformer", "hp": {"d_model": 8, "heads": 2, "layers": 1}}]
+    spec = [
+        {"family": "lstm", "hp": {"hidden": 4, "layers": 1}},
+        {"family": "transformer", "hp": {"d_model": 8, "heads": 2, "layers": 1}},
+    ]
     ens = build_model("ensemble", 3, 4, members=spec).eval()
     assert isinstance(ens, EnsembleClassifier)
     x = torch.randn(5, 6, 3)
@@ -143,7 +170,9 @@ def test_ensemble_averages_member_logits() -> None:
         expected = torch.stack([m(x) for m in ens.members]).mean(0)
         torch.testing.assert_close(ens(x), expected)
         torch.testing.assert_close(ens.head(ens.features(x)), expected)  # the bundles' contract
-    assert ens.features(x).shape == (5, ens.feature_dim) and ens.feature_dim == sum(m.feature_dim for m in ens.members)
+    assert ens.features(x).shape == (5, ens.feature_dim) and ens.feature_dim == sum(
+        m.feature_dim for m in ens.members
+    )
     assert not any(k.startswith("head") for k in ens.state_dict())
     rebuilt = build_model("ensemble", 3, 4, members=spec)
     rebuilt.load_state_dict(ens.state_dict())  # checkpoints rebuild it from the spec
@@ -174,19 +203,31 @@ def test_baselines_score_like_base_models() -> None:
     assert maj["val_accuracy"] == pytest.approx(1 / 3) and maj["per_class_recall"] == [1.0, 0.0, 0.0]
 
 
-def test_run_comparison_default_recipe_with_baselines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_comparison_default_recipe_with_baselines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The default (robust) recipe end to end, shortened so that it runs in a moment.
-    monkeypatch.setitem(recipe_mod.RECIPES, "robust", dataclasses.replace(recipe_mod.RECIPES["robust"], min_steps=40))
+    monkeypatch.setitem(
+        recipe_mod.RECIPES, "robust", dataclasses.replace(recipe_mod.RECIPES["robust"], min_steps=40)
+    )
     data = _toy(n_per_class=12, t=6)
-    cfg = DownstreamConfig(task="1", families=("lstm",), variants=0, default_variant=True, repeats=2, epochs=1,
-                           batch_size=16)  # fmt: skip
+    cfg = DownstreamConfig(
+        task="1", families=("lstm",), variants=0, default_variant=True, repeats=2, epochs=1, batch_size=16
+    )
     assert cfg.recipe == "robust" and cfg.baselines
     results = run_comparison(cfg, data, [], tmp_path / "run", show_progress=False)
     recs = [json.loads(line) for line in results.read_text().splitlines()]
     assert sorted((r["family"], r["variant"]) for r in recs) == [
-        ("lstm", -2), ("lstm", -1), ("lstm_ensemble", 0), ("majority", 0), ("random_forest", 0)]
+        ("lstm", -2),
+        ("lstm", -1),
+        ("lstm_ensemble", 0),
+        ("majority", 0),
+        ("random_forest", 0),
+    ]
     runs = [r for r in recs if r["family"] == "lstm"]
-    assert runs[0]["val_accuracy"] != runs[1]["val_accuracy"] or runs[0]["final_loss"] != runs[1]["final_loss"]
+    assert (
+        runs[0]["val_accuracy"] != runs[1]["val_accuracy"] or runs[0]["final_loss"] != runs[1]["final_loss"]
+    )
     for run in runs:
         assert run["recipe"] == "robust" and run["lr_schedule"] == "warmup-cosine" and run["steps"] >= 40
     (ens,) = [r for r in recs if r["family"] == "lstm_ensemble"]
@@ -200,7 +241,11 @@ def test_run_comparison_default_recipe_with_baselines(tmp_path: Path, monkeypatc
     assert entry["methods"] == ["supervised", "random_forest", "majority"] and entry["n_variants"] == 2
     assert math.isfinite(entry["win_matrix"][0][1])
     table = table1_markdown(summary)
-    assert table.index("| 1 | lstm |") < table.index("baseline: RandomForest") < table.index("baseline: majority")
+    assert (
+        table.index("| 1 | lstm |")
+        < table.index("baseline: RandomForest")
+        < table.index("baseline: majority")
+    )
 
 
 def test_prior_correction_shifts_the_head_bias_by_the_log_class_frequency() -> None:
@@ -246,7 +291,9 @@ def test_train_run_applies_the_prior_correction_after_training() -> None:
         torch.manual_seed(0)
         models[tau] = build_model("lstm", 4, 3, hidden=8, layers=1)
         r = get_recipe("robust", prior_correction=tau, min_steps=20)
-        results[tau] = train_run(models[tau], xt, yt, xv, yv, lr=1e-2, epochs=2, batch_size=16, seed=0, recipe=r)
+        results[tau] = train_run(
+            models[tau], xt, yt, xv, yv, lr=1e-2, epochs=2, batch_size=16, seed=0, recipe=r
+        )
     from training.recipe import log_prior
 
     torch.testing.assert_close(models[1.0].head.bias - models[0.0].head.bias, log_prior(yt, 3))
@@ -261,8 +308,17 @@ def test_a_run_directory_keeps_its_prior_correction(tmp_path: Path) -> None:
     # Records written before the correction existed (no key) count as 0; resuming with another value is refused.
     from training.downstream import _check_setup
 
-    setup = {"task": "real", "epochs": 20, "batch_size": 256, "n_train": 10, "n_val": 5, "seed": 0,
-             "lr_schedule": "warmup-cosine", "fill": "linear", "recipe": "robust"}  # fmt: skip
+    setup = {
+        "task": "real",
+        "epochs": 20,
+        "batch_size": 256,
+        "n_train": 10,
+        "n_val": 5,
+        "seed": 0,
+        "lr_schedule": "warmup-cosine",
+        "fill": "linear",
+        "recipe": "robust",
+    }
     old = {("real", "lstm", -1, "supervised", None): {**setup}}  # no prior_correction key
     _check_setup(old, {**setup, "prior_correction": 0.0}, tmp_path / "results.jsonl")
     with pytest.raises(ValueError, match=r"prior_correction: stored 0\.0, now 1\.0\); use another --out"):

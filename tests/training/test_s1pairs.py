@@ -20,9 +20,22 @@ AFRICA = DATA / "test_public_extractions_africa_wide.parquet"
 NINE = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
 S2_COLS = [f"S2-L2A-{b}" for b in NINE]
 TINY = [
-    "--set", "epochs=1", "--set", "batch_size=64", "--set", "encoder.hidden=16", "--set", "encoder.n_layers=2",
-    "--set", "encoder.out_dim=16", "--set", "projector.hidden=16", "--set", "projector.out=16", "--no-progress",
-]  # fmt: skip
+    "--set",
+    "epochs=1",
+    "--set",
+    "batch_size=64",
+    "--set",
+    "encoder.hidden=16",
+    "--set",
+    "encoder.n_layers=2",
+    "--set",
+    "encoder.out_dim=16",
+    "--set",
+    "projector.hidden=16",
+    "--set",
+    "projector.out=16",
+    "--no-progress",
+]
 
 
 def _md5(path: Path) -> str:
@@ -78,8 +91,13 @@ def test_s1_nodata_dropped_and_counted(tmp_path: Path) -> None:
     assert (c.s1_missing, c.both_missing, c.s2_missing) == (8, 4, 217)
     assert c.pairs == 1379 - 8
     assert np.isfinite(pairs.s1).all() and pairs.s1.min() > -60 and pairs.s1.max() < 20
-    dropped = set(zip(df["sample_id"].astype(str).iloc[clear[:8]], df["timestamp"].iloc[clear[:8]].to_numpy()
-                      .astype("datetime64[D]"), strict=True))  # fmt: skip
+    dropped = set(
+        zip(
+            df["sample_id"].astype(str).iloc[clear[:8]],
+            df["timestamp"].iloc[clear[:8]].to_numpy().astype("datetime64[D]"),
+            strict=True,
+        )
+    )
     assert dropped.isdisjoint(zip(pairs.sample_ids, pairs.dates, strict=True))
 
 
@@ -97,14 +115,18 @@ def test_wide_layout_pairs_by_time_step() -> None:
     c = pairs.counts
     assert c.observations == 6000 and c.pairs == int((s2_ok & s1_ok).sum())
     assert (c.s2_missing, c.s1_missing, c.both_missing) == (
-        int((~s2_ok & s1_ok).sum()), int((s2_ok & ~s1_ok).sum()), int((~s2_ok & ~s1_ok).sum())
+        int((~s2_ok & s1_ok).sum()),
+        int((s2_ok & ~s1_ok).sum()),
+        int((~s2_ok & ~s1_ok).sum()),
     )
     assert c.s1_missing > 0 and c.both_missing > 0
     i, t = np.nonzero(s2_ok & s1_ok)
     np.testing.assert_array_equal(pairs.s2, s2[i, t].astype(np.float32))
     np.testing.assert_array_equal(pairs.s1, s1[i, t].astype(np.float32))
     start = pd.to_datetime(df["start_date"]).to_numpy().astype("datetime64[M]")
-    np.testing.assert_array_equal(pairs.dates, (start[i] + t.astype("timedelta64[M]")).astype("datetime64[D]"))
+    np.testing.assert_array_equal(
+        pairs.dates, (start[i] + t.astype("timedelta64[M]")).astype("datetime64[D]")
+    )
 
 
 def test_timewise_keeps_complete_samples_only() -> None:
@@ -164,8 +186,18 @@ def test_timewise_and_single_polarisation_pretrain(tmp_path: Path) -> None:
     pairs = extraction_pairs(FLANDERS, alignment="time", polarisations=["VH"])
     assert pairs.s1.shape == (16, 16, 1)
     out = write_pairs(pairs, tmp_path / "time.npz")
-    tw = ["--set", "timewise.d_model=16", "--set", "timewise.n_layers=1", "--set", "timewise.n_heads=2",
-          "--set", "timewise.out_dim=16", "--set", "batch_size=8"]  # fmt: skip
+    tw = [
+        "--set",
+        "timewise.d_model=16",
+        "--set",
+        "timewise.n_layers=1",
+        "--set",
+        "timewise.n_heads=2",
+        "--set",
+        "timewise.out_dim=16",
+        "--set",
+        "batch_size=8",
+    ]
     run = tmp_path / "run"
     args = ["--data", str(out), "--out", str(run), "--mode", "bimodal", "--alignment", "time", *TINY, *tw]
     assert pretrain_main(args) == 0

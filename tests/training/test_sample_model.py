@@ -20,8 +20,9 @@ STACK = ROOT / "sample_data" / "belgium_2021" / "s2_stack.tif"
 def _stack_series(min_valid: int) -> tuple[np.ndarray, object]:
     values, dates, bands = read_stack_pixels(STACK)
     grid = make_time_grid(dates, "11-01")
-    filled, _, ok = fill_gaps(values.transpose(2, 0, 1), np.array(grid.day_of_season), grid.day_of_season,
-                              min_valid=min_valid)
+    filled, _, ok = fill_gaps(
+        values.transpose(2, 0, 1), np.array(grid.day_of_season), grid.day_of_season, min_valid=min_valid
+    )
     return filled[ok], (grid, bands)
 
 
@@ -39,7 +40,7 @@ def test_split_by_parcel_is_disjoint_stratified_and_seeded() -> None:
     tr, va = split_by_parcel(labels, 0.3, seed=0)
     assert not set(tr) & set(va) and len(tr) + len(va) == 100
     assert {int(c): int((labels[va] == c).sum()) for c in (1, 2, 3, 4)} == {1: 8, 2: 4, 3: 6, 4: 12}
-    tr2, va2 = split_by_parcel(labels, 0.3, seed=0)
+    _tr2, va2 = split_by_parcel(labels, 0.3, seed=0)
     assert np.array_equal(va, va2)
     assert not np.array_equal(va, split_by_parcel(labels, 0.3, seed=1)[1])
 
@@ -67,9 +68,11 @@ def test_training_never_imports_exporters_and_writes_to_a_run_directory() -> Non
     import subprocess
     import sys
 
-    code = ("import sys, pkgutil, importlib, training; "
-            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(training.__path__, 'training.')]; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'exporters'))")  # fmt: skip
+    code = (
+        "import sys, pkgutil, importlib, training; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(training.__path__, 'training.')]; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'exporters'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
     from training.sample_model import build_parser
@@ -83,9 +86,23 @@ def test_sample_model_script_reduced(tmp_path: Path) -> None:
     from exporters.__main__ import main as export_main
 
     work = tmp_path / "work"
-    rc = main(["--out", str(work), "--no-progress",
-               "--set", "pretrain_pixels=2048", "--set", "pretrain_epochs=1", "--set", "pretrain_batch_size=256",
-               "--set", "epochs=5", "--set", "parity_pixels=300"])  # fmt: skip
+    rc = main(
+        [
+            "--out",
+            str(work),
+            "--no-progress",
+            "--set",
+            "pretrain_pixels=2048",
+            "--set",
+            "pretrain_epochs=1",
+            "--set",
+            "pretrain_batch_size=256",
+            "--set",
+            "epochs=5",
+            "--set",
+            "parity_pixels=300",
+        ]
+    )
     assert rc == 0
     out = tmp_path / "sample.onnx"
     assert export_main([str(work / "classifier.pt"), "-o", str(out)]) == 0

@@ -16,20 +16,42 @@ def test_resample_days_interpolates_linearly_and_holds_edges() -> None:
     np.testing.assert_allclose(out[0, :, 0], [0.0, 0.0, 5.0, 20.0, 30.0, 30.0])
 
 
-def test_cli_reports_in_and_out_of_season(sim_scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_cli_reports_in_and_out_of_season(
+    sim_scene_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import dataclasses
 
     from training import recipe
 
     monkeypatch.setitem(recipe.RECIPES, "robust", dataclasses.replace(recipe.RECIPES["robust"], min_steps=20))
     out = tmp_path / "season.md"
-    assert main(["--data", str(sim_scene_dir), "--family", "lstm", "--repeats", "2", "--n-train", "6", "--n-val", "3",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--data",
+                str(sim_scene_dir),
+                "--family",
+                "lstm",
+                "--repeats",
+                "2",
+                "--n-train",
+                "6",
+                "--n-val",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = out.read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split(" | ")[0] for r in rows] == ["| lstm (defaults, seed 1)", "| lstm (defaults, seed 2)",
-                                                 "| lstm ensemble of 2", "| RandomForest (500 trees)"]  # fmt: skip
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| lstm (defaults, seed 1)",
+        "| lstm (defaults, seed 2)",
+        "| lstm ensemble of 2",
+        "| RandomForest (500 trees)",
+    ]
     for r in rows:
         values = [float(v) for v in r.strip("| ").split(" | ")[1:5]]
         assert all(0.0 <= v <= 100.0 for v in values)

@@ -12,11 +12,31 @@ from training.seedtable import main, seed_table
 
 def _run(path: Path, rf: float, it: list[float]) -> Path:
     path.mkdir()
-    recs = [{"family": "random_forest", "variant": 0, "method": "supervised", "corruption": None,
-             "hp_source": "baseline", "val_accuracy": rf, "macro_f1": rf - 0.1, "seconds": 1.0}]  # fmt: skip
-    recs += [{"family": "inception_time", "variant": -k - 1, "method": "supervised", "corruption": None,
-              "hp_source": "defaults", "val_accuracy": a, "macro_f1": a - 0.1, "seconds": 10.0}
-             for k, a in enumerate(it)]  # fmt: skip
+    recs = [
+        {
+            "family": "random_forest",
+            "variant": 0,
+            "method": "supervised",
+            "corruption": None,
+            "hp_source": "baseline",
+            "val_accuracy": rf,
+            "macro_f1": rf - 0.1,
+            "seconds": 1.0,
+        }
+    ]
+    recs += [
+        {
+            "family": "inception_time",
+            "variant": -k - 1,
+            "method": "supervised",
+            "corruption": None,
+            "hp_source": "defaults",
+            "val_accuracy": a,
+            "macro_f1": a - 0.1,
+            "seconds": 10.0,
+        }
+        for k, a in enumerate(it)
+    ]
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
 
@@ -28,8 +48,12 @@ def test_seed_table_pairs_models_with_the_forest_of_the_same_split(tmp_path: Pat
     it = stats["inception_time (one run: mean over its seeds)|supervised"]
     # Sample standard deviations (ddof=1) over the two seeds.
     assert it["oa_mean"] == pytest.approx(0.68) and it["oa_std"] == pytest.approx(0.08 / 2**0.5)
-    assert it["oa_gap"] == pytest.approx(0.03) and it["oa_gap_std"] == pytest.approx(0.02 / 2**0.5)  # +4 and +2 points
-    assert "**+3.0 +- 1.4**" in table and "**RandomForest (500 trees)**" in table  # bold: the gap exceeds its std
+    assert it["oa_gap"] == pytest.approx(0.03) and it["oa_gap_std"] == pytest.approx(
+        0.02 / 2**0.5
+    )  # +4 and +2 points
+    assert (
+        "**+3.0 +- 1.4**" in table and "**RandomForest (500 trees)**" in table
+    )  # bold: the gap exceeds its std
     c = _run(tmp_path / "s2", 0.60, [0.58, 0.66])  # +2 points
     d = _run(tmp_path / "s3", 0.70, [0.64, 0.70])  # -3 points
     table, stats = seed_table([c, d], "toy")

@@ -127,18 +127,28 @@ def test_a_killed_worker_trial_is_marked_failed_and_the_study_completes(tmp_path
 
 @pytest.mark.parametrize(
     ("spec", "kind"),
-    [("runs/v.db", "sqlite"), ("x.sqlite3", "sqlite"), ("sqlite:///runs/v.db", "sqlite"), ("s/t.log", "journal"),
-     ("journal:///shared/t.log", "journal"), ("postgresql://u@h/db", "server"), ("mysql+pymysql://u@h/db", "server")],
-)  # fmt: skip
+    [
+        ("runs/v.db", "sqlite"),
+        ("x.sqlite3", "sqlite"),
+        ("sqlite:///runs/v.db", "sqlite"),
+        ("s/t.log", "journal"),
+        ("journal:///shared/t.log", "journal"),
+        ("postgresql://u@h/db", "server"),
+        ("mysql+pymysql://u@h/db", "server"),
+    ],
+)
 def test_storage_strings(spec: str, kind: str) -> None:
     assert storage_kind(spec)[0] == kind
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("runs/study", r"neither a URL nor a file with a known suffix"),
-    ("redis://h/0", r"unknown scheme 'redis'"),
-    ("sqlite://", r"has no file path"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("runs/study", r"neither a URL nor a file with a known suffix"),
+        ("redis://h/0", r"unknown scheme 'redis'"),
+        ("sqlite://", r"has no file path"),
+    ],
+)
 def test_unknown_storage_is_refused(spec: str, message: str) -> None:
     with pytest.raises(StorageError, match=message):
         open_storage(spec)

@@ -53,7 +53,7 @@ def test_read_long_flanders_shapes_bands_and_nodata(caplog: pytest.LogCaptureFix
     for c, band in enumerate(s.bands):
         raw = row[f"S2-L2A-{band}"]
         got = s.values[5, t, c]
-        assert (np.isnan(got) if raw == NODATA else got == raw)
+        assert np.isnan(got) if raw == NODATA else got == raw
     n_nodata = int((df[[f"S2-L2A-{b}" for b in NINE]].to_numpy() == NODATA).sum())
     assert int(np.isnan(s.values).sum()) == n_nodata > 0
     assert np.all(np.diff(s.dates.astype("int64"), axis=1) > 0)
@@ -75,7 +75,9 @@ def test_read_long_band_selection_and_errors() -> None:
 def test_read_long_puts_ragged_series_on_the_union_of_timestamps(tmp_path: Path) -> None:
     df = pd.read_parquet(FLANDERS)
     first = df.sort_values(["sample_id", "timestamp"]).iloc[0]
-    df = df.drop(index=df.index[(df["sample_id"] == first["sample_id"]) & (df["timestamp"] == first["timestamp"])])
+    df = df.drop(
+        index=df.index[(df["sample_id"] == first["sample_id"]) & (df["timestamp"] == first["timestamp"])]
+    )
     path = tmp_path / "ragged.parquet"
     df.to_parquet(path)
     full, ragged = read_long(FLANDERS), read_long(path)
@@ -130,7 +132,9 @@ def test_on_time_grid_matches_fill_gaps_on_the_season() -> None:
     g = on_time_grid(s, grid, season=2020, min_valid=6)
     assert g.x.shape == (100, 12, 9)
     # The season is 2020-11 .. 2021-10: observations 3..14 of the 16 monthly steps.
-    want, n_valid, ok = fill_gaps(s.values[:, 3:15], np.array(grid.day_of_season), grid.day_of_season, min_valid=6)
+    want, n_valid, ok = fill_gaps(
+        s.values[:, 3:15], np.array(grid.day_of_season), grid.day_of_season, min_valid=6
+    )
     np.testing.assert_array_equal(g.ok, ok)
     np.testing.assert_array_equal(g.n_valid, n_valid)
     np.testing.assert_array_equal(g.x[ok], want[ok])
@@ -162,7 +166,12 @@ def test_coarse_labels_flanders() -> None:
     s = read_long(FLANDERS)
     coarse = coarse_labels(s.labels)
     counts = {c.name: int((coarse == c.code).sum()) for c in FLANDERS_CLASSES}
-    assert counts == {"grassland": 28, "maize": 12, "other arable crops": 20, "non-cropland and perennial": 40}
+    assert counts == {
+        "grassland": 28,
+        "maize": 12,
+        "other arable crops": 20,
+        "non-cropland and perennial": 40,
+    }
     assert coarse_labels(np.array([1101060000, 1101010001]))[0] == 2  # longest prefix wins
     with pytest.raises(ValueError, match="00-00-00-000-0"):
         coarse_labels(np.array([0, 1101060000]))

@@ -169,9 +169,16 @@ def read_parcel_csv(path: str | Path, classes: pd.DataFrame, *, region: str, spl
     else:
         cloudy = np.zeros(len(frame), dtype=bool)
     return Parcel(
-        parcel_id=parcel_id, region=region, split=split, x=x, dates=dates, cloudy=cloudy, code=code,
-        label=int(classes.at[code, "id"]), class_name=str(classes.at[code, "classname"]),
-    )  # fmt: skip
+        parcel_id=parcel_id,
+        region=region,
+        split=split,
+        x=x,
+        dates=dates,
+        cloudy=cloudy,
+        code=code,
+        label=int(classes.at[code, "id"]),
+        class_name=str(classes.at[code, "classname"]),
+    )
 
 
 def read_parcels(

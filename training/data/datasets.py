@@ -136,8 +136,10 @@ def pointwise_pairs(
     if short:
         logger.info(
             "%d of %d stamps had fewer than %d clear pixels; took all of theirs",
-            short, len(scene.dates), n_per_stamp,
-        )  # fmt: skip
+            short,
+            len(scene.dates),
+            n_per_stamp,
+        )
     index = np.concatenate(picks).astype(np.int64)
     s2 = np.concatenate(values)
     ps = ps_patches(scene, index[:, 1], index[:, 2], index[:, 0])
@@ -243,8 +245,10 @@ def balanced_pixels(
         if members.size < n_per_class:
             logger.warning(
                 "class %r has %d pixels, fewer than %d: sampling with replacement",
-                name, members.size, n_per_class,
-            )  # fmt: skip
+                name,
+                members.size,
+                n_per_class,
+            )
             chosen = rng.choice(members, n_per_class, replace=True)
         else:
             chosen = rng.choice(members, n_per_class, replace=False)
@@ -342,6 +346,13 @@ def task_sets(
     x_train, y_train = balanced_pixels(scene, splits["train"], n_train, seed, classes=names, fill=fill)
     x_val, y_val = balanced_pixels(scene, splits["val"], n_val, seed + 1, classes=names, fill=fill)
     return TaskSets(
-        task=task, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, class_names=names,
-        dates=scene.dates, pretrain_field_ids=a_splits["pretrain"], splits=splits,
-    )  # fmt: skip
+        task=task,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        class_names=names,
+        dates=scene.dates,
+        pretrain_field_ids=a_splits["pretrain"],
+        splits=splits,
+    )

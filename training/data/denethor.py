@@ -36,8 +36,19 @@ from rasterio.windows import Window
 logger = logging.getLogger(__name__)
 
 S2_BAND_NAMES: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
-)  # fmt: skip
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B11",
+    "B12",
+)
 """Band order of DENETHOR's ``bands.npy``: the 12 Sentinel-2 L2A bands (B10 is not delivered in L2A)."""
 
 PS_PATCH = 3
@@ -173,7 +184,9 @@ def _as_dates(stamps: Any, path: Path) -> tuple[dt.date, ...]:
         elif isinstance(s, dt.date):
             out.append(s)
         else:
-            raise ValueError(f"{path}: expected datetimes, found {type(s).__name__} ({s!r})")
+            raise ValueError(  # noqa: TRY004 - bad file content, reported as a data error
+                f"{path}: expected datetimes, found {type(s).__name__} ({s!r})"
+            )
     return tuple(out)
 
 
@@ -281,13 +294,29 @@ def read_scene(root: str | Path) -> Scene:
 
     ps_dates, ps_paths = _ps_archive(root)
     scene = Scene(
-        root=root, s2=s2, clp=clp, clp_scale=clp_scale, dates=dates, bbox=bounds, crs=crs,
-        transform=transform, field_raster=field_raster, crop_raster=crop_raster, crop_names=crop_names,
-        field_crops=crop_of, ps_dates=ps_dates, ps_paths=ps_paths,
-    )  # fmt: skip
+        root=root,
+        s2=s2,
+        clp=clp,
+        clp_scale=clp_scale,
+        dates=dates,
+        bbox=bounds,
+        crs=crs,
+        transform=transform,
+        field_raster=field_raster,
+        crop_raster=crop_raster,
+        crop_names=crop_names,
+        field_crops=crop_of,
+        ps_dates=ps_dates,
+        ps_paths=ps_paths,
+    )
     logger.info(
         "%s: %d S2 stamps of %d x %d px, %d fields, %d PS days",
-        root, len(dates), h, w, len(fids), len(ps_dates),
+        root,
+        len(dates),
+        h,
+        w,
+        len(fids),
+        len(ps_dates),
     )
     return scene
 
@@ -362,9 +391,11 @@ def ps_patches(
     ps_r = np.floor(rows * ratio + off_r + 1e-6).astype(np.int64)
     ps_c = np.floor(cols * ratio + off_c + 1e-6).astype(np.int64)
     if rows.size and (
-        ps_r.min() < 0 or ps_c.min() < 0
-        or ps_r.max() + PS_PATCH > geom["height"] or ps_c.max() + PS_PATCH > geom["width"]
-    ):  # fmt: skip
+        ps_r.min() < 0
+        or ps_c.min() < 0
+        or ps_r.max() + PS_PATCH > geom["height"]
+        or ps_c.max() + PS_PATCH > geom["width"]
+    ):
         raise ValueError(
             f"3 x 3 PS patches reach outside the {geom['height']} x {geom['width']} PS raster; "
             "the PS and S2 grids do not cover the same area"

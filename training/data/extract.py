@@ -75,6 +75,7 @@ def code_column(label_column: str) -> str:
     where that attribute is named like the names column (:data:`NAME_COLUMN`), whose name it would take."""
     return "label_code" if label_column == NAME_COLUMN else label_column
 
+
 CACHE_VERSION = 1
 """Part of every cache key: bump it when the output of the same inputs and options changes."""
 
@@ -174,21 +175,34 @@ class ExtractSummary:
     def text(self) -> str:
         """A few lines for the terminal."""
         lines = [
-            f"polygons: {self.polygons_read:,} read, {self.polygons_used:,} used; left out: "
-            f"{self.polygons_without_label:,} without label, {self.polygons_unmapped:,} not in the class map, "
-            f"{self.polygons_not_polygons:,} not polygons, "
-            f"{self.polygons_outside:,} outside the stack, {self.polygons_vanished:,} vanished under the buffer, "
-            f"{self.polygons_without_pixel:,} without a usable pixel",
-            f"pixels: {self.pixels_kept:,} kept, {self.pixels_too_few_valid:,} dropped for too few valid "
-            f"observations, {self.pixels_in_several_polygons:,} in several polygons, {self.pixels_not_sampled:,} "
-            "not drawn",
-            f"clouds: {self.cloud}" + (f"; {self.observations_cloud_masked:,} of {self.observations:,} observations "
-                                       "masked" if self.observations else ""),
-            f"{self.samples:,} samples x {len(self.dates)} dates ({self.dates[0] if self.dates else '-'} .. "
-            f"{self.dates[-1] if self.dates else '-'}), bands {' '.join(self.bands)} -> {self.output}",
-            "classes: " + ", ".join(f"{n} (code {c['code']}): {c['parcels']:,} parcels, {c['samples']:,} samples"
-                                    for n, c in self.classes.items()),
-        ]  # fmt: skip
+            (
+                f"polygons: {self.polygons_read:,} read, {self.polygons_used:,} used; left out: "
+                f"{self.polygons_without_label:,} without label, {self.polygons_unmapped:,} not in the class map, "
+                f"{self.polygons_not_polygons:,} not polygons, "
+                f"{self.polygons_outside:,} outside the stack, {self.polygons_vanished:,} vanished under the buffer, "
+                f"{self.polygons_without_pixel:,} without a usable pixel"
+            ),
+            (
+                f"pixels: {self.pixels_kept:,} kept, {self.pixels_too_few_valid:,} dropped for too few valid "
+                f"observations, {self.pixels_in_several_polygons:,} in several polygons, {self.pixels_not_sampled:,} "
+                "not drawn"
+            ),
+            f"clouds: {self.cloud}"
+            + (
+                f"; {self.observations_cloud_masked:,} of {self.observations:,} observations masked"
+                if self.observations
+                else ""
+            ),
+            (
+                f"{self.samples:,} samples x {len(self.dates)} dates ({self.dates[0] if self.dates else '-'} .. "
+                f"{self.dates[-1] if self.dates else '-'}), bands {' '.join(self.bands)} -> {self.output}"
+            ),
+            "classes: "
+            + ", ".join(
+                f"{n} (code {c['code']}): {c['parcels']:,} parcels, {c['samples']:,} samples"
+                for n, c in self.classes.items()
+            ),
+        ]
         return "\n".join(lines)
 
 
@@ -271,7 +285,9 @@ def _classes(
             if text is not None:
                 codes[i] = int(text)
         if (codes[codes != -1] < 0).any():
-            raise ExtractError("integer labels must be >= 0; give a class map (--classes CSV) for other codes")
+            raise ExtractError(
+                "integer labels must be >= 0; give a class map (--classes CSV) for other codes"
+            )
         return codes, None
     found = sorted({t for t in labels if t is not None})
     if len(found) > 254:
@@ -314,20 +330,26 @@ def read_parcels(path: str | Path, stack: Stack, opts: ExtractOptions, summary: 
     where = f"polygons {path} (layer {layer})"
     for flag, col in (("--label-column", opts.label_column), ("--id-column", opts.id_column)):
         if col is not None and col not in columns:
-            raise ExtractError(f"{where} have no column {col!r}; their columns are {columns}; pass {flag} NAME")
+            raise ExtractError(
+                f"{where} have no column {col!r}; their columns are {columns}; pass {flag} NAME"
+            )
     if frame.crs is None:
         raise MaskError(f"{where} have no CRS; expected a declared CRS (set it with ogr2ogr -a_srs EPSG:...)")
     summary.polygons_read = len(frame)
     if opts.id_column is not None:
         ids = [_label_text(v) for v in frame[opts.id_column].tolist()]
         if any(v is None for v in ids):
-            raise ExtractError(f"{where}: column {opts.id_column!r} is empty for {ids.count(None)} polygons; "
-                               "expected an id for every polygon")  # fmt: skip
+            raise ExtractError(
+                f"{where}: column {opts.id_column!r} is empty for {ids.count(None)} polygons; "
+                "expected an id for every polygon"
+            )
         seen = collections.Counter(ids)
         twice = [k for k, n in seen.items() if n > 1]
         if twice:
-            raise ExtractError(f"{where}: column {opts.id_column!r} repeats {len(twice)} ids (e.g. {twice[:3]}); "
-                               "expected one id per polygon")  # fmt: skip
+            raise ExtractError(
+                f"{where}: column {opts.id_column!r} repeats {len(twice)} ids (e.g. {twice[:3]}); "
+                "expected one id per polygon"
+            )
     else:
         ids = [str(i) for i in range(len(frame))]
     raw = frame[opts.label_column]
@@ -337,21 +359,28 @@ def read_parcels(path: str | Path, stack: Stack, opts: ExtractOptions, summary: 
     summary.polygons_without_label = int((codes == -1).sum())
     summary.polygons_unmapped = int((codes == -2).sum())
     geoms = frame.geometry.to_numpy()
-    polygonal = np.array([g is not None and not g.is_empty and g.geom_type in ("Polygon", "MultiPolygon")
-                          for g in geoms])  # fmt: skip
+    polygonal = np.array(
+        [g is not None and not g.is_empty and g.geom_type in ("Polygon", "MultiPolygon") for g in geoms]
+    )
     if not polygonal.any():
         raise MaskError(f"{where} hold no polygons; expected Polygon or MultiPolygon features")
     keep = polygonal & (codes >= 0)
     if not keep.any():
-        raise ExtractError(f"{where}: none of the {len(frame)} polygons has a label"
-                           + (f" in class map {opts.class_map}" if opts.class_map is not None else "")
-                           + f" (column {opts.label_column!r})")  # fmt: skip
+        raise ExtractError(
+            f"{where}: none of the {len(frame)} polygons has a label"
+            + (f" in class map {opts.class_map}" if opts.class_map is not None else "")
+            + f" (column {opts.label_column!r})"
+        )
     frame = frame[keep]
     from rasterio.crs import CRS
 
     if CRS.from_user_input(frame.crs.to_wkt()) != stack.crs:
-        logger.info("reprojecting polygons %s from %s to the stack's %s", path, frame.crs.to_string(),
-                    stack.crs.to_string())  # fmt: skip
+        logger.info(
+            "reprojecting polygons %s from %s to the stack's %s",
+            path,
+            frame.crs.to_string(),
+            stack.crs.to_string(),
+        )
         frame = frame.to_crs(stack.crs.to_wkt())
     shapes = shapely.make_valid(frame.geometry.to_numpy())
     left, top = stack.transform @ (0, 0)
@@ -372,11 +401,17 @@ def read_parcels(path: str | Path, stack: Stack, opts: ExtractOptions, summary: 
     summary.polygons_vanished = int(gone.sum())
     use = on_stack & ~gone
     if not use.any():
-        raise ExtractError(f"all {int(on_stack.sum())} polygons on the stack vanish under the {opts.buffer_m:g} m "
-                           "inward buffer; expected larger parcels, or a smaller --buffer")  # fmt: skip
+        raise ExtractError(
+            f"all {int(on_stack.sum())} polygons on the stack vanish under the {opts.buffer_m:g} m "
+            "inward buffer; expected larger parcels, or a smaller --buffer"
+        )
     kept_ids = np.asarray(ids, dtype=object)[keep][use]
-    return _Parcels(geometries=tuple(shapes[use]), ids=tuple(str(i) for i in kept_ids),
-                    codes=codes[keep][use], names=names)  # fmt: skip
+    return _Parcels(
+        geometries=tuple(shapes[use]),
+        ids=tuple(str(i) for i in kept_ids),
+        codes=codes[keep][use],
+        names=names,
+    )
 
 
 def _shrink(shapes: np.ndarray, buffer_m: float, stack: Stack, frame: Any) -> np.ndarray:
@@ -400,9 +435,9 @@ def _shrink(shapes: np.ndarray, buffer_m: float, stack: Stack, frame: Any) -> np
 def _pixel_keys(rows: np.ndarray, cols: np.ndarray, width: int, seed: int) -> np.ndarray:
     """A pseudo-random uint64 per pixel from its position and ``seed`` (splitmix64): the same whatever the blocks."""
     with np.errstate(over="ignore"):
-        z = (rows.astype(np.uint64) * np.uint64(width) + cols.astype(np.uint64)) + np.uint64(seed) * np.uint64(
-            0x9E3779B97F4A7C15
-        )
+        z = (rows.astype(np.uint64) * np.uint64(width) + cols.astype(np.uint64)) + np.uint64(
+            seed
+        ) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
@@ -453,15 +488,29 @@ class _BlockReader:
         shapes = [(self.geometries[i], int(i) + 1) for i in touched]
         # Pixel centres, as cropmap.mask.rasterize_block burns the cropland mask; a pixel in two polygons is ambiguous.
         owner = rasterize(shapes, out_shape=shape, transform=tf, fill=0, dtype="int32")
-        hits = rasterize(((g, 1) for g, _ in shapes), out_shape=shape, transform=tf, fill=0, dtype="uint8",
-                         merge_alg=MergeAlg.add)  # fmt: skip
+        hits = rasterize(
+            ((g, 1) for g, _ in shapes),
+            out_shape=shape,
+            transform=tf,
+            fill=0,
+            dtype="uint8",
+            merge_alg=MergeAlg.add,
+        )
         several = hits > 1
         owner[several] = 0
         inside = owner > 0
         if not inside.any():
-            return _BlockPixels(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
-                                np.empty((0, len(self.obs), len(self.bands)), np.float32), 0, touched,
-                                int(several.sum()), 0, 0)  # fmt: skip
+            return _BlockPixels(
+                np.empty(0, np.int64),
+                np.empty(0, np.int64),
+                np.empty(0, np.int64),
+                np.empty((0, len(self.obs), len(self.bands)), np.float32),
+                0,
+                touched,
+                int(several.sum()),
+                0,
+                0,
+            )
         t0 = time.perf_counter()
         read = [*self.bands, *([self.cloud.band] if self.cloud is not None else [])]
         raw = self.stack.read(block.window, self.obs, read)
@@ -474,13 +523,25 @@ class _BlockReader:
         series = np.ascontiguousarray(values[:, :, rr, cc].transpose(2, 0, 1))  # (N, S, C)
         _, _, ok = fill_gaps(series, self.positions, self.positions[:1], min_valid=self.min_valid)
         parcel = owner[rr, cc].astype(np.int64) - 1
-        return _BlockPixels(parcel[ok], rr[ok] + block.row_off, cc[ok] + block.col_off, series[ok], int((~ok).sum()),
-                            touched, int(several.sum()), n_obs, n_cloud, read_s)  # fmt: skip
+        return _BlockPixels(
+            parcel[ok],
+            rr[ok] + block.row_off,
+            cc[ok] + block.col_off,
+            series[ok],
+            int((~ok).sum()),
+            touched,
+            int(several.sum()),
+            n_obs,
+            n_cloud,
+            read_s,
+        )
 
 
 def _in_order(func: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
     """``func`` over ``items`` on ``workers`` threads, results in input order, at most ``2 x workers`` pending."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract-block") as pool:
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="extract-block"
+    ) as pool:
         pending: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
         queue = iter(items)
         try:
@@ -505,17 +566,30 @@ def _in_order(func: Callable[[Any], Any], items: Sequence[Any], workers: int) ->
 class _Writer:
     """Long rows into a temporary parquet file beside the output; :meth:`commit` moves it into place."""
 
-    def __init__(self, out: Path, dates: Sequence[dt.date], bands: Sequence[str], label_column: str,
-                 names: dict[int, str] | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out: Path,
+        dates: Sequence[dt.date],
+        bands: Sequence[str],
+        label_column: str,
+        names: dict[int, str] | None,
+    ) -> None:
         import pyarrow as pa
 
         self.out, self.names, self.label_column = out, names, label_column
         self.tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         self.stamps = np.array(dates, dtype="datetime64[D]").astype("datetime64[ms]")
         self.band_columns = [f"S2-L2A-{b}" for b in bands]
-        fields = [("sample_id", pa.string()), (PARCEL_COLUMN, pa.string()), ("timestamp", pa.timestamp("ms")),
-                  ("row", pa.int32()), ("col", pa.int32()), ("n_pixels", pa.int32()),
-                  *[(c, pa.float32()) for c in self.band_columns], (label_column, pa.int64())]  # fmt: skip
+        fields = [
+            ("sample_id", pa.string()),
+            (PARCEL_COLUMN, pa.string()),
+            ("timestamp", pa.timestamp("ms")),
+            ("row", pa.int32()),
+            ("col", pa.int32()),
+            ("n_pixels", pa.int32()),
+            *[(c, pa.float32()) for c in self.band_columns],
+            (label_column, pa.int64()),
+        ]
         if names is not None:
             fields.append((NAME_COLUMN, pa.string()))
         self.schema = pa.schema(fields)
@@ -524,8 +598,16 @@ class _Writer:
             self.name_array = pa.array([names[int(c)] for c in self.name_codes], pa.string())
         self._writer: Any = None
 
-    def write(self, sample_ids: Any, parcel_ids: Any, rows: np.ndarray, cols: np.ndarray,
-              n_pixels: np.ndarray, series: np.ndarray, codes: np.ndarray) -> None:  # fmt: skip
+    def write(
+        self,
+        sample_ids: Any,
+        parcel_ids: Any,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        n_pixels: np.ndarray,
+        series: np.ndarray,
+        codes: np.ndarray,
+    ) -> None:
         """Write ``N`` samples: ``series`` float32 ``(N, S, C)``, ids as pyarrow string arrays, the rest ``(N,)``."""
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -536,23 +618,36 @@ class _Writer:
         each = pa.array(np.repeat(np.arange(n, dtype=np.int32), s))
 
         def strings(values: Any) -> pa.Array:
-            return (values if isinstance(values, pa.Array) else pa.array(list(values), pa.string())).take(each)
+            return (values if isinstance(values, pa.Array) else pa.array(list(values), pa.string())).take(
+                each
+            )
 
         columns: dict[str, Any] = {
-            "sample_id": strings(sample_ids), PARCEL_COLUMN: strings(parcel_ids),
-            "timestamp": pa.array(np.tile(self.stamps, n)), "row": pa.array(np.repeat(rows.astype(np.int32), s)),
+            "sample_id": strings(sample_ids),
+            PARCEL_COLUMN: strings(parcel_ids),
+            "timestamp": pa.array(np.tile(self.stamps, n)),
+            "row": pa.array(np.repeat(rows.astype(np.int32), s)),
             "col": pa.array(np.repeat(cols.astype(np.int32), s)),
             "n_pixels": pa.array(np.repeat(n_pixels.astype(np.int32), s)),
-            **{c: pa.array(np.ascontiguousarray(series[:, :, k]).ravel()) for k, c in enumerate(self.band_columns)},
+            **{
+                c: pa.array(np.ascontiguousarray(series[:, :, k]).ravel())
+                for k, c in enumerate(self.band_columns)
+            },
             self.label_column: pa.array(np.repeat(codes.astype(np.int64), s)),
-        }  # fmt: skip
+        }
         if self.names is not None:
-            columns[NAME_COLUMN] = strings(self.name_array.take(pa.array(np.searchsorted(self.name_codes, codes))))
+            columns[NAME_COLUMN] = strings(
+                self.name_array.take(pa.array(np.searchsorted(self.name_codes, codes)))
+            )
         if self._writer is None:
             # Dictionaries for the repeated strings only, and no column statistics: a float column's dictionary
             # attempt and the strings' statistics cost more than the rest of the write.
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, write_statistics=False,
-                                            use_dictionary=["sample_id", PARCEL_COLUMN, NAME_COLUMN])  # fmt: skip
+            self._writer = pq.ParquetWriter(
+                self.tmp,
+                self.schema,
+                write_statistics=False,
+                use_dictionary=["sample_id", PARCEL_COLUMN, NAME_COLUMN],
+            )
         self._writer.write_table(pa.table(columns, schema=self.schema))
 
     def commit(self) -> None:
@@ -607,14 +702,23 @@ def extract(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output {out} exists; pass --overwrite to replace it")
     st = open_stack(stack, reflectance_scale=options.reflectance_scale)
-    inputs = {Path(stack): "stack", **{f: "stack file" for f in st.files},
-              **{m: "polygons" for m in mask_files(polygons)}}  # fmt: skip
+    inputs = {
+        Path(stack): "stack",
+        **{f: "stack file" for f in st.files},
+        **{m: "polygons" for m in mask_files(polygons)},
+    }
     if options.class_map is not None:
         inputs[options.class_map] = "class map"
     refuse_overlap([out], inputs)
-    cloud = resolve_cloud_mask(st.bands, st.dtype, cloud_band=options.cloud_band, threshold=options.cloud_threshold,
-                               classes=options.cloud_classes, scale=options.cloud_scale,
-                               where=f"stack {st.path}")  # fmt: skip
+    cloud = resolve_cloud_mask(
+        st.bands,
+        st.dtype,
+        cloud_band=options.cloud_band,
+        threshold=options.cloud_threshold,
+        classes=options.cloud_classes,
+        scale=options.cloud_scale,
+        where=f"stack {st.path}",
+    )
     bands = _bands(st, options.bands, cloud)
     if options.season is not None:
         idx, _ = select_season(st.dates, TimeGrid(options.season_start, (0,), ()), options.season)
@@ -623,12 +727,19 @@ def extract(
         obs = tuple(int(i) for i in np.argsort(np.array(st.dates, dtype="datetime64[D]"), kind="stable"))
     dates = [st.dates[i] for i in obs]
     if options.min_valid > len(obs):
-        raise ExtractError(f"stack {st.path} holds {len(obs)} dates{' in that season' if options.season else ''} but "
-                           f"a pixel needs {options.min_valid} valid observations; lower --min-valid")  # fmt: skip
+        raise ExtractError(
+            f"stack {st.path} holds {len(obs)} dates{' in that season' if options.season else ''} but "
+            f"a pixel needs {options.min_valid} valid observations; lower --min-valid"
+        )
     summary = ExtractSummary(output=out, dates=tuple(d.isoformat() for d in dates), bands=bands)
     parcels = read_parcels(polygons, st, options, summary)
-    summary.cloud = (cloud.describe() if cloud is not None else "off (--cloud-band none)" if options.cloud_band
-                     else "the stack has no cloud band: every observation is taken as clear")  # fmt: skip
+    summary.cloud = (
+        cloud.describe()
+        if cloud is not None
+        else "off (--cloud-band none)"
+        if options.cloud_band
+        else "the stack has no cloud band: every observation is taken as clear"
+    )
     if cloud is None and options.cloud_band is None:
         logger.warning(no_cloud_message(f"stack {st.path}", st.bands))
 
@@ -643,13 +754,26 @@ def extract(
     check_reflectance(st, obs, bands, [b for b, _ in items])
     remaining = np.bincount(np.concatenate([t for _, t in items]), minlength=len(parcels.ids))
     positions = np.array([(d - dates[0]).days for d in dates], dtype=np.int64)
-    reader = _BlockReader(stack=st, geometries=parcels.geometries, obs=obs, bands=bands, cloud=cloud,
-                          positions=positions, min_valid=options.min_valid)  # fmt: skip
+    reader = _BlockReader(
+        stack=st,
+        geometries=parcels.geometries,
+        obs=obs,
+        bands=bands,
+        cloud=cloud,
+        positions=positions,
+        min_valid=options.min_valid,
+    )
     writer = _Writer(out, dates, bands, code_column(options.label_column), parcels.names)
     sink = _Sink(options, parcels, writer, summary, st.width)
     workers = options.workers or os.cpu_count() or 1
     summary.workers = workers
-    logger.info("%d blocks of %s px touch %d polygons; %d worker threads", len(items), shape, len(parcels.ids), workers)
+    logger.info(
+        "%d blocks of %s px touch %d polygons; %d worker threads",
+        len(items),
+        shape,
+        len(parcels.ids),
+        workers,
+    )
     try:
         with tqdm(total=len(items), unit="block", desc="extract", disable=not progress) as bar:
             for result in _in_order(reader, items, workers):
@@ -683,7 +807,9 @@ def _bands(stack: Stack, wanted: Sequence[str] | None, cloud: CloudMask | None) 
         return chosen
     chosen = tuple(b for b in S2_BANDS if b in stack.bands)
     if not chosen:
-        raise ExtractError(f"stack {stack.path} holds no Sentinel-2 band (bands {list(stack.bands)}); expected B02 ...")
+        raise ExtractError(
+            f"stack {stack.path} holds no Sentinel-2 band (bands {list(stack.bands)}); expected B02 ..."
+        )
     other = [b for b in stack.bands if b not in chosen and (cloud is None or b != cloud.band)]
     if other:
         logger.info("stack bands %s are not Sentinel-2 reflectance and are not written", other)
@@ -693,8 +819,9 @@ def _bands(stack: Stack, wanted: Sequence[str] | None, cloud: CloudMask | None) 
 class _Sink:
     """Turns block results into samples: every pixel at once, or per polygon once its last block is read."""
 
-    def __init__(self, opts: ExtractOptions, parcels: _Parcels, writer: _Writer, summary: ExtractSummary,
-                 width: int) -> None:  # fmt: skip
+    def __init__(
+        self, opts: ExtractOptions, parcels: _Parcels, writer: _Writer, summary: ExtractSummary, width: int
+    ) -> None:
         self.mode = opts.pixels
         self.n = int(opts.pixels) if opts.pixels.isdigit() else 0
         self.seed, self.width = opts.seed, width
@@ -750,12 +877,22 @@ class _Sink:
                 mean = (total / count[:, None]).astype(np.float32)
             self._emit(np.array([p]), np.array([-1]), np.array([-1]), np.array([n]), mean[None], mean=True)
         elif p in self.pool:
-            keys, rows, cols, series = self.pool.pop(p)
+            _keys, rows, cols, series = self.pool.pop(p)
             order = np.lexsort((cols, rows))
-            self._emit(np.full(len(rows), p), rows[order], cols[order], np.ones(len(rows), np.int64), series[order])
+            self._emit(
+                np.full(len(rows), p), rows[order], cols[order], np.ones(len(rows), np.int64), series[order]
+            )
 
-    def _emit(self, parcel: np.ndarray, rows: np.ndarray, cols: np.ndarray, n_pixels: np.ndarray, series: np.ndarray,
-              *, mean: bool = False) -> None:  # fmt: skip
+    def _emit(
+        self,
+        parcel: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        n_pixels: np.ndarray,
+        series: np.ndarray,
+        *,
+        mean: bool = False,
+    ) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -765,8 +902,9 @@ class _Sink:
         if mean:
             sample_ids = ids
         else:  # "<parcel id>_<row>_<col>"
-            sample_ids = pc.binary_join_element_wise(ids, pa.array(rows).cast(pa.string()),
-                                                     pa.array(cols).cast(pa.string()), "_")  # fmt: skip
+            sample_ids = pc.binary_join_element_wise(
+                ids, pa.array(rows).cast(pa.string()), pa.array(cols).cast(pa.string()), "_"
+            )
         codes = self.parcels.codes[parcel]
         self.writer.write(sample_ids, ids, rows, cols, n_pixels, series, codes)
         s = self.summary
@@ -808,7 +946,9 @@ def cache_key(stack: str | Path, polygons: str | Path, options: ExtractOptions) 
     from cropmap.safeio import mask_files
 
     st = open_stack(stack, reflectance_scale=options.reflectance_scale)
-    files = sorted(st.files) + ([Path(stack)] if Path(stack).is_file() and Path(stack) not in st.files else [])
+    files = sorted(st.files) + (
+        [Path(stack)] if Path(stack).is_file() and Path(stack) not in st.files else []
+    )
     parts = {
         "version": CACHE_VERSION,
         "stack": _digest(files),
@@ -816,11 +956,19 @@ def cache_key(stack: str | Path, polygons: str | Path, options: ExtractOptions) 
         "class_map": _digest([options.class_map]) if options.class_map is not None else None,
         "options": options.content_key(),
     }
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+    return hashlib.blake2b(
+        json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=12
+    ).hexdigest()
 
 
-def extract_cached(stack: str | Path, polygons: str | Path, options: ExtractOptions, cache_dir: str | Path, *,
-                   progress: bool = False) -> Path:  # fmt: skip
+def extract_cached(
+    stack: str | Path,
+    polygons: str | Path,
+    options: ExtractOptions,
+    cache_dir: str | Path,
+    *,
+    progress: bool = False,
+) -> Path:
     """The extraction of ``stack`` + ``polygons`` in ``cache_dir`` (``extract-<key>.parquet``), made when missing.
 
     The key (:func:`cache_key`) follows the inputs' contents and the options, so a rerun on the same files reads
@@ -843,28 +991,56 @@ def extract_cached(stack: str | Path, polygons: str | Path, options: ExtractOpti
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.data.extract``."""
-    p = argparse.ArgumentParser(prog="python -m training.data.extract",
-                                description=__doc__.split("\n\n")[0])  # fmt: skip
-    p.add_argument("stack", type=Path, help="GeoTIFF stack, folder of per-date GeoTIFFs or STAC item collection")
+    p = argparse.ArgumentParser(prog="python -m training.data.extract", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "stack", type=Path, help="GeoTIFF stack, folder of per-date GeoTIFFs or STAC item collection"
+    )
     p.add_argument("polygons", type=Path, help="labelled polygons (any OGR format)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output .parquet (long layout)")
-    p.add_argument("--label-column", required=True, help="polygon attribute holding the label (codes or names)")
-    p.add_argument("--id-column", help="polygon attribute holding unique parcel ids (default: the row number)")
+    p.add_argument(
+        "--label-column", required=True, help="polygon attribute holding the label (codes or names)"
+    )
+    p.add_argument(
+        "--id-column", help="polygon attribute holding unique parcel ids (default: the row number)"
+    )
     p.add_argument("--layer", help="layer of the polygon file (required when it holds several)")
-    p.add_argument("--classes", type=Path, metavar="CSV",
-                   help="class map match,name (match: a label name or code; unmatched polygons are left out)")  # fmt: skip
+    p.add_argument(
+        "--classes",
+        type=Path,
+        metavar="CSV",
+        help="class map match,name (match: a label name or code; unmatched polygons are left out)",
+    )
     p.add_argument("--pixels", default="all", help="per polygon: all (default), mean, or N random pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of --pixels N (default 0)")
-    p.add_argument("--buffer", type=float, default=DEFAULT_BUFFER_M, metavar="M",
-                   help=f"shrink polygons by M metres first (default {DEFAULT_BUFFER_M:g}; 0: off)")  # fmt: skip
-    p.add_argument("--min-valid", type=int, default=DEFAULT_MIN_VALID,
-                   help=f"fewest valid observations a pixel needs (default {DEFAULT_MIN_VALID})")  # fmt: skip
-    p.add_argument("--season", type=int, help="keep the dates of the season starting in this year (default: all)")
-    p.add_argument("--season-start", default="11-01", help="season start MM-DD, with --season (default 11-01)")
-    p.add_argument("--bands", help="comma-separated bands to write (default: every Sentinel-2 band of the stack)")
-    p.add_argument("--reflectance-scale", type=float, help="raw value = reflectance x this, for stacks declaring none")
+    p.add_argument(
+        "--buffer",
+        type=float,
+        default=DEFAULT_BUFFER_M,
+        metavar="M",
+        help=f"shrink polygons by M metres first (default {DEFAULT_BUFFER_M:g}; 0: off)",
+    )
+    p.add_argument(
+        "--min-valid",
+        type=int,
+        default=DEFAULT_MIN_VALID,
+        help=f"fewest valid observations a pixel needs (default {DEFAULT_MIN_VALID})",
+    )
+    p.add_argument(
+        "--season", type=int, help="keep the dates of the season starting in this year (default: all)"
+    )
+    p.add_argument(
+        "--season-start", default="11-01", help="season start MM-DD, with --season (default 11-01)"
+    )
+    p.add_argument(
+        "--bands", help="comma-separated bands to write (default: every Sentinel-2 band of the stack)"
+    )
+    p.add_argument(
+        "--reflectance-scale", type=float, help="raw value = reflectance x this, for stacks declaring none"
+    )
     p.add_argument("--cloud-band", help="cloud band (default: found by name; none: no masking)")
-    p.add_argument("--cloud-threshold", type=float, help="cloud probability above which an observation is masked")
+    p.add_argument(
+        "--cloud-threshold", type=float, help="cloud probability above which an observation is masked"
+    )
     p.add_argument("--cloud-classes", help="comma-separated SCL classes to mask")
     p.add_argument("--cloud-scale", type=float, help="raw value of cloud probability 1 (255, or 100 for %%)")
     p.add_argument("--block-size", type=int, help="block edge in pixels (default: cropmap's)")
@@ -874,26 +1050,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="log what is read and decided")
     args = p.parse_args(argv)
     _pin_mmap_threshold()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         opts = ExtractOptions(
-            label_column=args.label_column, id_column=args.id_column, layer=args.layer, class_map=args.classes,
-            pixels=args.pixels.strip().lower(), seed=args.seed, buffer_m=args.buffer, min_valid=args.min_valid,
-            season=args.season, season_start=args.season_start,
+            label_column=args.label_column,
+            id_column=args.id_column,
+            layer=args.layer,
+            class_map=args.classes,
+            pixels=args.pixels.strip().lower(),
+            seed=args.seed,
+            buffer_m=args.buffer,
+            min_valid=args.min_valid,
+            season=args.season,
+            season_start=args.season_start,
             bands=tuple(b.strip() for b in args.bands.split(",") if b.strip()) if args.bands else None,
-            reflectance_scale=args.reflectance_scale, cloud_band=args.cloud_band, cloud_threshold=args.cloud_threshold,
-            cloud_classes=_ints(args.cloud_classes), cloud_scale=args.cloud_scale, block_size=args.block_size,
+            reflectance_scale=args.reflectance_scale,
+            cloud_band=args.cloud_band,
+            cloud_threshold=args.cloud_threshold,
+            cloud_classes=_ints(args.cloud_classes),
+            cloud_scale=args.cloud_scale,
+            block_size=args.block_size,
             workers=args.workers,
-        )  # fmt: skip
-        summary = extract(args.stack, args.polygons, args.out, opts, overwrite=args.overwrite,
-                          progress=not args.no_progress)  # fmt: skip
+        )
+        summary = extract(
+            args.stack, args.polygons, args.out, opts, overwrite=args.overwrite, progress=not args.no_progress
+        )
     except (ValueError, OSError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     print(summary.text())
-    print(f"train on it: python -m training.downstream --task real --data {args.out} "
-          f"--label-column {code_column(opts.label_column)} --out RUN_DIR")  # fmt: skip
+    print(
+        f"train on it: python -m training.downstream --task real --data {args.out} "
+        f"--label-column {code_column(opts.label_column)} --out RUN_DIR"
+    )
     return 0
 
 
@@ -931,7 +1122,9 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError as err:
-        raise ExtractError(f"--cloud-classes {text!r} is not comma-separated integers (e.g. 3,8,9,10)") from err
+        raise ExtractError(
+            f"--cloud-classes {text!r} is not comma-separated integers (e.g. 3,8,9,10)"
+        ) from err
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import colorsys
 import datetime as dt
+import itertools
 import logging
 import re
 from collections.abc import Sequence
@@ -93,12 +94,14 @@ def time_grid(grid: str, season_start: str, season: int) -> TimeGrid:
             except ValueError as err:
                 raise ValueError(f"grid stamp {part!r} is not a date: {err}") from None
             dates.append(stamp if stamp >= start else dt.date(season + 1, m, d))
-        if len(dates) < 2 or any(b <= a for a, b in zip(dates, dates[1:], strict=False)):
+        if len(dates) < 2 or any(b <= a for a, b in itertools.pairwise(dates)):
             raise ValueError(
                 f"grid stamps {grid!r} must be at least two dates, increasing from the season start {season_start}"
             )
     probe = TimeGrid(season_start, (0,), ())
-    return TimeGrid(season_start, tuple(probe.position_of(d) for d in dates), tuple(d.isoformat() for d in dates))
+    return TimeGrid(
+        season_start, tuple(probe.position_of(d) for d in dates), tuple(d.isoformat() for d in dates)
+    )
 
 
 def _add_months(d: dt.date, n: int) -> dt.date:
@@ -135,7 +138,9 @@ def read_class_map(path: str | Path) -> tuple[list[tuple[str, str]], list[ClassI
         digits = row["match"].strip().replace("-", "")
         name = row["name"].strip()
         if not digits.isdigit() or len(digits) > 10 or not name:
-            raise ValueError(f"class map {path} row {i + 2}: match {row['match']!r} / name {name!r} is not valid")
+            raise ValueError(
+                f"class map {path} row {i + 2}: match {row['match']!r} / name {name!r} is not valid"
+            )
         rules.append((digits, name))
         if name not in names:
             names.append(name)
@@ -151,7 +156,9 @@ def read_class_map(path: str | Path) -> tuple[list[tuple[str, str]], list[ClassI
     return sorted(rules, key=lambda r: -len(r[0])), classes
 
 
-def _map_codes(codes: np.ndarray, rules: Sequence[tuple[str, str]], classes: Sequence[ClassInfo]) -> np.ndarray:
+def _map_codes(
+    codes: np.ndarray, rules: Sequence[tuple[str, str]], classes: Sequence[ClassInfo]
+) -> np.ndarray:
     """Class index per code (-1 where no rule matches)."""
     index = {c.name: k for k, c in enumerate(classes)}
     out = np.full(len(codes), -1, dtype=np.int64)
@@ -178,7 +185,9 @@ def _best_season(series_dates: np.ndarray, valid: np.ndarray, grid_probe: TimeGr
     return int(years[np.argmax(counts)])
 
 
-def _read_split_file(path: Path, ids: np.ndarray, parcels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _read_split_file(
+    path: Path, ids: np.ndarray, parcels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Train / validation sample indices from a CSV ``sample_id,split`` (or ``parcel_id,split`` when the samples
     have ``parcels``); a parcel on both sides is refused."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -194,13 +203,17 @@ def _read_split_file(path: Path, ids: np.ndarray, parcels: np.ndarray | None = N
     missing = [s for s in keys if s not in split]
     if missing:
         what = "samples" if key == "sample_id" and parcels is not None else "parcels"
-        raise ValueError(f"split file {path} does not assign {len(missing)} usable {what} (e.g. {missing[:3]})")
+        raise ValueError(
+            f"split file {path} does not assign {len(missing)} usable {what} (e.g. {missing[:3]})"
+        )
     is_val = np.array([split[s] == "val" for s in keys])
     if parcels is not None:
         both = sorted(set(parcels[is_val]) & set(parcels[~is_val]))
         if both:
-            raise ValueError(f"split file {path} puts samples of {len(both)} parcels on both sides (e.g. {both[:3]}); "
-                             "expected each parcel in one split (assign parcel_id,split)")  # fmt: skip
+            raise ValueError(
+                f"split file {path} puts samples of {len(both)} parcels on both sides (e.g. {both[:3]}); "
+                "expected each parcel in one split (assign parcel_id,split)"
+            )
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
@@ -250,12 +263,16 @@ def load_parcels(
     probe = time_grid("monthly", season_start, 2000)
     if season is None:
         season = _best_season(series.dates, valid_obs, probe)
-        logger.info("%s: season %d (from %s) holds the most valid observations", path.name, season, season_start)
+        logger.info(
+            "%s: season %d (from %s) holds the most valid observations", path.name, season, season_start
+        )
     tg = time_grid(grid, season_start, season)
     in_season = _seasons(series.dates, probe) == season
     observed = series.dates[in_season & valid_obs]
     if not observed.size:
-        raise ValueError(f"{path}: no valid observation in season {season} (starting {season_start}); pick --season")
+        raise ValueError(
+            f"{path}: no valid observation in season {season} (starting {season_start}); pick --season"
+        )
     first, last = (dt.date.fromisoformat(str(d)) for d in (observed.min(), observed.max()))
     covered = sum(probe.position_of(first) <= p <= probe.position_of(last) for p in tg.day_of_season)
     if covered < len(tg.day_of_season) / 2:
@@ -268,12 +285,23 @@ def load_parcels(
     outside = int(((~in_season) & valid_obs).sum())
     logger.info(
         "%s: grid %s, %d stamps %s .. %s (season %d from %s; valid observations in it span %s .. %s); %d valid "
-        "observations outside the season are not used", path.name, grid, len(tg.day_of_season), tg.reference_dates[0],
-        tg.reference_dates[-1], season, season_start, first, last, outside,
-    )  # fmt: skip
+        "observations outside the season are not used",
+        path.name,
+        grid,
+        len(tg.day_of_season),
+        tg.reference_dates[0],
+        tg.reference_dates[-1],
+        season,
+        season_start,
+        first,
+        last,
+        outside,
+    )
     gridded = on_time_grid(series, tg, season=season, min_valid=min_valid)
     if not gridded.ok.any():
-        raise ValueError(f"{path}: no parcel has {min_valid} valid observations in season {season}; lower min_valid")
+        raise ValueError(
+            f"{path}: no parcel has {min_valid} valid observations in season {season}; lower min_valid"
+        )
     usable = np.flatnonzero(gridded.ok)
     codes = series.labels[usable]
 
@@ -282,7 +310,9 @@ def load_parcels(
         y = _map_codes(codes, rules, classes)
         unmatched = int((y < 0).sum())
         if unmatched:
-            logger.warning("%d of %d usable parcels match no class of %s and are left out", unmatched, len(y), class_map)
+            logger.warning(
+                "%d of %d usable parcels match no class of %s and are left out", unmatched, len(y), class_map
+            )
         legend = f"class map {Path(class_map).name}"
     else:
         if top_classes < 2:
@@ -297,26 +327,44 @@ def load_parcels(
         if len(thin):
             logger.warning(
                 "%s: %d of the %d most frequent classes have fewer than %d usable parcels and are left out (%d "
-                "parcels: %s); --set min_class_parcels=0 keeps them", path.name, len(thin), len(order),
-                min_class_parcels, int(counts[thin].sum()), ", ".join(f"{values[i]} ({counts[i]})" for i in thin),
-            )  # fmt: skip
+                "parcels: %s); --set min_class_parcels=0 keeps them",
+                path.name,
+                len(thin),
+                len(order),
+                min_class_parcels,
+                int(counts[thin].sum()),
+                ", ".join(f"{values[i]} ({counts[i]})" for i in thin),
+            )
             order = order[counts[order] >= min_class_parcels]
             if len(order) < 2:
-                raise ValueError(f"fewer than 2 classes have {min_class_parcels} usable parcels; lower "
-                                 "min_class_parcels or label more parcels")  # fmt: skip
+                raise ValueError(
+                    f"fewer than 2 classes have {min_class_parcels} usable parcels; lower "
+                    "min_class_parcels or label more parcels"
+                )
         chosen = values[order]
         names = read_class_names(EWOC_NAMES_CSV) if label_column == "ewoc_code" else {}
         if series.class_names is not None:
             names = series.class_names
         colors = _palette(len(chosen))
         classes = [
-            ClassInfo(k + 1, names.get(int(c), format_ewoc_code(int(c)) if label_column == "ewoc_code" else str(c)), colors[k])
+            ClassInfo(
+                k + 1,
+                names.get(int(c), format_ewoc_code(int(c)) if label_column == "ewoc_code" else str(c)),
+                colors[k],
+            )
             for k, c in enumerate(chosen)
         ]
-        y = np.array([int(np.flatnonzero(chosen == c)[0]) if c in chosen else -1 for c in codes], dtype=np.int64)
+        y = np.array(
+            [int(np.flatnonzero(chosen == c)[0]) if c in chosen else -1 for c in codes], dtype=np.int64
+        )
         left = int((y < 0).sum())
-        logger.info("%s: the %d most frequent classes keep %d of %d usable parcels", path.name, len(chosen),
-                    len(y) - left, len(y))  # fmt: skip
+        logger.info(
+            "%s: the %d most frequent classes keep %d of %d usable parcels",
+            path.name,
+            len(chosen),
+            len(y) - left,
+            len(y),
+        )
         legend = f"{len(chosen)} most frequent {label_column} values"
     keep = y >= 0
     usable, y = usable[keep], y[keep]
@@ -330,7 +378,9 @@ def load_parcels(
         parcels, first, member = np.unique(groups, return_index=True, return_inverse=True)
         y_parcel = y[first]
     if (y_parcel[member] != y).any():
-        raise ValueError(f"{path}: the samples of some parcels have different labels; expected one label per parcel")
+        raise ValueError(
+            f"{path}: the samples of some parcels have different labels; expected one label per parcel"
+        )
     counts = np.bincount(y_parcel, minlength=len(classes))
     thin = [f"{c.name!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
     if thin:
@@ -345,20 +395,38 @@ def load_parcels(
         _, va_p = stratified_split(y_parcel, val_fraction, split_seed)
         in_val = np.isin(member, va_p)
         tr, va = np.flatnonzero(~in_val), np.flatnonzero(in_val)
-        split_desc = f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} by parcel, split seed {split_seed}"
+        split_desc = (
+            f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} by parcel, split seed {split_seed}"
+        )
     for name, part in (("training", tr), ("validation", va)):
         missing = sorted(set(range(len(classes))) - set(y[part].tolist()))
         if missing:
-            raise ValueError(f"the {name} split has no parcel of classes {[classes[k].name for k in missing]}")
+            raise ValueError(
+                f"the {name} split has no parcel of classes {[classes[k].name for k in missing]}"
+            )
     x = gridded.x[usable]
-    what = f"{len(usable)} parcels" if series.parcel_ids is None else f"{len(usable)} samples of {len(parcels)} parcels"
+    what = (
+        f"{len(usable)} parcels"
+        if series.parcel_ids is None
+        else f"{len(usable)} samples of {len(parcels)} parcels"
+    )
     desc = (
         f"{path.name}: {what} ({len(tr)} train / {len(va)} val, {split_desc}), {legend}, "
         f"{grid} grid of season {season} from {season_start}, {len(gridded.bands)} bands"
     )
     logger.info(desc)
     return ParcelTask(
-        x_train=x[tr], y_train=y[tr], x_val=x[va], y_val=y[va], classes=tuple(classes), bands=tuple(gridded.bands),
-        time_grid=tg, season=season, min_valid=min_valid, ids_train=ids[tr], ids_val=ids[va], description=desc,
+        x_train=x[tr],
+        y_train=y[tr],
+        x_val=x[va],
+        y_val=y[va],
+        classes=tuple(classes),
+        bands=tuple(gridded.bands),
+        time_grid=tg,
+        season=season,
+        min_valid=min_valid,
+        ids_train=ids[tr],
+        ids_val=ids[va],
+        description=desc,
         groups_train=None if series.parcel_ids is None else groups[tr],
-    )  # fmt: skip
+    )

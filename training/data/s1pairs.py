@@ -157,7 +157,9 @@ def _read_s1_long(path: Path, series: WorldCerealSeries, pols: Sequence[str]) ->
         names=["sample_id", "date"],
     )
     if key.duplicated().any():
-        raise ValueError(f"{path}: some samples have two rows on the same day; cannot pair S1 with S2 by date")
+        raise ValueError(
+            f"{path}: some samples have two rows on the same day; cannot pair S1 with S2 by date"
+        )
     table = pd.DataFrame({p: df[cols[p]].to_numpy(dtype=np.float64) for p in pols}, index=key)
     n, s = series.dates.shape
     want = pd.MultiIndex.from_arrays(
@@ -297,7 +299,9 @@ def extraction_pairs(
         pairs=len(out_s2),
     )
     if counts.pairs < 2:
-        why = "no sample has every date with both modalities" if alignment == "time" else "too few valid pairs"
+        why = (
+            "no sample has every date with both modalities" if alignment == "time" else "too few valid pairs"
+        )
         raise ValueError(f"{path}: {counts.pairs} {alignment}-wise pairs ({why}); {counts.summary()}")
     logger.info("%s: %s", path.name, counts.summary())
     return S1Pairs(
@@ -318,10 +322,17 @@ def subset(pairs: S1Pairs, keep: np.ndarray) -> S1Pairs:
     """The pairs at ``keep`` (bool mask or positions); counts are those of the whole file."""
     idx = np.asarray(keep)
     return S1Pairs(
-        s2=pairs.s2[idx], s1=pairs.s1[idx], bands=pairs.bands, s1_bands=pairs.s1_bands, units=pairs.units,
-        sample_ids=pairs.sample_ids[idx], dates=pairs.dates[idx], labels=pairs.labels[idx],
-        alignment=pairs.alignment, counts=pairs.counts,
-    )  # fmt: skip
+        s2=pairs.s2[idx],
+        s1=pairs.s1[idx],
+        bands=pairs.bands,
+        s1_bands=pairs.s1_bands,
+        units=pairs.units,
+        sample_ids=pairs.sample_ids[idx],
+        dates=pairs.dates[idx],
+        labels=pairs.labels[idx],
+        alignment=pairs.alignment,
+        counts=pairs.counts,
+    )
 
 
 def write_pairs(pairs: S1Pairs, out: str | Path) -> Path:
@@ -359,13 +370,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="output .npz")
     parser.add_argument(
-        "--alignment", choices=["point", "time"], default="point",
+        "--alignment",
+        choices=["point", "time"],
+        default="point",
         help="point: one pair per (sample, date); time: one series pair per complete sample",
-    )  # fmt: skip
+    )
     parser.add_argument("--bands", help="S2 bands, comma-separated (default: every band holding data)")
     parser.add_argument("--polarisations", default="VV,VH", help="Sentinel-1 polarisations (default VV,VH)")
-    parser.add_argument("--units", choices=["db", "dn"], default="db",
-                        help="db: 20*log10(DN)-83 (default); dn: WorldCereal's stored numbers")  # fmt: skip
+    parser.add_argument(
+        "--units",
+        choices=["db", "dn"],
+        default="db",
+        help="db: 20*log10(DN)-83 (default); dn: WorldCereal's stored numbers",
+    )
     parser.add_argument(
         "--label-column", default="ewoc_code", help="label column carried along (default ewoc_code)"
     )

@@ -28,7 +28,9 @@ def stack_observations(stack: Path, n: int, seed: int) -> tuple[np.ndarray, tupl
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.data.stack_pixels``."""
-    parser = argparse.ArgumentParser(prog="python -m training.data.stack_pixels", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data.stack_pixels", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("stack", type=Path, help="Sentinel-2 GeoTIFF time stack")
     parser.add_argument("out", type=Path, help="output .npz")
     parser.add_argument("--n", type=int, default=100_000, help="observations to keep (default 100,000)")
@@ -43,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"{len(s2):,} of {valid:,} valid (date, pixel) observations, bands {', '.join(bands)} -> {args.out}")
+    print(
+        f"{len(s2):,} of {valid:,} valid (date, pixel) observations, bands {', '.join(bands)} -> {args.out}"
+    )
     return 0
 
 

@@ -167,7 +167,9 @@ def read_long(
     df = pd.read_parquet(path)
     for col in ("sample_id", "timestamp"):
         if col not in df.columns:
-            raise ValueError(f"{path}: column {col!r} not found; is this a long-format WorldCereal extraction?")
+            raise ValueError(
+                f"{path}: column {col!r} not found; is this a long-format WorldCereal extraction?"
+            )
     band_cols = {canonical_band(m.group(1)): c for c in df.columns if (m := _LONG_BAND_RE.match(c))}
     if not band_cols:
         raise ValueError(f"{path}: no 'S2-L2A-Bxx' columns; found {list(df.columns)}")
@@ -187,8 +189,13 @@ def read_long(
     if counts.nunique() != 1 or int(counts.iloc[0]) != len(stamps):
         # Real extractions miss some time steps for some parcels: put every sample on the union of the
         # file's timestamps, a missing row being a gap (nodata) like any other.
-        logger.info("%s: %d of %d samples miss some of the %d timestamps; missing steps are gaps",
-                    path.name, int((counts < len(stamps)).sum()), len(counts), len(stamps))  # fmt: skip
+        logger.info(
+            "%s: %d of %d samples miss some of the %d timestamps; missing steps are gaps",
+            path.name,
+            int((counts < len(stamps)).sum()),
+            len(counts),
+            len(stamps),
+        )
         full = pd.MultiIndex.from_product([counts.index, stamps], names=["sample_id", "timestamp"])
         df = df.set_index(["sample_id", "timestamp"]).reindex(full).reset_index()
         for b in chosen:
@@ -260,7 +267,9 @@ def read_wide(
         df = df.reset_index()
     for col in ("sample_id", "start_date"):
         if col not in df.columns:
-            raise ValueError(f"{path}: column {col!r} not found; is this a wide-format WorldCereal extraction?")
+            raise ValueError(
+                f"{path}: column {col!r} not found; is this a wide-format WorldCereal extraction?"
+            )
     cols: dict[str, dict[int, str]] = {}
     for c in df.columns:
         if m := _WIDE_BAND_RE.match(c):
@@ -287,7 +296,9 @@ def read_wide(
                 f"{path}: {int(off.sum())} samples have {s} monthly steps from start_date that do not end in the "
                 f"month of end_date (e.g. start {start[off][0]}, end {end[off][0]})"
             )
-    logger.info("%s: %d samples x %d dates x %d bands (%s)", path.name, len(df), s, len(chosen), " ".join(chosen))
+    logger.info(
+        "%s: %d samples x %d dates x %d bands (%s)", path.name, len(df), s, len(chosen), " ".join(chosen)
+    )
     return WorldCerealSeries(
         values=_to_float(raw),
         dates=dates,
@@ -351,13 +362,27 @@ def on_time_grid(series: WorldCerealSeries, grid: TimeGrid, *, season: int, min_
             continue
         idx, _ = select_season(dates, grid, season)
         pos = np.array([grid.position_of(dates[i]) for i in idx])
-        filled, nv, good = fill_gaps(series.values[members][:, idx], pos, grid.day_of_season, min_valid=min_valid)
+        filled, nv, good = fill_gaps(
+            series.values[members][:, idx], pos, grid.day_of_season, min_valid=min_valid
+        )
         x[members], n_valid[members], ok[members] = filled, nv, good
     dropped = int((~ok).sum())
     if dropped:
-        logger.info("%d of %d samples have fewer than %d valid observations in season %d", dropped, n, min_valid, season)
+        logger.info(
+            "%d of %d samples have fewer than %d valid observations in season %d",
+            dropped,
+            n,
+            min_valid,
+            season,
+        )
     return GriddedSeries(
-        x=x, n_valid=n_valid, ok=ok, labels=series.labels, sample_ids=series.sample_ids, bands=series.bands, season=season
+        x=x,
+        n_valid=n_valid,
+        ok=ok,
+        labels=series.labels,
+        sample_ids=series.sample_ids,
+        bands=series.bands,
+        season=season,
     )
 
 
@@ -407,16 +432,31 @@ class CoarseClass:
 
 
 FLANDERS_CLASSES: tuple[CoarseClass, ...] = (
-    CoarseClass(1, "grassland", "#5aae61", ("20",),
-                "Herbaceous non-crop vegetation: managed grassland, temporary and long-term meadows (20-..)"),
+    CoarseClass(
+        1,
+        "grassland",
+        "#5aae61",
+        ("20",),
+        "Herbaceous non-crop vegetation: managed grassland, temporary and long-term meadows (20-..)",
+    ),
     CoarseClass(2, "maize", "#f1c40f", ("110106",), "Maize, grain and silage (11-01-06-..)"),
-    CoarseClass(3, "other arable crops", "#b35806", ("10", "11", "14", "15"),
-                "Every other temporary crop (cereals, potatoes, beet, vegetables, flowers, fallow) and cropland "
-                "declared without a crop type (10-..)"),
-    CoarseClass(4, "non-cropland and perennial", "#6a7b8c", ("12", "16", "17", "25", "3", "4", "5", "6", "7"),
-                "Permanent crops (orchards), trees, shrubland, water, built-up and other non-cropland, including "
-                "'non-cropland incl. perennial' (16-..)"),
-)  # fmt: skip
+    CoarseClass(
+        3,
+        "other arable crops",
+        "#b35806",
+        ("10", "11", "14", "15"),
+        "Every other temporary crop (cereals, potatoes, beet, vegetables, flowers, fallow) and cropland "
+        "declared without a crop type (10-..)",
+    ),
+    CoarseClass(
+        4,
+        "non-cropland and perennial",
+        "#6a7b8c",
+        ("12", "16", "17", "25", "3", "4", "5", "6", "7"),
+        "Permanent crops (orchards), trees, shrubland, water, built-up and other non-cropland, including "
+        "'non-cropland incl. perennial' (16-..)",
+    ),
+)
 """Coarse legend of the Flanders sample model.
 
 What the 100 Flanders 2021 LPIS parcels hold (``ewoc_code`` -> count) and where it goes:

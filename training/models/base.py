@@ -66,5 +66,7 @@ def config_from_hp(cls: type[C], hp: dict[str, Any]) -> C:
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(hp) - known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} hyper-parameter(s) {unknown}; expected a subset of {sorted(known)}")
+        raise ValueError(
+            f"unknown {cls.__name__} hyper-parameter(s) {unknown}; expected a subset of {sorted(known)}"
+        )
     return cls(**hp)

@@ -62,7 +62,9 @@ class Normalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Standardise ``x`` of shape ``(..., C)``."""
         if x.shape[-1] != self.n_features:
-            raise ValueError(f"Normalize expects {self.n_features} features on the last axis, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"Normalize expects {self.n_features} features on the last axis, got shape {tuple(x.shape)}"
+            )
         return (x - self.mean) / self.std
 
 
@@ -140,7 +142,9 @@ class ResMLP(nn.Module):
         dropout: Dropout probability inside the blocks.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 256, n_layers: int = 8, out_dim: int = 256, dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_dim: int, hidden: int = 256, n_layers: int = 8, out_dim: int = 256, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if min(in_dim, hidden, out_dim) < 1 or n_layers < 0 or n_layers % 2 or not 0.0 <= dropout < 1.0:
             raise ValueError(
@@ -163,7 +167,9 @@ class ResMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode ``(..., C)`` -> ``(..., D)``; leading axes are flattened so BatchNorm sees features."""
         if x.shape[-1] != self.in_dim:
-            raise ValueError(f"ResMLP expects {self.in_dim} features on the last axis, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"ResMLP expects {self.in_dim} features on the last axis, got shape {tuple(x.shape)}"
+            )
         lead = x.shape[:-1]
         h = self.stem(x.reshape(-1, self.in_dim))
         h = self.head(self.blocks(h))
@@ -327,7 +333,9 @@ class NormalizedEncoder(nn.Module):
         super().__init__()
         in_dim = int(encoder.in_dim)
         if normalize.n_features != in_dim:
-            raise ValueError(f"Normalize has {normalize.n_features} features but the encoder expects {in_dim}")
+            raise ValueError(
+                f"Normalize has {normalize.n_features} features but the encoder expects {in_dim}"
+            )
         self.normalize = normalize
         self.encoder = encoder
         self.in_dim = in_dim
@@ -408,7 +416,9 @@ def load_frozen_encoder(path: str | Path, *, map_location: str | torch.device = 
     stats = validate_norm_stats(ckpt["norm_stats"], n_features=int(encoder.in_dim))
     model = NormalizedEncoder(Normalize(stats["mean"], stats["std"]), encoder, frozen=True)
     model.to(map_location)
-    logger.info("loaded frozen %s encoder (%d -> %d) from %s", ckpt["model_name"], model.in_dim, model.out_dim, path)
+    logger.info(
+        "loaded frozen %s encoder (%d -> %d) from %s", ckpt["model_name"], model.in_dim, model.out_dim, path
+    )
     return model
 
 
@@ -420,5 +430,9 @@ def count_parameters(module: nn.Module) -> int:
 def resmlp_parameter_count(in_dim: int, hidden: int = 256, n_layers: int = 8, out_dim: int = 256) -> int:
     """Closed-form :class:`ResMLP` parameter count (see the class docstring)."""
     blocks = n_layers // 2
-    return (in_dim + 1) * hidden + blocks * (2 * hidden * hidden + 4 * hidden) + 2 * hidden + (hidden + 1) * out_dim
-
+    return (
+        (in_dim + 1) * hidden
+        + blocks * (2 * hidden * hidden + 4 * hidden)
+        + 2 * hidden
+        + (hidden + 1) * out_dim
+    )

@@ -47,7 +47,9 @@ class TransformerConfig:
                 f"heads={self.heads}"
             )
         if self.d_model % 2:
-            raise ValueError(f"Transformer d_model must be even for the sinusoidal encoding, got {self.d_model}")
+            raise ValueError(
+                f"Transformer d_model must be even for the sinusoidal encoding, got {self.d_model}"
+            )
         if self.layers < 1:
             raise ValueError(f"Transformer layers must be >= 1, got {self.layers}")
         if self.ff_factor < 1:
@@ -90,7 +92,9 @@ class TransformerClassifier(SeriesClassifier):
         super().__init__(in_dim, n_classes)
         self.config = config
         self.input_proj = nn.Linear(in_dim, config.d_model)
-        self.register_buffer("position", sinusoidal_encoding(config.max_len, config.d_model), persistent=False)
+        self.register_buffer(
+            "position", sinusoidal_encoding(config.max_len, config.d_model), persistent=False
+        )
         self.encoder_layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 d_model=config.d_model,
