@@ -44,7 +44,7 @@ PALETTE = ("#e6ab02", "#a6761d", "#d95f02", "#fdbf6f", "#66a61e", "#ffff33", "#9
 
 def simulate_with_twin(root: Path, preset: str, seed: int) -> tuple[Path, Path]:
     """Simulate the scene pair under ``root/sim`` and the cloud-free twin of scene A under ``root/clear``."""
-    from training import simulate as sim
+    from training.simulate import run as sim
 
     cfg = dataclasses.replace(sim.PRESETS[preset], seed=seed)
     paths = sim.simulate(root / "sim", cfg)

@@ -60,7 +60,7 @@ def main() -> int:
         np.savez(work / "pairs.npz", s2=s2, ps=ps)
         common = [
             "-m",
-            "training.pretrain",
+            "training.pretrain.run",
             "--data",
             str(work / "pairs.npz"),
             "--config",

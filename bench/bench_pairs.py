@@ -92,7 +92,7 @@ def _pairs(scene: Path, out: Path, extra: Sequence[str] = (), stack: Path | None
     cmd = [
         sys.executable,
         "-m",
-        "training.pairs",
+        "training.data.pairs",
         str(stack),
         str(scene / "planet_scenes"),
         "-o",

@@ -436,7 +436,7 @@ def tiled_sample(work: Path, n: int) -> tuple[Path, Path]:
 def _fra_data(run: Path) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     """(best choice, training series, validation series, validation labels) of a downstream run directory."""
     from exporters.best import select_best
-    from training.downstream import DownstreamConfig, load_real_task
+    from training.downstream.run import DownstreamConfig, load_real_task
 
     choice = select_best(run)
     cfg_doc = json.loads((run / "config_taskreal.json").read_text())["config"]
@@ -657,7 +657,7 @@ def paper_model(seed: int = 0) -> tuple[Any, np.ndarray, Any]:
 
     from cropmap.bundle import ClassInfo, TimeGrid
     from exporters.to_onnx import build_graph
-    from training.classifier import classifier_metadata
+    from training.downstream.classifier import classifier_metadata
     from training.models import build_model
     from training.models.encoder import ResMLP
 
@@ -746,7 +746,7 @@ def part_paper(repeat: int, work: Path) -> dict[str, Any]:
 def part_torch(repeat: int, work: Path, runs: Path) -> dict[str, Any]:
     """ONNX Runtime vs torch on the trained France BiLSTM and InceptionTime (real validation series, tiled)."""
     from exporters.to_onnx import build_graph, export_checkpoint
-    from training.classifier import load_classifier
+    from training.downstream.classifier import load_classifier
 
     out = []
     for fam in ("lstm", "inception_time"):

@@ -1,7 +1,7 @@
 """Throughput of bi-modal point-wise pre-training, against the machine's matrix-multiply ceiling.
 
 One step = SCARF corruption of both modalities, two ResMLP-8 x 256 encoders (S2 12 -> 256, PS 36 -> 256),
-two projectors, journal Eq. 1 loss, backward and an Adam step: exactly ``training.loop.contrastive_step``.
+two projectors, journal Eq. 1 loss, backward and an Adam step: exactly ``training.pretrain.loop.contrastive_step``.
 
 FLOPs per pair are counted analytically: every ``nn.Linear`` costs ``2 * in * out`` per sample forward,
 the loss ``2 * 2 * N * P`` per anchor (the S2-S2 and S2-PS similarity rows); forward + backward is
@@ -9,7 +9,7 @@ taken as 3x forward. The ceiling is the fp32 GEMM rate measured in the same run 
 numpy's BLAS on square 2048 matrices), so ratios are comparable even when the machine is shared.
 
 ``--step reference fast compile`` measures the reference step and the fast step of
-:mod:`training.fastpath` (eager and ``torch.compile``) side by side on the same batches from the same
+:mod:`training.pretrain.fastpath` (eager and ``torch.compile``) side by side on the same batches from the same
 initial weights, and reports how far each fast run's losses are from the reference run's.
 
     python bench/bench_pretrain.py                      # CPU, batches 1024 and 2048, fp32 and bf16
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import write_measured
 
 from training.config import PretrainConfig, load_config
-from training.fastpath import FastOptions, FastStep, make_optimizer
-from training.loop import ContrastiveModel, contrastive_step
+from training.pretrain.fastpath import FastOptions, FastStep, make_optimizer
+from training.pretrain.loop import ContrastiveModel, contrastive_step
 
 PAPER_PAIRS = 14_400_000
 PAPER_EPOCHS = 100
@@ -106,7 +106,7 @@ def bench_step(
 ) -> tuple[float, ContrastiveModel, list[float]]:
     """Pairs per second of one step kind at ``batch`` on ``device``, and the losses of every step.
 
-    ``step_kind``: ``reference`` (``contrastive_step``), ``fast`` (:class:`training.fastpath.FastStep`,
+    ``step_kind``: ``reference`` (``contrastive_step``), ``fast`` (:class:`training.pretrain.fastpath.FastStep`,
     eager) or ``compile`` (the fast step under ``torch.compile``; its first call compiles, in the warm-up).
     Every kind sees the same four batches in turn, the same initial weights and the same generator.
     """

@@ -1,8 +1,8 @@
 """Does pre-training learn? Probe accuracies of raw bands, a random encoder, uni-modal and bi-modal encoders.
 
-Simulates one scene pair (``training.simulate``), then for each seed pre-trains a uni-modal (SCARF) and a
+Simulates one scene pair (``training.simulate.run``), then for each seed pre-trains a uni-modal (SCARF) and a
 bi-modal (journal Eq. 1) point-wise ResMLP on the pre-training pool of scene A (70 % of the fields) and
-probes the frozen encoders with :func:`training.probe.scene_probe`: probes fitted on labelled pool pixels,
+probes the frozen encoders with :func:`training.evaluate.probe.scene_probe`: probes fitted on labelled pool pixels,
 scored (balanced accuracy) on the downstream fields that pre-training never saw. The random encoder has the
 same architecture and the pool's normalisation. Prints and optionally writes a markdown table of
 mean +- std over seeds.
@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import PretrainConfig, load_config
+from training.evaluate.probe import scene_probe
 from training.models.encoder import Normalize, NormalizedEncoder, ResMLP, load_frozen_encoder
-from training.pretrain import load_pretrain_arrays, pretrain
-from training.probe import scene_probe
-from training.simulate import PRESETS, simulate
+from training.pretrain.run import load_pretrain_arrays, pretrain
+from training.simulate.run import PRESETS, simulate
 
 FEATURES = ("raw bands", "random ResMLP", "uni-modal (SCARF)", "bi-modal (Eq. 1)")
 COLUMNS = {
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         (
-            f"Scene: `training.simulate` preset `{args.preset}` (scene seed {args.scene_seed}), "
+            f"Scene: `training.simulate.run` preset `{args.preset}` (scene seed {args.scene_seed}), "
             f"{int(infos[0]['pairs']):,} point-wise pool pairs. Encoders: ResMLP {args.layers} x {h} (out {h}), "
             f"projectors {h} -> {h} -> {h}, batch {args.batch}, {args.epochs} epochs, "
             f"corruption {args.corruption}, "

@@ -26,7 +26,7 @@ from cropmap.postprocess import softmax
 from exporters.calibration import calibrate, expected_calibration_error, fit_temperature, reliability_diagram
 from training.config import load_config
 from training.data.worldcereal import coarse_labels, on_time_grid, read_long
-from training.sample_model import DEFAULT_CONFIG, SampleModelConfig, _resolve, split_by_parcel
+from training.downstream.sample_model import DEFAULT_CONFIG, SampleModelConfig, _resolve, split_by_parcel
 
 
 def main(out_dir: str) -> int:

@@ -7,7 +7,7 @@ papers' shape (14.4 M point-wise pairs of 12 S2 and 36 PlanetScope values, 2.8 G
 
 Measured, in priority order (each row is skipped, and says so, once the time budget is spent):
 
-1. the reference step and the fast step (:mod:`training.fastpath`), bi-modal point-wise, the papers' model
+1. the reference step and the fast step (:mod:`training.pretrain.fastpath`), bi-modal point-wise, the papers' model
    (ResMLP-8 x 256 per modality, projector 256 -> 256 -> 256, journal Eq. 1): steady-state pairs/s for fp32,
    TF32 and bf16, eager and ``torch.compile`` (and CUDA graphs), at the papers' batch 1024 and larger
    batches; the projected wall time of the papers' full run (14.4 M pairs x 100 epochs); the share of the
@@ -15,7 +15,7 @@ Measured, in priority order (each row is skipped, and says so, once the time bud
 2. that the fast step makes no host synchronisation (``torch.cuda.set_sync_debug_mode("error")``);
 3. GPU vs CPU agreement of the loss over the first steps (same initial weights, same batches and views,
    fp32 with TF32 off; and bf16 on the GPU against fp32 on the CPU);
-4. downstream: seconds per epoch of each base-model family (``training.downstream.train_run``) on synthetic
+4. downstream: seconds per epoch of each base-model family (``training.downstream.run.train_run``) on synthetic
    per-stamp embeddings of the papers' shape (144 stamps x 256), extrapolated to an epoch of 45,000 series.
 
 The markdown file is rewritten after every row, so whatever ran is kept even if the run is cut short.
@@ -45,8 +45,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import PretrainConfig, load_config
-from training.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
-from training.loop import ContrastiveModel, batch_indices, contrastive_step, precision_context
+from training.pretrain.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
+from training.pretrain.loop import ContrastiveModel, batch_indices, contrastive_step, precision_context
 
 PAPER_PAIRS = 14_400_000
 PAPER_EPOCHS = 100
@@ -331,11 +331,11 @@ def downstream_epochs(
     precisions: Sequence[str],
     min_left: float,
 ) -> None:
-    """Seconds per epoch of each family via ``training.downstream.train_run`` on synthetic embeddings."""
+    """Seconds per epoch of each family via ``training.downstream.run.train_run`` on synthetic embeddings."""
     key = "downstream"
     report.section(
         key,
-        "Downstream: one epoch per base-model family (training.downstream.train_run)",
+        "Downstream: one epoch per base-model family (training.downstream.run.train_run)",
         [
             "family",
             "params",
@@ -354,10 +354,12 @@ def downstream_epochs(
         ),
     )
     try:
-        from training.downstream import train_run
+        from training.downstream.run import train_run
         from training.models import MODELS, build_model
     except ModuleNotFoundError as err:
-        report.row(key, "all", "", "", "", "", f"not run: importing training.downstream failed: {err}", "")
+        report.row(
+            key, "all", "", "", "", "", f"not run: importing training.downstream.run failed: {err}", ""
+        )
         return
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(n, t, d, device=device, generator=gen)

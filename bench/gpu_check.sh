@@ -4,7 +4,7 @@
 #   bash bench/gpu_check.sh OUT_DIR        # writes OUT_DIR/gpu_check.md, gpu_check.json, gpu_check.log
 #
 # Needs an NVIDIA GPU, python with torch (CUDA build) and numpy; run it from anywhere in this source tree,
-# installed or not (nothing is downloaded or installed). training.downstream also needs tqdm and optuna: where
+# installed or not (nothing is downloaded or installed). training.downstream.run also needs tqdm and optuna: where
 # they are missing, the downstream rows say so and the rest runs. Finishes within 8 minutes: the check stops
 # starting rows after 7 (a row that was not run says so) and is killed at 7 min 50 s; the markdown file is
 # rewritten after every row, so what ran is kept.

@@ -23,12 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.baselines import random_forest
 from training.data.parcels import load_parcels
-from training.downstream import DEFAULT_LR, encode, train_run
+from training.downstream.baselines import random_forest
+from training.downstream.recipe import get_recipe, selection_split
+from training.downstream.run import DEFAULT_LR, encode, train_run
 from training.models import build_model
 from training.models.encoder import Normalize, compute_norm_stats
-from training.recipe import get_recipe, selection_split
 
 FRANCE = REPO / "sample_data" / "worldcereal" / "2022_FRA_LPIS_POLY_110_monthly.geoparquet"
 

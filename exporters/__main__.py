@@ -25,7 +25,7 @@ from exporters.quantize import DEFAULT_MIN_AGREEMENT, INT8_METHODS
 from exporters.to_onnx import DEFAULT_OPSET, ExportError, export_checkpoint, refuse_inputs_as_outputs
 from exporters.trees import export_tree_checkpoint, parity_summary
 from training.checkpoint import CheckpointError, describe_error
-from training.trees import TREE_FAMILIES, is_tree_checkpoint
+from training.downstream.trees import TREE_FAMILIES, is_tree_checkpoint
 
 
 def _training_series(path: Path) -> np.ndarray:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     """Export a checkpoint or the best run of a run directory; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m exporters",
-        description="Export a classifier checkpoint (a downstream run's model, training.sample_model), or the best "
+        description="Export a classifier checkpoint (a downstream run's model, training.downstream.sample_model), or the best "
         "run of a downstream run directory, as one self-contained, parity-checked cropmap bundle.",
     )
     parser.add_argument("checkpoint", type=Path, nargs="?", help="classifier checkpoint (.pt)")

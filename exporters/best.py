@@ -28,10 +28,10 @@ from exporters.to_onnx import (
     split_precision_data,
     verify_checkpoint,
 )
-from training.classifier import load_classifier
-from training.downstream import VAL_INPUTS
-from training.selection import SELECT_INPUTS
-from training.trees import TREE_FAMILIES
+from training.downstream.classifier import load_classifier
+from training.downstream.run import VAL_INPUTS
+from training.downstream.selection import SELECT_INPUTS
+from training.downstream.trees import TREE_FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ METRICS = {"macro_f1": "macro_f1", "accuracy": "val_accuracy"}
 """Selection metric name -> its key in ``results.jsonl`` (measured on the validation split)."""
 
 SELECT_METRICS = {"macro_f1": "select_macro_f1", "accuracy": "select_accuracy"}
-"""Selection metric name -> its key measured on the model-selection split (:mod:`training.selection`)."""
+"""Selection metric name -> its key measured on the model-selection split (:mod:`training.downstream.selection`)."""
 
 SPLITS = ("auto", "selection", "validation")
 """What ``--best`` ranks on: the model-selection split carved from the training samples (``selection``; the

@@ -5,7 +5,7 @@
     ... [--json SCORE.json]
 
 * ``--data FILE.npz``: arrays ``x`` (float32 ``(N, T, C)``, raw, gap-free, on the bundle's grid and bands) and ``y``
-  (0-based indices into the bundle's classes), as ``training.downstream`` writes them (``validation-task<T>.npz``:
+  (0-based indices into the bundle's classes), as ``training.downstream.run`` writes them (``validation-task<T>.npz``:
   the test split, ``selection-task<T>.npz``: the model-selection split).
 * ``--run RUN_DIR``: labelled parcels read exactly as that downstream run read them (its ``config_task<T>.json``:
   legend, grid, season, split seed, selection fraction), from the run's ``--data`` file or another ``--data``
@@ -39,7 +39,7 @@ class ScoreError(ValueError):
 
 def score_series(bundle: Any, x: np.ndarray, y: np.ndarray, *, batch: int = 4096) -> dict[str, Any]:
     """Accuracy, macro F1, kappa, the confusion matrix and per-class precision / recall / F1 of a bundle."""
-    from training.evaluate import confusion_matrix, metrics_from_confusion
+    from training.evaluate.run import confusion_matrix, metrics_from_confusion
 
     meta = bundle.metadata
     x = np.asarray(x, dtype=np.float32)
@@ -90,16 +90,16 @@ def run_series(
     """The labelled series of ``split`` read as the run ``run_dir`` read them (its recorded configuration).
 
     Returns:
-        ``x``, ``y``, the task's :class:`~training.downstream.TaskData` (for its classes and grid) and a description.
+        ``x``, ``y``, the task's :class:`~training.downstream.run.TaskData` (for its classes and grid) and a description.
     """
     from training.config import config_from_dict
-    from training.downstream import DownstreamConfig, load_real_task
-    from training.selection import carve_selection, holdout_fraction
+    from training.downstream.run import DownstreamConfig, load_real_task
+    from training.downstream.selection import carve_selection, holdout_fraction
 
     configs = sorted(run_dir.glob("config_task*.json"))
     if not configs:
         raise ScoreError(
-            f"{run_dir} holds no config_task*.json; expected the --out folder of training.downstream"
+            f"{run_dir} holds no config_task*.json; expected the --out folder of training.downstream.run"
         )
     if len(configs) > 1:
         raise ScoreError(

@@ -21,7 +21,7 @@ The file is written atomically (temporary name, then rename) after
 the final path.
 
 Checkpoints (``kind="classifier"``) hold everything needed to rebuild and export a
-trained classifier; :mod:`training.classifier` writes and reads them (training never
+trained classifier; :mod:`training.downstream.classifier` writes and reads them (training never
 imports this package). :mod:`exporters.best` picks the best run of a downstream run
 directory.
 
@@ -61,7 +61,7 @@ from cropmap.safeio import (
 )
 from exporters.parity import ParityReport, check_parity
 from training.checkpoint import validate_norm_stats
-from training.classifier import CLASSIFIER_KIND, Classifier, load_classifier, save_classifier
+from training.downstream.classifier import CLASSIFIER_KIND, Classifier, load_classifier, save_classifier
 from training.models.encoder import Normalize, NormalizedEncoder
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ CLASSIFIER_KEYS = (
     "bundle_metadata",
     "parity_inputs",
 )
-"""Keys every ``classifier`` checkpoint holds (:func:`training.classifier.save_classifier`)."""
+"""Keys every ``classifier`` checkpoint holds (:func:`training.downstream.classifier.save_classifier`)."""
 ENCODER_KEYS = ("model_name", "model_config", "state_dict")
 """Keys of a classifier checkpoint's ``encoder`` entry when it is not ``None``."""
 

@@ -1,9 +1,9 @@
-"""Export a tree model (:mod:`training.trees`) as a cropmap bundle.
+"""Export a tree model (:mod:`training.downstream.trees`) as a cropmap bundle.
 
 The bundle is one ONNX graph, built from three parts:
 
 1. the feature graph (:func:`feature_graph`, ``onnx.helper``): raw gap-filled series ``x`` float32
-   ``(B, T, C)`` -> ``features`` ``(B, F)``, the same features as :func:`training.trees.tree_features`
+   ``(B, T, C)`` -> ``features`` ``(B, F)``, the same features as :func:`training.downstream.trees.tree_features`
    (flattened series, spectral indices, temporal statistics, date of each index's peak);
 2. the tree ensemble converted at training time (skl2onnx / onnxmltools): ``features`` -> ``probabilities``;
 3. the head: ``logits = log(max(probabilities, 1e-7))``,
@@ -38,7 +38,7 @@ import numpy as np
 from cropmap.bundle import METADATA_KEY, BundleMetadata
 from exporters.parity import ParityError, ParityReport
 from exporters.to_onnx import ExportError
-from training.trees import INDEX_EPS, TREE_OPSET, TreeClassifier, index_pairs
+from training.downstream.trees import INDEX_EPS, TREE_OPSET, TreeClassifier, index_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ REDUCED_PRECISION_REFUSAL = (
 
 
 def feature_graph(bands: tuple[str, ...], n_steps: int, *, opset: int, input_name: str = "x") -> Any:
-    """The ONNX model ``input_name (B, T, C)`` -> ``features (B, F)`` of :func:`training.trees.tree_features`."""
+    """The ONNX model ``input_name (B, T, C)`` -> ``features (B, F)`` of :func:`training.downstream.trees.tree_features`."""
     from onnx import TensorProto, helper
 
     c = len(bands)
@@ -303,8 +303,8 @@ def export_best_tree(
     """Export the tree model chosen by :func:`exporters.best.select_best` (calibrated on the split it was chosen
     on: the model-selection series, or the validation series for a ``validation`` choice)."""
     from exporters.best import calibration_series, choice_metrics
-    from training.downstream import VAL_INPUTS
-    from training.trees import load_tree_classifier
+    from training.downstream.run import VAL_INPUTS
+    from training.downstream.trees import load_tree_classifier
 
     if precision != "fp32":
         raise ExportError(REDUCED_PRECISION_REFUSAL.format(precision=precision))
@@ -347,7 +347,7 @@ def export_tree_checkpoint(
     precision: str = "fp32",
 ) -> ParityReport:
     """Export one tree checkpoint as a bundle (uncalibrated: a lone checkpoint carries no held-out series)."""
-    from training.trees import load_tree_classifier
+    from training.downstream.trees import load_tree_classifier
 
     if precision != "fp32":
         raise ExportError(REDUCED_PRECISION_REFUSAL.format(precision=precision))

@@ -2,7 +2,7 @@
 # The whole chain on simulated data, one stage per command, with the wall time of each:
 #   simulate -> bi-modal pre-training -> downstream (task 1, gap-filled as inference does) -> exporters --best
 #   -> cropmap classify on the OTHER scene's stack -> map accuracy against that scene's labelled fields.
-# Usage: bash scripts/demo_chain.sh OUT_DIR [PRESET] [EPOCHS]    (PRESET: a training.simulate preset; see docs/retrain.md)
+# Usage: bash scripts/demo_chain.sh OUT_DIR [PRESET] [EPOCHS]    (PRESET: a training.simulate.run preset; see docs/retrain.md)
 set -euo pipefail
 out=${1:?usage: demo_chain.sh OUT_DIR [PRESET] [EPOCHS]}
 preset=${2:-default}

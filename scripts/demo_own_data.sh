@@ -5,7 +5,7 @@
 #   -> cropmap classify on ANOTHER region's stack -> cropmap assess against that region's labelled fields.
 # The simulator writes region A and B in those shapes (s2_stack.tif, fields.gpkg, planet_scenes/); replace them by
 # your own files and the commands stay the same (docs/retrain.md, "Your own region, end to end").
-# Usage: bash scripts/demo_own_data.sh OUT_DIR [PRESET] [EPOCHS]    (PRESET: a training.simulate preset)
+# Usage: bash scripts/demo_own_data.sh OUT_DIR [PRESET] [EPOCHS]    (PRESET: a training.simulate.run preset)
 set -euo pipefail
 out=${1:?usage: demo_own_data.sh OUT_DIR [PRESET] [EPOCHS]}
 preset=${2:-default}

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from exporters.best import select_best
-from training.seedtable import seed_table
+from training.evaluate.seedtable import seed_table
 
 run, secs = Path(sys.argv[1]), {"france2022": int(sys.argv[2]), "flanders2021": int(sys.argv[3])}
 titles = {

@@ -33,7 +33,7 @@ INPUT_SIDE = frozenset(
 )
 """Inference's input side: stack reader, polygon rasterisation, block plan, reflectance check, output safety."""
 
-READERS = frozenset({"training/data/extract.py", "training/pairs.py"})
+READERS = frozenset({"training/data/extract.py", "training/data/pairs.py"})
 """The training modules that read what ``cropmap classify`` reads (labelled series, bi-modal pairs)."""
 
 HEAVY = ("torch", "onnx", "optuna")

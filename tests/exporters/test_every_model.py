@@ -15,8 +15,8 @@ from cropmap.bundle import ClassInfo, TimeGrid, load_bundle
 from exporters.__main__ import main as exporters_main
 from exporters.best import select_best
 from exporters.to_onnx import export_bundle
-from training.classifier import classifier_metadata, load_classifier, save_classifier
-from training.downstream import DownstreamConfig, EncoderSpec, TaskData, run_comparison
+from training.downstream.classifier import classifier_metadata, load_classifier, save_classifier
+from training.downstream.run import DownstreamConfig, EncoderSpec, TaskData, run_comparison
 from training.models import MODELS, build_model
 from training.models.encoder import ENCODERS, ResMLP, TimeWiseEncoder, compute_norm_stats, save_encoder
 
@@ -169,7 +169,7 @@ def test_family_ensembles_are_saved_and_export_as_one_bundle(
 ) -> None:
     import dataclasses
 
-    from training import recipe
+    from training.downstream import recipe
 
     monkeypatch.setitem(recipe.RECIPES, "robust", dataclasses.replace(recipe.RECIPES["robust"], min_steps=30))
     data = _toy_task()

@@ -14,7 +14,7 @@ from cropmap.bundle import ClassInfo, TimeGrid, load_bundle
 from exporters.__main__ import main as exporters_main
 from exporters.quantize import PrecisionError, reduce_precision, unshare_initializers
 from exporters.to_onnx import ExportError, export_bundle, split_precision_data
-from training.classifier import classifier_metadata, save_classifier
+from training.downstream.classifier import classifier_metadata, save_classifier
 from training.models import MODELS, build_model
 from training.models.encoder import ENCODERS, ResMLP, TimeWiseEncoder, compute_norm_stats
 

@@ -11,7 +11,7 @@ import pytest
 from exporters.__main__ import main as exporters_main
 from exporters.best import select_best
 from exporters.score import main as score_main
-from training.downstream import main as downstream_main
+from training.downstream.run import main as downstream_main
 
 pytestmark = (
     pytest.mark.slow

@@ -13,8 +13,8 @@ from exporters.__main__ import main as exporters_main
 from exporters.best import select_best
 from exporters.score import main as score_main
 from exporters.trees import PROB_ATOL, _session, feature_graph
-from training.downstream import DownstreamConfig, TaskData, run_comparison
-from training.trees import (
+from training.downstream.run import DownstreamConfig, TaskData, run_comparison
+from training.downstream.trees import (
     TREE_OPSET,
     feature_names,
     fit_tree,
@@ -90,7 +90,7 @@ def test_tree_bundle_reproduces_predict_proba_and_fits_the_contract(family: str,
         tree_trials=1 if family == "boosting" else 0,
     )
     run = tmp_path / "run"
-    from training.trees import run_trees
+    from training.downstream.trees import run_trees
 
     run.mkdir()
     x_sel, y_sel = _series(4, 5)
@@ -148,7 +148,7 @@ def test_tree_bundle_reproduces_predict_proba_and_fits_the_contract(family: str,
 
 
 def _seed(family: str) -> int:
-    from training.downstream import run_seed
+    from training.downstream.run import run_seed
 
     return run_seed(0, "real", family, 0, "supervised", None)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.simulate import PRESETS, simulate
+from training.simulate.run import PRESETS, simulate
 
 
 @pytest.fixture(scope="session")

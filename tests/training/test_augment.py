@@ -1,11 +1,11 @@
-"""Tests for training.augment (SCARF corruption)."""
+"""Tests for training.pretrain.augment (SCARF corruption)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from training.augment import n_corrupted, scarf_corrupt
+from training.pretrain.augment import n_corrupted, scarf_corrupt
 
 
 def _batch(n: int = 64, f: int = 12, seed: int = 0) -> torch.Tensor:

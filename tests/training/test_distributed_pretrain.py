@@ -17,7 +17,13 @@ import psutil
 import pytest
 import torch
 
-from training.distributed import GlobalBatchNorm1d, Ranks, collective_error, global_batchnorm, rank_rows
+from training.pretrain.distributed import (
+    GlobalBatchNorm1d,
+    Ranks,
+    collective_error,
+    global_batchnorm,
+    rank_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -64,7 +70,7 @@ def _pairs(path: Path, alignment: str) -> Path:
 def _args(data: Path, out: Path, alignment: str, mode: str, *extra: str) -> list[str]:
     return [
         "-m",
-        "training.pretrain",
+        "training.pretrain.run",
         "--data",
         str(data),
         "--out",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from training.data.parcels import stratified_split
-from training.downstream import (
+from training.downstream.run import (
     DownstreamConfig,
     EncoderSpec,
     TaskData,
@@ -357,7 +357,8 @@ TINY_PRETRAIN = [
 
 
 def test_pipeline_simulate_pretrain_downstream_evaluate(sim_scene_dir: Path, tmp_path: Path) -> None:
-    from training import evaluate, pretrain
+    from training.evaluate import run as evaluate
+    from training.pretrain import run as pretrain
 
     config = REPO / "training" / "configs" / "pretrain_pointwise.toml"
     encoders = []
@@ -425,7 +426,8 @@ def test_pipeline_simulate_pretrain_downstream_evaluate(sim_scene_dir: Path, tmp
 @pytest.mark.slow
 def test_comparison_all_families_two_rates(sim_scene_dir: Path, tmp_path: Path) -> None:
     """Every family, 2 variants, 2 corruption rates per method: each win-matrix cell holds 4 comparisons."""
-    from training import evaluate, pretrain
+    from training.evaluate import run as evaluate
+    from training.pretrain import run as pretrain
 
     config = REPO / "training" / "configs" / "pretrain_pointwise.toml"
     encoders = []

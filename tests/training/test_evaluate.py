@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from training.evaluate import (
+from training.evaluate.run import (
     confusion_matrix,
     experiment_scores,
     main,

@@ -360,7 +360,7 @@ def test_cli_refuses_no_overlap_existing_output_and_writing_over_an_input(
 
 def _few_parcels() -> dict[str, int]:
     """Config overrides that let downstream keep classes of two parcels (this stack has six parcels)."""
-    from training.downstream import DownstreamConfig
+    from training.downstream.run import DownstreamConfig
 
     fields = {f.name for f in dataclasses.fields(DownstreamConfig)}
     return {"min_class_parcels": 0} if "min_class_parcels" in fields else {}
@@ -370,7 +370,7 @@ def test_real_task_from_a_stack_extracts_once_then_reads_the_cache(
     data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from training.data import extract as extract_module
-    from training.downstream import DownstreamConfig, load_task
+    from training.downstream.run import DownstreamConfig, load_task
 
     cfg = DownstreamConfig(
         task="real",
@@ -398,8 +398,8 @@ def test_real_task_from_a_stack_extracts_once_then_reads_the_cache(
 def test_downstream_reads_the_stack_and_polygons_and_caches_the_extraction(
     data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    from training import downstream
     from training.data import extract as extract_module
+    from training.downstream import run as downstream
 
     out = tmp_path / "run"
     argv = [

@@ -1,4 +1,4 @@
-"""Tests for the fast pre-training path (training.fastpath), the pair cache and the --device rule.
+"""Tests for the fast pre-training path (training.pretrain.fastpath), the pair cache and the --device rule.
 
 Tolerance of the fast step against the reference step, fp32 on the CPU: every step's loss within
 ``rtol = 1e-5`` (plus ``atol = 1e-5`` for losses near zero) over 10 steps, and the trained model's projections of a fixed
@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from training.config import PretrainConfig, load_config
-from training.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
-from training.loop import ContrastiveModel, batch_indices, contrastive_step, precision_context
 from training.models.encoder import compute_norm_stats
-from training.paircache import cache_key, cached_scene_pairs
-from training.pretrain import load_pretrain_arrays, main
+from training.pretrain.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
+from training.pretrain.loop import ContrastiveModel, batch_indices, contrastive_step, precision_context
+from training.pretrain.paircache import cache_key, cached_scene_pairs
+from training.pretrain.run import load_pretrain_arrays, main
 
 REPO = Path(__file__).resolve().parents[2]
 RTOL, ATOL = 1e-5, 1e-5
@@ -359,12 +359,21 @@ def test_pair_cache_leaves_nothing_when_drawing_fails(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["training.pretrain", "--data", "{tmp}/none.npz", "--out", "{tmp}/p", "--device", "cuda"],
-        ["training.pretrain", "--data", "{tmp}/none.npz", "--out", "{tmp}/p", "--device", "cuda:1", "--fast"],
-        ["training.probe", "--data", "{tmp}/none", "--device", "cuda"],
-        ["training.sample_model", "--out", "{tmp}/s", "--device", "cuda"],
+        ["training.pretrain.run", "--data", "{tmp}/none.npz", "--out", "{tmp}/p", "--device", "cuda"],
         [
-            "training.downstream",
+            "training.pretrain.run",
+            "--data",
+            "{tmp}/none.npz",
+            "--out",
+            "{tmp}/p",
+            "--device",
+            "cuda:1",
+            "--fast",
+        ],
+        ["training.evaluate.probe", "--data", "{tmp}/none", "--device", "cuda"],
+        ["training.downstream.sample_model", "--out", "{tmp}/s", "--device", "cuda"],
+        [
+            "training.downstream.run",
             "--task",
             "1",
             "--data",
@@ -424,8 +433,8 @@ def test_gpu_path_imports_without_the_geospatial_packages() -> None:
                 return None
 
         sys.meta_path.insert(0, Block())
-        for mod in ("training.loop", "training.fastpath", "training.pretrain", "training.downstream",
-                    "training.models", "training.device", "training.paircache"):
+        for mod in ("training.pretrain.loop", "training.pretrain.fastpath", "training.pretrain.run", "training.downstream.run",
+                    "training.models", "training.device", "training.pretrain.paircache"):
             importlib.import_module(mod)
         sys.path.insert(0, "bench")
         import gpu_check

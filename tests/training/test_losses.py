@@ -1,4 +1,4 @@
-"""Tests for training.losses against direct loops over the paper's formulas."""
+"""Tests for training.pretrain.losses against direct loops over the paper's formulas."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.losses import bimodal_loss, nt_xent
+from training.pretrain.losses import bimodal_loss, nt_xent
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

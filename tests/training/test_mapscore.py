@@ -1,4 +1,4 @@
-"""Scoring a class map against labelled polygons (training.mapscore) on the simulator's fields.gpkg."""
+"""Scoring a class map against labelled polygons (training.evaluate.mapscore) on the simulator's fields.gpkg."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from rasterio.features import rasterize
 
-from training.mapscore import main, score_map
+from training.evaluate.mapscore import main, score_map
 
 
 def _grid(scene: Path) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Tests for training.pairs: pairs from an S2 stack and real-shaped second-modality scenes (GeoTIFFs written here)."""
+"""Tests for training.data.pairs: pairs from an S2 stack and real-shaped second-modality scenes (GeoTIFFs written here)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from training._pair_scenes import PS_BANDS, SUPERDOVE_BANDS, UDM2_BANDS
 from training.data.datasets import _invalid, fill_linear, pointwise_pairs, timewise_pairs
 from training.data.denethor import read_scene
-from training.pairs import NpyAppender, PairConfig, build_pairs, main
-from training.ps_scenes import SCENES_DIR
+from training.data.pairs import NpyAppender, PairConfig, build_pairs, main
+from training.data.scenes import PS_BANDS, SUPERDOVE_BANDS, UDM2_BANDS
+from training.simulate.ps_scenes import SCENES_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 CRS33 = CRS.from_epsg(32633)
@@ -152,7 +152,9 @@ def test_pairs_equal_denethor_reader_on_simulated_scenes(sim_scene_dir: Path, tm
     cloud = np.moveaxis(scene.cloud_probability()[:, tix[:, 0], tix[:, 1]], 0, 1)
     invalid = _invalid(t2, cloud, 0.4)
     days = np.array([(d - scene.dates[0]).days for d in scene.dates], dtype=np.float64)
-    filled, _ = fill_linear(t2, invalid, days)  # training.pairs fills masked observations as inference does
+    filled, _ = fill_linear(
+        t2, invalid, days
+    )  # training.data.pairs fills masked observations as inference does
     assert np.abs(filled[o1] - n2[o2]).max() == 0 and np.abs(tp[o1] - nps[o2]).max() == 0
     np.testing.assert_array_equal(~invalid[o1], np.load(out / "time" / "s2_valid.npy")[o2])
     assert np.load(out / "time" / "ps_valid.npy").all()
@@ -342,7 +344,7 @@ def test_pairs_cli_subprocess_error_is_one_line(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "training.pairs",
+            "training.data.pairs",
             *args,
             "-o",
             str(tmp_path / "out"),
@@ -373,7 +375,7 @@ def test_npy_appender_round_trip(tmp_path: Path) -> None:
 
 
 def test_pretrain_reads_pairs_folder(tmp_path: Path) -> None:
-    from training.pretrain import main as pretrain_main
+    from training.pretrain.run import main as pretrain_main
 
     stack = _s2_stack(tmp_path / "s2.tif")
     build_pairs(stack, [_scenes(tmp_path / "ps", _ps_full())], tmp_path / "pairs", CFG, progress=False)
@@ -469,7 +471,7 @@ def test_pairs_from_stac_item_collection(tmp_path: Path) -> None:
 
 
 def test_pretrain_refuses_missing_alignment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from training.pretrain import main as pretrain_main
+    from training.pretrain.run import main as pretrain_main
 
     stack = _s2_stack(tmp_path / "s2.tif")
     cfg = PairConfig(s2_bands=BANDS4, alignment=("point",))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from training.data.parcels import load_parcels, time_grid
-from training.downstream import main
+from training.downstream.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FRANCE = ROOT / "sample_data" / "worldcereal" / "2022_FRA_LPIS_POLY_110_monthly.geoparquet"

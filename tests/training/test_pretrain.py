@@ -1,4 +1,4 @@
-"""Tests for training.pretrain and training.loop."""
+"""Tests for training.pretrain.run and training.pretrain.loop."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import scarf_corrupt
 from training.checkpoint import load_checkpoint
 from training.config import PretrainConfig, load_config
-from training.loop import ContrastiveModel
 from training.models.encoder import compute_norm_stats, load_frozen_encoder
-from training.pretrain import main
+from training.pretrain.augment import scarf_corrupt
+from training.pretrain.loop import ContrastiveModel
+from training.pretrain.run import main
 
 REPO = Path(__file__).resolve().parents[2]
 _TINY = [

@@ -1,4 +1,4 @@
-"""Tests for training.probe, and evidence that pre-training learns on a simulated scene."""
+"""Tests for training.evaluate.probe, and evidence that pre-training learns on a simulated scene."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.probe import knn_accuracy, linear_probe, random_encoder, series_features
+from training.evaluate.probe import knn_accuracy, linear_probe, random_encoder, series_features
 
 
 def _blobs(n: int, d: int, k: int, sep: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +48,7 @@ def _alignment(
 ) -> tuple[float, float]:
     """Eq. 1 loss of held-out pairs (no corruption) and the share of S2 samples whose nearest PS
     projection (cosine) was observed on the same date."""
-    from training.losses import bimodal_loss
+    from training.pretrain.losses import bimodal_loss
 
     zs = torch.nn.functional.normalize(model.project_s2(s2), dim=1)
     zp = torch.nn.functional.normalize(model.project_ps(ps), dim=1)
@@ -67,9 +67,9 @@ def test_bimodal_pretraining_learns_cross_modal_alignment(tmp_path: Path) -> Non
     from training.config import PretrainConfig, config_from_dict
     from training.data.datasets import pointwise_pairs, scene_a_splits
     from training.data.denethor import read_scene
-    from training.loop import ContrastiveModel
-    from training.pretrain import main as pretrain_main
-    from training.simulate import PRESETS, simulate
+    from training.pretrain.loop import ContrastiveModel
+    from training.pretrain.run import main as pretrain_main
+    from training.simulate.run import PRESETS, simulate
 
     simulate(tmp_path / "sim", PRESETS["tiny"])
     out = tmp_path / "run"
@@ -113,7 +113,7 @@ def test_bimodal_pretraining_learns_cross_modal_alignment(tmp_path: Path) -> Non
 
 
 def test_score_balanced_weights_classes_equally() -> None:
-    from training.probe import score
+    from training.evaluate.probe import score
 
     y = torch.tensor([0, 0, 0, 0, 1])
     pred = torch.tensor([0, 0, 0, 0, 0])
@@ -125,7 +125,7 @@ def test_score_balanced_weights_classes_equally() -> None:
 
 def test_per_date_probe_equals_separate_fits() -> None:
     """The batched per-stamp fit reaches the optimum of separate logistic regressions, stamp by stamp."""
-    from training.probe import PixelDates, per_date_probe
+    from training.evaluate.probe import PixelDates, per_date_probe
 
     rng = np.random.default_rng(0)
     n = 2400
@@ -154,7 +154,7 @@ def test_per_date_probe_equals_separate_fits() -> None:
 def test_pixel_dates_are_clear_capped_and_from_the_given_fields(sim_scene_dir: Path) -> None:
     from training.data.datasets import MAX_CLOUD_PROBABILITY, scene_a_splits
     from training.data.denethor import read_scene
-    from training.probe import pixel_dates
+    from training.evaluate.probe import pixel_dates
 
     scene = read_scene(sim_scene_dir / "scene_a")
     pool = scene_a_splits(scene)["pretrain"]
@@ -180,7 +180,7 @@ def test_scene_probe_separates_crops_on_unseen_fields(sim_scene_dir: Path) -> No
 
     Measured on the tiny preset (seed 0): raw bands 0.354 single-date linear, 0.317 10-NN (chance 0.111).
     """
-    from training.probe import scene_probe
+    from training.evaluate.probe import scene_probe
 
     x = np.random.default_rng(0).random((64, 12)).astype(np.float32) * 3000
     report = scene_probe(
@@ -208,10 +208,10 @@ def test_bimodal_embeddings_beat_random_and_raw_for_knn_on_default_scene(tmp_pat
     assert (docs/pretraining.md).
     """
     from training.config import PretrainConfig, load_config
+    from training.evaluate.probe import scene_probe
     from training.models.encoder import Normalize, NormalizedEncoder, ResMLP, load_frozen_encoder
-    from training.pretrain import load_pretrain_arrays, pretrain
-    from training.probe import scene_probe
-    from training.simulate import PRESETS, simulate
+    from training.pretrain.run import load_pretrain_arrays, pretrain
+    from training.simulate.run import PRESETS, simulate
 
     simulate(tmp_path / "sim", PRESETS["default"])
     cfg = load_config(

@@ -12,7 +12,7 @@ import torch
 
 from training.data import s1pairs
 from training.data.s1pairs import S1_NODATA, extraction_pairs, s1_to_db, write_pairs
-from training.pretrain import main as pretrain_main
+from training.pretrain.run import main as pretrain_main
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "worldcereal"
 FLANDERS = DATA / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
@@ -205,7 +205,7 @@ def test_timewise_and_single_polarisation_pretrain(tmp_path: Path) -> None:
 
 
 def test_experiment_refuses_doc_without_markers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from training import s1_bimodal
+    from training.evaluate import s1_bimodal
 
     doc = tmp_path / "doc.md"
     doc.write_text("# no markers\n")
@@ -219,7 +219,7 @@ def test_experiment_refuses_doc_without_markers(tmp_path: Path, capsys: pytest.C
 def test_experiment_runs_on_flanders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from training import s1_bimodal
+    from training.evaluate import s1_bimodal
 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     doc = tmp_path / "doc.md"

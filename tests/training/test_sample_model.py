@@ -10,7 +10,7 @@ import pytest
 
 from cropmap.bundle import load_bundle
 from cropmap.timegrid import fill_gaps
-from training.sample_model import main, make_time_grid, read_stack_pixels, split_by_parcel
+from training.downstream.sample_model import main, make_time_grid, read_stack_pixels, split_by_parcel
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "cropmap" / "models" / "flanders_sample.onnx"
@@ -75,7 +75,7 @@ def test_training_never_imports_exporters_and_writes_to_a_run_directory() -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
-    from training.sample_model import build_parser
+    from training.downstream.sample_model import build_parser
 
     default = build_parser().parse_args([]).out
     assert not default.is_absolute() and default.parts[0] == "runs"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.season_transfer import main, resample_days
+from training.evaluate.season_transfer import main, resample_days
 
 
 def test_resample_days_interpolates_linearly_and_holds_edges() -> None:
@@ -21,7 +21,7 @@ def test_cli_reports_in_and_out_of_season(
 ) -> None:
     import dataclasses
 
-    from training import recipe
+    from training.downstream import recipe
 
     monkeypatch.setitem(recipe.RECIPES, "robust", dataclasses.replace(recipe.RECIPES["robust"], min_steps=20))
     out = tmp_path / "season.md"

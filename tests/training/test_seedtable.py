@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.seedtable import main, seed_table
+from training.evaluate.seedtable import main, seed_table
 
 
 def _run(path: Path, rf: float, it: list[float]) -> Path:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from training.data.parcels import load_parcels
-from training.downstream import DownstreamConfig, TaskData
-from training.selection import carve_selection, holdout_fraction, select_scores
-from training.trees import tree_families
+from training.downstream.run import DownstreamConfig, TaskData
+from training.downstream.selection import carve_selection, holdout_fraction, select_scores
+from training.downstream.trees import tree_families
 
 ROOT = Path(__file__).resolve().parents[2]
 FLANDERS = ROOT / "sample_data" / "worldcereal" / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
@@ -74,7 +74,7 @@ def test_classes_with_too_few_parcels_are_left_out_with_a_count(caplog: pytest.L
 def test_splits_of_the_training_samples_keep_each_parcel_on_one_side() -> None:
     import numpy as np
 
-    from training.recipe import selection_split
+    from training.downstream.recipe import selection_split
 
     rng = np.random.default_rng(0)
     parcels = np.repeat(np.arange(30), rng.integers(3, 40, 30))  # pixels of 30 parcels
@@ -90,8 +90,8 @@ def test_splits_of_the_training_samples_keep_each_parcel_on_one_side() -> None:
 def test_carving_the_selection_split_keeps_parcels_whole_and_carries_their_ids() -> None:
     import numpy as np
 
-    from training.downstream import TaskData
-    from training.selection import carve_selection
+    from training.downstream.run import TaskData
+    from training.downstream.selection import carve_selection
 
     parcels = np.repeat(np.arange(12), 5)
     y = parcels % 2

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from training import simulate as sim
-from training.simulate import CROP_NAMES, PRESETS, SimulationConfig, main, simulate
+from training.simulate import run as sim
+from training.simulate.run import CROP_NAMES, PRESETS, SimulationConfig, main, simulate
 
 MICRO = SimulationConfig(size_px=16, n_fields=9, n_stamps=4, ps_interval_days=120, seed=3)
 
@@ -238,7 +238,7 @@ def test_shipped_simulate_config_is_valid() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# cropmap inputs: s2_stack.tif and fields.gpkg (training.scene_export)
+# cropmap inputs: s2_stack.tif and fields.gpkg (training.simulate.scene_export)
 # ----------------------------------------------------------------------------------------------------------
 
 STACK_BANDS = (*sim.S2_BAND_NAMES, "CLP")
@@ -357,7 +357,7 @@ def test_cropmap_classify_runs_on_the_simulated_stack(sim_scene_dir: Path, tmp_p
 
 
 def test_scene_export_cli_reports_a_missing_scene(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from training.scene_export import main as export_main
+    from training.simulate.scene_export import main as export_main
 
     assert export_main([str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip()

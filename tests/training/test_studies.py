@@ -16,15 +16,15 @@ from pathlib import Path
 import optuna
 import pytest
 
-from training.studies import StorageError, open_storage, storage_kind
+from training.downstream.studies import StorageError, open_storage, storage_kind
 
 WORKER = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
     import numpy as np
-    from training.downstream import DownstreamConfig, TaskData
-    from training.tune import run_study, study_summary
+    from training.downstream.run import DownstreamConfig, TaskData
+    from training.downstream.tune import run_study, study_summary
 
     storage, worker, n_trials, barrier, n_workers, hold = sys.argv[1:7]
     rng = np.random.default_rng(0)
@@ -37,7 +37,7 @@ WORKER = textwrap.dedent(
     while len(list(Path(barrier).glob("ready-*"))) < int(n_workers):  # start together
         time.sleep(0.05)
     if float(hold):  # make each trial last long enough to be killed in
-        import training.downstream as ds
+        import training.downstream.run as ds
         train = ds.train_run
         ds.train_run = lambda *a, **k: (time.sleep(float(hold)), train(*a, **k))[1]
     study = run_study(cfg, data, "lstm", storage=storage, study_name="shared", n_trials=int(n_trials),
@@ -155,7 +155,7 @@ def test_unknown_storage_is_refused(spec: str, message: str) -> None:
 
 
 def test_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from training.tune import main
+    from training.downstream.tune import main
 
     assert main(["--family", "lstm", "--variants", "2", "--storage", str(tmp_path / "nosuffix")]) == 1
     err = capsys.readouterr().err

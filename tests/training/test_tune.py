@@ -10,8 +10,8 @@ import optuna
 import pytest
 import torch
 
+from training.downstream.tune import LR_RANGE, SPACES, main, sample_variants, split_lr, suggest
 from training.models import build_model
-from training.tune import LR_RANGE, SPACES, main, sample_variants, split_lr, suggest
 
 
 @pytest.mark.parametrize("family", sorted(SPACES))

@@ -1,6 +1,6 @@
 """Reader for the DENETHOR / DLR fusion layout: Sentinel-2 arrays, PlanetScope daily GeoTIFFs, field polygons.
 
-Expected layout of one scene folder (what :mod:`training.simulate` writes; see docs/data.md for where the
+Expected layout of one scene folder (what :mod:`training.simulate.run` writes; see docs/data.md for where the
 published DENETHOR files may differ)::
 
     SCENE/s2/bands.npy        (T, H, W, 12) reflectance x 10000 (uint16 or float), 0 in every band = no data

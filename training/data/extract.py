@@ -698,7 +698,9 @@ def extract(
 
     out, polygons = Path(out), Path(polygons)
     if out.suffix.lower() != ".parquet":
-        raise ExtractError(f"output {out} must end in .parquet (the long layout training.downstream reads)")
+        raise ExtractError(
+            f"output {out} must end in .parquet (the long layout training.downstream.run reads)"
+        )
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output {out} exists; pass --overwrite to replace it")
     st = open_stack(stack, reflectance_scale=options.reflectance_scale)

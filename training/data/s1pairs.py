@@ -336,7 +336,7 @@ def subset(pairs: S1Pairs, keep: np.ndarray) -> S1Pairs:
 
 
 def write_pairs(pairs: S1Pairs, out: str | Path) -> Path:
-    """Write the pairs as the ``.npz`` :func:`training.pretrain.load_pretrain_arrays` reads (atomically)."""
+    """Write the pairs as the ``.npz`` :func:`training.pretrain.run.load_pretrain_arrays` reads (atomically)."""
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"output must be an .npz file, got {str(out)!r}")

@@ -17,7 +17,7 @@ import numpy as np
 
 def stack_observations(stack: Path, n: int, seed: int) -> tuple[np.ndarray, tuple[str, ...], int]:
     """Up to ``n`` valid observations drawn without replacement (sorted), their bands, and how many were valid."""
-    from training.sample_model import read_stack_pixels
+    from training.downstream.sample_model import read_stack_pixels
 
     values, _, bands = read_stack_pixels(stack)  # (T, C, N), NaN = nodata
     obs = values.transpose(0, 2, 1).reshape(-1, values.shape[1])

@@ -1,6 +1,6 @@
 """The fast pre-training step: device-resident pairs, no host synchronisation, fused Adam, optional compile.
 
-:class:`FastStep` computes exactly what :func:`training.loop.contrastive_step` computes (same views from
+:class:`FastStep` computes exactly what :func:`training.pretrain.loop.contrastive_step` computes (same views from
 the same random draws in the same order, same model, same loss), restructured for a GPU:
 
 * the pair set lives on the device and batches are index gathers of a device permutation
@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from training.augment import scarf_corrupt
 from training.config import PretrainConfig
-from training.loop import PRECISIONS, ContrastiveModel, batch_indices, precision_context
-from training.losses import bimodal_loss, nt_xent
+from training.pretrain.augment import scarf_corrupt
+from training.pretrain.loop import PRECISIONS, ContrastiveModel, batch_indices, precision_context
+from training.pretrain.losses import bimodal_loss, nt_xent
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def run_epoch(
 ) -> torch.Tensor:
     """One epoch over device-resident pairs; returns the per-step losses as a device tensor ``(steps,)``.
 
-    The permutation is drawn on the device with ``generator`` (:func:`training.loop.batch_indices`, so
+    The permutation is drawn on the device with ``generator`` (:func:`training.pretrain.loop.batch_indices`, so
     the batches are those of the reference loop), each batch is an index gather, and each step's loss is
     written into a device buffer: nothing in the loop waits for the device. Read the result once
     (``.tolist()``) at the end of the epoch.

@@ -11,9 +11,9 @@ with arrays ``s2`` (and ``ps`` for bi-modal), a pairs folder written by ``python
 * ``loss_log.jsonl``: one JSON line per ``log_every`` steps and per epoch;
 * ``config.json``: the resolved configuration.
 
-``--fast`` runs :class:`training.fastpath.FastStep` (same losses, no host synchronisation inside an epoch,
+``--fast`` runs :class:`training.pretrain.fastpath.FastStep` (same losses, no host synchronisation inside an epoch,
 fused Adam, optional ``--compile`` / ``--cuda-graphs``); ``--pair-cache DIR`` keeps the pairs drawn from a
-scene on disk for reruns (:mod:`training.paircache`). See docs/pretraining.md.
+scene on disk for reruns (:mod:`training.pretrain.paircache`). See docs/pretraining.md.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from tqdm import tqdm
 from training.checkpoint import git_revision, load_checkpoint, save_checkpoint
 from training.config import ConfigError, PretrainConfig, config_from_dict, config_to_dict, load_config
 from training.device import DEVICE_HELP, resolve_device
-from training.distributed import (
+from training.models.encoder import compute_norm_stats, save_encoder
+from training.pretrain.distributed import (
     Ranks,
     RankStopped,
     collective_error,
@@ -49,8 +50,8 @@ from training.distributed import (
     rank_rows,
     stop_on_sigterm,
 )
-from training.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
-from training.loop import (
+from training.pretrain.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
+from training.pretrain.loop import (
     PRECISIONS,
     ContrastiveModel,
     batch_indices,
@@ -58,7 +59,6 @@ from training.loop import (
     encoder_spec,
     precision_context,
 )
-from training.models.encoder import compute_norm_stats, save_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def load_pretrain_arrays(
             never read whole), or a scene folder.
         cfg: The run configuration (mode, alignment, sampling sizes).
         pair_cache: For a scene folder: keep the drawn pairs in this folder and memory-map them on
-            reruns with the same scene and drawing settings (:mod:`training.paircache`).
+            reruns with the same scene and drawing settings (:mod:`training.pretrain.paircache`).
 
     Returns:
         The validated arrays (float32).
@@ -125,7 +125,7 @@ def load_pretrain_arrays(
             bands = tuple(str(b) for b in npz["bands"]) if "bands" in npz.files else None
         arrays = PretrainArrays(s2=s2, ps=ps, source=str(path), bands=bands)
     elif (path / "pairs.json").is_file():
-        from training.pairs import read_pairs
+        from training.data.pairs import read_pairs
 
         s2, ps, manifest = read_pairs(path, cfg.alignment)
         arrays = PretrainArrays(
@@ -164,7 +164,7 @@ def _scene_arrays(path: Path, cfg: PretrainConfig, pair_cache: Path | None = Non
     if pair_cache is None:
         s2, ps, info = build()
     else:
-        from training.paircache import cached_scene_pairs
+        from training.pretrain.paircache import cached_scene_pairs
 
         s2, ps, info, _ = cached_scene_pairs(scene_dir, cfg, pair_cache, build)
     return PretrainArrays(
@@ -259,9 +259,9 @@ def pretrain(
         precision: ``fp32``, ``tf32`` (CUDA) or ``bf16`` (autocast; the loss stays float32).
         resume: A ``pretrain_state`` checkpoint to continue from.
         progress: Show a progress bar.
-        fast: Run the fast step (:mod:`training.fastpath`) with these options; ``None`` = the reference
-            step (:func:`training.loop.contrastive_step`, one host read of the loss per step).
-        ranks: This process's rank in a data-parallel run (:mod:`training.distributed`, a process group
+        fast: Run the fast step (:mod:`training.pretrain.fastpath`) with these options; ``None`` = the reference
+            step (:func:`training.pretrain.loop.contrastive_step`, one host read of the loss per step).
+        ranks: This process's rank in a data-parallel run (:mod:`training.pretrain.distributed`, a process group
             already joined); ``None``: one process. Only rank 0 writes.
 
     Returns:
@@ -525,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="bf16 = autocast (loss in float32); tf32 = TF32 matrix multiplies (CUDA)",
     )
-    fastg = parser.add_argument_group("fast path (training.fastpath; same losses as the reference step)")
+    fastg = parser.add_argument_group(
+        "fast path (training.pretrain.fastpath; same losses as the reference step)"
+    )
     fastg.add_argument(
         "--fast",
         action="store_true",

@@ -1,4 +1,4 @@
-"""Second-modality scenes for :mod:`training.pairs`: finding them, their dates, bands and masks, and mosaicking.
+"""Second-modality scenes for :mod:`training.data.pairs`: finding them, their dates, bands and masks, and mosaicking.
 
 A scene is one GeoTIFF of the second modality (a PlanetScope SR scene, a Sentinel-1 backscatter image, ...)
 with its own CRS, grid and footprint. Nothing about it is assumed: its bands are found by their names (band

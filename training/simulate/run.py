@@ -26,8 +26,8 @@ The output follows the DENETHOR / DLR fusion layout read by :mod:`training.data.
                                      the next UTM zone (input of ``python -m training.pairs``)
     OUT/scene_b/...                  another region and year (shifted phenology, other soils)
 
-``s2_stack.tif`` and ``fields.gpkg`` are written by :func:`training.scene_export.write_cropmap_inputs`,
-``planet_scenes/`` by :func:`training.ps_scenes.write_ps_scenes`.
+``s2_stack.tif`` and ``fields.gpkg`` are written by :func:`training.simulate.scene_export.write_cropmap_inputs`,
+``planet_scenes/`` by :func:`training.simulate.ps_scenes.write_ps_scenes`.
 
 Run ``python -m training.simulate --out DIR`` (see ``--help``). What the model includes and leaves out is
 documented in docs/simulator.md.
@@ -53,8 +53,8 @@ import rasterio
 import shapely
 from rasterio.features import rasterize
 
-from training.ps_scenes import write_ps_scenes
-from training.scene_export import write_cropmap_inputs
+from training.simulate.ps_scenes import write_ps_scenes
+from training.simulate.scene_export import write_cropmap_inputs
 
 logger = logging.getLogger(__name__)
 

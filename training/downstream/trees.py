@@ -439,7 +439,7 @@ def tree_metadata(
 
     from cropmap.bundle import SCHEMA_VERSION, BundleMetadata, Provenance
     from training.checkpoint import git_revision
-    from training.downstream import _classes
+    from training.downstream.run import _classes
 
     assert data.time_grid is not None
     n = len(data.time_grid.day_of_season)
@@ -461,7 +461,7 @@ def tree_metadata(
             base_model=family,
             pretraining="none",
             training_data=f"{data.description or f'task {cfg.task}'}; {family}: {library_versions(family).split(',')[0]} "
-            f"on {len(feature_names(data.bands, n))} derived features (training.trees)",
+            f"on {len(feature_names(data.bands, n))} derived features (training.downstream.trees)",
             revision=git_revision(),
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             metrics={k: float(v) for k, v in metrics.items()},
@@ -489,9 +489,9 @@ def run_trees(
     """
     import json
 
-    from training.baselines import score
-    from training.downstream import PARITY_ROWS, _run_key, run_name, run_seed
-    from training.selection import select_scores
+    from training.downstream.baselines import score
+    from training.downstream.run import PARITY_ROWS, _run_key, run_name, run_seed
+    from training.downstream.selection import select_scores
 
     k = len(data.class_names)
     todo = [f for f in tree_families(cfg) if (cfg.task, f, 0, "supervised", None) not in done]

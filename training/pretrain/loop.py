@@ -1,4 +1,4 @@
-"""The contrastive model and its training step, shared by ``training.pretrain`` and the benchmark.
+"""The contrastive model and its training step, shared by ``training.pretrain.run`` and the benchmark.
 
 :class:`ContrastiveModel` holds one :class:`~training.models.encoder.NormalizedEncoder` and one
 :class:`~training.models.encoder.Projector` per modality (separate weights). Inputs are raw digital
@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.augment import scarf_corrupt
 from training.config import PretrainConfig, config_to_dict
-from training.losses import bimodal_loss, nt_xent
 from training.models.encoder import Normalize, NormalizedEncoder, Projector, TimeWiseEncoder, build_encoder
+from training.pretrain.augment import scarf_corrupt
+from training.pretrain.losses import bimodal_loss, nt_xent
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class ContrastiveModel(nn.Module):
         Uni-modal: the clean S2 sample and its SCARF-corrupted copy. Bi-modal: the corrupted S2 sample and
         the corrupted PlanetScope sample. SCARF replaces values by other rows' values of the batch, so views
         are drawn on the whole batch, also when several processes share its projections
-        (:mod:`training.distributed`).
+        (:mod:`training.pretrain.distributed`).
         """
 
         def corrupt(x: torch.Tensor) -> torch.Tensor:

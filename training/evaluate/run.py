@@ -1,7 +1,7 @@
 """Classification metrics and the papers' comparison report.
 
 ``python -m training.evaluate --results DIR/results.jsonl --out REPORT_DIR`` reads the
-JSON lines written by :mod:`training.downstream` and writes, per task and base model:
+JSON lines written by :mod:`training.downstream.run` and writes, per task and base model:
 
 * the win matrix ``W[i, j]`` = fraction of experiments in which method ``i`` has a
   strictly higher validation accuracy than method ``j`` (SCARF's protocol; ties count
@@ -14,7 +14,7 @@ JSON lines written by :mod:`training.downstream` and writes, per task and base m
   ``gain_<task>.png``.
 * ``table1.md``: supervised accuracy mean +- std over variants, mean uni-modal and
   bi-modal gains, and the bi-modal vs supervised wins, in the layout of the journal's
-  Table 1, with the baselines (:mod:`training.baselines`: a RandomForest on the same inputs and the
+  Table 1, with the baselines (:mod:`training.downstream.baselines`: a RandomForest on the same inputs and the
   majority class) as rows of their own; the win matrices of the base models carry the baselines
   (RandomForest and majority on the supervised inputs) as extra rows and columns; ``per_class.md``: accuracy, macro F1, Cohen's kappa per method and the
   per-class recall / F1 from the summed confusion matrices; ``summary.json`` with all
@@ -47,7 +47,7 @@ METHOD_LABELS = {
     "majority": "majority",
 }
 BASELINE_FAMILIES = ("random_forest", "majority")
-"""Baseline records (:mod:`training.baselines`): their own Table-1 rows, and rows / columns of every win matrix."""
+"""Baseline records (:mod:`training.downstream.baselines`): their own Table-1 rows, and rows / columns of every win matrix."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def metrics_from_confusion(cm: np.ndarray | Sequence[Sequence[int]]) -> Metrics:
 # results and comparisons
 # ----------------------------------------------------------------------------------------------
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read the JSON-lines results file written by :mod:`training.downstream`.
+    """Read the JSON-lines results file written by :mod:`training.downstream.run`.
 
     Raises:
         FileNotFoundError: If the file is missing.
@@ -441,7 +441,7 @@ def write_report(results: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Write the full report for a results file.
 
     Args:
-        results: JSON-lines file from :mod:`training.downstream`.
+        results: JSON-lines file from :mod:`training.downstream.run`.
         out_dir: Report folder (created).
 
     Returns:
@@ -493,7 +493,9 @@ def _nan_to_none(value: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m training.evaluate``."""
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, required=True, help="results.jsonl from training.downstream")
+    parser.add_argument(
+        "--results", type=Path, required=True, help="results.jsonl from training.downstream.run"
+    )
     parser.add_argument("--out", type=Path, required=True, help="report folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -129,7 +129,7 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     """Mark failed the running trials of ``study`` whose worker ran on this machine and whose process is gone.
 
     A trial knows its worker from its ``host`` and ``pid`` user attributes (set by
-    :func:`training.tune.run_study` as a trial starts). Returns the numbers of the trials marked failed.
+    :func:`training.downstream.tune.run_study` as a trial starts). Returns the numbers of the trials marked failed.
     """
     import os
     import socket

@@ -1,6 +1,6 @@
 """Data-parallel pre-training: several processes (``torchrun``) share each batch of one pre-training run.
 
-``torchrun --nproc-per-node N -m training.pretrain ...`` (one node) or ``srun torchrun --nnodes M ...``
+``torchrun --nproc-per-node N -m training.pretrain.run ...`` (one node) or ``srun torchrun --nnodes M ...``
 (docs/scaling.md) starts ``N x M`` ranks; :func:`init_from_env` joins them (NCCL on GPUs, gloo on CPUs). Every
 rank computes exactly what one process computes with the same configuration:
 
@@ -221,7 +221,7 @@ def distributed_step(
     evaluates the whole batch's loss; it back-propagates ``world x`` its rows' share (the loss's gradient with
     respect to its rows' projections), and DDP averages the parameter gradients.
     """
-    from training.loop import precision_context
+    from training.pretrain.loop import precision_context
 
     model = ddp.module
     optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from training.baselines import score
+from training.downstream.baselines import score
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def carve_selection(
     Raises:
         ValueError: If a class would have no fitting sample or the selection split would be empty.
     """
-    from training.recipe import selection_split
+    from training.downstream.recipe import selection_split
 
     if fraction <= 0:
         return data, None, None

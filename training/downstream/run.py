@@ -6,7 +6,7 @@ bimodal_0.2=B2.pt bimodal_0.6=B6.pt --families lstm,inception_time,transformer -
 
 Protocol (PAPER.md section 4):
 
-* ``variants`` hyper-parameter variants per family are sampled once (:func:`training.tune.sample_variants`,
+* ``variants`` hyper-parameter variants per family are sampled once (:func:`training.downstream.tune.sample_variants`,
   kept in ``OUT/variants.db``) and each is trained with every method using the same hyper-parameters.
 * **supervised**: the base model on the raw bands, standardised with per-band statistics of the
   training set. **uni-modal / bi-modal**: the base model on the per-stamp embeddings of a frozen
@@ -19,7 +19,7 @@ Protocol (PAPER.md section 4):
   validation embeddings fit in ``embed_cache_gb`` (the papers' 54,000 x 144 x 256 float32 set needs
   8.0 GB); otherwise the encoder runs on every batch, still frozen.
 * Each finished run writes its trained model to ``OUT/models/<run>.pt`` (a ``classifier`` checkpoint,
-  :mod:`training.classifier`: base model, frozen encoder weights and path, normalisation, classes,
+  :mod:`training.downstream.classifier`: base model, frozen encoder weights and path, normalisation, classes,
   time grid, bands, parity inputs) and then its line to ``OUT/results.jsonl`` (``"model"`` names the
   file); ``OUT/validation-task<T>.npz`` keeps the validation series for exports. A rerun skips
   finished runs, and refuses to mix results produced with another set-up in the same file.
@@ -54,14 +54,11 @@ import torch
 from torch import nn
 
 from cropmap.bundle import ClassInfo, TimeGrid
-from training.baselines import score
 from training.checkpoint import CheckpointError, describe_error
-from training.classifier import classifier_metadata, describe_encoder, save_classifier
 from training.config import ConfigError, config_to_dict, load_config
-from training.evaluate import confusion_matrix, metrics_from_confusion
-from training.models import MODELS, build_model
-from training.models.encoder import compute_norm_stats, load_frozen_encoder
-from training.recipe import (
+from training.downstream.baselines import score
+from training.downstream.classifier import classifier_metadata, describe_encoder, save_classifier
+from training.downstream.recipe import (
     RECIPES,
     Recipe,
     augment_batch,
@@ -71,7 +68,10 @@ from training.recipe import (
     lr_lambda,
     selection_split,
 )
-from training.tune import sample_variants, split_lr
+from training.downstream.tune import sample_variants, split_lr
+from training.evaluate.run import confusion_matrix, metrics_from_confusion
+from training.models import MODELS, build_model
+from training.models.encoder import compute_norm_stats, load_frozen_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -153,18 +153,18 @@ class DownstreamConfig:
     save_models: bool = True
     """Write every finished run's model to ``OUT/models/`` (what ``python -m exporters --best`` reads)."""
     recipe: str = "robust"
-    """How base models train (:mod:`training.recipe`): ``robust`` (default for users) or ``papers`` (Table 1)."""
+    """How base models train (:mod:`training.downstream.recipe`): ``robust`` (default for users) or ``papers`` (Table 1)."""
     prior_correction: float | None = None
     """Replace the recipe's prior correction (0: decisions as trained; 1: for the training class mix)."""
     baselines: bool = True
-    """Also score a RandomForest (per method, on the same inputs) and the majority class (:mod:`training.baselines`)."""
+    """Also score a RandomForest (per method, on the same inputs) and the majority class (:mod:`training.downstream.baselines`)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16`` trains the base models under bf16 autocast (the loss stays fp32)."""
     selection_holdout: float | None = None
-    """Fraction of the training samples set aside to pick and calibrate models (:mod:`training.selection`);
+    """Fraction of the training samples set aside to pick and calibrate models (:mod:`training.downstream.selection`);
     ``None``: 0.2 for task real, 0 otherwise."""
     trees: tuple[str, ...] | None = None
-    """Tree families trained on derived features of the raw series (:mod:`training.trees`); ``None``: forest and
+    """Tree families trained on derived features of the raw series (:mod:`training.downstream.trees`); ``None``: forest and
     boosting for task real, none for the simulated tasks; empty: none."""
     tree_trials: int = 20
     """Optuna trials per tree family (3-fold CV inside the training samples)."""
@@ -189,8 +189,8 @@ class DownstreamConfig:
         if self.embed_cache_gb < 0 or self.threads < 0:
             raise ValueError("embed_cache_gb and threads must be >= 0")
         self.training_recipe()  # raises on an unknown name or a bad prior_correction
-        from training.selection import check_holdout
-        from training.trees import check_trees
+        from training.downstream.selection import check_holdout
+        from training.downstream.trees import check_trees
 
         check_holdout(self.selection_holdout)
         check_trees(self.trees or (), self.tree_trials, self.tree_budget_s)
@@ -315,10 +315,10 @@ def train_run(
     y_sel: torch.Tensor | None = None,
     precision: Literal["fp32", "bf16"] = "fp32",
 ) -> dict[str, Any]:
-    """Train a base model with a :class:`~training.recipe.Recipe`, then score it on the validation set.
+    """Train a base model with a :class:`~training.downstream.recipe.Recipe`, then score it on the validation set.
 
     With ``recipe.prior_correction`` the head's bias is corrected after training (see
-    :func:`~training.recipe.correct_prior`); the final scores include it, the per-epoch ``curve`` does not.
+    :func:`~training.downstream.recipe.correct_prior`); the final scores include it, the per-epoch ``curve`` does not.
 
     Args:
         model: Base model ``(B, T, D) -> (B, K)``.
@@ -347,7 +347,7 @@ def train_run(
     """
     import copy
 
-    from training.loop import autocast_context
+    from training.pretrain.loop import autocast_context
 
     recipe = recipe or RECIPES["papers"]
     if (x_sel is None) != (y_sel is None):
@@ -697,8 +697,8 @@ def run_comparison(
     if len(set(keys)) != len(keys):
         raise ValueError(f"encoders repeat a (method, corruption) pair: {keys}")
     recipe = cfg.training_recipe()
-    from training.selection import SELECT_INPUTS, carve_selection, holdout_fraction, select_scores
-    from training.trees import tree_families
+    from training.downstream.selection import SELECT_INPUTS, carve_selection, holdout_fraction, select_scores
+    from training.downstream.trees import tree_families
 
     holdout = holdout_fraction(cfg)
     data, x_sel, y_sel = carve_selection(data, holdout, cfg.split_seed)
@@ -815,7 +815,7 @@ def run_comparison(
                 done,
             )
         if tree_families(cfg) and method == "supervised":
-            from training.trees import run_trees
+            from training.downstream.trees import run_trees
 
             run_trees(
                 cfg,
@@ -985,7 +985,7 @@ def _run_ensemble(
     select: tuple[torch.Tensor | None, np.ndarray | None] = (None, None),
 ) -> None:
     """Average the probabilities of every run of ``family`` with this method; score and save the ensemble."""
-    from training.classifier import load_classifier
+    from training.downstream.classifier import load_classifier
     from training.models.ensemble import EnsembleClassifier
 
     name = f"{family}_ensemble"
@@ -1014,7 +1014,7 @@ def _run_ensemble(
     sel = [r.get("selection_f1") for r in recs]
     res["selection_f1"] = float(np.mean(sel)) if all(v is not None for v in sel) else None
     if select[0] is not None:
-        from training.selection import select_scores
+        from training.downstream.selection import select_scores
 
         pred_sel = predict(ens, select[0], batch_size=512, device=cfg.device, front=run_front).numpy()
         res.update(select_scores(select[1], pred_sel, len(data.class_names)))
@@ -1087,7 +1087,7 @@ def _run_baselines(
     done: dict[Any, dict[str, Any]],
 ) -> None:
     """Score the RandomForest on this method's inputs (and, once, the majority class); append their records."""
-    from training.baselines import majority, random_forest
+    from training.downstream.baselines import majority, random_forest
 
     k = len(data.class_names)
     todo = [("random_forest", method, corruption)]
@@ -1245,7 +1245,7 @@ def load_sim_task(
     """
     from training.data.datasets import task_sets
     from training.data.denethor import S2_BAND_NAMES
-    from training.simulate import CROP_NAMES
+    from training.simulate.run import CROP_NAMES
 
     sets = task_sets(root, int(task), n_train, n_val, seed, fill=fill)
     probe = TimeGrid("01-01", (0,), ())

@@ -1,0 +1,5 @@
+"""``python -m training.pretrain``."""
+
+from training.pretrain.run import main
+
+raise SystemExit(main())
