@@ -33,12 +33,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_precision import cores, e2e_vs_raw
 
-from cropmap.bundle import load_bundle
+from cropmap.contract.timegrid import fill_gaps, select_season
 from cropmap.mask import load_polygons, rasterize_block
 from cropmap.models import DEFAULT_BUNDLE
+from cropmap.runtime import load_bundle
 from cropmap.stack import open_stack
 from cropmap.tiling import block_shape, plan_blocks
-from cropmap.timegrid import fill_gaps, select_season
 
 
 def prefilled_pixels(stack: Path, mask: Path, model: Path) -> np.ndarray:

@@ -11,7 +11,7 @@ What it does (everything on scene A of ``python -m training.simulate``):
 2. Trains a small BiLSTM (``training.models`` ``lstm``) on the pre-training + training fields of the cloudy
    scene, with clouds masked and filled in training exactly as at inference
    (``training.data.datasets.balanced_pixels(..., fill="linear")``: cloud probability > 0.4 or no data -> gap,
-   :func:`cropmap.timegrid.fill_gaps`), and exports it as a cropmap bundle (:func:`exporters.to_onnx.export_bundle`)
+   :func:`cropmap.contract.timegrid.fill_gaps`), and exports it as a cropmap bundle (:func:`exporters.to_onnx.export_bundle`)
    whose time grid is the scene's own dates.
 3. Writes the cloudy scene as a GeoTIFF stack with one ``YYYY-MM-DD_CLP`` band per date (the simulator's
    s2cloudless-like cloud probability, 0..255), the twin as a stack without it, and the validation fields
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from cropmap.bundle import BundleMetadata, ClassInfo, Provenance, TimeGrid
+from cropmap.contract.metadata import BundleMetadata, ClassInfo, Provenance, TimeGrid
 
 PALETTE = ("#e6ab02", "#a6761d", "#d95f02", "#fdbf6f", "#66a61e", "#ffff33", "#984ea3", "#1b9e77", "#7fc97f")
 

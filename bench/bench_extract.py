@@ -95,8 +95,8 @@ def tiny_bundle(path: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests" / "cropmap"))
     from stackkit import base_metadata, write_bundle
 
-    from cropmap.bundle import load_bundle
     from cropmap.models import DEFAULT_BUNDLE
+    from cropmap.runtime import load_bundle
 
     shipped = load_bundle(DEFAULT_BUNDLE).metadata
     meta = base_metadata(

@@ -90,7 +90,7 @@ def write_map(path: Path, size: int, rng: np.random.Generator) -> None:
     from affine import Affine
     from rasterio.windows import Window
 
-    from cropmap.bundle import ClassInfo
+    from cropmap.contract.metadata import ClassInfo
     from cropmap.writer import class_tags, colormap
 
     classes = [

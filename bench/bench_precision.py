@@ -67,7 +67,7 @@ def ort_px_per_s(
     batch: int = BATCH,
 ) -> float:
     """Best-of-``repeat`` pixels/s of a bundle's session alone on ``x`` in batches of ``batch``."""
-    from cropmap.bundle import load_bundle
+    from cropmap.runtime import load_bundle
 
     b = load_bundle(path, provider=provider, intra_op_threads=threads or cores())
     b.run(x[:batch])
@@ -83,7 +83,7 @@ def ort_px_per_s(
 def interleaved_px_per_s(paths: dict[str, Path], x: np.ndarray, repeat: int) -> dict[str, float]:
     """Best-of-``repeat`` pixels/s of several bundles on ``x``, their passes taken in turn (A B C A B C ...) so that a
     change in the machine's load hits them alike."""
-    from cropmap.bundle import load_bundle
+    from cropmap.runtime import load_bundle
 
     sessions = {k: load_bundle(p, intra_op_threads=cores()) for k, p in paths.items()}
     for b in sessions.values():
@@ -99,7 +99,7 @@ def interleaved_px_per_s(paths: dict[str, Path], x: np.ndarray, repeat: int) -> 
 
 
 def logits_of(path: Path, x: np.ndarray) -> np.ndarray:
-    from cropmap.bundle import load_bundle
+    from cropmap.runtime import load_bundle
 
     b = load_bundle(path, intra_op_threads=cores())
     return np.concatenate([b.run(x[s : s + BATCH]) for s in range(0, len(x), BATCH)])
@@ -108,7 +108,7 @@ def logits_of(path: Path, x: np.ndarray) -> np.ndarray:
 def batch_consistency(path: Path, x: np.ndarray, small: int = 512) -> float:
     """Share of ``x`` whose class is the same in batches of ``small`` as in batches of :data:`BATCH` (below 1 only
     when the graph's result depends on the batch, as dynamic int8 does)."""
-    from cropmap.bundle import load_bundle
+    from cropmap.runtime import load_bundle
 
     b = load_bundle(path, intra_op_threads=cores())
     big = np.concatenate([b.run(x[s : s + BATCH]) for s in range(0, len(x), BATCH)])
@@ -172,10 +172,10 @@ def sample_pixels() -> tuple[np.ndarray, np.ndarray]:
     """(cropland pixels as classify feeds them, other stack pixels with enough data) of the sample stack."""
     from bench_classify import prefilled_pixels
 
-    from cropmap.bundle import load_bundle
+    from cropmap.contract.timegrid import fill_gaps, select_season
     from cropmap.models import DEFAULT_BUNDLE
+    from cropmap.runtime import load_bundle
     from cropmap.stack import open_stack
-    from cropmap.timegrid import fill_gaps, select_season
 
     crop = prefilled_pixels(STACK, MASK, DEFAULT_BUNDLE)
     meta = load_bundle(DEFAULT_BUNDLE).metadata
@@ -257,8 +257,8 @@ def e2e_vs_raw(
       ratio is the cost of everything around the model.
     """
     import cropmap
-    from cropmap.bundle import load_bundle
     from cropmap.options import DEFAULT_BATCH_SIZE, auto_batch_size
+    from cropmap.runtime import load_bundle
 
     one = load_bundle(model, provider="cpu", intra_op_threads=cores())
     batch_size = batch_size or auto_batch_size(one.metadata.n_timesteps)
@@ -600,7 +600,7 @@ def _vs_torch(name: str, graph: Any, fp32: Path, int8: Path, x: np.ndarray, repe
     best configuration (all of them are kept under ``configs``)."""
     import torch
 
-    from cropmap.bundle import load_bundle
+    from cropmap.runtime import load_bundle
     from exporters.to_onnx import _LogitsOnly, _no_mha_fast_path
 
     xt = torch.from_numpy(x)
@@ -655,7 +655,7 @@ def paper_model(seed: int = 0) -> tuple[Any, np.ndarray, Any]:
     bundle metadata and raw inputs."""
     import torch
 
-    from cropmap.bundle import ClassInfo, TimeGrid
+    from cropmap.contract.metadata import ClassInfo, TimeGrid
     from exporters.to_onnx import build_graph
     from training.downstream.classifier import classifier_metadata
     from training.models import build_model
@@ -781,7 +781,7 @@ def part_gpu(repeat: int, work: Path) -> dict[str, Any]:
     x = np.tile(crop, (16, 1, 1))
     cpu = logits_of(DEFAULT_BUNDLE, crop)
     res: dict[str, Any] = {"machine": machine()}
-    from cropmap.bundle import load_bundle
+    from cropmap.runtime import load_bundle
 
     for name, path, provider in (
         ("fp32 cuda", DEFAULT_BUNDLE, "cuda"),

@@ -21,7 +21,7 @@ import shapely
 from rasterio.transform import from_origin
 
 import cropmap
-from cropmap.bundle import METADATA_KEY, BundleMetadata, ClassInfo, Provenance, TimeGrid
+from cropmap.contract.metadata import METADATA_KEY, BundleMetadata, ClassInfo, Provenance, TimeGrid
 
 N, K, RES = 256, 4, 10.0
 DATES = [dt.date(2021, m, 5) for m in (3, 4, 5, 6, 7, 8)]

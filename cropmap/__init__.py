@@ -21,9 +21,10 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
-from cropmap.bundle import BundleMetadata, load_bundle
+from cropmap.contract.metadata import BundleMetadata
 from cropmap.errors import CropmapError
 from cropmap.options import ClassifyOptions
+from cropmap.runtime import load_bundle
 
 if TYPE_CHECKING:
     from pathlib import Path

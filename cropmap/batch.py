@@ -464,8 +464,8 @@ def _batch_options(options: ClassifyOptions | None, kwargs: dict[str, Any]) -> C
 def _check_bundle(model: str | Path | None, opts: ClassifyOptions, provider: str = "cpu") -> Path:
     """Open the bundle once here (on ``provider``) so that a bad bundle or a provider that cannot start stops
     the batch before any region runs."""
-    from cropmap.bundle import load_bundle
     from cropmap.models import DEFAULT_BUNDLE
+    from cropmap.runtime import load_bundle
 
     path = Path(model).expanduser().resolve() if model is not None else DEFAULT_BUNDLE
     if model is None and not path.is_file():

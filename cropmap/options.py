@@ -22,7 +22,7 @@ DEFAULT_BLOCK_SIZE_PX = 512
 BLOCK_MEMORY_BUDGET_BYTES = 256 * 2**20
 """Default blocks are shrunk (down to one file tile) until one block's working arrays fit this budget."""
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
-"""``--provider`` values (:data:`cropmap.bundle.PROVIDERS` plus ``auto``)."""
+"""``--provider`` values (:data:`cropmap.runtime.PROVIDERS` plus ``auto``)."""
 EMBEDDING_DTYPE_CHOICES = ("int8", "float16", "float32")
 """``--embedding-dtype`` values (:data:`cropmap.embedding.EMBEDDING_DTYPES`); the first is the default."""
 
@@ -65,7 +65,7 @@ class ClassifyOptions:
     """Write the PNG quick-look."""
     cloud_band: str | None = None
     """Band whose values mask clouds and shadows (``SCL`` or a cloud probability such as ``CLP``); ``None`` finds
-    one by name, ``"none"`` turns masking off for a stack known to be cloud-free (see :mod:`cropmap.clouds`)."""
+    one by name, ``"none"`` turns masking off for a stack known to be cloud-free (see :mod:`cropmap.contract.clouds`)."""
     cloud_threshold: float | None = None
     """Cloud probability (0..1) above which an observation is masked; ``None``: 0.4. Probability bands only."""
     cloud_classes: tuple[int, ...] | None = None
@@ -89,7 +89,7 @@ class ClassifyOptions:
     provider: str = "auto"
     """ONNX Runtime execution provider: ``"auto"`` (the best that starts: CUDA, else the CPU; the summary
     records which), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``. One that was asked for and cannot start is an
-    error, never a run on another (:func:`cropmap.bundle.load_bundle`)."""
+    error, never a run on another (:func:`cropmap.runtime.load_bundle`)."""
     embedding_dtype: str = "int8"
     """Storage of ``<out stem>_embedding.tif``: ``"int8"`` (per-band GDAL scale/offset, 1 byte per value),
     ``"float16"`` or ``"float32"`` (see :mod:`cropmap.embedding`)."""

@@ -32,7 +32,7 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize
 
-from cropmap.bundle import ClassInfo
+from cropmap.contract.metadata import ClassInfo
 from cropmap.errors import MaskError
 
 logger = logging.getLogger(__name__)

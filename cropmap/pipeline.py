@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 from rasterio.windows import bounds as window_bounds
 
-from cropmap.bundle import BundleMetadata
-from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
+from cropmap.contract.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
+from cropmap.contract.metadata import BundleMetadata
+from cropmap.contract.timegrid import select_season
 from cropmap.errors import BundleError, InputRasterError
 from cropmap.mask import Polygons, load_polygons
 from cropmap.options import ClassifyOptions, auto_batch_size
@@ -39,7 +40,6 @@ from cropmap.predict import (
 from cropmap.sanity import check_processing_level, check_reflectance, check_season
 from cropmap.stack import Stack, bounded_gdal_cache, open_stack
 from cropmap.tiling import Block, Executor, block_shape, make_executor, plan_blocks, run_blocks
-from cropmap.timegrid import select_season
 
 logger = logging.getLogger(__name__)
 

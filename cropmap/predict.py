@@ -25,8 +25,9 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from typing_extensions import Self
 
-from cropmap.bundle import Bundle, BundleMetadata, load_bundle
-from cropmap.clouds import CloudMask
+from cropmap.contract.clouds import CloudMask
+from cropmap.contract.metadata import BundleMetadata
+from cropmap.contract.timegrid import fill_gaps
 from cropmap.errors import BundleError
 from cropmap.mask import rasterize_block
 from cropmap.postprocess import (
@@ -37,9 +38,9 @@ from cropmap.postprocess import (
     softmax,
 )
 from cropmap.postprocess import uncertainty as _uncertainty
+from cropmap.runtime import Bundle, load_bundle
 from cropmap.stack import Stack
 from cropmap.tiling import Block
-from cropmap.timegrid import fill_gaps
 
 CONFIDENCE_NODATA = 255
 """Nodata of the confidence, probability and uncertainty rasters (valid values are 0..100)."""
@@ -73,7 +74,7 @@ class BlockPrediction:
     n_observations: int = 0
     """Observations of mask pixels with valid reflectance before cloud masking (0 when the stack has no cloud band)."""
     n_cloud_masked: int = 0
-    """Of those, the observations masked as cloud, shadow etc. (:mod:`cropmap.clouds`)."""
+    """Of those, the observations masked as cloud, shadow etc. (:mod:`cropmap.contract.clouds`)."""
     provider: str | None = None
     """The ONNX Runtime execution provider that ran the model on this block (``None``: nothing to classify)."""
     float_probabilities: np.ndarray | None = None
@@ -441,7 +442,7 @@ class BlockJob:
     cloud: CloudMask | None = None
     """The stack's cloud band and masking rule; ``None``: no cloud masking."""
     provider: str = "cpu"
-    """ONNX Runtime execution provider of the workers' sessions (see :func:`cropmap.bundle.load_bundle`)."""
+    """ONNX Runtime execution provider of the workers' sessions (see :func:`cropmap.runtime.load_bundle`)."""
     pool: SessionPool | None = field(default=None, compare=False, repr=False)
     """A local run's shared sessions (:class:`SessionPool`); ``None`` on a dask cluster, where a job is pickled."""
 

@@ -21,7 +21,7 @@ import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
-from cropmap.bundle import ClassInfo
+from cropmap.contract.metadata import ClassInfo
 
 logger = logging.getLogger(__name__)
 

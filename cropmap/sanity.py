@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from cropmap.bundle import BundleMetadata
+from cropmap.contract.metadata import BundleMetadata
 from cropmap.errors import InputRasterError
 from cropmap.stack import Stack
 from cropmap.tiling import Block
@@ -53,7 +53,7 @@ MIN_VALUES = 200
 
 MIN_SEASON_COVERAGE = 0.8
 """Least share of the bundle's grid positions a stack's dates must cover
-(:func:`cropmap.timegrid.season_coverage`) unless ``allow_partial_season``; below 1 a warning says which
+(:func:`cropmap.contract.timegrid.season_coverage`) unless ``allow_partial_season``; below 1 a warning says which
 part of the season is missing."""
 _L1C_RE = re.compile(
     r"(?<![A-Za-z0-9])(L1C|MSIL1C|S2MSI1C|Level-?1C|TOA|top[ _-]of[ _-]atmosphere)(?![A-Za-z0-9])",
@@ -86,12 +86,12 @@ def check_season(
         where: The bundle, as messages name it.
 
     Returns:
-        The coverage record of the run summary (:func:`cropmap.timegrid.season_coverage`, with dates).
+        The coverage record of the run summary (:func:`cropmap.contract.timegrid.season_coverage`, with dates).
 
     Raises:
         InputRasterError: If the coverage is below :data:`MIN_SEASON_COVERAGE` and ``allow_partial`` is off.
     """
-    from cropmap.timegrid import season_coverage
+    from cropmap.contract.timegrid import season_coverage
 
     grid = meta.time_grid
     dates = [stack.dates[i] for i in obs]

@@ -17,7 +17,7 @@ from typing import Any
 from affine import Affine
 from rasterio.crs import CRS
 
-from cropmap.bundle import ClassInfo
+from cropmap.contract.metadata import ClassInfo
 
 STAC_VERSION = "1.0.0"
 PROJECTION_EXT = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"

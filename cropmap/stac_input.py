@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from cropmap.bands import canonical_band
+from cropmap.contract.bands import canonical_band
 from cropmap.errors import InputRasterError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ COMMON_NAMES = {
 }
 """EO common names (and Earth Search asset keys) of the Sentinel-2 MSI bands."""
 EXTRA_BANDS = {"scl": "SCL", "clp": "CLP", "cld": "CLD"}
-"""Asset keys of cloud information used as the bands of the same name (:mod:`cropmap.clouds`)."""
+"""Asset keys of cloud information used as the bands of the same name (:mod:`cropmap.contract.clouds`)."""
 _RASTER_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
 
 

@@ -35,7 +35,7 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from cropmap.bands import canonical_band
+from cropmap.contract.bands import canonical_band
 from cropmap.errors import InputRasterError
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from typing_extensions import Self
 
-from cropmap.bundle import ClassInfo
+from cropmap.contract.metadata import ClassInfo
 from cropmap.errors import OutputExistsError
 from cropmap.safeio import cause_of, io_step, owned_path, replace_all
 from cropmap.stack import bounded_gdal_cache

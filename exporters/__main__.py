@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.bundle import PRECISIONS
+from cropmap.contract.metadata import PRECISIONS
 from cropmap.errors import BundleError
 from cropmap.safeio import interrupt_exit_code, signals_as_interrupts
 from exporters.best import METRICS, SPLITS, export_best

@@ -11,7 +11,7 @@ ECE is the usual max-probability expected calibration error: the samples are bin
 by their highest probability into ``n_bins`` equal-width bins on [0, 1], and ECE is
 the sample-weighted mean of ``|accuracy - mean confidence|`` over the bins.
 
-The result is a :class:`cropmap.bundle.Calibration`, stored in the bundle metadata by
+The result is a :class:`cropmap.contract.metadata.Calibration`, stored in the bundle metadata by
 :func:`exporters.to_onnx.export_bundle` (``calibration_data=``) and applied by cropmap.
 numpy only (matplotlib for the diagram); no torch needed.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.bundle import Calibration
+from cropmap.contract.metadata import Calibration
 from cropmap.postprocess import softmax
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def calibrate(
     """Fit temperature scaling on validation ``logits`` ``(N, K)`` and ``labels`` (column indices ``0..K-1``).
 
     Returns:
-        The bundle's :class:`~cropmap.bundle.Calibration` with ECE before and after.
+        The bundle's :class:`~cropmap.contract.metadata.Calibration` with ECE before and after.
 
     Raises:
         CalibrationError: On malformed inputs.

@@ -39,9 +39,9 @@ class ParityReport:
     max_abs_embedding_diff: float | None = None
     """Largest difference of the embedding output, when both sides have one."""
     calibration: Any = None
-    """The :class:`cropmap.bundle.Calibration` fitted by ``export_bundle(calibration_data=...)``, else ``None``."""
+    """The :class:`cropmap.contract.metadata.Calibration` fitted by ``export_bundle(calibration_data=...)``, else ``None``."""
     precision: Any = None
-    """The :class:`cropmap.bundle.Precision` of an fp16/int8 export (agreement with fp32), else ``None``."""
+    """The :class:`cropmap.contract.metadata.Precision` of an fp16/int8 export (agreement with fp32), else ``None``."""
 
     @property
     def passed(self) -> bool:

@@ -20,7 +20,7 @@ Every reduced graph is compared with the fp32 graph on held-out series (not used
 calibration): argmax agreement, largest |logit difference| and, with labels, the accuracy
 of both. Below ``min_agreement`` (default :data:`DEFAULT_MIN_AGREEMENT`) the export is
 refused with :class:`PrecisionError`; otherwise the numbers go into the bundle metadata
-(:class:`cropmap.bundle.Precision`) and the bundle is written atomically as one file (no
+(:class:`cropmap.contract.metadata.Precision`) and the bundle is written atomically as one file (no
 external ``.onnx.data``).
 
 Known pitfalls handled here: the quantiser needs ``quant_pre_process`` first (shape
@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from cropmap.bundle import METADATA_KEY, PRECISIONS, BundleMetadata, Precision, load_bundle
+from cropmap.contract.metadata import METADATA_KEY, PRECISIONS, BundleMetadata, Precision
+from cropmap.runtime import load_bundle
 
 logger = logging.getLogger(__name__)
 

@@ -178,8 +178,8 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m exporters.score``; returns the exit status."""
-    from cropmap.bundle import load_bundle
     from cropmap.errors import BundleError
+    from cropmap.runtime import load_bundle
     from training.checkpoint import describe_error
     from training.config import ConfigError
 

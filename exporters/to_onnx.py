@@ -49,7 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cropmap.bundle import METADATA_KEY, PRECISIONS, BundleMetadata, load_bundle
+from cropmap.contract.metadata import METADATA_KEY, PRECISIONS, BundleMetadata
+from cropmap.runtime import load_bundle
 from cropmap.safeio import (
     io_step,
     journal_path,

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from cropmap.bundle import METADATA_KEY, BundleMetadata
+from cropmap.contract.metadata import METADATA_KEY, BundleMetadata
 from exporters.parity import ParityError, ParityReport
 from exporters.to_onnx import ExportError
 from training.downstream.trees import INDEX_EPS, TREE_OPSET, TreeClassifier, index_pairs

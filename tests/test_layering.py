@@ -2,19 +2,23 @@
 
 - ``cropmap`` (the deployable) imports neither ``training`` nor ``exporters``, nor torch, onnx or optuna, anywhere
   (module level or inside a function): ``pip install .`` has none of them.
+- ``cropmap.contract`` (what every package shares) imports from cropmap only itself and ``cropmap.errors``, and of
+  the libraries only numpy and the standard library: no ONNX Runtime, torch or rasterio.
 - ``training`` never imports ``exporters``; of ``cropmap`` it imports the contract (:data:`CONTRACT`) and, in the
   readers that turn inference's inputs into training data (:data:`READERS`), inference's input side
   (:data:`INPUT_SIDE`), so training and inference read stacks, polygons and clouds with the same code.
-- ``exporters`` knows both sides: it may import ``cropmap`` and ``training``.
+- ``exporters`` knows both sides: of ``cropmap`` it imports the contract and the runtime side it checks and writes
+  bundles with (:data:`EXPORTER_RUNTIME`), and ``training``.
 
 `tests/cropmap/test_imports.py` proves the runtime side (``import cropmap`` and a whole classify run with torch,
-onnx and optuna blocked); this file proves the source side, module by module, so a forbidden import in a rarely
-run function fails too.
+onnx and optuna blocked, ``import cropmap.contract`` without onnxruntime, torch or rasterio); this file proves the
+source side, module by module, so a forbidden import in a rarely run function fails too.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +26,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-CONTRACT = frozenset(
-    {"cropmap.bands", "cropmap.bundle", "cropmap.clouds", "cropmap.timegrid", "cropmap.errors"}
-)
-"""What every training module may import from cropmap: band names, bundle metadata, the cloud rule, the time grid
-and gap fill, and the error types."""
+CONTRACT = frozenset({"cropmap.contract", "cropmap.errors"})
+"""What every training and exporters module may import from cropmap: the contract package (band names, bundle
+metadata and its JSON, the time grid and gap fill, the cloud rule) and the error types."""
 
 INPUT_SIDE = frozenset(
     {"cropmap.stack", "cropmap.mask", "cropmap.tiling", "cropmap.sanity", "cropmap.safeio"}
@@ -35,6 +37,13 @@ INPUT_SIDE = frozenset(
 
 READERS = frozenset({"training/data/extract.py", "training/data/pairs.py"})
 """The training modules that read what ``cropmap classify`` reads (labelled series, bi-modal pairs)."""
+
+EXPORTER_RUNTIME = frozenset({"cropmap.runtime", "cropmap.safeio", "cropmap.postprocess"})
+"""What exporters also imports from cropmap: each bundle is opened as cropmap opens it (``load_bundle``), written
+with inference's atomic outputs and signal handling, and calibrated with the softmax inference applies."""
+
+CONTRACT_LIBRARIES = ("numpy",)
+"""The only library the contract package imports besides the standard library and ``cropmap.errors``."""
 
 HEAVY = ("torch", "onnx", "optuna")
 
@@ -83,13 +92,31 @@ def test_cropmap_imports_no_training_exporters_or_heavy_libraries() -> None:
     assert not bad, "cropmap must run with the inference install only:\n" + "\n".join(bad)
 
 
+def _owner(module: str) -> str:
+    """``cropmap.contract.metadata`` -> ``cropmap.contract``, ``cropmap.stack`` -> ``cropmap.stack``."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_contract_imports_only_numpy_the_standard_library_and_itself() -> None:
+    def allowed(rel: str, module: str) -> bool:
+        if _top(module) == "cropmap":
+            return _owner(module) in CONTRACT
+        return _top(module) in CONTRACT_LIBRARIES or _top(module) in sys.stdlib_module_names
+
+    bad = _violations("cropmap/contract", allowed)
+    assert not bad, (
+        f"cropmap.contract may import only {sorted(CONTRACT)}, {list(CONTRACT_LIBRARIES)} and the standard "
+        "library (no onnxruntime, torch or rasterio: training and exporters share it):\n" + "\n".join(bad)
+    )
+
+
 def test_training_imports_only_the_contract_and_in_readers_the_input_side() -> None:
     def allowed(rel: str, module: str) -> bool:
         if _top(module) == "exporters":
             return False
         if _top(module) != "cropmap":
             return True
-        owner = ".".join(module.split(".")[:2])
+        owner = _owner(module)
         return owner in CONTRACT or (owner in INPUT_SIDE and rel in READERS)
 
     bad = _violations("training", allowed)
@@ -99,8 +126,19 @@ def test_training_imports_only_the_contract_and_in_readers_the_input_side() -> N
     )
 
 
+def test_exporters_import_the_contract_and_the_runtime_side_they_check_bundles_with() -> None:
+    def allowed(rel: str, module: str) -> bool:
+        return _top(module) != "cropmap" or _owner(module) in CONTRACT | EXPORTER_RUNTIME
+
+    bad = _violations("exporters", allowed)
+    assert not bad, (
+        f"exporters may import from cropmap only {sorted(CONTRACT | EXPORTER_RUNTIME)} (docs/architecture.md):\n"
+        + "\n".join(bad)
+    )
+
+
 def test_exporters_may_import_both_sides() -> None:
-    """Nothing is refused: exporters is the only package that knows both sides; this pins that it still does."""
+    """exporters is the only package that knows both sides (cropmap and training); this pins that it still does."""
     seen = {_top(m) for path in _modules("exporters") for _, m in _imports(path)}
     assert {"cropmap", "training"} <= seen
 
@@ -112,12 +150,22 @@ def test_the_rule_is_stated_where_the_code_is() -> None:
     for text, where in ((init, "training/__init__.py"), (doc, "docs/architecture.md")):
         for name in sorted(CONTRACT | INPUT_SIDE | READERS):
             assert name in text, f"{where} does not name {name}"
+    for name in sorted(EXPORTER_RUNTIME):
+        assert name in doc, f"docs/architecture.md does not name {name} among what exporters may import"
+
+
+@pytest.mark.parametrize("old", ["bands", "bundle", "clouds", "timegrid"])
+def test_the_contract_lives_in_one_package(old: str) -> None:
+    """The contract's modules of the flat layout are gone (no shims): one place to import the contract from."""
+    assert not (REPO / "cropmap" / f"{old}.py").exists()
+    assert (REPO / "cropmap" / "contract" / "__init__.py").is_file()
 
 
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        ("from cropmap import bands\n", ["cropmap.bands"]),
+        ("from cropmap import contract\n", ["cropmap.contract"]),
+        ("from cropmap.contract.metadata import TimeGrid\n", ["cropmap.contract.metadata"]),
         ("from cropmap import classify\n", ["cropmap"]),
         ("def f():\n    from cropmap.stack import open_stack\n", ["cropmap.stack"]),
         ("import torch.nn as nn\n", ["torch.nn"]),

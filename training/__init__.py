@@ -8,8 +8,8 @@ Subpackages follow the pipeline: :mod:`training.data` (labelled series, pre-trai
 Needs the ``train`` extra (torch, optuna). What it may import from the deployable package (docs/architecture.md,
 enforced by tests/test_layering.py):
 
-- every module: the contract, :mod:`cropmap.bands`, :mod:`cropmap.bundle`, :mod:`cropmap.clouds`,
-  :mod:`cropmap.timegrid` and :mod:`cropmap.errors`;
+- every module: the contract package :mod:`cropmap.contract` (band names, the bundle metadata and its JSON, the
+  time grid and gap fill, the cloud rule; it loads neither ONNX Runtime nor torch) and :mod:`cropmap.errors`;
 - the readers of inference's inputs, ``training/data/extract.py`` and ``training/data/pairs.py``, also inference's
   input side: :mod:`cropmap.stack`, :mod:`cropmap.mask`, :mod:`cropmap.tiling`, :mod:`cropmap.sanity` and
   :mod:`cropmap.safeio`, so that training data are read exactly as ``cropmap classify`` reads them.

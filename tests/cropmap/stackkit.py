@@ -16,7 +16,14 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-from cropmap.bundle import METADATA_KEY, BundleMetadata, ClassInfo, EmbeddingInfo, Provenance, TimeGrid
+from cropmap.contract.metadata import (
+    METADATA_KEY,
+    BundleMetadata,
+    ClassInfo,
+    EmbeddingInfo,
+    Provenance,
+    TimeGrid,
+)
 
 HEIGHT, WIDTH = 23, 37
 TILE = 16
@@ -206,7 +213,7 @@ def expected_classes(
     values: np.ndarray, inside: np.ndarray, meta: BundleMetadata | None = None, min_valid: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference result computed with numpy alone: class codes (rows, cols) and the insufficient-data mask."""
-    from cropmap.timegrid import fill_gaps
+    from cropmap.contract.timegrid import fill_gaps
 
     meta = meta or base_metadata()
     w, b, _ = bundle_weights(meta)

@@ -170,7 +170,7 @@ TF = Affine(10, 0, 600_000, 0, -10, 5_650_000)
 
 
 def _write_map(path: Path, classes: np.ndarray, *, legend: bool = True, nodata: int | None = 0) -> Path:
-    from cropmap.bundle import ClassInfo
+    from cropmap.contract.metadata import ClassInfo
 
     prof = {
         "driver": "GTiff",

@@ -22,7 +22,7 @@ from stackkit import (
 
 import cropmap
 from cropmap.cli import main
-from cropmap.clouds import DEFAULT_CLOUD_THRESHOLD, DEFAULT_SCL_INVALID, resolve_cloud_mask
+from cropmap.contract.clouds import DEFAULT_CLOUD_THRESHOLD, DEFAULT_SCL_INVALID, resolve_cloud_mask
 from cropmap.errors import InputRasterError
 
 CLOUD_DN = 9000

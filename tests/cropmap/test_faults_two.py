@@ -42,8 +42,8 @@ from stackkit import (
     write_stack_descriptions,
 )
 
-from cropmap.bundle import TimeGrid
 from cropmap.cli import main
+from cropmap.contract.metadata import TimeGrid
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -463,6 +463,6 @@ def test_l2a_stacks_show_no_l1c_evidence(small: dict[str, Path]) -> None:
 
     sample = Path(__file__).resolve().parents[2] / "sample_data" / "belgium_2021" / "s2_stack.tif"
     assert l1c_evidence(open_stack(small["stack"])) == [] and l1c_evidence(open_stack(sample)) == []
-    from cropmap.bundle import load_bundle
+    from cropmap.runtime import load_bundle
 
     assert not bundle_is_l1c(load_bundle(DEFAULT_BUNDLE).metadata)

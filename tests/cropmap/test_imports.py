@@ -67,3 +67,33 @@ def test_import_classify_path_never_imports_torch(
         """
     )
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr + res.stdout
+
+
+def test_import_contract_loads_neither_onnxruntime_nor_torch() -> None:
+    """The contract training and the exporters share runs on numpy alone: a fresh interpreter imports every module
+    of ``cropmap.contract``, round-trips a metadata document, fills a gap and applies the cloud rule, and none of
+    onnxruntime, torch, onnx or rasterio is loaded."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from cropmap.contract import bands, clouds, metadata, timegrid
+        grid = metadata.TimeGrid("11-01", (0, 30, 60), ("2020-11-01", "2020-12-01", "2020-12-31"))
+        meta = metadata.BundleMetadata(
+            schema_version=metadata.SCHEMA_VERSION, model_name="m", input_name="x", output_name="logits",
+            bands=(bands.canonical_band("B2"), "B03"), reflectance_scale=10000.0, nodata=None, time_grid=grid,
+            min_valid_steps=1, gap_fill="linear", classes=(metadata.ClassInfo(1, "wheat", "#ffcc00"),),
+            embedding=None, provenance=metadata.Provenance("none", "lstm", "none", "test", "0", "2026-01-01"))
+        assert metadata.BundleMetadata.from_json(meta.to_json()) == meta
+        values = np.array([[[1.0, 2.0], [np.nan, np.nan], [3.0, 4.0]]], dtype=np.float32)
+        filled, _, ok = timegrid.fill_gaps(values, np.array([0, 30, 60]), grid.day_of_season, min_valid=2)
+        assert ok.all() and filled[0, 1].tolist() == [2.0, 3.0], filled
+        rule = clouds.resolve_cloud_mask(["B02", "SCL"], "uint16")
+        assert rule is not None and rule.invalid(np.array([9.0, 4.0], dtype=np.float32)).tolist() == [True, False]
+        loaded = sorted(m for m in ("onnxruntime", "torch", "onnx", "rasterio") if m in sys.modules)
+        print(",".join(loaded) or "none")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "none", f"import cropmap.contract loaded {res.stdout.strip()}"

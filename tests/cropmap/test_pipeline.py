@@ -250,7 +250,7 @@ def test_classify_embedding_matches_bundle(
 
     from stackkit import DATES, GRID_DAYS, bundle_weights
 
-    from cropmap.timegrid import fill_gaps
+    from cropmap.contract.timegrid import fill_gaps
 
     meta = base_metadata()
     order = [STACK_BANDS.index(n) for n in meta.bands]
@@ -275,8 +275,8 @@ def test_bundle_metadata_roundtrip(bundle: Path) -> None:
 def test_the_automatic_batch_follows_the_stamps_and_the_summary_records_it(
     stack_desc: Path, polygons: Path, bundle: Path, tmp_path: Path
 ) -> None:
-    from cropmap.bundle import load_bundle
     from cropmap.options import DEFAULT_BATCH_SIZE, auto_batch_size
+    from cropmap.runtime import load_bundle
 
     assert [auto_batch_size(t) for t in (1, 12, 24, 73, 144, 1000)] == [256, 128, 64, 32, 16, 8]
     assert auto_batch_size(144, gpu=True) == DEFAULT_BATCH_SIZE

@@ -24,7 +24,7 @@ from stackkit import (
 )
 
 import cropmap
-from cropmap.bundle import BundleMetadata, Calibration
+from cropmap.contract.metadata import BundleMetadata, Calibration
 from cropmap.errors import BundleError
 from cropmap.postprocess import PostProcess, majority_filter, smooth_probabilities, softmax, uncertainty
 
@@ -40,7 +40,7 @@ def _read(path: Path) -> np.ndarray:
 
 def _reference_logits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """numpy logits ``(rows, cols, K)`` of the tiny bundle and the classified-pixel mask."""
-    from cropmap.timegrid import fill_gaps
+    from cropmap.contract.timegrid import fill_gaps
 
     meta = base_metadata()
     w, b, _ = bundle_weights(meta)

@@ -16,11 +16,12 @@ import rasterio
 from click.testing import CliRunner
 
 import cropmap
-from cropmap.bundle import METADATA_KEY, Precision, load_bundle
 from cropmap.cli import main
+from cropmap.contract.metadata import METADATA_KEY, Precision
 from cropmap.embedding import INT8_NODATA, dequantize_int8, int8_scale_offset, quantize_int8
 from cropmap.errors import BundleError, RuntimeSetupError
 from cropmap.options import ClassifyOptions
+from cropmap.runtime import load_bundle
 
 GPU = "CUDAExecutionProvider" in ort.get_available_providers()
 no_gpu = pytest.mark.skipif(GPU, reason="checks the refusal on a machine without the CUDA provider")
@@ -40,7 +41,7 @@ def test_unavailable_provider_is_an_error_not_a_cpu_run(bundle: Path, provider: 
 
 
 def test_auto_takes_the_best_available_and_says_so(bundle: Path, caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="cropmap.bundle"):
+    with caplog.at_level(logging.INFO, logger="cropmap.runtime"):
         b = load_bundle(bundle, provider="auto")
     assert b.requested == "auto" and b.provider == b.session.get_providers()[0]
     assert b.provider == ("CUDAExecutionProvider" if GPU else "CPUExecutionProvider")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap.bundle import BundleMetadata, ClassInfo, Provenance, TimeGrid, load_bundle
+from cropmap.contract.metadata import BundleMetadata, ClassInfo, Provenance, TimeGrid
 from cropmap.postprocess import softmax
+from cropmap.runtime import load_bundle
 from exporters.calibration import (
     CalibrationError,
     calibrate,

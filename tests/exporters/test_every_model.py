@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap.bundle import ClassInfo, TimeGrid, load_bundle
+from cropmap.contract.metadata import ClassInfo, TimeGrid
+from cropmap.runtime import load_bundle
 from exporters.__main__ import main as exporters_main
 from exporters.best import select_best
 from exporters.to_onnx import export_bundle

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap.bundle import BundleMetadata, ClassInfo, Provenance, TimeGrid
+from cropmap.contract.metadata import BundleMetadata, ClassInfo, Provenance, TimeGrid
 from exporters.__main__ import main as exporters_main
 from exporters.to_onnx import ExportError, save_classifier, verify_checkpoint
 from training.models import build_model

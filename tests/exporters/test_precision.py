@@ -10,7 +10,8 @@ import onnx
 import pytest
 import torch
 
-from cropmap.bundle import ClassInfo, TimeGrid, load_bundle
+from cropmap.contract.metadata import ClassInfo, TimeGrid
+from cropmap.runtime import load_bundle
 from exporters.__main__ import main as exporters_main
 from exporters.quantize import PrecisionError, reduce_precision, unshare_initializers
 from exporters.to_onnx import ExportError, export_bundle, split_precision_data

@@ -10,16 +10,16 @@ import onnx
 import pytest
 import torch
 
-from cropmap.bundle import (
+from cropmap.contract.metadata import (
     METADATA_KEY,
     BundleMetadata,
     ClassInfo,
     EmbeddingInfo,
     Provenance,
     TimeGrid,
-    load_bundle,
 )
 from cropmap.errors import BundleError
+from cropmap.runtime import load_bundle
 from exporters.__main__ import main as exporters_main
 from exporters.parity import ParityError, check_parity
 from exporters.to_onnx import ExportError, build_graph, export_bundle, load_classifier, save_classifier

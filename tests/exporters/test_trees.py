@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropmap.bundle import ClassInfo, TimeGrid, load_bundle
+from cropmap.contract.metadata import ClassInfo, TimeGrid
+from cropmap.runtime import load_bundle
 from exporters.__main__ import main as exporters_main
 from exporters.best import select_best
 from exporters.score import main as score_main

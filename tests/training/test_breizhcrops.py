@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cropmap.bands import S2_BANDS
+from cropmap.contract.bands import S2_BANDS
 from training.data.breizhcrops import UnknownCropCodeError, read_classmapping, read_parcels, read_split_ids
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "breizhcrops"

@@ -15,8 +15,8 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-from cropmap.clouds import DEFAULT_SCL_INVALID
-from cropmap.timegrid import fill_gaps
+from cropmap.contract.clouds import DEFAULT_SCL_INVALID
+from cropmap.contract.timegrid import fill_gaps
 from training.data.extract import ExtractError, ExtractOptions, extract, main
 from training.data.parcels import load_parcels, time_grid
 from training.data.worldcereal import on_time_grid, read_long

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropmap.bundle import load_bundle
-from cropmap.timegrid import fill_gaps
+from cropmap.contract.timegrid import fill_gaps
+from cropmap.runtime import load_bundle
 from training.downstream.sample_model import main, make_time_grid, read_stack_pixels, split_by_parcel
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -310,7 +310,7 @@ def test_stack_gaps_read_as_missing(tmp_path: Path) -> None:
 
 
 def test_stack_cloud_band_is_found_by_cropmaps_cloud_masking(sim_scene_dir: Path) -> None:
-    clouds = pytest.importorskip("cropmap.clouds")
+    clouds = pytest.importorskip("cropmap.contract.clouds")
     from cropmap.stack import open_stack
 
     stack = open_stack(sim_scene_dir / "scene_a" / "s2_stack.tif")

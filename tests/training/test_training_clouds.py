@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropmap.clouds import DEFAULT_CLOUD_THRESHOLD
+from cropmap.contract.clouds import DEFAULT_CLOUD_THRESHOLD
 from training.data.datasets import MAX_CLOUD_PROBABILITY, _invalid
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cropmap.bundle import TimeGrid
-from cropmap.timegrid import fill_gaps
+from cropmap.contract.metadata import TimeGrid
+from cropmap.contract.timegrid import fill_gaps
 from training.data.worldcereal import (
     FLANDERS_CLASSES,
     NODATA,

@@ -9,8 +9,8 @@ Layout of a dataset root (BreizhCrops' raw export; the Bavarian crop-type-mappin
     ROOT/ids/<region>_<split>.txt         parcel ids of each split, one per line
                                           (region matched case-insensitively)
 
-Band columns are mapped to canonical names through :func:`cropmap.bands.canonical_band` and returned in
-:data:`cropmap.bands.S2_BANDS` order (13 bands, B10 included). Band values stay raw digital numbers
+Band columns are mapped to canonical names through :func:`cropmap.contract.bands.canonical_band` and returned in
+:data:`cropmap.contract.bands.S2_BANDS` order (13 bands, B10 included). Band values stay raw digital numbers
 (reflectance x 10000) as float32; empty cells are NaN (rows without any band value are kept unless asked
 otherwise). ``QA60`` bits 10 and 11 (opaque cloud, cirrus) give the per-row ``cloudy`` flag.
 """
@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from cropmap.bands import S2_BANDS, canonical_band
+from cropmap.contract.bands import S2_BANDS, canonical_band
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Parcel:
     split: str | None
     """Split whose ids file lists the parcel (``train``, ``valid``, ``eval`` ...), None when none does."""
     x: np.ndarray
-    """(T_i, 13) float32 raw reflectance x 10000 in :data:`cropmap.bands.S2_BANDS` order, NaN = missing."""
+    """(T_i, 13) float32 raw reflectance x 10000 in :data:`cropmap.contract.bands.S2_BANDS` order, NaN = missing."""
     dates: np.ndarray
     """(T_i,) datetime64[D] acquisition dates, ascending."""
     cloudy: np.ndarray

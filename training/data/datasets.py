@@ -11,7 +11,7 @@ All values are raw digital numbers (reflectance x 10000) as float32; normalisati
 Cloudy and gap observations inside series are kept as they are in the data by default (``fill="none"``), as
 the paper's base models saw them; ``fill="linear"`` replaces them by linear interpolation in days between the
 nearest clear observations of the same pixel (constant beyond the first / last clear one) with the function
-inference uses, :func:`cropmap.timegrid.fill_gaps`.
+inference uses, :func:`cropmap.contract.timegrid.fill_gaps`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Literal
 
 import numpy as np
 
-from cropmap.clouds import DEFAULT_CLOUD_THRESHOLD, probability_invalid
-from cropmap.timegrid import fill_gaps
+from cropmap.contract.clouds import DEFAULT_CLOUD_THRESHOLD, probability_invalid
+from cropmap.contract.timegrid import fill_gaps
 from training.data.denethor import Scene, ps_patches, read_scene
 from training.data.splits import SCENE_A_FRACTIONS, SCENE_B_FRACTIONS, split_fields
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CLOUD_PROBABILITY = DEFAULT_CLOUD_THRESHOLD
 """Observations with a higher cloud probability count as cloudy: inference's default
-(:data:`cropmap.clouds.DEFAULT_CLOUD_THRESHOLD`, s2cloudless' 0.4), so models train on series masked as maps are."""
+(:data:`cropmap.contract.clouds.DEFAULT_CLOUD_THRESHOLD`, s2cloudless' 0.4), so models train on series masked as maps are."""
 
 Fill = Literal["none", "linear"]
 
@@ -64,7 +64,7 @@ def _invalid(s2: np.ndarray, cloud: np.ndarray, max_cloud_probability: float) ->
 def fill_linear(
     x: np.ndarray, invalid: np.ndarray, positions: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fill invalid observations of pixel series the way inference does (:func:`cropmap.timegrid.fill_gaps`).
+    """Fill invalid observations of pixel series the way inference does (:func:`cropmap.contract.timegrid.fill_gaps`).
 
     Each invalid observation takes the linear interpolation, in days, between the nearest valid observations
     before and after it; before the first / after the last valid one the nearest valid value is repeated.

@@ -7,15 +7,15 @@ stack date (``sample_id``, ``parcel_id``, ``timestamp``, ``S2-L2A-Bxx`` ..., the
 code, so training and inference cannot drift:
 
 * the stack is opened by :func:`cropmap.stack.open_stack` (one GeoTIFF, a folder of per-date GeoTIFFs or a STAC
-  item collection), bands are chosen by name (:mod:`cropmap.bands`), the reflectance scale must be declared (or
+  item collection), bands are chosen by name (:mod:`cropmap.contract.bands`), the reflectance scale must be declared (or
   given) and pass :func:`cropmap.sanity.check_reflectance`; values are written as reflectance x 10000
   (:data:`REFLECTANCE_SCALE`, WorldCereal's units, what downstream's models record) in float32, NaN where missing;
-* the cloud band is chosen and applied by :mod:`cropmap.clouds` (masked observations become NaN);
+* the cloud band is chosen and applied by :mod:`cropmap.contract.clouds` (masked observations become NaN);
 * polygons are reprojected to the stack's CRS, and a pixel belongs to a polygon when its centre lies inside it,
   block by block with the block's window transform, as :mod:`cropmap.mask` burns the cropland mask;
 * blocks come from :mod:`cropmap.tiling` (aligned with the file's tiles, sized to the memory budget), so memory
   follows the block size, never the raster size;
-* a pixel needs ``min_valid`` valid observations under :func:`cropmap.timegrid.fill_gaps`' rule (all bands
+* a pixel needs ``min_valid`` valid observations under :func:`cropmap.contract.timegrid.fill_gaps`' rule (all bands
   finite after nodata and clouds); downstream later fills the gaps with that same function onto its time grid.
 
 Per polygon (``pixels``): ``all`` pixels (default), up to ``N`` random ones (seeded, independent of the block
@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import shapely
 
-from cropmap.bands import S2_BANDS, canonical_band
-from cropmap.bundle import TimeGrid
-from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
+from cropmap.contract.bands import S2_BANDS, canonical_band
+from cropmap.contract.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
+from cropmap.contract.metadata import TimeGrid
 from cropmap.errors import CropmapError, MaskError, OutputExistsError
 from cropmap.mask import vector_layer
 from cropmap.stack import Stack, open_stack
@@ -109,7 +109,7 @@ class ExtractOptions:
     season_start: str = "11-01"
     """``MM-DD`` start of a season, with ``season``."""
     bands: tuple[str, ...] | None = None
-    """Bands to write (any spelling :func:`cropmap.bands.canonical_band` takes); ``None``: every S2 band."""
+    """Bands to write (any spelling :func:`cropmap.contract.bands.canonical_band` takes); ``None``: every S2 band."""
     reflectance_scale: float | None = None
     """Raw value = reflectance x this, for stacks that declare no scale."""
     cloud_band: str | None = None
@@ -480,7 +480,7 @@ class _BlockReader:
         from rasterio.enums import MergeAlg
         from rasterio.features import rasterize
 
-        from cropmap.timegrid import fill_gaps
+        from cropmap.contract.timegrid import fill_gaps
 
         block, touched = item
         tf = block.transform(self.stack.transform)
@@ -692,9 +692,9 @@ def extract(
     """
     from tqdm import tqdm
 
+    from cropmap.contract.timegrid import select_season
     from cropmap.safeio import mask_files, refuse_overlap
     from cropmap.sanity import check_reflectance
-    from cropmap.timegrid import select_season
 
     out, polygons = Path(out), Path(polygons)
     if out.suffix.lower() != ".parquet":

@@ -14,7 +14,7 @@ are warped onto it (``--resampling``, nearest by default), never assumed aligned
 mosaicked, the first usable value winning.
 
 Masks on both sides: an S2 observation is left out where a band is nodata or the stack's cloud band marks it
-(:mod:`cropmap.clouds`, the rule inference applies); a second-modality window is left out where any of its pixels
+(:mod:`cropmap.contract.clouds`, the rule inference applies); a second-modality window is left out where any of its pixels
 is outside every scene or not usable in the scene it comes from (UDM2 ``clear`` band, ``--mask-band``).
 
 Output, written into a temporary folder beside OUT and renamed into place when complete::
@@ -29,7 +29,7 @@ Output, written into a temporary folder beside OUT and renamed into place when c
     OUT/time/s2_valid.npy, ps_valid.npy   (N, T) bool: False where the observation was masked and gap-filled
 
 Time-wise series are gap-filled where an observation is masked (each side with its own mask) by
-:func:`cropmap.timegrid.fill_gaps`, the gap fill inference applies; pixels with fewer than ``--min-valid`` valid
+:func:`cropmap.contract.timegrid.fill_gaps`, the gap fill inference applies; pixels with fewer than ``--min-valid`` valid
 observations on either side are left out. Arrays are streamed to disk block by block (:class:`NpyAppender`), so
 memory is bounded by the block size, never by the number of pairs. ``python -m training.pretrain --data OUT``
 reads them memory-mapped.
@@ -57,12 +57,12 @@ from affine import Affine
 from rasterio.warp import Resampling
 from rasterio.windows import Window
 
-from cropmap.bands import S2_BANDS
-from cropmap.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
+from cropmap.contract.bands import S2_BANDS
+from cropmap.contract.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
+from cropmap.contract.timegrid import fill_gaps
 from cropmap.errors import CropmapError
 from cropmap.mask import Polygons, load_polygons, rasterize_block
 from cropmap.stack import Stack, bounded_gdal_cache, open_stack
-from cropmap.timegrid import fill_gaps
 from training.data.scenes import (
     DEFAULT_MASK_BAND,
     PS_BANDS,

@@ -10,7 +10,7 @@ What a user chooses, and what is checked (every refusal is a one-line ``ValueErr
 * **time grid**: ``monthly`` (12 first-of-month stamps), ``dekadal`` (36 stamps on the 1st, 11th and
   21st) or explicit ``MM-DD`` stamps, from ``season_start``; the season is the year given or, by
   default, the season holding most valid observations. Series are resampled onto the grid with
-  :func:`cropmap.timegrid.fill_gaps`, exactly as inference does; parcels whose observations miss
+  :func:`cropmap.contract.timegrid.fill_gaps`, exactly as inference does; parcels whose observations miss
   some time steps, or hold nodata cells, are gaps like any other.
 * **split**: by parcel, stratified by class, seeded by ``split_seed`` (separate from the seed of the
   hyper-parameters and weights), or given by a CSV ``sample_id,split`` with ``train`` / ``val``.
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cropmap.bundle import ClassInfo, TimeGrid
+from cropmap.contract.metadata import ClassInfo, TimeGrid
 from training.data.worldcereal import format_ewoc_code, on_time_grid, read_class_names, read_extraction
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ back into decibels with ``dB = 20 * log10(DN) - 83`` (:func:`s1_to_db`). The pai
 or the stored numbers (``units="dn"``). A value of 65535, or 0 and below (no logarithm), is no data.
 
 **Validity.** A Sentinel-2 observation is valid under the rule the rest of training applies
-(:func:`cropmap.timegrid.fill_gaps`, :mod:`training.data.datasets`): every band holds data (65535 in any band
+(:func:`cropmap.contract.timegrid.fill_gaps`, :mod:`training.data.datasets`): every band holds data (65535 in any band
 makes the whole observation missing) and not every band is 0. WorldCereal's monthly composites are built from
 cloud-masked scenes and carry no cloud band, so there is no cloud probability to threshold. A Sentinel-1
 observation is valid when every polarisation holds data. Point-wise, a (sample, date) becomes a pair when both

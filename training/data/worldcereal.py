@@ -15,7 +15,7 @@ normalisation lives in the model. Bands that hold no data at all (``S2-L2A-B8A``
 in the long files) are skipped, with a log line saying so.
 
 :func:`on_time_grid` puts the series on a bundle's time grid with
-:func:`cropmap.timegrid.fill_gaps`, so training sees gaps filled exactly as
+:func:`cropmap.contract.timegrid.fill_gaps`, so training sees gaps filled exactly as
 inference fills them.
 
 ``ewoc_code`` is WorldCereal's hierarchical crop legend: ``1101060000`` reads as
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cropmap.bands import S2_BANDS, canonical_band
-from cropmap.bundle import TimeGrid
-from cropmap.timegrid import fill_gaps, select_season
+from cropmap.contract.bands import S2_BANDS, canonical_band
+from cropmap.contract.metadata import TimeGrid
+from cropmap.contract.timegrid import fill_gaps, select_season
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ def read_long(
     Args:
         path: A ``.parquet`` / ``.geoparquet`` file with ``sample_id``, ``timestamp``,
             ``S2-L2A-Bxx`` columns and the label column.
-        bands: Bands to return, in this order (any spelling :func:`cropmap.bands.canonical_band`
-            accepts); default all bands holding data, in :data:`cropmap.bands.S2_BANDS` order.
+        bands: Bands to return, in this order (any spelling :func:`cropmap.contract.bands.canonical_band`
+            accepts); default all bands holding data, in :data:`cropmap.contract.bands.S2_BANDS` order.
         label_column: Integer label column; constant within a sample.
 
     Returns:
@@ -334,7 +334,7 @@ def on_time_grid(series: WorldCerealSeries, grid: TimeGrid, *, season: int, min_
     """Put series on a time grid with the inference gap filling.
 
     Observations outside the season starting in ``season`` are dropped, the rest are
-    placed by day of season and resampled with :func:`cropmap.timegrid.fill_gaps`
+    placed by day of season and resampled with :func:`cropmap.contract.timegrid.fill_gaps`
     (linear in time, nearest value repeated at the ends).
 
     Args:

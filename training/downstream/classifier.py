@@ -9,7 +9,7 @@ it into a cropmap bundle. Payload keys besides the common ones of :mod:`training
   "state_dict"}`` of the frozen per-stamp encoder (``resmlp``) or series encoder (``timewise``), with
   ``encoder_path`` naming the file it came from;
 * ``norm_stats``: statistics of the raw bands the graph standardises with;
-* ``bundle_metadata``: the JSON document of :class:`cropmap.bundle.BundleMetadata` the bundle gets
+* ``bundle_metadata``: the JSON document of :class:`cropmap.contract.metadata.BundleMetadata` the bundle gets
   (classes, time grid, bands, gap filling, provenance);
 * ``parity_inputs``: float32 ``(N, T, C)`` real, gap-filled raw series for the parity check;
 * ``parity_labels``: optional int64 ``(N,)`` labels of those series (0-based class indices), so an
@@ -27,7 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cropmap.bundle import SCHEMA_VERSION, BundleMetadata, ClassInfo, EmbeddingInfo, Provenance, TimeGrid
+from cropmap.contract.metadata import (
+    SCHEMA_VERSION,
+    BundleMetadata,
+    ClassInfo,
+    EmbeddingInfo,
+    Provenance,
+    TimeGrid,
+)
 from training.checkpoint import (
     CheckpointError,
     git_revision,

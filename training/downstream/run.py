@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cropmap.bundle import ClassInfo, TimeGrid
+from cropmap.contract.metadata import ClassInfo, TimeGrid
 from training.checkpoint import CheckpointError, describe_error
 from training.config import ConfigError, config_to_dict, load_config
 from training.downstream.baselines import score

@@ -5,7 +5,7 @@ Everything comes from the real data in ``sample_data/``:
 1. **Time grid**: 12 monthly stamps, season start 11-01 (Nov 2020 .. Oct 2021), the
    grid of ``sample_data/belgium_2021/s2_stack.tif``; 9 bands B02..B08, B11, B12.
 2. **Labels**: the 100 Flanders 2021 LPIS parcels (WorldCereal extraction), their
-   2020-11 .. 2021-10 observations put on the grid with :func:`cropmap.timegrid.fill_gaps`
+   2020-11 .. 2021-10 observations put on the grid with :func:`cropmap.contract.timegrid.fill_gaps`
    (``min_valid_steps`` of 12, linear), mapped to the coarse legend
    :data:`training.data.worldcereal.FLANDERS_CLASSES`. Split by parcel (seeded,
    stratified by class) into training and validation parcels.
@@ -43,8 +43,8 @@ import rasterio
 import torch
 from torch import nn
 
-from cropmap.bands import canonical_band
-from cropmap.bundle import (
+from cropmap.contract.bands import canonical_band
+from cropmap.contract.metadata import (
     SCHEMA_VERSION,
     BundleMetadata,
     ClassInfo,
@@ -52,7 +52,7 @@ from cropmap.bundle import (
     Provenance,
     TimeGrid,
 )
-from cropmap.timegrid import fill_gaps
+from cropmap.contract.timegrid import fill_gaps
 from training.checkpoint import git_revision
 from training.config import PretrainConfig, ResMLPConfig, load_config
 from training.data.worldcereal import FLANDERS_CLASSES, coarse_labels, on_time_grid, read_long

@@ -325,7 +325,7 @@ class TreeClassifier:
     onnx_model: bytes
     """The tree ensemble: ``features (N, F)`` -> ``probabilities (N, K)``."""
     metadata: Any
-    """:class:`cropmap.bundle.BundleMetadata` to export with."""
+    """:class:`cropmap.contract.metadata.BundleMetadata` to export with."""
     parity_inputs: np.ndarray
     """Raw series ``(N, T, C)``."""
     parity_probabilities: np.ndarray
@@ -383,7 +383,7 @@ def load_tree_classifier(path: str | Path) -> TreeClassifier:
     Raises:
         training.checkpoint.CheckpointError: If the file is not a tree checkpoint or lacks keys.
     """
-    from cropmap.bundle import BundleMetadata
+    from cropmap.contract.metadata import BundleMetadata
     from training.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(path, kind=TREE_KIND)
@@ -437,7 +437,7 @@ def tree_metadata(
     """The bundle metadata of a tree model trained on ``data`` (no embedding output; provenance names the library)."""
     import datetime as dt
 
-    from cropmap.bundle import SCHEMA_VERSION, BundleMetadata, Provenance
+    from cropmap.contract.metadata import SCHEMA_VERSION, BundleMetadata, Provenance
     from training.checkpoint import git_revision
     from training.downstream.run import _classes
 

@@ -89,7 +89,7 @@ S2_BAND_NAMES: tuple[str, ...] = (
     "B11",
     "B12",
 )
-"""The 12 L2A bands of DENETHOR's ``bands.npy`` (all of :data:`cropmap.bands.S2_BANDS` but B10)."""
+"""The 12 L2A bands of DENETHOR's ``bands.npy`` (all of :data:`cropmap.contract.bands.S2_BANDS` but B10)."""
 
 PS_BAND_NAMES: tuple[str, ...] = ("blue", "green", "red", "nir")
 """Planet Fusion surface-reflectance band order."""

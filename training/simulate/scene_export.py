@@ -12,7 +12,7 @@ function (or ``python -m training.scene_export SCENE_DIR``) converts any scene t
                          geometry in the labels' CRS; also the cropland mask for ``cropmap classify --mask``
 
 The CLP band is the cloud probability x 255 (0..255, as in ``clp.npy``), the band cropmap's cloud masking
-finds by name (:mod:`cropmap.clouds`); readers that do not know it ignore it. Its 0 shares the file's nodata,
+finds by name (:mod:`cropmap.contract.clouds`); readers that do not know it ignore it. Its 0 shares the file's nodata,
 so a clear observation (probability 0) reads as "no cloud information" and masks nothing either way.
 
 Both files are written under a temporary name in the scene folder and moved into place, so a reader never sees
@@ -38,7 +38,7 @@ STACK_NAME = "s2_stack.tif"
 FIELDS_NAME = "fields.gpkg"
 FIELDS_LAYER = "fields"
 CLOUD_BAND = "CLP"
-"""Name of the per-date cloud-probability band (x 255), as :mod:`cropmap.clouds` finds it."""
+"""Name of the per-date cloud-probability band (x 255), as :mod:`cropmap.contract.clouds` finds it."""
 REFLECTANCE_SCALE = 10000
 STACK_NODATA = 0
 _MAX_TILE = 256

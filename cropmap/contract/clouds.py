@@ -17,7 +17,7 @@ per-date folder, or the ``bands`` tag):
   these scales; a probability band of another name in an integer file needs it: its scale
   is never guessed.
 
-Invalid observations become NaN, so :func:`cropmap.timegrid.fill_gaps` treats them as
+Invalid observations become NaN, so :func:`cropmap.contract.timegrid.fill_gaps` treats them as
 gaps exactly like nodata. A cloud value that is itself nodata (NaN after reading) says
 nothing and masks nothing; the reflectance's own nodata still applies.
 """

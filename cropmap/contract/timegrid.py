@@ -7,7 +7,7 @@ what it was trained on.
 Method (``gap_fill = "linear"``):
 
 1. Each observation date gets a *season position*: days since the most recent
-   ``season_start`` (:meth:`cropmap.bundle.TimeGrid.position_of`). Dates of any
+   ``season_start`` (:meth:`cropmap.contract.metadata.TimeGrid.position_of`). Dates of any
    year therefore land on the same grid. One call handles one season.
 2. An observation is valid when all its bands are finite (nodata is turned into
    NaN by the reader). A pixel needs at least ``min_valid`` valid observations in
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cropmap.bundle import TimeGrid
+from cropmap.contract.metadata import TimeGrid
 from cropmap.errors import InputRasterError
 
 
