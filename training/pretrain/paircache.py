@@ -47,7 +47,7 @@ _CODE = ("datasets.py", "denethor.py", "splits.py")
 
 def _code_digest() -> str:
     h = hashlib.sha256()
-    data_dir = Path(__file__).resolve().parent / "data"
+    data_dir = Path(__file__).resolve().parents[1] / "data"  # training/data
     for name in _CODE:
         h.update(name.encode())
         h.update((data_dir / name).read_bytes())
