@@ -34,17 +34,11 @@ from cropmap import _batch_state as state_io
 from cropmap.errors import BundleError, CropmapError, OutputExistsError
 from cropmap.options import ClassifyOptions
 from cropmap.regions import Region, as_regions, read_manifest
-from cropmap.safeio import (
-    RunLock,
-    file_system_error,
-    io_step,
-    is_debris,
-    lock_path,
-    mask_files,
-    output_folder,
-    refuse_overlap,
-    remove_stale,
-)
+from cropmap.safeio.folders import output_folder
+from cropmap.safeio.locks import RunLock, lock_path
+from cropmap.safeio.oserrors import file_system_error, io_step
+from cropmap.safeio.overlap import mask_files, refuse_overlap
+from cropmap.safeio.temporaries import is_debris, remove_stale
 
 logger = logging.getLogger(__name__)
 

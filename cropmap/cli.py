@@ -19,7 +19,8 @@ import click
 
 from cropmap.errors import CropmapError
 from cropmap.options import EMBEDDING_DTYPE_CHOICES, PROVIDER_CHOICES, ClassifyOptions
-from cropmap.safeio import file_system_error, interrupt_exit_code, signals_as_interrupts
+from cropmap.safeio.oserrors import file_system_error
+from cropmap.safeio.signals import interrupt_exit_code, signals_as_interrupts
 
 
 def _fail(err: BaseException, after_interrupt: str) -> NoReturn:

@@ -408,7 +408,7 @@ def classify(
         if p is not None
     }
     _refuse_inputs_as_outputs(paths, stack, mask, model, extra=extra_inputs)
-    from cropmap.safeio import journal_path
+    from cropmap.safeio.commit import journal_path
 
     # A commit journal: a run was killed while moving its outputs into place; the set is repaired under the
     # lock (_claim_outputs) before the outputs are checked again, so only the kinds of path are checked here.
@@ -899,7 +899,8 @@ def _refuse_inputs_as_outputs(
 ) -> None:
     """Refuse a run that would write over one of its inputs (with or without ``overwrite``)."""
     from cropmap.models import DEFAULT_BUNDLE
-    from cropmap.safeio import lock_path, mask_files, refuse_overlap
+    from cropmap.safeio.locks import lock_path
+    from cropmap.safeio.overlap import mask_files, refuse_overlap
 
     inputs: dict[Path, str] = {Path(stack): "stack"}
     inputs.update({s: "stack file" for s in sources})
@@ -920,15 +921,11 @@ def _claim_outputs(paths: Any, opts: ClassifyOptions, plan: _Plan) -> Iterator[A
     the operation and the cause.
     """
     from cropmap.errors import CropmapError
-    from cropmap.safeio import (
-        RunLock,
-        check_free_space,
-        file_system_error,
-        journal_path,
-        output_folder,
-        recover_commit,
-        remove_stale,
-    )
+    from cropmap.safeio.commit import journal_path, recover_commit
+    from cropmap.safeio.folders import check_free_space, output_folder
+    from cropmap.safeio.locks import RunLock
+    from cropmap.safeio.oserrors import file_system_error
+    from cropmap.safeio.temporaries import remove_stale
     from cropmap.writer import Staging, check_outputs, possible_outputs, stale_outputs
 
     folder = paths.map.parent

@@ -9,10 +9,10 @@ Needs the ``train`` extra (torch, optuna). What it may import from the deployabl
 enforced by tests/test_layering.py):
 
 - every module: the contract, :mod:`cropmap.bands`, :mod:`cropmap.bundle`, :mod:`cropmap.clouds`,
-  :mod:`cropmap.timegrid` and :mod:`cropmap.errors`;
+  :mod:`cropmap.timegrid` and :mod:`cropmap.errors`; and the one atomic-write helper, :mod:`cropmap.safeio.atomic`;
 - the readers of inference's inputs, ``training/data/extract.py`` and ``training/data/pairs.py``, also inference's
   input side: :mod:`cropmap.stack`, :mod:`cropmap.mask`, :mod:`cropmap.tiling`, :mod:`cropmap.sanity` and
-  :mod:`cropmap.safeio`, so that training data are read exactly as ``cropmap classify`` reads them.
+  :mod:`cropmap.safeio` (its modules), so that training data are read exactly as ``cropmap classify`` reads them.
 
 Never :mod:`exporters`: training writes run directories, which the exporters read.
 """

@@ -29,7 +29,8 @@ from stackkit import (
 )
 
 from cropmap.cli import main
-from cropmap.safeio import COMMIT_KILL_ENV, is_debris, journal_path, recover_commit
+from cropmap.safeio.commit import COMMIT_KILL_ENV, journal_path, recover_commit
+from cropmap.safeio.temporaries import is_debris
 
 OLD = ["--confidence", "--probabilities"]
 NEW = ["--uncertainty", "entropy", "--overwrite"]
