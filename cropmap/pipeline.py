@@ -366,31 +366,14 @@ def _summarise(
 ) -> RunSummary:
     """The run summary of a finished run (without its ``parcels`` section)."""
     from cropmap import __version__
-    from cropmap.models import SAMPLE_NOTE, is_sample_bundle
 
     st, meta, tally = plan.stack, plan.meta, run.tally
-    assert st.scale is not None
     total = st.height * st.width
-    used = set(plan.obs)
-    whole = plan.whole_stack
     embedding = run.rasters.get("embedding")
     return RunSummary(
         cropmap_version=__version__,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        inputs=Inputs(
-            stack=str(absolute(st.path)),
-            stack_layout=st.layout,
-            mask=None if whole else str(absolute(plan.polygons.path)),
-            mask_crs=None if whole else plan.polygons.source_crs,
-            mask_layer=plan.polygons.layer,
-            mask_max_segment_m=plan.polygons.max_segment_m,
-            mask_dropped_parts=plan.polygons.dropped_parts,
-            whole_stack="no cropland mask: every pixel of the stack with enough valid observations was classified"
-            if whole
-            else None,
-            model=str(absolute(plan.bundle_path)),
-            model_note=SAMPLE_NOTE if is_sample_bundle(plan.bundle_path) else None,
-        ),
+        inputs=_inputs(plan),
         outputs=Outputs.of(paths),
         bundle=BundleInfo(
             model_name=meta.model_name,
@@ -414,29 +397,8 @@ def _summarise(
             width=st.width,
             pixel_area_m2=float(tally.row_area.mean()),
         ),
-        stack=StackInfo(
-            dtype=st.dtype,
-            nodata=[v if v is None or not np.isnan(v) else "mixed" for v in st.nodata],
-            nodata_note="declared nodata values are treated as missing observations"
-            if st.has_nodata
-            else "the stack declares no nodata value: every value was taken as valid (NaN excepted)",
-            reflectance_scale=st.scale.reflectance_scale,
-            reflectance_offset=st.scale.offset,
-            reflectance_scale_source=st.scale.source,
-            model_reflectance_scale=meta.reflectance_scale,
-            l1c_evidence=list(plan.l1c_evidence),
-        ),
-        season=Season(
-            year=plan.season,
-            season_start=meta.time_grid.season_start,
-            dates_used=[str(st.dates[i]) for i in plan.obs],
-            positions_days=list(plan.positions),
-            dates_ignored=[str(d) for i, d in enumerate(st.dates) if i not in used],
-            coverage=plan.coverage,
-            grid_days=list(meta.time_grid.day_of_season),
-            gap_fill=meta.gap_fill,
-            min_valid_steps=plan.min_valid,
-        ),
+        stack=_stack(plan),
+        season=_season(plan),
         clouds=_clouds(plan, tally, opts),
         pixels=Pixels(
             total=total,
@@ -475,6 +437,62 @@ def _summarise(
         options=dataclasses.asdict(opts),
         embedding=embedding.describe() if embedding is not None else None,  # type: ignore[attr-defined]
         removed_outputs=[str(p) for p in removed],
+    )
+
+
+def _inputs(plan: Plan) -> Inputs:
+    """The ``inputs`` section: absolute paths of what the run read, and how the mask was read."""
+    from cropmap.models import SAMPLE_NOTE, is_sample_bundle
+
+    st, whole = plan.stack, plan.whole_stack
+    return Inputs(
+        stack=str(absolute(st.path)),
+        stack_layout=st.layout,
+        mask=None if whole else str(absolute(plan.polygons.path)),
+        mask_crs=None if whole else plan.polygons.source_crs,
+        mask_layer=plan.polygons.layer,
+        mask_max_segment_m=plan.polygons.max_segment_m,
+        mask_dropped_parts=plan.polygons.dropped_parts,
+        whole_stack="no cropland mask: every pixel of the stack with enough valid observations was classified"
+        if whole
+        else None,
+        model=str(absolute(plan.bundle_path)),
+        model_note=SAMPLE_NOTE if is_sample_bundle(plan.bundle_path) else None,
+    )
+
+
+def _stack(plan: Plan) -> StackInfo:
+    """The ``stack`` section: pixel type, nodata, reflectance scale and L1C evidence."""
+    st, meta = plan.stack, plan.meta
+    assert st.scale is not None
+    return StackInfo(
+        dtype=st.dtype,
+        nodata=[v if v is None or not np.isnan(v) else "mixed" for v in st.nodata],
+        nodata_note="declared nodata values are treated as missing observations"
+        if st.has_nodata
+        else "the stack declares no nodata value: every value was taken as valid (NaN excepted)",
+        reflectance_scale=st.scale.reflectance_scale,
+        reflectance_offset=st.scale.offset,
+        reflectance_scale_source=st.scale.source,
+        model_reflectance_scale=meta.reflectance_scale,
+        l1c_evidence=list(plan.l1c_evidence),
+    )
+
+
+def _season(plan: Plan) -> Season:
+    """The ``season`` section: the year, the dates used and ignored, the grid, the coverage."""
+    st, meta = plan.stack, plan.meta
+    used = set(plan.obs)
+    return Season(
+        year=plan.season,
+        season_start=meta.time_grid.season_start,
+        dates_used=[str(st.dates[i]) for i in plan.obs],
+        positions_days=list(plan.positions),
+        dates_ignored=[str(d) for i, d in enumerate(st.dates) if i not in used],
+        coverage=plan.coverage,
+        grid_days=list(meta.time_grid.day_of_season),
+        gap_fill=meta.gap_fill,
+        min_valid_steps=plan.min_valid,
     )
 
 
