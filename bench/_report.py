@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cropmap.safeio.atomic import atomic_write
+
 BEGIN = "<!-- measured -->"
 END = "<!-- /measured -->"
 
@@ -24,6 +26,4 @@ def write_measured(path: Path, report: str) -> None:
     else:
         new = block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    atomic_write(path, new)

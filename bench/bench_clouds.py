@@ -220,7 +220,9 @@ def run(
     out: dict[str, Any] = {"preset": preset, "seed": seed, "epochs": epochs, **fit, "runs": {}}
     for i, (label, (stack, kw)) in enumerate(runs.items()):
         m = work / f"map_{i}.tif"
-        summary = cropmap.classify(stack, fields, model=bundle, out=m, quicklook=False, overwrite=True, **kw)
+        summary = cropmap.classify(
+            stack, fields, model=bundle, out=m, quicklook=False, overwrite=True, **kw
+        ).to_dict()
         res = map_accuracy(m, scene, splits["val"])
         res["masked_observations"] = summary["clouds"]["masked_observations"]
         res["observations_in_mask"] = summary["clouds"].get("observations_in_mask")

@@ -153,7 +153,7 @@ def timed_classify(stack: Path, parcels: Path, model: Path, out: Path) -> tuple[
         cloud_band="none",
         quicklook=False,
         overwrite=True,
-    )
+    ).to_dict()
     return time.perf_counter() - t0, summary
 
 

@@ -70,18 +70,18 @@ def _retile(stack: Path, tile: int = 64) -> Path:
     """A copy of ``stack`` with ``tile`` px tiles (same values, descriptions, tags), beside it."""
     import rasterio
 
+    from cropmap.safeio.atomic import atomic_path
+
     dest = stack.with_name(f"s2_stack_tile{tile}.tif")
     if dest.exists():
         return dest
     with rasterio.open(stack) as src:
         profile = {**src.profile, "tiled": True, "blockxsize": tile, "blockysize": tile}
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with atomic_path(dest) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             for b in range(1, src.count + 1):
                 dst.write(src.read(b), b)
             dst.descriptions = src.descriptions
             dst.update_tags(**src.tags())
-    tmp.replace(dest)
     return dest
 
 

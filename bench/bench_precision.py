@@ -283,7 +283,7 @@ def e2e_vs_raw(
                     out=Path(tmp) / f"m{i}.tif",
                     provider="cpu",
                     batch_size=batch_size,
-                )
+                ).to_dict()
             )
             assert runs[-1]["runtime"]["batch_size"] == batch_size
             keep("e2e", time.perf_counter() - t0)

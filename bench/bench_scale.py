@@ -121,7 +121,7 @@ def scaling_blocks(folder: Path, repeat: int) -> list[str]:
                 threads=w,
                 quicklook=False,
                 cloud_band="none",
-            )
+            ).to_dict()
             times[w].append(time.perf_counter() - t0)
     one, two = median(times[1]), median(times[2])
     return [

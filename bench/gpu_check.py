@@ -44,6 +44,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cropmap.safeio.atomic import atomic_write
 from training.config import PretrainConfig, load_config
 from training.pretrain.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
 from training.pretrain.loop import ContrastiveModel, batch_indices, contrastive_step, precision_context
@@ -121,9 +122,7 @@ class Report:
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    atomic_write(path, text + "\n")
 
 
 class Budget:

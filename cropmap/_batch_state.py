@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cropmap.errors import CropmapError, OutputExistsError
-from cropmap.safeio import atomic_write_json
+from cropmap.safeio.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def sha256(path: Path) -> str:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` to ``path`` atomically (:func:`cropmap.safeio.atomic_write_json`).
+    """Write ``doc`` to ``path`` atomically (:func:`cropmap.safeio.atomic.atomic_write_json`).
 
     Raises:
         FileSystemError: One line naming ``path`` and the cause; ``path`` is unchanged.

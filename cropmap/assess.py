@@ -718,14 +718,11 @@ def _write_atomically(
     finals: Sequence[Path], inputs: Mapping[Path, str], overwrite: bool, write: Any
 ) -> None:
     """Lock, stage every output under an owned temporary name, call ``write(temps)``, move all into place."""
-    from cropmap.safeio import (
-        RunLock,
-        file_system_error,
-        lock_path,
-        output_folder,
-        refuse_overlap,
-        remove_stale,
-    )
+    from cropmap.safeio.folders import output_folder
+    from cropmap.safeio.locks import RunLock, lock_path
+    from cropmap.safeio.oserrors import file_system_error
+    from cropmap.safeio.overlap import refuse_overlap
+    from cropmap.safeio.temporaries import remove_stale
     from cropmap.writer import Staging
 
     refuse_overlap([*finals, lock_path(finals[0])], inputs)

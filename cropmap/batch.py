@@ -30,21 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import Unpack
+
 from cropmap import _batch_state as state_io
 from cropmap.errors import BundleError, CropmapError, OutputExistsError
-from cropmap.options import ClassifyOptions
+from cropmap.options import ClassifyOptions, RegionOptionsKw
 from cropmap.regions import Region, as_regions, read_manifest
-from cropmap.safeio import (
-    RunLock,
-    file_system_error,
-    io_step,
-    is_debris,
-    lock_path,
-    mask_files,
-    output_folder,
-    refuse_overlap,
-    remove_stale,
-)
+from cropmap.safeio.folders import output_folder
+from cropmap.safeio.locks import RunLock, lock_path
+from cropmap.safeio.oserrors import file_system_error, io_step
+from cropmap.safeio.overlap import mask_files, refuse_overlap
+from cropmap.safeio.temporaries import is_debris, remove_stale
 
 logger = logging.getLogger(__name__)
 
@@ -199,16 +195,16 @@ def run_region(job: RegionJob) -> dict[str, Any]:
         )
     except Exception as err:  # noqa: BLE001 - isolate the region; the traceback travels with the result
         return _failed(err, time.perf_counter() - t0) | {"traceback": traceback.format_exc()}
-    outputs = {Path(p).name: state_io.sha256(Path(p)) for p in summary["outputs"].values() if p is not None}
+    outputs = {Path(p).name: state_io.sha256(Path(p)) for p in summary.outputs.written()}
     return {
         "status": "done",
         "seconds": round(time.perf_counter() - t0, 3),
-        "summary": f"{job.region.name}/{Path(summary['outputs']['summary']).name}",
+        "summary": f"{job.region.name}/{Path(summary.outputs.summary).name}",
         "outputs": outputs,
-        "pixels": summary["pixels"],
-        "area_ha": {c["name"]: c["area_ha"] for c in summary["classes"]},
-        "season": summary["season"]["year"],
-        "providers_used": summary["runtime"]["providers_used"],
+        "pixels": summary.pixels.to_dict(),
+        "area_ha": {c.name: c.area_ha for c in summary.classes},
+        "season": summary.season.year,
+        "providers_used": summary.runtime.providers_used,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -250,7 +246,7 @@ def classify_many(
     dashboard: str | None = None,
     worker_timeout: float = WORKER_TIMEOUT_S,
     pending_timeout: float = PENDING_TIMEOUT_S,
-    **kwargs: Any,
+    **option_kw: Unpack[RegionOptionsKw],
 ) -> dict[str, Any]:
     """Classify many regions with one bundle and one set of options, in parallel and resumably.
 
@@ -288,7 +284,7 @@ def classify_many(
             job ended, the workers of ``scheduler`` gone) before the batch stops with an error; it resumes later.
         pending_timeout: Seconds every worker job of ``cluster`` may stay queued before the batch stops with
             an error giving the scheduler's reason (SLURM: ``squeue -o %r``).
-        **kwargs: Fields of :class:`~cropmap.options.ClassifyOptions`.
+        **option_kw: Fields of :class:`~cropmap.options.ClassifyOptions`.
 
     Returns:
         The batch summary (also written to ``<out_dir>/batch_summary.json``); regions
@@ -299,7 +295,7 @@ def classify_many(
             output folder whose outputs were made with other settings (no region runs).
     """
     t_start = time.perf_counter()
-    opts = _batch_options(options, kwargs)
+    opts = _batch_options(options, dict(option_kw))
     if scheduler is not None:
         ClassifyOptions(scheduler=scheduler)  # validates the address
         if workers is not None:

@@ -19,7 +19,8 @@ import click
 
 from cropmap.errors import CropmapError
 from cropmap.options import EMBEDDING_DTYPE_CHOICES, PROVIDER_CHOICES, ClassifyOptions
-from cropmap.safeio import file_system_error, interrupt_exit_code, signals_as_interrupts
+from cropmap.safeio.oserrors import file_system_error
+from cropmap.safeio.signals import interrupt_exit_code, signals_as_interrupts
 
 
 def _fail(err: BaseException, after_interrupt: str) -> NoReturn:
@@ -441,52 +442,50 @@ def classify(
     finally:
         if bar is not None:
             bar.close()
-    px, outputs = summary["pixels"], summary["outputs"]
+    px, outputs = summary.pixels, summary.outputs
     if model is None:
-        click.echo(_default_model_line(summary["inputs"]["model"]))
+        click.echo(_default_model_line(summary.inputs.model))
     if whole_stack:
         click.echo("whole stack: no cropland mask, every pixel with enough valid observations was classified")
     click.echo(
-        f"classified {px['classified']:,} of {px['in_mask']:,} cropland pixels "
-        f"({px['insufficient_data']:,} with too little data) in {summary['timings_s']['total']:.1f} s "
-        f"({summary['throughput_cropland_px_per_s']:,.0f} px/s), season {summary['season']['year']}"
+        f"classified {px.classified:,} of {px.in_mask:,} cropland pixels "
+        f"({px.insufficient_data:,} with too little data) in {summary.timings_s.total:.1f} s "
+        f"({summary.throughput_cropland_px_per_s or 0:,.0f} px/s), season {summary.season.year}"
     )
-    rt = summary["runtime"]
+    rt = summary.runtime
     click.echo(
-        f"runtime:    {', '.join(rt['providers_used'])} (--provider {rt['provider_requested']}), "
-        f"{rt['bundle_precision']} bundle"
+        f"runtime:    {', '.join(rt.providers_used)} (--provider {rt.provider_requested}), "
+        f"{rt.bundle_precision} bundle"
     )
-    clouds = summary["clouds"]
-    if clouds["masking"] == "on":
+    clouds = summary.clouds
+    if clouds.masking == "on":
         click.echo(
-            f"clouds: {clouds['masked_observations']:,} of {clouds['observations_in_mask']:,} cropland "
-            f"observations masked ({clouds['rule']})"
+            f"clouds: {clouds.masked_observations:,} of {clouds.observations_in_mask or 0:,} cropland "
+            f"observations masked ({clouds.rule})"
         )
-    elif clouds["masking"] == "no cloud information":
+    elif clouds.masking == "no cloud information":
         click.echo("clouds: not masked - the stack has no cloud band (see the warning above)")
-    if any(outputs.get(k) for k in ("confidence", "probabilities", "uncertainty")):
-        click.echo(f"probabilities: {summary['bundle']['probabilities']}")
-    for c in sorted(summary["classes"], key=lambda c: -c["area_ha"]):
-        if c["pixels"]:
-            click.echo(f"  {c['name']:<30} {c['area_ha']:>10.2f} ha")
-    click.echo(
-        f"map:        {outputs['map']}  (legend: {Path(outputs['qml']).name}, {Path(outputs['aux']).name})"
-    )
-    for key, label in (
-        ("confidence", "confidence"),
-        ("probabilities", "probabilities"),
-        ("uncertainty", "uncertainty"),
-        ("embedding", "embedding"),
-        ("quicklook", "quick-look"),
-        ("stac", "STAC item"),
+    if outputs.confidence or outputs.probabilities or outputs.uncertainty:
+        click.echo(f"probabilities: {summary.bundle.probabilities}")
+    for c in sorted(summary.classes, key=lambda c: -c.area_ha):
+        if c.pixels:
+            click.echo(f"  {c.name:<30} {c.area_ha:>10.2f} ha")
+    click.echo(f"map:        {outputs.map}  (legend: {Path(outputs.qml).name}, {Path(outputs.aux).name})")
+    for label, path in (
+        ("confidence", outputs.confidence),
+        ("probabilities", outputs.probabilities),
+        ("uncertainty", outputs.uncertainty),
+        ("embedding", outputs.embedding),
+        ("quick-look", outputs.quicklook),
+        ("STAC item", outputs.stac),
     ):
-        if outputs.get(key):
-            click.echo(f"{label + ':':<12}{outputs[key]}")
-    if outputs.get("parcels"):
-        pc = summary["parcels"]
+        if path:
+            click.echo(f"{label + ':':<12}{path}")
+    if outputs.parcels and summary.parcels is not None:
+        pc = summary.parcels
         left = ", ".join(f"{n:,} {r}" for r, n in pc["reasons"].items() if n)
         click.echo(
-            f"parcels:    {outputs['parcels']}  ({pc['classified']:,} of {pc['parcels']:,} classified"
+            f"parcels:    {outputs.parcels}  ({pc['classified']:,} of {pc['parcels']:,} classified"
             f"{'; ' + left if left else ''})"
         )
         if "declared" in pc:
@@ -497,7 +496,7 @@ def classify(
                     f"{v['parcels']:,} {k} ({v['area_ha']:,.1f} ha)" for k, v in st.items() if v["parcels"]
                 )
             )
-    click.echo(f"summary:    {outputs['summary']}")
+    click.echo(f"summary:    {outputs.summary}")
 
 
 @main.command()

@@ -26,7 +26,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from cropmap.errors import BundleError
-from cropmap.safeio import io_step
+from cropmap.safeio.oserrors import io_step
 from cropmap.writer import COG_BLOCK_SIZE_PX, BlockRaster, check_cog
 
 EMBEDDING_DTYPES = ("int8", "float16", "float32")

@@ -58,3 +58,7 @@ class NothingClassifiedError(CropmapError, RuntimeError):
 
 class AssessError(CropmapError, ValueError):
     """A map, reference sample or class map that ``cropmap assess`` cannot use."""
+
+
+class SummaryError(CropmapError, ValueError):
+    """A run summary that cannot be read back: not JSON, another schema version, a missing or unknown key."""

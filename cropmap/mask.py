@@ -142,7 +142,7 @@ def load_polygons(
     import pyogrio  # deferred: keeps `import cropmap` light
     from pyogrio.errors import DataSourceError
 
-    from cropmap.safeio import special_file_kind
+    from cropmap.safeio.overlap import special_file_kind
 
     path = Path(path)
     if not path.exists():

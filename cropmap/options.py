@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypedDict
 
 _SCHEDULER_RE = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
 
@@ -193,6 +193,45 @@ class ClassifyOptions:
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; expected some of {sorted(known)}")
         return cls(**kwargs)
+
+
+class RegionOptionsKw(TypedDict, total=False):
+    """The fields of :class:`ClassifyOptions` that ``classify_many`` takes as keywords: all but ``workers``,
+    ``scheduler`` and ``threads``, which the batch sets (and which are its own parameters)."""
+
+    confidence: bool
+    embedding: bool
+    overwrite: bool
+    block_size: int | None
+    batch_size: int | None
+    season: int | None
+    reflectance_scale: float | None
+    min_valid_steps: int | None
+    quicklook: bool
+    cloud_band: str | None
+    cloud_threshold: float | None
+    cloud_classes: tuple[int, ...] | None
+    cloud_scale: float | None
+    probabilities: bool
+    uncertainty: str | None
+    majority_filter: int | None
+    smooth_probabilities: float | None
+    mask_layer: str | None
+    provider: str
+    embedding_dtype: str
+    allow_partial_season: bool
+    allow_l1c: bool
+
+
+class ClassifyOptionsKw(RegionOptionsKw, total=False):
+    """The fields of :class:`ClassifyOptions` as keyword arguments (``classify(..., confidence=True)``), typed.
+
+    ``tests/cropmap/test_summary.py`` keeps both keyword types in step with the dataclass.
+    """
+
+    workers: int | None
+    scheduler: str | None
+    threads: int | None
 
 
 def _positive_int(name: str, value: object, *, allow_none: bool) -> None:

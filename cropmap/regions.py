@@ -81,7 +81,7 @@ def read_manifest(path: str | Path) -> list[Region]:
     kind = _SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise ManifestError(f"manifest {path} has suffix {path.suffix!r}; expected .csv, .toml or .json")
-    from cropmap.safeio import special_file_kind
+    from cropmap.safeio.overlap import special_file_kind
 
     if (special := special_file_kind(path)) is not None:
         raise ManifestError(

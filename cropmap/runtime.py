@@ -154,7 +154,7 @@ def load_bundle(
     check_onnxruntime_install()
     if provider is not None and providers is not None:
         raise ValueError("pass provider= or providers=, not both")
-    from cropmap.safeio import special_file_kind
+    from cropmap.safeio.overlap import special_file_kind
 
     path = Path(path)
     if (kind := special_file_kind(path)) is not None:

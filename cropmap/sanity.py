@@ -141,7 +141,7 @@ def l1c_evidence(stack: Stack) -> list[str]:
     products drop), or L1C / TOA words in a file name, the first file's tags or band descriptions."""
     import rasterio
 
-    from cropmap.safeio import io_step
+    from cropmap.safeio.oserrors import io_step
 
     found = []
     if "B10" in stack.bands:

@@ -10,14 +10,18 @@ outputs sit beside it), so the folder can be moved as a whole.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affine import Affine
 from rasterio.crs import CRS
 
 from cropmap.contract.metadata import ClassInfo
+
+if TYPE_CHECKING:
+    from cropmap.summary import RunSummary
+    from cropmap.writer import OutputPaths
 
 STAC_VERSION = "1.0.0"
 PROJECTION_EXT = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -62,25 +66,28 @@ def _proj_code(crs: CRS) -> dict[str, Any]:
 
 
 def build_item(
+    summary: RunSummary,
     *,
-    item_id: str,
-    paths: Any,  # writer.OutputPaths
-    crs: CRS,
-    transform: Affine,
-    shape: tuple[int, int],
+    paths: OutputPaths,
     classes: Sequence[ClassInfo],
-    dates: Sequence[dt.date],
-    season: int,
-    model_name: str,
-    calibrated: bool,
-    created: str,
-    version: str,
-    pixel_area_m2: float,
-    area_ha: Mapping[int, float],
-    embedding_dim: int | None = None,
     embedding_bands: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The STAC Item of a run (a JSON-serialisable dict)."""
+    """The STAC Item of a run (a JSON-serialisable dict), read from its run summary.
+
+    Args:
+        summary: The run summary: grid, season and dates, model, areas, creation time and version.
+        paths: The run's output paths (asset ``href``s are relative to the map's folder).
+        classes: The bundle's classes (codes, names, colours), for ``classification:classes``.
+        embedding_bands: The embedding raster's ``raster:bands`` (its storage type, scale and offset).
+    """
+    grid, season = summary.grid, summary.season
+    crs = CRS.from_user_input(grid.crs)
+    transform = Affine(*grid.transform)
+    shape = (grid.height, grid.width)
+    dates = [dt.date.fromisoformat(d) for d in season.dates_used]
+    model_name = summary.bundle.model_name
+    calibrated = summary.bundle.calibration is not None
+    area_ha = summary.area_ha()
     bbox, geometry, native = _footprint(crs, transform, shape)
     folder = paths.map.parent
     res = abs(transform.a)
@@ -163,12 +170,9 @@ def build_item(
             "raster:bands": [percent],
         }
     if paths.embedding is not None:
-        band = {"data_type": "float32", "nodata": "nan", "spatial_resolution": res}
-        bands = (
-            [b | {"spatial_resolution": res} for b in embedding_bands]
-            if embedding_bands is not None
-            else [band] * int(embedding_dim or 0)
-        )
+        if embedding_bands is None:
+            raise ValueError("the run wrote an embedding raster; expected its embedding_bands")
+        bands = [b | {"spatial_resolution": res} for b in embedding_bands]
         assets["embedding"] = {
             "href": href(paths.embedding),
             "type": COG_TYPE,
@@ -189,25 +193,25 @@ def build_item(
         "type": "Feature",
         "stac_version": STAC_VERSION,
         "stac_extensions": [PROJECTION_EXT, RASTER_EXT, CLASSIFICATION_EXT],
-        "id": item_id,
+        "id": paths.map.stem,
         "bbox": bbox,
         "geometry": geometry,
         "properties": {
             "datetime": None,
             "start_datetime": start,
             "end_datetime": end,
-            "created": created,
-            "title": f"crop types, season {season} ({model_name})",
+            "created": summary.created,
+            "title": f"crop types, season {season.year} ({model_name})",
             **_proj_code(crs),
             "proj:shape": [int(shape[0]), int(shape[1])],
             "proj:transform": [float(v) for v in list(transform)[:6]],
             "proj:bbox": [float(v) for v in native],
             **({"gsd": res} if crs.is_projected else {}),
-            "cropmap:version": version,
+            "cropmap:version": summary.cropmap_version,
             "cropmap:model": model_name,
-            "cropmap:season": season,
+            "cropmap:season": season.year,
             "cropmap:calibrated": calibrated,
-            "cropmap:pixel_area_m2": pixel_area_m2,
+            "cropmap:pixel_area_m2": grid.pixel_area_m2,
         },
         "links": [],
         "assets": assets,

@@ -219,7 +219,7 @@ def open_stack(path: str | Path, *, reflectance_scale: float | None = None) -> S
         InputRasterError: If the stack is missing, not a GeoTIFF, truncated, has no
             discoverable dates or band names, no CRS, or files on different grids.
     """
-    from cropmap.safeio import special_file_kind
+    from cropmap.safeio.overlap import special_file_kind
 
     path = Path(path)
     if not path.exists():

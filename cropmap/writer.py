@@ -37,7 +37,9 @@ from typing_extensions import Self
 
 from cropmap.contract.metadata import ClassInfo
 from cropmap.errors import OutputExistsError
-from cropmap.safeio import cause_of, io_step, owned_path, replace_all
+from cropmap.safeio.commit import replace_all
+from cropmap.safeio.oserrors import cause_of, io_step
+from cropmap.safeio.temporaries import owned_path
 from cropmap.stack import bounded_gdal_cache
 
 logger = logging.getLogger(__name__)
@@ -215,7 +217,7 @@ class Staging:
         self._moves: list[tuple[Path, Path]] = []
         self._scratch: list[Path] = []
         self.journal: Path | None = None
-        """The commit journal of the set (:func:`cropmap.safeio.journal_path`), if any."""
+        """The commit journal of the set (:func:`cropmap.safeio.commit.journal_path`), if any."""
         self.stale: list[Path] = []
         """Outputs of an earlier run that the commit removes."""
 
@@ -243,7 +245,7 @@ class Staging:
         """Move every staged file to its final path and remove ``remove``, all or none.
 
         With ``journal`` a run killed during the commit leaves the previous set or the new
-        one (see :func:`cropmap.safeio.replace_all` and :func:`cropmap.safeio.recover_commit`).
+        one (see :func:`cropmap.safeio.commit.replace_all` and :func:`cropmap.safeio.commit.recover_commit`).
         """
         replace_all(self._moves, remove=remove, journal=journal)
         self._moves.clear()
@@ -620,7 +622,9 @@ def write_class_map(data: Any, path: str | Path, *, overwrite: bool = False) -> 
         ValueError: A DataArray without those attrs, or not 2-D.
         OutputExistsError: An output exists and ``overwrite`` is False.
     """
-    from cropmap.safeio import RunLock, output_folder, remove_stale
+    from cropmap.safeio.folders import output_folder
+    from cropmap.safeio.locks import RunLock
+    from cropmap.safeio.temporaries import remove_stale
 
     path = Path(path)
     attrs = getattr(data, "attrs", {})

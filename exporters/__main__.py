@@ -18,7 +18,7 @@ import numpy as np
 
 from cropmap.contract.metadata import PRECISIONS
 from cropmap.errors import BundleError
-from cropmap.safeio import interrupt_exit_code, signals_as_interrupts
+from cropmap.safeio.signals import interrupt_exit_code, signals_as_interrupts
 from exporters.best import METRICS, SPLITS, export_best
 from exporters.parity import ParityError
 from exporters.quantize import DEFAULT_MIN_AGREEMENT, INT8_METHODS

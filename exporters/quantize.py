@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -48,6 +47,7 @@ import numpy as np
 
 from cropmap.contract.metadata import METADATA_KEY, PRECISIONS, BundleMetadata, Precision
 from cropmap.runtime import load_bundle
+from cropmap.safeio.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -398,20 +398,11 @@ def reduce_precision(
                 f"the {precision} graph stores {len(external)} initialisers externally; expected one file"
             )
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
-        os.close(fd)
-        final_tmp = Path(tmp_name)
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(final_tmp, 0o666 & ~umask)
+        with atomic_path(out) as final_tmp:  # made by onnx.save: the default file mode (0o666 less the umask)
             onnx.save(model, str(final_tmp), save_as_external_data=False)
             check = load_bundle(final_tmp)
             if check.metadata.precision != record:
                 raise PrecisionError(f"the precision record of {out} did not survive the write")
-            os.replace(final_tmp, out)
-        finally:
-            final_tmp.unlink(missing_ok=True)
     logger.info(
         "wrote %s bundle %s (%.2f MB): %s; agreement with fp32 %.2f %% on %d series, max |logit diff| %.3g",
         precision,

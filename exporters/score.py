@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cropmap.safeio.atomic import atomic_path
 
 SPLITS = ("test", "selection", "train", "all")
 
@@ -165,15 +165,8 @@ def format_table(result: dict[str, Any], what: str) -> str:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, mode=0o644) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,15 +51,10 @@ from torch import nn
 
 from cropmap.contract.metadata import METADATA_KEY, PRECISIONS, BundleMetadata
 from cropmap.runtime import load_bundle
-from cropmap.safeio import (
-    io_step,
-    journal_path,
-    output_folder,
-    owned_path,
-    recover_commit,
-    remove_stale,
-    replace_all,
-)
+from cropmap.safeio.commit import journal_path, recover_commit, replace_all
+from cropmap.safeio.folders import output_folder
+from cropmap.safeio.oserrors import io_step
+from cropmap.safeio.temporaries import owned_path, remove_stale
 from exporters.parity import ParityReport, check_parity
 from training.checkpoint import validate_norm_stats
 from training.downstream.classifier import CLASSIFIER_KIND, Classifier, load_classifier, save_classifier
@@ -109,13 +104,13 @@ ENCODER_KEYS = ("model_name", "model_config", "state_dict")
 def refuse_inputs_as_outputs(out: str | Path, inputs: Mapping[Path, str]) -> None:
     """Refuse an export whose bundle (or reliability diagram) would replace one of its inputs.
 
-    The rule of every cropmap writer (:func:`cropmap.safeio.refuse_overlap`): with or without
+    The rule of every cropmap writer (:func:`cropmap.safeio.overlap.refuse_overlap`): with or without
     ``overwrite``, an output that is an input (however the path is spelt: links, ``..``) is refused.
 
     Raises:
         cropmap.errors.InputOverwriteError: Naming the output and the input.
     """
-    from cropmap.safeio import refuse_overlap
+    from cropmap.safeio.overlap import refuse_overlap
 
     out = Path(out)
     refuse_overlap([out, out.with_suffix(".reliability.png")], inputs, hint="choose another -o")
@@ -431,7 +426,7 @@ def export_bundle(
     outputs = [metadata.output_name] + ([metadata.embedding.output_name] if metadata.embedding else [])
     dynamic = {name: {0: "batch"} for name in [metadata.input_name, *outputs]}
     png = out.with_suffix(".reliability.png")
-    # The bundle and its reliability diagram commit as one set (cropmap.safeio.replace_all with a journal): a
+    # The bundle and its reliability diagram commit as one set (cropmap.safeio.commit.replace_all with a journal): a
     # full disk or a signal before the commit leaves nothing at -o, a kill during it the old set or the new one.
     # A diagram of an earlier calibrated export beside an uncalibrated bundle would be stale: it goes too.
     with output_folder(out.parent):

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cropmap.contract.metadata import METADATA_KEY, BundleMetadata
+from cropmap.safeio.atomic import atomic_path
 from exporters.parity import ParityError, ParityReport
 from exporters.to_onnx import ExportError
 from training.downstream.trees import INDEX_EPS, TREE_OPSET, TreeClassifier, index_pairs
@@ -247,17 +246,8 @@ def export_tree_bundle(
         report = dataclasses.replace(report, calibration=cal)
     helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out, mode=0o644) as tmp:
+        tmp.write_bytes(model.SerializeToString())
     logger.info("wrote tree bundle %s (%s); parity on %s", out, clf.family, report.summary())
     return report
 

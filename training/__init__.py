@@ -9,10 +9,11 @@ Needs the ``train`` extra (torch, optuna). What it may import from the deployabl
 enforced by tests/test_layering.py):
 
 - every module: the contract package :mod:`cropmap.contract` (band names, the bundle metadata and its JSON, the
-  time grid and gap fill, the cloud rule; it loads neither ONNX Runtime nor torch) and :mod:`cropmap.errors`;
+  time grid and gap fill, the cloud rule; it loads neither ONNX Runtime nor torch), :mod:`cropmap.errors` and the
+  one atomic-write helper, :mod:`cropmap.safeio.atomic`;
 - the readers of inference's inputs, ``training/data/extract.py`` and ``training/data/pairs.py``, also inference's
   input side: :mod:`cropmap.stack`, :mod:`cropmap.mask`, :mod:`cropmap.tiling`, :mod:`cropmap.sanity` and
-  :mod:`cropmap.safeio`, so that training data are read exactly as ``cropmap classify`` reads them.
+  :mod:`cropmap.safeio` (its modules), so that training data are read exactly as ``cropmap classify`` reads them.
 
 Never :mod:`exporters`: training writes run directories, which the exporters read.
 """

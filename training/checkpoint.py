@@ -17,8 +17,8 @@ Kinds written by cropmap's pre-training: ``"encoder"`` (a frozen S2 encoder, rea
 resume pre-training exactly: models, optimizer, epoch, RNG states). Other kinds only need ``kind``
 and ``state_dict``.
 
-Files are written atomically: to a temporary file in the same folder, then ``os.replace``; a crash
-never leaves a half-written checkpoint at the final path.
+Files are written atomically (:func:`cropmap.safeio.atomic.atomic_file`: a temporary file in the same folder,
+flushed, then renamed); a crash never leaves a half-written checkpoint at the final path.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
 import pickle
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from cropmap.safeio.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -183,16 +183,8 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any] | None = None, 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as fh:
+        torch.save(data, fh)
     logger.info("saved %s checkpoint to %s", data["kind"], path)
     return path
 

@@ -158,11 +158,15 @@ def test_masked_clouds_map_like_the_clear_stack(
     reference[np.broadcast_to(cloud[:, None], reference.shape)] = 0  # the clouds as nodata gaps
     ref_stack = write_stack_descriptions(tmp_path / "gaps.tif", reference)
 
-    ref = cropmap.classify(ref_stack, polygons, model=bundle, out=tmp_path / "ref.tif", quicklook=False)
-    masked = cropmap.classify(stack, polygons, model=bundle, out=tmp_path / "masked.tif", quicklook=False)
+    ref = cropmap.classify(
+        ref_stack, polygons, model=bundle, out=tmp_path / "ref.tif", quicklook=False
+    ).to_dict()
+    masked = cropmap.classify(
+        stack, polygons, model=bundle, out=tmp_path / "masked.tif", quicklook=False
+    ).to_dict()
     raw = cropmap.classify(
         stack, polygons, model=bundle, out=tmp_path / "raw.tif", quicklook=False, cloud_band="none"
-    )
+    ).to_dict()
 
     np.testing.assert_array_equal(_classes(tmp_path / "masked.tif"), _classes(tmp_path / "ref.tif"))
     assert masked["classes"] == ref["classes"] and masked["pixels"] == ref["pixels"]
@@ -189,8 +193,8 @@ def test_folder_stack_with_a_cloud_band_in_each_file(tmp_path: Path, polygons: P
             ds.descriptions = (*STACK_BANDS, "CLP")
             ds.update_tags(reflectance_scale="10000")
     single = write_stack_descriptions(tmp_path / "single.tif", both, bands=(*STACK_BANDS, "CLP"))
-    a = cropmap.classify(folder, polygons, model=bundle, out=tmp_path / "a.tif", quicklook=False)
-    b = cropmap.classify(single, polygons, model=bundle, out=tmp_path / "b.tif", quicklook=False)
+    a = cropmap.classify(folder, polygons, model=bundle, out=tmp_path / "a.tif", quicklook=False).to_dict()
+    b = cropmap.classify(single, polygons, model=bundle, out=tmp_path / "b.tif", quicklook=False).to_dict()
     np.testing.assert_array_equal(_classes(tmp_path / "a.tif"), _classes(tmp_path / "b.tif"))
     assert a["clouds"]["masked_observations"] == b["clouds"]["masked_observations"] > 0
 
@@ -201,7 +205,7 @@ def test_stack_without_cloud_band_warns_once(
     with caplog.at_level(logging.WARNING, logger="cropmap"):
         summary = cropmap.classify(
             stack_desc, polygons, model=bundle, out=tmp_path / "m.tif", quicklook=False
-        )
+        ).to_dict()
     warnings = [
         r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "cloud" in r.getMessage()
     ]
@@ -272,7 +276,7 @@ def test_cli_cloud_scale_for_a_probability_band_of_unknown_name(
     assert res.exit_code == 2 and "--cloud-scale" in res.output and "cloud_scale is 0.0" in res.output
     res = runner.invoke(main, [*base, "-o", str(tmp_path / "c.tif"), "--cloud-scale", "255"])
     assert res.exit_code == 0, res.output
-    ref = cropmap.classify(clp, polygons, model=bundle, out=tmp_path / "ref.tif", quicklook=False)
+    ref = cropmap.classify(clp, polygons, model=bundle, out=tmp_path / "ref.tif", quicklook=False).to_dict()
     np.testing.assert_array_equal(_classes(tmp_path / "c.tif"), _classes(tmp_path / "ref.tif"))
     import json
 

@@ -29,7 +29,8 @@ from stackkit import (
 )
 
 from cropmap.cli import main
-from cropmap.safeio import COMMIT_KILL_ENV, is_debris, journal_path, recover_commit
+from cropmap.safeio.commit import COMMIT_KILL_ENV, journal_path, recover_commit
+from cropmap.safeio.temporaries import is_debris
 
 OLD = ["--confidence", "--probabilities"]
 NEW = ["--uncertainty", "entropy", "--overwrite"]
@@ -118,7 +119,7 @@ def _kill_case(step: int, inputs: tuple[Path, Path, Path], tmp_path: Path) -> No
     assert set(old) == OLD_NAMES
     killed = _run(_args(inputs, out, *NEW), env={COMMIT_KILL_ENV: str(step)})
     assert killed.returncode == -9, (step, killed.returncode, killed.stderr)
-    # The repair the next run does first, under the lock (cropmap.pipeline._claim_outputs).
+    # The repair the next run does first, under the lock (cropmap.outputs.claim_outputs).
     outcome = recover_commit(journal_path(out))
     now = _hashes(out.parent)
     if set(now) == OLD_NAMES:

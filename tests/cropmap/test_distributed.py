@@ -23,7 +23,7 @@ def test_distributed_local_cluster_matches_threads(
         block_size=16,
         confidence=True,
         quicklook=False,
-    )
+    ).to_dict()
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, host="127.0.0.1", processes=True, dashboard_address=None
     ) as cluster:
@@ -36,7 +36,7 @@ def test_distributed_local_cluster_matches_threads(
             confidence=True,
             quicklook=False,
             scheduler=cluster.scheduler_address,
-        )
+        ).to_dict()
     assert dist["executor"].startswith("dask.distributed at tcp://127.0.0.1")
     assert dist["pixels"] == threads["pixels"] and dist["classes"] == threads["classes"]
     for name in ("{}.tif", "{}_confidence.tif"):

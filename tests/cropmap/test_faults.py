@@ -47,7 +47,9 @@ from stackkit import (
 
 from cropmap.cli import main
 from cropmap.errors import FileSystemError
-from cropmap.safeio import HOST, lock_path, owned_path, replace_all
+from cropmap.safeio.commit import replace_all
+from cropmap.safeio.locks import lock_path
+from cropmap.safeio.temporaries import HOST, owned_path
 
 CLI = [sys.executable, "-m", "cropmap"]
 BIG = 1024  # edge of the stack the signal and concurrency cases classify (about 7 s on one core)
@@ -219,7 +221,7 @@ class _OtherProcessHolds:
 
     def __init__(self, target: Path, what: str) -> None:
         code = (
-            f"import sys; from pathlib import Path; from cropmap.safeio import RunLock\n"
+            f"import sys; from pathlib import Path; from cropmap.safeio.locks import RunLock\n"
             f"with RunLock(Path({str(target)!r}), {what!r}):\n    print('held', flush=True); sys.stdin.read()"
         )
         self.proc = subprocess.Popen(

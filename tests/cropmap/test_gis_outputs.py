@@ -48,7 +48,7 @@ def test_stac_item(stack_desc: Path, polygons: Path, bundle: Path, outdir: Path)
         confidence=True,
         probabilities=True,
         uncertainty="margin",
-    )
+    ).to_dict()
     path = outdir / "map_stac.json"
     assert summary["outputs"]["stac"] == str(path)
     item = read_json(path)
@@ -85,7 +85,7 @@ def test_quicklook_tells_outside_mask_from_too_little_data(
 
     from cropmap.quicklook import INSUFFICIENT_RGBA, OUTSIDE_RGBA
 
-    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "map.tif")
+    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "map.tif").to_dict()
     assert summary["pixels"]["insufficient_data"] > 0
     img = (mpimg.imread(outdir / "map_quicklook.png")[..., :3] * 255).round().astype(int)
 
@@ -97,7 +97,9 @@ def test_quicklook_tells_outside_mask_from_too_little_data(
     assert count(OUTSIDE_RGBA) > 500
     # Without pixels lacking data, the dark colour appears only in the legend patch.
     poly_a_only = write_polygons(outdir.parent / "a.gpkg", [polygon_a()], CRS)
-    s2 = cropmap.classify(stack_desc, poly_a_only, model=bundle, out=outdir / "a.tif", min_valid_steps=1)
+    s2 = cropmap.classify(
+        stack_desc, poly_a_only, model=bundle, out=outdir / "a.tif", min_valid_steps=1
+    ).to_dict()
     assert s2["pixels"]["insufficient_data"] <= 1
     img = (mpimg.imread(outdir / "a_quicklook.png")[..., :3] * 255).round().astype(int)
     legend_only = count(INSUFFICIENT_RGBA)

@@ -41,7 +41,7 @@ def test_import_cropmap_is_light() -> None:
                  if m in sys.modules]
         assert not heavy, heavy
         assert sorted(cropmap.__all__) == sorted(
-            ["BundleMetadata", "ClassifyOptions", "CropmapError", "__version__", "classify", "classify_array",
+            ["BundleMetadata", "ClassifyOptions", "CropmapError", "RunSummary", "__version__", "classify", "classify_array",
              "classify_many", "classify_parcels", "load_bundle", "write_class_map"])
         print("ok")
         """

@@ -35,7 +35,7 @@ def test_classify_matches_numpy_reference(
     stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, values: np.ndarray
 ) -> None:
     out = outdir / "map.tif"
-    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=16)
+    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=16).to_dict()
     expected, insufficient = expected_classes(values, inside_mask())
     got = _read(out)
     np.testing.assert_array_equal(got, expected)
@@ -54,7 +54,7 @@ def test_classify_tiled_equals_untiled(
     out = outdir / "map.tif"
     summary = cropmap.classify(
         stack_desc, polygons, model=bundle, out=out, block_size=block_size, confidence=True
-    )
+    ).to_dict()
     np.testing.assert_array_equal(_read(out), whole.values)
     np.testing.assert_array_equal(_read(outdir / "map_confidence.tif"), whole.coords["confidence"].values)
     expected_blocks = {16: 6, 32: 2, None: 1}[block_size]
@@ -68,7 +68,9 @@ def test_classify_outside_mask_is_nodata_and_skipped_blocks(
 
     only_b = write_polygons(tmp_path / "b.gpkg", [polygon_b()], "EPSG:32631")
     out = outdir / "map.tif"
-    summary = cropmap.classify(stack_desc, only_b, model=bundle, out=out, block_size=16, confidence=True)
+    summary = cropmap.classify(
+        stack_desc, only_b, model=bundle, out=out, block_size=16, confidence=True
+    ).to_dict()
     got = _read(out)
     inside = inside_mask([polygon_b()])
     assert (got[~inside] == 0).all()
@@ -79,7 +81,9 @@ def test_classify_outside_mask_is_nodata_and_skipped_blocks(
 def test_classify_gap_filling_and_insufficient_data(
     stack_desc: Path, polygons: Path, bundle: Path, outdir: Path, values: np.ndarray
 ) -> None:
-    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=outdir / "m.tif", quicklook=False)
+    summary = cropmap.classify(
+        stack_desc, polygons, model=bundle, out=outdir / "m.tif", quicklook=False
+    ).to_dict()
     got = _read(outdir / "m.tif")
     # rows 0-2, cols 30-36 keep one valid date: below the bundle's min_valid_steps = 2.
     corner = inside_mask()[0:3, 30:37]
@@ -91,7 +95,7 @@ def test_classify_gap_filling_and_insufficient_data(
     # With min_valid_steps 1 the corner is classified (from its single observation, held constant).
     summary1 = cropmap.classify(
         stack_desc, polygons, model=bundle, out=outdir / "m1.tif", min_valid_steps=1, quicklook=False
-    )
+    ).to_dict()
     expected1, insufficient1 = expected_classes(values, inside_mask(), min_valid=1)
     assert summary1["pixels"]["insufficient_data"] == int(insufficient1.sum()) < int(insufficient.sum())
     got1 = _read(outdir / "m1.tif")
@@ -147,7 +151,7 @@ def test_classify_summary_consistent_with_raster(
     stack_desc: Path, polygons: Path, bundle: Path, outdir: Path
 ) -> None:
     out = outdir / "map.tif"
-    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=16)
+    summary = cropmap.classify(stack_desc, polygons, model=bundle, out=out, block_size=16).to_dict()
     assert read_json(outdir / "map_summary.json") == summary
     got = _read(out)
     px = summary["pixels"]
@@ -281,7 +285,9 @@ def test_the_automatic_batch_follows_the_stamps_and_the_summary_records_it(
     assert [auto_batch_size(t) for t in (1, 12, 24, 73, 144, 1000)] == [256, 128, 64, 32, 16, 8]
     assert auto_batch_size(144, gpu=True) == DEFAULT_BATCH_SIZE
     t = load_bundle(bundle).metadata.n_timesteps
-    auto = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "a.tif")
-    fixed = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", batch_size=3)
+    auto = cropmap.classify(stack_desc, polygons, model=bundle, out=tmp_path / "a.tif").to_dict()
+    fixed = cropmap.classify(
+        stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", batch_size=3
+    ).to_dict()
     assert auto["runtime"]["batch_size"] == auto_batch_size(t) and fixed["runtime"]["batch_size"] == 3
     assert auto["classes"] == fixed["classes"]  # the batch changes the speed, not the map

@@ -103,7 +103,7 @@ def test_confidence_and_probabilities_use_the_bundle_temperature(
             confidence=True,
             probabilities=True,
             uncertainty="entropy",
-        )
+        ).to_dict()
         t = meta.temperature
         p = softmax(logits[valid], t)
         conf = _read(out.with_name("map_confidence.tif"))[0]
@@ -198,7 +198,7 @@ def test_post_processing_tiled_equals_untiled(
     out = outdir / "map.tif"
     summary = cropmap.classify(
         stack_desc, polygons, model=bundle, out=out, block_size=16, confidence=True, **post
-    )
+    ).to_dict()
     assert summary["blocks"]["total"] == 6 and summary["postprocessing"]["halo_px"] > 0
     tiled = _read(out)[0]
     np.testing.assert_array_equal(tiled, whole.values)

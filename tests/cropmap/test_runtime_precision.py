@@ -105,7 +105,7 @@ def test_summary_records_the_provider_used(
 ) -> None:
     s = cropmap.classify(
         stack_desc, polygons, model=bundle, out=outdir / "m.tif", quicklook=False, provider="cpu"
-    )
+    ).to_dict()
     assert s["runtime"]["provider_requested"] == "cpu"
     assert s["runtime"]["providers_used"] == ["CPUExecutionProvider"]
     assert s["runtime"]["bundle_precision"] == "fp32" and s["bundle"]["precision"] == {"dtype": "fp32"}
@@ -158,7 +158,7 @@ def test_embedding_raster_reads_back_physical_values(
         embedding=True,
         quicklook=False,
         embedding_dtype=dtype,
-    )
+    ).to_dict()
     assert s["options"]["embedding_dtype"] == dtype
     assert s["embedding"]["dtype"] == dtype
     with rasterio.open(outdir / "m_embedding.tif") as ds:

@@ -126,12 +126,12 @@ def test_the_batches_of_one_block_run_on_all_the_sessions_of_the_run(
     monkeypatch.setattr(SessionPool, "_one", spy)
     one = cropmap.classify(
         stack_desc, polygons, model=bundle, out=tmp_path / "a.tif", threads=1, batch_size=16
-    )
+    ).to_dict()
     assert len(threads) == 1
     threads.clear()
     two = cropmap.classify(
         stack_desc, polygons, model=bundle, out=tmp_path / "b.tif", threads=2, batch_size=16, block_size=4096
-    )  # one block, two threads
+    ).to_dict()  # one block, two threads
     assert two["executor"] == "local threads (1 block workers; 2 single-threaded ONNX Runtime sessions)"
     assert len(threads) == 2 and all(t.startswith("cropmap-session") for t in threads)
     assert one["classes"] == two["classes"]

@@ -107,7 +107,7 @@ def test_huge_stack_with_one_cropland_block(tmp_path: Path, bundle: Path) -> Non
         out=tmp_path / "o" / "m.tif",
         block_size=64,
         confidence=True,
-    )
+    ).to_dict()
     assert s["blocks"]["total"] == (side // 64) ** 2 and s["blocks"]["processed"] == 1
     assert s["pixels"]["classified"] == 144
     with rasterio.open(tmp_path / "o" / "m.tif") as ds:

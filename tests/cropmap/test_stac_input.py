@@ -73,8 +73,8 @@ def test_stac_items_classify_to_the_same_bytes(
     assert st.scale is not None and st.scale.source == "STAC raster:bands scale/offset"
     assert len(st.files) == len(DATES) * len(STACK_BANDS)
     opts = {"model": bundle, "block_size": 16, "confidence": True, "probabilities": True}
-    a = cropmap.classify(stack_desc, polygons, out=outdir / "tif.tif", **opts)
-    b = cropmap.classify(items, polygons, out=outdir / "stac.tif", **opts)
+    a = cropmap.classify(stack_desc, polygons, out=outdir / "tif.tif", **opts).to_dict()
+    b = cropmap.classify(items, polygons, out=outdir / "stac.tif", **opts).to_dict()
     assert b["inputs"]["stack_layout"] == "stac-items"
     assert a["pixels"] == b["pixels"] and a["pixels"]["classified"] > 0
     # (the quick-look PNGs differ by their title, which names the stack file)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap.safeio import COMMIT_KILL_ENV, journal_path, recover_commit
+from cropmap.safeio.commit import COMMIT_KILL_ENV, journal_path, recover_commit
 from exporters.to_onnx import save_classifier
 from training.models import build_model
 

@@ -52,6 +52,7 @@ from cropmap.contract.clouds import CloudMask, no_cloud_message, resolve_cloud_m
 from cropmap.contract.metadata import TimeGrid
 from cropmap.errors import CropmapError, MaskError, OutputExistsError
 from cropmap.mask import vector_layer
+from cropmap.safeio.atomic import atomic_path
 from cropmap.stack import Stack, open_stack
 from cropmap.tiling import Block, block_shape, plan_blocks
 
@@ -564,11 +565,11 @@ def _in_order(func: Callable[[Any], Any], items: Sequence[Any], workers: int) ->
 
 
 class _Writer:
-    """Long rows into a temporary parquet file beside the output; :meth:`commit` moves it into place."""
+    """Long rows into a parquet file (the temporary of :func:`~cropmap.safeio.atomic.atomic_path`)."""
 
     def __init__(
         self,
-        out: Path,
+        path: Path,
         dates: Sequence[dt.date],
         bands: Sequence[str],
         label_column: str,
@@ -576,8 +577,7 @@ class _Writer:
     ) -> None:
         import pyarrow as pa
 
-        self.out, self.names, self.label_column = out, names, label_column
-        self.tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        self.path, self.names, self.label_column = path, names, label_column
         self.stamps = np.array(dates, dtype="datetime64[D]").astype("datetime64[ms]")
         self.band_columns = [f"S2-L2A-{b}" for b in bands]
         fields = [
@@ -643,24 +643,18 @@ class _Writer:
             # Dictionaries for the repeated strings only, and no column statistics: a float column's dictionary
             # attempt and the strings' statistics cost more than the rest of the write.
             self._writer = pq.ParquetWriter(
-                self.tmp,
+                self.path,
                 self.schema,
                 write_statistics=False,
                 use_dictionary=["sample_id", PARCEL_COLUMN, NAME_COLUMN],
             )
         self._writer.write_table(pa.table(columns, schema=self.schema))
 
-    def commit(self) -> None:
-        """Close the file and move it to the output path (atomically, in the same folder)."""
-        self._writer.close()
-        self._writer = None
-        os.replace(self.tmp, self.out)
-
-    def discard(self) -> None:
-        """Remove the temporary file (after an error)."""
+    def close(self) -> None:
+        """Close the file (its temporary path becomes the output when :func:`atomic_path` ends)."""
         if self._writer is not None:
             self._writer.close()
-        self.tmp.unlink(missing_ok=True)
+            self._writer = None
 
 
 # ---------------------------------------------------------------------------------------------- extraction
@@ -693,7 +687,7 @@ def extract(
     from tqdm import tqdm
 
     from cropmap.contract.timegrid import select_season
-    from cropmap.safeio import mask_files, refuse_overlap
+    from cropmap.safeio.overlap import mask_files, refuse_overlap
     from cropmap.sanity import check_reflectance
 
     out, polygons = Path(out), Path(polygons)
@@ -765,35 +759,34 @@ def extract(
         positions=positions,
         min_valid=options.min_valid,
     )
-    writer = _Writer(out, dates, bands, code_column(options.label_column), parcels.names)
-    sink = _Sink(options, parcels, writer, summary, st.width)
-    workers = options.workers or os.cpu_count() or 1
-    summary.workers = workers
-    logger.info(
-        "%d blocks of %s px touch %d polygons; %d worker threads",
-        len(items),
-        shape,
-        len(parcels.ids),
-        workers,
-    )
-    try:
-        with tqdm(total=len(items), unit="block", desc="extract", disable=not progress) as bar:
-            for result in _in_order(reader, items, workers):
-                sink.add(result)
-                remaining[result.touched] -= 1
-                for p in result.touched[remaining[result.touched] == 0]:
-                    sink.finish(int(p))
-                bar.update()
-        if summary.samples == 0:
-            raise ExtractError(
-                f"no sample was extracted: {summary.pixels_too_few_valid:,} pixels inside the polygons have fewer "
-                f"than {options.min_valid} valid observations and no other pixel centre lies inside a (buffered) "
-                "polygon; expected at least one (lower --min-valid or --buffer)"
-            )
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        raise
+    with atomic_path(out) as tmp:
+        writer = _Writer(tmp, dates, bands, code_column(options.label_column), parcels.names)
+        sink = _Sink(options, parcels, writer, summary, st.width)
+        workers = options.workers or os.cpu_count() or 1
+        summary.workers = workers
+        logger.info(
+            "%d blocks of %s px touch %d polygons; %d worker threads",
+            len(items),
+            shape,
+            len(parcels.ids),
+            workers,
+        )
+        try:
+            with tqdm(total=len(items), unit="block", desc="extract", disable=not progress) as bar:
+                for result in _in_order(reader, items, workers):
+                    sink.add(result)
+                    remaining[result.touched] -= 1
+                    for p in result.touched[remaining[result.touched] == 0]:
+                        sink.finish(int(p))
+                    bar.update()
+            if summary.samples == 0:
+                raise ExtractError(
+                    f"no sample was extracted: {summary.pixels_too_few_valid:,} pixels inside the polygons have fewer "
+                    f"than {options.min_valid} valid observations and no other pixel centre lies inside a (buffered) "
+                    "polygon; expected at least one (lower --min-valid or --buffer)"
+                )
+        finally:
+            writer.close()
     summary.polygons_without_pixel = len(parcels.ids) - summary.polygons_used
     return summary
 
@@ -945,7 +938,7 @@ def cache_key(stack: str | Path, polygons: str | Path, options: ExtractOptions) 
     Raises:
         CropmapError: As :func:`cropmap.stack.open_stack` for a stack it cannot open.
     """
-    from cropmap.safeio import mask_files
+    from cropmap.safeio.overlap import mask_files
 
     st = open_stack(stack, reflectance_scale=options.reflectance_scale)
     files = sorted(st.files) + (

@@ -42,8 +42,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -62,6 +60,7 @@ from cropmap.contract.clouds import CloudMask, no_cloud_message, resolve_cloud_m
 from cropmap.contract.timegrid import fill_gaps
 from cropmap.errors import CropmapError
 from cropmap.mask import Polygons, load_polygons, rasterize_block
+from cropmap.safeio.atomic import atomic_path
 from cropmap.stack import Stack, bounded_gdal_cache, open_stack
 from training.data.scenes import (
     DEFAULT_MASK_BAND,
@@ -356,26 +355,16 @@ def build_pairs(
     summary = PairSummary(matched_stamps=len(stamps), stamps=len(stack.dates))
     summary.dropped.update(dict.fromkeys(DROP_REASONS, 0))
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(
+        out
+    ) as tmp:  # a folder: an existing one at out is replaced only once this one is complete
+        tmp.mkdir()
         with bounded_gdal_cache():  # GDAL's default cache (5 % of RAM) would grow with the tiles read
             _write(stack, scenes, by_day, matched, stamps, cloud, polys, cfg, tmp, summary, progress, tqdm)
         summary.seconds = time.perf_counter() - t_start
         manifest = _manifest(stack, scenes, matched, stamps, cloud, cfg, summary, s2_stack, scenes_in)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return summary
 
 

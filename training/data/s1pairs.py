@@ -46,6 +46,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from cropmap.safeio.atomic import atomic_path
 from training.data.worldcereal import WorldCerealSeries, read_extraction
 
 logger = logging.getLogger(__name__)
@@ -341,8 +342,7 @@ def write_pairs(pairs: S1Pairs, out: str | Path) -> Path:
     if out.suffix != ".npz":
         raise ValueError(f"output must be an .npz file, got {str(out)!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.npz")
-    try:
+    with atomic_path(out) as tmp:
         np.savez(
             tmp,
             s2=pairs.s2,
@@ -354,9 +354,6 @@ def write_pairs(pairs: S1Pairs, out: str | Path) -> Path:
             date=pairs.dates.astype(str),
             label=pairs.labels,
         )
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cropmap.safeio.atomic import atomic_path
+
 
 def stack_observations(stack: Path, n: int, seed: int) -> tuple[np.ndarray, tuple[str, ...], int]:
     """Up to ``n`` valid observations drawn without replacement (sorted), their bands, and how many were valid."""
@@ -39,9 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         s2, bands, valid = stack_observations(args.stack, args.n, args.seed)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp.npz")
-        np.savez(tmp, s2=s2, bands=np.array(bands))
-        tmp.replace(args.out)
+        with atomic_path(args.out, suffix=".npz") as tmp:  # np.savez adds .npz to any other name
+            np.savez(tmp, s2=s2, bands=np.array(bands))
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from cropmap.contract.metadata import ClassInfo, TimeGrid
+from cropmap.safeio.atomic import atomic_file
 from training.checkpoint import CheckpointError, describe_error
 from training.config import ConfigError, config_to_dict, load_config
 from training.downstream.baselines import score
@@ -648,18 +649,9 @@ def _save_run_model(
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``arrays`` to ``path`` atomically (:func:`cropmap.safeio.atomic.atomic_file`)."""
+    with atomic_file(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def run_comparison(

@@ -31,6 +31,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cropmap.safeio.atomic import atomic_write_json
 from training.models import MODELS
 
 if TYPE_CHECKING:  # optuna is imported where variants are sampled, so training imports without it
@@ -380,9 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary = study_summary(result)
         if args.json is not None:
-            tmp = args.json.with_name(f".{args.json.name}.tmp")
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            tmp.replace(args.json)
+            atomic_write_json(args.json, summary)
     except (ValueError, ConfigError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cropmap.safeio.atomic import atomic_write
 from training.data.parcels import ParcelTask, load_parcels
 from training.data.s1pairs import S1_POLARISATIONS, extraction_pairs, s1_series, subset, write_pairs
 from training.data.worldcereal import WorldCerealSeries, on_time_grid, read_extraction
@@ -141,9 +142,7 @@ def _pretrain(pairs: Path, out: Path, mode: str, seed: int, epochs: int) -> floa
     if rc != 0:
         raise RuntimeError(f"pre-training {mode} into {out} failed with exit status {rc}")
     wall = time.perf_counter() - t0
-    tmp = out / ".wall_s.json.tmp"
-    tmp.write_text(json.dumps({**key, "wall_s": wall}) + "\n")
-    tmp.replace(stamp)
+    atomic_write(stamp, json.dumps({**key, "wall_s": wall}) + "\n")
     return wall
 
 
@@ -359,16 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     for fname, content in (("results.json", json.dumps(results, indent=1) + "\n"), ("s1_bimodal.md", body)):
-        tmp = args.out / f".{fname}.tmp"
-        tmp.write_text(content)
-        tmp.replace(args.out / fname)
+        atomic_write(args.out / fname, content)
     if args.write_doc is not None:
         text = args.write_doc.read_text()
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
-        tmp = args.write_doc.with_name(f".{args.write_doc.name}.tmp")
-        tmp.write_text(f"{head}{START}\n\n{body}\n{END}{tail}")
-        tmp.replace(args.write_doc)
+        atomic_write(args.write_doc, f"{head}{START}\n\n{body}\n{END}{tail}")
     print(body)
     return 0
 

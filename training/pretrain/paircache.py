@@ -23,16 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cropmap.safeio.atomic import atomic_path
 from training.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def cache_key(scene_dir: Path, cfg: PretrainConfig) -> tuple[str, dict[str, Any]
 
 def _remove_stale(cache_dir: Path) -> None:
     now = time.time()
-    for tmp in cache_dir.glob(".*.tmp-*"):
+    for tmp in cache_dir.glob(".*.cropmap-*.tmp"):  # atomic_path's temporaries of entries
         try:
             if now - tmp.stat().st_mtime > _STALE_S:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -114,20 +113,14 @@ def cached_scene_pairs(
         return s2, ps, meta["info"], True
     _remove_stale(cache_dir)
     s2, ps, info = build()
-    tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        np.save(tmp / "s2.npy", np.ascontiguousarray(s2, dtype=np.float32))
-        np.save(tmp / "ps.npy", np.ascontiguousarray(ps, dtype=np.float32))
-        (tmp / "meta.json").write_text(json.dumps({"key": desc, "info": info}, indent=1) + "\n")
-        try:
-            tmp.rename(entry)
-        except OSError:
-            if not entry.is_dir():  # not a concurrent run that finished first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_path(entry, replace=False) as tmp:
+            tmp.mkdir()
+            np.save(tmp / "s2.npy", np.ascontiguousarray(s2, dtype=np.float32))
+            np.save(tmp / "ps.npy", np.ascontiguousarray(ps, dtype=np.float32))
+            (tmp / "meta.json").write_text(json.dumps({"key": desc, "info": info}, indent=1) + "\n")
+    except OSError:
+        if not entry.is_dir():  # not a concurrent run that finished first
+            raise
     logger.info("pairs of %s stored in the cache %s (%d pairs)", scene_dir, entry, len(s2))
     return np.load(entry / "s2.npy", mmap_mode="c"), np.load(entry / "ps.npy", mmap_mode="c"), info, False

@@ -29,8 +29,6 @@ into place; the folder itself is built beside its final name and renamed when co
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +39,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
+from cropmap.safeio.atomic import atomic_path
 from training.data.denethor import read_scene
 from training.data.scenes import PS_BANDS, UDM2_BANDS
 
@@ -70,7 +69,6 @@ def _write(
     nodata: float | None,
     tags: dict[str, str],
 ) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     profile = {
         "driver": "GTiff",
         "dtype": data.dtype.name,
@@ -82,11 +80,10 @@ def _write(
         "nodata": nodata,
         "compress": "deflate",
     }
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
         dst.descriptions = tuple(descriptions)
         dst.update_tags(**tags)
-    os.replace(tmp, path)
 
 
 def _udm2(clear: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -113,10 +110,8 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
     dest = Path(scene_dir) / SCENES_DIR
     if dest.exists():
         raise FileExistsError(f"{dest} exists already")
-    tmp_dir = dest.with_name(f".{SCENES_DIR}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
-    try:
+    with atomic_path(dest) as tmp_dir:
+        tmp_dir.mkdir()
         for k, (date, path) in enumerate(zip(scene.ps_dates, scene.ps_paths, strict=True)):
             with rasterio.open(path) as src:
                 data, crs, t, names = src.read(), src.crs, src.transform, tuple(src.descriptions)
@@ -175,9 +170,6 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
                 None,
                 tags,
             )
-        os.replace(tmp_dir, dest)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return dest
 
 

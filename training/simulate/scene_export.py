@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 
+from cropmap.safeio.atomic import atomic_path
 from training.data.denethor import S2_BAND_NAMES, read_scene
 
 STACK_NAME = "s2_stack.tif"
@@ -43,11 +43,6 @@ REFLECTANCE_SCALE = 10000
 STACK_NODATA = 0
 _MAX_TILE = 256
 _CHUNK_DATES = 8
-
-
-def _temporary(dest: Path) -> Path:
-    """A name beside ``dest`` (same folder, so :func:`os.replace` is atomic) that keeps its suffix."""
-    return dest.with_name(f".{dest.stem}.{os.getpid()}.tmp{dest.suffix}")
 
 
 def _tile(size: int) -> int:
@@ -104,24 +99,19 @@ def write_s2_stack(scene_dir: str | Path, dest: str | Path | None = None) -> Pat
         f"{CLOUD_BAND}: cloud probability*255",
         "source": f"DENETHOR-layout scene {scene.root.name}: s2/bands.npy and s2/clp.npy (values unchanged)",
     }
-    tmp = _temporary(dest)
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.update_tags(**tags)
-            for t0 in range(0, n_t, _CHUNK_DATES):
-                t1 = min(n_t, t0 + _CHUNK_DATES)
-                refl = _as_dn(np.asarray(scene.s2[t0:t1]))  # (t, H, W, 12)
-                clp = _as_clp(np.asarray(scene.clp[t0:t1]), scene.clp_scale)  # (t, H, W)
-                block = np.concatenate([refl, clp[..., None]], axis=-1)  # (t, H, W, 13)
-                block = np.moveaxis(block, -1, 1).reshape(-1, height, width)
-                first = t0 * len(names) + 1
-                dst.write(block, indexes=list(range(first, first + block.shape[0])))
-            for t, date in enumerate(scene.dates):
-                for b, name in enumerate(names):
-                    dst.set_band_description(t * len(names) + b + 1, f"{date.isoformat()}_{name}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(dest) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.update_tags(**tags)
+        for t0 in range(0, n_t, _CHUNK_DATES):
+            t1 = min(n_t, t0 + _CHUNK_DATES)
+            refl = _as_dn(np.asarray(scene.s2[t0:t1]))  # (t, H, W, 12)
+            clp = _as_clp(np.asarray(scene.clp[t0:t1]), scene.clp_scale)  # (t, H, W)
+            block = np.concatenate([refl, clp[..., None]], axis=-1)  # (t, H, W, 13)
+            block = np.moveaxis(block, -1, 1).reshape(-1, height, width)
+            first = t0 * len(names) + 1
+            dst.write(block, indexes=list(range(first, first + block.shape[0])))
+        for t, date in enumerate(scene.dates):
+            for b, name in enumerate(names):
+                dst.set_band_description(t * len(names) + b + 1, f"{date.isoformat()}_{name}")
     return dest
 
 
@@ -172,12 +162,8 @@ def write_fields(scene_dir: str | Path, dest: str | Path | None = None) -> Path:
         crs=labels.crs,
     )
     dest = Path(dest) if dest is not None else Path(scene_dir) / FIELDS_NAME
-    tmp = _temporary(dest)
-    try:
+    with atomic_path(dest) as tmp:
         fields.to_file(tmp, layer=FIELDS_LAYER, driver="GPKG")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
