@@ -10,6 +10,7 @@ option values exit with status 2; Ctrl-C and SIGTERM clean up and exit with
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
+from cropmap.cli_common import PolicyGroup, UnavailableCommand
 from cropmap.errors import CropmapError
 from cropmap.options import EMBEDDING_DTYPE_CHOICES, PROVIDER_CHOICES, ClassifyOptions
 from cropmap.safeio import file_system_error, interrupt_exit_code, signals_as_interrupts
@@ -256,7 +258,42 @@ def _hpc_options(f: Any) -> Any:
     return f
 
 
-@click.group()
+PLUGIN_GROUP = "cropmap.commands"
+"""The entry-point group through which the extras register their command groups (data, train, evaluate, export)."""
+
+
+class CropmapGroup(PolicyGroup):
+    """The root ``cropmap`` group: the inference commands defined here, plus the command groups that installed
+    distributions register under the ``cropmap.commands`` entry points (loaded when listed or run)."""
+
+    def _plugins(self) -> dict[str, importlib.metadata.EntryPoint]:
+        found = importlib.metadata.entry_points(group=PLUGIN_GROUP)
+        return {ep.name: ep for ep in found if ep.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *sorted(self._plugins())]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry = self._plugins().get(cmd_name)
+        if entry is None:
+            return None
+        try:
+            loaded = entry.load()
+        except ImportError as err:
+            return UnavailableCommand(
+                cmd_name, f"'cropmap {cmd_name}' could not be loaded ({entry.value}): {err}"
+            )
+        if not isinstance(loaded, click.Command):
+            return UnavailableCommand(
+                cmd_name, f"'cropmap {cmd_name}' ({entry.value}) is not a click command"
+            )
+        return loaded
+
+
+@click.group(cls=CropmapGroup, name="cropmap")
 @click.version_option(version=_version(), prog_name="cropmap")
 def main() -> None:
     """Crop-type maps from Sentinel-2 time series with ONNX model bundles."""
