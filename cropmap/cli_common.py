@@ -345,6 +345,7 @@ def output_option(
     aliases: Sequence[str] = ("--out",),
     metavar: str = "PATH",
     default: Path | None = None,
+    dest: str = "output",
 ) -> Callable[[F], F]:
     """``-o/--output PATH``: what the command writes (a file or a folder), passed as ``output``.
 
@@ -354,12 +355,13 @@ def output_option(
         aliases: Hidden old spellings (``--out``, ``--out-dir``).
         metavar: The help's placeholder.
         default: The default path when not required.
+        dest: The parameter name the command's function takes.
     """
     return alias_option(
         "-o",
         "--output",
         *aliases,
-        "output",
+        dest,
         hidden_aliases=aliases,
         type=click.Path(path_type=Path),
         required=required,
@@ -369,13 +371,19 @@ def output_option(
     )
 
 
-def overwrite_option(f: F) -> F:
-    """``--overwrite``: replace an existing output; without it an existing output is an error (exit 1)."""
-    return click.option(
-        "--overwrite",
-        is_flag=True,
-        help="Replace an existing output; without it an existing output is an error.",
-    )(f)
+OVERWRITE_HELP = "Replace an existing output; without it an existing output is an error."
+
+
+def overwrite_option(f: F | None = None, *, help: str = OVERWRITE_HELP) -> Any:
+    """``--overwrite``: replace an existing output; without it an existing output is an error (exit 1).
+
+    Use as ``@overwrite_option`` or, with a command's own wording, ``@overwrite_option(help=...)``.
+    """
+
+    def decorator(g: F) -> F:
+        return click.option("--overwrite", is_flag=True, help=help)(g)
+
+    return decorator if f is None else decorator(f)
 
 
 def refuse_existing(path: Path, overwrite: bool, option: str = "--output") -> None:
