@@ -28,7 +28,6 @@ into place; the folder itself is built beside its final name and renamed when co
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -41,6 +40,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
+from cropmap.errors import OutputExistsError
 from training.data.denethor import read_scene
 from training.data.scenes import PS_BANDS, UDM2_BANDS
 
@@ -106,13 +106,13 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
         The folder written.
 
     Raises:
-        FileExistsError: If the folder exists already.
+        cropmap.errors.OutputExistsError: If the folder exists already (a ``FileExistsError``).
         ValueError: If the archive is not in a UTM zone.
     """
     scene = read_scene(scene_dir)
     dest = Path(scene_dir) / SCENES_DIR
     if dest.exists():
-        raise FileExistsError(f"{dest} exists already")
+        raise OutputExistsError(f"{dest} exists already; remove it to write the scenes again")
     tmp_dir = dest.with_name(f".{SCENES_DIR}.{os.getpid()}.tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir()
@@ -182,22 +182,11 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.ps_scenes SCENE_DIR [SCENE_DIR ...]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.ps_scenes", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "scenes", nargs="+", type=Path, metavar="SCENE_DIR", help="DENETHOR-layout scene folder(s)"
-    )
-    args = parser.parse_args(argv)
-    for scene in args.scenes:
-        try:
-            out = write_ps_scenes(scene)
-        except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
-            print(f"{parser.prog}: error: {err}", file=sys.stderr)
-            return 1
-        print(f"{scene}: wrote {out}")
-    return 0
+    """``python -m training.ps_scenes``: an alias of ``cropmap data ps-scenes``; returns the exit status."""
+    from cropmap.cli_common import run_command
+    from training.simulate.cli import ps_scenes as command
+
+    return run_command(command, argv, prog_name="python -m training.ps_scenes")
 
 
 if __name__ == "__main__":
