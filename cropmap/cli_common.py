@@ -31,6 +31,7 @@ This module imports click and light cropmap modules only: ``--help`` of every co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -38,7 +39,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +62,7 @@ __all__ = [
     "device_option",
     "echo_json",
     "family_option",
+    "interrupt_note",
     "json_option",
     "one_line",
     "output_option",
@@ -510,3 +512,18 @@ def family_option(
         return f
 
     return decorator
+
+
+@contextlib.contextmanager
+def interrupt_note(note: str) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM inside the block: ``Error: interrupted by SIGNAL; note`` and exit 128 + the signal.
+
+    ``note`` says what the interrupted command left behind (``nothing was written``); without this block
+    :func:`run_command` prints the line without it.
+    """
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        code, name = interrupt_exit_code(err)
+        click.echo(f"Error: interrupted by {name}; {note}", err=True)
+        raise SystemExit(code) from None

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from cropmap.bundle import METADATA_KEY, PRECISIONS, BundleMetadata, Precision, load_bundle
+from cropmap.errors import CropmapError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ _BATCH = 4096
 """Series per ONNX Runtime call when measuring: cropmap's default batch size (dynamic int8 depends on the batch)."""
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(CropmapError, RuntimeError):
     """A reduced-precision graph could not be built, or disagrees with fp32 beyond the threshold."""
 
 

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from cropmap.bundle import METADATA_KEY, PRECISIONS, BundleMetadata, load_bundle
+from cropmap.errors import CropmapError
 from cropmap.safeio import (
     io_step,
     journal_path,
@@ -83,7 +84,7 @@ __all__ = [
 DEFAULT_OPSET = 17
 
 
-class ExportError(RuntimeError):
+class ExportError(CropmapError, RuntimeError):
     """The model cannot be exported as a bundle matching its metadata."""
 
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from cropmap.errors import CropmapError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 2
@@ -60,7 +62,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 """Keys each known kind must carry besides ``kind`` and ``state_dict``."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CropmapError, ValueError):
     """A checkpoint file or payload that is not what the caller expects."""
 
 

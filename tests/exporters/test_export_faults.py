@@ -90,7 +90,7 @@ def _one_error_line(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
     for w in words:
         assert w in lines[0], (w, lines[0])
     return lines[0]
