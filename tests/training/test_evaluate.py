@@ -156,3 +156,37 @@ def test_cli_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["--results", str(path), "--out", str(tmp_path / "rep")]) == 0
     assert "| 2 | lstm | 1 |" in capsys.readouterr().out
     assert (tmp_path / "rep" / "win_2_lstm.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep", "results.jsonl"]  # no temporary folder left
+    assert main(["--results", str(path), "-o", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"Error: --output {tmp_path / 'rep'} exists; pass --overwrite to replace it\n"
+    (tmp_path / "rep" / "stale.md").write_text("from an older report")
+    assert main(["--results", str(path), "-o", str(tmp_path / "rep"), "--overwrite"]) == 0
+    assert "report written to" in capsys.readouterr().out
+    assert not (tmp_path / "rep" / "stale.md").exists() and (tmp_path / "rep" / "report.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep", "results.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("", "holds no records"),
+        ("{not json\n", "not valid JSON"),
+        ('{"task": "1"}\n', "record lacks keys"),
+    ],
+)
+def test_cli_bad_results_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    path = tmp_path / "results.jsonl"
+    if content is not None:
+        path.write_text(content)
+    assert main(["--results", str(path), "-o", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "rep").exists() and [p.name for p in tmp_path.iterdir()] == (
+        ["results.jsonl"] if content is not None else []
+    )
+    assert main(["--results", str(path)]) == 2
+    assert "Missing option '-o' / '--output'" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import torch
 
 from training.data import s1pairs
 from training.data.s1pairs import S1_NODATA, extraction_pairs, s1_to_db, write_pairs
+from training.evaluate.cli import S1_DATASETS
 from training.pretrain.run import main as pretrain_main
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "worldcereal"
@@ -224,6 +225,36 @@ def test_experiment_refuses_doc_without_markers(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("Error: ") and "s1-bimodal" in err
     assert not (tmp_path / "run").exists() and doc.read_text() == "# no markers\n"
+    # The old list spellings still parse (--seeds 0 1 2, --datasets a b); a bad value is a usage error.
+    old = ["--seeds", "0", "1", "--datasets", "flanders2021", "france2022", "--epochs", "1"]
+    assert s1_bimodal.main(["--out", str(tmp_path / "run"), *old, "--write-doc", str(doc)]) == 1
+    assert "lacks the" in capsys.readouterr().err
+    assert s1_bimodal.main(["--datasets", "mars2030", "--write-doc", str(doc)]) == 2
+    assert "Invalid value for '--dataset'" in capsys.readouterr().err
+    assert sorted(s1_bimodal.DATASETS) == list(S1_DATASETS)
+
+
+def test_list_options_spread_like_nargs_plus() -> None:
+    import click
+
+    from training.evaluate.cli import ListOptionsCommand
+
+    class Cmd(ListOptionsCommand):
+        list_options = ("--seeds",)
+
+    @click.command(cls=Cmd)
+    @click.option("--seeds", type=int, multiple=True)
+    @click.option("--epochs", type=int)
+    @click.argument("rest", nargs=-1)
+    def cmd(seeds: tuple[int, ...], epochs: int | None, rest: tuple[str, ...]) -> None:
+        click.echo(f"{seeds} {epochs} {rest}")
+
+    from click.testing import CliRunner
+
+    res = CliRunner().invoke(cmd, ["--seeds", "0", "1", "2", "--epochs", "3", "x"])
+    assert res.output == "(0, 1, 2) 3 ('x',)\n"
+    res = CliRunner().invoke(cmd, ["--epochs", "3", "x", "--seeds", "4", "--seeds", "5"])
+    assert res.output == "(4, 5) 3 ('x',)\n"
 
 
 @pytest.mark.slow

@@ -6,21 +6,23 @@ torch, rasterio or pandas: the work is imported inside each command. ``python -m
 ``.pairs``, ``.s1pairs``, ``.stack_pixels``, ``python -m training.pairs``) run the same commands through
 :func:`cropmap.cli_common.run_command`, with their old option spellings (``--out``) as hidden aliases.
 
-Library functions of ``training`` report bad input data as ``ValueError`` (the file's own words: which column,
-which date, what was expected); :func:`input_errors` gives those, at the command edge only, the family's
-one-line ``Error:`` and exit status 1 as :class:`TrainingInputError`.
+Library functions of ``training`` report bad input data as ``ValueError`` or a message-only ``FileNotFoundError``
+(the file's own words: which column, which date, what was expected); :func:`input_errors` gives those, at the
+command edge only, the family's one-line ``Error:`` and exit status 1 as :class:`TrainingInputError`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from cropmap.bands import S2_BANDS
 from cropmap.cli_common import (
+    alias_option,
     output_option,
     overwrite_option,
     refuse_existing,
@@ -29,7 +31,17 @@ from cropmap.cli_common import (
 )
 from cropmap.errors import CropmapError
 
-__all__ = ["TrainingInputError", "extract", "input_errors", "pairs", "s1_pairs", "stack_pixels"]
+__all__ = [
+    "TrainingInputError",
+    "extract",
+    "input_errors",
+    "pairs",
+    "required_output",
+    "s1_pairs",
+    "stack_pixels",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Defaults the options show, kept here so that --help imports none of the modules that use them;
 # tests/training/test_extract.py and test_pairs.py check them against training.data.extract / .pairs.
@@ -46,10 +58,12 @@ class TrainingInputError(CropmapError, ValueError):
 
 @contextlib.contextmanager
 def input_errors() -> Iterator[None]:
-    """Report the ``ValueError`` a training module raises for bad input as :class:`TrainingInputError`.
+    """Report what a training module raises for bad input as :class:`TrainingInputError`.
 
-    Only around the call that reads the user's inputs, in a command body: the message is kept as it is (it names
-    the file and what was expected), the original stays the ``__cause__``.
+    That is a ``ValueError``, or an ``OSError`` the module raised with a message only (``FileNotFoundError("SCENE/s2
+    not found; ...")``: no errno, no file name), whose message already says what was expected. Only around the call
+    that reads the user's inputs, in a command body: the message is kept as it is, the original stays the
+    ``__cause__``. Errors of the operating system (an errno) stay ``OSError`` for the family's formatter.
     """
     try:
         yield
@@ -57,6 +71,27 @@ def input_errors() -> Iterator[None]:
         raise
     except ValueError as err:
         raise TrainingInputError(str(err)) from err
+    except OSError as err:
+        if err.errno is not None or err.filename is not None:
+            raise
+        raise TrainingInputError(str(err)) from err
+
+
+def required_output(help: str, metavar: str = "PATH") -> Callable[[F], F]:
+    """``-o/--output PATH`` (hidden alias ``--out``), required: :func:`cropmap.cli_common.output_option`'s
+    spelling, without its ``default=None``, which click 8.3 and later take for a given value, so that a missing
+    ``-o`` would reach the command as ``None`` instead of being click's usage error."""
+    return alias_option(
+        "-o",
+        "--output",
+        "--out",
+        "output",
+        hidden_aliases=("--out",),
+        type=click.Path(path_type=Path),
+        required=True,
+        metavar=metavar,
+        help=help,
+    )
 
 
 def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
@@ -115,7 +150,7 @@ def _cloud_options(f: click.decorators.FC) -> click.decorators.FC:
 @click.command("extract")
 @click.argument("stack", type=click.Path(path_type=Path))
 @click.argument("polygons", type=click.Path(path_type=Path))
-@output_option("Output .parquet (long layout).", metavar="OUT.parquet")
+@required_output("Output .parquet (long layout).", metavar="OUT.parquet")
 @click.option("--label-column", required=True, help="Polygon attribute holding the label (codes or names).")
 @click.option("--id-column", help="Polygon attribute holding unique parcel ids (default: the row number).")
 @click.option("--layer", help="Layer of the polygon file (required when it holds several).")
@@ -226,7 +261,7 @@ def extract(
 @click.command("pairs")
 @click.argument("s2_stack", metavar="S2_STACK", type=click.Path(path_type=Path))
 @click.argument("scenes", metavar="PS_SCENES...", nargs=-1, required=True, type=click.Path(path_type=Path))
-@output_option("Output folder (pairs.json, point/, time/).", metavar="OUT")
+@required_output("Output folder (pairs.json, point/, time/).", metavar="OUT")
 @click.option(
     "--alignment",
     type=click.Choice(["point", "time", "both"]),
@@ -349,7 +384,7 @@ def pairs(
 
 @click.command("s1-pairs")
 @click.argument("extraction", type=click.Path(path_type=Path))
-@output_option("Output .npz.", metavar="OUT.npz")
+@required_output("Output .npz.", metavar="OUT.npz")
 @click.option(
     "--alignment",
     type=click.Choice(["point", "time"]),

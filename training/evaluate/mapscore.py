@@ -17,10 +17,8 @@ error (exit 1; usage errors exit 2).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -239,42 +237,15 @@ def format_scores(scores: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.mapscore MAP.tif FIELDS.gpkg [--json OUT.json]``."""
-    parser = argparse.ArgumentParser(prog="python -m training.mapscore", description=__doc__.split("\n\n")[0])
-    parser.add_argument("map", type=Path, metavar="MAP.tif", help="class map (band 1; 0 / nodata = no class)")
-    parser.add_argument("fields", type=Path, metavar="FIELDS.gpkg", help="labelled polygons in the map's CRS")
-    parser.add_argument("--code-column", default="class_code", help="column of class codes (%(default)s)")
-    parser.add_argument("--name-column", default="class_name", help="column of class names (%(default)s)")
-    parser.add_argument("--layer", default=None, help="layer of FIELDS (default: the first)")
-    parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write all scores as JSON")
-    args = parser.parse_args(argv)
-    try:
-        scores = score_map(
-            args.map,
-            args.fields,
-            code_column=args.code_column,
-            name_column=args.name_column,
-            layer=args.layer,
-        )
-        if args.json is not None:
-            _write_json(args.json, scores)
-    except (ValueError, OSError) as err:
-        print(f"{parser.prog}: error: {_first_line(err)}", file=sys.stderr)
-        return 1
-    print(format_scores(scores))
-    if args.json is not None:
-        print(f"wrote {args.json}")
-    return 0
+    """``python -m training.mapscore``: an alias of ``cropmap evaluate mapscore``; returns the exit status.
+
+    Its old ``--json OUT`` (the file it wrote) is ``-o OUT`` there.
+    """
+    from training.evaluate.cli import json_path_as_output, run_alias
+    from training.evaluate.cli import mapscore as command
+
+    return run_alias(command, argv, prog_name="python -m training.mapscore", rewrite=json_path_as_output)
 
 
 if __name__ == "__main__":

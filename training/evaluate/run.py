@@ -23,7 +23,6 @@ JSON lines written by :mod:`training.downstream.run` and writes, per task and ba
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -490,19 +489,12 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m training.evaluate``."""
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--results", type=Path, required=True, help="results.jsonl from training.downstream.run"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="report folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = write_report(args.results, args.out)
-    print(table1_markdown(summary))
-    print(f"report written to {args.out / 'report.md'}")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.evaluate``: an alias of ``cropmap evaluate protocol``; returns the exit status."""
+    from training.evaluate.cli import protocol as command
+    from training.evaluate.cli import run_alias
+
+    return run_alias(command, argv, prog_name="python -m training.evaluate")
 
 
 if __name__ == "__main__":

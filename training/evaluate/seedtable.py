@@ -12,10 +12,8 @@ a gap in bold is larger than its standard deviation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,27 +119,11 @@ def seed_table(run_dirs: Sequence[Path], title: str) -> tuple[str, dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m training.seedtable``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.seedtable", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("runs", nargs="+", type=Path, help="downstream run directories, one per split seed")
-    parser.add_argument("--title", default="downstream runs", help="table title")
-    parser.add_argument(
-        "--out", type=Path, help="also write the table (markdown) and its numbers (.json) here"
-    )
-    args = parser.parse_args(argv)
-    try:
-        table, stats = seed_table(args.runs, args.title)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(table)
-            args.out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
-    except (OSError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(table)
-    return 0
+    """``python -m training.seedtable``: an alias of ``cropmap evaluate seedtable``; returns the exit status."""
+    from training.evaluate.cli import run_alias
+    from training.evaluate.cli import seedtable as command
+
+    return run_alias(command, argv, prog_name="python -m training.seedtable")
 
 
 if __name__ == "__main__":

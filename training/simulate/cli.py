@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from cropmap.cli_common import output_option, overwrite_option, verbosity_options
+from cropmap.cli_common import overwrite_option, verbosity_options
 from cropmap.errors import OutputExistsError
-from training.data.cli import input_errors
+from training.data.cli import input_errors, required_output
 
 __all__ = ["ps_scenes", "scene_export", "simulate"]
 
@@ -26,7 +26,9 @@ tests/training/test_simulate.py checks that they agree."""
 
 
 @click.command("simulate")
-@output_option("Output folder (scene_a/ and scene_b/ are written inside; neither may exist).", metavar="DIR")
+@required_output(
+    "Output folder (scene_a/ and scene_b/ are written inside; neither may exist).", metavar="DIR"
+)
 @click.option(
     "--preset",
     type=click.Choice(PRESET_NAMES),
