@@ -100,8 +100,8 @@ def one_line(err: BaseException) -> str:
 
     A :class:`~cropmap.errors.CropmapError` already says what was found and what was expected: its message,
     whitespace collapsed. An ``OSError`` raised outside the steps that name their operation names its path and
-    cause (``cropmap.safeio.file_system_error``); an existing output says how to replace it. Anything else: its
-    message, or its type when the message is empty.
+    cause (``cropmap.safeio.file_system_error``), one raised with a message only keeps it; an existing output says
+    how to replace it. Anything else: its message, or its type when the message is empty.
     """
     if isinstance(err, KeyboardInterrupt):
         _, name = interrupt_exit_code(err)
@@ -110,7 +110,8 @@ def one_line(err: BaseException) -> str:
         filename = getattr(err, "filename", None)
         if isinstance(err, FileExistsError) and filename:
             return f"{filename} exists; pass --overwrite to replace it"
-        err = file_system_error(err, "access", filename if filename is not None else "a file")
+        if err.errno is not None or filename is not None:  # a raw I/O fault: name the path and the cause
+            err = file_system_error(err, "access", filename if filename is not None else "a file")
     text = " ".join(str(err).split())
     return text or type(err).__name__
 
