@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
@@ -416,10 +416,10 @@ def pairs(
 def s1_pairs(
     extraction: Path,
     output: Path,
-    alignment: str,
+    alignment: Literal["point", "time"],
     bands: tuple[str, ...] | None,
     polarisations: tuple[str, ...],
-    units: str,
+    units: Literal["db", "dn"],
     label_column: str,
     overwrite: bool,
 ) -> None:

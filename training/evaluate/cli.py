@@ -17,6 +17,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -212,7 +213,7 @@ def probe(
     encoders: list[tuple[str, Path]],
     max_per_class: int,
     n_series: int,
-    pooling: tuple[str, ...],
+    pooling: tuple[Literal["flatten", "mean"], ...],
     seed: int,
     device: str,
     output: Path | None,
@@ -255,7 +256,7 @@ def probe(
             models,
             max_per_class=max_per_class,
             n_series=n_series,
-            poolings=tuple(pooling or ["mean"]),
+            poolings=pooling or ("mean",),
             seed=seed,
         )
     if output is not None:
