@@ -1,8 +1,9 @@
 """Labelled series from any stack ``cropmap classify`` reads plus labelled polygons, as a long parquet file.
 
-``python -m training.data.extract STACK POLYGONS --label-column COL -o OUT.parquet`` writes one row per sample and
-stack date (``sample_id``, ``parcel_id``, ``timestamp``, ``S2-L2A-Bxx`` ..., the label), the long layout that
-``python -m training.downstream --task real --data OUT.parquet --label-column COL`` reads
+``cropmap data extract STACK POLYGONS --label-column COL -o OUT.parquet`` (alias ``python -m
+training.data.extract``) writes one row per sample and stack date (``sample_id``, ``parcel_id``, ``timestamp``,
+``S2-L2A-Bxx`` ..., the label), the long layout that
+``cropmap train downstream --task real --data OUT.parquet --label-column COL`` reads
 (:func:`training.data.worldcereal.read_long`). Everything between the files and the values is inference's own
 code, so training and inference cannot drift:
 

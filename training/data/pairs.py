@@ -1,6 +1,7 @@
-"""Bi-modal pre-training pairs from a Sentinel-2 stack and real second-modality scenes: ``python -m training.pairs``.
+"""Bi-modal pre-training pairs from a Sentinel-2 stack and real second-modality scenes: ``cropmap data pairs``.
 
-``python -m training.pairs S2_STACK PS_SCENES... -o OUT`` pairs every S2 pixel with the ``k x k`` window of the
+``cropmap data pairs S2_STACK PS_SCENES... -o OUT`` (alias ``python -m training.pairs``) pairs every S2 pixel
+with the ``k x k`` window of the
 second modality covering it (PlanetScope: 3 x 3 pixels of 3 m, as the papers), on the S2 dates that have a
 second-modality acquisition within ``--max-day-offset`` days (default 0: same day). S2_STACK is anything
 ``cropmap classify`` reads; PS_SCENES is a folder, GeoTIFF files or a STAC item collection (see

@@ -1,6 +1,7 @@
 """Sentinel-2 + Sentinel-1 pairs from a WorldCereal extraction, for bi-modal pre-training.
 
-``python -m training.data.s1pairs EXTRACTION.parquet -o OUT.npz [--alignment point|time]`` pairs each sample's
+``cropmap data s1-pairs EXTRACTION.parquet -o OUT.npz [--alignment point|time]`` (alias ``python -m
+training.data.s1pairs``) pairs each sample's
 Sentinel-2 observation with its Sentinel-1 backscatter of the same sample and date, and writes the ``.npz``
 that ``python -m training.pretrain --data OUT.npz --mode bimodal`` reads: Sentinel-1 plays the second
 modality (the role PlanetScope has in the papers), with k = 1 (the sample's own value, no neighbourhood) and

@@ -11,8 +11,9 @@ Scores, over the scored pixels: overall accuracy, macro F1 (mean over the classe
 in the map, as :func:`training.evaluate.run.metrics_from_confusion`), Cohen's kappa, per-class recall, precision
 and F1, and the confusion matrix (labels on rows, map on columns).
 
-``python -m training.mapscore MAP.tif FIELDS.gpkg [--json OUT.json]`` prints them; bad input is a one-line
-error (exit 1; usage errors exit 2).
+``cropmap evaluate mapscore MAP.tif FIELDS.gpkg [-o OUT.json] [--json]`` (alias ``python -m training.mapscore``,
+whose old ``--json OUT.json`` is ``-o OUT.json``) prints them; bad input is a one-line error (exit 1; usage errors
+exit 2).
 """
 
 from __future__ import annotations

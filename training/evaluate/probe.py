@@ -6,7 +6,8 @@ Series features: the frozen encoder is applied to every stamp ``(N, T, C) -> (N,
 stamps are concatenated (``"flatten"``, the information a downstream model sees) or averaged
 (``"mean"``).
 
-``python -m training.probe --data SIM_DIR --encoder bimodal=run/encoder.pt [...]`` prints the
+``cropmap evaluate probe --data SIM_DIR --encoder bimodal=run/encoder.pt [...]`` (alias ``python -m training.probe``)
+prints the
 balanced accuracies of raw bands, a random encoder (the first given encoder's architecture and
 normalisation, untrained) and each given encoder under :func:`scene_probe`: probes fitted on labelled
 pixels of the pre-training pool and scored on the fields pre-training never saw. ``--device cuda`` runs

@@ -1,6 +1,7 @@
 """Classification metrics and the papers' comparison report.
 
-``python -m training.evaluate --results DIR/results.jsonl --out REPORT_DIR`` reads the
+``cropmap evaluate protocol --results DIR/results.jsonl -o REPORT_DIR`` (alias ``python -m training.evaluate``)
+reads the
 JSON lines written by :mod:`training.downstream.run` and writes, per task and base model:
 
 * the win matrix ``W[i, j]`` = fraction of experiments in which method ``i`` has a

@@ -1,6 +1,7 @@
 """Bi-modal S2 + S1 against uni-modal S2 pre-training on real WorldCereal parcels, by linear probe.
 
-``python -m training.s1_bimodal --out runs/s1_bimodal [--seeds 0 1 2] [--write-doc docs/results.md]``
+``cropmap evaluate s1-bimodal -o runs/s1_bimodal [--seed 0 --seed 1] [--write-doc docs/results.md]`` (alias
+``python -m training.s1_bimodal``, which also takes the old ``--seeds 0 1 2``)
 regenerates the "S2 + S1 on real parcels" table of docs/results.md. For each data set and split seed:
 
 1. the parcels are read and gap-filled onto the monthly grid as ``training.downstream.run --task real`` reads them

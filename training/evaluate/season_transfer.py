@@ -1,6 +1,8 @@
 """Out-of-season check: accuracy on a season (and region) the model never saw, next to the in-season figure.
 
-    python -m training.season_transfer --data SIM_DIR [--family inception_time] [--repeats 3] [--out FILE.md]
+    cropmap evaluate season-transfer --data SIM_DIR [--family inception_time] [--repeats 3] [-o FILE.md]
+
+(alias ``python -m training.season_transfer``).
 
 The simulator's scene pair is two seasons of two regions (``scene_b`` is another year with shifted phenology and
 other soils; docs/simulator.md). Models are trained on scene A's training fields only, with the default (robust)

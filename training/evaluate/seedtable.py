@@ -1,6 +1,7 @@
 """Mean +- std over split seeds of every model and baseline, from several downstream run directories.
 
-``python -m training.seedtable RUN_S0 RUN_S1 RUN_S2 --title "France 2022, top 6" [--out table.md]``
+``cropmap evaluate seedtable RUN_S0 RUN_S1 RUN_S2 --title "France 2022, top 6" [-o table.md]`` (alias
+``python -m training.seedtable``)
 
 Each run directory is one ``python -m training.downstream`` run on its own train / test split (``--split-seed``);
 the table has one row per (model, method): overall accuracy and macro F1 on the held-out parcels as mean +- std

@@ -1,7 +1,8 @@
 """A DENETHOR-layout scene's PlanetScope archive as real-world-shaped scenes, the test bed of :mod:`training.data.pairs`.
 
 ``python -m training.simulate`` calls :func:`write_ps_scenes` for each scene it writes (after everything else, from
-the files already written: the rest of the scene is unchanged); ``python -m training.ps_scenes SCENE_DIR`` does it
+the files already written: the rest of the scene is unchanged); ``cropmap data ps-scenes SCENE_DIR`` (alias
+``python -m training.ps_scenes``) does it
 for any scene with a ``planet/`` archive. For each PlanetScope day ``planet/YYYY-MM-DD/sr.tif`` it writes into
 ``SCENE/planet_scenes/`` two overlapping scenes as Planet delivers them::
 

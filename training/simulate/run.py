@@ -29,7 +29,8 @@ The output follows the DENETHOR / DLR fusion layout read by :mod:`training.data.
 ``s2_stack.tif`` and ``fields.gpkg`` are written by :func:`training.simulate.scene_export.write_cropmap_inputs`,
 ``planet_scenes/`` by :func:`training.simulate.ps_scenes.write_ps_scenes`.
 
-Run ``python -m training.simulate --out DIR`` (see ``--help``). What the model includes and leaves out is
+Run ``cropmap data simulate -o DIR`` (alias ``python -m training.simulate``; see ``--help``). What the model
+includes and leaves out is
 documented in docs/simulator.md.
 """
 

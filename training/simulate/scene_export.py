@@ -1,7 +1,8 @@
 """A DENETHOR-layout scene as cropmap inputs: the S2 series as a GeoTIFF time stack, the fields as GeoPackage.
 
 ``python -m training.simulate`` calls :func:`write_cropmap_inputs` for each scene it writes; the same
-function (or ``python -m training.scene_export SCENE_DIR``) converts any scene that
+function (or ``cropmap data scene-export SCENE_DIR``, alias ``python -m training.scene_export``) converts any
+scene that
 :func:`training.data.denethor.read_scene` reads. Files written into the scene folder::
 
     SCENE/s2_stack.tif   one GeoTIFF, time-major: 13 bands per date, B01 .. B12 (as in bands.npy), then CLP;
