@@ -1,5 +1,6 @@
-"""The data / simulate / evaluate commands of the ``cropmap`` family: help without heavy imports, the groups and
-the ``python -m`` aliases."""
+"""The data / simulate / evaluate commands of the ``cropmap`` family: help imports none of the data libraries, and
+each ``python -m`` alias is the command under its old name (tests/test_cli_family.py runs the tree and the aliases
+as programs)."""
 
 from __future__ import annotations
 
@@ -39,21 +40,6 @@ print(sorted(m for m in {HEAVY!r} if m in sys.modules))
     assert run.stdout.strip() == "[]"
 
 
-def test_groups_list_the_commands() -> None:
-    from click.testing import CliRunner
-
-    from training.cli import data, evaluate
-
-    for group, names in ((data, COMMANDS["data"]), (evaluate, COMMANDS["evaluate"])):
-        res = CliRunner().invoke(group, ["--help"])
-        assert res.exit_code == 0
-        listed = [line.split()[0] for line in res.output.split("Commands:")[1].splitlines() if line.strip()]
-        assert listed == sorted(names)
-        for name in names:  # each resolves to a real command, never the "unavailable" stand-in
-            command = group.get_command(None, name)  # type: ignore[arg-type]
-            assert command is not None and "unavailable" not in (command.help or ""), name
-
-
 ALIASES = {
     "training.data.extract": ("training.data.extract", "STACK POLYGONS"),
     "training.pairs": ("training.data.pairs", "S2_STACK PS_SCENES..."),
@@ -84,17 +70,3 @@ def test_python_m_aliases_run_the_commands(module: str, capsys: pytest.CaptureFi
     assert capsys.readouterr().out.startswith(_usage(module) + "\n")
     assert main(["--no-such-option"]) == 2
     assert "Error: No such option '--no-such-option'" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("module", ["training.evaluate", "training.mapscore"])
-def test_python_m_runs_as_a_program(module: str) -> None:
-    """The package form (``__main__``) and an alias module, as real programs."""
-    run = subprocess.run(
-        [sys.executable, "-m", module, "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert run.returncode == 0 and run.stdout.startswith(_usage(module) + "\n"), run.stdout + run.stderr
