@@ -12,7 +12,6 @@ file they wrote before ``-o``) as ``-o OUT`` (:func:`json_path_as_output`).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from cropmap.cli_common import (
     threads_option,
     verbosity_options,
 )
+from cropmap.errors import OutputExistsError
 from training.data.cli import TrainingInputError, input_errors, required_output
 
 __all__ = [
@@ -120,6 +120,20 @@ class ListOptionsCommand(click.Command):
 # ---------------------------------------------------------------------------------------------- protocol
 
 
+REPORT_FILES = ("report.md", "table1.md", "per_class.md", "summary.json")
+"""The report files of every protocol run (the figures, ``gain_<task>.png`` and ``win_<task>_<family>.png``, follow
+the tasks and families of the results)."""
+
+
+def _refuse_report_files(output: Path, names: Sequence[str], overwrite: bool) -> None:
+    existing = [output / name for name in names if (output / name).exists()]
+    if existing and not overwrite:
+        shown = ", ".join(p.name for p in existing[:4]) + (" ..." if len(existing) > 4 else "")
+        raise OutputExistsError(
+            f"{output} holds a report already ({shown}); pass --overwrite to replace its files"
+        )
+
+
 @click.command("protocol")
 @click.option(
     "--results",
@@ -127,33 +141,32 @@ class ListOptionsCommand(click.Command):
     required=True,
     help="results.jsonl written by 'cropmap train downstream'.",
 )
-@required_output("Report folder (report.md, table1.md, per_class.md, summary.json, figures).", metavar="DIR")
-@overwrite_option
+@required_output(
+    "Report folder: report.md, table1.md, per_class.md, summary.json and the figures are written into it "
+    "(other files in it stay).",
+    metavar="DIR",
+)
+@overwrite_option(help="Replace the report files an earlier run left in the folder.")
 @verbosity_options
 def protocol(results: Path, output: Path, overwrite: bool) -> None:
     """The papers' comparison report of downstream runs: win matrices, relative gains, Table 1 and per-class
-    metrics. The report folder appears when complete."""
-    from cropmap.safeio import owned_path
+    metrics. The report's files appear together, when all are complete."""
+    from cropmap.safeio import output_folder, owned_path, replace_all
     from training.evaluate.run import table1_markdown, write_report
 
-    refuse_existing(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = owned_path(output, "tmp")
-    try:
-        with input_errors():
-            summary = write_report(results, tmp)
-        if output.exists():
-            old = owned_path(output, "bak")
-            os.replace(output, old)
-            os.replace(tmp, output)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _refuse_report_files(output, REPORT_FILES, overwrite)
+    with output_folder(output):  # a folder made here is removed again when the report fails
+        tmp = owned_path(
+            output / "report", "scratch"
+        )  # inside the folder: the renames stay on one file system
+        try:
+            with input_errors():
+                summary = write_report(results, tmp)
+            names = sorted(p.name for p in tmp.iterdir())
+            _refuse_report_files(output, names, overwrite)  # the figures, named after the results
+            replace_all([(tmp / name, output / name) for name in names])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     click.echo(table1_markdown(summary))
     click.echo(f"report written to {output / 'report.md'}")
 
