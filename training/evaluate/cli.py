@@ -21,6 +21,7 @@ from typing import Literal
 import click
 
 from cropmap.cli_common import (
+    alias_option,
     device_option,
     echo_json,
     json_option,
@@ -437,18 +438,20 @@ class _S1BimodalCommand(ListOptionsCommand):
     default=Path("runs/s1_bimodal"),
     metavar="DIR",
 )
-@click.option(
+@alias_option(
     "--dataset",
     "--datasets",
     "datasets",
+    hidden_aliases=("--datasets",),
     type=click.Choice(S1_DATASETS),
     multiple=True,
     help=f"A data set; repeat for several (default: {' and '.join(S1_DEFAULT_DATASETS)}).",
 )
-@click.option(
+@alias_option(
     "--seed",
     "--seeds",
     "seeds",
+    hidden_aliases=("--seeds",),
     type=int,
     multiple=True,
     help=f"A split (and pre-training) seed; repeat for several (default: {' '.join(map(str, S1_DEFAULT_SEEDS))}).",
