@@ -12,8 +12,10 @@ file they wrote before ``-o``) as ``-o OUT`` (:func:`json_path_as_output`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -45,6 +47,7 @@ __all__ = [
     "s1_bimodal",
     "season_transfer",
     "seedtable",
+    "write_atomic",
 ]
 
 S1_DATASETS = ("flanders2021", "france2022")
@@ -118,6 +121,20 @@ class ListOptionsCommand(click.Command):
         return super().parse_args(ctx, spread)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename: complete or absent."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 # ---------------------------------------------------------------------------------------------- protocol
 
 
@@ -151,23 +168,26 @@ def _refuse_report_files(output: Path, names: Sequence[str], overwrite: bool) ->
 @verbosity_options
 def protocol(results: Path, output: Path, overwrite: bool) -> None:
     """The papers' comparison report of downstream runs: win matrices, relative gains, Table 1 and per-class
-    metrics. The report's files appear together, when all are complete."""
-    from cropmap.safeio import output_folder, owned_path, replace_all
+    metrics. Each report file appears complete, after all of them were written."""
     from training.evaluate.run import table1_markdown, write_report
 
     _refuse_report_files(output, REPORT_FILES, overwrite)
-    with output_folder(output):  # a folder made here is removed again when the report fails
-        tmp = owned_path(
-            output / "report", "scratch"
-        )  # inside the folder: the renames stay on one file system
-        try:
-            with input_errors():
-                summary = write_report(results, tmp)
-            names = sorted(p.name for p in tmp.iterdir())
-            _refuse_report_files(output, names, overwrite)  # the figures, named after the results
-            replace_all([(tmp / name, output / name) for name in names])
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    made = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=output))  # one file system: renames
+    try:
+        with input_errors():
+            summary = write_report(results, tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        _refuse_report_files(output, names, overwrite)  # the figures, named after the results
+        for name in names:
+            os.replace(tmp / name, output / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made and not any(output.iterdir()):
+            output.rmdir()
+        raise
+    tmp.rmdir()
     click.echo(table1_markdown(summary))
     click.echo(f"report written to {output / 'report.md'}")
 
@@ -239,7 +259,6 @@ def probe(
     The encoders run on --device; the probes fit on the CPU."""
     import torch
 
-    from cropmap.safeio import atomic_write
     from training.device import resolve_device
     from training.evaluate.probe import OnDevice, scene_probe
     from training.models.encoder import Normalize, NormalizedEncoder, ResMLP, load_frozen_encoder
@@ -274,7 +293,7 @@ def probe(
             seed=seed,
         )
     if output is not None:
-        atomic_write(output, json.dumps(report, indent=2) + "\n")
+        write_atomic(output, json.dumps(report, indent=2) + "\n")
     if as_json:
         echo_json(report)
         return
@@ -311,7 +330,6 @@ def mapscore(
 ) -> None:
     """Score a class MAP.tif (band 1; 0 / nodata = no class, as 'cropmap classify' writes) against labelled field
     polygons FIELDS.gpkg: overall accuracy, macro F1, kappa, per-class scores and the confusion matrix."""
-    from cropmap.safeio import atomic_write
     from training.evaluate.mapscore import format_scores, score_map
 
     if output is not None:
@@ -319,7 +337,7 @@ def mapscore(
     with input_errors():
         scores = score_map(map_tif, fields, code_column=code_column, name_column=name_column, layer=layer)
     if output is not None:
-        atomic_write(output, json.dumps(scores, indent=2) + "\n")
+        write_atomic(output, json.dumps(scores, indent=2) + "\n")
     if as_json:
         echo_json(scores)
         return
@@ -347,7 +365,6 @@ def seedtable(
 ) -> None:
     """Mean +- std over split seeds of every model and baseline, from downstream RUN_DIRs (one per
     --split-seed), with each model's paired gap to the RandomForest."""
-    from cropmap.safeio import atomic_write
     from training.evaluate.seedtable import seed_table
 
     numbers = output.with_suffix(".json") if output is not None else None
@@ -364,8 +381,8 @@ def seedtable(
             ) from err
     if output is not None and numbers is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(numbers, json.dumps(stats, indent=1))
-        atomic_write(output, table)
+        write_atomic(numbers, json.dumps(stats, indent=1))
+        write_atomic(output, table)
     if as_json:
         echo_json(stats)
     else:
@@ -411,7 +428,6 @@ def season_transfer(
     RandomForest."""
     import torch
 
-    from cropmap.safeio import atomic_write
     from training.evaluate.season_transfer import season_transfer as run_season_transfer
 
     if output is not None:
@@ -420,7 +436,7 @@ def season_transfer(
     with input_errors():
         table = run_season_transfer(data, family=family, repeats=repeats, n_train=n_train, n_val=n_val)
     if output is not None:
-        atomic_write(output, table)
+        write_atomic(output, table)
     click.echo(table)
 
 

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from cropmap.errors import CropmapError
-from cropmap.safeio import atomic_write
 from training.data.parcels import ParcelTask, load_parcels
 from training.data.s1pairs import S1_POLARISATIONS, extraction_pairs, s1_series, subset, write_pairs
 from training.data.worldcereal import WorldCerealSeries, on_time_grid, read_extraction
@@ -368,12 +367,16 @@ def run_experiment(
     )
     out.mkdir(parents=True, exist_ok=True)
     for fname, content in (("results.json", json.dumps(results, indent=1) + "\n"), ("s1_bimodal.md", body)):
-        atomic_write(out / fname, content)
+        tmp = out / f".{fname}.tmp"
+        tmp.write_text(content)
+        tmp.replace(out / fname)
     if write_doc is not None:
         text = write_doc.read_text()
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
-        atomic_write(write_doc, f"{head}{START}\n\n{body}\n{END}{tail}")
+        tmp = write_doc.with_name(f".{write_doc.name}.tmp")
+        tmp.write_text(f"{head}{START}\n\n{body}\n{END}{tail}")
+        tmp.replace(write_doc)
     return body
 
 
