@@ -105,7 +105,7 @@ TREE = dict(_walk(cropmap_main, ()))
 
 
 def test_the_tree_is_the_layout() -> None:
-    expected = {(name,) for name in LAYOUT[""]} | {(g,) for g in LAYOUT if g}
+    expected: set[tuple[str, ...]] = {(name,) for name in LAYOUT[""]} | {(g,) for g in LAYOUT if g}
     expected |= {(g, name) for g, names in LAYOUT.items() if g for name in names}
     assert set(TREE) == expected
 
