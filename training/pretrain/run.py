@@ -515,15 +515,14 @@ def run_command_line(
     """The body of ``cropmap train pretrain`` (:mod:`training.pretrain.cli`); returns the exit status.
 
     Raises:
-        click.BadParameter: A configuration or override that does not fit, a device torch does not see, a
-            precision or fast-path option the device cannot run (exit 2).
+        click.BadParameter: A configuration or override that does not fit, a precision or fast-path option the
+            device cannot run (exit 2).
+        training.device.DeviceError: A CUDA device torch does not see (exit 1).
         cropmap.errors.OutputExistsError: ``output`` holds earlier outputs and neither ``--overwrite`` nor
             ``--resume`` was given.
         PretrainError: Data that cannot be pre-trained on, a loss that is not finite.
     """
     import click
-
-    from training.device import DeviceError
 
     all_overrides = list(overrides)
     for key, value in (("mode", mode), ("alignment", alignment), ("corruption", corruption)):
@@ -537,10 +536,7 @@ def run_command_line(
     if fast or compile or cuda_graphs:
         fast_options = FastOptions(compile=compile, cuda_graphs=cuda_graphs)
     ranks = None
-    try:
-        torch_device = resolve_device(device)
-    except DeviceError as err:
-        raise click.BadParameter(str(err), param_hint="--device") from err
+    torch_device = resolve_device(device)  # a DeviceError (exit 1, one line): the machine lacks that device
     if launched():
         if fast_options is not None:
             raise click.UsageError(
