@@ -365,6 +365,10 @@ def test_cli_old_spellings_and_the_cropmap_command(data: dict, tmp_path: Path, c
     from training.data import cli
 
     assert (cli.DEFAULT_BUFFER_M, cli.DEFAULT_MIN_VALID) == (DEFAULT_BUFFER_M, DEFAULT_MIN_VALID)
+    from cropmap.clouds import DEFAULT_CLOUD_THRESHOLD
+
+    help_text = CliRunner().invoke(cli.extract, ["--help"]).output
+    assert f"(default {DEFAULT_CLOUD_THRESHOLD:g})" in " ".join(help_text.split())  # --cloud-threshold's help
     rc, _ = _cli(
         capsys, data["stack"], data["gpkg"], "--out", tmp_path / "a.parquet", "--label-column", "code"
     )
