@@ -268,6 +268,9 @@ def test_cli_prints_and_writes_the_report_and_reports_errors(
     assert "expected NAME=PATH" in capsys.readouterr().err
     assert main([*small, "--device", "tpu"]) == 2
     assert "Invalid value for '--device'" in capsys.readouterr().err
+    assert main([*small, "--device", "cuda:99"]) == 1  # a device this machine lacks: an error, not a CPU run
+    err = capsys.readouterr().err
+    assert err.startswith("Error: --device cuda:99") and err.count("\n") == 1, err
     assert main([*small, "--encoder", f"x={tmp_path / 'missing.pt'}"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and err.count("\n") == 1 and "missing.pt" in err, err

@@ -265,10 +265,7 @@ def probe(
 
     if output is not None:
         refuse_existing(output, overwrite)
-    try:
-        where = resolve_device(device)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="'--device'") from None
+    where = resolve_device(device)  # a CUDA device torch does not see: DeviceError, one Error: line
     models: dict[str, torch.nn.Module | None] = {"raw bands": None}
     loaded = {name: load_frozen_encoder(path) for name, path in encoders}
     if loaded:
