@@ -296,6 +296,9 @@ class AliasedOption(click.Option):
         if unknown:
             raise TypeError(f"hidden aliases {unknown} are not among the option's names {self.opts}")
 
+    def get_error_hint(self, ctx: click.Context) -> str:
+        return " / ".join(f"'{o}'" for o in self.opts if o not in self.hidden_aliases)
+
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         saved = self.opts
         self.opts = [o for o in self.opts if o not in self.hidden_aliases]
@@ -360,6 +363,7 @@ def output_option(
         default: The default path when not required.
         dest: The parameter name the command's function takes.
     """
+    extra: dict[str, Any] = {} if default is None else {"default": default}  # (an explicit None is a value)
     return alias_option(
         "-o",
         "--output",
@@ -368,9 +372,9 @@ def output_option(
         hidden_aliases=aliases,
         type=click.Path(path_type=Path),
         required=required,
-        default=default,
         metavar=metavar,
         help=help,
+        **extra,
     )
 
 

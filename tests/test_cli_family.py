@@ -326,3 +326,80 @@ def test_the_exporters_choices_shown_in_help_are_the_exporters_own() -> None:
     assert cli.DEFAULT_OPSET == to_onnx.DEFAULT_OPSET
     assert cli.SCORE_SPLITS == score.SPLITS
     assert pretrain_cli.PRECISIONS == loop.PRECISIONS
+
+
+def test_the_shared_options_mean_one_thing() -> None:
+    """The decorators of cropmap.cli_common on a real click command: spellings, hidden aliases, checks, logging."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from cropmap.cli_common import (
+        device_option,
+        family_option,
+        output_option,
+        overwrite_option,
+        verbosity_options,
+        weights_option,
+    )
+
+    seen: dict[str, object] = {}
+
+    @click.command()
+    @output_option("Where to write.", aliases=("--out", "--out-dir"))
+    @overwrite_option
+    @device_option()
+    @weights_option()
+    @family_option(choices=("lstm", "transformer"))
+    @verbosity_options
+    def probe(**values: object) -> None:
+        seen.update(values, level=logging.getLogger("training").level)
+
+    runner = CliRunner()
+    res = runner.invoke(
+        probe, ["--out-dir", "x", "--families", "lstm,transformer", "--precision", "int8", "-vv"]
+    )
+    assert res.exit_code == 0, res.output
+    assert seen == {
+        "output": Path("x"),
+        "overwrite": False,
+        "device": "auto",
+        "weights": "int8",
+        "family": ("lstm", "transformer"),
+        "level": logging.DEBUG,
+    }
+    res = runner.invoke(
+        probe, ["-o", "y", "--family", "lstm", "--family", "transformer", "--device", "CUDA:1", "-q"]
+    )
+    assert res.exit_code == 0 and seen["family"] == ("lstm", "transformer") and seen["device"] == "cuda:1"
+    assert seen["level"] == logging.ERROR
+    for bad, option in (
+        (["-o", "z", "--device", "tpu"], "--device"),
+        (["-o", "z", "--family", "forest"], "--family"),
+        (["-o", "z", "--weights", "fp8"], "--weights"),
+        ([], "--output"),
+    ):
+        res = runner.invoke(probe, bad)
+        assert res.exit_code == 2 and option in res.output, (bad, res.output)
+        assert "'--out'" not in res.output and "--out-dir" not in res.output  # errors name the shown spelling
+    helptext = runner.invoke(probe, ["--help"]).output
+    assert "-o, --output PATH" in helptext and "--family NAME" in helptext
+    assert "--out-dir" not in helptext and "--families" not in helptext and "--precision" not in helptext
+
+
+def test_one_line_is_the_one_error_formatter(tmp_path: Path) -> None:
+    import errno
+
+    from cropmap.cli_common import one_line
+    from cropmap.errors import MaskError
+
+    assert one_line(MaskError("mask x.gpkg holds no polygon;\n  expected  polygons")) == (
+        "mask x.gpkg holds no polygon; expected polygons"
+    )
+    denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out.tif"))
+    assert one_line(denied).startswith(f"could not access {tmp_path / 'out.tif'}: permission denied")
+    exists = FileExistsError(errno.EEXIST, "File exists", str(tmp_path / "m.onnx"))
+    assert one_line(exists) == f"{tmp_path / 'm.onnx'} exists; pass --overwrite to replace it"
+    assert one_line(FileNotFoundError("pre-training data 'x.npz' does not exist")) == (
+        "pre-training data 'x.npz' does not exist"
+    )
