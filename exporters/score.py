@@ -4,7 +4,7 @@
     cropmap export score BUNDLE --run RUN_DIR [--data PARCELS.parquet] [--split test|selection|train|all]
     ... [-o SCORE.json] [--json]
 
-(``python -m exporters.score`` is an alias; its ``--json SCORE.json`` is ``-o SCORE.json``.)
+(``python -m exporters.score`` is an alias; its ``--json SCORE.json`` is ``-o SCORE.json --overwrite``.)
 
 * ``--data FILE.npz``: arrays ``x`` (float32 ``(N, T, C)``, raw, gap-free, on the bundle's grid and bands) and ``y``
   (0-based indices into the bundle's classes), as ``training.downstream.run`` writes them (``validation-task<T>.npz``:
@@ -206,27 +206,33 @@ def score_files(
 
 
 def _old_spellings(argv: Sequence[str]) -> list[str]:
-    """``--json OUT`` (the file this command wrote before ``-o``) as ``--output OUT``; ``--json`` alone stays."""
+    """``--json OUT`` (the file this command wrote, replacing it, before ``-o``) as ``--output OUT --overwrite``;
+    ``--json`` alone stays the flag."""
     out: list[str] = []
     args = list(argv)
+    replaced = False
     i = 0
     while i < len(args):
         arg = args[i]
         if arg.startswith("--json="):
             out += ["--output", arg.split("=", 1)[1]]
+            replaced = True
         elif arg == "--json" and i + 1 < len(args) and not args[i + 1].startswith("-"):
             out += ["--output", args[i + 1]]
+            replaced = True
             i += 1
         else:
             out.append(arg)
         i += 1
+    if replaced and "--overwrite" not in out:
+        out.append("--overwrite")
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m exporters.score``: an alias of ``cropmap export score``; returns the exit status.
 
-    Its old ``--json OUT`` (write the numbers to OUT) is ``-o OUT`` there.
+    Its old ``--json OUT`` (write the numbers to OUT, replacing it) is ``-o OUT --overwrite`` there.
     """
     from cropmap.cli_common import run_command
     from exporters.cli import score

@@ -181,6 +181,28 @@ def test_an_existing_output_needs_overwrite(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == json.loads(out.read_text())
     assert json.loads(res.stdout)["n"] == 20
+    # The alias keeps its old --json FILE, which always replaced the file (scripts rerun it).
+    out.write_text("earlier")
+    alias = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporters.score",
+            str(DEFAULT_BUNDLE),
+            "--data",
+            str(series),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert alias.returncode == 0, alias.stderr
+    assert json.loads(out.read_text())["n"] == 20 and "accuracy" in alias.stdout
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
