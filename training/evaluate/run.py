@@ -134,7 +134,7 @@ def metrics_from_confusion(cm: np.ndarray | Sequence[Sequence[int]]) -> Metrics:
 # results and comparisons
 # ----------------------------------------------------------------------------------------------
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read the JSON-lines results file written by :mod:`training.downstream.run`.
+    """Read the JSON-lines results file the downstream protocol writes (:class:`~training.downstream.store.ResultsStore`).
 
     Raises:
         FileNotFoundError: If the file is missing.
@@ -143,15 +143,11 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist")
+    from training.downstream.store import ResultsStore
+
     required = {"task", "family", "variant", "method", "corruption", "val_accuracy", "confusion"}
-    records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON: {err}") from err
+
+    def check(rec: dict[str, Any], lineno: int) -> None:
         missing = sorted(required - set(rec))
         if missing:
             raise ValueError(f"{path}:{lineno}: record lacks keys {missing}")
@@ -159,7 +155,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(
                 f"{path}:{lineno}: unknown method {rec['method']!r}; expected one of {list(METHODS)}"
             )
-        records.append(rec)
+
+    records = ResultsStore(path).records(check)
     if not records:
         raise ValueError(f"results file {str(path)!r} holds no records")
     return records

@@ -13,7 +13,6 @@ a gap in bold is larger than its standard deviation.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.downstream.store import ResultsStore
 
 __all__ = ["collect", "seed_table"]
 
@@ -43,13 +44,9 @@ def collect(run_dirs: Sequence[Path]) -> dict[tuple[str, str], list[dict[str, An
                 f"{path} does not exist; run python -m training.downstream --out {d} first"
             )
         here: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                method = (
-                    rec["method"] if rec["corruption"] is None else f"{rec['method']} {rec['corruption']:g}"
-                )
-                here[(_label(rec), method)].append(rec)
+        for rec in ResultsStore(path).records():
+            method = rec["method"] if rec["corruption"] is None else f"{rec['method']} {rec['corruption']:g}"
+            here[(_label(rec), method)].append(rec)
         for (
             key,
             recs,
