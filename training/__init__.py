@@ -18,6 +18,8 @@ enforced by tests/test_layering.py):
 - the readers of inference's inputs, ``training/data/extract.py`` and ``training/data/pairs.py``, also inference's
   input side: :mod:`cropmap.stack`, :mod:`cropmap.mask`, :mod:`cropmap.tiling`, :mod:`cropmap.sanity` and
   :mod:`cropmap.safeio`, so that training data are read exactly as ``cropmap classify`` reads them.
+- the executor of the downstream protocol on a cluster, ``training/downstream/cluster.py``, also
+  :mod:`cropmap.batch`, whose local / existing / HPC Dask cluster it reuses (one cluster construction).
 
 Never :mod:`exporters`: training writes run directories, which the exporters read.
 """
