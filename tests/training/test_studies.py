@@ -161,6 +161,7 @@ def test_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["--family", "lstm", "--variants", "2", "--storage", str(tmp_path / "nosuffix")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: storage") and err.count("\n") == 1
-    with pytest.raises(SystemExit) as exc:
-        main(["--family", "lstm", "--trials", "2"])
-    assert exc.value.code == 2
+    assert main(["--family", "lstm", "--trials", "2"]) == 2  # usage: --trials without --data
+    assert "--trials needs --data" in capsys.readouterr().err
+    assert main(["--family", "gru", "--variants", "2"]) == 2  # an unknown family names the option
+    assert "Invalid value for --family" in capsys.readouterr().err
