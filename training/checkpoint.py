@@ -109,15 +109,6 @@ def git_dirty(repo_dir: str | Path | None = None) -> bool | None:
     return bool(out.stdout.strip())
 
 
-def describe_error(err: BaseException) -> str:
-    """An error as one line for a command's message; an OSError names its path and cause."""
-    if isinstance(err, OSError) and err.strerror:
-        where = f"{err.filename}: " if err.filename else ""
-        return f"{where}{err.strerror}"
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def validate_norm_stats(norm_stats: Any, n_features: int | None = None) -> dict[str, list[float]]:
     """Check a ``{"mean": [...], "std": [...]}`` mapping and return it as plain float lists.
 
