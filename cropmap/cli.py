@@ -10,6 +10,7 @@ option values exit with status 2; Ctrl-C and SIGTERM clean up and exit with
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
 import sys
 from pathlib import Path
@@ -17,9 +18,17 @@ from typing import Any, NoReturn
 
 import click
 
+from cropmap.cli_common import (
+    PolicyGroup,
+    UnavailableCommand,
+    one_line,
+    output_option,
+    overwrite_option,
+    seed_option,
+    verbosity_options,
+)
 from cropmap.errors import CropmapError
 from cropmap.options import EMBEDDING_DTYPE_CHOICES, PROVIDER_CHOICES, ClassifyOptions
-from cropmap.safeio.oserrors import file_system_error
 from cropmap.safeio.signals import interrupt_exit_code, signals_as_interrupts
 
 
@@ -29,26 +38,13 @@ def _fail(err: BaseException, after_interrupt: str) -> NoReturn:
         code, name = interrupt_exit_code(err)
         click.echo(f"Error: interrupted by {name}; {after_interrupt}", err=True)
         sys.exit(code)
-    if not isinstance(err, CropmapError):  # an OSError outside the steps that name their operation
-        filename = getattr(err, "filename", None)
-        err = file_system_error(err, "access", filename if filename is not None else "a file")
-    raise click.ClickException(" ".join(str(err).split())) from err
+    raise click.ClickException(one_line(err)) from err
 
 
 def _version() -> str:
     from cropmap import __version__
 
     return __version__
-
-
-def _configure_logging(verbose: int, quiet: int) -> None:
-    level = max(logging.DEBUG, min(logging.ERROR, logging.WARNING - 10 * verbose + 10 * quiet))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("cropmap")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def _default_model_line(path: str) -> str:
@@ -257,7 +253,42 @@ def _hpc_options(f: Any) -> Any:
     return f
 
 
-@click.group()
+PLUGIN_GROUP = "cropmap.commands"
+"""The entry-point group through which the extras register their command groups (data, train, evaluate, export)."""
+
+
+class CropmapGroup(PolicyGroup):
+    """The root ``cropmap`` group: the inference commands defined here, plus the command groups that installed
+    distributions register under the ``cropmap.commands`` entry points (loaded when listed or run)."""
+
+    def _plugins(self) -> dict[str, importlib.metadata.EntryPoint]:
+        found = importlib.metadata.entry_points(group=PLUGIN_GROUP)
+        return {ep.name: ep for ep in found if ep.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *sorted(self._plugins())]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry = self._plugins().get(cmd_name)
+        if entry is None:
+            return None
+        try:
+            loaded = entry.load()
+        except ImportError as err:
+            return UnavailableCommand(
+                cmd_name, f"'cropmap {cmd_name}' could not be loaded ({entry.value}): {err}"
+            )
+        if not isinstance(loaded, click.Command):
+            return UnavailableCommand(
+                cmd_name, f"'cropmap {cmd_name}' ({entry.value}) is not a click command"
+            )
+        return loaded
+
+
+@click.group(cls=CropmapGroup, name="cropmap")
 @click.version_option(version=_version(), prog_name="cropmap")
 def main() -> None:
     """Crop-type maps from Sentinel-2 time series with ONNX model bundles."""
@@ -307,12 +338,10 @@ def main() -> None:
     default=None,
     help="Model bundle (.onnx); default: the sample bundle shipped with cropmap.",
 )
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Class-map GeoTIFF to write; default: <stack name>_classified.tif in the current directory.",
+@output_option(
+    "Class-map GeoTIFF to write; default: <stack name>_classified.tif in the current directory.",
+    required=False,
+    dest="out",
 )
 @click.option(
     "--confidence", is_flag=True, help="Also write <out stem>_confidence.tif (max probability x 100)."
@@ -320,7 +349,7 @@ def main() -> None:
 @click.option(
     "--embedding", is_flag=True, help="Also write <out stem>_embedding.tif (the bundle's embedding output)."
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@overwrite_option
 @click.option(
     "--block-size",
     type=int,
@@ -375,8 +404,7 @@ def main() -> None:
 @_runtime_options
 @_check_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-look.")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.option("-q", "--quiet", count=True, help="Less log output.")
+@verbosity_options
 def classify(
     stack: Path,
     mask: Path | None,
@@ -387,8 +415,6 @@ def classify(
     model: Path | None,
     out: Path | None,
     no_quicklook: bool,
-    verbose: int,
-    quiet: int,
     **option_values: Any,
 ) -> None:
     """Classify the cropland pixels of a Sentinel-2 time STACK.
@@ -396,7 +422,6 @@ def classify(
     STACK is a time-major multi-band GeoTIFF (dates and bands in band descriptions
     or tags) or a folder of per-date GeoTIFFs.
     """
-    _configure_logging(verbose, quiet)
     if (mask is None) == (not whole_stack):
         raise click.UsageError("give --mask POLYGONS, or --whole-stack to classify every pixel (not both)")
     if parcels is None and (declared_column is not None or declared_classes is not None):
@@ -556,18 +581,15 @@ def classify(
     metavar="N",
     help="With --plan: units in each class whose share by area would be smaller.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="With --plan: random seed.")
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Report JSON (Markdown and PNG beside it); with --plan the GeoPackage. Default: "
+@seed_option(help="With --plan: random seed.")
+@output_option(
+    "Report JSON (Markdown and PNG beside it); with --plan the GeoPackage. Default: "
     "<map stem>_assessment.json / <map stem>_sample_plan.gpkg in the current directory.",
+    required=False,
+    dest="out",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.option("-q", "--quiet", count=True, help="Less log output.")
+@overwrite_option
+@verbosity_options
 def assess(
     map_path: Path,
     reference: Path | None,
@@ -582,8 +604,6 @@ def assess(
     seed: int,
     out: Path | None,
     overwrite: bool,
-    verbose: int,
-    quiet: int,
 ) -> None:
     """Accuracy and error-adjusted class areas of a class MAP from reference data.
 
@@ -591,7 +611,6 @@ def assess(
     map's legend). The estimator is the stratified one of Olofsson et al. (2014) with
     the map classes as strata (docs/accuracy.md).
     """
-    _configure_logging(verbose, quiet)
     from cropmap import assess as assess_mod
 
     if plan:
@@ -691,11 +710,11 @@ BATCH_FAILED_EXIT = 3
     metavar="POLYGONS",
     help="Cropland polygons of the --stack at the same position.",
 )
-@click.option(
-    "--out-dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Batch folder: one subfolder per region, batch_state.json and batch_summary.json.",
+@output_option(
+    "Batch folder: one subfolder per region, batch_state.json and batch_summary.json.",
+    aliases=("--out-dir",),
+    metavar="FOLDER",
+    dest="out_dir",
 )
 @click.option(
     "--model",
@@ -719,9 +738,7 @@ BATCH_FAILED_EXIT = 3
 @_hpc_options
 @click.option("--confidence", is_flag=True, help="Also write <name>_confidence.tif per region.")
 @click.option("--embedding", is_flag=True, help="Also write <name>_embedding.tif per region.")
-@click.option(
-    "--overwrite", is_flag=True, help="Recompute every region, replacing outputs and the recorded state."
-)
+@overwrite_option(help="Recompute every region, replacing outputs and the recorded state.")
 @click.option(
     "--season",
     type=int,
@@ -759,8 +776,7 @@ BATCH_FAILED_EXIT = 3
 @_runtime_options
 @_check_options
 @click.option("--no-quicklook", "no_quicklook", is_flag=True, help="Do not write the PNG quick-looks.")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.option("-q", "--quiet", count=True, help="Less log output.")
+@verbosity_options
 def batch(
     regions: Path | None,
     stacks: tuple[Path, ...],
@@ -781,8 +797,6 @@ def batch(
     worker_timeout: float | None,
     pending_timeout: float | None,
     no_quicklook: bool,
-    verbose: int,
-    quiet: int,
     **option_values: Any,
 ) -> None:
     """Classify many regions in parallel, resumably.
@@ -792,7 +806,6 @@ def batch(
     folder); or give --stack S --mask M pairs instead. A rerun skips the regions
     already done. Exit status 3 when some regions failed.
     """
-    _configure_logging(verbose, quiet)
     if regions is not None and (stacks or masks):
         raise click.UsageError("give either a REGIONS manifest or --stack/--mask pairs, not both")
     if regions is None and not stacks and not masks:
@@ -837,7 +850,7 @@ def batch(
 
     from cropmap.batch import PENDING_TIMEOUT_S, WORKER_TIMEOUT_S, classify_many, format_report
 
-    if verbose == 0:
+    if not logging.getLogger("cropmap").isEnabledFor(logging.INFO):  # no -v
         # The dask client logs a lost scheduler with tracebacks; the batch reports it in one line itself.
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     from cropmap.regions import regions_from_pairs

@@ -11,7 +11,6 @@ provenance.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,24 +82,23 @@ class Choice:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ExportError(f"{path}:{lineno} is not valid JSON ({err.msg})") from err
+    """The records of a results file (:class:`~training.downstream.store.ResultsStore`), each checked for the
+    fields a selection reads."""
+    from training.downstream.store import ResultsError, ResultsStore
+
+    def check(record: dict[str, Any], lineno: int) -> None:
         required = ("task", "family", *METRICS.values())
-        missing = [k for k in required if k not in record] if isinstance(record, dict) else list(required)
+        missing = [k for k in required if k not in record]
         if missing:
-            found = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise ExportError(
-                f"{path}:{lineno} lacks {', '.join(missing)} (found {found}); expected one record "
+                f"{path}:{lineno} lacks {', '.join(missing)} (found {sorted(record)}); expected one record "
                 "per run as python -m training.downstream writes it"
             )
-        records.append(record)
-    return records
+
+    try:
+        return ResultsStore(path).records(check)
+    except ResultsError as err:
+        raise ExportError(str(err)) from err
 
 
 def select_best(

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cropmap.contract.metadata import Calibration
+from cropmap.errors import CropmapError
 from cropmap.postprocess import softmax
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ DEFAULT_BINS = 15
 _BETA_RANGE = (1e-3, 1e3)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(CropmapError, ValueError):
     """The validation data cannot calibrate the model."""
 
 

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cropmap.errors import CropmapError
+
 logger = logging.getLogger(__name__)
 
 
-class ParityError(RuntimeError):
+class ParityError(CropmapError, RuntimeError):
     """ONNX Runtime does not reproduce the torch model within tolerance."""
 
 

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from cropmap.contract.metadata import METADATA_KEY, PRECISIONS, BundleMetadata, Precision
+from cropmap.errors import CropmapError
 from cropmap.runtime import load_bundle
 from cropmap.safeio.atomic import atomic_path
 
@@ -60,7 +61,7 @@ _BATCH = 4096
 """Series per ONNX Runtime call when measuring: cropmap's default batch size (dynamic int8 depends on the batch)."""
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(CropmapError, RuntimeError):
     """A reduced-precision graph could not be built, or disagrees with fp32 beyond the threshold."""
 
 

@@ -1,8 +1,10 @@
-"""``python -m exporters.score``: score a bundle on labelled series: accuracy, macro F1, kappa, a per-class table.
+"""``cropmap export score``: score a bundle on labelled series: accuracy, macro F1, kappa, a per-class table.
 
-    python -m exporters.score BUNDLE --data RUN_DIR/validation-taskreal.npz
-    python -m exporters.score BUNDLE --run RUN_DIR [--data PARCELS.parquet] [--split test|selection|train|all]
-    ... [--json SCORE.json]
+    cropmap export score BUNDLE --data RUN_DIR/validation-taskreal.npz
+    cropmap export score BUNDLE --run RUN_DIR [--data PARCELS.parquet] [--split test|selection|train|all]
+    ... [-o SCORE.json] [--json]
+
+(``python -m exporters.score`` is an alias; its ``--json SCORE.json`` is ``-o SCORE.json --overwrite``.)
 
 * ``--data FILE.npz``: arrays ``x`` (float32 ``(N, T, C)``, raw, gap-free, on the bundle's grid and bands) and ``y``
   (0-based indices into the bundle's classes), as ``training.downstream.run`` writes them (``validation-task<T>.npz``:
@@ -14,26 +16,26 @@
 
 The bundle runs through ONNX Runtime exactly as ``cropmap classify`` runs it (argmax of its logits), so on a run's
 test split the numbers equal the run's record (``val_accuracy``, ``macro_f1``) for the model in the bundle. The
-JSON output (``--json``, written atomically) holds the same numbers and the confusion matrix.
+JSON output (``-o``, written atomically; ``--json`` prints it on stdout) holds the same numbers and the confusion matrix.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cropmap.safeio.atomic import atomic_path
+from cropmap.errors import CropmapError
 
 SPLITS = ("test", "selection", "train", "all")
 
 
-class ScoreError(ValueError):
+class ScoreError(CropmapError, ValueError):
     """The bundle cannot be scored on these data (one line)."""
 
 
@@ -164,56 +166,79 @@ def format_table(result: dict[str, Any], what: str) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    with atomic_path(path, mode=0o644) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1)
+def score_files(
+    bundle_path: Path, *, data: Path | None, run_dir: Path | None, split: str = "test"
+) -> tuple[dict[str, Any], str, str]:
+    """Score the bundle at ``bundle_path`` on an ``.npz`` of series (``data``) or on a run's parcels (``run_dir``).
 
+    Returns:
+        The numbers (:func:`score_series`), a description of the data, and the bundle's model name.
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m exporters.score``; returns the exit status."""
-    from cropmap.errors import BundleError
+    Raises:
+        ScoreError: A missing bundle or data file, arrays that do not fit the bundle, parcels of another legend.
+    """
     from cropmap.runtime import load_bundle
-    from training.checkpoint import describe_error
-    from training.config import ConfigError
 
-    parser = argparse.ArgumentParser(prog="python -m exporters.score", description=__doc__.split("\n\n")[0])
-    parser.add_argument("bundle", type=Path, help="the bundle (.onnx)")
-    parser.add_argument(
-        "--data", type=Path, help="an .npz of series x and labels y, or labelled parcels (with --run)"
-    )
-    parser.add_argument(
-        "--run", type=Path, metavar="RUN_DIR", help="read parcels as this downstream run read them"
-    )
-    parser.add_argument(
-        "--split", choices=SPLITS, default="test", help="with --run: which parcels (default: test)"
-    )
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers as JSON")
-    args = parser.parse_args(argv)
-    if args.run is None and (args.data is None or args.data.suffix != ".npz"):
-        parser.error("give --data SERIES.npz, or --run RUN_DIR (optionally with --data PARCELS)")
-    try:
-        if not args.bundle.is_file():
-            raise ScoreError(f"bundle {args.bundle} does not exist")
-        bundle = load_bundle(args.bundle)
-        if args.run is not None:
-            x, y, task, what = run_series(args.run, args.split, args.data)
-            check_task_fits(bundle, task)
-        else:
-            if not args.data.is_file():
-                raise ScoreError(f"--data {args.data} does not exist")
-            with np.load(args.data) as d:
+    if not bundle_path.is_file():
+        raise ScoreError(f"bundle {bundle_path} does not exist")
+    bundle = load_bundle(bundle_path)
+    if run_dir is not None:
+        x, y, task, what = run_series(run_dir, split, data)
+        check_task_fits(bundle, task)
+    else:
+        if data is None:
+            raise ScoreError("no labelled series given; expected --data SERIES.npz or --run RUN_DIR")
+        if not data.is_file():
+            raise ScoreError(f"--data {data} does not exist")
+        try:
+            with np.load(data) as d:
                 if not {"x", "y"} <= set(d):
-                    raise ScoreError(f"--data {args.data} holds {sorted(d)}; expected arrays x and y")
+                    raise ScoreError(f"--data {data} holds {sorted(d)}; expected arrays x and y")
                 x, y = d["x"], d["y"]
-            what = f"{args.data.name} ({len(y)} samples)"
-        result = score_series(bundle, x, y)
-        if args.json is not None:
-            _write_json(args.json, {"bundle": str(args.bundle), "data": what, **result})
-    except (ScoreError, BundleError, ConfigError, ValueError, OSError) as err:
-        print(f"error: {describe_error(err)}", file=sys.stderr)
-        return 1
-    print(f"{args.bundle.name} ({bundle.metadata.model_name}) on {format_table(result, what)}")
-    return 0
+        except ValueError as err:  # not an .npz (numpy's own words), or arrays it cannot read
+            if isinstance(err, ScoreError):
+                raise
+            raise ScoreError(
+                f"--data {data} is not a readable .npz file ({err}); expected arrays x and y"
+            ) from err
+        what = f"{data.name} ({len(y)} samples)"
+    return score_series(bundle, x, y), what, bundle.metadata.model_name
+
+
+def _old_spellings(argv: Sequence[str]) -> list[str]:
+    """``--json OUT`` (the file this command wrote, replacing it, before ``-o``) as ``--output OUT --overwrite``;
+    ``--json`` alone stays the flag."""
+    out: list[str] = []
+    args = list(argv)
+    replaced = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--json="):
+            out += ["--output", arg.split("=", 1)[1]]
+            replaced = True
+        elif arg == "--json" and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            out += ["--output", args[i + 1]]
+            replaced = True
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    if replaced and "--overwrite" not in out:
+        out.append("--overwrite")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m exporters.score``: an alias of ``cropmap export score``; returns the exit status.
+
+    Its old ``--json OUT`` (write the numbers to OUT, replacing it) is ``-o OUT --overwrite`` there.
+    """
+    from cropmap.cli_common import run_command
+    from exporters.cli import score
+
+    args = sys.argv[1:] if argv is None else argv
+    return run_command(score, _old_spellings(args), prog_name="python -m exporters.score")
 
 
 if __name__ == "__main__":

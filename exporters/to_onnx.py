@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from cropmap.contract.metadata import METADATA_KEY, PRECISIONS, BundleMetadata
+from cropmap.errors import CropmapError
 from cropmap.runtime import load_bundle
 from cropmap.safeio.commit import journal_path, recover_commit, replace_all
 from cropmap.safeio.folders import output_folder
@@ -79,7 +80,7 @@ __all__ = [
 DEFAULT_OPSET = 17
 
 
-class ExportError(RuntimeError):
+class ExportError(CropmapError, RuntimeError):
     """The model cannot be exported as a bundle matching its metadata."""
 
 

@@ -92,10 +92,10 @@ for name, title in titles.items():
     a = np.array(rows)
     sd = lambda v: float(v.std(ddof=1))  # noqa: E731
     best = (
-        f"\n**The bundle `exporters --best` exports** (picked and calibrated on the selection split; scored with "
-        f"`python -m exporters.score` on the test parcels; picks per split seed: {', '.join(picks)})\n\n"
+        f"\n**The bundle `cropmap export best` exports** (picked and calibrated on the selection split; scored with "
+        f"`cropmap export score` on the test parcels; picks per split seed: {', '.join(picks)})\n\n"
         "| model | OA | macro F1 | OA - RF (paired) | F1 - RF (paired) |\n|---|---|---|---|---|\n"
-        f"| exporters --best bundle | {100 * a[:, 0].mean():.1f} +- {100 * sd(a[:, 0]):.1f} | "
+        f"| cropmap export best bundle | {100 * a[:, 0].mean():.1f} +- {100 * sd(a[:, 0]):.1f} | "
         f"{100 * a[:, 1].mean():.1f} +- {100 * sd(a[:, 1]):.1f} | {gap(a[:, 0] - a[:, 2])} | {gap(a[:, 1] - a[:, 3])} |\n"
         f"| RandomForest (500 trees, flattened series) | {100 * a[:, 2].mean():.1f} +- {100 * sd(a[:, 2]):.1f} | "
         f"{100 * a[:, 3].mean():.1f} +- {100 * sd(a[:, 3]):.1f} | - | - |\n"

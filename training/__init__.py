@@ -5,6 +5,11 @@ Subpackages follow the pipeline: :mod:`training.data` (labelled series, pre-trai
 (base models, trees, selection, studies) and :mod:`training.evaluate` (the papers' protocol and its checks);
 :mod:`training.models`, :mod:`training.config`, :mod:`training.checkpoint` and :mod:`training.device` are shared.
 
+Its programs are the ``cropmap data``, ``cropmap train`` and ``cropmap evaluate`` command groups (:mod:`training.cli`,
+registered as ``cropmap.commands`` entry points; each subpackage's torch-free ``cli.py`` holds its commands, with the
+shared options and exit codes of :mod:`cropmap.cli_common`); ``python -m training.pretrain`` and the other
+``python -m`` forms are aliases of them (docs/cli.md).
+
 Needs the ``train`` extra (torch, optuna). What it may import from the deployable package (docs/architecture.md,
 enforced by tests/test_layering.py):
 
@@ -14,6 +19,8 @@ enforced by tests/test_layering.py):
 - the readers of inference's inputs, ``training/data/extract.py`` and ``training/data/pairs.py``, also inference's
   input side: :mod:`cropmap.stack`, :mod:`cropmap.mask`, :mod:`cropmap.tiling`, :mod:`cropmap.sanity` and
   :mod:`cropmap.safeio` (its modules), so that training data are read exactly as ``cropmap classify`` reads them.
+- the executor of the downstream protocol on a cluster, ``training/downstream/cluster.py``, also
+  :mod:`cropmap.batch`, whose local / existing / HPC Dask cluster it reuses (one cluster construction).
 
 Never :mod:`exporters`: training writes run directories, which the exporters read.
 """

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from cropmap.errors import CropmapError
 from cropmap.safeio.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 """Keys each known kind must carry besides ``kind`` and ``state_dict``."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CropmapError, ValueError):
     """A checkpoint file or payload that is not what the caller expects."""
 
 
@@ -105,15 +106,6 @@ def git_dirty(repo_dir: str | Path | None = None) -> bool | None:
     if out.returncode != 0:
         return None
     return bool(out.stdout.strip())
-
-
-def describe_error(err: BaseException) -> str:
-    """An error as one line for a command's message; an OSError names its path and cause."""
-    if isinstance(err, OSError) and err.strerror:
-        where = f"{err.filename}: " if err.filename else ""
-        return f"{where}{err.strerror}"
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def validate_norm_stats(norm_stats: Any, n_features: int | None = None) -> dict[str, list[float]]:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from cropmap.errors import CropmapError
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli backport
@@ -47,7 +49,7 @@ _FALSE = {"false", "0", "no", "off"}
 _NONE = {"none", "null"}
 
 
-class ConfigError(ValueError):
+class ConfigError(CropmapError, ValueError):
     """A configuration file or override that does not match the configuration class."""
 
 

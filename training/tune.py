@@ -1,6 +1,8 @@
-"""``python -m training.tune``: kept as an alias of :mod:`training.downstream.tune`."""
+"""``python -m training.tune``: an alias of ``cropmap train tune``."""
+
+import sys
+
+from training.downstream.cli import tune_main
 
 if __name__ == "__main__":
-    from training.downstream.tune import main
-
-    raise SystemExit(main())
+    sys.exit(tune_main(None, prog_name="python -m training.tune"))

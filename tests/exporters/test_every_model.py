@@ -216,7 +216,7 @@ def test_export_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert exporters_main(["--best", str(tmp_path), "-o", str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
     assert (
-        err.startswith("error: ")
+        err.startswith("Error: ")
         and "results.jsonl" in err
         and err.count("\n") == 1
         and "Traceback" not in err

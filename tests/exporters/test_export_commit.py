@@ -139,7 +139,7 @@ def test_full_disk_while_writing_the_diagram_leaves_no_bundle(ckpt: Path, tmp_pa
     assert res.returncode == 1, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "no space left on device" in lines[0], (
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "no space left on device" in lines[0], (
         res.stderr
     )
     assert "m.reliability.png" in lines[0], lines[0]
@@ -164,7 +164,7 @@ def test_sigterm_during_export_leaves_no_temporary_or_folder(ckpt: Path, tmp_pat
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert err.strip() == "interrupted by SIGTERM: nothing was written", err
+    assert err.strip() == "Error: interrupted by SIGTERM; nothing was written", err
     assert not (tmp_path / "new").exists()
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
 

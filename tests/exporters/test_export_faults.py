@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,6 +78,10 @@ def ckpt(tmp_path: Path, checkpoint_bytes: bytes) -> Path:
     return path
 
 
+LOG_RECORD = re.compile(r"(DEBUG|INFO|WARNING) (cropmap|training|exporters)[\w.]*: ")
+"""A log record as the family's logging rule prints it (cropmap.cli_common.configure_logging)."""
+
+
 def _hashes(paths: Iterable[Path]) -> dict[str, str]:
     out = {}
     for p in paths:
@@ -87,10 +92,11 @@ def _hashes(paths: Iterable[Path]) -> dict[str, str]:
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str], *words: str) -> str:
+    """The one ``Error:`` line on stderr; log records (``WARNING exporters.best: ...``, silenced by ``-q``) aside."""
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    lines = [line for line in err.strip().splitlines() if line.strip() and not LOG_RECORD.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
     for w in words:
         assert w in lines[0], (w, lines[0])
     return lines[0]

@@ -385,7 +385,7 @@ def test_cli_precision_flag_and_one_line_refusal(tmp_path: Path, capsys) -> None
         == 1
     )
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "missing.npz" in err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "missing.npz" in err
     assert not (tmp_path / "bad.onnx").exists()
 
 

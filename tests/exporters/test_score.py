@@ -95,7 +95,7 @@ def test_score_equals_the_runs_record_on_its_test_parcels(run: Path, tmp_path: P
 def test_score_errors_are_one_line(run: Path, tmp_path: Path, capsys) -> None:
     assert score_main([str(tmp_path / "missing.onnx"), "--data", str(run / "validation-taskreal.npz")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "does not exist" in err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "does not exist" in err
     rec = json.loads((run / "results.jsonl").read_text().splitlines()[0])
     bundle = tmp_path / "m.onnx"
     assert exporters_main([str(run / rec["model"]), "-o", str(bundle)]) == 0
@@ -103,4 +103,4 @@ def test_score_errors_are_one_line(run: Path, tmp_path: Path, capsys) -> None:
     np.savez(bad, x=np.zeros((2, 3, 4), np.float32), y=np.zeros(2, np.int64))
     assert score_main([str(bundle), "--data", str(bad)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: series have shape (2, 3, 4)") and err.count("\n") == 1
+    assert err.startswith("Error: series have shape (2, 3, 4)") and err.count("\n") == 1

@@ -91,6 +91,7 @@ def test_tree_bundle_reproduces_predict_proba_and_fits_the_contract(family: str,
         tree_trials=1 if family == "boosting" else 0,
     )
     run = tmp_path / "run"
+    from training.downstream.store import ResultsStore
     from training.downstream.trees import run_trees
 
     run.mkdir()
@@ -100,7 +101,7 @@ def test_tree_bundle_reproduces_predict_proba_and_fits_the_contract(family: str,
         cfg,
         data,
         setup={"task": "real", "n_val": len(data.y_val)},
-        results=run / "results.jsonl",
+        results=ResultsStore.in_dir(run),
         done={},
         out=run,
         save=True,

@@ -324,15 +324,48 @@ def test_cli_real_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "results:" in capsys.readouterr().out
 
 
-def test_cli_errors(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as err:
-        main(["--task", "1", "--encoders", "bimodal=x.pt", "--out", str(tmp_path)])
-    assert err.value.code == 2
-    with pytest.raises(SystemExit):
-        main(["--task", "1", "--encoders", "unimodal_0.2=missing.pt", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        main(["--task", "1", "--set", "epochz=3", "--out", str(tmp_path)])
-    assert main(["--task", "1", "--out", str(tmp_path), "--no-progress"]) == 1  # no --data: one-line error
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Usage errors (a bad encoder, a missing encoder file, an unknown config field, a device torch cannot see)
+    # exit 2 with click's message naming the option; bad input exits 1 with one Error: line.
+    for args, flag in (
+        (["--encoders", "bimodal=x.pt"], "--encoder"),
+        (["--encoder", "unimodal_0.2=missing.pt"], "--encoder"),
+        (["--set", "epochz=3"], "--config / --set"),
+        (["--device", "cuda:7"], "--device"),
+    ):
+        assert main(["--task", "1", "--out", str(tmp_path), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert f"Invalid value for {flag}" in err and "Traceback" not in err, err
+    assert main(["--task", "1", "--device", "gpu", "--out", str(tmp_path)]) == 2
+    assert "'gpu' is not a device" in capsys.readouterr().err
+    assert main(["--task", "1", "--out", str(tmp_path), "--no-progress"]) == 1  # no --data: one line
+    err = capsys.readouterr().err
+    assert err.startswith("Error: task 1 needs data") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert main(["--task", "1", "--out", str(tmp_path), "--workers", "2", "--scheduler", "tcp://x:1"]) == 2
+    assert main(["--task", "1", "--out", str(tmp_path), "--queue", "gpu"]) == 2
+    assert "expected --cluster with it" in capsys.readouterr().err
+
+
+def test_old_encoders_spelling_takes_several_values() -> None:
+    from training.downstream.cli import rewrite_encoders
+
+    assert rewrite_encoders(["--encoders", "a=1", "b=2", "--epochs", "3"]) == [
+        "--encoder",
+        "a=1",
+        "--encoder",
+        "b=2",
+        "--epochs",
+        "3",
+    ]
+
+
+def test_cli_choices_match_the_registries() -> None:
+    from cropmap.batch import CLUSTER_KINDS
+    from training.downstream.cli import CLUSTER_CHOICES, RECIPES
+    from training.downstream.recipe import RECIPES as REGISTERED
+
+    assert tuple(sorted(CLUSTER_KINDS)) == CLUSTER_CHOICES and tuple(sorted(REGISTERED)) == RECIPES
 
 
 TINY_PRETRAIN = [

@@ -156,3 +156,52 @@ def test_cli_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["--results", str(path), "--out", str(tmp_path / "rep")]) == 0
     assert "| 2 | lstm | 1 |" in capsys.readouterr().out
     assert (tmp_path / "rep" / "win_2_lstm.png").is_file()
+    written = sorted(p.name for p in (tmp_path / "rep").iterdir())
+    assert written == [
+        "gain_2.png",
+        "per_class.md",
+        "report.md",
+        "summary.json",
+        "table1.md",
+        "win_2_lstm.png",
+    ]
+    assert main(["--results", str(path), "-o", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"Error: {tmp_path / 'rep'} holds a report already (report.md, table1.md, per_class.md, summary.json); "
+        "pass --overwrite to replace its files\n"
+    )
+    # The report beside its results (as docs/results/ holds them): only the report's files are replaced.
+    report = (tmp_path / "rep" / "report.md").read_text()
+    (tmp_path / "rep" / "report.md").write_text("older")
+    assert main(["--results", str(path), "-o", str(tmp_path), "--overwrite"]) == 0
+    assert "report written to" in capsys.readouterr().out
+    assert json.loads(path.read_text().splitlines()[0]) == recs[0]  # the input stays
+    assert (tmp_path / "report.md").read_text() == report
+    assert main(["--results", str(path), "-o", str(tmp_path / "rep"), "--overwrite"]) == 0
+    assert (tmp_path / "rep" / "report.md").read_text() == report
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("", "holds no records"),
+        ("{not json\n", "not valid JSON"),
+        ('{"task": "1"}\n', "record lacks keys"),
+    ],
+)
+def test_cli_bad_results_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    path = tmp_path / "results.jsonl"
+    if content is not None:
+        path.write_text(content)
+    assert main(["--results", str(path), "-o", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "rep").exists()  # nothing written, the folder made for it removed again
+    assert [p.name for p in tmp_path.iterdir()] == (["results.jsonl"] if content is not None else [])
+    assert main(["--results", str(path)]) == 2
+    assert "Missing option '-o' / '--output'" in capsys.readouterr().err

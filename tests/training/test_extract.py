@@ -17,7 +17,14 @@ from rasterio.transform import from_origin
 
 from cropmap.contract.clouds import DEFAULT_SCL_INVALID
 from cropmap.contract.timegrid import fill_gaps
-from training.data.extract import ExtractError, ExtractOptions, extract, main
+from training.data.extract import (
+    DEFAULT_BUFFER_M,
+    DEFAULT_MIN_VALID,
+    ExtractError,
+    ExtractOptions,
+    extract,
+    main,
+)
 from training.data.parcels import load_parcels, time_grid
 from training.data.worldcereal import on_time_grid, read_long
 
@@ -335,8 +342,43 @@ def test_cli_writes_the_file_and_prints_the_summary(data: dict, tmp_path: Path, 
 def test_cli_bad_input_is_one_line(data: dict, tmp_path: Path, capsys, args: list[str], message: str) -> None:
     out = tmp_path / "o.parquet"
     rc, err = _cli(capsys, data["stack"], data["gpkg"], "-o", out, *args)
-    assert rc == 1 and err.startswith("error: ") and "\n" not in err and message in err, err
+    assert rc == 1 and err.startswith("Error: ") and "\n" not in err and message in err, err
     assert not out.exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_cli_bad_option_value_is_a_usage_error(data: dict, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o.parquet"
+    rc, err = _cli(
+        capsys, data["stack"], data["gpkg"], "-o", out, "--label-column", "crop", "--cloud-classes", "3,x"
+    )
+    assert rc == 2 and "--cloud-classes" in err and "'3,x' is not comma-separated integers" in err, err
+    rc, err = _cli(capsys, data["stack"], data["gpkg"], "-o", out)
+    assert rc == 2 and "Missing option '--label-column'" in err, err
+    assert not out.exists()
+
+
+def test_cli_old_spellings_and_the_cropmap_command(data: dict, tmp_path: Path, capsys) -> None:
+    """``--out`` (the old spelling) still works; ``cropmap data extract`` is the same command."""
+    from click.testing import CliRunner
+
+    from cropmap.cli import main as cropmap_main
+    from training.data import cli
+
+    assert (cli.DEFAULT_BUFFER_M, cli.DEFAULT_MIN_VALID) == (DEFAULT_BUFFER_M, DEFAULT_MIN_VALID)
+    from cropmap.contract.clouds import DEFAULT_CLOUD_THRESHOLD
+
+    help_text = CliRunner().invoke(cli.extract, ["--help"]).output
+    assert f"(default {DEFAULT_CLOUD_THRESHOLD:g})" in " ".join(help_text.split())  # --cloud-threshold's help
+    rc, _ = _cli(
+        capsys, data["stack"], data["gpkg"], "--out", tmp_path / "a.parquet", "--label-column", "code"
+    )
+    assert rc == 0 and (tmp_path / "a.parquet").is_file()
+    argv = ["data", "extract", str(data["stack"]), str(data["gpkg"]), "-o", str(tmp_path / "a.parquet")]
+    res = CliRunner().invoke(cropmap_main, [*argv, "--label-column", "code", "--no-progress"])
+    assert res.exit_code == 1 and "Error: output" in res.output and "exists; pass --overwrite" in res.output
+    res = CliRunner().invoke(cropmap_main, [*argv, "--label-column", "code", "--no-progress", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert "train on it: cropmap train downstream --task real" in res.output
 
 
 def test_cli_refuses_no_overlap_existing_output_and_writing_over_an_input(
@@ -345,7 +387,13 @@ def test_cli_refuses_no_overlap_existing_output_and_writing_over_an_input(
     far = tmp_path / "far.gpkg"
     gpd.GeoDataFrame({"crop": ["maize"]}, geometry=[shapely.box(0, 0, 100, 100)], crs=CRS).to_file(far)
     rc, err = _cli(capsys, data["stack"], far, "-o", tmp_path / "o.parquet", "--label-column", "crop")
-    assert rc == 1 and "no polygon of" in err and "overlaps the stack" in err and "\n" not in err
+    assert (
+        rc == 1
+        and err.startswith("Error: ")
+        and "no polygon of" in err
+        and "overlaps the stack" in err
+        and "\n" not in err
+    )
     out = tmp_path / "exists.parquet"
     out.write_bytes(b"keep")
     rc, err = _cli(capsys, data["stack"], data["gpkg"], "-o", out, "--label-column", "crop")

@@ -399,7 +399,7 @@ def test_device_cuda_without_a_gpu_is_one_line(argv: list[str], tmp_path: Path) 
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: --device cuda") and "torch sees no CUDA device" in lines[0]
+    assert lines[0].startswith("Error: --device cuda") and "torch sees no CUDA device" in lines[0]
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

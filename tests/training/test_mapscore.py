@@ -124,7 +124,12 @@ def test_cli_prints_scores_writes_json_and_reports_errors(
     assert json.loads(out.read_text())["overall_accuracy"] == 1.0
     assert main([str(good), str(scene / "fields.gpkg"), "--code-column", "nope"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("python -m training.mapscore: error:") and len(err.splitlines()) == 1
-    with pytest.raises(SystemExit) as exc:
-        main([str(good)])
-    assert exc.value.code == 2
+    assert err.startswith("Error: ") and len(err.splitlines()) == 1
+    assert main([str(good)]) == 2
+    assert "Missing argument 'FIELDS.gpkg'" in capsys.readouterr().err
+    assert main([str(good), str(scene / "fields.gpkg"), "-o", str(out)]) == 1
+    assert capsys.readouterr().err == f"Error: --output {out} exists; pass --overwrite to replace it\n"
+    assert main([str(good), str(scene / "fields.gpkg"), "-o", str(out), "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(out.read_text())
+    assert json.loads(out.read_text())["overall_accuracy"] == 1.0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind

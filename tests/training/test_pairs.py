@@ -320,10 +320,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             [stack, str(unnamed)],
             "has no band names (descriptions); bands are chosen by name, never",
         ),
-        "no overlap": ([stack, str(far)], "error: no overlap: none of the 1 scenes overlaps the S2 stack"),
-        "no matching dates": ([stack, str(later)], "error: no matching dates: none of the 2 S2 dates"),
+        "no overlap": ([stack, str(far)], "Error: no overlap: none of the 1 scenes overlaps the S2 stack"),
+        "no matching dates": ([stack, str(later)], "Error: no matching dates: none of the 2 S2 dates"),
         "no crs": ([stack, str(nocrs)], "has no CRS; set it (gdal_edit.py -a_srs EPSG:...) before pairing"),
-        "bands missing": ([stack, str(noband)], "error: bands missing: scene"),
+        "bands missing": ([stack, str(noband)], "Error: bands missing: scene"),
     }
 
 
@@ -334,8 +334,30 @@ def test_pairs_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     args, expected = _bad_inputs(tmp_path)[case]
     assert main([*args, "-o", str(tmp_path / "out"), "--s2-bands", ",".join(BANDS4), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert err.startswith("Error: ") and expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # complete or absent
+
+
+def test_pairs_cli_refuses_an_existing_output_and_bad_option_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.data import cli
+    from training.data.pairs import S2_BAND_NAMES
+    from training.data.scenes import DEFAULT_MASK_BAND
+
+    assert (cli.PAIR_S2_BANDS, cli.PAIR_SECOND_BANDS) == (S2_BAND_NAMES, PS_BANDS)
+    assert cli.DEFAULT_MASK_BAND == DEFAULT_MASK_BAND
+    args, _ = _bad_inputs(tmp_path)["no crs"]
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main([*args, "--out", str(out), "--no-progress"]) == 1  # --out: the old spelling of -o
+    err = capsys.readouterr().err
+    assert err == f"Error: {out} exists already; pass --overwrite to replace it\n"
+    assert main([*args, "-o", str(tmp_path / "new"), "--alignment", "pixel"]) == 2
+    assert "Invalid value for '--alignment'" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "new"), "--cloud-classes", "a,b"]) == 2
+    assert "Invalid value for '--cloud-classes'" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_pairs_cli_subprocess_error_is_one_line(tmp_path: Path) -> None:
@@ -359,7 +381,7 @@ def test_pairs_cli_subprocess_error_is_one_line(tmp_path: Path) -> None:
     )
     assert run.returncode == 1
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], run.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], run.stderr
 
 
 def test_npy_appender_round_trip(tmp_path: Path) -> None:

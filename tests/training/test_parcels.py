@@ -79,5 +79,5 @@ def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path, ca
         ]
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and err[-1].startswith("error: ") and message in err[-1]
+    assert rc == 1 and err[-1].startswith("Error: ") and message in err[-1]
     assert not any("Traceback" in line for line in err)

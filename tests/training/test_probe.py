@@ -240,3 +240,37 @@ def test_bimodal_embeddings_beat_random_and_raw_for_knn_on_default_scene(tmp_pat
     assert knn["bimodal"] > knn["random"] + KNN_MARGIN and knn["bimodal"] > knn["raw"] + KNN_MARGIN
     assert report["bimodal"]["date_knn"] > report["random"]["date_knn"]
     assert report["bimodal"]["date_linear"] > report["raw"]["date_linear"]
+
+
+def test_cli_prints_and_writes_the_report_and_reports_errors(
+    sim_scene_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m training.probe`` (``cropmap evaluate probe``) on raw bands: the table, -o, the old --json OUT."""
+    import json
+
+    from training.evaluate.probe import main
+
+    out = tmp_path / "probe.json"
+    small = ["--data", str(sim_scene_dir), "--max-per-class", "20", "--n-series", "5"]
+    assert main([*small, "--json", str(out)]) == 0  # --json OUT: the file it wrote before -o
+    printed = capsys.readouterr().out
+    assert printed.startswith("features") and "raw bands" in printed and f"wrote {out}" in printed
+    report = json.loads(out.read_text())
+    assert set(report) == {"raw bands"} and all(0.0 <= v <= 1.0 for v in report["raw bands"].values())
+    assert main([*small, "-o", str(out)]) == 1
+    assert capsys.readouterr().err == f"Error: --output {out} exists; pass --overwrite to replace it\n"
+    assert main([*small, "--json"]) == 0  # the flag: the report as JSON on stdout
+    assert json.loads(capsys.readouterr().out) == report
+    assert main(["--data", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "nowhere" in err, err
+    assert main([*small, "--encoder", "no-equals-sign"]) == 2
+    assert "expected NAME=PATH" in capsys.readouterr().err
+    assert main([*small, "--device", "tpu"]) == 2
+    assert "Invalid value for '--device'" in capsys.readouterr().err
+    assert main([*small, "--device", "cuda:99"]) == 1  # a device this machine lacks: an error, not a CPU run
+    err = capsys.readouterr().err
+    assert err.startswith("Error: --device cuda:99") and err.count("\n") == 1, err
+    assert main([*small, "--encoder", f"x={tmp_path / 'missing.pt'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "missing.pt" in err, err

@@ -12,6 +12,7 @@ import torch
 
 from training.data import s1pairs
 from training.data.s1pairs import S1_NODATA, extraction_pairs, s1_to_db, write_pairs
+from training.evaluate.cli import S1_DATASETS
 from training.pretrain.run import main as pretrain_main
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "worldcereal"
@@ -151,7 +152,7 @@ def test_cli_missing_s1_columns_one_line(tmp_path: Path, capsys: pytest.CaptureF
     df.to_parquet(path)
     assert s1pairs.main([str(path), "-o", str(tmp_path / "out.npz")]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert len(err.splitlines()) == 1 and err.startswith("Error: ")
     assert "'S1-SIGMA0-<VV|VH>'" in err and "'SAR-<VV|VH>-ts<i>-<res>m'" in err
     assert "no Sentinel-1 column" in err
     assert not (tmp_path / "out.npz").exists()
@@ -161,7 +162,10 @@ def test_cli_missing_s1_columns_one_line(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "['VH'] not found" in err and "S1-SIGMA0-VV" in err
     assert s1pairs.main([str(tmp_path / "absent.parquet"), "-o", str(tmp_path / "out.npz")]) == 1
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("Error: ") and "absent.parquet does not exist" in err
+    assert s1pairs.main([str(FLANDERS), "-o", str(tmp_path / "out.npz"), "--units", "db10"]) == 2
+    assert "Invalid value for '--units'" in capsys.readouterr().err
 
 
 def test_cli_writes_what_pretrain_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,6 +177,14 @@ def test_cli_writes_what_pretrain_reads(tmp_path: Path, capsys: pytest.CaptureFi
         assert list(npz["bands"]) == NINE and list(npz["ps_bands"]) == ["VV", "VH"]
         assert len(npz["sample_id"]) == len(npz["date"]) == len(npz["label"]) == 1379
     assert [p.name for p in tmp_path.iterdir()] == ["pairs.npz"]  # no temporary left behind
+    stamp = out.stat().st_mtime_ns
+    assert s1pairs.main([str(FLANDERS), "--out", str(out)]) == 1  # --out: the old spelling of -o
+    assert capsys.readouterr().err == f"Error: --output {out} exists; pass --overwrite to replace it\n"
+    assert out.stat().st_mtime_ns == stamp
+    assert s1pairs.main([str(FLANDERS), "-o", str(out), "--overwrite", "--alignment", "time"]) == 0
+    assert "16 time-wise pairs" in capsys.readouterr().out
+    assert s1pairs.main([str(FLANDERS), "-o", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
     run = tmp_path / "run"
     args = ["--data", str(out), "--out", str(run), "--mode", "bimodal", "--alignment", "point", *TINY]
     assert pretrain_main(args) == 0
@@ -211,8 +223,38 @@ def test_experiment_refuses_doc_without_markers(tmp_path: Path, capsys: pytest.C
     doc.write_text("# no markers\n")
     assert s1_bimodal.main(["--out", str(tmp_path / "run"), "--write-doc", str(doc)]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "s1-bimodal" in err
+    assert len(err.splitlines()) == 1 and err.startswith("Error: ") and "s1-bimodal" in err
     assert not (tmp_path / "run").exists() and doc.read_text() == "# no markers\n"
+    # The old list spellings still parse (--seeds 0 1 2, --datasets a b); a bad value is a usage error.
+    old = ["--seeds", "0", "1", "--datasets", "flanders2021", "france2022", "--epochs", "1"]
+    assert s1_bimodal.main(["--out", str(tmp_path / "run"), *old, "--write-doc", str(doc)]) == 1
+    assert "lacks the" in capsys.readouterr().err
+    assert s1_bimodal.main(["--datasets", "mars2030", "--write-doc", str(doc)]) == 2
+    assert "Invalid value for '--dataset'" in capsys.readouterr().err
+    assert sorted(s1_bimodal.DATASETS) == list(S1_DATASETS)
+
+
+def test_list_options_spread_like_nargs_plus() -> None:
+    import click
+
+    from training.evaluate.cli import ListOptionsCommand
+
+    class Cmd(ListOptionsCommand):
+        list_options = ("--seeds",)
+
+    @click.command(cls=Cmd)
+    @click.option("--seeds", type=int, multiple=True)
+    @click.option("--epochs", type=int)
+    @click.argument("rest", nargs=-1)
+    def cmd(seeds: tuple[int, ...], epochs: int | None, rest: tuple[str, ...]) -> None:
+        click.echo(f"{seeds} {epochs} {rest}")
+
+    from click.testing import CliRunner
+
+    res = CliRunner().invoke(cmd, ["--seeds", "0", "1", "2", "--epochs", "3", "x"])
+    assert res.output == "(0, 1, 2) 3 ('x',)\n"
+    res = CliRunner().invoke(cmd, ["--epochs", "3", "x", "--seeds", "4", "--seeds", "5"])
+    assert res.output == "(4, 5) 3 ('x',)\n"
 
 
 @pytest.mark.slow

@@ -76,9 +76,9 @@ def test_training_never_imports_exporters_and_writes_to_a_run_directory() -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
-    from training.downstream.sample_model import build_parser
+    from training.downstream.cli import sample_model
 
-    default = build_parser().parse_args([]).out
+    default = next(p for p in sample_model.params if p.name == "output").default
     assert not default.is_absolute() and default.parts[0] == "runs"
 
 

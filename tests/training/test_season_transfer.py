@@ -55,5 +55,11 @@ def test_cli_reports_in_and_out_of_season(
     for r in rows:
         values = [float(v) for v in r.strip("| ").split(" | ")[1:5]]
         assert all(0.0 <= v <= 100.0 for v in values)
+    capsys.readouterr()
+    assert main(["--data", str(sim_scene_dir), "--repeats", "1", "--out", str(out)]) == 1  # --out: old -o
+    assert capsys.readouterr().err == f"Error: --output {out} exists; pass --overwrite to replace it\n"
     assert main(["--data", str(tmp_path / "missing"), "--repeats", "1"]) == 1
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "missing" in err, err
+    assert main(["--data", str(sim_scene_dir), "--repeats", "0"]) == 2
+    assert "Invalid value for '--repeats'" in capsys.readouterr().err

@@ -58,4 +58,32 @@ def test_seed_table_pairs_models_with_the_forest_of_the_same_split(tmp_path: Pat
     d = _run(tmp_path / "s3", 0.70, [0.64, 0.70])  # -3 points
     table, stats = seed_table([c, d], "toy")
     assert "| -0.5 +- 3.5 |" in table  # not bold
+
+
+def test_cli_prints_writes_and_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _run(tmp_path / "s0", 0.60, [0.62, 0.66])
+    b = _run(tmp_path / "s1", 0.70, [0.71, 0.73])
+    out = tmp_path / "tables" / "table.md"
+    assert main([str(a), str(b), "--title", "toy", "--out", str(out)]) == 0  # --out: the old spelling of -o
+    printed = capsys.readouterr().out
+    assert printed.startswith("**toy** (2 split seeds") and out.read_text() + "\n" == printed
+    stats = json.loads(out.with_suffix(".json").read_text())
+    assert stats["random_forest|supervised"]["runs"] == 2
+    assert main([str(a), str(b), "-o", str(out)]) == 1
+    assert capsys.readouterr().err == f"Error: --output {out} exists; pass --overwrite to replace it\n"
+    assert main([str(a), str(b), "-o", str(out), "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == stats
     assert main([str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "results.jsonl does not exist" in err, err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.jsonl").write_text('{"family": "lstm"}\n')
+    assert main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "lacks the key 'corruption'" in err, err
+    (bad / "results.jsonl").write_text("{not json\n")
+    assert main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1, err
+    assert main([]) == 2

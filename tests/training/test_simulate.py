@@ -13,6 +13,7 @@ import pytest
 import rasterio
 
 from training.simulate import run as sim
+from training.simulate.cli import PRESET_NAMES
 from training.simulate.run import CROP_NAMES, PRESETS, SimulationConfig, main, simulate
 
 MICRO = SimulationConfig(size_px=16, n_fields=9, n_stamps=4, ps_interval_days=120, seed=3)
@@ -91,10 +92,19 @@ def test_cli_writes_scenes_and_reports_errors(tmp_path: Path, capsys: pytest.Cap
     assert main(argv) == 0
     assert "simulated" in capsys.readouterr().out
     assert np.load(tmp_path / "scene_b" / "s2" / "bands.npy", mmap_mode="r").shape == (3, 16, 16, 12)
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    assert "exists already" in capsys.readouterr().err
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "scene_a exists already" in err, err
+    assert main(["-o", str(tmp_path / "x"), "--preset", "tiny", "--config", "sim.toml"]) == 2
+    assert "give --preset or --config, not both" in capsys.readouterr().err
+    assert main(["-o", str(tmp_path / "x"), "--preset", "huge"]) == 2
+    assert "Invalid value for '--preset'" in capsys.readouterr().err
+    assert main(["-o", str(tmp_path / "x"), "--size-px", "4"]) == 1  # bad input: one line, nothing written
+    err = capsys.readouterr().err
+    assert (
+        err == "Error: size_px must be >= 12 (S2 pixels per side), got 4\n" and not (tmp_path / "x").exists()
+    )
+    assert sorted(PRESETS) == list(PRESET_NAMES)
 
 
 def test_s2_is_the_10m_aggregate_of_the_surface_ps_sees(sim_scene_dir: Path) -> None:
@@ -218,16 +228,18 @@ def test_ps_adds_information_early_in_the_season(tmp_path: Path) -> None:
     assert acc_both > acc_s2 + 0.1, (acc_s2, acc_both)
 
 
-def test_cli_reads_a_toml_config_and_applies_flags_on_top(tmp_path: Path) -> None:
+def test_cli_reads_a_toml_config_and_applies_flags_on_top(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "sim.toml"
     config.write_text("size_px = 16\nn_fields = 9\nn_stamps = 5\nps_interval_days = 200\nseed = 2\n")
     assert main(["--out", str(tmp_path / "out"), "--config", str(config), "--n-stamps", "3"]) == 0
     written = json.loads((tmp_path / "out" / "simulation.json").read_text())
     assert (written["size_px"], written["n_stamps"], written["seed"]) == (16, 3, 2)
     config.write_text("size_px = 16\ncolour = 'red'\n")
-    with pytest.raises(SystemExit) as exc:
-        main(["--out", str(tmp_path / "other"), "--config", str(config)])
-    assert exc.value.code == 2
+    assert main(["--out", str(tmp_path / "other"), "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "colour" in err, err
 
 
 def test_shipped_simulate_config_is_valid() -> None:
@@ -361,4 +373,25 @@ def test_scene_export_cli_reports_a_missing_scene(tmp_path: Path, capsys: pytest
 
     assert export_main([str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip()
-    assert "nowhere" in err and len(err.splitlines()) == 1
+    assert err.startswith("Error: ") and "nowhere" in err and len(err.splitlines()) == 1
+
+
+def test_scene_export_and_ps_scenes_refuse_existing_outputs(
+    sim_scene_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.simulate.ps_scenes import main as ps_main
+    from training.simulate.scene_export import main as export_main
+
+    scene = sim_scene_dir / "scene_a"
+    stamp = (scene / "s2_stack.tif").stat().st_mtime_ns
+    assert export_main([str(scene)]) == 1  # written by the simulator already
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "pass --overwrite" in err, err
+    assert (scene / "s2_stack.tif").stat().st_mtime_ns == stamp
+    assert ps_main([str(scene)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "planet_scenes exists already" in err, err
+    assert ps_main([str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "nowhere" in err, err
+    assert ps_main([]) == 2

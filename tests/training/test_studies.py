@@ -23,7 +23,8 @@ WORKER = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     import numpy as np
-    from training.downstream.run import DownstreamConfig, TaskData
+    from training.downstream.config import DownstreamConfig
+    from training.downstream.tasks import TaskData
     from training.downstream.tune import run_study, study_summary
 
     storage, worker, n_trials, barrier, n_workers, hold = sys.argv[1:7]
@@ -37,7 +38,7 @@ WORKER = textwrap.dedent(
     while len(list(Path(barrier).glob("ready-*"))) < int(n_workers):  # start together
         time.sleep(0.05)
     if float(hold):  # make each trial last long enough to be killed in
-        import training.downstream.run as ds
+        import training.downstream.loop as ds
         train = ds.train_run
         ds.train_run = lambda *a, **k: (time.sleep(float(hold)), train(*a, **k))[1]
     study = run_study(cfg, data, "lstm", storage=storage, study_name="shared", n_trials=int(n_trials),
@@ -159,7 +160,8 @@ def test_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     assert main(["--family", "lstm", "--variants", "2", "--storage", str(tmp_path / "nosuffix")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: storage") and err.count("\n") == 1
-    with pytest.raises(SystemExit) as exc:
-        main(["--family", "lstm", "--trials", "2"])
-    assert exc.value.code == 2
+    assert err.startswith("Error: storage") and err.count("\n") == 1
+    assert main(["--family", "lstm", "--trials", "2"]) == 2  # usage: --trials without --data
+    assert "--trials needs --data" in capsys.readouterr().err
+    assert main(["--family", "gru", "--variants", "2"]) == 2  # an unknown family names the option
+    assert "Invalid value for --family" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """Labelled series from any stack ``cropmap classify`` reads plus labelled polygons, as a long parquet file.
 
-``python -m training.data.extract STACK POLYGONS --label-column COL -o OUT.parquet`` writes one row per sample and
-stack date (``sample_id``, ``parcel_id``, ``timestamp``, ``S2-L2A-Bxx`` ..., the label), the long layout that
-``python -m training.downstream --task real --data OUT.parquet --label-column COL`` reads
+``cropmap data extract STACK POLYGONS --label-column COL -o OUT.parquet`` (alias ``python -m
+training.data.extract``) writes one row per sample and stack date (``sample_id``, ``parcel_id``, ``timestamp``,
+``S2-L2A-Bxx`` ..., the label), the long layout that
+``cropmap train downstream --task real --data OUT.parquet --label-column COL`` reads
 (:func:`training.data.worldcereal.read_long`). Everything between the files and the values is inference's own
 code, so training and inference cannot drift:
 
@@ -27,7 +28,6 @@ size), or the ``mean`` of its pixels per date (over the pixels clear on that dat
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -985,109 +985,18 @@ def extract_cached(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m training.data.extract``."""
-    p = argparse.ArgumentParser(prog="python -m training.data.extract", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "stack", type=Path, help="GeoTIFF stack, folder of per-date GeoTIFFs or STAC item collection"
-    )
-    p.add_argument("polygons", type=Path, help="labelled polygons (any OGR format)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="output .parquet (long layout)")
-    p.add_argument(
-        "--label-column", required=True, help="polygon attribute holding the label (codes or names)"
-    )
-    p.add_argument(
-        "--id-column", help="polygon attribute holding unique parcel ids (default: the row number)"
-    )
-    p.add_argument("--layer", help="layer of the polygon file (required when it holds several)")
-    p.add_argument(
-        "--classes",
-        type=Path,
-        metavar="CSV",
-        help="class map match,name (match: a label name or code; unmatched polygons are left out)",
-    )
-    p.add_argument("--pixels", default="all", help="per polygon: all (default), mean, or N random pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of --pixels N (default 0)")
-    p.add_argument(
-        "--buffer",
-        type=float,
-        default=DEFAULT_BUFFER_M,
-        metavar="M",
-        help=f"shrink polygons by M metres first (default {DEFAULT_BUFFER_M:g}; 0: off)",
-    )
-    p.add_argument(
-        "--min-valid",
-        type=int,
-        default=DEFAULT_MIN_VALID,
-        help=f"fewest valid observations a pixel needs (default {DEFAULT_MIN_VALID})",
-    )
-    p.add_argument(
-        "--season", type=int, help="keep the dates of the season starting in this year (default: all)"
-    )
-    p.add_argument(
-        "--season-start", default="11-01", help="season start MM-DD, with --season (default 11-01)"
-    )
-    p.add_argument(
-        "--bands", help="comma-separated bands to write (default: every Sentinel-2 band of the stack)"
-    )
-    p.add_argument(
-        "--reflectance-scale", type=float, help="raw value = reflectance x this, for stacks declaring none"
-    )
-    p.add_argument("--cloud-band", help="cloud band (default: found by name; none: no masking)")
-    p.add_argument(
-        "--cloud-threshold", type=float, help="cloud probability above which an observation is masked"
-    )
-    p.add_argument("--cloud-classes", help="comma-separated SCL classes to mask")
-    p.add_argument("--cloud-scale", type=float, help="raw value of cloud probability 1 (255, or 100 for %%)")
-    p.add_argument("--block-size", type=int, help="block edge in pixels (default: cropmap's)")
-    p.add_argument("--workers", type=int, help="blocks read at once (default: the number of cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="log what is read and decided")
-    args = p.parse_args(argv)
-    _pin_mmap_threshold()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        opts = ExtractOptions(
-            label_column=args.label_column,
-            id_column=args.id_column,
-            layer=args.layer,
-            class_map=args.classes,
-            pixels=args.pixels.strip().lower(),
-            seed=args.seed,
-            buffer_m=args.buffer,
-            min_valid=args.min_valid,
-            season=args.season,
-            season_start=args.season_start,
-            bands=tuple(b.strip() for b in args.bands.split(",") if b.strip()) if args.bands else None,
-            reflectance_scale=args.reflectance_scale,
-            cloud_band=args.cloud_band,
-            cloud_threshold=args.cloud_threshold,
-            cloud_classes=_ints(args.cloud_classes),
-            cloud_scale=args.cloud_scale,
-            block_size=args.block_size,
-            workers=args.workers,
-        )
-        summary = extract(
-            args.stack, args.polygons, args.out, opts, overwrite=args.overwrite, progress=not args.no_progress
-        )
-    except (ValueError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    print(summary.text())
-    print(
-        f"train on it: python -m training.downstream --task real --data {args.out} "
-        f"--label-column {code_column(opts.label_column)} --out RUN_DIR"
-    )
-    return 0
+    """``python -m training.data.extract``: an alias of ``cropmap data extract``; returns the exit status."""
+    from cropmap.cli_common import run_command
+    from training.data.cli import extract as command
+
+    return run_command(command, argv, prog_name="python -m training.data.extract")
 
 
 MMAP_THRESHOLD_BYTES = 4 * 2**20
-"""Allocations from this size up get their own pages from glibc (returned on free), see :func:`_pin_mmap_threshold`."""
+"""Allocations from this size up get their own pages from glibc (returned on free), see :func:`pin_mmap_threshold`."""
 
 
-def _pin_mmap_threshold() -> None:
+def pin_mmap_threshold() -> None:
     """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD_BYTES` for this process (the command's, not a library
     caller's).
 
@@ -1109,17 +1018,6 @@ def _pin_mmap_threshold() -> None:
         return
     m_mmap_threshold = -3  # <malloc.h> M_MMAP_THRESHOLD
     mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
-
-
-def _ints(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise ExtractError(
-            f"--cloud-classes {text!r} is not comma-separated integers (e.g. 3,8,9,10)"
-        ) from err
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Bi-modal pre-training pairs from a Sentinel-2 stack and real second-modality scenes: ``python -m training.pairs``.
+"""Bi-modal pre-training pairs from a Sentinel-2 stack and real second-modality scenes: ``cropmap data pairs``.
 
-``python -m training.pairs S2_STACK PS_SCENES... -o OUT`` pairs every S2 pixel with the ``k x k`` window of the
+``cropmap data pairs S2_STACK PS_SCENES... -o OUT`` (alias ``python -m training.pairs``) pairs every S2 pixel
+with the ``k x k`` window of the
 second modality covering it (PlanetScope: 3 x 3 pixels of 3 m, as the papers), on the S2 dates that have a
 second-modality acquisition within ``--max-day-offset`` days (default 0: same day). S2_STACK is anything
 ``cropmap classify`` reads; PS_SCENES is a folder, GeoTIFF files or a STAC item collection (see
@@ -37,7 +38,6 @@ reads them memory-mapped.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -58,7 +58,7 @@ from rasterio.windows import Window
 from cropmap.contract.bands import S2_BANDS
 from cropmap.contract.clouds import CloudMask, no_cloud_message, resolve_cloud_mask
 from cropmap.contract.timegrid import fill_gaps
-from cropmap.errors import CropmapError
+from cropmap.errors import OutputExistsError
 from cropmap.mask import Polygons, load_polygons, rasterize_block
 from cropmap.safeio.atomic import atomic_path
 from cropmap.stack import Stack, bounded_gdal_cache, open_stack
@@ -303,14 +303,14 @@ def build_pairs(
     Raises:
         PairsError: For no overlap, no matching dates, a scene without CRS, missing bands and other bad inputs.
         cropmap.errors.CropmapError: For a stack or polygon file cropmap's readers reject.
-        FileExistsError: If OUT exists and ``overwrite`` is False.
+        cropmap.errors.OutputExistsError: If OUT exists and ``overwrite`` is False (a ``FileExistsError``).
     """
     from tqdm.auto import tqdm
 
     cfg = cfg or PairConfig()
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists already; pass --overwrite to replace it")
+        raise OutputExistsError(f"{out} exists already; pass --overwrite to replace it")
     t_start = time.perf_counter()
     stack = open_stack(s2_stack, reflectance_scale=cfg.reflectance_scale)
     _check_grid(stack)
@@ -628,106 +628,12 @@ def read_pairs(path: str | Path, alignment: str) -> tuple[np.ndarray, np.ndarray
     return np.load(sub / "s2.npy", mmap_mode="c"), np.load(sub / "ps.npy", mmap_mode="c"), manifest
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
-    p = argparse.ArgumentParser(prog="python -m training.pairs", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "s2_stack", type=Path, metavar="S2_STACK", help="S2 stack: GeoTIFF, per-date folder or STAC items"
-    )
-    p.add_argument(
-        "scenes",
-        nargs="+",
-        type=Path,
-        metavar="PS_SCENES",
-        help="second-modality scenes: a folder, GeoTIFF files or a STAC item collection",
-    )
-    p.add_argument("-o", "--out", type=Path, required=True, help="output folder (pairs.json, point/, time/)")
-    p.add_argument(
-        "--alignment", choices=["point", "time", "both"], default="both", help="pairs to write (default both)"
-    )
-    p.add_argument(
-        "--s2-bands", type=_csv, default=S2_BAND_NAMES, help="S2 bands by name (default B01..B12 without B10)"
-    )
-    p.add_argument(
-        "--second-bands",
-        type=_csv,
-        default=PS_BANDS,
-        help="second-modality bands by description (default blue,green,red,nir)",
-    )
-    p.add_argument("--k", type=int, default=3, help="window side in second-modality pixels (default 3)")
-    p.add_argument("--second-res-m", type=float, default=3.0, help="pairing-grid pixel size (default 3)")
-    p.add_argument(
-        "--mask-band",
-        default=DEFAULT_MASK_BAND,
-        help="usable-data band in the scene or its UDM2 (default clear); none: no mask",
-    )
-    p.add_argument("--mask-usable", type=float, default=1.0, help="mask value of a usable pixel (default 1)")
-    p.add_argument(
-        "--max-day-offset", type=int, default=0, help="days between matched dates (default 0: same day)"
-    )
-    p.add_argument("--polygons", help="pair only pixels whose centre is inside these polygons (any OGR file)")
-    p.add_argument("--layer", help="layer of --polygons")
-    p.add_argument(
-        "--resampling", default="nearest", help="warping of scenes off the pairing grid (default nearest)"
-    )
-    p.add_argument("--min-valid", type=int, default=1, help="time-wise: fewest valid observations per side")
-    p.add_argument("--block-px", type=int, default=64, help="S2 pixels per block side (bounds memory)")
-    p.add_argument("--cloud-band", help="S2 cloud band (default: found by name); none: no cloud masking")
-    p.add_argument(
-        "--cloud-threshold", type=float, help="cloud probability above which S2 is masked (default 0.4)"
-    )
-    p.add_argument(
-        "--cloud-classes", type=lambda s: tuple(int(v) for v in _csv(s)), help="SCL classes masked"
-    )
-    p.add_argument("--cloud-scale", type=float, help="raw value of S2 cloud probability 1 (255 or 100)")
-    p.add_argument("--reflectance-scale", type=float, help="S2 raw value = reflectance x this, if undeclared")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 with a one-line ``error:`` on bad inputs)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
-    try:
-        cfg = PairConfig(
-            s2_bands=args.s2_bands,
-            second_bands=args.second_bands,
-            k=args.k,
-            second_res_m=args.second_res_m,
-            mask_band=args.mask_band,
-            mask_usable=args.mask_usable,
-            max_day_offset=args.max_day_offset,
-            alignment=("point", "time") if args.alignment == "both" else (args.alignment,),
-            resampling=args.resampling,
-            min_valid=args.min_valid,
-            block_px=args.block_px,
-            cloud_band=args.cloud_band,
-            cloud_threshold=args.cloud_threshold,
-            cloud_classes=args.cloud_classes,
-            cloud_scale=args.cloud_scale,
-            reflectance_scale=args.reflectance_scale,
-            polygons=args.polygons,
-            layer=args.layer,
-        )
-        summary = build_pairs(
-            args.s2_stack, args.scenes, args.out, cfg, overwrite=args.overwrite, progress=not args.no_progress
-        )
-    except (PairsError, CropmapError, FileExistsError, FileNotFoundError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    for line in summary.lines(cfg):
-        print(line)
-    print(f"pairs -> {args.out}")
-    return 0
+    """``python -m training.pairs``: an alias of ``cropmap data pairs``; returns the exit status."""
+    from cropmap.cli_common import run_command
+    from training.data.cli import pairs as command
+
+    return run_command(command, argv, prog_name="python -m training.pairs")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Sentinel-2 + Sentinel-1 pairs from a WorldCereal extraction, for bi-modal pre-training.
 
-``python -m training.data.s1pairs EXTRACTION.parquet -o OUT.npz [--alignment point|time]`` pairs each sample's
+``cropmap data s1-pairs EXTRACTION.parquet -o OUT.npz [--alignment point|time]`` (alias ``python -m
+training.data.s1pairs``) pairs each sample's
 Sentinel-2 observation with its Sentinel-1 backscatter of the same sample and date, and writes the ``.npz``
 that ``python -m training.pretrain --data OUT.npz --mode bimodal`` reads: Sentinel-1 plays the second
 modality (the role PlanetScope has in the papers), with k = 1 (the sample's own value, no neighbourhood) and
@@ -34,10 +35,8 @@ Labels are never used by pre-training.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,58 +357,11 @@ def write_pairs(pairs: S1Pairs, out: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m training.data.s1pairs``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.data.s1pairs", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "extraction", type=Path, help="WorldCereal extraction (.parquet / .geoparquet, long or wide)"
-    )
-    parser.add_argument("-o", "--out", type=Path, required=True, help="output .npz")
-    parser.add_argument(
-        "--alignment",
-        choices=["point", "time"],
-        default="point",
-        help="point: one pair per (sample, date); time: one series pair per complete sample",
-    )
-    parser.add_argument("--bands", help="S2 bands, comma-separated (default: every band holding data)")
-    parser.add_argument("--polarisations", default="VV,VH", help="Sentinel-1 polarisations (default VV,VH)")
-    parser.add_argument(
-        "--units",
-        choices=["db", "dn"],
-        default="db",
-        help="db: 20*log10(DN)-83 (default); dn: WorldCereal's stored numbers",
-    )
-    parser.add_argument(
-        "--label-column", default="ewoc_code", help="label column carried along (default ewoc_code)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if not args.extraction.is_file():
-        print(f"error: {args.extraction} does not exist or is not a file", file=sys.stderr)
-        return 1
-    try:
-        pairs = extraction_pairs(
-            args.extraction,
-            alignment=args.alignment,
-            bands=args.bands.split(",") if args.bands else None,
-            polarisations=[p.strip() for p in args.polarisations.split(",") if p.strip()],
-            units=args.units,
-            label_column=args.label_column,
-        )
-        write_pairs(pairs, args.out)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    shape = "x".join(str(d) for d in pairs.s2.shape[1:])
-    print(
-        f"{pairs.counts.pairs:,} {args.alignment}-wise pairs (S2 {shape}, S1 {' '.join(pairs.s1_bands)} in "
-        f"{pairs.units}) -> {args.out}; {pairs.counts.summary()}"
-    )
-    return 0
+    """``python -m training.data.s1pairs``: an alias of ``cropmap data s1-pairs``; returns the exit status."""
+    from cropmap.cli_common import run_command
+    from training.data.cli import s1_pairs as command
+
+    return run_command(command, argv, prog_name="python -m training.data.s1pairs")
 
 
 if __name__ == "__main__":

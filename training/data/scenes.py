@@ -31,6 +31,8 @@ from rasterio.crs import CRS
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window
 
+from cropmap.errors import CropmapError
+
 PS_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
 """Default second-modality bands: PlanetScope's four SR bands, as Planet names them in the band descriptions of
 4-band (``..._AnalyticMS_SR.tif``) and 8-band SuperDove (``..._AnalyticMS_SR_8b.tif``) scenes."""
@@ -66,7 +68,7 @@ _STAC = (".json", ".geojson")
 _DATE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?!\d)")
 
 
-class PairsError(ValueError):
+class PairsError(CropmapError, ValueError):
     """A bad input of the pairing; its message is the one line the command prints."""
 
 

@@ -1,14 +1,13 @@
 """Unlabelled (date, pixel) observations of a Sentinel-2 GeoTIFF stack, for uni-modal pre-training.
 
-``python -m training.data.stack_pixels STACK.tif OUT.npz [--n 100000] [--seed 0]`` writes ``s2`` (float32
-``(N, C)`` raw digital numbers, every band valid) and ``bands``: the input ``python -m training.pretrain
---mode unimodal --data OUT.npz`` reads. Labels are never read.
+``cropmap data stack-pixels STACK.tif -o OUT.npz [--n 100000] [--seed 0]`` (or ``python -m
+training.data.stack_pixels STACK.tif OUT.npz``) writes ``s2`` (float32 ``(N, C)`` raw digital numbers, every band
+valid) and ``bands``: the input ``cropmap train pretrain --mode unimodal --data OUT.npz`` reads. Labels are never
+read.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,28 +27,26 @@ def stack_observations(stack: Path, n: int, seed: int) -> tuple[np.ndarray, tupl
     return obs[np.sort(pick)].astype(np.float32), tuple(bands), len(obs)
 
 
+def write_stack_pixels(stack: Path, out: Path, n: int, seed: int) -> tuple[int, int, tuple[str, ...]]:
+    """Write up to ``n`` valid observations of ``stack`` to the ``.npz`` ``out`` (complete or absent).
+
+    Returns:
+        How many observations were written, how many were valid, and their bands.
+    """
+    s2, bands, valid = stack_observations(stack, n, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, suffix=".npz") as tmp:  # np.savez adds .npz to any other name
+        np.savez(tmp, s2=s2, bands=np.array(bands))
+    return len(s2), valid, bands
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m training.data.stack_pixels``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.data.stack_pixels", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("stack", type=Path, help="Sentinel-2 GeoTIFF time stack")
-    parser.add_argument("out", type=Path, help="output .npz")
-    parser.add_argument("--n", type=int, default=100_000, help="observations to keep (default 100,000)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        s2, bands, valid = stack_observations(args.stack, args.n, args.seed)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(args.out, suffix=".npz") as tmp:  # np.savez adds .npz to any other name
-            np.savez(tmp, s2=s2, bands=np.array(bands))
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(
-        f"{len(s2):,} of {valid:,} valid (date, pixel) observations, bands {', '.join(bands)} -> {args.out}"
-    )
-    return 0
+    """``python -m training.data.stack_pixels``: an alias of ``cropmap data stack-pixels``; returns the exit
+    status."""
+    from cropmap.cli_common import run_command
+    from training.data.cli import stack_pixels as command
+
+    return run_command(command, argv, prog_name="python -m training.data.stack_pixels")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
-"""``python -m training.downstream``."""
+"""``python -m training.downstream``: an alias of ``cropmap train downstream``."""
 
-from training.downstream.run import main
+import sys
 
-raise SystemExit(main())
+from training.downstream.cli import downstream_main
+
+if __name__ == "__main__":
+    sys.exit(downstream_main(None, prog_name="python -m training.downstream"))

@@ -5,7 +5,7 @@ flattened time series. :func:`random_forest` fits it on exactly the inputs a bas
 gap-filled, standardised series for ``supervised``; the frozen encoder's per-date embeddings for the
 pre-trained methods), flattened to ``T * D`` features, on the whole training set; :func:`majority`
 predicts the most frequent training class. Both return the same metric fields as
-:func:`training.downstream.run.train_run`, so their records sit next to the base models' in
+:func:`training.downstream.loop.train_run`, so their records sit next to the base models' in
 ``results.jsonl``, the Table-1 report and the win matrices.
 
 scikit-learn is a training-side dependency (the ``train`` extra); nothing in ``cropmap`` imports it.

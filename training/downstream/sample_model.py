@@ -26,7 +26,6 @@ Nothing runs at import; :func:`main` is the entry point.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -56,7 +55,7 @@ from cropmap.contract.timegrid import fill_gaps
 from training.checkpoint import git_revision
 from training.config import PretrainConfig, ResMLPConfig, load_config
 from training.data.worldcereal import FLANDERS_CLASSES, coarse_labels, on_time_grid, read_long
-from training.device import DEVICE_HELP, resolve_device
+from training.device import resolve_device
 from training.downstream.classifier import save_classifier
 from training.models import build_model
 from training.models.encoder import load_frozen_encoder
@@ -412,54 +411,50 @@ def run(
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line interface."""
-    p = argparse.ArgumentParser(prog="python -m training.sample_model", description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs") / "sample_model",
-        help="run directory: encoder, classifier.pt (what python -m exporters exports), summary "
-        "(default: %(default)s; never the installed package)",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set epochs=20 (repeatable)",
-    )
-    p.add_argument("--device", default="cpu", help=f"where pre-training runs: {DEVICE_HELP}")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
+def run_command_line(
+    *, config: Path | None, output: Path, overrides: Sequence[str], device: str, no_progress: bool
+) -> None:
+    """The body of ``cropmap train sample-model`` (:mod:`training.downstream.cli`).
 
+    Raises:
+        click.BadParameter: A configuration that does not fit, or a device torch does not see (exit 2).
+    """
+    import click
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    from training.config import ConfigError
+    from training.data.cli import input_errors
+    from training.device import DeviceError
+
     try:
-        device = resolve_device(args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        torch_device = resolve_device(device)
+    except DeviceError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from err
+    try:
+        cfg = load_config(SampleModelConfig, config if config is not None else DEFAULT_CONFIG, overrides)
+    except (ConfigError, ValueError) as err:
+        raise click.BadParameter(" ".join(str(err).split()), param_hint="--config / --set") from err
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = load_config(SampleModelConfig, args.config, args.overrides)
-    summary = run(cfg, args.out, progress=not args.no_progress, device=device)
+    with input_errors():
+        summary = run(cfg, output, progress=not no_progress, device=torch_device)
     m = summary["metrics"]
-    print(f"classifier {summary['checkpoint']} in {summary['seconds']['total']} s")
-    print(
+    click.echo(f"classifier {summary['checkpoint']} in {summary['seconds']['total']} s")
+    click.echo(
         f"parcels: {int(m['n_train_parcels'])} training, {int(m['n_val_parcels'])} validation; "
         f"validation accuracy {m['val_accuracy']:.3f}, macro F1 {m['val_macro_f1']:.3f} "
         f"(majority baseline {m['val_majority_baseline']:.3f}); training accuracy {m['train_accuracy']:.3f}"
     )
-    print(
-        f"bundle: python -m exporters {summary['checkpoint']} -o {args.out / 'flanders_sample.onnx'}  "
+    click.echo(
+        f"bundle: cropmap export bundle {summary['checkpoint']} -o {output / 'flanders_sample.onnx'}  "
         "(to refresh the shipped bundle: -o cropmap/models/flanders_sample.onnx --overwrite)"
     )
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.sample_model``: an alias of ``cropmap train sample-model``; returns the exit status."""
+    from cropmap.cli_common import run_command
+    from training.downstream.cli import sample_model
+
+    return run_command(sample_model, argv, prog_name="python -m training.sample_model")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cropmap.errors import CropmapError
+
 if TYPE_CHECKING:  # optuna is imported where a storage is opened, so training imports without it
     import optuna
 
@@ -43,7 +45,7 @@ GRACE_S = 120
 """... and a running trial without one for this long is marked failed by the next worker that starts a trial."""
 
 
-class StorageError(ValueError):
+class StorageError(CropmapError, ValueError):
     """A storage string that names no storage cropmap can open (one line: what was found, what is expected)."""
 
 

@@ -42,7 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from training.downstream.store import ResultsStore
+
 logger = logging.getLogger(__name__)
+
 
 __all__ = [
     "INDICES",
@@ -439,7 +442,7 @@ def tree_metadata(
 
     from cropmap.contract.metadata import SCHEMA_VERSION, BundleMetadata, Provenance
     from training.checkpoint import git_revision
-    from training.downstream.run import _classes
+    from training.downstream.tasks import task_classes
 
     assert data.time_grid is not None
     n = len(data.time_grid.day_of_season)
@@ -454,7 +457,7 @@ def tree_metadata(
         time_grid=data.time_grid,
         min_valid_steps=max(1, min(int(cfg.min_valid), n)),
         gap_fill="linear",
-        classes=_classes(data),
+        classes=task_classes(data),
         embedding=None,
         provenance=Provenance(
             encoder="none",
@@ -474,7 +477,7 @@ def run_trees(
     data: Any,
     *,
     setup: Mapping[str, Any],
-    results: Path,
+    results: ResultsStore,
     done: dict[Any, dict[str, Any]],
     out: Path,
     save: bool,
@@ -483,15 +486,15 @@ def run_trees(
 ) -> None:
     """Tune, fit, score, save and record every family of ``cfg.trees`` on the raw series (method ``supervised``).
 
-    Appends one record per family to ``results`` (skipping recorded ones), like the neural families': validation
+    Appends one record per family to the ``results`` store (skipping recorded ones), like the neural families': validation
     (test) metrics, ``select_*`` metrics on the selection split when there is one, ``hp``, ``tuning``, ``seconds``
     and the checkpoint under ``models/``.
     """
-    import json
-
     from training.downstream.baselines import score
-    from training.downstream.run import PARITY_ROWS, _run_key, run_name, run_seed
+    from training.downstream.loop import run_seed
+    from training.downstream.protocol import PARITY_ROWS, run_name
     from training.downstream.selection import select_scores
+    from training.downstream.store import run_key
 
     k = len(data.class_names)
     todo = [f for f in tree_families(cfg) if (cfg.task, f, 0, "supervised", None) not in done]
@@ -560,9 +563,12 @@ def run_trees(
             "model": None if model_file is None else model_file.as_posix(),
             "libraries": library_versions(family),
         }
-        with results.open("a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        done[_run_key(rec)] = rec
+        if not results.append_new(rec):
+            logger.warning(
+                "%s: recorded already by another worker; this result is not appended", run_key(rec)
+            )
+            continue
+        done[run_key(rec)] = rec
         logger.info(
             "task %s %s on %d tree features (%d tuning trials): val acc %.4f, macro F1 %.4f (%.1f s)",
             cfg.task,

@@ -24,20 +24,20 @@ server) and fill one study; rerunning it continues the study.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cropmap.safeio.atomic import atomic_write_json
 from training.models import MODELS
 
 if TYPE_CHECKING:  # optuna is imported where variants are sampled, so training imports without it
     import optuna
 
-    from training.downstream.run import DownstreamConfig, TaskData
+    from training.downstream.config import DownstreamConfig
+    from training.downstream.tasks import TaskData
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def run_study(
     """Fill the study ``study_name`` in ``storage`` with trials of ``family`` until it holds ``n_trials``.
 
     Each trial samples a variant from the papers' space (:func:`suggest`; TPE, seeded by ``(cfg.seed, worker)``),
-    trains it as ``training.downstream.run`` trains a supervised run (``cfg``'s recipe, epochs, batch size, device),
+    trains it as the protocol (:mod:`training.downstream.protocol`) trains a supervised run (``cfg``'s recipe, epochs, batch size, device),
     on the task's training samples less a stratified selection split (:data:`SELECTION_FRACTION`, seeded by
     ``cfg.seed``), and returns the macro F1 on that selection split. The task's validation samples are never
     seen, so a score reported on them after tuning stays honest.
@@ -189,8 +189,9 @@ def run_study(
     import optuna
     import torch
 
+    from training.device import resolve_device
+    from training.downstream import loop
     from training.downstream.recipe import selection_split
-    from training.downstream.run import encode, run_seed, train_run
     from training.downstream.studies import fail_orphaned_trials, open_storage
     from training.models import build_model
     from training.models.encoder import Normalize, compute_norm_stats
@@ -223,7 +224,7 @@ def run_study(
     front = Normalize(stats["mean"], stats["std"])
     x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
     y = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64))
-    x_fit, x_sel = encode(front, x[fit]), encode(front, x[sel])
+    x_fit, x_sel = loop.encode(front, x[fit]), loop.encode(front, x[sel])
     y_fit, y_sel = y[fit], y[sel]
     recipe = cfg.training_recipe()
     n_stamps, n_classes = int(x.shape[1]), len(data.class_names)
@@ -233,11 +234,11 @@ def run_study(
         trial.set_user_attr("pid", os.getpid())
         lr, hp = split_lr(suggest(trial, family))
         hp = recipe.adapt_hp(family, hp, n_stamps)
-        seed = run_seed(cfg.seed, "study", study_name, trial.number)
+        seed = loop.run_seed(cfg.seed, "study", study_name, trial.number)
         torch.manual_seed(seed)
         model = build_model(family, int(x_fit.shape[2]), n_classes, **hp)
         t0 = time.perf_counter()
-        res = train_run(
+        res = loop.train_run(
             model,
             x_fit,
             y_fit,
@@ -247,7 +248,7 @@ def run_study(
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
             seed=seed,
-            device=cfg.device,
+            device=str(resolve_device(cfg.device)),
             eval_every=cfg.eval_every,
             recipe=recipe,
             precision=cfg.precision,
@@ -313,86 +314,91 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the sampled variants of one family as JSON lines, or fill a shared tuning study (``--trials``)."""
+def run_command_line(
+    *,
+    family: str,
+    variants: int,
+    seed: int,
+    storage: str | None,
+    trials: int | None,
+    study: str | None,
+    worker: int,
+    timeout: float | None,
+    task: str | None,
+    data: Path | None,
+    epochs: int | None,
+    config: Path | None,
+    overrides: Sequence[str],
+    output: Path | None,
+) -> None:
+    """The body of ``cropmap train tune`` (:mod:`training.downstream.cli`).
+
+    Raises:
+        click.BadParameter / click.UsageError: An unknown family, study options without ``--trials``, ``--trials``
+            without ``--data``, a configuration that does not fit (exit 2).
+        TrainingInputError: A storage, study or task data that cannot be used (exit 1).
+    """
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m training.tune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", required=True, choices=sorted(SPACES))
-    parser.add_argument("--variants", type=int, default=10, help="variants to print (without --trials)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help="where the study lives: FILE.db (SQLite), FILE.log (journal, shared file systems), "
-        "sqlite:///, journal:///, postgresql://, mysql:// (docs/scaling.md)",
-    )
-    study = parser.add_argument_group("tuning study (several workers may fill one)")
-    study.add_argument("--trials", type=int, help="tune: run trials until the study holds this many")
-    study.add_argument("--study", help="study name (default tune-<family>-seed<seed>)")
-    study.add_argument(
-        "--worker", type=int, default=0, help="this worker's number (seeds its sampler; e.g. $SLURM_PROCID)"
-    )
-    study.add_argument("--timeout", type=float, help="stop this worker after this many seconds")
-    study.add_argument("--task", choices=("1", "2", "real"), help="downstream task of the data")
-    study.add_argument("--data", type=Path, help="task data, as training.downstream.run --data")
-    study.add_argument("--epochs", type=int, help="epochs per trial")
-    study.add_argument("--config", type=Path, help="TOML file with DownstreamConfig fields")
-    study.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
-    )
-    study.add_argument("--json", type=Path, help="also write the study summary here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.trials is None:
-        if args.data is not None or args.study is not None:
-            parser.error("--data and --study tune a study: give --trials N too")
-        try:
-            variants = sample_variants(args.family, args.variants, seed=args.seed, storage=args.storage)
-        except (ValueError, RuntimeError, OSError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        for k, variant in enumerate(variants):
-            print(json.dumps({"family": args.family, "variant": k, **variant}))
-        return 0
-    if args.data is None:
-        parser.error("--trials needs --data (and --task) to train the trials on")
-    from training.config import ConfigError, load_config
-    from training.downstream.run import DownstreamConfig, load_task
+    import click
 
-    overrides = [f"seed={args.seed}", f"families={args.family}"]
-    overrides += [
-        f"{k}={v}" for k, v in (("task", args.task), ("data", args.data), ("epochs", args.epochs)) if v
-    ]
-    name = args.study or f"tune-{args.family}-seed{args.seed}"
+    from cropmap.cli_common import interrupt_note
+    from training.data.cli import input_errors
+
+    if family not in SPACES:
+        raise click.BadParameter(
+            f"{family!r}; expected one of {', '.join(sorted(SPACES))}", param_hint="--family"
+        )
+    if trials is None:
+        if data is not None or study is not None:
+            raise click.UsageError("--data and --study tune a study: give --trials N too")
+        with input_errors():
+            sampled = sample_variants(family, variants, seed=seed, storage=storage)
+        for k, variant in enumerate(sampled):
+            click.echo(json.dumps({"family": family, "variant": k, **variant}))
+        return
+    if data is None:
+        raise click.UsageError("--trials needs --data (and --task) to train the trials on")
+    from training.config import ConfigError, load_config
+    from training.downstream.config import DownstreamConfig
+    from training.downstream.tasks import load_task
+
+    cfg_overrides = [f"seed={seed}", f"families={family}"]
+    cfg_overrides += [f"{k}={v}" for k, v in (("task", task), ("data", data), ("epochs", epochs)) if v]
+    name = study or f"tune-{family}-seed{seed}"
     try:
-        cfg = load_config(DownstreamConfig, args.config, [*overrides, *args.set])
-        data = load_task(cfg)
+        cfg = load_config(DownstreamConfig, config, [*cfg_overrides, *overrides])
+    except (ConfigError, ValueError) as err:
+        raise click.BadParameter(" ".join(str(err).split()), param_hint="--config / --set") from err
+    with (
+        interrupt_note(f"study {name!r} keeps its finished trials; rerun the same command to continue it"),
+        input_errors(),
+    ):
+        task_data = load_task(cfg)
         result = run_study(
             cfg,
-            data,
-            args.family,
-            storage=args.storage,
+            task_data,
+            family,
+            storage=storage,
             study_name=name,
-            n_trials=args.trials,
-            timeout=args.timeout,
-            worker=args.worker,
+            n_trials=trials,
+            timeout=timeout,
+            worker=worker,
             show_progress=sys.stderr.isatty(),
         )
         summary = study_summary(result)
-        if args.json is not None:
-            atomic_write_json(args.json, summary)
-    except (ValueError, ConfigError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            f"interrupted: study {name!r} keeps its finished trials; rerun the same command to continue it",
-            file=sys.stderr,
-        )
-        return 130
-    print(json.dumps(summary))
-    return 0
+        if output is not None:
+            from training.downstream.protocol import write_atomic
+
+            write_atomic(output, (json.dumps(summary, indent=2) + "\n").encode())
+    click.echo(json.dumps(summary))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.tune``: an alias of ``cropmap train tune``; returns the exit status."""
+    from training.downstream.cli import tune_main
+
+    return tune_main(argv, prog_name="python -m training.tune")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ Scores, over the scored pixels: overall accuracy, macro F1 (mean over the classe
 in the map, as :func:`training.evaluate.run.metrics_from_confusion`), Cohen's kappa, per-class recall, precision
 and F1, and the confusion matrix (labels on rows, map on columns).
 
-``python -m training.mapscore MAP.tif FIELDS.gpkg [--json OUT.json]`` prints them; bad input is a one-line
-error (exit 1; usage errors exit 2).
+``cropmap evaluate mapscore MAP.tif FIELDS.gpkg [-o OUT.json] [--json]`` (alias ``python -m training.mapscore``,
+whose old ``--json OUT.json`` is ``-o OUT.json``) prints them; bad input is a one-line error (exit 1; usage errors
+exit 2).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from cropmap.safeio.atomic import atomic_write_json
 from training.evaluate.run import metrics_from_confusion
 
 
@@ -239,37 +238,15 @@ def format_scores(scores: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_json(path, data)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.mapscore MAP.tif FIELDS.gpkg [--json OUT.json]``."""
-    parser = argparse.ArgumentParser(prog="python -m training.mapscore", description=__doc__.split("\n\n")[0])
-    parser.add_argument("map", type=Path, metavar="MAP.tif", help="class map (band 1; 0 / nodata = no class)")
-    parser.add_argument("fields", type=Path, metavar="FIELDS.gpkg", help="labelled polygons in the map's CRS")
-    parser.add_argument("--code-column", default="class_code", help="column of class codes (%(default)s)")
-    parser.add_argument("--name-column", default="class_name", help="column of class names (%(default)s)")
-    parser.add_argument("--layer", default=None, help="layer of FIELDS (default: the first)")
-    parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write all scores as JSON")
-    args = parser.parse_args(argv)
-    try:
-        scores = score_map(
-            args.map,
-            args.fields,
-            code_column=args.code_column,
-            name_column=args.name_column,
-            layer=args.layer,
-        )
-        if args.json is not None:
-            _write_json(args.json, scores)
-    except (ValueError, OSError) as err:
-        print(f"{parser.prog}: error: {_first_line(err)}", file=sys.stderr)
-        return 1
-    print(format_scores(scores))
-    if args.json is not None:
-        print(f"wrote {args.json}")
-    return 0
+    """``python -m training.mapscore``: an alias of ``cropmap evaluate mapscore``; returns the exit status.
+
+    Its old ``--json OUT`` (the file it wrote) is ``-o OUT`` there.
+    """
+    from training.evaluate.cli import json_path_as_output, run_alias
+    from training.evaluate.cli import mapscore as command
+
+    return run_alias(command, argv, prog_name="python -m training.mapscore", rewrite=json_path_as_output)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Series features: the frozen encoder is applied to every stamp ``(N, T, C) -> (N,
 stamps are concatenated (``"flatten"``, the information a downstream model sees) or averaged
 (``"mean"``).
 
-``python -m training.probe --data SIM_DIR --encoder bimodal=run/encoder.pt [...]`` prints the
+``cropmap evaluate probe --data SIM_DIR --encoder bimodal=run/encoder.pt [...]`` (alias ``python -m training.probe``)
+prints the
 balanced accuracies of raw bands, a random encoder (the first given encoder's architecture and
 normalisation, untrained) and each given encoder under :func:`scene_probe`: probes fitted on labelled
 pixels of the pre-training pool and scored on the fields pre-training never saw. ``--device cuda`` runs
@@ -15,10 +16,7 @@ the encoders on the GPU (the probes themselves fit on the CPU).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +29,11 @@ from torch import nn
 
 from training.data.datasets import MAX_CLOUD_PROBABILITY
 from training.data.denethor import Scene, read_scene
-from training.device import DEVICE_HELP, resolve_device
 from training.models.encoder import (
     Normalize,
     NormalizedEncoder,
     ResMLP,
     compute_norm_stats,
-    load_frozen_encoder,
 )
 
 logger = logging.getLogger(__name__)
@@ -435,60 +431,14 @@ class OnDevice(nn.Module):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: the :func:`scene_probe` protocol for raw bands, a random encoder and given encoders."""
-    parser = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="scene folder, or a folder with scene_a/")
-    parser.add_argument(
-        "--encoder", action="append", default=[], metavar="NAME=PATH", help="encoder checkpoint (repeatable)"
-    )
-    parser.add_argument("--max-per-class", type=int, default=200, help="single-date pixels per class, stamp")
-    parser.add_argument("--n-series", type=int, default=100, help="series per class for the series probes")
-    parser.add_argument(
-        "--pooling", choices=["mean", "flatten"], action="append", help="series probes (default: mean)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help=f"where the encoders run: {DEVICE_HELP}")
-    parser.add_argument("--json", type=Path, help="also write the report here")
-    args = parser.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    encoders: dict[str, nn.Module | None] = {"raw bands": None}
-    loaded = {}
-    for item in args.encoder:
-        name, sep, path = item.partition("=")
-        if not sep:
-            parser.error(f"--encoder expects NAME=PATH, got {item!r}")
-        loaded[name] = load_frozen_encoder(path)
-    if loaded:
-        # Same architecture and normalisation as the first given encoder, untrained.
-        first = next(iter(loaded.values()))
-        torch.manual_seed(args.seed)
-        stats = first.normalize.norm_stats()
-        untrained = ResMLP(**first.encoder.config) if isinstance(first.encoder, ResMLP) else None
-        if untrained is not None:
-            norm = Normalize(stats["mean"], stats["std"])
-            encoders["random encoder"] = NormalizedEncoder(norm, untrained, frozen=True)
-    encoders.update(loaded)
-    if device.type != "cpu":
-        encoders = {name: None if enc is None else OnDevice(enc, device) for name, enc in encoders.items()}
-    report = scene_probe(
-        args.data,
-        encoders,
-        max_per_class=args.max_per_class,
-        n_series=args.n_series,
-        poolings=tuple(args.pooling or ["mean"]),
-        seed=args.seed,
-    )
-    cols = list(next(iter(report.values())))
-    print(f"{'features':<20}" + "".join(f"{c:>22}" for c in cols))
-    for name, row in report.items():
-        print(f"{name:<20}" + "".join(f"{row[c]:22.3f}" for c in row))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    """``python -m training.probe``: an alias of ``cropmap evaluate probe``; returns the exit status.
+
+    Its old ``--json OUT`` (the file it wrote) is ``-o OUT`` there.
+    """
+    from training.evaluate.cli import json_path_as_output, run_alias
+    from training.evaluate.cli import probe as command
+
+    return run_alias(command, argv, prog_name="python -m training.probe", rewrite=json_path_as_output)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Classification metrics and the papers' comparison report.
 
-``python -m training.evaluate --results DIR/results.jsonl --out REPORT_DIR`` reads the
+``cropmap evaluate protocol --results DIR/results.jsonl -o REPORT_DIR`` (alias ``python -m training.evaluate``)
+reads the
 JSON lines written by :mod:`training.downstream.run` and writes, per task and base model:
 
 * the win matrix ``W[i, j]`` = fraction of experiments in which method ``i`` has a
@@ -23,7 +24,6 @@ JSON lines written by :mod:`training.downstream.run` and writes, per task and ba
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -134,7 +134,7 @@ def metrics_from_confusion(cm: np.ndarray | Sequence[Sequence[int]]) -> Metrics:
 # results and comparisons
 # ----------------------------------------------------------------------------------------------
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read the JSON-lines results file written by :mod:`training.downstream.run`.
+    """Read the JSON-lines results file the downstream protocol writes (:class:`~training.downstream.store.ResultsStore`).
 
     Raises:
         FileNotFoundError: If the file is missing.
@@ -143,15 +143,11 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist")
+    from training.downstream.store import ResultsStore
+
     required = {"task", "family", "variant", "method", "corruption", "val_accuracy", "confusion"}
-    records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON: {err}") from err
+
+    def check(rec: dict[str, Any], lineno: int) -> None:
         missing = sorted(required - set(rec))
         if missing:
             raise ValueError(f"{path}:{lineno}: record lacks keys {missing}")
@@ -159,7 +155,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(
                 f"{path}:{lineno}: unknown method {rec['method']!r}; expected one of {list(METHODS)}"
             )
-        records.append(rec)
+
+    records = ResultsStore(path).records(check)
     if not records:
         raise ValueError(f"results file {str(path)!r} holds no records")
     return records
@@ -490,19 +487,12 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m training.evaluate``."""
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--results", type=Path, required=True, help="results.jsonl from training.downstream.run"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="report folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = write_report(args.results, args.out)
-    print(table1_markdown(summary))
-    print(f"report written to {args.out / 'report.md'}")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.evaluate``: an alias of ``cropmap evaluate protocol``; returns the exit status."""
+    from training.evaluate.cli import protocol as command
+    from training.evaluate.cli import run_alias
+
+    return run_alias(command, argv, prog_name="python -m training.evaluate")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Bi-modal S2 + S1 against uni-modal S2 pre-training on real WorldCereal parcels, by linear probe.
 
-``python -m training.s1_bimodal --out runs/s1_bimodal [--seeds 0 1 2] [--write-doc docs/results.md]``
+``cropmap evaluate s1-bimodal -o runs/s1_bimodal [--seed 0 --seed 1] [--write-doc docs/results.md]`` (alias
+``python -m training.s1_bimodal``, which also takes the old ``--seeds 0 1 2``)
 regenerates the "S2 + S1 on real parcels" table of docs/results.md. For each data set and split seed:
 
 1. the parcels are read and gap-filled onto the monthly grid as ``training.downstream.run --task real`` reads them
@@ -22,11 +23,9 @@ replaces the block between the ``s1-bimodal`` markers of that file. Reruns reuse
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cropmap.errors import CropmapError
 from cropmap.safeio.atomic import atomic_write
 from training.data.parcels import ParcelTask, load_parcels
 from training.data.s1pairs import S1_POLARISATIONS, extraction_pairs, s1_series, subset, write_pairs
@@ -140,7 +140,7 @@ def _pretrain(pairs: Path, out: Path, mode: str, seed: int, epochs: int) -> floa
     t0 = time.perf_counter()
     rc = pretrain_main(args)
     if rc != 0:
-        raise RuntimeError(f"pre-training {mode} into {out} failed with exit status {rc}")
+        raise S1BimodalError(f"pre-training {mode} into {out} failed with exit status {rc}")
     wall = time.perf_counter() - t0
     atomic_write(stamp, json.dumps({**key, "wall_s": wall}) + "\n")
     return wall
@@ -313,59 +313,74 @@ def table(ds: DataSet, runs: list[dict], epochs: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m training.s1_bimodal``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.s1_bimodal", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs/s1_bimodal"), help="run folder")
-    parser.add_argument(
-        "--datasets", nargs="+", choices=sorted(DATASETS), default=["france2022", "flanders2021"]
-    )
-    parser.add_argument(
-        "--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="split (and pre-training) seeds"
-    )
-    parser.add_argument("--epochs", type=int, default=50, help="pre-training epochs (both modes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--write-doc", type=Path, help="replace the s1-bimodal block of this markdown file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    if args.write_doc is not None:
-        text = args.write_doc.read_text() if args.write_doc.exists() else ""
+class S1BimodalError(CropmapError, RuntimeError):
+    """The experiment cannot run as asked (a document without markers, a pre-training that failed)."""
+
+
+def run_experiment(
+    out: Path,
+    *,
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    epochs: int,
+    threads: int,
+    write_doc: Path | None,
+    command: str,
+) -> str:
+    """Run every (data set, seed), write ``OUT/results.json`` and ``OUT/s1_bimodal.md`` and, with ``write_doc``,
+    the block between its markers; returns the markdown written.
+
+    Args:
+        out: Run folder (finished encoders in it are reused).
+        datasets: Names among :data:`DATASETS`.
+        seeds: Split (and pre-training) seeds.
+        epochs: Pre-training epochs of both modes.
+        threads: torch CPU threads.
+        write_doc: Markdown file whose ``s1-bimodal`` block is replaced, checked before anything runs.
+        command: The command line, recorded under the table.
+
+    Raises:
+        S1BimodalError: If ``write_doc`` lacks the markers or a pre-training fails.
+    """
+    torch.set_num_threads(threads)
+    if write_doc is not None:
+        text = write_doc.read_text() if write_doc.exists() else ""
         if START not in text or END not in text:
-            print(f"error: {args.write_doc} lacks the {START} / {END} markers", file=sys.stderr)
-            return 1
+            raise S1BimodalError(
+                f"{write_doc} lacks the {START} / {END} markers; expected both around the table"
+            )
     t0 = time.perf_counter()
     results = []
     parts = []
-    try:
-        for name in args.datasets:
-            ds = DATASETS[name]
-            runs = [run_seed(ds, seed, args.out, args.epochs) for seed in args.seeds]
-            results += runs
-            parts.append(table(ds, runs, args.epochs))
-    except (OSError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    for name in datasets:
+        ds = DATASETS[name]
+        runs = [run_seed(ds, seed, out, epochs) for seed in seeds]
+        results += runs
+        parts.append(table(ds, runs, epochs))
     total = time.perf_counter() - t0
     day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    cmd = "python -m training.s1_bimodal " + " ".join(argv if argv is not None else sys.argv[1:])
     trained = sum(r["wall_s"]["pretrain_unimodal"] + r["wall_s"]["pretrain_bimodal"] for r in results)
     body = "\n".join(parts) + (
-        f"\nMeasured {day} by `{cmd.strip()}`: {total / 60:.1f} min for this run; the {2 * len(results)} "
+        f"\nMeasured {day} by `{command.strip()}`: {total / 60:.1f} min for this run; the {2 * len(results)} "
         f"pre-trainings took {trained / 60:.1f} min when they ran (reruns reuse finished encoders).\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for fname, content in (("results.json", json.dumps(results, indent=1) + "\n"), ("s1_bimodal.md", body)):
-        atomic_write(args.out / fname, content)
-    if args.write_doc is not None:
-        text = args.write_doc.read_text()
+        atomic_write(out / fname, content)
+    if write_doc is not None:
+        text = write_doc.read_text()
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
-        atomic_write(args.write_doc, f"{head}{START}\n\n{body}\n{END}{tail}")
-    print(body)
-    return 0
+        atomic_write(write_doc, f"{head}{START}\n\n{body}\n{END}{tail}")
+    return body
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.s1_bimodal``: an alias of ``cropmap evaluate s1-bimodal``; returns the exit status."""
+    from training.evaluate.cli import run_alias
+    from training.evaluate.cli import s1_bimodal as command
+
+    return run_alias(command, argv, prog_name="python -m training.s1_bimodal")
 
 
 if __name__ == "__main__":

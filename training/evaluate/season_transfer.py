@@ -1,6 +1,8 @@
 """Out-of-season check: accuracy on a season (and region) the model never saw, next to the in-season figure.
 
-    python -m training.season_transfer --data SIM_DIR [--family inception_time] [--repeats 3] [--out FILE.md]
+    cropmap evaluate season-transfer --data SIM_DIR [--family inception_time] [--repeats 3] [-o FILE.md]
+
+(alias ``python -m training.season_transfer``).
 
 The simulator's scene pair is two seasons of two regions (``scene_b`` is another year with shifted phenology and
 other soils; docs/simulator.md). Models are trained on scene A's training fields only, with the default (robust)
@@ -12,8 +14,6 @@ scene B (out of season), for each seed of the family's defaults, their ensemble,
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,33 +110,11 @@ def season_transfer(root: Path, *, family: str, repeats: int, n_train: int, n_va
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m training.season_transfer``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.season_transfer", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--data", type=Path, required=True, help="folder written by python -m training.simulate"
-    )
-    parser.add_argument("--family", default="inception_time")
-    parser.add_argument("--repeats", type=int, default=3, help="seeds of the family's defaults (ensembled)")
-    parser.add_argument("--n-train", type=int, default=60, help="training pixels per class")
-    parser.add_argument("--n-val", type=int, default=30, help="validation pixels per class")
-    parser.add_argument("--out", type=Path, help="also write the markdown table here")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    torch.set_num_threads(1)
-    try:
-        table = season_transfer(
-            args.data, family=args.family, repeats=args.repeats, n_train=args.n_train, n_val=args.n_val
-        )
-        if args.out:
-            args.out.write_text(table)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(table)
-    return 0
+    """``python -m training.season_transfer``: an alias of ``cropmap evaluate season-transfer``; returns the exit status."""
+    from training.evaluate.cli import run_alias
+    from training.evaluate.cli import season_transfer as command
+
+    return run_alias(command, argv, prog_name="python -m training.season_transfer")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Mean +- std over split seeds of every model and baseline, from several downstream run directories.
 
-``python -m training.seedtable RUN_S0 RUN_S1 RUN_S2 --title "France 2022, top 6" [--out table.md]``
+``cropmap evaluate seedtable RUN_S0 RUN_S1 RUN_S2 --title "France 2022, top 6" [-o table.md]`` (alias
+``python -m training.seedtable``)
 
 Each run directory is one ``python -m training.downstream`` run on its own train / test split (``--split-seed``);
 the table has one row per (model, method): overall accuracy and macro F1 on the held-out parcels as mean +- std
@@ -12,16 +13,15 @@ a gap in bold is larger than its standard deviation.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.downstream.store import ResultsStore
 
 __all__ = ["collect", "seed_table"]
 
@@ -44,13 +44,9 @@ def collect(run_dirs: Sequence[Path]) -> dict[tuple[str, str], list[dict[str, An
                 f"{path} does not exist; run python -m training.downstream --out {d} first"
             )
         here: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                method = (
-                    rec["method"] if rec["corruption"] is None else f"{rec['method']} {rec['corruption']:g}"
-                )
-                here[(_label(rec), method)].append(rec)
+        for rec in ResultsStore(path).records():
+            method = rec["method"] if rec["corruption"] is None else f"{rec['method']} {rec['corruption']:g}"
+            here[(_label(rec), method)].append(rec)
         for (
             key,
             recs,
@@ -121,27 +117,11 @@ def seed_table(run_dirs: Sequence[Path], title: str) -> tuple[str, dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m training.seedtable``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.seedtable", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("runs", nargs="+", type=Path, help="downstream run directories, one per split seed")
-    parser.add_argument("--title", default="downstream runs", help="table title")
-    parser.add_argument(
-        "--out", type=Path, help="also write the table (markdown) and its numbers (.json) here"
-    )
-    args = parser.parse_args(argv)
-    try:
-        table, stats = seed_table(args.runs, args.title)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(table)
-            args.out.with_suffix(".json").write_text(json.dumps(stats, indent=1))
-    except (OSError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(table)
-    return 0
+    """``python -m training.seedtable``: an alias of ``cropmap evaluate seedtable``; returns the exit status."""
+    from training.evaluate.cli import run_alias
+    from training.evaluate.cli import seedtable as command
+
+    return run_alias(command, argv, prog_name="python -m training.seedtable")
 
 
 if __name__ == "__main__":

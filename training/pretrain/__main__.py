@@ -1,5 +1,9 @@
-"""``python -m training.pretrain``."""
+"""``python -m training.pretrain``: an alias of ``cropmap train pretrain`` (torch is imported only to run it)."""
 
-from training.pretrain.run import main
+import sys
 
-raise SystemExit(main())
+from cropmap.cli_common import run_command
+from training.pretrain.cli import pretrain
+
+if __name__ == "__main__":
+    sys.exit(run_command(pretrain, None, prog_name="python -m training.pretrain"))

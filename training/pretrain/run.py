@@ -1,4 +1,4 @@
-"""Contrastive pre-training entry point: ``python -m training.pretrain``.
+"""Contrastive pre-training: ``cropmap train pretrain`` (alias ``python -m training.pretrain``).
 
 Uni-modal (SCARF + NT-Xent on Sentinel-2) or bi-modal (Sentinel-2 vs PlanetScope, journal Eq. 1),
 point-wise (ResMLP per stamp) or time-wise (transformer per series). Reads a plain ``.npz``
@@ -18,11 +18,9 @@ scene on disk for reruns (:mod:`training.pretrain.paircache`). See docs/pretrain
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,9 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cropmap.cli_common import run_command
+from cropmap.errors import CropmapError, OutputExistsError
 from training.checkpoint import git_revision, load_checkpoint, save_checkpoint
 from training.config import ConfigError, PretrainConfig, config_from_dict, config_to_dict, load_config
-from training.device import DEVICE_HELP, resolve_device
+from training.device import resolve_device
 from training.models.encoder import compute_norm_stats, save_encoder
 from training.pretrain.distributed import (
     Ranks,
@@ -52,7 +52,6 @@ from training.pretrain.distributed import (
 )
 from training.pretrain.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
 from training.pretrain.loop import (
-    PRECISIONS,
     ContrastiveModel,
     batch_indices,
     contrastive_step,
@@ -490,150 +489,128 @@ def _fast_epoch(
     return losses
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.pretrain",
-        description="Contrastive pre-training of the Sentinel-2 encoder (uni-modal SCARF or bi-modal S2 + PlanetScope).",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        help=".npz with s2 (and ps) arrays, a python -m training.pairs folder, or a scene folder",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--config", type=Path, help="TOML config (training/configs/pretrain_*.toml)")
-    parser.add_argument("--mode", choices=["unimodal", "bimodal"], help="overrides config 'mode'")
-    parser.add_argument("--alignment", choices=["point", "time"], help="overrides config 'alignment'")
-    parser.add_argument(
-        "--corruption", type=float, help="SCARF corruption rate; overrides config 'corruption'"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, repeatable (e.g. --set epochs=5 --set encoder.n_layers=4)",
-    )
-    parser.add_argument("--resume", type=Path, help="pretrain_state checkpoint to continue from")
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="bf16 = autocast (loss in float32); tf32 = TF32 matrix multiplies (CUDA)",
-    )
-    fastg = parser.add_argument_group(
-        "fast path (training.pretrain.fastpath; same losses as the reference step)"
-    )
-    fastg.add_argument(
-        "--fast",
-        action="store_true",
-        help="device-resident step without host synchronisation inside an epoch, fused Adam",
-    )
-    fastg.add_argument(
-        "--compile", action="store_true", help="torch.compile the projections and loss (implies --fast)"
-    )
-    fastg.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="compile with CUDA graphs (mode reduce-overhead; CUDA only; implies --fast)",
-    )
-    fastg.add_argument(
-        "--pair-cache",
-        type=Path,
-        metavar="DIR",
-        help="keep pairs drawn from a scene in DIR and memory-map them on reruns",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="allow writing into a folder with earlier outputs"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
-    return parser
+class PretrainError(CropmapError, ValueError):
+    """Pre-training cannot run on these data or settings, or its loss stopped being finite (one line)."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    overrides = list(args.overrides)
-    for key in ("mode", "alignment", "corruption"):
-        value = getattr(args, key)
+def run_command_line(
+    *,
+    data: Path,
+    output: Path,
+    config: Path | None,
+    mode: str | None,
+    alignment: str | None,
+    corruption: float | None,
+    overrides: Sequence[str],
+    resume: Path | None,
+    device: str,
+    precision: str,
+    fast: bool,
+    compile: bool,
+    cuda_graphs: bool,
+    pair_cache: Path | None,
+    overwrite: bool,
+    no_progress: bool,
+) -> int:
+    """The body of ``cropmap train pretrain`` (:mod:`training.pretrain.cli`); returns the exit status.
+
+    Raises:
+        click.BadParameter: A configuration or override that does not fit, a precision or fast-path option the
+            device cannot run (exit 2).
+        training.device.DeviceError: A CUDA device torch does not see (exit 1).
+        cropmap.errors.OutputExistsError: ``output`` holds earlier outputs and neither ``--overwrite`` nor
+            ``--resume`` was given.
+        PretrainError: Data that cannot be pre-trained on, a loss that is not finite.
+    """
+    import click
+
+    all_overrides = list(overrides)
+    for key, value in (("mode", mode), ("alignment", alignment), ("corruption", corruption)):
         if value is not None:
-            overrides.append(f"{key}={value}")
+            all_overrides.append(f"{key}={value}")
     try:
-        cfg = load_config(PretrainConfig, args.config, overrides)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
-    fast = None
-    if args.fast or args.compile or args.cuda_graphs:
-        fast = FastOptions(compile=args.compile, cuda_graphs=args.cuda_graphs)
+        cfg = load_config(PretrainConfig, config, all_overrides)
+    except (ConfigError, ValueError) as err:
+        raise click.BadParameter(" ".join(str(err).split()), param_hint="--config / --set") from err
+    fast_options = None
+    if fast or compile or cuda_graphs:
+        fast_options = FastOptions(compile=compile, cuda_graphs=cuda_graphs)
     ranks = None
+    torch_device = resolve_device(device)  # a DeviceError (exit 1, one line): the machine lacks that device
+    if launched():
+        if fast_options is not None:
+            raise click.UsageError(
+                "--fast runs one process; several ranks run the reference step (leave out --fast)"
+            )
+        try:
+            ranks = init_from_env(torch_device)
+            torch_device = rank_device(torch_device, ranks)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--device") from err
+        stop_on_sigterm()
     try:
-        device = resolve_device(args.device)
-        if launched():
-            if fast is not None:
-                raise ValueError(
-                    "--fast runs one process; several ranks run the reference step (leave out --fast)"
-                )
-            ranks = init_from_env(device)
-            device = rank_device(device, ranks)
-            stop_on_sigterm()
-        precision_context(device, args.precision)
-        if fast is not None:
-            fast.check(device)
+        precision_context(torch_device, precision)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    existing = [p for p in (ENCODER_NAME, LOG_NAME, STATE_NAME) if (args.out / p).exists()]
-    if existing and args.resume is None and not args.overwrite:
-        parser.error(f"{str(args.out)!r} already holds {existing}; pass --overwrite or --resume")
+        raise click.BadParameter(str(err), param_hint="--precision") from err
+    if fast_options is not None:
+        try:
+            fast_options.check(torch_device)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from err
+    existing = [p for p in (ENCODER_NAME, LOG_NAME, STATE_NAME) if (output / p).exists()]
+    if existing and resume is None and not overwrite:
+        raise OutputExistsError(f"{output} already holds {existing}; pass --overwrite or --resume")
     try:
-        arrays = load_pretrain_arrays(args.data, cfg, pair_cache=args.pair_cache)
+        arrays = load_pretrain_arrays(data, cfg, pair_cache=pair_cache)
         encoder_path = pretrain(
             cfg,
             arrays,
-            args.out,
-            device=device,
-            precision=args.precision,
-            resume=args.resume,
-            progress=not args.no_progress and (ranks is None or ranks.main),
-            fast=fast,
+            output,
+            device=torch_device,
+            precision=precision,
+            resume=resume,
+            progress=not no_progress and (ranks is None or ranks.main),
+            fast=fast_options,
             ranks=ranks,
         )
-    except (ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, FloatingPointError) as err:
+        # The data, the configuration or the run's numbers (a non-finite loss): the message names what was
+        # found and what was expected.
+        if isinstance(err, CropmapError):
+            raise
+        raise PretrainError(" ".join(str(err).split())) from err
     except (RuntimeError, RankStopped) as err:
         if ranks is None:
             raise
         # A collective failed (another rank died, hung past the timeout, or lost its connection), or the
         # launcher stopped this rank because another one failed.
-        state = args.out / STATE_NAME
+        state = output / STATE_NAME
         again = (
             f"resume with --resume {state}"
             if state.exists()
             else "no checkpoint was written yet; start again"
         )
         why = str(err) if isinstance(err, RankStopped) else f"lost the other ranks ({collective_error(err)})"
-        print(f"error: rank {ranks.rank} of {ranks.world} {why}; the run stops; {again}", file=sys.stderr)
+        click.echo(f"Error: rank {ranks.rank} of {ranks.world} {why}; the run stops; {again}", err=True)
         return 143 if isinstance(err, RankStopped) else 1
     finally:
         if ranks is not None and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if ranks is not None and not ranks.main:
         return 0
-    last = json.loads((args.out / LOG_NAME).read_text().splitlines()[-1])
-    print(
-        f"pre-training done: {cfg.mode} {cfg.alignment}-wise, final epoch loss {last['loss']:.4f}; encoder -> {encoder_path}"
+    last = json.loads((output / LOG_NAME).read_text().splitlines()[-1])
+    click.echo(
+        f"pre-training done: {cfg.mode} {cfg.alignment}-wise, final epoch loss {last['loss']:.4f}; "
+        f"encoder -> {encoder_path}"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.pretrain``: an alias of ``cropmap train pretrain``; returns the exit status."""
+    from training.pretrain.cli import pretrain as command
+
+    return run_command(command, argv, prog_name="python -m training.pretrain")
 
 
 def config_from_checkpoint(path: str | Path) -> PretrainConfig:

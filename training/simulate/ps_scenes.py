@@ -1,7 +1,8 @@
 """A DENETHOR-layout scene's PlanetScope archive as real-world-shaped scenes, the test bed of :mod:`training.data.pairs`.
 
 ``python -m training.simulate`` calls :func:`write_ps_scenes` for each scene it writes (after everything else, from
-the files already written: the rest of the scene is unchanged); ``python -m training.ps_scenes SCENE_DIR`` does it
+the files already written: the rest of the scene is unchanged); ``cropmap data ps-scenes SCENE_DIR`` (alias
+``python -m training.ps_scenes``) does it
 for any scene with a ``planet/`` archive. For each PlanetScope day ``planet/YYYY-MM-DD/sr.tif`` it writes into
 ``SCENE/planet_scenes/`` two overlapping scenes as Planet delivers them::
 
@@ -28,7 +29,6 @@ into place; the folder itself is built beside its final name and renamed when co
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +39,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
+from cropmap.errors import OutputExistsError
 from cropmap.safeio.atomic import atomic_path
 from training.data.denethor import read_scene
 from training.data.scenes import PS_BANDS, UDM2_BANDS
@@ -103,13 +104,13 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
         The folder written.
 
     Raises:
-        FileExistsError: If the folder exists already.
+        cropmap.errors.OutputExistsError: If the folder exists already (a ``FileExistsError``).
         ValueError: If the archive is not in a UTM zone.
     """
     scene = read_scene(scene_dir)
     dest = Path(scene_dir) / SCENES_DIR
     if dest.exists():
-        raise FileExistsError(f"{dest} exists already")
+        raise OutputExistsError(f"{dest} exists already; remove it to write the scenes again")
     with atomic_path(dest) as tmp_dir:
         tmp_dir.mkdir()
         for k, (date, path) in enumerate(zip(scene.ps_dates, scene.ps_paths, strict=True)):
@@ -174,22 +175,11 @@ def write_ps_scenes(scene_dir: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.ps_scenes SCENE_DIR [SCENE_DIR ...]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.ps_scenes", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "scenes", nargs="+", type=Path, metavar="SCENE_DIR", help="DENETHOR-layout scene folder(s)"
-    )
-    args = parser.parse_args(argv)
-    for scene in args.scenes:
-        try:
-            out = write_ps_scenes(scene)
-        except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
-            print(f"{parser.prog}: error: {err}", file=sys.stderr)
-            return 1
-        print(f"{scene}: wrote {out}")
-    return 0
+    """``python -m training.ps_scenes``: an alias of ``cropmap data ps-scenes``; returns the exit status."""
+    from cropmap.cli_common import run_command
+    from training.simulate.cli import ps_scenes as command
+
+    return run_command(command, argv, prog_name="python -m training.ps_scenes")
 
 
 if __name__ == "__main__":

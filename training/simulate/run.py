@@ -29,20 +29,19 @@ The output follows the DENETHOR / DLR fusion layout read by :mod:`training.data.
 ``s2_stack.tif`` and ``fields.gpkg`` are written by :func:`training.simulate.scene_export.write_cropmap_inputs`,
 ``planet_scenes/`` by :func:`training.simulate.ps_scenes.write_ps_scenes`.
 
-Run ``python -m training.simulate --out DIR`` (see ``--help``). What the model includes and leaves out is
+Run ``cropmap data simulate -o DIR`` (alias ``python -m training.simulate``; see ``--help``). What the model
+includes and leaves out is
 documented in docs/simulator.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
 import logging
 import pickle
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ import rasterio
 import shapely
 from rasterio.features import rasterize
 
+from cropmap.errors import OutputExistsError
 from training.simulate.ps_scenes import write_ps_scenes
 from training.simulate.scene_export import write_cropmap_inputs
 
@@ -780,14 +780,14 @@ def simulate(out_dir: str | Path, config: SimulationConfig | None = None) -> dic
         ``{"scene_a": path, "scene_b": path}``, each a DENETHOR-layout scene folder.
 
     Raises:
-        FileExistsError: If a scene folder exists already in ``out_dir``.
+        cropmap.errors.OutputExistsError: If a scene folder exists already in ``out_dir`` (a ``FileExistsError``).
     """
     cfg = config if config is not None else PRESETS["default"]
     root = Path(out_dir)
     paths = {spec.name: root / spec.name for spec in (SCENE_A, SCENE_B)}
     for path in paths.values():
         if path.exists():
-            raise FileExistsError(f"{path} exists already; choose another --out or remove it")
+            raise OutputExistsError(f"{path} exists already; choose another --output or remove it")
     root.mkdir(parents=True, exist_ok=True)
     for k, spec in enumerate((SCENE_A, SCENE_B)):
         rng = np.random.default_rng([cfg.seed, k])
@@ -797,43 +797,11 @@ def simulate(out_dir: str | Path, config: SimulationConfig | None = None) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.simulate --out DIR [--preset P | --config FILE] [--seed S] ...``."""
-    parser = argparse.ArgumentParser(prog="python -m training.simulate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="output folder (scene_a/, scene_b/ inside)")
-    base = parser.add_mutually_exclusive_group()
-    base.add_argument("--preset", choices=sorted(PRESETS), help="base configuration (default: 'default')")
-    base.add_argument("--config", type=Path, help="TOML file of SimulationConfig keys (training/configs/)")
-    parser.add_argument("--size-px", type=int, help="S2 pixels per side")
-    parser.add_argument("--n-fields", type=int, help="labelled fields per scene")
-    parser.add_argument("--n-stamps", type=int, help="S2 acquisitions per year")
-    parser.add_argument("--ps-interval-days", type=int, help="PS cadence in days (plus every S2 day)")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    args = parser.parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
-    flags = {
-        "size_px": args.size_px,
-        "n_fields": args.n_fields,
-        "n_stamps": args.n_stamps,
-        "ps_interval_days": args.ps_interval_days,
-        "seed": args.seed,
-    }
-    overrides = {key: value for key, value in flags.items() if value is not None}
-    try:
-        if args.config is not None:
-            from training.config import load_config
+    """``python -m training.simulate``: an alias of ``cropmap data simulate``; returns the exit status."""
+    from cropmap.cli_common import run_command
+    from training.simulate.cli import simulate as command
 
-            cfg = dataclasses.replace(load_config(SimulationConfig, args.config), **overrides)
-        else:
-            cfg = dataclasses.replace(PRESETS[args.preset or "default"], **overrides)
-        t0 = time.perf_counter()
-        paths = simulate(args.out, cfg)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        parser.error(str(err))
-    elapsed = time.perf_counter() - t0
-    print(f"simulated {', '.join(str(p) for p in paths.values())} in {elapsed:.1f} s")
-    return 0
+    return run_command(command, argv, prog_name="python -m training.simulate")
 
 
 if __name__ == "__main__":

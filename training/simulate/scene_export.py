@@ -1,7 +1,8 @@
 """A DENETHOR-layout scene as cropmap inputs: the S2 series as a GeoTIFF time stack, the fields as GeoPackage.
 
 ``python -m training.simulate`` calls :func:`write_cropmap_inputs` for each scene it writes; the same
-function (or ``python -m training.scene_export SCENE_DIR``) converts any scene that
+function (or ``cropmap data scene-export SCENE_DIR``, alias ``python -m training.scene_export``) converts any
+scene that
 :func:`training.data.denethor.read_scene` reads. Files written into the scene folder::
 
     SCENE/s2_stack.tif   one GeoTIFF, time-major: 13 bands per date, B01 .. B12 (as in bands.npy), then CLP;
@@ -21,7 +22,6 @@ a partial file.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Sequence
@@ -177,22 +177,11 @@ def write_cropmap_inputs(scene_dir: str | Path) -> dict[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.scene_export SCENE_DIR [SCENE_DIR ...]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.scene_export", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "scenes", nargs="+", type=Path, metavar="SCENE_DIR", help="DENETHOR-layout scene folder(s)"
-    )
-    args = parser.parse_args(argv)
-    for scene in args.scenes:
-        try:
-            paths = write_cropmap_inputs(scene)
-        except (ValueError, FileNotFoundError, OSError) as err:
-            print(f"{parser.prog}: error: {err}", file=sys.stderr)
-            return 1
-        print(f"{scene}: wrote {paths['stack']} and {paths['fields']}")
-    return 0
+    """``python -m training.scene_export``: an alias of ``cropmap data scene-export``; returns the exit status."""
+    from cropmap.cli_common import run_command
+    from training.simulate.cli import scene_export as command
+
+    return run_command(command, argv, prog_name="python -m training.scene_export")
 
 
 if __name__ == "__main__":
