@@ -33,7 +33,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from cropmap import _batch_state as state_io
-from cropmap.errors import BundleError, CropmapError, OutputExistsError
+from cropmap.errors import BundleError, CropmapError, OptionValueError, OutputExistsError
 from cropmap.options import ClassifyOptions, RegionOptionsKw
 from cropmap.regions import Region, as_regions, read_manifest
 from cropmap.safeio.folders import output_folder
@@ -122,14 +122,17 @@ class HPCCluster:
 
     def __post_init__(self) -> None:
         if self.kind not in CLUSTER_KINDS:
-            raise ValueError(f"cluster is {self.kind!r}; expected one of {', '.join(CLUSTER_KINDS)}")
+            raise OptionValueError(
+                "cluster", f"cluster is {self.kind!r}; expected one of {', '.join(CLUSTER_KINDS)}"
+            )
         for name in ("cores", "jobs"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} is {value!r}; expected a positive integer")
+                raise OptionValueError(name, f"{name} is {value!r}; expected a positive integer")
         if self.kind == "htcondor" and (self.queue is not None or self.account is not None):
-            raise ValueError(
-                "queue / account do not apply to HTCondor; expected them unset with --cluster htcondor"
+            raise OptionValueError(
+                "queue",
+                "queue / account do not apply to HTCondor; expected them unset with --cluster htcondor",
             )
 
     def keywords(self) -> dict[str, Any]:

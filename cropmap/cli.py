@@ -27,7 +27,7 @@ from cropmap.cli_common import (
     seed_option,
     verbosity_options,
 )
-from cropmap.errors import CropmapError
+from cropmap.errors import CropmapError, OptionValueError
 from cropmap.options import EMBEDDING_DTYPE_CHOICES, PROVIDER_CHOICES, ClassifyOptions
 from cropmap.safeio.signals import interrupt_exit_code, signals_as_interrupts
 
@@ -432,9 +432,8 @@ def classify(
         )
     try:
         options = ClassifyOptions(quicklook=not no_quicklook, **option_values)
-    except ValueError as err:
-        field = str(err).split(" ", 1)[0]
-        raise click.BadParameter(str(err), param_hint=f"--{field.replace('_', '-')}") from err
+    except OptionValueError as err:
+        raise click.BadParameter(str(err), param_hint=f"--{err.option.replace('_', '-')}") from err
 
     from cropmap.pipeline import classify as run_classify
 
@@ -841,9 +840,8 @@ def batch(
         options = ClassifyOptions(
             quicklook=not no_quicklook, scheduler=scheduler, workers=workers, **option_values
         )
-    except ValueError as err:
-        field = str(err).split(" ", 1)[0]
-        raise click.BadParameter(str(err), param_hint=f"--{field.replace('_', '-')}") from err
+    except OptionValueError as err:
+        raise click.BadParameter(str(err), param_hint=f"--{err.option.replace('_', '-')}") from err
     options = dataclasses.replace(options, scheduler=None, workers=None)
 
     import distributed  # noqa: F401 - configures its loggers on import; quieted below
@@ -924,6 +922,5 @@ def _hpc_cluster(
         )
     try:
         return HPCCluster(kind=kind, **settings)
-    except ValueError as err:
-        field = str(err).split(" ", 1)[0]
-        raise click.BadParameter(str(err), param_hint=f"--{field.replace('_', '-')}") from err
+    except OptionValueError as err:
+        raise click.BadParameter(str(err), param_hint=f"--{err.option.replace('_', '-')}") from err

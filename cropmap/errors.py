@@ -62,3 +62,15 @@ class AssessError(CropmapError, ValueError):
 
 class SummaryError(CropmapError, ValueError):
     """A run summary that cannot be read back: not JSON, another schema version, a missing or unknown key."""
+
+
+class OptionValueError(CropmapError, ValueError):
+    """An option of :class:`~cropmap.options.ClassifyOptions` (or a batch setting) with a value it cannot take.
+
+    ``option`` names the field (``block_size``), so a command line can point at its own flag (``--block-size``)
+    without reading the message.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
+from cropmap.errors import OptionValueError
+
 _SCHEDULER_RE = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
 
 DEFAULT_BATCH_SIZE = 256
@@ -103,31 +105,39 @@ class ClassifyOptions:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "bool" and not isinstance(value, bool):
-                raise ValueError(f"{f.name} is {value!r}; expected True or False")
+                raise OptionValueError(f.name, f"{f.name} is {value!r}; expected True or False")
         _positive_int("block_size", self.block_size, allow_none=True)
         _positive_int("batch_size", self.batch_size, allow_none=True)
         _positive_int("workers", self.workers, allow_none=True)
         _positive_int("threads", self.threads, allow_none=True)
         _positive_int("min_valid_steps", self.min_valid_steps, allow_none=True)
         if self.block_size is not None and self.block_size < 16:
-            raise ValueError(f"block_size is {self.block_size} px; expected at least 16")
+            raise OptionValueError("block_size", f"block_size is {self.block_size} px; expected at least 16")
         if self.season is not None and (
             isinstance(self.season, bool)
             or not isinstance(self.season, int)
             or not 1900 <= self.season <= 2200
         ):
-            raise ValueError(f"season is {self.season!r}; expected a year such as 2021")
+            raise OptionValueError("season", f"season is {self.season!r}; expected a year such as 2021")
         if self.reflectance_scale is not None:
             rs = self.reflectance_scale
             if isinstance(rs, bool) or not isinstance(rs, (int, float)) or not math.isfinite(rs) or rs <= 0:
-                raise ValueError(f"reflectance_scale is {rs!r}; expected a positive number such as 10000")
+                raise OptionValueError(
+                    "reflectance_scale",
+                    f"reflectance_scale is {rs!r}; expected a positive number such as 10000",
+                )
         if self.uncertainty is not None and self.uncertainty not in ("entropy", "margin"):
-            raise ValueError(f"uncertainty is {self.uncertainty!r}; expected 'entropy' or 'margin'")
+            raise OptionValueError(
+                "uncertainty", f"uncertainty is {self.uncertainty!r}; expected 'entropy' or 'margin'"
+            )
         mf = self.majority_filter
         if mf is not None and (
             isinstance(mf, bool) or not isinstance(mf, int) or mf < 3 or mf > 51 or mf % 2 == 0
         ):
-            raise ValueError(f"majority_filter is {mf!r}; expected an odd window edge in pixels from 3 to 51")
+            raise OptionValueError(
+                "majority_filter",
+                f"majority_filter is {mf!r}; expected an odd window edge in pixels from 3 to 51",
+            )
         sp = self.smooth_probabilities
         if sp is not None and (
             isinstance(sp, bool)
@@ -135,27 +145,35 @@ class ClassifyOptions:
             or not math.isfinite(sp)
             or not 0 < sp <= 10
         ):
-            raise ValueError(
-                f"smooth_probabilities is {sp!r}; expected a Gaussian sigma in pixels, > 0 and <= 10"
+            raise OptionValueError(
+                "smooth_probabilities",
+                f"smooth_probabilities is {sp!r}; expected a Gaussian sigma in pixels, > 0 and <= 10",
             )
         if self.provider not in PROVIDER_CHOICES:
-            raise ValueError(f"provider is {self.provider!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
+            raise OptionValueError(
+                "provider", f"provider is {self.provider!r}; expected one of {', '.join(PROVIDER_CHOICES)}"
+            )
         if self.embedding_dtype not in EMBEDDING_DTYPE_CHOICES:
-            raise ValueError(
-                f"embedding_dtype is {self.embedding_dtype!r}; expected one of {', '.join(EMBEDDING_DTYPE_CHOICES)}"
+            raise OptionValueError(
+                "embedding_dtype",
+                f"embedding_dtype is {self.embedding_dtype!r}; expected one of {', '.join(EMBEDDING_DTYPE_CHOICES)}",
             )
         if self.mask_layer is not None and (not isinstance(self.mask_layer, str) or not self.mask_layer):
-            raise ValueError(f"mask_layer is {self.mask_layer!r}; expected a layer name")
+            raise OptionValueError("mask_layer", f"mask_layer is {self.mask_layer!r}; expected a layer name")
         if self.cloud_band is not None and (
             not isinstance(self.cloud_band, str) or not self.cloud_band.strip()
         ):
-            raise ValueError(
-                f"cloud_band is {self.cloud_band!r}; expected a band name such as SCL or CLP, or 'none'"
+            raise OptionValueError(
+                "cloud_band",
+                f"cloud_band is {self.cloud_band!r}; expected a band name such as SCL or CLP, or 'none'",
             )
         if self.cloud_threshold is not None:
             ct = self.cloud_threshold
             if isinstance(ct, bool) or not isinstance(ct, (int, float)) or not 0.0 <= ct < 1.0:
-                raise ValueError(f"cloud_threshold is {ct!r}; expected a probability in [0, 1) such as 0.4")
+                raise OptionValueError(
+                    "cloud_threshold",
+                    f"cloud_threshold is {ct!r}; expected a probability in [0, 1) such as 0.4",
+                )
         if self.cloud_classes is not None:
             cc = self.cloud_classes
             if (
@@ -163,22 +181,30 @@ class ClassifyOptions:
                 or not cc
                 or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in cc)
             ):
-                raise ValueError(f"cloud_classes is {cc!r}; expected SCL class numbers such as (3, 8, 9, 10)")
+                raise OptionValueError(
+                    "cloud_classes",
+                    f"cloud_classes is {cc!r}; expected SCL class numbers such as (3, 8, 9, 10)",
+                )
         if self.cloud_scale is not None:
             cs = self.cloud_scale
             if isinstance(cs, bool) or not isinstance(cs, (int, float)) or not (math.isfinite(cs) and cs > 0):
-                raise ValueError(f"cloud_scale is {cs!r}; expected the raw value of probability 1, e.g. 255")
+                raise OptionValueError(
+                    "cloud_scale", f"cloud_scale is {cs!r}; expected the raw value of probability 1, e.g. 255"
+                )
         if self.scheduler is not None and not _SCHEDULER_RE.match(str(self.scheduler)):
-            raise ValueError(
-                f"scheduler is {self.scheduler!r}; expected an address such as tcp://10.0.0.5:8786"
+            raise OptionValueError(
+                "scheduler",
+                f"scheduler is {self.scheduler!r}; expected an address such as tcp://10.0.0.5:8786",
             )
         if self.scheduler is not None and self.workers is not None:
-            raise ValueError(
-                "workers applies to the local scheduler only; with a scheduler address, size the cluster"
+            raise OptionValueError(
+                "workers",
+                "workers applies to the local scheduler only; with a scheduler address, size the cluster",
             )
         if self.scheduler is not None and self.threads is not None:
-            raise ValueError(
-                "threads applies to the local scheduler only; with a scheduler address, size the cluster"
+            raise OptionValueError(
+                "threads",
+                "threads applies to the local scheduler only; with a scheduler address, size the cluster",
             )
 
     @classmethod
@@ -238,7 +264,7 @@ def _positive_int(name: str, value: object, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} is {value!r}; expected a positive integer")
+        raise OptionValueError(name, f"{name} is {value!r}; expected a positive integer")
 
 
 def auto_batch_size(n_timesteps: int, *, gpu: bool = False) -> int:

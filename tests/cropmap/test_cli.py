@@ -347,7 +347,18 @@ def test_cli_bad_option_values(
     res = _run(runner, stack_desc, "--mask", polygons, "--model", bundle, "-o", outdir / "m.tif", *args)
     assert res.exit_code == 2, res.output
     assert message in res.output
+    assert res.output.split("Invalid value for ", 1)[1].strip("'").startswith(args[0])  # the flag itself
     assert list(outdir.iterdir()) == []
+
+
+def test_option_errors_name_their_field() -> None:
+    """The flag of a bad value comes from the error's ``option``, not from the wording of its message."""
+    from cropmap.errors import OptionValueError
+    from cropmap.options import ClassifyOptions
+
+    with pytest.raises(OptionValueError) as caught:
+        ClassifyOptions(cloud_threshold=2.0)
+    assert caught.value.option == "cloud_threshold" and isinstance(caught.value, ValueError)
 
 
 def test_cli_failure_during_blocks_leaves_nothing(
