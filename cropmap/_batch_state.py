@@ -90,7 +90,7 @@ def load(out: Path, settings: dict[str, Any], *, overwrite: bool) -> dict[str, A
         changed = {k: (old.get(k), settings.get(k)) for k in keys if old.get(k) != settings.get(k)}
         raise OutputExistsError(
             f"the batch in {out} was run with other settings {changed} (recorded, now); expected the same model "
-            "and output options to resume (pass --overwrite to recompute every region, or use another --out-dir)"
+            "and output options to resume (pass --overwrite to recompute every region, or use another output folder (-o))"
         )
     doc["cropmap_version"] = __version__
     return doc

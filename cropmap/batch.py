@@ -320,7 +320,9 @@ def classify_many(
     model_path = _check_bundle(model, opts, provider=opts.provider if scheduler is None else "cpu")
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out-dir {out} is a file; expected a folder (it is created if missing)")
+        raise OutputExistsError(
+            f"output folder (-o) {out} is a file; expected a folder (it is created if missing)"
+        )
 
     _refuse_batch_overlap(out, regions, region_list, model_path, opts)
     settings = {"model_sha256": state_io.sha256(model_path)} | {f: getattr(opts, f) for f in SETTING_FIELDS}
@@ -367,7 +369,7 @@ def _refuse_batch_overlap(
             uncertainty=opts.uncertainty is not None,
         )
         outputs += [*paths.all(), lock_path(paths.map)]
-    refuse_overlap(outputs, inputs, hint="choose another --out-dir")
+    refuse_overlap(outputs, inputs, hint="choose another output folder (-o)")
 
 
 @dataclass(frozen=True)
@@ -522,7 +524,7 @@ def _plan(
             }
             raise OutputExistsError(
                 f"region {r.name!r} in {out} was made with other inputs {changed} (recorded, now); expected the same "
-                "inputs to resume (pass --overwrite to recompute, or use another --out-dir)"
+                "inputs to resume (pass --overwrite to recompute, or use another output folder (-o))"
             )
         if entry is not None and not opts.overwrite and entry.get("status") == "done":
             problem = state_io.verify_outputs(out / r.name, entry.get("outputs", {}))

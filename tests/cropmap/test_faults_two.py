@@ -153,7 +153,7 @@ def test_batch_region_output_never_replaces_another_regions_input(
                 ds.write(values[t])
                 ds.descriptions = STACK_BANDS
                 ds.update_tags(reflectance_scale="10000")
-        named = ("lies inside the stack of region 'alpha' folder", "choose another --out-dir")
+        named = ("lies inside the stack of region 'alpha' folder", "choose another output folder (-o)")
     manifest = tmp_path / "regions.csv"
     manifest.write_text(f"name,stack,mask\nalpha,{stack},{mask}\nbeta,{small['stack']},{small['mask']}\n")
     before = _hashes([tmp_path])
