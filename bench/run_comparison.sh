@@ -65,5 +65,5 @@ python -m training.downstream --task real --season 2020 \
 
 cat "$S/ds_1/results.jsonl" "$S/ds_2/results.jsonl" "$S/ds_real/results.jsonl" > "$S/results.jsonl"
 log "report"
-python -m training.evaluate --results "$S/results.jsonl" --out "$S/report"
+cropmap evaluate protocol --results "$S/results.jsonl" -o "$S/report" --overwrite
 log "done: $S/report"

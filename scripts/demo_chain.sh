@@ -36,5 +36,5 @@ stage downstream python -m training.downstream --task 1 --data "$out/sim" --enco
 stage export python -m exporters --best "$out/runs" -o "$out/model.onnx" --overwrite
 stage classify cropmap classify "$out/sim/scene_b/s2_stack.tif" --mask "$out/sim/scene_b/fields.gpkg" \
     --model "$out/model.onnx" -o "$out/scene_b_map.tif" --overwrite
-stage score python -m training.mapscore "$out/scene_b_map.tif" "$out/sim/scene_b/fields.gpkg" --json "$out/score.json"
+stage score cropmap evaluate mapscore "$out/scene_b_map.tif" "$out/sim/scene_b/fields.gpkg" -o "$out/score.json" --overwrite
 echo "== seconds per stage"; cat "$times"

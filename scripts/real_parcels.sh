@@ -63,9 +63,9 @@ run france2022 sample_data/worldcereal/2022_FRA_LPIS_POLY_110_monthly.geoparquet
 run flanders2021 sample_data/worldcereal/2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet \
   training/configs/classes_flanders.csv --season 2020
 
-python -m training.seedtable "$S"/france2022-s{0,1,2} --out "$S/france2022.md" \
+cropmap evaluate seedtable "$S"/france2022-s{0,1,2} -o "$S/france2022.md" --overwrite \
   --title "France 2022 LPIS, six most frequent classes, 70/30 by parcel"
-python -m training.seedtable "$S"/flanders2021-s{0,1,2} --out "$S/flanders2021.md" \
+cropmap evaluate seedtable "$S"/flanders2021-s{0,1,2} -o "$S/flanders2021.md" --overwrite \
   --title "Flanders 2021 LPIS, four classes (training/configs/classes_flanders.csv), 70/30 by parcel"
 python - "$S" <<'PY'
 import sys
