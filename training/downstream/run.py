@@ -147,7 +147,8 @@ def run_command_line(
     """The body of ``cropmap train downstream`` (:mod:`training.downstream.cli`).
 
     Raises:
-        click.BadParameter: A configuration, override, encoder or device that does not fit (exit 2).
+        click.BadParameter: A configuration, override or encoder that does not fit (exit 2).
+        training.device.DeviceError: A CUDA device torch does not see (exit 1).
         click.UsageError: Cluster settings that contradict each other (exit 2).
         TrainingInputError: Task data or a results file that cannot be used (exit 1).
     """
@@ -155,7 +156,6 @@ def run_command_line(
 
     from cropmap.cli_common import echo_json, interrupt_note
     from training.data.cli import input_errors
-    from training.device import DeviceError
 
     given = {
         "task": task,
@@ -207,12 +207,9 @@ def run_command_line(
             raise click.BadParameter(
                 f"{name.replace('_', ' ')} {str(path)!r} does not exist", param_hint=flag
             )
-    try:
-        resolve_device(
-            cfg.device
-        )  # a CUDA device torch does not see fails before anything is read or written
-    except DeviceError as err:
-        raise click.BadParameter(str(err), param_hint="--device") from err
+    # A CUDA device torch does not see is an error of the machine (one Error: line, exit 1), found before anything
+    # is read or written.
+    resolve_device(cfg.device)
     executor = _executor(
         workers=workers,
         scheduler=scheduler,
