@@ -18,6 +18,14 @@ Measured, in priority order (each row is skipped, and says so, once the time bud
 4. downstream: seconds per epoch of each base-model family (``training.downstream.run.train_run``) on synthetic
    per-stamp embeddings of the papers' shape (144 stamps x 256), extrapolated to an epoch of 45,000 series.
 
+``--multi-gpu`` measures, on a machine with several GPUs, instead (as is: every visible GPU is used):
+
+5. data-parallel pre-training under ``torchrun`` (:mod:`training.pretrain.distributed`), one rank per GPU (NCCL)
+   against one rank, same global batch: wall time of an epoch of synthetic point-wise pairs and the speed-up;
+6. the downstream protocol (:mod:`training.downstream.cluster`) on a local Dask cluster with one worker per GPU
+   against the same runs in one process on one GPU (``bench/bench_protocol.py``'s runs), records compared.
+
+On the CPU (``--device cpu --tiny --multi-gpu``) the same code runs two gloo ranks and two CPU workers.
 The markdown file is rewritten after every row, so whatever ran is kept even if the run is cut short.
 ``--device cpu --tiny`` runs the same code at toy sizes (the test suite does, to keep the script working).
 """
@@ -413,6 +421,151 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _timed(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[float, str]:
+    """Run ``cmd``; its wall time, or raise with its last stderr lines."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        tail = " / ".join(res.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"exit {res.returncode}: {tail}")
+    return wall, res.stdout
+
+
+def multi_gpu(args: argparse.Namespace) -> int:
+    """The multi-GPU mode: torchrun pre-training over every GPU, the protocol with one worker per GPU."""
+    import tempfile
+
+    from training.device import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cuda = device.type == "cuda"
+    n = torch.cuda.device_count() if cuda else 2
+    tiny = args.tiny
+    budget = Budget(args.budget_s)
+    report = Report(args.out, args.json)
+    name = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine())
+    report.header = [
+        (
+            f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {n} x {name} "
+            f"({'GPUs' if cuda else 'CPU processes'}), torch {torch.__version__}."
+        ),
+        "",
+        "Command: `python bench/gpu_check.py " + " ".join(sys.argv[1:]) + "`",
+    ]
+    report.write()
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1" if not cuda else "4"}
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="gpu-check-multi-") as tmp:
+        # 5. Data-parallel pre-training: 1 rank against n ranks, same global batch.
+        key = "ddp"
+        report.section(
+            key,
+            "Data-parallel pre-training (torchrun, bi-modal point-wise, same global batch)",
+            ["ranks", "backend", "pairs", "batch", "wall (s)", "pairs/s", "speed-up"],
+            note="Wall time of the whole command (start-up, one epoch, checkpoint); pairs/s = pairs / wall.",
+        )
+        pairs = 16_384 if tiny else 4_000_000
+        batch = 256 if tiny else 4096
+        rng = np.random.default_rng(0)
+        s2 = (rng.normal(0, 1, (pairs, 12)) * 1000 + 3000).astype(np.float32)
+        ps = (np.repeat(s2[:, :4], 9, axis=-1) + rng.normal(0, 100, (pairs, 36))).astype(np.float32)
+        data = Path(tmp) / "pairs.npz"
+        np.savez(data, s2=s2, ps=ps)
+        sizes = ["--set", "encoder.hidden=32", "--set", "encoder.n_layers=2", "--set", "encoder.out_dim=16"]
+        base_s = None
+        for ranks in sorted({1, n}):
+            if budget.left < 30:
+                report.row(key, ranks, "", pairs, batch, "not run: time budget spent", "", "")
+                failed += 1
+                continue
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(ranks),
+                "-m",
+                "training.pretrain.run",
+                "--data",
+                str(data),
+                "-o",
+                str(Path(tmp) / f"pretrain-{ranks}"),
+                "--mode",
+                "bimodal",
+                "--device",
+                "cuda" if cuda else "cpu",
+                "--set",
+                "epochs=1",
+                "--set",
+                f"batch_size={batch}",
+                "--no-progress",
+                *(sizes if tiny else []),
+            ]
+            try:
+                wall, _ = _timed(cmd, env, timeout=max(30.0, budget.left))
+                base_s = wall if ranks == 1 else base_s
+                report.row(
+                    key,
+                    ranks,
+                    "nccl" if cuda else "gloo",
+                    pairs,
+                    batch,
+                    f"{wall:.1f}",
+                    f"{pairs / wall:,.0f}",
+                    f"{base_s / wall:.2f}x" if base_s else "",
+                    data={"wall_s": wall},
+                )
+            except Exception as err:  # noqa: BLE001 - a failed row is reported and the check goes on
+                report.row(key, ranks, "", pairs, batch, f"failed: {_one_line(err)}", "", "")
+                failed += 1
+        # 6. The protocol: one worker per GPU against one process.
+        key = "protocol"
+        report.section(
+            key,
+            "Downstream protocol: a local Dask cluster, one worker per GPU, against one process",
+            ["mode", "workers", "wall (s)", "speed-up", "records equal"],
+            note="bench/bench_protocol.py's runs (synthetic task, papers' recipe); cluster start-up included.",
+        )
+        sys.path.insert(0, str(repo / "bench"))
+        try:
+            import bench_protocol
+
+            settings = ["--variants", "1" if tiny else "4", "--epochs", "2" if tiny else "8"]
+            settings += ["--per-class", "60" if tiny else "2000", "--workers", str(n)]
+            settings += ["--device", "cuda" if cuda else "cpu", "--json", str(Path(tmp) / "protocol.json")]
+            if budget.left < 60:
+                raise RuntimeError("time budget spent")
+            rc = bench_protocol.main(settings)
+            figures = json.loads((Path(tmp) / "protocol.json").read_text())
+            report.row(key, "one process", 1, f"{figures['sequential_s']:.1f}", "", "")
+            report.row(
+                key,
+                "cluster",
+                n,
+                f"{figures['cluster_s']:.1f}",
+                f"{figures['speed_up']:.2f}x",
+                "yes" if figures["records_equal"] else "**no**",
+                data=figures,
+            )
+            failed += rc != 0
+        except Exception as err:  # noqa: BLE001
+            report.row(key, "cluster", n, f"failed: {_one_line(err)}", "", "")
+            failed += 1
+            traceback.print_exc()
+    report.write()
+    print(f"report: {args.out}")
+    return 3 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; exit 0 when every row ran, 3 when some row failed or was skipped."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -427,7 +580,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="toy sizes (a smoke run of this script on the CPU)"
     )
+    parser.add_argument(
+        "--multi-gpu",
+        action="store_true",
+        help="data-parallel pre-training over every visible GPU and the protocol with one worker per GPU",
+    )
     args = parser.parse_args(argv)
+    if args.multi_gpu:
+        return multi_gpu(args)
 
     from training.device import resolve_device
 

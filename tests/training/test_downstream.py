@@ -331,11 +331,13 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["--encoders", "bimodal=x.pt"], "--encoder"),
         (["--encoder", "unimodal_0.2=missing.pt"], "--encoder"),
         (["--set", "epochz=3"], "--config / --set"),
-        (["--device", "cuda:7"], "--device"),
     ):
         assert main(["--task", "1", "--out", str(tmp_path), *args]) == 2, args
         err = capsys.readouterr().err
         assert f"Invalid value for {flag}" in err and "Traceback" not in err, err
+    assert main(["--task", "1", "--device", "cuda:7", "--out", str(tmp_path)]) == 1  # the machine's: one line
+    err = capsys.readouterr().err
+    assert err.startswith("Error: --device cuda:7") and err.count("\n") == 1, err
     assert main(["--task", "1", "--device", "gpu", "--out", str(tmp_path)]) == 2
     assert "'gpu' is not a device" in capsys.readouterr().err
     assert main(["--task", "1", "--out", str(tmp_path), "--no-progress"]) == 1  # no --data: one line

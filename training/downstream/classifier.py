@@ -86,7 +86,7 @@ def describe_encoder(encoder: nn.Module | None) -> tuple[str, str]:
         raise TypeError(
             f"{type(encoder).__name__} is not a known encoder; expected one of {sorted(ENCODERS)}"
         )
-    cfg = encoder.config
+    cfg: dict[str, Any] = dict(encoder.config)  # type: ignore[arg-type]  # the registry's encoders keep a dict
     size = f"{cfg['n_layers']}x{cfg.get('hidden', cfg.get('d_model'))}"
     return name, f"{name}-{size}"
 
@@ -125,7 +125,7 @@ def classifier_metadata(
         created: ISO timestamp (set again at export).
     """
     kind, enc_desc = describe_encoder(encoder)
-    dim = int(base_model.feature_dim)
+    dim = int(base_model.feature_dim)  # type: ignore[arg-type]  # every base model declares an int
     return BundleMetadata(
         schema_version=SCHEMA_VERSION,
         model_name=f"{'bands' if encoder is None else kind}_{family}",
@@ -194,7 +194,7 @@ def save_classifier(
         raise ValueError(
             f"parity inputs have shape {x.shape}; the metadata expects (N, {metadata.n_timesteps}, {metadata.n_bands})"
         )
-    in_dim = int(encoder.out_dim) if encoder is not None else metadata.n_bands
+    in_dim = int(encoder.out_dim) if encoder is not None else metadata.n_bands  # type: ignore[arg-type]
     payload: dict[str, Any] = {
         "kind": CLASSIFIER_KIND,
         "model_name": base_model_name,
@@ -207,7 +207,7 @@ def save_classifier(
         if encoder is None
         else {
             "model_name": encoder_name,
-            "model_config": dict(encoder.config),
+            "model_config": dict(encoder.config),  # type: ignore[arg-type]
             "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
         },
         "bundle_metadata": metadata.to_json(),

@@ -200,7 +200,7 @@ def correct_prior(model: torch.nn.Module, y_train: np.ndarray | torch.Tensor, st
     if not isinstance(head, torch.nn.Linear) or head.bias is None:
         raise TypeError(f"{type(model).__name__} has no linear head with a bias to correct")
     with torch.no_grad():
-        head.bias += strength * log_prior(y_train, head.out_features).to(head.bias.device)
+        head.bias.add_(strength * log_prior(y_train, head.out_features).to(head.bias.device))
 
 
 def selection_split(

@@ -1,8 +1,9 @@
 """Downstream comparison: supervised vs uni-modal vs bi-modal features for every base-model variant.
 
-``cropmap train downstream --task 1 --data SIM_DIR --encoders unimodal_0.2=U2.pt unimodal_0.6=U6.pt
-bimodal_0.2=B2.pt bimodal_0.6=B6.pt --families lstm,inception_time,transformer --variants 10 --epochs 20
---out runs/task1``
+``cropmap train downstream --task 1 --data SIM_DIR --encoder unimodal_0.2=U2.pt --encoder unimodal_0.6=U6.pt
+--encoder bimodal_0.2=B2.pt --encoder bimodal_0.6=B6.pt --family lstm --family inception_time --family transformer
+--variants 10 --epochs 20 -o runs/task1`` (add ``--workers 2``, ``--scheduler ADDRESS`` or ``--cluster slurm`` to run
+the runs as tasks of a Dask cluster, :mod:`training.downstream.cluster`).
 
 Protocol (PAPER.md section 4):
 
@@ -23,7 +24,7 @@ Protocol (PAPER.md section 4):
   time grid, bands, parity inputs) and then its line to ``OUT/results.jsonl`` (``"model"`` names the
   file); ``OUT/validation-task<T>.npz`` keeps the validation series for exports. A rerun skips
   finished runs, and refuses to mix results produced with another set-up in the same file.
-  ``python -m exporters --best OUT -o model.onnx`` exports the best run as a bundle.
+  ``cropmap export best OUT -o model.onnx`` exports the best run as a bundle.
 
 Task ``1`` / ``2`` read the simulated (DENETHOR-layout) scenes, task ``real`` a user's labelled
 parcels (a WorldCereal extraction; supervised, uni-modal, or bi-modal encoders pre-trained on pairs of their region),
@@ -146,7 +147,8 @@ def run_command_line(
     """The body of ``cropmap train downstream`` (:mod:`training.downstream.cli`).
 
     Raises:
-        click.BadParameter: A configuration, override, encoder or device that does not fit (exit 2).
+        click.BadParameter: A configuration, override or encoder that does not fit (exit 2).
+        training.device.DeviceError: A CUDA device torch does not see (exit 1).
         click.UsageError: Cluster settings that contradict each other (exit 2).
         TrainingInputError: Task data or a results file that cannot be used (exit 1).
     """
@@ -154,7 +156,6 @@ def run_command_line(
 
     from cropmap.cli_common import echo_json, interrupt_note
     from training.data.cli import input_errors
-    from training.device import DeviceError
 
     given = {
         "task": task,
@@ -206,12 +207,9 @@ def run_command_line(
             raise click.BadParameter(
                 f"{name.replace('_', ' ')} {str(path)!r} does not exist", param_hint=flag
             )
-    try:
-        resolve_device(
-            cfg.device
-        )  # a CUDA device torch does not see fails before anything is read or written
-    except DeviceError as err:
-        raise click.BadParameter(str(err), param_hint="--device") from err
+    # A CUDA device torch does not see is an error of the machine (one Error: line, exit 1), found before anything
+    # is read or written.
+    resolve_device(cfg.device)
     executor = _executor(
         workers=workers,
         scheduler=scheduler,

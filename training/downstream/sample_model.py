@@ -417,18 +417,15 @@ def run_command_line(
     """The body of ``cropmap train sample-model`` (:mod:`training.downstream.cli`).
 
     Raises:
-        click.BadParameter: A configuration that does not fit, or a device torch does not see (exit 2).
+        click.BadParameter: A configuration that does not fit (exit 2).
+        training.device.DeviceError: A CUDA device torch does not see (exit 1).
     """
     import click
 
     from training.config import ConfigError
     from training.data.cli import input_errors
-    from training.device import DeviceError
 
-    try:
-        torch_device = resolve_device(device)
-    except DeviceError as err:
-        raise click.BadParameter(str(err), param_hint="--device") from err
+    torch_device = resolve_device(device)  # a CUDA device torch does not see: one Error: line, exit 1
     try:
         cfg = load_config(SampleModelConfig, config if config is not None else DEFAULT_CONFIG, overrides)
     except (ConfigError, ValueError) as err:
