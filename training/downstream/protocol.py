@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cropmap.safeio.atomic import atomic_file, atomic_write
 from training.config import config_to_dict
 from training.downstream.baselines import score
 from training.downstream.classifier import classifier_metadata, describe_encoder, save_classifier
@@ -50,7 +49,6 @@ __all__ = [
     "check_setup",
     "run_comparison",
     "run_name",
-    "write_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -223,7 +221,7 @@ class Protocol:
         for method, corruption in self.methods()[1:]:
             self._front(method, corruption)  # an encoder that does not fit the task fails before any run
         self.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(
+        atomic_write(
             self.out / f"config_task{cfg.task}.json",
             json.dumps(
                 {"config": config_to_dict(cfg), "encoders": [dataclasses.asdict(e) for e in self.encoders]},
@@ -748,30 +746,10 @@ def _check_front_frozen(front: nn.Module, method: str) -> None:
         )
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub takes the keywords for allow_pickle
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``arrays`` to ``path`` atomically (:func:`cropmap.safeio.atomic.atomic_file`)."""
+    with atomic_file(path, "wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub takes the keywords for allow_pickle
 
 
 def run_comparison(

@@ -388,9 +388,9 @@ def run_command_line(
         )
         summary = study_summary(result)
         if output is not None:
-            from training.downstream.protocol import write_atomic
+            from cropmap.safeio.atomic import atomic_write
 
-            write_atomic(output, (json.dumps(summary, indent=2) + "\n").encode())
+            atomic_write(output, json.dumps(summary, indent=2) + "\n")
     click.echo(json.dumps(summary))
 
 
