@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -115,13 +115,13 @@ class Recipe:
         cap = max(8, int(n_train * self.max_batch_fraction))
         return max(1, min(requested, cap))
 
-    def adapt_hp(self, family: str, hp: dict[str, object], n_stamps: int) -> dict[str, object]:
+    def adapt_hp(self, family: str, hp: dict[str, Any], n_stamps: int) -> dict[str, Any]:
         """A family's hyper-parameters fitted to the series length (``fit_kernel``)."""
         if not self.fit_kernel or family != "inception_time":
             return hp
         from training.models.inception_time import InceptionTimeConfig
 
-        kernel = int(hp.get("kernel", InceptionTimeConfig.kernel))  # type: ignore[call-overload]
+        kernel = int(hp.get("kernel", InceptionTimeConfig.kernel))
         return {**hp, "kernel": max(4, min(kernel, n_stamps))} if kernel > n_stamps else hp
 
     def epochs(self, requested: int, n_train: int, batch_size: int) -> int:
@@ -153,11 +153,11 @@ RECIPES: dict[str, Recipe] = {
 """The named recipes (``--recipe``)."""
 
 
-def get_recipe(name: str, **overrides: object) -> Recipe:
+def get_recipe(name: str, **overrides: Any) -> Recipe:
     """A named recipe, optionally with some fields replaced."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
-    return replace(RECIPES[name], **overrides) if overrides else RECIPES[name]  # type: ignore[arg-type]
+    return replace(RECIPES[name], **overrides) if overrides else RECIPES[name]
 
 
 def lr_lambda(recipe: Recipe, total_steps: int):
@@ -200,7 +200,7 @@ def correct_prior(model: torch.nn.Module, y_train: np.ndarray | torch.Tensor, st
     if not isinstance(head, torch.nn.Linear) or head.bias is None:
         raise TypeError(f"{type(model).__name__} has no linear head with a bias to correct")
     with torch.no_grad():
-        head.bias += strength * log_prior(y_train, head.out_features).to(head.bias.device)
+        head.bias.add_(strength * log_prior(y_train, head.out_features).to(head.bias.device))
 
 
 def selection_split(

@@ -58,7 +58,7 @@ from training.config import PretrainConfig, ResMLPConfig, load_config
 from training.data.worldcereal import FLANDERS_CLASSES, coarse_labels, on_time_grid, read_long
 from training.device import DEVICE_HELP, resolve_device
 from training.downstream.classifier import save_classifier
-from training.models import build_model
+from training.models import BaseModel, build_model
 from training.models.encoder import load_frozen_encoder
 from training.pretrain.run import PretrainArrays, pretrain
 
@@ -205,7 +205,7 @@ def _embed(encoder: nn.Module, x: np.ndarray) -> torch.Tensor:
 
 def train_base_model(
     z: torch.Tensor, y: np.ndarray, n_classes: int, cfg: SampleModelConfig
-) -> tuple[nn.Module, list[float]]:
+) -> tuple[BaseModel, list[float]]:
     """Train the BiLSTM on embeddings ``(N, T, D)`` with labels ``0..K-1`` (class-weighted CE)."""
     torch.manual_seed(cfg.seed)
     model = build_model(
