@@ -37,6 +37,7 @@ so it works with precomputed embeddings as well.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -160,7 +161,7 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
     return replace(RECIPES[name], **overrides) if overrides else RECIPES[name]
 
 
-def lr_lambda(recipe: Recipe, total_steps: int):
+def lr_lambda(recipe: Recipe, total_steps: int) -> Callable[[int], float]:
     """The learning-rate factor per step for ``torch.optim.lr_scheduler.LambdaLR``."""
     total = max(1, total_steps)
     if recipe.schedule == "linear":
