@@ -64,7 +64,8 @@ from training.pretrain.run import PretrainArrays, pretrain
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository root: relative paths of the config (sample_data/...) are read from it."""
 DEFAULT_CONFIG = ROOT / "training" / "configs" / "sample_model.toml"
 
 
