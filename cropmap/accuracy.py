@@ -41,7 +41,7 @@ class Estimate:
         """The 95 % confidence interval ``value -/+ 1.96 SE``."""
         return (self.value - Z95 * self.se, self.value + Z95 * self.se)
 
-    def as_dict(self, scale: float = 1.0, digits: int = 6) -> dict[str, float | list[float] | None]:
+    def as_dict(self, scale: float = 1.0, digits: int = 6) -> dict[str, float | list[float | None] | None]:
         """``{"estimate", "se", "ci95"}``, times ``scale``; NaN becomes ``None`` (JSON null)."""
         lo, hi = self.ci95
         return {

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,8 @@ class Polygons:
     """Edges were split to at most this many metres before reprojection; ``None``: not reprojected."""
     dropped_parts: int = 0
     """Degenerate parts (lines, points, zero-area polygons) left by repairing invalid polygons, dropped."""
+    _tree: shapely.STRtree = field(init=False, repr=False, compare=False)
+    """Spatial index of :attr:`geometries` (built by ``__post_init__``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tree", shapely.STRtree(list(self.geometries)))
@@ -78,7 +80,7 @@ class Polygons:
     def select(self, bounds: tuple[float, float, float, float]) -> tuple[shapely.Geometry, ...]:
         """Polygons whose geometry intersects the box ``(left, bottom, right, top)``."""
         box = shapely.box(*bounds)
-        idx = self._tree.query(box, predicate="intersects")  # type: ignore[attr-defined]
+        idx = self._tree.query(box, predicate="intersects")
         return tuple(self.geometries[i] for i in sorted(idx.tolist()))
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class ParcelSet:
     """In the stack's CRS, one per input row (parcel id = position)."""
     frame: Any  # geopandas.GeoDataFrame, the input as read (its own CRS)
     source_crs: str
+    _tree: shapely.STRtree = field(init=False, repr=False, compare=False)
+    """Spatial index of :attr:`geometries` (built by ``__post_init__``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tree", shapely.STRtree(list(self.geometries)))
@@ -79,7 +81,7 @@ class ParcelSet:
 
     def select(self, bounds: tuple[float, float, float, float]) -> tuple[tuple[int, shapely.Geometry], ...]:
         """``(id, geometry)`` of the parcels that intersect the box ``(left, bottom, right, top)``."""
-        idx = self._tree.query(shapely.box(*bounds), predicate="intersects")  # type: ignore[attr-defined]
+        idx = self._tree.query(shapely.box(*bounds), predicate="intersects")
         return tuple((int(i), self.geometries[i]) for i in sorted(idx.tolist()))
 
 

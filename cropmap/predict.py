@@ -101,24 +101,20 @@ def run_batches(
         float32 logits ``(N, K)`` and, when ``embedding``, float32 embeddings ``(N, D)`` (else ``None``).
     """
     meta = bundles[0].metadata
+    if embedding and meta.embedding is None:
+        raise BundleError(f"bundle {bundles[0].path} has no embedding output")
     n = len(x)
     logits = np.empty((n, len(meta.classes)), dtype=np.float32)
-    vecs = (
-        np.empty((n, meta.embedding.dim), dtype=np.float32)
-        if embedding and meta.embedding is not None
-        else None
-    )
+    vecs = np.empty((n, meta.embedding.dim), dtype=np.float32) if embedding and meta.embedding else None
     starts = list(range(0, n, batch_size))
 
     def work(k: int, b: Bundle, stride: int) -> None:
         for start in starts[k::stride]:
             sl = slice(start, start + batch_size)
-            if embedding:
-                out, vec = b.run(x[sl], embedding=True)
-                vecs[sl] = vec  # type: ignore[index]
+            if vecs is not None:  # embedding asked for (the bundle has one: checked above)
+                logits[sl], vecs[sl] = b.run(x[sl], embedding=True)
             else:
-                out = b.run(x[sl])
-            logits[sl] = out
+                logits[sl] = b.run(x[sl])
 
     used = bundles[: max(1, min(len(bundles), len(starts)))]
     if len(used) == 1:
@@ -207,7 +203,11 @@ def predict_block(
     index = np.zeros((rows, cols), dtype=np.int64)
     ok_grid = np.zeros((rows, cols), dtype=bool)
     probs = np.zeros((k, rows, cols), dtype=np.float64) if need_probs else None
-    emb = np.full((meta.embedding.dim, rows, cols), np.nan, dtype=np.float32) if embedding else None  # type: ignore[union-attr]
+    emb = (
+        np.full((meta.embedding.dim, rows, cols), np.nan, dtype=np.float32)
+        if embedding and meta.embedding is not None  # None: refused above
+        else None
+    )
     rr, cc = np.nonzero(mask)
     timings = {"fill": 0.0, "model": 0.0}
     good_any = False
@@ -228,12 +228,14 @@ def predict_block(
             provider = bundle.provider
         check_finite(bundle.path, logits, vec)
         if emb is not None:
-            emb[:, rr[good], cc[good]] = vec.T  # type: ignore[union-attr]
+            if vec is None:
+                raise BundleError(f"bundle {bundle.path} returned no embedding output; expected one")
+            emb[:, rr[good], cc[good]] = vec.T
         index[rr[good], cc[good]] = np.argmax(logits, axis=1)
         if probs is not None:
             probs[:, rr[good], cc[good]] = softmax(logits.astype(np.float64), meta.temperature).T
-        if post is not None and post.smooth_sigma is not None:
-            probs = smooth_probabilities(probs, ok_grid, post.smooth_sigma)  # type: ignore[arg-type]
+        if probs is not None and post is not None and post.smooth_sigma is not None:  # post: probs exist
+            probs = smooth_probabilities(probs, ok_grid, post.smooth_sigma)
             index = np.where(ok_grid, np.argmax(probs, axis=0), index)
         if post is not None and post.majority_filter is not None:
             index = majority_filter(index, ok_grid, post.majority_filter, k)
@@ -243,9 +245,10 @@ def predict_block(
     mask_in = mask[inner]
     codes = np.array([kk.code for kk in meta.classes], dtype=np.uint8)
     classes = np.where(ok_in, codes[index[inner]], 0).astype(np.uint8)
+    inner_all = (slice(None), *inner)  # every channel of (C, rows, cols) inside ``inner``
     conf = prob_out = unc = None
     if probs is not None:
-        p_in = probs[(slice(None), *inner)]
+        p_in = probs[inner_all]
         if confidence:
             conf = np.where(ok_in, _percent(p_in.max(axis=0)), CONFIDENCE_NODATA).astype(np.uint8)
         if probabilities:
@@ -255,7 +258,7 @@ def predict_block(
                 ok_in, _percent(_uncertainty(p_in, uncertainty, axis=0)), CONFIDENCE_NODATA
             ).astype(np.uint8)
     if emb is not None:
-        emb = np.ascontiguousarray(emb[(slice(None), *inner)])
+        emb = np.ascontiguousarray(emb[inner_all])
     n_mask, n_classified = int(mask_in.sum()), int(ok_in.sum())
     return BlockPrediction(
         classes=classes,
@@ -269,9 +272,7 @@ def predict_block(
         uncertainty=unc,
         insufficient=mask_in & ~ok_in,
         provider=provider if good_any else None,
-        float_probabilities=probs[(slice(None), *inner)]
-        if float_probabilities and probs is not None
-        else None,
+        float_probabilities=probs[inner_all] if float_probabilities and probs is not None else None,
     )
 
 

@@ -55,7 +55,8 @@ def _label(v: float, step: float) -> str:
 
 
 def _rgb(rgba: Sequence[float]) -> tuple[int, int, int]:
-    return tuple(round(c * 255) for c in rgba[:3])  # type: ignore[return-value]
+    r, g, b = rgba[:3]
+    return round(r * 255), round(g * 255), round(b * 255)
 
 
 _FONTS: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}

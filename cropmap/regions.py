@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,9 +200,9 @@ def as_regions(items: Iterable[Region | Mapping[str, Any]]) -> list[Region]:
 
 
 def _toml_module(path: Path) -> Any:  # tomllib or its backport tomli
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10
         try:
             import tomli as tomllib
         except ModuleNotFoundError as err:

@@ -176,8 +176,11 @@ def _asset_band(key: str, asset: Any) -> str | None:
     if asset.roles and "data" not in asset.roles:
         return None
     described = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
-    names = [b.get("name") for b in described if isinstance(b, dict) and b.get("name")]
-    commons = [b.get("common_name") for b in described if isinstance(b, dict) and b.get("common_name")]
+    fields = [b for b in described if isinstance(b, dict)]
+    names: list[str] = [b["name"] for b in fields if isinstance(b.get("name"), str) and b["name"]]
+    commons: list[str] = [
+        b["common_name"] for b in fields if isinstance(b.get("common_name"), str) and b["common_name"]
+    ]
     for name in [*names, key]:
         try:
             return canonical_band(name)

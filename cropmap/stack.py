@@ -161,8 +161,7 @@ class Stack:
             InputRasterError: If a file cannot be read (e.g. truncated or corrupt).
         """
         rows, cols = int(window.height), int(window.width)
-        out = np.empty((len(obs), len(bands), rows, cols), dtype=np.float32)
-        out = out.reshape(len(obs) * len(bands), rows, cols)
+        out = np.empty((len(obs) * len(bands), rows, cols), dtype=np.float32)
         by_source: dict[Path, list[int]] = {}  # file -> rows of ``out`` (observation x band) it holds
         for i, s in enumerate(obs):
             for j, b in enumerate(bands):
@@ -379,24 +378,25 @@ def _open_single(path: Path) -> Stack:
         descs = list(src.descriptions)
         tags = src.tags()
         pairs: list[tuple[dt.date, str]] | None = None
-        parsed = [_DESC_RE.match(d) if d else None for d in descs]
-        if all(parsed):
+        parsed = [m for m in (_DESC_RE.match(d) if d else None for d in descs) if m is not None]
+        described = len(parsed) == len(descs)  # every band has a 'date_band' description
+        if described:
             pairs = [
                 (_parse_date(m.group(1), f"{path} band {i + 1} description"), _band_name(m.group(2)))
                 for i, m in enumerate(parsed)
             ]
             source = "band descriptions"
         elif "dates" in tags and "bands" in tags:
-            dates = [
+            tag_dates = [
                 _parse_date(d.strip(), f"{path} tag 'dates'") for d in tags["dates"].split(",") if d.strip()
             ]
             names = [_band_name(b) for b in tags["bands"].split(",") if b.strip()]
-            if len(dates) * len(names) != src.count:
+            if len(tag_dates) * len(names) != src.count:
                 raise InputRasterError(
-                    f"{path} has {src.count} bands; its tags list {len(dates)} dates x {len(names)} bands = "
-                    f"{len(dates) * len(names)} (time-major); expected them to match"
+                    f"{path} has {src.count} bands; its tags list {len(tag_dates)} dates x {len(names)} bands = "
+                    f"{len(tag_dates) * len(names)} (time-major); expected them to match"
                 )
-            pairs = [(d, b) for d in dates for b in names]
+            pairs = [(d, b) for d in tag_dates for b in names]
             source = "tags 'dates'/'bands' (time-major)"
         else:
             found = [d for d in descs if d][:3]
@@ -405,7 +405,7 @@ def _open_single(path: Path) -> Stack:
                 f"(found {found or 'none'}{'...' if len(found) == 3 else ''}) or dataset tags 'dates' and 'bands' "
                 f"(found tags {sorted(tags) or 'none'}), or a folder of per-date GeoTIFFs"
             )
-        if all(parsed) and "dates" in tags and "bands" in tags:
+        if described and "dates" in tags and "bands" in tags:
             _check_tags_agree(path, pairs, tags)
         index: dict[dt.date, dict[str, int]] = {}
         for bidx, (d, b) in enumerate(pairs, start=1):
@@ -526,7 +526,8 @@ def _folder_band_names(src: rasterio.io.DatasetReader, f: Path) -> list[str]:
     descs = list(src.descriptions)
     tags = src.tags()
     if all(descs):
-        return [_band_name(_DESC_RE.match(d).group(2) if _DESC_RE.match(d) else d) for d in descs]
+        matches = [(d, _DESC_RE.match(d)) for d in descs]
+        return [_band_name(m.group(2) if m else d) for d, m in matches]
     if "bands" in tags:
         names = [_band_name(b) for b in tags["bands"].split(",") if b.strip()]
         if len(names) != src.count:

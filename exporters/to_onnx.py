@@ -43,13 +43,12 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from cropmap.contract.metadata import METADATA_KEY, PRECISIONS, BundleMetadata
+from cropmap.contract.metadata import METADATA_KEY, PRECISIONS, BundleMetadata, Calibration
 from cropmap.errors import CropmapError
 from cropmap.runtime import load_bundle
 from cropmap.safeio.commit import journal_path, recover_commit, replace_all
@@ -59,7 +58,8 @@ from cropmap.safeio.temporaries import owned_path, remove_stale
 from exporters.parity import ParityReport, check_parity
 from training.checkpoint import validate_norm_stats
 from training.downstream.classifier import CLASSIFIER_KIND, Classifier, load_classifier, save_classifier
-from training.models.encoder import Normalize, NormalizedEncoder
+from training.models import BaseModel
+from training.models.encoder import Encoder, Normalize, NormalizedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class BundleGraph(nn.Module):
             ``forward(x) == head(features(x))`` in eval mode (every registered model).
     """
 
-    def __init__(self, normalize: Normalize, encoder: nn.Module | None, base_model: nn.Module) -> None:
+    def __init__(self, normalize: Normalize, encoder: Encoder | None, base_model: BaseModel) -> None:
         super().__init__()
         for attr in ("features", "head"):
             if not hasattr(base_model, attr):
@@ -280,7 +280,10 @@ class _LogitsOnly(nn.Module):
 
 
 def build_graph(
-    *, encoder: nn.Module | None, base_model: nn.Module, norm_stats: Mapping[str, Sequence[float]] | None
+    *,
+    encoder: Encoder | NormalizedEncoder | None,
+    base_model: BaseModel,
+    norm_stats: Mapping[str, Sequence[float]] | None,
 ) -> BundleGraph:
     """Assemble normalisation, encoder and base model into one eval-mode module.
 
@@ -295,6 +298,7 @@ def build_graph(
     Raises:
         ExportError: If normalisation is missing or given twice.
     """
+    inner: Encoder | None
     if isinstance(encoder, NormalizedEncoder):
         if norm_stats is not None:
             raise ExportError(
@@ -339,8 +343,8 @@ def _check_against_metadata(graph: BundleGraph, meta: BundleMetadata, example: t
 
 def export_bundle(
     *,
-    encoder: nn.Module | None,
-    base_model: nn.Module,
+    encoder: Encoder | NormalizedEncoder | None,
+    base_model: BaseModel,
     norm_stats: Mapping[str, Sequence[float]] | None,
     metadata: BundleMetadata,
     out: str | Path,
@@ -416,11 +420,11 @@ def export_bundle(
         raise ExportError("example input contains NaN/inf; pass gap-filled series as inference does")
     graph = build_graph(encoder=encoder, base_model=base_model, norm_stats=norm_stats)
     _check_against_metadata(graph, metadata, x)
-    calibration, cal_logits, cal_labels = None, None, None
+    calibration: Calibration | None = None
+    fitted = None  # (calibration, validation logits (N, K), labels (N,)) when calibration_data is given
     if calibration_data is not None:
-        calibration, cal_logits, cal_labels = _fit_calibration(
-            graph, metadata, calibration_data, calibration_note
-        )
+        fitted = _fit_calibration(graph, metadata, calibration_data, calibration_note)
+        calibration = fitted[0]
         metadata = dataclasses.replace(metadata, calibration=calibration)
 
     module: nn.Module = graph if metadata.embedding is not None else _LogitsOnly(graph)
@@ -517,17 +521,18 @@ def export_bundle(
                 except PrecisionError as err:
                     raise ExportError(str(err)) from err
                 report = dataclasses.replace(report, precision=record)
-            if calibration is not None:
+            if fitted is not None:
                 from exporters.calibration import reliability_diagram
 
+                fit, cal_logits, cal_labels = fitted
                 png_tmp = owned_path(png, "tmp", ".png")
                 with io_step("write the reliability diagram", png_tmp):
                     reliability_diagram(
                         cal_logits,
                         cal_labels,
-                        calibration,
+                        fit,
                         png_tmp,
-                        title=f"{out.name}: reliability on {calibration.n} validation samples",
+                        title=f"{out.name}: reliability on {fit.n} validation samples",
                     )
                 os.chmod(png_tmp, _file_mode())
             moves = [(final_tmp, out)] + ([(png_tmp, png)] if png_tmp is not None else [])
@@ -556,7 +561,7 @@ def export_bundle(
 
 def _fit_calibration(
     graph: BundleGraph, meta: BundleMetadata, data: tuple[np.ndarray, np.ndarray], note: str
-) -> tuple[Any, np.ndarray, np.ndarray]:
+) -> tuple[Calibration, np.ndarray, np.ndarray]:
     """Fit temperature scaling on the torch logits of ``data = (x_val, y_val)``."""
     from exporters.calibration import CalibrationError, calibrate
 
@@ -627,7 +632,7 @@ def export_checkpoint(
     if created is not None:
         meta = dataclasses.replace(meta, provenance=dataclasses.replace(meta.provenance, created=created))
     warn_unfilled(clf.payload)
-    labelled = clf.parity_labels is not None
+    labels = clf.parity_labels
     return export_bundle(
         encoder=clf.encoder,
         base_model=clf.base_model,
@@ -639,10 +644,10 @@ def export_checkpoint(
         atol=atol,
         overwrite=overwrite,
         # Checkpoints of downstream runs store labelled validation series: calibrate on them.
-        calibration_data=(clf.parity_inputs, clf.parity_labels) if labelled else None,
-        calibration_note=f"{len(clf.parity_inputs)} validation series stored in {Path(checkpoint).name}"
-        if labelled
-        else "",
+        calibration_data=None if labels is None else (clf.parity_inputs, labels),
+        calibration_note=""
+        if labels is None
+        else f"{len(clf.parity_inputs)} validation series stored in {Path(checkpoint).name}",
         precision=precision,
         precision_data=None
         if precision == "fp32"

@@ -23,26 +23,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from cropmap.errors import CropmapError
 
-try:  # Python >= 3.11
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli backport
+else:  # pragma: no cover - Python 3.10 needs the tomli backport
     try:
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
     except ModuleNotFoundError as err:
         raise ImportError("reading TOML configs on Python 3.10 needs the 'tomli' package") from err
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -107,7 +111,7 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, _where: str = "")
     _require_dataclass(cls)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{_where or cls.__name__}: expected a table, found {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -481,6 +481,8 @@ def test_downstream_reads_the_stack_and_polygons_and_caches_the_extraction(
         "min_valid=2",
         "--set",
         "save_models=false",
+        "--set",  # the real task holds out 20 % of the training parcels for model selection: none of 3 here
+        "selection_holdout=0",
     ]
     if "trees" in {f.name for f in dataclasses.fields(downstream.DownstreamConfig)}:
         argv += ["--set", "trees=[]"]  # the tree families' tuning is not what this test is about

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 
@@ -87,6 +87,30 @@ def fill_linear(
     filled, _, ok = fill_gaps(masked, pos, pos, min_valid=1)
     out = np.where(ok[:, None, None], filled, x).astype(np.float32)
     return out, ~ok
+
+
+@overload
+def pointwise_pairs(
+    scene: Scene,
+    field_ids: np.ndarray | list[int],
+    n_per_stamp: int = ...,
+    seed: int = ...,
+    *,
+    max_cloud_probability: float = ...,
+    return_index: Literal[False] = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def pointwise_pairs(
+    scene: Scene,
+    field_ids: np.ndarray | list[int],
+    n_per_stamp: int = ...,
+    seed: int = ...,
+    *,
+    max_cloud_probability: float = ...,
+    return_index: Literal[True],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def pointwise_pairs(
@@ -156,6 +180,28 @@ def _sample_pixels(n_available: int, n: int, rng: np.random.Generator, what: str
         logger.info("%s: %d pixels available, %d requested; taking all", what, n_available, n)
         return rng.permutation(n_available)
     return rng.choice(n_available, n, replace=False)
+
+
+@overload
+def timewise_pairs(
+    scene: Scene,
+    field_ids: np.ndarray | list[int],
+    n_pixels: int = ...,
+    seed: int = ...,
+    *,
+    return_index: Literal[False] = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def timewise_pairs(
+    scene: Scene,
+    field_ids: np.ndarray | list[int],
+    n_pixels: int = ...,
+    seed: int = ...,
+    *,
+    return_index: Literal[True],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def timewise_pairs(

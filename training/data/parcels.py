@@ -133,7 +133,9 @@ def read_class_map(path: str | Path) -> tuple[list[tuple[str, str]], list[ClassI
     table.columns = [c.strip() for c in table.columns]
     if not {"match", "name"} <= set(table.columns):
         raise ValueError(f"class map {path} has columns {list(table.columns)}; expected match,name[,color]")
-    rules, names, colors = [], [], {}
+    rules: list[tuple[str, str]] = []
+    names: list[str] = []
+    colors: dict[str, str] = {}
     for i, row in table.iterrows():
         digits = row["match"].strip().replace("-", "")
         name = row["name"].strip()
@@ -199,7 +201,7 @@ def _read_split_file(
     if bad:
         raise ValueError(f"split file {path} has split values {bad}; expected 'train' or 'val'")
     split = dict(zip(table[key], table["split"], strict=True))
-    keys = parcels if key == "parcel_id" else ids
+    keys = parcels if key == "parcel_id" and parcels is not None else ids
     missing = [s for s in keys if s not in split]
     if missing:
         what = "samples" if key == "sample_id" and parcels is not None else "parcels"
@@ -375,17 +377,17 @@ def load_parcels(
     if series.parcel_ids is None:
         parcels, member, y_parcel = ids, np.arange(len(y)), y
     else:
-        parcels, first, member = np.unique(groups, return_index=True, return_inverse=True)
-        y_parcel = y[first]
+        parcels, first_sample, member = np.unique(groups, return_index=True, return_inverse=True)
+        y_parcel = y[first_sample]
     if (y_parcel[member] != y).any():
         raise ValueError(
             f"{path}: the samples of some parcels have different labels; expected one label per parcel"
         )
     counts = np.bincount(y_parcel, minlength=len(classes))
-    thin = [f"{c.name!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
-    if thin:
+    too_few = [f"{c.name!r} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
+    if too_few:
         raise ValueError(
-            f"classes {', '.join(thin)} have fewer than 2 usable parcels; the split needs one for training and one "
+            f"classes {', '.join(too_few)} have fewer than 2 usable parcels; the split needs one for training and one "
             "for validation: choose fewer classes or merge them in a class map"
         )
     if split_file is not None:

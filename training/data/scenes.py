@@ -97,7 +97,7 @@ class SecondScene:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in :attr:`crs`."""
-        return rasterio.transform.array_bounds(self.shape[0], self.shape[1], self.transform)[:4]  # type: ignore[return-value]
+        return rasterio.transform.array_bounds(self.shape[0], self.shape[1], self.transform)[:4]
 
 
 def _date_of(path: Path, tags: dict[str, str]) -> dt.date:
@@ -301,14 +301,16 @@ def _stac_scenes(path: Path, bands: Sequence[str], mask_band: str) -> list[Secon
                 udm2 = f
                 continue
             described = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
-            names = [b.get("name") or b.get("common_name") or "" for b in described if isinstance(b, dict)]
+            names: list[str] = [
+                b.get("name") or b.get("common_name") or "" for b in described if isinstance(b, dict)
+            ]
             data.append((key, f, names or None))
         chosen = None
-        for _key, f, names in data:
+        for _key, f, asset_names in data:
             with rasterio.open(f) as src:
-                have = {band_key(n or "") for n in (names or src.descriptions)}
+                have = {band_key(n or "") for n in (asset_names or src.descriptions)}
             if {band_key(b) for b in bands} <= have:
-                chosen = (f, names)
+                chosen = (f, asset_names)
                 break
         if chosen is None:
             raise PairsError(
@@ -352,7 +354,7 @@ def footprint_in(scene: SecondScene, crs: CRS) -> tuple[float, float, float, flo
     """The scene's bounding box in ``crs``."""
     if scene.crs == crs:
         return scene.bounds
-    return transform_bounds(scene.crs, crs, *scene.bounds, densify_pts=21)  # type: ignore[return-value]
+    return transform_bounds(scene.crs, crs, *scene.bounds, densify_pts=21)
 
 
 def _aligned_offset(scene: SecondScene, crs: CRS, transform: Affine) -> tuple[int, int] | None:

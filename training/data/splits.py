@@ -79,9 +79,9 @@ def split_fields(
         members = rng.permutation(ids[labels == stratum])
         counts = _allocate(members.size, shares, rng)
         if strata is not None and members.size >= len(names):
-            for k in np.flatnonzero(counts == 0):  # lend one field from the largest split
+            for empty in np.flatnonzero(counts == 0):  # lend one field from the largest split
                 counts[np.argmax(counts)] -= 1
-                counts[k] += 1
+                counts[empty] += 1
         bounds = np.concatenate([[0], np.cumsum(counts)])
         for k, name in enumerate(names):
             parts[name].append(members[bounds[k] : bounds[k + 1]])

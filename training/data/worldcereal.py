@@ -109,10 +109,8 @@ class GriddedSeries:
     """Calendar year in which the season starts."""
 
 
-def _choose_bands(
-    found: dict[str, np.ndarray], requested: Sequence[str] | None, path: Path
-) -> tuple[str, ...]:
-    """Pick the bands to return from ``{canonical name: nodata fraction per band}``."""
+def _choose_bands(found: dict[str, bool], requested: Sequence[str] | None, path: Path) -> tuple[str, ...]:
+    """Pick the bands to return from ``{canonical name: whether the band is nodata everywhere}``."""
     empty = [b for b, all_nodata in found.items() if bool(all_nodata)]
     if requested is None:
         if empty:

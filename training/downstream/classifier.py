@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from cropmap.contract.metadata import (
     SCHEMA_VERSION,
@@ -42,8 +41,8 @@ from training.checkpoint import (
     save_checkpoint,
     validate_norm_stats,
 )
-from training.models import build_model
-from training.models.encoder import ENCODERS, NormalizedEncoder, build_encoder
+from training.models import BaseModel, build_model
+from training.models.encoder import ENCODERS, Encoder, NormalizedEncoder, build_encoder
 
 CLASSIFIER_KIND = "classifier"
 """``kind`` of the checkpoints :func:`load_classifier` reads."""
@@ -63,9 +62,9 @@ _REQUIRED = (
 class Classifier:
     """A trained classifier rebuilt from a ``classifier`` checkpoint (modules in eval mode)."""
 
-    encoder: nn.Module | None
+    encoder: Encoder | None
     """Bare encoder (``None``: raw bands)."""
-    base_model: nn.Module
+    base_model: BaseModel
     base_model_name: str
     norm_stats: dict[str, list[float]]
     metadata: BundleMetadata
@@ -77,7 +76,7 @@ class Classifier:
     """The whole checkpoint payload (``config``, metrics, ``fill`` ...)."""
 
 
-def describe_encoder(encoder: nn.Module | None) -> tuple[str, str]:
+def describe_encoder(encoder: Encoder | None) -> tuple[str, str]:
     """``(registry name, short description)`` of a bare encoder: ``("resmlp", "resmlp-8x256")``, ``(None, "none")``."""
     if encoder is None:
         return "none", "none"
@@ -93,8 +92,8 @@ def describe_encoder(encoder: nn.Module | None) -> tuple[str, str]:
 
 def classifier_metadata(
     *,
-    encoder: nn.Module | None,
-    base_model: nn.Module,
+    encoder: Encoder | None,
+    base_model: BaseModel,
     family: str,
     pretraining: str,
     bands: Sequence[str],
@@ -154,9 +153,9 @@ def classifier_metadata(
 def save_classifier(
     path: str | Path,
     *,
-    encoder: nn.Module | None,
+    encoder: Encoder | NormalizedEncoder | None,
     encoder_name: str | None,
-    base_model: nn.Module,
+    base_model: BaseModel,
     base_model_name: str,
     base_model_config: Mapping[str, Any],
     norm_stats: Mapping[str, Sequence[float]],

@@ -37,8 +37,9 @@ so it works with precomputed embeddings as well.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -115,13 +116,13 @@ class Recipe:
         cap = max(8, int(n_train * self.max_batch_fraction))
         return max(1, min(requested, cap))
 
-    def adapt_hp(self, family: str, hp: dict[str, object], n_stamps: int) -> dict[str, object]:
+    def adapt_hp(self, family: str, hp: dict[str, Any], n_stamps: int) -> dict[str, Any]:
         """A family's hyper-parameters fitted to the series length (``fit_kernel``)."""
         if not self.fit_kernel or family != "inception_time":
             return hp
         from training.models.inception_time import InceptionTimeConfig
 
-        kernel = int(hp.get("kernel", InceptionTimeConfig.kernel))  # type: ignore[call-overload]
+        kernel = int(hp.get("kernel", InceptionTimeConfig.kernel))
         return {**hp, "kernel": max(4, min(kernel, n_stamps))} if kernel > n_stamps else hp
 
     def epochs(self, requested: int, n_train: int, batch_size: int) -> int:
@@ -153,14 +154,14 @@ RECIPES: dict[str, Recipe] = {
 """The named recipes (``--recipe``)."""
 
 
-def get_recipe(name: str, **overrides: object) -> Recipe:
+def get_recipe(name: str, **overrides: Any) -> Recipe:
     """A named recipe, optionally with some fields replaced."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
-    return replace(RECIPES[name], **overrides) if overrides else RECIPES[name]  # type: ignore[arg-type]
+    return replace(RECIPES[name], **overrides) if overrides else RECIPES[name]
 
 
-def lr_lambda(recipe: Recipe, total_steps: int):
+def lr_lambda(recipe: Recipe, total_steps: int) -> Callable[[int], float]:
     """The learning-rate factor per step for ``torch.optim.lr_scheduler.LambdaLR``."""
     total = max(1, total_steps)
     if recipe.schedule == "linear":

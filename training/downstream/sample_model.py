@@ -57,13 +57,14 @@ from training.config import PretrainConfig, ResMLPConfig, load_config
 from training.data.worldcereal import FLANDERS_CLASSES, coarse_labels, on_time_grid, read_long
 from training.device import resolve_device
 from training.downstream.classifier import save_classifier
-from training.models import build_model
+from training.models import BaseModel, build_model
 from training.models.encoder import load_frozen_encoder
 from training.pretrain.run import PretrainArrays, pretrain
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository root: relative paths of the config (sample_data/...) are read from it."""
 DEFAULT_CONFIG = ROOT / "training" / "configs" / "sample_model.toml"
 
 
@@ -204,7 +205,7 @@ def _embed(encoder: nn.Module, x: np.ndarray) -> torch.Tensor:
 
 def train_base_model(
     z: torch.Tensor, y: np.ndarray, n_classes: int, cfg: SampleModelConfig
-) -> tuple[nn.Module, list[float]]:
+) -> tuple[BaseModel, list[float]]:
     """Train the BiLSTM on embeddings ``(N, T, D)`` with labels ``0..K-1`` (class-weighted CE)."""
     torch.manual_seed(cfg.seed)
     model = build_model(

@@ -14,6 +14,7 @@ scene B (out of season), for each seed of the family's defaults, their ensemble,
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,8 +35,8 @@ def resample_days(x: np.ndarray, days: np.ndarray, target: np.ndarray) -> np.nda
     return (x[:, lo, :] * (1 - w)[None, :, None] + x[:, hi, :] * w[None, :, None]).astype(np.float32)
 
 
-def _doy(dates: Sequence[object]) -> np.ndarray:
-    return np.array([d.timetuple().tm_yday for d in dates], dtype=np.float64)  # type: ignore[attr-defined]
+def _doy(dates: Sequence[dt.date]) -> np.ndarray:
+    return np.array([d.timetuple().tm_yday for d in dates], dtype=np.float64)
 
 
 def season_transfer(root: Path, *, family: str, repeats: int, n_train: int, n_val: int, seed: int = 0) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
+from training.models.base import SeriesClassifier
+from training.models.ensemble import EnsembleClassifier
 from training.models.inception_time import inception_time
 from training.models.lstm import lstm
 from training.models.transformer import transformer
@@ -23,13 +23,16 @@ MODELS = {
 }
 """Registry of base-model builders: ``name -> builder(in_dim, n_classes, **hp)``."""
 
+BaseModel = SeriesClassifier | EnsembleClassifier
+"""What :func:`build_model` builds: one family's model or an ensemble of them."""
+
 
 def list_models() -> list[str]:
     """Registered base-model names, sorted."""
     return sorted(MODELS)
 
 
-def build_model(name: str, in_dim: int, n_classes: int, **hp: Any) -> nn.Module:
+def build_model(name: str, in_dim: int, n_classes: int, **hp: Any) -> BaseModel:
     """Build a registered base model.
 
     Args:
@@ -49,6 +52,11 @@ def build_model(name: str, in_dim: int, n_classes: int, **hp: Any) -> nn.Module:
         from training.models.ensemble import ensemble
 
         return ensemble(in_dim, n_classes, **hp)
+    return build_base_model(name, in_dim, n_classes, **hp)
+
+
+def build_base_model(name: str, in_dim: int, n_classes: int, **hp: Any) -> SeriesClassifier:
+    """Build one registered family's model (no ensemble); arguments and errors as :func:`build_model`."""
     try:
         builder = MODELS[name]
     except KeyError:
@@ -56,4 +64,4 @@ def build_model(name: str, in_dim: int, n_classes: int, **hp: Any) -> nn.Module:
     return builder(in_dim, n_classes, **hp)
 
 
-__all__ = ["MODELS", "build_model", "list_models"]
+__all__ = ["MODELS", "BaseModel", "build_base_model", "build_model", "list_models"]

@@ -8,12 +8,15 @@ layers first) and implements :meth:`SeriesClassifier.features` and ``feature_dim
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
-C = TypeVar("C")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+C = TypeVar("C", bound="DataclassInstance")
 
 
 class SeriesClassifier(nn.Module):
@@ -41,6 +44,11 @@ class SeriesClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, self.n_classes)
 
+    @property
+    def feature_dim(self) -> int:
+        """Size ``D`` of the representation returned by :meth:`features`; every family defines it."""
+        raise NotImplementedError
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Representation ``(B, D)`` before the classifier; every family defines it."""
         raise NotImplementedError
@@ -63,7 +71,7 @@ def config_from_hp(cls: type[C], hp: dict[str, Any]) -> C:
     Raises:
         ValueError: On an unknown name, or an invalid value (the config's own check).
     """
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(hp) - known)
     if unknown:
         raise ValueError(

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ENCODERS",
+    "Encoder",
     "Normalize",
     "NormalizedEncoder",
     "Projector",
@@ -43,6 +44,11 @@ class Normalize(nn.Module):
         mean: ``(C,)`` per-feature means of the raw values.
         std: ``(C,)`` per-feature scales (> 0).
     """
+
+    mean: torch.Tensor
+    """``(C,)`` buffer: the per-feature means."""
+    std: torch.Tensor
+    """``(C,)`` buffer: the per-feature scales."""
 
     def __init__(self, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> None:
         super().__init__()
@@ -297,11 +303,14 @@ class TimeWiseEncoder(nn.Module):
         return tokens[:, 0] if self.pooling == "cls" else tokens[:, 1:].mean(dim=1)
 
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {"resmlp": ResMLP, "timewise": TimeWiseEncoder}
+Encoder = ResMLP | TimeWiseEncoder
+"""The pixel encoders a checkpoint can hold."""
+
+ENCODERS: dict[str, Callable[..., Encoder]] = {"resmlp": ResMLP, "timewise": TimeWiseEncoder}
 """Encoder builders by the ``model_name`` stored in checkpoints."""
 
 
-def build_encoder(name: str, **config: Any) -> nn.Module:
+def build_encoder(name: str, **config: Any) -> Encoder:
     """Build an encoder by name from its keyword configuration.
 
     Raises:
@@ -329,7 +338,7 @@ class NormalizedEncoder(nn.Module):
             a parent calls ``.train()`` (so BatchNorm statistics and dropout never change downstream).
     """
 
-    def __init__(self, normalize: Normalize, encoder: nn.Module, *, frozen: bool = False) -> None:
+    def __init__(self, normalize: Normalize, encoder: Encoder, *, frozen: bool = False) -> None:
         super().__init__()
         in_dim = int(encoder.in_dim)
         if normalize.n_features != in_dim:
@@ -355,7 +364,10 @@ class NormalizedEncoder(nn.Module):
 
 
 def save_encoder(
-    path: str | Path, encoder: nn.Module, norm_stats: dict[str, Sequence[float]], **provenance: Any
+    path: str | Path,
+    encoder: Encoder | NormalizedEncoder,
+    norm_stats: dict[str, Sequence[float]],
+    **provenance: Any,
 ) -> Path:
     """Save an encoder as an ``"encoder"`` checkpoint readable by :func:`load_frozen_encoder`.
 

@@ -11,10 +11,12 @@ classifier checkpoints and ONNX exports treat it as one model.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+
+from training.models.base import SeriesClassifier
 
 __all__ = ["EnsembleClassifier", "ensemble"]
 
@@ -40,23 +42,27 @@ class EnsembleClassifier(nn.Module):
         spec: ``[{"family": name, "hp": {...}}, ...]`` describing the members (kept for rebuilding).
     """
 
-    def __init__(self, members: Sequence[nn.Module], spec: Sequence[Mapping[str, Any]]) -> None:
+    head: _MeanHead
+    """The members' heads averaged (set with ``object.__setattr__``: not a submodule of the ensemble)."""
+
+    def __init__(self, members: Sequence[SeriesClassifier], spec: Sequence[Mapping[str, Any]]) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
-        dims = {(int(m.in_dim), int(m.n_classes)) for m in members}  # type: ignore[arg-type]
+        dims = {(int(m.in_dim), int(m.n_classes)) for m in members}
         if len(dims) != 1:
             raise ValueError(f"ensemble members disagree on (in_dim, n_classes): {sorted(dims)}")
         ((self.in_dim, self.n_classes),) = dims
         self.members = nn.ModuleList(members)
         self.spec = [dict(s) for s in spec]
-        dims = [int(m.feature_dim) for m in members]  # type: ignore[arg-type]
-        self.feature_dim = sum(dims)
-        object.__setattr__(self, "head", _MeanHead([m.head for m in members], dims))  # not a submodule
+        widths = [int(m.feature_dim) for m in members]
+        self.feature_dim = sum(widths)
+        object.__setattr__(self, "head", _MeanHead([m.head for m in members], widths))  # not a submodule
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The members' features side by side ``(B, sum D_k)``."""
-        return torch.cat([m.features(x) for m in self.members], dim=-1)
+        # nn.ModuleList yields plain modules; its items are the SeriesClassifier members given above.
+        return torch.cat([cast(SeriesClassifier, m).features(x) for m in self.members], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Eval mode: each member's forward is head(features) (its dropout is the identity).
@@ -67,12 +73,12 @@ class EnsembleClassifier(nn.Module):
 
 def ensemble(in_dim: int, n_classes: int, *, members: Sequence[Mapping[str, Any]]) -> EnsembleClassifier:
     """Build an (untrained) ensemble from member specs ``{"family": name, "hp": {...}}``."""
-    from training.models import build_model
+    from training.models import build_base_model
 
     built = []
     for k, spec in enumerate(members):
         family = spec.get("family")
         if family == "ensemble" or family is None:
             raise ValueError(f"ensemble member {k} must name a base-model family, got {family!r}")
-        built.append(build_model(str(family), in_dim, n_classes, **dict(spec.get("hp", {}))))
+        built.append(build_base_model(str(family), in_dim, n_classes, **dict(spec.get("hp", {}))))
     return EnsembleClassifier(built, members)

@@ -67,8 +67,10 @@ class InceptionTimeConfig:
 
     def kernel_sizes(self) -> tuple[int, int, int]:
         """The three odd kernel sizes actually used."""
-        sizes = (self.kernel, self.kernel // 2, self.kernel // 4)
-        return tuple(s - 1 if s % 2 == 0 else s for s in sizes)  # type: ignore[return-value]
+        large, medium, small = (
+            s - 1 if s % 2 == 0 else s for s in (self.kernel, self.kernel // 2, self.kernel // 4)
+        )
+        return large, medium, small
 
 
 class InceptionModule(nn.Module):

@@ -88,6 +88,9 @@ class TransformerClassifier(SeriesClassifier):
         config: Architecture hyper-parameters.
     """
 
+    position: torch.Tensor
+    """``(max_len, d_model)`` buffer: the sinusoidal position encoding."""
+
     def __init__(self, in_dim: int, n_classes: int, config: TransformerConfig) -> None:
         super().__init__(in_dim, n_classes)
         self.config = config

@@ -9,6 +9,7 @@ among the other rows. Inputs of shape ``(B, T, C)`` are treated as ``T * C`` fea
 from __future__ import annotations
 
 import logging
+from typing import Literal, overload
 
 import torch
 
@@ -22,6 +23,30 @@ def n_corrupted(n_features: int, rate: float) -> int:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"corruption rate must be in [0, 1], got {rate}")
     return round(rate * n_features)
+
+
+@overload
+def scarf_corrupt(
+    x: torch.Tensor,
+    rate: float,
+    *,
+    per_batch: bool = ...,
+    p_apply: float = ...,
+    generator: torch.Generator | None = ...,
+    return_mask: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def scarf_corrupt(
+    x: torch.Tensor,
+    rate: float,
+    *,
+    per_batch: bool = ...,
+    p_apply: float = ...,
+    generator: torch.Generator | None = ...,
+    return_mask: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def scarf_corrupt(

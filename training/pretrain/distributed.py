@@ -29,10 +29,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.distributed as tdist
 from torch import nn
+
+if TYPE_CHECKING:
+    from training.config import PretrainConfig
+    from training.pretrain.loop import ContrastiveModel
 
 TIMEOUT_S = 600
 """A collective that waits this long for another rank ends the run (a hung or unreachable rank)."""
@@ -155,10 +160,16 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         n = first[c]
         mean = first[:c] / n
         var = _SumOverRanks.apply(((xf - mean) ** 2).sum(0)) / n
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        tracked = self.num_batches_tracked
+        if (
+            self.track_running_stats
+            and self.running_mean is not None
+            and self.running_var is not None
+            and tracked is not None
+        ):
             with torch.no_grad():
-                self.num_batches_tracked += 1  # type: ignore[operator]
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)).detach(), alpha=m)
         y = (xf - mean) / torch.sqrt(var + self.eps)
@@ -171,13 +182,13 @@ class _SumOverRanks(torch.autograd.Function):
     """``all_reduce(SUM)`` with its gradient: the gradient of a sum over ranks is the sum of the ranks' gradients."""
 
     @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
         out = x.clone()
         tdist.all_reduce(out)
         return out
 
     @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
         out = grad.clone()
         tdist.all_reduce(out)
         return out
@@ -194,7 +205,14 @@ def global_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def no_buffer_sync() -> dict[str, bool]:
+class BufferSync(TypedDict, total=False):
+    """The keyword of ``DistributedDataParallel`` that turns buffer broadcasting off (its name changed in torch)."""
+
+    forward_sync_buffers: bool
+    broadcast_buffers: bool
+
+
+def no_buffer_sync() -> BufferSync:
     """DDP's keyword that skips broadcasting buffers before each forward (every rank computes the same ones)."""
     import inspect
 
@@ -209,7 +227,7 @@ def distributed_step(
     optimizer: torch.optim.Optimizer,
     s2: torch.Tensor,
     ps: torch.Tensor | None,
-    cfg: object,
+    cfg: PretrainConfig,
     ranks: Ranks,
     *,
     generator: torch.Generator | None,
@@ -223,15 +241,15 @@ def distributed_step(
     """
     from training.pretrain.loop import precision_context
 
-    model = ddp.module
+    model: ContrastiveModel = ddp.module
     optimizer.zero_grad(set_to_none=True)
-    a, b = model.views(s2, ps, cfg, generator)  # type: ignore[operator]
+    a, b = model.views(s2, ps, cfg, generator)
     rows = rank_rows(a.shape[0], ranks)
     with precision_context(a.device, precision):
         z_a, z_b = ddp(a[rows], b[rows])
     full_a = gather_rows(z_a, ranks, a.shape[0]).float().requires_grad_()
     full_b = gather_rows(z_b, ranks, a.shape[0]).float().requires_grad_()
-    loss = model.criterion(full_a, full_b, cfg)  # type: ignore[operator]
+    loss = model.criterion(full_a, full_b, cfg)
     g_a, g_b = torch.autograd.grad(loss, [full_a, full_b])
     torch.autograd.backward(
         [z_a, z_b], [(g_a[rows] * ranks.world).to(z_a.dtype), (g_b[rows] * ranks.world).to(z_b.dtype)]

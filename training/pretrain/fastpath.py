@@ -122,7 +122,7 @@ class FastStep:
         cfg = self.cfg
 
         def corrupt(x: torch.Tensor) -> torch.Tensor:
-            return scarf_corrupt(  # type: ignore[return-value]
+            return scarf_corrupt(
                 x,
                 cfg.corruption,
                 per_batch=cfg.corruption_per_batch,

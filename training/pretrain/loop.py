@@ -105,7 +105,7 @@ class ContrastiveModel(nn.Module):
         """
 
         def corrupt(x: torch.Tensor) -> torch.Tensor:
-            return scarf_corrupt(  # type: ignore[return-value]
+            return scarf_corrupt(
                 x,
                 cfg.corruption,
                 per_batch=cfg.corruption_per_batch,
@@ -143,7 +143,8 @@ class ContrastiveModel(nn.Module):
         Uni-modal: the anchor is the clean S2 sample and the positive its SCARF-corrupted copy
         (NT-Xent). Bi-modal: both modalities are corrupted, then journal Eq. 1.
         """
-        return self.criterion(*self(*self.views(s2, ps, cfg, generator)), cfg)
+        z_a, z_b = self(*self.views(s2, ps, cfg, generator))
+        return self.criterion(z_a, z_b, cfg)
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
