@@ -137,7 +137,7 @@ def classify_many(
         progress=progress,
         cluster=cluster,
         dashboard=dashboard,
-        **timeouts,  # type: ignore[arg-type]
+        **timeouts,
         **option_kw,
     )
 

@@ -171,7 +171,7 @@ def run_command(command: click.Command, argv: Sequence[str] | None, prog_name: s
 class PolicyGroup(click.Group):
     """A click group whose standalone run (the console script) applies :func:`run_command`'s policy."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,
@@ -297,7 +297,7 @@ class AliasedOption(click.Option):
         if unknown:
             raise TypeError(f"hidden aliases {unknown} are not among the option's names {self.opts}")
 
-    def get_error_hint(self, ctx: click.Context) -> str:
+    def get_error_hint(self, ctx: click.Context | None) -> str:
         return " / ".join(f"'{o}'" for o in self.opts if o not in self.hidden_aliases)
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:

@@ -39,7 +39,7 @@ import datetime as dt
 import itertools
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cropmap.contract.bands import S2_BANDS
@@ -380,7 +380,7 @@ class BundleMetadata:
 def _build(kind: type, value: Any, where: str) -> Any:  # returns an instance of `kind`
     if not isinstance(value, dict):
         raise BundleError(f"bundle metadata {where} is {type(value).__name__}; expected an object")
-    names = set(kind.__dataclass_fields__)
+    names = {f.name for f in fields(kind)}
     unknown = set(value) - names
     if unknown:
         raise BundleError(f"bundle metadata {where} has unknown keys {sorted(unknown)}")

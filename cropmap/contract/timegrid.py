@@ -69,7 +69,7 @@ def select_season(
     elif season not in found:
         raise InputRasterError(f"season {season} holds none of the stack's dates; seasons found: {found}")
     idx = np.flatnonzero(seasons == season)
-    pos = season_positions([dates[i] for i in idx], grid)
+    pos = season_positions([dates[int(i)] for i in idx], grid)
     order = np.argsort(pos, kind="stable")
     return idx[order], season
 

@@ -85,7 +85,7 @@ def describe_encoder(encoder: Encoder | None) -> tuple[str, str]:
         raise TypeError(
             f"{type(encoder).__name__} is not a known encoder; expected one of {sorted(ENCODERS)}"
         )
-    cfg: dict[str, Any] = dict(encoder.config)  # type: ignore[arg-type]  # the registry's encoders keep a dict
+    cfg: dict[str, Any] = dict(encoder.config)  # the registry's encoders keep a dict
     size = f"{cfg['n_layers']}x{cfg.get('hidden', cfg.get('d_model'))}"
     return name, f"{name}-{size}"
 
@@ -124,7 +124,7 @@ def classifier_metadata(
         created: ISO timestamp (set again at export).
     """
     kind, enc_desc = describe_encoder(encoder)
-    dim = int(base_model.feature_dim)  # type: ignore[arg-type]  # every base model declares an int
+    dim = int(base_model.feature_dim)  # every base model declares an int
     return BundleMetadata(
         schema_version=SCHEMA_VERSION,
         model_name=f"{'bands' if encoder is None else kind}_{family}",
@@ -193,7 +193,7 @@ def save_classifier(
         raise ValueError(
             f"parity inputs have shape {x.shape}; the metadata expects (N, {metadata.n_timesteps}, {metadata.n_bands})"
         )
-    in_dim = int(encoder.out_dim) if encoder is not None else metadata.n_bands  # type: ignore[arg-type]
+    in_dim = int(encoder.out_dim) if encoder is not None else metadata.n_bands
     payload: dict[str, Any] = {
         "kind": CLASSIFIER_KIND,
         "model_name": base_model_name,
@@ -206,7 +206,7 @@ def save_classifier(
         if encoder is None
         else {
             "model_name": encoder_name,
-            "model_config": dict(encoder.config),  # type: ignore[arg-type]
+            "model_config": dict(encoder.config),
             "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
         },
         "bundle_metadata": metadata.to_json(),

@@ -37,7 +37,7 @@ from training.downstream.recipe import selection_split
 from training.downstream.store import ResultsStore, RunKey
 from training.downstream.tasks import TaskData, task_classes
 from training.downstream.tune import sample_variants, split_lr
-from training.models import build_model
+from training.models import BaseModel, SeriesClassifier, build_model
 
 __all__ = [
     "DEFAULT_LR",
@@ -519,7 +519,7 @@ class Protocol:
         path: Path,
         family: str,
         hp: dict[str, Any],
-        model: nn.Module,
+        model: BaseModel,
         inputs: MethodInputs,
         res: dict[str, Any],
     ) -> Path:
@@ -582,7 +582,9 @@ class Protocol:
         name = f"{family}_ensemble"
         if (cfg.task, name, 0, method, corruption) in done:
             return None
-        members, spec, recs = [], [], []
+        members: list[SeriesClassifier] = []
+        spec: list[dict[str, Any]] = []
+        recs: list[dict[str, Any]] = []
         for v in self.indices:
             rec = done.get((cfg.task, family, v, method, corruption))
             if rec is None:
@@ -592,6 +594,10 @@ class Protocol:
                 model = load_classifier(self.out / rec["model"]).base_model
             if model is None:
                 continue
+            if not isinstance(model, SeriesClassifier):
+                raise TypeError(
+                    f"run {family} v{v} holds a {type(model).__name__}; an ensemble takes base models"
+                )
             members.append(model.cpu().eval())
             spec.append({"family": family, "hp": rec["hp"], "variant": v})
             recs.append(rec)
