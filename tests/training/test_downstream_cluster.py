@@ -110,7 +110,7 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     import numpy as np
     import torch
-    from cropmap.bundle import TimeGrid
+    from cropmap.contract.metadata import TimeGrid
     from training.downstream.config import DownstreamConfig, EncoderSpec
     from training.downstream.tasks import TaskData
     from training.models.encoder import ResMLP, compute_norm_stats, save_encoder

@@ -115,7 +115,7 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 
 
 def _cloud_options(f: click.decorators.FC) -> click.decorators.FC:
-    """The Sentinel-2 cloud options of ``cropmap classify`` (the rule :mod:`cropmap.clouds` applies)."""
+    """The Sentinel-2 cloud options of ``cropmap classify`` (the rule :mod:`cropmap.contract.clouds` applies)."""
     for decorator in reversed(
         (
             click.option("--cloud-band", help="Cloud band (default: found by name); none: no cloud masking."),
