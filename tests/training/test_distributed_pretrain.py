@@ -160,7 +160,7 @@ def test_a_killed_rank_ends_the_run_with_one_line_and_it_resumes(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    ours = [line for line in stderr.splitlines() if line.startswith("error: rank 0 of 2")]
+    ours = [line for line in stderr.splitlines() if line.startswith("Error: rank 0 of 2")]
     assert len(ours) == 1, stderr[-3000:]
     assert f"resume with --resume {out / 'checkpoints' / 'last.pt'}" in ours[0]
     assert "training/" not in stderr.replace(
