@@ -27,20 +27,18 @@ import numpy as np
 import torch
 
 from cropmap.contract.metadata import (
-    SCHEMA_VERSION,
     BundleMetadata,
     ClassInfo,
     EmbeddingInfo,
-    Provenance,
     TimeGrid,
 )
 from training.checkpoint import (
     CheckpointError,
-    git_revision,
     load_checkpoint,
     save_checkpoint,
     validate_norm_stats,
 )
+from training.metadata import bundle_metadata
 from training.models import BaseModel, build_model
 from training.models.encoder import ENCODERS, Encoder, NormalizedEncoder, build_encoder
 
@@ -125,28 +123,22 @@ def classifier_metadata(
     """
     kind, enc_desc = describe_encoder(encoder)
     dim = int(base_model.feature_dim)  # every base model declares an int
-    return BundleMetadata(
-        schema_version=SCHEMA_VERSION,
+    return bundle_metadata(
         model_name=f"{'bands' if encoder is None else kind}_{family}",
         input_name="s2",
-        output_name="logits",
-        bands=tuple(bands),
-        reflectance_scale=float(reflectance_scale),
-        nodata=nodata,
+        bands=bands,
         time_grid=time_grid,
-        min_valid_steps=max(1, min(int(min_valid_steps), len(time_grid.day_of_season))),
-        gap_fill="linear",
-        classes=tuple(classes),
+        classes=classes,
+        min_valid_steps=min_valid_steps,
+        nodata=nodata,
         embedding=EmbeddingInfo("embedding", dim, f"{family} features before the linear head ({dim} values)"),
-        provenance=Provenance(
-            encoder=enc_desc,
-            base_model=family,
-            pretraining=pretraining,
-            training_data=training_data,
-            revision=git_revision(),
-            created=created,
-            metrics={k: float(v) for k, v in metrics.items()},
-        ),
+        encoder=enc_desc,
+        base_model=family,
+        pretraining=pretraining,
+        training_data=training_data,
+        metrics=metrics,
+        reflectance_scale=reflectance_scale,
+        created=created,
     )
 
 

@@ -44,19 +44,16 @@ from torch import nn
 
 from cropmap.contract.bands import canonical_band
 from cropmap.contract.metadata import (
-    SCHEMA_VERSION,
-    BundleMetadata,
     ClassInfo,
     EmbeddingInfo,
-    Provenance,
     TimeGrid,
 )
 from cropmap.contract.timegrid import fill_gaps
-from training.checkpoint import git_revision
 from training.config import PretrainConfig, ResMLPConfig, load_config
 from training.data.worldcereal import FLANDERS_CLASSES, coarse_labels, on_time_grid, read_long
 from training.device import resolve_device
 from training.downstream.classifier import save_classifier
+from training.metadata import bundle_metadata
 from training.models import BaseModel, build_model
 from training.models.encoder import load_frozen_encoder
 from training.pretrain.run import PretrainArrays, pretrain
@@ -345,38 +342,31 @@ def run(
         "n_val_parcels": float(len(va)),
         "n_pretrain_pixels": float(len(pixels)),
     }
-    meta = BundleMetadata(
-        schema_version=SCHEMA_VERSION,
+    meta = bundle_metadata(
         model_name="resmlp_lstm",
         input_name="s2",
-        output_name="logits",
         bands=bands,
-        reflectance_scale=10000.0,
-        nodata=65535.0,
         time_grid=grid,
-        min_valid_steps=cfg.min_valid_steps,
-        gap_fill="linear",
         classes=classes,
+        min_valid_steps=cfg.min_valid_steps,
+        nodata=65535.0,
         embedding=EmbeddingInfo(
             "embedding",
             2 * cfg.lstm_hidden,
             f"BiLSTM features before the linear head: last-layer forward state after the last stamp and backward "
             f"state after the first stamp ({2 * cfg.lstm_hidden} values)",
         ),
-        provenance=Provenance(
-            encoder=f"resmlp-{cfg.encoder.n_layers}x{cfg.encoder.hidden}",
-            base_model="lstm",
-            pretraining=f"unimodal-scarf-{cfg.corruption:g}",
-            training_data=(
-                f"WorldCereal Flanders 2021 LPIS parcels ({len(tr)} training / {len(va)} validation of "
-                f"{len(usable)} usable), season {cfg.season}-{cfg.season_start}; SCARF pre-training on "
-                f"{len(pixels)} single-date pixels drawn from sample_data/belgium_2021/s2_stack.tif "
-                f"({len(stack_px)} valid) and the training parcels ({len(parcel_px)})"
-            ),
-            revision=git_revision(),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            metrics=metrics,
+        encoder=f"resmlp-{cfg.encoder.n_layers}x{cfg.encoder.hidden}",
+        base_model="lstm",
+        pretraining=f"unimodal-scarf-{cfg.corruption:g}",
+        training_data=(
+            f"WorldCereal Flanders 2021 LPIS parcels ({len(tr)} training / {len(va)} validation of "
+            f"{len(usable)} usable), season {cfg.season}-{cfg.season_start}; SCARF pre-training on "
+            f"{len(pixels)} single-date pixels drawn from sample_data/belgium_2021/s2_stack.tif "
+            f"({len(stack_px)} valid) and the training parcels ({len(parcel_px)})"
         ),
+        metrics=metrics,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     # Parity inputs: the validation parcels and real pixels of the sample stack, as inference sees them.
     parity_inputs = np.concatenate([x_all[va], px[:500]])

@@ -440,35 +440,27 @@ def tree_metadata(
     """The bundle metadata of a tree model trained on ``data`` (no embedding output; provenance names the library)."""
     import datetime as dt
 
-    from cropmap.contract.metadata import SCHEMA_VERSION, BundleMetadata, Provenance
-    from training.checkpoint import git_revision
     from training.downstream.tasks import task_classes
+    from training.metadata import bundle_metadata
 
     assert data.time_grid is not None
     n = len(data.time_grid.day_of_season)
-    return BundleMetadata(
-        schema_version=SCHEMA_VERSION,
+    return bundle_metadata(
         model_name=f"features_{family}",
         input_name="x",
-        output_name="logits",
-        bands=tuple(data.bands),
-        reflectance_scale=10000.0,
-        nodata=data.nodata,
+        bands=data.bands,
         time_grid=data.time_grid,
-        min_valid_steps=max(1, min(int(cfg.min_valid), n)),
-        gap_fill="linear",
         classes=task_classes(data),
+        min_valid_steps=int(cfg.min_valid),
+        nodata=data.nodata,
         embedding=None,
-        provenance=Provenance(
-            encoder="none",
-            base_model=family,
-            pretraining="none",
-            training_data=f"{data.description or f'task {cfg.task}'}; {family}: {library_versions(family).split(',')[0]} "
-            f"on {len(feature_names(data.bands, n))} derived features (training.downstream.trees)",
-            revision=git_revision(),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            metrics={k: float(v) for k, v in metrics.items()},
-        ),
+        encoder="none",
+        base_model=family,
+        pretraining="none",
+        training_data=f"{data.description or f'task {cfg.task}'}; {family}: {library_versions(family).split(',')[0]} "
+        f"on {len(feature_names(data.bands, n))} derived features (training.downstream.trees)",
+        metrics=metrics,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
 
