@@ -109,7 +109,8 @@ def _encoders(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 @click.option(
     "--grid",
     default=None,
-    help="Task real: time grid: monthly (default), dekadal, or comma-separated MM-DD stamps.",
+    help="Task real: time grid: auto (default: the input's step, dekadal or monthly), monthly, dekadal, or "
+    "comma-separated MM-DD stamps.",
 )
 @click.option(
     "--season", type=int, default=None, help="Task real: year the season starts in (default: most data)."
