@@ -72,7 +72,10 @@ def test_recipe_changes_are_said_and_recorded_as_used(
     assert (
         f"batch size 32 -> {bs}" in line and f"epochs 2 -> {epochs}" in line and "800 optimiser steps" in line
     )
-    assert "note: 2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet: monthly grid (the input's step" in err
+    assert (
+        "note: 2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet: monthly grid (the input's step is 31 days"
+        in err
+    )
     assert "note: threads: 1 for OpenMP / BLAS and joblib (as asked); torch 1 per run" in err
     # The same command resumes (what was asked is what must agree), another batch size is refused.
     assert main(args) == 0
@@ -99,7 +102,10 @@ def test_grid_follows_the_inputs_step() -> None:
     data = load_real_task(FLANDERS, DownstreamConfig(task="real", season=2020, min_valid=6, top_classes=4))
     assert data.x_train.shape[1] == 12
     (note,) = data.notes
-    assert "monthly grid (the input's step, " in note and "season 2020 from 11-01:" in note
+    assert (
+        "monthly grid (the input's step is 31 days; --grid names another)" in note
+        and "season 2020 from 11-01:" in note
+    )
     assert "outside left out" in note
     asked = load_real_task(FLANDERS, DownstreamConfig(task="real", season=2020, min_valid=6, grid="dekadal"))
     assert asked.x_train.shape[1] == 36 and "dekadal grid (as asked)" in asked.notes[0]

@@ -293,7 +293,7 @@ def load_parcels(
         )
     if grid == AUTO_GRID:
         grid, step = native_grid(series.dates, valid_obs)
-        grid_why = f"the input's step, {step:g} days (--grid names another)"
+        grid_why = f"the input's step is {step:g} days; --grid names another"
     else:
         grid_why = "as asked"
     tg = time_grid(grid, season_start, season)
