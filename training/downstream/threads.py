@@ -100,7 +100,7 @@ def decide_threads(requested: int = 0, *, deterministic: bool = True) -> ThreadC
 def apply_threads(choice: ThreadChoice) -> None:
     """Size torch's intra-op pool, the OpenMP / BLAS pools and joblib's default as ``choice`` says."""
     import torch
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     n = choice.threads
     if n < 1:
