@@ -233,7 +233,7 @@ def test_run_comparison_writes_results_and_resumes(tmp_path: Path, cache_gb: flo
     assert len(redone) == len(lines)
     assert json.loads(redone[-1])["val_accuracy"] == json.loads(lines[-1])["val_accuracy"]  # seeded
     # Another set-up in the same file is refused.
-    with pytest.raises(ValueError, match=r"another set-up.*epochs: stored 1, now 2"):
+    with pytest.raises(ValueError, match=r"another set-up.*epochs_asked: stored 1, now 2"):
         run_comparison(dataclass_replace(cfg, epochs=2), data, encoders, out, show_progress=False)
 
 

@@ -8,8 +8,10 @@ What a user chooses, and what is checked (every refusal is a one-line ``ValueErr
   class; the longest match wins; samples that match no row are dropped and counted in the log).
   Every class needs at least two usable parcels (one for training, one for validation).
 * **time grid**: ``monthly`` (12 first-of-month stamps), ``dekadal`` (36 stamps on the 1st, 11th and
-  21st) or explicit ``MM-DD`` stamps, from ``season_start``; the season is the year given or, by
-  default, the season holding most valid observations. Series are resampled onto the grid with
+  21st), explicit ``MM-DD`` stamps, from ``season_start``, or ``auto`` (the default): the input's own
+  step (:func:`native_grid`: dekadal for stamps 15 days apart or closer, monthly otherwise); the season
+  is the year given or, by default, the season holding most valid observations. The grid, the season
+  window and the input stamps it leaves out are said in one line (:attr:`ParcelTask.grid_note`). Series are resampled onto the grid with
   :func:`cropmap.contract.timegrid.fill_gaps`, exactly as inference does; parcels whose observations miss
   some time steps, or hold nodata cells, are gaps like any other.
 * **split**: by parcel, stratified by class, seeded by ``split_seed`` (separate from the seed of the
@@ -39,6 +41,10 @@ EWOC_NAMES_CSV = Path(__file__).with_name("crop_type_class_mappings.csv")
 """WorldCereal's legend (``ewoc_code`` -> names), shipped with the package (licence beside it)."""
 
 GRIDS = ("monthly", "dekadal")
+AUTO_GRID = "auto"
+"""The grid value that follows the input's own step (:func:`native_grid`)."""
+DEKADAL_MAX_STEP_DAYS = 15
+"""Input stamps this many days apart or closer (median step) get the dekadal grid; wider steps the monthly one."""
 _MMDD = re.compile(r"^\d{2}-\d{2}$")
 
 
@@ -62,6 +68,8 @@ class ParcelTask:
     """One line: file, parcels, classes, grid, split (the bundle's ``training_data``)."""
     groups_train: np.ndarray | None = None
     """Parcel of each training sample where a parcel has several (pixels); ``None``: one sample per parcel."""
+    grid_note: str = ""
+    """One line: the grid used (and why), the season window, and how many input stamps fall outside it."""
 
 
 def time_grid(grid: str, season_start: str, season: int) -> TimeGrid:
@@ -179,6 +187,22 @@ def _seasons(series_dates: np.ndarray, grid_probe: TimeGrid) -> np.ndarray:
     return years[inverse].reshape(series_dates.shape)
 
 
+def native_grid(series_dates: np.ndarray, valid: np.ndarray) -> tuple[str, float]:
+    """The named grid that fits the input's own step, and that step (median days between its valid stamps).
+
+    Raises:
+        ValueError: If fewer than two distinct dates hold a valid observation (no step to follow).
+    """
+    days = np.unique(series_dates[valid]).astype("datetime64[D]").astype(np.int64)
+    if len(days) < 2:
+        raise ValueError(
+            "the input holds valid observations on fewer than 2 dates: its step cannot be read; name a grid "
+            "(--grid monthly, dekadal or MM-DD stamps)"
+        )
+    step = float(np.median(np.diff(days)))
+    return ("dekadal" if step <= DEKADAL_MAX_STEP_DAYS else "monthly"), step
+
+
 def _best_season(series_dates: np.ndarray, valid: np.ndarray, grid_probe: TimeGrid) -> int:
     seasons = _seasons(series_dates, grid_probe)
     years, counts = np.unique(seasons[valid], return_counts=True)
@@ -241,7 +265,7 @@ def load_parcels(
     label_column: str = "ewoc_code",
     top_classes: int = 6,
     class_map: str | Path | None = None,
-    grid: str = "monthly",
+    grid: str = AUTO_GRID,
     season_start: str = "11-01",
     season: int | None = None,
     min_valid: int = 3,
@@ -263,11 +287,17 @@ def load_parcels(
     series = read_extraction(path, label_column=label_column)
     valid_obs = np.isfinite(series.values).all(axis=2)
     probe = time_grid("monthly", season_start, 2000)
+    season_given = season is not None
     if season is None:
         season = _best_season(series.dates, valid_obs, probe)
         logger.info(
             "%s: season %d (from %s) holds the most valid observations", path.name, season, season_start
         )
+    if grid == AUTO_GRID:
+        grid, step = native_grid(series.dates, valid_obs)
+        grid_why = f"the input's step is {step:g} days; --grid names another"
+    else:
+        grid_why = "as asked"
     tg = time_grid(grid, season_start, season)
     in_season = _seasons(series.dates, probe) == season
     observed = series.dates[in_season & valid_obs]
@@ -285,6 +315,14 @@ def load_parcels(
     if not 1 <= min_valid <= len(tg.day_of_season):
         raise ValueError(f"min_valid is {min_valid}; expected 1..{len(tg.day_of_season)} for grid {grid!r}")
     outside = int(((~in_season) & valid_obs).sum())
+    n_stamps = len(np.unique(series.dates[valid_obs]))
+    n_kept = len(np.unique(series.dates[in_season & valid_obs]))
+    grid_note = (
+        f"{path.name}: {grid} grid ({grid_why}), {len(tg.day_of_season)} stamps {tg.reference_dates[0]} .. "
+        f"{tg.reference_dates[-1]}; season {season} from {season_start}"
+        f"{'' if season_given else ' (the one with most valid observations)'}: {n_kept} of the input's "
+        f"{n_stamps} observation dates in it, {n_stamps - n_kept} outside left out"
+    )
     logger.info(
         "%s: grid %s, %d stamps %s .. %s (season %d from %s; valid observations in it span %s .. %s); %d valid "
         "observations outside the season are not used",
@@ -431,4 +469,5 @@ def load_parcels(
         ids_val=ids[va],
         description=desc,
         groups_train=None if series.parcel_ids is None else groups[tr],
+        grid_note=grid_note,
     )

@@ -109,7 +109,8 @@ def _encoders(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 @click.option(
     "--grid",
     default=None,
-    help="Task real: time grid: monthly (default), dekadal, or comma-separated MM-DD stamps.",
+    help="Task real: time grid: auto (default: the input's step, dekadal or monthly), monthly, dekadal, or "
+    "comma-separated MM-DD stamps.",
 )
 @click.option(
     "--season", type=int, default=None, help="Task real: year the season starts in (default: most data)."
@@ -155,7 +156,10 @@ def _encoders(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
     metavar="KEY=VALUE",
     help="Configuration override, repeatable (--set n_train_per_class=500).",
 )
-@threads_option(help="torch CPU threads of each run (default: torch's; on a cluster: 1 per run).")
+@threads_option(
+    help="CPU threads of OpenMP / BLAS and joblib (default: the usable CPUs other work leaves free; on a cluster: "
+    "1 per run); torch trains on one thread per run unless --set deterministic=false."
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),

@@ -97,9 +97,9 @@ def run_task(job: _Job, data: TaskData, spec: RunSpec, *after: object) -> list[d
         The records it appended (none when the run was recorded already, e.g. by a task retried after its worker
         was lost).
     """
-    import torch
+    from training.downstream.threads import ThreadChoice, apply_threads
 
-    torch.set_num_threads(job.threads)
+    apply_threads(ThreadChoice(job.threads, "per run", job.cfg.deterministic))
     protocol = _PROTOCOLS.get(job.token)
     if protocol is None:
         _PROTOCOLS.clear()

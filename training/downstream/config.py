@@ -76,7 +76,11 @@ class DownstreamConfig:
     eval_every: int = 1
     """Record validation accuracy every this many epochs (the final epoch is always evaluated)."""
     threads: int = 0
-    """torch CPU threads (0: torch's default)."""
+    """CPU threads of OpenMP / BLAS and joblib, and of torch unless ``deterministic`` (0: the usable CPUs that other
+    work leaves free, :func:`training.downstream.threads.decide_threads`)."""
+    deterministic: bool = True
+    """Results do not depend on the thread count for a fixed seed: torch runs one intra-op thread on CPU (its
+    reductions otherwise sum in an order that depends on the count). ``false`` lets torch use ``threads``."""
     fill: Literal["none", "linear"] = "none"
     """Tasks 1/2: keep cloudy observations (``none``, as in the papers) or interpolate them (``linear``,
     as inference does: use it for models you will deploy)."""
@@ -91,8 +95,9 @@ class DownstreamConfig:
     class_map: Path | None = None
     """Task real: CSV ``match,name[,color]`` mapping label codes (or leading parts) to classes (with ``labels``:
     ``match,name``, a label name or code per row, :func:`training.data.extract.read_class_map`; every class kept)."""
-    grid: str = "monthly"
-    """Task real: ``monthly``, ``dekadal`` or comma-separated ``MM-DD`` stamps."""
+    grid: str = "auto"
+    """Task real: ``auto`` (the input's own step: dekadal for stamps 15 days apart or closer, monthly otherwise),
+    ``monthly``, ``dekadal`` or comma-separated ``MM-DD`` stamps."""
     season: int | None = None
     """Task real: year the season starts in (default: the season holding most observations)."""
     season_start: str = "11-01"

@@ -55,8 +55,8 @@ logger = logging.getLogger(__name__)
 
 SETUP_KEYS = (
     "task",
-    "epochs",
-    "batch_size",
+    "epochs_asked",
+    "batch_size_asked",
     "n_train",
     "n_val",
     "seed",
@@ -65,7 +65,9 @@ SETUP_KEYS = (
     "recipe",
     "prior_correction",
 )
-"""Record fields that must agree between runs stored in one results file."""
+"""Record fields that must agree between runs stored in one results file. A record's ``epochs`` and ``batch_size``
+are the values the recipe used for the base models; ``epochs_asked`` and ``batch_size_asked`` the configured ones
+(records written before they existed hold the configured values in ``epochs`` and ``batch_size``)."""
 
 DEFAULT_LR = 1e-3
 """Learning rate of the default-hyper-parameter variant (``default_variant``)."""
@@ -89,13 +91,19 @@ def check_setup(done: dict[Any, dict[str, Any]], setup: dict[str, Any], path: Pa
         if str(rec["task"]) != setup["task"]:
             continue
         # Files written before recipes existed used the papers' protocol; before the prior correction, none.
-        rec = {"recipe": "papers", "prior_correction": 0.0, **rec}
-        diff = {k: (rec.get(k), setup[k]) for k in SETUP_KEYS if rec.get(k) != setup[k]}
+        rec = {"recipe": "papers", "prior_correction": 0.0, **_with_asked(rec)}
+        now = _with_asked(setup)
+        diff = {k: (rec.get(k), now[k]) for k in SETUP_KEYS if rec.get(k) != now[k]}
         if diff:
             pretty = ", ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(
                 f"{path} holds task {setup['task']} runs made with another set-up ({pretty}); use another --out"
             )
+
+
+def _with_asked(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` with ``epochs_asked`` / ``batch_size_asked`` (records without them: ``epochs`` / ``batch_size``)."""
+    return {"epochs_asked": rec.get("epochs"), "batch_size_asked": rec.get("batch_size"), **rec}
 
 
 @dataclass(frozen=True)
@@ -178,10 +186,21 @@ class Protocol:
         self.recipe = cfg.training_recipe()
         self.holdout = holdout_fraction(cfg)
         self.data, self.x_sel, self.y_sel = carve_selection(data, self.holdout, cfg.split_seed)
+        n_fit = len(self.data.y_train)
+        if self.recipe.selection_fraction > 0:
+            n_fit = len(
+                selection_split(
+                    self.data.y_train, self.recipe.selection_fraction, cfg.seed, groups=self.data.groups_train
+                )[0]
+            )
+        # What the recipe changes of the configured epochs and batch size (said by recipe_note, recorded in setup).
+        batch_size, epochs, self.changes = self.recipe.settings(cfg.epochs, cfg.batch_size, n_fit)
         self.setup: dict[str, Any] = {
             "task": cfg.task,
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "epochs_asked": cfg.epochs,
+            "batch_size_asked": cfg.batch_size,
             "n_train": len(self.data.y_train),
             "n_val": len(self.data.y_val),
             "seed": cfg.seed,
@@ -254,7 +273,31 @@ class Protocol:
                 else []
                 for f in cfg.families
             }
+        note = self.recipe_note()
+        if note is not None:
+            logger.warning("%s", note)
         return done
+
+    def recipe_note(self) -> str | None:
+        """One line on what the recipe changes of the configuration for the base models (``None``: nothing)."""
+        parts = [str(c) for c in self.changes]
+        n_stamps = int(self.x_train.shape[1])
+        if "inception_time" in self.cfg.families and self.recipe.fit_kernel:
+            kernels = [int(hp.get("kernel", 0)) for hp in (self.variants or {}).get("inception_time", [])] + (
+                [_default_kernel()] if self.cfg.default_variant else []
+            )
+            capped = sorted({k for k in kernels if k > n_stamps})
+            if capped:
+                parts.append(
+                    f"InceptionTime kernel {', '.join(map(str, capped))} -> {max(4, n_stamps)} (at most the series "
+                    f"length, {n_stamps} stamps)"
+                )
+        if not parts:
+            return None
+        return (
+            f"recipe {self.recipe.name} changes what the base models were asked for: {'; '.join(parts)}; "
+            "results.jsonl records the values used"
+        )
 
     def plan(self, done: dict[RunKey, dict[str, Any]]) -> list[RunSpec]:
         """Every spec not recorded in ``done``, in protocol order (a method's ensembles after its runs)."""
@@ -730,6 +773,13 @@ class Protocol:
         return new
 
 
+def _default_kernel() -> int:
+    """InceptionTime's default kernel (what the default-hyper-parameter variant asks for)."""
+    from training.models.inception_time import InceptionTimeConfig
+
+    return int(InceptionTimeConfig.kernel)
+
+
 class _Progress:
     """The object :func:`~training.downstream.loop.train_run` updates once per epoch, as a callback."""
 
@@ -786,8 +836,12 @@ def run_comparison(
     """
     from tqdm.auto import tqdm
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    from training.downstream.threads import apply_threads, decide_threads
+
+    choice = decide_threads(cfg.threads, deterministic=cfg.deterministic)
+    apply_threads(choice)
+    logger.info("threads: %s", choice)
+    cfg = dataclasses.replace(cfg, threads=choice.threads)
     protocol = Protocol(cfg, data, encoders, out_dir)
     done = protocol.prepare()
     specs = protocol.plan(done)

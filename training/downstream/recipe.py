@@ -46,6 +46,7 @@ import torch
 
 __all__ = [
     "RECIPES",
+    "Change",
     "Recipe",
     "augment_batch",
     "class_weights",
@@ -55,6 +56,19 @@ __all__ = [
     "lr_lambda",
     "selection_split",
 ]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A setting the recipe uses with another value than the one asked for (said on the console, recorded)."""
+
+    setting: str
+    asked: int
+    used: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.setting} {self.asked} -> {self.used} ({self.why})"
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,32 @@ class Recipe:
         cap = max(8, int(n_train * self.max_batch_fraction))
         return max(1, min(requested, cap))
 
+    def settings(self, epochs: int, batch_size: int, n_train: int) -> tuple[int, int, list[Change]]:
+        """The epochs and batch size used for ``n_train`` training samples, and what differs from those asked."""
+        bs = self.batch_size(batch_size, n_train)
+        n_epochs = self.epochs(epochs, n_train, bs)
+        changes = []
+        if bs != batch_size and bs < n_train:  # (a batch larger than the training set is that set: no change)
+            changes.append(
+                Change(
+                    "batch size",
+                    batch_size,
+                    bs,
+                    f"at most {_fraction(self.max_batch_fraction)} the {n_train} training samples, at least 8",
+                )
+            )
+        if n_epochs != epochs:
+            steps = max(1, math.ceil(n_train / bs))
+            changes.append(
+                Change(
+                    "epochs",
+                    epochs,
+                    n_epochs,
+                    f"at least {self.min_steps} optimiser steps, {steps} per epoch",
+                )
+            )
+        return bs, n_epochs, changes
+
     def adapt_hp(self, family: str, hp: dict[str, Any], n_stamps: int) -> dict[str, Any]:
         """A family's hyper-parameters fitted to the series length (``fit_kernel``)."""
         if not self.fit_kernel or family != "inception_time":
@@ -152,6 +192,13 @@ RECIPES: dict[str, Recipe] = {
     ),
 }
 """The named recipes (``--recipe``)."""
+
+
+def _fraction(f: float) -> str:
+    """``1/16 of`` for 0.0625, ``all of`` for 1."""
+    return (
+        "all of" if f >= 1.0 else f"1/{round(1 / f)} of" if abs(1 / f - round(1 / f)) < 1e-9 else f"{f:g} of"
+    )
 
 
 def get_recipe(name: str, **overrides: Any) -> Recipe:

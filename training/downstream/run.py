@@ -42,6 +42,7 @@ keeps the names they had here and the ``main(argv)`` of ``python -m training.dow
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ from training.downstream.protocol import (
 )
 from training.downstream.store import ResultsStore, run_key
 from training.downstream.tasks import TaskData, load_real_task, load_sim_task, load_task, task_classes
+from training.downstream.threads import decide_threads
 
 __all__ = [
     "DEFAULT_LR",
@@ -232,6 +234,14 @@ def run_command_line(
         input_errors(),
     ):
         task_data = load_task(cfg, cache_dir=output / "extractions")
+        notes = list(task_data.notes)
+        if executor is None:
+            choice = decide_threads(cfg.threads, deterministic=cfg.deterministic)
+            cfg = dataclasses.replace(cfg, threads=choice.threads)
+            notes.append(f"threads: {choice}")
+        if logging.getLogger("training").isEnabledFor(logging.WARNING):
+            for line in notes:
+                click.echo(f"note: {line}", err=True)
         if executor is None:
             results = run_comparison(cfg, task_data, specs, output, show_progress=not no_progress)
         else:

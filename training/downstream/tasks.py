@@ -49,6 +49,9 @@ class TaskData:
     """Nodata value of the source (informative, recorded in bundles)."""
     description: str = ""
     """Where the data came from, one line (recorded in bundles)."""
+    notes: tuple[str, ...] = ()
+    """Choices made for the user while reading the data (the grid, the season window), one line each: the command
+    says them on the console."""
 
     def __post_init__(self) -> None:
         if self.classes is not None and tuple(c.name for c in self.classes) != tuple(self.class_names):
@@ -135,6 +138,7 @@ def load_real_task(path: str | Path, cfg: DownstreamConfig, cache_dir: str | Pat
         nodata=float(NODATA),
         description=task.description,
         groups_train=task.groups_train,
+        notes=(task.grid_note,),
     )
 
 
