@@ -21,6 +21,7 @@ import click
 from cropmap.cli_common import (
     PolicyGroup,
     UnavailableCommand,
+    cluster_options,
     one_line,
     output_option,
     overwrite_option,
@@ -180,9 +181,8 @@ def _map_options(f: Any) -> Any:
 
 
 def _hpc_options(f: Any) -> Any:
-    """``--cluster`` and the job settings of an HPC cluster (dask-jobqueue), and ``--dashboard``."""
-    from cropmap.batch import CLUSTER_KINDS
-
+    """The cluster options every command shares (:func:`cropmap.cli_common.cluster_options`) and the batch's own
+    timeouts."""
     f = click.option(
         "--pending-timeout",
         type=click.FloatRange(min=0, min_open=True),
@@ -199,58 +199,7 @@ def _hpc_options(f: Any) -> Any:
         help="End the batch (resumable) when regions have waited this long with no dask worker connected, "
         "e.g. after every worker job ended (default 600).",
     )(f)
-    f = click.option(
-        "--dashboard",
-        default=None,
-        metavar="ADDRESS",
-        help="Serve the Dask dashboard of the cluster the batch starts at ADDRESS, e.g. :8787 "
-        "(default: no dashboard).",
-    )(f)
-    f = click.option(
-        "--job-extra",
-        "job_extra",
-        multiple=True,
-        metavar="DIRECTIVE",
-        help="Extra job-scheduler directive, repeatable (SLURM: --job-extra=--gres=gpu:1).",
-    )(f)
-    f = click.option(
-        "--jobs",
-        type=int,
-        default=1,
-        show_default=True,
-        metavar="N",
-        help="With --cluster: batch jobs to submit.",
-    )(f)
-    f = click.option(
-        "--walltime", default=None, metavar="HH:MM:SS", help="With --cluster: time limit per job."
-    )(f)
-    f = click.option(
-        "--memory", default=None, metavar="SIZE", help="With --cluster: memory per job, e.g. 64GB."
-    )(f)
-    f = click.option(
-        "--cores",
-        type=int,
-        default=None,
-        metavar="N",
-        help="With --cluster: cores per job (one single-threaded worker, one region, per core).",
-    )(f)
-    f = click.option(
-        "--account",
-        default=None,
-        metavar="NAME",
-        help="With --cluster: account (SLURM, PBS) or project (SGE, LSF) charged.",
-    )(f)
-    f = click.option(
-        "--queue", default=None, metavar="NAME", help="With --cluster: queue (SLURM partition)."
-    )(f)
-    f = click.option(
-        "--cluster",
-        type=click.Choice(sorted(CLUSTER_KINDS)),
-        default=None,
-        help="Start the workers as batch jobs of this HPC scheduler (dask-jobqueue, "
-        "pip install 'cropmap[hpc]'); unset settings come from its configuration file.",
-    )(f)
-    return f
+    return cluster_options("region")(f)
 
 
 PLUGIN_GROUP = "cropmap.commands"

@@ -486,6 +486,77 @@ def threads_option(
     )
 
 
+CLUSTER_CHOICES = ("htcondor", "lsf", "pbs", "sge", "slurm")
+"""``--cluster`` values: the keys of :data:`cropmap.batch.CLUSTER_KINDS` (a test keeps them equal; listed here so
+that ``--help`` does not import Dask)."""
+
+
+def cluster_options(unit: str) -> Callable[[F], F]:
+    """Workers started as jobs of an HPC scheduler (dask-jobqueue) and the Dask dashboard, the same options in every
+    command that runs work on a cluster (``cropmap batch``, ``cropmap train downstream``): ``--cluster``,
+    ``--queue``, ``--account``, ``--cores``, ``--memory``, ``--walltime``, ``--jobs``, ``--job-extra``,
+    ``--dashboard``. ``unit`` names one piece of the work (``region``, ``run``) in the help."""
+    decorators = [
+        click.option(
+            "--cluster",
+            type=click.Choice(list(CLUSTER_CHOICES)),
+            default=None,
+            help="Start the workers as batch jobs of this HPC scheduler (dask-jobqueue, pip install "
+            "'cropmap[hpc]'); unset settings come from its configuration file.",
+        ),
+        click.option(
+            "--queue", default=None, metavar="NAME", help="With --cluster: queue (SLURM partition)."
+        ),
+        click.option(
+            "--account",
+            default=None,
+            metavar="NAME",
+            help="With --cluster: account (SLURM, PBS) or project (SGE, LSF) charged.",
+        ),
+        click.option(
+            "--cores",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"With --cluster: cores per job (one single-threaded worker per core, one {unit} at a time).",
+        ),
+        click.option(
+            "--memory", default=None, metavar="SIZE", help="With --cluster: memory per job, e.g. 64GB."
+        ),
+        click.option(
+            "--walltime", default=None, metavar="HH:MM:SS", help="With --cluster: time limit per job."
+        ),
+        click.option(
+            "--jobs",
+            type=int,
+            default=1,
+            show_default=True,
+            metavar="N",
+            help="With --cluster: jobs to submit.",
+        ),
+        click.option(
+            "--job-extra",
+            "job_extra",
+            multiple=True,
+            metavar="DIRECTIVE",
+            help="With --cluster: extra job-scheduler directive, repeatable (SLURM GPUs: --job-extra=--gres=gpu:1).",
+        ),
+        click.option(
+            "--dashboard",
+            default=None,
+            metavar="ADDRESS",
+            help="Serve the Dask dashboard of the cluster the command starts at ADDRESS, e.g. :8787 (default: none).",
+        ),
+    ]
+
+    def apply(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
 def _split_families(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     names = tuple(name for item in value for name in item.split(",") if name.strip())
     choices = getattr(param, "family_choices", None)

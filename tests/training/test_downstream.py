@@ -364,7 +364,8 @@ def test_old_encoders_spelling_takes_several_values() -> None:
 
 def test_cli_choices_match_the_registries() -> None:
     from cropmap.batch import CLUSTER_KINDS
-    from training.downstream.cli import CLUSTER_CHOICES, RECIPES
+    from cropmap.cli_common import CLUSTER_CHOICES
+    from training.downstream.cli import RECIPES
     from training.downstream.recipe import RECIPES as REGISTERED
 
     assert tuple(sorted(CLUSTER_KINDS)) == CLUSTER_CHOICES and tuple(sorted(REGISTERED)) == RECIPES

@@ -18,6 +18,7 @@ import click
 from cropmap.cli_common import (
     DeviceType,
     alias_option,
+    cluster_options,
     family_option,
     json_option,
     output_option,
@@ -28,7 +29,6 @@ from cropmap.cli_common import (
 from training.data.cli import required_output
 
 __all__ = [
-    "CLUSTER_CHOICES",
     "RECIPES",
     "downstream",
     "downstream_main",
@@ -37,9 +37,6 @@ __all__ = [
     "tune",
     "tune_main",
 ]
-
-CLUSTER_CHOICES = ("htcondor", "lsf", "pbs", "sge", "slurm")
-"""``--cluster`` values (the keys of :data:`cropmap.batch.CLUSTER_KINDS`; a test keeps them equal)."""
 
 RECIPES = ("papers", "robust")
 """``--recipe`` values (the keys of :data:`training.downstream.recipe.RECIPES`; a test keeps them equal)."""
@@ -175,42 +172,13 @@ def _encoders(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
     help="Run the runs on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (the run directory must "
     "be on a file system its workers share).",
 )
-@click.option(
-    "--cluster",
-    type=click.Choice(list(CLUSTER_CHOICES)),
-    default=None,
-    help="Run the runs on workers started as jobs of this HPC scheduler (dask-jobqueue, pip install "
-    "'cropmap[hpc]'); unset settings come from its configuration file.",
-)
-@click.option("--queue", default=None, metavar="NAME", help="With --cluster: queue (SLURM partition).")
-@click.option("--account", default=None, metavar="NAME", help="With --cluster: account or project charged.")
-@click.option(
-    "--cores",
-    type=int,
-    default=None,
-    metavar="N",
-    help="With --cluster: cores per job (one worker per core).",
-)
-@click.option("--memory", default=None, metavar="SIZE", help="With --cluster: memory per job, e.g. 64GB.")
-@click.option("--walltime", default=None, metavar="HH:MM:SS", help="With --cluster: time limit per job.")
-@click.option(
-    "--jobs", type=int, default=1, show_default=True, metavar="N", help="With --cluster: jobs to submit."
-)
-@click.option(
-    "--job-extra",
-    multiple=True,
-    metavar="DIRECTIVE",
-    help="With --cluster: extra job directive, repeatable (SLURM GPUs: --job-extra=--gres=gpu:1).",
-)
+@cluster_options("run")
 @click.option(
     "--gpus-per-task",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="GPU resources each run needs on a Dask cluster whose workers were started with --resources GPU=N.",
-)
-@click.option(
-    "--dashboard", default=None, metavar="ADDRESS", help="Serve the Dask dashboard of the cluster started."
 )
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @json_option
