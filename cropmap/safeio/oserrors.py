@@ -128,12 +128,16 @@ class _Fd2Capture:
             os.lseek(sink, 0, os.SEEK_SET)
             self._saved = os.dup(2)
             os.dup2(sink, 2)
-        except OSError:  # no capture possible (fd 2 closed, no memory): C messages go where they go
-            self._close_saved()
-            type(self)._lock.release()
-            self._saved = None
             return self
-        return self
+        except BaseException as err:
+            # No capture possible (fd 2 closed, no memory: C messages go where they go), or Ctrl-C / SIGTERM
+            # arrived half-way: fd 2 is put back either way, so the interrupt's Error: line is not swallowed.
+            self._close_saved()
+            self._saved = None
+            type(self)._lock.release()
+            if isinstance(err, OSError):
+                return self
+            raise
 
     def read(self) -> str:
         sink = type(self)._sink
@@ -151,11 +155,14 @@ class _Fd2Capture:
         if self._saved is None:
             return
         try:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            self.text = self.read()
-            self._close_saved()
+            try:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                self.text = self.read()
+            finally:  # even when Ctrl-C / SIGTERM lands here: later messages must reach the real stderr
+                self._close_saved()
         finally:
+            self._saved = None
             type(self)._lock.release()
         if self.text:
             # GDAL's TIFF library reports write errors here, often a step before the step that fails.
