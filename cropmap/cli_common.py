@@ -117,6 +117,37 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def json_path_as_output(argv: Sequence[str], *, overwrite: bool = False) -> list[str]:
+    """``--json OUT`` / ``--json=OUT`` (the file some ``python -m`` forms wrote before ``-o``) as ``--output OUT``.
+
+    Only for those aliases, whose scripts use that spelling: ``--json`` followed by an option (or nothing) stays
+    the flag that prints JSON on stdout. ``overwrite`` adds ``--overwrite`` when a path was given, for a form that
+    always replaced its file.
+    """
+    out: list[str] = []
+    args = list(argv)
+    replaced = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out += args[i:]
+            break
+        if arg.startswith("--json="):
+            out += ["--output", arg.split("=", 1)[1]]
+            replaced = True
+        elif arg == "--json" and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            out += ["--output", args[i + 1]]
+            replaced = True
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    if overwrite and replaced and "--overwrite" not in out:
+        out.insert(out.index("--") if "--" in out else len(out), "--overwrite")
+    return out
+
+
 def _exit_status(code: object) -> int:
     """The exit status of a ``SystemExit`` code (``None`` is 0; a message is printed and is 1)."""
     if code is None:

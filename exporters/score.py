@@ -205,40 +205,18 @@ def score_files(
     return score_series(bundle, x, y), what, bundle.metadata.model_name
 
 
-def _old_spellings(argv: Sequence[str]) -> list[str]:
-    """``--json OUT`` (the file this command wrote, replacing it, before ``-o``) as ``--output OUT --overwrite``;
-    ``--json`` alone stays the flag."""
-    out: list[str] = []
-    args = list(argv)
-    replaced = False
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--json="):
-            out += ["--output", arg.split("=", 1)[1]]
-            replaced = True
-        elif arg == "--json" and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            out += ["--output", args[i + 1]]
-            replaced = True
-            i += 1
-        else:
-            out.append(arg)
-        i += 1
-    if replaced and "--overwrite" not in out:
-        out.append("--overwrite")
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m exporters.score``: an alias of ``cropmap export score``; returns the exit status.
 
     Its old ``--json OUT`` (write the numbers to OUT, replacing it) is ``-o OUT --overwrite`` there.
     """
-    from cropmap.cli_common import run_command
+    from cropmap.cli_common import json_path_as_output, run_command
     from exporters.cli import score
 
     args = sys.argv[1:] if argv is None else argv
-    return run_command(score, _old_spellings(args), prog_name="python -m exporters.score")
+    return run_command(
+        score, json_path_as_output(args, overwrite=True), prog_name="python -m exporters.score"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ The old ``python -m`` forms (``python -m training.evaluate``, ``python -m traini
 ``.seedtable``, ``.season_transfer``, ``.s1_bimodal``) run the same commands through
 :func:`cropmap.cli_common.run_command`; their old spellings stay accepted: ``--out`` for ``-o``, ``--seeds 0 1 2``
 and ``--datasets a b`` in s1-bimodal, and in the ``python -m`` forms of probe and mapscore ``--json OUT`` (the
-file they wrote before ``-o``) as ``-o OUT`` (:func:`json_path_as_output`).
+file they wrote before ``-o``) as ``-o OUT`` (:func:`cropmap.cli_common.json_path_as_output`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from training.data.cli import TrainingInputError, input_errors, required_output
 
 __all__ = [
     "S1_DATASETS",
-    "json_path_as_output",
     "mapscore",
     "probe",
     "protocol",
@@ -60,31 +59,6 @@ ARGV_KEY = "training.evaluate.cli.argv"
 
 
 # ---------------------------------------------------------------------------------------------- old spellings
-
-
-def json_path_as_output(argv: Sequence[str]) -> list[str]:
-    """``--json OUT`` / ``--json=OUT`` (the file probe and mapscore wrote before ``-o``) as ``--output OUT``.
-
-    Only for their ``python -m`` forms, whose scripts use that spelling: ``--json`` followed by an option (or
-    nothing) stays the flag that prints JSON on stdout.
-    """
-    out: list[str] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            out += args[i:]
-            break
-        if arg.startswith("--json="):
-            out += ["--output", arg.split("=", 1)[1]]
-        elif arg == "--json" and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            out += ["--output", args[i + 1]]
-            i += 1
-        else:
-            out.append(arg)
-        i += 1
-    return out
 
 
 def run_alias(

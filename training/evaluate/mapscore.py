@@ -243,8 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Its old ``--json OUT`` (the file it wrote) is ``-o OUT`` there.
     """
-    from training.evaluate.cli import json_path_as_output, run_alias
+    from cropmap.cli_common import json_path_as_output
     from training.evaluate.cli import mapscore as command
+    from training.evaluate.cli import run_alias
 
     return run_alias(command, argv, prog_name="python -m training.mapscore", rewrite=json_path_as_output)
 
