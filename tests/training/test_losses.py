@@ -126,3 +126,40 @@ def test_bimodal_loss_in_float32_under_autocast() -> None:
         got = bimodal_loss(zs, zp, 0.07)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda a, b, rows: nt_xent(a, b, 0.2, rows=rows),
+        lambda a, b, rows: bimodal_loss(a, b, 0.07, rows=rows),
+        lambda a, b, rows: bimodal_loss(a, b, 0.07, symmetric=True, include_positive=True, rows=rows),
+    ],
+    ids=["nt_xent", "eq1", "eq1-symmetric-infonce"],
+)
+def test_row_shares_add_up_to_the_whole_loss_and_its_gradient(loss) -> None:  # type: ignore[no-untyped-def]
+    """Data-parallel ranks each take a slice of the anchors: the shares and their gradients sum to the whole."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    whole = loss(a, b, None)
+    ga, gb = torch.autograd.grad(whole, [a, b])
+    shares = [loss(a, b, rows) for rows in (slice(0, 4), slice(4, 7), slice(7, 10))]
+    total_a, total_b = torch.zeros_like(a), torch.zeros_like(b)
+    for share in shares:
+        sa, sb = torch.autograd.grad(share, [a, b])
+        total_a += sa
+        total_b += sb
+    # the losses compute in float32 whatever the input: sums in another order agree to float32 rounding
+    assert float(sum(s.detach() for s in shares)) == pytest.approx(float(whole.detach()), rel=1e-6)
+    torch.testing.assert_close(total_a, ga, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(total_b, gb, rtol=1e-5, atol=1e-7)
+    assert float(shares[0].detach()) != pytest.approx(float(whole.detach()), rel=1e-3)
+
+
+def test_rows_must_be_a_contiguous_slice() -> None:
+    z = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="contiguous slice"):
+        bimodal_loss(z, z, 0.1, rows=slice(0, 6, 2))
+    with pytest.raises(ValueError, match="contiguous slice"):
+        nt_xent(z, z, 0.1, rows=slice(3, 3))

@@ -8,9 +8,10 @@ rank computes exactly what one process computes with the same configuration:
   whole batch (same seed, same generator; SCARF takes replacement values from other rows of the batch, so views
   need the whole batch), then encodes and projects only its own slice of rows (:func:`rank_rows`), which is
   where the compute is;
-* the projections of all ranks are gathered and every rank evaluates the contrastive loss of the whole batch
-  (negatives from every rank, as in one process); each rank back-propagates its slice's share of that loss,
-  scaled by the number of ranks, and :class:`torch.nn.parallel.DistributedDataParallel` averages the gradients,
+* the projections of all ranks are gathered and every rank evaluates its own anchors' share of the contrastive
+  loss (against the negatives of every rank, as in one process); one all-reduce adds up the shares' gradients
+  with respect to every projection; each rank back-propagates its rows' part of that gradient, scaled by the
+  number of ranks, and :class:`torch.nn.parallel.DistributedDataParallel` averages the parameter gradients,
   which gives the single-process gradient;
 * BatchNorm layers normalise with the statistics of the whole batch (:class:`GlobalBatchNorm1d`, gradients
   through the statistics included), so they see what one process sees;
@@ -29,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 import torch.distributed as tdist
@@ -142,7 +143,8 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
 
     Same parameters and buffers as :class:`torch.nn.BatchNorm1d` (checkpoints load into either). Outside a
     process group, or in eval mode, it is exactly ``BatchNorm1d``. Works on CPU (gloo) and GPU alike, where
-    :class:`torch.nn.SyncBatchNorm` needs a GPU.
+    :class:`torch.nn.SyncBatchNorm` needs a GPU. One collective forward (every rank's count, mean and sum of
+    squared deviations, merged exactly) and one backward (the two gradient sums), see :class:`_GlobalBatchNorm`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,14 +154,9 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         if x.ndim != 2:
             raise ValueError(f"GlobalBatchNorm1d expects (N, C) rows, got shape {tuple(x.shape)}")
-        xf = x.float()
-        c = x.shape[1]
-        # Two passes (mean, then squared deviations) as BatchNorm1d computes them: E[x^2] - E[x]^2 loses the
-        # variance to cancellation once activations sit far from zero.
-        first = _SumOverRanks.apply(torch.cat([xf.sum(0), xf.new_tensor([x.shape[0]])]))
-        n = first[c]
-        mean = first[:c] / n
-        var = _SumOverRanks.apply(((xf - mean) ** 2).sum(0)) / n
+        weight = self.weight if self.affine else None
+        bias = self.bias if self.affine else None
+        y, mean, var, n = _GlobalBatchNorm.apply(x, weight, bias, self.eps)
         tracked = self.num_batches_tracked
         if (
             self.track_running_stats
@@ -170,28 +167,70 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             with torch.no_grad():
                 tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)).detach(), alpha=m)
-        y = (xf - mean) / torch.sqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight + self.bias
-        return y.to(x.dtype)
+                self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+                self.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
+        return y
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """``all_reduce(SUM)`` with its gradient: the gradient of a sum over ranks is the sum of the ranks' gradients."""
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over the ranks, added up in rank order (the same bits on every rank).
+
+    An all-gather and a local sum: for the small tensors of the BatchNorm statistics gloo's all-gather is about
+    twice as fast as its all-reduce (measured on loopback: 0.7-0.9 ms against 1.6-1.9 ms).
+    """
+    parts = [torch.empty_like(x) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(parts, x.contiguous())
+    return torch.stack(parts).sum(0)
+
+
+class _GlobalBatchNorm(torch.autograd.Function):
+    """Batch normalisation of ``(N, C)`` rows with the statistics of every rank's rows.
+
+    Forward: every rank's row count, mean and sum of squared deviations from its mean are gathered and merged
+    (Chan et al.'s pairwise update, which is as stable as the two-pass variance of one process). Backward: the
+    global sums of ``dy`` and ``dy * x_hat`` are all-reduced together; the gradients of the affine parameters
+    are this rank's (DDP averages them like any other parameter's).
+    """
 
     @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        tdist.all_reduce(out)
-        return out
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        xf = x.float()
+        c = xf.shape[1]
+        local_mean = xf.mean(0)
+        local = torch.cat([xf.new_tensor([xf.shape[0]]), local_mean, ((xf - local_mean) ** 2).sum(0)])
+        parts = [torch.empty_like(local) for _ in range(tdist.get_world_size())]
+        tdist.all_gather(parts, local)
+        stats = torch.stack(parts)  # (world, 1 + 2C): count, mean, M2
+        counts, means, m2 = stats[:, :1], stats[:, 1 : 1 + c], stats[:, 1 + c :]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (m2.sum(0) + (counts * (means - mean) ** 2).sum(0)) / n
+        invstd = torch.rsqrt(var + eps)
+        x_hat = (xf - mean) * invstd
+        y = x_hat * weight.float() + bias.float() if weight is not None and bias is not None else x_hat
+        ctx.save_for_backward(x_hat, invstd, weight)
+        ctx.n = n
+        ctx.in_dtype = x.dtype
+        ctx.mark_non_differentiable(mean, var, n)
+        return y.to(x.dtype), mean, var, n
 
     @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone()
-        tdist.all_reduce(out)
-        return out
+    def backward(
+        ctx: Any, dy: torch.Tensor, *_: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, None]:
+        x_hat, invstd, weight = ctx.saved_tensors
+        dyf = dy.float()
+        sum_dy = dyf.sum(0)
+        sum_dy_xhat = (dyf * x_hat).sum(0)
+        grad_weight = sum_dy_xhat if weight is not None else None
+        grad_bias = sum_dy if weight is not None else None
+        sums = sum_over_ranks(torch.cat([sum_dy, sum_dy_xhat]))
+        c = sum_dy.shape[0]
+        scale = invstd * weight.float() if weight is not None else invstd
+        dx = scale * (dyf - sums[:c] / ctx.n - x_hat * (sums[c:] / ctx.n))
+        return dx.to(ctx.in_dtype), grad_weight, grad_bias, None
 
 
 def global_batchnorm(module: nn.Module) -> nn.Module:
@@ -236,8 +275,9 @@ def distributed_step(
     """One optimisation step of a global batch shared by the ranks; returns the (global) loss value.
 
     Every rank draws the views of the whole batch, projects its rows, gathers the others' projections and
-    evaluates the whole batch's loss; it back-propagates ``world x`` its rows' share (the loss's gradient with
-    respect to its rows' projections), and DDP averages the parameter gradients.
+    evaluates its rows' share of the loss (its anchors against every rank's samples); one all-reduce sums the
+    shares' gradients with respect to all projections (and the shares themselves, the loss). Each rank
+    back-propagates ``world x`` the gradient of its rows' projections, and DDP averages the parameter gradients.
     """
     from training.pretrain.loop import precision_context
 
@@ -247,12 +287,20 @@ def distributed_step(
     rows = rank_rows(a.shape[0], ranks)
     with precision_context(a.device, precision):
         z_a, z_b = ddp(a[rows], b[rows])
-    full_a = gather_rows(z_a, ranks, a.shape[0]).float().requires_grad_()
-    full_b = gather_rows(z_b, ranks, a.shape[0]).float().requires_grad_()
-    loss = model.criterion(full_a, full_b, cfg)
-    g_a, g_b = torch.autograd.grad(loss, [full_a, full_b])
+    both = gather_rows(torch.cat([z_a, z_b], dim=1), ranks, a.shape[0]).float()  # one collective for the two
+    full_a = both[:, : z_a.shape[1]].contiguous().requires_grad_()
+    full_b = both[:, z_a.shape[1] :].contiguous().requires_grad_()
+    share = model.criterion(full_a, full_b, cfg, rows=rows)
+    g_a, g_b = torch.autograd.grad(share, [full_a, full_b])
+    # The loss's gradient with respect to every projection is the sum of the ranks' shares' gradients; one
+    # all-reduce carries both of them and the loss itself.
+    flat = torch.cat([g_a.reshape(-1), g_b.reshape(-1), share.detach().reshape(1)])
+    tdist.all_reduce(flat)
+    size = g_a.numel()
+    g_a = flat[:size].view_as(g_a)
+    g_b = flat[size : 2 * size].view_as(g_b)
     torch.autograd.backward(
         [z_a, z_b], [(g_a[rows] * ranks.world).to(z_a.dtype), (g_b[rows] * ranks.world).to(z_b.dtype)]
     )
     optimizer.step()
-    return float(loss.detach())
+    return float(flat[-1])

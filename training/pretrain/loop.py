@@ -125,11 +125,18 @@ class ContrastiveModel(nn.Module):
             return self.project_s2(a), self.project_s2(b)
         return self.project_s2(a), self.project_ps(b)
 
-    def criterion(self, z_a: torch.Tensor, z_b: torch.Tensor, cfg: PretrainConfig) -> torch.Tensor:
-        """The contrastive loss of the two views' projections: NT-Xent (uni-modal) or journal Eq. 1 (bi-modal)."""
+    def criterion(
+        self, z_a: torch.Tensor, z_b: torch.Tensor, cfg: PretrainConfig, rows: slice | None = None
+    ) -> torch.Tensor:
+        """The contrastive loss of the two views' projections: NT-Xent (uni-modal) or journal Eq. 1 (bi-modal).
+
+        ``rows``: only those samples' anchors, as their share of the whole batch's loss (see the losses).
+        """
         if self.mode == "unimodal":
-            return nt_xent(z_a, z_b, cfg.tau)
-        return bimodal_loss(z_a, z_b, cfg.tau, symmetric=cfg.symmetric, include_positive=cfg.include_positive)
+            return nt_xent(z_a, z_b, cfg.tau, rows=rows)
+        return bimodal_loss(
+            z_a, z_b, cfg.tau, symmetric=cfg.symmetric, include_positive=cfg.include_positive, rows=rows
+        )
 
     def loss(
         self,

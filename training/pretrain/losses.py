@@ -14,6 +14,11 @@ denominator. ``symmetric=True`` averages with the PlanetScope-anchored version (
 
 Everything is computed in float32 with ``logsumexp`` (stable for tau = 0.07, where
 ``exp(1 / tau) ~ 1.6e6``), also under bf16 autocast.
+
+Both losses take ``rows``: a slice of the anchors. The result is then those anchors' share of the loss (their
+terms summed and divided by the number of all anchors), so the shares of disjoint slices that cover the batch
+add up to the loss of the whole batch. Data-parallel pre-training (:mod:`training.pretrain.distributed`) gives
+each rank its own rows' share: the similarity rows are where the loss's compute is.
 """
 
 from __future__ import annotations
@@ -39,7 +44,18 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, tau: float) -> None:
         raise ValueError(f"temperature tau must be > 0, got {tau}")
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+def _anchor_rows(n: int, rows: slice | None) -> slice:
+    if rows is None:
+        return slice(0, n)
+    start, stop, step = rows.indices(n)
+    if step != 1 or start >= stop:
+        raise ValueError(f"rows must be a non-empty contiguous slice of the {n} anchors, got {rows}")
+    return slice(start, stop)
+
+
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.07, *, rows: slice | None = None
+) -> torch.Tensor:
     """SimCLR NT-Xent over ``2N`` views.
 
     For each of the ``2N`` views the positive is the other view of the same sample and the
@@ -50,28 +66,34 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.07) -> torch.Tens
         z1: ``(N, D)`` projections of the first views.
         z2: ``(N, D)`` projections of the second views.
         tau: Temperature.
+        rows: Only the anchors of these samples (both of their views): their share of the loss.
 
     Returns:
         Scalar loss.
     """
     _check_pair(z1, z2, tau)
     n = z1.shape[0]
+    own = _anchor_rows(n, rows)
     with torch.autocast(device_type=z1.device.type, enabled=False):
         z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-        logits = z @ z.T / tau
-        eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-        logits = logits.masked_fill(eye, float("-inf"))
-        target = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
-        return F.cross_entropy(logits, target)
+        anchors = torch.cat([torch.arange(own.start, own.stop), torch.arange(own.start + n, own.stop + n)])
+        anchors = anchors.to(z.device)
+        logits = z[anchors] @ z.T / tau
+        logits[torch.arange(len(anchors), device=z.device), anchors] = float("-inf")
+        target = (anchors + n) % (2 * n)
+        return F.cross_entropy(logits, target, reduction="sum") / (2 * n)
 
 
-def _anchored(za: torch.Tensor, zb: torch.Tensor, tau: float, include_positive: bool) -> torch.Tensor:
-    """Per-anchor Eq. 1 terms with modality ``a`` as the anchor, shape ``(N,)``."""
+def _anchored(
+    za: torch.Tensor, zb: torch.Tensor, tau: float, include_positive: bool, rows: slice
+) -> torch.Tensor:
+    """Eq. 1 terms of the anchors ``rows`` with modality ``a`` as the anchor, shape ``(len(rows),)``."""
     n = za.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=za.device)
-    aa = (za @ za.T / tau).masked_fill(eye, float("-inf"))
-    ab = za @ zb.T / tau
-    pos = ab.diagonal()
+    own = torch.arange(rows.start, rows.stop, device=za.device)
+    eye = own[:, None] == torch.arange(n, device=za.device)[None, :]
+    aa = (za[rows] @ za.T / tau).masked_fill(eye, float("-inf"))
+    ab = za[rows] @ zb.T / tau
+    pos = ab[torch.arange(len(own), device=za.device), own]
     ab_neg = ab if include_positive else ab.masked_fill(eye, float("-inf"))
     return torch.logsumexp(torch.cat([aa, ab_neg], dim=1), dim=1) - pos
 
@@ -83,6 +105,7 @@ def bimodal_loss(
     *,
     symmetric: bool = False,
     include_positive: bool = False,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     """The bi-modal SimCLR loss of the journal paper, Eq. 1 (see the module docstring).
 
@@ -92,16 +115,19 @@ def bimodal_loss(
         tau: Temperature.
         symmetric: Average with the PlanetScope-anchored loss.
         include_positive: Add ``r_ii^sp`` to the denominator (InfoNCE form; not in Eq. 1).
+        rows: Only these anchors (and, when symmetric, the same rows' PlanetScope anchors): their share.
 
     Returns:
         Scalar loss (mean over anchors).
     """
     _check_pair(z_s, z_p, tau)
+    n = z_s.shape[0]
+    own = _anchor_rows(n, rows)
     # float32 even under autocast: logits reach 1 / tau and bf16 keeps only ~3 significant digits.
     with torch.autocast(device_type=z_s.device.type, enabled=False):
         zs = F.normalize(z_s.float(), dim=1)
         zp = F.normalize(z_p.float(), dim=1)
-        loss = _anchored(zs, zp, tau, include_positive).mean()
+        loss = _anchored(zs, zp, tau, include_positive, own).sum() / n
         if symmetric:
-            loss = 0.5 * (loss + _anchored(zp, zs, tau, include_positive).mean())
+            loss = 0.5 * (loss + _anchored(zp, zs, tau, include_positive, own).sum() / n)
         return loss
