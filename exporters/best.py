@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from exporters.ensemble import MODES as ENSEMBLE_MODES
+from exporters.ensemble import EnsembleChoice
 from exporters.parity import ParityReport
 from exporters.to_onnx import (
     DEFAULT_OPSET,
@@ -171,8 +173,11 @@ def export_best(
     min_agreement: float | None = None,
     int8_method: str = "auto",
     split: str = "auto",
-) -> tuple[Choice, ParityReport]:
-    """Export the best run of ``run_dir`` (see :func:`select_best`) as one bundle.
+    ensemble: str = "auto",
+) -> tuple[Choice | EnsembleChoice, ParityReport]:
+    """Export the best run of ``run_dir`` (see :func:`select_best`), or the cross-family ensemble of its runs
+    (``ensemble="auto"``: chosen on the model-selection split by the rule of :mod:`exporters.ensemble`;
+    ``"always"``; ``"never"``), as one bundle.
 
     The parity check runs on up to :data:`PARITY_LIMIT` validation series of the run directory. An fp16/int8
     ``precision`` is calibrated on ``train_x`` (training series), else on half of those validation series, and
@@ -181,8 +186,24 @@ def export_best(
     Returns:
         The choice and the parity report.
     """
+    if ensemble not in ENSEMBLE_MODES:
+        raise ExportError(f"unknown ensemble mode {ensemble!r}; choose from {list(ENSEMBLE_MODES)}")
     choice = select_best(run_dir, metric=metric, task=task, split=split)
     refuse_inputs_as_outputs(out, run_folder_inputs(run_dir))
+    if ensemble != "never":
+        found = _cross_family(
+            choice,
+            run_dir,
+            out,
+            metric=metric,
+            atol=atol,
+            created=created,
+            overwrite=overwrite,
+            precision=precision,
+            always=ensemble == "always",
+        )
+        if found is not None:
+            return found
     if choice.record["family"] in TREE_FAMILIES:
         from exporters.trees import export_best_tree
 
@@ -241,6 +262,78 @@ def export_best(
         ),
     )
     return choice, report
+
+
+def _cross_family(
+    choice: Choice,
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    metric: str,
+    atol: float,
+    created: str | None,
+    overwrite: bool,
+    precision: str,
+    always: bool,
+) -> tuple[EnsembleChoice, ParityReport] | None:
+    """Export the cross-family ensemble of ``run_dir`` when the rule picks it over ``choice``; else ``None``."""
+    import tempfile
+
+    from exporters.ensemble import candidate_runs, consider_ensemble, export_ensemble
+
+    run_dir = Path(run_dir)
+    records = _read_records(run_dir / "results.jsonl")
+    if candidate_runs(run_dir, records, str(choice.record["task"]), always=always) is None:
+        return None
+    if choice.split != "selection":
+        if always:
+            raise ExportError(
+                f"--ensemble always needs runs scored on a model-selection split (its temperature is fitted "
+                f"there); the runs of {run_dir} were ranked on the validation split"
+            )
+        logger.info(
+            "no cross-family ensemble: it is weighed against single runs on a model-selection split, and the "
+            "runs of %s were ranked on the validation split",
+            run_dir,
+        )
+        return None
+    cal = calibration_series(choice, run_dir)
+    val = run_dir / VAL_INPUTS.format(task=choice.record["task"])
+    if cal is None or not val.is_file():
+        raise ExportError(f"{val} is missing; it holds the test series the ensemble is checked and scored on")
+    with np.load(val) as data:
+        test = (np.asarray(data["x"], np.float32), np.asarray(data["y"], np.int64))
+    with tempfile.TemporaryDirectory(prefix="cropmap-ensemble-") as work:
+        found = consider_ensemble(
+            choice,
+            run_dir,
+            records,
+            metric=metric,
+            select=cal[0],
+            test=test,
+            work=Path(work),
+            atol=atol,
+            always=always,
+        )
+        if found is None:
+            return None
+        ens, members, _ = found
+        if precision != "fp32":
+            raise ExportError(
+                f"the cross-family ensemble was chosen and is fp32 only (its tree members refuse {precision}); "
+                f"export it with --weights fp32, or pass --ensemble never for the best single run at {precision}"
+            )
+        report = export_ensemble(
+            ens,
+            members,
+            run_dir,
+            Path(out),
+            select=cal[0],
+            parity_x=test[0][:PARITY_LIMIT],
+            created=created,
+            overwrite=overwrite,
+        )
+    return ens, report
 
 
 def choice_metrics(choice: Choice) -> dict[str, float]:

@@ -147,9 +147,12 @@ def _export(
     metric: str = "macro_f1",
     task: str | None = None,
     select_on: str = "auto",
+    ensemble: str = "auto",
 ) -> None:
     """Export ``checkpoint``, or the best run of ``run_dir``, to ``output``; prints what was written."""
     from exporters.best import export_best
+    from exporters.ensemble import ENSEMBLE_FAMILY
+    from exporters.ensemble import summary as ensemble_summary
     from exporters.to_onnx import export_checkpoint, refuse_inputs_as_outputs
     from exporters.trees import export_tree_checkpoint, parity_summary
     from training.downstream.trees import TREE_FAMILIES, is_tree_checkpoint
@@ -175,10 +178,16 @@ def _export(
                 created=created,
                 overwrite=overwrite,
                 split=select_on,
+                ensemble=ensemble,
                 **reduce,
             )
             click.echo(f"chose {choice.model}: {choice.describe()}")
             trees = choice.record["family"] in TREE_FAMILIES
+            if choice.record["family"] == ENSEMBLE_FAMILY:
+                click.echo(
+                    f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB); parity on {ensemble_summary(report)}"
+                )
+                return
         else:
             assert checkpoint is not None
             if trees := is_tree_checkpoint(checkpoint):
@@ -221,10 +230,28 @@ def bundle(checkpoint: Path, **options: Any) -> None:
     "split stays an untouched test split), on the validation split, or auto (selection when every run was "
     "scored on one).",
 )
+@click.option(
+    "--ensemble",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="auto: weigh the cross-family ensemble (every kept run, probabilities averaged) against the best single "
+    "run on the model-selection split and export it unless that run is ahead by more than one standard error; "
+    "always: the ensemble; never: the best single run.",
+)
 @_export_options
-def best(run_dir: Path, metric: str, task: str | None, select_on: str, **options: Any) -> None:
-    """Export the best run of RUN_DIR (the output folder of 'cropmap train downstream') as a bundle."""
-    _export(checkpoint=None, run_dir=run_dir, metric=metric, task=task, select_on=select_on, **options)
+def best(run_dir: Path, metric: str, task: str | None, select_on: str, ensemble: str, **options: Any) -> None:
+    """Export the best run of RUN_DIR (the output folder of 'cropmap train downstream'), or the ensemble of its
+    runs across families, as a bundle."""
+    _export(
+        checkpoint=None,
+        run_dir=run_dir,
+        metric=metric,
+        task=task,
+        select_on=select_on,
+        ensemble=ensemble,
+        **options,
+    )
 
 
 @click.command("score")

@@ -5,8 +5,9 @@
 # neural family supervised with the default (robust) recipe (InceptionTime 3 seeds, Transformer and LSTM 2 seeds,
 # and their ensembles; IT_REPEATS / REPEATS change them), the tree families (forest, LightGBM boosting,
 # Optuna-tuned by CV inside the training parcels, TREE_BUDGET seconds each, default 60), the RandomForest baseline (500 trees, flattened series) and the majority class; then
-# `exporters --best` picks one model per split on the selection split, calibrates it there, and
-# `exporters.score` scores the bundle on the test parcels.
+# `cropmap export best` exports the cross-family ensemble or the best single model (chosen on the selection split,
+# calibrated there), `--ensemble never` the best single model, and `cropmap export score` scores both bundles on
+# the test parcels.
 #
 #   bash scripts/real_parcels_trees.sh [RUN_DIR]   # default runs/real_trees; one thread, one run at a time
 #   IT_REPEATS=5 REPEATS=3 TREE_BUDGET=120 bash scripts/real_parcels_trees.sh   # the sizes of real_parcels.sh
@@ -34,9 +35,13 @@ one_seed() {  # dataset-name data-file classes seed extra-args...
       --out "$out" --set threads=1 --set tree_budget_s="$TREE_BUDGET" --no-progress "$@" >> "$out.log" 2>&1 \
       || { log "failed: see $out.log"; return 1; }
   done
-  log "$name, split seed $seed: exporters --best, scored on the test parcels"
-  python -m exporters --best "$out" -o "$out/best.onnx" --overwrite >> "$out.log" 2>&1
-  python -m exporters.score "$out/best.onnx" --run "$out" --json "$out/best_score.json" >> "$out.log" 2>&1
+  log "$name, split seed $seed: cropmap export best (and --ensemble never), scored on the test parcels"
+  cropmap export best "$out" -o "$out/best.onnx" --overwrite >> "$out.log" 2>&1
+  cropmap export best "$out" -o "$out/single.onnx" --ensemble never --overwrite >> "$out.log" 2>&1
+  for b in best single; do
+    cropmap export score "$out/$b.onnx" --data "$out/validation-taskreal.npz" -o "$out/${b}_score.json" \
+      --overwrite >> "$out.log" 2>&1
+  done
 }
 
 t0=$(date +%s)
@@ -58,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.best import select_best
+from cropmap.runtime import load_bundle
 from training.evaluate.seedtable import seed_table
 
 run, secs = Path(sys.argv[1]), {"france2022": int(sys.argv[2]), "flanders2021": int(sys.argv[3])}
@@ -79,28 +84,34 @@ blocks = []
 for name, title in titles.items():
     dirs = [run / f"{name}-s{s}" for s in (0, 1, 2)]
     table, _ = seed_table(dirs, title)
-    rows, picks = [], []
+    rows, picks, singles = [], [], []
     for d in dirs:
-        choice = select_best(d)
-        score = json.loads((d / "best_score.json").read_text())
+        scores = {b: json.loads((d / f"{b}_score.json").read_text()) for b in ("best", "single")}
         rf = next(json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()
                   if json.loads(line)["family"] == "random_forest")
-        assert abs(score["accuracy"] - choice.record["val_accuracy"]) < 1e-9, "bundle score differs from the record"
-        rows.append((score["accuracy"], score["macro_f1"], rf["val_accuracy"], rf["macro_f1"]))
-        r = choice.record
-        picks.append(f"{r['family']}" + ("" if int(r["variant"]) >= 0 else " (defaults)"))
+        for b in ("best", "single"):
+            meta = load_bundle(d / f"{b}.onnx").metadata
+            recorded = meta.provenance.metrics["test_accuracy"]
+            assert abs(scores[b]["accuracy"] - recorded) < 1e-9, f"{d / b}.onnx: score differs from its record"
+        rows.append(tuple(scores[b][k] for b in ("best", "single") for k in ("accuracy", "macro_f1"))
+                    + (rf["val_accuracy"], rf["macro_f1"]))
+        picks.append(load_bundle(d / "best.onnx").metadata.provenance.base_model.replace("_", " "))
+        singles.append(load_bundle(d / "single.onnx").metadata.provenance.base_model)
     a = np.array(rows)
     sd = lambda v: float(v.std(ddof=1))  # noqa: E731
+    cell = lambda v: f"{100 * v.mean():.1f} +- {100 * sd(v):.1f}"  # noqa: E731
     best = (
-        f"\n**The bundle `cropmap export best` exports** (picked and calibrated on the selection split; scored with "
-        f"`cropmap export score` on the test parcels; picks per split seed: {', '.join(picks)})\n\n"
+        f"\n**The bundle `cropmap export best` exports** (chosen and calibrated on the selection split; scored with "
+        f"`cropmap export score` on the test parcels; per split seed: {', '.join(picks)}), the best single model "
+        f"(`--ensemble never`: {', '.join(singles)}) and the forest\n\n"
         "| model | OA | macro F1 | OA - RF (paired) | F1 - RF (paired) |\n|---|---|---|---|---|\n"
-        f"| cropmap export best bundle | {100 * a[:, 0].mean():.1f} +- {100 * sd(a[:, 0]):.1f} | "
-        f"{100 * a[:, 1].mean():.1f} +- {100 * sd(a[:, 1]):.1f} | {gap(a[:, 0] - a[:, 2])} | {gap(a[:, 1] - a[:, 3])} |\n"
-        f"| RandomForest (500 trees, flattened series) | {100 * a[:, 2].mean():.1f} +- {100 * sd(a[:, 2]):.1f} | "
-        f"{100 * a[:, 3].mean():.1f} +- {100 * sd(a[:, 3]):.1f} | - | - |\n"
+        f"| **cropmap export best bundle** | {cell(a[:, 0])} | {cell(a[:, 1])} | {gap(a[:, 0] - a[:, 4])} | "
+        f"{gap(a[:, 1] - a[:, 5])} |\n"
+        f"| best single model (`--ensemble never`) | {cell(a[:, 2])} | {cell(a[:, 3])} | {gap(a[:, 2] - a[:, 4])} | "
+        f"{gap(a[:, 3] - a[:, 5])} |\n"
+        f"| RandomForest (500 trees, flattened series) | {cell(a[:, 4])} | {cell(a[:, 5])} | - | - |\n"
         f"\nPer split seed (bundle OA / F1 vs forest OA / F1): "
-        + "; ".join(f"{100 * r[0]:.1f} / {100 * r[1]:.1f} vs {100 * r[2]:.1f} / {100 * r[3]:.1f}" for r in rows)
+        + "; ".join(f"{100 * r[0]:.1f} / {100 * r[1]:.1f} vs {100 * r[4]:.1f} / {100 * r[5]:.1f}" for r in rows)
         + f". Wall time for the three splits: {secs[name] / 60:.0f} min.\n"
     )
     (run / f"{name}.md").write_text(table + best)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cropmap.runtime import load_bundle
 from exporters.__main__ import main as exporters_main
 from exporters.best import select_best
 from exporters.score import main as score_main
@@ -85,10 +86,15 @@ def test_score_equals_the_runs_record_on_its_test_parcels(run: Path, tmp_path: P
     # the --best bundle reports the test score of what it chose
     best = tmp_path / "best.onnx"
     assert exporters_main(["--best", str(run), "-o", str(best)]) == 0
-    choice = select_best(run)
     assert score_main([str(best), "--run", str(run), "--json", str(tmp_path / "b.json")]) == 0
-    assert json.loads((tmp_path / "b.json").read_text())["accuracy"] == pytest.approx(
-        choice.record["val_accuracy"]
+    recorded = load_bundle(best).metadata.provenance.metrics["test_accuracy"]
+    assert json.loads((tmp_path / "b.json").read_text())["accuracy"] == pytest.approx(recorded)
+    # the best single run (--ensemble never) scores what its record says
+    single = tmp_path / "single.onnx"
+    assert exporters_main(["--best", str(run), "-o", str(single), "--ensemble", "never"]) == 0
+    assert score_main([str(single), "--run", str(run), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["accuracy"] == pytest.approx(
+        select_best(run).record["val_accuracy"]
     )
 
 

@@ -190,7 +190,7 @@ def test_downstream_records_trees_and_best_chooses_on_the_selection_split(tmp_pa
     assert choice.split == "selection" and choice.n_candidates == len(kept)
     assert choice.value == max(r["select_macro_f1"] for r in kept)
     out = tmp_path / "best.onnx"
-    assert exporters_main(["--best", str(run), "-o", str(out)]) == 0
+    assert exporters_main(["--best", str(run), "-o", str(out), "--ensemble", "never"]) == 0
     printed = capsys.readouterr().out
     assert f"best of {len(kept)} runs by selection macro_f1" in printed and "untouched test split" in printed
     meta = load_bundle(out).metadata

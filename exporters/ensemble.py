@@ -1,0 +1,447 @@
+"""Ensembles across families: the probability average of every model a downstream run kept, as one bundle.
+
+``cropmap export best RUN_DIR`` considers, next to the best single run, the **cross-family ensemble** of the run
+directory: every kept model of the task (each neural run, each tree model; a family's own ``<family>_ensemble`` is
+left out, since it is the average of runs that are already members), weighted equally, its class probabilities
+averaged. The ensemble is scored on the model-selection split and chosen **unless the best single run beats it
+there by more than one standard error** of the paired difference (a bootstrap over the selection samples,
+:data:`BOOTSTRAP` resamples, seed 0). Why not "only when it wins": on the shipped real data sets the selection split
+holds 15-49 parcels, and the single run that wins there is mostly luck; picked that way, the bundle trailed a
+RandomForest on the untouched test parcels where the ensemble did not (docs/results.md). A single run that is
+clearly better on the selection split is still chosen.
+
+The bundle is one ONNX graph: the members' own bundle graphs side by side on one input (each checked on its own
+first: torch against ONNX Runtime for a neural member, ``predict_proba`` against ONNX Runtime for a tree member),
+a softmax after each, their mean, and ``logits = log(max(mean, 1e-7))`` (softmax of which gives the mean back).
+Parity of the whole: its probabilities against the mean of the members' reference probabilities (torch for neural
+members, the parity-checked tree graph for tree members) on the run's validation series. A temperature is fitted
+on the model-selection series. fp32 only (tree members refuse reduced precision, see :mod:`exporters.trees`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cropmap.contract.metadata import METADATA_KEY, BundleMetadata
+from cropmap.safeio.atomic import atomic_path
+from exporters.parity import ParityError, ParityReport
+from exporters.to_onnx import DEFAULT_OPSET, ExportError
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE_FAMILY = "cross_family_ensemble"
+"""The family name the bundle's provenance and the choice give the ensemble."""
+
+MODES = ("auto", "always", "never")
+"""``auto``: the cross-family ensemble by the rule above; ``always``: the ensemble whatever the single runs score
+(scored and reported all the same); ``never``: single runs only."""
+
+BOOTSTRAP = 2000
+"""Bootstrap resamples of the selection samples for the standard error of the single-vs-ensemble difference."""
+
+PROB_ATOL = 1e-5
+"""Largest allowed ``|reference - bundle|`` class probability in the ensemble's parity check."""
+
+LOG_FLOOR = 1e-7
+"""The mean probability is floored here before the log (a class no member gives any weight keeps a finite logit)."""
+
+
+@dataclass
+class Member:
+    """One member: its record, checkpoint, ONNX graph and reference probabilities."""
+
+    record: dict[str, Any]
+    checkpoint: Path
+    graph: Any
+    """``onnx.ModelProto``: the member's bundle graph (raw series in, logits out)."""
+    metadata: BundleMetadata
+    parity: ParityReport
+    """The member's own check (torch or ``predict_proba`` against ONNX Runtime)."""
+    reference: Any
+    """``callable(x) -> (N, K)`` probabilities on the reference side."""
+
+    @property
+    def name(self) -> str:
+        """The run's model file name without its folder and suffix (unique in a run directory)."""
+        return self.checkpoint.stem
+
+
+@dataclass(frozen=True)
+class EnsembleChoice:
+    """The cross-family ensemble chosen from a run directory (it quacks like :class:`exporters.best.Choice`)."""
+
+    members: tuple[str, ...]
+    task: str
+    metric: str
+    value: float
+    """The ensemble's ``metric`` on the selection split."""
+    single: Any
+    """The best single run's :class:`exporters.best.Choice`."""
+    margin: float
+    """The single run's ``metric`` minus the ensemble's, on the selection split."""
+    stderr: float
+    test_accuracy: float
+    test_macro_f1: float
+    n_test: int
+    forced: bool = False
+    """Chosen by ``--ensemble always`` rather than by the rule."""
+    split: str = "selection"
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return {"family": ENSEMBLE_FAMILY, "task": self.task}
+
+    @property
+    def model(self) -> str:
+        return f"{ENSEMBLE_FAMILY} of {len(self.members)} runs"
+
+    def describe(self) -> str:
+        """One line: the members, the comparison with the best single run, the test scores."""
+        why = (
+            "asked for (--ensemble always)"
+            if self.forced
+            else f"within one standard error ({self.stderr:.4f})"
+            if self.margin > 0
+            else "which it does not beat"
+        )
+        return (
+            f"cross-family ensemble of {len(self.members)} runs ({', '.join(self.members)}), selection "
+            f"{self.metric} = {self.value:.4f}; the best single run ({self.single.record['family']}, "
+            f"{self.single.value:.4f}) is {self.margin:+.4f} from it, {why}; on the untouched test split "
+            f"({self.n_test} samples): accuracy {self.test_accuracy:.4f}, macro F1 {self.test_macro_f1:.4f}"
+        )
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def member_records(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that join the ensemble: kept models, a family's own ``_ensemble`` left out."""
+    return [
+        r
+        for r in records
+        if r.get("model") and (run_dir / r["model"]).is_file() and not str(r["family"]).endswith("_ensemble")
+    ]
+
+
+def candidate_runs(
+    run_dir: Path, records: list[dict[str, Any]], task: str, *, always: bool = False
+) -> list[dict[str, Any]] | None:
+    """The members of the task's ensemble, or ``None`` when there are fewer than two runs of two families.
+
+    Raises:
+        ExportError: With ``always``, when there are not.
+    """
+    runs = member_records(run_dir, [r for r in records if str(r["task"]) == task])
+    families = {str(r["family"]) for r in runs}
+    if len(runs) >= 2 and len(families) >= 2:
+        return runs
+    if always:
+        raise ExportError(
+            f"--ensemble always needs kept runs of at least two families; {run_dir} has {len(runs)} of "
+            f"{sorted(families)}"
+        )
+    logger.info("no cross-family ensemble: %d kept runs of %d families", len(runs), len(families))
+    return None
+
+
+def load_member(
+    record: dict[str, Any], run_dir: Path, work: Path, example: np.ndarray, atol: float
+) -> Member:
+    """Export one member to ``work`` with its own parity check and keep its graph and reference side."""
+    import onnx
+    import torch
+
+    from exporters.to_onnx import build_graph, export_bundle, verify_checkpoint
+    from exporters.trees import _session, export_tree_bundle, run_logits, verify_tree_checkpoint
+    from training.downstream.classifier import load_classifier
+    from training.downstream.trees import TREE_FAMILIES, load_tree_classifier
+
+    path = run_dir / record["model"]
+    out = work / f"{path.stem}.onnx"
+    if record["family"] in TREE_FAMILIES:
+        verify_tree_checkpoint(path)
+        tree = load_tree_classifier(path)
+        report = export_tree_bundle(tree, out, overwrite=True)
+        graph = onnx.load(str(out))
+        session = _session(graph.SerializeToString())
+
+        def tree_reference(x: np.ndarray) -> np.ndarray:
+            return softmax(run_logits(session, x))  # parity-checked against predict_proba above
+
+        return Member(record, path, graph, tree.metadata, report, tree_reference)
+    verify_checkpoint(path)
+    clf = load_classifier(path)
+    report = export_bundle(
+        encoder=clf.encoder,
+        base_model=clf.base_model,
+        norm_stats=clf.norm_stats,
+        metadata=clf.metadata,
+        out=out,
+        example=example,
+        opset=DEFAULT_OPSET,
+        atol=atol,
+        overwrite=True,
+    )
+    module = build_graph(encoder=clf.encoder, base_model=clf.base_model, norm_stats=clf.norm_stats)
+
+    def torch_reference(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = [module(torch.from_numpy(x[i : i + 1024]))[0] for i in range(0, len(x), 1024)]
+        return softmax(torch.cat(logits).numpy())
+
+    return Member(record, path, onnx.load(str(out)), clf.metadata, report, torch_reference)
+
+
+def merge_graphs(
+    graphs: list[Any], *, n_classes: int, input_name: str = "x", output_name: str = "logits"
+) -> Any:
+    """One ONNX model: the member graphs on one input, the mean of their softmaxes, its log as logits."""
+    import onnx
+    from onnx import TensorProto, compose, helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    infos: list[Any] = []
+    opsets: dict[str, int] = {}
+    probs: list[str] = []
+    first_input = None
+    for i, model in enumerate(graphs):
+        prefixed = compose.add_prefix(model, f"m{i}_")
+        g = prefixed.graph
+        if first_input is None:
+            first_input = g.input[0]
+        logits = next(o.name for o in g.output if o.name.endswith("logits"))
+        nodes.append(helper.make_node("Identity", [input_name], [g.input[0].name]))
+        nodes.extend(g.node)
+        inits.extend(g.initializer)
+        infos.extend(g.value_info)
+        nodes.append(helper.make_node("Softmax", [logits], [f"m{i}_probabilities"], axis=-1))
+        probs.append(f"m{i}_probabilities")
+        for o in prefixed.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    assert first_input is not None
+    n = len(graphs)
+    inits += [
+        helper.make_tensor("ens_weight", TensorProto.FLOAT, [], [1.0 / n]),
+        helper.make_tensor("ens_floor", TensorProto.FLOAT, [], [LOG_FLOOR]),
+    ]
+    nodes += [
+        helper.make_node("Sum", probs, ["ens_sum"]),
+        helper.make_node("Mul", ["ens_sum", "ens_weight"], ["ens_mean"]),
+        helper.make_node("Max", ["ens_mean", "ens_floor"], ["ens_floored"]),
+        helper.make_node("Log", ["ens_floored"], [output_name]),
+    ]
+    shape = [d.dim_param or d.dim_value for d in first_input.type.tensor_type.shape.dim]
+    graph = helper.make_graph(
+        nodes,
+        f"cropmap_{ENSEMBLE_FAMILY}",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_classes])],
+        initializer=inits,
+        value_info=infos,
+    )
+    merged = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        ir_version=max(m.ir_version for m in graphs),
+    )
+    onnx.checker.check_model(merged, full_check=True)
+    return merged
+
+
+def _metric(y: np.ndarray, pred: np.ndarray, n_classes: int, metric: str) -> float:
+    from training.downstream.baselines import score
+
+    s = score(y, pred, n_classes)
+    return float(s["macro_f1"] if metric == "macro_f1" else s["val_accuracy"])
+
+
+def paired_stderr(
+    y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_classes: int, metric: str, *, n: int = BOOTSTRAP
+) -> float:
+    """Bootstrap standard error of ``metric(a) - metric(b)`` over resamples of the same samples."""
+    rng = np.random.default_rng(0)
+    diffs = np.empty(n)
+    for k in range(n):
+        i = rng.integers(0, len(y), len(y))
+        diffs[k] = _metric(y[i], pred_a[i], n_classes, metric) - _metric(y[i], pred_b[i], n_classes, metric)
+    return float(diffs.std(ddof=1))
+
+
+def _ort_probabilities(model: Any, x: np.ndarray) -> np.ndarray:
+    from exporters.trees import _session, run_logits
+
+    return softmax(run_logits(_session(model.SerializeToString()), x))
+
+
+def consider_ensemble(
+    single: Any,
+    run_dir: Path,
+    records: list[dict[str, Any]],
+    *,
+    metric: str,
+    select: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    work: Path,
+    atol: float,
+    always: bool = False,
+) -> tuple[EnsembleChoice, list[Member], np.ndarray] | None:
+    """The cross-family ensemble when the rule picks it over ``single`` (the best single run), or ``always``;
+    else ``None``.
+
+    Returns the choice, its members (exported and checked) and its selection-split probabilities.
+    """
+    from training.downstream.trees import TREE_FAMILIES
+
+    runs = candidate_runs(run_dir, records, str(single.record["task"]), always=always)
+    if runs is None:
+        return None
+    x_sel, y_sel = select
+    x_test, y_test = test
+    neural = next((r for r in runs if r["family"] not in TREE_FAMILIES), None)
+    example = x_test[:256] if neural is not None else x_test[:1]
+    members = [load_member(r, run_dir, work, example, atol) for r in runs]
+    k = len(members[0].metadata.classes)
+    p_sel = np.mean([_ort_probabilities(m.graph, x_sel) for m in members], axis=0)
+    ens_pred = p_sel.argmax(1)
+    value = _metric(y_sel, ens_pred, k, metric)
+    single_member = next((m for m in members if m.checkpoint == Path(single.model)), None)
+    if single_member is not None:
+        single_pred = _ort_probabilities(single_member.graph, x_sel).argmax(1)
+    else:  # the best single run is a family's own ensemble: score its bundle graph
+        with tempfile.TemporaryDirectory() as tmp:
+            single_pred = (
+                load_member(single.record, run_dir, Path(tmp), example, atol).reference(x_sel).argmax(1)
+            )
+    margin = _metric(y_sel, single_pred, k, metric) - value
+    stderr = paired_stderr(y_sel, single_pred, ens_pred, k, metric)
+    logger.info(
+        "cross-family ensemble of %d runs: selection %s %.4f; best single run %s %.4f (margin %+.4f, "
+        "standard error %.4f)",
+        len(members),
+        metric,
+        value,
+        single.record["family"],
+        single.value,
+        margin,
+        stderr,
+    )
+    if margin > stderr and not always:
+        logger.info("the best single run beats the ensemble by more than one standard error: it is exported")
+        return None
+    p_test = np.mean([_ort_probabilities(m.graph, x_test) for m in members], axis=0)
+    test_pred = p_test.argmax(1)
+    choice = EnsembleChoice(
+        members=tuple(m.name for m in members),
+        task=str(single.record["task"]),
+        metric=metric,
+        value=value,
+        single=single,
+        margin=margin,
+        stderr=stderr,
+        test_accuracy=_metric(y_test, test_pred, k, "accuracy"),
+        test_macro_f1=_metric(y_test, test_pred, k, "macro_f1"),
+        n_test=len(y_test),
+        forced=always,
+    )
+    return choice, members, p_sel
+
+
+def export_ensemble(
+    choice: EnsembleChoice,
+    members: list[Member],
+    run_dir: Path,
+    out: Path,
+    *,
+    select: tuple[np.ndarray, np.ndarray],
+    parity_x: np.ndarray,
+    created: str | None,
+    overwrite: bool,
+    atol: float = PROB_ATOL,
+) -> ParityReport:
+    """Write the ensemble bundle (atomically) after its parity check; the temperature fitted on ``select``."""
+    import onnx
+
+    from exporters.calibration import calibrate
+    from exporters.trees import _session, run_logits
+
+    if out.exists() and not overwrite:
+        raise FileExistsError(None, "exists", str(out))
+    base = members[0].metadata
+    for m in members[1:]:
+        if m.metadata.classes != base.classes or m.metadata.bands != base.bands:
+            raise ExportError(
+                f"members {members[0].name} and {m.name} of {run_dir} differ in classes or bands; an ensemble "
+                "needs one legend and one band order"
+            )
+    model = merge_graphs([m.graph for m in members], n_classes=len(base.classes))
+    session = _session(model.SerializeToString())
+    p_onnx = softmax(run_logits(session, parity_x))
+    p_ref = np.mean([m.reference(parity_x) for m in members], axis=0)
+    diff = float(np.abs(p_onnx - p_ref).max())
+    agree = float(np.mean(p_onnx.argmax(1) == p_ref.argmax(1)))
+    report = ParityReport(n=len(parity_x), max_abs_logit_diff=diff, argmax_agreement=agree, atol=atol)
+    if not report.passed:
+        raise ParityError(
+            f"the ensemble bundle does not reproduce the mean of its members' probabilities: max |probability "
+            f"diff| {diff:.3g} (atol {atol:g}), class agreement {100 * agree:.2f} % on {len(parity_x)} series"
+        )
+    x_sel, y_sel = select
+    cal = calibrate(
+        run_logits(session, x_sel),
+        np.asarray(y_sel),
+        data=f"model-selection series of {run_dir.name} (task {choice.task}; never the test split)",
+    )
+    report = dataclasses.replace(report, calibration=cal)
+    prov = base.provenance
+    metrics = {
+        f"selected_by_selection_{choice.metric}": choice.value,
+        "test_accuracy": choice.test_accuracy,
+        "test_macro_f1": choice.test_macro_f1,
+        "n_test": float(choice.n_test),
+    }
+    prov = dataclasses.replace(
+        prov,
+        encoder="; ".join(sorted({m.metadata.provenance.encoder for m in members})),
+        base_model=ENSEMBLE_FAMILY,
+        training_data=f"{prov.training_data.split(';')[0]}; {choice.describe()} (run directory {run_dir.name})",
+        metrics=metrics,
+        created=created or prov.created,
+    )
+    meta = dataclasses.replace(
+        base,
+        model_name=ENSEMBLE_FAMILY,
+        input_name="x",
+        output_name="logits",
+        embedding=None,
+        precision=None,
+        calibration=cal,
+        provenance=prov,
+    )
+    onnx.helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, mode=0o644) as tmp:
+        tmp.write_bytes(model.SerializeToString())
+    logger.info("wrote ensemble bundle %s (%d members); parity %s", out, len(members), summary(report))
+    return report
+
+
+def summary(report: ParityReport) -> str:
+    """One line of the ensemble's parity."""
+    return (
+        f"{report.n} inputs: max |probability diff| vs the members' mean {report.max_abs_logit_diff:.3g} "
+        f"(atol {report.atol:g}), argmax agreement {100 * report.argmax_agreement:.2f} %"
+    )
