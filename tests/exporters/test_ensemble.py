@@ -140,3 +140,74 @@ def test_a_family_ensemble_is_not_a_member_its_runs_are(tmp_path: Path) -> None:
             (tmp_path / "models" / f"{name}.pt").write_bytes(b"")
         recs.append({"family": family, "model": None if name == "e" else f"models/{name}.pt"})
     assert [r["family"] for r in member_records(tmp_path, recs)] == ["lstm", "lstm", "forest"]
+
+
+def test_cropmap_classify_runs_an_ensemble_bundle_on_the_sample_stack(tmp_path: Path) -> None:
+    """An ensemble bundle on the sample stack's bands and grid maps it like any bundle (classify unchanged)."""
+    import subprocess
+    import sys
+
+    import rasterio
+
+    from cropmap.models import DEFAULT_BUNDLE
+    from training.downstream.tasks import TaskData
+
+    sample = load_bundle(DEFAULT_BUNDLE).metadata
+    t, c, k = len(sample.time_grid.day_of_season), len(sample.bands), len(sample.classes)
+    rng = np.random.default_rng(0)
+
+    def series(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(k), n)
+        peak = np.exp(-((np.arange(t)[None, :, None] - 2 - 2 * y[:, None, None]) ** 2) / 4.0)
+        x = 800 + 3000 * peak + rng.normal(0, 200, (len(y), t, c))
+        return np.clip(x, 1, None).astype(np.float32), y.astype(np.int64)
+
+    (x_tr, y_tr), (x_va, y_va) = series(20), series(8)
+    data = TaskData(
+        x_tr,
+        y_tr,
+        x_va,
+        y_va,
+        class_names=tuple(cl.name for cl in sample.classes),
+        bands=sample.bands,
+        classes=sample.classes,
+        time_grid=sample.time_grid,
+        nodata=sample.nodata,
+        description="toy series on the sample stack's grid",
+    )
+    cfg = DownstreamConfig(
+        task="real",
+        families=("lstm",),
+        variants=0,
+        default_variant=True,
+        epochs=1,
+        batch_size=16,
+        recipe="papers",
+        baselines=False,
+        trees=("forest",),
+        tree_trials=0,
+    )
+    run = tmp_path / "run"
+    run_comparison(cfg, data, [], run, show_progress=False)
+    bundle = tmp_path / "ens.onnx"
+    assert exporters_main(["--best", str(run), "-o", str(bundle), "--ensemble", "always"]) == 0
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "map.tif"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "cropmap", "classify"),
+            str(root / "sample_data/belgium_2021/s2_stack.tif"),
+            *("--mask", str(root / "sample_data/belgium_2021/cropland.gpkg")),
+            *("--model", str(bundle), "-o", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with rasterio.open(out) as ds:
+        codes = set(np.unique(ds.read(1)).tolist()) - {ds.nodata}
+    assert codes and codes <= {cl.code for cl in sample.classes}
+    summary = json.loads((tmp_path / "map_summary.json").read_text())
+    assert ENSEMBLE_FAMILY in json.dumps(summary)
