@@ -421,7 +421,13 @@ def run_command_line(
         cfg = load_config(SampleModelConfig, config if config is not None else DEFAULT_CONFIG, overrides)
     except (ConfigError, ValueError) as err:
         raise click.BadParameter(" ".join(str(err).split()), param_hint="--config / --set") from err
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from training.downstream.threads import apply_threads, decide_threads
+
+    threads = decide_threads(
+        0, deterministic=True
+    )  # the shipped model must not depend on the machine's cores
+    apply_threads(threads)
+    click.echo(f"threads: {threads}")
     with input_errors():
         summary = run(cfg, output, progress=not no_progress, device=torch_device)
     m = summary["metrics"]

@@ -168,7 +168,9 @@ def run_study(
     Each trial samples a variant from the papers' space (:func:`suggest`; TPE, seeded by ``(cfg.seed, worker)``),
     trains it as the protocol (:mod:`training.downstream.protocol`) trains a supervised run (``cfg``'s recipe, epochs, batch size, device),
     on the task's training samples less a stratified selection split (:data:`SELECTION_FRACTION`, seeded by
-    ``cfg.seed``), and returns the macro F1 on that selection split. The task's validation samples are never
+    ``cfg.seed``), and returns the macro F1 on that selection split. Threads as the protocol decides them
+    (:func:`training.downstream.threads.decide_threads`: ``cfg.threads``, torch one per trial when
+    ``cfg.deterministic``). The task's validation samples are never
     seen, so a score reported on them after tuning stays honest.
 
     Any number of workers (processes, machines, jobs) may call this with the same storage and study name at
@@ -200,6 +202,11 @@ def run_study(
         raise ValueError(f"unknown model family {family!r}; choose from {sorted(SPACES)}")
     if n_trials < 1:
         raise ValueError(f"number of trials must be >= 1, got {n_trials}")
+    from training.downstream.threads import apply_threads, decide_threads
+
+    threads = decide_threads(cfg.threads, deterministic=cfg.deterministic)
+    apply_threads(threads)
+    logger.info("threads: %s", threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=variant_seed(cfg.seed, family, worker), constant_liar=True)
     study = optuna.create_study(
