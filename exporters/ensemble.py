@@ -31,7 +31,7 @@ import numpy as np
 
 from cropmap.contract.metadata import METADATA_KEY, BundleMetadata
 from cropmap.safeio.atomic import atomic_path
-from exporters.parity import ParityError, ParityReport
+from exporters.parity import ParityReport, probability_parity, softmax
 from exporters.to_onnx import DEFAULT_OPSET, ExportError
 
 logger = logging.getLogger(__name__)
@@ -117,14 +117,6 @@ class EnsembleChoice:
             f"{self.single.value:.4f}) is {self.margin:+.4f} from it, {why}; on the untouched test split "
             f"({self.n_test} samples): accuracy {self.test_accuracy:.4f}, macro F1 {self.test_macro_f1:.4f}"
         )
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def member_records(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -389,16 +381,12 @@ def export_ensemble(
             )
     model = merge_graphs([m.graph for m in members], n_classes=len(base.classes))
     session = _session(model.SerializeToString())
-    p_onnx = softmax(run_logits(session, parity_x))
-    p_ref = np.mean([m.reference(parity_x) for m in members], axis=0)
-    diff = float(np.abs(p_onnx - p_ref).max())
-    agree = float(np.mean(p_onnx.argmax(1) == p_ref.argmax(1)))
-    report = ParityReport(n=len(parity_x), max_abs_logit_diff=diff, argmax_agreement=agree, atol=atol)
-    if not report.passed:
-        raise ParityError(
-            f"the ensemble bundle does not reproduce the mean of its members' probabilities: max |probability "
-            f"diff| {diff:.3g} (atol {atol:g}), class agreement {100 * agree:.2f} % on {len(parity_x)} series"
-        )
+    report = probability_parity(
+        softmax(run_logits(session, parity_x)),
+        np.mean([m.reference(parity_x) for m in members], axis=0),
+        atol,
+        "the ensemble bundle does not reproduce the mean of its members' probabilities",
+    )
     x_sel, y_sel = select
     cal = calibrate(
         run_logits(session, x_sel),

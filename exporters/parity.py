@@ -153,3 +153,31 @@ def check_parity(
         raise ParityError(f"ONNX Runtime does not reproduce torch for {onnx_path}: {report.summary()}")
     logger.info("parity %s: %s", Path(onnx_path).name, report.summary())
     return report
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def probability_parity(p_onnx: np.ndarray, p_ref: np.ndarray, atol: float, what: str) -> ParityReport:
+    """Compare a bundle's class probabilities with the reference side's (tree and ensemble bundles).
+
+    Raises:
+        ParityError: If they differ by more than ``atol`` or the class differs on any input; the message starts
+            with ``what`` (what does not reproduce what).
+    """
+    p_onnx = np.asarray(p_onnx, dtype=np.float64)
+    p_ref = np.asarray(p_ref, dtype=np.float64)
+    diff = float(np.abs(p_onnx - p_ref).max())
+    agree = float(np.mean(p_onnx.argmax(1) == p_ref.argmax(1)))
+    report = ParityReport(n=len(p_ref), max_abs_logit_diff=diff, argmax_agreement=agree, atol=atol)
+    if not report.passed:
+        raise ParityError(
+            f"{what}: max |probability diff| {diff:.3g} (atol {atol:g}), class agreement {100 * agree:.2f} % "
+            f"on {len(p_ref)} series"
+        )
+    return report

@@ -35,7 +35,7 @@ import numpy as np
 
 from cropmap.contract.metadata import METADATA_KEY, BundleMetadata
 from cropmap.safeio.atomic import atomic_path
-from exporters.parity import ParityError, ParityReport
+from exporters.parity import ParityReport, probability_parity, softmax
 from exporters.to_onnx import ExportError
 from training.downstream.trees import INDEX_EPS, TREE_OPSET, TreeClassifier, index_pairs
 
@@ -168,29 +168,18 @@ def run_logits(session: Any, x: np.ndarray, *, batch: int = 4096) -> np.ndarray:
     return np.concatenate(out) if out else np.empty((0, 0), np.float32)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def tree_parity(clf: TreeClassifier, session: Any, *, atol: float = PROB_ATOL) -> ParityReport:
     """Compare the bundle's probabilities with the training library's on the checkpoint's parity inputs.
 
     Raises:
         ParityError: If they differ by more than ``atol`` or the class differs on any input.
     """
-    p_onnx = _softmax(run_logits(session, clf.parity_inputs).astype(np.float64))
-    p_ref = np.asarray(clf.parity_probabilities, dtype=np.float64)
-    diff = float(np.abs(p_onnx - p_ref).max())
-    agree = float(np.mean(p_onnx.argmax(1) == p_ref.argmax(1)))
-    report = ParityReport(n=len(p_ref), max_abs_logit_diff=diff, argmax_agreement=agree, atol=atol)
-    if not report.passed:
-        raise ParityError(
-            f"tree bundle does not reproduce {clf.family}'s predict_proba: max |probability diff| {diff:.3g} "
-            f"(atol {atol:g}), class agreement {100 * agree:.2f} % on {len(p_ref)} series"
-        )
-    return report
+    return probability_parity(
+        softmax(run_logits(session, clf.parity_inputs)),
+        clf.parity_probabilities,
+        atol,
+        f"tree bundle does not reproduce {clf.family}'s predict_proba",
+    )
 
 
 def export_tree_bundle(

@@ -11,27 +11,33 @@ from test_trees import K, _task
 
 from cropmap.runtime import load_bundle
 from exporters.__main__ import main as exporters_main
-from exporters.ensemble import ENSEMBLE_FAMILY, paired_stderr, softmax
+from exporters.ensemble import ENSEMBLE_FAMILY, paired_stderr
+from exporters.parity import softmax
 from exporters.score import main as score_main
 from training.downstream.run import DownstreamConfig, run_comparison
+
+
+def _cfg(**changes: object) -> DownstreamConfig:
+    """A small downstream configuration: one LSTM run and the feature forest, untuned."""
+    base: dict[str, object] = {
+        "task": "real",
+        "families": ("lstm",),
+        "variants": 0,
+        "default_variant": True,
+        "epochs": 1,
+        "batch_size": 16,
+        "recipe": "papers",
+        "baselines": False,
+        "trees": ("forest",),
+        "tree_trials": 0,
+    }
+    return DownstreamConfig(**{**base, **changes})  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A downstream run with a neural family (two seeds) and a tree family."""
-    cfg = DownstreamConfig(
-        task="real",
-        families=("lstm",),
-        variants=0,
-        default_variant=True,
-        repeats=2,
-        epochs=2,
-        batch_size=16,
-        recipe="papers",
-        baselines=False,
-        trees=("forest",),
-        tree_trials=0,
-    )
+    cfg = _cfg(repeats=2, epochs=2)
     out = tmp_path_factory.mktemp("ens") / "run"
     run_comparison(cfg, _task(), [], out, show_progress=False)
     return out
@@ -97,17 +103,7 @@ def test_never_and_auto(run: Path, tmp_path: Path, capsys) -> None:  # type: ign
 
 
 def test_always_needs_two_families(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    cfg = DownstreamConfig(
-        task="real",
-        families=("lstm",),
-        variants=0,
-        default_variant=True,
-        epochs=1,
-        batch_size=16,
-        recipe="papers",
-        baselines=False,
-        trees=(),
-    )
+    cfg = _cfg(trees=())
     run = tmp_path / "run"
     run_comparison(cfg, _task(12), [], run, show_progress=False)
     status = exporters_main(["--best", str(run), "-o", str(tmp_path / "x.onnx"), "--ensemble", "always"])
@@ -175,18 +171,7 @@ def test_cropmap_classify_runs_an_ensemble_bundle_on_the_sample_stack(tmp_path: 
         nodata=sample.nodata,
         description="toy series on the sample stack's grid",
     )
-    cfg = DownstreamConfig(
-        task="real",
-        families=("lstm",),
-        variants=0,
-        default_variant=True,
-        epochs=1,
-        batch_size=16,
-        recipe="papers",
-        baselines=False,
-        trees=("forest",),
-        tree_trials=0,
-    )
+    cfg = _cfg()
     run = tmp_path / "run"
     run_comparison(cfg, data, [], run, show_progress=False)
     bundle = tmp_path / "ens.onnx"
