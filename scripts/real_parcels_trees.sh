@@ -13,7 +13,7 @@
 #   IT_REPEATS=5 REPEATS=3 TREE_BUDGET=120 bash scripts/real_parcels_trees.sh   # the sizes of real_parcels.sh
 #
 # Resumable (recorded runs are skipped). Writes RUN_DIR/<dataset>.md and replaces the block between the
-# real-trees markers in docs/results.md.
+# real-trees markers in docs/results.md; then bench/label_efficiency.py writes the label-efficiency block and plot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${1:-runs/real_trees}
@@ -127,4 +127,6 @@ head, rest = text.split(start, 1)
 doc.write_text(head + "\n".join([start, "", stamp, *blocks, end]) + rest.split(end, 1)[1])
 print(f"updated {doc}")
 PY
+log "label efficiency (bench/label_efficiency.py; resumable)"
+python bench/label_efficiency.py --out "$S/label_efficiency"
 log "done: $S"
