@@ -633,6 +633,21 @@ def export_checkpoint(
         meta = dataclasses.replace(meta, provenance=dataclasses.replace(meta.provenance, created=created))
     warn_unfilled(clf.payload)
     labels = clf.parity_labels
+    cal_data: tuple[np.ndarray, np.ndarray] | None = None
+    cal_note = ""
+    if clf.payload.get("calibration_inputs") is not None:
+        # Series held out of training and of the reported validation for this purpose (the sample model's).
+        cal_data = (
+            np.asarray(clf.payload["calibration_inputs"], dtype=np.float32),
+            np.asarray(clf.payload["calibration_labels"], dtype=np.int64),
+        )
+        cal_note = str(
+            clf.payload.get("calibration_note") or f"calibration series stored in {Path(checkpoint).name}"
+        )
+    elif labels is not None:
+        # Checkpoints of downstream runs store labelled validation series: calibrate on them.
+        cal_data = (clf.parity_inputs, labels)
+        cal_note = f"{len(clf.parity_inputs)} validation series stored in {Path(checkpoint).name}"
     return export_bundle(
         encoder=clf.encoder,
         base_model=clf.base_model,
@@ -643,11 +658,8 @@ def export_checkpoint(
         opset=opset,
         atol=atol,
         overwrite=overwrite,
-        # Checkpoints of downstream runs store labelled validation series: calibrate on them.
-        calibration_data=None if labels is None else (clf.parity_inputs, labels),
-        calibration_note=""
-        if labels is None
-        else f"{len(clf.parity_inputs)} validation series stored in {Path(checkpoint).name}",
+        calibration_data=cal_data,
+        calibration_note=cal_note,
         precision=precision,
         precision_data=None
         if precision == "fp32"

@@ -244,10 +244,14 @@ def test_summary_records_post_processing(
     assert s["options"]["majority_filter"] == 3
 
 
-def test_shipped_sample_bundle_is_uncalibrated() -> None:
+def test_shipped_sample_bundle_is_calibrated_on_parcels_it_was_not_trained_or_scored_on() -> None:
     from cropmap.models import DEFAULT_BUNDLE
 
-    assert cropmap.load_bundle(DEFAULT_BUNDLE).metadata.calibration is None
+    meta = cropmap.load_bundle(DEFAULT_BUNDLE).metadata
+    cal = meta.calibration
+    assert cal is not None and cal.temperature > 1.0  # the raw network is over-confident
+    assert cal.n == meta.provenance.metrics["n_calibration_parcels"] and "calibration parcels" in cal.data
+    assert "validation" not in cal.data.split("(")[0]
 
 
 def test_bundle_without_calibration_key_still_loads(tmp_path: Path) -> None:

@@ -109,7 +109,12 @@ def test_sample_model_script_reduced(tmp_path: Path) -> None:
     assert export_main([str(work / "classifier.pt"), "-o", str(out)]) == 0
     bundle = load_bundle(out)
     summary = json.loads((work / "summary.json").read_text())
-    assert summary["metrics"]["n_val_parcels"] + summary["metrics"]["n_train_parcels"] == 99
+    m = summary["metrics"]
+    assert m["n_val_parcels"] + m["n_calibration_parcels"] + m["n_train_parcels"] == 99
+    assert m["n_calibration_parcels"] >= 4  # every class gives some of its training parcels
     assert bundle.metadata.provenance.metrics == summary["metrics"]
+    # the temperature is fitted on the held-out calibration parcels, never on the validation parcels
+    cal = bundle.metadata.calibration
+    assert cal is not None and cal.n == m["n_calibration_parcels"] and "calibration parcels" in cal.data
     x, _ = _stack_series(bundle.metadata.min_valid_steps)
     assert bundle.run(x[:5]).shape == (5, 4)

@@ -81,6 +81,9 @@ class SampleModelConfig:
     """Fewest valid monthly observations of 12 a parcel / pixel needs."""
     val_fraction: float = 0.3
     """Share of parcels of every class held out for validation."""
+    calibration_fraction: float = 0.2
+    """Share of the training parcels of every class held out of training (pre-training included) to fit the
+    bundle's temperature on (``cropmap export bundle`` uses them): neither trained nor reported on."""
     seed: int = 0
     """Seed of the split, the weights and the batches."""
     corruption: float = 0.2
@@ -258,12 +261,21 @@ def run(
     y_all = coarse_labels(series.labels[usable])
     x_all = gridded.x[usable]
     tr, va = split_by_parcel(y_all, cfg.val_fraction, cfg.seed)
+    cal = np.array([], dtype=np.int64)
+    if cfg.calibration_fraction > 0:
+        fit, held = split_by_parcel(y_all[tr], cfg.calibration_fraction, cfg.seed)
+        tr, cal = tr[fit], tr[held]
     logger.info(
-        "parcels: %d usable of %d; %d training, %d validation", len(usable), len(series), len(tr), len(va)
+        "parcels: %d usable of %d; %d training, %d calibration, %d validation",
+        len(usable),
+        len(series),
+        len(tr),
+        len(cal),
+        len(va),
     )
 
     # Unlabelled single-date pixels: the stack's valid observations + the training parcels' ones
-    # inside the season (validation parcels are never seen).
+    # inside the season (calibration and validation parcels are never seen).
     stack_px = stack.transpose(0, 2, 1).reshape(-1, len(bands))
     stack_px = stack_px[np.isfinite(stack_px).all(axis=1)]
     season_obs = np.array(
@@ -333,12 +345,14 @@ def run(
     px = filled[ok]
     px = px[np.random.default_rng(cfg.seed).permutation(len(px))[: cfg.parity_pixels]]
 
+    cal_m = classification_metrics(y_all[cal], pred[cal], codes) if len(cal) else None
     metrics = {
         "val_accuracy": round(val["accuracy"], 4),
         "val_macro_f1": round(val["macro_f1"], 4),
         "val_majority_baseline": round(majority, 4),
         "train_accuracy": round(train_m["accuracy"], 4),
         "n_train_parcels": float(len(tr)),
+        "n_calibration_parcels": float(len(cal)),
         "n_val_parcels": float(len(va)),
         "n_pretrain_pixels": float(len(pixels)),
     }
@@ -360,8 +374,8 @@ def run(
         base_model="lstm",
         pretraining=f"unimodal-scarf-{cfg.corruption:g}",
         training_data=(
-            f"WorldCereal Flanders 2021 LPIS parcels ({len(tr)} training / {len(va)} validation of "
-            f"{len(usable)} usable), season {cfg.season}-{cfg.season_start}; SCARF pre-training on "
+            f"WorldCereal Flanders 2021 LPIS parcels ({len(tr)} training / {len(cal)} calibration / {len(va)} "
+            f"validation of {len(usable)} usable), season {cfg.season}-{cfg.season_start}; SCARF pre-training on "
             f"{len(pixels)} single-date pixels drawn from sample_data/belgium_2021/s2_stack.tif "
             f"({len(stack_px)} valid) and the training parcels ({len(parcel_px)})"
         ),
@@ -380,6 +394,12 @@ def run(
         norm_stats=norm_stats,
         metadata=meta,
         parity_inputs=parity_inputs,
+        calibration_inputs=torch.from_numpy(np.ascontiguousarray(x_all[cal], dtype=np.float32))
+        if len(cal)
+        else None,
+        calibration_labels=torch.from_numpy((y_all[cal] - 1).astype(np.int64)) if len(cal) else None,
+        calibration_note=f"{len(cal)} calibration parcels of the Flanders sample (held out of training and of the "
+        f"{len(va)} validation parcels)",
         config=dataclasses.asdict(cfg) | {"stack": str(cfg.stack), "parcels": str(cfg.parcels)},
     )
     summary = {
@@ -387,8 +407,13 @@ def run(
         "metrics": metrics,
         "validation": val,
         "training": {k: train_m[k] for k in ("accuracy", "macro_f1")},
+        "calibration_parcels": None if cal_m is None else {k: cal_m[k] for k in ("accuracy", "macro_f1")},
         "class_counts": {
-            c.name: {"train": int((y_all[tr] == c.code).sum()), "val": int((y_all[va] == c.code).sum())}
+            c.name: {
+                "train": int((y_all[tr] == c.code).sum()),
+                "calibration": int((y_all[cal] == c.code).sum()),
+                "val": int((y_all[va] == c.code).sum()),
+            }
             for c in classes
         },
         "final_train_loss": round(losses[-1], 4),
@@ -427,13 +452,17 @@ def run_command_line(
         0, deterministic=True
     )  # the shipped model must not depend on the machine's cores
     apply_threads(threads)
-    click.echo(f"threads: {threads}")
+    click.echo(
+        f"threads: {threads.threads} for OpenMP / BLAS ({threads.why.split(';')[0]}); torch 1, so that the model does not "
+        "depend on the machine's core count"
+    )
     with input_errors():
         summary = run(cfg, output, progress=not no_progress, device=torch_device)
     m = summary["metrics"]
     click.echo(f"classifier {summary['checkpoint']} in {summary['seconds']['total']} s")
     click.echo(
-        f"parcels: {int(m['n_train_parcels'])} training, {int(m['n_val_parcels'])} validation; "
+        f"parcels: {int(m['n_train_parcels'])} training, {int(m['n_calibration_parcels'])} calibration, "
+        f"{int(m['n_val_parcels'])} validation; "
         f"validation accuracy {m['val_accuracy']:.3f}, macro F1 {m['val_macro_f1']:.3f} "
         f"(majority baseline {m['val_majority_baseline']:.3f}); training accuracy {m['train_accuracy']:.3f}"
     )
