@@ -105,16 +105,16 @@ class EnsembleChoice:
     def describe(self) -> str:
         """One line: the members, the comparison with the best single run, the test scores."""
         why = (
-            "asked for (--ensemble always)"
+            "the ensemble asked for with --ensemble always"
             if self.forced
-            else f"within one standard error ({self.stderr:.4f})"
+            else f"ahead by less than one standard error, {self.stderr:.4f}"
             if self.margin > 0
-            else "which it does not beat"
+            else "not ahead of it"
         )
         return (
             f"cross-family ensemble of {len(self.members)} runs ({', '.join(self.members)}), selection "
             f"{self.metric} = {self.value:.4f}; the best single run ({self.single.record['family']}, "
-            f"{self.single.value:.4f}) is {self.margin:+.4f} from it, {why}; on the untouched test split "
+            f"{self.single.value:.4f}) is {self.margin:+.4f} from it ({why}); on the untouched test split "
             f"({self.n_test} samples): accuracy {self.test_accuracy:.4f}, macro F1 {self.test_macro_f1:.4f}"
         )
 
