@@ -236,3 +236,50 @@ def test_collective_errors_read_as_one_short_line() -> None:
         "This is typically caused by a remote failure\nmore"
     )
     assert collective_error(err) == "Read error [127.0.0.1]:35760: Connection reset by peer"
+
+
+@pytest.mark.parametrize(
+    ("alignment", "mode"), [("point", "bimodal"), ("point", "unimodal"), ("time", "unimodal")]
+)
+def test_lockstep_forward_computes_the_plain_forward(alignment: str, mode: str) -> None:
+    """The lockstep forward (two views' BatchNorm layers sharing collectives) gives the plain forward's numbers,
+    gradients and running statistics; time-wise encoders (no BatchNorm) keep the plain forward."""
+    import copy
+
+    import torch.distributed as tdist
+
+    from training.config import PretrainConfig, load_config
+    from training.pretrain.distributed import lockstep_forward
+    from training.pretrain.loop import ContrastiveModel
+
+    config = "pretrain_pointwise.toml" if alignment == "point" else "pretrain_timewise.toml"
+    overrides = [SMALL[alignment][i + 1] for i in range(2, len(SMALL[alignment]), 2)]
+    cfg = load_config(PretrainConfig, ROOT / "training/configs" / config, [*overrides, f"mode={mode}"])
+    stats = {"mean": [0.0] * 12, "std": [1.0] * 12}
+    ps = {"mean": [0.0] * 36, "std": [1.0] * 36} if mode == "bimodal" else None
+    torch.manual_seed(0)
+    model = global_batchnorm(ContrastiveModel(cfg, stats, ps)).train()
+    assert isinstance(model, ContrastiveModel)
+    plain = copy.deepcopy(model)
+    shape = (32, 12) if alignment == "point" else (16, 6, 12)
+    a = torch.randn(*shape)
+    b = torch.randn(*shape[:-1], 36) if mode == "bimodal" else torch.randn(*shape)
+    store = tdist.HashStore()
+    tdist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        got = lockstep_forward(model, a, b)
+        if alignment == "time":
+            assert got is None
+            return
+        assert got is not None
+        want = plain(a, b)  # a world of one: GlobalBatchNorm1d is plain BatchNorm1d
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        sum(z.square().sum() for z in got).backward()
+        sum(z.square().sum() for z in want).backward()
+    finally:
+        tdist.destroy_process_group()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, buf), ref in zip(model.named_buffers(), plain.buffers(), strict=True):
+        torch.testing.assert_close(buf, ref, rtol=1e-5, atol=1e-6, msg=name)

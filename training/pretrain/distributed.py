@@ -148,28 +148,53 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (
-            self.training and tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
-        ):
+        if not (self.training and _distributed()):
             return super().forward(x)
+        return joint_batchnorm([(self, x)])[0]
+
+
+def _distributed() -> bool:
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
+def joint_batchnorm(pairs: list[tuple[nn.Module, torch.Tensor]]) -> list[torch.Tensor]:
+    """Global-batch BatchNorm of several ``(layer, rows)`` pairs with one collective forward and one backward.
+
+    Each pair is normalised with the statistics of its own rows on every rank, exactly as
+    :class:`GlobalBatchNorm1d` alone; only the communication is shared (:func:`lockstep_forward` passes the
+    same layer of two encoders, or of one encoder's two views, together). Running statistics are updated in
+    the order of ``pairs``.
+    """
+    layers: list[nn.BatchNorm1d] = []
+    for layer, x in pairs:
+        if not isinstance(layer, nn.BatchNorm1d) or not layer.affine:
+            raise TypeError(f"global-batch BatchNorm takes affine BatchNorm1d layers, got {layer!r}")
         if x.ndim != 2:
             raise ValueError(f"GlobalBatchNorm1d expects (N, C) rows, got shape {tuple(x.shape)}")
-        weight = self.weight if self.affine else None
-        bias = self.bias if self.affine else None
-        y, mean, var, n = _GlobalBatchNorm.apply(x, weight, bias, self.eps)
-        tracked = self.num_batches_tracked
+        layers.append(layer)
+    k = len(pairs)
+    eps = [float(layer.eps) for layer in layers]
+    out = _JointGlobalBatchNorm.apply(
+        eps,
+        *(x for _, x in pairs),
+        *(layer.weight for layer in layers),
+        *(layer.bias for layer in layers),
+    )
+    ys, means, variances, counts = out[:k], out[k : 2 * k], out[2 * k : 3 * k], out[3 * k :]
+    for layer, mean, var, n in zip(layers, means, variances, counts, strict=True):
+        tracked = layer.num_batches_tracked
         if (
-            self.track_running_stats
-            and self.running_mean is not None
-            and self.running_var is not None
+            layer.track_running_stats
+            and layer.running_mean is not None
+            and layer.running_var is not None
             and tracked is not None
         ):
             with torch.no_grad():
                 tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
-                self.running_mean.mul_(1 - m).add_(mean, alpha=m)
-                self.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
-        return y
+                m = layer.momentum if layer.momentum is not None else 1.0 / float(tracked)
+                layer.running_mean.mul_(1 - m).add_(mean, alpha=m)
+                layer.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
+    return list(ys)
 
 
 def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -178,59 +203,123 @@ def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     An all-gather and a local sum: for the small tensors of the BatchNorm statistics gloo's all-gather is about
     twice as fast as its all-reduce (measured on loopback: 0.7-0.9 ms against 1.6-1.9 ms).
     """
+    return _gathered(x).sum(0)
+
+
+def _gathered(x: torch.Tensor) -> torch.Tensor:
+    """``(world, *x.shape)``: every rank's ``x``, in rank order."""
     parts = [torch.empty_like(x) for _ in range(tdist.get_world_size())]
     tdist.all_gather(parts, x.contiguous())
-    return torch.stack(parts).sum(0)
+    return torch.stack(parts)
 
 
-class _GlobalBatchNorm(torch.autograd.Function):
-    """Batch normalisation of ``(N, C)`` rows with the statistics of every rank's rows.
+class _JointGlobalBatchNorm(torch.autograd.Function):
+    """Batch normalisation of ``k`` row tensors ``(N_i, C_i)``, each with the statistics of every rank's rows.
 
-    Forward: every rank's row count, mean and sum of squared deviations from its mean are gathered and merged
-    (Chan et al.'s pairwise update, which is as stable as the two-pass variance of one process). Backward: the
-    global sums of ``dy`` and ``dy * x_hat`` are all-reduced together; the gradients of the affine parameters
-    are this rank's (DDP averages them like any other parameter's).
+    Forward: for every tensor, every rank's row count, mean and sum of squared deviations from its mean, in one
+    all-gather, merged per tensor (Chan et al.'s pairwise update, as stable as the two-pass variance of one
+    process). Backward: the global sums of ``dy`` and ``dy * x_hat`` of every tensor in one all-gather; the
+    gradients of the affine parameters are this rank's (DDP averages them like any other parameter's).
+    Arguments after ``eps``: the ``k`` inputs, then their ``k`` weights, then their ``k`` biases. Returns the
+    ``k`` outputs, then the ``k`` means, variances (biased) and global row counts.
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        xf = x.float()
-        c = xf.shape[1]
-        local_mean = xf.mean(0)
-        local = torch.cat([xf.new_tensor([xf.shape[0]]), local_mean, ((xf - local_mean) ** 2).sum(0)])
-        parts = [torch.empty_like(local) for _ in range(tdist.get_world_size())]
-        tdist.all_gather(parts, local)
-        stats = torch.stack(parts)  # (world, 1 + 2C): count, mean, M2
-        counts, means, m2 = stats[:, :1], stats[:, 1 : 1 + c], stats[:, 1 + c :]
-        n = counts.sum()
-        mean = (counts * means).sum(0) / n
-        var = (m2.sum(0) + (counts * (means - mean) ** 2).sum(0)) / n
-        invstd = torch.rsqrt(var + eps)
-        x_hat = (xf - mean) * invstd
-        y = x_hat * weight.float() + bias.float() if weight is not None and bias is not None else x_hat
-        ctx.save_for_backward(x_hat, invstd, weight)
-        ctx.n = n
-        ctx.in_dtype = x.dtype
-        ctx.mark_non_differentiable(mean, var, n)
-        return y.to(x.dtype), mean, var, n
+    def forward(ctx: Any, eps: list[float], *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        k = len(eps)
+        xs, weights, biases = args[:k], args[k : 2 * k], args[2 * k :]
+        xfs = [x.float() for x in xs]
+        local_means = [xf.mean(0) for xf in xfs]
+        local = torch.cat(
+            [
+                torch.cat([xf.new_tensor([xf.shape[0]]), mu, ((xf - mu) ** 2).sum(0)])
+                for xf, mu in zip(xfs, local_means, strict=True)
+            ]
+        )
+        stats = _gathered(local)  # (world, sum of 1 + 2 C_i)
+        ys, x_hats, invstds, means, variances, counts = [], [], [], [], [], []
+        start = 0
+        for xf, w, b, e in zip(xfs, weights, biases, eps, strict=True):
+            c = xf.shape[1]
+            part = stats[:, start : start + 1 + 2 * c]
+            start += 1 + 2 * c
+            cnt, mus, m2 = part[:, :1], part[:, 1 : 1 + c], part[:, 1 + c :]
+            n = cnt.sum()
+            mean = (cnt * mus).sum(0) / n
+            var = (m2.sum(0) + (cnt * (mus - mean) ** 2).sum(0)) / n
+            invstd = torch.rsqrt(var + e)
+            x_hat = (xf - mean) * invstd
+            ys.append(x_hat * w.float() + b.float())
+            x_hats.append(x_hat)
+            invstds.append(invstd)
+            means.append(mean)
+            variances.append(var)
+            counts.append(n)
+        ctx.save_for_backward(*x_hats, *invstds, *weights)
+        ctx.k = k
+        ctx.counts = counts
+        ctx.in_dtypes = [x.dtype for x in xs]
+        ctx.mark_non_differentiable(*means, *variances, *counts)
+        return (*(y.to(x.dtype) for y, x in zip(ys, xs, strict=True)), *means, *variances, *counts)
 
     @staticmethod
-    def backward(
-        ctx: Any, dy: torch.Tensor, *_: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, None]:
-        x_hat, invstd, weight = ctx.saved_tensors
-        dyf = dy.float()
-        sum_dy = dyf.sum(0)
-        sum_dy_xhat = (dyf * x_hat).sum(0)
-        grad_weight = sum_dy_xhat if weight is not None else None
-        grad_bias = sum_dy if weight is not None else None
-        sums = sum_over_ranks(torch.cat([sum_dy, sum_dy_xhat]))
-        c = sum_dy.shape[0]
-        scale = invstd * weight.float() if weight is not None else invstd
-        dx = scale * (dyf - sums[:c] / ctx.n - x_hat * (sums[c:] / ctx.n))
-        return dx.to(ctx.in_dtype), grad_weight, grad_bias, None
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        k = ctx.k
+        saved = ctx.saved_tensors
+        x_hats, invstds, weights = saved[:k], saved[k : 2 * k], saved[2 * k :]
+        dys = [g.float() for g in grads[:k]]
+        sums_dy = [dy.sum(0) for dy in dys]
+        sums_dy_xhat = [(dy * xh).sum(0) for dy, xh in zip(dys, x_hats, strict=True)]
+        total = sum_over_ranks(
+            torch.cat([v for pair in zip(sums_dy, sums_dy_xhat, strict=True) for v in pair])
+        )
+        dxs = []
+        start = 0
+        for dy, xh, invstd, w, n, dtype in zip(
+            dys, x_hats, invstds, weights, ctx.counts, ctx.in_dtypes, strict=True
+        ):
+            c = dy.shape[1]
+            s_dy, s_dy_xhat = total[start : start + c], total[start + c : start + 2 * c]
+            start += 2 * c
+            dxs.append((invstd * w.float() * (dy - s_dy / n - xh * (s_dy_xhat / n))).to(dtype))
+        return (None, *dxs, *sums_dy_xhat, *sums_dy)
+
+
+def lockstep_forward(
+    model: ContrastiveModel, a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two views' projections with the two ResMLP encoders (or one encoder's two views) run layer by layer
+    together, so that each pair of corresponding BatchNorm layers shares one collective each way.
+
+    Every view is computed exactly as :meth:`ContrastiveModel.forward` computes it (its own BatchNorm statistics);
+    only the communication is merged, which halves the synchronisations per step. ``None`` when the encoders are
+    not two ResMLPs of the same depth (time-wise encoders have no BatchNorm): the caller runs the plain forward.
+    """
+    from training.models.encoder import ResMLP
+
+    second = model.s2_encoder if model.mode == "unimodal" else model.ps_encoder
+    second_proj = model.s2_projector if model.mode == "unimodal" else model.ps_projector
+    if second is None or second_proj is None:
+        return None
+    encoders = (model.s2_encoder, second)
+    res = [e.encoder for e in encoders]
+    if not (isinstance(res[0], ResMLP) and isinstance(res[1], ResMLP)) or len(res[0].blocks) != len(
+        res[1].blocks
+    ):
+        return None
+    stacks: list[ResMLP] = [res[0], res[1]]
+    hs = [
+        net.stem(enc.normalize(x).reshape(-1, net.in_dim))
+        for net, enc, x in zip(stacks, encoders, (a, b), strict=True)
+    ]
+    for k in range(len(stacks[0].blocks)):
+        fs: list[nn.Sequential] = [net.blocks[k].f for net in stacks]  # type: ignore[misc]
+        ys = joint_batchnorm([(fs[0][0], hs[0]), (fs[1][0], hs[1])])
+        hs = [h + f[1:](y) for h, f, y in zip(hs, fs, ys, strict=True)]
+    heads = [net.head for net in stacks]
+    ys = joint_batchnorm([(heads[0][0], hs[0]), (heads[1][0], hs[1])])
+    z = [head[1:](y) for head, y in zip(heads, ys, strict=True)]
+    return model.s2_projector(z[0]), second_proj(z[1])
 
 
 def global_batchnorm(module: nn.Module) -> nn.Module:

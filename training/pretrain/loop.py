@@ -119,8 +119,19 @@ class ContrastiveModel(nn.Module):
             raise ValueError("bi-modal loss needs the PlanetScope batch")
         return corrupt(s2), corrupt(ps)
 
+    lockstep: bool = False
+    """Data-parallel training sets this: ResMLP encoders then run the two views layer by layer together, so that
+    their global-batch BatchNorm layers share collectives (:func:`training.pretrain.distributed.lockstep_forward`;
+    the same numbers as the plain forward)."""
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Projections ``(B, P)`` of the two views (each view its own forward pass: BatchNorm sees one view)."""
+        if self.lockstep and self.training:
+            from training.pretrain.distributed import lockstep_forward
+
+            both = lockstep_forward(self, a, b)
+            if both is not None:
+                return both
         if self.mode == "unimodal":
             return self.project_s2(a), self.project_s2(b)
         return self.project_s2(a), self.project_ps(b)

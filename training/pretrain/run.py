@@ -302,6 +302,7 @@ def pretrain(
     start_epoch = 1
     if ranks is not None:
         global_batchnorm(model)
+        model.lockstep = True
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
