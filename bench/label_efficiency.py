@@ -72,12 +72,28 @@ def _encoder(out: Path) -> Path:
     pixels = out / "pixels.npz"
     if not pixels.is_file():
         subprocess.run(
-            ["cropmap", "data", "stack-pixels", str(ROOT / "sample_data/belgium_2021/s2_stack.tif"), str(pixels)],
+            [
+                "cropmap",
+                "data",
+                "stack-pixels",
+                str(ROOT / "sample_data/belgium_2021/s2_stack.tif"),
+                str(pixels),
+            ],
             check=True,
         )
     subprocess.run(
         [
-            *("cropmap", "train", "pretrain", "--mode", "unimodal", "--alignment", "point", "--corruption", "0.2"),
+            *(
+                "cropmap",
+                "train",
+                "pretrain",
+                "--mode",
+                "unimodal",
+                "--alignment",
+                "point",
+                "--corruption",
+                "0.2",
+            ),
             *("--data", str(pixels), "-o", str(enc.parent), "--overwrite", "--no-progress"),
             *("--config", str(ROOT / "training/configs/pretrain_pointwise.toml")),
             *("--set", "epochs=5", "--set", "batch_size=512", "--set", "encoder.hidden=128"),
@@ -97,10 +113,7 @@ def _subsample(data: Any, n: int | None, seed: int) -> Any:
         raise SystemExit("error: these parcels have several samples each; the cut is by sample here")
     rng = np.random.default_rng(seed)
     keep = np.concatenate(
-        [
-            rng.permutation(np.flatnonzero(data.y_train == k))[:n]
-            for k in range(len(data.class_names))
-        ]
+        [rng.permutation(np.flatnonzero(data.y_train == k))[:n] for k in range(len(data.class_names))]
     )
     keep.sort()
     return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
@@ -227,8 +240,10 @@ def _plot(cells: list[dict[str, Any]], sizes: list[int | None], names: list[str]
 
 def _table(cells: list[dict[str, Any]], sizes: list[int | None], seeds: list[int], names: list[str]) -> str:
     lines = [
-        f"Generated {dt.date.today().isoformat()} by `python bench/label_efficiency.py` (split seeds "
-        f"{', '.join(map(str, seeds))}; mean +- std over them; OA / macro F1 in % on the untouched test parcels).",
+        (
+            f"Generated {dt.date.today().isoformat()} by `python bench/label_efficiency.py` (split seeds "
+            f"{', '.join(map(str, seeds))}; mean +- std over them; OA / macro F1 in % on the untouched test parcels)."
+        ),
         "",
         "![label efficiency](label_efficiency.png)",
         "",
@@ -237,16 +252,23 @@ def _table(cells: list[dict[str, Any]], sizes: list[int | None], seeds: list[int
         title = DATASETS[name][0]
         mine = [c for c in cells if c["dataset"] == name]
         head = "| model | " + " | ".join(f"{s} / class" if s else "all" for s in sizes) + " |"
-        lines += [f"**{title}** (training parcels: "
-                  + ", ".join(f"{int(np.mean([c['n_train'] for c in mine if c['size'] == s]))}" for s in sizes)
-                  + f"; test parcels: {mine[0]['n_test'] if mine else 0})", "", head,
-                  "|---|" + "---|" * len(sizes)]
+        lines += [
+            f"**{title}** (training parcels: "
+            + ", ".join(f"{int(np.mean([c['n_train'] for c in mine if c['size'] == s]))}" for s in sizes)
+            + f"; test parcels: {mine[0]['n_test'] if mine else 0})",
+            "",
+            head,
+            "|---|" + "---|" * len(sizes),
+        ]
         for model in MODELS:
             row = []
             for s in sizes:
                 v = np.array([c["scores"][model] for c in mine if c["size"] == s]) * 100
-                row.append(f"{v[:, 0].mean():.1f} +- {v[:, 0].std(ddof=1):.1f} / {v[:, 1].mean():.1f}" if len(v) > 1
-                           else "-")
+                row.append(
+                    f"{v[:, 0].mean():.1f} +- {v[:, 0].std(ddof=1):.1f} / {v[:, 1].mean():.1f}"
+                    if len(v) > 1
+                    else "-"
+                )
             lines.append(f"| {model} | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -280,7 +302,9 @@ def main() -> int:
                     f.write(json.dumps(cell) + "\n")
                 shown = ", ".join(f"{m} {100 * v[0]:.1f}/{100 * v[1]:.1f}" for m, v in cell["scores"].items())
                 print(f"{name} seed {seed} n={size or 'all'} ({cell['seconds']:.0f} s): {shown}", flush=True)
-    cells = [c for c in cells if c["dataset"] in args.datasets and c["seed"] in args.seeds and c["size"] in sizes]
+    cells = [
+        c for c in cells if c["dataset"] in args.datasets and c["seed"] in args.seeds and c["size"] in sizes
+    ]
     _plot(cells, sizes, args.datasets, args.doc.parent / "label_efficiency.png")
     block = _table(cells, sizes, args.seeds, args.datasets)
     text = args.doc.read_text()
