@@ -1,7 +1,7 @@
 """Label efficiency on the shipped real parcels: accuracy against the number of labelled parcels per class.
 
     python bench/label_efficiency.py [--out runs/label_efficiency] [--sizes 5 10 20 50 all] [--seeds 0 1 2]
-                                     [--encoder ENCODER.pt] [--doc docs/results.md]
+                                     [--encoder ENCODER.pt] [--s1-encoders runs/s1_bimodal] [--doc docs/results.md]
 
 For each shipped WorldCereal data set (France 2022, six classes; Flanders 2021, four classes) and split seed, the
 parcels are split 70/30 by parcel as ``cropmap train downstream --task real`` splits them; the training parcels are
@@ -17,6 +17,16 @@ untouched 30 % test parcels:
   unlabelled pixels of the Belgium 2021 sample stack (no parcel pixel);
 * ``boosting, embeddings``: the same LightGBM on the flattened per-date embeddings of that encoder (the
   WorldCereal recipe: a pre-trained encoder feeding boosted trees).
+
+With ``--s1-encoders DIR`` (the output folder of ``cropmap evaluate s1-bimodal``: per data set and split seed, a
+uni-modal S2 encoder and a bi-modal S2-vs-S1 encoder pre-trained with identical settings on the (parcel, month) pairs
+of every parcel outside that split's test parcels, labels unused), two more rows:
+
+* ``InceptionTime, S2 embeddings (parcels)``: InceptionTime on that split's uni-modal encoder;
+* ``InceptionTime, S2+S1 embeddings (parcels)``: the same on the S2 branch of that split's bi-modal encoder.
+
+Those encoders saw the unlabelled pairs of all training parcels, also at 5 labelled parcels per class: the
+semi-supervised setting (many unlabelled parcels, few labels). The script checks that their split is this one.
 
 The networks and the forest train through :func:`training.downstream.run.run_comparison` in a folder of their own
 (no selection split: every labelled parcel trains; nothing looks at the test parcels). One thread. Without
@@ -61,6 +71,7 @@ MODELS = (
     "InceptionTime, embeddings",
     "boosting, embeddings",
 )
+S1_MODELS = ("InceptionTime, S2 embeddings (parcels)", "InceptionTime, S2+S1 embeddings (parcels)")
 START, END = "<!-- label-efficiency:start -->", "<!-- label-efficiency:end -->"
 
 
@@ -204,7 +215,71 @@ def _cell(name: str, seed: int, size: int | None, encoder: Path, work: Path) -> 
     }
 
 
-def _plot(cells: list[dict[str, Any]], sizes: list[int | None], names: list[str], path: Path) -> None:
+def _s1_cell(name: str, seed: int, size: int | None, s1_dir: Path, work: Path) -> dict[str, Any]:
+    """InceptionTime on the split's uni-modal S2 and bi-modal S2+S1 encoders (``cropmap evaluate s1-bimodal``)."""
+    from training.data.parcels import load_parcels
+    from training.downstream.config import DownstreamConfig, EncoderSpec
+    from training.downstream.run import run_comparison
+    from training.downstream.tasks import load_real_task
+
+    _, path, extra = DATASETS[name]
+    base = DownstreamConfig(task="real", data=path, split_seed=seed, seed=seed, **extra)
+    full = load_real_task(path, base)
+    theirs = load_parcels(
+        path,
+        top_classes=base.top_classes,
+        class_map=base.class_map,
+        season=base.season,
+        split_seed=seed,
+    )
+    if not (np.array_equal(theirs.x_val, full.x_val) and np.array_equal(theirs.y_val, full.y_val)):
+        raise SystemExit(
+            f"error: the s1-bimodal encoders of {name} seed {seed} were pre-trained on another split"
+        )
+    folder = s1_dir / f"{name}-s{seed}"
+    specs = [EncoderSpec(m, 0.2, folder / m / "encoder.pt") for m in ("unimodal", "bimodal")]
+    missing = [str(e.path) for e in specs if not e.path.is_file()]
+    if missing:
+        raise SystemExit(
+            f"error: {', '.join(missing)} missing; run cropmap evaluate s1-bimodal -o {s1_dir} first"
+        )
+    data = _subsample(full, size, 1000 * seed + (size or 0))
+    cfg = dataclasses.replace(
+        base,
+        families=("inception_time",),
+        default_variant=True,
+        variants=0,
+        selection_holdout=0.0,
+        trees=(),
+        baselines=False,
+        save_models=False,
+        threads=1,
+    )
+    run = work / f"s1-{name}-s{seed}-n{size or 'all'}"
+    t0 = time.perf_counter()
+    run_comparison(cfg, data, specs, run, show_progress=False)
+    recs = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+
+    def rec(method: str) -> tuple[float, float]:
+        r = next(r for r in recs if r["family"] == "inception_time" and r["method"] == method)
+        return float(r["val_accuracy"]), float(r["macro_f1"])
+
+    return {
+        "dataset": name,
+        "seed": seed,
+        "size": size,
+        "scores": dict(zip(S1_MODELS, (rec("unimodal"), rec("bimodal")), strict=True)),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _plot(
+    cells: list[dict[str, Any]],
+    sizes: list[int | None],
+    names: list[str],
+    models: tuple[str, ...],
+    path: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,14 +290,14 @@ def _plot(cells: list[dict[str, Any]], sizes: list[int | None], names: list[str]
     for row, name in enumerate(names):
         for col, metric in enumerate(("overall accuracy", "macro F1")):
             ax = axes[row, col]
-            for model in MODELS:
+            for model in models:
                 vals = [
                     [100 * c["scores"][model][col] for c in cells if c["dataset"] == name and c["size"] == s]
                     for s in sizes
                 ]
                 mean = np.array([np.mean(v) if v else np.nan for v in vals])
                 std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals])
-                style = "--" if model == "RandomForest" else "-"
+                style = "--" if model == "RandomForest" else ":" if model in S1_MODELS else "-"
                 ax.errorbar(xs, mean, yerr=std, label=model, linestyle=style, marker="o", capsize=3)
             ax.set_title(f"{DATASETS[name][0]}: {metric}")
             ax.set_xticks(xs, [str(s) if s else "all" for s in sizes])
@@ -238,7 +313,13 @@ def _plot(cells: list[dict[str, Any]], sizes: list[int | None], names: list[str]
     fig.savefig(path, dpi=110)
 
 
-def _table(cells: list[dict[str, Any]], sizes: list[int | None], seeds: list[int], names: list[str]) -> str:
+def _table(
+    cells: list[dict[str, Any]],
+    sizes: list[int | None],
+    seeds: list[int],
+    names: list[str],
+    models: tuple[str, ...],
+) -> str:
     lines = [
         (
             f"Generated {dt.date.today().isoformat()} by `python bench/label_efficiency.py` (split seeds "
@@ -260,7 +341,7 @@ def _table(cells: list[dict[str, Any]], sizes: list[int | None], seeds: list[int
             head,
             "|---|" + "---|" * len(sizes),
         ]
-        for model in MODELS:
+        for model in models:
             row = []
             for s in sizes:
                 v = np.array([c["scores"][model] for c in mine if c["size"] == s]) * 100
@@ -274,21 +355,8 @@ def _table(cells: list[dict[str, Any]], sizes: list[int | None], seeds: list[int
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs/label_efficiency")
-    parser.add_argument("--sizes", nargs="+", default=["5", "10", "20", "50", "all"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--encoder", type=Path, default=None, help="a pre-trained uni-modal encoder (.pt)")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs/results.md")
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    logging.basicConfig(level=logging.WARNING)
-    sizes: list[int | None] = [None if s == "all" else int(s) for s in args.sizes]
-    args.out.mkdir(parents=True, exist_ok=True)
-    encoder = args.encoder or _encoder(args.out)
-    log = args.out / "cells.jsonl"
+def _fill(log: Path, args: Any, sizes: list[int | None], make: Any) -> list[dict[str, Any]]:
+    """The cells of ``log`` for the asked data sets, seeds and sizes, computing (and appending) the missing ones."""
     cells = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     done = {(c["dataset"], c["seed"], c["size"]) for c in cells}
     for name in args.datasets:
@@ -296,17 +364,54 @@ def main() -> int:
             for size in sizes:
                 if (name, seed, size) in done:
                     continue
-                cell = _cell(name, seed, size, encoder, args.out / "runs")
+                cell = make(name, seed, size)
                 cells.append(cell)
                 with log.open("a") as f:
                     f.write(json.dumps(cell) + "\n")
                 shown = ", ".join(f"{m} {100 * v[0]:.1f}/{100 * v[1]:.1f}" for m, v in cell["scores"].items())
                 print(f"{name} seed {seed} n={size or 'all'} ({cell['seconds']:.0f} s): {shown}", flush=True)
-    cells = [
+    return [
         c for c in cells if c["dataset"] in args.datasets and c["seed"] in args.seeds and c["size"] in sizes
     ]
-    _plot(cells, sizes, args.datasets, args.doc.parent / "label_efficiency.png")
-    block = _table(cells, sizes, args.seeds, args.datasets)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/label_efficiency")
+    parser.add_argument("--sizes", nargs="+", default=["5", "10", "20", "50", "all"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--encoder", type=Path, default=None, help="a pre-trained uni-modal encoder (.pt)")
+    parser.add_argument(
+        "--s1-encoders",
+        type=Path,
+        default=None,
+        help="the output folder of cropmap evaluate s1-bimodal: adds InceptionTime on its per-split S2 and S2+S1 encoders",
+    )
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs/results.md")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.basicConfig(level=logging.WARNING)
+    sizes: list[int | None] = [None if s == "all" else int(s) for s in args.sizes]
+    args.out.mkdir(parents=True, exist_ok=True)
+    encoder = args.encoder or _encoder(args.out)
+    cells = _fill(
+        args.out / "cells.jsonl", args, sizes, lambda n, s, z: _cell(n, s, z, encoder, args.out / "runs")
+    )
+    models: tuple[str, ...] = MODELS
+    if args.s1_encoders is not None:
+        extra = _fill(
+            args.out / "cells_s1.jsonl",
+            args,
+            sizes,
+            lambda n, s, z: _s1_cell(n, s, z, args.s1_encoders, args.out / "runs"),
+        )
+        by_key = {(c["dataset"], c["seed"], c["size"]): c["scores"] for c in extra}
+        for c in cells:
+            c["scores"].update(by_key[(c["dataset"], c["seed"], c["size"])])
+        models = (*MODELS, *S1_MODELS)
+    _plot(cells, sizes, args.datasets, models, args.doc.parent / "label_efficiency.png")
+    block = _table(cells, sizes, args.seeds, args.datasets, models)
     text = args.doc.read_text()
     if START not in text or END not in text:
         raise SystemExit(f"error: {args.doc} lacks the {START} / {END} markers")
