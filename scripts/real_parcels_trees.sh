@@ -127,6 +127,8 @@ head, rest = text.split(start, 1)
 doc.write_text(head + "\n".join([start, "", stamp, *blocks, end]) + rest.split(end, 1)[1])
 print(f"updated {doc}")
 PY
+log "per-split S2 and S2+S1 encoders for the label-efficiency curves (cropmap evaluate s1-bimodal; resumable)"
+cropmap evaluate s1-bimodal -o "$S/s1_bimodal" --seed 0 --seed 1 --seed 2
 log "label efficiency (bench/label_efficiency.py; resumable)"
-python bench/label_efficiency.py --out "$S/label_efficiency"
+python bench/label_efficiency.py --out "$S/label_efficiency" --s1-encoders "$S/s1_bimodal"
 log "done: $S"
