@@ -188,6 +188,8 @@ def export_best(
     """
     if ensemble not in ENSEMBLE_MODES:
         raise ExportError(f"unknown ensemble mode {ensemble!r}; choose from {list(ENSEMBLE_MODES)}")
+    if Path(out).exists() and not overwrite:  # before the members are exported and weighed
+        raise FileExistsError(None, "exists", str(out))
     choice = select_best(run_dir, metric=metric, task=task, split=split)
     refuse_inputs_as_outputs(out, run_folder_inputs(run_dir))
     if ensemble != "never":

@@ -95,6 +95,12 @@ def test_never_and_auto(run: Path, tmp_path: Path, capsys) -> None:  # type: ign
     printed = capsys.readouterr().out
     chose_ensemble = load_bundle(auto).metadata.model_name == ENSEMBLE_FAMILY
     assert ("cross-family ensemble of 3 runs" in printed) == chose_ensemble
+    # an existing output is refused before anything is exported, and left as it was
+    assert exporters_main(["--best", str(run), "-o", str(auto), "--ensemble", "always"]) == 1
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert load_bundle(auto).metadata.model_name == (
+        ENSEMBLE_FAMILY if chose_ensemble else load_bundle(single).metadata.model_name
+    )
     # reduced precision: refused with one line when the ensemble is chosen, nothing written
     q = tmp_path / "q.onnx"
     status = exporters_main(["--best", str(run), "-o", str(q), "--ensemble", "always", "--weights", "int8"])
