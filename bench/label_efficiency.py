@@ -163,10 +163,37 @@ def _embedding_boosting(data: Any, encoder: Path, seed: int) -> tuple[float, flo
     return _scores(data.y_val, pred, k)
 
 
+def _inception_runs(
+    base: Any, data: Any, encoders: list[Any], run: Path, *, baselines: bool
+) -> list[dict[str, Any]]:
+    """InceptionTime (defaults) supervised and on each encoder through ``run_comparison``, no selection split, one
+    thread; the records of ``run``."""
+    from training.downstream.run import run_comparison
+
+    cfg = dataclasses.replace(
+        base,
+        families=("inception_time",),
+        default_variant=True,
+        variants=0,
+        selection_holdout=0.0,
+        trees=(),
+        baselines=baselines,
+        save_models=False,
+        threads=1,
+    )
+    run_comparison(cfg, data, encoders, run, show_progress=False)
+    return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+
+
+def _record(recs: list[dict[str, Any]], family: str, method: str) -> tuple[float, float]:
+    """Test accuracy and macro F1 of the record of ``family`` / ``method``."""
+    r = next(r for r in recs if r["family"] == family and r["method"] == method)
+    return float(r["val_accuracy"]), float(r["macro_f1"])
+
+
 def _cell(name: str, seed: int, size: int | None, encoder: Path, work: Path) -> dict[str, Any]:
     """Every model of one (data set, split seed, parcels per class) cell, scored on the test parcels."""
     from training.downstream.config import DownstreamConfig, EncoderSpec
-    from training.downstream.run import run_comparison
     from training.downstream.tasks import load_real_task
     from training.downstream.trees import fit_tree, predict_proba, tree_features
 
@@ -175,25 +202,9 @@ def _cell(name: str, seed: int, size: int | None, encoder: Path, work: Path) -> 
     full = load_real_task(path, base)
     data = _subsample(full, size, 1000 * seed + (size or 0))
     k = len(data.class_names)
-    cfg = dataclasses.replace(
-        base,
-        families=("inception_time",),
-        default_variant=True,
-        variants=0,
-        selection_holdout=0.0,
-        trees=(),
-        baselines=True,
-        save_models=False,
-        threads=1,
-    )
-    run = work / f"{name}-s{seed}-n{size or 'all'}"
     t0 = time.perf_counter()
-    run_comparison(cfg, data, [EncoderSpec("unimodal", 0.2, encoder)], run, show_progress=False)
-    recs = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
-
-    def rec(family: str, method: str) -> tuple[float, float]:
-        r = next(r for r in recs if r["family"] == family and r["method"] == method)
-        return float(r["val_accuracy"]), float(r["macro_f1"])
+    run = work / f"{name}-s{seed}-n{size or 'all'}"
+    recs = _inception_runs(base, data, [EncoderSpec("unimodal", 0.2, encoder)], run, baselines=True)
 
     hp = _boosting_hp(data.y_train)
     est = fit_tree("boosting", tree_features(data.x_train, data.bands), data.y_train, hp, seed=seed)
@@ -205,10 +216,10 @@ def _cell(name: str, seed: int, size: int | None, encoder: Path, work: Path) -> 
         "n_train": len(data.y_train),
         "n_test": len(data.y_val),
         "scores": {
-            "RandomForest": rec("random_forest", "supervised"),
+            "RandomForest": _record(recs, "random_forest", "supervised"),
             "boosting": boost,
-            "InceptionTime": rec("inception_time", "supervised"),
-            "InceptionTime, embeddings": rec("inception_time", "unimodal"),
+            "InceptionTime": _record(recs, "inception_time", "supervised"),
+            "InceptionTime, embeddings": _record(recs, "inception_time", "unimodal"),
             "boosting, embeddings": _embedding_boosting(data, encoder, seed),
         },
         "seconds": time.perf_counter() - t0,
@@ -219,7 +230,6 @@ def _s1_cell(name: str, seed: int, size: int | None, s1_dir: Path, work: Path) -
     """InceptionTime on the split's uni-modal S2 and bi-modal S2+S1 encoders (``cropmap evaluate s1-bimodal``)."""
     from training.data.parcels import load_parcels
     from training.downstream.config import DownstreamConfig, EncoderSpec
-    from training.downstream.run import run_comparison
     from training.downstream.tasks import load_real_task
 
     _, path, extra = DATASETS[name]
@@ -244,31 +254,16 @@ def _s1_cell(name: str, seed: int, size: int | None, s1_dir: Path, work: Path) -
             f"error: {', '.join(missing)} missing; run cropmap evaluate s1-bimodal -o {s1_dir} first"
         )
     data = _subsample(full, size, 1000 * seed + (size or 0))
-    cfg = dataclasses.replace(
-        base,
-        families=("inception_time",),
-        default_variant=True,
-        variants=0,
-        selection_holdout=0.0,
-        trees=(),
-        baselines=False,
-        save_models=False,
-        threads=1,
-    )
-    run = work / f"s1-{name}-s{seed}-n{size or 'all'}"
     t0 = time.perf_counter()
-    run_comparison(cfg, data, specs, run, show_progress=False)
-    recs = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
-
-    def rec(method: str) -> tuple[float, float]:
-        r = next(r for r in recs if r["family"] == "inception_time" and r["method"] == method)
-        return float(r["val_accuracy"]), float(r["macro_f1"])
+    recs = _inception_runs(base, data, specs, work / f"s1-{name}-s{seed}-n{size or 'all'}", baselines=False)
 
     return {
         "dataset": name,
         "seed": seed,
         "size": size,
-        "scores": dict(zip(S1_MODELS, (rec("unimodal"), rec("bimodal")), strict=True)),
+        "scores": dict(
+            zip(S1_MODELS, (_record(recs, "inception_time", m) for m in ("unimodal", "bimodal")), strict=True)
+        ),
         "seconds": time.perf_counter() - t0,
     }
 

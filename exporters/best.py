@@ -319,7 +319,7 @@ def _cross_family(
         )
         if found is None:
             return None
-        ens, members, _ = found
+        ens, members = found
         if precision != "fp32":
             raise ExportError(
                 f"the cross-family ensemble was chosen and is fp32 only (its tree members refuse {precision}); "

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +63,27 @@ class Member:
     metadata: BundleMetadata
     parity: ParityReport
     """The member's own check (torch or ``predict_proba`` against ONNX Runtime)."""
-    reference: Any
-    """``callable(x) -> (N, K)`` probabilities on the reference side."""
+    torch_reference: Any = None
+    """``callable(x) -> (N, K)`` torch probabilities of a neural member; ``None`` for a tree member, whose graph
+    was checked against ``predict_proba`` on export and serves as its own reference."""
+    session: Any = field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
         """The run's model file name without its folder and suffix (unique in a run directory)."""
         return self.checkpoint.stem
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """ONNX Runtime's probabilities of the member's graph (one session, made on first use)."""
+        from exporters.trees import _session, run_logits
+
+        if self.session is None:
+            self.session = _session(self.graph.SerializeToString())
+        return softmax(run_logits(self.session, x))
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """The reference side's probabilities: torch for a neural member, the checked graph for a tree member."""
+        return self.probabilities(x) if self.torch_reference is None else self.torch_reference(x)
 
 
 @dataclass(frozen=True)
@@ -157,7 +170,7 @@ def load_member(
     import torch
 
     from exporters.to_onnx import build_graph, export_bundle, verify_checkpoint
-    from exporters.trees import _session, export_tree_bundle, run_logits, verify_tree_checkpoint
+    from exporters.trees import export_tree_bundle, verify_tree_checkpoint
     from training.downstream.classifier import load_classifier
     from training.downstream.trees import TREE_FAMILIES, load_tree_classifier
 
@@ -167,13 +180,7 @@ def load_member(
         verify_tree_checkpoint(path)
         tree = load_tree_classifier(path)
         report = export_tree_bundle(tree, out, overwrite=True)
-        graph = onnx.load(str(out))
-        session = _session(graph.SerializeToString())
-
-        def tree_reference(x: np.ndarray) -> np.ndarray:
-            return softmax(run_logits(session, x))  # parity-checked against predict_proba above
-
-        return Member(record, path, graph, tree.metadata, report, tree_reference)
+        return Member(record, path, onnx.load(str(out)), tree.metadata, report)
     verify_checkpoint(path)
     clf = load_classifier(path)
     report = export_bundle(
@@ -189,12 +196,12 @@ def load_member(
     )
     module = build_graph(encoder=clf.encoder, base_model=clf.base_model, norm_stats=clf.norm_stats)
 
-    def torch_reference(x: np.ndarray) -> np.ndarray:
+    def torch_probabilities(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             logits = [module(torch.from_numpy(x[i : i + 1024]))[0] for i in range(0, len(x), 1024)]
         return softmax(torch.cat(logits).numpy())
 
-    return Member(record, path, onnx.load(str(out)), clf.metadata, report, torch_reference)
+    return Member(record, path, onnx.load(str(out)), clf.metadata, report, torch_probabilities)
 
 
 def merge_graphs(
@@ -273,10 +280,15 @@ def paired_stderr(
     return float(diffs.std(ddof=1))
 
 
-def _ort_probabilities(model: Any, x: np.ndarray) -> np.ndarray:
-    from exporters.trees import _session, run_logits
-
-    return softmax(run_logits(_session(model.SerializeToString()), x))
+def _check_legend(members: list[Member], run_dir: Path) -> None:
+    """Refuse members that disagree on classes or bands (their probabilities could not be averaged)."""
+    base = members[0].metadata
+    for m in members[1:]:
+        if m.metadata.classes != base.classes or m.metadata.bands != base.bands:
+            raise ExportError(
+                f"members {members[0].name} and {m.name} of {run_dir} differ in classes or bands; an ensemble "
+                "needs one legend and one band order"
+            )
 
 
 def consider_ensemble(
@@ -290,11 +302,11 @@ def consider_ensemble(
     work: Path,
     atol: float,
     always: bool = False,
-) -> tuple[EnsembleChoice, list[Member], np.ndarray] | None:
+) -> tuple[EnsembleChoice, list[Member]] | None:
     """The cross-family ensemble when the rule picks it over ``single`` (the best single run), or ``always``;
     else ``None``.
 
-    Returns the choice, its members (exported and checked) and its selection-split probabilities.
+    Returns the choice and its members (exported and checked).
     """
     from training.downstream.trees import TREE_FAMILIES
 
@@ -306,18 +318,14 @@ def consider_ensemble(
     neural = next((r for r in runs if r["family"] not in TREE_FAMILIES), None)
     example = x_test[:256] if neural is not None else x_test[:1]
     members = [load_member(r, run_dir, work, example, atol) for r in runs]
+    _check_legend(members, run_dir)
     k = len(members[0].metadata.classes)
-    p_sel = np.mean([_ort_probabilities(m.graph, x_sel) for m in members], axis=0)
-    ens_pred = p_sel.argmax(1)
+    ens_pred = np.mean([m.probabilities(x_sel) for m in members], axis=0).argmax(1)
     value = _metric(y_sel, ens_pred, k, metric)
     single_member = next((m for m in members if m.checkpoint == Path(single.model)), None)
-    if single_member is not None:
-        single_pred = _ort_probabilities(single_member.graph, x_sel).argmax(1)
-    else:  # the best single run is a family's own ensemble: score its bundle graph
-        with tempfile.TemporaryDirectory() as tmp:
-            single_pred = (
-                load_member(single.record, run_dir, Path(tmp), example, atol).reference(x_sel).argmax(1)
-            )
+    if single_member is None:  # the best single run is a family's own ensemble: export it beside the members
+        single_member = load_member(single.record, run_dir, work, example, atol)
+    single_pred = single_member.probabilities(x_sel).argmax(1)
     margin = _metric(y_sel, single_pred, k, metric) - value
     stderr = paired_stderr(y_sel, single_pred, ens_pred, k, metric)
     logger.info(
@@ -334,7 +342,7 @@ def consider_ensemble(
     if margin > stderr and not always:
         logger.info("the best single run beats the ensemble by more than one standard error: it is exported")
         return None
-    p_test = np.mean([_ort_probabilities(m.graph, x_test) for m in members], axis=0)
+    p_test = np.mean([m.probabilities(x_test) for m in members], axis=0)
     test_pred = p_test.argmax(1)
     choice = EnsembleChoice(
         members=tuple(m.name for m in members),
@@ -349,7 +357,7 @@ def consider_ensemble(
         n_test=len(y_test),
         forced=always,
     )
-    return choice, members, p_sel
+    return choice, members
 
 
 def export_ensemble(
@@ -372,13 +380,7 @@ def export_ensemble(
 
     if out.exists() and not overwrite:
         raise FileExistsError(None, "exists", str(out))
-    base = members[0].metadata
-    for m in members[1:]:
-        if m.metadata.classes != base.classes or m.metadata.bands != base.bands:
-            raise ExportError(
-                f"members {members[0].name} and {m.name} of {run_dir} differ in classes or bands; an ensemble "
-                "needs one legend and one band order"
-            )
+    base = members[0].metadata  # one legend and band order: checked when the members were weighed
     model = merge_graphs([m.graph for m in members], n_classes=len(base.classes))
     session = _session(model.SerializeToString())
     report = probability_parity(

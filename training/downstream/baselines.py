@@ -43,6 +43,17 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, A
     }
 
 
+def bundle_metrics(res: dict[str, Any], n_train: int, n_val: int) -> dict[str, float]:
+    """What a saved model's bundle metadata records of its run: validation scores and the sample counts."""
+    return {
+        "val_accuracy": res["val_accuracy"],
+        "val_macro_f1": res["macro_f1"],
+        "val_kappa": res["kappa"],
+        "n_train": float(n_train),
+        "n_val": float(n_val),
+    }
+
+
 def random_forest(
     x_train: np.ndarray,
     y_train: np.ndarray,

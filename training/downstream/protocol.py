@@ -29,7 +29,7 @@ from torch import nn
 
 from cropmap.safeio.atomic import atomic_file, atomic_write
 from training.config import config_to_dict
-from training.downstream.baselines import score
+from training.downstream.baselines import bundle_metrics, score
 from training.downstream.classifier import classifier_metadata, describe_encoder, save_classifier
 from training.downstream.config import DownstreamConfig, EncoderSpec
 from training.downstream.loop import encode, predict, predict_logits, run_seed, train_run
@@ -573,13 +573,7 @@ class Protocol:
         encoder = None if method == "supervised" else front.encoder  # NormalizedEncoder -> bare encoder
         norm_stats = front.norm_stats() if method == "supervised" else front.normalize.norm_stats()
         pretraining = "none" if method == "supervised" else f"{method}-{corruption:g}"
-        metrics = {
-            "val_accuracy": res["val_accuracy"],
-            "val_macro_f1": res["macro_f1"],
-            "val_kappa": res["kappa"],
-            "n_train": float(len(data.y_train)),
-            "n_val": float(len(data.y_val)),
-        }
+        metrics = bundle_metrics(res, len(data.y_train), len(data.y_val))
         meta = classifier_metadata(
             encoder=encoder,
             base_model=model,

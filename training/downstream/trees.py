@@ -482,7 +482,7 @@ def run_trees(
     (test) metrics, ``select_*`` metrics on the selection split when there is one, ``hp``, ``tuning``, ``seconds``
     and the checkpoint under ``models/``.
     """
-    from training.downstream.baselines import score
+    from training.downstream.baselines import bundle_metrics, score
     from training.downstream.loop import run_seed
     from training.downstream.protocol import PARITY_ROWS, run_name
     from training.downstream.selection import select_scores
@@ -517,13 +517,7 @@ def run_trees(
         if save:
             assert data.time_grid is not None
             model_file = Path("models") / f"{run_name(cfg.task, family, 0, 'supervised', None)}.pt"
-            metrics = {
-                "val_accuracy": res["val_accuracy"],
-                "val_macro_f1": res["macro_f1"],
-                "val_kappa": res["kappa"],
-                "n_train": float(len(data.y_train)),
-                "n_val": float(len(data.y_val)),
-            }
+            metrics = bundle_metrics(res, len(data.y_train), len(data.y_val))
             meta = tree_metadata(cfg, data, family, hp, metrics)
             n = min(PARITY_ROWS, len(data.y_val))
             save_tree_classifier(
