@@ -199,7 +199,7 @@ def probability_note(meta: BundleMetadata, opts: ClassifyOptions) -> str:
     """What the probabilities of this run are, for raster tags and the summary."""
     cal = meta.calibration
     note = (
-        f"calibrated by temperature scaling (T = {cal.temperature:.4g}, fitted on {cal.n} validation samples; "
+        f"calibrated by temperature scaling (T = {cal.temperature:.4g}, fitted on {cal.n} held-out samples; "
         f"ECE {cal.ece_before:.3f} -> {cal.ece_after:.3f})"
         if cal is not None
         else "UNCALIBRATED softmax of the model's logits (the bundle carries no calibration)"
