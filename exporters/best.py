@@ -21,6 +21,7 @@ import numpy as np
 from exporters.ensemble import MODES as ENSEMBLE_MODES
 from exporters.ensemble import EnsembleChoice
 from exporters.parity import ParityReport
+from exporters.refit import Refit, calibration_from, open_refit, refit_note, with_record
 from exporters.to_onnx import (
     DEFAULT_OPSET,
     ExportError,
@@ -64,6 +65,8 @@ class Choice:
     n_candidates: int
     split: str = "validation"
     """``selection`` or ``validation``: the split ``value`` was measured on."""
+    refit: str = ""
+    """How the exported run was refit after the choice (``--refit``; empty: it was not)."""
 
     def describe(self) -> str:
         """One line: what was chosen and why."""
@@ -75,6 +78,8 @@ class Choice:
             f"best of {self.n_candidates} runs by {self.split} {self.metric} = {self.value:.4f}: task {r['task']}, "
             f"{r['family']} {variant}, method {method}, encoder {encoder}"
         )
+        if self.refit:
+            text += f"; {self.refit}"
         if self.split == "selection":
             text += (
                 f"; on the untouched test split ({r['n_val']} samples): accuracy {r['val_accuracy']:.4f}, "
@@ -174,6 +179,7 @@ def export_best(
     int8_method: str = "auto",
     split: str = "auto",
     ensemble: str = "auto",
+    refit: str | Path | None = None,
 ) -> tuple[Choice | EnsembleChoice, ParityReport]:
     """Export the best run of ``run_dir`` (see :func:`select_best`), or the cross-family ensemble of its runs
     (``ensemble="auto"``: chosen on the model-selection split by the rule of :mod:`exporters.ensemble`;
@@ -182,6 +188,7 @@ def export_best(
     The parity check runs on up to :data:`PARITY_LIMIT` validation series of the run directory. An fp16/int8
     ``precision`` is calibrated on ``train_x`` (training series), else on half of those validation series, and
     its agreement with fp32 measured on the (other) validation series (see :func:`exporters.to_onnx.export_bundle`).
+    ``refit``: export the chosen runs' counterparts trained on every training sample (:mod:`exporters.refit`).
 
     Returns:
         The choice and the parity report.
@@ -192,6 +199,15 @@ def export_best(
         raise FileExistsError(None, "exists", str(out))
     choice = select_best(run_dir, metric=metric, task=task, split=split)
     refuse_inputs_as_outputs(out, run_folder_inputs(run_dir))
+    refit_to = None
+    if refit is not None:
+        if choice.split != "selection":
+            raise ExportError(
+                f"--refit needs runs chosen on a model-selection split; the runs of {run_dir} were ranked on the "
+                "validation split (train them with selection_holdout > 0)"
+            )
+        refit_to = open_refit(refit, run_dir, str(choice.record["task"]))
+        refuse_inputs_as_outputs(out, run_folder_inputs(refit))
     if ensemble != "never":
         found = _cross_family(
             choice,
@@ -203,14 +219,26 @@ def export_best(
             overwrite=overwrite,
             precision=precision,
             always=ensemble == "always",
+            refit=refit_to,
         )
         if found is not None:
             return found
+    refit_cal = None
+    if refit_to is not None:
+        refit_cal = _single_refit_calibration(choice, Path(run_dir), refit_to, atol)
+        record, path = refit_to.counterpart(choice.record)
+        choice = with_record(choice, record, path, refit_to)
     if choice.record["family"] in TREE_FAMILIES:
         from exporters.trees import export_best_tree
 
         return choice, export_best_tree(
-            choice, run_dir, out, created=created, overwrite=overwrite, precision=precision
+            choice,
+            run_dir,
+            out,
+            created=created,
+            overwrite=overwrite,
+            precision=precision,
+            calibration=None if refit_cal is None else refit_cal[0],
         )
     verify_checkpoint(choice.model)
     clf = load_classifier(choice.model)
@@ -237,9 +265,9 @@ def export_best(
     )
     meta = dataclasses.replace(meta, provenance=prov)
     warn_unfilled(clf.payload)
-    cal = calibration_series(choice, run_dir)
+    cal = None if refit_cal is not None else calibration_series(choice, run_dir)
     cal_data, cal_note = (None, "") if cal is None else cal
-    if cal is None and y_val is not None:
+    if cal is None and refit_cal is None and y_val is not None:
         cal_data = (x_val, y_val)
         cal_note = f"validation series of {Path(run_dir).name} (task {choice.record['task']})"
     report = export_bundle(
@@ -254,6 +282,7 @@ def export_best(
         overwrite=overwrite,
         calibration_data=cal_data,
         calibration_note=cal_note,
+        calibration_fitted=refit_cal,
         precision=precision,
         min_agreement=min_agreement,
         int8_method=int8_method,
@@ -277,11 +306,12 @@ def _cross_family(
     overwrite: bool,
     precision: str,
     always: bool,
+    refit: Refit | None = None,
 ) -> tuple[EnsembleChoice, ParityReport] | None:
     """Export the cross-family ensemble of ``run_dir`` when the rule picks it over ``choice``; else ``None``."""
     import tempfile
 
-    from exporters.ensemble import candidate_runs, consider_ensemble, export_ensemble
+    from exporters.ensemble import candidate_runs, consider_ensemble, export_ensemble, refit_members
 
     run_dir = Path(run_dir)
     records = _read_records(run_dir / "results.jsonl")
@@ -320,6 +350,11 @@ def _cross_family(
         if found is None:
             return None
         ens, members = found
+        calibration = None
+        if refit is not None:
+            ens, members, calibration = refit_members(
+                ens, members, refit, run_dir=run_dir, select=cal[0], test=test, work=Path(work), atol=atol
+            )
         if precision != "fp32":
             raise ExportError(
                 f"the cross-family ensemble was chosen and is fp32 only (its tree members refuse {precision}); "
@@ -334,8 +369,26 @@ def _cross_family(
             parity_x=test[0][:PARITY_LIMIT],
             created=created,
             overwrite=overwrite,
+            calibration=calibration,
         )
     return ens, report
+
+
+def _single_refit_calibration(
+    choice: Choice, run_dir: Path, refit: Refit, atol: float
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The temperature of the chosen run fitted on the selection series (which it never saw), for its refit."""
+    import tempfile
+
+    from exporters.ensemble import load_member
+
+    cal = calibration_series(choice, run_dir)
+    assert cal is not None  # --refit is refused unless the choice was made on the selection split
+    (x_sel, y_sel), _ = cal
+    with tempfile.TemporaryDirectory(prefix="cropmap-refit-") as work:
+        member = load_member(choice.record, run_dir, Path(work), x_sel[:256], atol)
+        probabilities = member.probabilities(x_sel)
+    return calibration_from(probabilities, y_sel, refit_note(run_dir, str(choice.record["task"]), refit))
 
 
 def choice_metrics(choice: Choice) -> dict[str, float]:

@@ -148,6 +148,7 @@ def _export(
     task: str | None = None,
     select_on: str = "auto",
     ensemble: str = "auto",
+    refit: Path | None = None,
 ) -> None:
     """Export ``checkpoint``, or the best run of ``run_dir``, to ``output``; prints what was written."""
     from exporters.best import export_best
@@ -179,9 +180,14 @@ def _export(
                 overwrite=overwrite,
                 split=select_on,
                 ensemble=ensemble,
+                refit=refit,
                 **reduce,
             )
             click.echo(f"chose {choice.model}: {choice.describe()}")
+            if choice.refit:
+                click.echo(
+                    f"exported as {choice.refit}; the temperature is that of the runs chosen on the selection split"
+                )
             trees = choice.record["family"] in TREE_FAMILIES
             if choice.record["family"] == ENSEMBLE_FAMILY:
                 click.echo(
@@ -239,8 +245,26 @@ def bundle(checkpoint: Path, **options: Any) -> None:
     "run on the model-selection split and export it unless that run is ahead by more than one standard error; "
     "always: the ensemble; never: the best single run.",
 )
+@click.option(
+    "--refit",
+    "refit",
+    metavar="REFIT_DIR",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Export the chosen runs as trained again on every training sample: REFIT_DIR is the output folder of "
+    "the same 'cropmap train downstream' command with --set selection_holdout=0. The choice and the temperature "
+    "still come from RUN_DIR's model-selection split.",
+)
 @_export_options
-def best(run_dir: Path, metric: str, task: str | None, select_on: str, ensemble: str, **options: Any) -> None:
+def best(
+    run_dir: Path,
+    metric: str,
+    task: str | None,
+    select_on: str,
+    ensemble: str,
+    refit: Path | None,
+    **options: Any,
+) -> None:
     """Export the best run of RUN_DIR (the output folder of 'cropmap train downstream'), or the ensemble of its
     runs across families, as a bundle."""
     _export(
@@ -250,6 +274,7 @@ def best(run_dir: Path, metric: str, task: str | None, select_on: str, ensemble:
         task=task,
         select_on=select_on,
         ensemble=ensemble,
+        refit=refit,
         **options,
     )
 

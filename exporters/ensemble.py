@@ -106,6 +106,8 @@ class EnsembleChoice:
     forced: bool = False
     """Chosen by ``--ensemble always`` rather than by the rule."""
     split: str = "selection"
+    refit: str = ""
+    """How the members were refit after the choice (``--refit``; empty: they were not)."""
 
     @property
     def record(self) -> dict[str, Any]:
@@ -127,7 +129,9 @@ class EnsembleChoice:
         return (
             f"cross-family ensemble of {len(self.members)} runs ({', '.join(self.members)}), selection "
             f"{self.metric} = {self.value:.4f}; the best single run ({self.single.record['family']}, "
-            f"{self.single.value:.4f}) is {self.margin:+.4f} from it ({why}); on the untouched test split "
+            f"{self.single.value:.4f}) is {self.margin:+.4f} from it ({why}); "
+            + (f"{self.refit}; " if self.refit else "")
+            + "on the untouched test split "
             f"({self.n_test} samples): accuracy {self.test_accuracy:.4f}, macro F1 {self.test_macro_f1:.4f}"
         )
 
@@ -360,6 +364,53 @@ def consider_ensemble(
     return choice, members
 
 
+def refit_members(
+    choice: EnsembleChoice,
+    members: list[Member],
+    refit: Any,
+    *,
+    run_dir: Path,
+    select: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    work: Path,
+    atol: float,
+) -> tuple[EnsembleChoice, list[Member], Any]:
+    """The chosen ensemble with its members swapped for their refit counterparts (``--refit``, an
+    :class:`exporters.refit.Refit`).
+
+    Returns:
+        The choice with the refit members' test scores, the refit members, and the calibration: fitted on the
+        selection series with the original members (which never saw them), to be applied unchanged.
+    """
+    from exporters.refit import calibration_from, refit_note
+
+    x_sel, y_sel = select
+    x_test, y_test = test
+    cal = calibration_from(
+        np.mean([m.probabilities(x_sel) for m in members], axis=0),
+        y_sel,
+        refit_note(run_dir, choice.task, refit),
+    )[0]
+    example = x_test[:256] if any(m.torch_reference is not None for m in members) else x_test[:1]
+    refit_work = work / "refit"
+    refit_work.mkdir(exist_ok=True)
+    swapped = [
+        load_member(refit.counterpart(m.record)[0], refit.run_dir, refit_work, example, atol) for m in members
+    ]
+    _check_legend(swapped, refit.run_dir)
+    if swapped[0].metadata.classes != members[0].metadata.classes:
+        raise ExportError(f"the refit runs of {refit.run_dir} have other classes than those of {run_dir}")
+    k = len(swapped[0].metadata.classes)
+    pred = np.mean([m.probabilities(x_test) for m in swapped], axis=0).argmax(1)
+    choice = dataclasses.replace(
+        choice,
+        test_accuracy=_metric(y_test, pred, k, "accuracy"),
+        test_macro_f1=_metric(y_test, pred, k, "macro_f1"),
+        refit=refit.describe(),
+    )
+    return choice, swapped, cal
+
+
 def export_ensemble(
     choice: EnsembleChoice,
     members: list[Member],
@@ -371,8 +422,10 @@ def export_ensemble(
     created: str | None,
     overwrite: bool,
     atol: float = PROB_ATOL,
+    calibration: Any = None,
 ) -> ParityReport:
-    """Write the ensemble bundle (atomically) after its parity check; the temperature fitted on ``select``."""
+    """Write the ensemble bundle (atomically) after its parity check; the temperature fitted on ``select``, or
+    ``calibration`` (a :class:`~cropmap.contract.metadata.Calibration` fitted elsewhere: ``--refit``) as given."""
     import onnx
 
     from exporters.calibration import calibrate
@@ -390,10 +443,14 @@ def export_ensemble(
         "the ensemble bundle does not reproduce the mean of its members' probabilities",
     )
     x_sel, y_sel = select
-    cal = calibrate(
-        run_logits(session, x_sel),
-        np.asarray(y_sel),
-        data=f"model-selection series of {run_dir.name} (task {choice.task}; never the test split)",
+    cal = (
+        calibrate(
+            run_logits(session, x_sel),
+            np.asarray(y_sel),
+            data=f"model-selection series of {run_dir.name} (task {choice.task}; never the test split)",
+        )
+        if calibration is None
+        else calibration
     )
     report = dataclasses.replace(report, calibration=cal)
     prov = base.provenance

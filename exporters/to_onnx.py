@@ -358,6 +358,7 @@ def export_bundle(
     precision_data: PrecisionData | None = None,
     min_agreement: float | None = None,
     int8_method: str = "auto",
+    calibration_fitted: tuple[Calibration, np.ndarray, np.ndarray] | None = None,
 ) -> ParityReport:
     """Export a classifier as a single-file cropmap bundle and check it.
 
@@ -390,6 +391,9 @@ def export_bundle(
         min_agreement: Refuse a reduced graph whose argmax agrees with fp32 on fewer of the held-out
             series (default :data:`exporters.quantize.DEFAULT_MIN_AGREEMENT`).
         int8_method: ``"auto"``, ``"static"`` or ``"dynamic"`` (see :mod:`exporters.quantize`).
+        calibration_fitted: Instead of ``calibration_data``: a calibration fitted elsewhere, with the logits and
+            labels it was fitted on (for the reliability diagram); stored as given (``--refit``: the temperature
+            of the models that never saw the selection series, carried over to their refit).
 
     Returns:
         The parity report on ``example``; its ``calibration`` holds the fitted
@@ -422,8 +426,13 @@ def export_bundle(
     _check_against_metadata(graph, metadata, x)
     calibration: Calibration | None = None
     fitted = None  # (calibration, validation logits (N, K), labels (N,)) when calibration_data is given
+    if calibration_data is not None and calibration_fitted is not None:
+        raise ExportError("pass calibration_data or calibration_fitted, not both")
     if calibration_data is not None:
         fitted = _fit_calibration(graph, metadata, calibration_data, calibration_note)
+    elif calibration_fitted is not None:
+        fitted = calibration_fitted
+    if fitted is not None:
         calibration = fitted[0]
         metadata = dataclasses.replace(metadata, calibration=calibration)
 

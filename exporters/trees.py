@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from cropmap.contract.metadata import METADATA_KEY, BundleMetadata
+from cropmap.contract.metadata import METADATA_KEY, BundleMetadata, Calibration
 from cropmap.safeio.atomic import atomic_path
 from exporters.parity import ParityReport, probability_parity, softmax
 from exporters.to_onnx import ExportError
@@ -192,6 +192,7 @@ def export_tree_bundle(
     overwrite: bool = False,
     precision: str = "fp32",
     atol: float = PROB_ATOL,
+    calibration: Calibration | None = None,
 ) -> ParityReport:
     """Write the tree bundle of ``clf`` to ``out`` (atomically) after the parity check.
 
@@ -204,6 +205,8 @@ def export_tree_bundle(
         overwrite: Replace an existing file.
         precision: Only ``fp32``; anything else is refused (:data:`REDUCED_PRECISION_REFUSAL`).
         atol: Probability tolerance of the parity check.
+        calibration: Instead of ``calibration_data``: a calibration fitted elsewhere, stored as given
+            (``--refit``).
 
     Returns:
         The parity report (with the calibration, when fitted; its ``max_abs_logit_diff`` is the largest
@@ -226,11 +229,13 @@ def export_tree_bundle(
     model = build_tree_graph(clf, input_name=meta.input_name, output_name=meta.output_name)
     session = _session(model.SerializeToString())
     report = tree_parity(clf, session, atol=atol)
+    cal = calibration
     if calibration_data is not None:
         from exporters.calibration import calibrate
 
         x_cal, y_cal = calibration_data
         cal = calibrate(run_logits(session, x_cal), np.asarray(y_cal), data=calibration_note)
+    if cal is not None:
         meta = dataclasses.replace(meta, calibration=cal)
         report = dataclasses.replace(report, calibration=cal)
     helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
@@ -278,9 +283,11 @@ def export_best_tree(
     created: str | None = None,
     overwrite: bool = False,
     precision: str = "fp32",
+    calibration: Calibration | None = None,
 ) -> ParityReport:
     """Export the tree model chosen by :func:`exporters.best.select_best` (calibrated on the split it was chosen
-    on: the model-selection series, or the validation series for a ``validation`` choice)."""
+    on: the model-selection series, or the validation series for a ``validation`` choice; or with
+    ``calibration`` as given, ``--refit``)."""
     from exporters.best import calibration_series, choice_metrics
     from training.downstream.run import VAL_INPUTS
     from training.downstream.trees import load_tree_classifier
@@ -298,8 +305,8 @@ def export_best_tree(
         created=created or prov.created,
     )
     meta = dataclasses.replace(clf.metadata, provenance=prov)
-    cal = calibration_series(choice, run_dir)
-    if cal is None:
+    cal = None if calibration is not None else calibration_series(choice, run_dir)
+    if cal is None and calibration is None:
         val = Path(run_dir) / VAL_INPUTS.format(task=choice.record["task"])
         if val.is_file():
             with np.load(val) as data:
@@ -314,6 +321,7 @@ def export_best_tree(
         calibration_data=None if cal is None else cal[0],
         calibration_note="" if cal is None else cal[1],
         overwrite=overwrite,
+        calibration=calibration,
     )
 
 
