@@ -4,7 +4,10 @@ The bundle is one ONNX graph, built from three parts:
 
 1. the feature graph (:func:`feature_graph`, ``onnx.helper``): raw gap-filled series ``x`` float32
    ``(B, T, C)`` -> ``features`` ``(B, F)``, the same features as :func:`training.downstream.trees.tree_features`
-   (flattened series, spectral indices, temporal statistics, date of each index's peak);
+   (flattened series, spectral indices, temporal statistics, date of each index's peak); for a tree model on a
+   frozen encoder's embeddings, the feature stage its checkpoint holds instead
+   (:mod:`training.downstream.embedding_trees`: standardisation, encoder, flattened embeddings and their
+   statistics, exported to ONNX when the model was trained and the features it was fitted on);
 2. the tree ensemble converted at training time (skl2onnx / onnxmltools): ``features`` -> ``probabilities``;
 3. the head: ``logits = log(max(probabilities, 1e-7))``,
 
@@ -119,7 +122,8 @@ def feature_graph(bands: tuple[str, ...], n_steps: int, *, opset: int, input_nam
 
 
 def build_tree_graph(clf: TreeClassifier, *, input_name: str = "x", output_name: str = "logits") -> Any:
-    """The merged bundle graph (features, trees, log head) without metadata."""
+    """The merged bundle graph (features: the derived ones, or a tree model on embeddings' own feature stage; trees;
+    log head) without metadata."""
     import onnx
     from onnx import TensorProto, compose, helper
 
@@ -130,7 +134,15 @@ def build_tree_graph(clf: TreeClassifier, *, input_name: str = "x", output_name:
             if o.domain in ("", "ai.onnx"):
                 o.version = TREE_OPSET
         opset = TREE_OPSET
-    feats = feature_graph(clf.bands, clf.n_steps, opset=opset, input_name=input_name)
+    if clf.feature_onnx is None:
+        feats = feature_graph(clf.bands, clf.n_steps, opset=opset, input_name=input_name)
+    else:  # a tree model on embeddings: the feature stage exported when it was trained
+        feats = onnx.load_from_string(clf.feature_onnx)
+        if input_name != "x":
+            raise ExportError(f"a tree model on embeddings reads its series as 'x', not {input_name!r}")
+        stage = next((o.version for o in feats.opset_import if o.domain in ("", "ai.onnx")), opset)
+        if stage != opset:
+            raise ExportError(f"the feature stage has opset {stage}; the trees need {opset}")
     feats.ir_version = trees.ir_version
     tree_in = trees.graph.input[0].name
     merged = compose.merge_models(

@@ -311,7 +311,7 @@ class Protocol:
                 if any((task, f, 0, method, corruption) not in done for f in families):
                     specs.append(RunSpec("baselines", method, corruption))
             trees = tree_families(cfg)
-            if method == "supervised" and any((task, f, 0, method, None) not in done for f in trees):
+            if any((task, f, 0, method, corruption) not in done for f in trees):
                 specs.append(RunSpec("trees", method, corruption))
             specs.extend(
                 RunSpec("base", method, corruption, f, v)
@@ -366,6 +366,10 @@ class Protocol:
                 save=self.save,
                 x_sel=self.x_sel,
                 y_sel=self.y_sel,
+                method=spec.method,
+                corruption=spec.corruption,
+                front=None if spec.method == "supervised" else inputs.front,
+                encoder=inputs.extra.get("encoder"),
             )
             return [done[k] for k in done if k not in before]
         if spec.kind == "ensemble":

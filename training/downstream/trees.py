@@ -335,6 +335,9 @@ class TreeClassifier:
     """What the training library's ``predict_proba`` gave for them, ``(N, K)``."""
     parity_labels: np.ndarray | None
     payload: dict[str, Any]
+    feature_onnx: bytes | None = None
+    """The feature stage of a tree model on a frozen encoder's embeddings (:mod:`training.downstream.embedding_trees`):
+    ``x (B, T, C)`` -> ``features (B, F)``; ``None`` for the derived features of :func:`tree_features`."""
 
 
 def save_tree_classifier(
@@ -346,12 +349,15 @@ def save_tree_classifier(
     metadata: Any,
     parity_inputs: np.ndarray,
     parity_labels: np.ndarray | None = None,
+    feature_onnx: bytes | None = None,
     **extra: Any,
 ) -> Path:
-    """Write a ``tree_classifier`` checkpoint atomically (see the module docstring)."""
+    """Write a ``tree_classifier`` checkpoint atomically (see the module docstring); ``feature_onnx``: the feature
+    stage of a tree model on embeddings (:mod:`training.downstream.embedding_trees`), kept in the checkpoint."""
     import torch
 
     from training.checkpoint import save_checkpoint
+    from training.downstream.embedding_trees import features_of
 
     metadata.validate()
     x = np.asarray(parity_inputs, dtype=np.float32)
@@ -359,7 +365,7 @@ def save_tree_classifier(
         raise ValueError(
             f"parity inputs have shape {x.shape}; expected (N, {metadata.n_timesteps}, {metadata.n_bands})"
         )
-    feats = tree_features(x, metadata.bands)
+    feats = features_of(feature_onnx, x, metadata.bands)
     blob = tree_to_onnx(family, est, feats.shape[1])
     payload = {
         "kind": TREE_KIND,
@@ -376,6 +382,8 @@ def save_tree_classifier(
         else torch.as_tensor(np.asarray(parity_labels, dtype=np.int64)),
         "libraries": library_versions(family),
     }
+    if feature_onnx is not None:
+        payload["feature_onnx"] = torch.frombuffer(bytearray(feature_onnx), dtype=torch.uint8).clone()
     payload.update(extra)
     return save_checkpoint(path, payload)
 
@@ -417,6 +425,7 @@ def load_tree_classifier(path: str | Path) -> TreeClassifier:
         parity_probabilities=ckpt["parity_probabilities"].numpy(),
         parity_labels=None if labels is None else labels.numpy(),
         payload=ckpt,
+        feature_onnx=None if ckpt.get("feature_onnx") is None else ckpt["feature_onnx"].numpy().tobytes(),
     )
 
 
@@ -435,9 +444,18 @@ def is_tree_checkpoint(path: str | Path) -> bool:
 
 
 def tree_metadata(
-    cfg: Any, data: Any, family: str, hp: Mapping[str, Any], metrics: Mapping[str, float]
+    cfg: Any,
+    data: Any,
+    family: str,
+    hp: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    *,
+    encoder: str | None = None,
+    pretraining: str = "none",
+    n_features: int | None = None,
 ) -> Any:
-    """The bundle metadata of a tree model trained on ``data`` (no embedding output; provenance names the library)."""
+    """The bundle metadata of a tree model trained on ``data`` (no embedding output; provenance names the library
+    and, for a tree model on embeddings, the ``encoder`` file and its ``pretraining``)."""
     import datetime as dt
 
     from training.downstream.tasks import task_classes
@@ -445,8 +463,12 @@ def tree_metadata(
 
     assert data.time_grid is not None
     n = len(data.time_grid.day_of_season)
+    if encoder is None:
+        name, what = f"features_{family}", f"{len(feature_names(data.bands, n))} derived features"
+    else:
+        name, what = f"embeddings_{family}", f"{n_features} features of the frozen encoder's embeddings"
     return bundle_metadata(
-        model_name=f"features_{family}",
+        model_name=name,
         input_name="x",
         bands=data.bands,
         time_grid=data.time_grid,
@@ -454,11 +476,11 @@ def tree_metadata(
         min_valid_steps=int(cfg.min_valid),
         nodata=data.nodata,
         embedding=None,
-        encoder="none",
+        encoder="none" if encoder is None else encoder,
         base_model=family,
-        pretraining="none",
+        pretraining=pretraining,
         training_data=f"{data.description or f'task {cfg.task}'}; {family}: {library_versions(family).split(',')[0]} "
-        f"on {len(feature_names(data.bands, n))} derived features (training.downstream.trees)",
+        f"on {what} (training.downstream.trees)",
         metrics=metrics,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -475,29 +497,38 @@ def run_trees(
     save: bool,
     x_sel: np.ndarray | None,
     y_sel: np.ndarray | None,
+    method: str = "supervised",
+    corruption: float | None = None,
+    front: Any = None,
+    encoder: str | None = None,
 ) -> None:
-    """Tune, fit, score, save and record every family of ``cfg.trees`` on the raw series (method ``supervised``).
+    """Tune, fit, score, save and record every family of ``cfg.trees`` on the raw series: on their derived features
+    (method ``supervised``), or on the embeddings of the frozen ``front`` (standardisation and the ``encoder`` file
+    pre-trained by ``method`` at ``corruption``; :mod:`training.downstream.embedding_trees`).
 
     Appends one record per family to the ``results`` store (skipping recorded ones), like the neural families': validation
     (test) metrics, ``select_*`` metrics on the selection split when there is one, ``hp``, ``tuning``, ``seconds``
     and the checkpoint under ``models/``.
     """
     from training.downstream.baselines import bundle_metrics, score
+    from training.downstream.embedding_trees import feature_onnx, features_of
     from training.downstream.loop import run_seed
     from training.downstream.protocol import PARITY_ROWS, run_name
     from training.downstream.selection import select_scores
     from training.downstream.store import run_key
 
     k = len(data.class_names)
-    todo = [f for f in tree_families(cfg) if (cfg.task, f, 0, "supervised", None) not in done]
+    todo = [f for f in tree_families(cfg) if (cfg.task, f, 0, method, corruption) not in done]
     if not todo:
         return
     t0 = time.perf_counter()
-    f_train, f_val = tree_features(data.x_train, data.bands), tree_features(data.x_val, data.bands)
-    f_sel = None if x_sel is None else tree_features(x_sel, data.bands)
+    blob = None if front is None else feature_onnx(front, data.x_val[:PARITY_ROWS], opset=TREE_OPSET)
+    f_train, f_val = features_of(blob, data.x_train, data.bands), features_of(blob, data.x_val, data.bands)
+    f_sel = None if x_sel is None else features_of(blob, x_sel, data.bands)
     feat_s = time.perf_counter() - t0
+    pretraining = "none" if front is None else f"{method}-{corruption:g}"
     for family in todo:
-        seed = run_seed(cfg.seed, cfg.task, family, 0, "supervised", None)
+        seed = run_seed(cfg.seed, cfg.task, family, 0, method, corruption)
         t_run = time.perf_counter()
         hp, tuning = tune_tree(
             family,
@@ -516,9 +547,18 @@ def run_trees(
         model_file = None
         if save:
             assert data.time_grid is not None
-            model_file = Path("models") / f"{run_name(cfg.task, family, 0, 'supervised', None)}.pt"
+            model_file = Path("models") / f"{run_name(cfg.task, family, 0, method, corruption)}.pt"
             metrics = bundle_metrics(res, len(data.y_train), len(data.y_val))
-            meta = tree_metadata(cfg, data, family, hp, metrics)
+            meta = tree_metadata(
+                cfg,
+                data,
+                family,
+                hp,
+                metrics,
+                encoder=None if encoder is None else Path(encoder).name,
+                pretraining=pretraining,
+                n_features=int(f_train.shape[1]),
+            )
             n = min(PARITY_ROWS, len(data.y_val))
             save_tree_classifier(
                 out / model_file,
@@ -528,13 +568,15 @@ def run_trees(
                 metadata=meta,
                 parity_inputs=data.x_val[:n],
                 parity_labels=data.y_val[:n],
+                feature_onnx=blob,
             )
         rec = {
             **setup,
             "family": family,
             "variant": 0,
-            "method": "supervised",
-            "corruption": None,
+            "method": method,
+            "corruption": corruption,
+            **({} if encoder is None else {"encoder": str(encoder)}),
             "hp": hp,
             "hp_source": "optuna" if tuning["trials"] else "defaults",
             "tuning": tuning,
@@ -542,7 +584,7 @@ def run_trees(
             **res,
             "seconds": seconds,
             "encode_seconds": feat_s,
-            "embedding_mode": "tree_features",
+            "embedding_mode": "tree_features" if front is None else "embedding_tree_features",
             "in_dim": int(f_train.shape[1]),
             "class_names": list(data.class_names),
             "device": "cpu",
@@ -556,9 +598,10 @@ def run_trees(
             continue
         done[run_key(rec)] = rec
         logger.info(
-            "task %s %s on %d tree features (%d tuning trials): val acc %.4f, macro F1 %.4f (%.1f s)",
+            "task %s %s (%s) on %d tree features (%d tuning trials): val acc %.4f, macro F1 %.4f (%.1f s)",
             cfg.task,
             family,
+            method,
             f_train.shape[1],
             tuning["trials"],
             res["val_accuracy"],
