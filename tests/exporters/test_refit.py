@@ -133,3 +133,29 @@ def test_refit_folders_that_do_not_refit_the_runs_are_refused(
         err = capsys.readouterr().err
         assert status == 1 and not out.exists(), folder
         assert said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_downstream_refit_needs_a_selection_split(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from training.downstream.run import main as downstream_main
+
+    data = (
+        Path(__file__).resolve().parents[1]
+        / "data"
+        / "worldcereal"
+        / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
+    )
+    args = [
+        "--task",
+        "real",
+        "--data",
+        str(data),
+        "--set",
+        "selection_holdout=0",
+        "--refit",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert downstream_main(args) == 2
+    err = capsys.readouterr().err
+    assert "--refit" in err and "selection_holdout 0" in err
+    assert not (tmp_path / "o").exists()

@@ -56,10 +56,25 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--out",
             str(out),
             "--no-progress",
+            "--refit",
         ]
     )
     assert rc == 0
     return out
+
+
+def test_refit_trains_the_same_runs_on_every_training_parcel_for_export_best(
+    run: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    recs = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    refit = [json.loads(line) for line in (run / "refit" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["model"] for r in refit) == sorted(r["model"] for r in recs)
+    assert {r["n_train"] for r in refit} == {recs[0]["n_train"] + recs[0]["n_select"]}
+    assert not any(r["n_select"] for r in refit)
+    out = tmp_path / "refit.onnx"
+    assert exporters_main(["--best", str(run), "-o", str(out), "--refit", str(run / "refit")]) == 0
+    assert "exported as refit on all" in capsys.readouterr().out
+    assert load_bundle(out).metadata.calibration is not None
 
 
 def test_score_equals_the_runs_record_on_its_test_parcels(run: Path, tmp_path: Path, capsys) -> None:

@@ -84,6 +84,12 @@ def _encoders(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 )
 @click.option("--no-baselines", is_flag=True, help="Skip the RandomForest and majority-class baselines.")
 @click.option(
+    "--refit",
+    is_flag=True,
+    help="After the runs, train the same runs again on every training sample (no model-selection split) into "
+    "OUT/refit, for 'cropmap export best OUT --refit OUT/refit'.",
+)
+@click.option(
     "--precision",
     type=click.Choice(["fp32", "bf16"]),
     default=None,

@@ -63,6 +63,7 @@ from training.downstream.protocol import (
     run_comparison,
     run_name,
 )
+from training.downstream.selection import holdout_fraction
 from training.downstream.store import ResultsStore, run_key
 from training.downstream.tasks import TaskData, load_real_task, load_sim_task, load_task, task_classes
 from training.downstream.threads import decide_threads
@@ -97,6 +98,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+REFIT = "refit"
+"""The folder inside ``--out`` that ``--refit`` trains the same runs into, on every training sample."""
+
 _check_setup = check_setup
 """Kept under its former name."""
 
@@ -114,6 +118,7 @@ def run_command_line(
     recipe: str | None,
     no_baselines: bool,
     precision: str | None,
+    refit: bool = False,
     default_variant: bool,
     classes: str | None,
     label_column: str | None,
@@ -197,6 +202,12 @@ def run_command_line(
         specs = [EncoderSpec.parse(e) for e in encoders]
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--encoder") from err
+    if refit and holdout_fraction(cfg) <= 0:
+        raise click.BadParameter(
+            f"trains the runs again without the model-selection split, and task {cfg.task} sets none aside "
+            "(selection_holdout 0); expected --set selection_holdout=0.2 with it",
+            param_hint="--refit",
+        )
     for spec in specs:
         if not spec.path.is_file():
             raise click.BadParameter(
@@ -242,19 +253,30 @@ def run_command_line(
         if logging.getLogger("training").isEnabledFor(logging.WARNING):
             for line in notes:
                 click.echo(f"note: {line}", err=True)
-        if executor is None:
-            results = run_comparison(cfg, task_data, specs, output, show_progress=not no_progress)
-        else:
-            from training.downstream.cluster import run_on_cluster
+        passes = [(cfg, output)]
+        if refit:
+            passes.append((dataclasses.replace(cfg, selection_holdout=0.0), output / REFIT))
+        written = []
+        for run_cfg, run_out in passes:
+            if run_out != output:
+                click.echo(f"note: refit: the same runs on every training sample, into {run_out}", err=True)
+            if executor is None:
+                written.append(
+                    run_comparison(run_cfg, task_data, specs, run_out, show_progress=not no_progress)
+                )
+            else:
+                from training.downstream.cluster import run_on_cluster
 
-            results = run_on_cluster(cfg, task_data, specs, output, executor)
+                written.append(run_on_cluster(run_cfg, task_data, specs, run_out, executor))
+        results = written[0]
         n_runs = len(ResultsStore(results).records())
     summary = {
         "results": str(results),
         "runs": n_runs,
         "task": cfg.task,
         "report": f"cropmap evaluate protocol --results {results} -o {output / 'report'}",
-        "best": f"cropmap export best {output} -o {output / 'model.onnx'}",
+        "best": f"cropmap export best {output} -o {output / 'model.onnx'}"
+        + (f" --refit {output / REFIT}" if refit else ""),
     }
     if as_json:
         echo_json(summary)
