@@ -251,9 +251,14 @@ def bundle(checkpoint: Path, **options: Any) -> None:
     metavar="REFIT_DIR",
     type=click.Path(path_type=Path),
     default=None,
-    help="Export the chosen runs as trained again on every training sample: REFIT_DIR is the output folder of "
-    "the same 'cropmap train downstream' command with --set selection_holdout=0. The choice and the temperature "
-    "still come from RUN_DIR's model-selection split.",
+    help="Export the chosen runs as trained again on every training sample: REFIT_DIR is RUN_DIR/refit of "
+    "'cropmap train downstream --refit' (the default when it exists), or the output folder of the same command with "
+    "--set selection_holdout=0. The choice and the temperature still come from RUN_DIR's model-selection split.",
+)
+@click.option(
+    "--no-refit",
+    is_flag=True,
+    help="Export the runs of RUN_DIR as chosen, even when RUN_DIR/refit holds their refit.",
 )
 @_export_options
 def best(
@@ -263,10 +268,22 @@ def best(
     select_on: str,
     ensemble: str,
     refit: Path | None,
+    no_refit: bool,
     **options: Any,
 ) -> None:
     """Export the best run of RUN_DIR (the output folder of 'cropmap train downstream'), or the ensemble of its
     runs across families, as a bundle."""
+    from training.downstream.run import REFIT
+
+    if refit is not None and no_refit:
+        raise click.UsageError("--refit and --no-refit contradict each other; expected one of them")
+    if refit is None and not no_refit and (run_dir / REFIT / "results.jsonl").is_file():
+        refit = run_dir / REFIT
+        click.echo(
+            f"note: exporting the refit runs of {refit} (trained on every training sample); --no-refit exports the "
+            "runs as chosen",
+            err=True,
+        )
     _export(
         checkpoint=None,
         run_dir=run_dir,

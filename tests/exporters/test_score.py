@@ -75,6 +75,18 @@ def test_refit_trains_the_same_runs_on_every_training_parcel_for_export_best(
     assert exporters_main(["--best", str(run), "-o", str(out), "--refit", str(run / "refit")]) == 0
     assert "exported as refit on all" in capsys.readouterr().out
     assert load_bundle(out).metadata.calibration is not None
+    # RUN_DIR/refit is used by default, said on the console; --no-refit exports the runs as chosen
+    auto, plain = tmp_path / "auto.onnx", tmp_path / "plain.onnx"
+    assert exporters_main(["--best", str(run), "-o", str(auto)]) == 0
+    printed = capsys.readouterr()
+    assert "exported as refit on all" in printed.out and "--no-refit" in printed.err
+    assert auto.read_bytes() != b"" and load_bundle(auto).metadata.provenance.training_data == (
+        load_bundle(out).metadata.provenance.training_data
+    )
+    assert exporters_main(["--best", str(run), "-o", str(plain), "--no-refit"]) == 0
+    assert "exported as refit" not in capsys.readouterr().out
+    args = ["--best", str(run), "-o", str(tmp_path / "x.onnx"), "--no-refit", "--refit", str(run / "refit")]
+    assert exporters_main(args) == 2
 
 
 def test_score_equals_the_runs_record_on_its_test_parcels(run: Path, tmp_path: Path, capsys) -> None:
@@ -106,7 +118,7 @@ def test_score_equals_the_runs_record_on_its_test_parcels(run: Path, tmp_path: P
     assert json.loads((tmp_path / "b.json").read_text())["accuracy"] == pytest.approx(recorded)
     # the best single run (--ensemble never) scores what its record says
     single = tmp_path / "single.onnx"
-    assert exporters_main(["--best", str(run), "-o", str(single), "--ensemble", "never"]) == 0
+    assert exporters_main(["--best", str(run), "-o", str(single), "--ensemble", "never", "--no-refit"]) == 0
     assert score_main([str(single), "--run", str(run), "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["accuracy"] == pytest.approx(
         select_best(run).record["val_accuracy"]
