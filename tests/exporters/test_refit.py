@@ -25,8 +25,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The same downstream command twice: with the selection split (default for task real) and without it."""
     root = tmp_path_factory.mktemp("refit")
     run, refit = root / "run", root / "refit"
-    run_comparison(_cfg(repeats=2, epochs=2), _task(), [], run, show_progress=False)
-    run_comparison(_cfg(repeats=2, epochs=2, selection_holdout=0.0), _task(), [], refit, show_progress=False)
+    run_comparison(_cfg(epochs=2), _task(), [], run, show_progress=False)
+    run_comparison(_cfg(epochs=2, selection_holdout=0.0), _task(), [], refit, show_progress=False)
     return run, refit
 
 
