@@ -41,13 +41,14 @@ train() {  # out-dir dataset-name data-file classes seed extra-args...
 one_seed() {  # dataset-name data-file classes seed extra-args...
   local name=$1 seed=$4
   local out="$S/$name-s$seed"
-  train "$out" "$@"
-  # the same runs on every training parcel (no selection split), for `cropmap export best --refit`
+  train "$out" "$@" --no-refit
+  # the same runs on every training parcel (no selection split), for `cropmap export best --refit`; beside the run
+  # folder rather than in it (what `--refit`, the default, would do) so that both bundles come from one choice
   train "$out-refit" "$@" --set selection_holdout=0
   log "$name, split seed $seed: cropmap export best (--refit, plain and --ensemble never), scored on the test parcels"
   cropmap export best "$out" -o "$out/refit.onnx" --refit "$out-refit" --overwrite >> "$out.log" 2>&1
-  cropmap export best "$out" -o "$out/best.onnx" --overwrite >> "$out.log" 2>&1
-  cropmap export best "$out" -o "$out/single.onnx" --ensemble never --overwrite >> "$out.log" 2>&1
+  cropmap export best "$out" -o "$out/best.onnx" --no-refit --overwrite >> "$out.log" 2>&1
+  cropmap export best "$out" -o "$out/single.onnx" --ensemble never --no-refit --overwrite >> "$out.log" 2>&1
   for b in refit best single; do
     cropmap export score "$out/$b.onnx" --data "$out/validation-taskreal.npz" -o "$out/${b}_score.json" \
       --overwrite >> "$out.log" 2>&1

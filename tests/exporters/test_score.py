@@ -56,14 +56,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--out",
             str(out),
             "--no-progress",
-            "--refit",
         ]
     )
     assert rc == 0
     return out
 
 
-def test_refit_trains_the_same_runs_on_every_training_parcel_for_export_best(
+def test_refit_by_default_trains_the_same_runs_on_every_training_parcel_for_export_best(
     run: Path, tmp_path: Path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
     recs = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]

@@ -198,8 +198,9 @@ KNN_MARGIN = 0.02
 over raw bands 0.073-0.085 (bench/bench_probe.py, seeds 0-2; the test runs seed 0: 0.058 / 0.077)."""
 
 
+@pytest.mark.slow
 def test_bimodal_embeddings_beat_random_and_raw_for_knn_on_default_scene(tmp_path: Path) -> None:
-    """Default preset, ResMLP 2 x 64, 20 epochs: about a minute on 2 cores, so it runs in CI.
+    """Default preset, ResMLP 2 x 64, 20 epochs: about a minute on 2 cores, so it is a slow test (CI runs those too).
 
     Asserts what bench/bench_probe.py measured over seeds 0-2 (docs/benchmarks/probe.md): bi-modal
     embeddings lead the random encoder and raw bands under 10-NN on time-averaged series, lead the random

@@ -84,10 +84,11 @@ def _encoders(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 )
 @click.option("--no-baselines", is_flag=True, help="Skip the RandomForest and majority-class baselines.")
 @click.option(
-    "--refit",
-    is_flag=True,
+    "--refit/--no-refit",
+    default=None,
     help="After the runs, train the same runs again on every training sample (no model-selection split) into "
-    "OUT/refit, for 'cropmap export best OUT --refit OUT/refit'.",
+    "OUT/refit; 'cropmap export best OUT' then exports the chosen runs from there. Default: on when the runs set a "
+    "model-selection split aside (task real), off otherwise.",
 )
 @click.option(
     "--precision",

@@ -118,7 +118,7 @@ def run_command_line(
     recipe: str | None,
     no_baselines: bool,
     precision: str | None,
-    refit: bool = False,
+    refit: bool | None = None,
     default_variant: bool,
     classes: str | None,
     label_column: str | None,
@@ -202,7 +202,9 @@ def run_command_line(
         specs = [EncoderSpec.parse(e) for e in encoders]
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--encoder") from err
-    if refit and holdout_fraction(cfg) <= 0:
+    if refit is None:
+        refit = holdout_fraction(cfg) > 0
+    elif refit and holdout_fraction(cfg) <= 0:
         raise click.BadParameter(
             f"trains the runs again without the model-selection split, and task {cfg.task} sets none aside "
             "(selection_holdout 0); expected --set selection_holdout=0.2 with it",
@@ -259,7 +261,11 @@ def run_command_line(
         written = []
         for run_cfg, run_out in passes:
             if run_out != output:
-                click.echo(f"note: refit: the same runs on every training sample, into {run_out}", err=True)
+                click.echo(
+                    f"note: refit: the same runs again on every training sample (no selection split), into {run_out}; "
+                    "--no-refit skips it",
+                    err=True,
+                )
             if executor is None:
                 written.append(
                     run_comparison(run_cfg, task_data, specs, run_out, show_progress=not no_progress)
