@@ -159,3 +159,29 @@ def test_downstream_refit_needs_a_selection_split(tmp_path: Path, capsys) -> Non
     err = capsys.readouterr().err
     assert "--refit" in err and "selection_holdout 0" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_downstream_refits_by_default_when_it_sets_a_selection_split_aside(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from training.downstream.run import main as downstream_main
+
+    data = (
+        Path(__file__).resolve().parents[1]
+        / "data"
+        / "worldcereal"
+        / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
+    )
+    out = tmp_path / "o"
+    args = [
+        *("--task", "real", "--data", str(data), "--season", "2020", "--classes", "4", "--families", "lstm"),
+        *("--variants", "0", "--default-variant", "--epochs", "1", "--recipe", "papers", "--no-baselines"),
+        *("--set", "trees=[]", "--out", str(out), "--no-progress"),
+    ]
+    assert downstream_main([*args, "--no-refit"]) == 0
+    assert not (out / "refit").exists() and "note: refit" not in capsys.readouterr().err
+    assert downstream_main(args) == 0  # the runs are recorded: only the refit pass trains
+    printed = capsys.readouterr()
+    assert "note: refit: the same runs again on every training sample" in printed.err
+    assert f"--refit {out / 'refit'}" in printed.out
+    (ref,) = [json.loads(line) for line in (out / "refit" / "results.jsonl").read_text().splitlines()]
+    (rec,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert ref["model"] == rec["model"] and ref["n_train"] == rec["n_train"] + rec["n_select"]
