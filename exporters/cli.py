@@ -251,9 +251,10 @@ def bundle(checkpoint: Path, **options: Any) -> None:
     metavar="REFIT_DIR",
     type=click.Path(path_type=Path),
     default=None,
-    help="Export the chosen runs as trained again on every training sample: REFIT_DIR is RUN_DIR/refit of "
-    "'cropmap train downstream --refit' (the default when it exists), or the output folder of the same command with "
-    "--set selection_holdout=0. The choice and the temperature still come from RUN_DIR's model-selection split.",
+    help="Export the chosen runs as trained again on every training sample: REFIT_DIR is RUN_DIR/refit, which "
+    "'cropmap train downstream' writes by default with a model-selection split (used when it exists), or the "
+    "output folder of the same command with --set selection_holdout=0. The choice and the temperature still come "
+    "from RUN_DIR's model-selection split.",
 )
 @click.option(
     "--no-refit",
