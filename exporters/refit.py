@@ -22,7 +22,6 @@ labelled parcels that fifth is worth having back once the choice is made.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,12 +74,10 @@ class Refit:
 
 
 def _records(path: Path, task: str) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text().splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError) as err:
-        raise ExportError(f"cannot read {path}: {err}") from err
-    return [r for r in records if str(r.get("task")) == task]
+    """The records of ``task`` in a results file, read and checked as :func:`exporters.best.select_best` reads them."""
+    from exporters.best import _read_records
+
+    return [r for r in _read_records(path) if str(r.get("task")) == task]
 
 
 def _series(run_dir: Path, task: str) -> tuple[np.ndarray, np.ndarray]:

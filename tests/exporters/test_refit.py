@@ -19,6 +19,13 @@ from exporters.parity import softmax
 from exporters.score import main as score_main
 from training.downstream.run import run_comparison
 
+FLANDERS = (
+    Path(__file__).resolve().parents[1]
+    / "data"
+    / "worldcereal"
+    / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
+)
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -138,17 +145,11 @@ def test_refit_folders_that_do_not_refit_the_runs_are_refused(
 def test_downstream_refit_needs_a_selection_split(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from training.downstream.run import main as downstream_main
 
-    data = (
-        Path(__file__).resolve().parents[1]
-        / "data"
-        / "worldcereal"
-        / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
-    )
     args = [
         "--task",
         "real",
         "--data",
-        str(data),
+        str(FLANDERS),
         "--set",
         "selection_holdout=0",
         "--refit",
@@ -164,15 +165,20 @@ def test_downstream_refit_needs_a_selection_split(tmp_path: Path, capsys) -> Non
 def test_downstream_refits_by_default_when_it_sets_a_selection_split_aside(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from training.downstream.run import main as downstream_main
 
-    data = (
-        Path(__file__).resolve().parents[1]
-        / "data"
-        / "worldcereal"
-        / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
-    )
     out = tmp_path / "o"
     args = [
-        *("--task", "real", "--data", str(data), "--season", "2020", "--classes", "4", "--families", "lstm"),
+        *(
+            "--task",
+            "real",
+            "--data",
+            str(FLANDERS),
+            "--season",
+            "2020",
+            "--classes",
+            "4",
+            "--families",
+            "lstm",
+        ),
         *("--variants", "0", "--default-variant", "--epochs", "1", "--recipe", "papers", "--no-baselines"),
         *("--set", "trees=[]", "--out", str(out), "--no-progress"),
     ]
