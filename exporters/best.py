@@ -43,10 +43,12 @@ METRICS = {"macro_f1": "macro_f1", "accuracy": "val_accuracy"}
 SELECT_METRICS = {"macro_f1": "select_macro_f1", "accuracy": "select_accuracy"}
 """Selection metric name -> its key measured on the model-selection split (:mod:`training.downstream.selection`)."""
 
-SPLITS = ("auto", "selection", "validation")
-"""What ``--best`` ranks on: the model-selection split carved from the training samples (``selection``; the
-validation split then stays an untouched test split), the validation split, or ``auto`` (selection when every
-candidate was scored on one, else validation, with a warning that the score it reports is then not held out)."""
+SPLITS = ("auto", "cv", "selection", "validation")
+"""What ``--best`` ranks on: the out-of-fold predictions of a cross-validated selection (``cv``,
+:mod:`exporters.crossval`), the model-selection split carved from the training samples (``selection``; the
+validation split then stays an untouched test split in both), the validation split, or ``auto`` (cv when the run
+directory holds its folds, else selection when every candidate was scored on one, else validation, with a warning
+that the score it reports is then not held out)."""
 
 PARITY_LIMIT = 4096
 """Validation series compared between torch and ONNX Runtime in a ``--best`` export."""
@@ -64,7 +66,8 @@ class Choice:
     value: float
     n_candidates: int
     split: str = "validation"
-    """``selection`` or ``validation``: the split ``value`` was measured on."""
+    """``selection``, ``validation`` or ``cross-validation`` (out-of-fold predictions): what ``value`` was measured
+    on."""
     refit: str = ""
     """How the exported run was refit after the choice (``--refit``; empty: it was not)."""
 
@@ -80,7 +83,7 @@ class Choice:
         )
         if self.refit:
             text += f"; {self.refit}"
-        if self.split == "selection":
+        if self.split != "validation":
             text += (
                 f"; on the untouched test split ({r['n_val']} samples): accuracy {r['val_accuracy']:.4f}, "
                 f"macro F1 {r['macro_f1']:.4f}"
@@ -108,19 +111,13 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
         raise ExportError(str(err)) from err
 
 
-def select_best(
-    run_dir: str | Path, *, metric: str = "macro_f1", task: str | None = None, split: str = "auto"
-) -> Choice:
-    """The finished run with the highest ``metric`` on ``split`` (see :data:`SPLITS`; ties: the other metric,
-    then file order). Every family with a kept model competes: neural runs, their ensembles and tree models.
+def kept_runs(run_dir: Path, task: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The records of the task (the only one when ``task`` is ``None``) and those of them that kept a model.
 
     Raises:
-        ExportError: If the folder holds no results, no run kept its model, the metric is unknown, or
-            the results mix tasks and ``task`` is not given.
+        ExportError: If the folder holds no results, no run kept its model, or the results mix tasks and
+            ``task`` is not given.
     """
-    if metric not in METRICS:
-        raise ExportError(f"unknown metric {metric!r}; choose from {sorted(METRICS)}")
-    run_dir = Path(run_dir)
     results = run_dir / "results.jsonl"
     if not results.is_file():
         raise ExportError(
@@ -140,8 +137,30 @@ def select_best(
             f"none of the {len(records)} runs in {results} kept a model file; rerun python -m training.downstream "
             "with this version (it writes models/ for every run)"
         )
-    if split not in SPLITS:
-        raise ExportError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+    return records, with_model
+
+
+def select_best(
+    run_dir: str | Path, *, metric: str = "macro_f1", task: str | None = None, split: str = "auto"
+) -> Choice:
+    """The finished run with the highest ``metric`` on ``split`` (``selection``, ``validation`` or ``auto``, see
+    :data:`SPLITS`; ties: the other metric, then file order). Every family with a kept model competes: neural
+    runs, their ensembles and tree models.
+
+    Raises:
+        ExportError: If the folder holds no results, no run kept its model, the metric is unknown, or
+            the results mix tasks and ``task`` is not given.
+    """
+    if metric not in METRICS:
+        raise ExportError(f"unknown metric {metric!r}; choose from {sorted(METRICS)}")
+    run_dir = Path(run_dir)
+    results = run_dir / "results.jsonl"
+    _, with_model = kept_runs(run_dir, task)
+    if split not in SPLITS or split == "cv":
+        raise ExportError(
+            f"select_best ranks on one split, got {split!r}; choose from {[s for s in SPLITS if s != 'cv']} "
+            "(out-of-fold ranking is export_best's)"
+        )
     scored = all(r.get("select_macro_f1") is not None for r in with_model)
     if split == "selection" and not scored:
         lacking = sorted({r["family"] for r in with_model if r.get("select_macro_f1") is None})
@@ -197,6 +216,38 @@ def export_best(
         raise ExportError(f"unknown ensemble mode {ensemble!r}; choose from {list(ENSEMBLE_MODES)}")
     if Path(out).exists() and not overwrite:  # before the members are exported and weighed
         raise FileExistsError(None, "exists", str(out))
+    if split not in SPLITS:
+        raise ExportError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+    folds = _folds(Path(run_dir), task, split, refit)
+    if folds is not None:
+        refuse_inputs_as_outputs(out, run_folder_inputs(run_dir))
+        found, fitted = _cross_validated(
+            folds,
+            out,
+            metric=metric,
+            task=task,
+            atol=atol,
+            created=created,
+            overwrite=overwrite,
+            precision=precision,
+            ensemble=ensemble,
+        )
+        if not isinstance(found, Choice):
+            return found
+        return _export_single(
+            found,
+            run_dir,
+            out,
+            fitted,
+            opset=opset,
+            atol=atol,
+            created=created,
+            overwrite=overwrite,
+            precision=precision,
+            train_x=train_x,
+            min_agreement=min_agreement,
+            int8_method=int8_method,
+        )
     choice = select_best(run_dir, metric=metric, task=task, split=split)
     refuse_inputs_as_outputs(out, run_folder_inputs(run_dir))
     refit_to = None
@@ -228,6 +279,39 @@ def export_best(
         refit_cal = _single_refit_calibration(choice, Path(run_dir), refit_to, atol)
         record, path = refit_to.counterpart(choice.record)
         choice = with_record(choice, record, path, refit_to)
+    return _export_single(
+        choice,
+        run_dir,
+        out,
+        refit_cal,
+        opset=opset,
+        atol=atol,
+        created=created,
+        overwrite=overwrite,
+        precision=precision,
+        train_x=train_x,
+        min_agreement=min_agreement,
+        int8_method=int8_method,
+    )
+
+
+def _export_single(
+    choice: Choice,
+    run_dir: str | Path,
+    out: str | Path,
+    refit_cal: tuple[Any, np.ndarray, np.ndarray] | None,
+    *,
+    opset: int,
+    atol: float,
+    created: str | None,
+    overwrite: bool,
+    precision: str,
+    train_x: np.ndarray | None,
+    min_agreement: float | None,
+    int8_method: str,
+) -> tuple[Choice, ParityReport]:
+    """Export the chosen single run; ``refit_cal``: a temperature fitted elsewhere (``--refit``, cross-validated
+    selection), else it is fitted on the selection (or validation) series."""
     if choice.record["family"] in TREE_FAMILIES:
         from exporters.trees import export_best_tree
 
@@ -374,6 +458,83 @@ def _cross_family(
     return ens, report
 
 
+def _folds(run_dir: Path, task: str | None, split: str, refit: str | Path | None) -> Any:
+    """The folds of a cross-validated selection to rank on (:class:`exporters.crossval.Folds`), or ``None`` when
+    ``split`` does not ask for them (``auto``: when ``run_dir`` holds them).
+
+    Raises:
+        ExportError: ``cv`` without folds, or folds with ``--refit``.
+    """
+    from exporters.crossval import open_folds
+    from training.downstream.run import CV
+
+    if split not in ("auto", "cv"):
+        return None
+    records, _ = kept_runs(run_dir, task)
+    folds = open_folds(run_dir, str(records[0]["task"]))
+    if folds is None and split == "cv":
+        raise ExportError(
+            f"{run_dir} holds no {CV}/ folder; expected the output folder of 'cropmap train downstream "
+            "--selection-folds K'"
+        )
+    if folds is not None and refit is not None:
+        raise ExportError(
+            f"--refit: the runs of {run_dir} were chosen by cross-validation and trained on every training sample "
+            "already; expected no --refit"
+        )
+    return folds
+
+
+def _cross_validated(
+    folds: Any,
+    out: str | Path,
+    *,
+    metric: str,
+    task: str | None,
+    atol: float,
+    created: str | None,
+    overwrite: bool,
+    precision: str,
+    ensemble: str,
+) -> tuple[Any, Any]:
+    """The choice on out-of-fold predictions (:mod:`exporters.crossval`); the cross-family ensemble is exported
+    here. Returns ``(choice, calibration)`` for a single run, ``((ensemble choice, parity report), None)`` else."""
+    import tempfile
+
+    from exporters.crossval import choose
+    from exporters.ensemble import export_ensemble
+
+    if metric not in METRICS:
+        raise ExportError(f"unknown metric {metric!r}; choose from {sorted(METRICS)}")
+    run_dir = folds.run_dir
+    records, with_model = kept_runs(run_dir, task)
+    with tempfile.TemporaryDirectory(prefix="cropmap-cv-") as work:
+        choice, members, cal = choose(
+            folds, records, with_model, metric=metric, ensemble=ensemble, work=Path(work), atol=atol
+        )
+        if members is None:
+            return choice, cal
+        if precision != "fp32":
+            raise ExportError(
+                f"the cross-family ensemble was chosen and is fp32 only (its tree members refuse {precision}); "
+                f"export it with --weights fp32, or pass --ensemble never for the best single run at {precision}"
+            )
+        with np.load(run_dir / VAL_INPUTS.format(task=choice.task)) as data:
+            parity_x = np.asarray(data["x"][:PARITY_LIMIT], np.float32)
+        report = export_ensemble(
+            choice,
+            members,
+            run_dir,
+            Path(out),
+            select=(cal[1], cal[2]),
+            parity_x=parity_x,
+            created=created,
+            overwrite=overwrite,
+            calibration=cal[0],
+        )
+    return (choice, report), None
+
+
 def _single_refit_calibration(
     choice: Choice, run_dir: Path, refit: Refit, atol: float
 ) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -394,10 +555,9 @@ def _single_refit_calibration(
 def choice_metrics(choice: Choice) -> dict[str, float]:
     """What the bundle's provenance records about the choice: the ranking value and, when it was made on the
     model-selection split, the model's scores on the untouched test split."""
-    out = {
-        f"selected_by_{'val' if choice.split == 'validation' else 'selection'}_{choice.metric}": choice.value
-    }
-    if choice.split == "selection":
+    by = {"validation": "val", "selection": "selection"}.get(choice.split, "cv")
+    out = {f"selected_by_{by}_{choice.metric}": choice.value}
+    if choice.split != "validation":
         out.update(
             test_accuracy=float(choice.record["val_accuracy"]),
             test_macro_f1=float(choice.record["macro_f1"]),
@@ -446,6 +606,12 @@ def run_folder_inputs(run_dir: str | Path) -> dict[Path, str]:
         for f in sorted(models.rglob("*")):
             if f.is_file():
                 inputs[f] = "run folder's checkpoint"
+    from training.downstream.run import CV
+
+    if (run_dir / CV).is_dir():
+        for f in sorted((run_dir / CV).rglob("*")):
+            if f.is_file():
+                inputs[f] = "run folder's cross-validation fold"
     if results.is_file():
         for r in _read_records(results):
             if r.get("model"):

@@ -2,7 +2,7 @@
 
     cropmap export bundle CHECKPOINT -o model.onnx [--weights fp32|fp16|int8] [--calibration-data TRAIN.npz]
     cropmap export best RUN_DIR -o model.onnx [--metric macro_f1|accuracy] [--task real]
-        [--select-on auto|selection|validation]
+        [--select-on auto|cv|selection|validation]
     cropmap export score BUNDLE --data SERIES.npz | --run RUN_DIR [--data PARCELS] [--split test|...]
         [-o SCORE.json] [--json]
 
@@ -50,7 +50,7 @@ EXPORT_COMMANDS = {
 # The choices and defaults the options show, kept here so that --help imports no torch; tests/test_cli_family.py
 # checks them against exporters.best, exporters.quantize, exporters.to_onnx and exporters.score.
 METRIC_CHOICES = ("accuracy", "macro_f1")
-SELECT_SPLITS = ("auto", "selection", "validation")
+SELECT_SPLITS = ("auto", "cv", "selection", "validation")
 INT8_METHODS = ("auto", "static", "dynamic")
 DEFAULT_OPSET = 17
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -232,9 +232,10 @@ def bundle(checkpoint: Path, **options: Any) -> None:
     type=click.Choice(SELECT_SPLITS),
     default="auto",
     show_default=True,
-    help="Rank on the model-selection split carved from the training samples (selection; the validation "
-    "split stays an untouched test split), on the validation split, or auto (selection when every run was "
-    "scored on one).",
+    help="Rank on the out-of-fold predictions of a cross-validated selection (cv: RUN_DIR/cv, written by "
+    "'cropmap train downstream --selection-folds K'), on the model-selection split carved from the training "
+    "samples (selection; in both the validation split stays an untouched test split), on the validation split, or "
+    "auto (cv when RUN_DIR/cv exists, else selection when every run was scored on one).",
 )
 @click.option(
     "--ensemble",

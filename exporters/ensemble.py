@@ -126,8 +126,9 @@ class EnsembleChoice:
             if self.margin > 0
             else "not ahead of it"
         )
+        on = "selection" if self.split == "selection" else "out-of-fold"
         return (
-            f"cross-family ensemble of {len(self.members)} runs ({', '.join(self.members)}), selection "
+            f"cross-family ensemble of {len(self.members)} runs ({', '.join(self.members)}), {on} "
             f"{self.metric} = {self.value:.4f}; the best single run ({self.single.record['family']}, "
             f"{self.single.value:.4f}) is {self.margin:+.4f} from it ({why}); "
             + (f"{self.refit}; " if self.refit else "")
@@ -455,7 +456,7 @@ def export_ensemble(
     report = dataclasses.replace(report, calibration=cal)
     prov = base.provenance
     metrics = {
-        f"selected_by_selection_{choice.metric}": choice.value,
+        f"selected_by_{'selection' if choice.split == 'selection' else 'cv'}_{choice.metric}": choice.value,
         "test_accuracy": choice.test_accuracy,
         "test_macro_f1": choice.test_macro_f1,
         "n_test": float(choice.n_test),

@@ -47,6 +47,8 @@ class Refit:
     """The refit directory's records of the task, by model path (as ``results.jsonl`` names it)."""
     n_train: int
     """Training samples of the refit runs."""
+    hint: str = "train it with the same families, seeds and variants as the run directory and --set selection_holdout=0"
+    """What the error of a missing counterpart tells the user to do."""
 
     def counterpart(self, record: dict[str, Any]) -> tuple[dict[str, Any], Path]:
         """The refit record and checkpoint of the run ``record`` describes.
@@ -58,13 +60,12 @@ class Refit:
         path = None if found is None else self.run_dir / str(found["model"])
         if found is None or path is None or not path.is_file():
             raise ExportError(
-                f"{self.run_dir} has no refit of {record.get('model')} ({record['family']}); train it with the same "
-                "families, seeds and variants as the run directory and --set selection_holdout=0"
+                f"{self.run_dir} has no counterpart of {record.get('model')} ({record['family']}); {self.hint}"
             )
         differ = [k for k in SAME if str(found.get(k)) != str(record.get(k))]
         if differ:
             raise ExportError(
-                f"{path} differs from the run it should refit in {', '.join(differ)}: "
+                f"{path} differs from the run it stands for in {', '.join(differ)}: "
                 + ", ".join(f"{k} {found.get(k)!r} instead of {record.get(k)!r}" for k in differ)
             )
         return found, path

@@ -130,7 +130,7 @@ def test_refit_folders_that_do_not_refit_the_runs_are_refused(
         str(tmp_path / "missing"): "holds no results.jsonl",
         str(shutil.copytree(run, tmp_path / "carved")): "set a selection split aside",
         str(shifted): "are not those of",
-        str(other): "has no refit of",
+        str(other): "has no counterpart of",
     }
     for folder, said in cases.items():
         out = tmp_path / "x.onnx"

@@ -91,6 +91,15 @@ def _encoders(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
     "model-selection split aside (task real), off otherwise.",
 )
 @click.option(
+    "--selection-folds",
+    type=click.IntRange(min=2, max=20),
+    default=None,
+    metavar="K",
+    help="Cross-validated selection: train the runs on every training sample into OUT and once per fold on the "
+    "other K-1 folds into OUT/cv/fold<k>; 'cropmap export best OUT' then picks and calibrates on the out-of-fold "
+    "predictions of all training samples instead of a selection split (K more trainings of every run).",
+)
+@click.option(
     "--precision",
     type=click.Choice(["fp32", "bf16"]),
     default=None,

@@ -121,6 +121,12 @@ class DownstreamConfig:
     selection_holdout: float | None = None
     """Fraction of the training samples set aside to pick and calibrate models (:mod:`training.downstream.selection`);
     ``None``: 0.2 for task real, 0 otherwise."""
+    selection_folds: int = 0
+    """``K`` >= 2: cross-validated selection instead of one selection split (:mod:`training.downstream.selection`):
+    the runs train on every training sample, and once more per fold on the other ``K - 1`` folds; ``cropmap export
+    best`` picks and calibrates on the out-of-fold predictions. 0: off."""
+    selection_fold: int | None = None
+    """The fold a pass of a cross-validated selection holds out (``0 .. K-1``; set by the command for each pass)."""
     trees: tuple[str, ...] | None = None
     """Tree families trained on derived features of the raw series (:mod:`training.downstream.trees`); ``None``: forest and
     boosting for task real, none for the simulated tasks; empty: none."""
@@ -148,10 +154,11 @@ class DownstreamConfig:
         if self.embed_cache_gb < 0 or self.threads < 0:
             raise ValueError("embed_cache_gb and threads must be >= 0")
         self.training_recipe()  # raises on an unknown name or a bad prior_correction
-        from training.downstream.selection import check_holdout
+        from training.downstream.selection import check_folds, check_holdout
         from training.downstream.trees import check_trees
 
         check_holdout(self.selection_holdout)
+        check_folds(self.selection_folds, self.selection_fold, self.selection_holdout)
         check_trees(self.trees or (), self.tree_trials, self.tree_budget_s)
 
     def training_recipe(self) -> Recipe:

@@ -185,7 +185,8 @@ class Protocol:
         self.device = device if device is not None else str(resolve_device(cfg.device))
         self.recipe = cfg.training_recipe()
         self.holdout = holdout_fraction(cfg)
-        self.data, self.x_sel, self.y_sel = carve_selection(data, self.holdout, cfg.split_seed)
+        fold = None if cfg.selection_fold is None else (cfg.selection_fold, cfg.selection_folds)
+        self.data, self.x_sel, self.y_sel = carve_selection(data, self.holdout, cfg.split_seed, fold=fold)
         n_fit = len(self.data.y_train)
         if self.recipe.selection_fraction > 0:
             n_fit = len(
@@ -210,6 +211,8 @@ class Protocol:
             "prior_correction": self.recipe.prior_correction,
             "selection_holdout": self.holdout,
             "n_select": 0 if self.y_sel is None else len(self.y_sel),
+            "selection_folds": cfg.selection_folds,
+            "selection_fold": cfg.selection_fold,
         }
         self.save = cfg.save_models and self.data.time_grid is not None
         self.indices = (list(range(-1, -cfg.repeats - 1, -1)) if cfg.default_variant else []) + list(

@@ -101,8 +101,50 @@ logger = logging.getLogger(__name__)
 REFIT = "refit"
 """The folder inside ``--out`` that ``--refit`` trains the same runs into, on every training sample."""
 
+CV = "cv"
+"""The folder inside ``--out`` that a cross-validated selection (``--selection-folds K``) trains the runs of each
+fold into: ``OUT/cv/fold<k>``, fold ``k`` held out (:mod:`training.downstream.selection`)."""
+
+
+def fold_dir(output: Path, fold: int) -> Path:
+    """Where the pass holding fold ``fold`` out writes its runs."""
+    return output / CV / f"fold{fold}"
+
+
 _check_setup = check_setup
 """Kept under its former name."""
+
+
+def training_passes(
+    cfg: DownstreamConfig, output: Path, *, refit: bool = False
+) -> list[tuple[DownstreamConfig, Path, str]]:
+    """What one command trains: ``(configuration, output folder, note for the console)`` per pass. The runs as
+    configured into ``output``; with ``refit``, the same on every training sample into ``output/refit``; with
+    ``selection_folds`` ``K``, the same once per fold with that fold held out into ``output/cv/fold<k>``."""
+    passes: list[tuple[DownstreamConfig, Path, str]] = [(cfg, output, "")]
+    if refit:
+        passes.append(
+            (
+                dataclasses.replace(cfg, selection_holdout=0.0),
+                output / REFIT,
+                (
+                    "refit: the same runs again on every training sample (no selection split), into "
+                    f"{output / REFIT}; --no-refit skips it"
+                ),
+            )
+        )
+    for k in range(cfg.selection_folds):
+        passes.append(
+            (
+                dataclasses.replace(cfg, selection_fold=k),
+                fold_dir(output, k),
+                (
+                    f"cross-validated selection: the same runs with fold {k + 1} of {cfg.selection_folds} of the "
+                    f"training samples held out, into {fold_dir(output, k)}"
+                ),
+            )
+        )
+    return passes
 
 
 def run_command_line(
@@ -119,6 +161,7 @@ def run_command_line(
     no_baselines: bool,
     precision: str | None,
     refit: bool | None = None,
+    selection_folds: int | None = None,
     default_variant: bool,
     classes: str | None,
     label_column: str | None,
@@ -186,6 +229,7 @@ def run_command_line(
         "pixels": pixels,
         "buffer_m": buffer,
         "threads": threads,
+        "selection_folds": selection_folds,
     }
     cfg_overrides = [f"{k}={v}" for k, v in given.items() if v is not None]
     if classes is not None:
@@ -202,7 +246,17 @@ def run_command_line(
         specs = [EncoderSpec.parse(e) for e in encoders]
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--encoder") from err
-    if refit is None:
+    folds = cfg.selection_folds
+    if folds and refit:
+        raise click.BadParameter(
+            f"trains the runs again without the model-selection split, and a cross-validated selection "
+            f"(--selection-folds {folds}) trains them on every training sample already; expected --no-refit or no "
+            "--refit with it",
+            param_hint="--refit",
+        )
+    if folds:
+        refit = False
+    elif refit is None:
         refit = holdout_fraction(cfg) > 0
     elif refit and holdout_fraction(cfg) <= 0:
         raise click.BadParameter(
@@ -255,17 +309,11 @@ def run_command_line(
         if logging.getLogger("training").isEnabledFor(logging.WARNING):
             for line in notes:
                 click.echo(f"note: {line}", err=True)
-        passes = [(cfg, output)]
-        if refit:
-            passes.append((dataclasses.replace(cfg, selection_holdout=0.0), output / REFIT))
+        passes = training_passes(cfg, output, refit=refit)
         written = []
-        for run_cfg, run_out in passes:
-            if run_out != output:
-                click.echo(
-                    f"note: refit: the same runs again on every training sample (no selection split), into {run_out}; "
-                    "--no-refit skips it",
-                    err=True,
-                )
+        for run_cfg, run_out, note in passes:
+            if note:
+                click.echo(f"note: {note}", err=True)
             if executor is None:
                 written.append(
                     run_comparison(run_cfg, task_data, specs, run_out, show_progress=not no_progress)
