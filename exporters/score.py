@@ -96,7 +96,7 @@ def run_series(
     """
     from training.config import config_from_dict
     from training.downstream.run import DownstreamConfig, load_real_task
-    from training.downstream.selection import carve_selection, holdout_fraction
+    from training.downstream.selection import carve_for
 
     configs = sorted(run_dir.glob("config_task*.json"))
     if not configs:
@@ -116,7 +116,7 @@ def run_series(
     if path is None or not Path(path).exists():
         raise ScoreError(f"parcels {path} do not exist; pass --data PARCELS")
     task = load_real_task(path, cfg, cache_dir=run_dir / "extractions")
-    fit, x_sel, y_sel = carve_selection(task, holdout_fraction(cfg), cfg.split_seed)
+    fit, x_sel, y_sel = carve_for(task, cfg)
     parts = {
         "test": (task.x_val, task.y_val),
         "train": (fit.x_train, fit.y_train),

@@ -19,6 +19,7 @@ from exporters.__main__ import main as exporters_main
 from exporters.crossval import open_folds
 from exporters.ensemble import ENSEMBLE_FAMILY
 from exporters.refit import calibration_from
+from exporters.score import main as score_main
 from training.downstream.run import fold_dir, run_comparison, training_passes
 from training.downstream.selection import fold_split
 
@@ -166,18 +167,39 @@ def test_downstream_trains_the_folds(tmp_path: Path, capsys) -> None:  # type: i
             "lstm",
         ),
         *("--variants", "0", "--default-variant", "--epochs", "1", "--recipe", "papers", "--no-baselines"),
-        *("--set", "trees=[]", "--out", str(out), "--no-progress"),
+        *("--set", 'trees=["forest"]', "--set", "tree_trials=0", "--out", str(out), "--no-progress"),
     ]
-    assert downstream_main([*args, "--selection-folds", "2", "--refit"]) == 2
+    assert downstream_main([*args, "--selection-folds", "3", "--refit"]) == 2
     assert "--refit" in capsys.readouterr().err and not out.exists()
     assert downstream_main([*args, "--selection-folds", "1"]) == 2
     capsys.readouterr()
-    assert downstream_main([*args, "--selection-folds", "2"]) == 0
+    assert downstream_main([*args, "--selection-folds", "3"]) == 0
     printed = capsys.readouterr()
-    assert printed.err.count("note: cross-validated selection") == 2 and not (out / "refit").exists()
+    assert printed.err.count("note: cross-validated selection") == 3 and not (out / "refit").exists()
     assert f"cropmap export best {out} -o" in printed.out and "--refit" not in printed.out
-    (rec,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    folds = [json.loads((fold_dir(out, k) / "results.jsonl").read_text()) for k in (0, 1)]
+
+    def forest(run: Path) -> dict:  # type: ignore[type-arg]
+        (rec,) = [r for r in _records(run) if r["family"] == "forest"]
+        return rec
+
+    rec, folds = forest(out), [forest(fold_dir(out, k)) for k in range(3)]
     assert rec["n_select"] == 0 and sum(f["n_select"] for f in folds) == rec["n_train"]
     assert exporters_main(["--best", str(out), "-o", str(tmp_path / "m.onnx")]) == 0
     assert "by cross-validation" in capsys.readouterr().out
+    # export score reads a fold's held-out part as that pass made it (the stored series give the same numbers)
+    fold = tmp_path / "fold1.onnx"
+    assert exporters_main([str(fold_dir(out, 1) / folds[1]["model"]), "-o", str(fold)]) == 0
+    sel, stored = tmp_path / "sel.json", tmp_path / "stored.json"
+    assert (
+        score_main([str(fold), "--run", str(fold_dir(out, 1)), "--split", "selection", "--json", str(sel)])
+        == 0
+    )
+    assert (
+        score_main(
+            [str(fold), "--data", str(fold_dir(out, 1) / "selection-taskreal.npz"), "--json", str(stored)]
+        )
+        == 0
+    )
+    got, want = json.loads(sel.read_text()), json.loads(stored.read_text())
+    assert got["n"] == folds[1]["n_select"] and got["confusion"] == want["confusion"]
+    assert got["macro_f1"] == pytest.approx(folds[1]["select_macro_f1"])

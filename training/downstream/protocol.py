@@ -173,7 +173,7 @@ class Protocol:
         variants: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         from training.device import resolve_device
-        from training.downstream.selection import carve_selection, holdout_fraction
+        from training.downstream.selection import carve_for, holdout_fraction
 
         keys = [(e.method, e.corruption) for e in encoders]
         if len(set(keys)) != len(keys):
@@ -185,8 +185,7 @@ class Protocol:
         self.device = device if device is not None else str(resolve_device(cfg.device))
         self.recipe = cfg.training_recipe()
         self.holdout = holdout_fraction(cfg)
-        fold = None if cfg.selection_fold is None else (cfg.selection_fold, cfg.selection_folds)
-        self.data, self.x_sel, self.y_sel = carve_selection(data, self.holdout, cfg.split_seed, fold=fold)
+        self.data, self.x_sel, self.y_sel = carve_for(data, cfg)
         n_fit = len(self.data.y_train)
         if self.recipe.selection_fraction > 0:
             n_fit = len(

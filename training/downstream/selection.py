@@ -156,6 +156,13 @@ def carve_selection(
     return fitted, x_sel, y_sel
 
 
+def carve_for(data: Any, cfg: Any) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """:func:`carve_selection` as configuration ``cfg`` asks for it: its fraction, or its fold of a cross-validated
+    selection, seeded by its ``split_seed``."""
+    fold = None if cfg.selection_fold is None else (cfg.selection_fold, cfg.selection_folds)
+    return carve_selection(data, holdout_fraction(cfg), cfg.split_seed, fold=fold)
+
+
 def select_scores(y_sel: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, float]:
     """``select_accuracy`` and ``select_macro_f1`` of predictions on the selection split."""
     s = score(np.asarray(y_sel), np.asarray(pred), n_classes)
