@@ -234,20 +234,55 @@ def export_best(
         )
         if not isinstance(found, Choice):
             return found
-        return _export_single(
-            found,
+        choice = found
+    else:
+        choice, fitted, done = _on_selection_split(
             run_dir,
             out,
-            fitted,
-            opset=opset,
+            metric=metric,
+            task=task,
             atol=atol,
             created=created,
             overwrite=overwrite,
             precision=precision,
-            train_x=train_x,
-            min_agreement=min_agreement,
-            int8_method=int8_method,
+            split=split,
+            ensemble=ensemble,
+            refit=refit,
         )
+        if done is not None:
+            return done
+    return _export_single(
+        choice,
+        run_dir,
+        out,
+        fitted,
+        opset=opset,
+        atol=atol,
+        created=created,
+        overwrite=overwrite,
+        precision=precision,
+        train_x=train_x,
+        min_agreement=min_agreement,
+        int8_method=int8_method,
+    )
+
+
+def _on_selection_split(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    metric: str,
+    task: str | None,
+    atol: float,
+    created: str | None,
+    overwrite: bool,
+    precision: str,
+    split: str,
+    ensemble: str,
+    refit: str | Path | None,
+) -> tuple[Choice, tuple[Any, np.ndarray, np.ndarray] | None, tuple[EnsembleChoice, ParityReport] | None]:
+    """The choice made on the selection (or validation) split: the single run with the temperature fitted for its
+    refit (``None`` without one), or the exported cross-family ensemble as the third item."""
     choice = select_best(run_dir, metric=metric, task=task, split=split)
     refuse_inputs_as_outputs(out, run_folder_inputs(run_dir))
     refit_to = None
@@ -273,26 +308,12 @@ def export_best(
             refit=refit_to,
         )
         if found is not None:
-            return found
-    refit_cal = None
-    if refit_to is not None:
-        refit_cal = _single_refit_calibration(choice, Path(run_dir), refit_to, atol)
-        record, path = refit_to.counterpart(choice.record)
-        choice = with_record(choice, record, path, refit_to)
-    return _export_single(
-        choice,
-        run_dir,
-        out,
-        refit_cal,
-        opset=opset,
-        atol=atol,
-        created=created,
-        overwrite=overwrite,
-        precision=precision,
-        train_x=train_x,
-        min_agreement=min_agreement,
-        int8_method=int8_method,
-    )
+            return choice, None, found
+    if refit_to is None:
+        return choice, None, None
+    fitted = _single_refit_calibration(choice, Path(run_dir), refit_to, atol)
+    record, path = refit_to.counterpart(choice.record)
+    return with_record(choice, record, path, refit_to), fitted, None
 
 
 def _export_single(

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.refit import Refit, _records, _series, calibration_from
+from exporters.refit import Refit, _records, _series, calibration_from, same_test_series
 from exporters.to_onnx import ExportError
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,6 @@ def open_folds(run_dir: str | Path, task: str) -> Folds | None:
             f"the runs of {run_dir} trained on {sorted(n_train)} samples; expected one training set"
         )
     total = n_train.pop()
-    x_test, y_test = _series(run_dir, task)
     folds, series = [], []
     for k in range(n_folds):
         where = fold_dir(run_dir, k)
@@ -127,14 +126,7 @@ def open_folds(run_dir: str | Path, task: str) -> Folds | None:
                 f"the runs of {where} trained on {sorted(sizes)} training plus held-out samples; expected the "
                 f"{total} training samples of {run_dir}"
             )
-        x_fold, y_fold = _series(where, task)
-        if x_fold.shape != x_test.shape or not (
-            np.array_equal(x_fold, x_test) and np.array_equal(y_fold, y_test)
-        ):
-            raise ExportError(
-                f"the test series of {where} are not those of {run_dir}; the folds need the same data, classes, "
-                "split seed and validation fraction"
-            )
+        same_test_series(where, run_dir, task, f"fold {k} of a cross-validated selection")
         path = where / SELECT_INPUTS.format(task=task)
         try:
             with np.load(path) as data:
@@ -172,10 +164,10 @@ def choose(
     directory), and the calibration fitted on the chosen model's out-of-fold probabilities."""
     from exporters.best import Choice
     from exporters.ensemble import (
-        EnsembleChoice,
         _check_legend,
         _metric,
         candidate_runs,
+        ensemble_choice,
         load_member,
         paired_stderr,
     )
@@ -230,18 +222,14 @@ def choose(
             main.mkdir(parents=True, exist_ok=True)
             members = [load_member(r, run_dir, main, example, atol) for r in runs]
             _check_legend(members, run_dir)
-            test_pred = np.mean([m.probabilities(x_test) for m in members], axis=0).argmax(1)
-            choice = EnsembleChoice(
-                members=tuple(m.name for m in members),
-                task=task,
+            choice = ensemble_choice(
+                members,
+                single,
                 metric=metric,
                 value=ens_value,
-                single=single,
                 margin=margin,
                 stderr=stderr,
-                test_accuracy=_metric(y_test, test_pred, n_classes, "accuracy"),
-                test_macro_f1=_metric(y_test, test_pred, n_classes, "macro_f1"),
-                n_test=len(y_test),
+                test=(x_test, y_test),
                 forced=ensemble == "always",
                 split=CV_SPLIT,
             )

@@ -319,7 +319,7 @@ def consider_ensemble(
     if runs is None:
         return None
     x_sel, y_sel = select
-    x_test, y_test = test
+    x_test = test[0]
     neural = next((r for r in runs if r["family"] not in TREE_FAMILIES), None)
     example = x_test[:256] if neural is not None else x_test[:1]
     members = [load_member(r, run_dir, work, example, atol) for r in runs]
@@ -347,9 +347,29 @@ def consider_ensemble(
     if margin > stderr and not always:
         logger.info("the best single run beats the ensemble by more than one standard error: it is exported")
         return None
-    p_test = np.mean([m.probabilities(x_test) for m in members], axis=0)
-    test_pred = p_test.argmax(1)
-    choice = EnsembleChoice(
+    choice = ensemble_choice(
+        members, single, metric=metric, value=value, margin=margin, stderr=stderr, test=test, forced=always
+    )
+    return choice, members
+
+
+def ensemble_choice(
+    members: list[Member],
+    single: Any,
+    *,
+    metric: str,
+    value: float,
+    margin: float,
+    stderr: float,
+    test: tuple[np.ndarray, np.ndarray],
+    forced: bool,
+    split: str = "selection",
+) -> EnsembleChoice:
+    """The :class:`EnsembleChoice` of ``members`` weighed against ``single``, with its scores on the test series."""
+    x_test, y_test = test
+    k = len(members[0].metadata.classes)
+    test_pred = np.mean([m.probabilities(x_test) for m in members], axis=0).argmax(1)
+    return EnsembleChoice(
         members=tuple(m.name for m in members),
         task=str(single.record["task"]),
         metric=metric,
@@ -360,9 +380,9 @@ def consider_ensemble(
         test_accuracy=_metric(y_test, test_pred, k, "accuracy"),
         test_macro_f1=_metric(y_test, test_pred, k, "macro_f1"),
         n_test=len(y_test),
-        forced=always,
+        forced=forced,
+        split=split,
     )
-    return choice, members
 
 
 def refit_members(

@@ -90,6 +90,23 @@ def _series(run_dir: Path, task: str) -> tuple[np.ndarray, np.ndarray]:
         raise ExportError(f"cannot read the test series {path}: {err}") from err
 
 
+def same_test_series(other: Path, run_dir: Path, task: str, what: str) -> None:
+    """Refuse ``other`` unless its stored test series are those of ``run_dir``.
+
+    Raises:
+        ExportError: Naming both folders and what ``what`` needs.
+    """
+    x_run, y_run = _series(run_dir, task)
+    x_other, y_other = _series(other, task)
+    if x_run.shape != x_other.shape or not (
+        np.array_equal(x_run, x_other) and np.array_equal(y_run, y_other)
+    ):
+        raise ExportError(
+            f"the test series of {other} ({len(y_other)} samples) are not those of {run_dir} ({len(y_run)}); "
+            f"{what} needs the same data, classes, split seed and validation fraction"
+        )
+
+
 def open_refit(refit_dir: str | Path, run_dir: str | Path, task: str) -> Refit:
     """Check that ``refit_dir`` refits the runs of ``run_dir`` (see the module docstring).
 
@@ -114,15 +131,7 @@ def open_refit(refit_dir: str | Path, run_dir: str | Path, task: str) -> Refit:
             f"the runs of {refit_dir} set a selection split aside (selection_holdout {', '.join(carved)}); a refit "
             "trains on every training sample: rerun with --set selection_holdout=0"
         )
-    x_run, y_run = _series(run_dir, task)
-    x_refit, y_refit = _series(refit_dir, task)
-    if x_run.shape != x_refit.shape or not (
-        np.array_equal(x_run, x_refit) and np.array_equal(y_run, y_refit)
-    ):
-        raise ExportError(
-            f"the test series of {refit_dir} ({len(y_refit)} samples) are not those of {run_dir} ({len(y_run)}); "
-            "a refit needs the same data, classes, split seed and validation fraction"
-        )
+    same_test_series(refit_dir, run_dir, task, "a refit")
     original = [r for r in _records(run_dir / "results.jsonl", task) if r.get("model")]
     expected = {int(r["n_train"]) + int(r.get("n_select") or 0) for r in original}
     got = {int(r["n_train"]) for r in records}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_ensemble import _cfg
-from test_refit import FLANDERS, _probabilities, _records
+from test_refit import _probabilities, _records, flanders_lstm
 from test_trees import _task
 
 from cropmap.runtime import load_bundle
@@ -153,22 +153,7 @@ def test_downstream_trains_the_folds(tmp_path: Path, capsys) -> None:  # type: i
     from training.downstream.run import main as downstream_main
 
     out = tmp_path / "o"
-    args = [
-        *(
-            "--task",
-            "real",
-            "--data",
-            str(FLANDERS),
-            "--season",
-            "2020",
-            "--classes",
-            "4",
-            "--families",
-            "lstm",
-        ),
-        *("--variants", "0", "--default-variant", "--epochs", "1", "--recipe", "papers", "--no-baselines"),
-        *("--set", 'trees=["forest"]', "--set", "tree_trials=0", "--out", str(out), "--no-progress"),
-    ]
+    args = [*flanders_lstm(out), "--set", 'trees=["forest"]', "--set", "tree_trials=0"]
     assert downstream_main([*args, "--selection-folds", "3", "--refit"]) == 2
     assert "--refit" in capsys.readouterr().err and not out.exists()
     assert downstream_main([*args, "--selection-folds", "1"]) == 2

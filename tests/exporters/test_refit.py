@@ -27,6 +27,26 @@ FLANDERS = (
 )
 
 
+def flanders_lstm(out: Path) -> list[str]:
+    """``training.downstream`` arguments: the Flanders parcels, one LSTM run of one epoch, no baselines."""
+    return [
+        *(
+            "--task",
+            "real",
+            "--data",
+            str(FLANDERS),
+            "--season",
+            "2020",
+            "--classes",
+            "4",
+            "--families",
+            "lstm",
+        ),
+        *("--variants", "0", "--default-variant", "--epochs", "1", "--recipe", "papers", "--no-baselines"),
+        *("--out", str(out), "--no-progress"),
+    ]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The same downstream command twice: with the selection split (default for task real) and without it."""
@@ -166,22 +186,7 @@ def test_downstream_refits_by_default_when_it_sets_a_selection_split_aside(tmp_p
     from training.downstream.run import main as downstream_main
 
     out = tmp_path / "o"
-    args = [
-        *(
-            "--task",
-            "real",
-            "--data",
-            str(FLANDERS),
-            "--season",
-            "2020",
-            "--classes",
-            "4",
-            "--families",
-            "lstm",
-        ),
-        *("--variants", "0", "--default-variant", "--epochs", "1", "--recipe", "papers", "--no-baselines"),
-        *("--set", "trees=[]", "--out", str(out), "--no-progress"),
-    ]
+    args = [*flanders_lstm(out), "--set", "trees=[]"]
     assert downstream_main([*args, "--no-refit"]) == 0
     assert not (out / "refit").exists() and "note: refit" not in capsys.readouterr().err
     assert downstream_main(args) == 0  # the runs are recorded: only the refit pass trains

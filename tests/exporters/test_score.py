@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_refit import flanders_lstm
 
 from cropmap.runtime import load_bundle
 from exporters.__main__ import main as exporters_main
@@ -18,46 +19,11 @@ pytestmark = (
     pytest.mark.slow
 )  # a real downstream run (about 30 s); tests/exporters/test_trees.py scores a toy one
 
-FLANDERS = (
-    Path(__file__).resolve().parents[1]
-    / "data"
-    / "worldcereal"
-    / "2021_BEL_LPIS-Flanders_POLY_110_monthly.parquet"
-)
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("score") / "run"
-    rc = downstream_main(
-        [
-            "--task",
-            "real",
-            "--data",
-            str(FLANDERS),
-            "--season",
-            "2020",
-            "--classes",
-            "4",
-            "--families",
-            "lstm",
-            "--variants",
-            "0",
-            "--default-variant",
-            "--epochs",
-            "1",
-            "--recipe",
-            "papers",
-            "--no-baselines",
-            "--set",
-            "trees=boosting",
-            "--set",
-            "tree_trials=0",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
+    rc = downstream_main([*flanders_lstm(out), "--set", "trees=boosting", "--set", "tree_trials=0"])
     assert rc == 0
     return out
 
