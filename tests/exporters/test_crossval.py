@@ -161,6 +161,10 @@ def test_downstream_trains_the_folds(tmp_path: Path, capsys) -> None:  # type: i
     assert downstream_main([*args, "--selection-folds", "3"]) == 0
     printed = capsys.readouterr()
     assert printed.err.count("note: cross-validated selection") == 3 and not (out / "refit").exists()
+    # other folds into the same folder would mix two cuts of the training samples: refused, nothing trained
+    assert downstream_main([*args, "--selection-folds", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "selection_folds: stored 3, now 2" in err and "Traceback" not in err
     assert f"cropmap export best {out} -o" in printed.out and "--refit" not in printed.out
 
     def forest(run: Path) -> dict:  # type: ignore[type-arg]

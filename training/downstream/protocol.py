@@ -64,10 +64,15 @@ SETUP_KEYS = (
     "fill",
     "recipe",
     "prior_correction",
+    "selection_folds",
+    "selection_fold",
 )
 """Record fields that must agree between runs stored in one results file. A record's ``epochs`` and ``batch_size``
 are the values the recipe used for the base models; ``epochs_asked`` and ``batch_size_asked`` the configured ones
 (records written before they existed hold the configured values in ``epochs`` and ``batch_size``)."""
+
+UNFOLDED = {"selection_folds": 0, "selection_fold": None}
+"""The fold fields of records written before cross-validated selection existed (and of a set-up without them)."""
 
 DEFAULT_LR = 1e-3
 """Learning rate of the default-hyper-parameter variant (``default_variant``)."""
@@ -91,8 +96,8 @@ def check_setup(done: dict[Any, dict[str, Any]], setup: dict[str, Any], path: Pa
         if str(rec["task"]) != setup["task"]:
             continue
         # Files written before recipes existed used the papers' protocol; before the prior correction, none.
-        rec = {"recipe": "papers", "prior_correction": 0.0, **_with_asked(rec)}
-        now = _with_asked(setup)
+        rec = {"recipe": "papers", "prior_correction": 0.0, **UNFOLDED, **_with_asked(rec)}
+        now = {**UNFOLDED, **_with_asked(setup)}
         diff = {k: (rec.get(k), now[k]) for k in SETUP_KEYS if rec.get(k) != now[k]}
         if diff:
             pretty = ", ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())

@@ -139,8 +139,8 @@ def training_passes(
                 dataclasses.replace(cfg, selection_fold=k),
                 fold_dir(output, k),
                 (
-                    f"cross-validated selection: the same runs with fold {k + 1} of {cfg.selection_folds} of the "
-                    f"training samples held out, into {fold_dir(output, k)}"
+                    f"cross-validated selection, fold {k} of 0-{cfg.selection_folds - 1}: the same runs with that "
+                    f"fold of the training samples held out, into {fold_dir(output, k)}"
                 ),
             )
         )
