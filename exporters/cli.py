@@ -152,10 +152,12 @@ def _export(
 ) -> None:
     """Export ``checkpoint``, or the best run of ``run_dir``, to ``output``; prints what was written."""
     from exporters.best import export_best
+    from exporters.crossval import CV_SPLIT
     from exporters.ensemble import ENSEMBLE_FAMILY
     from exporters.ensemble import summary as ensemble_summary
     from exporters.to_onnx import export_checkpoint, refuse_inputs_as_outputs
     from exporters.trees import export_tree_checkpoint, parity_summary
+    from training.downstream.run import CV
     from training.downstream.trees import TREE_FAMILIES, is_tree_checkpoint
 
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -187,6 +189,11 @@ def _export(
             if choice.refit:
                 click.echo(
                     f"exported as {choice.refit}; the temperature is that of the runs chosen on the selection split"
+                )
+            if choice.split == CV_SPLIT:
+                click.echo(
+                    f"exported the runs of {run_dir} trained on every training sample; the temperature is fitted on "
+                    f"the out-of-fold predictions of {run_dir / CV}"
                 )
             trees = choice.record["family"] in TREE_FAMILIES
             if choice.record["family"] == ENSEMBLE_FAMILY:
