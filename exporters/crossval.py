@@ -174,7 +174,7 @@ def choose(
 
     run_dir = folds.run_dir
     task = str(with_model[0]["task"])
-    x_test, y_test = (np.asarray(a) for a in _series(run_dir, task))
+    x_test, y_test = _series(run_dir, task)
     x_test = x_test.astype(np.float32)
     example = x_test[:256]
     y = folds.labels
