@@ -20,9 +20,12 @@ import torch
 from training.pretrain.distributed import (
     GlobalBatchNorm1d,
     Ranks,
+    RankStopped,
     collective_error,
     global_batchnorm,
     rank_rows,
+    stop_on_sigterm,
+    stopping,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,3 +286,19 @@ def test_lockstep_forward_computes_the_plain_forward(alignment: str, mode: str) 
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
     for (name, buf), ref in zip(model.named_buffers(), plain.buffers(), strict=True):
         torch.testing.assert_close(buf, ref, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_rank_reporting_its_error_is_not_interrupted_by_torchruns_sigterm() -> None:
+    # torchrun sends SIGTERM to every rank once one has failed; it may reach a rank that is already reporting its own
+    # failure (or tearing the process group down), where a second error would print a traceback
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(RankStopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        stopping()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the signal is delivered and ignored
+    finally:
+        signal.signal(signal.SIGTERM, before)

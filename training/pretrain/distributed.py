@@ -72,6 +72,15 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def stopping() -> None:
+    """This rank is ending with its error being reported: torchrun's SIGTERM, which it sends every rank when one has
+    failed and which may arrive now, changes nothing any more and is ignored, rather than raised as a second error
+    (with its traceback) in the middle of the report or of the process group's teardown."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def collective_error(err: BaseException) -> str:
     """The gist of a failed collective's message: gloo's and NCCL's start with a source location and run on."""
     import re

@@ -49,6 +49,7 @@ from training.pretrain.distributed import (
     rank_device,
     rank_rows,
     stop_on_sigterm,
+    stopping,
 )
 from training.pretrain.fastpath import FastOptions, FastStep, make_optimizer, run_epoch
 from training.pretrain.loop import (
@@ -583,6 +584,7 @@ def run_command_line(
     except (RuntimeError, RankStopped) as err:
         if ranks is None:
             raise
+        stopping()
         # A collective failed (another rank died, hung past the timeout, or lost its connection), or the
         # launcher stopped this rank because another one failed.
         state = output / STATE_NAME
