@@ -250,7 +250,7 @@ def bundle(checkpoint: Path, **options: Any) -> None:
     default="auto",
     show_default=True,
     help="auto: weigh the cross-family ensemble (every kept run, probabilities averaged) against the best single "
-    "run on the model-selection split and export it unless that run is ahead by more than one standard error; "
+    "run on the model-selection split and export it unless that run is ahead by more than two standard errors; "
     "always: the ensemble; never: the best single run.",
 )
 @click.option(

@@ -170,6 +170,7 @@ def choose(
         ensemble_choice,
         load_member,
         paired_stderr,
+        single_leads,
     )
 
     run_dir = folds.run_dir
@@ -217,7 +218,7 @@ def choose(
             margin,
             stderr,
         )
-        if margin <= stderr or ensemble == "always":
+        if ensemble == "always" or not single_leads(margin, stderr):
             main = work / "main"
             main.mkdir(parents=True, exist_ok=True)
             members = [load_member(r, run_dir, main, example, atol) for r in runs]
@@ -234,5 +235,4 @@ def choose(
                 split=CV_SPLIT,
             )
             return choice, members, calibration_from(p_ens, y, note)
-        logger.info("the best single run beats the ensemble by more than one standard error: it is exported")
     return single, None, calibration_from(probs[str(best["model"])], y, note)

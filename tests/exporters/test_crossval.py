@@ -175,9 +175,9 @@ def test_downstream_trains_the_folds(tmp_path: Path, capsys) -> None:  # type: i
     assert rec["n_select"] == 0 and sum(f["n_select"] for f in folds) == rec["n_train"]
     assert exporters_main(["--best", str(out), "-o", str(tmp_path / "m.onnx")]) == 0
     printed = capsys.readouterr()
-    assert (
-        "by cross-validation" in printed.out and "the temperature is fitted on the out-of-fold" in printed.out
-    )
+    # a single run names the split it was ranked on, the cross-family ensemble its out-of-fold score
+    assert "by cross-validation macro_f1" in printed.out or "out-of-fold macro_f1 =" in printed.out
+    assert "the temperature is fitted on the out-of-fold predictions" in printed.out
     # export score reads a fold's held-out part as that pass made it (the stored series give the same numbers)
     fold = tmp_path / "fold1.onnx"
     assert exporters_main([str(fold_dir(out, 1) / folds[1]["model"]), "-o", str(fold)]) == 0

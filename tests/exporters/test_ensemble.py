@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,21 @@ def test_paired_stderr_is_zero_for_identical_predictions_and_grows_with_disagree
     noisy = y.copy()
     noisy[::3] = (noisy[::3] + 1) % 3
     assert paired_stderr(y, y, noisy, 3, "accuracy", n=200) > 0.02
+
+
+def test_a_single_run_replaces_the_ensemble_only_beyond_two_standard_errors(caplog) -> None:  # type: ignore[no-untyped-def]
+    from exporters.ensemble import SINGLE_LEAD, single_leads
+
+    assert SINGLE_LEAD == 2.0
+    with caplog.at_level(logging.INFO, logger="exporters.ensemble"):
+        assert not single_leads(
+            0.15, 0.1
+        )  # 1.5 standard errors: within the winner's curse, the ensemble stays
+        assert not single_leads(0.2, 0.1)
+        assert not caplog.records
+        assert single_leads(0.25, 0.1)
+    assert "more than 2 standard errors" in caplog.text
+    assert not single_leads(-0.05, 0.0)  # behind the ensemble: never
 
 
 def test_a_family_ensemble_is_not_a_member_its_runs_are(tmp_path: Path) -> None:
