@@ -125,8 +125,7 @@ def forest(d: Path) -> dict:
     return next(r for r in map(json.loads, lines) if r["family"] == "random_forest")
 
 
-def picked(bundle: Path) -> str:
-    prov = load_bundle(bundle).metadata.provenance
+def picked(prov) -> str:  # noqa: ANN001  (a bundle's provenance)
     if prov.base_model == "ensemble":  # a family's own ensemble: its family is named in the choice
         return prov.training_data.split("; best of ", 1)[1].split(", ")[1].split(" variant")[0].replace("_", " ")
     return prov.base_model.replace("_", " ")
@@ -171,9 +170,10 @@ for name, title in titles.items():
     for d, seed in zip(dirs, seeds):
         for b in bundles:
             score = json.loads((d / f"{b}_score.json").read_text())
-            recorded = load_bundle(d / f"{b}.onnx").metadata.provenance.metrics["test_accuracy"]
+            prov = load_bundle(d / f"{b}.onnx").metadata.provenance
+            recorded = prov.metrics["test_accuracy"]
             assert abs(score["accuracy"] - recorded) < 1e-9, f"{d / b}.onnx: score differs from its record"
-            picks[b].append(picked(d / f"{b}.onnx"))
+            picks[b].append(picked(prov))
             cols.setdefault(f"{b} OA", []).append(score["accuracy"])
             cols.setdefault(f"{b} F1", []).append(score["macro_f1"])
         refit = Path(f"{d}-cv") if folds else d / "refit"
@@ -219,7 +219,7 @@ for name, title in titles.items():
         + per_split("refit")
         + ("; cross-validated " + per_split("cv") if folds else "")
         + f". Test-parcel sampling alone (the default bundle and the forest, both predictions bootstrapped over each "
-        f"split's {len(run_series(dirs[0], 'test')[1])} test parcels, {DRAWS} draws) gives the gap a standard error "
+        f"split's {rf70['n_val']} test parcels, {DRAWS} draws) gives the gap a standard error "
         f"of {se[:, 0].min():.1f}-{se[:, 0].max():.1f} points of OA (mean {se[:, 0].mean():.1f}) and "
         f"{se[:, 1].min():.1f}-{se[:, 1].max():.1f} of macro F1 (mean {se[:, 1].mean():.1f}) within one split. "
         f"Over the {len(dirs)} splits the default bundle's mean gap is {t_stat(a['refit OA'] - a['rf70 OA']):.1f} "
