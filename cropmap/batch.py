@@ -40,6 +40,7 @@ from cropmap.safeio.folders import output_folder
 from cropmap.safeio.locks import RunLock, lock_path
 from cropmap.safeio.oserrors import file_system_error, io_step
 from cropmap.safeio.overlap import mask_files, refuse_overlap
+from cropmap.safeio.signals import deferred_interrupts
 from cropmap.safeio.temporaries import is_debris, remove_stale
 
 logger = logging.getLogger(__name__)
@@ -406,7 +407,11 @@ def _classify_many_locked(
     if not todo:
         state_io.save(out, state)
     else:
-        with _cluster(where, len(todo)) as (client, executor, threads, job_states):
+        with (
+            # Ctrl-C and SIGTERM act between dask calls, never inside one (a traceback from dask's event loop)
+            deferred_interrupts("once the current dask call returns") as interrupted,
+            _cluster(where, len(todo)) as (client, executor, threads, job_states),
+        ):
             state_io.save(out, state)  # the regions to run are recorded as pending before any starts
             logger.info("classifying %d regions on %s", len(todo), executor)
             if progress is not None:
@@ -422,7 +427,9 @@ def _classify_many_locked(
                 )
                 for r in todo
             }
-            for done, (name, result) in enumerate(_run(client, jobs, where, job_states), start=1):
+            for done, (name, result) in enumerate(
+                _run(client, jobs, where, job_states, interrupted), start=1
+            ):
                 state["regions"][name].update(result)
                 state_io.save(out, state)
                 if result["status"] == "done":
@@ -607,12 +614,15 @@ def local_cluster(
     import dask
     from distributed import LocalCluster
 
+    from cropmap._quiet_close import QuietClose
+
     with dask.config.set(dict(settings)):  # read by the scheduler and passed to the workers at start
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
+            plugins=[QuietClose()],
             **_dashboard_options(dashboard),
         )
     with cluster:
@@ -772,8 +782,12 @@ def _run(
     jobs: dict[str, RegionJob],
     where: _Where | None = None,
     job_states: Callable[[], list[JobState]] | None = None,
+    interrupted: Callable[[], None] = lambda: None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Submit every job and yield ``(name, result)`` as regions finish.
+
+    ``interrupted`` is called after each wait on the scheduler (at most ``_POLL_S`` apart): it raises a
+    Ctrl-C or SIGTERM held back by :func:`~cropmap.safeio.signals.deferred_interrupts`.
 
     Between results the cluster is watched: no worker connected for ``where.worker_timeout`` s, every
     HPC job queued for ``where.pending_timeout`` s, or the scheduler lost ends the batch with one line
@@ -818,6 +832,7 @@ def _run(
                     raise _lost_scheduler(client, err) from err
                 fut.release()
                 yield name, result
+            interrupted()  # after recording what finished
             if not pending or done:
                 idle_since = None
                 continue

@@ -9,7 +9,7 @@
 * :mod:`cropmap.safeio.locks`: one run at a time per output (:class:`~cropmap.safeio.locks.RunLock`).
 * :mod:`cropmap.safeio.overlap`: inputs are never outputs; inputs that are FIFOs or devices are refused.
 * :mod:`cropmap.safeio.folders`: output folders made and removed again on failure; the free-space check.
-* :mod:`cropmap.safeio.signals`: SIGTERM as Ctrl-C, and the exit status of an interrupt.
+* :mod:`cropmap.safeio.signals`: SIGTERM as Ctrl-C, interrupts held to a safe point, and the exit status of an interrupt.
 
 Import from the module that owns a name; this package re-exports nothing.
 """

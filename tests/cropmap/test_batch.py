@@ -694,6 +694,74 @@ def test_local_cluster_runs_without_profiler_or_work_stealing() -> None:
     )  # this process's settings are untouched
 
 
+def test_local_cluster_workers_carry_the_quiet_close_plugin() -> None:
+    from distributed import Client
+
+    from cropmap.batch import local_cluster
+
+    with local_cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
+        plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    assert [("cropmap-quiet-close" in names) for names in plugins.values()] == [True]
+
+
+def test_a_closing_worker_drops_only_its_shutdown_races() -> None:
+    """QuietClose's filter: a closed connection or a cancellation is dropped while the worker closes, and only then."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from distributed.comm.core import CommClosedError
+    from distributed.core import Status
+
+    from cropmap._quiet_close import QuietClose
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.seen.append(record.getMessage())
+
+    log = logging.getLogger("distributed.worker")
+    handler = Keep()
+    logging.getLogger("distributed").addHandler(handler)
+    filters = {h: list(h.filters) for h in logging.getLogger("distributed").handlers}
+    worker = SimpleNamespace(status=Status.running)
+    try:
+        QuietClose().setup(worker)  # type: ignore[arg-type]
+
+        def emit_all(tag: str) -> None:
+            for name, err in (
+                ("comm", CommClosedError("pool closing")),
+                ("cancel", asyncio.CancelledError()),
+            ):
+                try:
+                    raise err
+                except BaseException:
+                    log.exception("%s %s", tag, name)
+            log.warning("%s Async instruction for <Task> ended with CancelledError", tag)
+            try:
+                raise ValueError("a real fault")
+            except ValueError:
+                log.exception("%s fault", tag)
+
+        emit_all("running:")
+        worker.status = Status.closing
+        emit_all("closing:")
+    finally:
+        for h, before in filters.items():  # this process's dask logging as it was
+            h.filters = before
+        logging.getLogger("distributed").removeHandler(handler)
+    assert handler.seen == [
+        "running: comm",
+        "running: cancel",
+        "running: Async instruction for <Task> ended with CancelledError",
+        "running: fault",
+        "closing: fault",
+    ]
+
+
 def test_batch_regions_with_parcels_get_their_per_parcel_geopackage(
     runner: CliRunner, inputs: Path, tmp_path: Path
 ) -> None:
