@@ -243,6 +243,14 @@ def test_run_comparison_default_recipe_with_baselines(
     text = results.read_text()
     run_comparison(cfg, data, [], tmp_path / "run", show_progress=False)  # resume: nothing to redo
     assert results.read_text() == text
+    # More seeds into the same folder: the recorded ensemble would not hold them, so it is refused before any run.
+    with pytest.raises(
+        ValueError,
+        match=r"lstm ensemble \(supervised\) of runs default seed 2, default seed 1; "
+        r"this comparison adds runs default seed 3, .*another --out",
+    ):
+        run_comparison(dataclasses.replace(cfg, repeats=3), data, [], tmp_path / "run", show_progress=False)
+    assert results.read_text() == text
     summary = summarise(recs)
     entry = summary["1/lstm"]
     assert entry["methods"] == ["supervised", "random_forest", "majority"] and entry["n_variants"] == 2

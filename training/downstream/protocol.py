@@ -106,6 +106,34 @@ def check_setup(done: dict[Any, dict[str, Any]], setup: dict[str, Any], path: Pa
             )
 
 
+def check_ensembles(done: dict[Any, dict[str, Any]], task: str, indices: Sequence[int], path: Path) -> None:
+    """Refuse a comparison that adds runs to a family whose ensemble is already recorded without them.
+
+    Records are appended, never rewritten, so the ensemble would stay the average of the earlier runs
+    (e.g. ``--set repeats=5`` into a folder whose ensemble averages 3 seeds).
+    """
+    for (rec_task, family, _v, method, corruption), rec in done.items():
+        if str(rec_task) != str(task) or not family.endswith("_ensemble"):
+            continue
+        base = family.removesuffix("_ensemble")
+        members = {int(m["variant"]) for m in (rec.get("hp") or {}).get("members", [])}
+        added = [
+            v for v in indices if v not in members and (rec_task, base, v, method, corruption) not in done
+        ]
+        if added:
+            where = method + ("" if corruption is None else f" {corruption:g}")
+            raise ValueError(
+                f"{path} records a {base} ensemble ({where}) of runs {_variants(sorted(members))}; this comparison "
+                f"adds runs {_variants(added)}, which that ensemble would not include (records are never "
+                "rewritten); expected the same --set repeats / --variants as before, or another --out"
+            )
+
+
+def _variants(vs: Sequence[int]) -> str:
+    """Run indices for a message: ``default seed K`` for -K (the defaults' seeds), ``vK`` for sampled variant K."""
+    return ", ".join(f"default seed {-v}" if v < 0 else f"v{v}" for v in vs)
+
+
 def _with_asked(rec: dict[str, Any]) -> dict[str, Any]:
     """``rec`` with ``epochs_asked`` / ``batch_size_asked`` (records without them: ``epochs`` / ``batch_size``)."""
     return {"epochs_asked": rec.get("epochs"), "batch_size_asked": rec.get("batch_size"), **rec}
@@ -257,6 +285,7 @@ class Protocol:
         )
         done = self.store.finished()
         check_setup(done, self.setup, self.store.path)
+        check_ensembles(done, cfg.task, self.indices, self.store.path)
         if cfg.save_models and not self.save:
             logger.warning("task data has no time grid: trained models are not saved (nothing to export)")
         if self.save:
