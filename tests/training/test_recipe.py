@@ -263,6 +263,31 @@ def test_run_comparison_default_recipe_with_baselines(
     )
 
 
+def test_check_ensembles_refuses_only_runs_a_recorded_ensemble_would_miss(tmp_path: Path) -> None:
+    from training.downstream.protocol import check_ensembles
+
+    def ens(family: str, variants: list[int]) -> dict[str, object]:
+        return {"hp": {"members": [{"family": family, "variant": v} for v in variants]}}
+
+    done: dict[tuple[str, str, int, str, float | None], dict[str, object]] = {
+        ("real", "inception_time", -1, "supervised", None): {},
+        ("real", "inception_time", -2, "supervised", None): {},
+        ("real", "inception_time", -3, "supervised", None): {},
+        ("real", "inception_time_ensemble", 0, "supervised", None): ens("inception_time", [-1, -2, -3]),
+    }
+    path = tmp_path / "results.jsonl"
+    check_ensembles(done, "real", ["inception_time"], [-1, -2, -3], path)  # a resume
+    check_ensembles(done, "real", ["inception_time"], [-1, -2], path)  # fewer seeds: the ensemble holds them
+    check_ensembles(done, "real", ["lstm"], [-1, -2, -3, -4, -5], path)  # another family's seeds
+    check_ensembles(done, "1", ["inception_time"], [-1, -2, -3, -4], path)  # another task
+    with pytest.raises(
+        ValueError,
+        match=r"inception_time ensemble \(supervised\) of runs default seed 3, default "
+        r"seed 2, default seed 1; this comparison adds runs default seed 4, v0",
+    ):
+        check_ensembles(done, "real", ["lstm", "inception_time"], [-1, -2, -3, -4, 0], path)
+
+
 def test_prior_correction_shifts_the_head_bias_by_the_log_class_frequency() -> None:
     from training.downstream.recipe import correct_prior, log_prior
 

@@ -106,16 +106,18 @@ def check_setup(done: dict[Any, dict[str, Any]], setup: dict[str, Any], path: Pa
             )
 
 
-def check_ensembles(done: dict[Any, dict[str, Any]], task: str, indices: Sequence[int], path: Path) -> None:
-    """Refuse a comparison that adds runs to a family whose ensemble is already recorded without them.
+def check_ensembles(
+    done: dict[Any, dict[str, Any]], task: str, families: Sequence[str], indices: Sequence[int], path: Path
+) -> None:
+    """Refuse a comparison that adds runs of ``families`` to one whose ensemble is already recorded without them.
 
     Records are appended, never rewritten, so the ensemble would stay the average of the earlier runs
     (e.g. ``--set repeats=5`` into a folder whose ensemble averages 3 seeds).
     """
     for (rec_task, family, _v, method, corruption), rec in done.items():
-        if str(rec_task) != str(task) or not family.endswith("_ensemble"):
-            continue
         base = family.removesuffix("_ensemble")
+        if str(rec_task) != str(task) or base == family or base not in families:
+            continue
         members = {int(m["variant"]) for m in (rec.get("hp") or {}).get("members", [])}
         added = [
             v for v in indices if v not in members and (rec_task, base, v, method, corruption) not in done
@@ -285,7 +287,7 @@ class Protocol:
         )
         done = self.store.finished()
         check_setup(done, self.setup, self.store.path)
-        check_ensembles(done, cfg.task, self.indices, self.store.path)
+        check_ensembles(done, cfg.task, cfg.families, self.indices, self.store.path)
         if cfg.save_models and not self.save:
             logger.warning("task data has no time grid: trained models are not saved (nothing to export)")
         if self.save:
