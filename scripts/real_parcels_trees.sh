@@ -19,7 +19,9 @@
 #   bash scripts/real_parcels_trees.sh [RUN_DIR]   # default runs/real_trees; one thread per run
 #   JOBS=2 bash scripts/real_parcels_trees.sh      # two splits at a time (one per core)
 #   SPLITS=3 FOLDS=5 bash scripts/real_parcels_trees.sh   # three split seeds, with the cross-validated selection
-#   IT_REPEATS=5 REPEATS=3 TREE_BUDGET=120 bash scripts/real_parcels_trees.sh   # the sizes of real_parcels.sh
+#   IT_REPEATS=5 REPEATS=3 TREE_BUDGET=120 bash scripts/real_parcels_trees.sh runs/real_trees_big   # the sizes of
+#                                                  # real_parcels.sh, in a new RUN_DIR (a folder whose family
+#                                                  # ensembles are recorded refuses more seeds)
 #   CURVES=0 bash scripts/real_parcels_trees.sh    # the tables only, not the label-efficiency curves
 #
 # Resumable (recorded runs are skipped). Writes RUN_DIR/<dataset>.md and replaces the block between the

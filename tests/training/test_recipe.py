@@ -246,7 +246,7 @@ def test_run_comparison_default_recipe_with_baselines(
     # More seeds into the same folder: the recorded ensemble would not hold them, so it is refused before any run.
     with pytest.raises(
         ValueError,
-        match=r"lstm ensemble \(supervised\) of runs default seed 2, default seed 1; "
+        match=r"the lstm ensemble \(supervised\) of runs default seed 1, default seed 2; "
         r"this comparison adds runs default seed 3, .*another --out",
     ):
         run_comparison(dataclasses.replace(cfg, repeats=3), data, [], tmp_path / "run", show_progress=False)
@@ -282,8 +282,8 @@ def test_check_ensembles_refuses_only_runs_a_recorded_ensemble_would_miss(tmp_pa
     check_ensembles(done, "1", ["inception_time"], [-1, -2, -3, -4], path)  # another task
     with pytest.raises(
         ValueError,
-        match=r"inception_time ensemble \(supervised\) of runs default seed 3, default "
-        r"seed 2, default seed 1; this comparison adds runs default seed 4, v0",
+        match=r"inception_time ensemble \(supervised\) of runs default seed 1, default "
+        r"seed 2, default seed 3; this comparison adds runs default seed 4, v0",
     ):
         check_ensembles(done, "real", ["lstm", "inception_time"], [-1, -2, -3, -4, 0], path)
 

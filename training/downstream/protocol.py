@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -125,15 +125,17 @@ def check_ensembles(
         if added:
             where = method + ("" if corruption is None else f" {corruption:g}")
             raise ValueError(
-                f"{path} records a {base} ensemble ({where}) of runs {_variants(sorted(members))}; this comparison "
+                f"{path} records the {base} ensemble ({where}) of runs {_variants(members)}; this comparison "
                 f"adds runs {_variants(added)}, which that ensemble would not include (records are never "
                 "rewritten); expected the same --set repeats / --variants as before, or another --out"
             )
 
 
-def _variants(vs: Sequence[int]) -> str:
-    """Run indices for a message: ``default seed K`` for -K (the defaults' seeds), ``vK`` for sampled variant K."""
-    return ", ".join(f"default seed {-v}" if v < 0 else f"v{v}" for v in vs)
+def _variants(vs: Iterable[int]) -> str:
+    """Run indices for a message, in order: ``default seed K`` for -K (the defaults' seeds), then ``vK``."""
+    return ", ".join(
+        f"default seed {-v}" if v < 0 else f"v{v}" for v in sorted(vs, key=lambda v: (v >= 0, abs(v)))
+    )
 
 
 def _with_asked(rec: dict[str, Any]) -> dict[str, Any]:
