@@ -38,8 +38,5 @@ class QuietClose(WorkerPlugin):
                 return False
             return not record.getMessage().endswith("ended with CancelledError")
 
-        for handler in logging.getLogger("distributed").handlers:
+        for handler in logging.getLogger("distributed").handlers:  # they end with the worker's process
             handler.addFilter(keep)
-
-    def teardown(self, worker: Worker) -> None:
-        """Nothing to undo: the filter ends with the worker's process."""
